@@ -1,0 +1,278 @@
+"""Decision rules: pure, vectorised functions from similarities to verdicts.
+
+Every rule takes a similarity matrix [N, P] whose columns are `policy.prompts`, and a severity offset
+added to every threshold it compares against, and returns an Evaluation. One implementation serves a
+single file (N=1), a batch, and a rescore of a million stored rows.
+
+`horde-v2` and `horde-v1` reproduce horde-safety's NSFWChecker.check_for_nsfw and check_for_csam for
+inputs a file scanner has (no generation prompt, no DeepDanbooru); their numbers live in the policy
+files. `groups` is the simple generic form: named prompt groups, flag when each listed group has at
+least k prompts above threshold.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .model import Evaluation, Policy
+
+INF = np.inf
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    name: str
+    # group -> (required numeric fields, optional numeric fields); None = any group name allowed
+    groups: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] | None
+    group_fields: tuple[tuple[str, ...], tuple[str, ...]]  # used when groups is None
+    parameters: dict[str, Any]  # name -> default (REQUIRED = must be given)
+    labels: tuple[str, ...] | None  # None = derived from groups
+    evaluate: Callable[[Policy, np.ndarray, float], Evaluation]
+
+
+REQUIRED = object()
+
+
+def _field(policy: Policy, group: str, key: str, n_cols: int) -> np.ndarray:
+    """A [P] threshold array: the field's value on the group's prompt columns, +inf elsewhere."""
+    out = np.full(n_cols, INF)
+    col = policy.column()
+    for entry in policy.groups.get(group, ()):
+        value = entry.get(key)
+        if value is not None:
+            out[col[entry.prompt]] = value
+    return out
+
+
+def _prepare(policy: Policy, sims: np.ndarray) -> np.ndarray:
+    values = np.asarray(sims, dtype=np.float64)
+    if values.ndim != 2 or values.shape[1] != len(policy.prompts):
+        raise ValueError(f"similarities must be [N, {len(policy.prompts)}], got {values.shape}")
+    if policy.round_decimals is not None:
+        values = np.round(values, policy.round_decimals)
+    return values
+
+
+def _flagged(policy: Policy, labels: dict[str, np.ndarray], n: int) -> np.ndarray:
+    flagged = np.zeros(n, dtype=bool)
+    for label in policy.flag_on:
+        flagged |= labels[label]
+    return flagged
+
+
+# ---------------------------------------------------------------- horde-v2 (NSFWChecker.check_for_nsfw)
+
+PREDICATE_GROUPS = ("anime_cartoon", "human_subject", "underage", "nsfw_predicates")
+
+
+def evaluate_horde_v2(policy: Policy, sims: np.ndarray, offset: float = 0.0) -> Evaluation:
+    values = _prepare(policy, sims)
+    n, p = values.shape
+    col = policy.column()
+    params = policy.parameters
+    anime_thr = _field(policy, "anime_cartoon", "threshold", p) + offset
+    concept_base_thr = _field(policy, "nsfw_concepts", "threshold", p) + offset
+    concept_anime_thr = _field(policy, "nsfw_concepts", "anime_threshold", p) + offset
+    danger_thr = _field(policy, "underage", "danger_threshold", p) + offset
+    predicate_thr = np.full(p, INF)
+    for group in PREDICATE_GROUPS:
+        predicate_thr = np.minimum(predicate_thr, _field(policy, group, "threshold", p))
+    predicate_thr += offset
+    second_thr = _field(policy, "underage", "second_pass_threshold", p) + offset
+    anime_second_thr = np.full(p, INF)
+    for group in ("human_subject", "underage"):
+        anime_second_thr = np.minimum(anime_second_thr, _field(policy, group, "anime_second_pass_threshold", p))
+    anime_second_thr += offset
+
+    # Step 2-3: anime detection, and the photo override for weak anime matches.
+    anime_hits = values > anime_thr
+    is_anime = anime_hits.any(axis=1)
+    strong_anime = (anime_hits & (values >= params["anime_override_below"] + offset)).any(axis=1)
+    photo_cols = [col[prompt] for prompt in params["photo_override_prompts"]]
+    photo_hit = (values[:, photo_cols] > params["photo_override_above"] + offset).any(axis=1)
+    is_anime &= ~(~strong_anime & photo_hit)
+
+    # Step 5: a subject is any predicate text above its base threshold.
+    matched = values > predicate_thr
+    subject = matched.any(axis=1)
+
+    # Step 6: the CLIP NSFW check, only with a subject; anime images use the anime thresholds.
+    concept_thr = np.where(is_anime[:, None], concept_anime_thr[None, :], concept_base_thr[None, :])
+    concepts = (values > concept_thr) & subject[:, None]
+    is_nsfw = concepts.any(axis=1)
+
+    # Step 7-10: underage, first pass then (if empty) a second pass with plural dedup.
+    first = values > danger_thr
+    first_any = first.any(axis=1)
+    second_rule_thr = np.where(is_anime[:, None], anime_second_thr[None, :], second_thr[None, :])
+    second = (values > second_rule_thr) & ~first_any[:, None]
+    for a, b in params["dedup_pairs"]:
+        ca, cb = col[a], col[b]
+        both = second[:, ca] & second[:, cb]
+        second[:, ca] &= ~(both & (values[:, ca] <= values[:, cb]))
+    underage = first.sum(axis=1) >= params["first_pass_min_hits"]
+    underage |= ~first_any & (second.sum(axis=1) >= params["second_pass_min_hits"])
+    csam_evidence = np.where(first_any[:, None], first, second)
+
+    labels = {
+        "anime": is_anime,
+        "subject": subject,
+        "nsfw": is_nsfw,
+        "underage": underage,
+        "csam": underage & is_nsfw,
+    }
+    return Evaluation(
+        prompts=policy.prompts,
+        flagged=_flagged(policy, labels, n),
+        labels=labels,
+        evidence={"csam_predicates": csam_evidence, "nsfw_concepts": concepts, "matched_predicates": matched},
+        values=values,
+        thresholds={
+            "csam_predicates": np.where(first_any[:, None], danger_thr[None, :], second_rule_thr),
+            "nsfw_concepts": concept_thr,
+            "matched_predicates": predicate_thr,
+        },
+    )
+
+
+# ---------------------------------------------------------------- horde-v1 (check_for_csam)
+
+
+def evaluate_horde_v1(policy: Policy, sims: np.ndarray, offset: float = 0.0) -> Evaluation:
+    values = _prepare(policy, sims).copy()
+    n, p = values.shape
+    col = policy.column()
+    params = policy.parameters
+    context_thr = _field(policy, "underage", "context_threshold", p) + offset
+    critical_thr = _field(policy, "underage", "critical_threshold", p) + offset
+    lewd_thr = _field(policy, "lewd", "threshold", p) + offset
+    pairs: dict[str, str] = params["pairs"]
+    every_row = np.ones(n, dtype=bool)
+
+    def adjust(word: str, delta: float, rows: np.ndarray, partner_skip: bool) -> None:
+        c = col[word]
+        if partner_skip and word in pairs:
+            # The partner is compared with the threshold of the word being adjusted, as the library does.
+            rows = rows & ~(values[:, col[pairs[word]]] > context_thr[c])
+        values[rows, c] += delta
+
+    if params["nsfw_model"]:
+        for word, delta in params["nsfw_model_adjustments"]:
+            adjust(word, delta, every_row, partner_skip=False)
+    for tag, adjustments in params["model_tag_adjustments"].items():
+        if tag in params["model_tags"]:
+            for word, delta in adjustments:
+                adjust(word, delta, every_row, partner_skip=False)
+    for control in params["control_word_adjustments"]:
+        triggered = values[:, col[control["control_word"]]] > control["trigger_above"] + offset
+        for word, delta in control["adjustments"]:
+            adjust(word, delta, triggered, partner_skip=True)
+
+    context = values > context_thr
+    critical = values > critical_thr
+    lewd = values > lewd_thr
+    underage_count = context.sum(axis=1) + (params["critical_weight"] - 1) * critical.sum(axis=1)
+    labels = {
+        "underage": underage_count >= params["min_underage_hits"],
+        "lewd": lewd.sum(axis=1) >= params["min_lewd_hits"],
+    }
+    labels["csam"] = labels["underage"] & labels["lewd"]
+    return Evaluation(
+        prompts=policy.prompts,
+        flagged=_flagged(policy, labels, n),
+        labels=labels,
+        evidence={"underage_context": context, "underage_critical": critical, "lewd": lewd},
+        values=values,
+        thresholds={"underage_context": context_thr, "underage_critical": critical_thr, "lewd": lewd_thr},
+    )
+
+
+# ---------------------------------------------------------------- groups (generic)
+
+
+def evaluate_groups(policy: Policy, sims: np.ndarray, offset: float = 0.0) -> Evaluation:
+    values = _prepare(policy, sims)
+    n, p = values.shape
+    evidence, labels, thresholds = {}, {}, {}
+    for group in policy.groups:
+        thr = _field(policy, group, "threshold", p) + offset
+        hits = values > thr
+        evidence[group] = hits
+        thresholds[group] = thr
+        labels[group] = hits.sum(axis=1) >= policy.parameters["flag_when"].get(group, 1)
+    match = np.ones(n, dtype=bool)
+    for group in policy.parameters["flag_when"]:
+        match &= labels[group]
+    labels["match"] = match
+    return Evaluation(
+        prompts=policy.prompts,
+        flagged=_flagged(policy, labels, n),
+        labels=labels,
+        evidence=evidence,
+        values=values,
+        thresholds=thresholds,
+    )
+
+
+THRESHOLD_ONLY = (("threshold",), ())
+
+RULES: dict[str, RuleSpec] = {
+    "horde-v2": RuleSpec(
+        name="horde-v2",
+        groups={
+            "anime_cartoon": THRESHOLD_ONLY,
+            "human_subject": (("threshold",), ("anime_second_pass_threshold",)),
+            "underage": (
+                ("threshold", "danger_threshold", "second_pass_threshold"),
+                ("anime_second_pass_threshold",),
+            ),
+            "nsfw_predicates": THRESHOLD_ONLY,
+            "nsfw_concepts": (("threshold",), ("anime_threshold",)),
+        },
+        group_fields=THRESHOLD_ONLY,
+        parameters={
+            "anime_override_below": REQUIRED,
+            "photo_override_above": REQUIRED,
+            "photo_override_prompts": REQUIRED,
+            "dedup_pairs": REQUIRED,
+            "first_pass_min_hits": 1,
+            "second_pass_min_hits": 2,
+        },
+        labels=("anime", "subject", "nsfw", "underage", "csam"),
+        evaluate=evaluate_horde_v2,
+    ),
+    "horde-v1": RuleSpec(
+        name="horde-v1",
+        groups={
+            "underage": (("context_threshold", "critical_threshold"), ()),
+            "lewd": THRESHOLD_ONLY,
+            "control": ((), ()),
+        },
+        group_fields=THRESHOLD_ONLY,
+        parameters={
+            "pairs": REQUIRED,
+            "nsfw_model": True,
+            "model_tags": [],
+            "nsfw_model_adjustments": [],
+            "model_tag_adjustments": {},
+            "control_word_adjustments": [],
+            "critical_weight": 3,
+            "min_underage_hits": 3,
+            "min_lewd_hits": 1,
+        },
+        labels=("underage", "lewd", "csam"),
+        evaluate=evaluate_horde_v1,
+    ),
+    "groups": RuleSpec(
+        name="groups",
+        groups=None,
+        group_fields=THRESHOLD_ONLY,
+        parameters={"flag_when": REQUIRED},
+        labels=None,
+        evaluate=evaluate_groups,
+    ),
+}
