@@ -1,0 +1,57 @@
+"""Shared fixtures. The tiny random-weight bundle is exported once per session by the project's own
+export code (the same path a real ViT-L-14 export takes); verdicts are driven by test policies."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DATA = Path(__file__).parent / "data"
+CLI = [sys.executable, "-m", "mirror_scan.cli"]
+
+
+def run_cli(*args: str, check: bool = False, env: dict | None = None, cwd: Path | None = None, timeout: int = 300):
+    """Run the real CLI in a subprocess, as an admin would; returns CompletedProcess (text)."""
+    full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
+    proc = subprocess.run(
+        [*CLI, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout, check=False
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"mirror-scan {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_master(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("bundle") / "tiny-test"
+    run_cli("model", "export", "--arch", "tiny-test", "--pretrained", "none", "--out", str(out), "--quantize", "int8",
+            check=True)
+    return out
+
+
+@pytest.fixture
+def tiny_bundle(tiny_bundle_master, tmp_path) -> Path:
+    """A private copy, so tests may tamper with it."""
+    copy = tmp_path / "tiny-test"
+    shutil.copytree(tiny_bundle_master, copy)
+    return copy
+
+
+@pytest.fixture
+def write_policy(tmp_path):
+    """Write a generic `groups` policy; thresholds decide the verdict with the random model."""
+
+    def _write(groups: dict, flag_when: dict, name: str = "test-policy", **extra) -> Path:
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"name": name, "rule": "groups", "groups": groups,
+                                    "parameters": {"flag_when": flag_when}, **extra}))
+        return path
+
+    return _write

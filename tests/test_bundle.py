@@ -1,0 +1,132 @@
+"""Model bundles: export, manifest contents, verification, and one clear error per bad input."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mirror_scan.bundle import load_bundle
+from mirror_scan.errors import BundleError
+
+from .conftest import run_cli
+
+
+def test_export_writes_a_complete_manifest(tiny_bundle):
+    manifest = json.loads((tiny_bundle / "manifest.json").read_text())
+    assert manifest["model"] == {"arch": "tiny-test", "pretrained": "none", "embedding_dim": 32, "random_weights": True}
+    prep = manifest["preprocess"]
+    assert prep["image_size"] == [32, 32] and prep["resize_mode"] == "shortest" and prep["interpolation"] == "bicubic"
+    assert len(prep["mean"]) == 3 and len(prep["std"]) == 3
+    assert set(manifest["files"]) >= {"image_fp32", "image_fp16", "image_int8", "text", "concepts", "concept_prompts"}
+    assert set(manifest["sha256"]) == {*manifest["files"].values(), manifest["tokenizer"]["file"]}
+    assert {"torch", "open_clip_torch", "onnx", "onnxruntime", "mirror_scan"} <= set(manifest["tools"])
+    parity = manifest["parity"]
+    assert parity["image"]["min_cosine"] >= 0.9999 and parity["text"]["min_cosine"] >= 0.9999
+    assert parity["preprocess_max_abs_diff_vs_open_clip"] < 1e-6
+    assert parity["int8_vs_fp32"]["min_cosine"] >= 0.99
+    bundle = load_bundle(tiny_bundle)
+    # Concepts cover every built-in policy's prompts and are unit vectors.
+    from mirror_scan.policy import load_policy
+
+    assert not bundle.concepts.missing(load_policy("horde-v2").prompts)
+    assert not bundle.concepts.missing(load_policy("horde-v1").prompts)
+    np.testing.assert_allclose(np.linalg.norm(bundle.concepts.matrix, axis=1), 1.0, atol=1e-5)
+
+
+def test_image_encoder_has_a_dynamic_batch_and_unit_outputs(tiny_bundle):
+    from mirror_scan.infer import ImageEncoder
+    from mirror_scan.preprocess import to_model_input
+    from mirror_scan.synthetic import generated_image
+
+    bundle = load_bundle(tiny_bundle)
+    encoder = ImageEncoder(bundle, device="cpu")
+    assert encoder.placement.provider == "CPUExecutionProvider"
+    pixels = np.stack([to_model_input(generated_image(s), bundle.preprocess) for s in range(9)])
+    batched = encoder(pixels)
+    singles = np.concatenate([encoder(pixels[i : i + 1]) for i in range(9)])
+    assert batched.shape == (9, 32)
+    np.testing.assert_allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(batched, singles, atol=1e-5)
+    int8 = ImageEncoder(bundle, device="cpu", precision="int8")(pixels)
+    assert float((int8 * batched).sum(axis=1).min()) >= 0.99
+
+
+def test_auto_device_reports_the_provider_that_really_runs(tiny_bundle):
+    from mirror_scan.errors import DeviceError
+    from mirror_scan.infer import CUDA, ImageEncoder, available_providers
+
+    bundle = load_bundle(tiny_bundle)
+    auto = ImageEncoder(bundle, device="auto")
+    assert auto.placement.provider == auto.session.get_providers()[0]
+    assert auto.placement.note
+    if auto.placement.provider != CUDA:
+        # No working GPU here: asking for CUDA must fail loudly rather than silently run on the CPU.
+        with pytest.raises(DeviceError, match="--device cuda"):
+            ImageEncoder(bundle, device="cuda")
+    assert "CPUExecutionProvider" in available_providers()
+
+
+def _assert_bundle_error(path, *fragments):
+    with pytest.raises(BundleError) as err:
+        load_bundle(path)
+    for fragment in fragments:
+        assert fragment in str(err.value)
+
+
+def test_tampered_truncated_and_missing_files_are_refused_by_name(tiny_bundle):
+    onnx_file = tiny_bundle / "image_encoder.fp32.onnx"
+    data = onnx_file.read_bytes()
+    onnx_file.write_bytes(data[: len(data) // 2])
+    _assert_bundle_error(tiny_bundle, "image_encoder.fp32.onnx", "sha256", "re-export")
+    onnx_file.write_bytes(data[:-1] + bytes([data[-1] ^ 1]))
+    _assert_bundle_error(tiny_bundle, "image_encoder.fp32.onnx", "sha256")
+    onnx_file.unlink()
+    _assert_bundle_error(tiny_bundle, "image_encoder.fp32.onnx is missing")
+
+
+def test_newer_manifest_and_bad_manifests(tiny_bundle, tmp_path):
+    manifest_path = tiny_bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest_path.write_text(json.dumps({**manifest, "format_version": 7}))
+    _assert_bundle_error(tiny_bundle, "newer mirror-scan", "upgrade")
+    manifest_path.write_text("{")
+    _assert_bundle_error(tiny_bundle, "not valid JSON")
+    _assert_bundle_error(tmp_path / "nowhere", "does not exist")
+    (tmp_path / "empty").mkdir()
+    _assert_bundle_error(tmp_path / "empty", "has no manifest.json")
+
+
+def test_embedding_size_mismatch_is_refused(tiny_bundle):
+    manifest_path = tiny_bundle / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["model"]["embedding_dim"] = 64
+    manifest_path.write_text(json.dumps(manifest))
+    _assert_bundle_error(tiny_bundle, "embedding size is 64", "model concepts")
+
+
+def test_cli_model_info_verify_and_errors(tiny_bundle, tmp_path):
+    proc = run_cli("model", "info", str(tiny_bundle))
+    assert proc.returncode == 0, proc.stderr
+    assert "tiny-test / none" in proc.stdout and "CPUExecutionProvider" in proc.stdout
+    info = json.loads(run_cli("model", "info", str(tiny_bundle), "--json").stdout)
+    assert info["provider"] == "CPUExecutionProvider" and all(v == "ok" for v in info["checks"].values())
+    proc = run_cli("model", "verify", str(tiny_bundle))
+    assert proc.returncode == 0 and "int8: ok" in proc.stdout and "fp32: ok" in proc.stdout
+    (tiny_bundle / "text_encoder.fp32.onnx").write_bytes(b"truncated")
+    proc = run_cli("model", "verify", str(tiny_bundle))
+    assert proc.returncode == 2 and "text_encoder.fp32.onnx" in proc.stderr and "Traceback" not in proc.stderr
+    proc = run_cli("model", "info", str(tiny_bundle))
+    assert proc.returncode == 2 and "sha256 mismatch" in proc.stdout
+    proc = run_cli("model", "info", str(tmp_path / "none"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_export_refuses_to_overwrite_and_unknown_arch(tmp_path, tiny_bundle):
+    proc = run_cli("model", "export", "--arch", "tiny-test", "--pretrained", "none", "--out", str(tiny_bundle))
+    assert proc.returncode == 2 and "already exists" in proc.stderr and "--force" in proc.stderr
+    proc = run_cli("model", "export", "--arch", "ViT-Q-99", "--pretrained", "none", "--out", str(tmp_path / "x"))
+    assert proc.returncode == 2 and "unknown open_clip architecture" in proc.stderr
+    assert not (tmp_path / "x").exists()
+    assert not [p for p in tmp_path.iterdir() if ".export-" in p.name]  # no half-made bundle left behind
