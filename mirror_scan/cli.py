@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from . import __version__
+from . import __version__, cli_scan
 from .console import err, out, print_json, setup_logging
 from .errors import MirrorScanError
 
@@ -26,6 +26,7 @@ model_app = typer.Typer(help="Export, inspect and verify model bundles.", no_arg
 policy_app = typer.Typer(help="List, show and test decision policies.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(policy_app, name="policy")
+cli_scan.register(app)
 
 ModelDir = Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory (from `model export`).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if it really runs), cuda, or cpu.")]

@@ -1,4 +1,9 @@
-"""Embeddings -> per-prompt cosine similarities for one policy's prompts."""
+"""Embeddings -> similarities, and stored similarities -> a policy's columns.
+
+A scan stores similarities against every prompt the bundle has embedded, so a different built-in
+policy can be applied later without reading an image; a policy with prompts that were not stored is
+applied from the stored embeddings instead.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +15,12 @@ from .infer import ImageEncoder
 from .policy import Policy
 
 
-def concept_matrix(bundle: Bundle, policy: Policy) -> np.ndarray:
-    """[P, D] text embeddings in the policy's column order; a clear error if the bundle lacks some."""
+def similarities(embeddings: np.ndarray, concepts: np.ndarray) -> np.ndarray:
+    """Cosine similarity of L2-normalised image and text embeddings: [N, D] x [P, D] -> [N, P]."""
+    return np.asarray(embeddings, dtype=np.float32) @ np.asarray(concepts, dtype=np.float32).T
+
+
+def require_prompts(bundle: Bundle, policy: Policy) -> None:
     missing = bundle.concepts.missing(policy.prompts)
     if missing:
         raise BundleError(
@@ -19,21 +28,40 @@ def concept_matrix(bundle: Bundle, policy: Policy) -> np.ndarray:
             f"has no embeddings for {len(missing)} prompt(s) of policy {policy.name} (first: {missing[0]!r})",
             f"run `mirror-scan model concepts --model {bundle.path} --policy {policy.source}`",
         )
-    return bundle.concepts.select(policy.prompts)
 
 
-def similarities(embeddings: np.ndarray, concepts: np.ndarray) -> np.ndarray:
-    """Cosine similarity of L2-normalised image and text embeddings: [N, D] x [P, D] -> [N, P]."""
-    return np.asarray(embeddings, dtype=np.float32) @ concepts.T
+def columns(prompts: tuple[str, ...], policy: Policy) -> np.ndarray | None:
+    """Indices of the policy's prompts within `prompts`, or None if some are absent."""
+    where = {p: i for i, p in enumerate(prompts)}
+    try:
+        return np.array([where[p] for p in policy.prompts], dtype=np.intp)
+    except KeyError:
+        return None
+
+
+def policy_sims(
+    sims: np.ndarray, embedding: np.ndarray, stored_prompts: tuple[str, ...], policy: Policy, bundle: Bundle | None
+) -> np.ndarray:
+    """A stored result's similarities in the policy's column order, from the stored similarities when
+    they cover the policy's prompts, else from the stored (fp16) embeddings and the bundle's concepts."""
+    cols = columns(stored_prompts, policy)
+    if cols is not None:
+        return sims[:, cols]
+    if bundle is None:
+        raise BundleError(
+            "(none)",
+            f"policy {policy.name} uses prompts the stored results were not scored on",
+            "pass --model DIR so they can be computed from the stored embeddings",
+        )
+    require_prompts(bundle, policy)
+    return similarities(embedding.astype(np.float32), bundle.concepts.select(policy.prompts))
 
 
 class Scorer:
-    """Image encoder plus the policy's concept matrix: pixels in, (embeddings, similarities) out."""
+    """Pixels -> (embeddings [N, D], similarities against all the bundle's concept prompts [N, P])."""
 
-    def __init__(self, bundle: Bundle, policy: Policy, device: str = "auto", precision: str = "auto", threads: int = 0):
+    def __init__(self, bundle: Bundle, device: str = "auto", precision: str = "auto", threads: int = 0):
         self.bundle = bundle
-        self.policy = policy
-        self.concepts = concept_matrix(bundle, policy)
         self.encoder = ImageEncoder(bundle, device=device, precision=precision, threads=threads)
 
     @property
@@ -42,4 +70,4 @@ class Scorer:
 
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         embeddings = self.encoder(pixels)
-        return embeddings, similarities(embeddings, self.concepts)
+        return embeddings, similarities(embeddings, self.bundle.concepts.matrix)

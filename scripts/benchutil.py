@@ -24,8 +24,12 @@ def parser(description: str) -> argparse.ArgumentParser:
 
 
 def machine() -> dict:
-    return {"machine": platform.machine(), "cpus": os.cpu_count(), "python": platform.python_version(),
-            "node": platform.node()}
+    return {
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "node": platform.node(),
+    }
 
 
 def bundle_for(args) -> Path:
@@ -35,9 +39,26 @@ def bundle_for(args) -> Path:
     arch, out = ("tiny-test", BENCH_OUT / "tiny-test") if args.tiny else ("ViT-B-32", BENCH_OUT / "vit-b-32")
     if not (out / "manifest.json").exists():
         print(f"exporting a random-weight {arch} bundle to {out} (once) ...", file=sys.stderr)
-        subprocess.run([sys.executable, "-m", "mirror_scan.cli", "model", "export", "--arch", arch, "--pretrained",
-                        "none", "--out", str(out), "--quantize", "int8", "--force"], check=True,
-                       stdout=subprocess.DEVNULL)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "mirror_scan.cli",
+                "model",
+                "export",
+                "--arch",
+                arch,
+                "--pretrained",
+                "none",
+                "--out",
+                str(out),
+                "--quantize",
+                "int8",
+                "--force",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+        )
     return out
 
 

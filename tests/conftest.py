@@ -31,8 +31,19 @@ def run_cli(*args: str, check: bool = False, env: dict | None = None, cwd: Path 
 @pytest.fixture(scope="session")
 def tiny_bundle_master(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "tiny-test"
-    run_cli("model", "export", "--arch", "tiny-test", "--pretrained", "none", "--out", str(out), "--quantize", "int8",
-            check=True)
+    run_cli(
+        "model",
+        "export",
+        "--arch",
+        "tiny-test",
+        "--pretrained",
+        "none",
+        "--out",
+        str(out),
+        "--quantize",
+        "int8",
+        check=True,
+    )
     return out
 
 
@@ -50,8 +61,11 @@ def write_policy(tmp_path):
 
     def _write(groups: dict, flag_when: dict, name: str = "test-policy", **extra) -> Path:
         path = tmp_path / f"{name}.json"
-        path.write_text(json.dumps({"name": name, "rule": "groups", "groups": groups,
-                                    "parameters": {"flag_when": flag_when}, **extra}))
+        path.write_text(
+            json.dumps(
+                {"name": name, "rule": "groups", "groups": groups, "parameters": {"flag_when": flag_when}, **extra}
+            )
+        )
         return path
 
     return _write

@@ -23,7 +23,9 @@ def check_v2(ref: dict, sims: dict[str, float], off: float = 0.0) -> dict:
     concepts = {}
     if subject:
         if not is_anime:
-            concepts = {e["prompt"]: s[e["prompt"]] for e in g["nsfw_concepts"] if s[e["prompt"]] > e["threshold"] + off}
+            concepts = {
+                e["prompt"]: s[e["prompt"]] for e in g["nsfw_concepts"] if s[e["prompt"]] > e["threshold"] + off
+            }
         else:
             concepts = {
                 e["prompt"]: s[e["prompt"]]
@@ -48,17 +50,30 @@ def check_v2(ref: dict, sims: dict[str, float], off: float = 0.0) -> dict:
             for e in g["underage"]:
                 if s[e["prompt"]] > e["second_pass_threshold"] + off:
                     hits[e["prompt"]] = s[e["prompt"]]
-        pairs = [("tween", "tweens"), ("tweens", "tween"), ("teen", "teens"), ("teens", "teen"),
-                 ("an infant", "infants"), ("infants", "an infant"), ("toddler", "toddlers"),
-                 ("toddlers", "toddler"), ("child", "children"), ("children", "child")]
+        pairs = [
+            ("tween", "tweens"),
+            ("tweens", "tween"),
+            ("teen", "teens"),
+            ("teens", "teen"),
+            ("an infant", "infants"),
+            ("infants", "an infant"),
+            ("toddler", "toddlers"),
+            ("toddlers", "toddler"),
+            ("child", "children"),
+            ("children", "child"),
+        ]
         for a, b in pairs:
             if a in hits and b in hits and hits[a] <= hits[b]:
                 del hits[a]
         underage, csam_matched = len(hits) >= 2, hits
     return {
-        "is_anime": is_anime, "is_nsfw": is_nsfw, "is_underage_subject": underage,
-        "is_csam": underage and is_nsfw, "found_human_subject": subject,
-        "nsfw_concepts_identified": concepts, "csam_predicates_matched": csam_matched,
+        "is_anime": is_anime,
+        "is_nsfw": is_nsfw,
+        "is_underage_subject": underage,
+        "is_csam": underage and is_nsfw,
+        "found_human_subject": subject,
+        "nsfw_concepts_identified": concepts,
+        "csam_predicates_matched": csam_matched,
         "matched_predicates": matched,
     }
 
@@ -89,5 +104,9 @@ def check_v1(ref: dict, sims: dict[str, float], off: float = 0.0, nsfw_model: bo
         if v[w] > t + off:
             found_uc += [f"{w} (critical)"] * 2
     found_lewd = [w for w, t in ref["lewd_context"].items() if v[w] > t + off]
-    return {"is_csam": len(found_uc) >= 3 and len(found_lewd) >= 1, "found_uc": found_uc, "found_lewd": found_lewd,
-            "values": v}
+    return {
+        "is_csam": len(found_uc) >= 3 and len(found_lewd) >= 1,
+        "found_uc": found_uc,
+        "found_lewd": found_lewd,
+        "values": v,
+    }

@@ -18,8 +18,9 @@ def test_concepts_for_a_new_policy_without_torch(tiny_bundle, write_policy):
     guard = tiny_bundle.parent / "guard"
     guard.mkdir()
     (guard / "torch.py").write_text("raise ImportError('torch must not be imported by model concepts')\n")
-    proc = run_cli("model", "concepts", "--model", str(tiny_bundle), "--policy", str(policy),
-                   env={"PYTHONPATH": str(guard)})
+    proc = run_cli(
+        "model", "concepts", "--model", str(tiny_bundle), "--policy", str(policy), env={"PYTHONPATH": str(guard)}
+    )
     assert proc.returncode == 0, proc.stderr
     assert "2 new prompt(s)" in proc.stdout
     after = load_bundle(tiny_bundle)  # hashes verified
@@ -29,7 +30,8 @@ def test_concepts_for_a_new_policy_without_torch(tiny_bundle, write_policy):
     # Old concept files are gone; only the manifest's files remain.
     manifest = json.loads((tiny_bundle / "manifest.json").read_text())
     assert sorted(p.name for p in tiny_bundle.glob("concepts-*")) == sorted(
-        [manifest["files"]["concepts"], manifest["files"]["concept_prompts"]])
+        [manifest["files"]["concepts"], manifest["files"]["concept_prompts"]]
+    )
 
 
 def test_onnx_text_encoder_reproduces_export_time_torch_concepts(tiny_bundle):

@@ -48,7 +48,7 @@ def _random_rows(policy, ref_thresholds: list[float], rows: int, seed: int) -> n
 def test_horde_v2_matches_scalar_reference_on_random_rows(offset):
     policy = load_policy("horde-v2")
     thresholds = sorted({e["threshold"] for grp in V2_REF["groups"].values() for e in grp if e.get("threshold")})
-    sims = _random_rows(policy, thresholds + [0.208, 0.24, 0.1901, 0.2251], rows=1500, seed=int(abs(offset) * 1e4) + 7)
+    sims = _random_rows(policy, [*thresholds, 0.208, 0.24, 0.1901, 0.2251], rows=1500, seed=int(abs(offset) * 1e4) + 7)
     ev = evaluate(policy, sims, offset)
     labels_seen = Counter()
     for row in range(len(sims)):
@@ -120,11 +120,13 @@ def test_generic_groups_rule_counts_hits_per_group(write_policy):
     )
     policy = load_policy(str(path))
     assert policy.prompts == ("red", "green", "blue", "cat")
-    sims = np.array([
-        [0.6, 0.6, 0.0, 0.4],  # a: 2 hits, b: 1 -> flagged
-        [0.6, 0.0, 0.0, 0.4],  # a: 1 hit -> not
-        [0.6, 0.6, 0.6, 0.3],  # b at threshold (strict >) -> not
-    ])
+    sims = np.array(
+        [
+            [0.6, 0.6, 0.0, 0.4],  # a: 2 hits, b: 1 -> flagged
+            [0.6, 0.0, 0.0, 0.4],  # a: 1 hit -> not
+            [0.6, 0.6, 0.6, 0.3],  # b at threshold (strict >) -> not
+        ]
+    )
     ev = evaluate(policy, sims)
     assert ev.flagged.tolist() == [True, False, False]
     why = ev.explain(0)

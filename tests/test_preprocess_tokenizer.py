@@ -16,14 +16,28 @@ OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
 
 
-@pytest.mark.parametrize(("size", "mode", "interp"), [(224, "shortest", "bicubic"), (32, "shortest", "bicubic"),
-                                                      (224, "squash", "bilinear")])
+@pytest.mark.parametrize(
+    ("size", "mode", "interp"), [(224, "shortest", "bicubic"), (32, "shortest", "bicubic"), (224, "squash", "bilinear")]
+)
 def test_transform_matches_open_clip_on_generated_images(size, mode, interp):
     prep = Preprocess.from_manifest(
-        {"image_size": [size, size], "mean": OPENAI_MEAN, "std": OPENAI_STD, "interpolation": interp,
-         "resize_mode": mode}, "test")
-    reference = open_clip.image_transform((size, size), is_train=False, mean=tuple(OPENAI_MEAN),
-                                          std=tuple(OPENAI_STD), resize_mode=mode, interpolation=interp)
+        {
+            "image_size": [size, size],
+            "mean": OPENAI_MEAN,
+            "std": OPENAI_STD,
+            "interpolation": interp,
+            "resize_mode": mode,
+        },
+        "test",
+    )
+    reference = open_clip.image_transform(
+        (size, size),
+        is_train=False,
+        mean=tuple(OPENAI_MEAN),
+        std=tuple(OPENAI_STD),
+        resize_mode=mode,
+        interpolation=interp,
+    )
     rng = np.random.default_rng(size)
     shapes = [(224, 224), (225, 223), (1, 1), (1, 300), (300, 1), (640, 480), (97, 61)]
     shapes += [tuple(int(v) for v in rng.integers(1, 1200, size=2)) for _ in range(20)]
@@ -33,8 +47,16 @@ def test_transform_matches_open_clip_on_generated_images(size, mode, interp):
 
 
 def test_extreme_strip_is_bounded_and_close_to_open_clip():
-    prep = Preprocess.from_manifest({"image_size": [224, 224], "mean": OPENAI_MEAN, "std": OPENAI_STD,
-                                     "interpolation": "bicubic", "resize_mode": "shortest"}, "test")
+    prep = Preprocess.from_manifest(
+        {
+            "image_size": [224, 224],
+            "mean": OPENAI_MEAN,
+            "std": OPENAI_STD,
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        },
+        "test",
+    )
     img = generated_image(1, 1, 10000)  # open_clip would build a 224 x 2,240,000 intermediate image
     out = resize_and_crop(img, prep)
     assert out.size == (224, 224)

@@ -1,0 +1,85 @@
+"""decide: similarities of each file's frames + policy + allowlist -> one verdict per file. Pure.
+
+A file's verdict is the worst of its frames (any flagged frame flags the file); its reason is the
+explanation of the first flagged frame. An allowlisted sha256 is never flagged, and the reason says
+what the policy would have done.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .policy import Policy, evaluate
+
+
+@dataclass(frozen=True)
+class Verdict:
+    flagged: bool
+    reason: dict[str, Any] | None
+
+    @property
+    def label(self) -> str:
+        return "flagged" if self.flagged else "clean"
+
+    def reason_json(self) -> str | None:
+        return None if self.reason is None else json.dumps(self.reason, ensure_ascii=False, separators=(",", ":"))
+
+
+def decide(
+    policy: Policy,
+    sims: np.ndarray,
+    owners: np.ndarray,
+    n_files: int,
+    severity: float,
+    allowlisted: list[bool] | None = None,
+) -> list[Verdict]:
+    """sims: [frames, P] in the policy's column order; owners[f] = index of the file frame f belongs to."""
+    ev = evaluate(policy, sims, severity)
+    verdicts = []
+    for i in range(n_files):
+        rows = np.flatnonzero(owners == i)
+        hits = rows[ev.flagged[rows]]
+        if not len(hits):
+            verdicts.append(Verdict(False, None))
+            continue
+        why = ev.explain(int(hits[0]))
+        why["frame"] = int(hits[0] - rows[0])
+        why["frames_flagged"] = int(len(hits))
+        why["frames"] = int(len(rows))
+        if allowlisted and allowlisted[i]:
+            verdicts.append(Verdict(False, {"allowlisted": True, "policy_would_flag": why}))
+        else:
+            verdicts.append(Verdict(True, why))
+    return verdicts
+
+
+def reason_text(reason: str | dict | None) -> str:
+    """One line for reports: labels and the prompts that fired, with similarity and threshold."""
+    if reason is None:
+        return ""
+    if isinstance(reason, str):
+        try:
+            reason = json.loads(reason)
+        except json.JSONDecodeError:
+            return reason
+    if not isinstance(reason, dict):
+        return str(reason)
+    if "error" in reason:
+        return str(reason["error"])
+    if reason.get("allowlisted"):
+        return "allowlisted (the policy would flag it)"
+    parts = []
+    for check, fired in reason.get("checks", {}).items():
+        items = ", ".join(
+            f"{f['prompt']} {f['similarity']:.4f}" + (f">{f['threshold']:.4f}" if "threshold" in f else "")
+            for f in fired[:6]
+        )
+        more = f" (+{len(fired) - 6} more)" if len(fired) > 6 else ""
+        parts.append(f"{check}: {items}{more}")
+    labels = ",".join(reason.get("labels", []))
+    frame = f" [frame {reason['frame'] + 1}/{reason['frames']}]" if reason.get("frames", 1) > 1 else ""
+    return f"{labels}{frame}: " + "; ".join(parts)

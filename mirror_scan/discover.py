@@ -1,0 +1,69 @@
+"""Discover files under the scan roots with os.scandir. Never follows a symbolic link below a root
+(a link is reported, never read or acted on); skips rclone's in-progress `*.partial` downloads."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass(frozen=True)
+class Found:
+    path: str
+    size: int
+    mtime_ns: int
+
+
+@dataclass(frozen=True)
+class Unscannable:
+    """Something at a path that is not scanned, with why (a symlink, an unreadable directory...)."""
+
+    path: str
+    reason: str
+
+
+def is_partial(name: str) -> bool:
+    return name.endswith(PARTIAL_SUFFIX)
+
+
+def _walk(directory: str) -> Iterator[Found | Unscannable]:
+    try:
+        with os.scandir(directory) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except PermissionError:
+        yield Unscannable(directory, "permission denied: directory cannot be listed")
+        return
+    except FileNotFoundError:
+        return  # removed while we walked: nothing to scan
+    except NotADirectoryError:
+        return
+    for entry in entries:
+        try:
+            if entry.is_symlink():
+                yield Unscannable(entry.path, "symbolic link: never followed, not scanned")
+            elif entry.is_dir(follow_symlinks=False):
+                yield from _walk(entry.path)
+            elif entry.is_file(follow_symlinks=False):
+                if is_partial(entry.name):
+                    continue
+                st = entry.stat(follow_symlinks=False)
+                yield Found(entry.path, st.st_size, st.st_mtime_ns)
+            else:
+                yield Unscannable(entry.path, "not a regular file (device, socket or pipe)")
+        except FileNotFoundError:
+            continue  # vanished between listing and stat: not an error
+
+
+def discover(roots: Iterable[str | os.PathLike]) -> Iterator[Found | Unscannable]:
+    """Roots are followed if they are links (the admin named them); nothing below them is."""
+    for root in roots:
+        root = os.fspath(root)
+        st = os.stat(root)
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk(root)
+        elif stat.S_ISREG(st.st_mode) and not is_partial(root):
+            yield Found(root, st.st_size, st.st_mtime_ns)

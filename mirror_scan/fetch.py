@@ -1,0 +1,103 @@
+"""The decode-worker stage: read a discovered file safely, hash it, reuse a stored result for the same
+bytes, or decode it into model-ready frames. Runs in a thread pool; returns an outcome value, never
+raises for a problem with the file."""
+
+from __future__ import annotations
+
+import errno
+import os
+from dataclasses import dataclass
+
+import numpy as np
+
+from .bundle import Preprocess
+from .decode import Limits, decode
+from .discover import Found
+from .hashing import sha256_bytes
+
+
+@dataclass
+class Decoded:
+    found: Found
+    sha256: str
+    format: str
+    pixels: np.ndarray  # float32 [frames, 3, H, W]
+
+
+@dataclass
+class Reused:
+    found: Found
+    sha256: str
+    result_id: int
+
+
+@dataclass
+class Failed:
+    found: Found
+    sha256: str | None
+    reason: str
+
+
+@dataclass
+class Changed:
+    """The file was being written or replaced while we read it: retry later, not an error."""
+
+    found: Found
+
+
+@dataclass
+class Vanished:
+    found: Found
+
+
+Outcome = Decoded | Reused | Failed | Changed | Vanished
+
+
+def read_stable(found: Found, max_bytes: int) -> bytes | Changed | Vanished | Failed:
+    """The file's bytes, if it is still the file that was discovered and did not change while read.
+    O_NOFOLLOW: a file swapped for a symlink after discovery is refused, never followed."""
+    try:
+        fd = os.open(found.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return Vanished(found)
+    except PermissionError:
+        return Failed(found, None, "permission denied: file cannot be read")
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return Failed(found, None, "symbolic link: never followed, not scanned")
+        return Failed(found, None, f"cannot open: {os.strerror(err.errno or 0) or err}")
+    try:
+        before = os.fstat(fd)
+        if before.st_size != found.size or before.st_mtime_ns != found.mtime_ns:
+            return Changed(found)
+        if before.st_size > max_bytes:
+            return Failed(found, None, f"file is {before.st_size:,} bytes, over the limit of {max_bytes:,}")
+        chunks = []
+        remaining = max_bytes + 1
+        while remaining > 0 and (chunk := os.read(fd, min(1 << 20, remaining))):
+            chunks.append(chunk)
+            remaining -= len(chunk)
+        after = os.fstat(fd)
+    except OSError as err:
+        return Failed(found, None, f"read error: {err.strerror or err}")
+    finally:
+        os.close(fd)
+    data = b"".join(chunks)
+    if len(data) != found.size or after.st_mtime_ns != found.mtime_ns or after.st_size != found.size:
+        return Changed(found)
+    return data
+
+
+def fetch(found: Found, *, prep: Preprocess, limits: Limits, max_bytes: int, lookup_result) -> Outcome:
+    """lookup_result(sha256) -> result id already stored for these bytes with this model, or None."""
+    data = read_stable(found, max_bytes)
+    if not isinstance(data, bytes):
+        return data
+    sha = sha256_bytes(data)
+    result_id = lookup_result(sha)
+    if result_id is not None:
+        return Reused(found, sha, result_id)
+    decoded = decode(data, prep, limits)
+    if isinstance(decoded, str):
+        return Failed(found, sha, decoded)
+    return Decoded(found, sha, decoded.format, decoded.pixels)

@@ -1,0 +1,406 @@
+"""The scan runner: discover -> decode (thread pool) -> batch -> infer -> decide -> act -> record.
+
+One direction and bounded in-flight work: discovery runs ahead in a thread into a bounded queue; at
+most `max_in_flight` files are being read and decoded at once; decoded files wait in the batcher
+until a batch is full; the main thread infers, decides, acts and records. Nothing per file is kept
+after it is recorded, so memory stays flat on any tree size. Each stage is timed.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .act import Actor
+from .bundle import Bundle
+from .decide import Verdict, decide
+from .decode import Limits
+from .discover import Found, Unscannable, discover
+from .fetch import Changed, Decoded, Failed, Outcome, Reused, Vanished, fetch
+from .policy import Policy
+from .report import ReportWriter, record
+from .scoring import Scorer, columns, policy_sims
+from .state import Ledger, path_key
+
+_END = object()
+COMMIT_EVERY_S = 1.0
+
+
+@dataclass
+class Counters:
+    discovered: int = 0
+    scored: int = 0
+    unchanged: int = 0
+    reused: int = 0
+    flagged: int = 0
+    errors: int = 0
+    pending: int = 0  # still changing after a retry: the next scan takes them
+    vanished: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "infer": 0.0, "record": 0.0})
+
+    @property
+    def done(self) -> int:
+        return self.scored + self.unchanged + self.reused + self.errors + self.pending + self.vanished
+
+    def as_dict(self) -> dict:
+        rate = self.scored / self.seconds if self.seconds else 0.0
+        return {
+            "discovered": self.discovered,
+            "scanned": self.scored,
+            "skipped_unchanged": self.unchanged,
+            "reused_by_hash": self.reused,
+            "flagged": self.flagged,
+            "errors": self.errors,
+            "pending_changed": self.pending,
+            "vanished": self.vanished,
+            "frames": self.frames,
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(rate, 2),
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+        }
+
+
+@dataclass
+class ScanConfig:
+    severity: float = 0.0
+    batch_size: int = 16
+    workers: int = 2
+    limits: Limits = field(default_factory=Limits)
+    max_bytes: int = 512 << 20
+    retry_delay_s: float = 0.5
+
+
+class Scan:
+    def __init__(
+        self,
+        ledger: Ledger,
+        bundle: Bundle,
+        scorer: Scorer,
+        policy: Policy,
+        config: ScanConfig,
+        actor: Actor | None,
+        report: ReportWriter | None = None,
+        progress: Callable[[Counters, bool], None] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.bundle = bundle
+        self.scorer = scorer
+        self.policy = policy
+        self.config = config
+        self.actor = actor  # None: dry run, record verdicts and act on nothing
+        self.report = report
+        self.progress = progress
+        self.model_id = f"{bundle.model_id}:{scorer.placement.precision}"
+        self.prompt_set = ledger.ensure_prompt_set(bundle.concepts.prompts)
+        self.policy_columns = columns(bundle.concepts.prompts, policy)
+        self.counters = Counters()
+        self._batch: list[Decoded] = []
+        self._batch_frames = 0
+        self._twins: dict[str, list[Found]] = {}  # sha256 in the batch -> other files with the same bytes
+        self._last_commit = time.monotonic()
+
+    # ------------------------------------------------------------------ stages
+
+    def _lookup(self, sha256: str) -> int | None:
+        return self.ledger.result_id_for(sha256, self.model_id, conn=self.ledger.reader())
+
+    def _fetch(self, found: Found) -> tuple[Outcome, float]:
+        started = time.perf_counter()
+        outcome = fetch(
+            found,
+            prep=self.bundle.preprocess,
+            limits=self.config.limits,
+            max_bytes=self.config.max_bytes,
+            lookup_result=self._lookup,
+        )
+        return outcome, time.perf_counter() - started
+
+    def _unchanged(self, found: Found) -> bool:
+        """True if the file is as last scanned with this model: it is not read again. Under another policy
+        or severity its verdict is re-decided from the stored result (no image read)."""
+        state = self.ledger.file_state(path_key(found.path))
+        if state is None:
+            return False
+        size, mtime_ns, model_id, status, sha256, verdict, reason, fmt, action, result_id, policy_id, severity = state
+        if (size, mtime_ns, model_id) != (found.size, found.mtime_ns, self.model_id):
+            return False
+        if status not in ("scored", "reused") or result_id is None:
+            return False  # errors are retried: a permission fix does not change the mtime
+        self.counters.unchanged += 1
+        if (policy_id, severity) != (self.policy.policy_id, self.config.severity):
+            self._redecide(found, sha256, result_id, status, fmt, count_as=None)
+            return True
+        if verdict == "flagged":
+            self.counters.flagged += 1
+        if self.report:
+            self.report.write(
+                record(
+                    found.path,
+                    sha256=sha256,
+                    status="skipped",
+                    verdict=verdict,
+                    reason=reason,
+                    size=found.size,
+                    fmt=fmt,
+                    action=action,
+                )
+            )
+        return True
+
+    def _flush(self) -> None:
+        if not self._batch:
+            return
+        items, self._batch, self._batch_frames = self._batch, [], 0
+        pixels = np.concatenate([item.pixels for item in items])
+        started = time.perf_counter()
+        embeddings, sims = self.scorer(pixels)
+        self.counters.stage_seconds["infer"] += time.perf_counter() - started
+        self.counters.frames += len(pixels)
+        owners = np.repeat(np.arange(len(items)), [len(item.pixels) for item in items])
+        verdicts = decide(
+            self.policy,
+            sims[:, self.policy_columns],
+            owners,
+            len(items),
+            self.config.severity,
+            [self.ledger.allowlisted(item.sha256) for item in items],
+        )
+        started = time.perf_counter()
+        for index, (item, verdict) in enumerate(zip(items, verdicts, strict=True)):
+            rows = owners == index
+            result_id = self.ledger.put_result(
+                item.sha256, self.model_id, self.prompt_set, sims[rows], embeddings[rows]
+            )
+            self.counters.scored += 1
+            self._record_verdict(item.found, item.sha256, "scored", verdict, result_id, item.format)
+            for twin in self._twins.pop(item.sha256, []):
+                self._reuse(Reused(twin, item.sha256, result_id))
+        self.counters.stage_seconds["record"] += time.perf_counter() - started
+
+    def _record_verdict(
+        self,
+        found: Found,
+        sha256: str,
+        status: str,
+        verdict: Verdict,
+        result_id: int,
+        fmt: str | None,
+        report_status: str | None = None,
+    ) -> None:
+        key = path_key(found.path)
+        self.ledger.record_file(
+            key,
+            size=found.size,
+            mtime_ns=found.mtime_ns,
+            sha256=sha256,
+            status=status,
+            verdict=verdict.label,
+            reason=verdict.reason_json(),
+            result_id=result_id,
+            model_id=self.model_id,
+            policy_id=self.policy.policy_id,
+            severity=self.config.severity,
+            fmt=fmt,
+        )
+        action = None
+        if verdict.flagged:
+            self.counters.flagged += 1
+            action = self.ledger.file_state(key)[8]  # kept from an earlier run when the bytes are the same
+            if self.actor is not None and action is None:
+                action = self.actor.act(key, sha256, verdict.reason_json())
+                self.ledger.mark_action(key, action)
+        if self.report:
+            self.report.write(
+                record(
+                    found.path,
+                    sha256=sha256,
+                    status=report_status or status,
+                    verdict=verdict.label,
+                    reason=verdict.reason,
+                    size=found.size,
+                    fmt=fmt,
+                    action=action,
+                )
+            )
+        self._maybe_commit()
+
+    def _record_error(self, path: str, reason: str, size: int | None, mtime_ns: int | None, sha256: str | None) -> None:
+        import json
+
+        self.counters.errors += 1
+        self.ledger.record_file(
+            path_key(path),
+            size=size,
+            mtime_ns=mtime_ns,
+            sha256=sha256,
+            status="error",
+            reason=json.dumps({"error": reason}),
+            model_id=self.model_id,
+        )
+        if self.report:
+            self.report.write(record(path, sha256=sha256, status="error", verdict=None, reason=reason, size=size))
+        self._maybe_commit()
+
+    def _redecide(
+        self, found: Found, sha256: str, result_id: int, status: str, fmt: str | None, count_as: str | None
+    ) -> None:
+        """Decide from a stored result: for copies of bytes already scored, and for unchanged files
+        under a new policy or severity."""
+        stored = self.ledger.get_result(result_id)
+        sims = policy_sims(
+            stored.sims, stored.embedding, self.ledger.prompt_set(stored.prompt_set), self.policy, self.bundle
+        )
+        (verdict,) = decide(
+            self.policy,
+            sims,
+            np.zeros(len(sims), dtype=np.intp),
+            1,
+            self.config.severity,
+            [self.ledger.allowlisted(sha256)],
+        )
+        if count_as == "reused":
+            self.counters.reused += 1
+        self._record_verdict(
+            found, sha256, status, verdict, result_id, fmt, report_status="skipped" if count_as is None else status
+        )
+
+    def _reuse(self, item: Reused) -> None:
+        self._redecide(item.found, item.sha256, item.result_id, "reused", None, count_as="reused")
+
+    def _handle(self, outcome: Outcome, retry: list[Found], final: bool) -> None:
+        if isinstance(outcome, Decoded):
+            # Same bytes as a file decided moments ago (not yet visible to the workers) or waiting in this batch:
+            # reuse, never infer twice.
+            result_id = self.ledger.result_id_for(outcome.sha256, self.model_id)
+            if result_id is not None:
+                self._reuse(Reused(outcome.found, outcome.sha256, result_id))
+            elif outcome.sha256 in self._twins:
+                self._twins[outcome.sha256].append(outcome.found)
+            else:
+                self._twins[outcome.sha256] = []
+                self._batch.append(outcome)
+                self._batch_frames += len(outcome.pixels)
+                if self._batch_frames >= self.config.batch_size:
+                    self._flush()
+        elif isinstance(outcome, Reused):
+            self._reuse(outcome)
+        elif isinstance(outcome, Failed):
+            f = outcome.found
+            self._record_error(f.path, outcome.reason, f.size, f.mtime_ns, outcome.sha256)
+        elif isinstance(outcome, Changed):
+            if final:
+                self.counters.pending += 1
+                if self.report:
+                    self.report.write(
+                        record(
+                            outcome.found.path,
+                            sha256=None,
+                            status="skipped",
+                            verdict=None,
+                            reason="still changing; the next scan takes it",
+                            size=None,
+                        )
+                    )
+            else:
+                retry.append(outcome.found)
+        elif isinstance(outcome, Vanished):
+            self.counters.vanished += 1
+
+    def _maybe_commit(self) -> None:
+        if time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
+            self.ledger.commit()
+            self._last_commit = time.monotonic()
+
+    # ------------------------------------------------------------------ loop
+
+    def run(self, roots: list[str]) -> Counters:
+        started = time.monotonic()
+        found_queue: queue.Queue = queue.Queue(maxsize=4096)
+        stop = threading.Event()
+
+        def produce() -> None:
+            try:
+                for item in discover(roots):
+                    while not stop.is_set():
+                        try:
+                            found_queue.put(item, timeout=0.2)
+                            break
+                        except queue.Full:
+                            continue
+                    if stop.is_set():
+                        return
+            finally:
+                found_queue.put(_END)
+
+        producer = threading.Thread(target=produce, name="discover", daemon=True)
+        producer.start()
+        max_in_flight = max(self.config.batch_size * 2, self.config.workers * 4)
+        retry: list[Found] = []
+        try:
+            with ThreadPoolExecutor(self.config.workers, thread_name_prefix="decode") as pool:
+                self._pump(pool, found_queue, max_in_flight, retry, final=False)
+                if retry:
+                    time.sleep(self.config.retry_delay_s)
+                    again: queue.Queue = queue.Queue()
+                    for found in retry:
+                        try:
+                            st = os.lstat(found.path)
+                            again.put(Found(found.path, st.st_size, st.st_mtime_ns))
+                        except FileNotFoundError:
+                            self.counters.vanished += 1
+                    again.put(_END)
+                    self._pump(pool, again, max_in_flight, [], final=True)
+                self._flush()
+        finally:
+            stop.set()
+            self.counters.seconds = time.monotonic() - started
+            self.ledger.commit()
+        return self.counters
+
+    def _pump(
+        self, pool: ThreadPoolExecutor, source: queue.Queue, max_in_flight: int, retry: list[Found], final: bool
+    ) -> None:
+        in_flight: set[Future] = set()
+        exhausted = False
+        last_progress = 0.0
+        while True:
+            while not exhausted and len(in_flight) < max_in_flight:
+                try:
+                    item = source.get(timeout=0.05) if in_flight else source.get()
+                except queue.Empty:
+                    break
+                if item is _END:
+                    exhausted = True
+                elif isinstance(item, Unscannable):
+                    self.counters.discovered += 1
+                    self._record_error(item.path, item.reason, None, None, None)
+                else:
+                    self.counters.discovered += 1
+                    if not self._unchanged(item):
+                        in_flight.add(pool.submit(self._fetch, item))
+            if in_flight:
+                done, in_flight = wait(in_flight, timeout=None if exhausted else 0.05, return_when=FIRST_COMPLETED)
+                for future in done:
+                    outcome, seconds = future.result()
+                    self.counters.stage_seconds["decode"] += seconds
+                    self._handle(outcome, retry, final)
+            elif exhausted:
+                break
+            if exhausted and not in_flight:
+                break
+            now = time.monotonic()
+            if self.progress and now - last_progress > 0.1:
+                self.progress(self.counters, exhausted)
+                last_progress = now
+        self._flush()
+        if self.progress:
+            self.progress(self.counters, True)

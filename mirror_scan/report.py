@@ -1,0 +1,88 @@
+"""Per-file report records (JSONL or CSV), streamed: one record per file, nothing held in memory."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import IO, Any
+
+from .decide import reason_text
+from .errors import UsageError
+from .state import Ledger, display_path
+
+FIELDS = ("path", "sha256", "status", "verdict", "reason", "size", "format", "action")
+FORMATS = ("jsonl", "csv")
+
+
+class ReportWriter:
+    def __init__(self, target: Path | str | None, fmt: str = "jsonl") -> None:
+        if fmt not in FORMATS:
+            raise UsageError(f"report format {fmt!r} is not supported", hint="use jsonl or csv")
+        self.fmt = fmt
+        self._own = target not in (None, "-")
+        self.handle: IO[str] = (
+            open(target, "w", encoding="utf-8", newline="") if self._own else sys.stdout  # noqa: SIM115
+        )
+        self._csv = csv.DictWriter(self.handle, FIELDS, extrasaction="ignore") if fmt == "csv" else None
+        if self._csv:
+            self._csv.writeheader()
+
+    def write(self, record: dict[str, Any]) -> None:
+        if self._csv:
+            self._csv.writerow(record)
+        else:
+            self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+    def close(self) -> None:
+        if self._own:
+            self.handle.close()
+        else:
+            self.handle.flush()
+
+
+def record(
+    path: bytes | str,
+    *,
+    sha256: str | None,
+    status: str,
+    verdict: str | None,
+    reason: Any,
+    size: int | None,
+    fmt: str | None = None,
+    action: str | None = None,
+) -> dict[str, Any]:
+    return {
+        "path": display_path(path)
+        if isinstance(path, bytes)
+        else path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace"),
+        "sha256": sha256,
+        "status": status,
+        "verdict": verdict,
+        "reason": reason_text(reason) or None,
+        "size": size,
+        "format": fmt,
+        "action": action,
+    }
+
+
+def ledger_records(ledger: Ledger, flagged: bool = False, errors: bool = False) -> Iterator[dict[str, Any]]:
+    clauses = []
+    if flagged:
+        clauses.append("verdict='flagged'")
+    if errors:
+        clauses.append("status='error'")
+    where = " OR ".join(clauses) or "1"
+    for row in ledger.iter_files(where):
+        yield record(
+            row["path"],
+            sha256=row["sha256"],
+            status=row["status"],
+            verdict=row["verdict"],
+            reason=row["reason"],
+            size=row["size"],
+            fmt=row["format"],
+            action=row["action"],
+        )

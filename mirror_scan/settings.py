@@ -1,0 +1,138 @@
+"""Every setting in one table. Resolution order: command-line flag, then environment
+(MIRROR_SCAN_<NAME>), then the config file (--config, or config.toml in the user's config dir), then
+the default (paths under the user's data dir)."""
+
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import platformdirs
+
+from .errors import UsageError
+
+APP = "mirror-scan"
+
+
+def data_dir() -> Path:
+    return Path(os.environ.get("MIRROR_SCAN_DATA_DIR") or platformdirs.user_data_dir(APP))
+
+
+def default_config_path() -> Path:
+    return Path(platformdirs.user_config_dir(APP)) / "config.toml"
+
+
+def _positive_int(value: Any) -> int:
+    number = int(value)
+    if number < 1:
+        raise ValueError("must be 1 or more")
+    return number
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = str(value)
+        if text not in options:
+            raise ValueError(f"must be one of {', '.join(options)}")
+        return text
+
+    return parse
+
+
+@dataclass(frozen=True)
+class Spec:
+    parse: Callable[[Any], Any]
+    default: Callable[[], Any]
+    help: str
+
+
+SPECS: dict[str, Spec] = {
+    "model": Spec(Path, lambda: data_dir() / "model", "model bundle directory"),
+    "policy": Spec(str, lambda: "horde-v2", "built-in policy name or policy file"),
+    "severity": Spec(str, lambda: "default", "strict, default, lenient, or a threshold offset"),
+    "state": Spec(Path, lambda: data_dir() / "state.db", "SQLite state database"),
+    "quarantine": Spec(Path, lambda: data_dir() / "quarantine", "quarantine directory"),
+    "batch_size": Spec(_positive_int, lambda: 16, "images per inference batch"),
+    "workers": Spec(_positive_int, lambda: max(1, os.cpu_count() or 1), "decode threads"),
+    "device": Spec(_choice("auto", "cuda", "cpu"), lambda: "auto", "auto, cuda or cpu"),
+    "precision": Spec(_choice("auto", "fp32", "fp16", "int8"), lambda: "auto", "image encoder precision"),
+    "max_pixels": Spec(_positive_int, lambda: 64_000_000, "refuse images with more pixels (decompression bombs)"),
+    "max_frames": Spec(_positive_int, lambda: 8, "frames sampled from an animation or video"),
+    "max_file_mb": Spec(_positive_int, lambda: 512, "refuse files larger than this (MiB)"),
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: Path
+    policy: str
+    severity: str
+    state: Path
+    quarantine: Path
+    batch_size: int
+    workers: int
+    device: str
+    precision: str
+    max_pixels: int
+    max_frames: int
+    max_file_mb: int
+    sources: dict[str, str]  # setting -> "flag" | "env" | "config FILE" | "default"
+
+
+def _read_config(path: Path | None) -> tuple[dict[str, Any], str]:
+    explicit = path is not None
+    path = path or Path(os.environ.get("MIRROR_SCAN_CONFIG") or default_config_path())
+    if not path.exists():
+        if explicit:
+            raise UsageError(f"config file {path} does not exist")
+        return {}, ""
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise UsageError(f"config file {path} cannot be read: {err}") from None
+    scan = data.get("scan", data)  # settings may sit at the top level or under [scan]
+    for key in scan:
+        if key not in SPECS and not isinstance(scan[key], dict):
+            close = difflib.get_close_matches(key, list(SPECS), n=1)
+            hint = f"did you mean '{close[0]}'?" if close else f"known settings: {', '.join(SPECS)}"
+            raise UsageError(f"config file {path}: unknown setting '{key}'", hint=hint)
+    return {k: v for k, v in scan.items() if k in SPECS}, f"config {path}"
+
+
+def resolve(flags: dict[str, Any] | None = None, config: Path | None = None) -> Settings:
+    """Settings from flags (None = not given), environment, config file and defaults."""
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    file_values, file_label = _read_config(config)
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for name, spec in SPECS.items():
+        env_name = f"MIRROR_SCAN_{name.upper()}"
+        if name in flags:
+            raw, source = flags[name], "flag"
+        elif os.environ.get(env_name):
+            raw, source = os.environ[env_name], f"env {env_name}"
+        elif name in file_values:
+            raw, source = file_values[name], file_label
+        else:
+            raw, source = spec.default(), "default"
+        try:
+            values[name] = spec.parse(raw)
+        except (TypeError, ValueError) as err:
+            raise UsageError(f"setting '{name}' from {source}: {raw!r} {err}") from None
+        if isinstance(values[name], Path):
+            values[name] = values[name].expanduser()
+        sources[name] = source
+    return Settings(**values, sources=sources)
+
+
+def describe(settings: Settings) -> list[tuple[str, str, str]]:
+    return [
+        (f.name, str(getattr(settings, f.name)), settings.sources[f.name])
+        for f in fields(settings)
+        if f.name != "sources"
+    ]
