@@ -49,8 +49,12 @@ def test_scoring_needs_every_policy_prompt(tiny_bundle, write_policy):
 
     from mirror_scan.errors import BundleError
     from mirror_scan.policy import load_policy
-    from mirror_scan.scoring import Scorer
+    from mirror_scan.scoring import require_prompts
 
     policy = load_policy(str(write_policy({"g": {"a never embedded prompt": 0.1}}, {"g": 1})))
     with pytest.raises(BundleError, match="model concepts"):
-        Scorer(load_bundle(tiny_bundle), policy, device="cpu")
+        require_prompts(load_bundle(tiny_bundle), policy)
+    # The scan command refuses before reading any file, with the same advice.
+    proc = run_cli("scan", str(tiny_bundle), "--model", str(tiny_bundle), "--policy", str(policy.source),
+                   "--state", str(tiny_bundle.parent / "s.db"), "--dry-run")
+    assert proc.returncode == 2 and "model concepts" in proc.stderr and "Traceback" not in proc.stderr
