@@ -55,6 +55,15 @@ def test_scoring_needs_every_policy_prompt(tiny_bundle, write_policy):
     with pytest.raises(BundleError, match="model concepts"):
         require_prompts(load_bundle(tiny_bundle), policy)
     # The scan command refuses before reading any file, with the same advice.
-    proc = run_cli("scan", str(tiny_bundle), "--model", str(tiny_bundle), "--policy", str(policy.source),
-                   "--state", str(tiny_bundle.parent / "s.db"), "--dry-run")
+    proc = run_cli(
+        "scan",
+        str(tiny_bundle),
+        "--model",
+        str(tiny_bundle),
+        "--policy",
+        str(policy.source),
+        "--state",
+        str(tiny_bundle.parent / "s.db"),
+        "--dry-run",
+    )
     assert proc.returncode == 2 and "model concepts" in proc.stderr and "Traceback" not in proc.stderr
