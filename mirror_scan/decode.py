@@ -26,6 +26,7 @@ except ImportError:  # pragma: no cover - optional at runtime, installed by defa
     pass
 
 NEUTRAL_BACKGROUND = (128, 128, 128)
+ORIENTATION = 0x0112  # EXIF tag
 VIDEO_FORMATS = ("mp4", "webm")
 # ISO-BMFF brands: still/sequence AVIF, and the common MP4 family.
 AVIF_BRANDS = {b"avif", b"avis"}
@@ -107,7 +108,7 @@ def _to_rgb(frame: Image.Image) -> Image.Image:
         rgba = frame.convert("RGBA")
         background = Image.new("RGBA", rgba.size, (*NEUTRAL_BACKGROUND, 255))
         return Image.alpha_composite(background, rgba).convert("RGB")
-    return frame.convert("RGB")
+    return frame if frame.mode == "RGB" else frame.convert("RGB")
 
 
 def _frame_indices(total: int, wanted: int) -> list[int]:
@@ -129,13 +130,17 @@ def _decode_image(data: bytes, fmt: str, prep: Preprocess, limits: Limits) -> De
                 "(possible decompression bomb)"
             )
         if fmt == "jpeg":
-            # Decode at 1/2, 1/4 or 1/8 scale while staying at least twice the model's input size.
-            img.draft("RGB", (prep.size[1] * 2, prep.size[0] * 2))
+            # libjpeg's scaled IDCT decodes at 1/2, 1/4 or 1/8 size (a proper low-pass) while staying at
+            # least the model's input size; the bicubic resize does the rest. 3-4x less decode work.
+            img.draft("RGB", (prep.size[1], prep.size[0]))
         total = int(getattr(img, "n_frames", 1) or 1)
         frames = []
         for index in _frame_indices(total, limits.max_frames):
             img.seek(index)
-            frame = ImageOps.exif_transpose(img) if index == 0 else img.copy()
+            if index == 0 and img.getexif().get(ORIENTATION, 1) != 1:
+                frame = ImageOps.exif_transpose(img)
+            else:
+                frame = img if total == 1 else img.copy()
             frames.append(normalise(resize_and_crop(_to_rgb(frame), prep), prep))
     return Decoded(fmt, np.stack(frames), total)
 

@@ -44,10 +44,19 @@ def rescore(
     total = ledger.count("status IN ('scored', 'reused') AND result_id IS NOT NULL")
     allowed = {row[0] for row in ledger.allowlist()}
     prompt_sets: dict[str, tuple[str, ...]] = {}
+    # Embeddings are read only for prompt sets that lack some of the policy's prompts.
+    needs_embedding = {
+        set_id: any(p not in ledger.prompt_set(set_id) for p in policy.prompts)
+        for (set_id,) in ledger.db.execute("SELECT DISTINCT prompt_set FROM results")
+    }
+    embedding_sets = [s for s, needed in needs_embedding.items() if needed]
+    placeholders = ",".join("?" * len(embedding_sets)) or "NULL"
     cursor = ledger.db.execute(
-        """SELECT f.rowid, f.verdict, f.sha256, r.frames, r.prompt_set, r.sims, r.embedding
-           FROM files f JOIN results r ON r.id = f.result_id
-           WHERE f.status IN ('scored', 'reused') ORDER BY r.prompt_set, f.rowid"""
+        f"""SELECT f.rowid, f.verdict, f.sha256, r.frames, r.prompt_set, r.sims,
+                   CASE WHEN r.prompt_set IN ({placeholders}) THEN r.embedding END, f.policy_id, f.severity
+            FROM files f JOIN results r ON r.id = f.result_id
+            WHERE f.status IN ('scored', 'reused') ORDER BY r.prompt_set, f.rowid""",  # noqa: S608
+        embedding_sets,
     )
     updates: list[tuple[str, str | None, float, int]] = []
     while rows := cursor.fetchmany(CHUNK):
@@ -61,7 +70,7 @@ def rescore(
             frames = np.fromiter((r[3] for r in group), dtype=np.intp, count=len(group))
             sims = np.frombuffer(b"".join(r[5] for r in group), dtype=np.float32).reshape(-1, len(prompts))
             embedding = None
-            if any(p not in prompts for p in policy.prompts):
+            if needs_embedding[set_id]:
                 embedding = np.frombuffer(b"".join(r[6] for r in group), dtype=np.float16).reshape(
                     int(frames.sum()), -1
                 )
@@ -69,34 +78,29 @@ def rescore(
             ev = evaluate(policy, policy_columns, severity)
             starts = np.concatenate([[0], np.cumsum(frames)[:-1]])
             flagged = np.logical_or.reduceat(ev.flagged, starts)
+            old_flag = np.fromiter((r[1] == "flagged" for r in group), dtype=bool, count=len(group))
+            allow = np.fromiter((r[2] in allowed for r in group), dtype=bool, count=len(group))
+            new_flag = flagged & ~allow
+            summary.to_flagged += int((new_flag & ~old_flag).sum())
+            summary.to_clean += int((~new_flag & old_flag).sum())
+            summary.still_flagged += int((new_flag & old_flag).sum())
+            summary.still_clean += int((~new_flag & ~old_flag).sum())
             now = time.time()
-            for index, row in enumerate(group):
-                rowid, old, sha256 = row[0], row[1], row[2]
-                new_flag = bool(flagged[index])
+            # Only rows whose verdict or reason can differ need Python: flagged now, or changed, and not
+            # already decided by this very policy and severity (same inputs, same reason).
+            decided_same = np.fromiter(
+                (r[7] == policy.policy_id and r[8] == severity for r in group), dtype=bool, count=len(group)
+            )
+            for index in np.flatnonzero((flagged | old_flag) & ~(decided_same & (new_flag == old_flag))):
+                first = int(starts[index] + np.argmax(ev.flagged[starts[index] : starts[index] + frames[index]]))
                 reason = None
-                if new_flag:
-                    first = int(starts[index] + np.argmax(ev.flagged[starts[index] : starts[index] + frames[index]]))
-                    why = ev.explain(first)
-                    why.update(frame=int(first - starts[index]), frames=int(frames[index]))
-                    if sha256 in allowed:
-                        new_flag, reason = False, {"allowlisted": True, "policy_would_flag": why}
-                    else:
-                        reason = why
-                new = Verdict(new_flag, reason)
-                if old == new.label:
-                    if new_flag:
-                        summary.still_flagged += 1
-                        updates.append((new.label, new.reason_json(), now, rowid))
-                    else:
-                        summary.still_clean += 1
-                        if reason is not None:
-                            updates.append((new.label, new.reason_json(), now, rowid))
-                    continue
-                if new_flag:
-                    summary.to_flagged += 1
-                else:
-                    summary.to_clean += 1
-                updates.append((new.label, new.reason_json(), now, rowid))
+                if flagged[index]:
+                    reason = ev.explain(first)
+                    reason.update(frame=int(first - starts[index]), frames=int(frames[index]))
+                    if allow[index]:
+                        reason = {"allowlisted": True, "policy_would_flag": reason}
+                verdict = Verdict(bool(new_flag[index]), reason)
+                updates.append((verdict.label, verdict.reason_json(), now, group[index][0]))
             summary.files += len(group)
         if progress:
             progress(summary.files, total)

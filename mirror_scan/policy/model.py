@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -59,7 +59,8 @@ class Evaluation:
     labels: dict[str, np.ndarray]  # bool [N] each
     evidence: dict[str, np.ndarray]  # bool [N, P] each
     values: np.ndarray  # float64 [N, P]
-    thresholds: dict[str, np.ndarray] = field(default_factory=dict)  # float64 [P] or [N, P] per evidence
+    # evidence name -> (row -> float64 [P] thresholds that row was compared with)
+    thresholds: dict[str, Callable[[int], np.ndarray]] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.flagged.shape[0])
@@ -69,10 +70,8 @@ class Evaluation:
         return {self.prompts[c]: float(self.values[row, c]) for c in np.flatnonzero(mask)}
 
     def _threshold(self, name: str, row: int, col: int) -> float | None:
-        thr = self.thresholds.get(name)
-        if thr is None:
-            return None
-        return float(thr[row, col] if thr.ndim == 2 else thr[col])
+        thresholds_for = self.thresholds.get(name)
+        return None if thresholds_for is None else float(thresholds_for(row)[col])
 
     def explain(self, row: int) -> dict[str, Any]:
         """Why row `row` got its verdict: labels, and each check's prompts with value and margin."""

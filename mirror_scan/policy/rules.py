@@ -48,6 +48,14 @@ def _field(policy: Policy, group: str, key: str, n_cols: int) -> np.ndarray:
     return out
 
 
+def _above(values: np.ndarray, thresholds: np.ndarray) -> np.ndarray:
+    """values > thresholds as an [N, P] mask, comparing only the columns whose threshold is finite."""
+    cols = np.flatnonzero(np.isfinite(thresholds))
+    out = np.zeros(values.shape, dtype=bool)
+    out[:, cols] = values[:, cols] > thresholds[cols]
+    return out
+
+
 def _prepare(policy: Policy, sims: np.ndarray) -> np.ndarray:
     values = np.asarray(sims, dtype=np.float64)
     if values.ndim != 2 or values.shape[1] != len(policy.prompts):
@@ -89,7 +97,7 @@ def evaluate_horde_v2(policy: Policy, sims: np.ndarray, offset: float = 0.0) -> 
     anime_second_thr += offset
 
     # Step 2-3: anime detection, and the photo override for weak anime matches.
-    anime_hits = values > anime_thr
+    anime_hits = _above(values, anime_thr)
     is_anime = anime_hits.any(axis=1)
     strong_anime = (anime_hits & (values >= params["anime_override_below"] + offset)).any(axis=1)
     photo_cols = [col[prompt] for prompt in params["photo_override_prompts"]]
@@ -97,26 +105,31 @@ def evaluate_horde_v2(policy: Policy, sims: np.ndarray, offset: float = 0.0) -> 
     is_anime &= ~(~strong_anime & photo_hit)
 
     # Step 5: a subject is any predicate text above its base threshold.
-    matched = values > predicate_thr
+    matched = _above(values, predicate_thr)
     subject = matched.any(axis=1)
 
     # Step 6: the CLIP NSFW check, only with a subject; anime images use the anime thresholds.
-    concept_thr = np.where(is_anime[:, None], concept_anime_thr[None, :], concept_base_thr[None, :])
-    concepts = (values > concept_thr) & subject[:, None]
+    concepts = _above(values, concept_base_thr)
+    if is_anime.any():
+        concepts[is_anime] = _above(values[is_anime], concept_anime_thr)
+    concepts &= subject[:, None]
     is_nsfw = concepts.any(axis=1)
 
     # Step 7-10: underage, first pass then (if empty) a second pass with plural dedup.
-    first = values > danger_thr
+    first = _above(values, danger_thr)
     first_any = first.any(axis=1)
-    second_rule_thr = np.where(is_anime[:, None], anime_second_thr[None, :], second_thr[None, :])
-    second = (values > second_rule_thr) & ~first_any[:, None]
+    second = _above(values, second_thr)
+    if is_anime.any():
+        second[is_anime] = _above(values[is_anime], anime_second_thr)
+    second &= ~first_any[:, None]
     for a, b in params["dedup_pairs"]:
         ca, cb = col[a], col[b]
         both = second[:, ca] & second[:, cb]
         second[:, ca] &= ~(both & (values[:, ca] <= values[:, cb]))
     underage = first.sum(axis=1) >= params["first_pass_min_hits"]
     underage |= ~first_any & (second.sum(axis=1) >= params["second_pass_min_hits"])
-    csam_evidence = np.where(first_any[:, None], first, second)
+    csam_evidence = second
+    csam_evidence[first_any] = first[first_any]
 
     labels = {
         "anime": is_anime,
@@ -131,10 +144,13 @@ def evaluate_horde_v2(policy: Policy, sims: np.ndarray, offset: float = 0.0) -> 
         labels=labels,
         evidence={"csam_predicates": csam_evidence, "nsfw_concepts": concepts, "matched_predicates": matched},
         values=values,
+        # Per-row thresholds are chosen when explaining one row, never materialised as [N, P] matrices.
         thresholds={
-            "csam_predicates": np.where(first_any[:, None], danger_thr[None, :], second_rule_thr),
-            "nsfw_concepts": concept_thr,
-            "matched_predicates": predicate_thr,
+            "csam_predicates": lambda row: (
+                danger_thr if first_any[row] else (anime_second_thr if is_anime[row] else second_thr)
+            ),
+            "nsfw_concepts": lambda row: concept_anime_thr if is_anime[row] else concept_base_thr,
+            "matched_predicates": lambda row: predicate_thr,
         },
     )
 
@@ -172,9 +188,9 @@ def evaluate_horde_v1(policy: Policy, sims: np.ndarray, offset: float = 0.0) -> 
         for word, delta in control["adjustments"]:
             adjust(word, delta, triggered, partner_skip=True)
 
-    context = values > context_thr
-    critical = values > critical_thr
-    lewd = values > lewd_thr
+    context = _above(values, context_thr)
+    critical = _above(values, critical_thr)
+    lewd = _above(values, lewd_thr)
     underage_count = context.sum(axis=1) + (params["critical_weight"] - 1) * critical.sum(axis=1)
     labels = {
         "underage": underage_count >= params["min_underage_hits"],
@@ -187,7 +203,11 @@ def evaluate_horde_v1(policy: Policy, sims: np.ndarray, offset: float = 0.0) -> 
         labels=labels,
         evidence={"underage_context": context, "underage_critical": critical, "lewd": lewd},
         values=values,
-        thresholds={"underage_context": context_thr, "underage_critical": critical_thr, "lewd": lewd_thr},
+        thresholds={
+            "underage_context": lambda row: context_thr,
+            "underage_critical": lambda row: critical_thr,
+            "lewd": lambda row: lewd_thr,
+        },
     )
 
 
@@ -200,9 +220,9 @@ def evaluate_groups(policy: Policy, sims: np.ndarray, offset: float = 0.0) -> Ev
     evidence, labels, thresholds = {}, {}, {}
     for group in policy.groups:
         thr = _field(policy, group, "threshold", p) + offset
-        hits = values > thr
+        hits = _above(values, thr)
         evidence[group] = hits
-        thresholds[group] = thr
+        thresholds[group] = lambda row, thr=thr: thr
         labels[group] = hits.sum(axis=1) >= policy.parameters["flag_when"].get(group, 1)
     match = np.ones(n, dtype=bool)
     for group in policy.parameters["flag_when"]:

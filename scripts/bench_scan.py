@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""Scan throughput and memory, measured in one run with one bundle and one batch size:
+
+- model-only images/s (pixels prepared in advance, session.run only),
+- end-to-end scan images/s (discover, read, hash, decode, batch, infer, decide, record),
+- a serial baseline built the way lemmy-safety works: one file at a time, open, full decode,
+  preprocess, infer at batch 1,
+- rescanning the unchanged tree (files/s),
+- peak RSS while scanning a large tree of small files, sampled along the way (flat = bounded queues).
+
+    python scripts/bench_scan.py [--quick] [--json] [--model DIR | --tiny] [--images N] [--rss-files N]
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+from benchutil import BENCH_OUT, bundle_for, emit, machine, parser
+from PIL import Image
+
+from mirror_scan.act import RecordOnly
+from mirror_scan.bundle import load_bundle
+from mirror_scan.decode import Limits
+from mirror_scan.pipeline import Scan, ScanConfig
+from mirror_scan.policy import evaluate, load_policy
+from mirror_scan.preprocess import to_model_input
+from mirror_scan.scoring import Scorer, columns
+from mirror_scan.state import Ledger
+from mirror_scan.synthetic import generated_image
+
+
+def make_tree(root: Path, count: int, seed: int = 0) -> Path:
+    marker = root / f".complete-{count}"
+    if marker.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(seed)
+    for i in range(count):
+        w, h = (int(v) for v in rng.integers(512, 1601, size=2))
+        path = root / f"{i % 100:02x}" / f"{i:06d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        generated_image(i, w, h).save(path, format="JPEG", quality=85)
+    marker.touch()
+    return root
+
+
+def small_tree(root: Path, count: int) -> Path:
+    marker = root / f".complete-{count}"
+    if marker.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    buf = io.BytesIO()
+    generated_image(0, 48, 32).save(buf, format="PNG")
+    base = buf.getvalue()
+    for i in range(count):
+        # pict-rs 0.5.7-like nested keys; unique bytes per file (so nothing is reused by hash)
+        name = f"{i:012x}"
+        path = root / name[-2:] / name[-4:-2] / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(base + i.to_bytes(8, "big"))  # trailing bytes after IEND: still a valid PNG
+    marker.touch()
+    return root
+
+
+def model_only(scorer: Scorer, pixels: np.ndarray, batch: int, seconds: float) -> float:
+    scorer.encoder(pixels[:batch])
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds or done < 2 * batch:
+        for i in range(0, len(pixels) - batch + 1, batch):
+            scorer.encoder(pixels[i : i + batch])
+            done += batch
+    return done / (time.perf_counter() - start)
+
+
+def serial_baseline(files: list[Path], bundle, scorer: Scorer, policy, cols) -> float:
+    """lemmy-safety's shape: for each file, open, decode fully, preprocess, infer alone, decide."""
+    start = time.perf_counter()
+    for path in files:
+        img = Image.open(path).convert("RGB")
+        pixels = to_model_input(img, bundle.preprocess)[None]
+        _, sims = scorer(pixels)
+        evaluate(policy, sims[:, cols])
+    return len(files) / (time.perf_counter() - start)
+
+
+def run_scan(bundle, scorer, policy, tree: Path, state: Path, batch: int, workers: int) -> tuple[dict, float]:
+    with Ledger(state) as ledger:
+        scan = Scan(
+            ledger,
+            bundle,
+            scorer,
+            policy,
+            ScanConfig(batch_size=batch, workers=workers, limits=Limits()),
+            actor=RecordOnly(),
+        )
+        started = time.perf_counter()
+        counters = scan.run([str(tree)])
+        return counters.as_dict(), time.perf_counter() - started
+
+
+def rss_profile(bundle, scorer, policy, tree: Path, total: int, batch: int, workers: int) -> dict:
+    process = psutil.Process()
+    samples: list[tuple[int, int]] = []
+    stop = threading.Event()
+    state_dir = Path(tempfile.mkdtemp(prefix="bench-rss-"))
+    with Ledger(state_dir / "state.db") as ledger:
+        scan = Scan(ledger, bundle, scorer, policy, ScanConfig(batch_size=batch, workers=workers), actor=RecordOnly())
+
+        def sample() -> None:
+            while not stop.is_set():
+                samples.append((scan.counters.done, process.memory_info().rss))
+                time.sleep(0.1)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        started = time.perf_counter()
+        counters = scan.run([str(tree)])
+        seconds = time.perf_counter() - started
+        stop.set()
+        sampler.join()
+    shutil.rmtree(state_dir, ignore_errors=True)
+
+    def peak_until(fraction: float) -> int:
+        return max((rss for done, rss in samples if done <= fraction * total), default=0)
+
+    early, final = peak_until(0.2), peak_until(1.0)
+    return {
+        "rss_files": total,
+        "rss_scan_seconds": round(seconds, 1),
+        "rss_files_scanned": counters.scored,
+        "rss_peak_first_20pct_mb": round(early / 2**20, 1),
+        "rss_peak_mb": round(final / 2**20, 1),
+        "rss_growth_after_20pct": round(final / early, 3) if early else None,
+    }
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--images", type=int, help="synthetic JPEGs of 512-1600 px (default 2000; --quick 120)")
+    p.add_argument("--rss-files", type=int, help="files in the memory test tree (default 100000; --quick 5000)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    args = p.parse_args()
+    images = args.images or (120 if args.quick else 2000)
+    rss_files = args.rss_files or (5000 if args.quick else 100_000)
+    bundle = load_bundle(bundle_for(args))
+    policy = load_policy("horde-v2")
+    scorer = Scorer(bundle, device="auto")
+    cols = columns(bundle.concepts.prompts, policy)
+    figures: dict = {
+        "bench": "scan",
+        "arch": bundle.manifest["model"]["arch"],
+        "provider": scorer.placement.provider,
+        "batch_size": args.batch_size,
+        "workers": args.workers,
+        "images": images,
+        **machine(),
+        "quick": args.quick,
+    }
+
+    tree = make_tree(BENCH_OUT / f"scan-tree-{images}", images)
+    files = sorted(tree.rglob("*.jpg"))
+    sample = files[: min(len(files), 64)]
+    pixels = np.stack([to_model_input(Image.open(f).convert("RGB"), bundle.preprocess) for f in sample[:32]])
+    while len(pixels) < args.batch_size * 2:
+        pixels = np.concatenate([pixels, pixels])
+
+    state_dir = Path(tempfile.mkdtemp(prefix="bench-scan-"))
+    try:
+        model_rate = model_only(scorer, pixels, args.batch_size, 3.0 if args.quick else 10.0)
+        summary, seconds = run_scan(bundle, scorer, policy, tree, state_dir / "state.db", args.batch_size, args.workers)
+        e2e_rate = summary["scanned"] / seconds
+        serial_rate = serial_baseline(sample if args.quick else files[:200], bundle, scorer, policy, cols)
+        rescan, rescan_seconds = run_scan(
+            bundle, scorer, policy, tree, state_dir / "state.db", args.batch_size, args.workers
+        )
+        rescan_rate = rescan["skipped_unchanged"] / rescan_seconds
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    figures.update(
+        model_only_images_per_s=round(model_rate, 2),
+        scan_images_per_s=round(e2e_rate, 2),
+        serial_baseline_images_per_s=round(serial_rate, 2),
+        scan_over_model_only=round(e2e_rate / model_rate, 3),
+        scan_over_serial_baseline=round(e2e_rate / serial_rate, 3),
+        rescan_unchanged_files_per_s=round(rescan_rate),
+        scan_stage_seconds=summary["stage_seconds"],
+    )
+    print(f"model only      : {model_rate:8.2f} images/s (batch {args.batch_size}, {scorer.placement.provider})")
+    print(f"scan end-to-end : {e2e_rate:8.2f} images/s ({e2e_rate / model_rate:.2f}x model-only)")
+    print(f"serial baseline : {serial_rate:8.2f} images/s (scan is {e2e_rate / serial_rate:.2f}x)")
+    print(f"rescan unchanged: {rescan_rate:8.0f} files/s")
+
+    tiny = load_bundle(bundle_for(type("A", (), {"model": None, "tiny": True})()))
+    rss_tree = small_tree(BENCH_OUT / f"rss-tree-{rss_files}", rss_files)
+    rss = rss_profile(tiny, Scorer(tiny, device="auto"), policy, rss_tree, rss_files, args.batch_size, args.workers)
+    figures.update(rss)
+    print(
+        f"memory          : {rss_files} files, peak RSS {rss['rss_peak_mb']} MB, first 20%: "
+        f"{rss['rss_peak_first_20pct_mb']} MB (growth x{rss['rss_growth_after_20pct']})"
+    )
+    emit(figures, args.json)
+
+
+if __name__ == "__main__":
+    main()
