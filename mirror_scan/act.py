@@ -1,20 +1,47 @@
-"""act: what happens to a flagged file. An Actor takes the decision and returns the action recorded.
-
-Until the quarantine is wired in, acting only records the decision ("recorded"): no file is moved or
-deleted by a scan, and `mirror-scan apply` can act on the recorded verdicts later.
-"""
+"""act: what happens to a flagged file. The actor reads the decision already recorded for the path
+(so `scan` and a later `apply` act identically) and returns the action to record, or None when it
+could not act (the file stays where it is and `apply` retries it)."""
 
 from __future__ import annotations
 
+import json
+import logging
 from typing import Protocol
+
+from .errors import MirrorScanError
+from .quarantine import Quarantine
+from .state import Ledger, display_path
+
+log = logging.getLogger(__name__)
 
 
 class Actor(Protocol):
-    def act(self, path: bytes, sha256: str | None, reason: str | None) -> str: ...
+    def act(self, path: bytes) -> str | None: ...
 
 
-class RecordOnly:
-    """Records the decision; touches no file."""
+class QuarantineActor:
+    def __init__(self, ledger: Ledger, quarantine: Quarantine) -> None:
+        self.ledger = ledger
+        self.quarantine = quarantine
+        self.failures = 0
 
-    def act(self, path: bytes, sha256: str | None, reason: str | None) -> str:
-        return "recorded"
+    def act(self, path: bytes) -> str | None:
+        row = self.ledger.db.execute(
+            "SELECT root, sha256, reason, model_id, policy_id, severity FROM files WHERE path=?", (path,)
+        ).fetchone()
+        if row is None or row[1] is None:
+            return None
+        root, sha256, reason, model_id, policy_id, severity = row
+        evidence = {
+            "verdict": json.loads(reason) if reason else None,
+            "model_id": model_id,
+            "policy_id": policy_id,
+            "severity": severity,
+        }
+        try:
+            self.quarantine.quarantine(path, root or path.rsplit(b"/", 1)[0], sha256, evidence)
+        except MirrorScanError as err:
+            self.failures += 1
+            log.error("not quarantined: %s: %s", display_path(path), err)
+            return None
+        return "quarantined"

@@ -37,6 +37,7 @@ PrecisionOpt = Annotated[
         help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, int8 (faster on CPU; moves similarities ~1e-3).",
     ),
 ]
+QuarantineOpt = Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory (private, 0700).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary; exit code only.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")]
 
@@ -60,6 +61,25 @@ def _load_model_and_policy(settings: Settings):
     bundle = load_bundle(settings.model)
     require_prompts(bundle, policy)
     return bundle, policy, severity
+
+
+def open_state(settings: Settings, *, quiet: bool = False):
+    """Open the ledger for writing (taking the single-writer lock) and the quarantine, and finish or
+    roll back any move a crash left unfinished: every state-writing command starts here."""
+    from .quarantine import Quarantine
+    from .state import Ledger
+
+    ledger = Ledger(settings.state)
+    try:
+        ledger.lock()
+        quarantine = Quarantine(settings.quarantine, ledger)
+        for note in quarantine.recover():
+            if not quiet:
+                err.print(f"recovered: {note}")
+    except BaseException:
+        ledger.close()
+        raise
+    return ledger, quarantine
 
 
 def _progress_enabled(quiet: bool, json_out: bool) -> bool:
@@ -88,12 +108,11 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Scan files once: score every new or changed file, skip unchanged ones, reuse results for
         copies. Exit 0: nothing flagged; 1: something flagged; 2: the scan could not run."""
-        from .act import RecordOnly
+        from .act import QuarantineActor
         from .decode import Limits
         from .pipeline import Scan, ScanConfig
         from .report import ReportWriter
         from .scoring import Scorer
-        from .state import Ledger
 
         if quiet or json_out:
             setup_logging(quiet=True)
@@ -119,8 +138,9 @@ def register(app: typer.Typer) -> None:
             err.print(f"model {bundle.manifest['model']['arch']} on {place.provider} ({place.precision}): {place.note}")
             err.print(f"policy {loaded_policy.policy_id}, severity {offset:+g}" + (", dry run" if dry_run else ""))
         writer = ReportWriter(report, report_format) if report else None
-        with Ledger(settings.state) as ledger:
-            ledger.lock()
+        ledger, quarantine_store = open_state(settings, quiet=quiet or json_out)
+        with ledger:
+            actor = None if dry_run else QuarantineActor(ledger, quarantine_store)
             runner = Scan(
                 ledger,
                 bundle,
@@ -133,7 +153,7 @@ def register(app: typer.Typer) -> None:
                     limits=Limits(settings.max_pixels, settings.max_frames),
                     max_bytes=settings.max_file_mb << 20,
                 ),
-                actor=None if dry_run else RecordOnly(),
+                actor=actor,
                 report=writer,
             )
             try:
@@ -193,25 +213,37 @@ def register(app: typer.Typer) -> None:
                 out.print("errors are listed by: mirror-scan report --errors")
             if summary["flagged"] and dry_run:
                 out.print("dry run: nothing was acted on; act on these verdicts with: mirror-scan apply")
+            elif summary["flagged"]:
+                out.print(
+                    f"flagged files were moved to the quarantine ({settings.quarantine}); "
+                    "see: mirror-scan quarantine list"
+                )
+            if actor is not None and actor.failures:
+                out.print(
+                    f"{actor.failures} flagged file(s) could not be quarantined (see the log); "
+                    "they stay in place and `mirror-scan apply` retries them"
+                )
         raise typer.Exit(1 if counters.flagged else 0)
 
     @app.command("apply")
-    def apply(state: StateOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
-        """Act on the flagged verdicts recorded earlier (by a dry run or a rescore), without inference."""
-        from .act import RecordOnly
+    def apply(
+        state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False
+    ) -> None:
+        """Quarantine the files flagged earlier (by a dry run or a rescore) and not yet acted on, without
+        running the model again."""
+        from .act import QuarantineActor
         from .rescore import apply_verdicts
-        from .state import Ledger
 
-        settings = _settings(config, state=state)
+        settings = _settings(config, state=state, quarantine=quarantine)
         if not settings.state.exists():
             raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
-        with Ledger(settings.state) as ledger:
-            ledger.lock()
-            acted = apply_verdicts(ledger, RecordOnly())
+        ledger, quarantine_store = open_state(settings, quiet=json_out)
+        with ledger:
+            acted = apply_verdicts(ledger, QuarantineActor(ledger, quarantine_store))
         if json_out:
             print_json({"acted": acted})
         else:
-            out.print(f"acted on {acted} flagged file(s)")
+            out.print(f"quarantined {acted} flagged file(s)")
 
     @app.command("rescore")
     def rescore_cmd(
@@ -219,6 +251,7 @@ def register(app: typer.Typer) -> None:
         severity: SeverityOpt = None,
         state: StateOpt = None,
         model: ModelOpt = None,
+        quarantine: QuarantineOpt = None,
         config: ConfigOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
@@ -227,16 +260,15 @@ def register(app: typer.Typer) -> None:
         from .bundle import load_bundle
         from .policy import load_policy, resolve_severity
         from .rescore import rescore
-        from .state import Ledger
 
-        settings = _settings(config, policy=policy, severity=severity, state=state, model=model)
+        settings = _settings(config, policy=policy, severity=severity, state=state, model=model, quarantine=quarantine)
         if not settings.state.exists():
             raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
         loaded = load_policy(settings.policy)
         offset = resolve_severity(loaded, settings.severity)
         bundle = load_bundle(settings.model) if (settings.model / "manifest.json").exists() else None
-        with Ledger(settings.state) as ledger:
-            ledger.lock()
+        ledger, _ = open_state(settings, quiet=json_out)
+        with ledger:
             summary = rescore(ledger, loaded, offset, bundle)
         result = summary.as_dict() | {"policy": loaded.policy_id, "severity": offset}
         if json_out:

@@ -83,3 +83,24 @@ def reason_text(reason: str | dict | None) -> str:
     labels = ",".join(reason.get("labels", []))
     frame = f" [frame {reason['frame'] + 1}/{reason['frames']}]" if reason.get("frames", 1) > 1 else ""
     return f"{labels}{frame}: " + "; ".join(parts)
+
+
+def short_reason(reason: str | dict | None) -> str:
+    """Labels and the strongest prompt that fired, for one-line listings."""
+    if isinstance(reason, str):
+        try:
+            reason = json.loads(reason)
+        except json.JSONDecodeError:
+            return reason
+    if not isinstance(reason, dict):
+        return ""
+    if "error" in reason:
+        return str(reason["error"])
+    if reason.get("allowlisted"):
+        return "allowlisted"
+    fired = [f for checks in reason.get("checks", {}).values() for f in checks if "margin" in f]
+    labels = ",".join(label for label in reason.get("labels", []) if label != "subject")
+    if not fired:
+        return labels
+    top = max(fired, key=lambda f: f["margin"])
+    return f"{labels}: {top['prompt']} {top['similarity']:.4f} (+{top['margin']:.4f}), {len(fired)} prompt(s) fired"

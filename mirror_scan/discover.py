@@ -16,6 +16,7 @@ class Found:
     path: str
     size: int
     mtime_ns: int
+    root: str = ""  # the scan root it was found under: quarantine keeps the path relative to it
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ def is_partial(name: str) -> bool:
     return name.endswith(PARTIAL_SUFFIX)
 
 
-def _walk(directory: str) -> Iterator[Found | Unscannable]:
+def _walk(directory: str, root: str) -> Iterator[Found | Unscannable]:
     try:
         with os.scandir(directory) as it:
             entries = sorted(it, key=lambda e: e.name)
@@ -46,12 +47,12 @@ def _walk(directory: str) -> Iterator[Found | Unscannable]:
             if entry.is_symlink():
                 yield Unscannable(entry.path, "symbolic link: never followed, not scanned")
             elif entry.is_dir(follow_symlinks=False):
-                yield from _walk(entry.path)
+                yield from _walk(entry.path, root)
             elif entry.is_file(follow_symlinks=False):
                 if is_partial(entry.name):
                     continue
                 st = entry.stat(follow_symlinks=False)
-                yield Found(entry.path, st.st_size, st.st_mtime_ns)
+                yield Found(entry.path, st.st_size, st.st_mtime_ns, root)
             else:
                 yield Unscannable(entry.path, "not a regular file (device, socket or pipe)")
         except FileNotFoundError:
@@ -61,9 +62,9 @@ def _walk(directory: str) -> Iterator[Found | Unscannable]:
 def discover(roots: Iterable[str | os.PathLike]) -> Iterator[Found | Unscannable]:
     """Roots are followed if they are links (the admin named them); nothing below them is."""
     for root in roots:
-        root = os.fspath(root)
+        root = os.path.abspath(os.fspath(root))  # recorded paths must not depend on the working directory
         st = os.stat(root)
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk(root)
+            yield from _walk(root, root)
         elif stat.S_ISREG(st.st_mode) and not is_partial(root):
-            yield Found(root, st.st_size, st.st_mtime_ns)
+            yield Found(root, st.st_size, st.st_mtime_ns, os.path.dirname(os.path.abspath(root)))

@@ -201,6 +201,7 @@ class Scan:
         key = path_key(found.path)
         self.ledger.record_file(
             key,
+            root=path_key(found.root) if found.root else None,
             size=found.size,
             mtime_ns=found.mtime_ns,
             sha256=sha256,
@@ -218,8 +219,9 @@ class Scan:
             self.counters.flagged += 1
             action = self.ledger.file_state(key)[8]  # kept from an earlier run when the bytes are the same
             if self.actor is not None and action is None:
-                action = self.actor.act(key, sha256, verdict.reason_json())
-                self.ledger.mark_action(key, action)
+                action = self.actor.act(key)
+                if action:
+                    self.ledger.mark_action(key, action)
         if self.report:
             self.report.write(
                 record(
@@ -356,7 +358,7 @@ class Scan:
                     for found in retry:
                         try:
                             st = os.lstat(found.path)
-                            again.put(Found(found.path, st.st_size, st.st_mtime_ns))
+                            again.put(Found(found.path, st.st_size, st.st_mtime_ns, found.root))
                         except FileNotFoundError:
                             self.counters.vanished += 1
                     again.put(_END)

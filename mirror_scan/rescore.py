@@ -123,8 +123,10 @@ def rescore(
 def apply_verdicts(ledger: Ledger, actor: Actor) -> int:
     """Act on every flagged verdict not yet acted on; no inference."""
     acted = 0
-    for path, sha256, reason in list(ledger.flagged_unacted()):
-        ledger.mark_action(path, actor.act(path, sha256, reason))
-        acted += 1
+    for path, *_ in list(ledger.flagged_unacted()):
+        action = actor.act(path)
+        if action:
+            ledger.mark_action(path, action)
+            acted += 1
     ledger.commit()
     return acted

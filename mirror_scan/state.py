@@ -40,6 +40,7 @@ CREATE TABLE IF NOT EXISTS results (
 );
 CREATE TABLE IF NOT EXISTS files (
     path BLOB PRIMARY KEY,
+    root BLOB,
     size INTEGER,
     mtime_ns INTEGER,
     sha256 TEXT,
@@ -60,6 +61,31 @@ CREATE TABLE IF NOT EXISTS files (
 CREATE INDEX IF NOT EXISTS files_verdict ON files (verdict);
 CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256);
 CREATE TABLE IF NOT EXISTS allowlist (sha256 TEXT PRIMARY KEY, added REAL NOT NULL, note TEXT);
+CREATE TABLE IF NOT EXISTS quarantine (
+    id TEXT PRIMARY KEY,
+    dir BLOB NOT NULL,
+    sha256 TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    original BLOB NOT NULL,
+    mirror_root BLOB NOT NULL,
+    remote TEXT,
+    key TEXT,
+    state TEXT NOT NULL,
+    reason TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS quarantine_sha256 ON quarantine (sha256);
+CREATE TABLE IF NOT EXISTS moves (
+    id INTEGER PRIMARY KEY,
+    item TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    step TEXT NOT NULL,
+    target BLOB,
+    started REAL NOT NULL,
+    updated REAL NOT NULL,
+    note TEXT
+);
 """
 
 
@@ -98,7 +124,8 @@ class Ledger:
             self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
+            # FULL: every commit (one per inference batch, one per quarantine step) survives a power cut.
+            self.db.execute("PRAGMA synchronous=FULL")
             self.db.executescript(SCHEMA)
             self._check_schema()
         self.db.execute("PRAGMA busy_timeout=10000")
@@ -176,6 +203,7 @@ class Ledger:
         self,
         key: bytes,
         *,
+        root: bytes | None = None,
         size: int | None,
         mtime_ns: int | None,
         sha256: str | None,
@@ -191,10 +219,10 @@ class Ledger:
         now = time.time()
         self.begin()
         self.db.execute(
-            """INSERT INTO files (path, size, mtime_ns, sha256, status, verdict, reason, result_id, model_id,
+            """INSERT INTO files (path, root, size, mtime_ns, sha256, status, verdict, reason, result_id, model_id,
                                   policy_id, severity, format, first_seen, scanned_at, decided_at)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
-               ON CONFLICT(path) DO UPDATE SET size=excluded.size, mtime_ns=excluded.mtime_ns,
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+               ON CONFLICT(path) DO UPDATE SET root=excluded.root, size=excluded.size, mtime_ns=excluded.mtime_ns,
                  sha256=excluded.sha256, status=excluded.status, verdict=excluded.verdict,
                  reason=excluded.reason, result_id=excluded.result_id, model_id=excluded.model_id,
                  policy_id=excluded.policy_id, severity=excluded.severity, format=excluded.format,
@@ -203,6 +231,7 @@ class Ledger:
                  acted_at=CASE WHEN files.sha256 IS excluded.sha256 THEN files.acted_at END""",
             (
                 key,
+                root,
                 size,
                 mtime_ns,
                 sha256,
@@ -224,9 +253,9 @@ class Ledger:
         self.begin()
         self.db.execute("UPDATE files SET action=?, acted_at=? WHERE path=?", (action, time.time(), key))
 
-    def flagged_unacted(self) -> Iterator[tuple[bytes, str | None, str | None]]:
+    def flagged_unacted(self) -> Iterator[tuple[bytes, str | None, str | None, bytes | None]]:
         cursor = self.db.execute(
-            "SELECT path, sha256, reason FROM files WHERE verdict='flagged' AND action IS NULL ORDER BY path"
+            "SELECT path, sha256, reason, root FROM files WHERE verdict='flagged' AND action IS NULL ORDER BY path"
         )
         yield from cursor
 
@@ -299,8 +328,14 @@ class Ledger:
         return (conn or self.db).execute("SELECT 1 FROM allowlist WHERE sha256=?", (sha256,)).fetchone() is not None
 
     def allow(self, sha256: str, note: str = "") -> None:
+        """Allowlist bytes: recorded verdicts for them become clean at once, and no later decision flags them."""
         self.begin()
         self.db.execute("INSERT OR IGNORE INTO allowlist VALUES (?, ?, ?)", (sha256, time.time(), note))
+        self.db.execute(
+            """UPDATE files SET verdict='clean', reason=json_object('allowlisted', json('true')), decided_at=?
+               WHERE sha256=? AND verdict='flagged'""",
+            (time.time(), sha256),
+        )
         self.commit()
 
     def disallow(self, sha256: str) -> bool:

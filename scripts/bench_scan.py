@@ -26,7 +26,6 @@ import psutil
 from benchutil import BENCH_OUT, bundle_for, emit, machine, parser
 from PIL import Image
 
-from mirror_scan.act import RecordOnly
 from mirror_scan.bundle import load_bundle
 from mirror_scan.decode import Limits
 from mirror_scan.pipeline import Scan, ScanConfig
@@ -99,7 +98,7 @@ def run_scan(bundle, scorer, policy, tree: Path, state: Path, batch: int, worker
             scorer,
             policy,
             ScanConfig(batch_size=batch, workers=workers, limits=Limits()),
-            actor=RecordOnly(),
+            actor=None,
         )
         started = time.perf_counter()
         counters = scan.run([str(tree)])
@@ -112,7 +111,7 @@ def rss_profile(bundle, scorer, policy, tree: Path, total: int, batch: int, work
     stop = threading.Event()
     state_dir = Path(tempfile.mkdtemp(prefix="bench-rss-"))
     with Ledger(state_dir / "state.db") as ledger:
-        scan = Scan(ledger, bundle, scorer, policy, ScanConfig(batch_size=batch, workers=workers), actor=RecordOnly())
+        scan = Scan(ledger, bundle, scorer, policy, ScanConfig(batch_size=batch, workers=workers), actor=None)
 
         def sample() -> None:
             while not stop.is_set():

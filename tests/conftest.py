@@ -69,3 +69,11 @@ def write_policy(tmp_path):
         return path
 
     return _write
+
+
+@pytest.fixture(autouse=True)
+def private_data_dir(tmp_path, monkeypatch):
+    """Default state, quarantine and config live in a per-test directory, never the user's own."""
+    monkeypatch.setenv("MIRROR_SCAN_DATA_DIR", str(tmp_path / "data-dir"))
+    monkeypatch.setenv("MIRROR_SCAN_CONFIG", str(tmp_path / "no-config.toml"))
+    return tmp_path / "data-dir"

@@ -177,18 +177,25 @@ def test_dry_run_apply_rescore_cycle(tmp_path, tiny_bundle_master):
     summary = json.loads(proc.stdout)
     assert proc.returncode == 1 and summary["flagged"] == 6 and summary["scanned"] == 0
     assert summary["skipped_unchanged"] == 6 and summary["errors"] == 1
-    proc = run_cli("apply", "--state", str(state), "--json")
-    assert json.loads(proc.stdout) == {"acted": 6}
-    assert json.loads(run_cli("apply", "--state", str(state), "--json").stdout) == {"acted": 0}
+    originals = {p.name: p.read_bytes() for p in tree.glob("img*.jpg")}
+    quarantine = tmp_path / "quarantine"
+    proc = run_cli("apply", "--state", str(state), "--quarantine", str(quarantine), "--json")
+    assert json.loads(proc.stdout) == {"acted": 6}, proc.stderr
+    assert json.loads(run_cli("apply", "--state", str(state), "--quarantine", str(quarantine), "--json").stdout) == {
+        "acted": 0
+    }
     flagged = run_cli("report", "--state", str(state), "--flagged").stdout.splitlines()
-    assert len(flagged) == 6 and all(json.loads(line)["action"] == "recorded" for line in flagged)
-    proc = run_cli("rescore", "--state", str(state), "--severity=1", "--json")
+    assert len(flagged) == 6 and all(json.loads(line)["action"] == "quarantined" for line in flagged)
+    # Applied without inference: the 6 left the mirror and sit byte-identical in the quarantine.
+    assert sorted(p.name for p in tree.iterdir()) == ["broken.png"]
+    stored = sorted((d / "data").read_bytes() for d in (quarantine / "items").iterdir())
+    assert stored == sorted(originals.values())
+    proc = run_cli("rescore", "--state", str(state), "--quarantine", str(quarantine), "--severity=1", "--json")
     result = json.loads(proc.stdout)
     assert result["to_clean"] == 6 and result["to_flagged"] == 0 and result["files"] == 6
     assert run_cli("report", "--state", str(state), "--flagged").stdout == ""
     errors = [json.loads(line) for line in run_cli("report", "--state", str(state), "--errors").stdout.splitlines()]
     assert [e["path"].endswith("broken.png") for e in errors] == [True]
-    assert all(img.exists() for img in tree.iterdir())
 
 
 def test_copies_reuse_the_stored_result_and_unchanged_files_are_not_read(tmp_path, tiny_bundle_master):

@@ -1,0 +1,255 @@
+"""`quarantine ...` and `allowlist ...`: list, show, restore, purge, export hashes, reindex."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from .console import err, out, print_json
+from .errors import UsageError
+from .settings import resolve
+
+quarantine_app = typer.Typer(help="Inspect the quarantine, restore false positives, purge.", no_args_is_help=True)
+allowlist_app = typer.Typer(help="sha256s that are never flagged (restores add to it).", no_args_is_help=True)
+
+StateOpt = Annotated[Path | None, typer.Option("--state", help="SQLite state database.")]
+QuarantineOpt = Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")]
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Config file.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
+UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+
+def parse_duration(text: str) -> float:
+    match = DURATION.match(text.strip().lower())
+    if not match:
+        raise UsageError(f"duration {text!r} is not understood", hint="use a number and a unit: 90d, 12h, 30m, 2w")
+    return int(match.group(1)) * UNITS[match.group(2)]
+
+
+def parse_since(text: str) -> float:
+    try:
+        when = dt.datetime.fromisoformat(text)
+    except ValueError:
+        try:
+            return dt.datetime.now(dt.UTC).timestamp() - parse_duration(text)
+        except UsageError:
+            raise UsageError(
+                f"--since {text!r} is not a date", hint="use 2026-11-01, 2026-11-01T12:00, or 7d"
+            ) from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def _open(state, quarantine, config, quiet=False):
+    from .cli_scan import open_state
+
+    settings = resolve({"state": state, "quarantine": quarantine}, config)
+    return open_state(settings, quiet=quiet)
+
+
+def _reason_text(reason) -> str:
+    from .decide import short_reason
+
+    return short_reason(reason) if reason else ""
+
+
+@quarantine_app.command("list")
+def q_list(
+    since: Annotated[
+        str | None, typer.Option(help="Only items quarantined since a date (2026-11-01) or for a duration (7d).")
+    ] = None,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Items in the quarantine: id, when, original path, why, state."""
+    ledger, store = _open(state, quarantine, config, quiet=json_out)
+    with ledger:
+        entries = list(store.entries(parse_since(since) if since else None))
+    if json_out:
+        print_json(entries)
+        return
+    table = Table("id", "quarantined (UTC)", "original path", "why", "state")
+    table.columns[0].no_wrap = True
+    for e in entries:
+        when = e["quarantined_at"].replace("T", " ").removesuffix("+00:00")
+        table.add_row(e["id"], when, e["original"], _reason_text(e["reason"]), e["state"])
+    out.print(table)
+    out.print(f"{len(entries)} item(s)")
+
+
+@quarantine_app.command("show")
+def q_show(item_id: str, state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
+    """An item's metadata (never opens or renders the quarantined file)."""
+    ledger, store = _open(state, quarantine, config, quiet=True)
+    with ledger:
+        meta = store.read_meta(item_id)
+    out.print(json.dumps(meta, indent=2, ensure_ascii=False))
+
+
+@quarantine_app.command("restore")
+def q_restore(
+    item_ids: Annotated[list[str], typer.Argument(help="Item ids (from `quarantine list`).")],
+    to: Annotated[Path | None, typer.Option("--to", help="Restore to this path instead of the original one.")] = None,
+    no_upstream: Annotated[bool, typer.Option("--no-upstream", help="Do not put the object back upstream.")] = False,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Put items back, byte-identical, where they came from, and allowlist their sha256 so they are never
+    flagged again. Refuses to overwrite a different file (use --to)."""
+    from .errors import MirrorScanError
+    from .state import display_path
+
+    if to is not None and len(item_ids) > 1:
+        raise UsageError("--to takes one item at a time")
+    ledger, store = _open(state, quarantine, config)
+    failed = 0
+    with ledger:
+        for item_id in item_ids:
+            try:
+                target = store.restore(item_id, to=to, upstream=not no_upstream)
+            except MirrorScanError as error:
+                failed += 1
+                err.print(f"error: {item_id}: {error}")
+                continue
+            out.print(f"restored {item_id} -> {display_path(target)} (sha256 allowlisted)")
+    if failed:
+        raise typer.Exit(2)
+
+
+@quarantine_app.command("purge")
+def q_purge(
+    item_ids: Annotated[list[str] | None, typer.Argument(help="Item ids; or use --older-than.")] = None,
+    older_than: Annotated[str | None, typer.Option("--older-than", help="Every item older than this (90d).")] = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Delete quarantined bytes permanently (a metadata tombstone stays). Nothing else ever deletes
+    from the quarantine: check your reporting and preservation duties first."""
+    if not item_ids and not older_than:
+        raise UsageError("name items to purge, or pass --older-than DURATION")
+    ledger, store = _open(state, quarantine, config)
+    with ledger:
+        chosen = [e for e in store.entries() if e["state"] in ("quarantined", "restored", "upstream_pending")]
+        if item_ids:
+            known = {e["id"] for e in chosen}
+            missing = [i for i in item_ids if i not in known]
+            if missing:
+                raise UsageError(f"no purgeable quarantine item {missing[0]}", hint="see `mirror-scan quarantine list`")
+            chosen = [e for e in chosen if e["id"] in set(item_ids)]
+        if older_than:
+            cutoff = dt.datetime.now(dt.UTC).timestamp() - parse_duration(older_than)
+            chosen = [e for e in chosen if dt.datetime.fromisoformat(e["quarantined_at"]).timestamp() < cutoff]
+        if not chosen:
+            out.print("nothing to purge")
+            return
+        if not yes:
+            if not typer.confirm(f"Permanently delete the bytes of {len(chosen)} quarantined item(s)?", default=False):
+                raise typer.Exit(1)
+        for e in chosen:
+            store.purge(e["id"])
+    out.print(f"purged {len(chosen)} item(s)")
+
+
+@quarantine_app.command("export-hashes")
+def q_export_hashes(
+    fmt: Annotated[str, typer.Option("--format", help="txt (one sha256 per line) or csv.")] = "txt",
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """The sha256 list of quarantined items, for other instances' blocklists (restored items excluded)."""
+    if fmt not in ("txt", "csv"):
+        raise UsageError(f"format {fmt!r} is not supported", hint="use txt or csv")
+    ledger, store = _open(state, quarantine, config, quiet=True)
+    with ledger:
+        entries = [e for e in store.entries() if e["state"] in ("quarantined", "upstream_pending", "purged")]
+    if fmt == "csv":
+        out.print("sha256,size,quarantined_at")
+        for e in entries:
+            out.print(f"{e['sha256']},{e['size']},{e['quarantined_at']}")
+    else:
+        for sha in sorted({e["sha256"] for e in entries}):
+            out.print(sha)
+
+
+@quarantine_app.command("reindex")
+def q_reindex(state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
+    """Rebuild the quarantine index in the state database from the items' metadata files."""
+    ledger, store = _open(state, quarantine, config)
+    with ledger:
+        count, problems = store.reindex()
+    for problem in problems:
+        err.print(f"skipped: {problem}")
+    out.print(f"indexed {count} item(s)")
+
+
+@allowlist_app.command("list")
+def a_list(
+    state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False
+) -> None:
+    """sha256s that are never flagged."""
+    ledger, _ = _open(state, quarantine, config, quiet=True)
+    with ledger:
+        rows = ledger.allowlist()
+    if json_out:
+        print_json(
+            [{"sha256": s, "added": dt.datetime.fromtimestamp(a, dt.UTC).isoformat(), "note": n} for s, a, n in rows]
+        )
+        return
+    for sha, added, note in rows:
+        out.print(f"{sha}  {dt.datetime.fromtimestamp(added, dt.UTC):%Y-%m-%d %H:%M}  {note or ''}")
+
+
+def _sha(text: str) -> str:
+    sha = text.strip().lower()
+    if not SHA256.match(sha):
+        raise UsageError(f"{text!r} is not a sha256", hint="64 hex characters, as in `mirror-scan report`")
+    return sha
+
+
+@allowlist_app.command("add")
+def a_add(
+    sha256: str,
+    note: Annotated[str, typer.Option(help="Why (shown in `allowlist list`).")] = "",
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Never flag these bytes again; recorded flagged verdicts for them become clean."""
+    ledger, _ = _open(state, quarantine, config)
+    with ledger:
+        ledger.allow(_sha(sha256), note=note or "added by hand")
+    out.print(f"allowlisted {sha256.lower()}")
+
+
+@allowlist_app.command("remove")
+def a_remove(sha256: str, state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
+    """Stop allowlisting these bytes (takes effect at the next scan or rescore)."""
+    ledger, _ = _open(state, quarantine, config)
+    with ledger:
+        removed = ledger.disallow(_sha(sha256))
+    if not removed:
+        raise UsageError(f"{sha256} is not on the allowlist")
+    out.print(f"removed {sha256.lower()} from the allowlist")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(quarantine_app, name="quarantine")
+    app.add_typer(allowlist_app, name="allowlist")
+
+
+__all__ = ["register"]
