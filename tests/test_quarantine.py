@@ -1,0 +1,314 @@
+"""Quarantine and restore through the real CLI: metadata, privacy, restore safety, allowlist, reindex,
+purge, and SIGKILL at every step of both state machines."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+import shutil
+import sqlite3
+import stat
+from pathlib import Path
+
+import pytest
+
+from .conftest import run_cli
+from .mediafiles import image_bytes
+
+QUARANTINE_STEPS = ["intent", "copied", "placed", "local_removed", "done"]
+RESTORE_STEPS = ["intent", "copied", "placed", "done"]
+
+
+def sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Site:
+    """A mirror, its state database and its quarantine, driven through the CLI."""
+
+    def __init__(self, base: Path, bundle: Path) -> None:
+        self.base, self.bundle = base, bundle
+        self.tree, self.state, self.quarantine = base / "mirror", base / "state.db", base / "quarantine"
+
+    def cli(self, *args: str, env: dict | None = None):
+        if args[0] == "report":  # read-only: no quarantine involved
+            return run_cli(*args, "--state", str(self.state), env=env)
+        return run_cli(*args, "--state", str(self.state), "--quarantine", str(self.quarantine), env=env)
+
+    def scan(self, *args: str):
+        return self.cli("scan", str(self.tree), "--model", str(self.bundle), *args)
+
+    def items(self) -> list[dict]:
+        proc = self.cli("quarantine", "list", "--json")
+        assert proc.returncode == 0, proc.stderr
+        return json.loads(proc.stdout)
+
+    def meta(self, item_id: str) -> dict:
+        return json.loads((self.quarantine / "items" / item_id / "meta.json").read_text())
+
+
+@pytest.fixture
+def site(tmp_path, tiny_bundle_master) -> Site:
+    s = Site(tmp_path / "site", tiny_bundle_master)
+    (s.tree / "01" / "a2").mkdir(parents=True)
+    (s.tree / "01" / "a2" / "3f40a5580bd6.webp").write_bytes(image_bytes("WEBP", 1))
+    (s.tree / "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d").write_bytes(image_bytes("JPEG", 2))
+    (s.tree / "name with space.png").write_bytes(image_bytes("PNG", 3))
+    (s.tree / "broken.jpg").write_bytes(b"\xff\xd8\xff" + b"\x00" * 10)
+    return s
+
+
+def originals(site: Site) -> dict[str, bytes]:
+    return {str(p.relative_to(site.tree)): p.read_bytes() for p in site.tree.rglob("*") if p.is_file()}
+
+
+def test_flag_everything_scan_quarantines_every_readable_file_with_metadata(site):
+    before = originals(site)
+    proc = site.scan("--severity=-1", "--json")
+    assert proc.returncode == 1, proc.stderr
+    assert json.loads(proc.stdout)["flagged"] == 3
+    assert sorted(str(p.relative_to(site.tree)) for p in site.tree.rglob("*") if p.is_file()) == ["broken.jpg"]
+    items = site.items()
+    assert len(items) == 3 and {i["state"] for i in items} == {"quarantined"}
+    by_original = {}
+    for item in items:
+        meta = site.meta(item["id"])
+        data = (site.quarantine / "items" / item["id"] / "data").read_bytes()
+        rel = base64.b64decode(meta["original_b64"]).decode()
+        by_original[rel] = meta
+        assert data == before[rel] and meta["sha256"] == sha(data) and meta["size"] == len(data)
+        assert meta["mirror_root"] == str(site.tree) and meta["original"] == rel
+        assert meta["verdict"]["flagged"] and "csam" in meta["verdict"]["labels"]
+        assert meta["verdict"]["checks"]["csam_predicates"][0]["margin"] > 0
+        assert meta["model_id"].startswith("tiny-test/none@") and meta["policy_id"].startswith("horde-v2@")
+        assert meta["severity"] == -1.0 and meta["state"] == "quarantined" and meta["quarantined_at"]
+        assert isinstance(meta["mtime_ns"], int)
+    assert set(by_original) == {
+        "01/a2/3f40a5580bd6.webp",
+        "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d",
+        "name with space.png",
+    }
+    # Private from creation: every directory 0700, every file 0600; nothing carries an extension.
+    for path in [site.quarantine, *site.quarantine.rglob("*")]:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
+    assert {p.name for p in site.quarantine.rglob("*") if p.is_file()} == {"data", "meta.json"}
+    listing = site.cli("quarantine", "list")
+    assert "3 item(s)" in listing.stdout and "csam" in listing.stdout
+
+
+def test_restore_is_byte_identical_allowlists_and_is_not_flagged_again(site):
+    before = originals(site)
+    mtime = (site.tree / "name with space.png").stat().st_mtime_ns
+    site.scan("--severity=-1", "--quiet")
+    item = next(i for i in site.items() if i["original"].endswith("name with space.png"))
+    proc = site.cli("quarantine", "restore", item["id"])
+    assert proc.returncode == 0, proc.stderr
+    restored = site.tree / "name with space.png"
+    assert restored.read_bytes() == before["name with space.png"]
+    assert restored.stat().st_mtime_ns == mtime
+    allow = json.loads(site.cli("allowlist", "list", "--json").stdout)
+    assert [a["sha256"] for a in allow] == [sha(before["name with space.png"])]
+    # The next scan flags nothing, not even with every threshold crossable.
+    summary = json.loads(site.scan("--severity=-1", "--json").stdout)
+    assert summary["flagged"] == 0
+    assert restored.exists()
+    # Touched (read again, same bytes): still never flagged.
+    os.utime(restored, ns=(1, 1))
+    assert json.loads(site.scan("--severity=-1", "--json").stdout)["flagged"] == 0
+    assert site.meta(item["id"])["state"] == "restored"
+    proc = site.cli("quarantine", "restore", item["id"])
+    assert proc.returncode == 2 and "is restored, not quarantined" in proc.stderr
+
+
+def test_restore_refuses_collisions_and_unsafe_targets(site, tmp_path):
+    site.scan("--severity=-1", "--quiet")
+    items = {i["original"].rsplit("/", 1)[-1]: i["id"] for i in site.items()}
+    # A different file now sits at the original path: refuse, say so, point to --to.
+    target = site.tree / "name with space.png"
+    target.write_bytes(b"someone else's file")
+    proc = site.cli("quarantine", "restore", items["name with space.png"])
+    assert proc.returncode == 2 and "already exists" in proc.stderr and "--to" in proc.stderr
+    assert target.read_bytes() == b"someone else's file"
+    elsewhere = tmp_path / "elsewhere.png"
+    assert site.cli("quarantine", "restore", items["name with space.png"], "--to", str(elsewhere)).returncode == 0
+    assert sha(elsewhere.read_bytes()) == site.meta(items["name with space.png"])["sha256"]
+
+    # Tampered metadata: '..' and absolute paths are refused, nothing written outside the mirror root.
+    item = items["0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"]
+    meta_path = site.quarantine / "items" / item / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    for evil, message in ((b"../escaped.png", "'..'"), (b"/etc/evil.png", "absolute")):
+        os.chmod(meta_path, 0o600)
+        meta_path.write_text(json.dumps({**meta, "original_b64": base64.b64encode(evil).decode()}))
+        proc = site.cli("quarantine", "restore", item)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+    assert not (site.base / "escaped.png").exists() and not Path("/etc/evil.png").exists()
+
+    # A symlinked parent directory is never written through.
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.rmtree(site.tree / "01")
+    os.symlink(outside, site.tree / "01")
+    proc = site.cli("quarantine", "restore", items["3f40a5580bd6.webp"])
+    assert proc.returncode == 2 and "symbolic link" in proc.stderr
+    assert list(outside.iterdir()) == []
+
+
+def test_tampered_quarantine_bytes_are_not_restored(site):
+    site.scan("--severity=-1", "--quiet")
+    item = site.items()[0]
+    data = site.quarantine / "items" / item["id"] / "data"
+    data.write_bytes(data.read_bytes()[:-1] + b"\x00")
+    proc = site.cli("quarantine", "restore", item["id"])
+    assert proc.returncode == 2 and "do not match their recorded sha256" in proc.stderr
+    assert not (site.tree / site.meta(item["id"])["original"]).exists()
+
+
+def test_reindex_rebuilds_the_index_after_losing_the_database(site):
+    site.scan("--severity=-1", "--quiet")
+    before = sorted((i["id"], i["sha256"], i["original"]) for i in site.items())
+    for suffix in ("", "-wal", "-shm"):
+        Path(f"{site.state}{suffix}").unlink(missing_ok=True)
+    assert site.items() == []
+    proc = site.cli("quarantine", "reindex")
+    assert proc.returncode == 0 and "indexed 3 item(s)" in proc.stdout
+    assert sorted((i["id"], i["sha256"], i["original"]) for i in site.items()) == before
+    # And restore works from the rebuilt index.
+    assert site.cli("quarantine", "restore", before[0][0]).returncode == 0
+
+
+def test_purge_asks_first_and_export_hashes(site):
+    site.scan("--severity=-1", "--quiet")
+    items = site.items()
+    hashes = site.cli("quarantine", "export-hashes").stdout.split()
+    assert sorted(hashes) == sorted(i["sha256"] for i in items)
+    csv_lines = site.cli("quarantine", "export-hashes", "--format", "csv").stdout.splitlines()
+    assert csv_lines[0] == "sha256,size,quarantined_at" and len(csv_lines) == 4
+    # Without --yes it asks; answering no (no input) deletes nothing.
+    proc = site.cli("quarantine", "purge", items[0]["id"])
+    assert proc.returncode == 1 and (site.quarantine / "items" / items[0]["id"] / "data").exists()
+    proc = site.cli("quarantine", "purge", "--older-than", "90d", "--yes")
+    assert "nothing to purge" in proc.stdout
+    proc = site.cli("quarantine", "purge", items[0]["id"], "--yes")
+    assert proc.returncode == 0 and "purged 1" in proc.stdout
+    assert not (site.quarantine / "items" / items[0]["id"] / "data").exists()
+    assert site.meta(items[0]["id"])["state"] == "purged"
+    assert site.cli("quarantine", "purge", "--older-than", "soon").returncode == 2
+
+
+def test_allowlist_commands(site):
+    site.scan("--dry-run", "--severity=-1", "--quiet")
+    flagged = [json.loads(line) for line in site.cli("report", "--flagged").stdout.splitlines()]
+    assert len(flagged) == 3
+    assert site.cli("allowlist", "add", flagged[0]["sha256"], "--note", "our logo").returncode == 0
+    assert len(site.cli("report", "--flagged").stdout.splitlines()) == 2
+    assert "our logo" in site.cli("allowlist", "list").stdout
+    assert site.cli("allowlist", "add", "not-a-hash").returncode == 2
+    assert site.cli("allowlist", "remove", flagged[0]["sha256"]).returncode == 0
+    assert site.cli("allowlist", "remove", flagged[0]["sha256"]).returncode == 2
+
+
+def test_quarantine_on_another_filesystem(tmp_path, tiny_bundle_master):
+    shm = Path("/dev/shm")
+    if not shm.is_dir() or os.stat(shm).st_dev == os.stat(tmp_path).st_dev:
+        pytest.skip("no second filesystem here")
+    site = Site(tmp_path / "site", tiny_bundle_master)
+    site.tree.mkdir(parents=True)
+    (site.tree / "a.png").write_bytes(image_bytes("PNG", 5))
+    site.quarantine = Path(shm / f"mirror-scan-test-{os.getpid()}-{tmp_path.name}")
+    try:
+        site.scan("--severity=-1", "--quiet")
+        (item,) = site.items()
+        assert (site.quarantine / "items" / item["id"] / "data").read_bytes() == image_bytes("PNG", 5)
+        assert not (site.tree / "a.png").exists()
+        assert site.cli("quarantine", "restore", item["id"]).returncode == 0
+        assert (site.tree / "a.png").read_bytes() == image_bytes("PNG", 5)
+    finally:
+        shutil.rmtree(site.quarantine, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- SIGKILL at every step
+
+
+def _assert_nothing_lost(site: Site, expected: dict[str, bytes]) -> None:
+    """Every file byte-identical at its original place or in the quarantine (never nowhere, never
+    half-written); no temp files; no unfinished move."""
+    stored = {}
+    for item_dir in (site.quarantine / "items").iterdir():
+        if (item_dir / "data").exists():
+            meta = json.loads((item_dir / "meta.json").read_text())
+            data = (item_dir / "data").read_bytes()
+            assert sha(data) == meta["sha256"], "half-written quarantine copy"
+            stored[sha(data)] = data
+    for rel, data in expected.items():
+        path = site.tree / rel
+        in_place = path.exists() and path.read_bytes() == data
+        assert in_place or sha(data) in stored, f"{rel} is nowhere"
+        if path.exists():
+            assert path.read_bytes() == data, f"{rel} is half-written"
+    leftovers = [p for p in [*site.quarantine.rglob("*"), *site.tree.rglob("*")] if p.name.endswith(".tmp")]
+    assert leftovers == []
+    with sqlite3.connect(site.state) as db:
+        assert db.execute("SELECT count(*) FROM moves WHERE step NOT IN ('done', 'rolled_back')").fetchone()[0] == 0
+
+
+@pytest.fixture
+def flagged_site(site) -> tuple[Site, dict[str, bytes], Path]:
+    """A dry-run scan that flagged every readable file, saved as a template to reset from."""
+    site.scan("--dry-run", "--severity=-1", "--quiet")
+    template = site.base.with_name("template")
+    shutil.copytree(site.base, template, symlinks=True)
+    expected = {k: v for k, v in originals(site).items() if k != "broken.jpg"}
+    return site, expected, template
+
+
+def _reset(site: Site, template: Path) -> None:
+    shutil.rmtree(site.base)
+    shutil.copytree(template, site.base, symlinks=True)
+
+
+@pytest.mark.parametrize("step", QUARANTINE_STEPS)
+def test_sigkill_during_quarantine_loses_nothing(flagged_site, step):
+    site, expected, template = flagged_site
+    _reset(site, template)
+    proc = site.cli("apply", env={"MIRROR_SCAN_KILL_AT": f"quarantine:{step}"})
+    assert proc.returncode == -9, (proc.returncode, proc.stderr)
+    # Any next command recovers first.
+    recovery = site.cli("quarantine", "list")
+    assert recovery.returncode == 0, recovery.stderr
+    _assert_nothing_lost(site, expected)
+    # And the work can simply continue.
+    assert site.cli("apply").returncode == 0
+    _assert_nothing_lost(site, expected)
+    assert [p.name for p in site.tree.rglob("*") if p.is_file()] == ["broken.jpg"]
+    assert len([i for i in site.items() if i["state"] == "quarantined"]) == len(expected)
+
+
+@pytest.mark.parametrize("step", RESTORE_STEPS)
+def test_sigkill_during_restore_loses_nothing(flagged_site, step):
+    site, expected, template = flagged_site
+    _reset(site, template)
+    assert site.cli("apply").returncode == 0
+    item = next(i for i in site.items() if i["original"].endswith("name with space.png"))
+    proc = site.cli("quarantine", "restore", item["id"], env={"MIRROR_SCAN_KILL_AT": f"restore:{step}"})
+    assert proc.returncode == -9, (proc.returncode, proc.stderr)
+    assert site.cli("quarantine", "list").returncode == 0
+    _assert_nothing_lost(site, expected)
+    state = next(i for i in site.items() if i["id"] == item["id"])["state"]
+    if state != "restored":  # rolled back: restoring again completes it
+        assert state == "quarantined"
+        assert site.cli("quarantine", "restore", item["id"]).returncode == 0
+    assert (site.tree / "name with space.png").read_bytes() == expected["name with space.png"]
+    assert sha(expected["name with space.png"]) in site.cli("allowlist", "list").stdout
+    _assert_nothing_lost(site, expected)
+
+
+def test_list_since_filters_by_date_and_duration(site):
+    site.scan("--severity=-1", "--quiet")
+    assert len(json.loads(site.cli("quarantine", "list", "--since", "1h", "--json").stdout)) == 3
+    assert json.loads(site.cli("quarantine", "list", "--since", "2999-01-01", "--json").stdout) == []
+    proc = site.cli("quarantine", "list", "--since", "last tuesday")
+    assert proc.returncode == 2 and "is not a date" in proc.stderr and "Traceback" not in proc.stderr
