@@ -39,9 +39,9 @@ class QuarantineActor:
             "severity": severity,
         }
         try:
-            self.quarantine.quarantine(path, root or path.rsplit(b"/", 1)[0], sha256, evidence)
+            _, state = self.quarantine.quarantine(path, root or path.rsplit(b"/", 1)[0], sha256, evidence)
         except MirrorScanError as err:
             self.failures += 1
             log.error("not quarantined: %s: %s", display_path(path), err)
             return None
-        return "quarantined"
+        return "quarantined" if state == "quarantined" else "upstream pending"

@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from . import __version__, cli_quarantine, cli_scan
+from . import __version__, cli_mirror, cli_quarantine, cli_scan
 from .console import err, out, print_json, setup_logging
 from .errors import MirrorScanError
 
@@ -28,6 +28,7 @@ app.add_typer(model_app, name="model")
 app.add_typer(policy_app, name="policy")
 cli_scan.register(app)
 cli_quarantine.register(app)
+cli_mirror.register(app)
 
 ModelDir = Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory (from `model export`).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if it really runs), cuda, or cpu.")]

@@ -49,10 +49,10 @@ def parse_since(text: str) -> float:
     return when.timestamp()
 
 
-def _open(state, quarantine, config, quiet=False):
+def _open(state, quarantine, config, quiet=False, remote=None, rclone=None):
     from .cli_scan import open_state
 
-    settings = resolve({"state": state, "quarantine": quarantine}, config)
+    settings = resolve({"state": state, "quarantine": quarantine, "remote": remote, "rclone": rclone}, config)
     return open_state(settings, quiet=quiet)
 
 
@@ -102,6 +102,8 @@ def q_restore(
     item_ids: Annotated[list[str], typer.Argument(help="Item ids (from `quarantine list`).")],
     to: Annotated[Path | None, typer.Option("--to", help="Restore to this path instead of the original one.")] = None,
     no_upstream: Annotated[bool, typer.Option("--no-upstream", help="Do not put the object back upstream.")] = False,
+    remote: Annotated[str | None, typer.Option("--remote", help="rclone remote the items came from.")] = None,
+    rclone: Annotated[str | None, typer.Option("--rclone", help="rclone binary.")] = None,
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
@@ -113,7 +115,7 @@ def q_restore(
 
     if to is not None and len(item_ids) > 1:
         raise UsageError("--to takes one item at a time")
-    ledger, store = _open(state, quarantine, config)
+    ledger, store = _open(state, quarantine, config, remote=remote, rclone=rclone)
     failed = 0
     with ledger:
         for item_id in item_ids:
@@ -132,18 +134,29 @@ def q_restore(
 def q_purge(
     item_ids: Annotated[list[str] | None, typer.Argument(help="Item ids; or use --older-than.")] = None,
     older_than: Annotated[str | None, typer.Option("--older-than", help="Every item older than this (90d).")] = None,
+    pictrs: Annotated[
+        bool,
+        typer.Option(
+            "--pictrs",
+            help="Purge the items from pict-rs (all aliases, variants and "
+            "records; irreversible) instead of deleting the quarantined bytes.",
+        ),
+    ] = False,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Delete quarantined bytes permanently (a metadata tombstone stays). Nothing else ever deletes
-    from the quarantine: check your reporting and preservation duties first."""
+    """Delete quarantined bytes permanently (a metadata tombstone stays), or with --pictrs purge the
+    items from pict-rs. Nothing else ever deletes: check your reporting and preservation duties first."""
     if not item_ids and not older_than:
         raise UsageError("name items to purge, or pass --older-than DURATION")
+    settings = resolve({"state": state, "quarantine": quarantine}, config)
     ledger, store = _open(state, quarantine, config)
     with ledger:
         chosen = [e for e in store.entries() if e["state"] in ("quarantined", "restored", "upstream_pending")]
+        if pictrs:
+            chosen = [e for e in store.entries() if e["state"] in ("quarantined", "upstream_pending", "purged")]
         if item_ids:
             known = {e["id"] for e in chosen}
             missing = [i for i in item_ids if i not in known]
@@ -156,12 +169,43 @@ def q_purge(
         if not chosen:
             out.print("nothing to purge")
             return
+        if pictrs:
+            _purge_pictrs(store, chosen, settings, yes=yes)
+            return
         if not yes:
             if not typer.confirm(f"Permanently delete the bytes of {len(chosen)} quarantined item(s)?", default=False):
                 raise typer.Exit(1)
         for e in chosen:
             store.purge(e["id"])
     out.print(f"purged {len(chosen)} item(s)")
+
+
+def _purge_pictrs(store, chosen: list[dict], settings, yes: bool) -> None:
+    from .pictrs import Pictrs
+
+    if not settings.pictrs_url or not settings.pictrs_api_key:
+        raise UsageError(
+            "pict-rs is not configured", hint="set [pictrs] url and api_key, then `mirror-scan pictrs check`"
+        )
+    client = Pictrs(settings.pictrs_url, settings.pictrs_api_key)
+    aliases = client.aliases_for(e["sha256"] for e in chosen)
+    plan = [(e, aliases.get(e["sha256"], [])) for e in chosen]
+    for e, found in plan:
+        out.print(f"{e['id']}: {', '.join(found) if found else 'no alias found in pict-rs'}")
+    targets = [(e, a) for e, found in plan for a in found]
+    if not targets:
+        out.print("nothing to purge in pict-rs")
+        return
+    if not yes and not typer.confirm(
+        f"Purge {len(targets)} alias(es) from pict-rs? This deletes the files, their variants and records and "
+        "cannot be undone.",
+        default=False,
+    ):
+        raise typer.Exit(1)
+    for e, alias in targets:
+        note = client.purge(alias)
+        store.record_pictrs_purge(e["id"], alias, note)
+        out.print(f"{e['id']}: {alias}: {note}")
 
 
 @quarantine_app.command("export-hashes")

@@ -38,6 +38,14 @@ PrecisionOpt = Annotated[
     ),
 ]
 QuarantineOpt = Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory (private, 0700).")]
+RemoteOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--remote",
+        help="rclone remote of the bucket (NAME:bucket): quarantining also removes the object there (reversibly).",
+    ),
+]
+RcloneOpt = Annotated[str | None, typer.Option("--rclone", help="rclone binary (default: the venv's, then PATH).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary; exit code only.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")]
 
@@ -72,7 +80,13 @@ def open_state(settings: Settings, *, quiet: bool = False):
     ledger = Ledger(settings.state)
     try:
         ledger.lock()
-        quarantine = Quarantine(settings.quarantine, ledger)
+        upstream = None
+        if settings.remote:
+            from .quarantine import Upstream
+            from .rclone import Rclone
+
+            upstream = Upstream.rclone(settings.remote, Rclone.locate(settings.rclone))
+        quarantine = Quarantine(settings.quarantine, ledger, upstream)
         for note in quarantine.recover():
             if not quiet:
                 err.print(f"recovered: {note}")
@@ -96,6 +110,8 @@ def register(app: typer.Typer) -> None:
         dry_run: Annotated[bool, typer.Option("--dry-run", help="Record verdicts; act on nothing.")] = False,
         state: StateOpt = None,
         quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")] = None,
+        remote: RemoteOpt = None,
+        rclone: RcloneOpt = None,
         report: Annotated[Path | None, typer.Option("--report", help="Write one record per file here.")] = None,
         report_format: Annotated[str, typer.Option("--report-format", help="jsonl or csv.")] = "jsonl",
         batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per inference batch.")] = None,
@@ -118,6 +134,8 @@ def register(app: typer.Typer) -> None:
             setup_logging(quiet=True)
         settings = _settings(
             config,
+            remote=remote,
+            rclone=rclone,
             model=model,
             policy=policy,
             severity=severity,
@@ -227,14 +245,19 @@ def register(app: typer.Typer) -> None:
 
     @app.command("apply")
     def apply(
-        state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False
+        state: StateOpt = None,
+        quarantine: QuarantineOpt = None,
+        remote: RemoteOpt = None,
+        rclone: RcloneOpt = None,
+        config: ConfigOpt = None,
+        json_out: JsonOpt = False,
     ) -> None:
         """Quarantine the files flagged earlier (by a dry run or a rescore) and not yet acted on, without
         running the model again."""
         from .act import QuarantineActor
         from .rescore import apply_verdicts
 
-        settings = _settings(config, state=state, quarantine=quarantine)
+        settings = _settings(config, state=state, quarantine=quarantine, remote=remote, rclone=rclone)
         if not settings.state.exists():
             raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
         ledger, quarantine_store = open_state(settings, quiet=json_out)

@@ -103,11 +103,23 @@ def _copy_private(source_fd: int, target: Path) -> str:
 
 @dataclass
 class Upstream:
-    """Remote object operations (the upstream issue wires rclone in). Both must be idempotent."""
+    """Remote object operations. Both are idempotent: removing a missing object is success, and
+    restoring writes the same bytes to the same key and verifies them."""
 
     remote: str
-    remove: Callable[[str], str]  # key -> note ("deleted", "already gone")
+    remove: Callable[[str], str]  # key -> note ("deleted upstream", "already gone upstream")
     restore: Callable[[Path, str], None]  # local file, key
+
+    @classmethod
+    def rclone(cls, remote: str, rclone) -> Upstream:
+        from .hashing import sha256_bytes
+
+        def restore(local: Path, key: str) -> None:
+            rclone.put_object(remote, local, key)
+            if sha256_bytes(rclone.read_object(remote, key)) != sha256_file(local):
+                raise QuarantineError(f"upstream copy of {key} did not verify after the upload")
+
+        return cls(remote=remote, remove=lambda key: rclone.delete_object(remote, key), restore=restore)
 
 
 class Quarantine:
@@ -116,6 +128,7 @@ class Quarantine:
         self.items = self.root / "items"
         self.ledger = ledger
         self.upstream = upstream
+        self._upstream_down: str | None = None  # after one failure, this process stops calling the remote
         for directory in (self.root, self.items):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             if stat.S_IMODE(directory.stat().st_mode) != 0o700:
@@ -156,9 +169,10 @@ class Quarantine:
 
     # ------------------------------------------------------------------ quarantine
 
-    def quarantine(self, source: bytes, mirror_root: bytes, sha256: str, evidence: dict[str, Any]) -> str:
+    def quarantine(self, source: bytes, mirror_root: bytes, sha256: str, evidence: dict[str, Any]) -> tuple[str, str]:
         """Move `source` (under `mirror_root`) into quarantine if it still holds the bytes `sha256`.
-        Returns the item id. Raises QuarantineError (nothing moved) if it cannot be done safely."""
+        Returns (item id, state: 'quarantined' or 'upstream_pending'). Raises QuarantineError (nothing
+        moved) if it cannot be done safely."""
         rel = os.path.relpath(source, mirror_root)
         check_relative(rel if isinstance(rel, bytes) else os.fsencode(rel))
         try:
@@ -231,31 +245,63 @@ class Quarantine:
         os.rename(item_dir / TMP_DATA, item_dir / DATA)
         fsync_dir(item_dir)
         self._step(move_id, "placed", "quarantine")
-        self._finish_quarantine(item_id, move_id, "placed")
-        return item_id
+        return item_id, self._finish_quarantine(item_id, move_id, "placed")
 
-    def _finish_quarantine(self, item_id: str, move_id: int, step: str) -> None:
-        row = self.ledger.db.execute("SELECT original, sha256, key FROM quarantine WHERE id=?", (item_id,)).fetchone()
-        source, sha256, key = row
+    def _finish_quarantine(self, item_id: str, move_id: int, step: str) -> str:
+        """Finish a placed move: upstream removal, then local removal. Returns the item's state."""
+        source, sha256, remote, key = self.ledger.db.execute(
+            "SELECT original, sha256, remote, key FROM quarantine WHERE id=?", (item_id,)
+        ).fetchone()
         if step == "placed":
-            if self.upstream and key:
-                try:
-                    note = self.upstream.remove(key)
-                except MirrorScanError as err:
-                    # Bytes are safe in quarantine; the upstream removal is retried later.
+            if remote and key:
+                if not self._remove_upstream(item_id, remote, key):
+                    # Bytes are verified in the quarantine; the mirror file stays until upstream is done.
+                    # The move waits at 'placed' and every later command start retries it.
                     self._item_state(item_id, "upstream_pending")
-                    self._step(move_id, "placed", "quarantine", note=f"upstream: {err}")
-                    log.warning("quarantined %s locally; upstream removal pending: %s", item_id, err)
-                    return
-                self._step(move_id, "upstream_removed", "quarantine", note=note)
+                    self.ledger.db.execute(
+                        "UPDATE files SET action='upstream pending', acted_at=? WHERE path=?", (time.time(), source)
+                    )
+                    self.ledger.commit()
+                    return "upstream_pending"
+                self._step(move_id, "upstream_removed", "quarantine")
             step = "upstream_removed"
         if step == "upstream_removed":
             self._remove_original(source, sha256)
             self._step(move_id, "local_removed", "quarantine")
-            step = "local_removed"
         self._item_state(item_id, "quarantined")
         self.ledger.db.execute("UPDATE files SET action='quarantined', acted_at=? WHERE path=?", (time.time(), source))
         self._step(move_id, "done", "quarantine")
+        return "quarantined"
+
+    def _remove_upstream(self, item_id: str, remote: str, key: str) -> bool:
+        """Delete the object upstream; False (item left 'upstream pending') when it cannot be done now."""
+        if self.upstream is None or self.upstream.remote != remote:
+            log.warning(
+                "quarantine item %s: upstream removal from %s pending (run with --remote %s)", item_id, remote, remote
+            )
+            return False
+        if self._upstream_down:
+            return False
+        try:
+            note = self.upstream.remove(key)
+        except MirrorScanError as err:
+            # Circuit breaker: one failure (network down, 403, 5xx) leaves every further item of this run
+            # pending at once instead of hammering a remote that is down or refuses us.
+            self._upstream_down = str(err)
+            log.warning("upstream removal pending (retried at the next start): %s", err)
+            return False
+        log.info("quarantine item %s: %s", item_id, note)
+        return True
+
+    def excluded_keys(self) -> list[str]:
+        """Keys a pull must not bring back: everything quarantined and not restored."""
+        rows = self.ledger.db.execute(
+            "SELECT original, mirror_root, key FROM quarantine WHERE state NOT IN ('restored', 'rolled_back')"
+        )
+        keys = []
+        for original, root, key in rows:
+            keys.append(key if key else os.fsdecode(os.path.relpath(original, root)))
+        return keys
 
     def _remove_original(self, source: bytes, sha256: str) -> None:
         """Unlink the original only if it still holds the quarantined bytes (never a newer file)."""
@@ -350,7 +396,13 @@ class Quarantine:
     def _finish_restore(self, item_id: str, move_id: int, step: str, upstream: bool = True) -> None:
         meta = self.read_meta(item_id)
         if step == "placed":
-            if upstream and self.upstream and meta.get("key") and meta.get("remote") == self.upstream.remote:
+            if upstream and meta.get("key") and meta.get("remote"):
+                if self.upstream is None or self.upstream.remote != meta["remote"]:
+                    raise QuarantineError(
+                        f"item {item_id} came from {meta['remote']}; "
+                        f"restoring it there needs --remote {meta['remote']}",
+                        hint="or restore locally only with --no-upstream",
+                    )
                 self.upstream.restore(self.items / item_id / DATA, meta["key"])
                 self._step(move_id, "upstream_restored", "restore")
         self.ledger.allow(meta["sha256"], note=f"restored from quarantine item {item_id}")
@@ -403,8 +455,10 @@ class Quarantine:
             self._item_state(item_id, "damaged")
             self._step(move_id, "rolled_back", "recover", note="quarantined bytes do not verify; original kept")
             return f"{item_id}: quarantined bytes do not verify; original left in place"
-        self._finish_quarantine(item_id, move_id, step)
-        return f"{item_id}: quarantine interrupted at '{step}', finished"
+        state = self._finish_quarantine(item_id, move_id, step)
+        if state == "upstream_pending":
+            return f"{item_id}: upstream removal still pending (retried at the next start)"
+        return f"{item_id}: quarantine finished (was at '{step}')"
 
     def _recover_restore(self, move_id: int, item_id: str, item_dir: Path, step: str, target: bytes) -> str:
         meta = self.read_meta(item_id)
@@ -488,6 +542,13 @@ class Quarantine:
                 "sha256": sha256,
                 "size": size,
             }
+
+    def record_pictrs_purge(self, item_id: str, alias: str, note: str) -> None:
+        """Write down what was purged from pict-rs (irreversible), in the item's own metadata."""
+        meta = self.read_meta(item_id)
+        meta.setdefault("pictrs_purged", []).append({"alias": alias, "result": note, "at": _now_iso()})
+        meta.setdefault("history", []).append({"state": f"pict-rs purge of {alias}: {note}", "at": _now_iso()})
+        self._write_meta(self.items / item_id, meta)
 
     def purge(self, item_id: str) -> None:
         """Delete an item's bytes permanently; keep a tombstone (metadata, state 'purged')."""

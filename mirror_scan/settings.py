@@ -34,6 +34,13 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+def _remote(value: Any) -> str:
+    text = str(value)
+    if ":" not in text or text.startswith(":"):
+        raise ValueError("must be an rclone remote NAME:bucket (connection strings would echo secrets in errors)")
+    return text
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value)
@@ -64,7 +71,14 @@ SPECS: dict[str, Spec] = {
     "max_pixels": Spec(_positive_int, lambda: 64_000_000, "refuse images with more pixels (decompression bombs)"),
     "max_frames": Spec(_positive_int, lambda: 8, "frames sampled from an animation or video"),
     "max_file_mb": Spec(_positive_int, lambda: 512, "refuse files larger than this (MiB)"),
+    "remote": Spec(_remote, lambda: None, "rclone remote of the bucket (NAME:bucket); enables upstream removal"),
+    "rclone": Spec(str, lambda: None, "rclone binary (default: the venv's, then PATH)"),
+    "pictrs_url": Spec(str, lambda: None, "pict-rs base URL, e.g. http://127.0.0.1:8080"),
+    "pictrs_api_key": Spec(str, lambda: None, "pict-rs [server] api_key (prefer the environment variable)"),
 }
+
+
+SECRET_SETTINGS = ("pictrs_api_key",)
 
 
 @dataclass(frozen=True)
@@ -81,6 +95,10 @@ class Settings:
     max_pixels: int
     max_frames: int
     max_file_mb: int
+    remote: str | None
+    rclone: str | None
+    pictrs_url: str | None
+    pictrs_api_key: str | None
     sources: dict[str, str]  # setting -> "flag" | "env" | "config FILE" | "default"
 
 
@@ -95,7 +113,10 @@ def _read_config(path: Path | None) -> tuple[dict[str, Any], str]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise UsageError(f"config file {path} cannot be read: {err}") from None
-    scan = data.get("scan", data)  # settings may sit at the top level or under [scan]
+    scan = dict(data.get("scan", data))  # settings may sit at the top level or under [scan]
+    for section in ("pictrs",):  # [pictrs] url / api_key
+        for key, value in (data.get(section) or {}).items():
+            scan[f"{section}_{key}"] = value
     for key in scan:
         if key not in SPECS and not isinstance(scan[key], dict):
             close = difflib.get_close_matches(key, list(SPECS), n=1)
@@ -121,9 +142,12 @@ def resolve(flags: dict[str, Any] | None = None, config: Path | None = None) -> 
         else:
             raw, source = spec.default(), "default"
         try:
-            values[name] = spec.parse(raw)
+            values[name] = None if raw is None else spec.parse(raw)
         except (TypeError, ValueError) as err:
-            raise UsageError(f"setting '{name}' from {source}: {raw!r} {err}") from None
+            from .rclone import scrub
+
+            shown = "***" if name in SECRET_SETTINGS else scrub(repr(raw))
+            raise UsageError(f"setting '{name}' from {source}: {shown} {err}") from None
         if isinstance(values[name], Path):
             values[name] = values[name].expanduser()
         sources[name] = source

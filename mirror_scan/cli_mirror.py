@@ -1,0 +1,80 @@
+"""`mirror pull` and `pictrs check`: the bucket side."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .console import err, out, print_json
+from .errors import UsageError
+from .settings import resolve
+
+mirror_app = typer.Typer(help="Pull the bucket into the local mirror with rclone.", no_args_is_help=True)
+pictrs_app = typer.Typer(help="pict-rs's internal API: check the URL and key.", no_args_is_help=True)
+
+
+@mirror_app.command("pull")
+def pull(
+    to: Annotated[Path, typer.Option("--to", help="Local mirror directory.")],
+    remote: Annotated[str | None, typer.Option("--remote", help="rclone remote of the bucket (NAME:bucket).")] = None,
+    max_age: Annotated[
+        str | None, typer.Option("--max-age", help="Only objects newer than this (rclone syntax: 1h, 7d).")
+    ] = None,
+    rclone: Annotated[str | None, typer.Option("--rclone", help="rclone binary.")] = None,
+    state: Annotated[Path | None, typer.Option("--state", help="SQLite state database.")] = None,
+    quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Config file.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the arrived keys as JSON.")] = False,
+) -> None:
+    """One-way copy of new objects from the bucket into the mirror. Never deletes or replaces a local
+    file, and never brings back what is quarantined. Prints the keys that arrived."""
+    from .cli_scan import open_state
+    from .rclone import Rclone
+
+    settings = resolve({"remote": remote, "rclone": rclone, "state": state, "quarantine": quarantine}, config)
+    if not settings.remote:
+        raise UsageError("no remote to pull from", hint="pass --remote NAME:bucket or set `remote` in the config")
+    ledger, store = open_state(settings, quiet=json_out)
+    with ledger:
+        excluded = store.excluded_keys()
+    tool = Rclone.locate(settings.rclone)
+    count = 0
+    with err.status(f"pulling {settings.remote} -> {to}") as status:
+
+        def arrived(key: str) -> None:
+            nonlocal count
+            count += 1
+            status.update(f"pulling {settings.remote} -> {to}: {count} new file(s)")
+
+        keys = tool.pull(settings.remote, to, max_age=max_age, exclude=excluded, on_file=arrived)
+    if json_out:
+        print_json({"remote": settings.remote, "to": str(to), "arrived": keys, "excluded": len(excluded)})
+        return
+    for key in keys:
+        out.print(str(to / key))
+    err.print(f"{len(keys)} new file(s); {len(excluded)} quarantined key(s) excluded")
+
+
+@pictrs_app.command("check")
+def pictrs_check(
+    url: Annotated[str | None, typer.Option("--url", help="pict-rs base URL.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Config file.")] = None,
+) -> None:
+    """Test the pict-rs URL and API key (the key comes from MIRROR_SCAN_PICTRS_API_KEY or [pictrs] api_key)."""
+    from .pictrs import Pictrs
+
+    settings = resolve({"pictrs_url": url}, config)
+    if not settings.pictrs_url or not settings.pictrs_api_key:
+        raise UsageError(
+            "pict-rs is not configured",
+            hint="set [pictrs] url and api_key in the config, or MIRROR_SCAN_PICTRS_URL and MIRROR_SCAN_PICTRS_API_KEY",
+        )
+    result = Pictrs(settings.pictrs_url, settings.pictrs_api_key).check()
+    out.print(f"pict-rs at {result['url']}: reachable, API key accepted")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(mirror_app, name="mirror")
+    app.add_typer(pictrs_app, name="pictrs")

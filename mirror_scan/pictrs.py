@@ -1,0 +1,103 @@
+"""pict-rs internal API client (stdlib HTTP): check the URL and key, find the aliases of quarantined
+bytes, purge them. The API key travels only in the X-Api-Token header and never appears in logs,
+errors or reports.
+
+Contract used (pict-rs 0.5, see field-facts): every /internal/* call needs `X-Api-Token` (wrong key:
+401). `GET /internal/hashes?limit=N[&slug=S]` returns pages of `{hex, aliases, details}` (nested under
+`page`, with a `next` slug for the following page); the first 64 hex characters of `hex` are the
+sha256 of the stored file. `POST /internal/purge?alias=A` deletes every alias of the file, its
+variants and its records (irreversible; unknown alias: 404).
+"""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import MirrorScanError
+from .rclone import scrub
+
+
+class PictrsError(MirrorScanError):
+    """pict-rs could not be reached or refused the request."""
+
+
+@dataclass
+class Pictrs:
+    url: str
+    api_key: str
+    timeout: float = 15.0
+    page_size: int = 100
+
+    def _request(self, method: str, path: str, params: dict[str, Any] | None = None) -> tuple[int, Any]:
+        query = f"?{urllib.parse.urlencode(params)}" if params else ""
+        request = urllib.request.Request(
+            f"{self.url.rstrip('/')}{path}{query}",
+            method=method,
+            headers={"X-Api-Token": self.api_key, "Accept": "application/json"},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - admin-set URL
+                body = response.read()
+                status = response.status
+        except urllib.error.HTTPError as err:
+            status, body = err.code, err.read()
+        except (urllib.error.URLError, TimeoutError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise PictrsError(
+                f"pict-rs at {self.url} is unreachable: {scrub(str(reason), [self.api_key])}",
+                hint="check [pictrs] url and that pict-rs is running",
+            ) from None
+        try:
+            data = json.loads(body) if body else None
+        except json.JSONDecodeError:
+            data = None
+        if status == 401:
+            raise PictrsError(
+                "pict-rs rejected the API key (401)", hint="check [pictrs] api_key ([server] api_key in pict-rs.toml)"
+            )
+        return status, data
+
+    def check(self) -> dict[str, Any]:
+        status, data = self._request("GET", "/internal/hashes", {"limit": 1})
+        if status != 200:
+            raise PictrsError(f"pict-rs answered {status} to GET /internal/hashes")
+        return {"url": self.url, "status": status, "api_key": "accepted"}
+
+    def hashes(self) -> Iterator[dict[str, Any]]:
+        params: dict[str, Any] = {"limit": self.page_size}
+        seen_slugs = set()
+        while True:
+            status, data = self._request("GET", "/internal/hashes", params)
+            if status != 200 or not isinstance(data, dict):
+                raise PictrsError(f"pict-rs answered {status} to GET /internal/hashes")
+            page = data.get("page", data)
+            yield from page.get("hashes", [])
+            slug = page.get("next")
+            if not slug or slug in seen_slugs:
+                return
+            seen_slugs.add(slug)
+            params = {"limit": self.page_size, "slug": slug}
+
+    def aliases_for(self, sha256s: Iterable[str]) -> dict[str, list[str]]:
+        """sha256 -> aliases, by matching the stored-file hash against /internal/hashes."""
+        wanted = {s.lower() for s in sha256s}
+        found: dict[str, list[str]] = {}
+        for entry in self.hashes():
+            sha = str(entry.get("hex", ""))[:64].lower()
+            if sha in wanted:
+                found.setdefault(sha, []).extend(entry.get("aliases", []))
+        return found
+
+    def purge(self, alias: str) -> str:
+        status, _ = self._request("POST", "/internal/purge", {"alias": alias})
+        if status == 404:
+            return "unknown alias (already purged?)"
+        if status >= 300:
+            raise PictrsError(f"pict-rs answered {status} to the purge of {alias}")
+        return "purged"

