@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from . import __version__, cli_mirror, cli_quarantine, cli_scan
@@ -350,7 +351,7 @@ def main() -> None:
     try:
         app()
     except MirrorScanError as error:
-        err.print(f"[bold red]error:[/] {error}", markup=True, highlight=False)
+        err.print(f"[bold red]error:[/] {escape(str(error))}", markup=True, highlight=False)
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")

