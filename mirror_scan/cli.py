@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, cli_mirror, cli_quarantine, cli_scan
+from . import __version__, cli_mirror, cli_quarantine, cli_scan, cli_serve
 from .console import err, out, print_json, setup_logging
 from .errors import MirrorScanError
 
@@ -30,6 +30,7 @@ app.add_typer(policy_app, name="policy")
 cli_scan.register(app)
 cli_quarantine.register(app)
 cli_mirror.register(app)
+cli_serve.register(app)
 
 ModelDir = Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory (from `model export`).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if it really runs), cuda, or cpu.")]

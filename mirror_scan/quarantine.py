@@ -247,6 +247,52 @@ class Quarantine:
         self._step(move_id, "placed", "quarantine")
         return item_id, self._finish_quarantine(item_id, move_id, "placed")
 
+    def keep_upload(self, data: bytes, sha256: str, evidence: dict[str, Any]) -> str:
+        """Keep the bytes of an upload that the validator rejected (pict-rs deletes them) as evidence.
+        Same entry format; there is no original path, so restoring it means allowlisting its sha256."""
+        from .hashing import sha256_bytes
+
+        if sha256_bytes(data) != sha256:
+            raise QuarantineError("upload bytes do not match their sha256")
+        item_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{sha256[:12]}-{secrets.token_hex(2)}"
+        item_dir = self.items / item_id
+        item_dir.mkdir(mode=0o700)
+        try:
+            _write_private(item_dir / TMP_DATA, data)
+            if sha256_file(item_dir / TMP_DATA) != sha256:
+                raise QuarantineError("the kept upload did not verify")
+            meta = {
+                "format": META_FORMAT,
+                "format_version": META_VERSION,
+                "id": item_id,
+                "state": "quarantined",
+                "origin": "upload",
+                "sha256": sha256,
+                "size": len(data),
+                "original": "",
+                "original_b64": "",
+                "mirror_root": "",
+                "mirror_root_b64": "",
+                "remote": None,
+                "key": None,
+                "quarantined_at": _now_iso(),
+                "history": [{"state": "rejected at upload", "at": _now_iso()}],
+                **evidence,
+            }
+            self._write_meta(item_dir, meta)
+            os.rename(item_dir / TMP_DATA, item_dir / DATA)
+            fsync_dir(item_dir)
+            fsync_dir(self.items)
+        except BaseException:
+            for name in (TMP_DATA, TMP_META, META, DATA):
+                (item_dir / name).unlink(missing_ok=True)
+            item_dir.rmdir()
+            raise
+        self.ledger.begin()
+        self._ensure_index_row(meta)
+        self.ledger.commit()
+        return item_id
+
     def _finish_quarantine(self, item_id: str, move_id: int, step: str) -> str:
         """Finish a placed move: upstream removal, then local removal. Returns the item's state."""
         source, sha256, remote, key = self.ledger.db.execute(
@@ -300,7 +346,8 @@ class Quarantine:
         )
         keys = []
         for original, root, key in rows:
-            keys.append(key if key else os.fsdecode(os.path.relpath(original, root)))
+            if key or original:  # uploads rejected at validation have no key
+                keys.append(key if key else os.fsdecode(os.path.relpath(original, root)))
         return keys
 
     def _remove_original(self, source: bytes, sha256: str) -> None:
@@ -338,6 +385,8 @@ class Quarantine:
         if state not in ("quarantined", "upstream_pending"):
             raise QuarantineError(f"item {item_id} is {state}, not quarantined")
         item_dir = self.items / item_id
+        if meta.get("origin") == "upload":
+            return self._release_upload(item_id, meta)
         if sha256_file(item_dir / DATA) != meta["sha256"]:
             raise QuarantineError(
                 f"item {item_id}: the quarantined bytes do not match their recorded sha256 (tampered or damaged); "
@@ -392,6 +441,18 @@ class Quarantine:
         self._step(move_id, "placed", "restore")
         self._finish_restore(item_id, move_id, "placed", upstream)
         return target
+
+    def _release_upload(self, item_id: str, meta: dict[str, Any]) -> bytes:
+        """An upload rejected by the validator has no place to go back to: restoring it allowlists its
+        sha256, so the uploader can upload it again and it is accepted."""
+        self.ledger.allow(meta["sha256"], note=f"released upload-time rejection {item_id}")
+        meta["state"] = "restored"
+        meta.setdefault("history", []).append({"state": "released (allowlisted)", "at": _now_iso()})
+        self._write_meta(self.items / item_id, meta)
+        self.ledger.begin()
+        self._item_state(item_id, "restored")
+        self.ledger.commit()
+        return b"(allowlisted: the upload can be made again)"
 
     def _finish_restore(self, item_id: str, move_id: int, step: str, upstream: bool = True) -> None:
         meta = self.read_meta(item_id)
@@ -498,7 +559,9 @@ class Quarantine:
                 os.fsencode(self.items / meta["id"]),
                 meta["sha256"],
                 meta["size"],
-                os.path.join(_unb64(meta["mirror_root_b64"]), _unb64(meta["original_b64"])),
+                os.path.join(_unb64(meta["mirror_root_b64"]), _unb64(meta["original_b64"]))
+                if meta["original_b64"]
+                else b"",
                 _unb64(meta["mirror_root_b64"]),
                 meta.get("remote"),
                 meta.get("key"),
@@ -536,7 +599,7 @@ class Quarantine:
             yield {
                 "id": item_id,
                 "quarantined_at": dt.datetime.fromtimestamp(created, dt.UTC).isoformat(timespec="seconds"),
-                "original": display_path(original),
+                "original": display_path(original) or "(rejected upload)",
                 "state": state,
                 "reason": json.loads(reason) if reason else None,
                 "sha256": sha256,

@@ -84,6 +84,8 @@ def _build_model(opts: ExportOptions):
             hint="see open_clip.list_models(); e.g. ViT-L-14, ViT-B-32, or tiny-test for tests",
         )
     pretrained = None if opts.pretrained in (None, "", "none") else opts.pretrained
+    if pretrained is None:
+        torch.manual_seed(0)  # random-weight bundles (tests, benchmarks) are reproducible
     try:
         model = open_clip.create_model(opts.arch, pretrained=pretrained, device="cpu", precision="fp32")
     except Exception as err:  # noqa: BLE001 - open_clip raises many kinds for a missing download

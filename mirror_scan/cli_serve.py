@@ -1,0 +1,141 @@
+"""`serve`: the upload validator pict-rs calls before it accepts any upload."""
+
+from __future__ import annotations
+
+import signal
+import stat
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .cli_scan import (
+    ConfigOpt,
+    DeviceOpt,
+    ModelOpt,
+    PolicyOpt,
+    PrecisionOpt,
+    QuarantineOpt,
+    SeverityOpt,
+    StateOpt,
+    _load_model_and_policy,
+    open_state,
+)
+from .console import err
+from .errors import UsageError
+from .settings import resolve
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"--listen {text!r} is not HOST:PORT", hint="e.g. 127.0.0.1:14051")
+    return host, int(port)
+
+
+def read_token(path: Path | None) -> str:
+    if path is None:
+        raise UsageError(
+            "serve needs a token file (--token-file FILE)",
+            hint='create one: python -c "import secrets; print(secrets.token_urlsafe(32))" > token && chmod 600 token',
+        )
+    try:
+        token = path.read_text(encoding="utf-8").strip()
+        mode = stat.S_IMODE(path.stat().st_mode)
+    except OSError as error:
+        raise UsageError(f"token file {path} cannot be read: {error.strerror}") from None
+    if len(token) < 16 or any(c in token for c in "/?#% \t"):
+        raise UsageError(f"token file {path} must hold one URL-safe token of 16+ characters")
+    if mode & 0o077:
+        err.print(f"warning: token file {path} is readable by others (chmod 600 it)")
+    return token
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("serve")
+    def serve(
+        listen: Annotated[str, typer.Option("--listen", help="HOST:PORT (loopback by default).")] = "127.0.0.1:14051",
+        token_file: Annotated[Path | None, typer.Option("--token-file", help="File holding the URL token.")] = None,
+        on_error: Annotated[
+            str,
+            typer.Option(
+                "--on-error", help="Undecodable uploads: reject (default, fails closed like pict-rs) or accept."
+            ),
+        ] = "reject",
+        max_body_mb: Annotated[int, typer.Option("--max-body-mb", help="Largest upload accepted for checking.")] = 64,
+        batch_size: Annotated[int | None, typer.Option("--batch-size", help="Largest micro-batch.")] = None,
+        model: ModelOpt = None,
+        policy: PolicyOpt = None,
+        severity: SeverityOpt = None,
+        state: StateOpt = None,
+        quarantine: QuarantineOpt = None,
+        device: DeviceOpt = None,
+        precision: PrecisionOpt = None,
+        config: ConfigOpt = None,
+    ) -> None:
+        """Answer pict-rs's external_validation: 200 accepts an upload, 406 rejects it (its bytes are kept in
+        the quarantine). Configure pict-rs with
+        external_validation = "http://127.0.0.1:14051/validate/<token>"."""
+        from .scoring import Scorer
+        from .serve import Batcher, ServeConfig, ValidationServer
+
+        if on_error not in ("reject", "accept"):
+            raise UsageError(f"--on-error {on_error!r}", hint="use reject or accept")
+        host, port = parse_listen(listen)
+        token = read_token(token_file)
+        settings = resolve(
+            {
+                "model": model,
+                "policy": policy,
+                "severity": severity,
+                "state": state,
+                "quarantine": quarantine,
+                "device": device,
+                "precision": precision,
+                "batch_size": batch_size,
+            },
+            config,
+        )
+        bundle, loaded, offset = _load_model_and_policy(settings)
+        scorer = Scorer(bundle, device=settings.device, precision=settings.precision)
+        ledger, store = open_state(settings)
+        serve_config = ServeConfig(
+            token=token,
+            severity=offset,
+            batch_size=settings.batch_size,
+            max_body_bytes=max_body_mb << 20,
+            on_error=on_error,
+        )
+        batcher = Batcher(ledger, store, bundle, scorer, loaded, serve_config)
+        info = {
+            "model": bundle.manifest["model"]["arch"],
+            "provider": scorer.placement.provider,
+            "policy": loaded.policy_id,
+            "severity": offset,
+        }
+        try:
+            server = ValidationServer((host, port), batcher, serve_config, info)
+        except OSError as error:
+            ledger.close()
+            raise UsageError(f"cannot listen on {host}:{port}: {error.strerror}") from None
+        batcher.start()
+
+        def stop(signum, frame) -> None:  # shutdown() blocks until serve_forever returns: call it elsewhere
+            threading.Thread(target=server.shutdown, daemon=True).start()
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        err.print(
+            f"validating uploads on http://{host}:{server.server_address[1]}/validate/<token> with "
+            f"{info['model']} on {info['provider']}, policy {loaded.policy_id}"
+        )
+        try:
+            server.serve_forever(poll_interval=0.2)
+        finally:
+            server.server_close()
+            batcher.stop()
+            batcher.join(timeout=30)
+            ledger.close()
+        err.print(f"stopped: {batcher.stats['accepted']} accepted, {batcher.stats['rejected']} rejected")

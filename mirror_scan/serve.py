@@ -1,0 +1,256 @@
+"""Upload-time validation for pict-rs's `[media] external_validation`.
+
+pict-rs POSTs each processed upload (body = the media, Content-Type = its type) to
+`/validate/<token>`; any 2xx accepts, anything else rejects (pict-rs fails closed on timeouts too).
+Handler threads read and decode (in parallel); one batcher thread owns the model and the state
+database: it collects requests for up to `max_wait` or a full batch, so a burst costs one inference
+per batch, decides, keeps rejected bytes in the quarantine as evidence, and answers each request.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import numpy as np
+
+from .bundle import Bundle
+from .decide import decide
+from .decode import Limits, decode
+from .hashing import sha256_bytes
+from .policy import Policy
+from .quarantine import Quarantine
+from .scoring import Scorer, columns, policy_sims
+from .state import Ledger
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ServeConfig:
+    token: str
+    severity: float = 0.0
+    batch_size: int = 16
+    max_wait_s: float = 0.005
+    max_body_bytes: int = 64 << 20
+    max_in_flight: int = 64
+    answer_within_s: float = 20.0  # well inside pict-rs's 30 s default timeout
+    on_error: str = "reject"  # "reject" | "accept" for files that cannot be decoded
+    limits: Limits = field(default_factory=Limits)
+
+
+@dataclass
+class Job:
+    sha256: str
+    data: bytes
+    content_type: str
+    pixels: np.ndarray
+    future: Future = field(default_factory=Future)
+
+
+class Batcher(threading.Thread):
+    """The only thread that runs the model and touches the state database."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        quarantine: Quarantine,
+        bundle: Bundle,
+        scorer: Scorer,
+        policy: Policy,
+        config: ServeConfig,
+    ) -> None:
+        super().__init__(name="batcher", daemon=True)
+        self.ledger, self.quarantine, self.bundle = ledger, quarantine, bundle
+        self.scorer, self.policy, self.config = scorer, policy, config
+        self.model_id = f"{bundle.model_id}:{scorer.placement.precision}"
+        self.prompt_set = ledger.ensure_prompt_set(bundle.concepts.prompts)
+        self.policy_columns = columns(bundle.concepts.prompts, policy)
+        self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self.stats = {"accepted": 0, "rejected": 0, "errors": 0, "batches": 0, "inferred": 0, "cached": 0}
+
+    def submit(self, job: Job) -> Future:
+        self.jobs.put(job)
+        return job.future
+
+    def stop(self) -> None:
+        self.jobs.put(None)
+
+    def run(self) -> None:
+        stopping = False
+        while not stopping:
+            first = self.jobs.get()
+            if first is None:
+                break
+            batch, frames = [first], len(first.pixels)
+            deadline = time.monotonic() + self.config.max_wait_s
+            while frames < self.config.batch_size:
+                try:
+                    job = self.jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if job is None:
+                    stopping = True
+                    break
+                batch.append(job)
+                frames += len(job.pixels)
+            try:
+                self._decide(batch)
+            except Exception as err:  # noqa: BLE001 - a failure answers the batch, never kills the thread
+                log.exception("validation batch failed")
+                for job in batch:
+                    if not job.future.done():
+                        job.future.set_exception(err)
+        self.ledger.commit()
+
+    def _decide(self, batch: list[Job]) -> None:
+        to_infer: list[Job] = []
+        for job in batch:
+            if self.ledger.allowlisted(job.sha256):
+                job.future.set_result((False, {"allowlisted": True}))
+                continue
+            result_id = self.ledger.result_id_for(job.sha256, self.model_id)
+            if result_id is None:
+                to_infer.append(job)
+                continue
+            stored = self.ledger.get_result(result_id)
+            sims = policy_sims(
+                stored.sims, stored.embedding, self.ledger.prompt_set(stored.prompt_set), self.policy, self.bundle
+            )
+            self.stats["cached"] += 1
+            self._answer(job, sims)
+        if to_infer:
+            pixels = np.concatenate([job.pixels for job in to_infer])
+            embeddings, sims = self.scorer(pixels)
+            self.stats["batches"] += 1
+            self.stats["inferred"] += len(to_infer)
+            start = 0
+            for job in to_infer:
+                rows = slice(start, start + len(job.pixels))
+                start += len(job.pixels)
+                self.ledger.put_result(job.sha256, self.model_id, self.prompt_set, sims[rows], embeddings[rows])
+                self._answer(job, sims[rows][:, self.policy_columns])
+        self.ledger.commit()
+
+    def _answer(self, job: Job, sims: np.ndarray) -> None:
+        (verdict,) = decide(self.policy, sims, np.zeros(len(sims), dtype=np.intp), 1, self.config.severity)
+        if verdict.flagged:
+            evidence = {
+                "verdict": verdict.reason,
+                "content_type": job.content_type,
+                "model_id": self.model_id,
+                "policy_id": self.policy.policy_id,
+                "severity": self.config.severity,
+            }
+            item_id = self.quarantine.keep_upload(job.data, job.sha256, evidence)
+            verdict.reason["quarantine_item"] = item_id
+            self.stats["rejected"] += 1
+        else:
+            self.stats["accepted"] += 1
+        job.future.set_result((verdict.flagged, verdict.reason))
+
+
+class ValidationServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 128
+
+    def __init__(self, address: tuple[str, int], batcher: Batcher, config: ServeConfig, info: dict[str, Any]):
+        self.batcher, self.config, self.info = batcher, config, info
+        self.slots = threading.BoundedSemaphore(config.max_in_flight)
+        super().__init__(address, Handler)
+
+
+class Handler(BaseHTTPRequestHandler):
+    server: ValidationServer
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, fmt: str, *args) -> None:  # the request line only; never bodies or tokens
+        log.debug("%s %s", self.address_string(), fmt % args)
+
+    def _reply(self, status: int, body: dict[str, Any]) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def _token_ok(self) -> bool:
+        prefix = "/validate/"
+        path = self.path.split("?", 1)[0]
+        if not path.startswith(prefix):
+            return False
+        return hmac.compare_digest(path[len(prefix) :].encode(), self.server.config.token.encode())
+
+    def do_GET(self) -> None:  # noqa: N802
+        if self.path.split("?", 1)[0] == "/healthz":
+            self._reply(
+                200,
+                {
+                    "status": "ok",
+                    **self.server.info,
+                    **self.server.batcher.stats,
+                    "queue": self.server.batcher.jobs.qsize(),
+                },
+            )
+        elif self.path.startswith("/validate/"):
+            self._reply(405, {"error": "use POST with the media as the body"})
+        else:
+            self._reply(404, {"error": "not found"})
+
+    def do_PUT(self) -> None:  # noqa: N802
+        self._reply(405, {"error": "use POST"})
+
+    do_DELETE = do_PATCH = do_PUT  # noqa: N815
+
+    def do_POST(self) -> None:  # noqa: N802
+        if not self.path.startswith("/validate/"):
+            return self._reply(404, {"error": "not found"})
+        if not self._token_ok():
+            log.warning("validation request with a wrong token from %s", self.address_string())
+            return self._reply(403, {"error": "wrong token"})
+        try:
+            length = int(self.headers.get("Content-Length", ""))
+        except ValueError:
+            return self._reply(411, {"error": "Content-Length required"})
+        if length > self.server.config.max_body_bytes:
+            log.warning("rejected an upload of %d bytes (limit %d)", length, self.server.config.max_body_bytes)
+            self.close_connection = True
+            return self._reply(413, {"error": f"body over {self.server.config.max_body_bytes} bytes"})
+        if not self.server.slots.acquire(timeout=self.server.config.answer_within_s / 2):
+            return self._reply(503, {"error": "too many uploads in flight"})
+        try:
+            return self._validate(self.rfile.read(length))
+        finally:
+            self.server.slots.release()
+
+    def _validate(self, data: bytes) -> None:
+        config = self.server.config
+        content_type = self.headers.get("Content-Type", "application/octet-stream")
+        sha256 = sha256_bytes(data)
+        decoded = decode(data, self.server.batcher.bundle.preprocess, config.limits)
+        if isinstance(decoded, str):
+            log.warning("upload %s (%s, %d bytes) cannot be decoded: %s", sha256[:12], content_type, len(data), decoded)
+            if config.on_error == "accept":
+                return self._reply(200, {"verdict": "accepted", "note": f"not decodable: {decoded}"})
+            return self._reply(415, {"verdict": "rejected", "error": f"not decodable: {decoded}"})
+        future = self.server.batcher.submit(Job(sha256, data, content_type, decoded.pixels))
+        try:
+            flagged, reason = future.result(timeout=config.answer_within_s)
+        except FutureTimeout:
+            return self._reply(503, {"error": "validation timed out"})
+        except Exception:  # noqa: BLE001
+            return self._reply(500, {"error": "validation failed"})
+        if flagged:
+            log.warning("rejected upload %s (%s): %s", sha256[:12], content_type, ",".join(reason.get("labels", [])))
+            return self._reply(406, {"verdict": "rejected", "sha256": sha256})
+        return self._reply(200, {"verdict": "accepted", "sha256": sha256})
