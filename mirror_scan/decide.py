@@ -57,21 +57,30 @@ def decide(
     return verdicts
 
 
-def reason_text(reason: str | dict | None) -> str:
-    """One line for reports: labels and the prompts that fired, with similarity and threshold."""
+def _simple_reason(reason: str | dict | None, allowlisted: str) -> tuple[dict | None, str]:
+    """A stored reason as a dict to render, or the finished text when there is nothing to render:
+    empty, plain text, an error, or an allowlisting."""
     if reason is None:
-        return ""
+        return None, ""
     if isinstance(reason, str):
         try:
             reason = json.loads(reason)
         except json.JSONDecodeError:
-            return reason
+            return None, reason
     if not isinstance(reason, dict):
-        return str(reason)
+        return None, str(reason)
     if "error" in reason:
-        return str(reason["error"])
+        return None, str(reason["error"])
     if reason.get("allowlisted"):
-        return "allowlisted (the policy would flag it)"
+        return None, allowlisted
+    return reason, ""
+
+
+def reason_text(reason: str | dict | None) -> str:
+    """One line for reports: labels and the prompts that fired, with similarity and threshold."""
+    reason, text = _simple_reason(reason, "allowlisted (the policy would flag it)")
+    if reason is None:
+        return text
     parts = []
     for check, fired in reason.get("checks", {}).items():
         items = ", ".join(
@@ -87,17 +96,9 @@ def reason_text(reason: str | dict | None) -> str:
 
 def short_reason(reason: str | dict | None) -> str:
     """Labels and the strongest prompt that fired, for one-line listings."""
-    if isinstance(reason, str):
-        try:
-            reason = json.loads(reason)
-        except json.JSONDecodeError:
-            return reason
-    if not isinstance(reason, dict):
-        return ""
-    if "error" in reason:
-        return str(reason["error"])
-    if reason.get("allowlisted"):
-        return "allowlisted"
+    reason, text = _simple_reason(reason, "allowlisted")
+    if reason is None:
+        return text
     fired = [f for checks in reason.get("checks", {}).values() for f in checks if "margin" in f]
     labels = ",".join(label for label in reason.get("labels", []) if label != "subject")
     if not fired:
