@@ -10,7 +10,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, cli_mirror, cli_quarantine, cli_scan, cli_serve
+from . import __version__, cli_mirror, cli_quarantine, cli_scan, cli_serve, cli_watch
 from .console import err, out, print_json, setup_logging
 from .errors import MirrorScanError
 
@@ -31,6 +31,7 @@ cli_scan.register(app)
 cli_quarantine.register(app)
 cli_mirror.register(app)
 cli_serve.register(app)
+cli_watch.register(app)
 
 ModelDir = Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory (from `model export`).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if it really runs), cuda, or cpu.")]

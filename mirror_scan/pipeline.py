@@ -29,7 +29,7 @@ from .report import ReportWriter, record
 from .scoring import Scorer, columns, policy_sims
 from .state import Ledger, path_key
 
-_END = object()
+_END = END = object()
 COMMIT_EVERY_S = 1.0
 
 
@@ -77,6 +77,7 @@ class ScanConfig:
     limits: Limits = field(default_factory=Limits)
     max_bytes: int = 512 << 20
     retry_delay_s: float = 0.5
+    flush_after_s: float | None = None  # watch mode: a partial batch waits at most this long
 
 
 class Scan:
@@ -106,6 +107,7 @@ class Scan:
         self._batch: list[Decoded] = []
         self._batch_frames = 0
         self._twins: dict[str, list[Found]] = {}  # sha256 in the batch -> other files with the same bytes
+        self._batch_since = 0.0
         self._last_commit = time.monotonic()
 
     # ------------------------------------------------------------------ stages
@@ -291,6 +293,8 @@ class Scan:
                 self._twins[outcome.sha256].append(outcome.found)
             else:
                 self._twins[outcome.sha256] = []
+                if not self._batch:
+                    self._batch_since = time.monotonic()
                 self._batch.append(outcome)
                 self._batch_frames += len(outcome.pixels)
                 if self._batch_frames >= self.config.batch_size:
@@ -370,6 +374,19 @@ class Scan:
             self.ledger.commit()
         return self.counters
 
+    def run_stream(self, source) -> Counters:
+        """Watch mode: take Found items from `source` (a queue-like object whose get(timeout) raises
+        queue.Empty) until it yields the end marker `END`; drain, flush and commit before returning."""
+        started = time.monotonic()
+        max_in_flight = max(self.config.batch_size * 2, self.config.workers * 4)
+        try:
+            with ThreadPoolExecutor(self.config.workers, thread_name_prefix="decode") as pool:
+                self._pump(pool, source, max_in_flight, [], final=True)
+        finally:
+            self.counters.seconds = time.monotonic() - started
+            self.ledger.commit()
+        return self.counters
+
     def _pump(
         self, pool: ThreadPoolExecutor, source: queue.Queue, max_in_flight: int, retry: list[Found], final: bool
     ) -> None:
@@ -379,7 +396,7 @@ class Scan:
         while True:
             while not exhausted and len(in_flight) < max_in_flight:
                 try:
-                    item = source.get(timeout=0.05) if in_flight else source.get()
+                    item = source.get(timeout=0.05) if (in_flight or self._batch) else source.get()
                 except queue.Empty:
                     break
                 if item is _END:
@@ -402,6 +419,9 @@ class Scan:
             if exhausted and not in_flight:
                 break
             now = time.monotonic()
+            flush_after = self.config.flush_after_s
+            if self._batch and flush_after is not None and now - self._batch_since >= flush_after:
+                self._flush()  # a quiet instance still gets fast verdicts
             if self.progress and now - last_progress > 0.1:
                 self.progress(self.counters, exhausted)
                 last_progress = now

@@ -51,6 +51,15 @@ TMP_DATA, TMP_META = ".data.tmp", ".meta.json.tmp"
 RESTORE_TMP_SUFFIX = ".mirror-scan-restore.tmp"
 
 
+def keys_to_exclude(db) -> list[str]:
+    """Keys of items quarantined and not restored (relative to the mirror root), from any connection."""
+    rows = db.execute(
+        "SELECT original, mirror_root, key FROM quarantine WHERE state NOT IN ('restored', 'rolled_back')"
+    ).fetchall()
+    # Uploads rejected at validation have neither key nor original path.
+    return [key if key else os.fsdecode(os.path.relpath(orig, root)) for orig, root, key in rows if key or orig]
+
+
 class QuarantineError(MirrorScanError):
     """A quarantine operation that cannot be done as asked."""
 
@@ -341,14 +350,7 @@ class Quarantine:
 
     def excluded_keys(self) -> list[str]:
         """Keys a pull must not bring back: everything quarantined and not restored."""
-        rows = self.ledger.db.execute(
-            "SELECT original, mirror_root, key FROM quarantine WHERE state NOT IN ('restored', 'rolled_back')"
-        )
-        keys = []
-        for original, root, key in rows:
-            if key or original:  # uploads rejected at validation have no key
-                keys.append(key if key else os.fsdecode(os.path.relpath(original, root)))
-        return keys
+        return keys_to_exclude(self.ledger.db)
 
     def _remove_original(self, source: bytes, sha256: str) -> None:
         """Unlink the original only if it still holds the quarantined bytes (never a newer file)."""

@@ -1,0 +1,285 @@
+"""The watch daemon's event sources, all feeding one deduplicating, bounded queue of paths:
+
+- a watchdog observer on the mirror (inotify where it works; polling for FUSE and network mounts,
+  where inotify sees nothing; none when the tree needs more inotify watches than the system allows);
+- with a remote, an rclone pull every interval, whose list of arrived keys goes straight in;
+- a periodic reconciliation walk (stat only, against the state database) that catches whatever the
+  others missed: dropped events, queue overflow, files that arrived while the daemon was down.
+
+A file is queued only when complete: `*.partial` is ignored; a move to the final name or a
+close-after-write completes a file at once; files written in place wait until size and mtime have
+been stable for `settle_s`. A full queue drops (and the next reconciliation picks the path up), so
+memory stays bounded under any burst.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import sqlite3
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+
+from .discover import Found, discover, is_partial
+from .pipeline import END
+from .state import path_key
+
+log = logging.getLogger(__name__)
+
+NETWORK_FILESYSTEMS = ("fuse", "nfs", "cifs", "smb", "9p", "sshfs", "ceph", "glusterfs", "afs")
+
+
+class PathQueue:
+    """Paths to scan: each at most once at a time, bounded; get() stats it into a Found."""
+
+    def __init__(self, root: Path, maxsize: int = 10_000) -> None:
+        self.root = str(root)
+        self._queue: queue.Queue = queue.Queue(maxsize)
+        self._pending: set[str] = set()
+        self._lock = threading.Lock()
+        self.dropped = 0
+        self.closed = False
+
+    def offer(self, path: str) -> bool:
+        with self._lock:
+            if self.closed or path in self._pending:
+                return True
+            try:
+                self._queue.put_nowait(path)
+            except queue.Full:
+                self.dropped += 1  # reconciliation will find it
+                return False
+            self._pending.add(path)
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            self.closed = True
+        self._queue.put(END)  # blocks while full: the consumer is draining
+
+    def qsize(self) -> int:
+        return self._queue.qsize()
+
+    def get(self, timeout: float | None = None):
+        while True:
+            item = self._queue.get(timeout=timeout)
+            if item is END:
+                return END
+            with self._lock:
+                self._pending.discard(item)
+            try:
+                st = os.lstat(item)
+            except FileNotFoundError:
+                continue  # gone before we got to it
+            if not os.path.isfile(item) or os.path.islink(item):
+                continue
+            return Found(item, st.st_size, st.st_mtime_ns, self.root)
+
+
+class Settler(threading.Thread):
+    """Files written in place: queued once size and mtime have not moved for `settle_s`."""
+
+    def __init__(self, sink: PathQueue, settle_s: float = 1.0, max_tracked: int = 100_000) -> None:
+        super().__init__(name="settle", daemon=True)
+        self.sink, self.settle_s, self.max_tracked = sink, settle_s, max_tracked
+        self._seen: dict[str, tuple[int, int, float]] = {}
+        self._lock = threading.Lock()
+        self.stop_event = threading.Event()
+
+    def touch(self, path: str) -> None:
+        with self._lock:
+            if path in self._seen or len(self._seen) < self.max_tracked:
+                self._seen[path] = (-1, -1, time.monotonic())
+
+    def forget(self, path: str) -> None:
+        with self._lock:
+            self._seen.pop(path, None)
+
+    def run(self) -> None:
+        while not self.stop_event.wait(min(0.2, self.settle_s / 2)):
+            now = time.monotonic()
+            with self._lock:
+                items = list(self._seen.items())
+            for path, (size, mtime, since) in items:
+                try:
+                    st = os.lstat(path)
+                except FileNotFoundError:
+                    self.forget(path)
+                    continue
+                if (st.st_size, st.st_mtime_ns) != (size, mtime):
+                    with self._lock:
+                        if path in self._seen:
+                            self._seen[path] = (st.st_size, st.st_mtime_ns, now)
+                elif now - since >= self.settle_s:
+                    self.forget(path)
+                    self.sink.offer(path)
+
+
+class MirrorEvents(FileSystemEventHandler):
+    """A plain handler (watchdog 7's pattern handler mis-matches '*.partial'): never raises."""
+
+    def __init__(self, sink: PathQueue, settler: Settler) -> None:
+        self.sink, self.settler = sink, settler
+
+    def dispatch(self, event: FileSystemEvent) -> None:
+        try:
+            super().dispatch(event)
+        except Exception:  # noqa: BLE001 - a handler exception would silently stop the observer
+            log.exception("event handling failed for %s", event)
+
+    def _path(self, raw) -> str | None:
+        path = os.fsdecode(raw)
+        return None if is_partial(path) else path
+
+    def on_created(self, event: FileSystemEvent) -> None:
+        if not event.is_directory and (path := self._path(event.src_path)):
+            self.settler.touch(path)
+
+    on_modified = on_created
+
+    def on_closed(self, event: FileSystemEvent) -> None:  # IN_CLOSE_WRITE: the writer is done
+        if not event.is_directory and (path := self._path(event.src_path)):
+            self.settler.forget(path)
+            self.sink.offer(path)
+
+    def on_moved(self, event: FileSystemEvent) -> None:  # rclone: x.<hex>.partial -> x
+        if not event.is_directory and (path := self._path(event.dest_path)):
+            self.settler.forget(path)
+            self.sink.offer(path)
+
+    def on_deleted(self, event: FileSystemEvent) -> None:
+        self.settler.forget(os.fsdecode(event.src_path))
+
+
+def filesystem_type(path: Path) -> str:
+    """The type of the filesystem holding `path`, from /proc/mounts (longest matching mount point)."""
+    best, kind = "", "unknown"
+    target = os.path.realpath(path)
+    try:
+        with open("/proc/mounts", encoding="utf-8") as mounts:
+            for line in mounts:
+                parts = line.split()
+                if len(parts) >= 3:
+                    point = parts[1].replace("\\040", " ")
+                    if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
+                        best, kind = point, parts[2]
+    except OSError:
+        pass
+    return kind
+
+
+def inotify_limit() -> int:
+    try:
+        return int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
+    except (OSError, ValueError):
+        return 8192
+
+
+def count_directories(root: Path, stop_after: int) -> int:
+    count = 0
+    stack = [str(root)]
+    while stack and count <= stop_after:
+        try:
+            with os.scandir(stack.pop()) as it:
+                for entry in it:
+                    if entry.is_dir(follow_symlinks=False):
+                        count += 1
+                        stack.append(entry.path)
+        except OSError:
+            continue
+    return count
+
+
+def choose_observer(mirror: Path, wanted: str) -> tuple[str, str]:
+    """('inotify' | 'polling' | 'none', why). inotify needs one watch per directory: a pict-rs 0.5.7+
+    mirror makes about 7 directories per file, so big trees would exceed the system's limit."""
+    if wanted in ("inotify", "polling", "none"):
+        return wanted, "chosen with --observer"
+    kind = filesystem_type(mirror)
+    if any(kind.startswith(net) for net in NETWORK_FILESYSTEMS):
+        return "polling", f"{mirror} is on {kind}: inotify sees no changes made elsewhere"
+    budget = inotify_limit() // 2  # leave room for other programs' watches
+    directories = count_directories(mirror, budget)
+    if directories > budget:
+        return "none", (
+            f"{mirror} has more than {budget:,} directories, over half the inotify limit "
+            f"({inotify_limit():,}): relying on pulls and reconciliation walks"
+        )
+    return "inotify", f"{directories:,} directories to watch (limit {inotify_limit():,})"
+
+
+def start_observer(kind: str, mirror: Path, handler: MirrorEvents, poll_s: float = 2.0):
+    if kind == "none":
+        return None
+    if kind == "polling":
+        from watchdog.observers.polling import PollingObserver
+
+        observer = PollingObserver(timeout=poll_s)
+    else:
+        from watchdog.observers.inotify import InotifyObserver
+
+        observer = InotifyObserver()
+    observer.schedule(handler, str(mirror), recursive=True)
+    observer.start()
+    return observer
+
+
+class Periodic(threading.Thread):
+    """Runs `work` every `interval` seconds (first run at once) until stopped; never dies of an error."""
+
+    def __init__(self, name: str, interval: float, work: Callable[[], None]) -> None:
+        super().__init__(name=name, daemon=True)
+        self.interval, self.work = interval, work
+        self.stop_event = threading.Event()
+
+    def run(self) -> None:
+        while True:
+            try:
+                self.work()
+            except Exception:  # noqa: BLE001
+                log.exception("%s failed; retrying in %ss", self.name, self.interval)
+            if self.stop_event.wait(self.interval):
+                return
+
+
+def reconcile(mirror: Path, state: Path, sink: PathQueue) -> int:
+    """Stat-only walk: queue every file the state database does not know at its size and mtime."""
+    queued = 0
+    if not state.exists():
+        conn = None
+    else:
+        conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+    try:
+        for found in discover([mirror]):
+            if not isinstance(found, Found):
+                continue
+            row = None
+            if conn is not None:
+                row = conn.execute(
+                    "SELECT size, mtime_ns, status FROM files WHERE path=?", (path_key(found.path),)
+                ).fetchone()
+            if row is None or (row[0], row[1]) != (found.size, found.mtime_ns):
+                if sink.offer(found.path):
+                    queued += 1
+    finally:
+        if conn is not None:
+            conn.close()
+    return queued
+
+
+def excluded_keys(state: Path) -> list[str]:
+    """Quarantined keys a pull must skip, read on this thread's own connection."""
+    from .quarantine import keys_to_exclude
+
+    if not state.exists():
+        return []
+    conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+    try:
+        return keys_to_exclude(conn)
+    finally:
+        conn.close()

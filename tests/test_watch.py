@@ -1,0 +1,192 @@
+"""The watch daemon with real inotify, real polling, real signals, and a real S3 server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from .conftest import CLI
+from .mediafiles import image_bytes
+from .s3server import free_port
+
+
+class Watcher:
+    def __init__(self, tmp: Path, bundle: Path, policy: Path, *args: str, env: dict | None = None) -> None:
+        self.tmp, self.mirror, self.state = tmp, tmp / "mirror", tmp / "state.db"
+        self.mirror.mkdir(exist_ok=True)
+        self.proc = subprocess.Popen(
+            [
+                *CLI,
+                "watch",
+                "--mirror",
+                str(self.mirror),
+                "--model",
+                str(bundle),
+                "--policy",
+                str(policy),
+                "--state",
+                str(self.state),
+                "--quarantine",
+                str(tmp / "q"),
+                *args,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "NO_COLOR": "1", **(env or {})},
+        )
+        self.wait_for(lambda: self.status() is not None, what="the daemon to start")
+
+    def status(self) -> dict | None:
+        path = self.state.with_name(self.state.name + ".status.json")
+        try:
+            return json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError):
+            if self.proc.poll() is not None:
+                raise RuntimeError(self.proc.stderr.read()) from None
+            return None
+
+    def rows(self) -> dict[str, tuple]:
+        if not self.state.exists():
+            return {}
+        with sqlite3.connect(f"file:{self.state}?mode=ro", uri=True) as db:
+            return {
+                os.fsdecode(p): (size, status) for p, size, status in db.execute("SELECT path, size, status FROM files")
+            }
+
+    def wait_for(self, condition, timeout: float = 30, what: str = "the condition") -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if condition():
+                return
+            time.sleep(0.1)
+        raise AssertionError(f"timed out waiting for {what}")
+
+    def stop(self) -> tuple[int, str]:
+        self.proc.send_signal(signal.SIGTERM)
+        _, stderr = self.proc.communicate(timeout=60)
+        return self.proc.returncode, stderr
+
+
+@pytest.fixture
+def flag_all(write_policy):
+    return write_policy({"any": {"cartoon": -1.0}}, {"any": 1}, name="flag-everything")
+
+
+def _png(seed: int) -> bytes:
+    return image_bytes("PNG", seed, size=(48, 32))
+
+
+@pytest.mark.parametrize("observer", ["inotify", "polling"])
+def test_files_arriving_every_way_are_scored_once_when_complete(tmp_path, tiny_bundle_master, flag_all, observer):
+    w = Watcher(
+        tmp_path,
+        tiny_bundle_master,
+        flag_all,
+        "--observer",
+        observer,
+        "--dry-run",
+        "--settle",
+        "0.5",
+        "--reconcile-every",
+        "1h",
+    )
+    try:
+        m = w.mirror
+        # rclone's pattern: a .partial, renamed to the final name
+        (m / "a.png.0a1b2c3d.partial").write_bytes(_png(1))
+        os.rename(m / "a.png.0a1b2c3d.partial", m / "a.png")
+        # in brand-new nested directories (pict-rs 0.5.7 keys)
+        (m / "01/a2/12/b0/13").mkdir(parents=True)
+        (m / "01/a2/12/b0/13/3f40a5580bd6.webp").write_bytes(image_bytes("WEBP", 2))
+        # written in place, slowly: scored once, after it is complete
+        slow = _png(3)
+        with open(m / "slow.png", "wb") as handle:
+            for chunk in (slow[:200], slow[200:600], slow[600:]):
+                handle.write(chunk)
+                handle.flush()
+                time.sleep(0.4)
+        # a burst, and a .partial that is never completed
+        for i in range(40):
+            (m / f"burst-{i:02d}.png").write_bytes(_png(100 + i))
+        (m / "stuck.png.deadbeef.partial").write_bytes(b"half a file")
+        expected = {"a.png": _png(1), "01/a2/12/b0/13/3f40a5580bd6.webp": image_bytes("WEBP", 2), "slow.png": slow}
+        expected |= {f"burst-{i:02d}.png": _png(100 + i) for i in range(40)}
+        w.wait_for(lambda: len(w.rows()) >= len(expected), timeout=40, what="every file to be scored")
+        time.sleep(1.0)  # let any duplicate events arrive
+        rows = w.rows()
+        assert {os.path.relpath(p, m) for p in rows} == set(expected)
+        for rel, data in expected.items():
+            assert rows[str(m / rel)] == (len(data), "scored"), rel  # complete when scored
+        status = w.status()
+        assert status["scanned"] == len(expected)  # each scored once, duplicates ignored
+        assert status["observer"] == observer
+    finally:
+        code, stderr = w.stop()
+    assert code == 0, stderr
+
+
+def test_sigterm_mid_batch_then_restart_misses_nothing(tmp_path, tiny_bundle_master, flag_all):
+    w = Watcher(tmp_path, tiny_bundle_master, flag_all, "--dry-run", "--reconcile-every", "1h", "--settle", "0.3")
+    for i in range(150):
+        (w.mirror / f"f{i:03d}.png").write_bytes(_png(i))
+    w.wait_for(lambda: len(w.rows()) >= 10, what="some files to be scored")
+    code, stderr = w.stop()
+    assert code == 0 and "stopped cleanly" in stderr
+    assert len(w.rows()) < 160
+    for i in range(150, 170):  # arrive while the daemon is down
+        (w.mirror / f"f{i:03d}.png").write_bytes(_png(i))
+    w = Watcher(tmp_path, tiny_bundle_master, flag_all, "--dry-run", "--reconcile-every", "1h")
+    try:
+        w.wait_for(lambda: len(w.rows()) == 170, timeout=60, what="all 170 files after the restart")
+    finally:
+        assert w.stop()[0] == 0
+
+
+def test_status_command_and_metrics(tmp_path, tiny_bundle_master, flag_all):
+    port = free_port()
+    w = Watcher(tmp_path, tiny_bundle_master, flag_all, "--dry-run", "--metrics", f"127.0.0.1:{port}")
+    try:
+        (w.mirror / "x.png").write_bytes(_png(7))
+        w.wait_for(lambda: len(w.rows()) == 1, what="the file to be scored")
+        w.wait_for(lambda: (w.status() or {}).get("scanned") == 1, what="the status to update")
+        proc = subprocess.run([*CLI, "status", "--state", str(w.state)], capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0 and "queue_depth" in proc.stdout and "CPUExecutionProvider" in proc.stdout
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+        assert "mirror_scan_scanned 1" in metrics and 'observer="inotify"' in metrics
+    finally:
+        assert w.stop()[0] == 0
+
+
+def test_watch_pulls_from_s3_and_quarantines_upstream_and_locally(tmp_path, tiny_bundle_master, flag_all):
+    from .s3server import S3Server
+
+    server = S3Server(tmp_path / "s3")
+    server.start()
+    try:
+        w = Watcher(
+            tmp_path, tiny_bundle_master, flag_all, "--remote", server.remote, "--pull-every", "1s", env=server.env()
+        )
+        try:
+            keys = {
+                "0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d": _png(1),
+                "01/a2/12/b0/13/d3/7d/c4/93/8e/3f40a558.webp": image_bytes("WEBP", 2),
+            }
+            for key, data in keys.items():
+                server.put(key, data, tmp_path)
+            w.wait_for(lambda: server.keys() == set(), timeout=40, what="the objects to leave the bucket")
+            items = {(d / "data").read_bytes() for d in (tmp_path / "q" / "items").iterdir()}
+            assert items == set(keys.values())
+            assert [p for p in w.mirror.rglob("*") if p.is_file()] == []
+        finally:
+            assert w.stop()[0] == 0
+    finally:
+        server.stop()
