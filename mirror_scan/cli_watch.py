@@ -11,9 +11,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Annotated
 
+import numpy as np
 import typer
 
-from .atomic import atomic_write_bytes
 from .cli_scan import (
     ConfigOpt,
     DeviceOpt,
@@ -35,6 +35,14 @@ from .settings import resolve
 
 def status_path(state: Path) -> Path:
     return state.with_name(state.name + ".status.json")
+
+
+def write_status_file(path: Path, status: dict) -> None:
+    """Atomic (readers never see half a file) but not fsynced: it is rewritten every second and worth
+    nothing after a crash, and an fsync per second competes with the durable commits of quarantine moves."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(status), encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def parse_interval(text: str) -> float:
@@ -154,6 +162,8 @@ def register(app: typer.Typer) -> None:
         )
         bundle, loaded, offset = _load_model_and_policy(settings)
         scorer = Scorer(bundle, device=settings.device, precision=settings.precision)
+        height, width = bundle.preprocess.size
+        scorer(np.zeros((1, 3, height, width), dtype=np.float32))  # warm-up: the first upload pays no session setup
         ledger, store = open_state(settings)
         queue_ = PathQueue(mirror)
         settler = Settler(queue_, settle_s=settle)
@@ -193,7 +203,7 @@ def register(app: typer.Typer) -> None:
                 workers=settings.workers,
                 limits=Limits(settings.max_pixels, settings.max_frames),
                 max_bytes=settings.max_file_mb << 20,
-                flush_after_s=0.5,
+                flush_after_s=0.25,
             ),
             actor=None if dry_run else QuarantineActor(ledger, store),
         )
@@ -206,7 +216,7 @@ def register(app: typer.Typer) -> None:
                 updated_unixtime=time.time(),
                 pid=os.getpid(),
             )
-            atomic_write_bytes(status_path(settings.state), json.dumps(status).encode())
+            write_status_file(status_path(settings.state), status)
 
         stopping = threading.Event()
 

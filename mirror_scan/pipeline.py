@@ -395,8 +395,11 @@ class Scan:
         last_progress = 0.0
         while True:
             while not exhausted and len(in_flight) < max_in_flight:
+                # Never block here while decodes are in flight (the wait below paces the loop): a steady
+                # trickle of arrivals would otherwise keep this loop pulling and starve the batch flush.
+                timeout = 0 if in_flight else (0.05 if self._batch else None)
                 try:
-                    item = source.get(timeout=0.05) if (in_flight or self._batch) else source.get()
+                    item = source.get(timeout=timeout) if timeout != 0 else source.get_nowait()
                 except queue.Empty:
                     break
                 if item is _END:

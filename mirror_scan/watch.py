@@ -65,9 +65,12 @@ class PathQueue:
     def qsize(self) -> int:
         return self._queue.qsize()
 
+    def get_nowait(self):
+        return self.get(timeout=0)
+
     def get(self, timeout: float | None = None):
         while True:
-            item = self._queue.get(timeout=timeout)
+            item = self._queue.get(block=timeout != 0, timeout=timeout or None)
             if item is END:
                 return END
             with self._lock:

@@ -1,0 +1,202 @@
+#!/usr/bin/env python3
+"""Watch daemon latency and bursts, with the tiny bundle on CPU and real inotify:
+
+- steady arrivals at 20 files/s (rclone's pattern: write `.partial`, rename): time from a file
+  landing to its verdict recorded (files.scanned_at), p50 and p99; target p99 < 2 s;
+- the same with a flag-everything policy and acting on: time from landing to the file being in
+  the quarantine (its original gone);
+- a burst of 10,000 files at once: zero missed (checked against the state database), time to drain,
+  and the daemon's peak RSS.
+
+    python scripts/bench_watch.py [--quick] [--json] [--rate 20] [--seconds N] [--burst N]
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+from benchutil import bundle_for, emit, machine, parser
+
+from mirror_scan.synthetic import generated_image
+
+CLI = [sys.executable, "-m", "mirror_scan.cli"]
+
+
+def start(work: Path, bundle: Path, policy: Path, *extra: str) -> subprocess.Popen:
+    proc = subprocess.Popen(
+        [
+            *CLI,
+            "watch",
+            "--mirror",
+            str(work / "mirror"),
+            "--model",
+            str(bundle),
+            "--policy",
+            str(policy),
+            "--state",
+            str(work / "state.db"),
+            "--quarantine",
+            str(work / "q"),
+            "--reconcile-every",
+            "1h",
+            *extra,
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    status = work / "state.db.status.json"
+    for _ in range(600):
+        if status.exists():
+            return proc
+        time.sleep(0.1)
+    raise RuntimeError("watch did not start")
+
+
+def stop(proc: subprocess.Popen) -> None:
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=120)
+
+
+def payloads(count: int) -> list[bytes]:
+    base = []
+    for i in range(32):
+        buf = io.BytesIO()
+        generated_image(i, 320, 240).save(buf, format="JPEG", quality=85)
+        base.append(buf.getvalue())
+    return [base[i % 32] + i.to_bytes(8, "big") for i in range(count)]  # unique bytes: no reuse by hash
+
+
+def land(mirror: Path, name: str, data: bytes) -> float:
+    partial = mirror / f"{name}.{os.getpid():08x}.partial"
+    partial.write_bytes(data)
+    os.rename(partial, mirror / name)
+    return time.time()
+
+
+def steady(work: Path, bundle: Path, policy: Path, rate: float, seconds: float, act: bool) -> dict:
+    work.mkdir(parents=True)
+    (work / "mirror").mkdir()
+    proc = start(work, bundle, policy, *([] if act else ["--dry-run"]))
+    count = int(rate * seconds)
+    data = payloads(count)
+    landed: dict[str, float] = {}
+    started = time.monotonic()
+    for i in range(count):
+        name = f"{i:06d}.jpg"
+        landed[name] = land(work / "mirror", name, data[i])
+        time.sleep(max(0.0, started + (i + 1) / rate - time.monotonic()))
+    done: dict[str, float] = {}
+    deadline = time.monotonic() + 60
+    # Times recorded by the daemon itself: when the verdict was recorded, or when the move finished.
+    column, where = ("acted_at", "action='quarantined'") if act else ("scanned_at", "1")
+    while len(done) < count and time.monotonic() < deadline:
+        with sqlite3.connect(f"file:{work / 'state.db'}?mode=ro", uri=True) as db:
+            for path, at in db.execute(f"SELECT path, {column} FROM files WHERE {where}"):  # noqa: S608
+                done[os.path.basename(os.fsdecode(path))] = at
+        time.sleep(0.2)
+    stop(proc)
+    latency = np.array([done[n] - landed[n] for n in landed if n in done]) * 1000
+    return {
+        "files": count,
+        "done": len(done),
+        "p50_ms": round(float(np.percentile(latency, 50)), 1),
+        "p99_ms": round(float(np.percentile(latency, 99)), 1),
+    }
+
+
+def burst(work: Path, bundle: Path, policy: Path, count: int) -> dict:
+    work.mkdir(parents=True)
+    (work / "mirror").mkdir()
+    proc = start(work, bundle, policy, "--dry-run")
+    process = psutil.Process(proc.pid)
+    peak = [process.memory_info().rss]
+    stop_sampling = threading.Event()
+
+    def sample() -> None:
+        while not stop_sampling.wait(0.1):
+            try:
+                peak[0] = max(peak[0], process.memory_info().rss)
+            except psutil.Error:
+                return
+
+    threading.Thread(target=sample, daemon=True).start()
+    base = payloads(32)
+    started = time.monotonic()
+    for i in range(count):
+        (work / "mirror" / f"{i % 100:02d}").mkdir(exist_ok=True)
+        land(work / "mirror" / f"{i % 100:02d}", f"{i:06d}.jpg", base[i % 32][:-8] + i.to_bytes(8, "big"))
+    landed_s = time.monotonic() - started
+    scored = 0
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        with sqlite3.connect(f"file:{work / 'state.db'}?mode=ro", uri=True) as db:
+            scored = db.execute("SELECT count(*) FROM files").fetchone()[0]
+        if scored >= count:
+            break
+        time.sleep(0.5)
+    drained_s = time.monotonic() - started
+    stop_sampling.set()
+    status = json.loads((work / "state.db.status.json").read_text())
+    stop(proc)
+    return {
+        "burst_files": count,
+        "burst_scored": scored,
+        "burst_missed": count - scored,
+        "burst_landed_s": round(landed_s, 1),
+        "burst_drained_s": round(drained_s, 1),
+        "burst_dropped_events": status.get("dropped_events"),
+        "peak_rss_mb": round(peak[0] / 2**20, 1),
+    }
+
+
+def main() -> None:
+    p = parser(__doc__.splitlines()[0])
+    p.add_argument("--rate", type=float, default=20.0)
+    p.add_argument("--seconds", type=float)
+    p.add_argument("--burst", type=int)
+    args = p.parse_args()
+    args.tiny = True
+    bundle = bundle_for(args)
+    seconds = args.seconds or (5 if args.quick else 30)
+    burst_count = args.burst or (1000 if args.quick else 10_000)
+    work = Path(tempfile.mkdtemp(prefix="bench-watch-"))
+    policy = work / "flag-everything.json"
+    policy.write_text(
+        json.dumps({"rule": "groups", "groups": {"any": {"cartoon": -1.0}}, "parameters": {"flag_when": {"any": 1}}})
+    )
+    figures: dict = {"bench": "watch", "rate_per_s": args.rate, "seconds": seconds, **machine(), "quick": args.quick}
+    verdict = steady(work / "verdict", bundle, policy, args.rate, seconds, act=False)
+    print(
+        f"landing -> verdict   : p50 {verdict['p50_ms']} ms, p99 {verdict['p99_ms']} ms "
+        f"({verdict['done']}/{verdict['files']} files at {args.rate}/s)"
+    )
+    quarantine = steady(work / "quarantine", bundle, policy, args.rate, seconds, act=True)
+    print(
+        f"landing -> quarantine: p50 {quarantine['p50_ms']} ms, p99 {quarantine['p99_ms']} ms "
+        f"({quarantine['done']}/{quarantine['files']} files)"
+    )
+    result = burst(work / "burst", bundle, policy, burst_count)
+    print(
+        f"burst of {burst_count}: {result['burst_scored']} scored, {result['burst_missed']} missed, drained in "
+        f"{result['burst_drained_s']}s, peak RSS {result['peak_rss_mb']} MB"
+    )
+    figures.update({f"verdict_{k}": v for k, v in verdict.items()})
+    figures.update({f"quarantine_{k}": v for k, v in quarantine.items()})
+    figures.update(result)
+    emit(figures, args.json)
+
+
+if __name__ == "__main__":
+    main()
