@@ -132,6 +132,7 @@ def register(app: typer.Typer) -> None:
         from .scoring import Scorer
         from .watch import (
             MirrorEvents,
+            OverflowSignal,
             PathQueue,
             Periodic,
             Settler,
@@ -214,6 +215,7 @@ def register(app: typer.Typer) -> None:
                 queue_depth=queue_.qsize(),
                 dropped_events=queue_.dropped,
                 updated_unixtime=time.time(),
+                inotify_overflows=overflow.count,
                 pid=os.getpid(),
             )
             write_status_file(status_path(settings.state), status)
@@ -230,7 +232,9 @@ def register(app: typer.Typer) -> None:
         settler.start()
         observer_handle = start_observer(kind, mirror, MirrorEvents(queue_, settler))
         workers.append(Periodic("status", 1.0, write_status))
-        workers.append(Periodic("reconcile", parse_interval(reconcile_every), walk))
+        reconciler = Periodic("reconcile", parse_interval(reconcile_every), walk)
+        workers.append(reconciler)
+        overflow = OverflowSignal(reconciler.trigger).install()
         if tool:
             workers.append(Periodic("pull", parse_interval(pull_every), pull))
         for worker in workers:
@@ -244,7 +248,7 @@ def register(app: typer.Typer) -> None:
             counters = runner.run_stream(queue_)
         finally:
             for worker in workers:
-                worker.stop_event.set()
+                worker.stop()
             settler.stop_event.set()
             if observer_handle is not None:
                 observer_handle.stop()

@@ -233,21 +233,50 @@ def start_observer(kind: str, mirror: Path, handler: MirrorEvents, poll_s: float
 
 
 class Periodic(threading.Thread):
-    """Runs `work` every `interval` seconds (first run at once) until stopped; never dies of an error."""
+    """Runs `work` every `interval` seconds (first run at once), or at once when triggered, until
+    stopped; never dies of an error."""
 
     def __init__(self, name: str, interval: float, work: Callable[[], None]) -> None:
         super().__init__(name=name, daemon=True)
         self.interval, self.work = interval, work
         self.stop_event = threading.Event()
+        self._wake = threading.Event()
+
+    def trigger(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._wake.set()
 
     def run(self) -> None:
-        while True:
+        while not self.stop_event.is_set():
+            self._wake.clear()  # a trigger during the run below asks for one more run right after it
             try:
                 self.work()
             except Exception:  # noqa: BLE001
                 log.exception("%s failed; retrying in %ss", self.name, self.interval)
-            if self.stop_event.wait(self.interval):
-                return
+            self._wake.wait(self.interval)
+
+
+class OverflowSignal(logging.Handler):
+    """watchdog handles a kernel inotify queue overflow (events silently lost) by rebuilding its watches
+    and logging a warning, without telling the event handler. This turns that warning into a call, so
+    the daemon reconciles at once instead of at the next scheduled walk."""
+
+    def __init__(self, on_overflow: Callable[[], None]) -> None:
+        super().__init__(level=logging.WARNING)
+        self.on_overflow = on_overflow
+        self.count = 0
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "overflow" in record.getMessage().lower():
+            self.count += 1
+            self.on_overflow()
+
+    def install(self) -> OverflowSignal:
+        logging.getLogger("watchdog.observers").addHandler(self)
+        return self
 
 
 def reconcile(mirror: Path, state: Path, sink: PathQueue) -> int:

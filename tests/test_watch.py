@@ -190,3 +190,30 @@ def test_watch_pulls_from_s3_and_quarantines_upstream_and_locally(tmp_path, tiny
             assert w.stop()[0] == 0
     finally:
         server.stop()
+
+
+def test_inotify_overflow_triggers_an_immediate_reconciliation():
+    """watchdog reports a kernel queue overflow only as a log warning; the daemon must react to it."""
+    import logging
+
+    from mirror_scan.watch import OverflowSignal, Periodic
+
+    runs = []
+    reconciler = Periodic("reconcile", 3600, lambda: runs.append(time.monotonic()))
+    signal_ = OverflowSignal(reconciler.trigger).install()
+    reconciler.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not runs and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(runs) == 1  # the run at start; the next is an hour away
+        logging.getLogger("watchdog.observers.inotify_c").warning(
+            "Inotify queue overflowed; filesystem events were lost"
+        )
+        deadline = time.monotonic() + 5
+        while len(runs) < 2 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert len(runs) == 2 and signal_.count == 1
+    finally:
+        reconciler.stop()
+        logging.getLogger("watchdog.observers").removeHandler(signal_)
