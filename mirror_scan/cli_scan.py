@@ -96,6 +96,21 @@ def open_state(settings: Settings, *, quiet: bool = False):
     return ledger, quarantine
 
 
+def scan_config(settings: Settings, severity: float, **overrides):
+    """The runner's settings, the same for `scan` and `watch`."""
+    from .decode import Limits
+    from .pipeline import ScanConfig
+
+    return ScanConfig(
+        severity=severity,
+        batch_size=settings.batch_size,
+        workers=settings.workers,
+        limits=Limits(settings.max_pixels, settings.max_frames),
+        max_bytes=settings.max_file_mb << 20,
+        **overrides,
+    )
+
+
 def _progress_enabled(quiet: bool, json_out: bool) -> bool:
     return not quiet and not json_out and sys.stderr.isatty()
 
@@ -125,8 +140,7 @@ def register(app: typer.Typer) -> None:
         """Scan files once: score every new or changed file, skip unchanged ones, reuse results for
         copies. Exit 0: nothing flagged; 1: something flagged; 2: the scan could not run."""
         from .act import QuarantineActor
-        from .decode import Limits
-        from .pipeline import Scan, ScanConfig
+        from .pipeline import Scan
         from .report import ReportWriter
         from .scoring import Scorer
 
@@ -164,13 +178,7 @@ def register(app: typer.Typer) -> None:
                 bundle,
                 scorer,
                 loaded_policy,
-                ScanConfig(
-                    severity=offset,
-                    batch_size=settings.batch_size,
-                    workers=settings.workers,
-                    limits=Limits(settings.max_pixels, settings.max_frames),
-                    max_bytes=settings.max_file_mb << 20,
-                ),
+                scan_config(settings, offset),
                 actor=actor,
                 report=writer,
             )

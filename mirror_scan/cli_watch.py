@@ -27,10 +27,25 @@ from .cli_scan import (
     StateOpt,
     _load_model_and_policy,
     open_state,
+    scan_config,
 )
 from .console import err, out, print_json
 from .errors import UsageError
 from .settings import resolve
+
+FLUSH_AFTER_S = 0.25  # a partial batch waits at most this long: a quiet instance still gets fast verdicts
+COUNTER_KEYS = (
+    "queue_depth",
+    "scanned",
+    "skipped_unchanged",
+    "reused_by_hash",
+    "flagged",
+    "errors",
+    "dropped_events",
+    "inotify_overflows",
+    "last_pull_unixtime",
+    "last_reconcile_unixtime",
+)
 
 
 def status_path(state: Path) -> Path:
@@ -53,18 +68,7 @@ def parse_interval(text: str) -> float:
 
 def prometheus(status: dict) -> str:
     lines = []
-    for key in (
-        "queue_depth",
-        "scanned",
-        "skipped_unchanged",
-        "reused_by_hash",
-        "flagged",
-        "errors",
-        "dropped_events",
-        "last_pull_unixtime",
-        "last_reconcile_unixtime",
-        "up_since_unixtime",
-    ):
+    for key in (*COUNTER_KEYS, "up_since_unixtime"):
         value = status.get(key)
         if isinstance(value, (int, float)):
             lines.append(f"mirror_scan_{key} {value}")
@@ -126,8 +130,7 @@ def register(app: typer.Typer) -> None:
         quarantined (and removed upstream with --remote). SIGTERM/SIGINT stop cleanly; a restart picks up
         exactly where it stopped, including files that arrived meanwhile."""
         from .act import QuarantineActor
-        from .decode import Limits
-        from .pipeline import Scan, ScanConfig
+        from .pipeline import Scan
         from .rclone import Rclone
         from .scoring import Scorer
         from .watch import (
@@ -198,14 +201,7 @@ def register(app: typer.Typer) -> None:
             bundle,
             scorer,
             loaded,
-            ScanConfig(
-                severity=offset,
-                batch_size=settings.batch_size,
-                workers=settings.workers,
-                limits=Limits(settings.max_pixels, settings.max_frames),
-                max_bytes=settings.max_file_mb << 20,
-                flush_after_s=0.25,
-            ),
+            scan_config(settings, offset, flush_after_s=FLUSH_AFTER_S),
             actor=None if dry_run else QuarantineActor(ledger, store),
         )
 
@@ -282,15 +278,7 @@ def register(app: typer.Typer) -> None:
             "provider",
             "policy",
             "observer",
-            "queue_depth",
-            "scanned",
-            "skipped_unchanged",
-            "reused_by_hash",
-            "flagged",
-            "errors",
-            "dropped_events",
-            "last_pull_unixtime",
-            "last_reconcile_unixtime",
+            *COUNTER_KEYS,
             "age_seconds",
         ):
             if key in data:
