@@ -186,7 +186,7 @@ class Scan:
             self._record_verdict(item.found, item.sha256, "scored", verdict, result_id, item.format)
             for twin in self._twins.pop(item.sha256, []):
                 self._reuse(Reused(twin, item.sha256, result_id))
-        self.ledger.commit()  # per batch: cheap in WAL mode, and a killed scan resumes after the last batch
+        self.ledger.commit()  # per batch (one WAL fsync): a killed scan resumes after the last batch
         self._last_commit = time.monotonic()
         self.counters.stage_seconds["record"] += time.perf_counter() - started
 
