@@ -40,7 +40,8 @@ class ServeConfig:
     token: str
     severity: float = 0.0
     batch_size: int = 16
-    max_wait_s: float = 0.005
+    max_wait_s: float = 0.005  # gathering window once nothing else is being decoded
+    max_gather_s: float = 0.05  # longest a batch waits for uploads still being decoded
     max_body_bytes: int = 64 << 20
     max_in_flight: int = 64
     answer_within_s: float = 20.0  # well inside pict-rs's 30 s default timeout
@@ -76,7 +77,13 @@ class Batcher(threading.Thread):
         self.prompt_set = ledger.ensure_prompt_set(bundle.concepts.prompts)
         self.policy_columns = columns(bundle.concepts.prompts, policy)
         self.jobs: queue.Queue[Job | None] = queue.Queue()
+        self._decoding = 0  # uploads read and being decoded by handler threads: they will join a batch soon
+        self._decoding_lock = threading.Lock()
         self.stats = {"accepted": 0, "rejected": 0, "errors": 0, "batches": 0, "inferred": 0, "cached": 0}
+
+    def decoding(self, delta: int) -> None:
+        with self._decoding_lock:
+            self._decoding += delta
 
     def submit(self, job: Job) -> Future:
         self.jobs.put(job)
@@ -92,11 +99,20 @@ class Batcher(threading.Thread):
             if first is None:
                 break
             batch, frames = [first], len(first.pixels)
-            deadline = time.monotonic() + self.config.max_wait_s
+            started = time.monotonic()
+            deadline = started + self.config.max_wait_s
             while frames < self.config.batch_size:
+                # While other uploads are still being decoded, wait for them (up to max_gather_s): a burst of
+                # concurrent uploads becomes one batch instead of several small ones.
+                if self._decoding > 0:
+                    deadline = max(
+                        deadline, min(time.monotonic() + self.config.max_wait_s, started + self.config.max_gather_s)
+                    )
                 try:
                     job = self.jobs.get(timeout=max(0.0, deadline - time.monotonic()))
                 except queue.Empty:
+                    if self._decoding > 0 and time.monotonic() < started + self.config.max_gather_s:
+                        continue
                     break
                 if job is None:
                     stopping = True
@@ -237,7 +253,11 @@ class Handler(BaseHTTPRequestHandler):
         config = self.server.config
         content_type = self.headers.get("Content-Type", "application/octet-stream")
         sha256 = sha256_bytes(data)
-        decoded = decode(data, self.server.batcher.bundle.preprocess, config.limits)
+        self.server.batcher.decoding(+1)
+        try:
+            decoded = decode(data, self.server.batcher.bundle.preprocess, config.limits)
+        finally:
+            self.server.batcher.decoding(-1)
         if isinstance(decoded, str):
             log.warning("upload %s (%s, %d bytes) cannot be decoded: %s", sha256[:12], content_type, len(data), decoded)
             if config.on_error == "accept":
