@@ -38,7 +38,7 @@ from typing import Any
 
 from .atomic import fsync_dir
 from .errors import MirrorScanError
-from .hashing import CHUNK, sha256_file
+from .hashing import CHUNK, sha256_bytes, sha256_file
 from .paths import UnsafePath, check_relative, contained_target
 from .state import Ledger, display_path
 
@@ -77,6 +77,26 @@ def _b64(raw: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
+
+
+def _new_item_id(sha256: str) -> str:
+    """Sortable by time, recognisable by content, unique by a random suffix."""
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{sha256[:12]}-{secrets.token_hex(2)}"
+
+
+def _item_meta(item_id: str, sha256: str, size: int, first_event: str, **fields: Any) -> dict[str, Any]:
+    """The metadata every quarantine item carries; callers add where it came from and why."""
+    return {
+        "format": META_FORMAT,
+        "format_version": META_VERSION,
+        "id": item_id,
+        "state": "quarantined",
+        "sha256": sha256,
+        "size": size,
+        "quarantined_at": _now_iso(),
+        "history": [{"state": first_event, "at": _now_iso()}],
+        **fields,
+    }
 
 
 def _now_iso() -> str:
@@ -121,8 +141,6 @@ class Upstream:
 
     @classmethod
     def rclone(cls, remote: str, rclone) -> Upstream:
-        from .hashing import sha256_bytes
-
         def restore(local: Path, key: str) -> None:
             rclone.put_object(remote, local, key)
             if sha256_bytes(rclone.read_object(remote, key)) != sha256_file(local):
@@ -190,7 +208,7 @@ class Quarantine:
             raise QuarantineError(f"cannot open {display_path(source)}: {err.strerror}") from None
         try:
             st = os.fstat(fd)
-            item_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{sha256[:12]}-{secrets.token_hex(2)}"
+            item_id = _new_item_id(sha256)
             item_dir = self.items / item_id
             now = time.time()
             key = os.fsdecode(rel) if self.upstream else None
@@ -231,25 +249,21 @@ class Quarantine:
             )
         self._step(move_id, "copied", "quarantine")
 
-        meta = {
-            "format": META_FORMAT,
-            "format_version": META_VERSION,
-            "id": item_id,
-            "state": "quarantined",
-            "sha256": sha256,
-            "size": st.st_size,
-            "mtime_ns": st.st_mtime_ns,
-            "mode": stat.S_IMODE(st.st_mode),
-            "original": display_path(os.fsencode(rel)),
-            "original_b64": _b64(os.fsencode(rel)),
-            "mirror_root": display_path(mirror_root),
-            "mirror_root_b64": _b64(mirror_root),
-            "remote": self.upstream.remote if self.upstream else None,
-            "key": key,
-            "quarantined_at": _now_iso(),
-            "history": [{"state": "quarantined", "at": _now_iso()}],
+        meta = _item_meta(
+            item_id,
+            sha256,
+            st.st_size,
+            "quarantined",
+            mtime_ns=st.st_mtime_ns,
+            mode=stat.S_IMODE(st.st_mode),
+            original=display_path(os.fsencode(rel)),
+            original_b64=_b64(os.fsencode(rel)),
+            mirror_root=display_path(mirror_root),
+            mirror_root_b64=_b64(mirror_root),
+            remote=self.upstream.remote if self.upstream else None,
+            key=key,
             **evidence,
-        }
+        )
         self._write_meta(item_dir, meta)
         os.rename(item_dir / TMP_DATA, item_dir / DATA)
         fsync_dir(item_dir)
@@ -259,35 +273,29 @@ class Quarantine:
     def keep_upload(self, data: bytes, sha256: str, evidence: dict[str, Any]) -> str:
         """Keep the bytes of an upload that the validator rejected (pict-rs deletes them) as evidence.
         Same entry format; there is no original path, so restoring it means allowlisting its sha256."""
-        from .hashing import sha256_bytes
-
         if sha256_bytes(data) != sha256:
             raise QuarantineError("upload bytes do not match their sha256")
-        item_id = f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{sha256[:12]}-{secrets.token_hex(2)}"
+        item_id = _new_item_id(sha256)
         item_dir = self.items / item_id
         item_dir.mkdir(mode=0o700)
         try:
             _write_private(item_dir / TMP_DATA, data)
             if sha256_file(item_dir / TMP_DATA) != sha256:
                 raise QuarantineError("the kept upload did not verify")
-            meta = {
-                "format": META_FORMAT,
-                "format_version": META_VERSION,
-                "id": item_id,
-                "state": "quarantined",
-                "origin": "upload",
-                "sha256": sha256,
-                "size": len(data),
-                "original": "",
-                "original_b64": "",
-                "mirror_root": "",
-                "mirror_root_b64": "",
-                "remote": None,
-                "key": None,
-                "quarantined_at": _now_iso(),
-                "history": [{"state": "rejected at upload", "at": _now_iso()}],
+            meta = _item_meta(
+                item_id,
+                sha256,
+                len(data),
+                "rejected at upload",
+                origin="upload",
+                original="",
+                original_b64="",
+                mirror_root="",
+                mirror_root_b64="",
+                remote=None,
+                key=None,
                 **evidence,
-            }
+            )
             self._write_meta(item_dir, meta)
             os.rename(item_dir / TMP_DATA, item_dir / DATA)
             fsync_dir(item_dir)
