@@ -71,6 +71,21 @@ def _load_model_and_policy(settings: Settings):
     return bundle, policy, severity
 
 
+def load_scanner(settings: Settings, *, warm_up: bool = False):
+    """Bundle, policy, severity offset and a ready scorer: the start of `scan`, `serve` and `watch`.
+    Long-running services warm the session up, so the first file or upload pays no session setup."""
+    import numpy as np
+
+    from .scoring import Scorer
+
+    bundle, policy, offset = _load_model_and_policy(settings)
+    scorer = Scorer(bundle, device=settings.device, precision=settings.precision)
+    if warm_up:
+        height, width = bundle.preprocess.size
+        scorer(np.zeros((1, 3, height, width), dtype=np.float32))
+    return bundle, policy, offset, scorer
+
+
 def open_state(settings: Settings, *, quiet: bool = False):
     """Open the ledger for writing (taking the single-writer lock) and the quarantine, and finish or
     roll back any move a crash left unfinished: every state-writing command starts here."""
@@ -142,7 +157,6 @@ def register(app: typer.Typer) -> None:
         from .act import QuarantineActor
         from .pipeline import Scan
         from .report import ReportWriter
-        from .scoring import Scorer
 
         if quiet or json_out:
             setup_logging(quiet=True)
@@ -163,8 +177,7 @@ def register(app: typer.Typer) -> None:
         for path in paths:
             if not os.path.lexists(path):
                 raise UsageError(f"{path} does not exist", hint="pass the mirror directory or a backup directory")
-        bundle, loaded_policy, offset = _load_model_and_policy(settings)
-        scorer = Scorer(bundle, device=settings.device, precision=settings.precision)
+        bundle, loaded_policy, offset, scorer = load_scanner(settings)
         place = scorer.placement
         if not quiet and not json_out:
             err.print(f"model {bundle.manifest['model']['arch']} on {place.provider} ({place.precision}): {place.note}")

@@ -19,7 +19,7 @@ from .cli_scan import (
     QuarantineOpt,
     SeverityOpt,
     StateOpt,
-    _load_model_and_policy,
+    load_scanner,
     open_state,
 )
 from .console import err
@@ -78,7 +78,6 @@ def register(app: typer.Typer) -> None:
         """Answer pict-rs's external_validation: 200 accepts an upload, 406 rejects it (its bytes are kept in
         the quarantine). Configure pict-rs with
         external_validation = "http://127.0.0.1:14051/validate/<token>"."""
-        from .scoring import Scorer
         from .serve import Batcher, ServeConfig, ValidationServer
 
         if on_error not in ("reject", "accept"):
@@ -98,8 +97,7 @@ def register(app: typer.Typer) -> None:
             },
             config,
         )
-        bundle, loaded, offset = _load_model_and_policy(settings)
-        scorer = Scorer(bundle, device=settings.device, precision=settings.precision)
+        bundle, loaded, offset, scorer = load_scanner(settings, warm_up=True)
         ledger, store = open_state(settings)
         serve_config = ServeConfig(
             token=token,

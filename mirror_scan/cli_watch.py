@@ -11,7 +11,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Annotated
 
-import numpy as np
 import typer
 
 from .cli_scan import (
@@ -25,7 +24,7 @@ from .cli_scan import (
     RemoteOpt,
     SeverityOpt,
     StateOpt,
-    _load_model_and_policy,
+    load_scanner,
     open_state,
     scan_config,
 )
@@ -132,7 +131,6 @@ def register(app: typer.Typer) -> None:
         from .act import QuarantineActor
         from .pipeline import Scan
         from .rclone import Rclone
-        from .scoring import Scorer
         from .watch import (
             MirrorEvents,
             OverflowSignal,
@@ -149,6 +147,7 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"--observer {observer!r}", hint="use auto, inotify, polling or none")
         if not mirror.is_dir():
             raise UsageError(f"mirror {mirror} is not a directory", hint="create it, or pull into it first")
+        pull_interval, reconcile_interval = parse_interval(pull_every), parse_interval(reconcile_every)
         mirror = mirror.resolve()
         settings = resolve(
             {
@@ -164,10 +163,7 @@ def register(app: typer.Typer) -> None:
             },
             config,
         )
-        bundle, loaded, offset = _load_model_and_policy(settings)
-        scorer = Scorer(bundle, device=settings.device, precision=settings.precision)
-        height, width = bundle.preprocess.size
-        scorer(np.zeros((1, 3, height, width), dtype=np.float32))  # warm-up: the first upload pays no session setup
+        bundle, loaded, offset, scorer = load_scanner(settings, warm_up=True)
         ledger, store = open_state(settings)
         queue_ = PathQueue(mirror)
         settler = Settler(queue_, settle_s=settle)
@@ -228,11 +224,11 @@ def register(app: typer.Typer) -> None:
         settler.start()
         observer_handle = start_observer(kind, mirror, MirrorEvents(queue_, settler))
         workers.append(Periodic("status", 1.0, write_status))
-        reconciler = Periodic("reconcile", parse_interval(reconcile_every), walk)
+        reconciler = Periodic("reconcile", reconcile_interval, walk)
         workers.append(reconciler)
         overflow = OverflowSignal(reconciler.trigger).install()
         if tool:
-            workers.append(Periodic("pull", parse_interval(pull_every), pull))
+            workers.append(Periodic("pull", pull_interval, pull))
         for worker in workers:
             worker.start()
         metrics_server = serve_metrics(metrics, lambda: status) if metrics else None
