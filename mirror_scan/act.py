@@ -10,7 +10,7 @@ from typing import Protocol
 
 from .errors import MirrorScanError
 from .quarantine import Quarantine
-from .state import Ledger, display_path
+from .state import FileAction, ItemState, Ledger, display_path
 
 log = logging.getLogger(__name__)
 
@@ -26,9 +26,7 @@ class QuarantineActor:
         self.failures = 0
 
     def act(self, path: bytes) -> str | None:
-        row = self.ledger.db.execute(
-            "SELECT root, sha256, reason, model_id, policy_id, severity FROM files WHERE path=?", (path,)
-        ).fetchone()
+        row = self.ledger.act_context(path)
         if row is None or row[1] is None:
             return None
         root, sha256, reason, model_id, policy_id, severity = row
@@ -44,4 +42,4 @@ class QuarantineActor:
             self.failures += 1
             log.error("not quarantined: %s: %s", display_path(path), err)
             return None
-        return "quarantined" if state == "quarantined" else "upstream pending"
+        return FileAction.QUARANTINED if state == ItemState.QUARANTINED else FileAction.UPSTREAM_PENDING

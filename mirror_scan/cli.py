@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -10,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, cli_mirror, cli_quarantine, cli_scan, cli_serve, cli_watch
+from . import __version__, cli_mirror, cli_quarantine, cli_scan, cli_serve, cli_state, cli_watch
 from .console import err, out, print_json, setup_logging
 from .errors import MirrorScanError
 
@@ -32,6 +33,7 @@ cli_quarantine.register(app)
 cli_mirror.register(app)
 cli_serve.register(app)
 cli_watch.register(app)
+cli_state.register(app)
 
 ModelDir = Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory (from `model export`).")]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if it really runs), cuda, or cpu.")]
@@ -358,6 +360,13 @@ def main() -> None:
     except KeyboardInterrupt:
         err.print("interrupted")
         sys.exit(130)
+    except sqlite3.DatabaseError as error:  # damage found after the database opened (a page read later)
+        err.print(
+            f"error: the state database cannot be read ({error}); nothing more was changed\n"
+            "  -> check it with `mirror-scan state check`; `mirror-scan state rebuild` starts afresh from the "
+            "quarantine's metadata"
+        )
+        sys.exit(2)
 
 
 if __name__ == "__main__":

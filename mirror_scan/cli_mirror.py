@@ -30,15 +30,14 @@ def pull(
 ) -> None:
     """One-way copy of new objects from the bucket into the mirror. Never deletes or replaces a local
     file, and never brings back what is quarantined. Prints the keys that arrived."""
-    from .cli_scan import open_state
+    from .app.workspace import Workspace
     from .rclone import Rclone
 
     settings = resolve({"remote": remote, "rclone": rclone, "state": state, "quarantine": quarantine}, config)
     if not settings.remote:
         raise UsageError("no remote to pull from", hint="pass --remote NAME:bucket or set `remote` in the config")
-    ledger, store = open_state(settings, quiet=json_out)
-    with ledger:
-        excluded = store.excluded_keys()
+    with Workspace.reader(settings) if settings.state.exists() else _no_state() as workspace:
+        excluded = workspace.ledger.excluded_keys() if workspace else []
     tool = Rclone.locate(settings.rclone)
     count = 0
     with err.status(f"pulling {settings.remote} -> {to}") as status:
@@ -55,6 +54,12 @@ def pull(
     for key in keys:
         out.print(str(to / key))
     err.print(f"{len(keys)} new file(s); {len(excluded)} quarantined key(s) excluded")
+
+
+def _no_state():
+    import contextlib
+
+    return contextlib.nullcontext(None)
 
 
 @pictrs_app.command("check")

@@ -5,55 +5,35 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
+import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
 
+from .cli_options import ConfigOpt, JsonOpt, QuarantineOpt, RcloneOpt, StateOpt, YesOpt
 from .console import err, out, print_json
+from .durations import parse_duration, parse_since
 from .errors import UsageError
 from .settings import resolve
 
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
 quarantine_app = typer.Typer(help="Inspect the quarantine, restore false positives, purge.", no_args_is_help=True)
 allowlist_app = typer.Typer(help="sha256s that are never flagged (restores add to it).", no_args_is_help=True)
 
-StateOpt = Annotated[Path | None, typer.Option("--state", help="SQLite state database.")]
-QuarantineOpt = Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")]
-ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Config file.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
-DURATION = re.compile(r"^(\d+)\s*([smhdw])$")
-UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+def _reader(state, quarantine, config):
+    from .app.workspace import Workspace
+
+    return Workspace.reader(resolve({"state": state, "quarantine": quarantine}, config))
 
 
-def parse_duration(text: str) -> float:
-    match = DURATION.match(text.strip().lower())
-    if not match:
-        raise UsageError(f"duration {text!r} is not understood", hint="use a number and a unit: 90d, 12h, 30m, 2w")
-    return int(match.group(1)) * UNITS[match.group(2)]
-
-
-def parse_since(text: str) -> float:
-    try:
-        when = dt.datetime.fromisoformat(text)
-    except ValueError:
-        try:
-            return dt.datetime.now(dt.UTC).timestamp() - parse_duration(text)
-        except UsageError:
-            raise UsageError(
-                f"--since {text!r} is not a date", hint="use 2026-11-01, 2026-11-01T12:00, or 7d"
-            ) from None
-    if when.tzinfo is None:
-        when = when.replace(tzinfo=dt.UTC)
-    return when.timestamp()
-
-
-def _open(state, quarantine, config, quiet=False, remote=None, rclone=None):
-    from .cli_scan import open_state
+def _writer(state, quarantine, config, quiet=False, remote=None, rclone=None):
+    from .app.workspace import Workspace
 
     settings = resolve({"state": state, "quarantine": quarantine, "remote": remote, "rclone": rclone}, config)
-    return open_state(settings, quiet=quiet)
+    return Workspace.writer(settings, on_recovered=None if quiet else lambda note: err.print(f"recovered: {note}"))
 
 
 def _reason_text(reason) -> str:
@@ -72,10 +52,9 @@ def q_list(
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Items in the quarantine: id, when, original path, why, state."""
-    ledger, store = _open(state, quarantine, config, quiet=json_out)
-    with ledger:
-        entries = list(store.entries(parse_since(since) if since else None))
+    """Items in the quarantine: id, when, original path, why, state. Reads only: works while the daemon runs."""
+    with _reader(state, quarantine, config) as workspace:
+        entries = list(workspace.quarantine.entries(parse_since(since) if since else None))
     if json_out:
         print_json(entries)
         return
@@ -90,44 +69,112 @@ def q_list(
 
 @quarantine_app.command("show")
 def q_show(item_id: str, state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
-    """An item's metadata (never opens or renders the quarantined file)."""
-    ledger, store = _open(state, quarantine, config, quiet=True)
-    with ledger:
-        meta = store.read_meta(item_id)
+    """An item's metadata (never opens or renders the quarantined file): the ledger's record, which is the
+    authority, and the item's own metadata file."""
+    from .state import display_path
+
+    with _reader(state, quarantine, config) as workspace:
+        row = workspace.ledger.item(item_id)
+        meta = workspace.quarantine.read_meta(item_id)
+    if row is not None:
+        meta["ledger"] = {
+            "state": row.state,
+            "sha256": row.sha256,
+            "original": display_path(row.original),
+            "remote": row.remote,
+            "key": row.key,
+            "seen_count": row.seen_count,
+        }
+    else:
+        meta["ledger"] = None
     out.print(json.dumps(meta, indent=2, ensure_ascii=False))
 
 
 @quarantine_app.command("restore")
 def q_restore(
-    item_ids: Annotated[list[str], typer.Argument(help="Item ids (from `quarantine list`).")],
+    item_ids: Annotated[list[str] | None, typer.Argument(help="Item ids (from `quarantine list`).")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Every item quarantined since a date (2026-11-01) or duration (7d).")
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", help="Only items flagged with this label (csam, nsfw, ...).")
+    ] = None,
+    from_file: Annotated[
+        str | None, typer.Option("--from-file", help="A file of item ids, one per line ('-': standard input).")
+    ] = None,
     to: Annotated[Path | None, typer.Option("--to", help="Restore to this path instead of the original one.")] = None,
     no_upstream: Annotated[bool, typer.Option("--no-upstream", help="Do not put the object back upstream.")] = False,
-    remote: Annotated[str | None, typer.Option("--remote", help="rclone remote the items came from.")] = None,
-    rclone: Annotated[str | None, typer.Option("--rclone", help="rclone binary.")] = None,
+    remote: Annotated[
+        str | None, typer.Option("--remote", help="Check that the items came from this remote (optional).")
+    ] = None,
+    rclone: RcloneOpt = None,
+    yes: YesOpt = False,
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Put items back, byte-identical, where they came from, and allowlist their sha256 so they are never
-    flagged again. Refuses to overwrite a different file (use --to)."""
+    """Put items back, byte-identical, where they came from (the mirror, and the bucket each item records),
+    and allowlist their sha256 so they are never flagged again. Works while the watch daemon runs. Refuses
+    to overwrite a different file (use --to). A selection (--since, --label, --from-file) is listed first
+    and asks before it acts."""
     from .errors import MirrorScanError
-    from .state import display_path
+    from .quarantine import UpstreamRestorePending
+    from .state import RESTORABLE_STATES, display_path
 
-    if to is not None and len(item_ids) > 1:
-        raise UsageError("--to takes one item at a time")
-    ledger, store = _open(state, quarantine, config, remote=remote, rclone=rclone)
-    failed = 0
-    with ledger:
-        for item_id in item_ids:
+    explicit = list(item_ids or [])
+    if from_file is not None:
+        lines = sys.stdin.read() if from_file == "-" else Path(from_file).read_text(encoding="utf-8")
+        explicit += [line.strip() for line in lines.splitlines() if line.strip() and not line.startswith("#")]
+    if not explicit and since is None and label is None:
+        raise UsageError("name items to restore, or select them with --since, --label or --from-file")
+    if to is not None and (len(explicit) != 1 or since or label):
+        raise UsageError("--to takes exactly one item")
+    with _reader(state, quarantine, config) as workspace:
+        every = {e["id"]: e for e in workspace.quarantine.entries(parse_since(since) if since else None)}
+    selectable = [e for e in every.values() if e["state"] in RESTORABLE_STATES]
+    chosen = selectable
+    if explicit:
+        known = {e["id"] for e in selectable}
+        missing = [i for i in explicit if i not in known]
+        if len(missing) == 1 and missing[0] in every:
+            raise UsageError(f"item {missing[0]} is {every[missing[0]]['state']}, not quarantined")
+        if missing:
+            raise UsageError(
+                f"no restorable quarantine item {missing[0]}"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                hint="see `mirror-scan quarantine list` (restored and purged items cannot be restored)",
+            )
+        chosen = [e for e in selectable if e["id"] in set(explicit)]
+    if label is not None:
+        chosen = [e for e in chosen if label in ((e["reason"] or {}).get("labels") or [])]
+    if remote is not None:
+        others = [e["id"] for e in chosen if e["remote"] not in (None, remote)]
+        if others:
+            raise UsageError(f"item {others[0]} came from another remote, not {remote}")
+    if not chosen:
+        out.print("nothing to restore")
+        return
+    if since is not None or label is not None or from_file is not None:  # a selection: show it, then ask
+        for e in chosen:
+            out.print(f"{e['id']}  {e['original']}  {_reason_text(e['reason'])}  {e['state']}")
+        if not yes and not typer.confirm(f"Restore these {len(chosen)} item(s)?", default=False):
+            raise typer.Exit(1)
+    failed = pending = 0
+    with _writer(state, quarantine, config, quiet=True, rclone=rclone) as workspace:
+        for entry in chosen:
             try:
-                target = store.restore(item_id, to=to, upstream=not no_upstream)
+                target = workspace.quarantine.restore(entry["id"], to=to, upstream=not no_upstream)
+            except UpstreamRestorePending as error:
+                pending += 1
+                err.print(f"pending: {entry['id']}: {error}")
+                continue
             except MirrorScanError as error:
                 failed += 1
-                err.print(f"error: {item_id}: {error}")
+                err.print(f"error: {entry['id']}: {error}")
                 continue
-            out.print(f"restored {item_id} -> {display_path(target)} (sha256 allowlisted)")
-    if failed:
-        raise typer.Exit(2)
+            out.print(f"restored {entry['id']} -> {display_path(target)} (sha256 allowlisted)")
+    if failed or pending:
+        raise typer.Exit(2 if failed else 1)
 
 
 @quarantine_app.command("purge")
@@ -152,8 +199,8 @@ def q_purge(
     if not item_ids and not older_than:
         raise UsageError("name items to purge, or pass --older-than DURATION")
     settings = resolve({"state": state, "quarantine": quarantine}, config)
-    ledger, store = _open(state, quarantine, config)
-    with ledger:
+    with _writer(state, quarantine, config) as workspace:
+        store = workspace.quarantine
         chosen = [e for e in store.entries() if e["state"] in ("quarantined", "restored", "upstream_pending")]
         if pictrs:
             chosen = [e for e in store.entries() if e["state"] in ("quarantined", "upstream_pending", "purged")]
@@ -218,9 +265,10 @@ def q_export_hashes(
     """The sha256 list of quarantined items, for other instances' blocklists (restored items excluded)."""
     if fmt not in ("txt", "csv"):
         raise UsageError(f"format {fmt!r} is not supported", hint="use txt or csv")
-    ledger, store = _open(state, quarantine, config, quiet=True)
-    with ledger:
-        entries = [e for e in store.entries() if e["state"] in ("quarantined", "upstream_pending", "purged")]
+    with _reader(state, quarantine, config) as workspace:
+        entries = [
+            e for e in workspace.quarantine.entries() if e["state"] in ("quarantined", "upstream_pending", "purged")
+        ]
     if fmt == "csv":
         out.print("sha256,size,quarantined_at")
         for e in entries:
@@ -233,9 +281,8 @@ def q_export_hashes(
 @quarantine_app.command("reindex")
 def q_reindex(state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
     """Rebuild the quarantine index in the state database from the items' metadata files."""
-    ledger, store = _open(state, quarantine, config)
-    with ledger:
-        count, problems = store.reindex()
+    with _writer(state, quarantine, config) as workspace:
+        count, problems = workspace.quarantine.reindex()
     for problem in problems:
         err.print(f"skipped: {problem}")
     out.print(f"indexed {count} item(s)")
@@ -246,9 +293,8 @@ def a_list(
     state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False
 ) -> None:
     """sha256s that are never flagged."""
-    ledger, _ = _open(state, quarantine, config, quiet=True)
-    with ledger:
-        rows = ledger.allowlist()
+    with _reader(state, quarantine, config) as workspace:
+        rows = workspace.ledger.allowlist()
     if json_out:
         print_json(
             [{"sha256": s, "added": dt.datetime.fromtimestamp(a, dt.UTC).isoformat(), "note": n} for s, a, n in rows]
@@ -274,18 +320,16 @@ def a_add(
     config: ConfigOpt = None,
 ) -> None:
     """Never flag these bytes again; recorded flagged verdicts for them become clean."""
-    ledger, _ = _open(state, quarantine, config)
-    with ledger:
-        ledger.allow(_sha(sha256), note=note or "added by hand")
+    with _writer(state, quarantine, config) as workspace:
+        workspace.ledger.allow(_sha(sha256), note=note or "added by hand")
     out.print(f"allowlisted {sha256.lower()}")
 
 
 @allowlist_app.command("remove")
 def a_remove(sha256: str, state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
     """Stop allowlisting these bytes (takes effect at the next scan or rescore)."""
-    ledger, _ = _open(state, quarantine, config)
-    with ledger:
-        removed = ledger.disallow(_sha(sha256))
+    with _writer(state, quarantine, config) as workspace:
+        removed = workspace.ledger.disallow(_sha(sha256))
     if not removed:
         raise UsageError(f"{sha256} is not on the allowlist")
     out.print(f"removed {sha256.lower()} from the allowlist")

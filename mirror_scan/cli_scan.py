@@ -12,118 +12,35 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .cli_options import (
+    ConfigOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    PolicyOpt,
+    PrecisionOpt,
+    QuarantineOpt,
+    QuietOpt,
+    RcloneOpt,
+    RemoteOpt,
+    SeverityOpt,
+    StateOpt,
+)
 from .console import err, out, print_json, setup_logging
 from .errors import MirrorScanError, UsageError
 from .settings import Settings, describe, resolve
 
 log = logging.getLogger("mirror_scan")
 
-ConfigOpt = Annotated[
-    Path | None, typer.Option("--config", help="Config file (default: the user config dir's mirror-scan/config.toml).")
-]
-ModelOpt = Annotated[Path | None, typer.Option("--model", "-m", help="Model bundle directory.")]
-PolicyOpt = Annotated[
-    str | None, typer.Option("--policy", "-p", help="Built-in policy (horde-v2, horde-v1) or a policy file.")
-]
-SeverityOpt = Annotated[
-    str | None, typer.Option("--severity", "-s", help="strict, default, lenient, or a number added to every threshold.")
-]
-StateOpt = Annotated[Path | None, typer.Option("--state", help="SQLite state database.")]
-DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto (CUDA only if it really runs), cuda, cpu.")]
-PrecisionOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--precision",
-        help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, int8 (faster on CPU; moves similarities ~1e-3).",
-    ),
-]
-QuarantineOpt = Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory (private, 0700).")]
-RemoteOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--remote",
-        help="rclone remote of the bucket (NAME:bucket): quarantining also removes the object there (reversibly).",
-    ),
-]
-RcloneOpt = Annotated[str | None, typer.Option("--rclone", help="rclone binary (default: the venv's, then PATH).")]
-QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary; exit code only.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print the summary as one JSON object.")]
-
 
 def _settings(config: Path | None, **flags) -> Settings:
     return resolve(flags, config)
 
 
-def _load_model_and_policy(settings: Settings):
-    from .bundle import load_bundle
-    from .policy import load_policy, resolve_severity
-    from .scoring import require_prompts
+def _writer(settings: Settings, quiet: bool = False):
+    from .app.workspace import Workspace
 
-    policy = load_policy(settings.policy)
-    severity = resolve_severity(policy, settings.severity)
-    if not (settings.model / "manifest.json").exists() and not settings.model.exists():
-        raise UsageError(
-            f"no model bundle at {settings.model} (from {settings.sources['model']})",
-            hint="pass --model DIR, or export one: mirror-scan model export --out DIR",
-        )
-    bundle = load_bundle(settings.model)
-    require_prompts(bundle, policy)
-    return bundle, policy, severity
-
-
-def load_scanner(settings: Settings, *, warm_up: bool = False):
-    """Bundle, policy, severity offset and a ready scorer: the start of `scan`, `serve` and `watch`.
-    Long-running services warm the session up, so the first file or upload pays no session setup."""
-    import numpy as np
-
-    from .scoring import Scorer
-
-    bundle, policy, offset = _load_model_and_policy(settings)
-    scorer = Scorer(bundle, device=settings.device, precision=settings.precision)
-    if warm_up:
-        height, width = bundle.preprocess.size
-        scorer(np.zeros((1, 3, height, width), dtype=np.float32))
-    return bundle, policy, offset, scorer
-
-
-def open_state(settings: Settings, *, quiet: bool = False):
-    """Open the ledger for writing (taking the single-writer lock) and the quarantine, and finish or
-    roll back any move a crash left unfinished: every state-writing command starts here."""
-    from .quarantine import Quarantine
-    from .state import Ledger
-
-    ledger = Ledger(settings.state)
-    try:
-        ledger.lock()
-        upstream = None
-        if settings.remote:
-            from .quarantine import Upstream
-            from .rclone import Rclone
-
-            upstream = Upstream.rclone(settings.remote, Rclone.locate(settings.rclone))
-        quarantine = Quarantine(settings.quarantine, ledger, upstream)
-        for note in quarantine.recover():
-            if not quiet:
-                err.print(f"recovered: {note}")
-    except BaseException:
-        ledger.close()
-        raise
-    return ledger, quarantine
-
-
-def scan_config(settings: Settings, severity: float, **overrides):
-    """The runner's settings, the same for `scan` and `watch`."""
-    from .decode import Limits
-    from .pipeline import ScanConfig
-
-    return ScanConfig(
-        severity=severity,
-        batch_size=settings.batch_size,
-        workers=settings.workers,
-        limits=Limits(settings.max_pixels, settings.max_frames),
-        max_bytes=settings.max_file_mb << 20,
-        **overrides,
-    )
+    return Workspace.writer(settings, on_recovered=None if quiet else lambda note: err.print(f"recovered: {note}"))
 
 
 def _progress_enabled(quiet: bool, json_out: bool) -> bool:
@@ -155,6 +72,7 @@ def register(app: typer.Typer) -> None:
         """Scan files once: score every new or changed file, skip unchanged ones, reuse results for
         copies. Exit 0: nothing flagged; 1: something flagged; 2: the scan could not run."""
         from .act import QuarantineActor
+        from .app.scanner import load_scanner, scan_config
         from .pipeline import Scan
         from .report import ReportWriter
 
@@ -183,9 +101,9 @@ def register(app: typer.Typer) -> None:
             err.print(f"model {bundle.manifest['model']['arch']} on {place.provider} ({place.precision}): {place.note}")
             err.print(f"policy {loaded_policy.policy_id}, severity {offset:+g}" + (", dry run" if dry_run else ""))
         writer = ReportWriter(report, report_format) if report else None
-        ledger, quarantine_store = open_state(settings, quiet=quiet or json_out)
-        with ledger:
-            actor = None if dry_run else QuarantineActor(ledger, quarantine_store)
+        with _writer(settings, quiet=quiet or json_out) as workspace:
+            ledger = workspace.ledger
+            actor = None if dry_run else QuarantineActor(ledger, workspace.quarantine)
             runner = Scan(
                 ledger,
                 bundle,
@@ -281,9 +199,8 @@ def register(app: typer.Typer) -> None:
         settings = _settings(config, state=state, quarantine=quarantine, remote=remote, rclone=rclone)
         if not settings.state.exists():
             raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
-        ledger, quarantine_store = open_state(settings, quiet=json_out)
-        with ledger:
-            acted = apply_verdicts(ledger, QuarantineActor(ledger, quarantine_store))
+        with _writer(settings, quiet=json_out) as workspace:
+            acted = apply_verdicts(workspace.ledger, QuarantineActor(workspace.ledger, workspace.quarantine))
         if json_out:
             print_json({"acted": acted})
         else:
@@ -311,9 +228,8 @@ def register(app: typer.Typer) -> None:
         loaded = load_policy(settings.policy)
         offset = resolve_severity(loaded, settings.severity)
         bundle = load_bundle(settings.model) if (settings.model / "manifest.json").exists() else None
-        ledger, _ = open_state(settings, quiet=json_out)
-        with ledger:
-            summary = rescore(ledger, loaded, offset, bundle)
+        with _writer(settings, quiet=json_out) as workspace:
+            summary = rescore(workspace.ledger, loaded, offset, bundle)
         result = summary.as_dict() | {"policy": loaded.policy_id, "severity": offset}
         if json_out:
             print_json(result)
@@ -340,6 +256,8 @@ def register(app: typer.Typer) -> None:
         from .state import Ledger
 
         settings = _settings(config, state=state)
+        if not settings.state.exists():
+            raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
         with Ledger(settings.state, readonly=True) as ledger:
             writer = ReportWriter(output, fmt)
             try:

@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from .cli_scan import (
+from .cli_options import (
     ConfigOpt,
     DeviceOpt,
     ModelOpt,
@@ -19,20 +19,11 @@ from .cli_scan import (
     QuarantineOpt,
     SeverityOpt,
     StateOpt,
-    load_scanner,
-    open_state,
+    parse_listen,
 )
 from .console import err
 from .errors import UsageError
 from .settings import resolve
-
-
-def parse_listen(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    host = host.strip("[]") or "127.0.0.1"
-    if not port.isdigit() or not 0 < int(port) < 65536:
-        raise UsageError(f"--listen {text!r} is not HOST:PORT", hint="e.g. 127.0.0.1:14051")
-    return host, int(port)
 
 
 def read_token(path: Path | None) -> str:
@@ -78,6 +69,8 @@ def register(app: typer.Typer) -> None:
         """Answer pict-rs's external_validation: 200 accepts an upload, 406 rejects it (its bytes are kept in
         the quarantine). Configure pict-rs with
         external_validation = "http://127.0.0.1:14051/validate/<token>"."""
+        from .app.scanner import load_scanner
+        from .app.workspace import Workspace
         from .serve import Batcher, ServeConfig, ValidationServer
 
         if on_error not in ("reject", "accept"):
@@ -98,7 +91,8 @@ def register(app: typer.Typer) -> None:
             config,
         )
         bundle, loaded, offset, scorer = load_scanner(settings, warm_up=True)
-        ledger, store = open_state(settings)
+        workspace = Workspace.writer(settings, on_recovered=lambda note: err.print(f"recovered: {note}"))
+        ledger, store = workspace.ledger, workspace.quarantine
         serve_config = ServeConfig(
             token=token,
             severity=offset,

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,9 +56,10 @@ Outcome = Decoded | Reused | Failed | Changed | Vanished
 
 def read_stable(found: Found, max_bytes: int) -> bytes | Changed | Vanished | Failed:
     """The file's bytes, if it is still the file that was discovered and did not change while read.
-    O_NOFOLLOW: a file swapped for a symlink after discovery is refused, never followed."""
+    O_NOFOLLOW: a file swapped for a symlink after discovery is refused, never followed. O_NONBLOCK and
+    fstat on the open descriptor: a FIFO or device swapped in is refused without ever blocking."""
     try:
-        fd = os.open(found.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        fd = os.open(found.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
     except FileNotFoundError:
         return Vanished(found)
     except PermissionError:
@@ -68,6 +70,8 @@ def read_stable(found: Found, max_bytes: int) -> bytes | Changed | Vanished | Fa
         return Failed(found, None, f"cannot open: {os.strerror(err.errno or 0) or err}")
     try:
         before = os.fstat(fd)
+        if not stat.S_ISREG(before.st_mode):
+            return Failed(found, None, "not a regular file (device, socket or pipe): not scanned")
         if before.st_size != found.size or before.st_mtime_ns != found.mtime_ns:
             return Changed(found)
         if before.st_size > max_bytes:

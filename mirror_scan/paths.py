@@ -50,3 +50,29 @@ def contained_target(root: bytes, rel: bytes, create_parents: bool = True) -> by
         if not stat.S_ISDIR(st.st_mode):
             raise UnsafePath(f"parent {os.fsdecode(current)} is not a directory")
     return os.path.join(current, parts[-1])
+
+
+def check_operator_target(target: bytes) -> bytes:
+    """`restore --to PATH`: the operator's own path, outside any mirror, so there is no root to contain it
+    in; but it is never written through a symbolic link: every parent must be a real directory that
+    exists, and the target itself must not be a link."""
+    if b"\x00" in target:
+        raise UnsafePath("target path contains a NUL byte")
+    target = os.path.abspath(target)
+    current = b"/"
+    for part in [p for p in os.path.dirname(target).split(b"/") if p]:
+        current = os.path.join(current, part)
+        try:
+            st = os.lstat(current)
+        except FileNotFoundError:
+            raise UnsafePath(f"directory {os.fsdecode(current)} does not exist; create it first") from None
+        if stat.S_ISLNK(st.st_mode):
+            raise UnsafePath(
+                f"--to goes through the symbolic link {os.fsdecode(current)}; give the real path "
+                f"({os.fsdecode(os.path.realpath(current))})"
+            )
+        if not stat.S_ISDIR(st.st_mode):
+            raise UnsafePath(f"{os.fsdecode(current)} is not a directory")
+    if os.path.islink(target):
+        raise UnsafePath(f"{os.fsdecode(target)} is a symbolic link; refusing to write through it")
+    return target

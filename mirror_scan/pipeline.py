@@ -30,7 +30,6 @@ from .scoring import Scorer, columns, policy_sims
 from .state import Ledger, path_key
 
 _END = END = object()
-COMMIT_EVERY_S = 1.0
 
 
 @dataclass
@@ -78,6 +77,7 @@ class ScanConfig:
     max_bytes: int = 512 << 20
     retry_delay_s: float = 0.5
     flush_after_s: float | None = None  # watch mode: a partial batch waits at most this long
+    commit_every_s: float = 1.0  # other writers wait for our open transaction at most about this long
 
 
 class Scan:
@@ -91,6 +91,8 @@ class Scan:
         actor: Actor | None,
         report: ReportWriter | None = None,
         progress: Callable[[Counters, bool], None] | None = None,
+        on_verdict: Callable[[int], None] | None = None,
+        on_batch: Callable[[float], None] | None = None,
     ) -> None:
         self.ledger = ledger
         self.bundle = bundle
@@ -100,6 +102,9 @@ class Scan:
         self.actor = actor  # None: dry run, record verdicts and act on nothing
         self.report = report
         self.progress = progress
+        self.on_verdict = on_verdict  # called with the file's mtime (ns) as each verdict is recorded
+        self.on_batch = on_batch  # called with each inference batch's seconds
+        self.in_flight = 0
         self.model_id = f"{bundle.model_id}:{scorer.placement.precision}"
         self.prompt_set = ledger.ensure_prompt_set(bundle.concepts.prompts)
         self.policy_columns = columns(bundle.concepts.prompts, policy)
@@ -129,14 +134,16 @@ class Scan:
     def _unchanged(self, found: Found) -> bool:
         """True if the file is as last scanned with this model: it is not read again. Under another policy
         or severity its verdict is re-decided from the stored result (no image read)."""
-        state = self.ledger.file_state(path_key(found.path))
-        if state is None:
+        row = self.ledger.file_row(path_key(found.path))
+        if row is None:
             return False
-        size, mtime_ns, model_id, status, sha256, verdict, reason, fmt, action, result_id, policy_id, severity = state
-        if (size, mtime_ns, model_id) != (found.size, found.mtime_ns, self.model_id):
+        if (row.size, row.mtime_ns, row.model_id) != (found.size, found.mtime_ns, self.model_id):
             return False
-        if status not in ("scored", "reused") or result_id is None:
+        if row.status not in ("scored", "reused") or row.result_id is None:
             return False  # errors are retried: a permission fix does not change the mtime
+        sha256, verdict, reason, fmt, action = row.sha256, row.verdict, row.reason, row.format, row.action
+        result_id, status = row.result_id, row.status
+        policy_id, severity = row.policy_id, row.severity
         self.counters.unchanged += 1
         if (policy_id, severity) != (self.policy.policy_id, self.config.severity):
             self._redecide(found, sha256, result_id, status, fmt, count_as=None)
@@ -165,7 +172,10 @@ class Scan:
         pixels = np.concatenate([item.pixels for item in items])
         started = time.perf_counter()
         embeddings, sims = self.scorer(pixels)
-        self.counters.stage_seconds["infer"] += time.perf_counter() - started
+        seconds = time.perf_counter() - started
+        self.counters.stage_seconds["infer"] += seconds
+        if self.on_batch:
+            self.on_batch(seconds)
         self.counters.frames += len(pixels)
         owners = np.repeat(np.arange(len(items)), [len(item.pixels) for item in items])
         verdicts = decide(
@@ -217,9 +227,11 @@ class Scan:
             fmt=fmt,
         )
         action = None
+        if self.on_verdict and found.mtime_ns:
+            self.on_verdict(found.mtime_ns)
         if verdict.flagged:
             self.counters.flagged += 1
-            action = self.ledger.file_state(key)[8]  # kept from an earlier run when the bytes are the same
+            action = self.ledger.file_row(key).action  # kept from an earlier run when the bytes are the same
             if self.actor is not None and action is None:
                 action = self.actor.act(key)
                 if action:
@@ -324,7 +336,7 @@ class Scan:
             self.counters.vanished += 1
 
     def _maybe_commit(self) -> None:
-        if time.monotonic() - self._last_commit >= COMMIT_EVERY_S:
+        if time.monotonic() - self._last_commit >= self.config.commit_every_s:
             self.ledger.commit()
             self._last_commit = time.monotonic()
 
@@ -411,6 +423,7 @@ class Scan:
                     self.counters.discovered += 1
                     if not self._unchanged(item):
                         in_flight.add(pool.submit(self._fetch, item))
+            self.in_flight = len(in_flight) + len(self._batch)
             if in_flight:
                 done, in_flight = wait(in_flight, timeout=None if exhausted else 0.05, return_when=FIRST_COMPLETED)
                 for future in done:

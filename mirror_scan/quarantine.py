@@ -2,45 +2,67 @@
 
 On disk, one directory per item: `items/<id>/data` (the bytes, no extension, so nothing opens them by
 accident) and `items/<id>/meta.json` (where it came from, why, and its state). Directories are 0700
-and files 0600 from the moment they are created. The state database indexes the items, but the
-quarantine describes itself: `reindex` rebuilds the index from the metadata files.
+and files 0600 from the moment they are created. The ledger is the authority on every item; the
+metadata file describes the item for people and for `reindex` (rebuilding a lost ledger), and a
+restore whose metadata disagrees with the ledger is refused.
 
-Every move is a small state machine journalled in the `moves` table, each step committed durably
-before the next file operation:
+Every move is a small state machine journalled in the ledger's `moves` table, each step committed
+durably before the next file operation:
 
     quarantine: intent -> copied (temp written, fsynced, re-read and verified) -> placed (metadata
                 written, renamed into place, directory fsynced) -> [upstream_removed] -> local_removed -> done
     restore:    intent -> copied (temp beside the target, fsynced, verified) -> placed (hard-linked to
                 the target: never overwrites) -> [upstream_restored] -> done (allowlisted)
+                On filesystems without hard links (FUSE mounts such as `rclone mount`, SMB) the restore
+                writes the target itself with O_EXCL (never overwrites, no temp name that a mount would
+                upload), fsyncs and verifies it: intent -> placed.
 
-`recover()` runs at the start of every command that writes state: a move stopped before `placed` is
-rolled back (its temp removed; the original was never touched), one stopped after is finished. The
-last copy of a file is never deleted: the original is removed only after the quarantined bytes are
-verified, and only if it still holds the bytes that were flagged.
+Several processes share one quarantine (the watch daemon, the validator, `quarantine restore` from a
+shell). A process working on an item holds that item's lock (`locks/<id>`, flock) for the whole move;
+the kernel releases it when the process dies, however it dies. `recover()` only touches moves whose
+item lock it can take, so it never rolls back a move a live process owns, and it finishes or rolls
+back every move whose owner is dead: a move stopped before `placed` is rolled back (its temp removed;
+the original was never touched), one stopped after is finished. The last copy of a file is never
+deleted: the original is removed only after the quarantined bytes are verified, and only if it still
+holds the bytes that were flagged.
 """
 
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
+import errno
+import fcntl
 import json
 import logging
 import os
 import secrets
-import shutil
 import signal
 import stat
 import time
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from .atomic import fsync_dir
 from .errors import MirrorScanError
+from .fsinfo import filesystem_type, is_remote_or_fuse
 from .hashing import CHUNK, sha256_bytes, sha256_file
-from .paths import UnsafePath, check_relative, contained_target
-from .state import Ledger, display_path
+from .paths import UnsafePath, check_operator_target, check_relative, contained_target
+from .state import (
+    HELD_STATES,
+    RESTORABLE_STATES,
+    FileAction,
+    ItemRow,
+    ItemState,
+    Ledger,
+    MoveKind,
+    MoveRow,
+    Step,
+    display_path,
+)
+from .upstream import Upstream, Upstreams, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -48,20 +70,23 @@ META_FORMAT = "mirror-scan-quarantine-item"
 META_VERSION = 1
 DATA, META = "data", "meta.json"
 TMP_DATA, TMP_META = ".data.tmp", ".meta.json.tmp"
-RESTORE_TMP_SUFFIX = ".mirror-scan-restore.tmp"
-
-
-def keys_to_exclude(db) -> list[str]:
-    """Keys of items quarantined and not restored (relative to the mirror root), from any connection."""
-    rows = db.execute(
-        "SELECT original, mirror_root, key FROM quarantine WHERE state NOT IN ('restored', 'rolled_back')"
-    ).fetchall()
-    # Uploads rejected at validation have neither key nor original path.
-    return [key if key else os.fsdecode(os.path.relpath(orig, root)) for orig, root, key in rows if key or orig]
+# The restore's temp file beside the target: a dot name ending in .partial, which discovery, the watch
+# daemon and pulls all ignore (rclone's own in-progress suffix).
+RESTORE_TMP_SUFFIX = ".mirror-scan-restore.partial"
+NO_UPSTREAM = ";no-upstream"  # recorded with a restore's method: recovery must not put it back upstream either
+LINK_UNSUPPORTED = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS, errno.EXDEV)
 
 
 class QuarantineError(MirrorScanError):
     """A quarantine operation that cannot be done as asked."""
+
+
+class UpstreamRestorePending(QuarantineError):
+    """The file is back in the mirror; putting the object back upstream failed and is retried."""
+
+
+class ItemBusy(QuarantineError):
+    """Another live process is working on this item."""
 
 
 def _checkpoint(step: str) -> None:
@@ -90,7 +115,7 @@ def _item_meta(item_id: str, sha256: str, size: int, first_event: str, **fields:
         "format": META_FORMAT,
         "format_version": META_VERSION,
         "id": item_id,
-        "state": "quarantined",
+        "state": str(ItemState.QUARANTINED),
         "sha256": sha256,
         "size": size,
         "quarantined_at": _now_iso(),
@@ -112,12 +137,13 @@ def _write_private(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _copy_private(source_fd: int, target: Path) -> str:
-    """Copy from an open file into a new 0600 file, fsync it, return the sha256 of what was written."""
+def _copy_to_new(source_fd: int, target: bytes | Path, mode: int) -> str:
+    """Copy from an open file into a new file (O_EXCL: never an existing one), fsync it, return the sha256
+    of what was written."""
     import hashlib
 
     digest = hashlib.sha256()
-    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
     try:
         while chunk := os.read(source_fd, CHUNK):
             digest.update(chunk)
@@ -130,50 +156,76 @@ def _copy_private(source_fd: int, target: Path) -> str:
     return digest.hexdigest()
 
 
-@dataclass
-class Upstream:
-    """Remote object operations. Both are idempotent: removing a missing object is success, and
-    restoring writes the same bytes to the same key and verifies them."""
+def _is_prefix_of(path: bytes, source: Path) -> bool:
+    """True if the file at `path` holds a leading part (possibly all) of `source`'s bytes: what an
+    interrupted O_EXCL write of ours leaves behind."""
+    try:
+        with open(path, "rb", buffering=0) as partial, open(source, "rb", buffering=0) as full:
+            while chunk := partial.read(CHUNK):
+                if full.read(len(chunk)) != chunk:
+                    return False
+        return True
+    except OSError:
+        return False
 
-    remote: str
-    remove: Callable[[str], str]  # key -> note ("deleted upstream", "already gone upstream")
-    restore: Callable[[Path, str], None]  # local file, key
 
-    @classmethod
-    def rclone(cls, remote: str, rclone) -> Upstream:
-        def restore(local: Path, key: str) -> None:
-            rclone.put_object(remote, local, key)
-            if sha256_bytes(rclone.read_object(remote, key)) != sha256_file(local):
-                raise QuarantineError(f"upstream copy of {key} did not verify after the upload")
-
-        return cls(remote=remote, remove=lambda key: rclone.delete_object(remote, key), restore=restore)
+def restore_method(directory: bytes) -> str:
+    """'link' (temp beside the target, then a hard link: atomic and never overwrites) where the filesystem
+    has hard links; 'direct' (O_EXCL write of the target itself) on FUSE and network filesystems, where
+    a temp name would be uploaded as a new object by `rclone mount`."""
+    return "direct" if is_remote_or_fuse(filesystem_type(directory)) else "link"
 
 
 class Quarantine:
-    def __init__(self, root: Path, ledger: Ledger, upstream: Upstream | None = None) -> None:
+    def __init__(self, root: Path, ledger: Ledger, upstreams: Upstreams | None = None) -> None:
         self.root = Path(root)
         self.items = self.root / "items"
+        self.locks = self.root / "locks"
         self.ledger = ledger
-        self.upstream = upstream
-        self._upstream_down: str | None = None  # after one failure, this process stops calling the remote
-        for directory in (self.root, self.items):
+        self.upstreams = upstreams or Upstreams()
+        if ledger.readonly:
+            return
+        for directory in (self.root, self.items, self.locks):
             directory.mkdir(mode=0o700, parents=True, exist_ok=True)
             if stat.S_IMODE(directory.stat().st_mode) != 0o700:
                 directory.chmod(0o700)
 
+    @property
+    def upstream(self) -> Upstream | None:
+        """The remote new quarantine moves remove from (--remote), if any."""
+        return self.upstreams.get(self.upstreams.default) if self.upstreams.default else None
+
+    # ------------------------------------------------------------------ item locks
+
+    @contextlib.contextmanager
+    def item_lock(self, item_id: str, wait_s: float = 0.0) -> Iterator[None]:
+        """Hold the item's lock: exclusive between processes and threads (one open file description each),
+        released by the kernel when the holder dies. ItemBusy if it is not free within wait_s."""
+        check_relative(item_id.encode())
+        fd = os.open(self.locks / item_id, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            deadline = time.monotonic() + wait_s
+            while True:
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if time.monotonic() >= deadline:
+                        raise ItemBusy(
+                            f"quarantine item {item_id} is being changed by another mirror-scan process right now",
+                            hint="try again in a moment",
+                        ) from None
+                    time.sleep(0.02)
+            yield
+        finally:
+            os.close(fd)
+
     # ------------------------------------------------------------------ journal
 
-    def _step(self, move_id: int, step: str, kind: str, note: str | None = None) -> None:
-        self.ledger.begin()
-        self.ledger.db.execute(
-            "UPDATE moves SET step=?, updated=?, note=coalesce(?, note) WHERE id=?", (step, time.time(), note, move_id)
-        )
+    def _step(self, move_id: int, step: Step, kind: str, note: str | None = None) -> None:
+        self.ledger.set_step(move_id, step, note)
         self.ledger.commit()
         _checkpoint(f"{kind}:{step}")
-
-    def _item_state(self, item_id: str, state: str) -> None:
-        self.ledger.begin()
-        self.ledger.db.execute("UPDATE quarantine SET state=?, updated=? WHERE id=?", (state, time.time(), item_id))
 
     def _write_meta(self, item_dir: Path, meta: dict[str, Any]) -> None:
         tmp = item_dir / TMP_META
@@ -182,7 +234,24 @@ class Quarantine:
         os.replace(tmp, item_dir / META)
         fsync_dir(item_dir)
 
+    def _note_in_meta(self, item_id: str, state: str | None, event: str, **fields: Any) -> None:
+        """Keep the item's self-description in step with the ledger (for people and `reindex`)."""
+        try:
+            meta = self.read_meta(item_id)
+        except QuarantineError as err:
+            log.warning("%s", err)
+            return
+        if state is not None:
+            meta["state"] = str(state)
+        meta.update(fields)
+        meta.setdefault("history", []).append({"state": event, "at": _now_iso()})
+        self._write_meta(self.items / item_id, meta)
+
     def read_meta(self, item_id: str) -> dict[str, Any]:
+        try:
+            check_relative(item_id.encode())
+        except UnsafePath:
+            raise QuarantineError(f"{item_id!r} is not a quarantine item id") from None
         path = self.items / item_id / META
         try:
             return json.loads(path.read_text(encoding="utf-8"))
@@ -203,51 +272,59 @@ class Quarantine:
         rel = os.path.relpath(source, mirror_root)
         check_relative(rel if isinstance(rel, bytes) else os.fsencode(rel))
         try:
-            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            # O_NONBLOCK: a FIFO swapped in for the file never blocks the open; fstat below refuses it.
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as err:
             raise QuarantineError(f"cannot open {display_path(source)}: {err.strerror}") from None
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise QuarantineError(f"{display_path(source)} is no longer a regular file; not quarantined")
             item_id = _new_item_id(sha256)
-            item_dir = self.items / item_id
-            now = time.time()
-            key = os.fsdecode(rel) if self.upstream else None
-            self.ledger.begin()
-            self.ledger.db.execute(
-                "INSERT INTO quarantine (id, dir, sha256, size, original, mirror_root, remote, key, state, reason, "
-                "created, updated) VALUES (?,?,?,?,?,?,?,?,'quarantining',?,?,?)",
-                (
-                    item_id,
-                    os.fsencode(item_dir),
-                    sha256,
-                    st.st_size,
-                    source,
-                    mirror_root,
-                    self.upstream.remote if self.upstream else None,
-                    key,
-                    json.dumps(evidence.get("verdict")),
-                    now,
-                    now,
-                ),
-            )
-            move_id = self.ledger.db.execute(
-                "INSERT INTO moves (item, kind, step, started, updated) VALUES (?, 'quarantine', 'intent', ?, ?)",
-                (item_id, now, now),
-            ).lastrowid
-            self.ledger.commit()
-            _checkpoint("quarantine:intent")
-
-            item_dir.mkdir(mode=0o700)
-            fsync_dir(self.items)
-            written = _copy_private(fd, item_dir / TMP_DATA)
+            with self.item_lock(item_id):
+                return self._quarantine_locked(fd, st, item_id, source, mirror_root, rel, sha256, evidence)
         finally:
             os.close(fd)
+
+    def _quarantine_locked(self, fd, st, item_id, source, mirror_root, rel, sha256, evidence) -> tuple[str, str]:
+        item_dir = self.items / item_id
+        now = time.time()
+        upstream = self.upstream
+        key = os.fsdecode(rel) if upstream else None
+        self.ledger.begin()
+        owner = self.ledger.active_item_for(source)
+        if owner is not None:
+            self.ledger.commit()
+            raise QuarantineError(f"{display_path(source)} is already being moved (quarantine item {owner})")
+        self.ledger.insert_item(
+            {
+                "id": item_id,
+                "dir": os.fsencode(item_dir),
+                "sha256": sha256,
+                "size": st.st_size,
+                "original": source,
+                "mirror_root": mirror_root,
+                "remote": upstream.remote if upstream else None,
+                "key": key,
+                "state": str(ItemState.QUARANTINING),
+                "reason": json.dumps(evidence.get("verdict")),
+                "created": now,
+                "updated": now,
+            }
+        )
+        move_id = self.ledger.start_move(item_id, MoveKind.QUARANTINE)
+        self.ledger.commit()
+        _checkpoint("quarantine:intent")
+
+        item_dir.mkdir(mode=0o700)
+        fsync_dir(self.items)
+        written = _copy_to_new(fd, item_dir / TMP_DATA, 0o600)
         if written != sha256 or sha256_file(item_dir / TMP_DATA) != sha256:
             self._rollback_quarantine(item_id, item_dir, move_id, "the file changed since it was scanned")
             raise QuarantineError(
                 f"{display_path(source)} changed since it was scanned; not quarantined", hint="scan it again"
             )
-        self._step(move_id, "copied", "quarantine")
+        self._step(move_id, Step.COPIED, "quarantine")
 
         meta = _item_meta(
             item_id,
@@ -260,105 +337,102 @@ class Quarantine:
             original_b64=_b64(os.fsencode(rel)),
             mirror_root=display_path(mirror_root),
             mirror_root_b64=_b64(mirror_root),
-            remote=self.upstream.remote if self.upstream else None,
+            remote=upstream.remote if upstream else None,
             key=key,
             **evidence,
         )
         self._write_meta(item_dir, meta)
         os.rename(item_dir / TMP_DATA, item_dir / DATA)
         fsync_dir(item_dir)
-        self._step(move_id, "placed", "quarantine")
-        return item_id, self._finish_quarantine(item_id, move_id, "placed")
+        self._step(move_id, Step.PLACED, "quarantine")
+        return item_id, self._finish_quarantine(item_id, move_id, Step.PLACED)
 
     def keep_upload(self, data: bytes, sha256: str, evidence: dict[str, Any]) -> str:
         """Keep the bytes of an upload that the validator rejected (pict-rs deletes them) as evidence.
-        Same entry format; there is no original path, so restoring it means allowlisting its sha256."""
+        One item per sha256: the same upload rejected again counts as seen again. There is no original
+        path, so restoring it means allowlisting its sha256."""
         if sha256_bytes(data) != sha256:
             raise QuarantineError("upload bytes do not match their sha256")
+        known = self.ledger.upload_item_for(sha256)
+        if known is not None:
+            self.ledger.count_upload_seen(known)
+            return known
         item_id = _new_item_id(sha256)
         item_dir = self.items / item_id
-        item_dir.mkdir(mode=0o700)
-        try:
-            _write_private(item_dir / TMP_DATA, data)
-            if sha256_file(item_dir / TMP_DATA) != sha256:
-                raise QuarantineError("the kept upload did not verify")
-            meta = _item_meta(
-                item_id,
-                sha256,
-                len(data),
-                "rejected at upload",
-                origin="upload",
-                original="",
-                original_b64="",
-                mirror_root="",
-                mirror_root_b64="",
-                remote=None,
-                key=None,
-                **evidence,
-            )
-            self._write_meta(item_dir, meta)
-            os.rename(item_dir / TMP_DATA, item_dir / DATA)
-            fsync_dir(item_dir)
-            fsync_dir(self.items)
-        except BaseException:
-            for name in (TMP_DATA, TMP_META, META, DATA):
-                (item_dir / name).unlink(missing_ok=True)
-            item_dir.rmdir()
-            raise
-        self.ledger.begin()
-        self._ensure_index_row(meta)
-        self.ledger.commit()
+        with self.item_lock(item_id):
+            item_dir.mkdir(mode=0o700)
+            try:
+                _write_private(item_dir / TMP_DATA, data)
+                if sha256_file(item_dir / TMP_DATA) != sha256:
+                    raise QuarantineError("the kept upload did not verify")
+                meta = _item_meta(
+                    item_id,
+                    sha256,
+                    len(data),
+                    "rejected at upload",
+                    origin="upload",
+                    original="",
+                    original_b64="",
+                    mirror_root="",
+                    mirror_root_b64="",
+                    remote=None,
+                    key=None,
+                    **evidence,
+                )
+                self._write_meta(item_dir, meta)
+                os.rename(item_dir / TMP_DATA, item_dir / DATA)
+                fsync_dir(item_dir)
+                fsync_dir(self.items)
+            except BaseException:
+                for name in (TMP_DATA, TMP_META, META, DATA):
+                    (item_dir / name).unlink(missing_ok=True)
+                item_dir.rmdir()
+                raise
+            with self.ledger.transaction():
+                self._index(meta)
         return item_id
 
     def _finish_quarantine(self, item_id: str, move_id: int, step: str) -> str:
         """Finish a placed move: upstream removal, then local removal. Returns the item's state."""
-        source, sha256, remote, key = self.ledger.db.execute(
-            "SELECT original, sha256, remote, key FROM quarantine WHERE id=?", (item_id,)
-        ).fetchone()
-        if step == "placed":
-            if remote and key:
-                if not self._remove_upstream(item_id, remote, key):
+        row = self.ledger.item(item_id)
+        assert row is not None
+        if step == Step.PLACED:
+            if row.remote and row.key:
+                if not self._remove_upstream(row):
                     # Bytes are verified in the quarantine; the mirror file stays until upstream is done.
-                    # The move waits at 'placed' and every later command start retries it.
-                    self._item_state(item_id, "upstream_pending")
-                    self.ledger.db.execute(
-                        "UPDATE files SET action='upstream pending', acted_at=? WHERE path=?", (time.time(), source)
-                    )
+                    # The move waits at 'placed'; the daemon retries it with backoff, every command at start.
+                    self.ledger.set_item_state(item_id, ItemState.UPSTREAM_PENDING)
+                    self.ledger.mark_action(row.original, FileAction.UPSTREAM_PENDING)
                     self.ledger.commit()
-                    return "upstream_pending"
-                self._step(move_id, "upstream_removed", "quarantine")
-            step = "upstream_removed"
-        if step == "upstream_removed":
-            self._remove_original(source, sha256)
-            self._step(move_id, "local_removed", "quarantine")
-        self._item_state(item_id, "quarantined")
-        self.ledger.db.execute("UPDATE files SET action='quarantined', acted_at=? WHERE path=?", (time.time(), source))
-        self._step(move_id, "done", "quarantine")
-        return "quarantined"
+                    return str(ItemState.UPSTREAM_PENDING)
+                self._step(move_id, Step.UPSTREAM_REMOVED, "quarantine")
+            step = Step.UPSTREAM_REMOVED
+        if step == Step.UPSTREAM_REMOVED:
+            self._remove_original(row.original, row.sha256)
+            self._step(move_id, Step.LOCAL_REMOVED, "quarantine")
+        self.ledger.set_item_state(item_id, ItemState.QUARANTINED)
+        self.ledger.mark_action(row.original, FileAction.QUARANTINED)
+        self._step(move_id, Step.DONE, "quarantine")
+        if row.state == ItemState.UPSTREAM_PENDING:
+            self._note_in_meta(item_id, ItemState.QUARANTINED, "removed upstream (retried)")
+        return str(ItemState.QUARANTINED)
 
-    def _remove_upstream(self, item_id: str, remote: str, key: str) -> bool:
+    def _remove_upstream(self, row: ItemRow) -> bool:
         """Delete the object upstream; False (item left 'upstream pending') when it cannot be done now."""
-        if self.upstream is None or self.upstream.remote != remote:
-            log.warning(
-                "quarantine item %s: upstream removal from %s pending (run with --remote %s)", item_id, remote, remote
-            )
-            return False
-        if self._upstream_down:
-            return False
         try:
-            note = self.upstream.remove(key)
-        except MirrorScanError as err:
-            # Circuit breaker: one failure (network down, 403, 5xx) leaves every further item of this run
-            # pending at once instead of hammering a remote that is down or refuses us.
-            self._upstream_down = str(err)
-            log.warning("upstream removal pending (retried at the next start): %s", err)
+            upstream = self.upstreams.get(row.remote)  # type: ignore[arg-type]
+            note = upstream.remove(row.key)  # type: ignore[arg-type]
+        except UpstreamUnavailable:
             return False
-        log.info("quarantine item %s: %s", item_id, note)
+        except MirrorScanError as err:
+            log.warning("quarantine item %s: upstream removal from %s pending: %s", row.id, row.remote, err)
+            return False
+        log.info("quarantine item %s: %s", row.id, note)
         return True
 
     def excluded_keys(self) -> list[str]:
         """Keys a pull must not bring back: everything quarantined and not restored."""
-        return keys_to_exclude(self.ledger.db)
+        return self.ledger.excluded_keys()
 
     def _remove_original(self, source: bytes, sha256: str) -> None:
         """Unlink the original only if it still holds the quarantined bytes (never a newer file)."""
@@ -381,256 +455,363 @@ class Quarantine:
         if item_dir.exists():
             item_dir.rmdir()
             fsync_dir(self.items)
-        self.ledger.begin()
-        self.ledger.db.execute("DELETE FROM quarantine WHERE id=?", (item_id,))
-        self._step(move_id, "rolled_back", "quarantine", note=why)
+        self.ledger.delete_item(item_id)
+        self._step(move_id, Step.ROLLED_BACK, "quarantine", note=why)
 
     # ------------------------------------------------------------------ restore
 
-    def restore(self, item_id: str, to: Path | None = None, upstream: bool = True) -> bytes:
-        """Put the item's bytes back, byte-identical, at its original path (or `to`), and allowlist them."""
+    def restore(self, item_id: str, to: Path | None = None, upstream: bool = True, wait_s: float = 5.0) -> bytes:
+        """Put the item's bytes back, byte-identical, at its original path (or `to`), and allowlist them.
+        Uses the remote the item recorded (it must be configured here) unless upstream=False."""
+        with self.item_lock(item_id, wait_s=wait_s):
+            return self._restore_locked(item_id, to, upstream)
+
+    def _checked_item(self, item_id: str) -> tuple[ItemRow, dict[str, Any]]:
+        """The ledger's row and the metadata file, which must agree: the ledger is the authority, and a
+        metadata file that says otherwise (edited, replaced) refuses the action."""
+        row = self.ledger.item(item_id)
+        if row is None:
+            raise QuarantineError(
+                f"quarantine item {item_id} is not in the ledger",
+                hint="see `mirror-scan quarantine list`; after losing the state database, `quarantine reindex` "
+                "rebuilds the index from the metadata files (check them first)",
+            )
         meta = self.read_meta(item_id)
-        row = self.ledger.db.execute("SELECT state FROM quarantine WHERE id=?", (item_id,)).fetchone()
-        state = row[0] if row else meta.get("state")
-        if state not in ("quarantined", "upstream_pending"):
-            raise QuarantineError(f"item {item_id} is {state}, not quarantined")
+        try:
+            claimed = {
+                "id": meta.get("id"),
+                "sha256": meta.get("sha256"),
+                "size": meta.get("size"),
+                "remote": meta.get("remote"),
+                "key": meta.get("key"),
+                "mirror_root": _unb64(meta.get("mirror_root_b64", "")),
+                "original": os.path.join(_unb64(meta["mirror_root_b64"]), _unb64(meta["original_b64"]))
+                if meta.get("original_b64")
+                else b"",
+            }
+        except (KeyError, ValueError, TypeError) as err:
+            raise QuarantineError(f"item {item_id}: metadata is unusable ({err}); refusing") from None
+        recorded = {
+            "id": row.id,
+            "sha256": row.sha256,
+            "size": row.size,
+            "remote": row.remote,
+            "key": row.key,
+            "mirror_root": row.mirror_root,
+            "original": row.original,
+        }
+        differing = [name for name in recorded if claimed[name] != recorded[name]]
+        if differing:
+            raise QuarantineError(
+                f"item {item_id}: its metadata file disagrees with the ledger on {', '.join(differing)}; "
+                "refusing to act on it",
+                hint="the metadata file was edited or replaced: compare it with your backups; the ledger's "
+                "record is the authority (`mirror-scan quarantine show` prints both)",
+            )
+        return row, meta
+
+    def _restore_locked(self, item_id: str, to: Path | None, upstream: bool) -> bytes:
+        row, meta = self._checked_item(item_id)
+        if row.state not in RESTORABLE_STATES:
+            raise QuarantineError(f"item {item_id} is {row.state}, not quarantined")
         item_dir = self.items / item_id
         if meta.get("origin") == "upload":
-            return self._release_upload(item_id, meta)
-        if sha256_file(item_dir / DATA) != meta["sha256"]:
+            return self._release_upload(row)
+        target_upstream = None
+        if upstream and row.remote and row.key and to is None:
+            target_upstream = self.upstreams.get(row.remote)  # refuses now if the remote is not configured
+        if sha256_file(item_dir / DATA) != row.sha256:
             raise QuarantineError(
                 f"item {item_id}: the quarantined bytes do not match their recorded sha256 (tampered or damaged); "
                 "refusing to restore",
                 hint="compare with your backups; `quarantine show` prints the recorded metadata",
             )
-        if to is not None:
-            target = os.fsencode(os.path.abspath(to))
-        else:
-            try:
-                root = _unb64(meta["mirror_root_b64"])
-                target = contained_target(root, _unb64(meta["original_b64"]))
-            except (KeyError, ValueError) as err:
-                raise QuarantineError(f"item {item_id}: metadata has no usable original path ({err})") from None
-            except UnsafePath as err:
-                raise QuarantineError(f"item {item_id}: {err}", hint="restore it elsewhere with --to PATH") from None
+        try:
+            if to is not None:
+                target = check_operator_target(os.fsencode(os.path.abspath(to)))
+            else:
+                target = contained_target(row.mirror_root, os.fsencode(os.path.relpath(row.original, row.mirror_root)))
+        except UnsafePath as err:
+            raise QuarantineError(f"item {item_id}: {err}", hint="restore it elsewhere with --to PATH") from None
         if os.path.lexists(target):
-            if os.path.isfile(target) and not os.path.islink(target) and sha256_file(target) == meta["sha256"]:
+            if os.path.isfile(target) and not os.path.islink(target) and sha256_file(target) == row.sha256:
                 log.info("%s already holds these bytes", display_path(target))
             else:
                 raise QuarantineError(
                     f"{display_path(target)} already exists and holds other content; not overwritten",
                     hint="restore to another place with --to PATH",
                 )
-        now = time.time()
+        method = restore_method(os.path.dirname(target))
         self.ledger.begin()
-        self._ensure_index_row(meta)
-        move_id = self.ledger.db.execute(
-            "INSERT INTO moves (item, kind, step, target, started, updated) VALUES (?, 'restore', 'intent', ?, ?, ?)",
-            (item_id, target, now, now),
-        ).lastrowid
-        self._item_state(item_id, "restoring")
+        # A removal still waiting upstream is superseded: the restore puts the object back either way.
+        for move in self.ledger.unfinished_moves(item_id):
+            self.ledger.set_step(move.id, Step.ROLLED_BACK, note="superseded by a restore")
+        move_id = self.ledger.start_move(
+            item_id, MoveKind.RESTORE, target, method + ("" if target_upstream else NO_UPSTREAM)
+        )
+        self.ledger.set_item_state(item_id, ItemState.RESTORING)
         self.ledger.commit()
         _checkpoint("restore:intent")
         if not os.path.lexists(target):
-            tmp = target + RESTORE_TMP_SUFFIX.encode()
-            with open(item_dir / DATA, "rb") as handle:
-                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, meta.get("mode", 0o644) & 0o777)
-                try:
-                    shutil.copyfileobj(handle, os.fdopen(os.dup(fd), "wb"))
-                    os.fsync(fd)
-                finally:
-                    os.close(fd)
-            if sha256_file(tmp) != meta["sha256"]:
-                os.unlink(tmp)
-                raise QuarantineError(f"copy to {display_path(target)} did not verify; nothing restored")
-            os.utime(tmp, ns=(meta.get("mtime_ns", time.time_ns()), meta.get("mtime_ns", time.time_ns())))
-            self._step(move_id, "copied", "restore")
-            os.link(tmp, target)  # fails if anything appeared at the target meanwhile: never overwrites
-            os.unlink(tmp)
-            fsync_dir(Path(os.fsdecode(os.path.dirname(target))))
-        self._step(move_id, "placed", "restore")
-        self._finish_restore(item_id, move_id, "placed", upstream)
+            if method == "link":
+                method = self._restore_by_link(item_id, move_id, target, meta)
+            if method == "direct":
+                self._restore_direct(item_id, target, meta)
+        self._step(move_id, Step.PLACED, "restore")
+        try:
+            self._finish_restore(item_id, move_id, Step.PLACED, target_upstream)
+        except MirrorScanError as err:
+            raise UpstreamRestorePending(
+                f"{display_path(target)} is back in the mirror, but putting it back in {row.remote} failed: "
+                f"{str(err).splitlines()[0]}",
+                hint="nothing is lost: a running watch daemon retries it with backoff, and so does every "
+                "mirror-scan command that writes state",
+            ) from None
         return target
 
-    def _release_upload(self, item_id: str, meta: dict[str, Any]) -> bytes:
+    def _restore_by_link(self, item_id: str, move_id: int, target: bytes, meta: dict[str, Any]) -> str:
+        """Temp beside the target, verified, then hard-linked to the target (fails if anything appeared
+        there: never overwrites). Returns 'direct' if the filesystem turns out to have no hard links."""
+        tmp = _restore_tmp(target)
+        self._write_verified(item_id, tmp, meta)
+        self._step(move_id, Step.COPIED, "restore")
+        try:
+            os.link(tmp, target)
+        except OSError as err:
+            os.unlink(tmp)
+            if err.errno in LINK_UNSUPPORTED:
+                self.ledger.set_step(move_id, Step.INTENT, note="no hard links here: writing the target directly")
+                method = self.ledger.move(move_id).method or "link"  # type: ignore[union-attr]
+                self.ledger.set_move_method(move_id, method.replace("link", "direct", 1))
+                self.ledger.commit()
+                return "direct"
+            raise QuarantineError(f"cannot place {display_path(target)}: {err.strerror}") from None
+        os.unlink(tmp)
+        fsync_dir(Path(os.fsdecode(os.path.dirname(target))))
+        return "link"
+
+    def _restore_direct(self, item_id: str, target: bytes, meta: dict[str, Any]) -> None:
+        """O_EXCL write of the target itself: no temp name for a mount to upload. A crash mid-write leaves a
+        leading part of our bytes at the target, which recovery recognises and removes."""
+        self._write_verified(item_id, target, meta)
+        fsync_dir(Path(os.fsdecode(os.path.dirname(target))))
+
+    def _write_verified(self, item_id: str, path: bytes, meta: dict[str, Any]) -> None:
+        source = os.open(self.items / item_id / DATA, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            written = _copy_to_new(source, path, meta.get("mode", 0o644) & 0o777)
+        finally:
+            os.close(source)
+        if written != meta["sha256"] or sha256_file(path) != meta["sha256"]:
+            os.unlink(path)
+            raise QuarantineError(f"copy to {display_path(path)} did not verify; nothing restored")
+        mtime = meta.get("mtime_ns", time.time_ns())
+        os.utime(path, ns=(mtime, mtime))
+
+    def _release_upload(self, row: ItemRow) -> bytes:
         """An upload rejected by the validator has no place to go back to: restoring it allowlists its
         sha256, so the uploader can upload it again and it is accepted."""
-        self.ledger.allow(meta["sha256"], note=f"released upload-time rejection {item_id}")
-        meta["state"] = "restored"
-        meta.setdefault("history", []).append({"state": "released (allowlisted)", "at": _now_iso()})
-        self._write_meta(self.items / item_id, meta)
-        self.ledger.begin()
-        self._item_state(item_id, "restored")
-        self.ledger.commit()
+        self.ledger.allow(row.sha256, note=f"released upload-time rejection {row.id}")
+        self._note_in_meta(row.id, ItemState.RESTORED, "released (allowlisted)")
+        with self.ledger.transaction():
+            self.ledger.set_item_state(row.id, ItemState.RESTORED)
         return b"(allowlisted: the upload can be made again)"
 
-    def _finish_restore(self, item_id: str, move_id: int, step: str, upstream: bool = True) -> None:
-        meta = self.read_meta(item_id)
-        if step == "placed":
-            if upstream and meta.get("key") and meta.get("remote"):
-                if self.upstream is None or self.upstream.remote != meta["remote"]:
-                    raise QuarantineError(
-                        f"item {item_id} came from {meta['remote']}; "
-                        f"restoring it there needs --remote {meta['remote']}",
-                        hint="or restore locally only with --no-upstream",
-                    )
-                self.upstream.restore(self.items / item_id / DATA, meta["key"])
-                self._step(move_id, "upstream_restored", "restore")
-        self.ledger.allow(meta["sha256"], note=f"restored from quarantine item {item_id}")
-        meta["state"] = "restored"
-        meta.setdefault("history", []).append({"state": "restored", "at": _now_iso()})
-        self._write_meta(self.items / item_id, meta)
-        self._item_state(item_id, "restored")
-        self.ledger.db.execute(
-            "UPDATE files SET action='restored', acted_at=? WHERE sha256=? AND action='quarantined'",
-            (time.time(), meta["sha256"]),
-        )
-        self._step(move_id, "done", "restore")
+    def _finish_restore(self, item_id: str, move_id: int, step: str, upstream: Upstream | None) -> None:
+        row = self.ledger.item(item_id)
+        assert row is not None
+        if step == Step.PLACED and upstream is not None and row.key:
+            upstream.restore(self.items / item_id / DATA, row.key)
+            self._step(move_id, Step.UPSTREAM_RESTORED, "restore")
+        self.ledger.allow(row.sha256, note=f"restored from quarantine item {item_id}")
+        self._note_in_meta(item_id, ItemState.RESTORED, "restored")
+        self.ledger.set_item_state(item_id, ItemState.RESTORED)
+        self.ledger.mark_action_by_sha(row.sha256, FileAction.RESTORED, only_if=FileAction.QUARANTINED)
+        self._step(move_id, Step.DONE, "restore")
 
     # ------------------------------------------------------------------ recovery
 
-    def pending_moves(self) -> list[tuple[int, str, str, str, bytes | None]]:
-        return list(
-            self.ledger.db.execute(
-                "SELECT id, item, kind, step, target FROM moves WHERE step NOT IN ('done', 'rolled_back') ORDER BY id"
-            )
-        )
+    def pending_moves(self) -> list[MoveRow]:
+        return self.ledger.unfinished_moves()
 
     def recover(self) -> list[str]:
-        """Finish or roll back every unfinished move; returns one line per move handled."""
+        """Finish or roll back every unfinished move whose owner is gone (its item lock is free); moves a
+        live process is working on are left to it. Returns one line per move handled."""
         notes = []
-        for move_id, item_id, kind, step, target in self.pending_moves():
-            item_dir = self.items / item_id
-            if kind == "quarantine":
-                notes.append(self._recover_quarantine(move_id, item_id, item_dir, step))
-            else:
-                notes.append(self._recover_restore(move_id, item_id, item_dir, step, target))
+        for move in self.pending_moves():
+            try:
+                with self.item_lock(move.item):
+                    current = self.ledger.move(move.id)
+                    if current is None or current.step in (Step.DONE, Step.ROLLED_BACK):
+                        continue  # finished by its owner since we listed it
+                    notes.append(self._recover(current))
+            except ItemBusy:
+                continue
+            except MirrorScanError as err:
+                notes.append(f"{move.item}: {err}")
         self._sweep_temp_files()
         self.ledger.commit()
-        return notes
+        return [n for n in notes if n]
+
+    def _recover(self, move: MoveRow) -> str:
+        item_dir = self.items / move.item
+        if move.kind == MoveKind.QUARANTINE:
+            return self._recover_quarantine(move.id, move.item, item_dir, move.step)
+        return self._recover_restore(move, item_dir)
 
     def _recover_quarantine(self, move_id: int, item_id: str, item_dir: Path, step: str) -> str:
-        row = self.ledger.db.execute("SELECT original, sha256 FROM quarantine WHERE id=?", (item_id,)).fetchone()
+        row = self.ledger.item(item_id)
         if row is None:
-            self._step(move_id, "rolled_back", "recover", note="no index row")
+            self._step(move_id, Step.ROLLED_BACK, "recover", note="no index row")
             return f"{item_id}: nothing to recover"
-        source, sha256 = row
-        if step in ("intent", "copied"):
+        source, sha256 = row.original, row.sha256
+        if step in (Step.INTENT, Step.COPIED):
             original_ok = os.path.isfile(source) and sha256_file(source) == sha256
             placed_ok = (item_dir / DATA).is_file() and sha256_file(item_dir / DATA) == sha256
             if original_ok or not placed_ok:
                 self._rollback_quarantine(item_id, item_dir, move_id, f"interrupted at {step}; rolled back")
                 return f"{item_id}: quarantine interrupted at '{step}', rolled back (original untouched)"
-            step = "placed"  # the original is gone but verified bytes are placed: never delete the last copy
-        if step == "placed" and (item_dir / DATA).is_file() and sha256_file(item_dir / DATA) != sha256:
-            self._item_state(item_id, "damaged")
-            self._step(move_id, "rolled_back", "recover", note="quarantined bytes do not verify; original kept")
+            step = Step.PLACED  # the original is gone but verified bytes are placed: never delete the last copy
+        if step == Step.PLACED and (item_dir / DATA).is_file() and sha256_file(item_dir / DATA) != sha256:
+            self.ledger.set_item_state(item_id, ItemState.DAMAGED)
+            self._step(move_id, Step.ROLLED_BACK, "recover", note="quarantined bytes do not verify; original kept")
             return f"{item_id}: quarantined bytes do not verify; original left in place"
+        was = row.state
         state = self._finish_quarantine(item_id, move_id, step)
-        if state == "upstream_pending":
-            return f"{item_id}: upstream removal still pending (retried at the next start)"
+        if state == ItemState.UPSTREAM_PENDING:
+            return "" if was == ItemState.UPSTREAM_PENDING else f"{item_id}: upstream removal pending (retried)"
         return f"{item_id}: quarantine finished (was at '{step}')"
 
-    def _recover_restore(self, move_id: int, item_id: str, item_dir: Path, step: str, target: bytes) -> str:
-        meta = self.read_meta(item_id)
-        tmp = target + RESTORE_TMP_SUFFIX.encode()
-        linked = os.path.isfile(target) and sha256_file(target) == meta["sha256"]
+    def _recover_restore(self, move: MoveRow, item_dir: Path) -> str:
+        item_id, step, target = move.item, move.step, move.target
+        row = self.ledger.item(item_id)
+        if row is None or target is None:
+            self._step(move.id, Step.ROLLED_BACK, "recover", note="no index row")
+            return f"{item_id}: nothing to recover"
+        tmp = _restore_tmp(target)
         if os.path.lexists(tmp):
             os.unlink(tmp)
-        if step in ("intent", "copied") and not linked:
-            self._item_state(item_id, meta.get("state", "quarantined"))
-            self._step(move_id, "rolled_back", "recover", note=f"interrupted at {step}")
+        placed = os.path.isfile(target) and not os.path.islink(target) and sha256_file(target) == row.sha256
+        if step in (Step.INTENT, Step.COPIED) and not placed:
+            if (
+                (move.method or "").startswith("direct")
+                and os.path.isfile(target)
+                and _is_prefix_of(target, item_dir / DATA)
+            ):
+                os.unlink(target)  # our own interrupted O_EXCL write: never leave a partial object behind
+                fsync_dir(Path(os.fsdecode(os.path.dirname(target))))
+            self.ledger.set_item_state(item_id, ItemState.QUARANTINED)
+            self._step(move.id, Step.ROLLED_BACK, "recover", note=f"interrupted at {step}")
             return f"{item_id}: restore interrupted at '{step}', rolled back (still quarantined)"
-        self._finish_restore(item_id, move_id, "placed" if step in ("intent", "copied") else step)
+        upstream = None
+        wanted = NO_UPSTREAM not in (move.method or "")
+        if wanted and row.remote and row.key and step != Step.UPSTREAM_RESTORED and target == row.original:
+            upstream = self.upstreams.get(row.remote)
+        try:
+            self._finish_restore(
+                item_id, move.id, Step.PLACED if step in (Step.INTENT, Step.COPIED) else step, upstream
+            )
+        except UpstreamUnavailable:
+            return ""
         return f"{item_id}: restore interrupted at '{step}', finished"
 
     def _sweep_temp_files(self) -> None:
         """Temp files of moves that no longer exist (e.g. a state database restored from backup)."""
-        active = {item for _, item, *_ in self.pending_moves()}
+        active = {move.item for move in self.pending_moves()}
         for item_dir in self.items.iterdir():
             if item_dir.name in active:
                 continue
-            for name in (TMP_DATA, TMP_META):
-                if (item_dir / name).exists():
-                    if not (item_dir / DATA).exists() and not (item_dir / META).exists():
-                        (item_dir / name).unlink()
-                        log.info("removed leftover %s in %s", name, item_dir.name)
-            if not any(item_dir.iterdir()):
-                item_dir.rmdir()
+            try:
+                with self.item_lock(item_dir.name):
+                    for name in (TMP_DATA, TMP_META):
+                        if (item_dir / name).exists() and not (item_dir / DATA).exists():
+                            if not (item_dir / META).exists():
+                                (item_dir / name).unlink()
+                                log.info("removed leftover %s in %s", name, item_dir.name)
+                    if item_dir.exists() and not any(item_dir.iterdir()):
+                        item_dir.rmdir()
+            except (ItemBusy, UnsafePath):
+                continue
 
     # ------------------------------------------------------------------ index
 
-    def _ensure_index_row(self, meta: dict[str, Any]) -> None:
-        self.ledger.db.execute(
-            "INSERT OR IGNORE INTO quarantine (id, dir, sha256, size, original, mirror_root, remote, key, state, "
-            "reason, created, updated) VALUES (?,?,?,?,?,?,?,?,?,?,?,?)",
-            (
-                meta["id"],
-                os.fsencode(self.items / meta["id"]),
-                meta["sha256"],
-                meta["size"],
-                os.path.join(_unb64(meta["mirror_root_b64"]), _unb64(meta["original_b64"]))
+    def _index(self, meta: dict[str, Any], replace: bool = False) -> None:
+        self.ledger.insert_item(
+            {
+                "id": meta["id"],
+                "dir": os.fsencode(self.items / meta["id"]),
+                "sha256": meta["sha256"],
+                "size": meta["size"],
+                "original": os.path.join(_unb64(meta["mirror_root_b64"]), _unb64(meta["original_b64"]))
                 if meta["original_b64"]
                 else b"",
-                _unb64(meta["mirror_root_b64"]),
-                meta.get("remote"),
-                meta.get("key"),
-                meta["state"],
-                json.dumps(meta.get("verdict")),
-                dt.datetime.fromisoformat(meta["quarantined_at"]).timestamp(),
-                time.time(),
-            ),
+                "mirror_root": _unb64(meta["mirror_root_b64"]),
+                "remote": meta.get("remote"),
+                "key": meta.get("key"),
+                "state": meta["state"],
+                "reason": json.dumps(meta.get("verdict")),
+                "created": dt.datetime.fromisoformat(meta["quarantined_at"]).timestamp(),
+                "updated": time.time(),
+            },
+            replace=replace,
         )
 
     def reindex(self) -> tuple[int, list[str]]:
         """Rebuild the index from the metadata files (after losing the state database)."""
         count, problems = 0, []
-        self.ledger.begin()
-        for item_dir in sorted(self.items.iterdir()):
-            try:
-                meta = self.read_meta(item_dir.name)
-                if meta.get("format") != META_FORMAT:
-                    raise QuarantineError("not a mirror-scan quarantine item")
-                self.ledger.db.execute("DELETE FROM quarantine WHERE id=?", (meta["id"],))
-                self._ensure_index_row(meta)
-                count += 1
-            except (MirrorScanError, KeyError, ValueError) as err:
-                problems.append(f"{item_dir.name}: {err}")
-        self.ledger.commit()
+        with self.ledger.transaction():
+            for item_dir in sorted(self.items.iterdir()):
+                try:
+                    meta = self.read_meta(item_dir.name)
+                    if meta.get("format") != META_FORMAT or meta.get("id") != item_dir.name:
+                        raise QuarantineError("not a mirror-scan quarantine item")
+                    self._index(meta, replace=True)
+                    count += 1
+                except (MirrorScanError, KeyError, ValueError) as err:
+                    problems.append(f"{item_dir.name}: {err}")
         return count, problems
 
-    def entries(self, since: float | None = None) -> Iterator[dict[str, Any]]:
-        rows = self.ledger.db.execute(
-            "SELECT id, created, original, state, reason, sha256, size FROM quarantine WHERE created >= ? "
-            "ORDER BY created, id",
-            (since or 0,),
-        )
-        for item_id, created, original, state, reason, sha256, size in rows:
+    def entries(self, since: float | None = None, states: tuple[str, ...] | None = None) -> Iterator[dict[str, Any]]:
+        for row in self.ledger.items(since, states):
             yield {
-                "id": item_id,
-                "quarantined_at": dt.datetime.fromtimestamp(created, dt.UTC).isoformat(timespec="seconds"),
-                "original": display_path(original) or "(rejected upload)",
-                "state": state,
-                "reason": json.loads(reason) if reason else None,
-                "sha256": sha256,
-                "size": size,
+                "id": row.id,
+                "quarantined_at": dt.datetime.fromtimestamp(row.created, dt.UTC).isoformat(timespec="seconds"),
+                "original": display_path(row.original) or "(rejected upload)",
+                "state": row.state,
+                "reason": json.loads(row.reason) if row.reason else None,
+                "sha256": row.sha256,
+                "size": row.size,
+                "remote": row.remote,
+                "key": row.key,
+                "seen_count": row.seen_count,
             }
 
     def record_pictrs_purge(self, item_id: str, alias: str, note: str) -> None:
         """Write down what was purged from pict-rs (irreversible), in the item's own metadata."""
-        meta = self.read_meta(item_id)
-        meta.setdefault("pictrs_purged", []).append({"alias": alias, "result": note, "at": _now_iso()})
-        meta.setdefault("history", []).append({"state": f"pict-rs purge of {alias}: {note}", "at": _now_iso()})
-        self._write_meta(self.items / item_id, meta)
+        with self.item_lock(item_id, wait_s=5.0):
+            meta = self.read_meta(item_id)
+            meta.setdefault("pictrs_purged", []).append({"alias": alias, "result": note, "at": _now_iso()})
+            meta.setdefault("history", []).append({"state": f"pict-rs purge of {alias}: {note}", "at": _now_iso()})
+            self._write_meta(self.items / item_id, meta)
 
     def purge(self, item_id: str) -> None:
         """Delete an item's bytes permanently; keep a tombstone (metadata, state 'purged')."""
-        meta = self.read_meta(item_id)
-        (self.items / item_id / DATA).unlink(missing_ok=True)
-        meta["state"] = "purged"
-        meta.setdefault("history", []).append({"state": "purged", "at": _now_iso()})
-        self._write_meta(self.items / item_id, meta)
-        self.ledger.begin()
-        self._ensure_index_row(meta)
-        self._item_state(item_id, "purged")
-        self.ledger.commit()
+        with self.item_lock(item_id, wait_s=5.0):
+            row = self.ledger.item(item_id)
+            if row is None or row.state not in (*HELD_STATES, ItemState.RESTORED):
+                raise QuarantineError(f"item {item_id} cannot be purged (it is {row.state if row else 'unknown'})")
+            if row.state in (ItemState.QUARANTINING, ItemState.RESTORING):
+                raise QuarantineError(f"item {item_id} is being moved right now; purge it afterwards")
+            with self.ledger.transaction():
+                for move in self.ledger.unfinished_moves(item_id):
+                    # A removal pending upstream of a file the operator purges: the mirror file stays.
+                    self.ledger.set_step(move.id, Step.ROLLED_BACK, note="superseded by a purge")
+            (self.items / item_id / DATA).unlink(missing_ok=True)
+            self._note_in_meta(item_id, ItemState.PURGED, "purged")
+            with self.ledger.transaction():
+                self.ledger.set_item_state(item_id, ItemState.PURGED)
+
+
+def _restore_tmp(target: bytes) -> bytes:
+    head, name = os.path.split(target)
+    return os.path.join(head, b"." + name + RESTORE_TMP_SUFFIX.encode())

@@ -179,6 +179,27 @@ class Rclone:
             return "already gone upstream"
         raise self._error("deletefile", proc.returncode, stderr)
 
+    def check_bucket(self, remote: str) -> None:
+        """Raise unless the bucket (or directory) of `remote` exists: a wrong bucket name must never make
+        every removal look like "already gone"."""
+        proc = self.run("lsjson", "--stat", remote, check=False)
+        if proc.returncode == 0:
+            return
+        stderr = proc.stderr.decode("utf-8", "replace")
+        if proc.returncode == 3 or "directory not found" in stderr.lower() or "nosuchbucket" in stderr.lower():
+            raise UpstreamError(
+                f"the bucket {remote} does not exist (or this remote cannot see it)",
+                kind="missing_bucket",
+                hint="check the bucket name in --remote; nothing was removed upstream, items wait as upstream pending",
+            )
+        raise self._error("lsjson", proc.returncode, stderr)
+
+    def has_remote(self, remote: str) -> bool:
+        """Whether an rclone remote of that name is configured (config file or RCLONE_CONFIG_<NAME>_*)."""
+        name = remote.split(":", 1)[0].lower()
+        listed = self.run("listremotes", check=False).stdout.decode("utf-8", "replace").split()
+        return any(line.rstrip(":").lower() == name for line in listed)
+
     def put_object(self, remote: str, local: Path, key: str) -> None:
         self.run("copyto", str(local), join_key(remote, key))
 

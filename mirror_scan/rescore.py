@@ -46,18 +46,9 @@ def rescore(
     prompt_sets: dict[str, tuple[str, ...]] = {}
     # Embeddings are read only for prompt sets that lack some of the policy's prompts.
     needs_embedding = {
-        set_id: any(p not in ledger.prompt_set(set_id) for p in policy.prompts)
-        for (set_id,) in ledger.db.execute("SELECT DISTINCT prompt_set FROM results")
+        set_id: any(p not in ledger.prompt_set(set_id) for p in policy.prompts) for set_id in ledger.prompt_set_ids()
     }
-    embedding_sets = [s for s, needed in needs_embedding.items() if needed]
-    placeholders = ",".join("?" * len(embedding_sets)) or "NULL"
-    cursor = ledger.db.execute(
-        f"""SELECT f.rowid, f.verdict, f.sha256, r.frames, r.prompt_set, r.sims,
-                   CASE WHEN r.prompt_set IN ({placeholders}) THEN r.embedding END, f.policy_id, f.severity
-            FROM files f JOIN results r ON r.id = f.result_id
-            WHERE f.status IN ('scored', 'reused') ORDER BY r.prompt_set, f.rowid""",  # noqa: S608
-        embedding_sets,
-    )
+    cursor = ledger.rescore_rows([s for s, needed in needs_embedding.items() if needed])
     updates: list[tuple[str, str | None, float, int]] = []
     while rows := cursor.fetchmany(CHUNK):
         by_set: dict[str, list] = {}
@@ -104,18 +95,8 @@ def rescore(
             summary.files += len(group)
         if progress:
             progress(summary.files, total)
-    ledger.begin()
-    # A verdict that changes also forgets any action taken under the old one, so `apply` sees it afresh.
-    ledger.db.executemany(
-        """UPDATE files SET action = CASE WHEN verdict IS ?1 THEN action END,
-                            acted_at = CASE WHEN verdict IS ?1 THEN acted_at END,
-                            verdict=?1, reason=?2, decided_at=?3 WHERE rowid=?4""",
-        updates,
-    )
-    ledger.db.execute(
-        "UPDATE files SET policy_id=?, severity=? WHERE status IN ('scored', 'reused')", (policy.policy_id, severity)
-    )
-    ledger.commit()
+    ledger.apply_rescore(updates)
+    ledger.stamp_decisions(policy.policy_id, severity)
     summary.seconds = time.monotonic() - started
     return summary
 

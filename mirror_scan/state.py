@@ -1,15 +1,24 @@
-"""The state ledger: one SQLite database (WAL) per installation.
+"""The state ledger: one SQLite database (WAL) per installation, and the only module with SQL in it.
 
 `files` holds one row per path (stored as raw bytes, so non-UTF-8 names round-trip) with its size,
 mtime, sha256, status, verdict and why. `results` holds what the model said about some bytes, once per
 (sha256, model): similarities against the bundle's concept prompts (float32 [frames, P]) and the
 image embeddings (float16 [frames, D]), so copies are never re-inferred and a new policy can be
-applied without reading an image. One writer (the process holding the lock); any number of readers.
+applied without reading an image. `quarantine` indexes the evidence store and `moves` journals its
+multi-step moves.
+
+Concurrency: any number of processes may write (the watch daemon, the validator, `quarantine restore`
+from another shell): SQLite serialises writers, every write transaction starts IMMEDIATE (it takes
+the write lock at once, so two writers never deadlock upgrading a read), and writers keep their
+transactions short. Readers (`report`, `quarantine list`) open the file read-only and never wait.
+Which process owns a quarantine move is decided by item locks in the quarantine (see quarantine.py),
+not here.
 """
 
 from __future__ import annotations
 
-import fcntl
+import contextlib
+import hashlib
 import json
 import os
 import sqlite3
@@ -17,13 +26,15 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import numpy as np
 
 from .errors import MirrorScanError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for another writer's transaction (they last milliseconds)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS prompt_sets (id TEXT PRIMARY KEY, prompts TEXT NOT NULL);
@@ -88,6 +99,61 @@ CREATE TABLE IF NOT EXISTS moves (
 );
 """
 
+# Columns added after schema 1, added in place to older databases (ALTER TABLE ... ADD COLUMN).
+MIGRATIONS = {
+    "files": {"error_count": "INTEGER NOT NULL DEFAULT 0"},
+    "quarantine": {"seen_count": "INTEGER NOT NULL DEFAULT 1", "last_seen": "REAL"},
+    "moves": {"method": "TEXT"},
+}
+
+
+class ItemState(StrEnum):
+    """The state of a quarantine item (stored in `quarantine.state` and in its meta.json)."""
+
+    QUARANTINING = "quarantining"
+    UPSTREAM_PENDING = "upstream_pending"  # bytes safe in quarantine; the upstream removal waits
+    QUARANTINED = "quarantined"
+    RESTORING = "restoring"
+    RESTORED = "restored"
+    PURGED = "purged"
+    DAMAGED = "damaged"
+
+
+# Items whose bytes a pull must not bring back and whose sha256 a hash export lists.
+HELD_STATES = (ItemState.QUARANTINING, ItemState.UPSTREAM_PENDING, ItemState.QUARANTINED, ItemState.RESTORING)
+RESTORABLE_STATES = (ItemState.QUARANTINED, ItemState.UPSTREAM_PENDING)
+
+
+class MoveKind(StrEnum):
+    QUARANTINE = "quarantine"
+    RESTORE = "restore"
+
+
+class Step(StrEnum):
+    INTENT = "intent"
+    COPIED = "copied"
+    PLACED = "placed"
+    UPSTREAM_REMOVED = "upstream_removed"
+    LOCAL_REMOVED = "local_removed"
+    UPSTREAM_RESTORED = "upstream_restored"
+    DONE = "done"
+    ROLLED_BACK = "rolled_back"
+
+
+FINISHED_STEPS = (Step.DONE, Step.ROLLED_BACK)
+
+
+class FileStatus(StrEnum):
+    SCORED = "scored"
+    REUSED = "reused"
+    ERROR = "error"
+
+
+class FileAction(StrEnum):
+    QUARANTINED = "quarantined"
+    UPSTREAM_PENDING = "upstream pending"
+    RESTORED = "restored"
+
 
 def path_key(path: str | os.PathLike) -> bytes:
     return os.fsencode(path)
@@ -107,61 +173,146 @@ class StoredResult:
     embedding: np.ndarray  # float16 [frames, D]
 
 
-class StateLocked(MirrorScanError):
-    """Another mirror-scan process is writing to this state database."""
+@dataclass(frozen=True)
+class FileRow:
+    """What the ledger knows about one path."""
+
+    path: bytes
+    root: bytes | None
+    size: int | None
+    mtime_ns: int | None
+    sha256: str | None
+    status: str
+    verdict: str | None
+    reason: str | None
+    result_id: int | None
+    model_id: str | None
+    policy_id: str | None
+    severity: float | None
+    format: str | None
+    scanned_at: float | None
+    action: str | None
+    error_count: int
+
+
+@dataclass(frozen=True)
+class ItemRow:
+    """One quarantine item as the ledger (the authority) records it."""
+
+    id: str
+    dir: bytes
+    sha256: str
+    size: int
+    original: bytes  # absolute path of the original (b"" for uploads rejected at validation)
+    mirror_root: bytes
+    remote: str | None
+    key: str | None
+    state: str
+    reason: str | None
+    created: float
+    updated: float
+    seen_count: int
+    last_seen: float | None
+
+
+@dataclass(frozen=True)
+class MoveRow:
+    id: int
+    item: str
+    kind: str
+    step: str
+    target: bytes | None
+    started: float
+    updated: float
+    note: str | None
+    method: str | None
+
+
+_FILE_COLUMNS = ", ".join(f.name for f in FileRow.__dataclass_fields__.values())
+_ITEM_COLUMNS = ", ".join(f.name for f in ItemRow.__dataclass_fields__.values())
+_MOVE_COLUMNS = ", ".join(f.name for f in MoveRow.__dataclass_fields__.values())
+
+
+class StateDamaged(MirrorScanError):
+    """The state database cannot be read: truncated, overwritten, or not a database."""
+
+    def __init__(self, path: Path, problem: str) -> None:
+        super().__init__(
+            f"state database {path} is damaged ({problem}); nothing was changed",
+            hint=f"check it with `mirror-scan state check --state {path}`; to start afresh, "
+            f"`mirror-scan state rebuild --state {path}` rebuilds it from the quarantine's metadata "
+            "(the next scan re-reads every file)",
+        )
+
+
+def _open_private(path: Path) -> None:
+    """Create the database file 0600 whatever the umask: it holds paths, hashes and reasons. SQLite gives
+    its -wal and -shm files the database file's mode."""
+    if not path.exists():
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        try:
+            os.fchmod(fd, 0o600)
+        finally:
+            os.close(fd)
 
 
 class Ledger:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
+        self.readonly = readonly
         self._local = threading.local()
-        self._lock_fd: int | None = None
-        if readonly:
-            if not self.path.exists():
-                raise MirrorScanError(f"state database {self.path} does not exist", hint="run `mirror-scan scan` first")
-            self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            # FULL: every commit (one per inference batch, one per quarantine step) survives a power cut.
-            self.db.execute("PRAGMA synchronous=FULL")
-            self.db.executescript(SCHEMA)
-            self._check_schema()
-        self.db.execute("PRAGMA busy_timeout=10000")
         self._in_tx = False
+        try:
+            if readonly and not self.path.exists():
+                # Nothing recorded yet: reads see an empty ledger, and nothing is created on disk.
+                self.db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
+                for statement in filter(str.strip, SCHEMA.split(";")):
+                    self.db.execute(statement)
+                self._migrate()
+            elif readonly:
+                self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
+                self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+            else:
+                self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+                _open_private(self.path)
+                self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
+                self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                self.db.execute("PRAGMA journal_mode=WAL")
+                # FULL: every commit (one per inference batch, one per quarantine step) survives a power cut.
+                self.db.execute("PRAGMA synchronous=FULL")
+                with self.transaction():  # one writer creates or migrates; others wait for it
+                    for statement in filter(str.strip, SCHEMA.split(";")):
+                        self.db.execute(statement)
+                    self._migrate()
+        except sqlite3.DatabaseError as err:
+            with contextlib.suppress(Exception):
+                self.db.close()
+            raise StateDamaged(self.path, str(err)) from None
 
     # ---------------------------------------------------------------- lifecycle
 
-    def _check_schema(self) -> None:
+    def _migrate(self) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
-        if row is None:
-            self.db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) > SCHEMA_VERSION:
+        if row is not None and int(row[0]) > SCHEMA_VERSION:
             raise MirrorScanError(
                 f"state database {self.path} was written by a newer mirror-scan (schema {row[0]})",
                 hint="upgrade mirror-scan, or point --state at another file",
             )
-
-    def lock(self) -> None:
-        """Take the single-writer lock (scan, apply, rescore, watch); refuse if another process has it."""
-        fd = os.open(f"{self.path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            os.close(fd)
-            raise StateLocked(
-                f"state database {self.path} is in use by another mirror-scan process",
-                hint="wait for it to finish, or stop the watch daemon first",
-            ) from None
-        self._lock_fd = fd
+        for table, columns in MIGRATIONS.items():
+            have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
+            for name, decl in columns.items():
+                if name not in have:
+                    self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+        self.db.execute(
+            "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+            (str(SCHEMA_VERSION),),
+        )
 
     def close(self) -> None:
-        self.commit()
+        with contextlib.suppress(sqlite3.Error):
+            self.commit()
         self.db.close()
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)
-            self._lock_fd = None
 
     def __enter__(self) -> Ledger:
         return self
@@ -170,8 +321,9 @@ class Ledger:
         self.close()
 
     def begin(self) -> None:
+        """Open a write transaction if none is open: IMMEDIATE, so it holds the write lock from the start."""
         if not self._in_tx:
-            self.db.execute("BEGIN")
+            self.db.execute("BEGIN IMMEDIATE")
             self._in_tx = True
 
     def commit(self) -> None:
@@ -179,25 +331,54 @@ class Ledger:
             self.db.execute("COMMIT")
             self._in_tx = False
 
+    def rollback(self) -> None:
+        if self._in_tx:
+            self.db.execute("ROLLBACK")
+            self._in_tx = False
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """One explicit write transaction: committed on success, rolled back on any exception."""
+        outer = self._in_tx
+        self.begin()
+        try:
+            yield
+        except BaseException:
+            if not outer:
+                self.rollback()
+            raise
+        if not outer:
+            self.commit()
+
     def reader(self) -> sqlite3.Connection:
         """A read-only connection for the calling thread (decode workers look up hashes)."""
         conn = getattr(self._local, "conn", None)
         if conn is None:
             conn = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
-            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
             self._local.conn = conn
         return conn
 
+    def check(self) -> list[str]:
+        """SQLite's own integrity check plus the expected tables; an empty list means healthy."""
+        problems = [r[0] for r in self.db.execute("PRAGMA integrity_check") if r[0] != "ok"]
+        tables = {r[0] for r in self.db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        problems += [f"table {t} is missing" for t in ("files", "results", "quarantine", "moves") if t not in tables]
+        return problems
+
     # ---------------------------------------------------------------- files
 
-    def file_state(self, key: bytes) -> tuple | None:
-        """(size, mtime_ns, model_id, status, sha256, verdict, reason, format, action, result_id, policy_id,
-        severity) or None."""
-        return self.db.execute(
-            "SELECT size, mtime_ns, model_id, status, sha256, verdict, reason, format, action, result_id, policy_id, "
-            "severity FROM files WHERE path=?",
-            (key,),
-        ).fetchone()
+    def file_row(self, key: bytes) -> FileRow | None:
+        row = self.db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE path=?", (key,)).fetchone()  # noqa: S608
+        return None if row is None else FileRow(*row)
+
+    def file_signature(self, key: bytes, conn: sqlite3.Connection | None = None) -> tuple | None:
+        """(size, mtime_ns, status, scanned_at, error_count) for the reconciliation walk, on any connection."""
+        return (
+            (conn or self.db)
+            .execute("SELECT size, mtime_ns, status, scanned_at, error_count FROM files WHERE path=?", (key,))
+            .fetchone()
+        )
 
     def record_file(
         self,
@@ -220,13 +401,15 @@ class Ledger:
         self.begin()
         self.db.execute(
             """INSERT INTO files (path, root, size, mtime_ns, sha256, status, verdict, reason, result_id, model_id,
-                                  policy_id, severity, format, first_seen, scanned_at, decided_at)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
-               ON CONFLICT(path) DO UPDATE SET root=excluded.root, size=excluded.size, mtime_ns=excluded.mtime_ns,
+                                  policy_id, severity, format, first_seen, scanned_at, decided_at, error_count)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+               ON CONFLICT(path) DO UPDATE SET root=coalesce(excluded.root, files.root), size=excluded.size,
+                 mtime_ns=excluded.mtime_ns,
                  sha256=excluded.sha256, status=excluded.status, verdict=excluded.verdict,
                  reason=excluded.reason, result_id=excluded.result_id, model_id=excluded.model_id,
                  policy_id=excluded.policy_id, severity=excluded.severity, format=excluded.format,
                  scanned_at=excluded.scanned_at, decided_at=excluded.decided_at,
+                 error_count=CASE WHEN excluded.status='error' THEN files.error_count + 1 ELSE 0 END,
                  action=CASE WHEN files.sha256 IS excluded.sha256 THEN files.action END,
                  acted_at=CASE WHEN files.sha256 IS excluded.sha256 THEN files.acted_at END""",
             (
@@ -246,18 +429,31 @@ class Ledger:
                 now,
                 now,
                 now if verdict else None,
+                1 if status == FileStatus.ERROR else 0,
             ),
         )
 
-    def mark_action(self, key: bytes, action: str) -> None:
+    def mark_action(self, key: bytes, action: str | None) -> None:
         self.begin()
         self.db.execute("UPDATE files SET action=?, acted_at=? WHERE path=?", (action, time.time(), key))
+
+    def mark_action_by_sha(self, sha256: str, action: str, only_if: str) -> None:
+        self.begin()
+        self.db.execute(
+            "UPDATE files SET action=?, acted_at=? WHERE sha256=? AND action=?", (action, time.time(), sha256, only_if)
+        )
 
     def flagged_unacted(self) -> Iterator[tuple[bytes, str | None, str | None, bytes | None]]:
         cursor = self.db.execute(
             "SELECT path, sha256, reason, root FROM files WHERE verdict='flagged' AND action IS NULL ORDER BY path"
         )
-        yield from cursor
+        yield from cursor.fetchall()
+
+    def act_context(self, key: bytes) -> tuple | None:
+        """(root, sha256, reason, model_id, policy_id, severity) of a path about to be acted on."""
+        return self.db.execute(
+            "SELECT root, sha256, reason, model_id, policy_id, severity FROM files WHERE path=?", (key,)
+        ).fetchone()
 
     def count(self, where: str = "1", params: tuple = ()) -> int:
         return int(self.db.execute(f"SELECT count(*) FROM files WHERE {where}", params).fetchone()[0])  # noqa: S608
@@ -270,17 +466,18 @@ class Ledger:
     # ---------------------------------------------------------------- results
 
     def ensure_prompt_set(self, prompts: tuple[str, ...]) -> str:
-        import hashlib
-
         text = json.dumps(list(prompts), ensure_ascii=False)
         set_id = hashlib.sha256(text.encode()).hexdigest()[:16]
-        self.begin()
-        self.db.execute("INSERT OR IGNORE INTO prompt_sets VALUES (?, ?)", (set_id, text))
+        with self.transaction():
+            self.db.execute("INSERT OR IGNORE INTO prompt_sets VALUES (?, ?)", (set_id, text))
         return set_id
 
     def prompt_set(self, set_id: str) -> tuple[str, ...]:
         row = self.db.execute("SELECT prompts FROM prompt_sets WHERE id=?", (set_id,)).fetchone()
         return tuple(json.loads(row[0]))
+
+    def prompt_set_ids(self) -> list[str]:
+        return [r[0] for r in self.db.execute("SELECT DISTINCT prompt_set FROM results")]
 
     def result_id_for(self, sha256: str, model_id: str, conn: sqlite3.Connection | None = None) -> int | None:
         row = (
@@ -320,29 +517,177 @@ class Ledger:
             embedding=np.frombuffer(row[4], dtype=np.float16).reshape(frames, -1),
         )
 
+    def rescore_rows(self, embedding_sets: list[str]) -> sqlite3.Cursor:
+        """Every decided file joined with its stored result, grouped by prompt set (for `rescore`)."""
+        placeholders = ",".join("?" * len(embedding_sets)) or "NULL"
+        return self.db.execute(
+            f"""SELECT f.rowid, f.verdict, f.sha256, r.frames, r.prompt_set, r.sims,
+                       CASE WHEN r.prompt_set IN ({placeholders}) THEN r.embedding END, f.policy_id, f.severity
+                FROM files f JOIN results r ON r.id = f.result_id
+                WHERE f.status IN ('scored', 'reused') ORDER BY r.prompt_set, f.rowid""",  # noqa: S608
+            embedding_sets,
+        )
+
+    def apply_rescore(self, updates: list[tuple[str, str | None, float, int]]) -> None:
+        """New verdicts by rowid. A verdict that changes also forgets any action taken under the old one,
+        so `apply` sees it afresh."""
+        with self.transaction():
+            self.db.executemany(
+                """UPDATE files SET action = CASE WHEN verdict IS ?1 THEN action END,
+                                    acted_at = CASE WHEN verdict IS ?1 THEN acted_at END,
+                                    verdict=?1, reason=?2, decided_at=?3 WHERE rowid=?4""",
+                updates,
+            )
+
+    def stamp_decisions(self, policy_id: str, severity: float) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE files SET policy_id=?, severity=? WHERE status IN ('scored', 'reused')", (policy_id, severity)
+            )
+
     # ---------------------------------------------------------------- allowlist
 
     def allowlisted(self, sha256: str | None, conn: sqlite3.Connection | None = None) -> bool:
+        """Allowlisted bytes, and bytes being restored right now (a restore allowlists them when it finishes;
+        until then a running daemon must not take the file it is putting back for a new upload)."""
         if sha256 is None:
             return False
-        return (conn or self.db).execute("SELECT 1 FROM allowlist WHERE sha256=?", (sha256,)).fetchone() is not None
+        return (conn or self.db).execute(
+            "SELECT 1 FROM allowlist WHERE sha256=?1 UNION ALL "
+            "SELECT 1 FROM quarantine WHERE sha256=?1 AND state='restoring' LIMIT 1",
+            (sha256,),
+        ).fetchone() is not None
 
     def allow(self, sha256: str, note: str = "") -> None:
         """Allowlist bytes: recorded verdicts for them become clean at once, and no later decision flags them."""
-        self.begin()
-        self.db.execute("INSERT OR IGNORE INTO allowlist VALUES (?, ?, ?)", (sha256, time.time(), note))
-        self.db.execute(
-            """UPDATE files SET verdict='clean', reason=json_object('allowlisted', json('true')), decided_at=?
-               WHERE sha256=? AND verdict='flagged'""",
-            (time.time(), sha256),
-        )
-        self.commit()
+        with self.transaction():
+            self.db.execute("INSERT OR IGNORE INTO allowlist VALUES (?, ?, ?)", (sha256, time.time(), note))
+            self.db.execute(
+                """UPDATE files SET verdict='clean', reason=json_object('allowlisted', json('true')), decided_at=?
+                   WHERE sha256=? AND verdict='flagged'""",
+                (time.time(), sha256),
+            )
 
     def disallow(self, sha256: str) -> bool:
-        self.begin()
-        removed = self.db.execute("DELETE FROM allowlist WHERE sha256=?", (sha256,)).rowcount
-        self.commit()
+        with self.transaction():
+            removed = self.db.execute("DELETE FROM allowlist WHERE sha256=?", (sha256,)).rowcount
         return bool(removed)
 
     def allowlist(self) -> list[tuple[str, float, str]]:
         return list(self.db.execute("SELECT sha256, added, note FROM allowlist ORDER BY added"))
+
+    # ---------------------------------------------------------------- quarantine index
+
+    def item(self, item_id: str) -> ItemRow | None:
+        row = self.db.execute(f"SELECT {_ITEM_COLUMNS} FROM quarantine WHERE id=?", (item_id,)).fetchone()  # noqa: S608
+        return None if row is None else ItemRow(*row)
+
+    def items(self, since: float | None = None, states: tuple[str, ...] | None = None) -> list[ItemRow]:
+        sql = f"SELECT {_ITEM_COLUMNS} FROM quarantine WHERE created >= ?"  # noqa: S608
+        params: list = [since or 0]
+        if states:
+            sql += f" AND state IN ({','.join('?' * len(states))})"
+            params += list(states)
+        return [ItemRow(*r) for r in self.db.execute(sql + " ORDER BY created, id", params)]
+
+    def active_item_for(self, original: bytes) -> str | None:
+        """An item that is taking or holding this path right now (another process may be moving it)."""
+        row = self.db.execute(
+            "SELECT id FROM quarantine WHERE original=? AND state IN ('quarantining', 'upstream_pending', 'restoring')",
+            (original,),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def upload_item_for(self, sha256: str) -> str | None:
+        """The item holding an upload rejected at validation with these bytes (one item per sha256)."""
+        row = self.db.execute(
+            "SELECT id FROM quarantine WHERE sha256=? AND original=x'' AND state IN ('quarantined', 'purged') "
+            "ORDER BY created LIMIT 1",
+            (sha256,),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def count_upload_seen(self, item_id: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE quarantine SET seen_count = seen_count + 1, last_seen=? WHERE id=?", (time.time(), item_id)
+            )
+
+    def insert_item(self, row: dict, *, replace: bool = False) -> None:
+        self.begin()
+        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
+        self.db.execute(
+            f"{verb} INTO quarantine (id, dir, sha256, size, original, mirror_root, remote, key, state, reason, "  # noqa: S608
+            "created, updated, seen_count, last_seen) "
+            "VALUES (:id, :dir, :sha256, :size, :original, :mirror_root, :remote, :key, :state, :reason, "
+            ":created, :updated, :seen_count, :last_seen)",
+            {"seen_count": 1, "last_seen": None, **row},
+        )
+
+    def delete_item(self, item_id: str) -> None:
+        self.begin()
+        self.db.execute("DELETE FROM quarantine WHERE id=?", (item_id,))
+
+    def set_item_state(self, item_id: str, state: str) -> None:
+        self.begin()
+        self.db.execute("UPDATE quarantine SET state=?, updated=? WHERE id=?", (str(state), time.time(), item_id))
+
+    def excluded_keys(self, conn: sqlite3.Connection | None = None) -> list[str]:
+        """Keys (relative to the mirror root) a pull must not bring back: every item held and not restored."""
+        rows = (
+            (conn or self.db)
+            .execute("SELECT original, mirror_root, key FROM quarantine WHERE state IN (?, ?, ?, ?)", HELD_STATES)
+            .fetchall()
+        )
+        # Uploads rejected at validation have neither key nor original path.
+        return [key if key else os.fsdecode(os.path.relpath(orig, root)) for orig, root, key in rows if key or orig]
+
+    def upstream_pending_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM quarantine WHERE state='upstream_pending'").fetchone()[0])
+
+    # ---------------------------------------------------------------- move journal
+
+    def start_move(self, item_id: str, kind: MoveKind, target: bytes | None = None, method: str | None = None) -> int:
+        now = time.time()
+        self.begin()
+        return int(
+            self.db.execute(
+                "INSERT INTO moves (item, kind, step, target, started, updated, method) VALUES (?,?,?,?,?,?,?)",
+                (item_id, str(kind), str(Step.INTENT), target, now, now, method),
+            ).lastrowid
+        )
+
+    def set_step(self, move_id: int, step: Step, note: str | None = None) -> None:
+        self.begin()
+        self.db.execute(
+            "UPDATE moves SET step=?, updated=?, note=coalesce(?, note) WHERE id=?",
+            (str(step), time.time(), note, move_id),
+        )
+
+    def set_move_method(self, move_id: int, method: str) -> None:
+        self.begin()
+        self.db.execute("UPDATE moves SET method=? WHERE id=?", (method, move_id))
+
+    def move(self, move_id: int) -> MoveRow | None:
+        row = self.db.execute(f"SELECT {_MOVE_COLUMNS} FROM moves WHERE id=?", (move_id,)).fetchone()  # noqa: S608
+        return None if row is None else MoveRow(*row)
+
+    def unfinished_moves(self, item_id: str | None = None) -> list[MoveRow]:
+        sql = f"SELECT {_MOVE_COLUMNS} FROM moves WHERE step NOT IN ('done', 'rolled_back')"  # noqa: S608
+        params: tuple = ()
+        if item_id is not None:
+            sql += " AND item=?"
+            params = (item_id,)
+        return [MoveRow(*r) for r in self.db.execute(sql + " ORDER BY id", params)]
+
+    def last_move_id(self) -> int:
+        return int(self.db.execute("SELECT coalesce(max(id), 0) FROM moves").fetchone()[0])
+
+    def finished_restores_since(self, after_id: int) -> list[tuple[int, float]]:
+        """(move id, seconds from intent to done) of restores finished since a move id (restore latency)."""
+        return list(
+            self.db.execute(
+                "SELECT id, updated - started FROM moves WHERE kind='restore' AND step='done' AND id > ? ORDER BY id",
+                (after_id,),
+            )
+        )

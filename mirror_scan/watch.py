@@ -17,7 +17,6 @@ from __future__ import annotations
 import logging
 import os
 import queue
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -26,12 +25,11 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from .discover import Found, discover, is_partial
+from .fsinfo import filesystem_type, is_remote_or_fuse
 from .pipeline import END
 from .state import path_key
 
 log = logging.getLogger(__name__)
-
-NETWORK_FILESYSTEMS = ("fuse", "nfs", "cifs", "smb", "9p", "sshfs", "ceph", "glusterfs", "afs")
 
 
 class PathQueue:
@@ -88,7 +86,7 @@ class Settler(threading.Thread):
     """Files written in place: queued once size and mtime have not moved for `settle_s`."""
 
     def __init__(self, sink: PathQueue, settle_s: float = 1.0, max_tracked: int = 100_000) -> None:
-        super().__init__(name="settle", daemon=True)
+        super().__init__(name="settle")
         self.sink, self.settle_s, self.max_tracked = sink, settle_s, max_tracked
         self._seen: dict[str, tuple[int, int, float]] = {}
         self._lock = threading.Lock()
@@ -159,23 +157,6 @@ class MirrorEvents(FileSystemEventHandler):
         self.settler.forget(os.fsdecode(event.src_path))
 
 
-def filesystem_type(path: Path) -> str:
-    """The type of the filesystem holding `path`, from /proc/mounts (longest matching mount point)."""
-    best, kind = "", "unknown"
-    target = os.path.realpath(path)
-    try:
-        with open("/proc/mounts", encoding="utf-8") as mounts:
-            for line in mounts:
-                parts = line.split()
-                if len(parts) >= 3:
-                    point = parts[1].replace("\\040", " ")
-                    if (target == point or target.startswith(point.rstrip("/") + "/")) and len(point) > len(best):
-                        best, kind = point, parts[2]
-    except OSError:
-        pass
-    return kind
-
-
 def inotify_limit() -> int:
     try:
         return int(Path("/proc/sys/fs/inotify/max_user_watches").read_text())
@@ -204,7 +185,7 @@ def choose_observer(mirror: Path, wanted: str) -> tuple[str, str]:
     if wanted in ("inotify", "polling", "none"):
         return wanted, "chosen with --observer"
     kind = filesystem_type(mirror)
-    if any(kind.startswith(net) for net in NETWORK_FILESYSTEMS):
+    if is_remote_or_fuse(kind):
         return "polling", f"{mirror} is on {kind}: inotify sees no changes made elsewhere"
     budget = inotify_limit() // 2  # leave room for other programs' watches
     directories = count_directories(mirror, budget)
@@ -237,7 +218,7 @@ class Periodic(threading.Thread):
     stopped; never dies of an error."""
 
     def __init__(self, name: str, interval: float, work: Callable[[], None]) -> None:
-        super().__init__(name=name, daemon=True)
+        super().__init__(name=name)
         self.interval, self.work = interval, work
         self.stop_event = threading.Event()
         self._wake = threading.Event()
@@ -278,40 +259,33 @@ class OverflowSignal(logging.Handler):
         logging.getLogger("watchdog.observers").addHandler(self)
         return self
 
+    def uninstall(self) -> None:
+        logging.getLogger("watchdog.observers").removeHandler(self)
 
-def reconcile(mirror: Path, state: Path, sink: PathQueue) -> int:
-    """Stat-only walk: queue every file the state database does not know at its size and mtime."""
+
+def reconcile(mirror: Path, state: Path, sink: PathQueue, error_retry_s: float = 60.0) -> int:
+    """Stat-only walk: queue every file the ledger does not know at its size and mtime, and every file
+    recorded as an error whose retry time has come (after error_retry_s, doubling per failure, at most a
+    day): a permission fixed with chmod does not change the mtime."""
+    from .state import Ledger
+
     queued = 0
-    if not state.exists():
-        conn = None
-    else:
-        conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
+    ledger = Ledger(state, readonly=True) if state.exists() else None
+    now = time.time()
     try:
         for found in discover([mirror]):
             if not isinstance(found, Found):
                 continue
-            row = None
-            if conn is not None:
-                row = conn.execute(
-                    "SELECT size, mtime_ns, status FROM files WHERE path=?", (path_key(found.path),)
-                ).fetchone()
+            row = ledger.file_signature(path_key(found.path)) if ledger is not None else None
             if row is None or (row[0], row[1]) != (found.size, found.mtime_ns):
-                if sink.offer(found.path):
-                    queued += 1
+                due = True
+            else:
+                size, mtime_ns, status, scanned_at, error_count = row
+                wait = min(86_400.0, error_retry_s * 2 ** max(0, (error_count or 1) - 1))
+                due = status == "error" and now - (scanned_at or 0) >= wait
+            if due and sink.offer(found.path):
+                queued += 1
     finally:
-        if conn is not None:
-            conn.close()
+        if ledger is not None:
+            ledger.close()
     return queued
-
-
-def excluded_keys(state: Path) -> list[str]:
-    """Quarantined keys a pull must skip, read on this thread's own connection."""
-    from .quarantine import keys_to_exclude
-
-    if not state.exists():
-        return []
-    conn = sqlite3.connect(f"file:{state}?mode=ro", uri=True)
-    try:
-        return keys_to_exclude(conn)
-    finally:
-        conn.close()

@@ -94,7 +94,10 @@ def test_flag_everything_scan_quarantines_every_readable_file_with_metadata(site
     for path in [site.quarantine, *site.quarantine.rglob("*")]:
         mode = stat.S_IMODE(path.stat().st_mode)
         assert mode == (0o700 if path.is_dir() else 0o600), (path, oct(mode))
-    assert {p.name for p in site.quarantine.rglob("*") if p.is_file()} == {"data", "meta.json"}
+    assert {p.name for p in (site.quarantine / "items").rglob("*") if p.is_file()} == {"data", "meta.json"}
+    # Item locks (empty, named by item id) are the only other files: no content, no extension.
+    locks = [p for p in (site.quarantine / "locks").iterdir()]
+    assert locks and all(p.stat().st_size == 0 and (site.quarantine / "items" / p.name).is_dir() for p in locks)
     listing = site.cli("quarantine", "list")
     assert "3 item(s)" in listing.stdout and "csam" in listing.stdout
 
@@ -136,7 +139,9 @@ def test_restore_refuses_collisions_and_unsafe_targets(site, tmp_path):
     assert site.cli("quarantine", "restore", items["name with space.png"], "--to", str(elsewhere)).returncode == 0
     assert sha(elsewhere.read_bytes()) == site.meta(items["name with space.png"])["sha256"]
 
-    # Tampered metadata: '..' and absolute paths are refused, nothing written outside the mirror root.
+    # Tampered metadata: the ledger is the authority, so a metadata file that disagrees is refused; and
+    # after a reindex from tampered metadata (the ledger itself rebuilt from it), '..' and absolute paths
+    # are still refused: nothing is ever written outside the mirror root.
     item = items["0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"]
     meta_path = site.quarantine / "items" / item / "meta.json"
     meta = json.loads(meta_path.read_text())
@@ -144,7 +149,11 @@ def test_restore_refuses_collisions_and_unsafe_targets(site, tmp_path):
         os.chmod(meta_path, 0o600)
         meta_path.write_text(json.dumps({**meta, "original_b64": base64.b64encode(evil).decode()}))
         proc = site.cli("quarantine", "restore", item)
-        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert proc.returncode == 2 and "disagrees with the ledger on original" in proc.stderr, proc.stderr
+        assert site.cli("quarantine", "reindex").returncode == 0
+        proc = site.cli("quarantine", "restore", item)
+        # (the index stores the joined path, so an absolute one shows up as climbing out with '..')
+        assert proc.returncode == 2 and (message in proc.stderr or "'..'" in proc.stderr), proc.stderr
     assert not (site.base / "escaped.png").exists() and not Path("/etc/evil.png").exists()
 
     # A symlinked parent directory is never written through.
@@ -276,8 +285,9 @@ def test_sigkill_during_quarantine_loses_nothing(flagged_site, step):
     _reset(site, template)
     proc = site.cli("apply", env={"MIRROR_SCAN_KILL_AT": f"quarantine:{step}"})
     assert proc.returncode == -9, (proc.returncode, proc.stderr)
-    # Any next command recovers first.
-    recovery = site.cli("quarantine", "list")
+    # Reads change nothing; any next writing command recovers first.
+    assert site.cli("quarantine", "list").returncode == 0
+    recovery = site.cli("state", "recover")
     assert recovery.returncode == 0, recovery.stderr
     _assert_nothing_lost(site, expected)
     # And the work can simply continue.
@@ -295,7 +305,7 @@ def test_sigkill_during_restore_loses_nothing(flagged_site, step):
     item = next(i for i in site.items() if i["original"].endswith("name with space.png"))
     proc = site.cli("quarantine", "restore", item["id"], env={"MIRROR_SCAN_KILL_AT": f"restore:{step}"})
     assert proc.returncode == -9, (proc.returncode, proc.stderr)
-    assert site.cli("quarantine", "list").returncode == 0
+    assert site.cli("state", "recover").returncode == 0
     _assert_nothing_lost(site, expected)
     state = next(i for i in site.items() if i["id"] == item["id"])["state"]
     if state != "restored":  # rolled back: restoring again completes it

@@ -1,0 +1,319 @@
+"""The watch daemon as an object: start, stop, join, status, metrics.
+
+    watchdog observer ─┐
+    rclone pull (every N s, arrived keys) ─┼─> PathQueue (dedup by path, bounded) ─> runner thread (stream mode)
+    reconciliation walk (stat vs ledger) ──┘
+    retry worker (every second): finishes moves whose owner died, retries pending upstream removals and
+                                 restores behind a half-opening breaker
+    status worker (every second): status file, gauges, restore latency
+
+The daemon is one writer among others: `quarantine restore`, `allowlist`, `purge`, `apply`, `rescore`
+and `serve` write the same ledger while it runs. Its runner and its retry worker have their own ledger
+connections; item locks keep any two of them off the same quarantine item. Every thread it starts is
+joined by `join()`, after its queue is drained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..settings import Settings
+from .workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+FLUSH_AFTER_S = 0.25  # a partial batch waits at most this long: a quiet instance still gets fast verdicts
+COUNTER_KEYS = (
+    "queue_depth",
+    "scanned",
+    "skipped_unchanged",
+    "reused_by_hash",
+    "flagged",
+    "errors",
+    "dropped_events",
+    "inotify_overflows",
+    "upstream_pending",
+    "last_pull_unixtime",
+    "last_reconcile_unixtime",
+)
+
+
+def status_path(state: Path) -> Path:
+    return state.with_name(state.name + ".status.json")
+
+
+def write_status_file(path: Path, status: dict) -> None:
+    """Atomic (readers never see half a file) but not fsynced: it is rewritten every second and worth
+    nothing after a crash, and an fsync per second competes with the durable commits of quarantine moves."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(json.dumps(status))
+    os.replace(tmp, path)
+
+
+def read_status_file(state: Path) -> dict | None:
+    path = status_path(state)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError):
+        return None
+
+
+@dataclass
+class WatchOptions:
+    mirror: Path
+    observer: str = "auto"
+    pull_interval: float = 60.0
+    reconcile_interval: float = 600.0
+    settle_s: float = 1.0
+    metrics: tuple[str, int] | None = None
+    dry_run: bool = False
+    retry_interval: float = 1.0
+    error_retry_s: float = 60.0  # an unreadable file is retried after this, doubling per failure (cap 1 day)
+
+
+class Metrics:
+    """Prometheus metrics through prometheus-client: counters and gauges read from the daemon's status at
+    scrape time, histograms observed as things happen."""
+
+    def __init__(self, daemon: WatchDaemon) -> None:
+        from prometheus_client import CollectorRegistry, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.daemon = daemon
+        self.registry.register(self)
+        self.landing_to_verdict = Histogram(
+            "mirror_scan_landing_to_verdict_seconds",
+            "From a file's mtime in the mirror to its verdict.",
+            buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300),
+            registry=self.registry,
+        )
+        self.inference_batch = Histogram(
+            "mirror_scan_inference_batch_seconds",
+            "One inference batch.",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5),
+            registry=self.registry,
+        )
+        self.restore_latency = Histogram(
+            "mirror_scan_restore_seconds",
+            "A restore from its intent to done (restores done by any process on this state).",
+            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 60),
+            registry=self.registry,
+        )
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, InfoMetricFamily
+
+        status = self.daemon.status()
+        for key, help_text in (
+            ("scanned", "Files scored by the model."),
+            ("skipped_unchanged", "Files seen again unchanged."),
+            ("reused_by_hash", "Files whose bytes were scored before."),
+            ("flagged", "Files flagged."),
+            ("errors", "Files that could not be scanned."),
+            ("dropped_events", "Paths dropped by a full queue (the next walk finds them)."),
+            ("inotify_overflows", "Kernel inotify queue overflows."),
+        ):
+            yield CounterMetricFamily(f"mirror_scan_{key}", help_text, value=status.get(key, 0))
+        for key, help_text in (
+            ("queue_depth", "Paths waiting to be scanned."),
+            ("in_flight", "Files being read, decoded or waiting for a batch."),
+            ("upstream_pending", "Quarantined items whose upstream removal is waiting for a retry."),
+            ("last_pull_unixtime", "When the last pull finished."),
+            ("last_reconcile_unixtime", "When the last reconciliation walk finished."),
+            ("up_since_unixtime", "When the daemon started."),
+        ):
+            if isinstance(status.get(key), (int, float)):
+                yield GaugeMetricFamily(f"mirror_scan_{key}", help_text, value=status[key])
+        info = InfoMetricFamily("mirror_scan", "Model, provider, policy and observer.")
+        info.add_metric([], {k: str(status.get(k)) for k in ("model", "provider", "policy", "observer")})
+        yield info
+
+
+class WatchDaemon:
+    def __init__(self, settings: Settings, options: WatchOptions) -> None:
+        self.settings = settings
+        self.options = options
+        self._status: dict = {}
+        self._status_lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._workers: list = []
+        self._runner_thread: threading.Thread | None = None
+        self._failure: BaseException | None = None
+        self.counters = None
+        self.metrics: Metrics | None = None
+        self._metrics_server = None
+        self._last_restore_move = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self, say=print) -> None:
+        from ..act import QuarantineActor
+        from ..pipeline import Scan
+        from ..rclone import Rclone
+        from ..watch import MirrorEvents, OverflowSignal, PathQueue, Periodic, Settler, choose_observer, start_observer
+        from .scanner import load_scanner, scan_config
+
+        options, settings = self.options, self.settings
+        bundle, policy, offset, scorer = load_scanner(settings, warm_up=True)
+        self.workspace = Workspace.writer(settings, on_recovered=lambda note: say(f"recovered: {note}"))
+        self.retry_workspace = Workspace.writer(settings, recover=False)
+        self._last_restore_move = self.retry_workspace.ledger.last_move_id()  # only restores from now on
+        self.queue = PathQueue(options.mirror)
+        self.settler = Settler(self.queue, settle_s=options.settle_s)
+        kind, why = choose_observer(options.mirror, options.observer)
+        say(f"observer: {kind} ({why})")
+        self._status.update(
+            mirror=str(options.mirror),
+            model=bundle.manifest["model"]["arch"],
+            provider=scorer.placement.provider,
+            policy=policy.policy_id,
+            observer=kind,
+            up_since_unixtime=time.time(),
+            remote=settings.remote,
+            pid=os.getpid(),
+        )
+        self.metrics = Metrics(self)
+        self.runner = Scan(
+            self.workspace.ledger,
+            bundle,
+            scorer,
+            policy,
+            scan_config(settings, offset, flush_after_s=FLUSH_AFTER_S, commit_every_s=0.2),
+            actor=None if options.dry_run else QuarantineActor(self.workspace.ledger, self.workspace.quarantine),
+            on_verdict=self._observe_verdict,
+            on_batch=self.metrics.inference_batch.observe,
+        )
+        self.overflow = OverflowSignal(lambda: None)
+        reconciler = Periodic("reconcile", options.reconcile_interval, self._walk)
+        self.overflow.on_overflow = reconciler.trigger
+        self.overflow.install()
+        self._workers = [
+            Periodic("status", 1.0, self._write_status),
+            reconciler,
+            Periodic("retry", options.retry_interval, self._retry),
+        ]
+        if settings.remote:
+            self.rclone = Rclone.locate(settings.rclone)
+            self._workers.append(Periodic("pull", options.pull_interval, self._pull))
+        self.settler.start()
+        self.observer = start_observer(kind, options.mirror, MirrorEvents(self.queue, self.settler))
+        for worker in self._workers:
+            worker.start()
+        if options.metrics:
+            from prometheus_client import start_http_server
+
+            host, port = options.metrics
+            self._metrics_server, thread = start_http_server(port, host, registry=self.metrics.registry)
+            self._threads.append(thread)
+        self._runner_thread = threading.Thread(target=self._run, name="runner")
+        self._runner_thread.start()
+        say(
+            f"watching {options.mirror} with {self._status['model']} on {self._status['provider']}, "
+            f"policy {policy.policy_id}" + (", dry run" if options.dry_run else "")
+        )
+
+    def _run(self) -> None:
+        try:
+            self.counters = self.runner.run_stream(self.queue)
+        except BaseException as err:  # noqa: BLE001 - surfaced by join()
+            self._failure = err
+            log.exception("the scan runner stopped")
+
+    def stop(self) -> None:
+        """Ask for a clean stop: the queue closes, the runner finishes what it holds. Safe from a signal."""
+        threading.Thread(target=self.queue.close, name="stop").start()
+
+    def join(self, poll_s: float = 0.5):
+        """Wait for the runner to finish (after stop()), then stop and join every other thread. Returns the
+        runner's counters."""
+        assert self._runner_thread is not None
+        while self._runner_thread.is_alive():
+            self._runner_thread.join(poll_s)
+        for worker in self._workers:
+            worker.stop()
+        for worker in self._workers:
+            worker.join()
+        self.settler.stop_event.set()
+        self.settler.join()
+        if self.observer is not None:
+            self.observer.stop()
+            self.observer.join(timeout=10)
+        if self._metrics_server is not None:
+            self._metrics_server.shutdown()
+            self._metrics_server.server_close()
+        for thread in self._threads:
+            thread.join(timeout=10)
+        self.overflow.uninstall()
+        self._write_status()
+        self.retry_workspace.close()
+        self.workspace.close()
+        if self._failure is not None:
+            raise self._failure
+        return self.counters
+
+    # ------------------------------------------------------------------ work
+
+    def _pull(self) -> None:
+        arrived = self.rclone.pull(
+            self.settings.remote, self.options.mirror, exclude=self.retry_workspace.ledger.excluded_keys()
+        )
+        for key in arrived:
+            self.queue.offer(str(self.options.mirror / key))
+        self._set(last_pull_unixtime=time.time(), last_pull_arrived=len(arrived))
+
+    def _walk(self) -> None:
+        from ..watch import reconcile
+
+        queued = reconcile(self.options.mirror, self.settings.state, self.queue, self.options.error_retry_s)
+        self._set(last_reconcile_queued=queued, last_reconcile_unixtime=time.time())
+
+    def _retry(self) -> None:
+        """Live retries: finish moves whose owner died (a restore killed in another shell), retry pending
+        upstream removals and restores. Each remote's breaker spaces the calls out while it is down."""
+        quarantine = self.retry_workspace.quarantine
+        for note in quarantine.recover():
+            log.warning("recovered: %s", note)
+        breakers = {u.remote: u.breaker.state for u in quarantine.upstreams.known()}
+        self._set(upstream_pending=self.retry_workspace.ledger.upstream_pending_count(), upstream_breakers=breakers)
+
+    def _observe_verdict(self, mtime_ns: int) -> None:
+        if self.metrics is not None:
+            self.metrics.landing_to_verdict.observe(max(0.0, time.time() - mtime_ns / 1e9))
+
+    def _write_status(self) -> None:
+        if self.metrics is not None:
+            for move_id, seconds in self.retry_workspace.ledger.finished_restores_since(self._last_restore_move):
+                self.metrics.restore_latency.observe(seconds)
+                self._last_restore_move = move_id
+        write_status_file(status_path(self.settings.state), self.status())
+
+    # ------------------------------------------------------------------ status
+
+    def _set(self, **values) -> None:
+        with self._status_lock:
+            self._status.update(values)
+
+    def status(self) -> dict:
+        with self._status_lock:
+            status = dict(self._status)
+        if hasattr(self, "runner"):
+            status.update(self.runner.counters.as_dict())
+            status.update(
+                queue_depth=self.queue.qsize(),
+                in_flight=self.runner.in_flight,
+                dropped_events=self.queue.dropped,
+                inotify_overflows=self.overflow.count,
+            )
+        status["updated_unixtime"] = time.time()
+        return status

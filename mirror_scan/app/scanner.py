@@ -1,0 +1,54 @@
+"""Loading what a scan needs (bundle, policy, severity, scorer) and the runner's settings: the start of
+`scan`, `serve` and `watch`."""
+
+from __future__ import annotations
+
+from ..errors import UsageError
+from ..settings import Settings
+
+
+def load_model_and_policy(settings: Settings):
+    from ..bundle import load_bundle
+    from ..policy import load_policy, resolve_severity
+    from ..scoring import require_prompts
+
+    policy = load_policy(settings.policy)
+    severity = resolve_severity(policy, settings.severity)
+    if not (settings.model / "manifest.json").exists() and not settings.model.exists():
+        raise UsageError(
+            f"no model bundle at {settings.model} (from {settings.sources['model']})",
+            hint="pass --model DIR, or export one: mirror-scan model export --out DIR",
+        )
+    bundle = load_bundle(settings.model)
+    require_prompts(bundle, policy)
+    return bundle, policy, severity
+
+
+def load_scanner(settings: Settings, *, warm_up: bool = False):
+    """Bundle, policy, severity offset and a ready scorer. Long-running services warm the session up, so
+    the first file or upload pays no session setup."""
+    import numpy as np
+
+    from ..scoring import Scorer
+
+    bundle, policy, offset = load_model_and_policy(settings)
+    scorer = Scorer(bundle, device=settings.device, precision=settings.precision)
+    if warm_up:
+        height, width = bundle.preprocess.size
+        scorer(np.zeros((1, 3, height, width), dtype=np.float32))
+    return bundle, policy, offset, scorer
+
+
+def scan_config(settings: Settings, severity: float, **overrides):
+    """The runner's settings, the same for `scan` and `watch`."""
+    from ..decode import Limits
+    from ..pipeline import ScanConfig
+
+    return ScanConfig(
+        severity=severity,
+        batch_size=settings.batch_size,
+        workers=settings.workers,
+        limits=Limits(settings.max_pixels, settings.max_frames),
+        max_bytes=settings.max_file_mb << 20,
+        **overrides,
+    )

@@ -1,0 +1,172 @@
+"""The bucket side of a quarantine move: remove an object (reversibly) and put it back, through rclone.
+
+One `Upstream` per remote and process. Every call goes through a circuit breaker that half-opens: after a
+failure the remote is left alone for a backoff (1 s, 2 s, 4 s ... up to 60 s), then one call is tried
+again; a success closes it. So a dead remote costs one fast-failing call per backoff, not one per file,
+and an outage heals by itself inside a running daemon.
+
+"Not found" means "already gone" only once the bucket itself is known to exist: the first call of each
+process checks the bucket (`rclone lsjson --stat`), and a missing bucket is a failure (items wait as
+upstream pending, loudly), never a success.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from .errors import MirrorScanError
+from .hashing import sha256_bytes, sha256_file
+
+log = logging.getLogger(__name__)
+
+
+class UpstreamUnavailable(MirrorScanError):
+    """The remote failed recently; calls wait for the breaker's backoff to pass."""
+
+
+class RemoteNotConfigured(MirrorScanError):
+    """An item's recorded remote is not configured in this environment."""
+
+
+@dataclass
+class Breaker:
+    base_s: float = 1.0
+    cap_s: float = 60.0
+    failures: int = 0
+    open_until: float = 0.0
+    last_error: str | None = None
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def allow(self) -> bool:
+        """Closed, or open with its backoff elapsed (half-open: this call is the trial)."""
+        with self._lock:
+            return time.monotonic() >= self.open_until
+
+    def success(self) -> None:
+        with self._lock:
+            self.failures, self.open_until, self.last_error = 0, 0.0, None
+
+    def failure(self, error: str) -> None:
+        with self._lock:
+            self.failures += 1
+            self.last_error = error
+            self.open_until = time.monotonic() + min(self.cap_s, self.base_s * 2 ** (self.failures - 1))
+
+    @property
+    def state(self) -> str:
+        if not self.failures:
+            return "closed"
+        return "open" if time.monotonic() < self.open_until else "half-open"
+
+
+@dataclass
+class Upstream:
+    """Remote object operations. Both are idempotent: removing a missing object (in a bucket that exists)
+    is success, and restoring writes the same bytes to the same key and verifies them."""
+
+    remote: str
+    remove_object: Callable[[str], str]  # key -> note ("deleted upstream", "already gone upstream")
+    restore_object: Callable[[Path, str], None]  # local file, key
+    check_bucket: Callable[[], None] | None = None  # raises if the bucket is not there
+    breaker: Breaker = field(default_factory=Breaker)
+    _bucket_ok: bool = False
+
+    @classmethod
+    def rclone(cls, remote: str, rclone) -> Upstream:
+        def restore(local: Path, key: str) -> None:
+            rclone.put_object(remote, local, key)
+            if sha256_bytes(rclone.read_object(remote, key)) != sha256_file(local):
+                raise MirrorScanError(f"upstream copy of {key} did not verify after the upload")
+
+        return cls(
+            remote=remote,
+            remove_object=lambda key: rclone.delete_object(remote, key),
+            restore_object=restore,
+            check_bucket=lambda: rclone.check_bucket(remote),
+        )
+
+    def _call(self, what: str, fn: Callable, *args):
+        if not self.breaker.allow():
+            raise UpstreamUnavailable(
+                f"{self.remote} is unavailable (last error: {self.breaker.last_error}); retried after a backoff"
+            )
+        try:
+            if not self._bucket_ok and self.check_bucket is not None:
+                self.check_bucket()
+                self._bucket_ok = True
+            result = fn(*args)
+        except MirrorScanError as err:
+            self.breaker.failure(str(err).splitlines()[0])
+            log.warning("%s on %s failed (retried after %s s): %s", what, self.remote, self.backoff_s, err)
+            raise
+        self.breaker.success()
+        return result
+
+    @property
+    def backoff_s(self) -> float:
+        return round(max(0.0, self.breaker.open_until - time.monotonic()), 1)
+
+    def remove(self, key: str) -> str:
+        return self._call("removal", self.remove_object, key)
+
+    def restore(self, local: Path, key: str) -> None:
+        self._call("restore", self.restore_object, local, key)
+
+
+class Upstreams:
+    """The Upstream for each remote an item names, made on first use (one breaker per remote and process).
+    `default` is the remote new quarantine moves remove from (`--remote`); restores and retries use the
+    remote each item recorded, which must be configured here (rclone config or RCLONE_CONFIG_* variables)."""
+
+    def __init__(
+        self,
+        default: str | None = None,
+        make: Callable[[str], Upstream] | None = None,
+        configured: Callable[[str], bool] | None = None,
+    ) -> None:
+        self.default = default
+        self._make = make
+        self._configured = configured
+        self._by_remote: dict[str, Upstream] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def rclone(cls, default: str | None, binary: str | None = None) -> Upstreams:
+        from .rclone import Rclone
+
+        tool: list = []
+
+        def locate():
+            if not tool:
+                tool.append(Rclone.locate(binary))
+            return tool[0]
+
+        return cls(
+            default,
+            make=lambda remote: Upstream.rclone(remote, locate()),
+            configured=lambda remote: locate().has_remote(remote),
+        )
+
+    def get(self, remote: str) -> Upstream:
+        with self._lock:
+            if remote not in self._by_remote:
+                if self._make is None:
+                    raise RemoteNotConfigured(f"no upstream is available for {remote}")
+                if remote != self.default and self._configured is not None and not self._configured(remote):
+                    name = remote.split(":", 1)[0]
+                    raise RemoteNotConfigured(
+                        f"the item came from {remote}, but no rclone remote '{name}' is configured here",
+                        hint=f"configure '{name}' (rclone config, or RCLONE_CONFIG_{name.upper()}_* variables), "
+                        "or restore locally only with --no-upstream",
+                    )
+                self._by_remote[remote] = self._make(remote)
+            return self._by_remote[remote]
+
+    def known(self) -> list[Upstream]:
+        with self._lock:
+            return list(self._by_remote.values())
