@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
 
 def fsync_dir(directory: Path) -> None:
+    """Make a directory's entries durable. FUSE and some network filesystems have no directory fsync
+    (EINVAL/ENOSYS): there the filesystem itself decides, and that is not an error."""
     fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
     try:
         os.fsync(fd)
+    except OSError as err:
+        if err.errno not in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EBADF):
+            raise
     finally:
         os.close(fd)
 

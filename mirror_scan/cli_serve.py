@@ -55,6 +55,15 @@ def register(app: typer.Typer) -> None:
                 "--on-error", help="Undecodable uploads: reject (default, fails closed like pict-rs) or accept."
             ),
         ] = "reject",
+        on_overload: Annotated[
+            str,
+            typer.Option(
+                "--on-overload",
+                help="When the validator is saturated or too slow: reject (503, default; pict-rs refuses the "
+                "upload) or accept (the upload goes through unchecked and the watch daemon scores it from the "
+                "mirror).",
+            ),
+        ] = "reject",
         max_body_mb: Annotated[int, typer.Option("--max-body-mb", help="Largest upload accepted for checking.")] = 64,
         batch_size: Annotated[int | None, typer.Option("--batch-size", help="Largest micro-batch.")] = None,
         model: ModelOpt = None,
@@ -75,6 +84,8 @@ def register(app: typer.Typer) -> None:
 
         if on_error not in ("reject", "accept"):
             raise UsageError(f"--on-error {on_error!r}", hint="use reject or accept")
+        if on_overload not in ("reject", "accept"):
+            raise UsageError(f"--on-overload {on_overload!r}", hint="use reject or accept")
         host, port = parse_listen(listen)
         token = read_token(token_file)
         settings = resolve(
@@ -99,6 +110,7 @@ def register(app: typer.Typer) -> None:
             batch_size=settings.batch_size,
             max_body_bytes=max_body_mb << 20,
             on_error=on_error,
+            on_overload=on_overload,
         )
         batcher = Batcher(ledger, store, bundle, scorer, loaded, serve_config)
         info = {

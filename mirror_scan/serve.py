@@ -13,6 +13,7 @@ import hmac
 import json
 import logging
 import queue
+import re
 import threading
 import time
 from concurrent.futures import Future
@@ -46,6 +47,9 @@ class ServeConfig:
     max_in_flight: int = 64
     answer_within_s: float = 20.0  # well inside pict-rs's 30 s default timeout
     on_error: str = "reject"  # "reject" | "accept" for files that cannot be decoded
+    on_overload: str = "reject"  # "reject" (503) | "accept" (the watch daemon scores it from the mirror later)
+    read_timeout_s: float = 10.0  # a client that stalls mid-headers or mid-body is cut off after this
+    max_connections_per_client: int = 128
     limits: Limits = field(default_factory=Limits)
 
 
@@ -175,30 +179,82 @@ class Batcher(threading.Thread):
         job.future.set_result((verdict.flagged, verdict.reason))
 
 
+CONTENT_LENGTH = re.compile(r"^[0-9]{1,15}$")
+TOKEN_IN_PATH = re.compile(r"/validate/[^\s?#]*")
+
+
+def redact(text: str) -> str:
+    """The URL token never reaches a log line: every /validate/<token> becomes /validate/***."""
+    return TOKEN_IN_PATH.sub("/validate/***", text)
+
+
 class ValidationServer(ThreadingHTTPServer):
+    """The standard library's threading server, hardened where it is lax by default: strict framing
+    (Content-Length must be a plain non-negative integer within the limit), a read timeout on every
+    socket, the connection closed after any early answer (the unread body is never parsed as a request),
+    a slot taken only once the whole body has arrived, and a cap on connections per client address."""
+
     daemon_threads = True
+    block_on_close = False
     request_queue_size = 128
 
     def __init__(self, address: tuple[str, int], batcher: Batcher, config: ServeConfig, info: dict[str, Any]):
         self.batcher, self.config, self.info = batcher, config, info
         self.slots = threading.BoundedSemaphore(config.max_in_flight)
+        self._per_client: dict[str, int] = {}
+        self._clients_lock = threading.Lock()
         super().__init__(address, Handler)
+
+    def process_request(self, request, client_address) -> None:
+        host = client_address[0]
+        with self._clients_lock:
+            if self._per_client.get(host, 0) >= self.config.max_connections_per_client:
+                log.warning("refused a connection from %s: %d already open", host, self._per_client[host])
+                self.shutdown_request(request)
+                return
+            self._per_client[host] = self._per_client.get(host, 0) + 1
+        super().process_request(request, client_address)
+
+    def process_request_thread(self, request, client_address) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            with self._clients_lock:
+                self._per_client[client_address[0]] -= 1
+                if not self._per_client[client_address[0]]:
+                    del self._per_client[client_address[0]]
 
 
 class Handler(BaseHTTPRequestHandler):
     server: ValidationServer
     protocol_version = "HTTP/1.1"
 
-    def log_message(self, fmt: str, *args) -> None:  # the request line only; never bodies or tokens
-        log.debug("%s %s", self.address_string(), fmt % args)
+    def setup(self) -> None:
+        self.timeout = self.server.config.read_timeout_s  # StreamRequestHandler applies it to the socket
+        super().setup()
 
-    def _reply(self, status: int, body: dict[str, Any]) -> None:
+    def log_message(self, fmt: str, *args) -> None:  # the request line only; never bodies or tokens
+        log.debug("%s %s", self.address_string(), redact(fmt % args))
+
+    def log_error(self, fmt: str, *args) -> None:
+        log.info("%s %s", self.address_string(), redact(fmt % args))
+
+    def _reply(self, status: int, body: dict[str, Any], close: bool = False) -> None:
         data = json.dumps(body).encode()
+        if close:
+            self.close_connection = True
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
+        if close:
+            self.send_header("Connection", "close")
         self.end_headers()
         self.wfile.write(data)
+
+    def _early(self, status: int, body: dict[str, Any]) -> None:
+        """An answer before the body was read: close the connection, so the unread body can never be
+        taken for the next request (request desync)."""
+        self._reply(status, body, close=True)
 
     def _token_ok(self) -> bool:
         prefix = "/validate/"
@@ -219,35 +275,65 @@ class Handler(BaseHTTPRequestHandler):
                 },
             )
         elif self.path.startswith("/validate/"):
-            self._reply(405, {"error": "use POST with the media as the body"})
+            self._early(405, {"error": "use POST with the media as the body"})
         else:
-            self._reply(404, {"error": "not found"})
+            self._early(404, {"error": "not found"})
 
     def do_PUT(self) -> None:  # noqa: N802
-        self._reply(405, {"error": "use POST"})
+        self._early(405, {"error": "use POST"})
 
     do_DELETE = do_PATCH = do_PUT  # noqa: N815
 
-    def do_POST(self) -> None:  # noqa: N802
-        if not self.path.startswith("/validate/"):
-            return self._reply(404, {"error": "not found"})
-        if not self._token_ok():
-            log.warning("validation request with a wrong token from %s", self.address_string())
-            return self._reply(403, {"error": "wrong token"})
-        try:
-            length = int(self.headers.get("Content-Length", ""))
-        except ValueError:
-            return self._reply(411, {"error": "Content-Length required"})
+    def _body_length(self) -> int | None:
+        """The declared body length, or None after answering 400/411/413 (and closing)."""
+        if self.headers.get("Transfer-Encoding"):
+            self._early(411, {"error": "send the body with a Content-Length (no Transfer-Encoding)"})
+            return None
+        values = self.headers.get_all("Content-Length") or []
+        if not values:
+            self._early(411, {"error": "Content-Length required"})
+            return None
+        if len(set(values)) != 1 or not CONTENT_LENGTH.match(values[0].strip()):
+            self._early(400, {"error": "Content-Length must be one non-negative integer"})
+            return None
+        length = int(values[0])
         if length > self.server.config.max_body_bytes:
             log.warning("rejected an upload of %d bytes (limit %d)", length, self.server.config.max_body_bytes)
-            self.close_connection = True
-            return self._reply(413, {"error": f"body over {self.server.config.max_body_bytes} bytes"})
-        if not self.server.slots.acquire(timeout=self.server.config.answer_within_s / 2):
-            return self._reply(503, {"error": "too many uploads in flight"})
+            self._early(413, {"error": f"body over {self.server.config.max_body_bytes} bytes"})
+            return None
+        return length
+
+    def do_POST(self) -> None:  # noqa: N802
+        if not self.path.startswith("/validate/"):
+            return self._early(404, {"error": "not found"})
+        if not self._token_ok():
+            log.warning("validation request with a wrong token from %s", self.address_string())
+            return self._early(403, {"error": "wrong token"})
+        length = self._body_length()
+        if length is None:
+            return None
         try:
-            return self._validate(self.rfile.read(length))
+            data = self.rfile.read(length)  # bounded in time by the socket's read timeout
+        except (TimeoutError, OSError):
+            self.close_connection = True
+            log.info("an upload from %s stalled; connection closed", self.address_string())
+            return None
+        if len(data) != length:
+            self.close_connection = True  # the client went away mid-body
+            return None
+        # A slot is taken only now, with the whole body here: stalled clients never hold one.
+        if not self.server.slots.acquire(timeout=self.server.config.answer_within_s / 2):
+            return self._overloaded("too many uploads in flight")
+        try:
+            return self._validate(data)
         finally:
             self.server.slots.release()
+
+    def _overloaded(self, why: str) -> None:
+        if self.server.config.on_overload == "accept":
+            log.warning("accepted an upload unchecked (%s); the watch daemon scores it from the mirror", why)
+            return self._reply(200, {"verdict": "accepted", "note": f"not checked: {why}"})
+        return self._reply(503, {"error": why})
 
     def _validate(self, data: bytes) -> None:
         config = self.server.config
@@ -267,7 +353,7 @@ class Handler(BaseHTTPRequestHandler):
         try:
             flagged, reason = future.result(timeout=config.answer_within_s)
         except FutureTimeout:
-            return self._reply(503, {"error": "validation timed out"})
+            return self._overloaded("validation timed out")
         except Exception:  # noqa: BLE001
             return self._reply(500, {"error": "validation failed"})
         if flagged:

@@ -256,12 +256,36 @@ def _open_private(path: Path) -> None:
             os.close(fd)
 
 
+def _check_header(path: Path) -> None:
+    """Cheap checks before SQLite opens an existing file (it would treat a short file as an empty database
+    and write a fresh schema over the evidence): the magic, whole pages, and the page count the header
+    records. A full check is `mirror-scan state check`."""
+    try:
+        size = path.stat().st_size
+        if size == 0:
+            return
+        with open(path, "rb") as handle:
+            header = handle.read(100)
+    except FileNotFoundError:
+        return
+    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
+        raise StateDamaged(path, "not an SQLite database, or its header is cut off")
+    page_size = int.from_bytes(header[16:18], "big")
+    page_size = 65536 if page_size == 1 else page_size
+    if page_size < 512 or size % page_size:
+        raise StateDamaged(path, f"truncated: {size:,} bytes is not a whole number of {page_size}-byte pages")
+    change_counter, pages, valid_for = (int.from_bytes(header[o : o + 4], "big") for o in (24, 28, 92))
+    if change_counter == valid_for and pages * page_size > size:
+        raise StateDamaged(path, f"truncated: the header records {pages:,} pages, the file holds {size // page_size:,}")
+
+
 class Ledger:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
         self._local = threading.local()
         self._in_tx = False
+        _check_header(self.path)
         try:
             if readonly and not self.path.exists():
                 # Nothing recorded yet: reads see an empty ledger, and nothing is created on disk.

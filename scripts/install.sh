@@ -4,6 +4,15 @@
 # Usage: bash scripts/install.sh          (set MIRROR_SCAN_GPU=1 to take onnxruntime-gpu instead)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# FUSE (fusermount3) for `rclone mount` mirrors and their tests: installed when missing and we may.
+if ! command -v fusermount3 >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fuse3) >/dev/null 2>&1 \
+      || echo "note: could not install fuse3; the rclone mount tests will be skipped" >&2
+  else
+    echo "note: fusermount3 is missing; install fuse3 (e.g. sudo apt-get install fuse3) for rclone mount mirrors" >&2
+  fi
+fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 runtime=cpu

@@ -289,14 +289,25 @@ def test_exit_codes_and_clear_errors(tmp_path, tiny_bundle_master):
     assert proc.returncode == 2 and "run mirror-scan scan first" in proc.stderr
 
 
-def test_second_writer_is_refused(tmp_path, tiny_bundle_master):
+def test_a_second_writer_waits_for_the_first_instead_of_failing(tmp_path, tiny_bundle_master):
+    """Writers share the ledger (the daemon, the validator, a shell): one holding a transaction makes the
+    other wait for it, never fail."""
+    import threading
+
     from mirror_scan.state import Ledger
 
     (tmp_path / "tree").mkdir()
+    (tmp_path / "tree" / "a.png").write_bytes(image_bytes("PNG", 1))
     with Ledger(tmp_path / "s.db") as ledger:
-        ledger.lock()
-        proc = scan(tmp_path / "tree", tiny_bundle_master, tmp_path / "s.db")
-    assert proc.returncode == 2 and "in use by another mirror-scan process" in proc.stderr
+        ledger.begin()
+        ledger.allow("0" * 64, note="held open")
+        released = threading.Timer(2.0, ledger.commit)
+        released.start()
+        started = time.monotonic()
+        proc = scan(tmp_path / "tree", tiny_bundle_master, tmp_path / "s.db", "--dry-run", "--json")
+        released.join()
+    assert proc.returncode in (0, 1), proc.stderr
+    assert json.loads(proc.stdout)["scanned"] == 1 and time.monotonic() - started >= 2.0
 
 
 def test_settings_come_from_flags_then_env_then_config_then_defaults(tmp_path):

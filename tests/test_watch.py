@@ -161,7 +161,12 @@ def test_status_command_and_metrics(tmp_path, tiny_bundle_master, flag_all):
         proc = subprocess.run([*CLI, "status", "--state", str(w.state)], capture_output=True, text=True, timeout=60)
         assert proc.returncode == 0 and "queue_depth" in proc.stdout and "CPUExecutionProvider" in proc.stdout
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-        assert "mirror_scan_scanned 1" in metrics and 'observer="inotify"' in metrics
+        # prometheus-client's exposition: HELP/TYPE lines, counters with _total, escaped labels, histograms.
+        assert "# TYPE mirror_scan_scanned_total counter" in metrics or "# TYPE mirror_scan_scanned counter" in metrics
+        assert "mirror_scan_scanned_total 1.0" in metrics and 'observer="inotify"' in metrics
+        assert "mirror_scan_upstream_pending " in metrics and "mirror_scan_queue_depth " in metrics
+        assert 'mirror_scan_landing_to_verdict_seconds_bucket{le="' in metrics
+        assert "mirror_scan_inference_batch_seconds_count 1.0" in metrics
     finally:
         assert w.stop()[0] == 0
 
