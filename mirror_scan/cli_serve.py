@@ -64,6 +64,14 @@ def register(app: typer.Typer) -> None:
                 "mirror).",
             ),
         ] = "reject",
+        answer_within: Annotated[
+            float,
+            typer.Option(
+                "--answer-within",
+                help="Seconds an upload may wait for its verdict before --on-overload decides (keep it under "
+                "pict-rs's own timeout, 30 s by default).",
+            ),
+        ] = 20.0,
         max_body_mb: Annotated[int, typer.Option("--max-body-mb", help="Largest upload accepted for checking.")] = 64,
         batch_size: Annotated[int | None, typer.Option("--batch-size", help="Largest micro-batch.")] = None,
         model: ModelOpt = None,
@@ -84,6 +92,8 @@ def register(app: typer.Typer) -> None:
 
         if on_error not in ("reject", "accept"):
             raise UsageError(f"--on-error {on_error!r}", hint="use reject or accept")
+        if not 0 < answer_within <= 60:
+            raise UsageError(f"--answer-within {answer_within}", hint="a number of seconds, above 0 and at most 60")
         if on_overload not in ("reject", "accept"):
             raise UsageError(f"--on-overload {on_overload!r}", hint="use reject or accept")
         host, port = parse_listen(listen)
@@ -111,6 +121,7 @@ def register(app: typer.Typer) -> None:
             max_body_bytes=max_body_mb << 20,
             on_error=on_error,
             on_overload=on_overload,
+            answer_within_s=answer_within,
         )
         batcher = Batcher(ledger, store, bundle, scorer, loaded, serve_config)
         info = {

@@ -188,6 +188,20 @@ def test_the_token_never_reaches_the_log(tmp_path, tiny_bundle_master, flag_all)
     assert TOKEN not in stderr
 
 
+@pytest.mark.parametrize(("policy", "status"), [("reject", 503), ("accept", 200)])
+def test_overload_is_a_policy_decision(tmp_path, tiny_bundle_master, flag_all, policy, status):
+    # An answer deadline no upload can meet (the batcher gathers for 5 ms): every upload is "overloaded".
+    v = Validator(tmp_path, tiny_bundle_master, "--policy", str(flag_all), "--on-overload", policy,
+                  "--answer-within", "0.001")  # fmt: skip
+    try:
+        code, body = v.post(image_bytes("PNG", 8))
+    finally:
+        v.stop()
+    assert code == status, body
+    if policy == "accept":
+        assert body["verdict"] == "accepted" and "not checked" in body["note"]
+
+
 def test_token_redaction_covers_every_logged_path():
     from mirror_scan.serve import redact
 

@@ -1,0 +1,163 @@
+#!/usr/bin/env python3
+"""The CUDA path, verified for real on a GPU machine, in one run:
+
+- which providers onnxruntime offers, and which one each session really uses (a CUDA build silently
+  falls back to the CPU when the GPU or its libraries are missing);
+- fp16 vs fp32 on CUDA: min cosine of the image embeddings on generated images, and model-only
+  images/s at batch 32 and 64 (CPU fp32 measured in the same run for the ratio);
+- end-to-end scan images/s (discover, read, hash, decode, batch, infer, decide, record) with
+  --workers 1, 2, 4, 8, 16: decode is the bottleneck on a GPU, so this is the scaling that matters.
+
+Without CUDA it says so and measures the CPU, so the script can be checked anywhere.
+
+    python scripts/bench_gpu.py [--quick] [--json] [--model DIR | --tiny] [--images N]
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from benchutil import BENCH_OUT, bundle_for, emit, machine, parser
+
+from mirror_scan.bundle import load_bundle
+from mirror_scan.pipeline import Scan, ScanConfig
+from mirror_scan.policy import load_policy
+from mirror_scan.preprocess import to_model_input
+from mirror_scan.scoring import Scorer
+from mirror_scan.state import Ledger
+from mirror_scan.synthetic import generated_image
+
+
+def gpu_name() -> str | None:
+    nvidia_smi = shutil.which("nvidia-smi")
+    if nvidia_smi is None:
+        return None
+    proc = subprocess.run(
+        [nvidia_smi, "--query-gpu=name,memory.total,driver_version", "--format=csv,noheader"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    return proc.stdout.strip() or None
+
+
+def model_only(scorer: Scorer, pixels: np.ndarray, seconds: float) -> float:
+    scorer(pixels)  # warm-up (CUDA: kernels, cuDNN autotuning)
+    done, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        scorer(pixels)
+        done += len(pixels)
+    return round(done / (time.perf_counter() - start), 1)
+
+
+def make_tree(root: Path, count: int) -> Path:
+    marker = root / f".complete-{count}"
+    if marker.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(0)
+    for i in range(count):
+        w, h = (int(v) for v in rng.integers(512, 1601, size=2))
+        path = root / f"{i % 100:02x}" / f"{i:06d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        generated_image(i, w, h).save(path, format="JPEG", quality=85)
+    marker.touch()
+    return root
+
+
+def scan_rate(bundle, scorer, policy, tree: Path, batch: int, workers: int) -> dict:
+    state_dir = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    try:
+        with Ledger(state_dir / "state.db") as ledger:
+            scan = Scan(ledger, bundle, scorer, policy, ScanConfig(batch_size=batch, workers=workers), actor=None)
+            started = time.perf_counter()
+            counters = scan.run([str(tree)])
+            seconds = time.perf_counter() - started
+        return {
+            "images_per_s": round(counters.scored / seconds, 1),
+            "decode_s": round(counters.stage_seconds["decode"], 1),
+            "infer_s": round(counters.stage_seconds["infer"], 1),
+        }
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def main() -> None:
+    p = parser(__doc__.split("\n\n")[0])
+    p.add_argument("--images", type=int, help="JPEGs of 512-1600 px for the scan runs (default 2000; --quick 300)")
+    p.add_argument("--workers", default="1,2,4,8,16", help="decode thread counts to measure")
+    args = p.parse_args()
+    import onnxruntime as ort
+
+    bundle = load_bundle(bundle_for(args))
+    policy = load_policy("horde-v2")
+    seconds = 2.0 if args.quick else 6.0
+    figures: dict = {
+        **machine(),
+        "gpu": gpu_name(),
+        "onnxruntime": ort.__version__,
+        "available_providers": ort.get_available_providers(),
+        "model": bundle.manifest["model"]["arch"],
+    }
+    cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    height, width = bundle.preprocess.size
+    images = [generated_image(i, 320 + 7 * i, 240 + 3 * i) for i in range(64)]
+    pixels = np.stack([to_model_input(img, bundle.preprocess) for img in images]).astype(np.float32)
+
+    scorers: dict[str, Scorer] = {}
+    for name, device, precision in (
+        ("cpu_fp32", "cpu", "fp32"),
+        ("cuda_fp32", "cuda", "fp32"),
+        ("cuda_fp16", "cuda", "fp16"),
+    ):
+        if device == "cuda" and not cuda:
+            figures[f"{name}_session"] = "no CUDA provider in this onnxruntime build"
+            continue
+        try:
+            scorer = Scorer(bundle, device=device, precision=precision)
+        except Exception as err:  # noqa: BLE001 - the figure is the failure
+            figures[f"{name}_session"] = f"failed: {err}"
+            continue
+        scorers[name] = scorer
+        figures[f"{name}_provider"] = scorer.placement.provider
+        figures[f"{name}_session_providers"] = scorer.encoder.session.get_providers()
+        for batch in (32, 64) if device == "cuda" else (32,):
+            figures[f"{name}_b{batch}_images_per_s"] = model_only(scorer, pixels[:batch], seconds)
+    if "cpu_fp32" in scorers:
+        reference, _ = scorers["cpu_fp32"](pixels)
+        for name in ("cuda_fp32", "cuda_fp16"):
+            if name in scorers:
+                emb, _ = scorers[name](pixels)
+                cos = np.sum(reference * emb, axis=1) / (
+                    np.linalg.norm(reference, axis=1) * np.linalg.norm(emb, axis=1)
+                )
+                figures[f"{name}_vs_cpu_fp32_min_cosine"] = round(float(cos.min()), 6)
+        if "cuda_fp16" in scorers and "cuda_fp32" in scorers:
+            figures["fp16_vs_fp32_speedup_b64"] = round(
+                figures["cuda_fp16_b64_images_per_s"] / figures["cuda_fp32_b64_images_per_s"], 2
+            )
+    scan_scorer = scorers.get("cuda_fp16") or scorers.get("cuda_fp32") or scorers["cpu_fp32"]
+    figures["scan_scorer"] = scan_scorer.placement.provider + "/" + scan_scorer.placement.precision
+    count = args.images or (300 if args.quick else 2000)
+    tree = make_tree(BENCH_OUT / f"gpu-tree-{count}", count)
+    batch = 64 if cuda else 16
+    model_rate = model_only(scan_scorer, pixels[:batch], seconds)
+    figures["scan_model_only_images_per_s"] = model_rate
+    for workers in [int(w) for w in args.workers.split(",") if int(w) <= (os.cpu_count() or 1)]:
+        result = scan_rate(bundle, scan_scorer, policy, tree, batch, workers)
+        figures[f"scan_w{workers}_images_per_s"] = result["images_per_s"]
+        figures[f"scan_w{workers}_vs_model_only"] = round(result["images_per_s"] / model_rate, 3)
+    for key, value in figures.items():
+        if not args.json:
+            print(f"{key:36s} {value}")
+    emit(figures, args.json)
+
+
+if __name__ == "__main__":
+    main()
