@@ -256,10 +256,28 @@ def _open_private(path: Path) -> None:
             os.close(fd)
 
 
+_HEADER_CHECKED: set[str] = set()
+_HEADER_LOCK = threading.Lock()
+
+
 def _check_header(path: Path) -> None:
     """Cheap checks before SQLite opens an existing file (it would treat a short file as an empty database
     and write a fresh schema over the evidence): the magic, whole pages, and the page count the header
-    records. A full check is `mirror-scan state check`."""
+    records. A full check is `mirror-scan state check`.
+
+    Once per process and file, before this process has any connection to it: closing any descriptor of
+    the database file drops every POSIX lock the process holds on it (SQLite's own among them), after
+    which another process would take itself for the last user and checkpoint and remove the WAL under
+    our connections."""
+    key = os.path.realpath(path)
+    with _HEADER_LOCK:
+        if key in _HEADER_CHECKED:
+            return
+        _read_header_checks(path)
+        _HEADER_CHECKED.add(key)
+
+
+def _read_header_checks(path: Path) -> None:
     try:
         size = path.stat().st_size
         if size == 0:

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from bench_scan import make_tree
 from benchutil import BENCH_OUT, bundle_for, emit, machine, parser
 
 from mirror_scan.bundle import load_bundle
@@ -54,21 +55,6 @@ def model_only(scorer: Scorer, pixels: np.ndarray, seconds: float) -> float:
         scorer(pixels)
         done += len(pixels)
     return round(done / (time.perf_counter() - start), 1)
-
-
-def make_tree(root: Path, count: int) -> Path:
-    marker = root / f".complete-{count}"
-    if marker.exists():
-        return root
-    shutil.rmtree(root, ignore_errors=True)
-    rng = np.random.default_rng(0)
-    for i in range(count):
-        w, h = (int(v) for v in rng.integers(512, 1601, size=2))
-        path = root / f"{i % 100:02x}" / f"{i:06d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        generated_image(i, w, h).save(path, format="JPEG", quality=85)
-    marker.touch()
-    return root
 
 
 def scan_rate(bundle, scorer, policy, tree: Path, batch: int, workers: int) -> dict:

@@ -116,6 +116,26 @@ def test_restore_allowlist_purge_apply_rescore_while_the_daemon_runs(tmp_path, t
         assert code == 0, stderr
 
 
+def _killed_restore(tmp_path, s3, item_id: str, step: str) -> int:
+    """A restore from another shell, SIGKILLed right after `step` is journalled."""
+    proc = subprocess.run(
+        [
+            *CLI,
+            "quarantine",
+            "restore",
+            item_id,
+            "--state",
+            str(tmp_path / "state.db"),
+            "--quarantine",
+            str(tmp_path / "q"),
+        ],
+        env={**os.environ, **s3.env(), "MIRROR_SCAN_KILL_AT": f"restore:{step}"},
+        capture_output=True,
+        timeout=60,
+    )
+    return proc.returncode
+
+
 def test_a_restore_killed_beside_the_daemon_is_finished_or_rolled_back_by_it(
     tmp_path, tiny_bundle_master, flag_all, s3
 ):
@@ -128,44 +148,12 @@ def test_a_restore_killed_beside_the_daemon_is_finished_or_rolled_back_by_it(
         w.wait_for(lambda: s3.keys() == set(), timeout=40, what="the objects to leave the bucket")
         items = shell.items()
         # Killed with its temp written: the live daemon rolls it back (nothing in the mirror or bucket).
-        env = {"MIRROR_SCAN_KILL_AT": "restore:copied"}
-        proc = subprocess.run(
-            [
-                *CLI,
-                "quarantine",
-                "restore",
-                items["a"]["id"],
-                "--state",
-                str(tmp_path / "state.db"),
-                "--quarantine",
-                str(tmp_path / "q"),
-            ],
-            env={**os.environ, **s3.env(), **env},
-            capture_output=True,
-            timeout=60,
-        )
-        assert proc.returncode == -9
+        assert _killed_restore(tmp_path, s3, items["a"]["id"], "copied") == -9
         w.wait_for(lambda: shell.items()["a"]["state"] == "quarantined", timeout=15, what="the rollback")
         assert not (w.mirror / "a").exists() and "a" not in s3.keys()
         assert [p for p in w.mirror.rglob("*") if p.is_file()] == []  # no temp file left behind
         # Killed once the file is placed: the daemon finishes it (object back upstream, allowlisted).
-        env = {"MIRROR_SCAN_KILL_AT": "restore:placed"}
-        proc = subprocess.run(
-            [
-                *CLI,
-                "quarantine",
-                "restore",
-                items["b"]["id"],
-                "--state",
-                str(tmp_path / "state.db"),
-                "--quarantine",
-                str(tmp_path / "q"),
-            ],
-            env={**os.environ, **s3.env(), **env},
-            capture_output=True,
-            timeout=60,
-        )
-        assert proc.returncode == -9
+        assert _killed_restore(tmp_path, s3, items["b"]["id"], "placed") == -9
         w.wait_for(lambda: shell.items()["b"]["state"] == "restored", timeout=15, what="the restore to finish")
         assert s3.get("b") == keys["b"] and (w.mirror / "b").read_bytes() == keys["b"]
         time.sleep(2)

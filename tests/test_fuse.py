@@ -98,7 +98,7 @@ def test_scan_quarantine_and_restore_on_an_rclone_mount(tmp_path, tiny_bundle_ma
     server, mount, objects = mounted
     items = _scan_flag_all(tmp_path, mount, tiny_bundle_master, flag_all, server)
     assert set(items) == set(objects)
-    for key, data in objects.items():
+    for key in objects:
         proc = _cli(tmp_path, "quarantine", "restore", items[key]["id"], env=server.env())
         assert proc.returncode == 0, proc.stderr
     # Byte-identical objects back at the same keys, and nothing else in the bucket (no temp names).
