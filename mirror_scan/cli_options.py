@@ -1,4 +1,4 @@
-"""Options shared by several commands, declared once."""
+"""Options and small helpers shared by several commands, declared once."""
 
 from __future__ import annotations
 
@@ -48,3 +48,13 @@ def parse_listen(text: str) -> tuple[str, int]:
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"{text!r} is not HOST:PORT", hint="e.g. 127.0.0.1:14051")
     return host, int(port)
+
+
+def open_writer(settings, *, quiet: bool = False, recover: bool = True):
+    """The workspace of a state-writing command: recovered moves are reported on stderr unless quiet."""
+    from .app.workspace import Workspace
+    from .console import err
+
+    return Workspace.writer(
+        settings, recover=recover, on_recovered=None if quiet else lambda note: err.print(f"recovered: {note}")
+    )

@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .cli_options import ConfigOpt, JsonOpt, QuarantineOpt, RcloneOpt, StateOpt, YesOpt
+from .cli_options import ConfigOpt, JsonOpt, QuarantineOpt, RcloneOpt, StateOpt, YesOpt, open_writer
 from .console import err, out, print_json
 from .durations import parse_duration, parse_since
 from .errors import UsageError
@@ -29,11 +29,9 @@ def _reader(state, quarantine, config):
     return Workspace.reader(resolve({"state": state, "quarantine": quarantine}, config))
 
 
-def _writer(state, quarantine, config, quiet=False, remote=None, rclone=None):
-    from .app.workspace import Workspace
-
-    settings = resolve({"state": state, "quarantine": quarantine, "remote": remote, "rclone": rclone}, config)
-    return Workspace.writer(settings, on_recovered=None if quiet else lambda note: err.print(f"recovered: {note}"))
+def _writer(state, quarantine, config, quiet=False, rclone=None):
+    settings = resolve({"state": state, "quarantine": quarantine, "rclone": rclone}, config)
+    return open_writer(settings, quiet=quiet)
 
 
 def _reason_text(reason) -> str:

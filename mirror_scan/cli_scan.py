@@ -25,6 +25,7 @@ from .cli_options import (
     RemoteOpt,
     SeverityOpt,
     StateOpt,
+    open_writer,
 )
 from .console import err, out, print_json, setup_logging
 from .errors import MirrorScanError, UsageError
@@ -35,12 +36,6 @@ log = logging.getLogger("mirror_scan")
 
 def _settings(config: Path | None, **flags) -> Settings:
     return resolve(flags, config)
-
-
-def _writer(settings: Settings, quiet: bool = False):
-    from .app.workspace import Workspace
-
-    return Workspace.writer(settings, on_recovered=None if quiet else lambda note: err.print(f"recovered: {note}"))
 
 
 def _progress_enabled(quiet: bool, json_out: bool) -> bool:
@@ -101,7 +96,7 @@ def register(app: typer.Typer) -> None:
             err.print(f"model {bundle.manifest['model']['arch']} on {place.provider} ({place.precision}): {place.note}")
             err.print(f"policy {loaded_policy.policy_id}, severity {offset:+g}" + (", dry run" if dry_run else ""))
         writer = ReportWriter(report, report_format) if report else None
-        with _writer(settings, quiet=quiet or json_out) as workspace:
+        with open_writer(settings, quiet=quiet or json_out) as workspace:
             ledger = workspace.ledger
             actor = None if dry_run else QuarantineActor(ledger, workspace.quarantine)
             runner = Scan(
@@ -199,7 +194,7 @@ def register(app: typer.Typer) -> None:
         settings = _settings(config, state=state, quarantine=quarantine, remote=remote, rclone=rclone)
         if not settings.state.exists():
             raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
-        with _writer(settings, quiet=json_out) as workspace:
+        with open_writer(settings, quiet=json_out) as workspace:
             acted = apply_verdicts(workspace.ledger, QuarantineActor(workspace.ledger, workspace.quarantine))
         if json_out:
             print_json({"acted": acted})
@@ -228,7 +223,7 @@ def register(app: typer.Typer) -> None:
         loaded = load_policy(settings.policy)
         offset = resolve_severity(loaded, settings.severity)
         bundle = load_bundle(settings.model) if (settings.model / "manifest.json").exists() else None
-        with _writer(settings, quiet=json_out) as workspace:
+        with open_writer(settings, quiet=json_out) as workspace:
             summary = rescore(workspace.ledger, loaded, offset, bundle)
         result = summary.as_dict() | {"policy": loaded.policy_id, "severity": offset}
         if json_out:

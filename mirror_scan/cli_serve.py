@@ -19,6 +19,7 @@ from .cli_options import (
     QuarantineOpt,
     SeverityOpt,
     StateOpt,
+    open_writer,
     parse_listen,
 )
 from .console import err
@@ -87,7 +88,6 @@ def register(app: typer.Typer) -> None:
         the quarantine). Configure pict-rs with
         external_validation = "http://127.0.0.1:14051/validate/<token>"."""
         from .app.scanner import load_scanner
-        from .app.workspace import Workspace
         from .serve import Batcher, ServeConfig, ValidationServer
 
         if on_error not in ("reject", "accept"):
@@ -112,7 +112,7 @@ def register(app: typer.Typer) -> None:
             config,
         )
         bundle, loaded, offset, scorer = load_scanner(settings, warm_up=True)
-        workspace = Workspace.writer(settings, on_recovered=lambda note: err.print(f"recovered: {note}"))
+        workspace = open_writer(settings)
         ledger, store = workspace.ledger, workspace.quarantine
         serve_config = ServeConfig(
             token=token,

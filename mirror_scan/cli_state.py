@@ -7,7 +7,7 @@ import time
 
 import typer
 
-from .cli_options import ConfigOpt, QuarantineOpt, StateOpt, YesOpt
+from .cli_options import ConfigOpt, QuarantineOpt, StateOpt, YesOpt, open_writer
 from .console import err, out
 from .errors import UsageError
 from .settings import resolve
@@ -46,10 +46,8 @@ def check(state: StateOpt = None, config: ConfigOpt = None) -> None:
 def recover(state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
     """Finish or roll back every move whose process died (every writing command does this when it starts;
     moves a live process owns are left to it)."""
-    from .app.workspace import Workspace
-
     settings = resolve({"state": state, "quarantine": quarantine}, config)
-    with Workspace.writer(settings, recover=False) as workspace:
+    with open_writer(settings, quiet=True, recover=False) as workspace:
         notes = workspace.quarantine.recover()
     for note in notes:
         out.print(f"recovered: {note}")
@@ -63,7 +61,6 @@ def rebuild(
     """Start a new state database: the damaged one is kept beside it (renamed), the quarantine index and
     the allowlist (restored items) come back from the items' metadata files, and the next scan reads
     every file again."""
-    from .app.workspace import Workspace
     from .state import ItemState
 
     settings = resolve({"state": state, "quarantine": quarantine}, config)
@@ -79,7 +76,7 @@ def rebuild(
             source = settings.state.with_name(settings.state.name + suffix)
             if source.exists():
                 os.replace(source, kept.with_name(kept.name + suffix))
-    with Workspace.writer(settings, recover=False) as workspace:
+    with open_writer(settings, quiet=True, recover=False) as workspace:
         count, problems = workspace.quarantine.reindex()
         restored = [i for i in workspace.ledger.items() if i.state == ItemState.RESTORED]
         for item in restored:

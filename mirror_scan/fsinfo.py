@@ -29,8 +29,3 @@ def filesystem_type(path: bytes | str | os.PathLike) -> str:
 
 def is_remote_or_fuse(kind: str) -> bool:
     return any(kind.startswith(prefix) for prefix in REMOTE_OR_FUSE)
-
-
-def is_rclone_mount(path: bytes | str | os.PathLike) -> bool:
-    """`rclone mount` shows up as fuse.rclone: there, removing a file removes the object upstream."""
-    return filesystem_type(path) == "fuse.rclone"

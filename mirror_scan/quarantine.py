@@ -430,10 +430,6 @@ class Quarantine:
         log.info("quarantine item %s: %s", row.id, note)
         return True
 
-    def excluded_keys(self) -> list[str]:
-        """Keys a pull must not bring back: everything quarantined and not restored."""
-        return self.ledger.excluded_keys()
-
     def _remove_original(self, source: bytes, sha256: str) -> None:
         """Unlink the original only if it still holds the quarantined bytes (never a newer file)."""
         try:

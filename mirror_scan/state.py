@@ -725,10 +725,10 @@ class Ledger:
     def last_move_id(self) -> int:
         return int(self.db.execute("SELECT coalesce(max(id), 0) FROM moves").fetchone()[0])
 
-    def finished_restores_since(self, after_id: int) -> list[tuple[int, float]]:
+    def finished_restores_since(self, after_id: int, conn: sqlite3.Connection | None = None) -> list[tuple[int, float]]:
         """(move id, seconds from intent to done) of restores finished since a move id (restore latency)."""
         return list(
-            self.db.execute(
+            (conn or self.db).execute(
                 "SELECT id, updated - started FROM moves WHERE kind='restore' AND step='done' AND id > ? ORDER BY id",
                 (after_id,),
             )

@@ -46,14 +46,16 @@ class Shell:
     def __init__(self, tmp, env):
         self.tmp, self.env = tmp, env
 
-    def __call__(self, *args: str, input_text: str | None = None) -> subprocess.CompletedProcess:
+    def __call__(
+        self, *args: str, input_text: str | None = None, env: dict | None = None
+    ) -> subprocess.CompletedProcess:
         full = [*CLI, *args, "--state", str(self.tmp / "state.db"), "--quarantine", str(self.tmp / "q")]
         return subprocess.run(
             full,
             capture_output=True,
             text=True,
             input=input_text,
-            env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **self.env},
+            env={**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **self.env, **(env or {})},
             timeout=120,
         )
 
@@ -116,24 +118,9 @@ def test_restore_allowlist_purge_apply_rescore_while_the_daemon_runs(tmp_path, t
         assert code == 0, stderr
 
 
-def _killed_restore(tmp_path, s3, item_id: str, step: str) -> int:
+def _killed_restore(shell: Shell, item_id: str, step: str) -> int:
     """A restore from another shell, SIGKILLed right after `step` is journalled."""
-    proc = subprocess.run(
-        [
-            *CLI,
-            "quarantine",
-            "restore",
-            item_id,
-            "--state",
-            str(tmp_path / "state.db"),
-            "--quarantine",
-            str(tmp_path / "q"),
-        ],
-        env={**os.environ, **s3.env(), "MIRROR_SCAN_KILL_AT": f"restore:{step}"},
-        capture_output=True,
-        timeout=60,
-    )
-    return proc.returncode
+    return shell("quarantine", "restore", item_id, env={"MIRROR_SCAN_KILL_AT": f"restore:{step}"}).returncode
 
 
 def test_a_restore_killed_beside_the_daemon_is_finished_or_rolled_back_by_it(
@@ -148,12 +135,12 @@ def test_a_restore_killed_beside_the_daemon_is_finished_or_rolled_back_by_it(
         w.wait_for(lambda: s3.keys() == set(), timeout=40, what="the objects to leave the bucket")
         items = shell.items()
         # Killed with its temp written: the live daemon rolls it back (nothing in the mirror or bucket).
-        assert _killed_restore(tmp_path, s3, items["a"]["id"], "copied") == -9
+        assert _killed_restore(shell, items["a"]["id"], "copied") == -9
         w.wait_for(lambda: shell.items()["a"]["state"] == "quarantined", timeout=15, what="the rollback")
         assert not (w.mirror / "a").exists() and "a" not in s3.keys()
         assert [p for p in w.mirror.rglob("*") if p.is_file()] == []  # no temp file left behind
         # Killed once the file is placed: the daemon finishes it (object back upstream, allowlisted).
-        assert _killed_restore(tmp_path, s3, items["b"]["id"], "placed") == -9
+        assert _killed_restore(shell, items["b"]["id"], "placed") == -9
         w.wait_for(lambda: shell.items()["b"]["state"] == "restored", timeout=15, what="the restore to finish")
         assert s3.get("b") == keys["b"] and (w.mirror / "b").read_bytes() == keys["b"]
         time.sleep(2)

@@ -194,10 +194,8 @@ class WatchDaemon:
             on_verdict=self._observe_verdict,
             on_batch=self.metrics.inference_batch.observe,
         )
-        self.overflow = OverflowSignal(lambda: None)
         reconciler = Periodic("reconcile", options.reconcile_interval, self._walk)
-        self.overflow.on_overflow = reconciler.trigger
-        self.overflow.install()
+        self.overflow = OverflowSignal(reconciler.trigger).install()
         self._workers = [
             Periodic("status", 1.0, self._write_status),
             reconciler,
@@ -265,8 +263,9 @@ class WatchDaemon:
     # ------------------------------------------------------------------ work
 
     def _pull(self) -> None:
+        ledger = self.retry_workspace.ledger  # read on this thread's own connection: the retry worker writes on it
         arrived = self.rclone.pull(
-            self.settings.remote, self.options.mirror, exclude=self.retry_workspace.ledger.excluded_keys()
+            self.settings.remote, self.options.mirror, exclude=ledger.excluded_keys(ledger.reader())
         )
         for key in arrived:
             self.queue.offer(str(self.options.mirror / key))
@@ -293,7 +292,8 @@ class WatchDaemon:
 
     def _write_status(self) -> None:
         if self.metrics is not None:
-            for move_id, seconds in self.retry_workspace.ledger.finished_restores_since(self._last_restore_move):
+            ledger = self.retry_workspace.ledger
+            for move_id, seconds in ledger.finished_restores_since(self._last_restore_move, ledger.reader()):
                 self.metrics.restore_latency.observe(seconds)
                 self._last_restore_move = move_id
         write_status_file(status_path(self.settings.state), self.status())
