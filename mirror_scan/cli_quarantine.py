@@ -121,7 +121,12 @@ def q_restore(
 
     explicit = list(item_ids or [])
     if from_file is not None:
-        lines = sys.stdin.read() if from_file == "-" else Path(from_file).read_text(encoding="utf-8")
+        try:
+            lines = sys.stdin.read() if from_file == "-" else Path(from_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(
+                f"--from-file {from_file}: cannot be read ({error})", hint="one item id per line; '-' reads stdin"
+            ) from None
         explicit += [line.strip() for line in lines.splitlines() if line.strip() and not line.startswith("#")]
     if not explicit and since is None and label is None:
         raise UsageError("name items to restore, or select them with --since, --label or --from-file")

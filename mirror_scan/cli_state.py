@@ -47,6 +47,8 @@ def recover(state: StateOpt = None, quarantine: QuarantineOpt = None, config: Co
     """Finish or roll back every move whose process died (every writing command does this when it starts;
     moves a live process owns are left to it)."""
     settings = resolve({"state": state, "quarantine": quarantine}, config)
+    if not settings.state.exists():
+        raise UsageError(f"state database {settings.state} does not exist", hint="nothing to recover; check --state")
     with open_writer(settings, quiet=True, recover=False) as workspace:
         notes = workspace.quarantine.recover()
     for note in notes:

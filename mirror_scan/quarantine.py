@@ -201,7 +201,7 @@ class Quarantine:
     def item_lock(self, item_id: str, wait_s: float = 0.0) -> Iterator[None]:
         """Hold the item's lock: exclusive between processes and threads (one open file description each),
         released by the kernel when the holder dies. ItemBusy if it is not free within wait_s."""
-        check_relative(item_id.encode())
+        _check_item_id(item_id)
         fd = os.open(self.locks / item_id, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             deadline = time.monotonic() + wait_s
@@ -248,10 +248,7 @@ class Quarantine:
         self._write_meta(self.items / item_id, meta)
 
     def read_meta(self, item_id: str) -> dict[str, Any]:
-        try:
-            check_relative(item_id.encode())
-        except UnsafePath:
-            raise QuarantineError(f"{item_id!r} is not a quarantine item id") from None
+        _check_item_id(item_id)
         path = self.items / item_id / META
         try:
             return json.loads(path.read_text(encoding="utf-8"))
@@ -807,6 +804,16 @@ class Quarantine:
             self._note_in_meta(item_id, ItemState.PURGED, "purged")
             with self.ledger.transaction():
                 self.ledger.set_item_state(item_id, ItemState.PURGED)
+
+
+def _check_item_id(item_id: str) -> None:
+    """An item id names one directory under items/ (and one lock file): a single plain path component."""
+    try:
+        parts = check_relative(item_id.encode())
+    except UnsafePath:
+        parts = []
+    if len(parts) != 1:
+        raise QuarantineError(f"{item_id!r} is not a quarantine item id", hint="see `mirror-scan quarantine list`")
 
 
 def _restore_tmp(target: bytes) -> bytes:

@@ -305,3 +305,18 @@ def test_state_files_are_private_whatever_the_umask(tmp_path, tiny_bundle_master
     assert proc.returncode in (0, 1), proc.stderr
     for path in tmp_path.glob("state.db*"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, (path, oct(path.stat().st_mode))
+
+
+def test_operator_mistakes_get_a_clear_error_and_change_nothing(quarantined, tmp_path):
+    mirror, item, _ = quarantined
+    for args, message in (
+        (("quarantine", "restore", "--from-file", str(tmp_path / "no-such-list.txt")), "cannot be read"),
+        (("quarantine", "show", "../../etc"), "is not a quarantine item id"),
+        (("quarantine", "show", f"{item['id']}/x"), "is not a quarantine item id"),
+        (("quarantine", "purge", "a/b", "--yes"), "no purgeable quarantine item"),
+    ):
+        proc = _cli(tmp_path, *args)
+        assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, (args, proc.stderr)
+    proc = run_cli("state", "recover", "--state", str(tmp_path / "elsewhere.db"), "--quarantine", str(tmp_path / "q"))
+    assert proc.returncode == 2 and "does not exist" in proc.stderr and not (tmp_path / "elsewhere.db").exists()
+    assert json.loads(_cli(tmp_path, "quarantine", "list", "--json").stdout)[0]["state"] == "quarantined"
