@@ -36,8 +36,8 @@ def pull(
     settings = resolve({"remote": remote, "rclone": rclone, "state": state, "quarantine": quarantine}, config)
     if not settings.remote:
         raise UsageError("no remote to pull from", hint="pass --remote NAME:bucket or set `remote` in the config")
-    with Workspace.reader(settings) if settings.state.exists() else _no_state() as workspace:
-        excluded = workspace.ledger.excluded_keys() if workspace else []
+    with Workspace.reader(settings) as workspace:  # a missing ledger reads as empty: nothing excluded
+        excluded = workspace.ledger.excluded_keys()
     tool = Rclone.locate(settings.rclone)
     count = 0
     with err.status(f"pulling {settings.remote} -> {to}") as status:
@@ -54,12 +54,6 @@ def pull(
     for key in keys:
         out.print(str(to / key))
     err.print(f"{len(keys)} new file(s); {len(excluded)} quarantined key(s) excluded")
-
-
-def _no_state():
-    import contextlib
-
-    return contextlib.nullcontext(None)
 
 
 @pictrs_app.command("check")

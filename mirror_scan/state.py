@@ -308,9 +308,7 @@ class Ledger:
             if readonly and not self.path.exists():
                 # Nothing recorded yet: reads see an empty ledger, and nothing is created on disk.
                 self.db = sqlite3.connect(":memory:", check_same_thread=False, isolation_level=None)
-                for statement in filter(str.strip, SCHEMA.split(";")):
-                    self.db.execute(statement)
-                self._migrate()
+                self._create_schema()
             elif readonly:
                 self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
                 self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
@@ -324,15 +322,19 @@ class Ledger:
                 # FULL: every commit (one per inference batch, one per quarantine step) survives a power cut.
                 self.db.execute("PRAGMA synchronous=FULL")
                 with self.transaction():  # one writer creates or migrates; others wait for it
-                    for statement in filter(str.strip, SCHEMA.split(";")):
-                        self.db.execute(statement)
-                    self._migrate()
+                    self._create_schema()
         except sqlite3.DatabaseError as err:
             with contextlib.suppress(Exception):
                 self.db.close()
             raise StateDamaged(self.path, str(err)) from None
 
     # ---------------------------------------------------------------- lifecycle
+
+    def _create_schema(self) -> None:
+        """Statement by statement (executescript would commit the caller's transaction), then migrate."""
+        for statement in filter(str.strip, SCHEMA.split(";")):
+            self.db.execute(statement)
+        self._migrate()
 
     def _migrate(self) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()

@@ -12,6 +12,7 @@ upstream pending, loudly), never a success.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -139,13 +140,7 @@ class Upstreams:
     def rclone(cls, default: str | None, binary: str | None = None) -> Upstreams:
         from .rclone import Rclone
 
-        tool: list = []
-
-        def locate():
-            if not tool:
-                tool.append(Rclone.locate(binary))
-            return tool[0]
-
+        locate = functools.cache(lambda: Rclone.locate(binary))  # found once, on first use
         return cls(
             default,
             make=lambda remote: Upstream.rclone(remote, locate()),
