@@ -151,6 +151,7 @@ class WatchDaemon:
         self._runner_thread: threading.Thread | None = None
         self._failure: BaseException | None = None
         self.counters = None
+        self.runner = None  # the Scan, once start() has loaded the model
         self.metrics: Metrics | None = None
         self._metrics_server = None
         self._last_restore_move = 0
@@ -307,7 +308,7 @@ class WatchDaemon:
     def status(self) -> dict:
         with self._status_lock:
             status = dict(self._status)
-        if hasattr(self, "runner"):
+        if self.runner is not None:
             status.update(self.runner.counters.as_dict())
             status.update(
                 queue_depth=self.queue.qsize(),
