@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 
 PARTIAL_SUFFIX = ".partial"
@@ -31,8 +31,9 @@ def is_partial(name: str) -> bool:
     return name.endswith(PARTIAL_SUFFIX)
 
 
-def _walk(directory: str, root: str) -> Iterator[Found | Unscannable]:
+def _walk(directory: str, root: str, note: Callable[[str], None]) -> Iterator[Found | Unscannable]:
     try:
+        note(directory)
         with os.scandir(directory) as it:
             entries = sorted(it, key=lambda e: e.name)
     except PermissionError:
@@ -47,10 +48,11 @@ def _walk(directory: str, root: str) -> Iterator[Found | Unscannable]:
             if entry.is_symlink():
                 yield Unscannable(entry.path, "symbolic link: never followed, not scanned")
             elif entry.is_dir(follow_symlinks=False):
-                yield from _walk(entry.path, root)
+                yield from _walk(entry.path, root, note)
             elif entry.is_file(follow_symlinks=False):
                 if is_partial(entry.name):
                     continue
+                note(entry.path)
                 st = entry.stat(follow_symlinks=False)
                 yield Found(entry.path, st.st_size, st.st_mtime_ns, root)
             else:
@@ -59,12 +61,16 @@ def _walk(directory: str, root: str) -> Iterator[Found | Unscannable]:
             continue  # vanished between listing and stat: not an error
 
 
-def discover(roots: Iterable[str | os.PathLike]) -> Iterator[Found | Unscannable]:
-    """Roots are followed if they are links (the admin named them); nothing below them is."""
+def discover(
+    roots: Iterable[str | os.PathLike], note: Callable[[str], None] = lambda path: None
+) -> Iterator[Found | Unscannable]:
+    """Roots are followed if they are links (the admin named them); nothing below them is. `note` is told
+    each path before a call that may block on it (a listing or a stat on a stalled mount)."""
     for root in roots:
         root = os.path.abspath(os.fspath(root))  # recorded paths must not depend on the working directory
+        note(root)
         st = os.stat(root)
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk(root, root)
+            yield from _walk(root, root, note)
         elif stat.S_ISREG(st.st_mode) and not is_partial(root):
             yield Found(root, st.st_size, st.st_mtime_ns, os.path.dirname(os.path.abspath(root)))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import errno
 import os
 import stat
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,9 +93,62 @@ def read_stable(found: Found, max_bytes: int) -> bytes | Changed | Vanished | Fa
     return data
 
 
-def fetch(found: Found, *, prep: Preprocess, limits: Limits, max_bytes: int, lookup_result) -> Outcome:
+# Reads still hanging after their deadline (a stalled FUSE or network mount). Their threads cannot be
+# cancelled, so past this many no new read is started: the files are recorded as errors and retried later.
+MAX_HANGING_READS = 8
+_hanging_lock = threading.Lock()
+_hanging = 0
+
+
+def hanging_reads() -> int:
+    return _hanging
+
+
+def read_with_deadline(found: Found, max_bytes: int, timeout_s: float | None) -> bytes | Outcome:
+    """read_stable() in its own thread, given up after timeout_s: a read on a stalled mount can block
+    for minutes (or for ever), and must not take a decode worker with it."""
+    global _hanging
+    if timeout_s is None:
+        return read_stable(found, max_bytes)
+    with _hanging_lock:
+        if _hanging >= MAX_HANGING_READS:
+            return Failed(found, None, f"not read: {_hanging} earlier reads still hang (stalled mount?); retried later")
+    box: list = []
+    state = {"abandoned": False}
+    finished = threading.Event()
+
+    def run() -> None:
+        global _hanging
+        outcome = read_stable(found, max_bytes)
+        with _hanging_lock:
+            box.append(outcome)
+            if state["abandoned"]:
+                _hanging -= 1  # the mount came back: this thread is free again
+            finished.set()
+
+    threading.Thread(target=run, name="read", daemon=True).start()
+    finished.wait(timeout_s)
+    with _hanging_lock:
+        if finished.is_set():
+            return box[0]
+        state["abandoned"] = True
+        _hanging += 1
+    return Failed(
+        found, None, f"read timed out after {timeout_s:g} s (stalled mount or network filesystem?); retried later"
+    )
+
+
+def fetch(
+    found: Found,
+    *,
+    prep: Preprocess,
+    limits: Limits,
+    max_bytes: int,
+    lookup_result,
+    read_timeout_s: float | None = None,
+) -> Outcome:
     """lookup_result(sha256) -> result id already stored for these bytes with this model, or None."""
-    data = read_stable(found, max_bytes)
+    data = read_with_deadline(found, max_bytes, read_timeout_s)
     if not isinstance(data, bytes):
         return data
     sha = sha256_bytes(data)

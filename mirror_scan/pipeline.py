@@ -75,6 +75,7 @@ class ScanConfig:
     workers: int = 2
     limits: Limits = field(default_factory=Limits)
     max_bytes: int = 512 << 20
+    read_timeout_s: float | None = 120.0  # a read on a stalled mount gives up (an error, retried) after this
     retry_delay_s: float = 0.5
     flush_after_s: float | None = None  # watch mode: a partial batch waits at most this long
     commit_every_s: float = 1.0  # other writers wait for our open transaction at most about this long
@@ -128,6 +129,7 @@ class Scan:
             limits=self.config.limits,
             max_bytes=self.config.max_bytes,
             lookup_result=self._lookup,
+            read_timeout_s=self.config.read_timeout_s,
         )
         return outcome, time.perf_counter() - started
 
@@ -346,10 +348,14 @@ class Scan:
         started = time.monotonic()
         found_queue: queue.Queue = queue.Queue(maxsize=4096)
         stop = threading.Event()
+        listing = {"path": "", "since": time.monotonic()}  # where discovery is, and since when
+
+        def note(path: str) -> None:
+            listing["path"], listing["since"] = path, time.monotonic()
 
         def produce() -> None:
             try:
-                for item in discover(roots):
+                for item in discover(roots, note):
                     while not stop.is_set():
                         try:
                             found_queue.put(item, timeout=0.2)
@@ -358,8 +364,17 @@ class Scan:
                             continue
                     if stop.is_set():
                         return
+                    note(listing["path"])  # progress: the clock restarts
             finally:
                 found_queue.put(_END)
+
+        def stalled() -> str | None:
+            """Discovery blocked in one listing or stat for longer than a read may take (a stalled mount):
+            the rest of the tree is given up on, loudly, instead of the scan hanging for ever."""
+            limit = self.config.read_timeout_s
+            if limit is None or not producer.is_alive() or time.monotonic() - listing["since"] < limit:
+                return None
+            return listing["path"]
 
         producer = threading.Thread(target=produce, name="discover", daemon=True)
         producer.start()
@@ -367,7 +382,7 @@ class Scan:
         retry: list[Found] = []
         try:
             with ThreadPoolExecutor(self.config.workers, thread_name_prefix="decode") as pool:
-                self._pump(pool, found_queue, max_in_flight, retry, final=False)
+                self._pump(pool, found_queue, max_in_flight, retry, final=False, stalled=stalled)
                 if retry:
                     time.sleep(self.config.retry_delay_s)
                     again: queue.Queue = queue.Queue()
@@ -400,7 +415,13 @@ class Scan:
         return self.counters
 
     def _pump(
-        self, pool: ThreadPoolExecutor, source: queue.Queue, max_in_flight: int, retry: list[Found], final: bool
+        self,
+        pool: ThreadPoolExecutor,
+        source: queue.Queue,
+        max_in_flight: int,
+        retry: list[Found],
+        final: bool,
+        stalled: Callable[[], str | None] | None = None,
     ) -> None:
         in_flight: set[Future] = set()
         exhausted = False
@@ -409,10 +430,18 @@ class Scan:
             while not exhausted and len(in_flight) < max_in_flight:
                 # Never block here while decodes are in flight (the wait below paces the loop): a steady
                 # trickle of arrivals would otherwise keep this loop pulling and starve the batch flush.
-                timeout = 0 if in_flight else (0.05 if self._batch else None)
+                timeout = 0 if in_flight else (0.05 if self._batch else (1.0 if stalled else None))
                 try:
                     item = source.get(timeout=timeout) if timeout != 0 else source.get_nowait()
                 except queue.Empty:
+                    if stalled and not in_flight and (where := stalled()) is not None:
+                        self.counters.discovered += 1
+                        limit = self.config.read_timeout_s
+                        self._record_error(
+                            where, f"listing stalled for over {limit:g} s (stalled mount?): the rest of the tree "
+                            "was not scanned this time", None, None, None,
+                        )  # fmt: skip
+                        exhausted = True
                     break
                 if item is _END:
                     exhausted = True

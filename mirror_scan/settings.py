@@ -34,6 +34,13 @@ def _positive_int(value: Any) -> int:
     return number
 
 
+def _positive_seconds(value: Any) -> float:
+    number = float(value)
+    if not number > 0:
+        raise ValueError("must be more than 0 seconds")
+    return number
+
+
 def _remote(value: Any) -> str:
     text = str(value)
     if ":" not in text or text.startswith(":"):
@@ -71,6 +78,9 @@ SPECS: dict[str, Spec] = {
     "max_pixels": Spec(_positive_int, lambda: 64_000_000, "refuse images with more pixels (decompression bombs)"),
     "max_frames": Spec(_positive_int, lambda: 8, "frames sampled from an animation or video"),
     "max_file_mb": Spec(_positive_int, lambda: 512, "refuse files larger than this (MiB)"),
+    "read_timeout": Spec(
+        _positive_seconds, lambda: 120.0, "seconds a file read may take before it is an error, retried (stalled mounts)"
+    ),
     "remote": Spec(_remote, lambda: None, "rclone remote of the bucket (NAME:bucket); enables upstream removal"),
     "rclone": Spec(str, lambda: None, "rclone binary (default: the venv's, then PATH)"),
     "pictrs_url": Spec(str, lambda: None, "pict-rs base URL, e.g. http://127.0.0.1:8080"),
@@ -95,6 +105,7 @@ class Settings:
     max_pixels: int
     max_frames: int
     max_file_mb: int
+    read_timeout: float
     remote: str | None
     rclone: str | None
     pictrs_url: str | None

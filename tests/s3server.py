@@ -107,3 +107,31 @@ class S3Server:
         import json
 
         return {o["Path"] for o in json.loads(self.rclone("lsjson", "-R", "--files-only", self.remote).stdout)}
+
+
+class RcloneMount:
+    """A real `rclone mount` of the server's bucket (needs /dev/fuse and fusermount3)."""
+
+    def __init__(
+        self, server: S3Server, point: Path, cache_mode: str, dir_cache: str = "1s", extra: tuple[str, ...] = ()
+    ) -> None:
+        self.server, self.point = server, point
+        point.mkdir()
+        self.proc = subprocess.Popen(
+            [rclone_binary(), "mount", server.remote, str(point), "--vfs-cache-mode", cache_mode,
+             "--dir-cache-time", dir_cache, "--vfs-write-back", "0s", "--config", os.devnull, *extra],
+            env={**os.environ, **server.env()}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        deadline = time.monotonic() + 20
+        while not os.path.ismount(point):
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError("rclone mount did not come up")
+            time.sleep(0.1)
+
+    def unmount(self) -> None:
+        subprocess.run(["fusermount3", "-u", "-z", str(self.point)], check=False, capture_output=True)
+        try:
+            self.proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()

@@ -8,15 +8,17 @@ import hashlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli
+from .conftest import CLI, run_cli
 from .mediafiles import image_bytes
-from .s3server import S3Server, rclone_binary
+from .s3server import RcloneMount as Mount
+from .s3server import S3Server
 
 pytestmark = pytest.mark.skipif(
     not os.path.exists("/dev/fuse") or shutil.which("fusermount3") is None,
@@ -26,30 +28,6 @@ pytestmark = pytest.mark.skipif(
 
 def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-class Mount:
-    def __init__(self, server: S3Server, point: Path, cache_mode: str) -> None:
-        self.server, self.point = server, point
-        point.mkdir()
-        self.proc = subprocess.Popen(
-            [rclone_binary(), "mount", server.remote, str(point), "--vfs-cache-mode", cache_mode,
-             "--dir-cache-time", "1s", "--vfs-write-back", "0s", "--config", os.devnull],
-            env={**os.environ, **server.env()}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 20
-        while not os.path.ismount(point):
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                raise RuntimeError("rclone mount did not come up")
-            time.sleep(0.1)
-
-    def unmount(self) -> None:
-        subprocess.run(["fusermount3", "-u", "-z", str(self.point)], check=False, capture_output=True)
-        try:
-            self.proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 @pytest.fixture(params=["off", "writes"])
@@ -159,3 +137,74 @@ def test_a_foreign_file_at_the_target_is_never_touched_by_recovery(tmp_path, tin
     _wait(lambda: key in server.keys(), what="the foreign upload")
     assert _cli(tmp_path, "state", "recover", env=server.env()).returncode == 0
     assert server.get(key) == b"somebody else's upload"
+
+
+def test_watch_on_a_mount_picks_polling_and_quarantines_a_new_upload(tmp_path, tiny_bundle_master, flag_all, mounted):
+    from .test_watch import Watcher
+
+    server, mount, objects = mounted
+    # The objects already there are taken by the first reconciliation; a new upload to the bucket (not
+    # through the mount) is seen by polling and quarantined, and removed upstream through the mount.
+    watcher = Watcher(tmp_path, tiny_bundle_master, flag_all, "--settle", "0.5", env=server.env(), mirror=mount.point)
+    try:
+        status = watcher.status()
+        assert status["observer"] == "polling", status
+        watcher.wait_for(lambda: server.keys() == set(), timeout=60, what="the first objects to be quarantined")
+        server.put("fresh-upload.png", image_bytes("PNG", 7), tmp_path)
+        started = time.monotonic()
+        watcher.wait_for(
+            lambda: len(json.loads(_cli(tmp_path, "quarantine", "list", "--json").stdout)) == 3,
+            timeout=30,
+            what="the new upload to be quarantined",
+        )
+        assert time.monotonic() - started < 30
+        _wait(lambda: server.keys() == set(), what="the new upload to be removed from the bucket")
+    finally:
+        code, stderr = watcher.stop()
+    assert code == 0, stderr
+
+
+@pytest.mark.parametrize("stalls", ["reads", "stats"])
+def test_a_stalled_mount_times_out_instead_of_hanging(tmp_path, tiny_bundle_master, flag_all, stalls):
+    """The bucket stops answering. With --use-server-modtime the cached listing answers stats and the reads
+    stall; without it every stat asks the bucket for the object's mtime, so the listing itself stalls."""
+    server = S3Server(tmp_path / "s3")
+    server.start()
+    keys = [f"stalled-{i}.png" for i in range(3)]
+    for i, key in enumerate(keys):
+        server.put(key, image_bytes("PNG", 10 + i), tmp_path)
+    extra = ("--use-server-modtime",) if stalls == "reads" else ()
+    mount = Mount(server, tmp_path / "mnt", "off", dir_cache="1h", extra=extra)
+    output = tmp_path / "scan.out"
+    proc = None
+    try:
+        assert sorted(os.listdir(mount.point)) == keys  # the listing is cached; the bytes are not
+        os.kill(server.proc.pid, signal.SIGSTOP)  # the bucket stops answering, as a stalled network would
+        started = time.monotonic()
+        with open(output, "wb") as sink:
+            proc = subprocess.Popen(
+                [*CLI, "scan", str(mount.point), "--model", str(tiny_bundle_master), "--policy", str(flag_all),
+                 "--dry-run", "--json", "--state", str(tmp_path / "state.db"), "--quarantine", str(tmp_path / "q")],
+                stdout=sink, stderr=subprocess.DEVNULL,
+                env={**os.environ, **server.env(), "MIRROR_SCAN_READ_TIMEOUT": "2"},
+            )  # fmt: skip
+        # The scan finishes and reports. (The process itself exits only once the mount answers the reads
+        # still in flight: the kernel waits for a FUSE request that rclone has taken; rclone's --timeout
+        # bounds that.)
+        _wait(lambda: output.read_bytes().strip().endswith(b"}"), timeout=45, what="the scan to finish")
+        elapsed = time.monotonic() - started
+        summary = json.loads(output.read_text())
+        assert elapsed < 45
+        errors = run_cli("report", "--errors", "--state", str(tmp_path / "state.db")).stdout
+        if stalls == "reads":
+            assert summary["errors"] == 3 and summary["scanned"] == 0, summary
+            assert errors.count("read timed out after 2 s") == 3, errors
+        else:
+            assert summary["errors"] == 1 and summary["scanned"] == 0, summary
+            assert "listing stalled for over 2 s" in errors and "stalled-0.png" in errors, errors
+    finally:
+        os.kill(server.proc.pid, signal.SIGCONT)
+        if proc is not None:
+            proc.wait(timeout=60)
+        mount.unmount()
+        server.stop()

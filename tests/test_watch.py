@@ -19,8 +19,10 @@ from .s3server import free_port
 
 
 class Watcher:
-    def __init__(self, tmp: Path, bundle: Path, policy: Path, *args: str, env: dict | None = None) -> None:
-        self.tmp, self.mirror, self.state = tmp, tmp / "mirror", tmp / "state.db"
+    def __init__(
+        self, tmp: Path, bundle: Path, policy: Path, *args: str, env: dict | None = None, mirror: Path | None = None
+    ) -> None:
+        self.tmp, self.mirror, self.state = tmp, mirror or tmp / "mirror", tmp / "state.db"
         self.mirror.mkdir(exist_ok=True)
         self.proc = subprocess.Popen(
             [

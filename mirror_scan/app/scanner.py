@@ -50,5 +50,6 @@ def scan_config(settings: Settings, severity: float, **overrides):
         workers=settings.workers,
         limits=Limits(settings.max_pixels, settings.max_frames),
         max_bytes=settings.max_file_mb << 20,
+        read_timeout_s=settings.read_timeout,
         **overrides,
     )
