@@ -104,7 +104,7 @@ def register(app: typer.Typer) -> None:
                 bundle,
                 scorer,
                 loaded_policy,
-                scan_config(settings, offset),
+                scan_config(settings, offset, loaded_policy),
                 actor=actor,
                 report=writer,
             )

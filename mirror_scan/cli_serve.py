@@ -87,7 +87,7 @@ def register(app: typer.Typer) -> None:
         """Answer pict-rs's external_validation: 200 accepts an upload, 406 rejects it (its bytes are kept in
         the quarantine). Configure pict-rs with
         external_validation = "http://127.0.0.1:14051/validate/<token>"."""
-        from .app.scanner import load_scanner
+        from .app.scanner import decode_limits, load_scanner
         from .serve import Batcher, ServeConfig, ValidationServer
 
         if on_error not in ("reject", "accept"):
@@ -122,6 +122,7 @@ def register(app: typer.Typer) -> None:
             on_error=on_error,
             on_overload=on_overload,
             answer_within_s=answer_within,
+            limits=decode_limits(settings, loaded),
         )
         batcher = Batcher(ledger, store, bundle, scorer, loaded, serve_config)
         info = {

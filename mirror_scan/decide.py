@@ -57,6 +57,26 @@ def decide(
     return verdicts
 
 
+def annotate(verdict: Verdict, detail: dict[str, Any] | None) -> Verdict:
+    """A verdict with what the decode said: where the first flagged row comes from ("frame 12, tile 2/4"),
+    and the file's notes (partial decode, caps hit, pictures not scored)."""
+    if not detail:
+        return verdict
+    reason = dict(verdict.reason or {})
+    inner_key = "policy_would_flag" if "policy_would_flag" in reason else None
+    inner = dict(reason[inner_key]) if inner_key else reason
+    labels = detail.get("labels") or []
+    if "frame" in inner and 0 <= inner["frame"] < len(labels):
+        inner["where"] = labels[inner["frame"]]
+    if inner_key:
+        reason[inner_key] = inner
+    if detail.get("notes"):
+        reason["notes"] = list(detail["notes"])
+    if detail.get("partial"):
+        reason["partial"] = True
+    return Verdict(verdict.flagged, reason or None)
+
+
 def _simple_reason(reason: str | dict | None, allowlisted: str) -> tuple[dict | None, str]:
     """A stored reason as a dict to render, or the finished text when there is nothing to render:
     empty, plain text, an error, or an allowlisting."""
@@ -90,8 +110,12 @@ def reason_text(reason: str | dict | None) -> str:
         more = f" (+{len(fired) - 6} more)" if len(fired) > 6 else ""
         parts.append(f"{check}: {items}{more}")
     labels = ",".join(reason.get("labels", []))
-    frame = f" [frame {reason['frame'] + 1}/{reason['frames']}]" if reason.get("frames", 1) > 1 else ""
-    return f"{labels}{frame}: " + "; ".join(parts)
+    if reason.get("where"):
+        frame = f" [{reason['where']}]"
+    else:
+        frame = f" [frame {reason['frame'] + 1}/{reason['frames']}]" if reason.get("frames", 1) > 1 else ""
+    text = f"{labels}{frame}: " + "; ".join(parts) if parts or labels else ""
+    return "; ".join(filter(None, [text, *reason.get("notes", [])]))
 
 
 def short_reason(reason: str | dict | None) -> str:
@@ -102,6 +126,6 @@ def short_reason(reason: str | dict | None) -> str:
     fired = [f for checks in reason.get("checks", {}).values() for f in checks if "margin" in f]
     labels = ",".join(label for label in reason.get("labels", []) if label != "subject")
     if not fired:
-        return labels
+        return labels or "; ".join(reason.get("notes", []))
     top = max(fired, key=lambda f: f["margin"])
     return f"{labels}: {top['prompt']} {top['similarity']:.4f} (+{top['margin']:.4f}), {len(fired)} prompt(s) fired"

@@ -1,21 +1,38 @@
-"""Bytes -> model-ready frames. Format from the bytes, never the name (old pict-rs keys have no
-extension). Every failure is returned as a reason, never raised, so one bad file cannot stop a scan,
-and nothing that fails to decode is ever acted on.
+"""Bytes -> model-ready rows. Whatever a viewer could display reaches the model, or the notes say why not.
 
-Bounded work per file: the pixel count is checked from the header before decoding (a PNG declaring
-30000x30000 is refused, not allocated), big JPEGs decode at reduced size (draft mode), animations and
-videos are sampled at up to `max_frames` frames spread over their length, and each frame is reduced to
-the model's input size as soon as it is decoded.
+Format from the bytes, never the name (old pict-rs keys have no extension): videos by their container
+signature, every still and animated format that Pillow and its plugins read (JPEG, PNG/APNG, GIF, WebP,
+AVIF, JPEG XL, HEIF/HEIC, TIFF, BMP, ICO, JPEG 2000, QOI, PSD, ...) by Pillow's own identification.
+Every failure is returned as a reason, never raised, so one bad file cannot stop a scan, and nothing
+that yields no pixels is ever acted on.
+
+What becomes rows (each row is one model input; the file's verdict is its worst row):
+- every distinct frame of an animation, multi-page TIFF or video, up to `max_frames` (near-duplicates
+  skipped by a 16x16 signature, so a 1,000-frame GIF of three pictures costs three inferences); videos
+  longer than `max_decoded_frames` are read by their keyframes only;
+- every picture of a multi-picture JPEG (MPO, Ultra HDR) except gain and depth maps;
+- per frame, the centre crop (what horde-safety's thresholds were tuned on) and, with coverage "full",
+  square tiles along the long side until every pixel is in a scored crop;
+- per frame with mostly transparent pixels over non-uniform colour: composited AND alpha ignored.
+
+Truncated or partly corrupt files are decoded as far as they go ("partial" in the notes) and still
+listed by `report --errors`. Bounded work: the pixel count is checked from the header before decoding,
+big JPEGs decode at reduced size (draft mode), and each frame is reduced to model size as soon as it is
+decoded.
 """
 
 from __future__ import annotations
 
 import io
+import math
+import threading
 import warnings
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .bundle import Preprocess
 from .preprocess import normalise, resize_and_crop
@@ -24,33 +41,34 @@ try:  # JPEG XL through the pillow-jxl plugin (registers itself with Pillow)
     import pillow_jxl  # noqa: F401
 except ImportError:  # pragma: no cover - optional at runtime, installed by default
     pass
+try:  # HEIF/HEIC (iPhone photos) through pillow-heif
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover - optional at runtime, installed by default
+    pass
+
+Image.init()
+# Every format Pillow can open, except EPS (Pillow runs Ghostscript on it: never on untrusted bytes).
+PILLOW_FORMATS = tuple(sorted(set(Image.OPEN) - {"EPS"}))
 
 NEUTRAL_BACKGROUND = (128, 128, 128)
 ORIENTATION = 0x0112  # EXIF tag
 VIDEO_FORMATS = ("mp4", "webm")
-# ISO-BMFF brands: still/sequence AVIF, and the common MP4 family.
-AVIF_BRANDS = {b"avif", b"avis"}
 MP4_BRANDS = {
-    b"isom",
-    b"iso2",
-    b"iso3",
-    b"iso4",
-    b"iso5",
-    b"iso6",
-    b"mp41",
-    b"mp42",
-    b"mp71",
-    b"avc1",
-    b"dash",
-    b"M4V ",
-    b"M4A ",
-    b"f4v ",
-    b"qt  ",
-    b"MSNV",
-    b"3gp4",
-    b"3gp5",
-    b"3g2a",
-}
+    b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"mp41", b"mp42", b"mp71", b"avc1", b"dash",
+    b"M4V ", b"M4A ", b"f4v ", b"qt  ", b"MSNV", b"3gp4", b"3gp5", b"3g2a",
+}  # fmt: skip
+STILL_BRANDS = {b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+# A frame is a near-duplicate of an earlier one when no cell of their 16x16 signatures differs by more.
+DUPLICATE_MAX_DIFF = 20
+# Transparency: score with alpha ignored too when at least this share of pixels is mostly transparent
+# and the colour under them is not uniform (something is there that compositing hides).
+HIDDEN_SHARE = 0.25
+HIDDEN_MIN_STD = 4.0
+# Secondary pictures of a multi-picture JPEG that are not pictures to look at.
+GAIN_MAP_MARKERS = (b"hdrgm:", b"http://ns.adobe.com/hdr-gain-map/", b"urn:iso:std:iso:ts:21496:-1")
+DEPTH_MAP_MARKERS = (b"GDepth:", b"http://ns.google.com/photos/1.0/depthmap/", b"DepthMap")
 
 
 class DecodeFailure(Exception):
@@ -60,18 +78,25 @@ class DecodeFailure(Exception):
 @dataclass(frozen=True)
 class Limits:
     max_pixels: int = 64_000_000
-    max_frames: int = 8
+    max_frames: int = 32  # distinct frames (or pictures) scored per file
+    max_decoded_frames: int = 3_000  # frames read to find them; longer videos: keyframes only
+    coverage: str = "center"  # "center" | "full"
+    max_tiles: int = 16  # with coverage "full": tiles per frame along the long side
 
 
 @dataclass
 class Decoded:
     format: str
-    pixels: np.ndarray  # float32 [frames, 3, H, W]
+    pixels: np.ndarray  # float32 [rows, 3, H, W]
     total_frames: int
+    labels: list[str] = field(default_factory=list)  # per row: where it comes from ("frame 3, tile 2/4")
+    notes: list[str] = field(default_factory=list)  # per file: partial decode, caps hit, pictures skipped
+    partial: bool = False
 
 
 def sniff(head: bytes) -> str | None:
-    """Container format from the first bytes, or None if it is not one we read."""
+    """A cheap first look at the container: the formats this module names itself, else None (then Pillow's
+    own identification decides)."""
     if head.startswith(b"\xff\xd8\xff"):
         return "jpeg"
     if head.startswith(b"\x89PNG\r\n\x1a\n"):
@@ -87,62 +112,342 @@ def sniff(head: bytes) -> str | None:
     if head[4:8] == b"ftyp":
         size = int.from_bytes(head[:4], "big")
         brands = {head[8:12]} | {head[i : i + 4] for i in range(16, min(size, len(head)), 4)}
-        if brands & AVIF_BRANDS:
+        if brands & {b"avif", b"avis"}:
             return "avif"
+        if brands & STILL_BRANDS:
+            return "heif"
         if brands & MP4_BRANDS:
             return "mp4"
     return None
 
 
-def _to_rgb(frame: Image.Image) -> Image.Image:
-    """Any mode -> RGB; transparency composited onto a neutral grey, 16-bit and float scaled down."""
+# ---------------------------------------------------------------- truncated files
+
+
+class _TruncationMode:
+    """Pillow reads "decode what is there" from one process-wide flag. Strict decodes share it (the
+    normal case, in parallel); a lenient re-decode of a broken file takes it alone, so no strict decode
+    running beside it silently turns lenient."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._strict = 0
+        self._lenient = False
+
+    @contextmanager
+    def strict(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._lenient)
+            self._strict += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._strict -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def lenient(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._lenient and self._strict == 0)
+            self._lenient = True
+            ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                ImageFile.LOAD_TRUNCATED_IMAGES = False
+                self._lenient = False
+                self._cond.notify_all()
+
+
+_MODE = _TruncationMode()
+BROKEN = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError)
+
+
+# ---------------------------------------------------------------- one frame -> rows
+
+
+def _flatten_depth(frame: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float greyscale -> 8-bit."""
     if frame.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(frame, dtype=np.float64)
         top = 65535.0 if frame.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        frame = Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
-    elif frame.mode == "F":
-        arr = np.asarray(frame, dtype=np.float64)
-        frame = Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8), "L")
+        return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    if frame.mode == "F":
+        arr = np.nan_to_num(np.asarray(frame, dtype=np.float64))
+        return Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8), "L")
+    return frame
+
+
+def _views(frame: Image.Image) -> list[tuple[str, Image.Image]]:
+    """The RGB pictures of one frame: composited on neutral grey; and, when mostly transparent pixels hide
+    non-uniform colour, the colour with alpha ignored as well."""
+    frame = _flatten_depth(frame)
     has_alpha = frame.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (frame.mode == "P" and "transparency" in frame.info)
-    if has_alpha:
-        rgba = frame.convert("RGBA")
-        background = Image.new("RGBA", rgba.size, (*NEUTRAL_BACKGROUND, 255))
-        return Image.alpha_composite(background, rgba).convert("RGB")
-    return frame if frame.mode == "RGB" else frame.convert("RGB")
+    if not has_alpha:
+        return [("", frame if frame.mode == "RGB" else frame.convert("RGB"))]
+    rgba = frame.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (*NEUTRAL_BACKGROUND, 255))
+    views = [("", Image.alpha_composite(background, rgba).convert("RGB"))]
+    arr = np.asarray(rgba)
+    hidden = arr[..., 3] < 128
+    if hidden.mean() >= HIDDEN_SHARE and float(arr[..., :3][hidden].std(axis=0).max()) > HIDDEN_MIN_STD:
+        views.append(("alpha ignored", rgba.convert("RGB")))
+    return views
 
 
-def _frame_indices(total: int, wanted: int) -> list[int]:
-    if total <= wanted:
-        return list(range(total))
-    return sorted({round(i * (total - 1) / (wanted - 1)) for i in range(wanted)}) if wanted > 1 else [0]
+def _tiles(img: Image.Image, max_tiles: int) -> tuple[list[Image.Image], bool]:
+    """Crops along the long side that together cover every pixel: squares of the short side, evenly
+    spaced from one end to the other. Past max_tiles, longer crops (squashed by the model's resize)."""
+    width, height = img.size
+    short, long = min(width, height), max(width, height)
+    count = math.ceil(long / short - 1e-9)
+    if count <= 1:
+        return [], False
+    squashed = count > max_tiles
+    count = min(count, max_tiles)
+    span = short if not squashed else math.ceil(long / count)
+    starts = [round(i * (long - span) / (count - 1)) for i in range(count)]
+    boxes = [(s, 0, s + span, height) if width > height else (0, s, width, s + span) for s in starts]
+    return [img.crop(box) for box in boxes], squashed
 
 
-def _decode_image(data: bytes, fmt: str, prep: Preprocess, limits: Limits) -> Decoded:
+def _squash(img: Image.Image, prep: Preprocess) -> Image.Image:
+    height, width = prep.size
+    return img.resize((width, height), Image.Resampling.BICUBIC)
+
+
+class Rows:
+    """Collects the model inputs of one file (uint8 until the end, to keep memory small)."""
+
+    def __init__(self, prep: Preprocess, limits: Limits) -> None:
+        self.prep, self.limits = prep, limits
+        self.rows: list[tuple[str, Image.Image]] = []
+        self.notes: list[str] = []
+        self._tile_note = False
+
+    def add_frame(self, frame: Image.Image, where: str) -> None:
+        for view, rgb in _views(frame):
+            label = ", ".join(part for part in (where, view) if part)
+            self.rows.append((label, resize_and_crop(rgb, self.prep)))
+            if self.limits.coverage != "full":
+                continue
+            tiles, squashed = _tiles(rgb, self.limits.max_tiles)
+            if squashed and not self._tile_note:
+                self.notes.append(f"longer than {self.limits.max_tiles}:1: tiles squashed to cover every pixel")
+                self._tile_note = True
+            for i, tile in enumerate(tiles):
+                square = _squash(tile, self.prep) if squashed else resize_and_crop(tile, self.prep)
+                self.rows.append((", ".join(p for p in (label, f"tile {i + 1}/{len(tiles)}") if p), square))
+
+    def pixels(self) -> np.ndarray:
+        return np.stack([normalise(img, self.prep) for _, img in self.rows])
+
+    def labels(self) -> list[str]:
+        return [label or "image" for label, _ in self.rows]
+
+
+class DistinctFrames:
+    """Keeps the distinct frames of a sequence, at most `cap`. Past the cap the most novel ones win (how far
+    a frame is from every distinct frame before it): the one odd frame in a long animation is exactly what
+    must not be dropped."""
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.signatures: list[np.ndarray] = []  # of the recent distinct frames
+        self.kept: list[tuple[float, int, Image.Image]] = []  # (novelty, index, frame)
+        self.distinct = 0
+
+    @staticmethod
+    def signature(frame: Image.Image) -> np.ndarray:
+        small = frame.convert("RGB").resize((16, 16), Image.Resampling.BOX)
+        return np.asarray(small, dtype=np.int16).reshape(-1)
+
+    def offer(
+        self, index: int, frame: Image.Image | Callable[[], Image.Image], signature: np.ndarray | None = None
+    ) -> None:
+        """frame: the picture, or a function making it (a video frame is converted only when kept)."""
+        sig = self.signature(frame) if signature is None else signature  # type: ignore[arg-type]
+        novelty = math.inf
+        if self.signatures:
+            novelty = float(np.abs(np.stack(self.signatures[-256:]) - sig).max(axis=1).min())
+            if novelty <= DUPLICATE_MAX_DIFF:
+                return
+        self.signatures.append(sig)
+        if len(self.signatures) > 512:
+            del self.signatures[:256]
+        self.distinct += 1
+        if len(self.kept) < self.cap:
+            self.kept.append((novelty, index, self._own(frame)))
+            return
+        least = min(range(len(self.kept)), key=lambda i: self.kept[i][0])
+        if novelty > self.kept[least][0]:
+            self.kept[least] = (novelty, index, self._own(frame))
+
+    @staticmethod
+    def _own(frame: Image.Image | Callable[[], Image.Image]) -> Image.Image:
+        return frame.copy() if isinstance(frame, Image.Image) else frame()
+
+    def chosen(self, notes: list[str]) -> list[tuple[int, Image.Image]]:
+        """The kept frames in order; a note when the cap left some out."""
+        if self.distinct > len(self.kept):
+            notes.append(f"frame cap: {len(self.kept)} of {self.distinct} distinct frames scored (the most different)")
+        return [(index, frame) for _, index, frame in sorted(self.kept, key=lambda kept: kept[1])]
+
+
+# ---------------------------------------------------------------- stills and animations
+
+
+def _open(data: bytes, limits: Limits, formats: tuple[str, ...] = PILLOW_FORMATS) -> Image.Image:
+    try:
+        img = Image.open(io.BytesIO(data), formats=formats)
+    except UnidentifiedImageError:
+        raise DecodeFailure(
+            "unsupported format: not a recognised image or video (checked from the file's bytes)"
+        ) from None
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise DecodeFailure("image has no pixels")
+    if width * height > limits.max_pixels:
+        raise DecodeFailure(
+            f"image declares {width}x{height} pixels, over the limit of {limits.max_pixels:,} "
+            "(possible decompression bomb)"
+        )
+    return img
+
+
+def _mp_header_offset(data: bytes) -> int | None:
+    """Where the MP Format header (its TIFF header) starts: offsets of secondary pictures count from it."""
+    at = data.find(b"\xff\xe2", 2, 1 << 20)
+    while at != -1 and at + 8 <= len(data):
+        if data[at + 4 : at + 8] == b"MPF\x00":
+            return at + 8
+        at = data.find(b"\xff\xe2", at + 2, 1 << 20)
+    return None
+
+
+def _auxiliary_kind(picture: bytes) -> str | None:
+    head = picture[:65536]
+    if any(marker in head for marker in GAIN_MAP_MARKERS):
+        return "gain map"
+    if any(marker in head for marker in DEPTH_MAP_MARKERS):
+        return "depth map"
+    return None
+
+
+def _still(img: Image.Image, prep: Preprocess, rows: Rows, where: str) -> None:
+    if img.format == "JPEG":
+        # libjpeg's scaled IDCT decodes at 1/2, 1/4 or 1/8 size (a proper low-pass) while staying at
+        # least the model's input size; the bicubic resize does the rest. 3-4x less decode work.
+        img.draft("RGB", (prep.size[1], prep.size[0]))
+    img.load()
+    frame = ImageOps.exif_transpose(img) if img.getexif().get(ORIENTATION, 1) != 1 else img
+    rows.add_frame(frame, where)
+
+
+def _pictures(data: bytes, img: Image.Image, prep: Preprocess, limits: Limits, rows: Rows) -> int:
+    """A multi-picture JPEG (MPO; Ultra HDR's primary picture plus gain map): each picture is a JPEG of
+    its own, decoded on its own (draft mode and all). Gain and depth maps are not pictures to look at."""
+    entries = list(img.mpinfo.get(0xB002, []))[: limits.max_frames]
+    base = _mp_header_offset(data)
+    skipped = []
+    for number, entry in enumerate(entries, start=1):
+        kind = entry.get("Attribute", {}).get("MPType", "Undefined")
+        if number == 1:
+            picture = data
+        else:
+            if base is None:
+                break
+            start = int(entry.get("DataOffset", 0)) + base
+            picture = data[start : start + int(entry.get("Size", 0))]
+            auxiliary = _auxiliary_kind(picture)
+            if auxiliary:
+                skipped.append(f"picture {number} ({auxiliary})")
+                continue
+        try:
+            part = _open(picture, limits, formats=("JPEG",))
+        except DecodeFailure as err:
+            if number == 1:
+                raise
+            rows.notes.append(f"picture {number} unreadable: {err}")
+            continue
+        try:
+            _still(part, prep, rows, f"picture {number} ({kind})")
+        except BROKEN as err:
+            if number == 1:
+                raise
+            rows.notes.append(f"picture {number} unreadable: {err}")
+    if skipped:
+        rows.notes.append(f"{len(entries)} pictures; not scored: {', '.join(skipped)}")
+    return len(entries)
+
+
+def _frames(img: Image.Image, limits: Limits, rows: Rows) -> int:
+    """Every frame of an animation or multi-page file, in order; the distinct ones become rows."""
+    distinct = DistinctFrames(limits.max_frames)
+    index = 0
+    while True:
+        if index >= limits.max_decoded_frames:
+            rows.notes.append(f"frame cap: only the first {limits.max_decoded_frames:,} frames were looked at")
+            break
+        try:
+            img.seek(index)
+        except EOFError:
+            break
+        img.load()
+        distinct.offer(index, img.copy() if img.mode != "P" else img.convert("RGBA"))
+        index += 1
+    chosen = distinct.chosen(rows.notes)
+    for frame_index, frame in chosen:
+        rows.add_frame(frame, f"frame {frame_index + 1}" if index > 1 else "")
+    return index
+
+
+def _decode_image(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = Image.open(io.BytesIO(data))
-        width, height = img.size
-        if width < 1 or height < 1:
-            raise DecodeFailure("image has no pixels")
-        if width * height > limits.max_pixels:
-            raise DecodeFailure(
-                f"image declares {width}x{height} pixels, over the limit of {limits.max_pixels:,} "
-                "(possible decompression bomb)"
-            )
-        if fmt == "jpeg":
-            # libjpeg's scaled IDCT decodes at 1/2, 1/4 or 1/8 size (a proper low-pass) while staying at
-            # least the model's input size; the bicubic resize does the rest. 3-4x less decode work.
-            img.draft("RGB", (prep.size[1], prep.size[0]))
-        total = int(getattr(img, "n_frames", 1) or 1)
-        frames = []
-        for index in _frame_indices(total, limits.max_frames):
-            img.seek(index)
-            if index == 0 and img.getexif().get(ORIENTATION, 1) != 1:
-                frame = ImageOps.exif_transpose(img)
-            else:
-                frame = img if total == 1 else img.copy()
-            frames.append(normalise(resize_and_crop(_to_rgb(frame), prep), prep))
-    return Decoded(fmt, np.stack(frames), total)
+        img = _open(data, limits)
+        fmt = (img.format or "image").lower()
+        rows = Rows(prep, limits)
+        if img.format == "MPO":
+            total = _pictures(data, img, prep, limits, rows)
+        elif getattr(img, "is_animated", False):
+            total = _frames(img, limits, rows)
+        else:
+            _still(img, prep, rows, "")
+            total = 1
+    if not rows.rows:
+        raise DecodeFailure("no frame could be decoded")
+    return Decoded(fmt, rows.pixels(), total, rows.labels(), rows.notes)
+
+
+def _no_pixels(decoded: Decoded) -> bool:
+    """Every row one flat colour: what a lenient decoder fills in when nothing of the picture arrived."""
+    flat = decoded.pixels.reshape(len(decoded.pixels), 3, -1)
+    return bool((flat.max(axis=2) - flat.min(axis=2) < 1e-6).all())
+
+
+def _decode_image_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
+    """Strict first; a file that fails is decoded again as far as it goes (what a browser shows)."""
+    with _MODE.strict():
+        try:
+            return _decode_image(data, prep, limits)
+        except BROKEN as err:
+            strict_error = err
+    with _MODE.lenient():
+        try:
+            decoded = _decode_image(data, prep, limits)
+        except (DecodeFailure, *BROKEN):
+            raise DecodeFailure(f"corrupt or truncated: {strict_error}") from None
+    if _no_pixels(decoded):
+        raise DecodeFailure(f"corrupt or truncated, no pixels decoded: {strict_error}")
+    decoded.partial = True
+    decoded.notes.insert(0, f"partial: decoded as far as it goes ({strict_error})")
+    return decoded
+
+
+# ---------------------------------------------------------------- videos
 
 
 def _decode_video(data: bytes, fmt: str, prep: Preprocess, limits: Limits) -> Decoded:
@@ -152,6 +457,7 @@ def _decode_video(data: bytes, fmt: str, prep: Preprocess, limits: Limits) -> De
         container = av.open(io.BytesIO(data), mode="r")
     except (av.error.FFmpegError, ValueError) as err:
         raise DecodeFailure(f"corrupt or unreadable video: {err}") from None
+    rows = Rows(prep, limits)
     with container:
         if not container.streams.video:
             raise DecodeFailure("video file has no video stream")
@@ -160,58 +466,76 @@ def _decode_video(data: bytes, fmt: str, prep: Preprocess, limits: Limits) -> De
         if width * height > limits.max_pixels:
             raise DecodeFailure(f"video frames are {width}x{height}, over the limit of {limits.max_pixels:,} pixels")
         stream.thread_type = "AUTO"
-        duration = (
-            float(stream.duration * stream.time_base)
-            if stream.duration and stream.time_base
-            else (container.duration / av.time_base if container.duration else 0.0)
-        )
-        frames: list[np.ndarray] = []
+        expected = _expected_frames(stream, container)
+        if expected > limits.max_decoded_frames:
+            # Too long to decode every frame: keyframes only. Encoders put one at every scene cut (x264's
+            # scenecut) and phones every second or two, so a cut of a few seconds still has one.
+            stream.codec_context.skip_frame = "NONKEY"
+            rows.notes.append(f"about {expected:,} frames: keyframes only")
+        distinct = DistinctFrames(limits.max_frames)
+        decoded = 0
         try:
-            if duration > 0 and limits.max_frames > 1:
-                targets = [duration * (i + 0.5) / limits.max_frames for i in range(limits.max_frames)]
-                for target in targets:
-                    container.seek(int(target / stream.time_base), stream=stream, backward=True, any_frame=False)
-                    chosen = None
-                    for frame in container.decode(stream):
-                        chosen = frame  # the keyframe before target, then forward until we reach it
-                        if frame.time is None or frame.time >= target:
-                            break
-                    if chosen is not None:
-                        frames.append(normalise(resize_and_crop(chosen.to_image(), prep), prep))
-            if not frames:
-                container.seek(0)
-                for frame in container.decode(stream):
-                    frames.append(normalise(resize_and_crop(frame.to_image(), prep), prep))
-                    if len(frames) >= limits.max_frames:
-                        break
+            for frame in container.decode(stream):
+                if decoded >= limits.max_decoded_frames:
+                    rows.notes.append(f"frame cap: only the first {limits.max_decoded_frames:,} frames were looked at")
+                    break
+                signature = frame.to_ndarray(format="rgb24", width=16, height=16).astype(np.int16).reshape(-1)
+                distinct.offer(decoded, frame.to_image, signature)
+                decoded += 1
         except (av.error.FFmpegError, ValueError, OSError) as err:
-            if not frames:
+            if not decoded:
                 raise DecodeFailure(f"corrupt video: {err}") from None
-        if not frames:
-            raise DecodeFailure("video has no decodable frames")
-        total = int(stream.frames or len(frames))
-    return Decoded(fmt, np.stack(frames), total)
+            rows.notes.insert(0, f"partial: decoded as far as it goes ({err})")
+        for index, image in distinct.chosen(rows.notes):
+            rows.add_frame(image, f"frame {index + 1}")
+    if not rows.rows:
+        raise DecodeFailure("video has no decodable frames")
+    partial = bool(rows.notes) and rows.notes[0].startswith("partial")
+    return Decoded(fmt, rows.pixels(), decoded, rows.labels(), rows.notes, partial)
+
+
+def _expected_frames(stream, container) -> int:
+    import av
+
+    if stream.frames:
+        return int(stream.frames)
+    rate = float(stream.average_rate or stream.guessed_rate or 30)
+    if stream.duration and stream.time_base:
+        return int(float(stream.duration * stream.time_base) * rate)
+    if container.duration:
+        return int(container.duration / av.time_base * rate)
+    return 0
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def decode_detail(decoded: Decoded) -> dict | None:
+    """What is stored with a result: row labels (only when they say more than "image") and notes."""
+    detail: dict = {}
+    if decoded.labels != ["image"]:
+        detail["labels"] = decoded.labels
+    if decoded.notes:
+        detail["notes"] = decoded.notes
+    if decoded.partial:
+        detail["partial"] = True
+    return detail or None
 
 
 def decode(data: bytes, prep: Preprocess, limits: Limits = Limits()) -> Decoded | str:
-    """Decoded frames, or the reason the bytes cannot be scanned."""
+    """Decoded rows, or the reason the bytes cannot be scanned."""
     if not data:
         return "empty file (0 bytes)"
     fmt = sniff(data[:64])
-    if fmt is None:
-        return "unsupported format: not a recognised image or video (checked from the file's bytes)"
     try:
         if fmt in VIDEO_FORMATS:
             return _decode_video(data, fmt, prep, limits)
-        return _decode_image(data, fmt, prep, limits)
+        return _decode_image_or_partial(data, prep, limits)
     except DecodeFailure as err:
         return str(err)
-    except Image.DecompressionBombError as err:
-        return f"decompression bomb: {err}"
-    except Image.DecompressionBombWarning as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         return f"decompression bomb: {err}"
     except MemoryError:
-        return f"{fmt} image needs too much memory to decode"
-    except (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError) as err:
-        # Pillow reports truncated and corrupt data with these; the message says which.
-        return f"corrupt or truncated {fmt}: {err}"
+        return f"{fmt or 'image'} needs too much memory to decode"
+    except (*BROKEN, RuntimeError) as err:  # pragma: no cover - the partial path catches these first
+        return f"corrupt or truncated {fmt or 'file'}: {err}"

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bundle import Preprocess
-from .decode import Limits, decode
+from .decode import Limits, decode, decode_detail
 from .discover import Found
 from .hashing import sha256_bytes
 
@@ -23,7 +23,8 @@ class Decoded:
     found: Found
     sha256: str
     format: str
-    pixels: np.ndarray  # float32 [frames, 3, H, W]
+    pixels: np.ndarray  # float32 [rows, 3, H, W]
+    detail: dict | None = None  # the decode's row labels and notes, kept with the result
 
 
 @dataclass
@@ -158,4 +159,4 @@ def fetch(
     decoded = decode(data, prep, limits)
     if isinstance(decoded, str):
         return Failed(found, sha, decoded)
-    return Decoded(found, sha, decoded.format, decoded.pixels)
+    return Decoded(found, sha, decoded.format, decoded.pixels, decode_detail(decoded))

@@ -20,13 +20,13 @@ import numpy as np
 
 from .act import Actor
 from .bundle import Bundle
-from .decide import Verdict, decide
+from .decide import Verdict, annotate, decide
 from .decode import Limits
 from .discover import Found, Unscannable, discover
 from .fetch import Changed, Decoded, Failed, Outcome, Reused, Vanished, fetch
 from .policy import Policy
 from .report import ReportWriter, record
-from .scoring import Scorer, columns, policy_sims
+from .scoring import Scorer, columns, policy_sims, result_model_id
 from .state import Ledger, path_key
 
 _END = END = object()
@@ -106,7 +106,7 @@ class Scan:
         self.on_verdict = on_verdict  # called with the file's mtime (ns) as each verdict is recorded
         self.on_batch = on_batch  # called with each inference batch's seconds
         self.in_flight = 0
-        self.model_id = f"{bundle.model_id}:{scorer.placement.precision}"
+        self.model_id = result_model_id(bundle, scorer, config.limits)
         self.prompt_set = ledger.ensure_prompt_set(bundle.concepts.prompts)
         self.policy_columns = columns(bundle.concepts.prompts, policy)
         self.counters = Counters()
@@ -192,8 +192,9 @@ class Scan:
         for index, (item, verdict) in enumerate(zip(items, verdicts, strict=True)):
             rows = owners == index
             result_id = self.ledger.put_result(
-                item.sha256, self.model_id, self.prompt_set, sims[rows], embeddings[rows]
+                item.sha256, self.model_id, self.prompt_set, sims[rows], embeddings[rows], item.detail
             )
+            verdict = annotate(verdict, item.detail)
             self.counters.scored += 1
             self._record_verdict(item.found, item.sha256, "scored", verdict, result_id, item.format)
             for twin in self._twins.pop(item.sha256, []):
@@ -287,6 +288,7 @@ class Scan:
             self.config.severity,
             [self.ledger.allowlisted(sha256)],
         )
+        verdict = annotate(verdict, stored.detail)
         if count_as == "reused":
             self.counters.reused += 1
         self._record_verdict(

@@ -73,7 +73,8 @@ def ledger_records(ledger: Ledger, flagged: bool = False, errors: bool = False) 
     if flagged:
         clauses.append("verdict='flagged'")
     if errors:
-        clauses.append("status='error'")
+        # Files that could not be scanned, and files scored on what part of them decoded: a person looks.
+        clauses.append("status='error' OR result_id IN (SELECT id FROM results WHERE partial=1)")
     where = " OR ".join(clauses) or "1"
     for row in ledger.iter_files(where):
         yield record(

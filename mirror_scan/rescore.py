@@ -3,6 +3,7 @@ recorded verdicts without running the model."""
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -11,7 +12,7 @@ import numpy as np
 
 from .act import Actor
 from .bundle import Bundle
-from .decide import Verdict
+from .decide import Verdict, annotate
 from .policy import Policy, evaluate
 from .scoring import policy_sims
 from .state import Ledger
@@ -90,7 +91,8 @@ def rescore(
                     reason.update(frame=int(first - starts[index]), frames=int(frames[index]))
                     if allow[index]:
                         reason = {"allowlisted": True, "policy_would_flag": reason}
-                verdict = Verdict(bool(new_flag[index]), reason)
+                detail = group[index][9]
+                verdict = annotate(Verdict(bool(new_flag[index]), reason), json.loads(detail) if detail else None)
                 updates.append((verdict.label, verdict.reason_json(), now, group[index][0]))
             summary.files += len(group)
         if progress:

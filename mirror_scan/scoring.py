@@ -71,3 +71,10 @@ class Scorer:
     def __call__(self, pixels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         embeddings = self.encoder(pixels)
         return embeddings, similarities(embeddings, self.bundle.concepts.matrix)
+
+
+def result_model_id(bundle: Bundle, scorer: Scorer, limits) -> str:
+    """Results are reused for the same bytes under the same key: the model, its precision, and what the
+    decode hands it (full coverage scores more crops than the centre one)."""
+    model_id = f"{bundle.model_id}:{scorer.placement.precision}"
+    return model_id + ":full" if limits.coverage == "full" else model_id

@@ -25,12 +25,12 @@ from typing import Any
 import numpy as np
 
 from .bundle import Bundle
-from .decide import decide
-from .decode import Limits, decode
+from .decide import annotate, decide
+from .decode import Limits, decode, decode_detail
 from .hashing import sha256_bytes
 from .policy import Policy
 from .quarantine import Quarantine
-from .scoring import Scorer, columns, policy_sims
+from .scoring import Scorer, columns, policy_sims, result_model_id
 from .state import Ledger
 
 log = logging.getLogger(__name__)
@@ -59,6 +59,7 @@ class Job:
     data: bytes
     content_type: str
     pixels: np.ndarray
+    detail: dict | None = None  # the decode's row labels and notes
     future: Future = field(default_factory=Future)
 
 
@@ -77,7 +78,7 @@ class Batcher(threading.Thread):
         super().__init__(name="batcher", daemon=True)
         self.ledger, self.quarantine, self.bundle = ledger, quarantine, bundle
         self.scorer, self.policy, self.config = scorer, policy, config
-        self.model_id = f"{bundle.model_id}:{scorer.placement.precision}"
+        self.model_id = result_model_id(bundle, scorer, config.limits)
         self.prompt_set = ledger.ensure_prompt_set(bundle.concepts.prompts)
         self.policy_columns = columns(bundle.concepts.prompts, policy)
         self.jobs: queue.Queue[Job | None] = queue.Queue()
@@ -147,7 +148,7 @@ class Batcher(threading.Thread):
                 stored.sims, stored.embedding, self.ledger.prompt_set(stored.prompt_set), self.policy, self.bundle
             )
             self.stats["cached"] += 1
-            self._answer(job, sims)
+            self._answer(job, sims, stored.detail)
         if to_infer:
             pixels = np.concatenate([job.pixels for job in to_infer])
             embeddings, sims = self.scorer(pixels)
@@ -157,12 +158,15 @@ class Batcher(threading.Thread):
             for job in to_infer:
                 rows = slice(start, start + len(job.pixels))
                 start += len(job.pixels)
-                self.ledger.put_result(job.sha256, self.model_id, self.prompt_set, sims[rows], embeddings[rows])
-                self._answer(job, sims[rows][:, self.policy_columns])
+                self.ledger.put_result(
+                    job.sha256, self.model_id, self.prompt_set, sims[rows], embeddings[rows], job.detail
+                )
+                self._answer(job, sims[rows][:, self.policy_columns], job.detail)
         self.ledger.commit()
 
-    def _answer(self, job: Job, sims: np.ndarray) -> None:
+    def _answer(self, job: Job, sims: np.ndarray, detail: dict | None) -> None:
         (verdict,) = decide(self.policy, sims, np.zeros(len(sims), dtype=np.intp), 1, self.config.severity)
+        verdict = annotate(verdict, detail)
         if verdict.flagged:
             evidence = {
                 "verdict": verdict.reason,
@@ -349,7 +353,7 @@ class Handler(BaseHTTPRequestHandler):
             if config.on_error == "accept":
                 return self._reply(200, {"verdict": "accepted", "note": f"not decodable: {decoded}"})
             return self._reply(415, {"verdict": "rejected", "error": f"not decodable: {decoded}"})
-        future = self.server.batcher.submit(Job(sha256, data, content_type, decoded.pixels))
+        future = self.server.batcher.submit(Job(sha256, data, content_type, decoded.pixels, decode_detail(decoded)))
         try:
             flagged, reason = future.result(timeout=config.answer_within_s)
         except FutureTimeout:

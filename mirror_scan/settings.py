@@ -76,7 +76,12 @@ SPECS: dict[str, Spec] = {
     "device": Spec(_choice("auto", "cuda", "cpu"), lambda: "auto", "auto, cuda or cpu"),
     "precision": Spec(_choice("auto", "fp32", "fp16", "int8"), lambda: "auto", "image encoder precision"),
     "max_pixels": Spec(_positive_int, lambda: 64_000_000, "refuse images with more pixels (decompression bombs)"),
-    "max_frames": Spec(_positive_int, lambda: 8, "frames sampled from an animation or video"),
+    "max_frames": Spec(
+        _positive_int, lambda: 32, "distinct frames (or pictures) scored per animation, video or multi-picture file"
+    ),
+    "max_decoded_frames": Spec(
+        _positive_int, lambda: 3000, "frames read per animation or video to find them (longer videos: keyframes)"
+    ),
     "max_file_mb": Spec(_positive_int, lambda: 512, "refuse files larger than this (MiB)"),
     "read_timeout": Spec(
         _positive_seconds, lambda: 120.0, "seconds a file read may take before it is an error, retried (stalled mounts)"
@@ -104,6 +109,7 @@ class Settings:
     precision: str
     max_pixels: int
     max_frames: int
+    max_decoded_frames: int
     max_file_mb: int
     read_timeout: float
     remote: str | None

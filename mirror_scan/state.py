@@ -33,7 +33,7 @@ import numpy as np
 
 from .errors import MirrorScanError
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for another writer's transaction (they last milliseconds)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -104,6 +104,8 @@ MIGRATIONS = {
     "files": {"error_count": "INTEGER NOT NULL DEFAULT 0"},
     "quarantine": {"seen_count": "INTEGER NOT NULL DEFAULT 1", "last_seen": "REAL"},
     "moves": {"method": "TEXT"},
+    # schema 3: what the decode said about the bytes (row labels, notes such as "partial", caps hit)
+    "results": {"detail": "TEXT", "partial": "INTEGER NOT NULL DEFAULT 0"},
 }
 
 
@@ -171,6 +173,7 @@ class StoredResult:
     prompt_set: str
     sims: np.ndarray  # float32 [frames, P]
     embedding: np.ndarray  # float16 [frames, D]
+    detail: dict | None = None  # the decode's row labels and notes
 
 
 @dataclass(frozen=True)
@@ -531,11 +534,19 @@ class Ledger:
         )
         return None if row is None else int(row[0])
 
-    def put_result(self, sha256: str, model_id: str, prompt_set: str, sims: np.ndarray, embedding: np.ndarray) -> int:
+    def put_result(
+        self,
+        sha256: str,
+        model_id: str,
+        prompt_set: str,
+        sims: np.ndarray,
+        embedding: np.ndarray,
+        detail: dict | None = None,
+    ) -> int:
         self.begin()
         self.db.execute(
-            "INSERT OR IGNORE INTO results (sha256, model_id, frames, prompt_set, sims, embedding, created) "
-            "VALUES (?,?,?,?,?,?,?)",
+            "INSERT OR IGNORE INTO results (sha256, model_id, frames, prompt_set, sims, embedding, created, detail, "
+            "partial) VALUES (?,?,?,?,?,?,?,?,?)",
             (
                 sha256,
                 model_id,
@@ -544,13 +555,15 @@ class Ledger:
                 np.ascontiguousarray(sims, np.float32).tobytes(),
                 np.ascontiguousarray(embedding, np.float16).tobytes(),
                 time.time(),
+                json.dumps(detail, ensure_ascii=False, separators=(",", ":")) if detail else None,
+                int(bool(detail and detail.get("partial"))),
             ),
         )
         return self.result_id_for(sha256, model_id)  # type: ignore[return-value]
 
     def get_result(self, result_id: int) -> StoredResult:
         row = self.db.execute(
-            "SELECT id, frames, prompt_set, sims, embedding FROM results WHERE id=?", (result_id,)
+            "SELECT id, frames, prompt_set, sims, embedding, detail FROM results WHERE id=?", (result_id,)
         ).fetchone()
         frames = int(row[1])
         return StoredResult(
@@ -559,6 +572,7 @@ class Ledger:
             prompt_set=row[2],
             sims=np.frombuffer(row[3], dtype=np.float32).reshape(frames, -1),
             embedding=np.frombuffer(row[4], dtype=np.float16).reshape(frames, -1),
+            detail=json.loads(row[5]) if row[5] else None,
         )
 
     def rescore_rows(self, embedding_sets: list[str]) -> sqlite3.Cursor:
@@ -566,7 +580,8 @@ class Ledger:
         placeholders = ",".join("?" * len(embedding_sets)) or "NULL"
         return self.db.execute(
             f"""SELECT f.rowid, f.verdict, f.sha256, r.frames, r.prompt_set, r.sims,
-                       CASE WHEN r.prompt_set IN ({placeholders}) THEN r.embedding END, f.policy_id, f.severity
+                       CASE WHEN r.prompt_set IN ({placeholders}) THEN r.embedding END, f.policy_id, f.severity,
+                       r.detail
                 FROM files f JOIN results r ON r.id = f.result_id
                 WHERE f.status IN ('scored', 'reused') ORDER BY r.prompt_set, f.rowid""",  # noqa: S608
             embedding_sets,

@@ -110,10 +110,21 @@ GOOD = {
     "new\nline.png": lambda: image_bytes("PNG", 13),
 }
 
+# Cut short: a browser shows the part that arrived, so the scanner scores it ("partial" in the reason).
+PARTIAL = {
+    "truncated.jpg": lambda: image_bytes("JPEG", 20, size=(400, 300))[:3000],
+    "truncated.png": lambda: image_bytes("PNG", 21, size=(400, 300))[:2000],
+}
+
+
+def _jpeg_headers_only() -> bytes:
+    data = image_bytes("JPEG", 22, size=(400, 300))
+    return data[: data.index(b"\xff\xda") + 12]
+
+
 BAD = {
     "zero-bytes.jpg": (lambda: b"", "empty file"),
-    "truncated.jpg": (lambda: image_bytes("JPEG", 20, size=(400, 300))[:3000], "truncated"),
-    "truncated.png": (lambda: image_bytes("PNG", 21, size=(400, 300))[:2000], "truncated"),
+    "headers-only.jpg": (_jpeg_headers_only, "corrupt or truncated"),
     "random-bytes.jpg": (lambda: np.random.default_rng(1).bytes(5000), "unsupported format"),
     "notes.txt": (lambda: b"just some text, not an image\n" * 20, "unsupported format"),
     "bomb.png": (lambda: png_declaring(30000, 30000), "decompression bomb"),
@@ -129,6 +140,8 @@ def write_tree(root: Path) -> dict[str, bytes]:
     written = {}
     for rel, make in GOOD.items():
         written[rel] = make()
+    for rel, make in PARTIAL.items():
+        written[rel] = make()
     for rel, (make, _) in BAD.items():
         written[rel] = make()
     written[os.fsdecode(NON_UTF8_NAME)] = image_bytes("PNG", 14)
@@ -137,3 +150,71 @@ def write_tree(root: Path) -> dict[str, bytes]:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
     return written
+
+
+def jpeg(img: Image.Image, xmp: bytes | None = None, quality: int = 90) -> bytes:
+    buf = io.BytesIO()
+    img.convert("RGB").save(buf, format="JPEG", quality=quality, **({"xmp": xmp} if xmp else {}))
+    return buf.getvalue()
+
+
+def multi_picture_jpeg(pictures: list[bytes], types: list[int] | None = None) -> bytes:
+    """A multi-picture JPEG as CIPA DC-007 lays it out (MPO; Ultra HDR uses the same container for its
+    gain map): an APP2 'MPF' segment in the first picture lists every picture's size and offset (from the
+    MP header), and the other pictures follow the first one's EOI."""
+    count = len(pictures)
+    types = types or [0x030000] + [0x000000] * (count - 1)
+    entries_at = 8 + 2 + 3 * 12 + 4  # TIFF header, entry count, 3 entries, next-IFD offset
+
+    def tiff(sizes: list[int], offsets: list[int]) -> bytes:
+        entries = b"".join(struct.pack("<IIIHH", types[i], sizes[i], offsets[i], 0, 0) for i in range(count))
+        ifd = struct.pack("<H", 3)
+        ifd += struct.pack("<HHI4s", 0xB000, 7, 4, b"0100")
+        ifd += struct.pack("<HHII", 0xB001, 4, 1, count)
+        ifd += struct.pack("<HHII", 0xB002, 7, 16 * count, entries_at)
+        return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<I", 0) + entries
+
+    placeholder = tiff([0] * count, [0] * count)
+    segment_len = 2 + 4 + len(placeholder)
+    first_len = len(pictures[0]) + 2 + segment_len
+    header_at = 2 + 2 + 2 + 4  # SOI, APP2 marker, length, "MPF\0": where offsets count from
+    sizes = [first_len] + [len(p) for p in pictures[1:]]
+    offsets, position = [0], first_len
+    for picture in pictures[1:]:
+        offsets.append(position - header_at)
+        position += len(picture)
+    app2 = b"\xff\xe2" + struct.pack(">H", segment_len) + b"MPF\x00" + tiff(sizes, offsets)
+    return pictures[0][:2] + app2 + pictures[0][2:] + b"".join(pictures[1:])
+
+
+def psd(img: Image.Image) -> bytes:
+    """A minimal Photoshop file: RGB, 8 bits, raw planar image data, no layers."""
+    rgb = np.asarray(img.convert("RGB"))
+    height, width = rgb.shape[:2]
+    header = b"8BPS" + struct.pack(">H6xHIIHH", 1, 3, height, width, 8, 3)
+    sections = struct.pack(">III", 0, 0, 0)  # colour mode data, image resources, layers: all empty
+    planes = b"".join(rgb[..., c].tobytes() for c in range(3))
+    return header + sections + struct.pack(">H", 0) + planes
+
+
+def gif(frames: list[Image.Image], duration: int = 20) -> bytes:
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=duration, loop=0)
+    return buf.getvalue()
+
+
+def video_of(frames: list[Image.Image], rate: int = 10, codec: str = "mpeg4", container: str = "mp4") -> bytes:
+    import av
+
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format=container) as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.width, stream.height = frames[0].size
+        stream.pix_fmt = "yuv420p"
+        stream.codec_context.gop_size = 10_000  # one keyframe: only decoding every frame finds a short cut
+        for image in frames:
+            for packet in stream.encode(av.VideoFrame.from_image(image)):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return buf.getvalue()

@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import CLI, run_cli
-from .mediafiles import BAD, GOOD, NON_UTF8_NAME, image_bytes, write_tree
+from .mediafiles import BAD, GOOD, NON_UTF8_NAME, PARTIAL, image_bytes, write_tree
 
 
 def snapshot(root: Path) -> dict[bytes, bytes]:
@@ -70,10 +70,12 @@ def test_scan_records_every_bad_file_as_an_error_and_touches_nothing(media_tree,
         assert reason in rel[name]["reason"], (name, rel[name]["reason"])
     for name in ("link-outside.png", "loop-a", "loop-b"):
         assert rel[name]["status"] == "error" and "symbolic link" in rel[name]["reason"]
-    readable = [*GOOD, NON_UTF8_NAME.decode("utf-8", "backslashreplace")]
+    readable = [*GOOD, *PARTIAL, NON_UTF8_NAME.decode("utf-8", "backslashreplace")]
     for name in readable:
         assert rel[name]["status"] == "scored", (name, rel[name])
         assert rel[name]["verdict"] == "flagged"
+    for name in PARTIAL:  # scored on the part that arrived, and the reason says so
+        assert "partial" in rel[name]["reason"], rel[name]
     assert not any(".partial" in p for p in records)
     assert summary["scanned"] == len(readable) and summary["flagged"] == len(readable)
     assert summary["errors"] == len(BAD) + 3
@@ -84,11 +86,12 @@ def test_scan_records_every_bad_file_as_an_error_and_touches_nothing(media_tree,
     assert rel["named-jpg-but-png.jpg"]["format"] == "png"
     assert rel["0a1b2c3d-4e5f-4a6b-8c7d-9e0f1a2b3c4d"]["format"] == "jpeg"
     assert rel["clip.webm"]["format"] == "webm" and rel["clip.mp4"]["format"] == "mp4"
-    # Animations and videos are sampled at up to 8 frames.
+    # Every distinct frame is scored, up to 32 (the thousand-frame GIF has a thousand distinct ones; the
+    # clip cycles through 5 pictures, 30 frames).
     db = sqlite3.connect(tmp_path / "state.db")
     frames = dict(db.execute("SELECT f.path, r.frames FROM files f JOIN results r ON r.id = f.result_id"))
-    assert frames[os.fsencode(tree / "thousand-frames.gif")] == 8
-    assert frames[os.fsencode(tree / "clip.mp4")] == 8
+    assert frames[os.fsencode(tree / "thousand-frames.gif")] == 32
+    assert 5 <= frames[os.fsencode(tree / "clip.mp4")] <= 10
     assert frames[os.fsencode(tree / "anim.gif")] == 6
     assert frames[os.fsencode(tree / NON_UTF8_NAME.decode("utf-8", "surrogateescape"))] == 1
 

@@ -39,16 +39,27 @@ def load_scanner(settings: Settings, *, warm_up: bool = False):
     return bundle, policy, offset, scorer
 
 
-def scan_config(settings: Settings, severity: float, **overrides):
-    """The runner's settings, the same for `scan` and `watch`."""
+def decode_limits(settings: Settings, policy):
+    """What the decode may spend and hands the model: the same for `scan`, `watch` and `serve`."""
     from ..decode import Limits
+
+    return Limits(
+        max_pixels=settings.max_pixels,
+        max_frames=settings.max_frames,
+        max_decoded_frames=settings.max_decoded_frames,
+        coverage=policy.coverage,
+    )
+
+
+def scan_config(settings: Settings, severity: float, policy, **overrides):
+    """The runner's settings, the same for `scan` and `watch`."""
     from ..pipeline import ScanConfig
 
     return ScanConfig(
         severity=severity,
         batch_size=settings.batch_size,
         workers=settings.workers,
-        limits=Limits(settings.max_pixels, settings.max_frames),
+        limits=decode_limits(settings, policy),
         max_bytes=settings.max_file_mb << 20,
         read_timeout_s=settings.read_timeout,
         **overrides,

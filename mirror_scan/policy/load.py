@@ -31,7 +31,9 @@ TOP_LEVEL_KEYS = (
     "groups",
     "parameters",
     "notes",
+    "coverage",
 )
+COVERAGE = ("center", "full")
 DEFAULT_SEVERITY_LEVELS = {"strict": -0.01, "default": 0.0, "lenient": 0.01}
 
 
@@ -179,6 +181,15 @@ def parse_policy(source: str, data: dict[str, Any]) -> Policy:
     if round_decimals is not None and (not isinstance(round_decimals, int) or not 0 <= round_decimals <= 8):
         raise PolicyError(source, "round_decimals must be an integer from 0 to 8, or absent")
 
+    coverage = data.get("coverage", "center")
+    if coverage not in COVERAGE:
+        raise PolicyError(
+            source,
+            f"coverage {coverage!r}: must be 'center' (the centre crop, what horde-safety was tuned on) or 'full' "
+            "(tiles until every pixel is scored)",
+            _suggest(str(coverage), COVERAGE),
+        )
+
     canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True)
     name = str(data.get("name") or Path(source).stem)
     return Policy(
@@ -192,6 +203,7 @@ def parse_policy(source: str, data: dict[str, Any]) -> Policy:
         flag_on=tuple(flag_on),
         groups=groups,
         parameters=params,
+        coverage=coverage,
         policy_id=f"{name}@{hashlib.sha256(canonical.encode()).hexdigest()[:12]}",
         raw=data,
     )

@@ -34,6 +34,7 @@ class Policy:
     flag_on: tuple[str, ...]
     groups: dict[str, tuple[Entry, ...]]
     parameters: dict[str, Any]
+    coverage: str  # "center" | "full": which crops of each frame the model sees
     policy_id: str
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
