@@ -49,6 +49,11 @@ except ImportError:  # pragma: no cover - optional at runtime, installed by defa
     pass
 
 Image.init()
+# Process-wide, set once (catch_warnings() is not thread-safe and decodes run in threads): Pillow's bomb
+# warning is an error, and its remarks about odd files ("malformed MPO", "tag data larger than file") are
+# not for the admin's log: what matters reaches the notes.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
 # Every format Pillow can open, except EPS (Pillow runs Ghostscript on it: never on untrusted bytes).
 PILLOW_FORMATS = tuple(sorted(set(Image.OPEN) - {"EPS"}))
 
@@ -82,6 +87,8 @@ class Limits:
     max_decoded_frames: int = 3_000  # frames read to find them; longer videos: keyframes only
     coverage: str = "center"  # "center" | "full"
     max_tiles: int = 16  # with coverage "full": tiles per frame along the long side
+    max_decoded_pixels: int = 2_000_000_000  # all frames of one file together (about 30 s of decoding)
+    max_rows: int = 128  # model inputs per file; centre crops first, then tiles (bounds memory and time)
 
 
 @dataclass
@@ -133,11 +140,12 @@ class _TruncationMode:
         self._cond = threading.Condition()
         self._strict = 0
         self._lenient = False
+        self._waiting = 0  # lenient decodes waiting: new strict ones let them go first (no starvation)
 
     @contextmanager
     def strict(self) -> Iterator[None]:
         with self._cond:
-            self._cond.wait_for(lambda: not self._lenient)
+            self._cond.wait_for(lambda: not self._lenient and not self._waiting)
             self._strict += 1
         try:
             yield
@@ -149,7 +157,9 @@ class _TruncationMode:
     @contextmanager
     def lenient(self) -> Iterator[None]:
         with self._cond:
+            self._waiting += 1
             self._cond.wait_for(lambda: not self._lenient and self._strict == 0)
+            self._waiting -= 1
             self._lenient = True
             ImageFile.LOAD_TRUNCATED_IMAGES = True
         try:
@@ -162,7 +172,6 @@ class _TruncationMode:
 
 
 _MODE = _TruncationMode()
-BROKEN = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeError, KeyError, ZeroDivisionError)
 
 
 # ---------------------------------------------------------------- one frame -> rows
@@ -224,8 +233,11 @@ class Rows:
     def __init__(self, prep: Preprocess, limits: Limits) -> None:
         self.prep, self.limits = prep, limits
         self.rows: list[tuple[str, Image.Image]] = []
+        self.tiles: list[tuple[str, Image.Image]] = []  # coverage "full": taken after every centre crop
         self.notes: list[str] = []
         self._tile_note = False
+        # Frames kept for later are reduced to this short side: enough for the centre crop and for tiles.
+        self.keep_size = max(prep.size)
 
     def add_frame(self, frame: Image.Image, where: str) -> None:
         for view, rgb in _views(frame):
@@ -239,7 +251,16 @@ class Rows:
                 self._tile_note = True
             for i, tile in enumerate(tiles):
                 square = _squash(tile, self.prep) if squashed else resize_and_crop(tile, self.prep)
-                self.rows.append((", ".join(p for p in (label, f"tile {i + 1}/{len(tiles)}") if p), square))
+                self.tiles.append((", ".join(p for p in (label, f"tile {i + 1}/{len(tiles)}") if p), square))
+
+    def finish(self) -> None:
+        """Centre crops first, then tiles, at most max_rows in all."""
+        cap = self.limits.max_rows
+        wanted = len(self.rows) + len(self.tiles)
+        self.rows = (self.rows + self.tiles)[:cap]
+        self.tiles = []
+        if wanted > cap:
+            self.notes.append(f"row cap: {cap} of {wanted} crops scored (centre crops first)")
 
     def pixels(self) -> np.ndarray:
         return np.stack([normalise(img, self.prep) for _, img in self.rows])
@@ -253,8 +274,9 @@ class DistinctFrames:
     a frame is from every distinct frame before it): the one odd frame in a long animation is exactly what
     must not be dropped."""
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, keep_size: int) -> None:
         self.cap = cap
+        self.keep_size = keep_size  # kept frames are reduced to this short side: 32 full-size frames could
         self.signatures: list[np.ndarray] = []  # of the recent distinct frames
         self.kept: list[tuple[float, int, Image.Image]] = []  # (novelty, index, frame)
         self.distinct = 0
@@ -285,9 +307,16 @@ class DistinctFrames:
         if novelty > self.kept[least][0]:
             self.kept[least] = (novelty, index, self._own(frame))
 
-    @staticmethod
-    def _own(frame: Image.Image | Callable[[], Image.Image]) -> Image.Image:
-        return frame.copy() if isinstance(frame, Image.Image) else frame()
+    def _own(self, frame: Image.Image | Callable[[], Image.Image]) -> Image.Image:
+        """A copy of the frame, no bigger than the model needs (alpha and palette transparency kept)."""
+        image = frame if isinstance(frame, Image.Image) else frame()
+        if image.mode == "P" or image.mode not in ("RGB", "RGBA", "L", "LA"):
+            image = image.convert("RGBA" if "transparency" in image.info or "A" in image.mode else "RGB")
+        scale = self.keep_size / min(image.size)
+        if scale >= 1:
+            return image.copy()
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
     def chosen(self, notes: list[str]) -> list[tuple[int, Image.Image]]:
         """The kept frames in order; a note when the cap left some out."""
@@ -359,8 +388,11 @@ def _pictures(data: bytes, img: Image.Image, prep: Preprocess, limits: Limits, r
         else:
             if base is None:
                 break
-            start = int(entry.get("DataOffset", 0)) + base
-            picture = data[start : start + int(entry.get("Size", 0))]
+            start, size = int(entry.get("DataOffset", 0)) + base, int(entry.get("Size", 0))
+            if start <= 0 or size <= 0 or start + size > len(data):
+                rows.notes.append(f"picture {number} lies outside the file: not scored")
+                continue
+            picture = data[start : start + size]
             auxiliary = _auxiliary_kind(picture)
             if auxiliary:
                 skipped.append(f"picture {number} ({auxiliary})")
@@ -374,7 +406,7 @@ def _pictures(data: bytes, img: Image.Image, prep: Preprocess, limits: Limits, r
             continue
         try:
             _still(part, prep, rows, f"picture {number} ({kind})")
-        except BROKEN as err:
+        except Exception as err:  # noqa: BLE001 - a secondary picture that fails leaves the others
             if number == 1:
                 raise
             rows.notes.append(f"picture {number} unreadable: {err}")
@@ -383,20 +415,28 @@ def _pictures(data: bytes, img: Image.Image, prep: Preprocess, limits: Limits, r
     return len(entries)
 
 
+def _frame_cap(frames: int, pixels: int, limits: Limits) -> str | None:
+    if frames >= limits.max_decoded_frames:
+        return f"frame cap: only the first {limits.max_decoded_frames:,} frames were looked at"
+    if pixels >= limits.max_decoded_pixels:
+        return f"frame cap: only the first {frames:,} frames were looked at (pixel budget)"
+    return None
+
+
 def _frames(img: Image.Image, limits: Limits, rows: Rows) -> int:
     """Every frame of an animation or multi-page file, in order; the distinct ones become rows."""
-    distinct = DistinctFrames(limits.max_frames)
+    distinct = DistinctFrames(limits.max_frames, rows.keep_size)
     index = 0
     while True:
-        if index >= limits.max_decoded_frames:
-            rows.notes.append(f"frame cap: only the first {limits.max_decoded_frames:,} frames were looked at")
+        if (cap := _frame_cap(index, index * img.width * img.height, limits)) is not None:
+            rows.notes.append(cap)
             break
         try:
             img.seek(index)
         except EOFError:
             break
         img.load()
-        distinct.offer(index, img.copy() if img.mode != "P" else img.convert("RGBA"))
+        distinct.offer(index, img)
         index += 1
     chosen = distinct.chosen(rows.notes)
     for frame_index, frame in chosen:
@@ -405,21 +445,24 @@ def _frames(img: Image.Image, limits: Limits, rows: Rows) -> int:
 
 
 def _decode_image(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        img = _open(data, limits)
-        fmt = (img.format or "image").lower()
-        rows = Rows(prep, limits)
-        if img.format == "MPO":
-            total = _pictures(data, img, prep, limits, rows)
-        elif getattr(img, "is_animated", False):
-            total = _frames(img, limits, rows)
-        else:
-            _still(img, prep, rows, "")
-            total = 1
+    img = _open(data, limits)
+    fmt = (img.format or "image").lower()
+    rows = Rows(prep, limits)
+    if img.format == "MPO":
+        total = _pictures(data, img, prep, limits, rows)
+    elif getattr(img, "is_animated", False):
+        total = _frames(img, limits, rows)
+    else:
+        _still(img, prep, rows, "")
+        total = 1
+    rows.finish()
     if not rows.rows:
         raise DecodeFailure("no frame could be decoded")
     return Decoded(fmt, rows.pixels(), total, rows.labels(), rows.notes)
+
+
+def _describe(err: BaseException) -> str:
+    return str(err) or type(err).__name__
 
 
 def _no_pixels(decoded: Decoded) -> bool:
@@ -433,17 +476,19 @@ def _decode_image_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> D
     with _MODE.strict():
         try:
             return _decode_image(data, prep, limits)
-        except BROKEN as err:
+        except (DecodeFailure, Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError):
+            raise
+        except Exception as err:  # noqa: BLE001 - a plugin's bug on odd bytes is a broken file, not a crash
             strict_error = err
     with _MODE.lenient():
         try:
             decoded = _decode_image(data, prep, limits)
-        except (DecodeFailure, *BROKEN):
-            raise DecodeFailure(f"corrupt or truncated: {strict_error}") from None
+        except Exception:  # noqa: BLE001
+            raise DecodeFailure(f"corrupt or truncated: {_describe(strict_error)}") from None
     if _no_pixels(decoded):
-        raise DecodeFailure(f"corrupt or truncated, no pixels decoded: {strict_error}")
+        raise DecodeFailure(f"corrupt or truncated, no pixels decoded: {_describe(strict_error)}")
     decoded.partial = True
-    decoded.notes.insert(0, f"partial: decoded as far as it goes ({strict_error})")
+    decoded.notes.insert(0, f"partial: decoded as far as it goes ({_describe(strict_error)})")
     return decoded
 
 
@@ -455,8 +500,8 @@ def _decode_video(data: bytes, fmt: str, prep: Preprocess, limits: Limits) -> De
 
     try:
         container = av.open(io.BytesIO(data), mode="r")
-    except (av.error.FFmpegError, ValueError) as err:
-        raise DecodeFailure(f"corrupt or unreadable video: {err}") from None
+    except Exception as err:  # noqa: BLE001
+        raise DecodeFailure(f"corrupt or unreadable video: {_describe(err)}") from None
     rows = Rows(prep, limits)
     with container:
         if not container.streams.video:
@@ -472,22 +517,23 @@ def _decode_video(data: bytes, fmt: str, prep: Preprocess, limits: Limits) -> De
             # scenecut) and phones every second or two, so a cut of a few seconds still has one.
             stream.codec_context.skip_frame = "NONKEY"
             rows.notes.append(f"about {expected:,} frames: keyframes only")
-        distinct = DistinctFrames(limits.max_frames)
+        distinct = DistinctFrames(limits.max_frames, rows.keep_size)
         decoded = 0
         try:
             for frame in container.decode(stream):
-                if decoded >= limits.max_decoded_frames:
-                    rows.notes.append(f"frame cap: only the first {limits.max_decoded_frames:,} frames were looked at")
+                if (cap := _frame_cap(decoded, decoded * width * height, limits)) is not None:
+                    rows.notes.append(cap)
                     break
                 signature = frame.to_ndarray(format="rgb24", width=16, height=16).astype(np.int16).reshape(-1)
                 distinct.offer(decoded, frame.to_image, signature)
                 decoded += 1
-        except (av.error.FFmpegError, ValueError, OSError) as err:
+        except Exception as err:  # noqa: BLE001 - FFmpeg's errors on odd bytes: a broken file, not a crash
             if not decoded:
-                raise DecodeFailure(f"corrupt video: {err}") from None
-            rows.notes.insert(0, f"partial: decoded as far as it goes ({err})")
+                raise DecodeFailure(f"corrupt video: {_describe(err)}") from None
+            rows.notes.insert(0, f"partial: decoded as far as it goes ({_describe(err)})")
         for index, image in distinct.chosen(rows.notes):
             rows.add_frame(image, f"frame {index + 1}")
+    rows.finish()
     if not rows.rows:
         raise DecodeFailure("video has no decodable frames")
     partial = bool(rows.notes) and rows.notes[0].startswith("partial")
@@ -537,5 +583,5 @@ def decode(data: bytes, prep: Preprocess, limits: Limits = Limits()) -> Decoded 
         return f"decompression bomb: {err}"
     except MemoryError:
         return f"{fmt or 'image'} needs too much memory to decode"
-    except (*BROKEN, RuntimeError) as err:  # pragma: no cover - the partial path catches these first
-        return f"corrupt or truncated {fmt or 'file'}: {err}"
+    except Exception as err:  # noqa: BLE001 - one odd file must never stop a scan
+        return f"corrupt or unreadable {fmt or 'file'}: {_describe(err)}"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import zlib
 
 import numpy as np
 import pytest
@@ -291,3 +292,45 @@ def test_scan_reports_partial_files_and_the_frame_that_flagged(tmp_path, tiny_bu
     listed = [json.loads(line) for line in run_cli("report", "--errors", *state).stdout.splitlines()]
     assert [r["path"].rsplit("/", 1)[1] for r in listed] == ["cut-short"]
     assert listed[0]["status"] == "scored" and "partial" in listed[0]["reason"]
+
+
+# ---------------------------------------------------------------- odd bytes
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "WEBP", "TIFF", "BMP", "ICO", "HEIF", "JPEG2000", "PSD", "MPO"])
+def test_mangled_files_never_raise(probe, fmt):
+    """Bytes flipped, cut and spliced at random: every outcome is a reason or rows, never an exception,
+    and rows are finite numbers."""
+    if fmt == "PSD":
+        good = psd(generated_image(3, 64, 48))
+    elif fmt == "MPO":
+        good = multi_picture_jpeg([jpeg(generated_image(3, 64, 48)), jpeg(generated_image(4, 64, 48))])
+    else:
+        frames = [generated_image(3 + i, 64, 48) for i in range(3)]
+        buf = io.BytesIO()
+        save_all = {"save_all": True, "append_images": frames[1:]} if fmt in ("GIF", "WEBP", "TIFF") else {}
+        frames[0].save(buf, format=fmt, **save_all)
+        good = buf.getvalue()
+    rng = np.random.default_rng(zlib.crc32(fmt.encode()))
+    for trial in range(40):
+        data = bytearray(good)
+        if trial % 3 == 0:
+            for at in rng.integers(0, len(data), size=int(rng.integers(1, 12))):
+                data[at] = int(rng.integers(0, 256))
+        elif trial % 3 == 1:
+            data = data[: int(rng.integers(1, len(data)))]
+        else:
+            at = int(rng.integers(0, len(data)))
+            data = data[:at] + bytes(rng.integers(0, 256, size=int(rng.integers(1, 64)), dtype=np.uint8)) + data[at:]
+        decoded = decode(bytes(data), probe.prep, Limits(coverage="full"))
+        if not isinstance(decoded, str):
+            assert decoded.pixels.ndim == 4 and np.isfinite(decoded.pixels).all()
+            assert len(decoded.pixels) == len(decoded.labels)
+
+
+def test_big_animation_keeps_small_copies_and_a_row_cap(probe):
+    frames = [generated_image(50 + i, 1200, 300) for i in range(12)]  # 4:1, all distinct
+    decoded = decode(gif(frames), probe.prep, Limits(coverage="full", max_rows=20))
+    assert len(decoded.pixels) == 20
+    assert any(note.startswith("row cap: 20 of") for note in decoded.notes)
+    assert decoded.labels[:12] == [f"frame {i + 1}" for i in range(12)]  # every centre crop before any tile
