@@ -146,11 +146,22 @@ def model_info(
 
     manifest = read_manifest(model_dir)
     checks = check_files(model_dir, manifest)
-    placement, reason = None, None
+    from .cpu import cpu_info
+    from .int8check import cached_check
+
+    placement, reason, int8 = None, None, None
     if all(state == "ok" for _, state in checks):
-        placement, reason = _placement_or_reason(load_bundle(model_dir, verify=False), device)
+        bundle = load_bundle(model_dir, verify=False)
+        placement, reason = _placement_or_reason(bundle, device)
+        int8 = cached_check(bundle)
     else:
         reason = "bundle files do not verify (see checks)"
+    cpu = cpu_info()
+    int8_text = (
+        int8.describe()
+        if int8
+        else "not checked on this CPU yet (checked on first use of --precision int8, or by `model verify`)"
+    )
     if json_out:
         print_json(
             {
@@ -160,6 +171,8 @@ def model_info(
                 "provider": placement.provider if placement else None,
                 "precision": placement.precision if placement else None,
                 "provider_note": placement.note if placement else reason,
+                **cpu.as_dict(),
+                "int8_on_this_cpu": None if int8 is None else {"faithful": int8.faithful, "description": int8_text},
             }
         )
         return
@@ -190,6 +203,9 @@ def model_info(
         if parity.get(variant, {}).get("checked"):
             table.add_row(variant.replace("_vs_", " vs "), f"min cosine {parity[variant]['min_cosine']:.6f}")
     table.add_row("made with", ", ".join(f"{k} {v}" for k, v in manifest.get("tools", {}).items()))
+    table.add_row("this CPU", f"{cpu.model}: {', '.join(cpu.features) or 'no listed features'} ({cpu.int8_class})")
+    if "image_int8" in manifest["files"]:
+        table.add_row("int8 on this CPU", int8_text)
     if placement:
         table.add_row("would run on", f"{placement.provider} ({placement.precision}): {placement.note}")
     else:
@@ -212,11 +228,14 @@ def model_verify(
     import numpy as np
 
     from .bundle import load_bundle
+    from .cpu import cpu_info
     from .infer import ImageEncoder
     from .preprocess import to_model_input
     from .synthetic import generated_image
 
     bundle = load_bundle(model_dir)
+    cpu = cpu_info()
+    out.print(f"this CPU: {cpu.model}: {', '.join(cpu.features) or 'no listed features'} ({cpu.int8_class})")
     probe = np.stack([to_model_input(generated_image(seed), bundle.preprocess) for seed in range(4)])
     reference = None
     for precision in bundle.available_precisions():
@@ -239,6 +258,8 @@ def model_verify(
         else:
             line += f", min cosine vs fp32 {float((emb * reference).sum(axis=1).min()):.6f}"
         out.print(line)
+        if encoder.int8_check is not None:
+            out.print(f"  {encoder.int8_check.describe()}")
     out.print(f"bundle {model_dir}: all {len(bundle.manifest['sha256'])} files verified")
 
 

@@ -106,12 +106,37 @@ class ImageEncoder:
         self.session = session
         self.input_name = session.get_inputs()[0].name
         self.placement = Placement(provider=session.get_providers()[0], precision=chosen, note=note)
+        self.int8_check = None
+        if chosen == "int8":
+            self.int8_check = self._check_int8(threads)
+
+    def _check_int8(self, threads: int):
+        """int8 is used only where it is faithful to fp32 on this CPU (see int8check.py); else refused."""
+        from .int8check import check_int8
+
+        def fp32_factory():
+            reference = _session(self.bundle.image_encoder_path("fp32"), [CPU], threads)
+            return lambda pixels: _embed(reference, reference.get_inputs()[0].name, pixels)
+
+        check = check_int8(self.bundle, self, fp32_factory)
+        if not check.faithful:
+            raise DeviceError(
+                f"--precision int8 refused: {check.describe()}",
+                hint="use --precision fp32 (or auto); a bundle exported by this mirror-scan quantizes with "
+                "reduce_range, which stays faithful on CPUs without VNNI",
+            )
+        log.info("%s", check.describe())
+        return check
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        (out,) = self.session.run(None, {self.input_name: np.ascontiguousarray(pixels, dtype=np.float32)})
-        out = out.astype(np.float32, copy=False)
-        # int8/fp16 graphs normalise in reduced precision; renormalise so cosines stay cosines.
-        return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
+        return _embed(self.session, self.input_name, pixels)
+
+
+def _embed(session, input_name: str, pixels: np.ndarray) -> np.ndarray:
+    (out,) = session.run(None, {input_name: np.ascontiguousarray(pixels, dtype=np.float32)})
+    out = out.astype(np.float32, copy=False)
+    # int8/fp16 graphs normalise in reduced precision; renormalise so cosines stay cosines.
+    return out / np.maximum(np.linalg.norm(out, axis=1, keepdims=True), 1e-12)
 
 
 class TextEncoder:

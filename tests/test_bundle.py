@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mirror_scan.bundle import load_bundle
-from mirror_scan.errors import BundleError
+from mirror_scan.errors import BundleError, DeviceError
+from mirror_scan.infer import ImageEncoder
 
 from .conftest import run_cli
+from .mediafiles import image_bytes
 
 
 def test_export_writes_a_complete_manifest(tiny_bundle):
@@ -130,3 +133,69 @@ def test_export_refuses_to_overwrite_and_unknown_arch(tmp_path, tiny_bundle):
     assert proc.returncode == 2 and "unknown open_clip architecture" in proc.stderr
     assert not (tmp_path / "x").exists()
     assert not [p for p in tmp_path.iterdir() if ".export-" in p.name]  # no half-made bundle left behind
+
+
+# ---------------------------------------------------------------- int8 on this CPU
+
+
+def _degrade_int8(bundle_dir: Path) -> None:
+    """Noise on the int8 weights (what saturating kernels do to similarities, and more), manifest updated."""
+    import onnx
+    from mirror_scan.hashing import sha256_file
+    from onnx import numpy_helper
+
+    path = bundle_dir / "image_encoder.int8.onnx"
+    model = onnx.load(str(path))
+    rng = np.random.default_rng(0)
+    for index, tensor in enumerate(model.graph.initializer):
+        if tensor.data_type == onnx.TensorProto.INT8:
+            weights = numpy_helper.to_array(tensor).astype(np.int16)
+            noisy = np.clip(weights + rng.integers(-60, 61, size=weights.shape), -127, 127).astype(np.int8)
+            model.graph.initializer[index].CopyFrom(numpy_helper.from_array(noisy, tensor.name))
+    onnx.save(model, str(path))
+    manifest_path = bundle_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["sha256"][path.name] = sha256_file(path)
+    manifest_path.write_text(json.dumps(manifest))
+
+
+def test_int8_guard_accepts_a_faithful_encoder_and_refuses_a_degraded_one(tiny_bundle):
+    encoder = ImageEncoder(load_bundle(tiny_bundle), device="cpu", precision="int8")
+    assert encoder.int8_check.faithful and encoder.int8_check.min_cosine >= 0.995
+    _degrade_int8(tiny_bundle)
+    with pytest.raises(DeviceError, match="--precision int8 refused: int8 NOT faithful on this CPU"):
+        ImageEncoder(load_bundle(tiny_bundle), device="cpu", precision="int8")
+    # Where the admin meets it: a clear error, no traceback, and fp32 still works.
+    tree = tiny_bundle.parent / "tree"
+    tree.mkdir()
+    (tree / "a.png").write_bytes(image_bytes("PNG", 1))
+    proc = run_cli("scan", str(tree), "--model", str(tiny_bundle), "--precision", "int8", "--dry-run")
+    assert proc.returncode == 2 and "int8 refused" in proc.stderr and "--precision fp32" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    proc = run_cli("scan", str(tree), "--model", str(tiny_bundle), "--precision", "fp32", "--dry-run", "--quiet")
+    assert proc.returncode in (0, 1), proc.stderr
+
+
+def test_int8_check_is_cached_per_bundle_and_cpu(tiny_bundle, tmp_path, monkeypatch):
+    from mirror_scan import int8check
+    from mirror_scan.cpu import CpuInfo
+
+    bundle = load_bundle(tiny_bundle)
+    int8 = ImageEncoder(bundle, device="cpu", precision="fp32")  # any encoder: counting fp32 loads is the point
+    loads = []
+
+    def fp32_factory():
+        loads.append(1)
+        return int8
+
+    cache = tmp_path / "checks.json"
+    first = int8check.check_int8(bundle, int8, fp32_factory, cache)
+    again = int8check.check_int8(bundle, int8, fp32_factory, cache)
+    assert len(loads) == 1 and not first.cached and again.cached and again.min_cosine == first.min_cosine
+    other_cpu = CpuInfo(model="Some CPU without VNNI", features=("AVX2",), cores=4)
+    monkeypatch.setattr(int8check, "cpu_info", lambda: other_cpu)
+    moved = int8check.check_int8(bundle, int8, fp32_factory, cache)
+    assert len(loads) == 2 and not moved.cached and moved.cpu_int8_class == "x86-64 AVX2 without VNNI"
+    _degrade_int8(tiny_bundle)  # another int8 file: another key
+    int8check.check_int8(load_bundle(tiny_bundle), int8, fp32_factory, cache)
+    assert len(loads) == 3

@@ -244,6 +244,8 @@ def export_bundle(opts: ExportOptions) -> dict[str, Any]:
             files["image_int8"] = "image_encoder.int8.onnx"
             _to_int8(work / files["image_fp32"], work / files["image_int8"])
             parity["int8_vs_fp32"] = _parity(onnx_image, _ort_run(work / files["image_int8"], torch_pixels.numpy()))
+            parity["int8_vs_fp32"]["quantization"] = DEFAULT_INT8_VARIANT
+            parity["int8_vs_fp32"]["cpu"] = cpu_info().as_dict()  # int8 fidelity depends on the CPU
 
         tokenizer_info: dict[str, Any] = {"kind": "clip-bpe" if clip_bpe else "other", "context_length": context_length}
         if clip_bpe:
@@ -315,8 +317,37 @@ def _to_fp16(src: Path, dst: Path) -> None:
     onnx.save(model, str(dst))
 
 
-def _to_int8(src: Path, dst: Path) -> None:
+# Weight quantisation variants (scripts/bench_model.py --int8-variants measures them all). On x86-64
+# without VNNI (AVX2, and AVX-512 without VNNI) onnxruntime's u8s8 kernels add pairs of u8 x s8 products
+# into 16 bits, which saturates with full-range weights: similarities drift by ~1e-2. 7-bit weights
+# (reduce_range) cannot saturate; per-channel scales win back the bit. VNNI CPUs are exact either way.
+INT8_VARIANTS: dict[str, dict] = {
+    "per-tensor": {},
+    "reduce-range": {"reduce_range": True},
+    "per-channel": {"per_channel": True},
+    "reduce-range+per-channel": {"reduce_range": True, "per_channel": True},
+}
+DEFAULT_INT8_VARIANT = "reduce-range+per-channel"
+
+
+def quantize_int8(src: Path, dst: Path, variant: str = DEFAULT_INT8_VARIANT) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     # Weights-only dynamic quantisation of the matrix multiplies: the transformer's bulk.
-    quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    quantize_dynamic(
+        str(src),
+        str(dst),
+        weight_type=QuantType.QInt8,
+        op_types_to_quantize=["MatMul", "Gemm"],
+        **INT8_VARIANTS[variant],
+    )
+
+
+def cpu_info():
+    from mirror_scan.cpu import cpu_info as probe
+
+    return probe()
+
+
+def _to_int8(src: Path, dst: Path) -> None:
+    quantize_int8(src, dst)
