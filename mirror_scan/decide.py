@@ -77,6 +77,29 @@ def annotate(verdict: Verdict, detail: dict[str, Any] | None) -> Verdict:
     return Verdict(verdict.flagged, reason or None)
 
 
+def with_hash_match(verdict: Verdict, match, allowlisted: bool) -> Verdict:
+    """A hash-list match decides before the model: a `flag` list flags even what the model clears; a
+    `review` list only records the match; the allowlist (restored bytes) wins over both."""
+    if match is None:
+        return verdict
+    found = match.reason()
+    reason = dict(verdict.reason or {})
+    if allowlisted or match.action != "flag":
+        reason["hash_list_would_flag" if allowlisted else "hash_list_review"] = found
+        return Verdict(verdict.flagged, reason)
+    flagged = {"flagged": True, "labels": ["hash list"], **found}
+    for key in ("notes", "partial"):
+        if key in reason:
+            flagged[key] = reason[key]
+    if verdict.flagged:
+        flagged["model"] = {k: v for k, v in reason.items() if k not in ("notes", "partial")}
+    return Verdict(True, flagged)
+
+
+def _hash_text(found: dict) -> str:
+    return f"hash list {found['hash_list']}, {found['match']} distance {found['distance']}"
+
+
 def _simple_reason(reason: str | dict | None, allowlisted: str) -> tuple[dict | None, str]:
     """A stored reason as a dict to render, or the finished text when there is nothing to render:
     empty, plain text, an error, or an allowlisting."""
@@ -101,6 +124,9 @@ def reason_text(reason: str | dict | None) -> str:
     reason, text = _simple_reason(reason, "allowlisted (the policy would flag it)")
     if reason is None:
         return text
+    if "hash_list" in reason:
+        model = f"; model: {reason_text(reason['model'])}" if reason.get("model") else ""
+        return "; ".join(filter(None, [_hash_text(reason) + model, *reason.get("notes", [])]))
     parts = []
     for check, fired in reason.get("checks", {}).items():
         items = ", ".join(
@@ -115,7 +141,8 @@ def reason_text(reason: str | dict | None) -> str:
     else:
         frame = f" [frame {reason['frame'] + 1}/{reason['frames']}]" if reason.get("frames", 1) > 1 else ""
     text = f"{labels}{frame}: " + "; ".join(parts) if parts or labels else ""
-    return "; ".join(filter(None, [text, *reason.get("notes", [])]))
+    review = f"review: {_hash_text(reason['hash_list_review'])}" if "hash_list_review" in reason else ""
+    return "; ".join(filter(None, [text, review, *reason.get("notes", [])]))
 
 
 def short_reason(reason: str | dict | None) -> str:
@@ -123,6 +150,8 @@ def short_reason(reason: str | dict | None) -> str:
     reason, text = _simple_reason(reason, "allowlisted")
     if reason is None:
         return text
+    if "hash_list" in reason:
+        return _hash_text(reason)
     fired = [f for checks in reason.get("checks", {}).values() for f in checks if "margin" in f]
     labels = ",".join(label for label in reason.get("labels", []) if label != "subject")
     if not fired:

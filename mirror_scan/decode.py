@@ -41,6 +41,10 @@ try:  # JPEG XL through the pillow-jxl plugin (registers itself with Pillow)
     import pillow_jxl  # noqa: F401
 except ImportError:  # pragma: no cover - optional at runtime, installed by default
     pass
+from . import hashes
+
+# PDQ perceptual hashes for hash lists; scanning works without them.
+pdq_dihedral = hashes.pdq_dihedral if hashes.AVAILABLE else None
 try:  # HEIF/HEIC (iPhone photos) through pillow-heif
     import pillow_heif
 
@@ -97,6 +101,8 @@ class Decoded:
     pixels: np.ndarray  # float32 [rows, 3, H, W]
     total_frames: int
     labels: list[str] = field(default_factory=list)  # per row: where it comes from ("frame 3, tile 2/4")
+    pdq: list[tuple[str, int]] = field(default_factory=list)  # per scored frame: PDQ hash and quality
+    pdq_variants: list[str] = field(default_factory=list)  # every frame's 8 rotations/mirrors, for matching
     notes: list[str] = field(default_factory=list)  # per file: partial decode, caps hit, pictures skipped
     partial: bool = False
 
@@ -234,13 +240,20 @@ class Rows:
         self.prep, self.limits = prep, limits
         self.rows: list[tuple[str, Image.Image]] = []
         self.tiles: list[tuple[str, Image.Image]] = []  # coverage "full": taken after every centre crop
+        self.pdq: list[tuple[str, int]] = []
+        self.pdq_variants: list[str] = []
         self.notes: list[str] = []
         self._tile_note = False
         # Frames kept for later are reduced to this short side: enough for the centre crop and for tiles.
         self.keep_size = max(prep.size)
 
     def add_frame(self, frame: Image.Image, where: str) -> None:
-        for view, rgb in _views(frame):
+        views = _views(frame)
+        if pdq_dihedral is not None:
+            digest, quality, variants = pdq_dihedral(views[0][1])  # the picture as a viewer sees it
+            self.pdq.append((digest, quality))
+            self.pdq_variants.extend(variants)
+        for view, rgb in views:
             label = ", ".join(part for part in (where, view) if part)
             self.rows.append((label, resize_and_crop(rgb, self.prep)))
             if self.limits.coverage != "full":
@@ -458,7 +471,7 @@ def _decode_image(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
     rows.finish()
     if not rows.rows:
         raise DecodeFailure("no frame could be decoded")
-    return Decoded(fmt, rows.pixels(), total, rows.labels(), rows.notes)
+    return Decoded(fmt, rows.pixels(), total, rows.labels(), rows.pdq, rows.pdq_variants, rows.notes)
 
 
 def _describe(err: BaseException) -> str:
@@ -537,7 +550,7 @@ def _decode_video(data: bytes, fmt: str, prep: Preprocess, limits: Limits) -> De
     if not rows.rows:
         raise DecodeFailure("video has no decodable frames")
     partial = bool(rows.notes) and rows.notes[0].startswith("partial")
-    return Decoded(fmt, rows.pixels(), decoded, rows.labels(), rows.notes, partial)
+    return Decoded(fmt, rows.pixels(), decoded, rows.labels(), rows.pdq, rows.pdq_variants, rows.notes, partial)
 
 
 def _expected_frames(stream, container) -> int:

@@ -5,6 +5,7 @@ raises for a problem with the file."""
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import stat
 import threading
@@ -25,6 +26,9 @@ class Decoded:
     format: str
     pixels: np.ndarray  # float32 [rows, 3, H, W]
     detail: dict | None = None  # the decode's row labels and notes, kept with the result
+    md5: str | None = None  # many shared hash lists are md5
+    pdq: list[tuple[str, int]] | None = None  # per scored frame: PDQ hash and quality
+    pdq_variants: list[str] | None = None  # rotations and mirror images of every frame, for matching
 
 
 @dataclass
@@ -159,4 +163,13 @@ def fetch(
     decoded = decode(data, prep, limits)
     if isinstance(decoded, str):
         return Failed(found, sha, decoded)
-    return Decoded(found, sha, decoded.format, decoded.pixels, decode_detail(decoded))
+    return Decoded(
+        found,
+        sha,
+        decoded.format,
+        decoded.pixels,
+        decode_detail(decoded),
+        hashlib.md5(data, usedforsecurity=False).hexdigest(),
+        decoded.pdq,
+        decoded.pdq_variants,
+    )

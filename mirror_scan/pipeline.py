@@ -20,10 +20,11 @@ import numpy as np
 
 from .act import Actor
 from .bundle import Bundle
-from .decide import Verdict, annotate, decide
+from .decide import Verdict, annotate, decide, with_hash_match
 from .decode import Limits
 from .discover import Found, Unscannable, discover
 from .fetch import Changed, Decoded, Failed, Outcome, Reused, Vanished, fetch
+from .hashes import Matcher, queries
 from .policy import Policy
 from .report import ReportWriter, record
 from .scoring import Scorer, columns, policy_sims, result_model_id
@@ -108,6 +109,7 @@ class Scan:
         self.in_flight = 0
         self.model_id = result_model_id(bundle, scorer, config.limits)
         self.prompt_set = ledger.ensure_prompt_set(bundle.concepts.prompts)
+        self.matcher = Matcher(ledger.hash_list_entries())  # imported hash lists decide before the model
         self.policy_columns = columns(bundle.concepts.prompts, policy)
         self.counters = Counters()
         self._batch: list[Decoded] = []
@@ -120,6 +122,13 @@ class Scan:
 
     def _lookup(self, sha256: str) -> int | None:
         return self.ledger.result_id_for(sha256, self.model_id, conn=self.ledger.reader())
+
+    def _listed(self, sha256: str) -> bool:
+        """On an imported hash list (a list imported after the file was scanned applies now)."""
+        if not self.matcher:
+            return False
+        md5, pdqs = self.ledger.picture_hashes(sha256)
+        return self.matcher.match(sha256, md5, pdqs) is not None
 
     def _fetch(self, found: Found) -> tuple[Outcome, float]:
         started = time.perf_counter()
@@ -147,7 +156,9 @@ class Scan:
         result_id, status = row.result_id, row.status
         policy_id, severity = row.policy_id, row.severity
         self.counters.unchanged += 1
-        if (policy_id, severity) != (self.policy.policy_id, self.config.severity):
+        if (policy_id, severity) != (self.policy.policy_id, self.config.severity) or (
+            verdict != "flagged" and self._listed(sha256)
+        ):
             self._redecide(found, sha256, result_id, status, fmt, count_as=None)
             return True
         if verdict == "flagged":
@@ -180,13 +191,9 @@ class Scan:
             self.on_batch(seconds)
         self.counters.frames += len(pixels)
         owners = np.repeat(np.arange(len(items)), [len(item.pixels) for item in items])
+        allowlisted = [self.ledger.allowlisted(item.sha256) for item in items]
         verdicts = decide(
-            self.policy,
-            sims[:, self.policy_columns],
-            owners,
-            len(items),
-            self.config.severity,
-            [self.ledger.allowlisted(item.sha256) for item in items],
+            self.policy, sims[:, self.policy_columns], owners, len(items), self.config.severity, allowlisted
         )
         started = time.perf_counter()
         for index, (item, verdict) in enumerate(zip(items, verdicts, strict=True)):
@@ -194,7 +201,11 @@ class Scan:
             result_id = self.ledger.put_result(
                 item.sha256, self.model_id, self.prompt_set, sims[rows], embeddings[rows], item.detail
             )
+            self.ledger.put_picture_hashes(item.sha256, item.md5, item.pdq)
             verdict = annotate(verdict, item.detail)
+            if self.matcher:
+                match = self.matcher.match(item.sha256, item.md5, queries(item.pdq, item.pdq_variants))
+                verdict = with_hash_match(verdict, match, allowlisted[index])
             self.counters.scored += 1
             self._record_verdict(item.found, item.sha256, "scored", verdict, result_id, item.format)
             for twin in self._twins.pop(item.sha256, []):
@@ -289,6 +300,9 @@ class Scan:
             [self.ledger.allowlisted(sha256)],
         )
         verdict = annotate(verdict, stored.detail)
+        if self.matcher:
+            md5, pdqs = self.ledger.picture_hashes(sha256)
+            verdict = with_hash_match(verdict, self.matcher.match(sha256, md5, pdqs), self.ledger.allowlisted(sha256))
         if count_as == "reused":
             self.counters.reused += 1
         self._record_verdict(

@@ -12,7 +12,8 @@ import numpy as np
 
 from .act import Actor
 from .bundle import Bundle
-from .decide import Verdict, annotate
+from .decide import Verdict, annotate, with_hash_match
+from .hashes import Matcher
 from .policy import Policy, evaluate
 from .scoring import policy_sims
 from .state import Ledger
@@ -50,6 +51,7 @@ def rescore(
         set_id: any(p not in ledger.prompt_set(set_id) for p in policy.prompts) for set_id in ledger.prompt_set_ids()
     }
     cursor = ledger.rescore_rows([s for s, needed in needs_embedding.items() if needed])
+    matcher = Matcher(ledger.hash_list_entries())
     updates: list[tuple[str, str | None, float, int]] = []
     while rows := cursor.fetchmany(CHUNK):
         by_set: dict[str, list] = {}
@@ -93,6 +95,14 @@ def rescore(
                         reason = {"allowlisted": True, "policy_would_flag": reason}
                 detail = group[index][9]
                 verdict = annotate(Verdict(bool(new_flag[index]), reason), json.loads(detail) if detail else None)
+                if matcher:  # a hash-list match still decides first; the model alone cannot clear it
+                    md5, pdqs = ledger.picture_hashes(group[index][2])
+                    verdict = with_hash_match(verdict, matcher.match(group[index][2], md5, pdqs), bool(allow[index]))
+                    if verdict.flagged and not new_flag[index]:
+                        summary.to_clean -= int(old_flag[index])
+                        summary.still_clean -= int(not old_flag[index])
+                        summary.still_flagged += int(old_flag[index])
+                        summary.to_flagged += int(not old_flag[index])
                 updates.append((verdict.label, verdict.reason_json(), now, group[index][0]))
             summary.files += len(group)
         if progress:

@@ -9,6 +9,7 @@ per batch, decides, keeps rejected bytes in the quarantine as evidence, and answ
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
@@ -25,8 +26,9 @@ from typing import Any
 import numpy as np
 
 from .bundle import Bundle
-from .decide import annotate, decide
+from .decide import annotate, decide, with_hash_match
 from .decode import Limits, decode, decode_detail
+from .hashes import Matcher, queries
 from .hashing import sha256_bytes
 from .policy import Policy
 from .quarantine import Quarantine
@@ -60,6 +62,9 @@ class Job:
     content_type: str
     pixels: np.ndarray
     detail: dict | None = None  # the decode's row labels and notes
+    md5: str | None = None
+    pdq: list[tuple[str, int]] | None = None
+    pdq_variants: list[str] | None = None
     future: Future = field(default_factory=Future)
 
 
@@ -80,6 +85,8 @@ class Batcher(threading.Thread):
         self.scorer, self.policy, self.config = scorer, policy, config
         self.model_id = result_model_id(bundle, scorer, config.limits)
         self.prompt_set = ledger.ensure_prompt_set(bundle.concepts.prompts)
+        # Re-uploads of what was purged elsewhere, re-encoded or not, are refused by the imported lists.
+        self.matcher = Matcher(ledger.hash_list_entries())
         self.policy_columns = columns(bundle.concepts.prompts, policy)
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self._decoding = 0  # uploads read and being decoded by handler threads: they will join a batch soon
@@ -167,6 +174,10 @@ class Batcher(threading.Thread):
     def _answer(self, job: Job, sims: np.ndarray, detail: dict | None) -> None:
         (verdict,) = decide(self.policy, sims, np.zeros(len(sims), dtype=np.intp), 1, self.config.severity)
         verdict = annotate(verdict, detail)
+        self.ledger.put_picture_hashes(job.sha256, job.md5, job.pdq)
+        if self.matcher:
+            match = self.matcher.match(job.sha256, job.md5, queries(job.pdq, job.pdq_variants))
+            verdict = with_hash_match(verdict, match, allowlisted=False)  # allowlisted uploads never get here
         if verdict.flagged:
             evidence = {
                 "verdict": verdict.reason,
@@ -353,7 +364,17 @@ class Handler(BaseHTTPRequestHandler):
             if config.on_error == "accept":
                 return self._reply(200, {"verdict": "accepted", "note": f"not decodable: {decoded}"})
             return self._reply(415, {"verdict": "rejected", "error": f"not decodable: {decoded}"})
-        future = self.server.batcher.submit(Job(sha256, data, content_type, decoded.pixels, decode_detail(decoded)))
+        job = Job(
+            sha256,
+            data,
+            content_type,
+            decoded.pixels,
+            decode_detail(decoded),
+            hashlib.md5(data, usedforsecurity=False).hexdigest(),
+            decoded.pdq,
+            decoded.pdq_variants,
+        )
+        future = self.server.batcher.submit(job)
         try:
             flagged, reason = future.result(timeout=config.answer_within_s)
         except FutureTimeout:

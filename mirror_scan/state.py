@@ -71,6 +71,29 @@ CREATE TABLE IF NOT EXISTS files (
 );
 CREATE INDEX IF NOT EXISTS files_verdict ON files (verdict);
 CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256);
+CREATE TABLE IF NOT EXISTS picture_hashes (
+    sha256 TEXT NOT NULL,
+    frame INTEGER NOT NULL,
+    md5 TEXT,
+    pdq TEXT,
+    quality INTEGER,
+    PRIMARY KEY (sha256, frame)
+);
+CREATE TABLE IF NOT EXISTS hash_lists (
+    name TEXT PRIMARY KEY,
+    action TEXT NOT NULL,
+    imported REAL NOT NULL,
+    source TEXT,
+    entries INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS hash_list_entries (
+    list TEXT NOT NULL REFERENCES hash_lists(name),
+    kind TEXT NOT NULL,
+    value TEXT NOT NULL,
+    note TEXT,
+    source TEXT
+);
+CREATE INDEX IF NOT EXISTS hash_list_entries_list ON hash_list_entries (list);
 CREATE TABLE IF NOT EXISTS allowlist (sha256 TEXT PRIMARY KEY, added REAL NOT NULL, note TEXT);
 CREATE TABLE IF NOT EXISTS quarantine (
     id TEXT PRIMARY KEY,
@@ -603,6 +626,60 @@ class Ledger:
             self.db.execute(
                 "UPDATE files SET policy_id=?, severity=? WHERE status IN ('scored', 'reused')", (policy_id, severity)
             )
+
+    # ---------------------------------------------------------------- hashes and hash lists
+
+    def put_picture_hashes(self, sha256: str, md5: str | None, pdq: list[tuple[str, int]] | None) -> None:
+        """md5 of the bytes and the PDQ of each scored frame (frame -1 holds the md5 alone when no frame
+        could be hashed)."""
+        rows = [(sha256, i, md5, h, q) for i, (h, q) in enumerate(pdq or [])] or [(sha256, -1, md5, None, None)]
+        self.begin()
+        self.db.executemany("INSERT OR REPLACE INTO picture_hashes VALUES (?,?,?,?,?)", rows)
+
+    def picture_hashes(self, sha256: str) -> tuple[str | None, list[tuple[str, int]]]:
+        rows = self.db.execute(
+            "SELECT md5, pdq, quality FROM picture_hashes WHERE sha256=? ORDER BY frame", (sha256,)
+        ).fetchall()
+        md5 = next((r[0] for r in rows if r[0]), None)
+        return md5, [(r[1], int(r[2])) for r in rows if r[1]]
+
+    def hash_list_entries(self) -> list[tuple[str, str, str, str, str | None]]:
+        """(list, action, kind, value, note) of every imported list, for the matcher."""
+        return self.db.execute(
+            "SELECT e.list, l.action, e.kind, e.value, e.note FROM hash_list_entries e "
+            "JOIN hash_lists l ON l.name = e.list"
+        ).fetchall()
+
+    def hash_lists(self) -> list[tuple]:
+        return self.db.execute(
+            "SELECT name, action, imported, source, entries FROM hash_lists ORDER BY name"
+        ).fetchall()
+
+    def import_hash_list(self, name: str, action: str, source: str, entries: list[tuple[str, str, str, str]]) -> None:
+        """All or nothing: entries (kind, value, note, source) replace nothing; a list of that name must not
+        exist (the caller removes it first to replace it)."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO hash_lists VALUES (?,?,?,?,?)", (name, action, time.time(), source, len(entries))
+            )
+            self.db.executemany(
+                "INSERT INTO hash_list_entries VALUES (?,?,?,?,?)", [(name, *entry) for entry in entries]
+            )
+
+    def remove_hash_list(self, name: str) -> int:
+        with self.transaction():
+            self.db.execute("DELETE FROM hash_list_entries WHERE list=?", (name,))
+            return self.db.execute("DELETE FROM hash_lists WHERE name=?", (name,)).rowcount
+
+    def quarantined_hashes(self, since: float | None = None) -> list[tuple[str, str | None, str | None]]:
+        """(sha256, md5, pdq) of every item in quarantine that was not restored, one row per PDQ frame."""
+        return self.db.execute(
+            """SELECT q.sha256, h.md5, h.pdq FROM quarantine q
+               LEFT JOIN picture_hashes h ON h.sha256 = q.sha256
+               WHERE q.state IN ('quarantined', 'upstream_pending', 'purged') AND q.created >= ?
+               ORDER BY q.created, h.frame""",
+            (since or 0.0,),
+        ).fetchall()
 
     # ---------------------------------------------------------------- allowlist
 

@@ -1,0 +1,151 @@
+"""`hashlist import|list|show|remove|export`: known material by hash, shared between instances."""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from .cli_options import ConfigOpt, JsonOpt, QuarantineOpt, StateOpt, open_writer
+from .console import err, out, print_json
+from .errors import UsageError
+from .settings import resolve
+
+hashlist_app = typer.Typer(
+    help="Hash lists: flag known pictures by PDQ (re-encoded copies too), sha256 or md5, and share yours.",
+    no_args_is_help=True,
+)
+
+
+def _reader(state: Path | None, config: Path | None):
+    from .app.workspace import Workspace
+
+    return Workspace.reader(resolve({"state": state}, config))
+
+
+@hashlist_app.command("import")
+def import_cmd(
+    file: Annotated[Path, typer.Argument(help="CSV with a header: type,hash[,note,source] (or HMA/ThreatExchange).")],
+    name: Annotated[str, typer.Option("--name", help="The list's name (shown in every reason it causes).")],
+    action: Annotated[str, typer.Option("--action", help="flag (act on matches) or review (record only).")] = "flag",
+    replace: Annotated[bool, typer.Option("--replace", help="Replace a list of the same name.")] = False,
+    state: StateOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Import a shared list. Every line is checked first: on any bad line nothing is imported and every
+    bad line is reported with its number. Matching starts with the next scan, watch or serve start."""
+    from .hashes import parse_list
+
+    if action not in ("flag", "review"):
+        raise UsageError(f"--action {action!r}", hint="use flag or review")
+    if not name or "/" in name or len(name) > 100:
+        raise UsageError(f"list name {name!r}", hint="a short name without '/'")
+    try:
+        text = file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise UsageError(f"cannot read {file}: {error}") from None
+    entries, errors = parse_list(text)
+    if errors:
+        for problem in errors[:50]:
+            err.print(f"{file}: {problem}")
+        more = f" (and {len(errors) - 50} more)" if len(errors) > 50 else ""
+        raise UsageError(
+            f"{len(errors)} bad line(s) in {file}{more}: nothing imported", hint="fix them and import again"
+        )
+    if not entries:
+        raise UsageError(f"{file} holds no hashes: nothing imported")
+    with open_writer(resolve({"state": state}, config), quiet=True) as workspace:
+        ledger = workspace.ledger
+        if any(row[0] == name for row in ledger.hash_lists()):
+            if not replace:
+                raise UsageError(
+                    f"a hash list named {name!r} exists", hint="--replace replaces it, or pick another --name"
+                )
+            ledger.remove_hash_list(name)
+        ledger.import_hash_list(name, action, str(file), entries)
+    kinds = {kind: sum(1 for e in entries if e[0] == kind) for kind in ("pdq", "sha256", "md5")}
+    summary = ", ".join(f"{count:,} {kind}" for kind, count in kinds.items() if count)
+    out.print(f"imported hash list {name!r} ({action}): {summary}")
+
+
+@hashlist_app.command("list")
+def list_cmd(state: StateOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    """The imported lists: name, action, entries, when and from where."""
+    with _reader(state, config) as workspace:
+        rows = workspace.ledger.hash_lists()
+    data = [
+        {
+            "name": n,
+            "action": a,
+            "entries": c,
+            "imported": time.strftime("%Y-%m-%d %H:%M", time.localtime(t)),
+            "source": s,
+        }
+        for n, a, t, s, c in rows
+    ]
+    if json_out:
+        print_json(data)
+        return
+    if not data:
+        out.print("no hash lists (import one: mirror-scan hashlist import FILE --name NAME)")
+    for row in data:
+        out.print(
+            f"{row['name']:24s} {row['action']:7s} {row['entries']:>10,} entries  {row['imported']}  {row['source']}"
+        )
+
+
+@hashlist_app.command("show")
+def show_cmd(name: Annotated[str, typer.Argument()], state: StateOpt = None, config: ConfigOpt = None) -> None:
+    """One list's entries as CSV (type,hash,note,source)."""
+    with _reader(state, config) as workspace:
+        if not any(row[0] == name for row in workspace.ledger.hash_lists()):
+            raise UsageError(f"no hash list named {name!r}", hint="see: mirror-scan hashlist list")
+        rows = workspace.ledger.db.execute(
+            "SELECT kind, value, note, source FROM hash_list_entries WHERE list=? ORDER BY rowid", (name,)
+        ).fetchall()
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["type", "hash", "note", "source"])
+    writer.writerows(rows)
+
+
+@hashlist_app.command("remove")
+def remove_cmd(name: Annotated[str, typer.Argument()], state: StateOpt = None, config: ConfigOpt = None) -> None:
+    """Remove an imported list (verdicts it caused stay until the next scan or rescore)."""
+    with open_writer(resolve({"state": state}, config), quiet=True) as workspace:
+        if not workspace.ledger.remove_hash_list(name):
+            raise UsageError(f"no hash list named {name!r}", hint="see: mirror-scan hashlist list")
+    out.print(f"removed hash list {name!r}")
+
+
+@hashlist_app.command("export")
+def export_cmd(
+    source: Annotated[str, typer.Option("--from", help="quarantine: what this instance quarantined.")] = "quarantine",
+    since: Annotated[str | None, typer.Option("--since", help="Only items quarantined within this (e.g. 30d).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv (type,hash) or hma (signal_type,signal_value).")] = "csv",
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """What this instance quarantined and did not restore, as PDQ + sha256 + md5, for other instances to
+    import. Hashes only: no paths, names, keys or dates."""
+    from .durations import parse_since
+
+    if source != "quarantine":
+        raise UsageError(f"--from {source!r}", hint="only --from quarantine is supported")
+    if fmt not in ("csv", "hma"):
+        raise UsageError(f"--format {fmt!r}", hint="use csv or hma")
+    cutoff = parse_since(since) if since else None
+    with _reader(state, config) as workspace:
+        rows = workspace.ledger.quarantined_hashes(cutoff)
+    seen: set[tuple[str, str]] = set()
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    writer.writerow(["type", "hash"] if fmt == "csv" else ["signal_type", "signal_value"])
+    for sha256, md5, pdq in rows:
+        for kind, value in (("pdq", pdq), ("sha256", sha256), ("md5", md5)):
+            if value and (kind, value) not in seen:
+                seen.add((kind, value))
+                writer.writerow([kind, value])
