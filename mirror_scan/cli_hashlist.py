@@ -149,3 +149,70 @@ def export_cmd(
             if value and (kind, value) not in seen:
                 seen.add((kind, value))
                 writer.writerow([kind, value])
+
+
+@hashlist_app.command("backfill")
+def backfill_cmd(
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Hash what was scanned before hashes were kept: reads only the pictures that lack them, from the
+    mirror or from the quarantine (bytes are hashed, never shown or re-encoded). Verdicts do not change;
+    the next scan matches them against the lists."""
+    import hashlib
+    import os
+
+    from .bundle import Preprocess
+    from .decode import Limits, decode
+    from .quarantine import DATA
+    from .state import HELD_STATES
+
+    settings = resolve({"state": state, "quarantine": quarantine}, config)
+    if not settings.state.exists():
+        raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
+    # The scan's geometry (224 px), so a backfilled hash is the hash a scan would have stored.
+    prep = Preprocess(size=(224, 224), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic", resize_mode="shortest")
+    limits = Limits(max_pixels=settings.max_pixels, max_frames=settings.max_frames)
+    counts = {"hashed": 0, "missing": 0, "changed": 0, "undecodable": 0}
+    with open_writer(settings, quiet=json_out) as workspace:
+        ledger = workspace.ledger
+        wanted: dict[str, list[bytes]] = {}
+        for sha256, path in ledger.db.execute(
+            "SELECT sha256, path FROM files WHERE status IN ('scored', 'reused') AND sha256 IS NOT NULL "
+            "AND sha256 NOT IN (SELECT sha256 FROM picture_hashes)"
+        ):
+            wanted.setdefault(sha256, []).append(bytes(path))
+        for item in ledger.items(states=tuple(HELD_STATES)):
+            if item.sha256 in wanted or not ledger.picture_hashes(item.sha256)[0]:
+                wanted.setdefault(item.sha256, []).append(os.path.join(item.dir, DATA.encode()))
+        for sha256, paths in wanted.items():
+            data = None
+            for path in paths:
+                try:
+                    with open(path, "rb") as handle:
+                        candidate = handle.read((settings.max_file_mb << 20) + 1)
+                except OSError:
+                    continue
+                if hashlib.sha256(candidate).hexdigest() == sha256:
+                    data = candidate
+                    break
+                counts["changed"] += 1
+            if data is None:
+                counts["missing"] += 1
+                continue
+            decoded = decode(data, prep, limits)
+            if isinstance(decoded, str):
+                counts["undecodable"] += 1
+                continue
+            ledger.put_picture_hashes(sha256, hashlib.md5(data, usedforsecurity=False).hexdigest(), decoded.pdq)
+            ledger.commit()
+            counts["hashed"] += 1
+    if json_out:
+        print_json(counts)
+    else:
+        out.print(
+            f"hashed {counts['hashed']} picture(s); {counts['missing']} no longer readable, {counts['changed']} "
+            f"changed since scanned, {counts['undecodable']} undecodable"
+        )

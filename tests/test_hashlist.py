@@ -205,3 +205,27 @@ def test_a_list_imported_later_applies_to_unchanged_files_and_survives_rescore(t
     assert json.loads(rescored.stdout)["still_flagged"] == 1, rescored.stdout + rescored.stderr
     (record,) = [json.loads(line) for line in _cli(tmp_path, "report", "--flagged").stdout.splitlines()]
     assert record["reason"].startswith("hash list late, pdq distance")
+
+
+def test_backfill_hashes_what_was_scanned_before_hashes_were_kept(tmp_path, tiny_bundle_master, write_policy):
+    import sqlite3
+
+    flag_all = write_policy({"any": {"cartoon": -1.0}}, {"any": 1}, name="flag-everything")
+    tree = tmp_path / "mirror"
+    tree.mkdir()
+    (tree / "kept.png").write_bytes(_encode(generated_image(9, 320, 240), "PNG"))
+    (tree / "quarantined.png").write_bytes(_encode(generated_image(7, 320, 240), "PNG"))
+    state, q = tmp_path / "state.db", tmp_path / "q"
+    scan = ("scan", "--model", str(tiny_bundle_master), "--quarantine", str(q), "--state", str(state))
+    assert run_cli(*scan, str(tree / "kept.png"), "--dry-run").returncode == 0
+    assert run_cli(*scan, str(tree / "quarantined.png"), "--policy", str(flag_all)).returncode == 1
+    with sqlite3.connect(state) as db:  # a database from before hashes were kept
+        stored = db.execute("SELECT sha256, frame, md5, pdq, quality FROM picture_hashes ORDER BY sha256").fetchall()
+        db.execute("DELETE FROM picture_hashes")
+    proc = run_cli("hashlist", "backfill", "--json", "--state", str(state), "--quarantine", str(q))
+    assert json.loads(proc.stdout) == {"hashed": 2, "missing": 0, "changed": 0, "undecodable": 0}, proc.stderr
+    with sqlite3.connect(state) as db:
+        again = db.execute("SELECT sha256, frame, md5, pdq, quality FROM picture_hashes ORDER BY sha256").fetchall()
+    assert again == stored  # what a scan stores, from the mirror and from the quarantine alike
+    again = run_cli("hashlist", "backfill", "--json", "--state", str(state), "--quarantine", str(q))
+    assert json.loads(again.stdout)["hashed"] == 0  # reads only what lacks hashes
