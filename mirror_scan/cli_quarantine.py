@@ -265,7 +265,8 @@ def q_export_hashes(
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """The sha256 list of quarantined items, for other instances' blocklists (restored items excluded)."""
+    """The sha256 list of quarantined items (restored items excluded): the older form of `mirror-scan
+    hashlist export`, which adds PDQ (re-encoded copies match) and md5 in formats other tools read."""
     if fmt not in ("txt", "csv"):
         raise UsageError(f"format {fmt!r} is not supported", hint="use txt or csv")
     with _reader(state, quarantine, config) as workspace:

@@ -9,6 +9,8 @@ vector read as one big-endian number (ThreatExchange's form). Two hashes match w
 
 from __future__ import annotations
 
+from array import array
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -170,19 +172,31 @@ class Matcher:
     """Every imported list in memory: exact sets for sha256/md5, and the PDQ hashes behind one small
     interface (`within(query, radius)`): brute force up to 10,000 hashes, a multi-index above."""
 
-    def __init__(self, entries: list[tuple[str, str, str, str, str | None]], distance: int = MATCH_DISTANCE) -> None:
-        """entries: (list name, action, type, value, note)."""
+    def __init__(
+        self, entries: Iterable[tuple[str, str, str, str, str | None]], distance: int = MATCH_DISTANCE
+    ) -> None:
+        """entries: (list name, action, type, value, note), streamed: 10 million PDQ hashes take 32 bytes
+        each plus 4 for their list (and the index's 96), never a Python object each."""
         self.distance = distance
         self.exact: dict[tuple[str, str], tuple[str, str, str | None]] = {}
-        pdq_rows = []
-        self.pdq_info: list[tuple[str, str, str | None]] = []
+        self.lists: list[tuple[str, str]] = []  # (name, action) by list number
+        numbers: dict[str, int] = {}
+        owners = array("i")
+        table = bytearray()
+        self.notes: dict[int, str] = {}  # PDQ entry -> its note, for the few that have one
         for name, action, kind, value, note in entries:
-            if kind == "pdq":
-                pdq_rows.append(value)
-                self.pdq_info.append((name, action, note))
-            else:
+            if kind != "pdq":
                 self.exact.setdefault((kind, value), (name, action, note))
-        self.index = pdq_index(words(pdq_rows))
+                continue
+            if name not in numbers:
+                numbers[name] = len(self.lists)
+                self.lists.append((name, action))
+            if note:
+                self.notes[len(owners)] = note
+            owners.append(numbers[name])
+            table += bytes.fromhex(value)
+        self.owners = np.frombuffer(owners, dtype=np.int32) if owners else np.zeros(0, np.int32)
+        self.index = pdq_index(np.frombuffer(bytes(table), dtype=np.uint64).reshape(-1, 4))
 
     def __len__(self) -> int:
         return len(self.exact) + len(self.index.table)
@@ -200,8 +214,8 @@ class Matcher:
         for query in words(asked):
             ids, distances = self.index.within(query, self.distance)
             for index, distance in zip(ids, distances, strict=True):
-                name, action, note = self.pdq_info[index]
-                candidate = Match(name, action, "pdq", int(distance), note)
+                name, action = self.lists[self.owners[index]]
+                candidate = Match(name, action, "pdq", int(distance), self.notes.get(int(index)))
                 if best is None or (candidate.distance, action != "flag") < (best.distance, best.action != "flag"):
                     best = candidate
         return best

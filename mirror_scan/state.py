@@ -643,12 +643,12 @@ class Ledger:
         md5 = next((r[0] for r in rows if r[0]), None)
         return md5, [(r[1], int(r[2])) for r in rows if r[1]]
 
-    def hash_list_entries(self) -> list[tuple[str, str, str, str, str | None]]:
-        """(list, action, kind, value, note) of every imported list, for the matcher."""
-        return self.db.execute(
+    def hash_list_entries(self) -> Iterator[tuple[str, str, str, str, str | None]]:
+        """(list, action, kind, value, note) of every imported list, streamed to the matcher."""
+        yield from self.db.execute(
             "SELECT e.list, l.action, e.kind, e.value, e.note FROM hash_list_entries e "
             "JOIN hash_lists l ON l.name = e.list"
-        ).fetchall()
+        )
 
     def hash_lists(self) -> list[tuple]:
         return self.db.execute(

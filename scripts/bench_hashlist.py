@@ -56,7 +56,8 @@ def lookups(size: int, queries: int) -> dict:
     started = time.perf_counter()
     matcher.index = pdq_index(table)
     built = time.perf_counter() - started
-    matcher.pdq_info = [("bench", "flag", None)] * size
+    matcher.lists = [("bench", "flag")]
+    matcher.owners = np.zeros(size, dtype=np.int32)
     asked, found = [], 0
     for _ in range(queries):
         variants = []
