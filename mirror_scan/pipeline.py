@@ -110,6 +110,7 @@ class Scan:
         self.model_id = result_model_id(bundle, scorer, config.limits)
         self.prompt_set = ledger.ensure_prompt_set(bundle.concepts.prompts)
         self.matcher = Matcher(ledger.hash_list_entries())  # imported hash lists decide before the model
+        self._lists_version = ledger.hash_lists_version()
         self.policy_columns = columns(bundle.concepts.prompts, policy)
         self.counters = Counters()
         self._batch: list[Decoded] = []
@@ -122,6 +123,14 @@ class Scan:
 
     def _lookup(self, sha256: str) -> int | None:
         return self.ledger.result_id_for(sha256, self.model_id, conn=self.ledger.reader())
+
+    def _reload_lists(self) -> None:
+        """A list imported or removed while the daemon runs applies from the next batch on (no restart);
+        one small query per batch."""
+        version = self.ledger.hash_lists_version()
+        if version != self._lists_version:
+            self._lists_version = version
+            self.matcher = Matcher(self.ledger.hash_list_entries())
 
     def _listed(self, sha256: str) -> bool:
         """On an imported hash list (a list imported after the file was scanned applies now)."""
@@ -182,6 +191,7 @@ class Scan:
         if not self._batch:
             return
         items, self._batch, self._batch_frames = self._batch, [], 0
+        self._reload_lists()
         pixels = np.concatenate([item.pixels for item in items])
         started = time.perf_counter()
         embeddings, sims = self.scorer(pixels)

@@ -87,6 +87,7 @@ class Batcher(threading.Thread):
         self.prompt_set = ledger.ensure_prompt_set(bundle.concepts.prompts)
         # Re-uploads of what was purged elsewhere, re-encoded or not, are refused by the imported lists.
         self.matcher = Matcher(ledger.hash_list_entries())
+        self._lists_version = ledger.hash_lists_version()
         self.policy_columns = columns(bundle.concepts.prompts, policy)
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self._decoding = 0  # uploads read and being decoded by handler threads: they will join a batch soon
@@ -141,6 +142,9 @@ class Batcher(threading.Thread):
         self.ledger.commit()
 
     def _decide(self, batch: list[Job]) -> None:
+        version = self.ledger.hash_lists_version()  # a list imported while serving applies at once
+        if version != self._lists_version:
+            self._lists_version, self.matcher = version, Matcher(self.ledger.hash_list_entries())
         to_infer: list[Job] = []
         for job in batch:
             if self.ledger.allowlisted(job.sha256):

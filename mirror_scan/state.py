@@ -650,6 +650,10 @@ class Ledger:
             "JOIN hash_lists l ON l.name = e.list"
         )
 
+    def hash_lists_version(self) -> tuple:
+        """Changes whenever a list is imported, replaced or removed: long-running matchers reload on it."""
+        return tuple(self.db.execute("SELECT count(*), max(imported), total(entries) FROM hash_lists").fetchone())
+
     def hash_lists(self) -> list[tuple]:
         return self.db.execute(
             "SELECT name, action, imported, source, entries FROM hash_lists ORDER BY name"

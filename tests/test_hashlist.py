@@ -161,9 +161,10 @@ def test_serve_refuses_a_re_encoded_re_upload(tmp_path, tiny_bundle_master, clea
     known = generated_image(9, 640, 480)
     listed = tmp_path / "list.csv"
     listed.write_text(f"type,hash\npdq,{pdq(known)[0]}\n")
-    assert _cli(tmp_path, "hashlist", "import", str(listed), "--name", "purged").returncode == 0
     validator = Validator(tmp_path, tiny_bundle_master, "--policy", str(clear_all))
     try:
+        # Imported while the validator runs: it applies from the next upload, no restart.
+        assert _cli(tmp_path, "hashlist", "import", str(listed), "--name", "purged").returncode == 0
         status, body = validator.post(_encode(known.resize((500, 375)), "JPEG", quality=70), "image/jpeg")
         assert status != 200 and body["verdict"] == "rejected", body
         status, body = validator.post(_encode(generated_image(12, 640, 480), "PNG"))
@@ -229,3 +230,24 @@ def test_backfill_hashes_what_was_scanned_before_hashes_were_kept(tmp_path, tiny
     assert again == stored  # what a scan stores, from the mirror and from the quarantine alike
     again = run_cli("hashlist", "backfill", "--json", "--state", str(state), "--quarantine", str(q))
     assert json.loads(again.stdout)["hashed"] == 0  # reads only what lacks hashes
+
+
+def test_the_watch_daemon_applies_a_list_imported_while_it_runs(tmp_path, tiny_bundle_master, clear_all):
+    from .test_watch import Watcher
+
+    known = generated_image(9, 640, 480)
+    watcher = Watcher(tmp_path, tiny_bundle_master, clear_all, "--settle", "0.2")
+    try:
+        listed = tmp_path / "list.csv"
+        listed.write_text(f"type,hash\npdq,{pdq(known)[0]}\n")
+        assert _cli(tmp_path, "hashlist", "import", str(listed), "--name", "live").returncode == 0
+        (watcher.mirror / "reupload.jpg").write_bytes(_encode(known.resize((400, 300)), "JPEG", quality=70))
+        (watcher.mirror / "other.png").write_bytes(_encode(generated_image(8, 320, 240), "PNG"))
+        watcher.wait_for(lambda: len(watcher.rows()) == 2, what="both files to be scored")
+        watcher.wait_for(
+            lambda: not (watcher.mirror / "reupload.jpg").exists(), what="the listed one to be quarantined"
+        )
+        assert (watcher.mirror / "other.png").exists()
+    finally:
+        code, stderr = watcher.stop()
+    assert code == 0, stderr
