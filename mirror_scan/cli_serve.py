@@ -88,6 +88,7 @@ def register(app: typer.Typer) -> None:
         the quarantine). Configure pict-rs with
         external_validation = "http://127.0.0.1:14051/validate/<token>"."""
         from .app.scanner import decode_limits, load_scanner
+        from .decode import decode as decode_in_thread
         from .serve import Batcher, ServeConfig, ValidationServer
 
         if on_error not in ("reject", "accept"):
@@ -131,8 +132,15 @@ def register(app: typer.Typer) -> None:
             "policy": loaded.policy_id,
             "severity": offset,
         }
+        decoders = None
+        if settings.decoders == "process":
+            from .decodepool import DecoderPool
+
+            decoders = DecoderPool(settings.workers, settings.decode_timeout)
         try:
-            server = ValidationServer((host, port), batcher, serve_config, info)
+            server = ValidationServer(
+                (host, port), batcher, serve_config, info, decoders.decode if decoders else decode_in_thread
+            )
         except OSError as error:
             ledger.close()
             raise UsageError(f"cannot listen on {host}:{port}: {error.strerror}") from None
@@ -154,4 +162,6 @@ def register(app: typer.Typer) -> None:
             batcher.stop()
             batcher.join(timeout=30)
             ledger.close()
+            if decoders:
+                decoders.close()
         err.print(f"stopped: {batcher.stats['accepted']} accepted, {batcher.stats['rejected']} rejected")

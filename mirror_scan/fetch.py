@@ -151,6 +151,7 @@ def fetch(
     max_bytes: int,
     lookup_result,
     read_timeout_s: float | None = None,
+    decoder=decode,
 ) -> Outcome:
     """lookup_result(sha256) -> result id already stored for these bytes with this model, or None."""
     data = read_with_deadline(found, max_bytes, read_timeout_s)
@@ -160,7 +161,7 @@ def fetch(
     result_id = lookup_result(sha)
     if result_id is not None:
         return Reused(found, sha, result_id)
-    decoded = decode(data, prep, limits)
+    decoded = decoder(data, prep, limits)
     if isinstance(decoded, str):
         return Failed(found, sha, decoded)
     return Decoded(

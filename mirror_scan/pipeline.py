@@ -12,8 +12,9 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -21,7 +22,7 @@ import numpy as np
 from .act import Actor
 from .bundle import Bundle
 from .decide import Verdict, annotate, decide, with_hash_match
-from .decode import Limits
+from .decode import Limits, decode
 from .discover import Found, Unscannable, discover
 from .fetch import Changed, Decoded, Failed, Outcome, Reused, Vanished, fetch
 from .hashes import Matcher, queries
@@ -77,6 +78,8 @@ class ScanConfig:
     limits: Limits = field(default_factory=Limits)
     max_bytes: int = 512 << 20
     read_timeout_s: float | None = 120.0  # a read on a stalled mount gives up (an error, retried) after this
+    decoders: str = "process"  # "process": crash- and hang-proof worker processes; "thread": in-process
+    decode_timeout_s: float = 60.0  # with "process": a decode that takes longer is stopped (an error, retried)
     retry_delay_s: float = 0.5
     flush_after_s: float | None = None  # watch mode: a partial batch waits at most this long
     commit_every_s: float = 1.0  # other writers wait for our open transaction at most about this long
@@ -113,6 +116,7 @@ class Scan:
         self._lists_version = ledger.hash_lists_version()
         self.policy_columns = columns(bundle.concepts.prompts, policy)
         self.counters = Counters()
+        self._decoder = decode  # replaced by a worker-process pool for the length of a run
         self._batch: list[Decoded] = []
         self._batch_frames = 0
         self._twins: dict[str, list[Found]] = {}  # sha256 in the batch -> other files with the same bytes
@@ -123,6 +127,21 @@ class Scan:
 
     def _lookup(self, sha256: str) -> int | None:
         return self.ledger.result_id_for(sha256, self.model_id, conn=self.ledger.reader())
+
+    @contextmanager
+    def _decoders(self) -> Iterator[None]:
+        """Worker processes for decoding, for the length of a run (see decodepool.py)."""
+        if self.config.decoders != "process":
+            yield
+            return
+        from .decodepool import DecoderPool
+
+        with DecoderPool(self.config.workers, self.config.decode_timeout_s) as pool:
+            self._decoder = pool.decode
+            try:
+                yield
+            finally:
+                self._decoder = decode
 
     def _reload_lists(self) -> None:
         """A list imported or removed while the daemon runs applies from the next batch on (no restart);
@@ -148,6 +167,7 @@ class Scan:
             max_bytes=self.config.max_bytes,
             lookup_result=self._lookup,
             read_timeout_s=self.config.read_timeout_s,
+            decoder=self._decoder,
         )
         return outcome, time.perf_counter() - started
 
@@ -407,7 +427,7 @@ class Scan:
         max_in_flight = max(self.config.batch_size * 2, self.config.workers * 4)
         retry: list[Found] = []
         try:
-            with ThreadPoolExecutor(self.config.workers, thread_name_prefix="decode") as pool:
+            with self._decoders(), ThreadPoolExecutor(self.config.workers, thread_name_prefix="decode") as pool:
                 self._pump(pool, found_queue, max_in_flight, retry, final=False, stalled=stalled)
                 if retry:
                     time.sleep(self.config.retry_delay_s)
@@ -433,7 +453,7 @@ class Scan:
         started = time.monotonic()
         max_in_flight = max(self.config.batch_size * 2, self.config.workers * 4)
         try:
-            with ThreadPoolExecutor(self.config.workers, thread_name_prefix="decode") as pool:
+            with self._decoders(), ThreadPoolExecutor(self.config.workers, thread_name_prefix="decode") as pool:
                 self._pump(pool, source, max_in_flight, [], final=True)
         finally:
             self.counters.seconds = time.monotonic() - started

@@ -217,8 +217,11 @@ class ValidationServer(ThreadingHTTPServer):
     block_on_close = False
     request_queue_size = 128
 
-    def __init__(self, address: tuple[str, int], batcher: Batcher, config: ServeConfig, info: dict[str, Any]):
+    def __init__(
+        self, address: tuple[str, int], batcher: Batcher, config: ServeConfig, info: dict[str, Any], decoder=decode
+    ):
         self.batcher, self.config, self.info = batcher, config, info
+        self.decode = decoder  # a worker-process pool's decode in production (see decodepool.py)
         self.slots = threading.BoundedSemaphore(config.max_in_flight)
         self._per_client: dict[str, int] = {}
         self._clients_lock = threading.Lock()
@@ -360,7 +363,7 @@ class Handler(BaseHTTPRequestHandler):
         sha256 = sha256_bytes(data)
         self.server.batcher.decoding(+1)
         try:
-            decoded = decode(data, self.server.batcher.bundle.preprocess, config.limits)
+            decoded = self.server.decode(data, self.server.batcher.bundle.preprocess, config.limits)
         finally:
             self.server.batcher.decoding(-1)
         if isinstance(decoded, str):

@@ -86,6 +86,14 @@ SPECS: dict[str, Spec] = {
     "read_timeout": Spec(
         _positive_seconds, lambda: 120.0, "seconds a file read may take before it is an error, retried (stalled mounts)"
     ),
+    "decoders": Spec(
+        _choice("process", "thread"),
+        lambda: "process",
+        "process: decoders run in worker processes (a crashing or hanging file costs one worker); thread: in-process",
+    ),
+    "decode_timeout": Spec(
+        _positive_seconds, lambda: 60.0, "seconds one file's decode may take (with decoders=process)"
+    ),
     "remote": Spec(_remote, lambda: None, "rclone remote of the bucket (NAME:bucket); enables upstream removal"),
     "rclone": Spec(str, lambda: None, "rclone binary (default: the venv's, then PATH)"),
     "pictrs_url": Spec(str, lambda: None, "pict-rs base URL, e.g. http://127.0.0.1:8080"),
@@ -112,6 +120,8 @@ class Settings:
     max_decoded_frames: int
     max_file_mb: int
     read_timeout: float
+    decoders: str
+    decode_timeout: float
     remote: str | None
     rclone: str | None
     pictrs_url: str | None

@@ -62,5 +62,7 @@ def scan_config(settings: Settings, severity: float, policy, **overrides):
         limits=decode_limits(settings, policy),
         max_bytes=settings.max_file_mb << 20,
         read_timeout_s=settings.read_timeout,
+        decoders=settings.decoders,
+        decode_timeout_s=settings.decode_timeout,
         **overrides,
     )
