@@ -345,9 +345,7 @@ def _open(data: bytes, limits: Limits, formats: tuple[str, ...] = PILLOW_FORMATS
     try:
         img = Image.open(io.BytesIO(data), formats=formats)
     except UnidentifiedImageError:
-        raise DecodeFailure(
-            "unsupported format: not a recognised image or video (checked from the file's bytes)"
-        ) from None
+        raise DecodeFailure(UNSUPPORTED) from None
     width, height = img.size
     if width < 1 or height < 1:
         raise DecodeFailure("image has no pixels")
@@ -567,6 +565,28 @@ def _expected_frames(stream, container) -> int:
 
 
 # ---------------------------------------------------------------- entry point
+
+
+# Pillow formats without a signature check: Pillow tries their (pure Python) header parsers on any bytes.
+UNSIGNED_FORMATS = tuple(f for f in PILLOW_FORMATS if Image.OPEN[f][1] is None)
+UNSUPPORTED = "unsupported format: not a recognised image or video (checked from the file's bytes)"
+
+
+def quick_reject(data: bytes) -> str | None:
+    """The reason for bytes no decoder would take, found without running any C decoder (signature checks
+    and pure-Python header parsers only), so junk never costs a trip to a decoder process. None: decode."""
+    if not data:
+        return "empty file (0 bytes)"
+    head = data[:64]
+    try:
+        if sniff(head) is not None or any(Image.OPEN[f][1](head[:16]) for f in PILLOW_FORMATS if Image.OPEN[f][1]):
+            return None
+        Image.open(io.BytesIO(data), formats=UNSIGNED_FORMATS)
+    except UnidentifiedImageError:
+        return UNSUPPORTED
+    except Exception:  # noqa: BLE001 - let the decoder process give the full reason
+        return None
+    return None
 
 
 def decode_detail(decoded: Decoded) -> dict | None:

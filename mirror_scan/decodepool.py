@@ -18,10 +18,10 @@ import threading
 from multiprocessing.connection import Connection
 
 from .bundle import Preprocess
-from .decode import Decoded, Limits, decode
+from .decode import Decoded, Limits, decode, quick_reject
 
 DEFAULT_TIMEOUT_S = 60.0
-TEST_HOOK = "MIRROR_SCAN_TEST_DECODER"  # tests only: "crash" or "hang" on bytes starting with b"MIRROR-SCAN-TEST"
+TEST_HOOK = "MIRROR_SCAN_TEST_DECODER"  # tests only: "crash" or "hang" on bytes marked b"MIRROR-SCAN-TEST"
 
 
 def _worker(conn: Connection) -> None:
@@ -32,7 +32,7 @@ def _worker(conn: Connection) -> None:
         except (EOFError, OSError):
             return
         data, prep, limits = job
-        if hook and data.startswith(b"MIRROR-SCAN-TEST"):
+        if hook and b"MIRROR-SCAN-TEST" in data[:64]:
             if hook == "crash":
                 os.abort()
             if hook == "hang":
@@ -82,6 +82,8 @@ class DecoderPool:
             self.replaced += 1
 
     def decode(self, data: bytes, prep: Preprocess, limits: Limits) -> Decoded | str:
+        if (reason := quick_reject(data)) is not None:
+            return reason
         worker = self._take()
         try:
             worker.conn.send((data, prep, limits))

@@ -20,7 +20,7 @@ from .mediafiles import animated_gif, image_bytes
 PREP = Preprocess(
     size=(32, 32), mean=(0.5, 0.5, 0.5), std=(0.25, 0.25, 0.25), interpolation="bicubic", resize_mode="shortest"
 )
-POISON = b"MIRROR-SCAN-TEST poison"
+POISON = b"\x89PNG\r\n\x1a\nMIRROR-SCAN-TEST poison"  # looks like a PNG: it reaches a decoder
 
 
 def test_worker_processes_decode_exactly_as_in_process():
@@ -62,3 +62,19 @@ def test_a_scan_survives_a_file_that_crashes_the_decoder(tmp_path, tiny_bundle_m
         for line in run_cli("report", "--errors", "--state", str(tmp_path / "state.db")).stdout.splitlines()
     ]
     assert error["path"].endswith("crash-file") and "decoder crashed" in error["reason"]
+
+
+def test_junk_is_rejected_without_a_decoder_process_and_images_never_are():
+    from mirror_scan.decode import quick_reject
+
+    from .mediafiles import GOOD, psd, video
+    from .test_formats import signal
+
+    for name, make in GOOD.items():
+        assert quick_reject(make()) is None, name
+    for fmt in ("TIFF", "BMP", "ICO", "HEIF", "JPEG2000", "QOI", "TGA", "PCX", "PPM", "SGI", "DDS", "IM", "SPIDER"):
+        assert quick_reject(image_bytes(fmt, 1)) is None, fmt
+    assert quick_reject(psd(signal())) is None and quick_reject(video("mp4", "mpeg4")) is None
+    for junk in (b"just some text, not an image\n" * 20, np.random.default_rng(1).bytes(5000), b""):
+        assert quick_reject(junk) == decode(junk, PREP, Limits())
+    assert quick_reject(b"{}") is None  # a header parser failed oddly: the decoder process gives the reason
