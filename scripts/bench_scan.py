@@ -6,6 +6,7 @@
 - a serial baseline built the way lemmy-safety works: one file at a time, open, full decode,
   preprocess, infer at batch 1,
 - rescanning the unchanged tree (files/s),
+- the same scan with decoders in threads instead of worker processes (the cost of crash isolation),
 - peak RSS while scanning a large tree of small files, sampled along the way (flat = bounded queues).
 
     python scripts/bench_scan.py [--quick] [--json] [--model DIR | --tiny] [--images N] [--rss-files N]
@@ -90,14 +91,16 @@ def serial_baseline(files: list[Path], bundle, scorer: Scorer, policy, cols) -> 
     return len(files) / (time.perf_counter() - start)
 
 
-def run_scan(bundle, scorer, policy, tree: Path, state: Path, batch: int, workers: int) -> tuple[dict, float]:
+def run_scan(
+    bundle, scorer, policy, tree: Path, state: Path, batch: int, workers: int, decoders: str = "process"
+) -> tuple[dict, float]:
     with Ledger(state) as ledger:
         scan = Scan(
             ledger,
             bundle,
             scorer,
             policy,
-            ScanConfig(batch_size=batch, workers=workers, limits=Limits()),
+            ScanConfig(batch_size=batch, workers=workers, limits=Limits(), decoders=decoders),
             actor=None,
         )
         started = time.perf_counter()
@@ -182,6 +185,10 @@ def main() -> None:
             bundle, scorer, policy, tree, state_dir / "state.db", args.batch_size, args.workers
         )
         rescan_rate = rescan["skipped_unchanged"] / rescan_seconds
+        threaded, threaded_seconds = run_scan(
+            bundle, scorer, policy, tree, state_dir / "threads.db", args.batch_size, args.workers, "thread"
+        )
+        thread_rate = threaded["scanned"] / threaded_seconds
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
     figures.update(
@@ -191,12 +198,16 @@ def main() -> None:
         scan_over_model_only=round(e2e_rate / model_rate, 3),
         scan_over_serial_baseline=round(e2e_rate / serial_rate, 3),
         rescan_unchanged_files_per_s=round(rescan_rate),
+        scan_thread_decoders_images_per_s=round(thread_rate, 2),
+        scan_process_over_thread_decoders=round(e2e_rate / thread_rate, 3),
         scan_stage_seconds=summary["stage_seconds"],
     )
     print(f"model only      : {model_rate:8.2f} images/s (batch {args.batch_size}, {scorer.placement.provider})")
     print(f"scan end-to-end : {e2e_rate:8.2f} images/s ({e2e_rate / model_rate:.2f}x model-only)")
     print(f"serial baseline : {serial_rate:8.2f} images/s (scan is {e2e_rate / serial_rate:.2f}x)")
     print(f"rescan unchanged: {rescan_rate:8.0f} files/s")
+    print(f"decoders in-process (threads, no crash isolation): {thread_rate:8.2f} images/s "
+          f"(worker processes are {e2e_rate / thread_rate:.2f}x that)")  # fmt: skip
 
     tiny = load_bundle(bundle_for(type("A", (), {"model": None, "tiny": True})()))
     rss_tree = small_tree(BENCH_OUT / f"rss-tree-{rss_files}", rss_files)
