@@ -37,7 +37,8 @@ def import_cmd(
     config: ConfigOpt = None,
 ) -> None:
     """Import a shared list. Every line is checked first: on any bad line nothing is imported and every
-    bad line is reported with its number. Matching starts with the next scan, watch or serve start."""
+    bad line is reported with its number. A running watch or serve applies it from its next batch; a scan
+    applies it to unchanged files too."""
     from .hashes import parse_list
 
     if action not in ("flag", "review"):
