@@ -38,6 +38,14 @@ def register(app: typer.Typer) -> None:
         pull_every: Annotated[str, typer.Option("--pull-every", help="Pull interval with --remote (60s).")] = "60s",
         observer: Annotated[str, typer.Option("--observer", help="auto, inotify, polling or none.")] = "auto",
         reconcile_every: Annotated[str, typer.Option("--reconcile-every", help="Stat-only walk interval.")] = "10m",
+        poll_every: Annotated[
+            str,
+            typer.Option(
+                "--poll-every",
+                help="With the polling observer (mounts, network filesystems): how often it walks the mirror. "
+                "Each walk lists every directory (from rclone's dir cache on a mount).",
+            ),
+        ] = "2s",
         retry_errors_after: Annotated[
             str,
             typer.Option(
@@ -77,6 +85,7 @@ def register(app: typer.Typer) -> None:
             pull_interval=parse_interval(pull_every),
             reconcile_interval=parse_interval(reconcile_every),
             error_retry_s=parse_interval(retry_errors_after),
+            poll_s=parse_interval(poll_every),
             settle_s=settle,
             metrics=parse_listen(metrics) if metrics else None,
             dry_run=dry_run,

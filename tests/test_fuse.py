@@ -145,7 +145,10 @@ def test_watch_on_a_mount_picks_polling_and_quarantines_a_new_upload(tmp_path, t
     server, mount, objects = mounted
     # The objects already there are taken by the first reconciliation; a new upload to the bucket (not
     # through the mount) is seen by polling and quarantined, and removed upstream through the mount.
-    watcher = Watcher(tmp_path, tiny_bundle_master, flag_all, "--settle", "0.5", env=server.env(), mirror=mount.point)
+    watcher = Watcher(
+        tmp_path, tiny_bundle_master, flag_all, "--settle", "0.5", "--poll-every", "1s",
+        env=server.env(), mirror=mount.point,
+    )  # fmt: skip
     try:
         status = watcher.status()
         assert status["observer"] == "polling", status

@@ -77,6 +77,7 @@ class WatchOptions:
     dry_run: bool = False
     retry_interval: float = 1.0
     error_retry_s: float = 60.0  # an unreadable file is retried after this, doubling per failure (cap 1 day)
+    poll_s: float = 2.0  # the polling observer's walk interval (mounts, network filesystems)
 
 
 class Metrics:
@@ -206,7 +207,9 @@ class WatchDaemon:
             self.rclone = Rclone.locate(settings.rclone)
             self._workers.append(Periodic("pull", options.pull_interval, self._pull))
         self.settler.start()
-        self.observer = start_observer(kind, options.mirror, MirrorEvents(self.queue, self.settler))
+        self.observer = start_observer(
+            kind, options.mirror, MirrorEvents(self.queue, self.settler), poll_s=options.poll_s
+        )
         for worker in self._workers:
             worker.start()
         if options.metrics:
