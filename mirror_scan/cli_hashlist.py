@@ -13,6 +13,7 @@ import typer
 from .cli_options import ConfigOpt, JsonOpt, QuarantineOpt, StateOpt, open_writer
 from .console import err, out, print_json
 from .errors import UsageError
+from .hashing import md5_bytes, sha256_bytes
 from .settings import resolve
 
 hashlist_app = typer.Typer(
@@ -47,8 +48,10 @@ def import_cmd(
         raise UsageError(f"list name {name!r}", hint="a short name without '/'")
     try:
         text = file.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise UsageError(f"cannot read {file}: {error}") from None
+    except OSError as error:
+        raise UsageError(f"cannot read {file}: {error.strerror or error}") from None
+    except UnicodeDecodeError:
+        raise UsageError(f"{file} is not UTF-8 text", hint="save the list as a UTF-8 CSV file") from None
     entries, errors = parse_list(text)
     if errors:
         for problem in errors[:50]:
@@ -61,7 +64,7 @@ def import_cmd(
         raise UsageError(f"{file} holds no hashes: nothing imported")
     with open_writer(resolve({"state": state}, config), quiet=True) as workspace:
         ledger = workspace.ledger
-        if any(row[0] == name for row in ledger.hash_lists()):
+        if ledger.has_hash_list(name):
             if not replace:
                 raise UsageError(
                     f"a hash list named {name!r} exists", hint="--replace replaces it, or pick another --name"
@@ -103,11 +106,9 @@ def list_cmd(state: StateOpt = None, config: ConfigOpt = None, json_out: JsonOpt
 def show_cmd(name: Annotated[str, typer.Argument()], state: StateOpt = None, config: ConfigOpt = None) -> None:
     """One list's entries as CSV (type,hash,note,source)."""
     with _reader(state, config) as workspace:
-        if not any(row[0] == name for row in workspace.ledger.hash_lists()):
+        if not workspace.ledger.has_hash_list(name):
             raise UsageError(f"no hash list named {name!r}", hint="see: mirror-scan hashlist list")
-        rows = workspace.ledger.db.execute(
-            "SELECT kind, value, note, source FROM hash_list_entries WHERE list=? ORDER BY rowid", (name,)
-        ).fetchall()
+        rows = workspace.ledger.hash_list_rows(name)
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["type", "hash", "note", "source"])
     writer.writerows(rows)
@@ -116,9 +117,11 @@ def show_cmd(name: Annotated[str, typer.Argument()], state: StateOpt = None, con
 @hashlist_app.command("remove")
 def remove_cmd(name: Annotated[str, typer.Argument()], state: StateOpt = None, config: ConfigOpt = None) -> None:
     """Remove an imported list (verdicts it caused stay until the next scan or rescore)."""
-    with open_writer(resolve({"state": state}, config), quiet=True) as workspace:
-        if not workspace.ledger.remove_hash_list(name):
+    with _reader(state, config) as workspace:  # a name that is not there creates nothing
+        if not workspace.ledger.has_hash_list(name):
             raise UsageError(f"no hash list named {name!r}", hint="see: mirror-scan hashlist list")
+    with open_writer(resolve({"state": state}, config), quiet=True) as workspace:
+        workspace.ledger.remove_hash_list(name)
     out.print(f"removed hash list {name!r}")
 
 
@@ -162,11 +165,12 @@ def backfill_cmd(
     """Hash what was scanned before hashes were kept: reads only the pictures that lack them, from the
     mirror or from the quarantine (bytes are hashed, never shown or re-encoded). Verdicts do not change;
     the next scan matches them against the lists."""
-    import hashlib
     import os
+    from contextlib import nullcontext
 
     from .bundle import Preprocess
     from .decode import Limits, decode
+    from .decodepool import DecoderPool
     from .quarantine import DATA
     from .state import HELD_STATES
 
@@ -177,37 +181,27 @@ def backfill_cmd(
     prep = Preprocess(size=(224, 224), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic", resize_mode="shortest")
     limits = Limits(max_pixels=settings.max_pixels, max_frames=settings.max_frames)
     counts = {"hashed": 0, "missing": 0, "changed": 0, "undecodable": 0}
-    with open_writer(settings, quiet=json_out) as workspace:
+    pool = DecoderPool(1, settings.decode_timeout) if settings.decoders == "process" else nullcontext()
+    with open_writer(settings, quiet=json_out) as workspace, pool:
+        decoder = pool.decode if isinstance(pool, DecoderPool) else decode
         ledger = workspace.ledger
         wanted: dict[str, list[bytes]] = {}
-        for sha256, path in ledger.db.execute(
-            "SELECT sha256, path FROM files WHERE status IN ('scored', 'reused') AND sha256 IS NOT NULL "
-            "AND sha256 NOT IN (SELECT sha256 FROM picture_hashes)"
-        ):
-            wanted.setdefault(sha256, []).append(bytes(path))
+        for sha256, path in ledger.files_lacking_hashes():
+            wanted.setdefault(sha256, []).append(path)
         for item in ledger.items(states=tuple(HELD_STATES)):
             if item.sha256 in wanted or not ledger.picture_hashes(item.sha256)[0]:
                 wanted.setdefault(item.sha256, []).append(os.path.join(item.dir, DATA.encode()))
         for sha256, paths in wanted.items():
-            data = None
-            for path in paths:
-                try:
-                    with open(path, "rb") as handle:
-                        candidate = handle.read((settings.max_file_mb << 20) + 1)
-                except OSError:
-                    continue
-                if hashlib.sha256(candidate).hexdigest() == sha256:
-                    data = candidate
-                    break
-                counts["changed"] += 1
+            found = [_read_if_same(path, sha256, settings.max_file_mb << 20) for path in paths]
+            data = next((d for d in found if isinstance(d, bytes)), None)
             if data is None:
-                counts["missing"] += 1
+                counts["changed" if "changed" in found else "missing"] += 1
                 continue
-            decoded = decode(data, prep, limits)
+            decoded = decoder(data, prep, limits)
             if isinstance(decoded, str):
                 counts["undecodable"] += 1
                 continue
-            ledger.put_picture_hashes(sha256, hashlib.md5(data, usedforsecurity=False).hexdigest(), decoded.pdq)
+            ledger.put_picture_hashes(sha256, md5_bytes(data), decoded.pdq)
             ledger.commit()
             counts["hashed"] += 1
     if json_out:
@@ -217,3 +211,21 @@ def backfill_cmd(
             f"hashed {counts['hashed']} picture(s); {counts['missing']} no longer readable, {counts['changed']} "
             f"changed since scanned, {counts['undecodable']} undecodable"
         )
+
+
+def _read_if_same(path: bytes, sha256: str, max_bytes: int) -> bytes | str:
+    """The file's bytes if they are still the bytes that were scanned; else "missing" or "changed". Read
+    the scanner's way (no symlink followed, no FIFO waited on, change detection)."""
+    import os
+
+    from .discover import Found
+    from .fetch import read_stable
+
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return "missing"
+    data = read_stable(Found(os.fsdecode(path), st.st_size, st.st_mtime_ns, None), max_bytes)
+    if not isinstance(data, bytes):
+        return "missing"
+    return data if sha256_bytes(data) == sha256 else "changed"

@@ -5,7 +5,6 @@ raises for a problem with the file."""
 from __future__ import annotations
 
 import errno
-import hashlib
 import os
 import stat
 import threading
@@ -16,7 +15,7 @@ import numpy as np
 from .bundle import Preprocess
 from .decode import Limits, decode, decode_detail
 from .discover import Found
-from .hashing import sha256_bytes
+from .hashing import md5_bytes, sha256_bytes
 
 
 @dataclass
@@ -170,7 +169,7 @@ def fetch(
         decoded.format,
         decoded.pixels,
         decode_detail(decoded),
-        hashlib.md5(data, usedforsecurity=False).hexdigest(),
+        md5_bytes(data),
         decoded.pdq,
         decoded.pdq_variants,
     )

@@ -178,6 +178,7 @@ class Matcher:
         """entries: (list name, action, type, value, note), streamed: 10 million PDQ hashes take 32 bytes
         each plus 4 for their list (and the index's 96), never a Python object each."""
         self.distance = distance
+        self.skipped = 0
         self.exact: dict[tuple[str, str], tuple[str, str, str | None]] = {}
         self.lists: list[tuple[str, str]] = []  # (name, action) by list number
         numbers: dict[str, int] = {}
@@ -185,6 +186,9 @@ class Matcher:
         table = bytearray()
         self.notes: dict[int, str] = {}  # PDQ entry -> its note, for the few that have one
         for name, action, kind, value, note in entries:
+            if kind not in KINDS or len(value) != KINDS[kind] or not set(value) <= HEX_DIGITS:
+                self.skipped += 1  # a row edited in the ledger by hand: never matched, never a crash
+                continue
             if kind != "pdq":
                 self.exact.setdefault((kind, value), (name, action, note))
                 continue
@@ -208,7 +212,7 @@ class Matcher:
             if value and (hit := self.exact.get((kind, value))):
                 return Match(hit[0], hit[1], kind, 0, hit[2])
         best: Match | None = None
-        asked = [h for h, quality in pdqs if quality >= MIN_QUALITY]
+        asked = [h for h, quality in pdqs if quality >= MIN_QUALITY and valid_pdq(h)]
         if not asked or not len(self.index.table):
             return None
         for query in words(asked):
@@ -236,11 +240,13 @@ def parse_list(text: str) -> tuple[list[tuple[str, str, str | None, str | None]]
     import csv
     import io
 
-    rows = csv.reader(io.StringIO(text.lstrip("\ufeff")))
+    rows = csv.reader(io.StringIO(text.lstrip("\ufeff")), strict=True)  # bad quoting is an error, not a guess
     try:
         header = [column.strip().lower() for column in next(rows)]
     except StopIteration:
         return [], ["line 1: the file is empty (a header such as 'type,hash' is needed)"]
+    except csv.Error as err:
+        return [], [f"line 1: not readable as CSV ({err})"]
     kind_at = next((header.index(c) for c in TYPE_COLUMNS if c in header), None)
     value_at = next((header.index(c) for c in (*VALUE_COLUMNS, *KINDS) if c in header), None)
     fixed_kind = next((k for k in KINDS if k in header and header.index(k) == value_at), None)
@@ -252,7 +258,15 @@ def parse_list(text: str) -> tuple[list[tuple[str, str, str | None, str | None]]
     note_at = header.index("note") if "note" in header else None
     source_at = header.index("source") if "source" in header else None
     entries, errors = [], []
-    for line, row in enumerate(rows, start=2):
+    while True:
+        try:
+            row = next(rows)
+        except StopIteration:
+            break
+        except csv.Error as err:  # an over-long field, a stray quote at the end: the rest is not trusted
+            errors.append(f"line {rows.line_num}: not readable as CSV ({err}); nothing after it was read")
+            break
+        line = rows.line_num  # a quoted field may span lines: report where the row ends
         if not row or all(not cell.strip() for cell in row):
             continue
         try:

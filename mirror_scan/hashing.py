@@ -18,3 +18,8 @@ def sha256_file(path: Path | str) -> str:
 
 def sha256_bytes(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def md5_bytes(data: bytes) -> str:
+    """md5 for matching shared hash lists that use it (not for integrity: sha256 is the identity)."""
+    return hashlib.md5(data, usedforsecurity=False).hexdigest()

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -99,9 +99,12 @@ def cached_check(bundle: Bundle, path: Path | None = None) -> Int8Check | None:
         return None
     cached = _read_cache(path or cache_path()).get(_cache_key(bundle))
     try:
-        return Int8Check(**{**cached, "cached": True}) if isinstance(cached, dict) else None
+        check = Int8Check(**{**cached, "cached": True}) if isinstance(cached, dict) else None
     except TypeError:
         return None
+    if check is None or not all(isinstance(v, float | int) for v in (check.min_cosine, check.max_similarity_drift)):
+        return None  # an edited or older entry: measure again
+    return replace(check, faithful=check.min_cosine >= FAITHFUL_MIN_COSINE)  # derived from the figure, not read
 
 
 def check_int8(

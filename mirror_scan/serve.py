@@ -9,7 +9,6 @@ per batch, decides, keeps rejected bytes in the quarantine as evidence, and answ
 
 from __future__ import annotations
 
-import hashlib
 import hmac
 import json
 import logging
@@ -29,7 +28,7 @@ from .bundle import Bundle
 from .decide import annotate, decide, with_hash_match
 from .decode import Limits, decode, decode_detail
 from .hashes import Matcher, queries
-from .hashing import sha256_bytes
+from .hashing import md5_bytes, sha256_bytes
 from .policy import Policy
 from .quarantine import Quarantine
 from .scoring import Scorer, columns, policy_sims, result_model_id
@@ -377,7 +376,7 @@ class Handler(BaseHTTPRequestHandler):
             content_type,
             decoded.pixels,
             decode_detail(decoded),
-            hashlib.md5(data, usedforsecurity=False).hexdigest(),
+            md5_bytes(data),
             decoded.pdq,
             decoded.pdq_variants,
         )

@@ -35,7 +35,10 @@ def _positive_int(value: Any) -> int:
 
 
 def _positive_seconds(value: Any) -> float:
-    number = float(value)
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a number of seconds, e.g. 120") from None
     if not number > 0:
         raise ValueError("must be more than 0 seconds")
     return number

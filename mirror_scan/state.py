@@ -654,6 +654,23 @@ class Ledger:
         """Changes whenever a list is imported, replaced or removed: long-running matchers reload on it."""
         return tuple(self.db.execute("SELECT count(*), max(imported), total(entries) FROM hash_lists").fetchone())
 
+    def has_hash_list(self, name: str) -> bool:
+        return self.db.execute("SELECT 1 FROM hash_lists WHERE name=?", (name,)).fetchone() is not None
+
+    def hash_list_rows(self, name: str) -> list[tuple]:
+        """(type, hash, note, source) of one list, in import order."""
+        return self.db.execute(
+            "SELECT kind, value, note, source FROM hash_list_entries WHERE list=? ORDER BY rowid", (name,)
+        ).fetchall()
+
+    def files_lacking_hashes(self) -> Iterator[tuple[str, bytes]]:
+        """(sha256, path) of scored files whose pictures have no stored hashes (scanned before they were kept)."""
+        for sha256, path in self.db.execute(
+            "SELECT sha256, path FROM files WHERE status IN ('scored', 'reused') AND sha256 IS NOT NULL "
+            "AND sha256 NOT IN (SELECT sha256 FROM picture_hashes)"
+        ).fetchall():
+            yield sha256, bytes(path)
+
     def hash_lists(self) -> list[tuple]:
         return self.db.execute(
             "SELECT name, action, imported, source, entries FROM hash_lists ORDER BY name"

@@ -13,6 +13,16 @@ if ! command -v fusermount3 >/dev/null 2>&1; then
     echo "note: fusermount3 is missing; install fuse3 (e.g. sudo apt-get install fuse3) for rclone mount mirrors" >&2
   fi
 fi
+# A C++ compiler: pdqhash (PDQ perceptual hashes) is built from source.
+if ! command -v c++ >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq g++) >/dev/null 2>&1 \
+      || { echo "error: could not install g++, which pdqhash needs to build" >&2; exit 1; }
+  else
+    echo "error: no C++ compiler; pdqhash builds from source (e.g. sudo apt-get install g++), then rerun" >&2
+    exit 1
+  fi
+fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 runtime=cpu

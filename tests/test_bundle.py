@@ -199,3 +199,13 @@ def test_int8_check_is_cached_per_bundle_and_cpu(tiny_bundle, tmp_path, monkeypa
     _degrade_int8(tiny_bundle)  # another int8 file: another key
     int8check.check_int8(load_bundle(tiny_bundle), int8, fp32_factory, cache)
     assert len(loads) == 3
+    # An edited cache cannot vouch for int8: "faithful" is derived from the figure, garbage is re-measured.
+    entries = json.loads(cache.read_text())
+    for entry in entries.values():
+        entry.update(faithful=True, min_cosine=0.9)
+    cache.write_text(json.dumps(entries))
+    assert not int8check.check_int8(bundle, int8, fp32_factory, cache).faithful and len(loads) == 3
+    for entry in entries.values():
+        entry.update(min_cosine="high")
+    cache.write_text(json.dumps(entries))
+    assert not int8check.check_int8(bundle, int8, fp32_factory, cache).cached and len(loads) == 4

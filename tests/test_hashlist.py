@@ -251,3 +251,25 @@ def test_the_watch_daemon_applies_a_list_imported_while_it_runs(tmp_path, tiny_b
     finally:
         code, stderr = watcher.stop()
     assert code == 0, stderr
+
+
+def test_unreadable_csv_and_edited_ledger_rows_fail_safe(tmp_path, tiny_bundle_master, clear_all):
+    import sqlite3
+
+    entries, errors = parse_list("type,hash\npdq," + "a" * 64 + "\npdq," + "b" * 200_000 + "\n")
+    assert errors and errors[0].startswith("line 3: not readable as CSV")
+    assert parse_list('type,hash\npdq,"' + "c" * 64 + "\n")[1]  # an unterminated quote is an error, not a hash
+    listed = tmp_path / "list.csv"
+    known = generated_image(9, 320, 240)
+    listed.write_text(f"type,hash\npdq,{pdq(known)[0]}\n")
+    assert _cli(tmp_path, "hashlist", "import", str(listed), "--name", "shared").returncode == 0
+    with sqlite3.connect(tmp_path / "state.db") as db:  # somebody edits the ledger by hand
+        db.execute("INSERT INTO hash_list_entries VALUES ('shared', 'pdq', 'not-hex', NULL, NULL)")
+        db.execute("INSERT INTO hash_list_entries VALUES ('shared', 'md5', 'zz', NULL, NULL)")
+    tree = tmp_path / "mirror"
+    tree.mkdir()
+    (tree / "a.png").write_bytes(_encode(known, "PNG"))
+    proc = _cli(tmp_path, "scan", str(tree), "--model", str(tiny_bundle_master), "--policy", str(clear_all),
+                "--dry-run", "--json")  # fmt: skip
+    assert json.loads(proc.stdout)["flagged"] == 1, proc.stderr  # the valid entry still matches
+    assert "Traceback" not in proc.stderr
