@@ -225,6 +225,23 @@ class Matcher:
         return best
 
 
+class LiveMatcher:
+    """The matcher of a long run (scan, watch, serve): rebuilt when a list is imported, replaced or removed
+    (`refresh()`: one small query), so a running daemon needs no restart. `ledger` gives
+    `hash_lists_version()` and `hash_list_entries()`."""
+
+    def __init__(self, ledger) -> None:
+        self.ledger = ledger
+        self.version = ledger.hash_lists_version()
+        self.matcher = Matcher(ledger.hash_list_entries())
+
+    def refresh(self) -> Matcher:
+        version = self.ledger.hash_lists_version()
+        if version != self.version:
+            self.version, self.matcher = version, Matcher(self.ledger.hash_list_entries())
+        return self.matcher
+
+
 # ---------------------------------------------------------------- shared list files
 
 KINDS = {"pdq": 64, "sha256": 64, "md5": 32}

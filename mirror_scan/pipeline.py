@@ -25,7 +25,7 @@ from .decide import Verdict, annotate, decide, with_hash_match
 from .decode import Limits, decode
 from .discover import Found, Unscannable, discover
 from .fetch import Changed, Decoded, Failed, Outcome, Reused, Vanished, fetch
-from .hashes import Matcher, queries
+from .hashes import LiveMatcher, queries
 from .policy import Policy
 from .report import ReportWriter, record
 from .scoring import Scorer, columns, policy_sims, result_model_id
@@ -112,8 +112,7 @@ class Scan:
         self.in_flight = 0
         self.model_id = result_model_id(bundle, scorer, config.limits)
         self.prompt_set = ledger.ensure_prompt_set(bundle.concepts.prompts)
-        self.matcher = Matcher(ledger.hash_list_entries())  # imported hash lists decide before the model
-        self._lists_version = ledger.hash_lists_version()
+        self.lists = LiveMatcher(ledger)  # imported hash lists decide before the model
         self.policy_columns = columns(bundle.concepts.prompts, policy)
         self.counters = Counters()
         self._decoder = decode  # replaced by a worker-process pool for the length of a run
@@ -143,20 +142,12 @@ class Scan:
             finally:
                 self._decoder = decode
 
-    def _reload_lists(self) -> None:
-        """A list imported or removed while the daemon runs applies from the next batch on (no restart);
-        one small query per batch."""
-        version = self.ledger.hash_lists_version()
-        if version != self._lists_version:
-            self._lists_version = version
-            self.matcher = Matcher(self.ledger.hash_list_entries())
-
     def _listed(self, sha256: str) -> bool:
         """On an imported hash list (a list imported after the file was scanned applies now)."""
-        if not self.matcher:
+        if not self.lists.matcher:
             return False
         md5, pdqs = self.ledger.picture_hashes(sha256)
-        return self.matcher.match(sha256, md5, pdqs) is not None
+        return self.lists.matcher.match(sha256, md5, pdqs) is not None
 
     def _fetch(self, found: Found) -> tuple[Outcome, float]:
         started = time.perf_counter()
@@ -211,7 +202,7 @@ class Scan:
         if not self._batch:
             return
         items, self._batch, self._batch_frames = self._batch, [], 0
-        self._reload_lists()
+        matcher = self.lists.refresh()  # a list imported while a daemon runs applies from this batch on
         pixels = np.concatenate([item.pixels for item in items])
         started = time.perf_counter()
         embeddings, sims = self.scorer(pixels)
@@ -233,8 +224,8 @@ class Scan:
             )
             self.ledger.put_picture_hashes(item.sha256, item.md5, item.pdq)
             verdict = annotate(verdict, item.detail)
-            if self.matcher:
-                match = self.matcher.match(item.sha256, item.md5, queries(item.pdq, item.pdq_variants))
+            if matcher:
+                match = matcher.match(item.sha256, item.md5, queries(item.pdq, item.pdq_variants))
                 verdict = with_hash_match(verdict, match, allowlisted[index])
             self.counters.scored += 1
             self._record_verdict(item.found, item.sha256, "scored", verdict, result_id, item.format)
@@ -330,9 +321,10 @@ class Scan:
             [self.ledger.allowlisted(sha256)],
         )
         verdict = annotate(verdict, stored.detail)
-        if self.matcher:
+        if self.lists.matcher:
             md5, pdqs = self.ledger.picture_hashes(sha256)
-            verdict = with_hash_match(verdict, self.matcher.match(sha256, md5, pdqs), self.ledger.allowlisted(sha256))
+            match = self.lists.matcher.match(sha256, md5, pdqs)
+            verdict = with_hash_match(verdict, match, self.ledger.allowlisted(sha256))
         if count_as == "reused":
             self.counters.reused += 1
         self._record_verdict(

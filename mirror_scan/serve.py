@@ -27,7 +27,7 @@ import numpy as np
 from .bundle import Bundle
 from .decide import annotate, decide, with_hash_match
 from .decode import Limits, decode, decode_detail
-from .hashes import Matcher, queries
+from .hashes import LiveMatcher, queries
 from .hashing import md5_bytes, sha256_bytes
 from .policy import Policy
 from .quarantine import Quarantine
@@ -85,8 +85,7 @@ class Batcher(threading.Thread):
         self.model_id = result_model_id(bundle, scorer, config.limits)
         self.prompt_set = ledger.ensure_prompt_set(bundle.concepts.prompts)
         # Re-uploads of what was purged elsewhere, re-encoded or not, are refused by the imported lists.
-        self.matcher = Matcher(ledger.hash_list_entries())
-        self._lists_version = ledger.hash_lists_version()
+        self.lists = LiveMatcher(ledger)
         self.policy_columns = columns(bundle.concepts.prompts, policy)
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self._decoding = 0  # uploads read and being decoded by handler threads: they will join a batch soon
@@ -141,9 +140,7 @@ class Batcher(threading.Thread):
         self.ledger.commit()
 
     def _decide(self, batch: list[Job]) -> None:
-        version = self.ledger.hash_lists_version()  # a list imported while serving applies at once
-        if version != self._lists_version:
-            self._lists_version, self.matcher = version, Matcher(self.ledger.hash_list_entries())
+        self.lists.refresh()  # a list imported while serving applies from this batch on
         to_infer: list[Job] = []
         for job in batch:
             if self.ledger.allowlisted(job.sha256):
@@ -178,8 +175,8 @@ class Batcher(threading.Thread):
         (verdict,) = decide(self.policy, sims, np.zeros(len(sims), dtype=np.intp), 1, self.config.severity)
         verdict = annotate(verdict, detail)
         self.ledger.put_picture_hashes(job.sha256, job.md5, job.pdq)
-        if self.matcher:
-            match = self.matcher.match(job.sha256, job.md5, queries(job.pdq, job.pdq_variants))
+        if self.lists.matcher:
+            match = self.lists.matcher.match(job.sha256, job.md5, queries(job.pdq, job.pdq_variants))
             verdict = with_hash_match(verdict, match, allowlisted=False)  # allowlisted uploads never get here
         if verdict.flagged:
             evidence = {

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,16 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 DATA = Path(__file__).parent / "data"
 CLI = [sys.executable, "-m", "mirror_scan.cli"]
+
+
+def wait_until(condition, timeout: float = 30, what: str = "the condition", every: float = 0.1) -> None:
+    """Poll `condition` until it holds; fail naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(every)
+    raise AssertionError(f"timed out waiting for {what}")
 
 
 def run_cli(*args: str, check: bool = False, env: dict | None = None, cwd: Path | None = None, timeout: int = 300):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CLI, run_cli
+from .conftest import CLI, run_cli, wait_until
 from .mediafiles import image_bytes
 from .s3server import RcloneMount as Mount
 from .s3server import S3Server
@@ -48,12 +48,7 @@ def _cli(tmp: Path, *args: str, env: dict | None = None):
 
 
 def _wait(condition, timeout: float = 20, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
+    wait_until(condition, timeout, what, every=0.2)
 
 
 def _scan_flag_all(tmp_path, mount, bundle, policy, server):

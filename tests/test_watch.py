@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import CLI
+from .conftest import CLI, wait_until
 from .mediafiles import image_bytes
 from .s3server import free_port
 
@@ -65,12 +65,7 @@ class Watcher:
             }
 
     def wait_for(self, condition, timeout: float = 30, what: str = "the condition") -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if condition():
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"timed out waiting for {what}")
+        wait_until(condition, timeout, what)
 
     def stop(self) -> tuple[int, str]:
         self.proc.send_signal(signal.SIGTERM)
