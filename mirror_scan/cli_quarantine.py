@@ -51,16 +51,24 @@ def q_list(
     json_out: JsonOpt = False,
 ) -> None:
     """Items in the quarantine: id, when, original path, why, state. Reads only: works while the daemon runs."""
+    from .attribution import summary
+
     with _reader(state, quarantine, config) as workspace:
         entries = list(workspace.quarantine.entries(parse_since(since) if since else None))
+        for e in entries:
+            e.update(summary(workspace.ledger.attribution(e["id"])))
     if json_out:
         print_json(entries)
         return
-    table = Table("id", "quarantined (UTC)", "original path", "why", "state")
+    attributed = any(e["uploader"] for e in entries)
+    table = Table(
+        "id", "quarantined (UTC)", "original path", "why", *(("uploader", "where") if attributed else ()), "state"
+    )
     table.columns[0].no_wrap = True
     for e in entries:
         when = e["quarantined_at"].replace("T", " ").removesuffix("+00:00")
-        table.add_row(e["id"], when, e["original"], _reason_text(e["reason"]), e["state"])
+        extra = (e["uploader"], e["where"]) if attributed else ()
+        table.add_row(e["id"], when, e["original"], _reason_text(e["reason"]), *extra, e["state"])
     out.print(table)
     out.print(f"{len(entries)} item(s)")
 
@@ -69,11 +77,27 @@ def q_list(
 def q_show(item_id: str, state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
     """An item's metadata (never opens or renders the quarantined file): the ledger's record, which is the
     authority, and the item's own metadata file."""
+    from .moderation import describe_action
     from .state import display_path
 
     with _reader(state, quarantine, config) as workspace:
         row = workspace.ledger.item(item_id)
         meta = workspace.quarantine.read_meta(item_id)
+        attribution = workspace.ledger.attribution(item_id)
+        follow_ups = workspace.ledger.followups(item_id)
+    meta.pop("attribution", None)  # the ledger's copy (the authority) is shown below
+    meta["attribution"] = attribution
+    meta["actions"] = [
+        {
+            "action": describe_action(f.action, f.target),
+            "state": f.state,
+            "attempts": f.attempts,
+            **({"result": f.result} if f.result else {}),
+            **({"error": f.error} if f.error else {}),
+            "updated": dt.datetime.fromtimestamp(f.updated, dt.UTC).isoformat(timespec="seconds"),
+        }
+        for f in follow_ups
+    ]
     if row is not None:
         meta["ledger"] = {
             "state": row.state,
@@ -86,6 +110,92 @@ def q_show(item_id: str, state: StateOpt = None, quarantine: QuarantineOpt = Non
     else:
         meta["ledger"] = None
     out.print(json.dumps(meta, indent=2, ensure_ascii=False))
+
+
+def _incomplete(data: dict | None) -> bool:
+    return data is None or bool(data.get("retry") or data.get("unknown"))
+
+
+@quarantine_app.command("attribute")
+def q_attribute(
+    item_ids: Annotated[list[str] | None, typer.Argument(help="Item ids (from `quarantine list`).")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every held item (quarantined or upstream pending).")] = False,
+    missing: Annotated[
+        bool, typer.Option("--missing", help="With --all: only items with no or incomplete attribution.")
+    ] = False,
+    actions: Annotated[
+        bool,
+        typer.Option(
+            "--actions",
+            help="Also plan the [actions] configured for the items' labels (normally only "
+            "items quarantined while actions were configured get them).",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Look up and print; store nothing, plan and send nothing.")
+    ] = False,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Find (or refresh) who uploaded items, and the posts, comments and messages using them, from
+    pict-rs's and Lemmy's databases. Fills in what was unknown at quarantine time (a database was down)."""
+    from .app.workspace import Workspace
+    from .attribution import summary
+    from .errors import MirrorScanError
+    from .moderation import describe_action, follow_up_enabled
+    from .state import HELD_STATES
+
+    if not item_ids and not every:
+        raise UsageError("name items to attribute, or pass --all")
+    settings = resolve({"state": state, "quarantine": quarantine}, config)
+    if not follow_up_enabled(settings):
+        raise UsageError(
+            "no attribution source is configured",
+            hint="set [pictrs] database_url and [lemmy] database_url (see the README's Lemmy section), then "
+            "`mirror-scan lemmy check`",
+        )
+    opener = Workspace.reader if dry_run else Workspace.writer
+    results = []
+    with opener(settings) as workspace:
+        if every:
+            chosen = [row.id for row in workspace.ledger.items(states=HELD_STATES)]
+            if missing:
+                chosen = [i for i in chosen if _incomplete(workspace.ledger.attribution(i))]
+        else:
+            chosen = list(item_ids or [])
+        moderation = workspace.moderation
+        for item_id in chosen:
+            item = workspace.ledger.item(item_id)
+            if item is None:
+                raise UsageError(f"no quarantine item {item_id}", hint="see `mirror-scan quarantine list`")
+            if dry_run:
+                data = moderation.attributor.attribute(
+                    moderation.attribution_key(item), item.sha256, moderation._origin(item_id)
+                )
+                would = [describe_action(a, t) for a, t in moderation.planned_actions(item, data)]
+                results.append({"id": item_id, **summary(data), "would": would, "attribution": data})
+                continue
+            try:
+                data = moderation.attribute_now(item_id, plan=actions)
+            except MirrorScanError as error:
+                err.print(f"error: {item_id}: {error}")
+                continue
+            results.append({"id": item_id, **summary(data), "unknown": data.get("unknown", [])})
+        if not dry_run:
+            workspace.run_follow_ups(say=lambda note: err.print(note))
+    if json_out:
+        print_json(results)
+        return
+    for r in results:
+        out.print(f"{r['id']}: uploader {r['uploader']}; {r['where']}")
+        for gap in r.get("unknown") or r.get("attribution", {}).get("unknown", []):
+            out.print(f"  unknown {gap['part']}: {gap['reason']}")
+        if dry_run:
+            out.print("  would: " + ("; ".join(r["would"]) if r["would"] else "nothing ([actions] for its labels)"))
+    if not results:
+        out.print("nothing to attribute")
 
 
 @quarantine_app.command("restore")
@@ -176,6 +286,7 @@ def q_restore(
                 err.print(f"error: {entry['id']}: {error}")
                 continue
             out.print(f"restored {entry['id']} -> {display_path(target)} (sha256 allowlisted)")
+        workspace.run_follow_ups(say=lambda note: err.print(note))  # undo what moderation did
     if failed or pending:
         raise typer.Exit(2 if failed else 1)
 

@@ -138,6 +138,8 @@ def register(app: typer.Typer) -> None:
             finally:
                 if writer:
                     writer.close()
+            if actor is not None:
+                workspace.run_follow_ups(say=None if quiet or json_out else lambda note: err.print(note))
         summary = counters.as_dict() | {
             "provider": place.provider,
             "precision": place.precision,
@@ -196,6 +198,7 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
         with open_writer(settings, quiet=json_out) as workspace:
             acted = apply_verdicts(workspace.ledger, QuarantineActor(workspace.ledger, workspace.quarantine))
+            workspace.run_follow_ups(say=None if json_out else lambda note: err.print(note))
         if json_out:
             print_json({"acted": acted})
         else:

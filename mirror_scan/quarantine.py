@@ -183,6 +183,9 @@ class Quarantine:
         self.locks = self.root / "locks"
         self.ledger = ledger
         self.upstreams = upstreams or Upstreams()
+        # Attribution (and the moderation actions it plans) is queued with each new item, in the same
+        # transaction, when a pict-rs or Lemmy source is configured (see followups.py).
+        self.follow_up = False
         if ledger.readonly:
             return
         for directory in (self.root, self.items, self.locks):
@@ -247,6 +250,10 @@ class Quarantine:
         meta.setdefault("history", []).append({"state": event, "at": _now_iso()})
         self._write_meta(self.items / item_id, meta)
 
+    def note_held(self, item_id: str, event: str, **fields: Any) -> None:
+        """Add an event (and fields) to the item's metadata; the caller holds the item's lock."""
+        self._note_in_meta(item_id, None, event, **fields)
+
     def read_meta(self, item_id: str) -> dict[str, Any]:
         _check_item_id(item_id)
         path = self.items / item_id / META
@@ -310,6 +317,8 @@ class Quarantine:
             }
         )
         move_id = self.ledger.start_move(item_id, MoveKind.QUARANTINE)
+        if self.follow_up:
+            self.ledger.add_followup(item_id, "attribute", plan=True)
         self.ledger.commit()
         _checkpoint("quarantine:intent")
 
@@ -387,6 +396,8 @@ class Quarantine:
                 raise
             with self.ledger.transaction():
                 self._index(meta)
+                if self.follow_up:
+                    self.ledger.add_followup(item_id, "attribute", plan=True)
         return item_id
 
     def _finish_quarantine(self, item_id: str, move_id: int, step: str) -> str:
@@ -609,6 +620,7 @@ class Quarantine:
         self._note_in_meta(row.id, ItemState.RESTORED, "released (allowlisted)")
         with self.ledger.transaction():
             self.ledger.set_item_state(row.id, ItemState.RESTORED)
+            self.ledger.plan_undo(row.id)
         return b"(allowlisted: the upload can be made again)"
 
     def _finish_restore(self, item_id: str, move_id: int, step: str, upstream: Upstream | None) -> None:
@@ -621,6 +633,7 @@ class Quarantine:
         self._note_in_meta(item_id, ItemState.RESTORED, "restored")
         self.ledger.set_item_state(item_id, ItemState.RESTORED)
         self.ledger.mark_action_by_sha(row.sha256, FileAction.RESTORED, only_if=FileAction.QUARANTINED)
+        self.ledger.plan_undo(item_id)  # what moderation did is undone: same transaction as 'done'
         self._step(move_id, Step.DONE, "restore")
 
     # ------------------------------------------------------------------ recovery

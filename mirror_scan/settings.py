@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass, fields
@@ -49,6 +50,54 @@ def _remote(value: Any) -> str:
     if ":" not in text or text.startswith(":"):
         raise ValueError("must be an rclone remote NAME:bucket (connection strings would echo secrets in errors)")
     return text
+
+
+def _names(value: Any) -> tuple[str, ...]:
+    """A list from the config file, or a comma-separated string from a flag or the environment."""
+    items = value if isinstance(value, list | tuple) else str(value).split(",")
+    names = tuple(str(item).strip() for item in items if str(item).strip())
+    for name in names:
+        if not re.fullmatch(r"[A-Za-z0-9_.@-]{1,255}", name):
+            raise ValueError(f"{name!r} is not a user name")
+    return names
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError("must be true or false")
+
+
+def _actions(value: Any) -> dict[str, tuple[str, ...]]:
+    """Label -> actions. From the config file's [actions] table (csam = ["remove", "report", "notify"]) or,
+    in the environment, 'csam=remove+report+notify;nsfw=report'."""
+    from .followups import ACTION_NAMES
+
+    if isinstance(value, str):
+        table: dict[str, Any] = {}
+        for part in filter(str.strip, value.split(";")):
+            label, _, names = part.partition("=")
+            table[label.strip()] = [n for n in re.split(r"[+,\s]+", names) if n]
+        value = table
+    if not isinstance(value, dict):
+        raise ValueError('must be a table of label = ["remove", "report", "notify"]')
+    actions: dict[str, tuple[str, ...]] = {}
+    for label, names in value.items():
+        if not isinstance(names, list | tuple) or not all(isinstance(n, str) for n in names):
+            raise ValueError(f'{label}: must be a list such as ["report"]')
+        unknown = [n for n in names if n not in ACTION_NAMES]
+        if unknown:
+            raise ValueError(
+                f"{label}: unknown action {unknown[0]!r} (known: {', '.join(ACTION_NAMES)}; bans are "
+                "never automatic: see `mirror-scan lemmy ban`)"
+            )
+        actions[str(label).replace(" ", "_")] = tuple(dict.fromkeys(names))
+    return actions
 
 
 def _choice(*options: str) -> Callable[[Any], str]:
@@ -101,10 +150,36 @@ SPECS: dict[str, Spec] = {
     "rclone": Spec(str, lambda: None, "rclone binary (default: the venv's, then PATH)"),
     "pictrs_url": Spec(str, lambda: None, "pict-rs base URL, e.g. http://127.0.0.1:8080"),
     "pictrs_api_key": Spec(str, lambda: None, "pict-rs [server] api_key (prefer the environment variable)"),
+    "pictrs_database_url": Spec(
+        str, lambda: None, "pict-rs's PostgreSQL repo, postgresql://user@host/db (read-only role; attribution)"
+    ),
+    "pictrs_database_password_file": Spec(Path, lambda: None, "file holding that database's password"),
+    "pictrs_database_password": Spec(str, lambda: None, "that password (environment only, preferably a file)"),
+    "lemmy_database_url": Spec(
+        str, lambda: None, "Lemmy's PostgreSQL database, postgresql://user@host/lemmy (read-only role; attribution)"
+    ),
+    "lemmy_database_password_file": Spec(Path, lambda: None, "file holding that database's password"),
+    "lemmy_database_password": Spec(str, lambda: None, "that password (environment only, preferably a file)"),
+    "lemmy_url": Spec(str, lambda: None, "Lemmy's base URL for the moderation bot, e.g. https://lemmy.example"),
+    "lemmy_username": Spec(str, lambda: None, "the bot account that removes, reports and notifies"),
+    "lemmy_password_file": Spec(Path, lambda: None, "file holding the bot's password"),
+    "lemmy_password": Spec(str, lambda: None, "the bot's password (environment only, preferably a file)"),
+    "lemmy_notify": Spec(_names, lambda: (), "admins the bot sends a private message to (action 'notify')"),
+    "notify_webhook": Spec(str, lambda: None, "JSON webhook for action 'notify' (a Matrix or Slack bridge); secret"),
+    "actions": Spec(_actions, lambda: {}, "per label: remove, report, notify (default: none, attribution only)"),
+    "actions_dry_run": Spec(_flag, lambda: False, "plan and record actions, send nothing"),
 }
 
 
-SECRET_SETTINGS = ("pictrs_api_key",)
+SECRET_SETTINGS = (
+    "pictrs_api_key",
+    "pictrs_database_password",
+    "lemmy_database_password",
+    "lemmy_password",
+    "notify_webhook",  # webhook URLs carry their token
+)
+URL_SETTINGS = ("pictrs_database_url", "lemmy_database_url")  # may hold a password: shown without it
+ENV_ONLY = ("pictrs_database_password", "lemmy_database_password", "lemmy_password")
 
 
 @dataclass(frozen=True)
@@ -129,6 +204,20 @@ class Settings:
     rclone: str | None
     pictrs_url: str | None
     pictrs_api_key: str | None
+    pictrs_database_url: str | None
+    pictrs_database_password_file: Path | None
+    pictrs_database_password: str | None
+    lemmy_database_url: str | None
+    lemmy_database_password_file: Path | None
+    lemmy_database_password: str | None
+    lemmy_url: str | None
+    lemmy_username: str | None
+    lemmy_password_file: Path | None
+    lemmy_password: str | None
+    lemmy_notify: tuple[str, ...]
+    notify_webhook: str | None
+    actions: dict[str, tuple[str, ...]]
+    actions_dry_run: bool
     sources: dict[str, str]  # setting -> "flag" | "env" | "config FILE" | "default"
 
 
@@ -144,9 +233,26 @@ def _read_config(path: Path | None) -> tuple[dict[str, Any], str]:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise UsageError(f"config file {path} cannot be read: {err}") from None
     scan = dict(data.get("scan", data))  # settings may sit at the top level or under [scan]
-    for section in ("pictrs",):  # [pictrs] url / api_key
-        for key, value in (data.get(section) or {}).items():
+    for section in ("pictrs", "lemmy", "notify"):  # [pictrs] url / api_key, [lemmy] url, [notify] webhook
+        table = data.get(section) or {}
+        if not isinstance(table, dict):
+            raise UsageError(f"config file {path}: [{section}] must be a table")
+        for key, value in table.items():
             scan[f"{section}_{key}"] = value
+    actions = data.get("actions")
+    if actions is not None:  # [actions] csam = ["remove", "report", "notify"], dry_run = true
+        if not isinstance(actions, dict):
+            raise UsageError(f"config file {path}: [actions] must be a table of label = [actions]")
+        actions = dict(actions)
+        if "dry_run" in actions:
+            scan["actions_dry_run"] = actions.pop("dry_run")
+        scan["actions"] = actions
+    for key in ENV_ONLY:
+        if key in scan:
+            raise UsageError(
+                f"config file {path}: '{key}' does not belong in a config file",
+                hint=f"use '{key}_file' (a file only the service user can read) or MIRROR_SCAN_{key.upper()}",
+            )
     for key in scan:
         if key not in SPECS and not isinstance(scan[key], dict):
             close = difflib.get_close_matches(key, list(SPECS), n=1)
@@ -176,17 +282,46 @@ def resolve(flags: dict[str, Any] | None = None, config: Path | None = None) -> 
         except (TypeError, ValueError) as err:
             from .rclone import scrub
 
-            shown = "***" if name in SECRET_SETTINGS else scrub(repr(raw))
-            raise UsageError(f"setting '{name}' from {source}: {shown} {err}") from None
+            display = "***" if name in SECRET_SETTINGS + URL_SETTINGS else scrub(repr(raw))
+            raise UsageError(f"setting '{name}' from {source}: {display} {err}") from None
+        if name in ENV_ONLY and source == "flag":
+            raise UsageError(f"'{name}' is not taken from the command line", hint=f"use {name}_file")
         if isinstance(values[name], Path):
             values[name] = values[name].expanduser()
         sources[name] = source
     return Settings(**values, sources=sources)
 
 
+def redact_url(url: str | None) -> str:
+    """A URL without its password (user:***@host) or, for secrets in the query or path, only its origin."""
+    if not url:
+        return str(url)
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "(unparseable URL)"
+    user = f"{parts.username}{':***' if parts.password else ''}@" if parts.username else ""
+    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
+
+
+def shown(name: str, value: Any) -> str:
+    """How a setting may be displayed: secrets as ***, database URLs without their password."""
+    if value is None:
+        return "None"
+    if name in SECRET_SETTINGS:
+        return "***"
+    if name in URL_SETTINGS:
+        return redact_url(value)
+    return str(value)
+
+
 def describe(settings: Settings) -> list[tuple[str, str, str]]:
     return [
-        (f.name, str(getattr(settings, f.name)), settings.sources[f.name])
+        (f.name, shown(f.name, getattr(settings, f.name)), settings.sources[f.name])
         for f in fields(settings)
         if f.name != "sources"
     ]

@@ -33,7 +33,7 @@ import numpy as np
 
 from .errors import MirrorScanError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for another writer's transaction (they last milliseconds)
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -110,6 +110,23 @@ CREATE TABLE IF NOT EXISTS quarantine (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS quarantine_sha256 ON quarantine (sha256);
+CREATE TABLE IF NOT EXISTS attributions (item TEXT PRIMARY KEY, data TEXT NOT NULL, updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS followups (
+    id INTEGER PRIMARY KEY,
+    item TEXT NOT NULL,
+    action TEXT NOT NULL,
+    target TEXT NOT NULL DEFAULT '',
+    state TEXT NOT NULL,
+    plan INTEGER NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    next_try REAL NOT NULL,
+    result TEXT,
+    error TEXT,
+    created REAL NOT NULL,
+    updated REAL NOT NULL,
+    UNIQUE (item, action, target)
+);
+CREATE INDEX IF NOT EXISTS followups_due ON followups (state, next_try);
 CREATE TABLE IF NOT EXISTS moves (
     id INTEGER PRIMARY KEY,
     item TEXT NOT NULL,
@@ -239,6 +256,25 @@ class ItemRow:
     updated: float
     seen_count: int
     last_seen: float | None
+
+
+@dataclass(frozen=True)
+class FollowupRow:
+    id: int
+    item: str
+    action: str
+    target: str
+    state: str  # pending, done, refused, cancelled, dry_run
+    plan: int
+    attempts: int
+    next_try: float
+    result: str | None
+    error: str | None
+    created: float
+    updated: float
+
+
+_FOLLOWUP_COLUMNS = "id, item, action, target, state, plan, attempts, next_try, result, error, created, updated"
 
 
 @dataclass(frozen=True)
@@ -784,6 +820,113 @@ class Ledger:
     def delete_item(self, item_id: str) -> None:
         self.begin()
         self.db.execute("DELETE FROM quarantine WHERE id=?", (item_id,))
+        self.db.execute("DELETE FROM followups WHERE item=?", (item_id,))
+        self.db.execute("DELETE FROM attributions WHERE item=?", (item_id,))
+
+    # ---------------------------------------------------------------- follow-ups (attribution, moderation)
+
+    def add_followup(
+        self, item_id: str, action: str, target: str = "", *, plan: bool = False, state: str = "pending"
+    ) -> None:
+        """Inside the caller's transaction (the quarantine or restore that causes it); once per
+        (item, action, target)."""
+        self.begin()
+        now = time.time()
+        self.db.execute(
+            "INSERT OR IGNORE INTO followups (item, action, target, state, plan, next_try, created, updated) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (item_id, action, target, state, int(plan), now, now, now),
+        )
+
+    def followups(self, item_id: str) -> list[FollowupRow]:
+        rows = self.db.execute(
+            f"SELECT {_FOLLOWUP_COLUMNS} FROM followups WHERE item=? ORDER BY id",
+            (item_id,),  # noqa: S608
+        )
+        return [FollowupRow(*r) for r in rows]
+
+    def due_followups(self, now: float, limit: int = 100) -> list[FollowupRow]:
+        rows = self.db.execute(
+            f"SELECT {_FOLLOWUP_COLUMNS} FROM followups WHERE state='pending' AND next_try <= ? "  # noqa: S608
+            "ORDER BY next_try, id LIMIT ?",
+            (now, limit),
+        )
+        return [FollowupRow(*r) for r in rows]
+
+    def followup(self, followup_id: int) -> FollowupRow | None:
+        row = self.db.execute(
+            f"SELECT {_FOLLOWUP_COLUMNS} FROM followups WHERE id=?",
+            (followup_id,),  # noqa: S608
+        ).fetchone()
+        return None if row is None else FollowupRow(*row)
+
+    def pending_followup_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM followups WHERE state='pending'").fetchone()[0])
+
+    def finish_followup(
+        self,
+        followup_id: int,
+        state: str,
+        *,
+        result: str | None = None,
+        error: str | None = None,
+        next_try: float | None = None,
+        attempted: bool = True,
+    ) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE followups SET state=?, result=coalesce(?, result), error=?, attempts=attempts+?, "
+                "next_try=coalesce(?, next_try), updated=? WHERE id=?",
+                (state, result, error, int(attempted), next_try, time.time(), followup_id),
+            )
+
+    def retry_followups(self, item_id: str | None = None, refused: bool = True) -> int:
+        """Make pending (and, with refused=True, refused) follow-ups due now; returns how many."""
+        states = ("pending", "refused") if refused else ("pending",)
+        sql = (
+            "UPDATE followups SET state='pending', next_try=?, updated=? "
+            f"WHERE state IN ({','.join('?' * len(states))})"
+        )
+        params: list = [time.time(), time.time(), *states]
+        if item_id is not None:
+            sql += " AND item=?"
+            params.append(item_id)
+        with self.transaction():
+            return self.db.execute(sql, params).rowcount
+
+    def put_attribution(self, item_id: str, data: dict) -> None:
+        self.begin()
+        self.db.execute(
+            "INSERT INTO attributions VALUES (?, ?, ?) ON CONFLICT(item) DO UPDATE SET data=excluded.data, "
+            "updated=excluded.updated",
+            (item_id, json.dumps(data, ensure_ascii=False), time.time()),
+        )
+
+    def attribution(self, item_id: str) -> dict | None:
+        row = self.db.execute("SELECT data FROM attributions WHERE item=?", (item_id,)).fetchone()
+        if row is None:
+            return None
+        try:
+            return json.loads(row[0])
+        except json.JSONDecodeError:
+            return None
+
+    def plan_undo(self, item_id: str) -> None:
+        """In the restore's transaction: cancel what is not done yet, queue the undo of what was done."""
+        from .followups import undo_rows
+
+        self.begin()
+        now = time.time()
+        self.db.execute(
+            "UPDATE followups SET state='cancelled', updated=?, error='the item was restored first' "
+            "WHERE item=? AND state IN ('pending', 'dry_run') AND action != 'attribute'",
+            (now, item_id),
+        )
+        done = self.db.execute(
+            "SELECT action, target, result FROM followups WHERE item=? AND state='done'", (item_id,)
+        ).fetchall()
+        for action, target in undo_rows(done):
+            self.add_followup(item_id, action, target)
 
     def set_item_state(self, item_id: str, state: str) -> None:
         self.begin()

@@ -6,6 +6,8 @@
     retry worker (every second): finishes moves whose owner died, retries pending upstream removals and
                                  restores behind a half-opening breaker
     status worker (every second): status file, gauges, restore latency
+    follow-up worker (every 2 s, when pict-rs/Lemmy sources are configured): attribution of new items,
+                                 moderation actions and their undo after restores (moderation.py)
 
 The daemon is one writer among others: `quarantine restore`, `allowlist`, `purge`, `apply`, `rescore`
 and `serve` write the same ledger while it runs. Its runner and its retry worker have their own ledger
@@ -203,6 +205,11 @@ class WatchDaemon:
             reconciler,
             Periodic("retry", options.retry_interval, self._retry),
         ]
+        self.follow_up_workspace = None
+        if self.workspace.follows_up:
+            # Its own ledger connection: a slow database or Lemmy delays only this thread.
+            self.follow_up_workspace = Workspace.writer(settings, recover=False)
+            self._workers.append(Periodic("follow-ups", 2.0, self._follow_up))
         if settings.remote:
             self.rclone = Rclone.locate(settings.rclone)
             self._workers.append(Periodic("pull", options.pull_interval, self._pull))
@@ -259,6 +266,8 @@ class WatchDaemon:
         self.overflow.uninstall()
         self._write_status()
         self.retry_workspace.close()
+        if self.follow_up_workspace is not None:
+            self.follow_up_workspace.close()
         self.workspace.close()
         if self._failure is not None:
             raise self._failure
@@ -289,6 +298,11 @@ class WatchDaemon:
             log.warning("recovered: %s", note)
         breakers = {u.remote: u.breaker.state for u in quarantine.upstreams.known()}
         self._set(upstream_pending=self.retry_workspace.ledger.upstream_pending_count(), upstream_breakers=breakers)
+
+    def _follow_up(self) -> None:
+        workspace = self.follow_up_workspace
+        notes = workspace.run_follow_ups(say=lambda note: log.info("%s", note))
+        self._set(follow_ups_pending=workspace.ledger.pending_followup_count(), last_follow_ups=notes[-5:])
 
     def _observe_verdict(self, mtime_ns: int) -> None:
         if self.metrics is not None:

@@ -6,13 +6,17 @@ for writing.
 - `Workspace.writer()` opens it for writing beside any other writer (the watch daemon, the validator,
   another shell) and first finishes or rolls back every move whose owner is dead (item locks say which
   are alive; see quarantine.py).
+
+A writer queues an attribution follow-up with every new quarantine item when an attribution or
+moderation source is configured; `moderation` carries the follow-ups out (see moderation.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from ..moderation import Moderation, follow_up_enabled
 from ..quarantine import Quarantine
 from ..settings import Settings
 from ..state import Ledger
@@ -25,6 +29,7 @@ class Workspace:
     ledger: Ledger
     quarantine: Quarantine
     recovered: list[str]
+    _moderation: object = field(default=None, repr=False)
 
     @classmethod
     def reader(cls, settings: Settings) -> Workspace:
@@ -41,6 +46,7 @@ class Workspace:
             if settings.remote:
                 upstreams.get(settings.remote)  # fail now, clearly, if rclone is missing
             quarantine = Quarantine(settings.quarantine, ledger, upstreams)
+            quarantine.follow_up = follow_up_enabled(settings)
             notes = quarantine.recover() if recover else []
             for note in notes:
                 if on_recovered:
@@ -49,6 +55,34 @@ class Workspace:
             ledger.close()
             raise
         return cls(settings, ledger, quarantine, notes)
+
+    @property
+    def moderation(self) -> Moderation:
+        """Attribution and moderation actions for this workspace's items (built on first use: a bot
+        account that is misconfigured fails here, not when the workspace opens)."""
+        if self._moderation is None:
+            self._moderation = Moderation.from_settings(self.settings, self.ledger, self.quarantine)
+        return self._moderation  # type: ignore[return-value]
+
+    @property
+    def follows_up(self) -> bool:
+        return self.quarantine.follow_up
+
+    def run_follow_ups(self, say: Callable[[str], None] | None = None) -> list[str]:
+        """Carry out what is due (attribution, actions, undo) when anything is configured; a
+        misconfiguration is said, never raised: the quarantine has already happened."""
+        if not follow_up_enabled(self.settings) or self.ledger.readonly:
+            return []
+        from ..errors import MirrorScanError
+
+        try:
+            notes = self.moderation.run_due()
+        except MirrorScanError as err:
+            notes = [f"attribution and moderation actions are not run: {err}"]
+        for note in notes:
+            if say:
+                say(note)
+        return notes
 
     def close(self) -> None:
         self.ledger.close()

@@ -1,0 +1,207 @@
+"""`lemmy check` and `lemmy ban`: what the attribution sources and the moderation bot can do, and the one
+action that is never automatic."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+import typer
+
+from .cli_options import ConfigOpt, JsonOpt, QuarantineOpt, StateOpt, YesOpt
+from .console import err, out, print_json
+from .errors import MirrorScanError, UsageError
+from .settings import resolve
+
+lemmy_app = typer.Typer(
+    help="Lemmy and pict-rs: check attribution sources and the moderation bot; ban an uploader.",
+    no_args_is_help=True,
+)
+
+
+def _check_sources(settings) -> list[dict[str, Any]]:
+    from .attribution import LemmyRepo
+    from .moderation import Webhook, build_attributor, build_lemmy
+
+    checks: list[dict[str, Any]] = []
+
+    def record(name: str, configured: bool, fn) -> None:
+        if not configured:
+            checks.append({"source": name, "ok": None, "detail": "not configured"})
+            return
+        try:
+            checks.append({"source": name, "ok": True, "detail": fn()})
+        except MirrorScanError as error:
+            checks.append({"source": name, "ok": False, "detail": str(error).splitlines()[0], "hint": error.hint})
+
+    try:
+        attributor = build_attributor(settings)
+    except MirrorScanError as error:
+        raise UsageError(str(error), hint=error.hint) from None
+
+    def pictrs_db() -> str:
+        src = attributor.pictrs_repo.source  # type: ignore[union-attr]
+        with src.connect() as conn:
+            cols = src.columns(conn)
+            missing = [t for t in ("hashes", "aliases", "variants") if t not in cols]
+            if missing:
+                raise MirrorScanError(f"{src.shown} has no {', '.join(missing)} table: not pict-rs's repo?")
+            count = src.rows(conn, "SELECT count(*) AS n FROM hashes")[0]["n"]
+        return f"{src.shown}: pict-rs repo, {count} stored files"
+
+    def lemmy_db() -> str:
+        src = attributor.lemmy_repo.source  # type: ignore[union-attr]
+        with src.connect() as conn:
+            shape = LemmyRepo.shape(src.columns(conn))
+            for table in ("post", "comment", "person", "community", "private_message"):
+                src.rows(conn, f"SELECT 1 FROM {table} LIMIT 1")  # noqa: S608 - fixed names; checks the grant
+        return f"{src.shown}: Lemmy schema {shape}; the role can read what attribution needs"
+
+    def pictrs_api() -> str:
+        result = attributor.pictrs_api.check()  # type: ignore[union-attr]
+        return f"{result['url']}: API key accepted (fallback: aliases by sha256)"
+
+    def lemmy_api() -> str:
+        lemmy = build_lemmy(settings)
+        assert lemmy is not None
+        api, version = lemmy.detect()
+        me = lemmy.me()
+        rights = (
+            "admin: may remove, report and ban anywhere"
+            if me["admin"]
+            else (
+                f"moderator of {', '.join(me['moderates'])}"
+                if me["moderates"]
+                else "neither admin nor moderator: may report and send messages only"
+            )
+        )
+        notes = [f"{settings.lemmy_url}: Lemmy {version} (/api/{api}), bot {me['name']} logged in, {rights}"]
+        for admin in settings.lemmy_notify:
+            lemmy.person_id(admin)
+        if settings.lemmy_notify:
+            notes.append(f"notify: {', '.join(settings.lemmy_notify)} found")
+        return "; ".join(notes)
+
+    record("pict-rs database", bool(settings.pictrs_database_url), pictrs_db)
+    record("pict-rs API", bool(settings.pictrs_url and settings.pictrs_api_key), pictrs_api)
+    record("Lemmy database", bool(settings.lemmy_database_url), lemmy_db)
+    record("Lemmy API (bot)", bool(settings.lemmy_url), lemmy_api)
+    checks.append(
+        {
+            "source": "webhook",
+            "ok": None,
+            "detail": f"{Webhook(settings.notify_webhook).shown} (not called by a check)"
+            if settings.notify_webhook
+            else "not configured",
+        }
+    )
+    actions = "; ".join(f"{label}: {', '.join(names)}" for label, names in settings.actions.items())
+    checks.append(
+        {
+            "source": "actions",
+            "ok": None,
+            "detail": (actions or "none (attribution only)") + (" [dry run]" if settings.actions_dry_run else ""),
+        }
+    )
+    return checks
+
+
+@lemmy_app.command("check")
+def check(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    """Say what mirror-scan can reach (pict-rs's and Lemmy's databases, pict-rs's API, Lemmy's API with the
+    bot account), which versions, and what the bot may do. Exit 1 if something configured fails."""
+    settings = resolve({}, config)
+    checks = _check_sources(settings)
+    if json_out:
+        print_json(checks)
+    else:
+        for c in checks:
+            mark = {True: "ok  ", False: "FAIL", None: "    "}[c["ok"]]
+            out.print(f"{mark} {c['source']}: {c['detail']}")
+            if c.get("hint"):
+                out.print(f"       hint: {c['hint']}")
+    if any(c["ok"] is False for c in checks):
+        raise typer.Exit(1)
+
+
+@lemmy_app.command("ban")
+def ban(
+    item_id: Annotated[str, typer.Argument(help="The quarantine item whose uploader is banned.")],
+    reason: Annotated[
+        str | None, typer.Option("--reason", help="Shown in the modlog (default names the item).")
+    ] = None,
+    undo: Annotated[bool, typer.Option("--undo", help="Lift a ban made by this command.")] = False,
+    yes: YesOpt = False,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Ban the uploader of a quarantined image from the instance (never automatic): shows who, asks, bans
+    with a reason naming the item, and records it in the item's history."""
+    from .app.workspace import Workspace
+    from .attribution import summary
+    from .moderation import build_lemmy
+
+    settings = resolve({"state": state, "quarantine": quarantine}, config)
+    with Workspace.writer(settings) as workspace:
+        item = workspace.ledger.item(item_id)
+        if item is None:
+            raise UsageError(f"no quarantine item {item_id}", hint="see `mirror-scan quarantine list`")
+        data = workspace.ledger.attribution(item_id) or {}
+        uploaders = {u["uploader"]["id"]: u["uploader"] for u in data.get("uploads", []) if u.get("uploader")}
+        if not uploaders:
+            raise UsageError(
+                f"item {item_id} has no known uploader",
+                hint=f"run `mirror-scan quarantine attribute {item_id}` first",
+            )
+        if len(uploaders) > 1:
+            raise UsageError(f"item {item_id} has {len(uploaders)} uploaders; ban them in Lemmy itself")
+        (person,) = uploaders.values()
+        who = f"{person['name']}@{person.get('instance') or '?'} (person {person['id']})"
+        brief = summary(data)
+        verb = "Unban" if undo else "Ban"
+        out.print(f"{verb} {who}: uploader of item {item_id} ({brief['where']})")
+        if not yes and not typer.confirm(f"{verb} {who} from the instance?", default=False):
+            raise typer.Exit(1)
+        lemmy = build_lemmy(settings)
+        if lemmy is None:
+            raise UsageError("[lemmy] url and the bot account are not configured", hint="see `mirror-scan lemmy check`")
+        why = reason or f"mirror-scan: uploaded quarantined image (item {item_id})"
+        action = "unban" if undo else "ban"
+        try:
+            lemmy.ban(int(person["id"]), why, ban=not undo)
+        except MirrorScanError as error:
+            err.print(f"error: {error}")
+            raise typer.Exit(2) from None
+        with workspace.ledger.transaction():
+            workspace.ledger.add_followup(item_id, action, str(person["id"]), state="done")
+        with workspace.quarantine.item_lock(item_id, wait_s=5.0):
+            workspace.quarantine.note_held(item_id, f"{action} of {who} by `mirror-scan lemmy ban`: done")
+    out.print(f"{'unbanned' if undo else 'banned'} {who}")
+
+
+@lemmy_app.command("retry")
+def retry(
+    item_id: Annotated[str | None, typer.Argument(help="One item (default: every item).")] = None,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Retry attribution and moderation actions now: those waiting for a backoff, and those Lemmy refused
+    (after giving the bot the rights it lacked)."""
+    from .app.workspace import Workspace
+
+    settings = resolve({"state": state, "quarantine": quarantine}, config)
+    with Workspace.writer(settings) as workspace:
+        count = workspace.ledger.retry_followups(item_id)
+        notes = workspace.run_follow_ups(say=lambda note: out.print(note))
+    if not count:
+        out.print("nothing is waiting or refused")
+    elif not notes:
+        out.print(f"{count} follow-up(s) queued; none could run here (see `mirror-scan lemmy check`)")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(lemmy_app, name="lemmy")
+
+
+__all__ = ["register"]

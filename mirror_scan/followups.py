@@ -1,0 +1,116 @@
+"""What happens after a quarantine or a restore, decided without I/O: which moderation actions an item
+gets from its labels and its attribution, and which action undoes each one.
+
+Follow-ups are rows in the ledger (`followups`), one per (item, action, target), written in the same
+transaction as the quarantine or restore that causes them, so a `kill -9` never loses one. The
+moderation runner (moderation.py) carries them out, retries the ones that failed for a passing reason
+and records the ones Lemmy refused.
+
+    attribute            find the uploader and the posts, comments and messages using the image
+    remove_post ID       a post using the image, removed with a reason naming the item
+    remove_comment ID
+    report_post ID       a report in the moderators' queue
+    report_comment ID
+    report_private_message ID
+    notify USERNAME      a private message to an admin
+    webhook              a JSON POST to the configured webhook
+  after a restore, each done action gets its undo: restore_post, restore_comment, resolve_*_report (target:
+  the report's id), notify_restored, webhook_restored; actions not yet done are cancelled.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+ACTION_NAMES = ("remove", "report", "notify")  # what [actions] may name per label; bans are never automatic
+
+UNDO = {
+    "remove_post": "restore_post",
+    "remove_comment": "restore_comment",
+    "report_post": "resolve_post_report",
+    "report_comment": "resolve_comment_report",
+    "report_private_message": "resolve_private_message_report",
+    "notify": "notify_restored",
+    "webhook": "webhook_restored",
+}
+# Undo actions whose target is the result of the action they undo (a report's id), not its target.
+UNDO_TARGETS_RESULT = frozenset({"resolve_post_report", "resolve_comment_report", "resolve_private_message_report"})
+LEMMY_ACTIONS = frozenset(
+    {
+        "remove_post",
+        "remove_comment",
+        "report_post",
+        "report_comment",
+        "report_private_message",
+        "notify",
+        "restore_post",
+        "restore_comment",
+        "resolve_post_report",
+        "resolve_comment_report",
+        "resolve_private_message_report",
+        "notify_restored",
+    }
+)
+WEBHOOK_ACTIONS = frozenset({"webhook", "webhook_restored"})
+
+
+def label_key(label: str) -> str:
+    """Verdict labels as [actions] keys: 'hash list' -> 'hash_list'."""
+    return label.strip().replace(" ", "_")
+
+
+def configured_actions(labels: list[str], actions: dict[str, tuple[str, ...]]) -> list[str]:
+    """The union, in order, of the actions configured for the item's labels ('*': every flagged item)."""
+    chosen: dict[str, None] = {}
+    for label in [*map(label_key, labels), "*"]:
+        for name in actions.get(label, ()):
+            chosen[name] = None
+    return list(chosen)
+
+
+def plan(
+    labels: list[str],
+    attribution: dict[str, Any],
+    actions: dict[str, tuple[str, ...]],
+    admins: tuple[str, ...],
+    webhook: bool,
+) -> list[tuple[str, str]]:
+    """(action, target) rows for one item. Removing or reporting needs to know where the image is used;
+    posts and comments already removed are left alone."""
+    rows: list[tuple[str, str]] = []
+    wanted = configured_actions(labels, actions)
+    posts = [p for p in attribution.get("posts", []) if not p.get("removed")]
+    comments = [c for c in attribution.get("comments", []) if not c.get("removed")]
+    messages = attribution.get("private_messages", [])
+    if "remove" in wanted:
+        rows += [("remove_post", str(p["id"])) for p in posts]
+        rows += [("remove_comment", str(c["id"])) for c in comments]
+    if "report" in wanted:
+        rows += [("report_post", str(p["id"])) for p in posts]
+        rows += [("report_comment", str(c["id"])) for c in comments]
+        rows += [("report_private_message", str(m["id"])) for m in messages]
+    if "notify" in wanted:
+        rows += [("notify", admin) for admin in admins]
+        if webhook:
+            rows.append(("webhook", ""))
+    return rows
+
+
+def undo_rows(done: list[tuple[str, str, str | None]]) -> list[tuple[str, str]]:
+    """For (action, target, result) rows that were carried out: the rows that undo them."""
+    rows = []
+    for action, target, result in done:
+        undo = UNDO.get(action)
+        if undo is None:
+            continue
+        if undo in UNDO_TARGETS_RESULT:
+            if not result:
+                continue  # a report whose id Lemmy did not return cannot be resolved by id
+            target = result
+        rows.append((undo, target))
+    return rows
+
+
+def backoff_s(attempts: int) -> float:
+    """A failed follow-up waits 10 s, 20 s, 40 s ... at most an hour before its next try."""
+    return float(min(3600, 10 * 2 ** max(0, attempts - 1)))

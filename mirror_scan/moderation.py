@@ -1,0 +1,384 @@
+"""Carries out the follow-ups the ledger holds (see followups.py): attribution, then the moderation
+actions configured per label, and their undo after a restore.
+
+Each follow-up runs under its item's lock (so never beside a move or another runner on the same item),
+and its outcome is committed to the ledger (the authority) and written to the item's history in
+meta.json (for people). A passing failure (a database or Lemmy down, a 5xx, a rate limit) leaves it
+pending with a backoff; a refusal (the bot lacks a right, the post is gone) is recorded as 'refused' with
+Lemmy's words and not retried by itself. Nothing here touches the quarantined bytes: a follow-up that
+fails never loses or delays a quarantine.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass
+from typing import Any
+
+from . import followups
+from .attribution import Attributor, LemmyRepo, PictrsRepo, summary
+from .errors import MirrorScanError
+from .lemmy import Lemmy, LemmyRefused
+from .pgsource import PgSource, read_secret_file
+from .quarantine import ItemBusy, Quarantine
+from .rclone import scrub
+from .settings import Settings, redact_url
+from .state import HELD_STATES, FollowupRow, ItemState, Ledger
+
+log = logging.getLogger(__name__)
+
+TOOL = "mirror-scan"
+
+
+class WebhookFailed(MirrorScanError):
+    """The webhook did not take the notice (retried)."""
+
+
+@dataclass
+class Webhook:
+    url: str  # secret: its path or query usually holds a token
+    timeout: float = 10.0
+
+    @property
+    def shown(self) -> str:
+        """Scheme, host and port only: the rest may be the token."""
+        return "/".join(redact_url(self.url).split("/", 3)[:3])
+
+    def send(self, payload: dict[str, Any]) -> None:
+        request = urllib.request.Request(
+            self.url,
+            data=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
+            method="POST",
+            headers={"Content-Type": "application/json", "User-Agent": TOOL},
+        )
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - admin-set URL
+                status = response.status
+        except urllib.error.HTTPError as err:
+            status = err.code
+        except (urllib.error.URLError, TimeoutError, OSError, ValueError) as err:
+            reason = scrub(str(getattr(err, "reason", err)), [self.url])
+            raise WebhookFailed(f"the webhook at {self.shown} is unreachable: {reason}") from None
+        if not 200 <= status < 300:
+            raise WebhookFailed(f"the webhook at {self.shown} answered {status}")
+
+
+def build_attributor(settings: Settings) -> Attributor:
+    from .pictrs import Pictrs
+
+    pictrs_repo = lemmy_repo = pictrs_api = None
+    if settings.pictrs_database_url:
+        password = settings.pictrs_database_password or read_secret_file(
+            settings.pictrs_database_password_file, "[pictrs] database"
+        )
+        pictrs_repo = PictrsRepo(PgSource(settings.pictrs_database_url, password, "pict-rs database"))
+    if settings.lemmy_database_url:
+        password = settings.lemmy_database_password or read_secret_file(
+            settings.lemmy_database_password_file, "[lemmy] database"
+        )
+        lemmy_repo = LemmyRepo(PgSource(settings.lemmy_database_url, password, "Lemmy database"))
+    if settings.pictrs_url and settings.pictrs_api_key:
+        pictrs_api = Pictrs(settings.pictrs_url, settings.pictrs_api_key)
+    return Attributor(pictrs_repo, pictrs_api, lemmy_repo)
+
+
+def build_lemmy(settings: Settings) -> Lemmy | None:
+    if not settings.lemmy_url:
+        return None
+    password = settings.lemmy_password or read_secret_file(settings.lemmy_password_file, "[lemmy] bot")
+    if not settings.lemmy_username or not password:
+        raise MirrorScanError(
+            "[lemmy] url is set but the bot account is not",
+            hint="set [lemmy] username and password_file (or MIRROR_SCAN_LEMMY_PASSWORD)",
+        )
+    return Lemmy(settings.lemmy_url, settings.lemmy_username, password)
+
+
+def follow_up_enabled(settings: Settings) -> bool:
+    """Whether new quarantine items get an attribution follow-up."""
+    return bool(
+        settings.pictrs_database_url
+        or settings.lemmy_database_url
+        or (settings.pictrs_url and settings.pictrs_api_key)
+        or settings.lemmy_url
+        or settings.notify_webhook
+    )
+
+
+class Moderation:
+    def __init__(
+        self,
+        settings: Settings,
+        ledger: Ledger,
+        quarantine: Quarantine,
+        attributor: Attributor | None = None,
+        lemmy: Lemmy | None = None,
+        webhook: Webhook | None = None,
+    ) -> None:
+        self.settings = settings
+        self.ledger = ledger
+        self.quarantine = quarantine
+        self.attributor = attributor or Attributor()
+        self.lemmy = lemmy
+        self.webhook = webhook
+        self._down: dict[str, str] = {}  # service -> its failure, within one run_due
+
+    @classmethod
+    def from_settings(cls, settings: Settings, ledger: Ledger, quarantine: Quarantine) -> Moderation:
+        webhook = Webhook(settings.notify_webhook) if settings.notify_webhook else None
+        return cls(settings, ledger, quarantine, build_attributor(settings), build_lemmy(settings), webhook)
+
+    # ------------------------------------------------------------------ the runner
+
+    def run_due(self, limit: int = 100) -> list[str]:
+        """Carry out the follow-ups that are due; one line per outcome."""
+        notes: list[str] = []
+        seen: set[int] = set()
+        self._down = {}
+        self.attributor.down.clear()
+        while True:  # an attribution plans actions that are due at once: take them in the same call
+            rows = [r for r in self.ledger.due_followups(time.time(), limit) if r.id not in seen]
+            if not rows or len(seen) >= limit:
+                return notes
+            for row in rows:
+                seen.add(row.id)
+                try:
+                    with self.quarantine.item_lock(row.item):
+                        current = self.ledger.followup(row.id)
+                        if current is None or current.state != "pending":
+                            continue
+                        note = self._run(current)
+                except ItemBusy:
+                    continue  # a move or another runner holds the item: next round
+                if note:
+                    notes.append(note)
+
+    def _run(self, row: FollowupRow) -> str:
+        item = self.ledger.item(row.item)
+        if item is None:
+            self.ledger.finish_followup(row.id, "cancelled", error="the item is gone", attempted=False)
+            return ""
+        if row.action == "attribute":
+            return self._attribute(row, item)
+        undo = row.action in followups.UNDO.values()
+        wanted_state = item.state == ItemState.RESTORED if undo else item.state in HELD_STATES
+        if not wanted_state:
+            self.ledger.finish_followup(row.id, "cancelled", error=f"the item is {item.state}", attempted=False)
+            return f"{row.item}: {row.action} {row.target} cancelled (item {item.state})"
+        lemmy_action = row.action in followups.LEMMY_ACTIONS
+        handler = self._lemmy_action if lemmy_action else self._webhook_action
+        service = "lemmy" if lemmy_action else "webhook"
+        missing = (lemmy_action and self.lemmy is None) or (not lemmy_action and self.webhook is None)
+        if missing or service in self._down:
+            why = (
+                f"waiting: {'[lemmy] url' if lemmy_action else '[notify] webhook'} is not configured here"
+                if missing
+                else f"waiting: {self._down[service]}"
+            )
+            self.ledger.finish_followup(
+                row.id, "pending", error=why, next_try=time.time() + (300 if missing else 30), attempted=False
+            )
+            return ""
+        what = describe_action(row.action, row.target)
+        try:
+            result = handler(row, item)
+        except (LemmyRefused, MirrorScanError) as err:
+            refused = isinstance(err, LemmyRefused)
+            text = str(err).splitlines()[0]
+            if refused:
+                self.ledger.finish_followup(row.id, "refused", error=text)
+                self._history(row.item, f"{what}: refused: {text}")
+                return f"{row.item}: {what} refused: {text}"
+            self.ledger.finish_followup(
+                row.id, "pending", error=text, next_try=time.time() + followups.backoff_s(row.attempts + 1)
+            )
+            self._down[service] = text  # the rest of this round waits instead of timing out one by one
+            log.warning("%s: %s failed, retried later: %s", row.item, what, text)
+            return f"{row.item}: {what} failed, retried later: {text}"
+        self.ledger.finish_followup(row.id, "done", result=result)
+        self._history(row.item, f"{what}: done" + (f" (report {result})" if result else ""))
+        return f"{row.item}: {what}"
+
+    def _history(self, item_id: str, event: str, **fields: Any) -> None:
+        self.quarantine.note_held(item_id, event, **fields)  # the runner holds the item lock
+
+    # ------------------------------------------------------------------ attribution
+
+    def attribution_key(self, item) -> str | None:
+        if item.key:
+            return item.key
+        if item.original:
+            return os.fsdecode(os.path.relpath(item.original, item.mirror_root))
+        return None
+
+    def _attribute(self, row: FollowupRow, item) -> str:
+        origin = self._origin(item.id)
+        data = self.attributor.attribute(self.attribution_key(item), item.sha256, origin)
+        with self.ledger.transaction():
+            self.ledger.put_attribution(item.id, data)
+        brief = summary(data)
+        self._history(item.id, f"attributed: uploader {brief['uploader']}; {brief['where']}", attribution=data)
+        planned = self._plan(item, data) if row.plan else []
+        if data["retry"]:
+            reason = next((u["reason"] for u in data["unknown"]), "a source was unavailable")
+            self.ledger.finish_followup(
+                row.id, "pending", error=reason, next_try=time.time() + followups.backoff_s(row.attempts + 1)
+            )
+            return f"{item.id}: attribution incomplete, retried later: {reason}"
+        self.ledger.finish_followup(row.id, "done")
+        return f"{item.id}: attributed (uploader {brief['uploader']}; {brief['where']})" + (
+            f"; {len(planned)} action(s) planned" if planned else ""
+        )
+
+    def _origin(self, item_id: str) -> str | None:
+        try:
+            return self.quarantine.read_meta(item_id).get("origin")
+        except MirrorScanError:
+            return None
+
+    def labels(self, item) -> list[str]:
+        try:
+            reason = json.loads(item.reason) if item.reason else {}
+        except json.JSONDecodeError:
+            reason = {}
+        return list((reason or {}).get("labels") or [])
+
+    def planned_actions(self, item, data: dict[str, Any]) -> list[tuple[str, str]]:
+        s = self.settings
+        return followups.plan(self.labels(item), data, s.actions, s.lemmy_notify, bool(s.notify_webhook))
+
+    def _plan(self, item, data: dict[str, Any]) -> list[tuple[str, str]]:
+        if item.state not in HELD_STATES:
+            return []
+        rows = self.planned_actions(item, data)
+        state = "dry_run" if self.settings.actions_dry_run else "pending"
+        with self.ledger.transaction():
+            for action, target in rows:
+                self.ledger.add_followup(item.id, action, target, state=state)
+        if rows and state == "dry_run":
+            self._history(item.id, "dry run: would " + "; ".join(describe_action(a, t) for a, t in rows))
+        return rows
+
+    def attribute_now(self, item_id: str, *, plan: bool = False, wait_s: float = 5.0) -> dict[str, Any]:
+        """`quarantine attribute`: attribute one item now (queued if it never was), then run what is due."""
+        item = self.ledger.item(item_id)
+        if item is None:
+            raise MirrorScanError(f"no quarantine item {item_id}", hint="see `mirror-scan quarantine list`")
+        with self.ledger.transaction():
+            self.ledger.add_followup(item_id, "attribute", plan=plan)
+        with self.quarantine.item_lock(item_id, wait_s=wait_s):
+            row = next(r for r in self.ledger.followups(item_id) if r.action == "attribute")
+            self.ledger.finish_followup(row.id, "pending", next_try=time.time(), attempted=False)
+            self._run(self.ledger.followup(row.id))  # type: ignore[arg-type]
+        return self.ledger.attribution(item_id) or {}
+
+    # ------------------------------------------------------------------ actions
+
+    def _lemmy_action(self, row: FollowupRow, item) -> str | None:
+        lemmy = self.lemmy
+        assert lemmy is not None
+        labels = ", ".join(self.labels(item)) or "flagged"
+        action, target = row.action, row.target
+        if action in ("remove_post", "remove_comment", "restore_post", "restore_comment"):
+            kind = action.split("_", 1)[1]
+            removed = action.startswith("remove")
+            why = (
+                f"{TOOL}: image quarantined as {labels} (item {item.id})"
+                if removed
+                else f"{TOOL}: the image was a false positive and is restored (item {item.id})"
+            )
+            lemmy.remove(kind, int(target), removed, why)
+            return None
+        if action.startswith("report_"):
+            kind = action.removeprefix("report_")
+            return lemmy.report(kind, int(target), f"{TOOL}: image quarantined as {labels} (item {item.id})")
+        if action.startswith("resolve_"):
+            kind = action.removeprefix("resolve_").removesuffix("_report")
+            lemmy.resolve_report(kind, int(target))
+            return None
+        if action in ("notify", "notify_restored"):
+            lemmy.private_message(target, self.notice(item, restored=action == "notify_restored"))
+            return None
+        raise MirrorScanError(f"unknown follow-up {action}")
+
+    def _webhook_action(self, row: FollowupRow, item) -> str | None:
+        assert self.webhook is not None
+        data = self.ledger.attribution(item.id) or {}
+        brief = summary(data)
+        self.webhook.send(
+            {
+                "tool": TOOL,
+                "event": "restored" if row.action == "webhook_restored" else "quarantined",
+                "item": item.id,
+                "labels": self.labels(item),
+                "sha256": item.sha256,
+                "key": self.attribution_key(item),
+                "uploader": brief["uploader"],
+                "where": brief["where"],
+                "posts": [{"id": p["id"], "link": p.get("link")} for p in data.get("posts", [])],
+                "comments": [{"id": c["id"], "link": c.get("link")} for c in data.get("comments", [])],
+                "actions": [
+                    {"action": f.action, "target": f.target, "state": f.state}
+                    for f in self.ledger.followups(item.id)
+                    if f.action not in ("attribute", "webhook", "webhook_restored")
+                ],
+            }
+        )
+        return None
+
+    def notice(self, item, restored: bool = False) -> str:
+        """The private message to admins: who, where, what was done; never the image or a link to it."""
+        data = self.ledger.attribution(item.id) or {}
+        brief = summary(data)
+        labels = ", ".join(self.labels(item)) or "flagged"
+        if restored:
+            return (
+                f"{TOOL}: quarantine item {item.id} ({labels}) was a false positive and has been restored; "
+                "the removals and reports made for it are being undone."
+            )
+        lines = [f"{TOOL} quarantined an image as **{labels}** (item `{item.id}`)."]
+        lines.append(f"Uploader: {brief['uploader']}")
+        for post in data.get("posts", [])[:10]:
+            community = post.get("community") or {}
+            lines.append(
+                f'- post {post["id"]} "{post.get("title", "")}" in !{community.get("name", "?")}'
+                f"@{community.get('instance', '?')}: {post.get('link') or ''}"
+            )
+        for comment in data.get("comments", [])[:10]:
+            lines.append(f"- comment {comment['id']} on post {comment['post_id']}: {comment.get('link') or ''}")
+        done = [describe_action(f.action, f.target) for f in self.ledger.followups(item.id) if f.action != "attribute"]
+        if done:
+            lines.append("Actions: " + "; ".join(done))
+        lines.append(
+            f"Review with `mirror-scan quarantine show {item.id}`; a false positive is put back with "
+            f"`mirror-scan quarantine restore {item.id}`, which undoes these actions."
+        )
+        return "\n".join(lines)
+
+
+def describe_action(action: str, target: str) -> str:
+    words = {
+        "remove_post": "remove post {}",
+        "remove_comment": "remove comment {}",
+        "report_post": "report post {}",
+        "report_comment": "report comment {}",
+        "report_private_message": "report private message {}",
+        "notify": "notify {}",
+        "webhook": "post to the webhook",
+        "restore_post": "restore post {}",
+        "restore_comment": "restore comment {}",
+        "resolve_post_report": "resolve post report {}",
+        "resolve_comment_report": "resolve comment report {}",
+        "resolve_private_message_report": "resolve private message report {}",
+        "notify_restored": "tell {} about the restore",
+        "webhook_restored": "post the restore to the webhook",
+        "attribute": "attribute",
+        "ban": "ban {}",
+        "unban": "unban {}",
+    }
+    return words.get(action, action + " {}").format(target).strip()
