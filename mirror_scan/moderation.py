@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import time
 import urllib.error
 import urllib.request
@@ -341,16 +342,18 @@ class Moderation:
                 f"{TOOL}: quarantine item {item.id} ({labels}) was a false positive and has been restored; "
                 "the removals and reports made for it are being undone."
             )
-        lines = [f"{TOOL} quarantined an image as **{labels}** (item `{item.id}`)."]
-        lines.append(f"Uploader: {brief['uploader']}")
+        lines = [f"{TOOL} quarantined an image as **{md_text(labels)}** (item `{item.id}`)."]
+        lines.append(f"Uploader: {md_text(brief['uploader'])}")
         for post in data.get("posts", [])[:10]:
             community = post.get("community") or {}
             lines.append(
-                f'- post {post["id"]} "{post.get("title", "")}" in !{community.get("name", "?")}'
-                f"@{community.get('instance', '?')}: {post.get('link') or ''}"
+                f"- post {int(post['id'])} \u201c{md_text(post.get('title'))}\u201d in "
+                f"!{md_text(community.get('name'))}@{md_text(community.get('instance'))}: {md_url(post.get('link'))}"
             )
         for comment in data.get("comments", [])[:10]:
-            lines.append(f"- comment {comment['id']} on post {comment['post_id']}: {comment.get('link') or ''}")
+            lines.append(
+                f"- comment {int(comment['id'])} on post {int(comment['post_id'])}: {md_url(comment.get('link'))}"
+            )
         done = [describe_action(f.action, f.target) for f in self.ledger.followups(item.id) if f.action != "attribute"]
         if done:
             lines.append("Actions: " + "; ".join(done))
@@ -359,6 +362,25 @@ class Moderation:
             f"`mirror-scan quarantine restore {item.id}`, which undoes these actions."
         )
         return "\n".join(lines)
+
+
+_MARKDOWN = re.compile(r"[\\`*_\[\]()<>!#|~{}\x00-\x1f\x7f]")
+_SAFE_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/%@:+=-]*)?$")
+
+
+def md_text(value: object, limit: int = 80) -> str:
+    """Text from the databases (post titles, names: chosen by whoever posted, possibly federated) made inert
+    for Lemmy's markdown: no links, images, emphasis or line breaks an attacker could slip into an admin's
+    message (an inline image would show the very content that was quarantined)."""
+    text = _MARKDOWN.sub(" ", str(value if value is not None else "?")).strip()
+    text = re.sub(r"\s+", " ", text).replace("://", ": //")  # no bare URL for Lemmy to link either
+    return (text[:limit] + ("\u2026" if len(text) > limit else "")) or "?"
+
+
+def md_url(value: object) -> str:
+    """A post's address, only if it is a plain http(s) URL (then Lemmy links it, never embeds it)."""
+    text = str(value or "")
+    return text if _SAFE_URL.match(text) and len(text) < 300 else "(address withheld: not a plain URL)"
 
 
 def describe_action(action: str, target: str) -> str:

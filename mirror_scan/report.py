@@ -13,7 +13,7 @@ from .decide import reason_text
 from .errors import UsageError
 from .state import Ledger, display_path
 
-FIELDS = ("path", "sha256", "status", "verdict", "reason", "size", "format", "action")
+FIELDS = ("path", "sha256", "status", "verdict", "reason", "size", "format", "action", "item", "uploader", "where")
 FORMATS = ("jsonl", "csv")
 
 
@@ -76,8 +76,10 @@ def ledger_records(ledger: Ledger, flagged: bool = False, errors: bool = False) 
         # Files that could not be scanned, and files scored on what part of them decoded: a person looks.
         clauses.append("status='error' OR result_id IN (SELECT id FROM results WHERE partial=1)")
     where = " OR ".join(clauses) or "1"
+    from .attribution import summary
+
     for row in ledger.iter_files(where):
-        yield record(
+        rec = record(
             row["path"],
             sha256=row["sha256"],
             status=row["status"],
@@ -87,3 +89,11 @@ def ledger_records(ledger: Ledger, flagged: bool = False, errors: bool = False) 
             fmt=row["format"],
             action=row["action"],
         )
+        if row["action"] in ("quarantined", "upstream_pending"):
+            item = ledger.latest_item_for(row["path"])
+            if item is not None:  # who posted it, where (when attribution is configured)
+                rec["item"] = item
+                data = ledger.attribution(item)
+                if data is not None:
+                    rec.update(summary(data))
+        yield rec

@@ -791,6 +791,12 @@ class Ledger:
         ).fetchone()
         return None if row is None else row[0]
 
+    def latest_item_for(self, original: bytes) -> str | None:
+        row = self.db.execute(
+            "SELECT id FROM quarantine WHERE original=? ORDER BY created DESC LIMIT 1", (original,)
+        ).fetchone()
+        return None if row is None else row[0]
+
     def upload_item_for(self, sha256: str) -> str | None:
         """The item holding an upload rejected at validation with these bytes (one item per sha256)."""
         row = self.db.execute(

@@ -23,6 +23,16 @@ if ! command -v c++ >/dev/null 2>&1; then
     exit 1
   fi
 fi
+# PostgreSQL's server binaries: the attribution tests start a real server (pict-rs's and Lemmy's schemas).
+# mirror-scan itself only needs network access to the instance's databases, not a local server.
+if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql) >/dev/null 2>&1 \
+      || { echo "error: could not install postgresql, which the attribution tests need" >&2; exit 1; }
+  else
+    echo "note: PostgreSQL's server (initdb) is missing; the attribution tests need it (sudo apt-get install postgresql)" >&2
+  fi
+fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 runtime=cpu

@@ -208,6 +208,10 @@ def test_attribution_through_each_schema_shape(world, shape):
     assert posts[2]["creator"]["instance"] == "remote.example" and posts[2]["link"] == "https://remote.example/post/2"
     assert [c["id"] for c in data["comments"]] == [1] and data["comments"][0]["post_title"] == "unrelated"
     assert data["unknown"] == [] and data["retry"] is False
+    report = run_cli("report", "--flagged", "--state", str(w.state), "--config", str(w.config)).stdout
+    report = [json.loads(line) for line in report.splitlines()]
+    by_item = {r.get("item"): r for r in report}
+    assert by_item[img["id"]]["uploader"] == "alice@lemmy.test" and by_item[img["id"]]["where"] == img["where"]
     assert shown["actions"][0]["action"] == "attribute" and shown["actions"][0]["state"] == "done"
     meta = json.loads((w.quarantine / "items" / img["id"] / "meta.json").read_text())
     assert meta["attribution"]["posts"] == data["posts"]  # the item describes itself too
@@ -323,6 +327,9 @@ def test_actions_happen_on_lemmy_and_a_restore_undoes_them(world, lemmy_and_hook
     w = world(shape)
     lemmy, hook, bot_password = lemmy_and_hook(api, version)
     _moderation_config(w, lemmy, hook, bot_password)
+    # The poster chose this title: it must not become an image or a link in the admins' message.
+    hostile = "my picture ![x](https://evil.example/t.png) [click](javascript:alert(1))\n# HEADING"
+    w.pg.execute("UPDATE post SET name = %s WHERE id = 1", w.lemmy_db, (hostile,))
     outputs = []
     proc = w.scan()
     outputs.append(proc.stdout + proc.stderr)
@@ -345,6 +352,9 @@ def test_actions_happen_on_lemmy_and_a_restore_undoes_them(world, lemmy_and_hook
     # The admin got a private message naming the uploader and the item; the webhook a JSON notice.
     to_boss = [content for recipient, content in lemmy.messages if recipient == 3 and item in content]
     assert len(to_boss) == 1 and "alice@lemmy.test" in to_boss[0] and "post 1" in to_boss[0]
+    assert "my picture" in to_boss[0] and "https://lemmy.test/post/1" in to_boss[0]
+    for injected in ("![", "](", "https://evil", "(javascript", "\n# "):
+        assert injected not in to_boss[0]
     notices = [body for path, body in hook.received if body["item"] == item]
     assert notices[0]["event"] == "quarantined" and notices[0]["uploader"] == "alice@lemmy.test"
     assert {p["id"] for p in notices[0]["posts"]} == {1, 2}
@@ -531,3 +541,29 @@ def test_planning_and_undo_are_pure():
         ]
     ) == [("restore_post", "1"), ("resolve_post_report", "501"), ("notify_restored", "boss")]
     assert os.environ.get("MIRROR_SCAN_ACTIONS") is None
+
+
+def test_watch_attributes_and_acts_and_a_restore_beside_it_undoes(world, lemmy_and_hook, tmp_path):
+    from .test_watch import Watcher
+
+    w = world("1.0")
+    lemmy, hook, bot_password = lemmy_and_hook("v4", "1.0.0")
+    _moderation_config(w, lemmy, hook, bot_password)
+    held = tmp_path / "held"
+    w.mirror.rename(held)
+    w.quarantine = w.base / "q"  # where the Watcher puts it
+    watcher = Watcher(w.base, w.bundle, "horde-v2", "--severity=-1", "--config", str(w.config), mirror=w.mirror)
+    try:
+        (w.mirror / "aa" / "bb").mkdir(parents=True)
+        (held / World.KEYS["img"]).rename(w.mirror / World.KEYS["img"])
+        watcher.wait_for(lambda: lemmy.removed.get(("post", 1)) is True, 60, "the daemon to remove post 1")
+        item = w.items()[World.KEYS["img"]]
+        assert item["uploader"] == "alice@lemmy.test"
+        watcher.wait_for(lambda: any(item["id"] in c for _, c in lemmy.messages), 30, "the admin's message")
+        proc = w.cli("quarantine", "restore", item["id"])  # beside the running daemon
+        assert proc.returncode == 0, proc.stderr
+        assert lemmy.removed[("post", 1)] is False
+        assert (w.mirror / World.KEYS["img"]).read_bytes() == w.files["img"]
+    finally:
+        code, stderr = watcher.stop()
+    assert code == 0, stderr
