@@ -75,6 +75,8 @@ def _check_sources(settings) -> list[dict[str, Any]]:
             )
         )
         notes = [f"{settings.lemmy_url}: Lemmy {version} (/api/{api}), bot {me['name']} logged in, {rights}"]
+        if _cleartext(settings.lemmy_url):
+            notes.append("WARNING: plain http to another host: the bot's password and token travel unencrypted")
         for admin in settings.lemmy_notify:
             lemmy.person_id(admin)
         if settings.lemmy_notify:
@@ -103,6 +105,13 @@ def _check_sources(settings) -> list[dict[str, Any]]:
         }
     )
     return checks
+
+
+def _cleartext(url: str) -> bool:
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    return parts.scheme == "http" and (parts.hostname or "") not in ("localhost", "127.0.0.1", "::1")
 
 
 @lemmy_app.command("check")

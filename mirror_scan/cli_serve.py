@@ -145,6 +145,14 @@ def register(app: typer.Typer) -> None:
             ledger.close()
             raise UsageError(f"cannot listen on {host}:{port}: {error.strerror}") from None
         batcher.start()
+        follow_ups = None
+        if workspace.follows_up:  # a rejected upload's notices (admins, webhook) go out from here too
+            from .app.workspace import Workspace
+            from .watch import Periodic
+
+            follow_up_workspace = Workspace.writer(settings, recover=False)
+            follow_ups = Periodic("follow-ups", 5.0, lambda: follow_up_workspace.run_follow_ups())
+            follow_ups.start()
 
         def stop(signum, frame) -> None:  # shutdown() blocks until serve_forever returns: call it elsewhere
             threading.Thread(target=server.shutdown, daemon=True).start()
@@ -161,6 +169,10 @@ def register(app: typer.Typer) -> None:
             server.server_close()
             batcher.stop()
             batcher.join(timeout=30)
+            if follow_ups is not None:
+                follow_ups.stop()
+                follow_ups.join(timeout=60)
+                follow_up_workspace.close()
             ledger.close()
             if decoders:
                 decoders.close()

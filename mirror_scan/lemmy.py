@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import MirrorScanError
+from .httpclient import open_url, redirect_note
 from .rclone import scrub
 
 
@@ -68,10 +69,15 @@ class Lemmy:
             headers["Authorization"] = f"Bearer {self._jwt}"
         request = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - admin-set URL
+            with open_url(request, timeout=self.timeout) as response:
                 status, raw = response.status, response.read(4_000_000)
         except urllib.error.HTTPError as err:
             status, raw = err.code, err.read(100_000)
+            note = redirect_note(status, err.headers.get("Location"))
+            if note:
+                raise LemmyRefused(
+                    f"Lemmy at {self.url}: {note}", hint="set [lemmy] url to the final address"
+                ) from None
         except (urllib.error.URLError, TimeoutError, OSError, ValueError) as err:
             reason = getattr(err, "reason", err)
             raise LemmyUnavailable(

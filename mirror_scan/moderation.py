@@ -24,6 +24,7 @@ from typing import Any
 from . import followups
 from .attribution import Attributor, LemmyRepo, PictrsRepo, summary
 from .errors import MirrorScanError
+from .httpclient import open_url, redirect_note
 from .lemmy import Lemmy, LemmyRefused
 from .pgsource import PgSource, read_secret_file
 from .quarantine import ItemBusy, Quarantine
@@ -58,10 +59,13 @@ class Webhook:
             headers={"Content-Type": "application/json", "User-Agent": TOOL},
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - admin-set URL
+            with open_url(request, timeout=self.timeout) as response:
                 status = response.status
         except urllib.error.HTTPError as err:
             status = err.code
+            note = redirect_note(status, err.headers.get("Location"))
+            if note:
+                raise WebhookFailed(f"the webhook at {self.shown}: {note}") from None
         except (urllib.error.URLError, TimeoutError, OSError, ValueError) as err:
             reason = scrub(str(getattr(err, "reason", err)), [self.url])
             raise WebhookFailed(f"the webhook at {self.shown} is unreachable: {reason}") from None

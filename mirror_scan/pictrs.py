@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import MirrorScanError
+from .httpclient import open_url, redirect_note
 from .rclone import scrub
 
 
@@ -42,11 +43,16 @@ class Pictrs:
             headers={"X-Api-Token": self.api_key, "Accept": "application/json"},
         )
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as response:  # noqa: S310 - admin-set URL
+            with open_url(request, timeout=self.timeout) as response:
                 body = response.read()
                 status = response.status
         except urllib.error.HTTPError as err:
             status, body = err.code, err.read()
+            note = redirect_note(status, err.headers.get("Location"))
+            if note:
+                raise PictrsError(
+                    f"pict-rs at {self.url}: {note}", hint="set [pictrs] url to the final address"
+                ) from None
         except (urllib.error.URLError, TimeoutError, OSError) as err:
             reason = getattr(err, "reason", err)
             raise PictrsError(

@@ -773,6 +773,8 @@ class Quarantine:
                     if meta.get("format") != META_FORMAT or meta.get("id") != item_dir.name:
                         raise QuarantineError("not a mirror-scan quarantine item")
                     self._index(meta, replace=True)
+                    if isinstance(meta.get("attribution"), dict):  # the item's own copy rebuilds the ledger's
+                        self.ledger.put_attribution(meta["id"], meta["attribution"])
                     count += 1
                 except (MirrorScanError, KeyError, ValueError) as err:
                     problems.append(f"{item_dir.name}: {err}")

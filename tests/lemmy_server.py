@@ -29,6 +29,7 @@ class FakeLemmy:
     users: dict = field(default_factory=dict)  # name -> {"id", "password", "admin"}
     refuse: dict = field(default_factory=dict)  # "POST /post/remove" -> Lemmy error name (HTTP 400)
     unavailable: int = 0  # answer the next N authenticated calls with 503
+    redirect: str | None = None  # answer every authenticated call with a 302 to this URL
     requests: list = field(default_factory=list)
     reports: dict = field(default_factory=dict)  # id -> {"kind", "object_id", "resolved"}
     removed: dict = field(default_factory=dict)  # ("post", id) -> removed flag
@@ -69,6 +70,12 @@ class FakeLemmy:
                     outer.requests.append(Request(method, path, parse_qs(url.query), body, user is not None))
                 if not path.startswith(prefix):
                     return self._reply(404, None)
+                if outer.redirect and user is not None:
+                    self.send_response(302)
+                    self.send_header("Location", outer.redirect)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return None
                 status, answer = outer.route(method, path[len(prefix) :], parse_qs(url.query), body, user)
                 return self._reply(status, answer)
 

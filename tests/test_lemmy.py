@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import run_cli
+from .conftest import run_cli, wait_until
 from .lemmy_schema import PICTRS_GRANTS, PICTRS_SCHEMA, SHAPES, lemmy_grants, lemmy_schema, upload_row
 from .lemmy_server import FakeLemmy
 from .mediafiles import image_bytes
@@ -252,6 +252,12 @@ def test_database_down_quarantines_anyway_and_attribution_is_filled_in_later(wor
     assert f"{items[World.KEYS['img']]['id']}: uploader alice@lemmy.test" in proc.stdout
     shown = w.show(items[World.KEYS["img"]]["id"])
     assert shown["attribution"]["retry"] is False and shown["actions"][0]["state"] == "done"
+    # A lost ledger's attributions come back from the items' own metadata.
+    with sqlite3.connect(w.state) as db:
+        db.execute("DELETE FROM attributions")
+    assert w.show(items[World.KEYS["img"]]["id"])["attribution"] is None
+    assert w.cli("quarantine", "reindex").returncode == 0
+    assert w.show(items[World.KEYS["img"]]["id"])["attribution"] == shown["attribution"]
 
 
 class Webhook:
@@ -268,6 +274,11 @@ class Webhook:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 outer.received.append((self.path, body))
                 self.send_response(204)
+                self.end_headers()
+
+            def do_GET(self):  # noqa: N802 - only a redirect would send a GET here
+                outer.received.append((self.path, {"authorization": self.headers.get("Authorization")}))
+                self.send_response(404)
                 self.end_headers()
 
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -567,3 +578,44 @@ def test_watch_attributes_and_acts_and_a_restore_beside_it_undoes(world, lemmy_a
     finally:
         code, stderr = watcher.stop()
     assert code == 0, stderr
+
+
+def test_redirects_are_not_followed_with_credentials(world, lemmy_and_hook):
+    """urllib follows a 302 with the request's headers: the bot's token would reach whatever host the
+    redirect names."""
+    w = world("0.19.5")
+    lemmy, hook, bot_password = lemmy_and_hook("v3", "0.19.5")
+    _moderation_config(w, lemmy, hook, bot_password)
+    lemmy.redirect = hook.url  # the "other host" records anything that arrives
+    proc = w.check()
+    assert proc.returncode == 1
+    assert "a redirect to 127.0.0.1" in proc.stdout and "not followed" in proc.stdout
+    assert hook.received == [] and hook.token not in proc.stdout
+
+
+def test_serve_notifies_the_admins_of_a_rejected_upload(world, lemmy_and_hook):
+    """An upload rejected at validation was never stored, so nothing links to it; the admins still hear
+    of the attempt (from the validator's own follow-up thread)."""
+    from .test_serve import Validator
+
+    w = world("1.0")
+    lemmy, hook, bot_password = lemmy_and_hook("v4", "1.0.0")
+    _moderation_config(w, lemmy, hook, bot_password)
+    w.quarantine = w.base / "q"  # where the Validator puts it
+    validator = Validator(w.base, w.bundle, "--severity=-1", "--config", str(w.config))
+    try:
+        status, _ = validator.post(w.files["img"])
+        assert status == 406
+        wait_until(lambda: len(lemmy.messages) == 1 and hook.received, 30, "the admins' notice")
+    finally:
+        code, stderr = validator.stop()
+    assert code == 0, stderr
+    (item,) = w.items().values()
+    shown = w.show(item["id"])
+    assert shown["attribution"]["unknown"][0]["reason"].startswith("rejected at upload")
+    assert {a["action"]: a["state"] for a in shown["actions"]} == {
+        "attribute": "done",
+        "notify boss": "done",
+        "post to the webhook": "done",
+    }
+    assert not [r for r in lemmy.requests if r.path.endswith("/remove")]

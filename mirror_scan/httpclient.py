@@ -1,0 +1,30 @@
+"""The one way mirror-scan makes HTTP requests to services an admin configured (pict-rs, Lemmy, a
+webhook): urllib without redirects. urllib follows a redirect with the request's headers, so a 30x from
+a misconfigured or compromised service would carry the pict-rs key or the bot's token to another host;
+here a redirect is an error that names where it pointed."""
+
+from __future__ import annotations
+
+import urllib.request
+from typing import Any
+from urllib.parse import urlsplit
+
+
+class _NoRedirect(urllib.request.HTTPRedirectHandler):
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # noqa: ANN001, ANN201
+        return None  # urllib then raises HTTPError with the 30x status
+
+
+_OPENER = urllib.request.build_opener(_NoRedirect)
+
+
+def open_url(request: urllib.request.Request, timeout: float) -> Any:
+    return _OPENER.open(request, timeout=timeout)
+
+
+def redirect_note(status: int, location: str | None) -> str | None:
+    """For a 30x answer: a sentence saying it was not followed, naming only the target's host."""
+    if not 300 <= status < 400:
+        return None
+    host = urlsplit(location or "").netloc.rsplit("@", 1)[-1] or "an unnamed place"
+    return f"it answered {status}, a redirect to {host}, which is not followed (credentials would travel with it)"
