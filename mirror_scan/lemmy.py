@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .errors import MirrorScanError
-from .httpclient import open_url, redirect_note
+from .httpclient import Redirected, Unreachable, exchange
 from .rclone import scrub
 
 
@@ -67,28 +67,15 @@ class Lemmy:
             headers["Content-Type"] = "application/json"
         if auth and self._jwt:
             headers["Authorization"] = f"Bearer {self._jwt}"
-        request = urllib.request.Request(url, data=data, method=method, headers=headers)
         try:
-            with open_url(request, timeout=self.timeout) as response:
-                status, raw = response.status, response.read(4_000_000)
-        except urllib.error.HTTPError as err:
-            status, raw = err.code, err.read(100_000)
-            note = redirect_note(status, err.headers.get("Location"))
-            if note:
-                raise LemmyRefused(
-                    f"Lemmy at {self.url}: {note}", hint="set [lemmy] url to the final address"
-                ) from None
-        except (urllib.error.URLError, TimeoutError, OSError, ValueError) as err:
-            reason = getattr(err, "reason", err)
+            return exchange(method, url, headers, data, self.timeout)
+        except Redirected as err:
+            raise LemmyRefused(f"Lemmy at {self.url}: {err}", hint="set [lemmy] url to the final address") from None
+        except Unreachable as err:
             raise LemmyUnavailable(
-                f"Lemmy at {self.url} is unreachable: {self._scrub(str(reason))}",
+                f"Lemmy at {self.url} is unreachable: {self._scrub(str(err))}",
                 hint="check [lemmy] url and that Lemmy is running",
             ) from None
-        try:
-            payload = json.loads(raw) if raw else None
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            payload = None
-        return status, payload
 
     def _call(self, method: str, path: str, body: dict | None = None, query: dict | None = None) -> Any:
         """An authenticated call on the detected API; logs in first, and once more if the token expired."""

@@ -16,15 +16,13 @@ import logging
 import os
 import re
 import time
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
 from . import followups
 from .attribution import Attributor, LemmyRepo, PictrsRepo, summary
 from .errors import MirrorScanError
-from .httpclient import open_url, redirect_note
+from .httpclient import Redirected, Unreachable, exchange
 from .lemmy import Lemmy, LemmyRefused
 from .pgsource import PgSource, read_secret_file
 from .quarantine import ItemBusy, Quarantine
@@ -52,23 +50,14 @@ class Webhook:
         return "/".join(redact_url(self.url).split("/", 3)[:3])
 
     def send(self, payload: dict[str, Any]) -> None:
-        request = urllib.request.Request(
-            self.url,
-            data=json.dumps(payload, ensure_ascii=False).encode("utf-8"),
-            method="POST",
-            headers={"Content-Type": "application/json", "User-Agent": TOOL},
-        )
+        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        headers = {"Content-Type": "application/json", "User-Agent": TOOL}
         try:
-            with open_url(request, timeout=self.timeout) as response:
-                status = response.status
-        except urllib.error.HTTPError as err:
-            status = err.code
-            note = redirect_note(status, err.headers.get("Location"))
-            if note:
-                raise WebhookFailed(f"the webhook at {self.shown}: {note}") from None
-        except (urllib.error.URLError, TimeoutError, OSError, ValueError) as err:
-            reason = scrub(str(getattr(err, "reason", err)), [self.url])
-            raise WebhookFailed(f"the webhook at {self.shown} is unreachable: {reason}") from None
+            status, _ = exchange("POST", self.url, headers, body, self.timeout, limit=100_000)
+        except Redirected as err:
+            raise WebhookFailed(f"the webhook at {self.shown}: {err}") from None
+        except Unreachable as err:
+            raise WebhookFailed(f"the webhook at {self.shown} is unreachable: {scrub(str(err), [self.url])}") from None
         if not 200 <= status < 300:
             raise WebhookFailed(f"the webhook at {self.shown} answered {status}")
 

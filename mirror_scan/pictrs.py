@@ -11,7 +11,6 @@ variants and its records (irreversible; unknown alias: 404).
 
 from __future__ import annotations
 
-import json
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -20,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import MirrorScanError
-from .httpclient import open_url, redirect_note
+from .httpclient import Redirected, Unreachable, exchange
 from .rclone import scrub
 
 
@@ -37,32 +36,16 @@ class Pictrs:
 
     def _request(self, method: str, path: str, params: dict[str, Any] | None = None) -> tuple[int, Any]:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        request = urllib.request.Request(
-            f"{self.url.rstrip('/')}{path}{query}",
-            method=method,
-            headers={"X-Api-Token": self.api_key, "Accept": "application/json"},
-        )
+        headers = {"X-Api-Token": self.api_key, "Accept": "application/json"}
         try:
-            with open_url(request, timeout=self.timeout) as response:
-                body = response.read()
-                status = response.status
-        except urllib.error.HTTPError as err:
-            status, body = err.code, err.read()
-            note = redirect_note(status, err.headers.get("Location"))
-            if note:
-                raise PictrsError(
-                    f"pict-rs at {self.url}: {note}", hint="set [pictrs] url to the final address"
-                ) from None
-        except (urllib.error.URLError, TimeoutError, OSError) as err:
-            reason = getattr(err, "reason", err)
+            status, data = exchange(method, f"{self.url.rstrip('/')}{path}{query}", headers, None, self.timeout)
+        except Redirected as err:
+            raise PictrsError(f"pict-rs at {self.url}: {err}", hint="set [pictrs] url to the final address") from None
+        except Unreachable as err:
             raise PictrsError(
-                f"pict-rs at {self.url} is unreachable: {scrub(str(reason), [self.api_key])}",
+                f"pict-rs at {self.url} is unreachable: {scrub(str(err), [self.api_key])}",
                 hint="check [pictrs] url and that pict-rs is running",
             ) from None
-        try:
-            data = json.loads(body) if body else None
-        except json.JSONDecodeError:
-            data = None
         if status == 401:
             raise PictrsError(
                 "pict-rs rejected the API key (401)", hint="check [pictrs] api_key ([server] api_key in pict-rs.toml)"
