@@ -37,9 +37,26 @@ class QuarantineActor:
             "severity": severity,
         }
         try:
-            _, state = self.quarantine.quarantine(path, root or path.rsplit(b"/", 1)[0], sha256, evidence)
+            state = self._move(path, root, sha256, evidence)
         except MirrorScanError as err:
             self.failures += 1
             log.error("not quarantined: %s: %s", display_path(path), err)
             return None
         return FileAction.QUARANTINED if state == ItemState.QUARANTINED else FileAction.UPSTREAM_PENDING
+
+    def _move(self, path: bytes, root: bytes | None, sha256: str, evidence: dict) -> str:
+        _, state = self.quarantine.quarantine(path, root or path.rsplit(b"/", 1)[0], sha256, evidence)
+        return state
+
+
+class BucketActor(QuarantineActor):
+    """For objects scanned in their bucket (path NAME:bucket/key, root NAME:bucket): no mirror copy, so the
+    object itself is read into the quarantine, verified against the scanned sha256, and removed upstream."""
+
+    def _move(self, path: bytes, root: bytes | None, sha256: str, evidence: dict) -> str:
+        remote = (root or b"").decode()
+        if not remote or not path.startswith(root + b"/"):  # type: ignore[operator]
+            raise MirrorScanError(f"{display_path(path)} is not an object of a scanned bucket")
+        key = path[len(root) + 1 :].decode()  # type: ignore[arg-type]
+        _, state = self.quarantine.quarantine_object(remote, key, sha256, evidence)
+        return state

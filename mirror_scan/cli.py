@@ -11,7 +11,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
-from . import __version__, cli_lemmy, cli_mirror, cli_quarantine, cli_scan, cli_serve, cli_state, cli_watch
+from . import __version__, cli_bucket, cli_lemmy, cli_mirror, cli_quarantine, cli_scan, cli_serve, cli_state, cli_watch
 from .cli_hashlist import hashlist_app
 from .console import err, out, print_json, setup_logging
 from .errors import MirrorScanError
@@ -36,6 +36,7 @@ cli_serve.register(app)
 cli_watch.register(app)
 cli_state.register(app)
 cli_lemmy.register(app)
+cli_bucket.register(app)
 app.add_typer(hashlist_app, name="hashlist")
 
 ModelDir = Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory (from `model export`).")]

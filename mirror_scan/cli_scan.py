@@ -189,8 +189,9 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """Quarantine the files flagged earlier (by a dry run or a rescore) and not yet acted on, without
-        running the model again."""
-        from .act import QuarantineActor
+        running the model again. With --remote NAME:bucket, also the objects `bucket scan` flagged in that
+        bucket: each is read into the quarantine, verified, and removed upstream."""
+        from .act import BucketActor, QuarantineActor
         from .rescore import apply_verdicts
 
         settings = _settings(config, state=state, quarantine=quarantine, remote=remote, rclone=rclone)
@@ -198,6 +199,9 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
         with open_writer(settings, quiet=json_out) as workspace:
             acted = apply_verdicts(workspace.ledger, QuarantineActor(workspace.ledger, workspace.quarantine))
+            if settings.remote:  # objects scanned in that bucket (`bucket scan`) that have no mirror copy
+                actor = BucketActor(workspace.ledger, workspace.quarantine)
+                acted += apply_verdicts(workspace.ledger, actor, "bucket", settings.remote.rstrip("/").encode())
             workspace.run_follow_ups(say=None if json_out else lambda note: err.print(note))
         if json_out:
             print_json({"acted": acted})

@@ -17,6 +17,8 @@ class Found:
     size: int
     mtime_ns: int
     root: str = ""  # the scan root it was found under: quarantine keeps the path relative to it
+    etag: str | None = None  # objects scanned in their bucket: the ETag a rerun compares
+    origin: str | None = None  # "bucket" for objects scanned in place (path = "NAME:bucket/key", root = remote)
 
 
 @dataclass(frozen=True)

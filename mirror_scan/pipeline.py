@@ -162,7 +162,7 @@ class Scan:
         )
         return outcome, time.perf_counter() - started
 
-    def _unchanged(self, found: Found) -> bool:
+    def unchanged(self, found: Found) -> bool:
         """True if the file is as last scanned with this model: it is not read again. Under another policy
         or severity its verdict is re-decided from the stored result (no image read)."""
         row = self.ledger.file_row(path_key(found.path))
@@ -170,6 +170,8 @@ class Scan:
             return False
         if (row.size, row.mtime_ns, row.model_id) != (found.size, found.mtime_ns, self.model_id):
             return False
+        if found.etag is not None and row.etag != found.etag:
+            return False  # an object in a bucket: same ETag, same bytes
         if row.status not in ("scored", "reused") or row.result_id is None:
             return False  # errors are retried: a permission fix does not change the mtime
         sha256, verdict, reason, fmt, action = row.sha256, row.verdict, row.reason, row.format, row.action
@@ -202,7 +204,6 @@ class Scan:
         if not self._batch:
             return
         items, self._batch, self._batch_frames = self._batch, [], 0
-        matcher = self.lists.refresh()  # a list imported while a daemon runs applies from this batch on
         pixels = np.concatenate([item.pixels for item in items])
         started = time.perf_counter()
         embeddings, sims = self.scorer(pixels)
@@ -210,8 +211,15 @@ class Scan:
         self.counters.stage_seconds["infer"] += seconds
         if self.on_batch:
             self.on_batch(seconds)
-        self.counters.frames += len(pixels)
-        owners = np.repeat(np.arange(len(items)), [len(item.pixels) for item in items])
+        self.record_scored(items, [len(item.pixels) for item in items], embeddings, sims)
+
+    def record_scored(self, items: list[Decoded], frames: list[int], embeddings: np.ndarray, sims: np.ndarray) -> None:
+        """Decide, record (and act on) a batch the model has scored: rows of `embeddings` and `sims` belong to
+        the items in order, `frames[i]` rows each. The bucket scan feeds this with what its workers
+        computed, so its verdicts come from exactly the code a mirrored scan runs."""
+        matcher = self.lists.refresh()  # a list imported while a daemon runs applies from this batch on
+        self.counters.frames += int(sum(frames))
+        owners = np.repeat(np.arange(len(items)), frames)
         allowlisted = [self.ledger.allowlisted(item.sha256) for item in items]
         verdicts = decide(
             self.policy, sims[:, self.policy_columns], owners, len(items), self.config.severity, allowlisted
@@ -260,6 +268,8 @@ class Scan:
             policy_id=self.policy.policy_id,
             severity=self.config.severity,
             fmt=fmt,
+            etag=found.etag,
+            origin=found.origin,
         )
         action = None
         if self.on_verdict and found.mtime_ns:
@@ -286,18 +296,29 @@ class Scan:
             )
         self._maybe_commit()
 
-    def _record_error(self, path: str, reason: str, size: int | None, mtime_ns: int | None, sha256: str | None) -> None:
+    def record_error(
+        self,
+        path: str,
+        reason: str,
+        size: int | None,
+        mtime_ns: int | None,
+        sha256: str | None,
+        found: Found | None = None,
+    ) -> None:
         import json
 
         self.counters.errors += 1
         self.ledger.record_file(
             path_key(path),
+            root=path_key(found.root) if found and found.root else None,
             size=size,
             mtime_ns=mtime_ns,
             sha256=sha256,
             status="error",
             reason=json.dumps({"error": reason}),
             model_id=self.model_id,
+            etag=found.etag if found else None,
+            origin=found.origin if found else None,
         )
         if self.report:
             self.report.write(record(path, sha256=sha256, status="error", verdict=None, reason=reason, size=size))
@@ -355,7 +376,7 @@ class Scan:
             self._reuse(outcome)
         elif isinstance(outcome, Failed):
             f = outcome.found
-            self._record_error(f.path, outcome.reason, f.size, f.mtime_ns, outcome.sha256)
+            self.record_error(f.path, outcome.reason, f.size, f.mtime_ns, outcome.sha256)
         elif isinstance(outcome, Changed):
             if final:
                 self.counters.pending += 1
@@ -475,7 +496,7 @@ class Scan:
                     if stalled and not in_flight and (where := stalled()) is not None:
                         self.counters.discovered += 1
                         limit = self.config.read_timeout_s
-                        self._record_error(
+                        self.record_error(
                             where, f"listing stalled for over {limit:g} s (stalled mount?): the rest of the tree "
                             "was not scanned this time", None, None, None,
                         )  # fmt: skip
@@ -485,10 +506,10 @@ class Scan:
                     exhausted = True
                 elif isinstance(item, Unscannable):
                     self.counters.discovered += 1
-                    self._record_error(item.path, item.reason, None, None, None)
+                    self.record_error(item.path, item.reason, None, None, None)
                 else:
                     self.counters.discovered += 1
-                    if not self._unchanged(item):
+                    if not self.unchanged(item):
                         in_flight.add(pool.submit(self._fetch, item))
             self.in_flight = len(in_flight) + len(self._batch)
             if in_flight:

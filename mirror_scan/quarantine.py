@@ -353,6 +353,81 @@ class Quarantine:
         self._step(move_id, Step.PLACED, "quarantine")
         return item_id, self._finish_quarantine(item_id, move_id, Step.PLACED)
 
+    def quarantine_object(self, remote: str, key: str, sha256: str, evidence: dict[str, Any]) -> tuple[str, str]:
+        """Quarantine an object that has no mirror copy (scanned in its bucket): read it from the remote
+        into the item, verify it holds the bytes that were scanned, then remove it upstream. The same
+        journal as a mirrored file (intent -> copied -> placed -> upstream_removed -> done); there is no
+        local original. Returns (item id, state)."""
+        check_relative(key.encode())
+        upstream = self.upstreams.get(remote)
+        item_id = _new_item_id(sha256)
+        with self.item_lock(item_id):
+            return self._quarantine_object_locked(upstream, remote, key, sha256, evidence, item_id)
+
+    def _quarantine_object_locked(self, upstream, remote, key, sha256, evidence, item_id) -> tuple[str, str]:
+        item_dir = self.items / item_id
+        now = time.time()
+        self.ledger.begin()
+        owner = self.ledger.active_item_for_object(remote, key)
+        if owner is not None:
+            self.ledger.commit()
+            raise QuarantineError(f"{remote}/{key} is already being moved (quarantine item {owner})")
+        self.ledger.insert_item(
+            {
+                "id": item_id,
+                "dir": os.fsencode(item_dir),
+                "sha256": sha256,
+                "size": 0,
+                "original": b"",
+                "mirror_root": b"",
+                "remote": remote,
+                "key": key,
+                "state": str(ItemState.QUARANTINING),
+                "reason": json.dumps(evidence.get("verdict")),
+                "created": now,
+                "updated": now,
+            }
+        )
+        move_id = self.ledger.start_move(item_id, MoveKind.QUARANTINE)
+        if self.follow_up:
+            self.ledger.add_followup(item_id, "attribute", plan=True)
+        self.ledger.commit()
+        _checkpoint("quarantine:intent")
+
+        item_dir.mkdir(mode=0o700)
+        fsync_dir(self.items)
+        try:
+            data = upstream.read(key)
+        except MirrorScanError as err:
+            self._rollback_quarantine(item_id, item_dir, move_id, "the object could not be read")
+            raise QuarantineError(f"{remote}/{key} could not be read: {str(err).splitlines()[0]}") from None
+        _write_private(item_dir / TMP_DATA, data)
+        if sha256_bytes(data) != sha256 or sha256_file(item_dir / TMP_DATA) != sha256:
+            self._rollback_quarantine(item_id, item_dir, move_id, "the object changed since it was scanned")
+            raise QuarantineError(f"{remote}/{key} changed since it was scanned; not quarantined", hint="scan it again")
+        with self.ledger.transaction():
+            self.ledger.set_item_size(item_id, len(data))
+        self._step(move_id, Step.COPIED, "quarantine")
+        meta = _item_meta(
+            item_id,
+            sha256,
+            len(data),
+            "quarantined",
+            origin="bucket",
+            original="",
+            original_b64="",
+            mirror_root="",
+            mirror_root_b64="",
+            remote=remote,
+            key=key,
+            **evidence,
+        )
+        self._write_meta(item_dir, meta)
+        os.rename(item_dir / TMP_DATA, item_dir / DATA)
+        fsync_dir(item_dir)
+        self._step(move_id, Step.PLACED, "quarantine")
+        return item_id, self._finish_quarantine(item_id, move_id, Step.PLACED)
+
     def keep_upload(self, data: bytes, sha256: str, evidence: dict[str, Any]) -> str:
         """Keep the bytes of an upload that the validator rejected (pict-rs deletes them) as evidence.
         One item per sha256: the same upload rejected again counts as seen again. There is no original
@@ -410,7 +485,7 @@ class Quarantine:
                     # Bytes are verified in the quarantine; the mirror file stays until upstream is done.
                     # The move waits at 'placed'; the daemon retries it with backoff, every command at start.
                     self.ledger.set_item_state(item_id, ItemState.UPSTREAM_PENDING)
-                    self.ledger.mark_action(row.original, FileAction.UPSTREAM_PENDING)
+                    self.ledger.mark_action(file_key(row), FileAction.UPSTREAM_PENDING)
                     self.ledger.commit()
                     return str(ItemState.UPSTREAM_PENDING)
                 self._step(move_id, Step.UPSTREAM_REMOVED, "quarantine")
@@ -419,7 +494,7 @@ class Quarantine:
             self._remove_original(row.original, row.sha256)
             self._step(move_id, Step.LOCAL_REMOVED, "quarantine")
         self.ledger.set_item_state(item_id, ItemState.QUARANTINED)
-        self.ledger.mark_action(row.original, FileAction.QUARANTINED)
+        self.ledger.mark_action(file_key(row), FileAction.QUARANTINED)
         self._step(move_id, Step.DONE, "quarantine")
         if row.state == ItemState.UPSTREAM_PENDING:
             self._note_in_meta(item_id, ItemState.QUARANTINED, "removed upstream (retried)")
@@ -521,6 +596,8 @@ class Quarantine:
         item_dir = self.items / item_id
         if meta.get("origin") == "upload":
             return self._release_upload(row)
+        if meta.get("origin") == "bucket" and to is None:
+            return self._restore_object(row, item_dir, upstream)
         target_upstream = None
         if upstream and row.remote and row.key and to is None:
             target_upstream = self.upstreams.get(row.remote)  # refuses now if the remote is not configured
@@ -572,6 +649,35 @@ class Quarantine:
                 "mirror-scan command that writes state",
             ) from None
         return target
+
+    def _restore_object(self, row: ItemRow, item_dir: Path, upstream_wanted: bool) -> bytes:
+        """An object scanned in its bucket has no mirror copy: it goes back to its key (verified by reading
+        it back), then its sha256 is allowlisted. intent -> placed (nothing local) -> upstream_restored -> done."""
+        if not upstream_wanted:
+            raise QuarantineError(
+                f"item {row.id} came from the bucket and has no mirror copy",
+                hint="restore it upstream (without --no-upstream), or a local copy with --to PATH",
+            )
+        if sha256_file(item_dir / DATA) != row.sha256:
+            raise QuarantineError(f"item {row.id}: the quarantined bytes do not match their recorded sha256; refusing")
+        upstream = self.upstreams.get(row.remote)  # type: ignore[arg-type]
+        self.ledger.begin()
+        for move in self.ledger.unfinished_moves(row.id):
+            self.ledger.set_step(move.id, Step.ROLLED_BACK, note="superseded by a restore")
+        move_id = self.ledger.start_move(row.id, MoveKind.RESTORE, None, "bucket")
+        self.ledger.set_item_state(row.id, ItemState.RESTORING)
+        self.ledger.commit()
+        _checkpoint("restore:intent")
+        self._step(move_id, Step.PLACED, "restore")
+        try:
+            self._finish_restore(row.id, move_id, Step.PLACED, upstream)
+        except MirrorScanError as err:
+            raise UpstreamRestorePending(
+                f"putting {row.remote}/{row.key} back failed: {str(err).splitlines()[0]}",
+                hint="nothing is lost: a running watch daemon retries it with backoff, and so does every "
+                "mirror-scan command that writes state",
+            ) from None
+        return file_key(row)
 
     def _restore_by_link(self, item_id: str, move_id: int, target: bytes, meta: dict[str, Any]) -> str:
         """Temp beside the target, verified, then hard-linked to the target (fails if anything appeared
@@ -692,6 +798,8 @@ class Quarantine:
     def _recover_restore(self, move: MoveRow, item_dir: Path) -> str:
         item_id, step, target = move.item, move.step, move.target
         row = self.ledger.item(item_id)
+        if row is not None and move.method == "bucket":
+            return self._recover_object_restore(move, row)
         if row is None or target is None:
             self._step(move.id, Step.ROLLED_BACK, "recover", note="no index row")
             return f"{item_id}: nothing to recover"
@@ -721,6 +829,18 @@ class Quarantine:
         except UpstreamUnavailable:
             return ""
         return f"{item_id}: restore interrupted at '{step}', finished"
+
+    def _recover_object_restore(self, move: MoveRow, row: ItemRow) -> str:
+        if move.step == Step.INTENT:  # nothing was put back yet
+            self.ledger.set_item_state(row.id, ItemState.QUARANTINED)
+            self._step(move.id, Step.ROLLED_BACK, "recover", note="interrupted at intent")
+            return f"{row.id}: restore interrupted at 'intent', rolled back (still quarantined)"
+        upstream = self.upstreams.get(row.remote) if move.step == Step.PLACED else None  # type: ignore[arg-type]
+        try:
+            self._finish_restore(row.id, move.id, move.step, upstream)
+        except UpstreamUnavailable:
+            return ""
+        return f"{row.id}: restore interrupted at '{move.step}', finished"
 
     def _sweep_temp_files(self) -> None:
         """Temp files of moves that no longer exist (e.g. a state database restored from backup)."""
@@ -785,7 +905,7 @@ class Quarantine:
             yield {
                 "id": row.id,
                 "quarantined_at": dt.datetime.fromtimestamp(row.created, dt.UTC).isoformat(timespec="seconds"),
-                "original": display_path(row.original) or "(rejected upload)",
+                "original": display_path(file_key(row)) or "(rejected upload)",
                 "state": row.state,
                 "reason": json.loads(row.reason) if row.reason else None,
                 "sha256": row.sha256,
@@ -819,6 +939,16 @@ class Quarantine:
             self._note_in_meta(item_id, ItemState.PURGED, "purged")
             with self.ledger.transaction():
                 self.ledger.set_item_state(item_id, ItemState.PURGED)
+
+
+def file_key(row: ItemRow) -> bytes:
+    """The ledger's file row of an item: its mirror path, or NAME:bucket/key for an object scanned in its
+    bucket (which has no local original), or b"" for an upload rejected at validation."""
+    if row.original:
+        return row.original
+    if row.remote and row.key:
+        return f"{row.remote}/{row.key}".encode()
+    return b""
 
 
 def _check_item_id(item_id: str) -> None:

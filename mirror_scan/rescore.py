@@ -113,10 +113,13 @@ def rescore(
     return summary
 
 
-def apply_verdicts(ledger: Ledger, actor: Actor) -> int:
-    """Act on every flagged verdict not yet acted on; no inference."""
+def apply_verdicts(ledger: Ledger, actor: Actor, origin: str | None = None, root: bytes | None = None) -> int:
+    """Act on every flagged verdict not yet acted on; no inference. origin "bucket": the objects scanned
+    in the bucket `root` (NAME:bucket)."""
     acted = 0
-    for path, *_ in list(ledger.flagged_unacted()):
+    for path, _sha, _reason, row_root in list(ledger.flagged_unacted(origin)):
+        if root is not None and row_root != root:
+            continue
         action = actor.act(path)
         if action:
             ledger.mark_action(path, action)

@@ -141,11 +141,12 @@ CREATE TABLE IF NOT EXISTS moves (
 
 # Columns added after schema 1, added in place to older databases (ALTER TABLE ... ADD COLUMN).
 MIGRATIONS = {
-    "files": {"error_count": "INTEGER NOT NULL DEFAULT 0"},
     "quarantine": {"seen_count": "INTEGER NOT NULL DEFAULT 1", "last_seen": "REAL"},
     "moves": {"method": "TEXT"},
     # schema 3: what the decode said about the bytes (row labels, notes such as "partial", caps hit)
     "results": {"detail": "TEXT", "partial": "INTEGER NOT NULL DEFAULT 0"},
+    # schema 4: objects scanned in their bucket (`bucket scan`): origin 'bucket', path NAME:bucket/key
+    "files": {"error_count": "INTEGER NOT NULL DEFAULT 0", "etag": "TEXT", "origin": "TEXT"},
 }
 
 
@@ -236,6 +237,8 @@ class FileRow:
     scanned_at: float | None
     action: str | None
     error_count: int
+    etag: str | None = None
+    origin: str | None = None
 
 
 @dataclass(frozen=True)
@@ -502,15 +505,18 @@ class Ledger:
         policy_id: str | None = None,
         severity: float | None = None,
         fmt: str | None = None,
+        etag: str | None = None,
+        origin: str | None = None,
     ) -> None:
         now = time.time()
         self.begin()
         self.db.execute(
             """INSERT INTO files (path, root, size, mtime_ns, sha256, status, verdict, reason, result_id, model_id,
-                                  policy_id, severity, format, first_seen, scanned_at, decided_at, error_count)
-               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
+                                  policy_id, severity, format, first_seen, scanned_at, decided_at, error_count,
+                                  etag, origin)
+               VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
                ON CONFLICT(path) DO UPDATE SET root=coalesce(excluded.root, files.root), size=excluded.size,
-                 mtime_ns=excluded.mtime_ns,
+                 mtime_ns=excluded.mtime_ns, etag=excluded.etag, origin=coalesce(excluded.origin, files.origin),
                  sha256=excluded.sha256, status=excluded.status, verdict=excluded.verdict,
                  reason=excluded.reason, result_id=excluded.result_id, model_id=excluded.model_id,
                  policy_id=excluded.policy_id, severity=excluded.severity, format=excluded.format,
@@ -536,6 +542,8 @@ class Ledger:
                 now,
                 now if verdict else None,
                 1 if status == FileStatus.ERROR else 0,
+                etag,
+                origin,
             ),
         )
 
@@ -549,9 +557,14 @@ class Ledger:
             "UPDATE files SET action=?, acted_at=? WHERE sha256=? AND action=?", (action, time.time(), sha256, only_if)
         )
 
-    def flagged_unacted(self) -> Iterator[tuple[bytes, str | None, str | None, bytes | None]]:
+    def flagged_unacted(
+        self, origin: str | None = None
+    ) -> Iterator[tuple[bytes, str | None, str | None, bytes | None]]:
+        """Flagged and not acted on: mirrored files (origin None) or objects scanned in their bucket."""
         cursor = self.db.execute(
-            "SELECT path, sha256, reason, root FROM files WHERE verdict='flagged' AND action IS NULL ORDER BY path"
+            "SELECT path, sha256, reason, root FROM files WHERE verdict='flagged' AND action IS NULL "
+            "AND origin IS ? ORDER BY path",
+            (origin,),
         )
         yield from cursor.fetchall()
 
@@ -797,11 +810,20 @@ class Ledger:
         ).fetchone()
         return None if row is None else row[0]
 
+    def active_item_for_object(self, remote: str, key: str) -> str | None:
+        """An item taking or holding this object right now (objects scanned in their bucket)."""
+        row = self.db.execute(
+            "SELECT id FROM quarantine WHERE remote=? AND key=? AND original=x'' "
+            "AND state IN ('quarantining', 'upstream_pending', 'restoring')",
+            (remote, key),
+        ).fetchone()
+        return None if row is None else row[0]
+
     def upload_item_for(self, sha256: str) -> str | None:
         """The item holding an upload rejected at validation with these bytes (one item per sha256)."""
         row = self.db.execute(
-            "SELECT id FROM quarantine WHERE sha256=? AND original=x'' AND state IN ('quarantined', 'purged') "
-            "ORDER BY created LIMIT 1",
+            "SELECT id FROM quarantine WHERE sha256=? AND original=x'' AND key IS NULL "
+            "AND state IN ('quarantined', 'purged') ORDER BY created LIMIT 1",
             (sha256,),
         ).fetchone()
         return None if row is None else row[0]
@@ -933,6 +955,10 @@ class Ledger:
         ).fetchall()
         for action, target in undo_rows(done):
             self.add_followup(item_id, action, target)
+
+    def set_item_size(self, item_id: str, size: int) -> None:
+        self.begin()
+        self.db.execute("UPDATE quarantine SET size=? WHERE id=?", (size, item_id))
 
     def set_item_state(self, item_id: str, state: str) -> None:
         self.begin()

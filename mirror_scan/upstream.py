@@ -74,6 +74,7 @@ class Upstream:
     remove_object: Callable[[str], str]  # key -> note ("deleted upstream", "already gone upstream")
     restore_object: Callable[[Path, str], None]  # local file, key
     check_bucket: Callable[[], None] | None = None  # raises if the bucket is not there
+    read_object: Callable[[str], bytes] | None = None  # key -> bytes (quarantining an object with no mirror copy)
     breaker: Breaker = field(default_factory=Breaker)
     _bucket_ok: bool = False
 
@@ -89,6 +90,7 @@ class Upstream:
             remove_object=lambda key: rclone.delete_object(remote, key),
             restore_object=restore,
             check_bucket=lambda: rclone.check_bucket(remote),
+            read_object=lambda key: rclone.read_object(remote, key),
         )
 
     def _call(self, what: str, fn: Callable, *args):
@@ -117,6 +119,11 @@ class Upstream:
 
     def restore(self, local: Path, key: str) -> None:
         self._call("restore", self.restore_object, local, key)
+
+    def read(self, key: str) -> bytes:
+        if self.read_object is None:
+            raise MirrorScanError(f"objects cannot be read from {self.remote} here")
+        return self._call("read", self.read_object, key)
 
 
 class Upstreams:

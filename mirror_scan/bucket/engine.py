@@ -1,0 +1,281 @@
+"""The bucket scan's driver: list into manifest shards, keep what is new, run the stages on an engine,
+write each result batch as Parquet, ingest it into the ledger (the single writer), act.
+
+    listing --shards--> filter (ledger: same key, ETag, size and model: skipped) --> engine
+    engine local: FetchDecode -> Infer, in this process
+    engine ray:   Ray Data: read_parquet(todo shards) -> map_batches(FetchDecode) -> map_batches(Infer)
+    each result batch --> results/part-N.parquet (durable) --> ingest (idempotent) --> part removed
+
+A driver that dies leaves result parts: the next run ingests them first, then lists again and skips
+what the ledger already has. Ray itself retries the tasks of a worker that dies.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import time
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..discover import Found
+from ..fetch import Decoded
+from ..pipeline import Scan
+from .manifest import read_shard, write_manifest, write_shard
+from .s3 import Bucket, Listed
+from .stages import FetchDecode, Infer, StageSpec, rows_of
+
+RAY_WAVE_SHARDS = 16  # todo shards per Ray Data run: the scan starts while the listing goes on
+
+
+@dataclass
+class Progress:
+    listed: int = 0
+    skipped: int = 0
+    submitted: int = 0
+    ingested: int = 0
+    started: float = field(default_factory=time.monotonic)
+    stage_seconds: dict[str, float] = field(default_factory=lambda: {"fetch": 0.0, "decode": 0.0, "infer": 0.0})
+    list_seconds: float = 0.0
+    ingest_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        elapsed = time.monotonic() - self.started
+        return {
+            "listed": self.listed,
+            "skipped_unchanged": self.skipped,
+            "submitted": self.submitted,
+            "ingested": self.ingested,
+            "seconds": round(elapsed, 3),
+            "objects_per_s": round(self.ingested / elapsed, 2) if elapsed else 0.0,
+            "list_seconds": round(self.list_seconds, 3),
+            "ingest_seconds": round(self.ingest_seconds, 3),
+            # summed over workers: per-object costs for planning, not wall time
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+        }
+
+
+def workdir_for(state: Path, remote: str) -> Path:
+    return state.parent / "bucket-scans" / re.sub(r"[^A-Za-z0-9._-]+", "_", remote)
+
+
+class Ingest:
+    """Result batches -> the ledger, through the mirrored scan's own decide-and-record code."""
+
+    def __init__(self, scan: Scan, remote: str, results_dir: Path, progress: Progress) -> None:
+        self.scan, self.remote, self.results, self.progress = scan, remote, results_dir, progress
+        self.results.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._part = 0
+
+    def found(self, obj: Listed) -> Found:
+        return Found(f"{self.remote}/{obj.key}", obj.size, obj.mtime_ns, self.remote, obj.etag, "bucket")
+
+    def leftovers(self) -> None:
+        """Parts a dead driver wrote and did not ingest."""
+        for part in sorted(self.results.glob("part-*.parquet")):
+            import pyarrow.parquet as pq
+
+            self._ingest(pq.read_table(part))
+            part.unlink()
+
+    def __call__(self, table: Any) -> None:
+        """One result batch (an Arrow table): made durable as a part file, ingested, then the part removed."""
+        import pyarrow.parquet as pq
+
+        part = self.results / f"part-{os.getpid()}-{self._part:08d}.parquet"
+        self._part += 1
+        tmp = part.with_name(f".{part.name}.tmp")
+        pq.write_table(table, tmp)
+        os.replace(tmp, part)
+        self._ingest(table)
+        part.unlink()
+
+    def _ingest(self, table: Any) -> None:
+        started = time.perf_counter()
+        scan = self.scan
+        items, frames, embeddings, sims, model_ids = [], [], [], [], set()
+        rows = rows_of(table)
+        for row in rows:
+            for stage in ("fetch", "decode", "infer"):
+                self.progress.stage_seconds[stage] += float(row.get(f"{stage}_s") or 0.0)
+            found = self.found(Listed(row["key"], row["size"], row["etag"], row["mtime_ns"]))
+            if row["error"]:
+                scan.record_error(found.path, row["error"], row["size"], row["mtime_ns"], row["sha256"], found=found)
+                continue
+            count = int(row["frames"])
+            frames.append(count)
+            sims.append(np.frombuffer(row["sims"], np.float32).reshape(count, -1))
+            embeddings.append(np.frombuffer(row["embedding"], np.float16).reshape(count, -1).astype(np.float32))
+            model_ids.add(row["model_id"])
+            items.append(
+                Decoded(
+                    found,
+                    row["sha256"],
+                    row["format"],
+                    np.empty((count, 0), np.float32),  # the pixels stayed with the worker
+                    json.loads(row["detail"]) if row["detail"] else None,
+                    row["md5"],
+                    [tuple(p) for p in json.loads(row["pdq"] or "[]")],
+                    json.loads(row["pdq_variants"] or "[]"),
+                )
+            )
+        if items:
+            if len(model_ids) != 1:
+                raise RuntimeError(f"one batch scored by several models: {sorted(model_ids)}")
+            scan.model_id = model_ids.pop()  # what the workers ran (their precision on their device)
+            scan.record_scored(items, frames, np.concatenate(embeddings), np.concatenate(sims))
+        scan.ledger.commit()
+        self.progress.ingested += len(rows)
+        self.progress.ingest_seconds += time.perf_counter() - started
+
+
+def _todo(shards: Iterable[Path], ingest: Ingest, scan: Scan, progress: Progress, todo_dir: Path) -> Iterator[Path]:
+    """Manifest shards -> shards of what needs scanning (unchanged objects are skipped, re-decided from
+    their stored result when the policy changed: the mirrored scan's own rule)."""
+    todo_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for old in todo_dir.glob("*.parquet"):
+        old.unlink()
+    for shard in shards:
+        rows = read_shard(shard)
+        progress.listed += len(rows)
+        keep = [obj for obj in rows if not scan.unchanged(ingest.found(obj))]
+        scan.ledger.commit()
+        progress.skipped += len(rows) - len(keep)
+        if keep:
+            progress.submitted += len(keep)
+            yield write_shard(todo_dir / shard.name, keep)
+
+
+def _timed_listing(bucket: Bucket, prefix: str, progress: Progress) -> Iterator[Listed]:
+    iterator = iter(bucket.list(prefix))
+    while True:
+        started = time.perf_counter()
+        try:
+            obj = next(iterator)
+        except StopIteration:
+            progress.list_seconds += time.perf_counter() - started
+            return
+        progress.list_seconds += time.perf_counter() - started
+        yield obj
+
+
+def run_local(spec: StageSpec, todo: Iterable[Path], sink: Callable[[dict], None]) -> None:
+    fetch_decode, infer = FetchDecode(spec), Infer(spec)
+    try:
+        for shard in todo:
+            rows = read_shard(shard)
+            for start in range(0, len(rows), spec.batch_size):
+                chunk = rows[start : start + spec.batch_size]
+                batch = {
+                    "key": [r.key for r in chunk],
+                    "size": [r.size for r in chunk],
+                    "etag": [r.etag for r in chunk],
+                    "mtime_ns": [r.mtime_ns for r in chunk],
+                }
+                sink(infer(fetch_decode(batch)))
+    finally:
+        fetch_decode.close()
+
+
+@dataclass
+class RayPlan:
+    address: str | None = None  # None: a local Ray instance; "auto" or ray://host:10001: a cluster
+    fetch_actors: int | None = None  # default: the cluster's CPUs minus the inference actors' share
+    infer_actors: int | None = None  # default: one per GPU, or one on a CPU-only cluster
+    infer_cpus: float = 1.0
+
+
+def _ray_init(plan: RayPlan) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
+    if plan.address:
+        ray.init(address=plan.address, **kwargs)
+    else:
+        ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+
+
+def run_ray(spec: StageSpec, todo: Iterable[Path], sink: Callable[[dict], None], plan: RayPlan) -> dict:
+    import ray
+    import ray.data
+
+    _ray_init(plan)
+    resources = ray.cluster_resources()
+    gpus = int(resources.get("GPU", 0))
+    cpus = int(resources.get("CPU", 1))
+    infer_actors = plan.infer_actors or max(1, gpus)
+    infer_cpus = plan.infer_cpus if not gpus else 1.0
+    fetch_actors = plan.fetch_actors or max(1, cpus - int(infer_actors * infer_cpus))
+    infer_spec = StageSpec(**{**spec.__dict__, "infer_threads": max(1, int(infer_cpus))})
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = os.environ.get("MIRROR_SCAN_RAY_PROGRESS") == "1"
+    waves = 0
+    shards = iter(todo)
+    while True:
+        wave = [str(p) for _, p in zip(range(RAY_WAVE_SHARDS), shards, strict=False)]
+        if not wave:
+            break
+        waves += 1
+        # The wave's todo shards (which the driver has just written) go in as Arrow tables: read tasks would
+        # each want a CPU slot, and on a small machine the actor pools hold every slot (a deadlock).
+        import pyarrow.parquet as pq
+
+        ds = ray.data.from_arrow([pq.read_table(path) for path in wave])
+        ds = ds.map_batches(
+            FetchDecode,
+            fn_constructor_args=(spec,),
+            batch_size=spec.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=fetch_actors),
+            num_cpus=1,
+        )
+        ds = ds.map_batches(
+            Infer,
+            fn_constructor_args=(infer_spec,),
+            batch_size=spec.batch_size,
+            batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=infer_actors),
+            num_cpus=infer_cpus,
+            num_gpus=1 if gpus else 0,
+        )
+        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+            sink(batch)
+    return {"cpus": cpus, "gpus": gpus, "fetch_actors": fetch_actors, "infer_actors": infer_actors, "waves": waves}
+
+
+def scan_bucket(
+    scan: Scan,
+    spec: StageSpec,
+    prefix: str,
+    workdir: Path,
+    engine: str,
+    ray_plan: RayPlan | None = None,
+    on_batch: Callable[[Progress], None] | None = None,
+    shard_rows: int = 10_000,
+) -> tuple[Progress, dict]:
+    progress = Progress()
+    remote = spec.s3.remote
+    ingest = Ingest(scan, remote, workdir / "results", progress)
+    ingest.leftovers()
+
+    def sink(batch: dict) -> None:
+        ingest(batch)
+        if on_batch:
+            on_batch(progress)
+
+    listing = _timed_listing(Bucket(spec.s3), prefix, progress)
+    shards = write_manifest(listing, workdir / "manifest", shard_rows)
+    todo = _todo(shards, ingest, scan, progress, workdir / "todo")
+    if engine == "ray":
+        info = run_ray(spec, todo, sink, ray_plan or RayPlan())
+    else:
+        run_local(spec, todo, sink)
+        info = {"cpus": os.cpu_count()}
+    return progress, info

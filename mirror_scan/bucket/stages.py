@@ -1,0 +1,228 @@
+"""The stages both engines run, as callables over column batches (dicts of equal-length lists or arrays):
+
+    fetch + decode (CPU): key, size, etag, mtime_ns -> + sha256, error, format, frames, pixels, detail, md5, pdq
+    infer (the model, one onnxruntime session per instance): -> + sims, embedding, model_id (pixels dropped)
+
+The local engine calls them in one process; Ray Data runs them as actor pools (`map_batches` with a
+class), so the decoder pool and the onnxruntime session are opened once per actor, never per batch.
+Every value is plain (bytes, str, int): batches cross process and machine boundaries as Arrow.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from ..decode import Limits
+from ..hashing import md5_bytes, sha256_bytes
+from .s3 import Bucket, S3Settings
+
+RESULT_COLUMNS = (
+    "key",
+    "size",
+    "etag",
+    "mtime_ns",
+    "sha256",
+    "error",
+    "format",
+    "frames",
+    "detail",
+    "md5",
+    "pdq",
+    "pdq_variants",
+    "sims",
+    "embedding",
+    "model_id",
+    "fetch_s",
+    "decode_s",
+    "infer_s",
+)
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    """What a worker needs to build its stages (picklable)."""
+
+    s3: S3Settings
+    model_dir: str
+    device: str = "auto"
+    precision: str = "auto"
+    limits: Limits = Limits()
+    max_bytes: int = 512 << 20
+    decoders: str = "process"
+    decode_timeout_s: float = 60.0
+    batch_size: int = 16
+    infer_threads: int = 0  # onnxruntime intra-op threads (0: all cores; Ray actors: their CPU share)
+    fetch_threads: int = 8  # GETs in flight per fetch-decode instance
+
+
+def rows_of(batch: Any) -> list[dict[str, Any]]:
+    """A batch (an Arrow table, or a dict of equal-length columns) as rows of plain values."""
+    if hasattr(batch, "to_pylist"):
+        return batch.to_pylist()
+    names = list(batch)
+    count = len(batch[names[0]]) if names else 0
+    return [{name: _plain(batch[name][i]) for name in names} for i in range(count)]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def _table(rows: list[dict[str, Any]], names: tuple[str, ...]) -> Any:
+    """Rows -> an Arrow table with typed columns (None stays None: numpy would make an empty text column NaN)."""
+    import pyarrow as pa
+
+    return pa.Table.from_pydict({name: [row.get(name) for row in rows] for name in names}, schema=_schema(names))
+
+
+def _schema(names: tuple[str, ...]) -> Any:
+    import pyarrow as pa
+
+    types = {
+        "key": pa.string(),
+        "size": pa.int64(),
+        "etag": pa.string(),
+        "mtime_ns": pa.int64(),
+        "sha256": pa.string(),
+        "error": pa.string(),
+        "format": pa.string(),
+        "frames": pa.int64(),
+        "detail": pa.string(),
+        "md5": pa.string(),
+        "pdq": pa.string(),
+        "pdq_variants": pa.string(),
+        "sims": pa.binary(),
+        "embedding": pa.binary(),
+        "model_id": pa.string(),
+        "fetch_s": pa.float64(),
+        "decode_s": pa.float64(),
+        "infer_s": pa.float64(),
+        "pixels": pa.binary(),
+    }
+    return pa.schema([(name, types[name]) for name in names])
+
+
+class FetchDecode:
+    def __init__(self, spec: StageSpec) -> None:
+        from ..bundle import load_bundle
+
+        self.spec = spec
+        self.bucket = Bucket(spec.s3)
+        self.prep = load_bundle(spec.model_dir, verify=False).preprocess
+        self.pool = None
+        if spec.decoders == "process":
+            from ..decodepool import DecoderPool
+
+            self.pool = DecoderPool(1, spec.decode_timeout_s)  # a file that crashes a decoder costs that worker
+        self.fetcher = ThreadPoolExecutor(spec.fetch_threads, thread_name_prefix="get")
+
+    def _decode(self, data: bytes):
+        from ..decode import decode
+
+        if self.pool is not None:
+            return self.pool.decode(data, self.prep, self.spec.limits)
+        return decode(data, self.prep, self.spec.limits)
+
+    def __call__(self, batch: Any) -> Any:
+        from ..decode import decode_detail
+
+        _test_hook_kill_worker()
+        rows = rows_of(batch)
+        started = time.perf_counter()
+        datas = list(self.fetcher.map(lambda row: self.bucket.get(row["key"], self.spec.max_bytes), rows))
+        fetch_s = (time.perf_counter() - started) / max(1, len(rows))
+        out = []
+        for row, data in zip(rows, datas, strict=True):
+            started = time.perf_counter()
+            row = {**row, "frames": 0, "pixels": b"", "fetch_s": fetch_s}
+            if isinstance(data, str):
+                out.append({**row, "error": data})
+                continue
+            row["sha256"] = sha256_bytes(data)
+            if len(data) != row["size"]:
+                out.append({**row, "error": "changed since it was listed (size differs); scanned next time"})
+                continue
+            decoded = self._decode(data)
+            row["decode_s"] = time.perf_counter() - started
+            if isinstance(decoded, str):
+                out.append({**row, "error": decoded})
+                continue
+            pixels = np.ascontiguousarray(decoded.pixels, dtype=np.float32)
+            out.append(
+                {
+                    **row,
+                    "format": decoded.format,
+                    "frames": int(pixels.shape[0]),
+                    "pixels": pixels.tobytes(),
+                    "detail": json.dumps(decode_detail(decoded)) if decode_detail(decoded) else None,
+                    "md5": md5_bytes(data),
+                    "pdq": json.dumps(decoded.pdq),
+                    "pdq_variants": json.dumps(decoded.pdq_variants),
+                }
+            )
+        return _table(out, (*RESULT_COLUMNS[:12], "fetch_s", "decode_s", "pixels"))
+
+    def close(self) -> None:
+        if self.pool is not None:
+            self.pool.close()
+        self.fetcher.shutdown(wait=False)
+
+
+class Infer:
+    def __init__(self, spec: StageSpec) -> None:
+        from ..bundle import load_bundle
+        from ..scoring import Scorer, result_model_id
+
+        self.spec = spec
+        self.bundle = load_bundle(spec.model_dir)
+        self.scorer = Scorer(self.bundle, device=spec.device, precision=spec.precision, threads=spec.infer_threads)
+        self.model_id = result_model_id(self.bundle, self.scorer, spec.limits)
+        height, width = self.bundle.preprocess.size
+        self.shape = (3, height, width)
+
+    def __call__(self, batch: Any) -> Any:
+        rows = rows_of(batch)
+        scored = [row for row in rows if not row.get("error") and row["frames"]]
+        started = time.perf_counter()
+        if scored:
+            pixels = np.concatenate(
+                [np.frombuffer(row["pixels"], np.float32).reshape(row["frames"], *self.shape) for row in scored]
+            )
+            embeddings, sims = [], []
+            for start in range(0, len(pixels), self.spec.batch_size):
+                emb, sim = self.scorer(pixels[start : start + self.spec.batch_size])
+                embeddings.append(emb)
+                sims.append(sim)
+            embedding, similarity = np.concatenate(embeddings), np.concatenate(sims)
+            offset = 0
+            for row in scored:
+                own = slice(offset, offset + row["frames"])
+                row["sims"] = np.ascontiguousarray(similarity[own], np.float32).tobytes()
+                row["embedding"] = np.ascontiguousarray(embedding[own], np.float16).tobytes()
+                offset += row["frames"]
+        infer_s = (time.perf_counter() - started) / max(1, len(scored))
+        scored_ids = {id(row) for row in scored}
+        for row in rows:
+            row["model_id"] = self.model_id
+            row["infer_s"] = infer_s if id(row) in scored_ids else 0.0
+            row.pop("pixels", None)
+        return _table(rows, RESULT_COLUMNS)
+
+
+def _test_hook_kill_worker() -> None:
+    """Tests kill a worker mid-run for real: MIRROR_SCAN_TEST_KILL_WORKER=<marker file> makes the first
+    fetch-decode call that finds no marker create it and end its process at once (like an OOM kill)."""
+    marker = os.environ.get("MIRROR_SCAN_TEST_KILL_WORKER")
+    if marker:
+        try:
+            os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600))
+        except FileExistsError:
+            return
+        os._exit(1)
