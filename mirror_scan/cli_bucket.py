@@ -73,6 +73,15 @@ def scan(
 
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine {engine!r} is not known", hint="local or ray")
+    import importlib.util
+
+    needed = ("boto3", "pyarrow", *(("ray",) if engine == "ray" else ()))
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise UsageError(
+            f"bucket scan needs {', '.join(missing)}",
+            hint="pip install 'mirror-scan[bucket]' (boto3, pyarrow, ray[data])",
+        )
     if quiet or json_out:
         setup_logging(quiet=True)
     settings = resolve(

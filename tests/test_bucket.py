@@ -46,8 +46,16 @@ class Site:
 
     def bucket_scan(self, *args: str, env: dict | None = None):
         return self.cli(
-            "bucket", "scan", self.server.remote, "--model", str(self.bundle), "--quarantine", str(self.quarantine),
-            "--json", *args, env=env,
+            "bucket",
+            "scan",
+            self.server.remote,
+            "--model",
+            str(self.bundle),
+            "--quarantine",
+            str(self.quarantine),
+            "--json",
+            *args,
+            env=env,
         )
 
     def verdicts(self) -> dict[str, tuple]:
@@ -86,8 +94,9 @@ def test_ray_bucket_scan_equals_a_mirrored_scan_and_a_rerun_scores_nothing(
     proc = mirrored.cli("scan", str(mirror), "--model", str(tiny_bundle_master), "--dry-run", "--quiet")
     assert proc.returncode in (0, 1), proc.stderr
     policy = _median_policy(write_policy, mirrored.state)
-    proc = mirrored.cli("scan", str(mirror), "--model", str(tiny_bundle_master), "--policy", str(policy), "--dry-run",
-                        "--quiet")
+    proc = mirrored.cli(
+        "scan", str(mirror), "--model", str(tiny_bundle_master), "--policy", str(policy), "--dry-run", "--quiet"
+    )
     assert proc.returncode == 1, proc.stderr
 
     in_place = Site(tmp_path, bucket, tiny_bundle_master, "in-place")
@@ -97,10 +106,12 @@ def test_ray_bucket_scan_equals_a_mirrored_scan_and_a_rerun_scores_nothing(
     assert summary["listed"] == len(OBJECTS) and summary["ingested"] == len(OBJECTS)
     assert summary["ray_infer_actors"] == 1 and summary["ray_cpus"] >= 1
 
-    expected = {os.path.relpath(k, mirror) if k.startswith(str(mirror)) else k: v for k, v in mirrored.verdicts().items()}
+    expected = {
+        os.path.relpath(k, mirror) if k.startswith(str(mirror)) else k: v for k, v in mirrored.verdicts().items()
+    }
     got = in_place.verdicts()
     assert set(got) == set(OBJECTS)
-    assert {k: v for k, v in got.items()} == expected
+    assert got == expected
     flagged = [k for k, v in got.items() if v[1] == "flagged"]
     assert 0 < len(flagged) < len(OBJECTS) - 2  # the policy splits: the comparison means something
     assert got["broken.jpg"][0] == got["notes.txt"][0] == "error"
@@ -115,8 +126,9 @@ def test_ray_bucket_scan_equals_a_mirrored_scan_and_a_rerun_scores_nothing(
 def test_a_worker_killed_mid_run_loses_nothing(bucket, tmp_path, tiny_bundle_master):
     site = Site(tmp_path, bucket, tiny_bundle_master, "killed")
     marker = tmp_path / "killed-once"
-    proc = site.bucket_scan("--engine", "ray", "--dry-run", "--batch-size", "4",
-                            env={"MIRROR_SCAN_TEST_KILL_WORKER": str(marker)})
+    proc = site.bucket_scan(
+        "--engine", "ray", "--dry-run", "--batch-size", "4", env={"MIRROR_SCAN_TEST_KILL_WORKER": str(marker)}
+    )
     assert marker.exists()  # a fetch-decode worker really died (os._exit) on its first batch
     assert proc.returncode in (0, 1), proc.stderr
     assert set(site.verdicts()) == set(OBJECTS)
@@ -154,8 +166,9 @@ def test_apply_and_restore_round_trip_through_the_bucket(bucket, tmp_path, tiny_
     assert site.verdicts()[key][1] == "clean"
 
 
-@pytest.mark.parametrize("step", ["quarantine:intent", "quarantine:copied", "quarantine:placed", "restore:intent",
-                                  "restore:placed"])
+@pytest.mark.parametrize(
+    "step", ["quarantine:intent", "quarantine:copied", "quarantine:placed", "restore:intent", "restore:placed"]
+)
 def test_sigkill_during_a_bucket_move_loses_nothing(bucket, tmp_path, tiny_bundle_master, step):
     site = Site(tmp_path, bucket, tiny_bundle_master, "crash")
     key = "webp/keyed with space.webp"
