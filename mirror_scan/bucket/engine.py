@@ -213,7 +213,10 @@ def run_ray(spec: StageSpec, todo: Iterable[Path], sink: Callable[[dict], None],
     infer_actors = plan.infer_actors or max(1, gpus)
     infer_cpus = plan.infer_cpus if not gpus else 1.0
     fetch_actors = plan.fetch_actors or max(1, cpus - int(infer_actors * infer_cpus))
-    infer_spec = StageSpec(**{**spec.__dict__, "infer_threads": max(1, int(infer_cpus))})
+    # On GPUs the session's CPU threads hardly matter. On a CPU-only cluster the model is most of the work
+    # (decoding ~15% with ViT-B-32, see docs/scaling.md): the session takes every core of its node (0 =
+    # onnxruntime's default) and shares them with the decoders, as the local engine does.
+    infer_spec = StageSpec(**{**spec.__dict__, "infer_threads": 1 if gpus else 0})
     context = ray.data.DataContext.get_current()
     context.enable_progress_bars = os.environ.get("MIRROR_SCAN_RAY_PROGRESS") == "1"
     waves = 0
@@ -227,7 +230,11 @@ def run_ray(spec: StageSpec, todo: Iterable[Path], sink: Callable[[dict], None],
         # each want a CPU slot, and on a small machine the actor pools hold every slot (a deadlock).
         import pyarrow.parquet as pq
 
-        ds = ray.data.from_arrow([pq.read_table(path) for path in wave])
+        # Blocks of a few batches each: Ray hands a block's results back when the whole block is done, so
+        # small blocks keep results (and their ingest) streaming and spread the work over the actors.
+        step = spec.batch_size * 4
+        blocks = [t.slice(i, step) for t in (pq.read_table(path) for path in wave) for i in range(0, t.num_rows, step)]
+        ds = ray.data.from_arrow(blocks)
         ds = ds.map_batches(
             FetchDecode,
             fn_constructor_args=(spec,),
