@@ -44,6 +44,12 @@ def scan(
         ),
     ] = None,
     shard_rows: Annotated[int, typer.Option("--shard-rows", help="Objects per manifest shard.", min=1)] = 10_000,
+    wave_shards: Annotated[
+        int,
+        typer.Option(
+            "--wave-shards", help="Ray: shards per Ray Data run (its actors load the model once per run).", min=1
+        ),
+    ] = 16,
     fetch_threads: Annotated[int, typer.Option("--fetch-threads", help="GETs in flight per worker.", min=1)] = 8,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Record verdicts; act on nothing.")] = False,
     model: ModelOpt = None,
@@ -138,7 +144,7 @@ def scan(
             prefix,
             workdir_for(settings.state, s3.remote),
             engine,
-            RayPlan(address=ray_address),
+            RayPlan(address=ray_address, wave_shards=wave_shards),
             on_batch=tick,
             shard_rows=shard_rows,
         )

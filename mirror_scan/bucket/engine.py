@@ -188,6 +188,7 @@ class RayPlan:
     fetch_actors: int | None = None  # default: the cluster's CPUs minus the inference actors' share
     infer_actors: int | None = None  # default: one per GPU, or one on a CPU-only cluster
     infer_cpus: float = 1.0
+    wave_shards: int = RAY_WAVE_SHARDS  # todo shards per Ray Data run (actors start once per run)
 
 
 def _ray_init(plan: RayPlan) -> None:
@@ -222,7 +223,7 @@ def run_ray(spec: StageSpec, todo: Iterable[Path], sink: Callable[[dict], None],
     waves = 0
     shards = iter(todo)
     while True:
-        wave = [str(p) for _, p in zip(range(RAY_WAVE_SHARDS), shards, strict=False)]
+        wave = [str(p) for _, p in zip(range(plan.wave_shards), shards, strict=False)]
         if not wave:
             break
         waves += 1
