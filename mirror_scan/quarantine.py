@@ -292,7 +292,6 @@ class Quarantine:
 
     def _quarantine_locked(self, fd, st, item_id, source, mirror_root, rel, sha256, evidence) -> tuple[str, str]:
         item_dir = self.items / item_id
-        now = time.time()
         upstream = self.upstream
         key = os.fsdecode(rel) if upstream else None
         self.ledger.begin()
@@ -300,27 +299,9 @@ class Quarantine:
         if owner is not None:
             self.ledger.commit()
             raise QuarantineError(f"{display_path(source)} is already being moved (quarantine item {owner})")
-        self.ledger.insert_item(
-            {
-                "id": item_id,
-                "dir": os.fsencode(item_dir),
-                "sha256": sha256,
-                "size": st.st_size,
-                "original": source,
-                "mirror_root": mirror_root,
-                "remote": upstream.remote if upstream else None,
-                "key": key,
-                "state": str(ItemState.QUARANTINING),
-                "reason": json.dumps(evidence.get("verdict")),
-                "created": now,
-                "updated": now,
-            }
+        move_id = self._intent(
+            item_id, sha256, st.st_size, source, mirror_root, upstream.remote if upstream else None, key, evidence
         )
-        move_id = self.ledger.start_move(item_id, MoveKind.QUARANTINE)
-        if self.follow_up:
-            self.ledger.add_followup(item_id, "attribute", plan=True)
-        self.ledger.commit()
-        _checkpoint("quarantine:intent")
 
         item_dir.mkdir(mode=0o700)
         fsync_dir(self.items)
@@ -347,11 +328,7 @@ class Quarantine:
             key=key,
             **evidence,
         )
-        self._write_meta(item_dir, meta)
-        os.rename(item_dir / TMP_DATA, item_dir / DATA)
-        fsync_dir(item_dir)
-        self._step(move_id, Step.PLACED, "quarantine")
-        return item_id, self._finish_quarantine(item_id, move_id, Step.PLACED)
+        return item_id, self._place(item_id, item_dir, move_id, meta)
 
     def quarantine_object(self, remote: str, key: str, sha256: str, evidence: dict[str, Any]) -> tuple[str, str]:
         """Quarantine an object that has no mirror copy (scanned in its bucket): read it from the remote
@@ -366,33 +343,12 @@ class Quarantine:
 
     def _quarantine_object_locked(self, upstream, remote, key, sha256, evidence, item_id) -> tuple[str, str]:
         item_dir = self.items / item_id
-        now = time.time()
         self.ledger.begin()
         owner = self.ledger.active_item_for_object(remote, key)
         if owner is not None:
             self.ledger.commit()
             raise QuarantineError(f"{remote}/{key} is already being moved (quarantine item {owner})")
-        self.ledger.insert_item(
-            {
-                "id": item_id,
-                "dir": os.fsencode(item_dir),
-                "sha256": sha256,
-                "size": 0,
-                "original": b"",
-                "mirror_root": b"",
-                "remote": remote,
-                "key": key,
-                "state": str(ItemState.QUARANTINING),
-                "reason": json.dumps(evidence.get("verdict")),
-                "created": now,
-                "updated": now,
-            }
-        )
-        move_id = self.ledger.start_move(item_id, MoveKind.QUARANTINE)
-        if self.follow_up:
-            self.ledger.add_followup(item_id, "attribute", plan=True)
-        self.ledger.commit()
-        _checkpoint("quarantine:intent")
+        move_id = self._intent(item_id, sha256, 0, b"", b"", remote, key, evidence)
 
         item_dir.mkdir(mode=0o700)
         fsync_dir(self.items)
@@ -422,11 +378,42 @@ class Quarantine:
             key=key,
             **evidence,
         )
+        return item_id, self._place(item_id, item_dir, move_id, meta)
+
+    def _intent(self, item_id, sha256, size, original, mirror_root, remote, key, evidence) -> int:
+        """The item's index row, its move's intent and its attribution follow-up, in the caller's open
+        transaction, committed together: the first durable step of a quarantine."""
+        now = time.time()
+        self.ledger.insert_item(
+            {
+                "id": item_id,
+                "dir": os.fsencode(self.items / item_id),
+                "sha256": sha256,
+                "size": size,
+                "original": original,
+                "mirror_root": mirror_root,
+                "remote": remote,
+                "key": key,
+                "state": str(ItemState.QUARANTINING),
+                "reason": json.dumps(evidence.get("verdict")),
+                "created": now,
+                "updated": now,
+            }
+        )
+        move_id = self.ledger.start_move(item_id, MoveKind.QUARANTINE)
+        if self.follow_up:
+            self.ledger.add_followup(item_id, "attribute", plan=True)
+        self.ledger.commit()
+        _checkpoint("quarantine:intent")
+        return move_id
+
+    def _place(self, item_id: str, item_dir: Path, move_id: int, meta: dict[str, Any]) -> str:
+        """Verified bytes (the temp file) become the item: metadata, rename, fsync, 'placed'; then finish."""
         self._write_meta(item_dir, meta)
         os.rename(item_dir / TMP_DATA, item_dir / DATA)
         fsync_dir(item_dir)
         self._step(move_id, Step.PLACED, "quarantine")
-        return item_id, self._finish_quarantine(item_id, move_id, Step.PLACED)
+        return self._finish_quarantine(item_id, move_id, Step.PLACED)
 
     def keep_upload(self, data: bytes, sha256: str, evidence: dict[str, Any]) -> str:
         """Keep the bytes of an upload that the validator rejected (pict-rs deletes them) as evidence.
