@@ -195,3 +195,37 @@ def test_sigkill_during_a_bucket_move_loses_nothing(bucket, tmp_path, tiny_bundl
         assert in_bucket is None and quarantined == [OBJECTS[key]]  # finished
     if step == "restore:placed":
         assert in_bucket == OBJECTS[key] and not held  # finished
+
+
+def test_result_parts_left_by_a_dead_driver_are_ingested_not_recomputed(
+    bucket, tmp_path, tiny_bundle_master, monkeypatch
+):
+    """The driver writes each result batch to disk before ingesting it; one that dies in between leaves a
+    part, which the next run ingests first: those objects are then skipped, not scored again."""
+    import pyarrow.parquet as pq
+
+    from mirror_scan.bucket.engine import workdir_for
+    from mirror_scan.bucket.s3 import Bucket, S3Settings
+    from mirror_scan.bucket.stages import FetchDecode, Infer, StageSpec
+
+    site = Site(tmp_path, bucket, tiny_bundle_master, "resume")
+    for name, value in bucket.env().items():
+        monkeypatch.setenv(name, value)
+    spec = StageSpec(s3=S3Settings.from_rclone_env(bucket.remote), model_dir=str(tiny_bundle_master), decoders="thread")
+    done = ["animated.gif", "01/a0/0197a5c3-0000"]
+    listed = {o.key: o for o in Bucket(spec.s3).list()}
+    batch = {name: [getattr(listed[k], name) for k in done] for name in ("key", "size", "etag", "mtime_ns")}
+    fetch_decode = FetchDecode(spec)
+    table = Infer(spec)(fetch_decode(batch))
+    fetch_decode.close()
+    results = workdir_for(site.state, bucket.remote) / "results"
+    results.mkdir(parents=True)
+    pq.write_table(table, results / "part-1-00000000.parquet")
+
+    proc = site.bucket_scan("--dry-run")
+    assert proc.returncode in (0, 1), proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    assert summary["skipped_unchanged"] == len(done) and summary["listed"] == len(OBJECTS)
+    assert summary["ingested"] == len(OBJECTS)  # the part's two, then the other objects
+    assert not list(results.glob("*.parquet"))
+    assert {k: v[0] for k, v in site.verdicts().items() if k in done} == dict.fromkeys(done, "scored")
