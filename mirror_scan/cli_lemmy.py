@@ -128,6 +128,8 @@ def check(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
             out.print(f"{mark} {c['source']}: {c['detail']}")
             if c.get("hint"):
                 out.print(f"       hint: {c['hint']}")
+        if all(c["detail"] == "not configured" for c in checks[:4]):
+            out.print("nothing to check: set [pictrs] database_url, [lemmy] database_url and url (README: Lemmy)")
     if any(c["ok"] is False for c in checks):
         raise typer.Exit(1)
 
