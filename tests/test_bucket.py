@@ -229,3 +229,17 @@ def test_result_parts_left_by_a_dead_driver_are_ingested_not_recomputed(
     assert summary["ingested"] == len(OBJECTS)  # the part's two, then the other objects
     assert not list(results.glob("*.parquet"))
     assert {k: v[0] for k, v in site.verdicts().items() if k in done} == dict.fromkeys(done, "scored")
+
+
+def test_a_second_bucket_scan_on_the_same_state_is_refused(bucket, tmp_path, tiny_bundle_master):
+    """Two scans of one bucket would share the work folder: the second would delete the first's shards and
+    ingest its result parts under it. It is refused, saying why, and the first is not disturbed."""
+    from mirror_scan.bucket.engine import _exclusive, workdir_for
+
+    site = Site(tmp_path, bucket, tiny_bundle_master, "twice")
+    with _exclusive(workdir_for(site.state, bucket.remote), bucket.remote):  # the first scan, still running
+        proc = site.bucket_scan("--dry-run")
+    assert proc.returncode == 2
+    assert "another bucket scan of TESTS3:pictrs on this state database is running" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert site.bucket_scan("--dry-run").returncode in (0, 1)  # free again once the first has ended

@@ -12,6 +12,7 @@ what the ledger already has. Ray itself retries the tasks of a worker that dies.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -164,8 +165,8 @@ def _timed_listing(bucket: Bucket, prefix: str, progress: Progress) -> Iterator[
         yield obj
 
 
-def run_local(spec: StageSpec, todo: Iterable[Path], sink: Callable[[dict], None]) -> None:
-    fetch_decode, infer = FetchDecode(spec), Infer(spec)
+def run_local(spec: StageSpec, todo: Iterable[Path], sink: Callable[[dict], None], scan: Scan) -> None:
+    fetch_decode, infer = FetchDecode(spec), Infer(spec, scan.bundle, scan.scorer)
     try:
         for shard in todo:
             rows = read_shard(shard)
@@ -268,6 +269,34 @@ def scan_bucket(
     on_batch: Callable[[Progress], None] | None = None,
     shard_rows: int = 10_000,
 ) -> tuple[Progress, dict]:
+    with _exclusive(workdir, spec.s3.remote):
+        return _scan_bucket(scan, spec, prefix, workdir, engine, ray_plan, on_batch, shard_rows)
+
+
+@contextlib.contextmanager
+def _exclusive(workdir: Path, remote: str) -> Iterator[None]:
+    """One bucket scan per bucket and state at a time: they share the work folder (manifest, todo shards,
+    result parts), and a second one would delete the first's shards and ingest its parts under it."""
+    import fcntl
+
+    from ..errors import MirrorScanError
+
+    workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(workdir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise MirrorScanError(
+                f"another bucket scan of {remote} on this state database is running",
+                hint="wait for it to finish (the kernel frees its lock when it ends, however it ends)",
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+def _scan_bucket(scan, spec, prefix, workdir, engine, ray_plan, on_batch, shard_rows) -> tuple[Progress, dict]:
     progress = Progress()
     remote = spec.s3.remote
     ingest = Ingest(scan, remote, workdir / "results", progress)
@@ -284,6 +313,6 @@ def scan_bucket(
     if engine == "ray":
         info = run_ray(spec, todo, sink, ray_plan or RayPlan())
     else:
-        run_local(spec, todo, sink)
+        run_local(spec, todo, sink, scan)
         info = {"cpus": os.cpu_count()}
     return progress, info
