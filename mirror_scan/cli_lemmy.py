@@ -169,13 +169,13 @@ def ban(
         (person,) = uploaders.values()
         who = f"{person['name']}@{person.get('instance') or '?'} (person {person['id']})"
         brief = summary(data)
+        lemmy = build_lemmy(settings)  # before asking: a question that cannot be acted on wastes a decision
+        if lemmy is None:
+            raise UsageError("[lemmy] url and the bot account are not configured", hint="see `mirror-scan lemmy check`")
         verb = "Unban" if undo else "Ban"
         out.print(f"{verb} {who}: uploader of item {item_id} ({brief['where']})")
         if not yes and not typer.confirm(f"{verb} {who} from the instance?", default=False):
             raise typer.Exit(1)
-        lemmy = build_lemmy(settings)
-        if lemmy is None:
-            raise UsageError("[lemmy] url and the bot account are not configured", hint="see `mirror-scan lemmy check`")
         why = reason or f"mirror-scan: uploaded quarantined image (item {item_id})"
         action = "unban" if undo else "ban"
         try:

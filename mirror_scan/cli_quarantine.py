@@ -171,9 +171,7 @@ def q_attribute(
             if item is None:
                 raise UsageError(f"no quarantine item {item_id}", hint="see `mirror-scan quarantine list`")
             if dry_run:
-                data = moderation.attributor.attribute(
-                    moderation.attribution_key(item), item.sha256, moderation._origin(item_id)
-                )
+                data = moderation.look_up(item)
                 would = [describe_action(a, t) for a, t in moderation.planned_actions(item, data)]
                 results.append({"id": item_id, **summary(data), "would": would, "attribution": data})
                 continue

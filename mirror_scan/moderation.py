@@ -181,7 +181,7 @@ class Moderation:
         what = describe_action(row.action, row.target)
         try:
             result = handler(row, item)
-        except (LemmyRefused, MirrorScanError) as err:
+        except MirrorScanError as err:
             refused = isinstance(err, LemmyRefused)
             text = str(err).splitlines()[0]
             if refused:
@@ -210,9 +210,12 @@ class Moderation:
             return os.fsdecode(os.path.relpath(item.original, item.mirror_root))
         return None
 
+    def look_up(self, item) -> dict[str, Any]:
+        """The item's attribution from the configured sources (stores nothing)."""
+        return self.attributor.attribute(self.attribution_key(item), item.sha256, self._origin(item.id))
+
     def _attribute(self, row: FollowupRow, item) -> str:
-        origin = self._origin(item.id)
-        data = self.attributor.attribute(self.attribution_key(item), item.sha256, origin)
+        data = self.look_up(item)
         with self.ledger.transaction():
             self.ledger.put_attribution(item.id, data)
         brief = summary(data)

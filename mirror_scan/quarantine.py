@@ -74,6 +74,8 @@ TMP_DATA, TMP_META = ".data.tmp", ".meta.json.tmp"
 # daemon and pulls all ignore (rclone's own in-progress suffix).
 RESTORE_TMP_SUFFIX = ".mirror-scan-restore.partial"
 NO_UPSTREAM = ";no-upstream"  # recorded with a restore's method: recovery must not put it back upstream either
+# Items with no file in the mirror (uploads rejected at validation, objects scanned in their bucket).
+NO_LOCAL_ORIGINAL = {"original": "", "original_b64": "", "mirror_root": "", "mirror_root_b64": ""}
 LINK_UNSUPPORTED = (errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.EMLINK, errno.ENOSYS, errno.EXDEV)
 
 
@@ -370,10 +372,7 @@ class Quarantine:
             len(data),
             "quarantined",
             origin="bucket",
-            original="",
-            original_b64="",
-            mirror_root="",
-            mirror_root_b64="",
+            **NO_LOCAL_ORIGINAL,
             remote=remote,
             key=key,
             **evidence,
@@ -439,10 +438,7 @@ class Quarantine:
                     len(data),
                     "rejected at upload",
                     origin="upload",
-                    original="",
-                    original_b64="",
-                    mirror_root="",
-                    mirror_root_b64="",
+                    **NO_LOCAL_ORIGINAL,
                     remote=None,
                     key=None,
                     **evidence,

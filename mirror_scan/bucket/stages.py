@@ -176,13 +176,16 @@ class FetchDecode:
 
 
 class Infer:
-    def __init__(self, spec: StageSpec) -> None:
+    def __init__(self, spec: StageSpec, bundle: Any = None, scorer: Any = None) -> None:
+        """bundle and scorer: the driver's own, in the local engine (one session per process, not two)."""
         from ..bundle import load_bundle
         from ..scoring import Scorer, result_model_id
 
         self.spec = spec
-        self.bundle = load_bundle(spec.model_dir)
-        self.scorer = Scorer(self.bundle, device=spec.device, precision=spec.precision, threads=spec.infer_threads)
+        self.bundle = bundle or load_bundle(spec.model_dir)
+        self.scorer = scorer or Scorer(
+            self.bundle, device=spec.device, precision=spec.precision, threads=spec.infer_threads
+        )
         self.model_id = result_model_id(self.bundle, self.scorer, spec.limits)
         height, width = self.bundle.preprocess.size
         self.shape = (3, height, width)
