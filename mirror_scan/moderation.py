@@ -25,7 +25,7 @@ from .errors import MirrorScanError
 from .httpclient import Redirected, Unreachable, exchange
 from .lemmy import Lemmy, LemmyRefused
 from .pgsource import PgSource, read_secret_file
-from .quarantine import ItemBusy, Quarantine
+from .quarantine import ItemBusy, Quarantine, item_origin
 from .rclone import scrub
 from .settings import Settings, redact_url
 from .state import HELD_STATES, FollowupRow, ItemState, Ledger
@@ -212,7 +212,7 @@ class Moderation:
 
     def look_up(self, item) -> dict[str, Any]:
         """The item's attribution from the configured sources (stores nothing)."""
-        return self.attributor.attribute(self.attribution_key(item), item.sha256, self._origin(item.id))
+        return self.attributor.attribute(self.attribution_key(item), item.sha256, item_origin(item))
 
     def _attribute(self, row: FollowupRow, item) -> str:
         data = self.look_up(item)
@@ -231,12 +231,6 @@ class Moderation:
         return f"{item.id}: attributed (uploader {brief['uploader']}; {brief['where']})" + (
             f"; {len(planned)} action(s) planned" if planned else ""
         )
-
-    def _origin(self, item_id: str) -> str | None:
-        try:
-            return self.quarantine.read_meta(item_id).get("origin")
-        except MirrorScanError:
-            return None
 
     def labels(self, item) -> list[str]:
         try:

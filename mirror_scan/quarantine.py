@@ -550,6 +550,7 @@ class Quarantine:
                 "original": os.path.join(_unb64(meta["mirror_root_b64"]), _unb64(meta["original_b64"]))
                 if meta.get("original_b64")
                 else b"",
+                "origin": meta.get("origin"),
             }
         except (KeyError, ValueError, TypeError) as err:
             raise QuarantineError(f"item {item_id}: metadata is unusable ({err}); refusing") from None
@@ -561,6 +562,7 @@ class Quarantine:
             "key": row.key,
             "mirror_root": row.mirror_root,
             "original": row.original,
+            "origin": item_origin(row),
         }
         differing = [name for name in recorded if claimed[name] != recorded[name]]
         if differing:
@@ -577,9 +579,9 @@ class Quarantine:
         if row.state not in RESTORABLE_STATES:
             raise QuarantineError(f"item {item_id} is {row.state}, not quarantined")
         item_dir = self.items / item_id
-        if meta.get("origin") == "upload":
+        if item_origin(row) == "upload":
             return self._release_upload(row)
-        if meta.get("origin") == "bucket" and to is None:
+        if item_origin(row) == "bucket" and to is None:
             return self._restore_object(row, item_dir, upstream)
         target_upstream = None
         if upstream and row.remote and row.key and to is None:
@@ -922,6 +924,14 @@ class Quarantine:
             self._note_in_meta(item_id, ItemState.PURGED, "purged")
             with self.ledger.transaction():
                 self.ledger.set_item_state(item_id, ItemState.PURGED)
+
+
+def item_origin(row: ItemRow) -> str | None:
+    """Where an item came from, by the ledger: None (a mirror file), "bucket" (an object scanned in its
+    bucket: no local original, a key) or "upload" (rejected at validation: neither)."""
+    if row.original:
+        return None
+    return "bucket" if row.key else "upload"
 
 
 def file_key(row: ItemRow) -> bytes:

@@ -243,3 +243,23 @@ def test_a_second_bucket_scan_on_the_same_state_is_refused(bucket, tmp_path, tin
     assert "another bucket scan of TESTS3:pictrs on this state database is running" in proc.stderr
     assert "Traceback" not in proc.stderr
     assert site.bucket_scan("--dry-run").returncode in (0, 1)  # free again once the first has ended
+
+
+def test_an_edited_origin_in_the_metadata_refuses_the_restore(bucket, tmp_path, tiny_bundle_master):
+    """Where an item came from is the ledger's to say: a metadata file claiming another origin (which would
+    send the restore down another path) is refused, and the item stays quarantined."""
+    site = Site(tmp_path, bucket, tiny_bundle_master, "edited")
+    key = "webp/keyed with space.webp"
+    assert site.bucket_scan("--severity=-1", "--dry-run", "--prefix", "webp/").returncode == 1
+    q = ["--quarantine", str(site.quarantine)]
+    assert site.cli("apply", "--remote", bucket.remote, *q).returncode == 0
+    (item,) = json.loads(site.cli("quarantine", "list", "--json", *q).stdout)
+    meta_path = site.quarantine / "items" / item["id"] / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["origin"] = "upload"  # would "release" it: allowlist the bytes without putting them back
+    meta_path.write_text(json.dumps(meta))
+    proc = site.cli("quarantine", "restore", item["id"], *q)
+    assert proc.returncode == 2 and "disagrees with the ledger on origin" in proc.stderr
+    assert key not in bucket.keys()
+    assert json.loads(site.cli("quarantine", "list", "--json", *q).stdout)[0]["state"] == "quarantined"
+    assert site.cli("allowlist", "list", "--json").stdout.strip() == "[]"
