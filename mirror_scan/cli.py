@@ -386,6 +386,12 @@ def main() -> None:
         err.print("interrupted")
         sys.exit(130)
     except sqlite3.DatabaseError as error:  # damage found after the database opened (a page read later)
+        from .state import StateBusy, is_busy
+
+        if is_busy(error):  # a lock wait that ran out mid-command: the database is fine
+            busy = StateBusy("the state database")
+            err.print(f"[bold red]error:[/] {escape(str(busy))}", markup=True, highlight=False)
+            sys.exit(busy.exit_code)
         err.print(
             f"error: the state database cannot be read ({error}); nothing more was changed\n"
             "  -> check it with `mirror-scan state check`; `mirror-scan state rebuild` starts afresh from the "

@@ -392,10 +392,24 @@ def q_export_hashes(
 
 
 @quarantine_app.command("reindex")
-def q_reindex(state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
-    """Rebuild the quarantine index in the state database from the items' metadata files."""
+def q_reindex(
+    mirror_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--mirror-root",
+            help="Import only items that came from this mirror (an edited metadata file cannot point elsewhere).",
+        ),
+    ] = None,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Index items the ledger does not know from their metadata files (after losing the state database).
+    Items the ledger knows stay as it records them; a metadata file that disagrees is reported."""
+    import os
+
     with _writer(state, quarantine, config) as workspace:
-        count, problems = workspace.quarantine.reindex()
+        count, problems = workspace.quarantine.reindex(os.fsencode(mirror_root.resolve()) if mirror_root else None)
     for problem in problems:
         err.print(f"skipped: {problem}")
     out.print(f"indexed {count} item(s)")

@@ -151,7 +151,7 @@ def register(app: typer.Typer) -> None:
             from .watch import Periodic
 
             follow_up_workspace = Workspace.writer(settings, recover=False)
-            follow_ups = Periodic("follow-ups", 5.0, lambda: follow_up_workspace.run_follow_ups())
+            follow_ups = Periodic("follow-ups", 5.0, lambda: follow_up_workspace.run_follow_ups(budget_s=None))
             follow_ups.start()
 
         def stop(signum, frame) -> None:  # shutdown() blocks until serve_forever returns: call it elsewhere

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import time
+from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -16,13 +18,15 @@ state_app = typer.Typer(help="Check, recover or rebuild the state database.", no
 
 
 @state_app.command("check")
-def check(state: StateOpt = None, config: ConfigOpt = None) -> None:
+def check(state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
     """Read-only health check of the state database (SQLite's integrity check, tables, unfinished moves)."""
+    from .app.workspace import refuse_lost_state
     from .state import Ledger, StateDamaged
 
-    settings = resolve({"state": state}, config)
+    settings = resolve({"state": state, "quarantine": quarantine}, config)
     if not settings.state.exists():
         raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
+    refuse_lost_state(settings)
     try:
         with Ledger(settings.state, readonly=True) as ledger:
             problems = ledger.check()
@@ -58,7 +62,17 @@ def recover(state: StateOpt = None, quarantine: QuarantineOpt = None, config: Co
 
 @state_app.command("rebuild")
 def rebuild(
-    state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None, yes: YesOpt = False
+    mirror_root: Annotated[
+        Path | None,
+        typer.Option(
+            "--mirror-root",
+            help="Import only items that came from this mirror (an edited metadata file cannot point elsewhere).",
+        ),
+    ] = None,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+    yes: YesOpt = False,
 ) -> None:
     """Start a new state database: the damaged one is kept beside it (renamed), the quarantine index and
     the allowlist (restored items) come back from the items' metadata files, and the next scan reads
@@ -79,7 +93,7 @@ def rebuild(
             if source.exists():
                 os.replace(source, kept.with_name(kept.name + suffix))
     with open_writer(settings, quiet=True, recover=False) as workspace:
-        count, problems = workspace.quarantine.reindex()
+        count, problems = workspace.quarantine.reindex(os.fsencode(mirror_root.resolve()) if mirror_root else None)
         restored = [i for i in workspace.ledger.items() if i.state == ItemState.RESTORED]
         for item in restored:
             workspace.ledger.allow(item.sha256, note=f"restored from quarantine item {item.id} (rebuilt)")

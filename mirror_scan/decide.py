@@ -32,29 +32,38 @@ class Verdict:
 def decide(
     policy: Policy,
     sims: np.ndarray,
-    owners: np.ndarray,
-    n_files: int,
+    frames: list[int] | np.ndarray,
     severity: float,
     allowlisted: list[bool] | None = None,
 ) -> list[Verdict]:
-    """sims: [frames, P] in the policy's column order; owners[f] = index of the file frame f belongs to."""
+    """sims: [frames, P] in the policy's column order, the rows of file i being the next frames[i] rows.
+    The model's part of every decision: the scan, the validator and rescore all come through here."""
     ev = evaluate(policy, sims, severity)
-    verdicts = []
-    for i in range(n_files):
-        rows = np.flatnonzero(owners == i)
-        hits = rows[ev.flagged[rows]]
-        if not len(hits):
-            verdicts.append(Verdict(False, None))
-            continue
-        why = ev.explain(int(hits[0]))
-        why["frame"] = int(hits[0] - rows[0])
-        why["frames_flagged"] = int(len(hits))
-        why["frames"] = int(len(rows))
-        if allowlisted and allowlisted[i]:
-            verdicts.append(Verdict(False, {"allowlisted": True, "policy_would_flag": why}))
-        else:
-            verdicts.append(Verdict(True, why))
+    verdicts, start = [], 0
+    for i, count in enumerate(frames):
+        verdicts.append(file_verdict(ev, start, int(count), bool(allowlisted and allowlisted[i])))
+        start += int(count)
     return verdicts
+
+
+def file_verdict(ev, start: int, count: int, allowlisted: bool) -> Verdict:
+    """One file's verdict from an evaluation of many rows: its rows are start..start+count."""
+    hits = np.flatnonzero(ev.flagged[start : start + count])
+    if not len(hits):
+        return Verdict(False, None)
+    why = ev.explain(start + int(hits[0]))
+    why["frame"] = int(hits[0])
+    why["frames_flagged"] = int(len(hits))
+    why["frames"] = count
+    if allowlisted:
+        return Verdict(False, {"allowlisted": True, "policy_would_flag": why})
+    return Verdict(True, why)
+
+
+def complete(verdict: Verdict, detail: dict[str, Any] | None, match, allowlisted: bool) -> Verdict:
+    """The model's verdict made whole: what the decode said (annotate), then the hash lists, which decide
+    first (with_hash_match). Every decision path ends here."""
+    return with_hash_match(annotate(verdict, detail), match, allowlisted)
 
 
 def annotate(verdict: Verdict, detail: dict[str, Any] | None) -> Verdict:

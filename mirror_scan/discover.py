@@ -1,12 +1,17 @@
-"""Discover files under the scan roots with os.scandir. Never follows a symbolic link below a root
-(a link is reported, never read or acted on); skips rclone's in-progress `*.partial` downloads."""
+"""Discover files under the scan roots with os.scandir on directory descriptors, each opened from its
+parent's with O_NOFOLLOW. Never follows a symbolic link below a root, not even a directory swapped for
+one during the walk (a link is reported, never read or acted on); skips rclone's in-progress
+`*.partial` downloads."""
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+
+from .paths import NOFOLLOW_DIR, is_link_at
 
 PARTIAL_SUFFIX = ".partial"
 
@@ -33,32 +38,44 @@ def is_partial(name: str) -> bool:
     return name.endswith(PARTIAL_SUFFIX)
 
 
-def _walk(directory: str, root: str, note: Callable[[str], None]) -> Iterator[Found | Unscannable]:
+def _walk(directory: str, fd: int, root: str, note: Callable[[str], None]) -> Iterator[Found | Unscannable]:
+    """List the directory open at `fd` (opened without following a link): a directory swapped for a
+    symlink while the walk runs is reported, never listed through."""
     try:
         note(directory)
-        with os.scandir(directory) as it:
+        with os.scandir(fd) as it:
             entries = sorted(it, key=lambda e: e.name)
     except PermissionError:
         yield Unscannable(directory, "permission denied: directory cannot be listed")
         return
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):
         return  # removed while we walked: nothing to scan
-    except NotADirectoryError:
-        return
     for entry in entries:
+        path = os.path.join(directory, entry.name)
         try:
             if entry.is_symlink():
-                yield Unscannable(entry.path, "symbolic link: never followed, not scanned")
+                yield Unscannable(path, "symbolic link: never followed, not scanned")
             elif entry.is_dir(follow_symlinks=False):
-                yield from _walk(entry.path, root, note)
+                try:
+                    child = os.open(entry.name, NOFOLLOW_DIR, dir_fd=fd)
+                except OSError as err:
+                    if err.errno == errno.ELOOP or (err.errno == errno.ENOTDIR and is_link_at(entry.name, fd)):
+                        yield Unscannable(path, "symbolic link: never followed, not scanned")
+                    elif err.errno == errno.EACCES:
+                        yield Unscannable(path, "permission denied: directory cannot be listed")
+                    continue  # ENOENT: removed meanwhile; ENOTDIR: replaced by a file, the next walk sees it
+                try:
+                    yield from _walk(path, child, root, note)
+                finally:
+                    os.close(child)
             elif entry.is_file(follow_symlinks=False):
                 if is_partial(entry.name):
                     continue
-                note(entry.path)
+                note(path)
                 st = entry.stat(follow_symlinks=False)
-                yield Found(entry.path, st.st_size, st.st_mtime_ns, root)
+                yield Found(path, st.st_size, st.st_mtime_ns, root)
             else:
-                yield Unscannable(entry.path, "not a regular file (device, socket or pipe)")
+                yield Unscannable(path, "not a regular file (device, socket or pipe)")
         except FileNotFoundError:
             continue  # vanished between listing and stat: not an error
 
@@ -73,6 +90,14 @@ def discover(
         note(root)
         st = os.stat(root)
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk(root, root, note)
+            try:
+                fd = os.open(root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)  # the root itself is followed
+            except PermissionError:
+                yield Unscannable(root, "permission denied: directory cannot be listed")
+                continue
+            try:
+                yield from _walk(root, fd, root, note)
+            finally:
+                os.close(fd)
         elif stat.S_ISREG(st.st_mode) and not is_partial(root):
             yield Found(root, st.st_size, st.st_mtime_ns, os.path.dirname(os.path.abspath(root)))

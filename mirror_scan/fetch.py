@@ -16,6 +16,7 @@ from .bundle import Preprocess
 from .decode import Limits, decode, decode_detail
 from .discover import Found
 from .hashing import md5_bytes, sha256_bytes
+from .paths import MissingParent, UnsafePath, reach_file
 
 
 @dataclass
@@ -61,14 +62,18 @@ Outcome = Decoded | Reused | Failed | Changed | Vanished
 
 def read_stable(found: Found, max_bytes: int) -> bytes | Changed | Vanished | Failed:
     """The file's bytes, if it is still the file that was discovered and did not change while read.
-    O_NOFOLLOW: a file swapped for a symlink after discovery is refused, never followed. O_NONBLOCK and
-    fstat on the open descriptor: a FIFO or device swapped in is refused without ever blocking."""
+    Reached from its scan root component by component without following links (paths.reach): a file
+    or any directory above it swapped for a symlink after discovery is refused, never followed.
+    O_NONBLOCK and fstat on the open descriptor: a FIFO or device swapped in is refused without ever
+    blocking."""
     try:
-        fd = os.open(found.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    except FileNotFoundError:
+        fd = _open_found(found)
+    except (FileNotFoundError, MissingParent):
         return Vanished(found)
     except PermissionError:
         return Failed(found, None, "permission denied: file cannot be read")
+    except UnsafePath as err:
+        return Failed(found, None, f"not read: {err}")
     except OSError as err:
         if err.errno == errno.ELOOP:
             return Failed(found, None, "symbolic link: never followed, not scanned")
@@ -95,6 +100,14 @@ def read_stable(found: Found, max_bytes: int) -> bytes | Changed | Vanished | Fa
     if len(data) != found.size or after.st_mtime_ns != found.mtime_ns or after.st_size != found.size:
         return Changed(found)
     return data
+
+
+def _open_found(found: Found) -> int:
+    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
+    if not found.root:
+        return os.open(found.path, flags)
+    with reach_file(found.root, found.path) as place:
+        return place.open(flags)
 
 
 # Reads still hanging after their deadline (a stalled FUSE or network mount). Their threads cannot be

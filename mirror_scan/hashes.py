@@ -241,6 +241,18 @@ class LiveMatcher:
             self.version, self.matcher = version, Matcher(self.ledger.hash_list_entries())
         return self.matcher
 
+    def match_stored(self, sha256: str) -> Match | None:
+        return match_stored(self.matcher, self.ledger, sha256)
+
+
+def match_stored(matcher: Matcher, ledger, sha256: str) -> Match | None:
+    """A match for bytes decided from the ledger (a copy, an unchanged file, rescore): their stored hashes
+    with every rotation and mirror image, exactly what the scan compared."""
+    if not matcher:
+        return None
+    md5, pdqs, variants = ledger.picture_hashes(sha256)
+    return matcher.match(sha256, md5, queries(pdqs, variants))
+
 
 # ---------------------------------------------------------------- shared list files
 

@@ -129,17 +129,27 @@ class Moderation:
 
     # ------------------------------------------------------------------ the runner
 
-    def run_due(self, limit: int = 100) -> list[str]:
-        """Carry out the follow-ups that are due; one line per outcome."""
+    def run_due(self, limit: int = 100, budget_s: float | None = None) -> list[str]:
+        """Carry out the follow-ups that are due; one line per outcome. With a budget, no follow-up starts
+        after `budget_s` seconds (each exchange has its own deadline): what is left stays due, for the
+        watch daemon or the next command."""
         notes: list[str] = []
         seen: set[int] = set()
         self._down = {}
         self.attributor.down.clear()
+        started = time.monotonic()
         while True:  # an attribution plans actions that are due at once: take them in the same call
             rows = [r for r in self.ledger.due_followups(time.time(), limit) if r.id not in seen]
             if not rows or len(seen) >= limit:
                 return notes
             for row in rows:
+                if budget_s is not None and time.monotonic() - started >= budget_s:
+                    left = self.ledger.pending_followup_count()
+                    notes.append(
+                        f"{left} follow-up(s) left for later: this command's {budget_s:g} s for them are used "
+                        "(the watch daemon, `lemmy retry` or the next command takes them)"
+                    )
+                    return notes
                 seen.add(row.id)
                 try:
                     with self.quarantine.item_lock(row.item):

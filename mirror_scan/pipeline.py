@@ -21,7 +21,7 @@ import numpy as np
 
 from .act import Actor
 from .bundle import Bundle
-from .decide import Verdict, annotate, decide, with_hash_match
+from .decide import Verdict, complete, decide
 from .decode import Limits, decode
 from .discover import Found, Unscannable, discover
 from .fetch import Changed, Decoded, Failed, Outcome, Reused, Vanished, fetch
@@ -121,6 +121,7 @@ class Scan:
         self._twins: dict[str, list[Found]] = {}  # sha256 in the batch -> other files with the same bytes
         self._batch_since = 0.0
         self._last_commit = time.monotonic()
+        self._flagged_paths: set[bytes] = set()  # each file counts once as flagged, however often it is seen
 
     # ------------------------------------------------------------------ stages
 
@@ -144,10 +145,7 @@ class Scan:
 
     def _listed(self, sha256: str) -> bool:
         """On an imported hash list (a list imported after the file was scanned applies now)."""
-        if not self.lists.matcher:
-            return False
-        md5, pdqs = self.ledger.picture_hashes(sha256)
-        return self.lists.matcher.match(sha256, md5, pdqs) is not None
+        return self.lists.match_stored(sha256) is not None
 
     def _fetch(self, found: Found) -> tuple[Outcome, float]:
         started = time.perf_counter()
@@ -184,7 +182,7 @@ class Scan:
             self._redecide(found, sha256, result_id, status, fmt, count_as=None)
             return True
         if verdict == "flagged":
-            self.counters.flagged += 1
+            self._count_flagged(path_key(found.path))
         if self.report:
             self.report.write(
                 record(
@@ -205,6 +203,7 @@ class Scan:
             return
         items, self._batch, self._batch_frames = self._batch, [], 0
         pixels = np.concatenate([item.pixels for item in items])
+        self._commit()  # inference can take seconds on a CPU: never with the write lock held
         started = time.perf_counter()
         embeddings, sims = self.scorer(pixels)
         seconds = time.perf_counter() - started
@@ -219,28 +218,23 @@ class Scan:
         computed, so its verdicts come from exactly the code a mirrored scan runs."""
         matcher = self.lists.refresh()  # a list imported while a daemon runs applies from this batch on
         self.counters.frames += int(sum(frames))
-        owners = np.repeat(np.arange(len(items)), frames)
         allowlisted = [self.ledger.allowlisted(item.sha256) for item in items]
-        verdicts = decide(
-            self.policy, sims[:, self.policy_columns], owners, len(items), self.config.severity, allowlisted
-        )
+        verdicts = decide(self.policy, sims[:, self.policy_columns], frames, self.config.severity, allowlisted)
         started = time.perf_counter()
+        ends = np.cumsum(frames)
         for index, (item, verdict) in enumerate(zip(items, verdicts, strict=True)):
-            rows = owners == index
+            rows = slice(int(ends[index]) - frames[index], int(ends[index]))
             result_id = self.ledger.put_result(
                 item.sha256, self.model_id, self.prompt_set, sims[rows], embeddings[rows], item.detail
             )
-            self.ledger.put_picture_hashes(item.sha256, item.md5, item.pdq)
-            verdict = annotate(verdict, item.detail)
-            if matcher:
-                match = matcher.match(item.sha256, item.md5, queries(item.pdq, item.pdq_variants))
-                verdict = with_hash_match(verdict, match, allowlisted[index])
+            self.ledger.put_picture_hashes(item.sha256, item.md5, item.pdq, item.pdq_variants)
+            match = matcher.match(item.sha256, item.md5, queries(item.pdq, item.pdq_variants)) if matcher else None
+            verdict = complete(verdict, item.detail, match, allowlisted[index])
             self.counters.scored += 1
             self._record_verdict(item.found, item.sha256, "scored", verdict, result_id, item.format)
             for twin in self._twins.pop(item.sha256, []):
                 self._reuse(Reused(twin, item.sha256, result_id))
-        self.ledger.commit()  # per batch (one WAL fsync): a killed scan resumes after the last batch
-        self._last_commit = time.monotonic()
+        self._commit()  # per batch (one WAL fsync): a killed scan resumes after the last batch
         self.counters.stage_seconds["record"] += time.perf_counter() - started
 
     def _record_verdict(
@@ -275,7 +269,7 @@ class Scan:
         if self.on_verdict and found.mtime_ns:
             self.on_verdict(found.mtime_ns)
         if verdict.flagged:
-            self.counters.flagged += 1
+            self._count_flagged(key)
             action = self.ledger.file_row(key).action  # kept from an earlier run when the bytes are the same
             if self.actor is not None and action is None:
                 action = self.actor.act(key)
@@ -295,6 +289,11 @@ class Scan:
                 )
             )
         self._maybe_commit()
+
+    def _count_flagged(self, key: bytes) -> None:
+        if key not in self._flagged_paths:
+            self._flagged_paths.add(key)
+            self.counters.flagged += 1
 
     def record_error(
         self,
@@ -333,19 +332,9 @@ class Scan:
         sims = policy_sims(
             stored.sims, stored.embedding, self.ledger.prompt_set(stored.prompt_set), self.policy, self.bundle
         )
-        (verdict,) = decide(
-            self.policy,
-            sims,
-            np.zeros(len(sims), dtype=np.intp),
-            1,
-            self.config.severity,
-            [self.ledger.allowlisted(sha256)],
-        )
-        verdict = annotate(verdict, stored.detail)
-        if self.lists.matcher:
-            md5, pdqs = self.ledger.picture_hashes(sha256)
-            match = self.lists.matcher.match(sha256, md5, pdqs)
-            verdict = with_hash_match(verdict, match, self.ledger.allowlisted(sha256))
+        allowlisted = self.ledger.allowlisted(sha256)
+        (verdict,) = decide(self.policy, sims, [len(sims)], self.config.severity, [allowlisted])
+        verdict = complete(verdict, stored.detail, self.lists.match_stored(sha256), allowlisted)
         if count_as == "reused":
             self.counters.reused += 1
         self._record_verdict(
@@ -398,8 +387,11 @@ class Scan:
 
     def _maybe_commit(self) -> None:
         if time.monotonic() - self._last_commit >= self.config.commit_every_s:
-            self.ledger.commit()
-            self._last_commit = time.monotonic()
+            self._commit()
+
+    def _commit(self) -> None:
+        self.ledger.commit()
+        self._last_commit = time.monotonic()
 
     # ------------------------------------------------------------------ loop
 
@@ -490,6 +482,8 @@ class Scan:
                 # Never block here while decodes are in flight (the wait below paces the loop): a steady
                 # trickle of arrivals would otherwise keep this loop pulling and starve the batch flush.
                 timeout = 0 if in_flight else (0.05 if self._batch else (1.0 if stalled else None))
+                if timeout != 0:
+                    self._commit()  # never wait for work holding the write lock: other writers need it
                 try:
                     item = source.get(timeout=timeout) if timeout != 0 else source.get_nowait()
                 except queue.Empty:
@@ -513,6 +507,8 @@ class Scan:
                         in_flight.add(pool.submit(self._fetch, item))
             self.in_flight = len(in_flight) + len(self._batch)
             if in_flight:
+                if exhausted:
+                    self._commit()  # the wait below may be long (a slow decode)
                 done, in_flight = wait(in_flight, timeout=None if exhausted else 0.05, return_when=FIRST_COMPLETED)
                 for future in done:
                     outcome, seconds = future.result()

@@ -37,6 +37,7 @@ import fcntl
 import json
 import logging
 import os
+import re
 import secrets
 import signal
 import stat
@@ -49,7 +50,7 @@ from .atomic import fsync_dir
 from .errors import MirrorScanError
 from .fsinfo import filesystem_type, is_remote_or_fuse
 from .hashing import CHUNK, sha256_bytes, sha256_file
-from .paths import UnsafePath, check_operator_target, check_relative, contained_target
+from .paths import MissingParent, Place, UnsafePath, check_operator_target, check_relative, reach, relative_to
 from .state import (
     HELD_STATES,
     RESTORABLE_STATES,
@@ -139,13 +140,13 @@ def _write_private(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _copy_to_new(source_fd: int, target: bytes | Path, mode: int) -> str:
+def _copy_to_new(source_fd: int, target: bytes | Path, mode: int, dir_fd: int | None = None) -> str:
     """Copy from an open file into a new file (O_EXCL: never an existing one), fsync it, return the sha256
     of what was written."""
     import hashlib
 
     digest = hashlib.sha256()
-    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, mode, dir_fd=dir_fd)
     try:
         while chunk := os.read(source_fd, CHUNK):
             digest.update(chunk)
@@ -158,17 +159,23 @@ def _copy_to_new(source_fd: int, target: bytes | Path, mode: int) -> str:
     return digest.hexdigest()
 
 
-def _is_prefix_of(path: bytes, source: Path) -> bool:
-    """True if the file at `path` holds a leading part (possibly all) of `source`'s bytes: what an
+def _is_prefix_of(place: Place, source: Path) -> bool:
+    """True if the file at the place holds a leading part (possibly all) of `source`'s bytes: what an
     interrupted O_EXCL write of ours leaves behind."""
     try:
-        with open(path, "rb", buffering=0) as partial, open(source, "rb", buffering=0) as full:
+        fd = place.open(os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        with open(fd, "rb", buffering=0, closefd=False) as partial, open(source, "rb", buffering=0) as full:
             while chunk := partial.read(CHUNK):
                 if full.read(len(chunk)) != chunk:
                     return False
         return True
     except OSError:
         return False
+    finally:
+        os.close(fd)
 
 
 def restore_method(directory: bytes) -> str:
@@ -275,11 +282,14 @@ class Quarantine:
         """Move `source` (under `mirror_root`) into quarantine if it still holds the bytes `sha256`.
         Returns (item id, state: 'quarantined' or 'upstream_pending'). Raises QuarantineError (nothing
         moved) if it cannot be done safely."""
-        rel = os.path.relpath(source, mirror_root)
-        check_relative(rel if isinstance(rel, bytes) else os.fsencode(rel))
         try:
-            # O_NONBLOCK: a FIFO swapped in for the file never blocks the open; fstat below refuses it.
-            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+            rel = relative_to(mirror_root, source)
+            with reach(mirror_root, rel) as place:
+                # Reached without following links (a directory swapped for a symlink is refused), and
+                # O_NONBLOCK: a FIFO swapped in for the file never blocks the open; fstat below refuses it.
+                fd = place.open(os.O_RDONLY | os.O_NONBLOCK)
+        except UnsafePath as err:
+            raise QuarantineError(f"{display_path(source)}: {err}; not quarantined") from None
         except OSError as err:
             raise QuarantineError(f"cannot open {display_path(source)}: {err.strerror}") from None
         try:
@@ -474,7 +484,7 @@ class Quarantine:
                 self._step(move_id, Step.UPSTREAM_REMOVED, "quarantine")
             step = Step.UPSTREAM_REMOVED
         if step == Step.UPSTREAM_REMOVED:
-            self._remove_original(row.original, row.sha256)
+            self._remove_original(row)
             self._step(move_id, Step.LOCAL_REMOVED, "quarantine")
         self.ledger.set_item_state(item_id, ItemState.QUARANTINED)
         self.ledger.mark_action(file_key(row), FileAction.QUARANTINED)
@@ -496,20 +506,41 @@ class Quarantine:
         log.info("quarantine item %s: %s", row.id, note)
         return True
 
-    def _remove_original(self, source: bytes, sha256: str) -> None:
-        """Unlink the original only if it still holds the quarantined bytes (never a newer file)."""
+    def _remove_original(self, row: ItemRow) -> None:
+        """Unlink the original only if it still holds the quarantined bytes (never a newer file), reached
+        from the mirror root without following links (never a file outside the mirror)."""
+        source = row.original
         try:
-            st = os.lstat(source)
-        except FileNotFoundError:
+            place = reach(row.mirror_root, relative_to(row.mirror_root, source))
+        except MissingParent:
             return
-        if not stat.S_ISREG(st.st_mode):
-            log.warning("%s is no longer a regular file; left in place", display_path(source))
+        except UnsafePath as err:
+            log.warning("%s: %s; left in place", display_path(source), err)
             return
-        if sha256_file(source) != sha256:
-            log.warning("%s changed after it was quarantined; the new file is left in place", display_path(source))
-            return
-        os.unlink(source)
-        fsync_dir(Path(os.fsdecode(os.path.dirname(source))))
+        with place:
+            st = place.lstat()
+            if st is None:
+                return
+            if not stat.S_ISREG(st.st_mode):
+                log.warning("%s is no longer a regular file; left in place", display_path(source))
+                return
+            if place.sha256() != row.sha256:
+                log.warning("%s changed after it was quarantined; the new file is left in place", display_path(source))
+                return
+            now = place.lstat()
+            if now is None or (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+                log.warning("%s was replaced while it was checked; the new file is left in place", display_path(source))
+                return
+            place.unlink()
+            place.fsync_dir()
+
+    def _original_holds(self, row: ItemRow) -> bool:
+        """The original is still in the mirror (reached without following links) with the item's bytes."""
+        try:
+            with reach(row.mirror_root, relative_to(row.mirror_root, row.original)) as place:
+                return place.sha256() == row.sha256
+        except UnsafePath:
+            return False
 
     def _rollback_quarantine(self, item_id: str, item_dir: Path, move_id: int, why: str) -> None:
         for name in (TMP_DATA, TMP_META, META, DATA):
@@ -539,32 +570,7 @@ class Quarantine:
                 "rebuilds the index from the metadata files (check them first)",
             )
         meta = self.read_meta(item_id)
-        try:
-            claimed = {
-                "id": meta.get("id"),
-                "sha256": meta.get("sha256"),
-                "size": meta.get("size"),
-                "remote": meta.get("remote"),
-                "key": meta.get("key"),
-                "mirror_root": _unb64(meta.get("mirror_root_b64", "")),
-                "original": os.path.join(_unb64(meta["mirror_root_b64"]), _unb64(meta["original_b64"]))
-                if meta.get("original_b64")
-                else b"",
-                "origin": meta.get("origin"),
-            }
-        except (KeyError, ValueError, TypeError) as err:
-            raise QuarantineError(f"item {item_id}: metadata is unusable ({err}); refusing") from None
-        recorded = {
-            "id": row.id,
-            "sha256": row.sha256,
-            "size": row.size,
-            "remote": row.remote,
-            "key": row.key,
-            "mirror_root": row.mirror_root,
-            "original": row.original,
-            "origin": item_origin(row),
-        }
-        differing = [name for name in recorded if claimed[name] != recorded[name]]
+        differing = meta_disagreement(row, meta)
         if differing:
             raise QuarantineError(
                 f"item {item_id}: its metadata file disagrees with the ledger on {', '.join(differing)}; "
@@ -593,14 +599,24 @@ class Quarantine:
                 hint="compare with your backups; `quarantine show` prints the recorded metadata",
             )
         try:
-            if to is not None:
-                target = check_operator_target(os.fsencode(os.path.abspath(to)))
-            else:
-                target = contained_target(row.mirror_root, os.fsencode(os.path.relpath(row.original, row.mirror_root)))
+            place = self._target_place(row, to, create_parents=True)
         except UnsafePath as err:
             raise QuarantineError(f"item {item_id}: {err}", hint="restore it elsewhere with --to PATH") from None
-        if os.path.lexists(target):
-            if os.path.isfile(target) and not os.path.islink(target) and sha256_file(target) == row.sha256:
+        with place:
+            return self._restore_at(row, meta, place, target_upstream)
+
+    def _target_place(self, row: ItemRow, to: Path | bytes | None, create_parents: bool) -> Place:
+        """Where a restore writes: the original path under the mirror root, or the operator's --to path;
+        reached without following links either way."""
+        if to is not None:
+            target = check_operator_target(os.fsencode(os.path.abspath(to)))
+            return reach(b"/", target.lstrip(b"/"), create_parents=False)
+        return reach(row.mirror_root, relative_to(row.mirror_root, row.original), create_parents=create_parents)
+
+    def _restore_at(self, row: ItemRow, meta: dict[str, Any], place: Place, target_upstream: Upstream | None) -> bytes:
+        item_id, target = row.id, place.path
+        if place.exists():
+            if place.sha256() == row.sha256:
                 log.info("%s already holds these bytes", display_path(target))
             else:
                 raise QuarantineError(
@@ -618,11 +634,12 @@ class Quarantine:
         self.ledger.set_item_state(item_id, ItemState.RESTORING)
         self.ledger.commit()
         _checkpoint("restore:intent")
-        if not os.path.lexists(target):
+        if not place.exists():
             if method == "link":
-                method = self._restore_by_link(item_id, move_id, target, meta)
+                method = self._restore_by_link(item_id, move_id, place, meta)
             if method == "direct":
-                self._restore_direct(item_id, target, meta)
+                self._write_verified(item_id, place, place.name, meta)
+                place.fsync_dir()
         self._step(move_id, Step.PLACED, "restore")
         try:
             self._finish_restore(item_id, move_id, Step.PLACED, target_upstream)
@@ -664,45 +681,41 @@ class Quarantine:
             ) from None
         return file_key(row)
 
-    def _restore_by_link(self, item_id: str, move_id: int, target: bytes, meta: dict[str, Any]) -> str:
+    def _restore_by_link(self, item_id: str, move_id: int, place: Place, meta: dict[str, Any]) -> str:
         """Temp beside the target, verified, then hard-linked to the target (fails if anything appeared
         there: never overwrites). Returns 'direct' if the filesystem turns out to have no hard links."""
-        tmp = _restore_tmp(target)
-        self._write_verified(item_id, tmp, meta)
+        tmp = restore_tmp_name(place.name)
+        self._write_verified(item_id, place, tmp, meta)
         self._step(move_id, Step.COPIED, "restore")
         try:
-            os.link(tmp, target)
+            os.link(tmp, place.name, src_dir_fd=place.dirfd, dst_dir_fd=place.dirfd, follow_symlinks=False)
         except OSError as err:
-            os.unlink(tmp)
+            place.unlink(tmp)
             if err.errno in LINK_UNSUPPORTED:
                 self.ledger.set_step(move_id, Step.INTENT, note="no hard links here: writing the target directly")
                 method = self.ledger.move(move_id).method or "link"  # type: ignore[union-attr]
                 self.ledger.set_move_method(move_id, method.replace("link", "direct", 1))
                 self.ledger.commit()
                 return "direct"
-            raise QuarantineError(f"cannot place {display_path(target)}: {err.strerror}") from None
-        os.unlink(tmp)
-        fsync_dir(Path(os.fsdecode(os.path.dirname(target))))
+            raise QuarantineError(f"cannot place {display_path(place.path)}: {err.strerror}") from None
+        place.unlink(tmp)
+        place.fsync_dir()
         return "link"
 
-    def _restore_direct(self, item_id: str, target: bytes, meta: dict[str, Any]) -> None:
-        """O_EXCL write of the target itself: no temp name for a mount to upload. A crash mid-write leaves a
-        leading part of our bytes at the target, which recovery recognises and removes."""
-        self._write_verified(item_id, target, meta)
-        fsync_dir(Path(os.fsdecode(os.path.dirname(target))))
-
-    def _write_verified(self, item_id: str, path: bytes, meta: dict[str, Any]) -> None:
+    def _write_verified(self, item_id: str, place: Place, name: bytes, meta: dict[str, Any]) -> None:
+        """O_EXCL write of `name` in the place's directory (never an existing file), fsynced, verified. A crash
+        mid-write leaves a leading part of our bytes, which recovery recognises and removes."""
         source = os.open(self.items / item_id / DATA, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            written = _copy_to_new(source, path, meta.get("mode", 0o644) & 0o777)
+            written = _copy_to_new(source, name, meta.get("mode", 0o644) & 0o777, dir_fd=place.dirfd)
         finally:
             os.close(source)
-        if written != meta["sha256"] or sha256_file(path) != meta["sha256"]:
-            os.unlink(path)
-            raise QuarantineError(f"copy to {display_path(path)} did not verify; nothing restored")
+        if written != meta["sha256"] or place.sha256(name) != meta["sha256"]:
+            place.unlink(name)
+            raise QuarantineError(f"copy to {display_path(place.path)} did not verify; nothing restored")
         mtime = meta.get("mtime_ns", time.time_ns())
         with contextlib.suppress(OSError):  # some mounts cannot set times; the bytes are what matters
-            os.utime(path, ns=(mtime, mtime))
+            os.utime(name, ns=(mtime, mtime), dir_fd=place.dirfd, follow_symlinks=False)
 
     def _release_upload(self, row: ItemRow) -> bytes:
         """An upload rejected by the validator has no place to go back to: restoring it allowlists its
@@ -762,9 +775,9 @@ class Quarantine:
         if row is None:
             self._step(move_id, Step.ROLLED_BACK, "recover", note="no index row")
             return f"{item_id}: nothing to recover"
-        source, sha256 = row.original, row.sha256
+        sha256 = row.sha256
         if step in (Step.INTENT, Step.COPIED):
-            original_ok = os.path.isfile(source) and sha256_file(source) == sha256
+            original_ok = bool(row.original) and self._original_holds(row)
             placed_ok = (item_dir / DATA).is_file() and sha256_file(item_dir / DATA) == sha256
             if original_ok or not placed_ok:
                 self._rollback_quarantine(item_id, item_dir, move_id, f"interrupted at {step}; rolled back")
@@ -788,18 +801,17 @@ class Quarantine:
         if row is None or target is None:
             self._step(move.id, Step.ROLLED_BACK, "recover", note="no index row")
             return f"{item_id}: nothing to recover"
-        tmp = _restore_tmp(target)
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        placed = os.path.isfile(target) and not os.path.islink(target) and sha256_file(target) == row.sha256
+        try:
+            place = self._target_place(row, None if target == row.original else target, create_parents=False)
+        except MissingParent:
+            place = None  # its directory is gone: nothing of ours can be there
+        except UnsafePath as err:
+            # A directory on the way was swapped for a link: never follow it, never call the restore done.
+            log.warning("quarantine item %s: the restore target %s: %s", item_id, display_path(target), err)
+            place = None
+        with place or contextlib.nullcontext():
+            placed = place is not None and self._clean_restore_leftovers(move, place, item_dir, row.sha256)
         if step in (Step.INTENT, Step.COPIED) and not placed:
-            if (
-                (move.method or "").startswith("direct")
-                and os.path.isfile(target)
-                and _is_prefix_of(target, item_dir / DATA)
-            ):
-                os.unlink(target)  # our own interrupted O_EXCL write: never leave a partial object behind
-                fsync_dir(Path(os.fsdecode(os.path.dirname(target))))
             self.ledger.set_item_state(item_id, ItemState.QUARANTINED)
             self._step(move.id, Step.ROLLED_BACK, "recover", note=f"interrupted at {step}")
             return f"{item_id}: restore interrupted at '{step}', rolled back (still quarantined)"
@@ -814,6 +826,19 @@ class Quarantine:
         except UpstreamUnavailable:
             return ""
         return f"{item_id}: restore interrupted at '{step}', finished"
+
+    def _clean_restore_leftovers(self, move: MoveRow, place: Place, item_dir: Path, sha256: str) -> bool:
+        """Remove an interrupted restore's temp file (and, for a direct write, its partial target); True if
+        the target holds the item's bytes."""
+        tmp = restore_tmp_name(place.name)
+        if place.exists(tmp):
+            place.unlink(tmp)
+        if place.sha256() == sha256:
+            return True
+        if (move.method or "").startswith("direct") and place.exists() and _is_prefix_of(place, item_dir / DATA):
+            place.unlink()  # our own interrupted O_EXCL write: never leave a partial object behind
+            place.fsync_dir()
+        return False
 
     def _recover_object_restore(self, move: MoveRow, row: ItemRow) -> str:
         if move.step == Step.INTENT:  # nothing was put back yet
@@ -847,7 +872,7 @@ class Quarantine:
 
     # ------------------------------------------------------------------ index
 
-    def _index(self, meta: dict[str, Any], replace: bool = False) -> None:
+    def _index(self, meta: dict[str, Any]) -> None:
         self.ledger.insert_item(
             {
                 "id": meta["id"],
@@ -865,25 +890,61 @@ class Quarantine:
                 "created": dt.datetime.fromisoformat(meta["quarantined_at"]).timestamp(),
                 "updated": time.time(),
             },
-            replace=replace,
         )
 
-    def reindex(self) -> tuple[int, list[str]]:
-        """Rebuild the index from the metadata files (after losing the state database)."""
+    def reindex(self, mirror_root: bytes | None = None) -> tuple[int, list[str]]:
+        """Rebuild the index from the metadata files after losing the state database. Items the ledger
+        already knows are left as the ledger records them (it is the authority; a metadata file that
+        disagrees is reported, never imported); a new item is imported only if it passes the checks a
+        restore makes: a stored path inside its root, bytes that hash to the recorded sha256, a known
+        state, and (with `mirror_root`) that root. Returns (items indexed, problems)."""
         count, problems = 0, []
-        with self.ledger.transaction():
-            for item_dir in sorted(self.items.iterdir()):
-                try:
-                    meta = self.read_meta(item_dir.name)
-                    if meta.get("format") != META_FORMAT or meta.get("id") != item_dir.name:
-                        raise QuarantineError("not a mirror-scan quarantine item")
-                    self._index(meta, replace=True)
+        for item_dir in sorted(self.items.iterdir()):
+            try:
+                meta = self.read_meta(item_dir.name)
+                if meta.get("format") != META_FORMAT or meta.get("id") != item_dir.name:
+                    raise QuarantineError("not a mirror-scan quarantine item")
+                known = self.ledger.item(item_dir.name)
+                if known is not None:
+                    differing = meta_disagreement(known, meta)
+                    if differing:
+                        problems.append(
+                            f"{item_dir.name}: its metadata file disagrees with the ledger on "
+                            f"{', '.join(differing)}; the ledger's record is kept"
+                        )
+                    continue
+                self._check_importable(item_dir, meta, mirror_root)
+                with self.ledger.transaction():
+                    self._index(meta)
                     if isinstance(meta.get("attribution"), dict):  # the item's own copy rebuilds the ledger's
                         self.ledger.put_attribution(meta["id"], meta["attribution"])
-                    count += 1
-                except (MirrorScanError, KeyError, ValueError) as err:
-                    problems.append(f"{item_dir.name}: {err}")
+                count += 1
+            except (MirrorScanError, KeyError, ValueError, TypeError) as err:
+                problems.append(f"{item_dir.name}: {err}")
         return count, problems
+
+    def _check_importable(self, item_dir: Path, meta: dict[str, Any], mirror_root: bytes | None) -> None:
+        claims = _claims(meta)
+        if meta.get("state") not in {str(s) for s in ItemState}:
+            raise QuarantineError(f"unknown state {meta.get('state')!r}; not imported")
+        if not isinstance(claims["sha256"], str) or not re.fullmatch(r"[0-9a-f]{64}", claims["sha256"]):
+            raise QuarantineError("no valid sha256; not imported")
+        if claims["original"]:
+            if not os.path.isabs(claims["mirror_root"]):
+                raise QuarantineError("its mirror root is not an absolute path; not imported")
+            check_relative(_unb64(meta["original_b64"]))
+            if mirror_root is not None and os.path.realpath(claims["mirror_root"]) != os.path.realpath(mirror_root):
+                raise QuarantineError(
+                    f"it came from {display_path(claims['mirror_root'])}, not the mirror given; not imported"
+                )
+        if claims["key"] is not None:
+            check_relative(os.fsencode(claims["key"]))
+        data = item_dir / DATA
+        if meta["state"] == ItemState.PURGED:
+            if data.exists():
+                raise QuarantineError("marked purged but its bytes are still there; not imported")
+        elif not data.is_file() or sha256_file(data) != claims["sha256"]:
+            raise QuarantineError("its bytes are missing or do not hash to its recorded sha256; not imported")
 
     def entries(self, since: float | None = None, states: tuple[str, ...] | None = None) -> Iterator[dict[str, Any]]:
         for row in self.ledger.items(since, states):
@@ -926,6 +987,45 @@ class Quarantine:
                 self.ledger.set_item_state(item_id, ItemState.PURGED)
 
 
+def _claims(meta: dict[str, Any]) -> dict[str, Any]:
+    """What a metadata file says about the facts the ledger also records (ValueError if unusable)."""
+    try:
+        root = _unb64(meta.get("mirror_root_b64", ""))
+        original = _unb64(meta["original_b64"]) if meta.get("original_b64") else b""
+        return {
+            "id": meta.get("id"),
+            "sha256": meta.get("sha256"),
+            "size": meta.get("size"),
+            "remote": meta.get("remote"),
+            "key": meta.get("key"),
+            "mirror_root": root,
+            "original": os.path.join(root, original) if original else b"",
+            "origin": meta.get("origin"),
+        }
+    except (KeyError, ValueError, TypeError, AttributeError) as err:
+        raise ValueError(f"metadata is unusable ({err})") from None
+
+
+def meta_disagreement(row: ItemRow, meta: dict[str, Any]) -> list[str]:
+    """The facts on which an item's metadata file and the ledger (the authority) differ; every fact when
+    the metadata cannot be read as such."""
+    recorded = {
+        "id": row.id,
+        "sha256": row.sha256,
+        "size": row.size,
+        "remote": row.remote,
+        "key": row.key,
+        "mirror_root": row.mirror_root,
+        "original": row.original,
+        "origin": item_origin(row),
+    }
+    try:
+        claimed = _claims(meta)
+    except ValueError as err:
+        return [str(err)]
+    return [name for name in recorded if claimed[name] != recorded[name]]
+
+
 def item_origin(row: ItemRow) -> str | None:
     """Where an item came from, by the ledger: None (a mirror file), "bucket" (an object scanned in its
     bucket: no local original, a key) or "upload" (rejected at validation: neither)."""
@@ -954,6 +1054,5 @@ def _check_item_id(item_id: str) -> None:
         raise QuarantineError(f"{item_id!r} is not a quarantine item id", hint="see `mirror-scan quarantine list`")
 
 
-def _restore_tmp(target: bytes) -> bytes:
-    head, name = os.path.split(target)
-    return os.path.join(head, b"." + name + RESTORE_TMP_SUFFIX.encode())
+def restore_tmp_name(name: bytes) -> bytes:
+    return b"." + name + RESTORE_TMP_SUFFIX.encode()

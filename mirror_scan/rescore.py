@@ -12,11 +12,11 @@ import numpy as np
 
 from .act import Actor
 from .bundle import Bundle
-from .decide import Verdict, annotate, with_hash_match
-from .hashes import Matcher
+from .decide import complete, file_verdict
+from .hashes import Matcher, match_stored
 from .policy import Policy, evaluate
 from .scoring import policy_sims
-from .state import Ledger
+from .state import Ledger, RescoreRow
 
 CHUNK = 100_000
 
@@ -41,9 +41,13 @@ def rescore(
     bundle: Bundle | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> RescoreSummary:
+    """Every decided file re-decided with what the scan decides with: the model's similarities (every
+    frame), what the decode said, the hash lists (every rotation and mirror image of every frame) and the
+    allowlist, through the same functions (decide.file_verdict, decide.complete). The policy is evaluated
+    for whole chunks at once; Python runs only for files whose verdict or reason can change."""
     started = time.monotonic()
     summary = RescoreSummary()
-    total = ledger.count("status IN ('scored', 'reused') AND result_id IS NOT NULL")
+    total = ledger.count_decided()
     allowed = {row[0] for row in ledger.allowlist()}
     prompt_sets: dict[str, tuple[str, ...]] = {}
     # Embeddings are read only for prompt sets that lack some of the policy's prompts.
@@ -52,58 +56,55 @@ def rescore(
     }
     cursor = ledger.rescore_rows([s for s, needed in needs_embedding.items() if needed])
     matcher = Matcher(ledger.hash_list_entries())
+    lists_changed = ledger.hash_lists_changed_at()
     updates: list[tuple[str, str | None, float, int]] = []
     while rows := cursor.fetchmany(CHUNK):
-        by_set: dict[str, list] = {}
+        by_set: dict[str, list[RescoreRow]] = {}
         for row in rows:
-            by_set.setdefault(row[4], []).append(row)
+            by_set.setdefault(row.prompt_set, []).append(row)
         for set_id, group in by_set.items():
             if set_id not in prompt_sets:
                 prompt_sets[set_id] = ledger.prompt_set(set_id)
             prompts = prompt_sets[set_id]
-            frames = np.fromiter((r[3] for r in group), dtype=np.intp, count=len(group))
-            sims = np.frombuffer(b"".join(r[5] for r in group), dtype=np.float32).reshape(-1, len(prompts))
+            frames = np.fromiter((r.frames for r in group), dtype=np.intp, count=len(group))
+            sims = np.frombuffer(b"".join(r.sims for r in group), dtype=np.float32).reshape(-1, len(prompts))
             embedding = None
             if needs_embedding[set_id]:
-                embedding = np.frombuffer(b"".join(r[6] for r in group), dtype=np.float16).reshape(
+                embedding = np.frombuffer(b"".join(r.embedding for r in group), dtype=np.float16).reshape(
                     int(frames.sum()), -1
                 )
-            policy_columns = policy_sims(sims, embedding, prompts, policy, bundle)
-            ev = evaluate(policy, policy_columns, severity)
-            starts = np.concatenate([[0], np.cumsum(frames)[:-1]])
-            flagged = np.logical_or.reduceat(ev.flagged, starts)
-            old_flag = np.fromiter((r[1] == "flagged" for r in group), dtype=bool, count=len(group))
-            allow = np.fromiter((r[2] in allowed for r in group), dtype=bool, count=len(group))
-            new_flag = flagged & ~allow
-            summary.to_flagged += int((new_flag & ~old_flag).sum())
-            summary.to_clean += int((~new_flag & old_flag).sum())
-            summary.still_flagged += int((new_flag & old_flag).sum())
-            summary.still_clean += int((~new_flag & ~old_flag).sum())
-            now = time.time()
-            # Only rows whose verdict or reason can differ need Python: flagged now, or changed, and not
-            # already decided by this very policy and severity (same inputs, same reason).
-            decided_same = np.fromiter(
-                (r[7] == policy.policy_id and r[8] == severity for r in group), dtype=bool, count=len(group)
+            ev = evaluate(policy, policy_sims(sims, embedding, prompts, policy, bundle), severity)
+            starts = np.concatenate([[0], np.cumsum(frames)[:-1]]).astype(np.intp)
+            model_flag = np.logical_or.reduceat(ev.flagged, starts)
+            old_flag = np.fromiter((r.verdict == "flagged" for r in group), dtype=bool, count=len(group))
+            # A hash list can decide where the model does not: files a list decided before, and (when lists
+            # were imported or changed since a file was decided) every file.
+            listed = np.fromiter(
+                (r.mentions_list or (bool(matcher) and (r.decided_at or 0) < lists_changed) for r in group),
+                dtype=bool,
+                count=len(group),
             )
-            for index in np.flatnonzero((flagged | old_flag) & ~(decided_same & (new_flag == old_flag))):
-                first = int(starts[index] + np.argmax(ev.flagged[starts[index] : starts[index] + frames[index]]))
-                reason = None
-                if flagged[index]:
-                    reason = ev.explain(first)
-                    reason.update(frame=int(first - starts[index]), frames=int(frames[index]))
-                    if allow[index]:
-                        reason = {"allowlisted": True, "policy_would_flag": reason}
-                detail = group[index][9]
-                verdict = annotate(Verdict(bool(new_flag[index]), reason), json.loads(detail) if detail else None)
-                if matcher:  # a hash-list match still decides first; the model alone cannot clear it
-                    md5, pdqs = ledger.picture_hashes(group[index][2])
-                    verdict = with_hash_match(verdict, matcher.match(group[index][2], md5, pdqs), bool(allow[index]))
-                    if verdict.flagged and not new_flag[index]:
-                        summary.to_clean -= int(old_flag[index])
-                        summary.still_clean -= int(not old_flag[index])
-                        summary.still_flagged += int(old_flag[index])
-                        summary.to_flagged += int(not old_flag[index])
-                updates.append((verdict.label, verdict.reason_json(), now, group[index][0]))
+            same_inputs = np.fromiter(
+                (r.policy_id == policy.policy_id and r.severity == severity for r in group),
+                dtype=bool,
+                count=len(group),
+            )
+            clean_both = ~model_flag & ~old_flag & ~listed
+            summary.still_clean += int(clean_both.sum())
+            now = time.time()
+            for index in np.flatnonzero(~clean_both):
+                row = group[index]
+                allow = row.sha256 in allowed
+                verdict = file_verdict(ev, int(starts[index]), int(frames[index]), allow)
+                detail = json.loads(row.detail) if row.detail else None
+                verdict = complete(verdict, detail, match_stored(matcher, ledger, row.sha256), allow)
+                new, old = verdict.flagged, bool(old_flag[index])
+                summary.to_flagged += int(new and not old)
+                summary.to_clean += int(old and not new)
+                summary.still_flagged += int(new and old)
+                summary.still_clean += int(not new and not old)
+                if not (same_inputs[index] and new == old and not listed[index]):
+                    updates.append((verdict.label, verdict.reason_json(), now, row.rowid))
             summary.files += len(group)
         if progress:
             progress(summary.files, total)

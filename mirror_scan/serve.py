@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .bundle import Bundle
-from .decide import annotate, decide, with_hash_match
+from .decide import complete, decide
 from .decode import Limits, decode, decode_detail
 from .hashes import LiveMatcher, queries
 from .hashing import md5_bytes, sha256_bytes
@@ -172,12 +172,11 @@ class Batcher(threading.Thread):
         self.ledger.commit()
 
     def _answer(self, job: Job, sims: np.ndarray, detail: dict | None) -> None:
-        (verdict,) = decide(self.policy, sims, np.zeros(len(sims), dtype=np.intp), 1, self.config.severity)
-        verdict = annotate(verdict, detail)
-        self.ledger.put_picture_hashes(job.sha256, job.md5, job.pdq)
-        if self.lists.matcher:
-            match = self.lists.matcher.match(job.sha256, job.md5, queries(job.pdq, job.pdq_variants))
-            verdict = with_hash_match(verdict, match, allowlisted=False)  # allowlisted uploads never get here
+        (verdict,) = decide(self.policy, sims, [len(sims)], self.config.severity)
+        self.ledger.put_picture_hashes(job.sha256, job.md5, job.pdq, job.pdq_variants)
+        matcher = self.lists.matcher
+        match = matcher.match(job.sha256, job.md5, queries(job.pdq, job.pdq_variants)) if matcher else None
+        verdict = complete(verdict, detail, match, allowlisted=False)  # allowlisted uploads never get here
         if verdict.flagged:
             evidence = {
                 "verdict": verdict.reason,

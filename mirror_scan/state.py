@@ -33,8 +33,16 @@ import numpy as np
 
 from .errors import MirrorScanError
 
-SCHEMA_VERSION = 4
-BUSY_TIMEOUT_MS = 30_000  # a writer waits this long for another writer's transaction (they last milliseconds)
+SCHEMA_VERSION = 5
+# A writer waits this long for another writer's transaction. Transactions last milliseconds (none is ever
+# held across a subprocess, a network call or a wait for work), so running out of it means something
+# is wrong with another process, and is reported as "busy", never as damage.
+BUSY_TIMEOUT_MS = 15_000
+# Every process checks the pages of the database once before using it (SQLite's quick_check reads the
+# whole file, about 1 GB/s): in full up to this size, above it the small tables that hold the quarantine
+# index, the allowlist and the move journal (the daemon checks the whole file once a day).
+FULL_PAGE_CHECK_MAX_BYTES = 2 << 30
+CRITICAL_TABLES = ("meta", "quarantine", "moves", "allowlist", "followups", "hash_lists", "attributions")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS prompt_sets (id TEXT PRIMARY KEY, prompts TEXT NOT NULL);
@@ -77,6 +85,7 @@ CREATE TABLE IF NOT EXISTS picture_hashes (
     md5 TEXT,
     pdq TEXT,
     quality INTEGER,
+    variants TEXT,
     PRIMARY KEY (sha256, frame)
 );
 CREATE TABLE IF NOT EXISTS hash_lists (
@@ -147,6 +156,9 @@ MIGRATIONS = {
     "results": {"detail": "TEXT", "partial": "INTEGER NOT NULL DEFAULT 0"},
     # schema 4: objects scanned in their bucket (`bucket scan`): origin 'bucket', path NAME:bucket/key
     "files": {"error_count": "INTEGER NOT NULL DEFAULT 0", "etag": "TEXT", "origin": "TEXT"},
+    # schema 5: each frame's 8 rotations and mirror images (space-separated PDQ), so a decision from the
+    # ledger (rescore, a copy, a list imported later) matches lists exactly as the scan did
+    "picture_hashes": {"variants": "TEXT"},
 }
 
 
@@ -281,6 +293,24 @@ _FOLLOWUP_COLUMNS = "id, item, action, target, state, plan, attempts, next_try, 
 
 
 @dataclass(frozen=True)
+class RescoreRow:
+    """A decided file with its stored result, as `rescore` reads it."""
+
+    rowid: int
+    verdict: str | None
+    sha256: str
+    frames: int
+    prompt_set: str
+    sims: bytes
+    embedding: bytes | None
+    policy_id: str | None
+    severity: float | None
+    detail: str | None
+    decided_at: float | None
+    mentions_list: int  # the stored reason names a hash list (a list decided it, or a review match)
+
+
+@dataclass(frozen=True)
 class MoveRow:
     id: int
     item: str
@@ -308,6 +338,27 @@ class StateDamaged(MirrorScanError):
             f"`mirror-scan state rebuild --state {path}` rebuilds it from the quarantine's metadata "
             "(the next scan re-reads every file)",
         )
+
+
+class StateBusy(MirrorScanError):
+    """Another process held the state database's write lock for longer than a writer waits."""
+
+    exit_code = 75  # EX_TEMPFAIL: try again
+
+    def __init__(self, path: Path | str) -> None:
+        super().__init__(
+            f"state database {path} is busy: another mirror-scan process kept it locked for over "
+            f"{BUSY_TIMEOUT_MS // 1000} s; nothing was changed",
+            hint="try again in a moment; the database itself is fine (if it stays busy, see which "
+            "mirror-scan processes run: `mirror-scan status`)",
+        )
+
+
+def is_busy(error: BaseException) -> bool:
+    """SQLite's 'database is locked' / 'database is busy': a wait that ran out, not damage."""
+    return isinstance(error, sqlite3.OperationalError) and any(
+        word in str(error).lower() for word in ("database is locked", "database is busy", "database table is locked")
+    )
 
 
 def _open_private(path: Path) -> None:
@@ -340,6 +391,41 @@ def _check_header(path: Path) -> None:
             return
         _read_header_checks(path)
         _HEADER_CHECKED.add(key)
+
+
+_PAGES_CHECKED: set[str] = set()
+
+
+def _check_pages_once(path: Path, db: sqlite3.Connection) -> None:
+    """Damage inside pages (an intact header over garbage) is found by SQLite only where a read happens
+    to touch it, and a write beside it would go on as if nothing were wrong: check before first use."""
+    if str(path) == ":memory:" or not path.exists():
+        return
+    key = os.path.realpath(path)
+    with _HEADER_LOCK:
+        if key in _PAGES_CHECKED:
+            return
+    problems = page_problems(db, full=path.stat().st_size <= FULL_PAGE_CHECK_MAX_BYTES)
+    if problems:
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise StateDamaged(path, f"malformed: {problems[0]}{more}")
+    with _HEADER_LOCK:
+        _PAGES_CHECKED.add(key)
+
+
+def page_problems(db: sqlite3.Connection, full: bool = True) -> list[str]:
+    """SQLite's quick_check of the whole file, or of the small tables that matter most."""
+    try:
+        if full:
+            rows = db.execute("PRAGMA quick_check").fetchall()
+        else:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+            rows = [r for t in CRITICAL_TABLES if t in tables for r in db.execute(f"PRAGMA quick_check({t})")]
+    except sqlite3.DatabaseError as err:
+        if is_busy(err):
+            return []
+        return [str(err)]
+    return [r[0] for r in rows if r[0] != "ok"]
 
 
 def _read_header_checks(path: Path) -> None:
@@ -377,21 +463,30 @@ class Ledger:
             elif readonly:
                 self.db = sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, check_same_thread=False)
                 self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                self.db.execute("PRAGMA cell_size_check=ON")
                 self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                _check_pages_once(self.path, self.db)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 _open_private(self.path)
                 self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
                 self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+                self.db.execute("PRAGMA cell_size_check=ON")  # some damage is caught as pages are read
                 self.db.execute("PRAGMA journal_mode=WAL")
                 # FULL: every commit (one per inference batch, one per quarantine step) survives a power cut.
                 self.db.execute("PRAGMA synchronous=FULL")
+                _check_pages_once(self.path, self.db)  # before this process writes anything
                 with self.transaction():  # one writer creates or migrates; others wait for it
                     self._create_schema()
         except sqlite3.DatabaseError as err:
             with contextlib.suppress(Exception):
                 self.db.close()
+            if is_busy(err):
+                raise StateBusy(self.path) from None
             raise StateDamaged(self.path, str(err)) from None
+        except StateDamaged:
+            self.db.close()
+            raise
 
     # ---------------------------------------------------------------- lifecycle
 
@@ -647,13 +742,23 @@ class Ledger:
             detail=json.loads(row[5]) if row[5] else None,
         )
 
+    def count_decided(self) -> int:
+        return int(
+            self.db.execute(
+                "SELECT count(*) FROM files WHERE status IN ('scored', 'reused') AND result_id IS NOT NULL"
+            ).fetchone()[0]
+        )
+
     def rescore_rows(self, embedding_sets: list[str]) -> sqlite3.Cursor:
-        """Every decided file joined with its stored result, grouped by prompt set (for `rescore`)."""
+        """Every decided file joined with its stored result, grouped by prompt set (for `rescore`), as
+        RescoreRow (embeddings only for the prompt sets named)."""
         placeholders = ",".join("?" * len(embedding_sets)) or "NULL"
-        return self.db.execute(
+        cursor = self.db.cursor()
+        cursor.row_factory = lambda _cursor, row: RescoreRow(*row)
+        return cursor.execute(
             f"""SELECT f.rowid, f.verdict, f.sha256, r.frames, r.prompt_set, r.sims,
                        CASE WHEN r.prompt_set IN ({placeholders}) THEN r.embedding END, f.policy_id, f.severity,
-                       r.detail
+                       r.detail, f.decided_at, instr(coalesce(f.reason, ''), '"hash_list') > 0
                 FROM files f JOIN results r ON r.id = f.result_id
                 WHERE f.status IN ('scored', 'reused') ORDER BY r.prompt_set, f.rowid""",  # noqa: S608
             embedding_sets,
@@ -671,26 +776,41 @@ class Ledger:
             )
 
     def stamp_decisions(self, policy_id: str, severity: float) -> None:
+        """Every decided file was decided now, under this policy and severity (rescore)."""
         with self.transaction():
             self.db.execute(
-                "UPDATE files SET policy_id=?, severity=? WHERE status IN ('scored', 'reused')", (policy_id, severity)
+                "UPDATE files SET policy_id=?, severity=?, decided_at=? WHERE status IN ('scored', 'reused')",
+                (policy_id, severity, time.time()),
             )
 
     # ---------------------------------------------------------------- hashes and hash lists
 
-    def put_picture_hashes(self, sha256: str, md5: str | None, pdq: list[tuple[str, int]] | None) -> None:
-        """md5 of the bytes and the PDQ of each scored frame (frame -1 holds the md5 alone when no frame
-        could be hashed)."""
-        rows = [(sha256, i, md5, h, q) for i, (h, q) in enumerate(pdq or [])] or [(sha256, -1, md5, None, None)]
+    def put_picture_hashes(
+        self, sha256: str, md5: str | None, pdq: list[tuple[str, int]] | None, variants: list[str] | None = None
+    ) -> None:
+        """md5 of the bytes and the PDQ of each scored frame with its 8 rotations and mirror images (frame -1
+        holds the md5 alone when no frame could be hashed)."""
+        pdq, variants = pdq or [], variants or []
+        per_frame = len(variants) == 8 * len(pdq)
+        rows = [
+            (sha256, i, md5, h, q, " ".join(variants[8 * i : 8 * i + 8]) if per_frame else None)
+            for i, (h, q) in enumerate(pdq)
+        ] or [(sha256, -1, md5, None, None, None)]
         self.begin()
-        self.db.executemany("INSERT OR REPLACE INTO picture_hashes VALUES (?,?,?,?,?)", rows)
+        self.db.executemany(
+            "INSERT OR REPLACE INTO picture_hashes (sha256, frame, md5, pdq, quality, variants) VALUES (?,?,?,?,?,?)",
+            rows,
+        )
 
-    def picture_hashes(self, sha256: str) -> tuple[str | None, list[tuple[str, int]]]:
+    def picture_hashes(self, sha256: str) -> tuple[str | None, list[tuple[str, int]], list[str] | None]:
+        """(md5, [(pdq, quality)] per frame, every frame's 8 variants in frame order or None if not kept)."""
         rows = self.db.execute(
-            "SELECT md5, pdq, quality FROM picture_hashes WHERE sha256=? ORDER BY frame", (sha256,)
+            "SELECT md5, pdq, quality, variants FROM picture_hashes WHERE sha256=? ORDER BY frame", (sha256,)
         ).fetchall()
         md5 = next((r[0] for r in rows if r[0]), None)
-        return md5, [(r[1], int(r[2])) for r in rows if r[1]]
+        frames = [r for r in rows if r[1]]
+        variants = [v for r in frames for v in (r[3] or "").split()]
+        return md5, [(r[1], int(r[2])) for r in frames], variants if len(variants) == 8 * len(frames) else None
 
     def hash_list_entries(self) -> Iterator[tuple[str, str, str, str, str | None]]:
         """(list, action, kind, value, note) of every imported list, streamed to the matcher."""
@@ -698,6 +818,12 @@ class Ledger:
             "SELECT e.list, l.action, e.kind, e.value, e.note FROM hash_list_entries e "
             "JOIN hash_lists l ON l.name = e.list"
         )
+
+    def hash_lists_changed_at(self) -> float:
+        """When a list was last imported or removed (verdicts decided before then may match differently)."""
+        row = self.db.execute("SELECT value FROM meta WHERE key='hash_lists_changed'").fetchone()
+        imported = self.db.execute("SELECT max(imported) FROM hash_lists").fetchone()[0]
+        return max(float(row[0]) if row else 0.0, imported or 0.0)
 
     def hash_lists_version(self) -> tuple:
         """Changes whenever a list is imported, replaced or removed: long-running matchers reload on it."""
@@ -738,6 +864,10 @@ class Ledger:
 
     def remove_hash_list(self, name: str) -> int:
         with self.transaction():
+            self.db.execute(
+                "INSERT INTO meta VALUES ('hash_lists_changed', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
+                (str(time.time()),),
+            )
             self.db.execute("DELETE FROM hash_list_entries WHERE list=?", (name,))
             return self.db.execute("DELETE FROM hash_lists WHERE name=?", (name,)).rowcount
 
@@ -834,12 +964,12 @@ class Ledger:
                 "UPDATE quarantine SET seen_count = seen_count + 1, last_seen=? WHERE id=?", (time.time(), item_id)
             )
 
-    def insert_item(self, row: dict, *, replace: bool = False) -> None:
+    def insert_item(self, row: dict) -> None:
+        """A new item's index row; never replaces what the ledger already records."""
         self.begin()
-        verb = "INSERT OR REPLACE" if replace else "INSERT OR IGNORE"
         self.db.execute(
-            f"{verb} INTO quarantine (id, dir, sha256, size, original, mirror_root, remote, key, state, reason, "  # noqa: S608
-            "created, updated, seen_count, last_seen) "
+            "INSERT OR IGNORE INTO quarantine (id, dir, sha256, size, original, mirror_root, remote, key, state, "
+            "reason, created, updated, seen_count, last_seen) "
             "VALUES (:id, :dir, :sha256, :size, :original, :mirror_root, :remote, :key, :state, :reason, "
             ":created, :updated, :seen_count, :last_seen)",
             {"seen_count": 1, "last_seen": None, **row},

@@ -82,6 +82,12 @@ def write_policy(tmp_path):
     return _write
 
 
+@pytest.fixture
+def flag_all(write_policy):
+    """A policy that flags every picture (a similarity above -1 for any prompt)."""
+    return write_policy({"any": {"cartoon": -1.0}}, {"any": 1}, name="flag-everything")
+
+
 @pytest.fixture(autouse=True)
 def private_data_dir(tmp_path, monkeypatch):
     """Default state, quarantine and config live in a per-test directory, never the user's own."""

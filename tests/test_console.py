@@ -28,11 +28,6 @@ def _png(seed: int) -> bytes:
 
 
 @pytest.fixture
-def flag_all(write_policy):
-    return write_policy({"any": {"cartoon": -1.0}}, {"any": 1}, name="flag-everything")
-
-
-@pytest.fixture
 def s3(tmp_path):
     server = S3Server(tmp_path / "s3")
     server.start()

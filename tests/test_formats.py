@@ -62,7 +62,7 @@ class Probe:
         decoded = decode(data, self.prep, limits or Limits())
         assert not isinstance(decoded, str), decoded
         sims = self.sims(decoded)[:, self.columns]
-        (verdict,) = decide(self.policy, sims, np.zeros(len(sims), dtype=np.intp), 1, 0.0)
+        (verdict,) = decide(self.policy, sims, [len(sims)], 0.0)
         return annotate(verdict, decode_detail(decoded)), decoded
 
 

@@ -62,11 +62,6 @@ def _rel(mount: Mount, original: str) -> str:
     return os.path.relpath(original, mount.point)
 
 
-@pytest.fixture
-def flag_all(write_policy):
-    return write_policy({"any": {"cartoon": -1.0}}, {"any": 1}, name="flag-everything")
-
-
 def test_scan_quarantine_and_restore_on_an_rclone_mount(tmp_path, tiny_bundle_master, flag_all, mounted):
     server, mount, objects = mounted
     items = _scan_flag_all(tmp_path, mount, tiny_bundle_master, flag_all, server)

@@ -25,11 +25,6 @@ def sha(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-@pytest.fixture
-def flag_all(write_policy):
-    return write_policy({"any": {"cartoon": -1.0}}, {"any": 1}, name="flag-everything")
-
-
 def _cli(tmp: Path, *args: str, env: dict | None = None):
     return run_cli(*args, "--state", str(tmp / "state.db"), "--quarantine", str(tmp / "q"), env=env)
 

@@ -273,3 +273,50 @@ def test_unreadable_csv_and_edited_ledger_rows_fail_safe(tmp_path, tiny_bundle_m
                 "--dry-run", "--json")  # fmt: skip
     assert json.loads(proc.stdout)["flagged"] == 1, proc.stderr  # the valid entry still matches
     assert "Traceback" not in proc.stderr
+
+
+def test_rescore_decides_with_every_rotation_as_the_scan_did(tmp_path, tiny_bundle_master, clear_all):
+    """A rotated copy flagged through a dihedral variant of its PDQ stays flagged after rescore (it was
+    cleared before: rescore compared the plain hash only), and `apply` then quarantines it."""
+    known = generated_image(9, 640, 480)
+    listed = tmp_path / "list.csv"
+    listed.write_text(f"type,hash\npdq,{pdq(known)[0]}\n")
+    assert _cli(tmp_path, "hashlist", "import", str(listed), "--name", "shared").returncode == 0
+    tree = tmp_path / "mirror"
+    tree.mkdir()
+    (tree / "rotated.jpg").write_bytes(_encode(known.transpose(Image.Transpose.ROTATE_90), "JPEG", quality=85))
+    common = ("--model", str(tiny_bundle_master), "--policy", str(clear_all))
+    scanned = json.loads(_cli(tmp_path, "scan", str(tree), *common, "--dry-run", "--json").stdout)
+    assert scanned["flagged"] == 1
+    for severity in ("strict", "default"):  # a different severity, then the same one: both re-decide
+        rescored = _cli(tmp_path, "rescore", *common, "--severity", severity, "--json")
+        summary = json.loads(rescored.stdout)
+        assert summary["still_flagged"] == 1 and summary["to_clean"] == 0, rescored.stdout + rescored.stderr
+    (record,) = [json.loads(line) for line in _cli(tmp_path, "report", "--flagged").stdout.splitlines()]
+    assert record["reason"].startswith("hash list shared, pdq distance")
+    applied = run_cli("apply", "--state", str(tmp_path / "state.db"), "--quarantine", str(tmp_path / "q"))
+    assert applied.returncode in (0, 1), applied.stderr
+    assert not (tree / "rotated.jpg").exists()
+
+
+def test_rescore_writes_the_reason_the_scan_writes(tmp_path, tiny_bundle_master, write_policy):
+    import sqlite3
+
+    from .mediafiles import animated_gif
+
+    flag_all = write_policy({"any": {"cartoon": -1.0}}, {"any": 1}, name="flag-everything")
+    tree = tmp_path / "mirror"
+    tree.mkdir()
+    (tree / "anim.gif").write_bytes(animated_gif(5))
+    common = ("--model", str(tiny_bundle_master), "--policy", str(flag_all))
+    assert _cli(tmp_path, "scan", str(tree), *common, "--dry-run").returncode == 1
+
+    def reason() -> dict:
+        with sqlite3.connect(tmp_path / "state.db") as db:
+            return json.loads(db.execute("SELECT reason FROM files").fetchone()[0])
+
+    scanned = reason()
+    assert scanned["frames_flagged"] == scanned["frames"] > 1
+    _cli(tmp_path, "rescore", *common, "--severity", "0.001")
+    _cli(tmp_path, "rescore", *common, "--severity", "default")  # back: the reason must be the scan's again
+    assert reason() == scanned

@@ -45,7 +45,8 @@ class Watcher:
             text=True,
             env={**os.environ, "NO_COLOR": "1", **(env or {})},
         )
-        self.wait_for(lambda: self.status() is not None, what="the daemon to start")
+        # its own status (another daemon on the same state writes the same file)
+        self.wait_for(lambda: (self.status() or {}).get("pid") == self.proc.pid, what="the daemon to start")
 
     def status(self) -> dict | None:
         path = self.state.with_name(self.state.name + ".status.json")
@@ -71,11 +72,6 @@ class Watcher:
         self.proc.send_signal(signal.SIGTERM)
         _, stderr = self.proc.communicate(timeout=60)
         return self.proc.returncode, stderr
-
-
-@pytest.fixture
-def flag_all(write_policy):
-    return write_policy({"any": {"cartoon": -1.0}}, {"any": 1}, name="flag-everything")
 
 
 def _png(seed: int) -> bytes:

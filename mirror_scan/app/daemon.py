@@ -17,6 +17,7 @@ joined by `join()`, after its queue is drained.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -44,6 +45,22 @@ COUNTER_KEYS = (
     "last_pull_unixtime",
     "last_reconcile_unixtime",
 )
+
+
+def daemon_lock(state: Path, mirror: Path):
+    """One watch daemon per state database and mirror: two would race for every file ("not quarantined:
+    No such file" for what the other moved) and both write the status file."""
+    import hashlib
+
+    from ..locks import exclusive
+
+    tag = hashlib.sha256(os.fsencode(os.path.realpath(mirror))).hexdigest()[:12]
+    return exclusive(
+        state.with_name(f"{state.name}.watch-{tag}.lock"),
+        f"another `mirror-scan watch` of {mirror} on {state} is running",
+        hint="stop it first (`mirror-scan status` shows it), or give this one another --state",
+        mirror=str(mirror),
+    )
 
 
 def status_path(state: Path) -> Path:
@@ -162,6 +179,17 @@ class WatchDaemon:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, say=print) -> None:
+        """Refused (locks.Held) while another daemon watches the same mirror on the same state."""
+        options, settings = self.options, self.settings
+        self._lock = contextlib.ExitStack()
+        self._lock.enter_context(daemon_lock(settings.state, options.mirror))
+        try:
+            self._start(say)
+        except BaseException:
+            self._lock.close()
+            raise
+
+    def _start(self, say) -> None:
         from ..act import QuarantineActor
         from ..pipeline import Scan
         from ..rclone import Rclone
@@ -269,6 +297,7 @@ class WatchDaemon:
         if self.follow_up_workspace is not None:
             self.follow_up_workspace.close()
         self.workspace.close()
+        self._lock.close()
         if self._failure is not None:
             raise self._failure
         return self.counters
@@ -301,7 +330,7 @@ class WatchDaemon:
 
     def _follow_up(self) -> None:
         workspace = self.follow_up_workspace
-        notes = workspace.run_follow_ups(say=lambda note: log.info("%s", note))
+        notes = workspace.run_follow_ups(say=lambda note: log.info("%s", note), budget_s=None)
         self._set(follow_ups_pending=workspace.ledger.pending_followup_count(), last_follow_ups=notes[-5:])
 
     def _observe_verdict(self, mtime_ns: int) -> None:

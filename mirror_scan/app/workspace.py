@@ -19,8 +19,10 @@ from dataclasses import dataclass, field
 from ..moderation import Moderation, follow_up_enabled
 from ..quarantine import Quarantine
 from ..settings import Settings
-from ..state import Ledger
+from ..state import Ledger, StateDamaged
 from ..upstream import Upstreams
+
+COMMAND_FOLLOW_UP_BUDGET_S = 60.0
 
 
 @dataclass
@@ -33,6 +35,7 @@ class Workspace:
 
     @classmethod
     def reader(cls, settings: Settings) -> Workspace:
+        refuse_lost_state(settings)
         ledger = Ledger(settings.state, readonly=True)
         return cls(settings, ledger, Quarantine(settings.quarantine, ledger), [])
 
@@ -40,6 +43,7 @@ class Workspace:
     def writer(
         cls, settings: Settings, *, recover: bool = True, on_recovered: Callable[[str], None] | None = None
     ) -> Workspace:
+        refuse_lost_state(settings)
         ledger = Ledger(settings.state)
         try:
             upstreams = Upstreams.rclone(settings.remote, settings.rclone)
@@ -68,15 +72,19 @@ class Workspace:
     def follows_up(self) -> bool:
         return self.quarantine.follow_up
 
-    def run_follow_ups(self, say: Callable[[str], None] | None = None) -> list[str]:
+    def run_follow_ups(
+        self, say: Callable[[str], None] | None = None, budget_s: float | None = COMMAND_FOLLOW_UP_BUDGET_S
+    ) -> list[str]:
         """Carry out what is due (attribution, actions, undo) when anything is configured; a
-        misconfiguration is said, never raised: the quarantine has already happened."""
+        misconfiguration is said, never raised: the quarantine has already happened. A command spends at
+        most `budget_s` on them (services that are slow or trickle their answers never hold it up longer);
+        the daemons pass None."""
         if not follow_up_enabled(self.settings) or self.ledger.readonly:
             return []
         from ..errors import MirrorScanError
 
         try:
-            notes = self.moderation.run_due()
+            notes = self.moderation.run_due(budget_s=budget_s)
         except MirrorScanError as err:
             notes = [f"attribution and moderation actions are not run: {err}"]
         for note in notes:
@@ -92,3 +100,20 @@ class Workspace:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def refuse_lost_state(settings: Settings) -> None:
+    """An empty file where the state database should be is a lost ledger, not a fresh start, when the
+    quarantine holds items: starting afresh would forget the index and the allowlist (restored pictures
+    would be flagged again). SQLite itself takes a 0-byte file for a new, empty database."""
+    try:
+        if settings.state.stat().st_size:
+            return
+    except FileNotFoundError:
+        return
+    try:
+        held = sum(1 for _ in (settings.quarantine / "items").iterdir())
+    except OSError:
+        return
+    if held:
+        raise StateDamaged(settings.state, f"it is empty (0 bytes) while the quarantine holds {held} item(s)")

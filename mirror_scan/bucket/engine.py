@@ -12,7 +12,6 @@ what the ledger already has. Ray itself retries the tasks of a worker that dies.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
@@ -273,27 +272,18 @@ def scan_bucket(
         return _scan_bucket(scan, spec, prefix, workdir, engine, ray_plan, on_batch, shard_rows)
 
 
-@contextlib.contextmanager
-def _exclusive(workdir: Path, remote: str) -> Iterator[None]:
+def _exclusive(workdir: Path, remote: str):
     """One bucket scan per bucket and state at a time: they share the work folder (manifest, todo shards,
     result parts), and a second one would delete the first's shards and ingest its parts under it."""
-    import fcntl
-
-    from ..errors import MirrorScanError
+    from ..locks import exclusive
 
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    fd = os.open(workdir / "lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise MirrorScanError(
-                f"another bucket scan of {remote} on this state database is running",
-                hint="wait for it to finish (the kernel frees its lock when it ends, however it ends)",
-            ) from None
-        yield
-    finally:
-        os.close(fd)
+    return exclusive(
+        workdir / "lock",
+        f"another bucket scan of {remote} on this state database is running",
+        hint="wait for it to finish (the kernel frees its lock when it ends, however it ends)",
+        remote=remote,
+    )
 
 
 def _scan_bucket(scan, spec, prefix, workdir, engine, ray_plan, on_batch, shard_rows) -> tuple[Progress, dict]:
