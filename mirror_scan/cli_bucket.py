@@ -153,9 +153,11 @@ def scan(
     counters = runner.counters
     summary = {
         **progress.as_dict(),
-        "scanned": counters.scored,
+        # Of this run's listing: listed = skipped_unchanged + scanned + errors (results recovered from an
+        # interrupted run are counted apart, their objects among the skipped).
+        "scanned": counters.scored - progress.recovered_scored,
         "flagged": counters.flagged,
-        "errors": counters.errors,
+        "errors": counters.errors - progress.recovered_errors,
         "engine": engine,
         **{f"ray_{k}": v for k, v in info.items()},
         "dry_run": dry_run,
@@ -170,6 +172,7 @@ def scan(
             ("listed", "listed"),
             ("skipped (same ETag, scored before)", "skipped_unchanged"),
             ("scanned", "scanned"),
+            ("recovered from an interrupted run", "recovered_from_interrupted_run"),
             ("flagged", "flagged"),
             ("errors", "errors"),
             ("objects/s", "objects_per_s"),

@@ -15,6 +15,7 @@ from .console import err, out, print_json
 from .errors import UsageError
 from .hashing import md5_bytes, sha256_bytes
 from .settings import resolve
+from .text import csv_cell
 
 hashlist_app = typer.Typer(
     help="Hash lists: flag known pictures by PDQ (re-encoded copies too), sha256 or md5, and share yours.",
@@ -40,7 +41,7 @@ def import_cmd(
     """Import a shared list. Every line is checked first: on any bad line nothing is imported and every
     bad line is reported with its number. A running watch or serve applies it from its next batch; a scan
     applies it to unchanged files too."""
-    from .hashes import parse_list
+    from .hashes import merge_duplicates, parse_list
 
     if action not in ("flag", "review"):
         raise UsageError(f"--action {action!r}", hint="use flag or review")
@@ -62,18 +63,21 @@ def import_cmd(
         )
     if not entries:
         raise UsageError(f"{file} holds no hashes: nothing imported")
+    entries, merged = merge_duplicates(entries)
     with open_writer(resolve({"state": state}, config), quiet=True) as workspace:
         ledger = workspace.ledger
-        if ledger.has_hash_list(name):
-            if not replace:
-                raise UsageError(
-                    f"a hash list named {name!r} exists", hint="--replace replaces it, or pick another --name"
-                )
-            ledger.remove_hash_list(name)
-        ledger.import_hash_list(name, action, str(file), entries)
+        with ledger.transaction():  # a replacement is one step: never a moment without the list
+            if ledger.has_hash_list(name):
+                if not replace:
+                    raise UsageError(
+                        f"a hash list named {name!r} exists", hint="--replace replaces it, or pick another --name"
+                    )
+                ledger.remove_hash_list(name)
+            ledger.import_hash_list(name, action, str(file), entries)
     kinds = {kind: sum(1 for e in entries if e[0] == kind) for kind in ("pdq", "sha256", "md5")}
     summary = ", ".join(f"{count:,} {kind}" for kind, count in kinds.items() if count)
-    out.print(f"imported hash list {name!r} ({action}): {summary}")
+    duplicates = f" ({merged:,} duplicate(s) merged)" if merged else ""
+    out.print(f"imported hash list {name!r} ({action}): {summary}{duplicates}")
 
 
 @hashlist_app.command("list")
@@ -111,7 +115,7 @@ def show_cmd(name: Annotated[str, typer.Argument()], state: StateOpt = None, con
         rows = workspace.ledger.hash_list_rows(name)
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["type", "hash", "note", "source"])
-    writer.writerows(rows)
+    writer.writerows([csv_cell(cell) for cell in row] for row in rows)  # notes come from other people
 
 
 @hashlist_app.command("remove")

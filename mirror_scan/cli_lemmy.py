@@ -41,16 +41,14 @@ def _check_sources(settings) -> list[dict[str, Any]]:
     def pictrs_db() -> str:
         src = attributor.pictrs_repo.source  # type: ignore[union-attr]
         with src.connect() as conn:
-            cols = src.columns(conn)
-            missing = [t for t in ("hashes", "aliases", "variants") if t not in cols]
-            if missing:
-                raise MirrorScanError(f"{src.shown} has no {', '.join(missing)} table: not pict-rs's repo?")
+            src.require_tables(conn, ("hashes", "aliases", "variants"), "pict-rs's repo")
             count = src.rows(conn, "SELECT count(*) AS n FROM hashes")[0]["n"]
         return f"{src.shown}: pict-rs repo, {count} stored files"
 
     def lemmy_db() -> str:
         src = attributor.lemmy_repo.source  # type: ignore[union-attr]
         with src.connect() as conn:
+            src.require_tables(conn, ("person", "post", "comment", "community", "private_message"), "Lemmy's database")
             shape = LemmyRepo.shape(src.columns(conn))
             for table in ("post", "comment", "person", "community", "private_message"):
                 src.rows(conn, f"SELECT 1 FROM {table} LIMIT 1")  # noqa: S608 - fixed names; checks the grant

@@ -10,8 +10,26 @@ from typing import Any
 from rich.console import Console
 from rich.logging import RichHandler
 
-out = Console(soft_wrap=True, highlight=False, markup=False)
-err = Console(stderr=True, highlight=False, markup=False)
+from .text import one_line, printable
+
+
+class SafeConsole(Console):
+    """Every string it renders (printed text and table cells alike go through render_str) has its
+    terminal control sequences made visible: names and titles come from uploaders and other instances."""
+
+    def render_str(self, text: str, **kwargs):  # noqa: ANN003, ANN201
+        return super().render_str(printable(text), **kwargs)
+
+
+class SafeRichHandler(RichHandler):
+    """Log lines with control characters and newlines escaped: a file name never forges a log line."""
+
+    def render_message(self, record: logging.LogRecord, message: str):  # noqa: ANN201
+        return super().render_message(record, one_line(message))
+
+
+out = SafeConsole(soft_wrap=True, highlight=False, markup=False)
+err = SafeConsole(stderr=True, highlight=False, markup=False)
 
 
 def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
@@ -21,11 +39,13 @@ def setup_logging(verbose: int = 0, quiet: bool = False) -> None:
     logging.basicConfig(
         level=level,
         format="%(message)s",
-        handlers=[RichHandler(console=err, show_path=False, markup=False, rich_tracebacks=False)],
+        handlers=[SafeRichHandler(console=err, show_path=False, markup=False, rich_tracebacks=False)],
         force=True,
     )
 
 
 def print_json(data: Any) -> None:
-    sys.stdout.write(json.dumps(data, ensure_ascii=False, default=str) + "\n")
+    """JSON with every unsafe character as a \\u escape (json.dumps leaves DEL, C1 controls and bidi
+    overrides raw); it parses to the same values."""
+    sys.stdout.write(printable(json.dumps(data, ensure_ascii=False, default=str)) + "\n")
     sys.stdout.flush()

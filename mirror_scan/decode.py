@@ -42,6 +42,7 @@ try:  # JPEG XL through the pillow-jxl plugin (registers itself with Pillow)
 except ImportError:  # pragma: no cover - optional at runtime, installed by default
     pass
 from . import hashes
+from .pngchunks import strip_metadata
 
 # PDQ perceptual hashes for hash lists; scanning works without them.
 pdq_dihedral = hashes.pdq_dihedral if hashes.AVAILABLE else None
@@ -491,6 +492,18 @@ def _decode_image_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> D
             raise
         except Exception as err:  # noqa: BLE001 - a plugin's bug on odd bytes is a broken file, not a crash
             strict_error = err
+    stripped, dropped = strip_metadata(data)
+    if dropped:  # metadata a viewer would skip (oversized or malformed) never stops the pixels
+        note = f"metadata skipped ({', '.join(dropped)}): {_describe(strict_error)}"
+        with _MODE.strict():
+            try:
+                decoded = _decode_image(stripped, prep, limits)
+                decoded.notes.insert(0, note)
+                return decoded
+            except (DecodeFailure, Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError):
+                raise
+            except Exception as err:  # noqa: BLE001
+                strict_error, data = err, stripped  # broken beyond its metadata: as far as it goes, below
     with _MODE.lenient():
         try:
             decoded = _decode_image(data, prep, limits)

@@ -261,6 +261,16 @@ TYPE_COLUMNS = ("type", "signal_type", "hash_type")
 VALUE_COLUMNS = ("hash", "signal_value", "signal", "value")
 
 
+def merge_duplicates(
+    entries: list[tuple[str, str, str | None, str | None]],
+) -> tuple[list[tuple[str, str, str | None, str | None]], int]:
+    """One entry per (type, hash), the first one's note and source kept; returns (entries, how many merged)."""
+    seen: dict[tuple[str, str], tuple[str, str, str | None, str | None]] = {}
+    for entry in entries:
+        seen.setdefault((entry[0], entry[1]), entry)
+    return list(seen.values()), len(entries) - len(seen)
+
+
 def parse_list(text: str) -> tuple[list[tuple[str, str, str | None, str | None]], list[str]]:
     """A shared list as CSV with a header: ours (`type,hash[,note,source]`), HMA's bank export
     (`signal_type,signal_value`), or one column named for its kind (`pdq`, `md5`, `sha256`: ThreatExchange's

@@ -29,6 +29,7 @@ from .quarantine import ItemBusy, Quarantine, item_origin
 from .rclone import scrub
 from .settings import Settings, redact_url
 from .state import HELD_STATES, FollowupRow, ItemState, Ledger
+from .text import printable
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +51,8 @@ class Webhook:
         return "/".join(redact_url(self.url).split("/", 3)[:3])
 
     def send(self, payload: dict[str, Any]) -> None:
-        body = json.dumps(payload, ensure_ascii=False).encode("utf-8")
+        # Control characters, C1 and bidi overrides as \u escapes: names and keys come from uploaders.
+        body = printable(json.dumps(payload, ensure_ascii=False)).encode("utf-8")
         headers = {"Content-Type": "application/json", "User-Agent": TOOL}
         try:
             status, _ = exchange("POST", self.url, headers, body, self.timeout, limit=100_000)
@@ -364,7 +366,7 @@ class Moderation:
         return "\n".join(lines)
 
 
-_MARKDOWN = re.compile(r"[\\`*_\[\]()<>!#|~{}\x00-\x1f\x7f]")
+_MARKDOWN = re.compile(r"[\\`*_\[\]()<>!#|~{}\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
 _SAFE_URL = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]+)?(/[A-Za-z0-9._~/%@:+=-]*)?$")
 
 

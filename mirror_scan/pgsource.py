@@ -123,6 +123,37 @@ class PgSource:
         except psycopg.Error as err:  # a type or shape we did not expect: a person must look
             raise SourceUnusable(f"{self.what}: a lookup failed: {self._scrub(str(err))}") from None
 
+    def table_access(self, conn: Any, tables: tuple[str, ...]) -> dict[str, str]:
+        """table -> "ok", "denied" (it exists; this role may read none of its columns) or "missing". From the
+        catalogue, which every role may read: information_schema lists only what a role may read, so a role
+        without grants would see no tables at all."""
+        found = {}
+        for table in tables:
+            row = self.rows(
+                conn,
+                "SELECT to_regclass(%(t)s) IS NOT NULL AS present, CASE WHEN to_regclass(%(t)s) IS NOT NULL "
+                "THEN has_any_column_privilege(to_regclass(%(t)s), 'SELECT') END AS readable",
+                {"t": table},
+            )[0]
+            found[table] = "missing" if not row["present"] else ("ok" if row["readable"] else "denied")
+        return found
+
+    def require_tables(self, conn: Any, tables: tuple[str, ...], kind: str) -> None:
+        """SourceUnusable naming what is wrong: tables missing (not this database) or not granted."""
+        access = self.table_access(conn, tables)
+        denied = [t for t, a in access.items() if a == "denied"]
+        missing = [t for t, a in access.items() if a == "missing"]
+        if denied:
+            raise SourceUnusable(
+                f"{self.what} at {self.shown}: permission denied on table {', '.join(denied)}",
+                hint="GRANT SELECT on the columns listed in the README's Lemmy section to this read-only role",
+            )
+        if missing:
+            raise SourceUnusable(
+                f"{self.what} at {self.shown} has no {', '.join(missing)} table: is it really {kind}?",
+                hint="check the database name in the URL",
+            )
+
     def columns(self, conn: Any) -> dict[str, set[str]]:
         """table -> columns of the public schema (how the schema version is told apart)."""
         found: dict[str, set[str]] = {}

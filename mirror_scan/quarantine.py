@@ -39,7 +39,6 @@ import logging
 import os
 import re
 import secrets
-import signal
 import stat
 import time
 from collections.abc import Iterator
@@ -48,6 +47,7 @@ from typing import Any
 
 from .atomic import fsync_dir
 from .errors import MirrorScanError
+from .faults import checkpoint
 from .fsinfo import filesystem_type, is_remote_or_fuse
 from .hashing import CHUNK, sha256_bytes, sha256_file
 from .paths import MissingParent, Place, UnsafePath, check_operator_target, check_relative, reach, relative_to
@@ -90,13 +90,6 @@ class UpstreamRestorePending(QuarantineError):
 
 class ItemBusy(QuarantineError):
     """Another live process is working on this item."""
-
-
-def _checkpoint(step: str) -> None:
-    """Fault injection for the crash tests: MIRROR_SCAN_KILL_AT=<kind>:<step> kills the process with
-    SIGKILL right after that step is committed, exactly like a power cut or an OOM kill would."""
-    if os.environ.get("MIRROR_SCAN_KILL_AT") == step:
-        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _b64(raw: bytes) -> str:
@@ -237,7 +230,7 @@ class Quarantine:
     def _step(self, move_id: int, step: Step, kind: str, note: str | None = None) -> None:
         self.ledger.set_step(move_id, step, note)
         self.ledger.commit()
-        _checkpoint(f"{kind}:{step}")
+        checkpoint(f"{kind}:{step}")
 
     def _write_meta(self, item_dir: Path, meta: dict[str, Any]) -> None:
         tmp = item_dir / TMP_META
@@ -413,7 +406,7 @@ class Quarantine:
         if self.follow_up:
             self.ledger.add_followup(item_id, "attribute", plan=True)
         self.ledger.commit()
-        _checkpoint("quarantine:intent")
+        checkpoint("quarantine:intent")
         return move_id
 
     def _place(self, item_id: str, item_dir: Path, move_id: int, meta: dict[str, Any]) -> str:
@@ -633,7 +626,7 @@ class Quarantine:
         )
         self.ledger.set_item_state(item_id, ItemState.RESTORING)
         self.ledger.commit()
-        _checkpoint("restore:intent")
+        checkpoint("restore:intent")
         if not place.exists():
             if method == "link":
                 method = self._restore_by_link(item_id, move_id, place, meta)
@@ -669,7 +662,7 @@ class Quarantine:
         move_id = self.ledger.start_move(row.id, MoveKind.RESTORE, None, "bucket")
         self.ledger.set_item_state(row.id, ItemState.RESTORING)
         self.ledger.commit()
-        _checkpoint("restore:intent")
+        checkpoint("restore:intent")
         self._step(move_id, Step.PLACED, "restore")
         try:
             self._finish_restore(row.id, move_id, Step.PLACED, upstream)

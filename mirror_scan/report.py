@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import IO, Any
 from .decide import reason_text
 from .errors import UsageError
 from .state import Ledger, display_path
+from .text import csv_cell, printable
 
 FIELDS = ("path", "sha256", "status", "verdict", "reason", "size", "format", "action", "item", "uploader", "where")
 FORMATS = ("jsonl", "csv")
@@ -23,24 +25,29 @@ class ReportWriter:
             raise UsageError(f"report format {fmt!r} is not supported", hint="use jsonl or csv")
         self.fmt = fmt
         self._own = target not in (None, "-")
-        self.handle: IO[str] = (
-            open(target, "w", encoding="utf-8", newline="") if self._own else sys.stdout  # noqa: SIM115
-        )
+        self.handle: IO[str] = _open_private(Path(target)) if self._own else sys.stdout  # type: ignore[arg-type]
         self._csv = csv.DictWriter(self.handle, FIELDS, extrasaction="ignore") if fmt == "csv" else None
         if self._csv:
             self._csv.writeheader()
 
     def write(self, record: dict[str, Any]) -> None:
         if self._csv:
-            self._csv.writerow(record)
+            self._csv.writerow({k: csv_cell(v) for k, v in record.items()})  # names are chosen by uploaders
         else:
-            self.handle.write(json.dumps(record, ensure_ascii=False) + "\n")
+            self.handle.write(printable(json.dumps(record, ensure_ascii=False)) + "\n")
 
     def close(self) -> None:
         if self._own:
             self.handle.close()
         else:
             self.handle.flush()
+
+
+def _open_private(target: Path) -> IO[str]:
+    """A report is 0600 whatever the umask (it names files, hashes and uploaders), like the state."""
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing file keeps its old mode otherwise
+    return open(fd, "w", encoding="utf-8", newline="")  # noqa: SIM115
 
 
 def record(

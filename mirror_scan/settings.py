@@ -100,6 +100,26 @@ def _actions(value: Any) -> dict[str, tuple[str, ...]]:
     return actions
 
 
+def _database_url(value: Any) -> str:
+    """A PostgreSQL URL (or libpq keyword string) with no password in it: a URL is shown, logged and kept in
+    config files that more people read than the password should reach."""
+    from urllib.parse import parse_qs, urlsplit
+
+    text = str(value).strip()
+    try:
+        parts = urlsplit(text)
+        in_url = bool(parts.password) or "password" in {k.lower() for k in parse_qs(parts.query)}
+    except ValueError:
+        raise ValueError("is not a URL") from None
+    if in_url or re.search(r"(^|\s)password\s*=", text, re.IGNORECASE):
+        raise ValueError(
+            "holds a password: keep the URL without it (postgresql://user@host/db) and put the password in "
+            "the matching *_database_password_file setting (a file only the service user can read) or the "
+            "MIRROR_SCAN_*_DATABASE_PASSWORD environment variable"
+        )
+    return text
+
+
 def _choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = str(value)
@@ -151,12 +171,16 @@ SPECS: dict[str, Spec] = {
     "pictrs_url": Spec(str, lambda: None, "pict-rs base URL, e.g. http://127.0.0.1:8080"),
     "pictrs_api_key": Spec(str, lambda: None, "pict-rs [server] api_key (prefer the environment variable)"),
     "pictrs_database_url": Spec(
-        str, lambda: None, "pict-rs's PostgreSQL repo, postgresql://user@host/db (read-only role; attribution)"
+        _database_url,
+        lambda: None,
+        "pict-rs's PostgreSQL repo, postgresql://user@host/db (read-only role; attribution)",
     ),
     "pictrs_database_password_file": Spec(Path, lambda: None, "file holding that database's password"),
     "pictrs_database_password": Spec(str, lambda: None, "that password (environment only, preferably a file)"),
     "lemmy_database_url": Spec(
-        str, lambda: None, "Lemmy's PostgreSQL database, postgresql://user@host/lemmy (read-only role; attribution)"
+        _database_url,
+        lambda: None,
+        "Lemmy's PostgreSQL database, postgresql://user@host/lemmy (read-only role; attribution)",
     ),
     "lemmy_database_password_file": Spec(Path, lambda: None, "file holding that database's password"),
     "lemmy_database_password": Spec(str, lambda: None, "that password (environment only, preferably a file)"),

@@ -263,3 +263,28 @@ def test_an_edited_origin_in_the_metadata_refuses_the_restore(bucket, tmp_path, 
     assert key not in bucket.keys()
     assert json.loads(site.cli("quarantine", "list", "--json", *q).stdout)[0]["state"] == "quarantined"
     assert site.cli("allowlist", "list", "--json").stdout.strip() == "[]"
+
+
+def test_after_a_driver_killed_mid_run_the_rerun_summary_is_true(bucket, tmp_path, tiny_bundle_master, write_policy):
+    """kill -9 of the driver after its third result part is on disk and before it is ingested: nothing is
+    lost, and the rerun's summary adds up (listed = skipped + scanned + errors; each object flagged once),
+    with the interrupted run's results counted apart."""
+    flag_all = write_policy({"any": {"cartoon": -1.0}}, {"any": 1}, name="flag-everything")
+    site = Site(tmp_path, bucket, tiny_bundle_master, "killed-driver")
+    common = ("--engine", "local", "--policy", str(flag_all), "--dry-run", "--batch-size", "2")
+    proc = site.bucket_scan(*common, env={"MIRROR_SCAN_KILL_AT": "bucket:part-written#3"})
+    assert proc.returncode == -9, proc.stderr
+    before = site.verdicts()
+    assert 0 < len(before) < len(OBJECTS)
+    proc = site.bucket_scan(*common)
+    assert proc.returncode == 1, proc.stderr
+    summary = json.loads(proc.stdout.splitlines()[-1])
+    images = len(OBJECTS) - 2  # broken.jpg and notes.txt are errors
+    assert summary["listed"] == len(OBJECTS)
+    assert summary["recovered_from_interrupted_run"] == 2  # the third part: two objects
+    assert summary["listed"] == summary["skipped_unchanged"] + summary["scanned"] + summary["errors"], summary
+    assert summary["skipped_unchanged"] == len(before) + 2 - sum(v[0] == "error" for v in before.values()), summary
+    assert summary["flagged"] == images, summary  # each object once, however it was seen
+    assert summary["errors"] == 2
+    got = site.verdicts()
+    assert set(got) == set(OBJECTS) and sum(v[1] == "flagged" for v in got.values()) == images

@@ -309,7 +309,9 @@ class Trickle:
             threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
 
     def _trickle(self, conn) -> None:
-        answer = b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{"ok": "' + b"x" * 400
+        answer = (
+            b'HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n{"ok": "' + b"x" * 400
+        )
         try:
             conn.settimeout(30)
             conn.recv(65536)
@@ -359,3 +361,143 @@ def test_a_trickling_webhook_never_holds_up_scan(tmp_path, tiny_bundle_master, f
     assert server.accepted >= 1  # the webhook was really tried
     assert elapsed < 45, (elapsed, proc.stderr)  # 10 s per exchange, then the service is skipped for the round
     assert len(json.loads(_cli(tmp_path, "quarantine", "list", "--json").stdout)) == 3
+
+
+# ----------------------------------------------------------------------------- secrets and injection
+
+HOSTILE_NAMES = ["clear\x1b[2J\x1b[31mred.png", "csi\u009b31m.png", "line\nforged: log.png", "rtl\u202egnp.exe.png",
+                 "=HYPERLINK(\"http-evil\").png", "+cmd.png", "@sum.png", "del\x7f.png"]  # fmt: skip
+RAW_CONTROLS = ["\x1b", "\u009b", "\u202e", "\x7f"]
+
+
+def _assert_inert(text: str, where: str) -> None:
+    for raw in RAW_CONTROLS:
+        assert raw not in text, (where, raw, text[:2000])
+
+
+def test_names_and_notes_chosen_by_others_are_inert_at_every_output(tmp_path, tiny_bundle_master, flag_all):
+    import csv
+    import io
+    import os
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for i, name in enumerate(HOSTILE_NAMES):
+        (mirror / name).write_bytes(image_bytes("PNG", 40 + i))
+    report = tmp_path / "report.csv"
+    scan = subprocess.run(
+        ["sh", "-c", 'umask 000 && exec "$@"', "sh", *CLI, "-v", "scan", str(mirror),
+         "--model", str(tiny_bundle_master), "--policy", str(flag_all), "--dry-run",
+         "--report", str(report), "--report-format", "csv",
+         "--state", str(tmp_path / "state.db"), "--quarantine", str(tmp_path / "q")],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert scan.returncode == 1, scan.stderr
+    _assert_inert(scan.stdout + scan.stderr, "scan")
+    assert oct(os.stat(report).st_mode & 0o777) == "0o600"  # private whatever the umask
+    for path in (report,):
+        text = path.read_text()
+        _assert_inert(text, "report file")
+        rows = list(csv.DictReader(io.StringIO(text)))
+        assert len(rows) == len(HOSTILE_NAMES)
+        for row in rows:
+            assert not row["path"].startswith(("=", "+", "-", "@")), row["path"]
+
+    def state_only(*args):
+        return run_cli(*args, "--state", str(tmp_path / "state.db"))
+
+    out = state_only("report", "--format", "csv", "--out", str(tmp_path / "again.csv"))
+    assert out.returncode == 0 and oct(os.stat(tmp_path / "again.csv").st_mode & 0o777) == "0o600"
+    for args in (("report",), ("report", "--format", "csv"), ("report", "--flagged")):
+        proc = state_only(*args)
+        _assert_inert(proc.stdout + proc.stderr, " ".join(args))
+        # JSON stays JSON and still names the file exactly
+        if args == ("report",):
+            paths = {json.loads(line)["path"] for line in proc.stdout.splitlines()}
+            assert {os.path.basename(p) for p in paths} == set(HOSTILE_NAMES)
+    applied = _cli(tmp_path, "apply")
+    _assert_inert(applied.stdout + applied.stderr, "apply")
+    for args in (("quarantine", "list"), ("quarantine", "list", "--json")):
+        proc = _cli(tmp_path, *args)
+        assert proc.returncode == 0
+        _assert_inert(proc.stdout + proc.stderr, " ".join(args))
+    items = json.loads(_cli(tmp_path, "quarantine", "list", "--json").stdout)
+    assert {os.path.basename(i["original"]) for i in items} == set(HOSTILE_NAMES)
+    show = _cli(tmp_path, "quarantine", "show", items[0]["id"])
+    _assert_inert(show.stdout, "quarantine show")
+    json.loads(show.stdout)  # still JSON
+
+    listed = tmp_path / "list.csv"
+    listed.write_text('type,hash,note\npdq,' + "ab" * 32 + ',"\x1b]0;owned\x07 =1+2"\nmd5,' + "cd" * 16
+                      + ',=HYPERLINK("x")\n')  # fmt: skip
+    assert state_only("hashlist", "import", str(listed), "--name", "\u202eevil").returncode == 0
+    for args in (("hashlist", "list"), ("hashlist", "show", "\u202eevil")):
+        proc = run_cli(*args, "--state", str(tmp_path / "state.db"))
+        assert proc.returncode == 0, proc.stderr
+        _assert_inert(proc.stdout, " ".join(args))
+        assert "\x07" not in proc.stdout
+    shown = list(csv.reader(io.StringIO(run_cli("hashlist", "show", "\u202eevil", "--state",
+                                                 str(tmp_path / "state.db")).stdout)))  # fmt: skip
+    assert all(not cell.startswith(("=", "+", "-", "@")) for row in shown for cell in row)
+
+
+def test_the_text_helpers_escape_what_terminals_and_spreadsheets_act_on():
+    from mirror_scan.text import csv_cell, one_line, printable
+
+    assert printable("a\x1b[2Jb\nc\td") == "a\\u001b[2Jb\nc\td"
+    assert one_line("a\nb\u202ec") == "a\\u000ab\\u202ec"
+    assert printable("caf\u00e9 \u65e5\u672c") == "caf\u00e9 \u65e5\u672c"  # ordinary text untouched
+    assert csv_cell("=1+1") == "'=1+1" and csv_cell("-x") == "'-x" and csv_cell("ok=1") == "ok=1"
+    assert csv_cell(42) == 42 and csv_cell(None) is None
+    assert json.loads(printable(json.dumps({"k": "x\u009by\x7f"}, ensure_ascii=False))) == {"k": "x\u009by\x7f"}
+
+
+# ----------------------------------------------------------------------------- unscanned
+
+
+def _png_with_chunk(image, kind: bytes, payload: bytes, after_idat: bool = False) -> bytes:
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    image.save(buf, "PNG")
+    png = buf.getvalue()
+    chunk = struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    return png[:-12] + chunk + png[-12:] if after_idat else png[:33] + chunk + png[33:]
+
+
+def test_oversized_or_malformed_png_metadata_never_stops_the_pixels(tmp_path, tiny_bundle_master, flag_all):
+    import zlib
+
+    from PIL import Image, PngImagePlugin
+
+    from mirror_scan.synthetic import generated_image
+
+    inflating = zlib.compress(b"A" * (PngImagePlugin.MAX_TEXT_CHUNK * 3))
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    files = {
+        # one colour, as logos and placeholders often are: decoded "as far as it goes" it looked like nothing
+        "flat-ztxt.png": _png_with_chunk(Image.new("RGB", (64, 48), (200, 30, 30)), b"zTXt",
+                                         b"Comment\x00\x00" + inflating),  # fmt: skip
+        "iccp.png": _png_with_chunk(generated_image(3, 96, 64), b"iCCP", b"profile\x00\x00" + inflating),
+        "itxt-after.png": _png_with_chunk(generated_image(4, 96, 64), b"iTXt",
+                                          b"XML:com.adobe.xmp\x00\x01\x00\x00\x00" + inflating, after_idat=True),
+        "bad-exif.png": _png_with_chunk(generated_image(5, 96, 64), b"eXIf", b"MM\x00*garbage, not a TIFF"),
+    }  # fmt: skip
+    for name, data in files.items():
+        (mirror / name).write_bytes(data)
+    proc = _cli(tmp_path, "scan", str(mirror), "--model", str(tiny_bundle_master), "--policy", str(flag_all),
+                "--dry-run", "--json")  # fmt: skip
+    summary = json.loads(proc.stdout)
+    assert summary["errors"] == 0 and summary["flagged"] == len(files), (summary, proc.stderr)
+    records = {Path(r["path"]).name: r for r in map(json.loads, run_cli(
+        "report", "--state", str(tmp_path / "state.db")).stdout.splitlines())}  # fmt: skip
+    for name in files:
+        assert records[name]["status"] == "scored", records[name]
+    assert "metadata skipped (zTXt)" in records["flat-ztxt.png"]["reason"]
+    assert "metadata skipped (iCCP)" in records["iccp.png"]["reason"]
+    # Whole pictures, not partial ones: nothing lands in `report --errors`.
+    errors = run_cli("report", "--errors", "--state", str(tmp_path / "state.db")).stdout
+    assert errors.strip() == "", errors

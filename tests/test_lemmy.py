@@ -512,12 +512,21 @@ def test_settings_refuse_passwords_in_config_and_unknown_actions(tmp_path):
     config.write_text('[actions]\ncsam = ["remove", "ban"]\n')
     proc = run_cli("config", "--config", str(config))
     assert proc.returncode == 2 and "unknown action 'ban'" in proc.stderr and "lemmy ban" in proc.stderr
+    # A password inside a database URL is refused like one in the config file (issue 31), never printed.
+    for url in ("postgresql://u:topsecretpw@db/pictrs", "postgresql://u@db/pictrs?password=topsecretpw",
+                "host=db user=u password=topsecretpw dbname=pictrs"):  # fmt: skip
+        config.write_text(f'[pictrs]\ndatabase_url = "{url}"\n')
+        proc = run_cli("config", "--config", str(config))
+        assert proc.returncode == 2 and "holds a password" in proc.stderr, proc.stderr
+        assert "topsecretpw" not in proc.stdout + proc.stderr
+    proc = run_cli("config", env={"MIRROR_SCAN_LEMMY_DATABASE_URL": "postgresql://u:topsecretpw@db/lemmy"})
+    assert proc.returncode == 2 and "holds a password" in proc.stderr and "topsecretpw" not in proc.stderr
     config.write_text(
-        '[pictrs]\ndatabase_url = "postgresql://u:topsecretpw@db/pictrs"\n[notify]\nwebhook = '
+        '[pictrs]\ndatabase_url = "postgresql://u@db/pictrs"\n[notify]\nwebhook = '
         '"https://hooks.example/T0K3N-abcdef"\n'
     )
     shown = json.loads(run_cli("config", "--config", str(config), "--json").stdout)
-    assert shown["pictrs_database_url"]["value"] == "postgresql://u:***@db/pictrs"
+    assert shown["pictrs_database_url"]["value"] == "postgresql://u@db/pictrs"
     assert shown["notify_webhook"]["value"] == "***"
     env = {"MIRROR_SCAN_ACTIONS": "csam=remove+report;nsfw=report"}
     shown = json.loads(run_cli("config", "--json", env=env).stdout)

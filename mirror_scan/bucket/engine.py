@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..discover import Found
+from ..faults import checkpoint
 from ..fetch import Decoded
 from ..pipeline import Scan
 from .manifest import read_shard, write_manifest, write_shard
@@ -39,6 +40,11 @@ class Progress:
     skipped: int = 0
     submitted: int = 0
     ingested: int = 0
+    # Results an interrupted run had computed and not ingested, ingested first by this one: their objects
+    # are then listed and skipped as unchanged, so they are counted here and not as scanned by this run.
+    recovered: int = 0
+    recovered_scored: int = 0
+    recovered_errors: int = 0
     started: float = field(default_factory=time.monotonic)
     stage_seconds: dict[str, float] = field(default_factory=lambda: {"fetch": 0.0, "decode": 0.0, "infer": 0.0})
     list_seconds: float = 0.0
@@ -51,6 +57,7 @@ class Progress:
             "skipped_unchanged": self.skipped,
             "submitted": self.submitted,
             "ingested": self.ingested,
+            "recovered_from_interrupted_run": self.recovered,
             "seconds": round(elapsed, 3),
             "objects_per_s": round(self.ingested / elapsed, 2) if elapsed else 0.0,
             "list_seconds": round(self.list_seconds, 3),
@@ -92,6 +99,7 @@ class Ingest:
         tmp = part.with_name(f".{part.name}.tmp")
         pq.write_table(table, tmp)
         os.replace(tmp, part)
+        checkpoint("bucket:part-written")
         self._ingest(table)
         part.unlink()
 
@@ -290,7 +298,11 @@ def _scan_bucket(scan, spec, prefix, workdir, engine, ray_plan, on_batch, shard_
     progress = Progress()
     remote = spec.s3.remote
     ingest = Ingest(scan, remote, workdir / "results", progress)
+    scored, errors = scan.counters.scored, scan.counters.errors
     ingest.leftovers()
+    progress.recovered = progress.ingested
+    progress.recovered_scored = scan.counters.scored - scored
+    progress.recovered_errors = scan.counters.errors - errors
 
     def sink(batch: dict) -> None:
         ingest(batch)

@@ -1,0 +1,40 @@
+"""PNG's chunk structure, read without a decoder: what a viewer skips, mirror-scan must skip too.
+
+Browsers and image viewers ignore metadata they cannot read (an iCCP profile or a zTXt comment that
+inflates past a limit, XMP that does not parse) and show the pixels; Pillow stops at the first such
+chunk. So when a PNG fails, it is decoded again without its metadata chunks: the pixels are scored, the
+skip is said. Only metadata is dropped (never IHDR, PLTE, tRNS, IDAT or APNG's acTL/fcTL/fdAT)."""
+
+from __future__ import annotations
+
+import struct
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Text, colour profile, EXIF and time: nothing in them changes which pixels are shown.
+METADATA_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt", b"iCCP", b"eXIf", b"tIME", b"dSIG"})
+
+
+def strip_metadata(data: bytes) -> tuple[bytes, list[str]]:
+    """The PNG without its metadata chunks, and the chunk types dropped (in order, once each). A chunk that
+    runs past the end of the file ends the walk: the rest is kept as it is."""
+    if not data.startswith(PNG_SIGNATURE):
+        return data, []
+    kept, dropped = [data[:8]], []
+    at = 8
+    while at + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        kind = data[at + 4 : at + 8]
+        end = at + 12 + length
+        if end > len(data):
+            break
+        if kind in METADATA_CHUNKS:
+            name = kind.decode("latin-1")
+            if name not in dropped:
+                dropped.append(name)
+        else:
+            kept.append(data[at:end])
+        at = end
+        if kind == b"IEND":
+            break
+    kept.append(data[at:])
+    return b"".join(kept), dropped
