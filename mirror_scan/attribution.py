@@ -136,10 +136,10 @@ class LemmyRepo:
     def _uploads(self, conn, cols, pub, aliases) -> list[dict[str, Any]]:
         src = self.source
         image = cols.get("local_image", set())
-        if "person_id" in image:
+        if "person_id" in image:  # 1.0: alpha.5 still says `published`, alpha.6 on `published_at`
             sql = (
-                "SELECT pictrs_alias AS alias, published_at AS uploaded_at, person_id, thumbnail_for_post_id "
-                "FROM local_image WHERE pictrs_alias = ANY(%s)"
+                f"SELECT pictrs_alias AS alias, {pub.get('local_image', 'published_at')} AS uploaded_at, "  # noqa: S608
+                "person_id, thumbnail_for_post_id FROM local_image WHERE pictrs_alias = ANY(%s)"
             )
         elif "local_user_id" in image or "local_user_id" in cols.get("image_upload", set()):
             table = "local_image" if "local_user_id" in image else "image_upload"

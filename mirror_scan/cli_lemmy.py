@@ -10,6 +10,7 @@ import typer
 from .cli_options import ConfigOpt, JsonOpt, QuarantineOpt, StateOpt, YesOpt
 from .console import err, out, print_json
 from .errors import MirrorScanError, UsageError
+from .grants import SECRET_COLUMNS
 from .settings import resolve
 
 lemmy_app = typer.Typer(
@@ -43,16 +44,17 @@ def _check_sources(settings) -> list[dict[str, Any]]:
         with src.connect() as conn:
             src.require_tables(conn, ("hashes", "aliases", "variants"), "pict-rs's repo")
             count = src.rows(conn, "SELECT count(*) AS n FROM hashes")[0]["n"]
-        return f"{src.shown}: pict-rs repo, {count} stored files"
+            exposed = src.readable_secrets(conn, SECRET_COLUMNS["pictrs"])
+        return _with_secrets(f"{src.shown}: pict-rs repo, {count} stored files", exposed, "pict-rs")
 
     def lemmy_db() -> str:
         src = attributor.lemmy_repo.source  # type: ignore[union-attr]
         with src.connect() as conn:
             src.require_tables(conn, ("person", "post", "comment", "community", "private_message"), "Lemmy's database")
             shape = LemmyRepo.shape(src.columns(conn))
-            for table in ("post", "comment", "person", "community", "private_message"):
-                src.rows(conn, f"SELECT 1 FROM {table} LIMIT 1")  # noqa: S608 - fixed names; checks the grant
-        return f"{src.shown}: Lemmy schema {shape}; the role can read what attribution needs"
+            exposed = src.readable_secrets(conn, SECRET_COLUMNS["lemmy"])
+        return _with_secrets(f"{src.shown}: Lemmy schema {shape}; the role can read what attribution needs",
+                             exposed, "lemmy")  # fmt: skip
 
     def pictrs_api() -> str:
         result = attributor.pictrs_api.check()  # type: ignore[union-attr]
@@ -105,6 +107,16 @@ def _check_sources(settings) -> list[dict[str, Any]]:
     return checks
 
 
+def _with_secrets(detail: str, exposed: list[str], which: str) -> str:
+    """A check that passes, but says loudly what the role can read and must not."""
+    if not exposed:
+        return detail + "; no secret column readable"
+    return (
+        f"{detail}; WARNING: this role can read secrets: {', '.join(exposed)} (delete tokens, signing keys, "
+        f"password hashes): grant only the columns `mirror-scan lemmy grants --{which}` prints"
+    )
+
+
 def _cleartext(url: str) -> bool:
     from urllib.parse import urlsplit
 
@@ -130,6 +142,32 @@ def check(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
             out.print("nothing to check: set [pictrs] database_url, [lemmy] database_url and url (README: Lemmy)")
     if any(c["ok"] is False for c in checks):
         raise typer.Exit(1)
+
+
+@lemmy_app.command("grants")
+def grants(
+    pictrs: Annotated[bool, typer.Option("--pictrs", help="The grants in pict-rs's database.")] = False,
+    lemmy: Annotated[
+        str | None, typer.Option("--lemmy", help="The grants in Lemmy's database: 0.19.0-0.19.3, 0.19.4+ or 1.0.")
+    ] = None,
+    role: Annotated[str, typer.Option("--role", help="The read-only role's name.")] = "mirror_scan_ro",
+) -> None:
+    """The SQL that gives a read-only role exactly the columns attribution reads (never a delete token,
+    signing key, password hash or e-mail). Run it as the databases' owner; `lemmy check` then confirms."""
+    import re
+
+    from .grants import LEMMY_SHAPES, PICTRS_COLUMNS, grant_sql, lemmy_columns
+
+    if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", role):
+        raise UsageError(f"--role {role!r}", hint="a plain PostgreSQL role name (lowercase letters, digits, _)")
+    if not pictrs and lemmy is None:
+        raise UsageError("choose --pictrs or --lemmy VERSION", hint=f"VERSION: {', '.join(LEMMY_SHAPES)}")
+    if lemmy is not None and lemmy not in LEMMY_SHAPES:
+        raise UsageError(f"--lemmy {lemmy!r}", hint=f"one of {', '.join(LEMMY_SHAPES)} (see `mirror-scan lemmy check`)")
+    if pictrs:
+        out.print(f"-- in pict-rs's database\n{grant_sql(PICTRS_COLUMNS, role)}")
+    if lemmy is not None:
+        out.print(f"-- in Lemmy's database (Lemmy {lemmy})\n{grant_sql(lemmy_columns(lemmy), role)}")
 
 
 @lemmy_app.command("ban")

@@ -172,8 +172,12 @@ def q_attribute(
                 raise UsageError(f"no quarantine item {item_id}", hint="see `mirror-scan quarantine list`")
             if dry_run:
                 data = moderation.look_up(item)
-                would = [describe_action(a, t) for a, t in moderation.planned_actions(item, data)]
-                results.append({"id": item_id, **summary(data), "would": would, "attribution": data})
+                planned = moderation.planned_actions(item, data)
+                would = [describe_action(a, t) for a, t in planned.rows]
+                skipped = [f"{describe_action(a, t)}: {why}" for a, t, why in planned.skipped]
+                results.append(
+                    {"id": item_id, **summary(data), "would": would, "skipped": skipped, "attribution": data}
+                )
                 continue
             try:
                 data = moderation.attribute_now(item_id, plan=actions)
@@ -192,6 +196,8 @@ def q_attribute(
             out.print(f"  unknown {gap['part']}: {gap['reason']}")
         if dry_run:
             out.print("  would: " + ("; ".join(r["would"]) if r["would"] else "nothing ([actions] for its labels)"))
+            for line in r.get("skipped", []):
+                out.print(f"  would not: {line}")
     if not results:
         out.print("nothing to attribute")
 
@@ -351,13 +357,14 @@ def _purge_pictrs(store, chosen: list[dict], settings, yes: bool) -> None:
     plan = [(e, aliases.get(e["sha256"], [])) for e in chosen]
     for e, found in plan:
         out.print(f"{e['id']}: {', '.join(found) if found else 'no alias found in pict-rs'}")
-    targets = [(e, a) for e, found in plan for a in found]
+    # One purge per file: pict-rs removes every alias of the file it names (robinst/pict-rs src/lib.rs:1487).
+    targets = [(e, found[0]) for e, found in plan if found]
     if not targets:
         out.print("nothing to purge in pict-rs")
         return
     if not yes and not typer.confirm(
-        f"Purge {len(targets)} alias(es) from pict-rs? This deletes the files, their variants and records and "
-        "cannot be undone.",
+        f"Purge {len(targets)} file(s) ({sum(len(f) for _, f in plan)} alias(es)) from pict-rs? This deletes the "
+        "files, their variants and records and cannot be undone.",
         default=False,
     ):
         raise typer.Exit(1)

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import signal
 import stat
-import threading
 from pathlib import Path
 from typing import Annotated
 
@@ -19,7 +17,6 @@ from .cli_options import (
     QuarantineOpt,
     SeverityOpt,
     StateOpt,
-    open_writer,
     parse_listen,
 )
 from .console import err
@@ -74,6 +71,9 @@ def register(app: typer.Typer) -> None:
             ),
         ] = 20.0,
         max_body_mb: Annotated[int, typer.Option("--max-body-mb", help="Largest upload accepted for checking.")] = 64,
+        metrics: Annotated[
+            str | None, typer.Option("--metrics", help="Serve Prometheus metrics on HOST:PORT (like watch).")
+        ] = None,
         batch_size: Annotated[int | None, typer.Option("--batch-size", help="Largest micro-batch.")] = None,
         model: ModelOpt = None,
         policy: PolicyOpt = None,
@@ -86,10 +86,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Answer pict-rs's external_validation: 200 accepts an upload, 406 rejects it (its bytes are kept in
         the quarantine). Configure pict-rs with
-        external_validation = "http://127.0.0.1:14051/validate/<token>"."""
-        from .app.scanner import decode_limits, load_scanner
-        from .decode import decode as decode_in_thread
-        from .serve import Batcher, ServeConfig, ValidationServer
+        external_validation = "http://127.0.0.1:14051/validate/<token>" (pict-rs 0.4.3+; its request is
+        HTTP/1.1 with a chunked body, which is what this server expects)."""
+        from .app.validator import ValidatorOptions, ValidatorService
 
         if on_error not in ("reject", "accept"):
             raise UsageError(f"--on-error {on_error!r}", hint="use reject or accept")
@@ -112,68 +111,15 @@ def register(app: typer.Typer) -> None:
             },
             config,
         )
-        bundle, loaded, offset, scorer = load_scanner(settings, warm_up=True)
-        workspace = open_writer(settings)
-        ledger, store = workspace.ledger, workspace.quarantine
-        serve_config = ServeConfig(
+        options = ValidatorOptions(
+            host=host,
+            port=port,
             token=token,
-            severity=offset,
-            batch_size=settings.batch_size,
-            max_body_bytes=max_body_mb << 20,
             on_error=on_error,
             on_overload=on_overload,
             answer_within_s=answer_within,
-            limits=decode_limits(settings, loaded),
+            max_body_bytes=max_body_mb << 20,
+            metrics=parse_listen(metrics) if metrics else None,
         )
-        batcher = Batcher(ledger, store, bundle, scorer, loaded, serve_config)
-        info = {
-            "model": bundle.manifest["model"]["arch"],
-            "provider": scorer.placement.provider,
-            "policy": loaded.policy_id,
-            "severity": offset,
-        }
-        decoders = None
-        if settings.decoders == "process":
-            from .decodepool import DecoderPool
-
-            decoders = DecoderPool(settings.workers, settings.decode_timeout)
-        try:
-            server = ValidationServer(
-                (host, port), batcher, serve_config, info, decoders.decode if decoders else decode_in_thread
-            )
-        except OSError as error:
-            ledger.close()
-            raise UsageError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-        batcher.start()
-        follow_ups = None
-        if workspace.follows_up:  # a rejected upload's notices (admins, webhook) go out from here too
-            from .app.workspace import Workspace
-            from .watch import Periodic
-
-            follow_up_workspace = Workspace.writer(settings, recover=False)
-            follow_ups = Periodic("follow-ups", 5.0, lambda: follow_up_workspace.run_follow_ups(budget_s=None))
-            follow_ups.start()
-
-        def stop(signum, frame) -> None:  # shutdown() blocks until serve_forever returns: call it elsewhere
-            threading.Thread(target=server.shutdown, daemon=True).start()
-
-        signal.signal(signal.SIGTERM, stop)
-        signal.signal(signal.SIGINT, stop)
-        err.print(
-            f"validating uploads on http://{host}:{server.server_address[1]}/validate/<token> with "
-            f"{info['model']} on {info['provider']}, policy {loaded.policy_id}"
-        )
-        try:
-            server.serve_forever(poll_interval=0.2)
-        finally:
-            server.server_close()
-            batcher.stop()
-            batcher.join(timeout=30)
-            if follow_ups is not None:
-                follow_ups.stop()
-                follow_ups.join(timeout=60)
-                follow_up_workspace.close()
-            ledger.close()
-            if decoders:
-                decoders.close()
-        err.print(f"stopped: {batcher.stats['accepted']} accepted, {batcher.stats['rejected']} rejected")
+        stats = ValidatorService(settings, options).run(say=err.print)
+        err.print(f"stopped: {stats['accepted']} accepted, {stats['rejected']} rejected")

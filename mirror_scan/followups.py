@@ -20,6 +20,7 @@ and records the ones Lemmy refused.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 ACTION_NAMES = ("remove", "report", "notify")  # what [actions] may name per label; bans are never automatic
@@ -68,16 +69,38 @@ def configured_actions(labels: list[str], actions: dict[str, tuple[str, ...]]) -
     return list(chosen)
 
 
+@dataclass(frozen=True)
+class Planned:
+    """What an item's labels and attribution call for: rows to carry out, and the actions Lemmy would
+    refuse, each with why (recorded as `skipped`, shown by `quarantine show`)."""
+
+    rows: list[tuple[str, str]]
+    skipped: list[tuple[str, str, str]]
+
+
+NOT_RECIPIENT = (
+    "not reported: Lemmy lets only the recipient report a private message (0.19.1+, 1.0), and the bot is "
+    "not its recipient; the admins' notice names it"
+)
+REMOVED_INSTEAD = (
+    "not reported: removed instead (Lemmy refuses reports of removed posts and comments from 0.19.4, and "
+    "resolves the open ones when it removes); the removal is in the modlog, the admins are notified"
+)
+
+
 def plan(
     labels: list[str],
     attribution: dict[str, Any],
     actions: dict[str, tuple[str, ...]],
     admins: tuple[str, ...],
     webhook: bool,
-) -> list[tuple[str, str]]:
-    """(action, target) rows for one item. Removing or reporting needs to know where the image is used;
-    posts and comments already removed are left alone."""
+    reporter: int | None = None,
+) -> Planned:
+    """The follow-ups of one item, only actions Lemmy accepts. Removing or reporting needs to know where the
+    image is used; posts and comments already removed are left alone. `reporter`: the bot's person id
+    (None: unknown), since only a private message's recipient may report it."""
     rows: list[tuple[str, str]] = []
+    skipped: list[tuple[str, str, str]] = []
     wanted = configured_actions(labels, actions)
     posts = [p for p in attribution.get("posts", []) if not p.get("removed")]
     comments = [c for c in attribution.get("comments", []) if not c.get("removed")]
@@ -85,15 +108,26 @@ def plan(
     if "remove" in wanted:
         rows += [("remove_post", str(p["id"])) for p in posts]
         rows += [("remove_comment", str(c["id"])) for c in comments]
+    notify_admins = "notify" in wanted
     if "report" in wanted:
-        rows += [("report_post", str(p["id"])) for p in posts]
-        rows += [("report_comment", str(c["id"])) for c in comments]
-        rows += [("report_private_message", str(m["id"])) for m in messages]
-    if "notify" in wanted:
+        for kind, objects in (("post", posts), ("comment", comments)):
+            for obj in objects:
+                if "remove" in wanted:
+                    skipped.append((f"report_{kind}", str(obj["id"]), REMOVED_INSTEAD))
+                else:
+                    rows.append((f"report_{kind}", str(obj["id"])))
+        for message in messages:
+            recipient = message.get("recipient_id", (message.get("recipient") or {}).get("id"))
+            if reporter is not None and recipient == reporter:
+                rows.append(("report_private_message", str(message["id"])))
+            else:
+                skipped.append(("report_private_message", str(message["id"]), NOT_RECIPIENT))
+                notify_admins = True  # what cannot be reported reaches the admins
+    if notify_admins:
         rows += [("notify", admin) for admin in admins]
         if webhook:
             rows.append(("webhook", ""))
-    return rows
+    return Planned(rows, skipped)
 
 
 def undo_rows(done: list[tuple[str, str, str | None]]) -> list[tuple[str, str]]:

@@ -13,18 +13,26 @@ Contract (LemmyNet/lemmy, lemmy-js-client):
 The version comes from `GET /api/v4/site` (1.0; it also serves v3), else `GET /api/v3/site`.
 
 Failures are sorted for the retry logic: `LemmyRefused` (a 4xx with Lemmy's error, e.g. not_a_moderator:
-retrying will not help) and `LemmyUnavailable` (network, timeout, 5xx, 429: retried with backoff). The
-password and the token never appear in messages.
+retrying will not help) and `LemmyUnavailable` (network, timeout, 5xx, and rate limits: 0.19 answers them
+400 `{"error":"rate_limit_error"}`, 1.0 answers 429; retried with backoff). Status codes as Lemmy sends
+them (crates/utils/src/error.rs): 401 `incorrect_login` for a bad login or a missing/invalid token, 404
+for what is not found, 400 for everything else.
+
+The bot logs in once and its token is kept (0600, beside the state database) for the next commands:
+0.19 puts logins in its "register" rate bucket (3 an hour by default before 0.19.11, 10 after:
+LemmyNet/lemmy commit 49bb17b58, migrations/2025-04-07-100344_registration-rate-limit), so logging in
+afresh per command would soon be refused. A 401 drops the token and logs in again once (1.0's tokens
+expire after a week). The password and the token never appear in messages.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import threading
-import urllib.error
 import urllib.parse
-import urllib.request
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from .errors import MirrorScanError
@@ -48,6 +56,7 @@ class Lemmy:
     timeout: float = 15.0
     api: str | None = None  # "v3" | "v4", detected on first use
     version: str | None = None
+    token_file: Path | None = None  # where the bot's token is kept between commands (private)
     _jwt: str | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -79,12 +88,14 @@ class Lemmy:
 
     def _call(self, method: str, path: str, body: dict | None = None, query: dict | None = None) -> Any:
         """An authenticated call on the detected API; logs in first, and once more if the token expired."""
+        api, _ = self.detect()  # a kept token skips the login, not the version
         self.login()
-        prefix = f"/api/{self.api}"
+        prefix = f"/api/{api}"
         status, payload = self._send(method, prefix + path, body, query)
-        if status == 401:
+        if status == 401:  # expired or revoked (1.0 tokens last a week): log in once more
             with self._lock:
                 self._jwt = None
+                self._forget_token()
             self.login()
             status, payload = self._send(method, prefix + path, body, query)
         return self._result(f"{method} {prefix}{path}", status, payload)
@@ -94,7 +105,7 @@ class Lemmy:
             return payload
         error = payload.get("error") if isinstance(payload, dict) else None
         detail = self._scrub(str(error or (payload.get("message") if isinstance(payload, dict) else "") or ""))
-        if status == 429 or status >= 500 or error == "rate_limit_error":
+        if _passing(status, error):
             raise LemmyUnavailable(f"Lemmy answered {status} to {what}" + (f" ({detail})" if detail else ""))
         raise LemmyRefused(
             f"Lemmy refused {what}: {status}" + (f" {detail}" if detail else ""),
@@ -111,8 +122,9 @@ class Lemmy:
                 if status == 200 and isinstance(payload, dict) and "version" in payload:
                     self.api, self.version = api, str(payload["version"])
                     break
-                if status >= 500 or status == 429:
-                    raise LemmyUnavailable(f"Lemmy answered {status} to GET /api/{api}/site")
+                error = payload.get("error") if isinstance(payload, dict) else None
+                if _passing(status, error):
+                    raise LemmyUnavailable(f"Lemmy answered {status} to GET /api/{api}/site" + _named(error))
             else:
                 raise LemmyRefused(
                     f"{self.url} does not answer like Lemmy (no /api/v4/site or /api/v3/site)",
@@ -122,7 +134,7 @@ class Lemmy:
 
     def login(self) -> None:
         with self._lock:
-            if self._jwt:
+            if self._jwt or self._load_token():
                 return
             api, _ = self.detect()
             path = "/api/v4/account/auth/login" if api == "v4" else "/api/v3/user/login"
@@ -131,15 +143,51 @@ class Lemmy:
             )
             if status == 200 and isinstance(payload, dict) and payload.get("jwt"):
                 self._jwt = str(payload["jwt"])
+                self._save_token()
                 return
-            if status == 429 or status >= 500:
-                raise LemmyUnavailable(f"Lemmy answered {status} to the bot's login")
             error = payload.get("error") if isinstance(payload, dict) else None
+            if _passing(status, error):
+                raise LemmyUnavailable(
+                    f"Lemmy answered {status} to the bot's login" + _named(error),
+                    hint="Lemmy rate-limits logins (its register bucket): retried later" if error else None,
+                )
             raise LemmyRefused(
                 f"Lemmy refused the login of bot account {self.username!r}"
                 + (f" ({self._scrub(str(error))})" if error else f" ({status})"),
                 hint="check [lemmy] username and password_file (a bot with 2FA cannot log in)",
             )
+
+    # ------------------------------------------------------------------ the kept token
+
+    def _load_token(self) -> bool:
+        if self.token_file is None:
+            return False
+        try:
+            kept = json.loads(self.token_file.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return False
+        if isinstance(kept, dict) and kept.get("url") == self.url and kept.get("username") == self.username:
+            jwt = kept.get("jwt")
+            if isinstance(jwt, str) and jwt:
+                self._jwt = jwt
+                return True
+        return False
+
+    def _save_token(self) -> None:
+        if self.token_file is None:
+            return
+        tmp = self.token_file.with_name(f".{self.token_file.name}.{os.getpid()}.tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump({"url": self.url, "username": self.username, "jwt": self._jwt}, handle)
+            os.replace(tmp, self.token_file)
+        except OSError:
+            tmp.unlink(missing_ok=True)  # not kept: the next command logs in again
+
+    def _forget_token(self) -> None:
+        if self.token_file is not None:
+            self.token_file.unlink(missing_ok=True)
 
     def me(self) -> dict[str, Any]:
         """{name, admin, moderates: [community names]} of the bot account."""
@@ -186,3 +234,13 @@ class Lemmy:
     def ban(self, person_id: int, reason: str, ban: bool = True) -> None:
         path = "/admin/ban" if self.detect()[0] == "v4" else "/user/ban"
         self._call("POST", path, {"person_id": person_id, "ban": ban, "reason": reason})
+
+
+def _passing(status: int, error: object) -> bool:
+    """A failure that passes by itself: the server (5xx) or a rate limit (0.19: 400 rate_limit_error;
+    1.0: 429, body {"error":"too_many_requests"} from alpha.10, empty before)."""
+    return status == 429 or status >= 500 or error in ("rate_limit_error", "too_many_requests")
+
+
+def _named(error: object) -> str:
+    return f" ({error})" if error else ""

@@ -92,7 +92,12 @@ def build_lemmy(settings: Settings) -> Lemmy | None:
             "[lemmy] url is set but the bot account is not",
             hint="set [lemmy] username and password_file (or MIRROR_SCAN_LEMMY_PASSWORD)",
         )
-    return Lemmy(settings.lemmy_url, settings.lemmy_username, password)
+    return Lemmy(
+        settings.lemmy_url,
+        settings.lemmy_username,
+        password,
+        token_file=settings.state.with_name(settings.state.name + ".lemmy-token"),
+    )
 
 
 def follow_up_enabled(settings: Settings) -> bool:
@@ -123,6 +128,7 @@ class Moderation:
         self.lemmy = lemmy
         self.webhook = webhook
         self._down: dict[str, str] = {}  # service -> its failure, within one run_due
+        self._bot_id: int | None = None
 
     @classmethod
     def from_settings(cls, settings: Settings, ledger: Ledger, quarantine: Quarantine) -> Moderation:
@@ -199,7 +205,8 @@ class Moderation:
             if refused:
                 self.ledger.finish_followup(row.id, "refused", error=text)
                 self._history(row.item, f"{what}: refused: {text}")
-                return f"{row.item}: {what} refused: {text}"
+                fallback = self._report_instead(row)
+                return f"{row.item}: {what} refused: {text}" + (f"; {fallback}" if fallback else "")
             self.ledger.finish_followup(
                 row.id, "pending", error=text, next_try=time.time() + followups.backoff_s(row.attempts + 1)
             )
@@ -209,6 +216,25 @@ class Moderation:
         self.ledger.finish_followup(row.id, "done", result=result)
         self._history(row.item, f"{what}: done" + (f" (report {result})" if result else ""))
         return f"{row.item}: {what}"
+
+    def _report_instead(self, row: FollowupRow) -> str:
+        """A removal Lemmy refused (the bot is no moderator there): the report that was skipped for it
+        ("removed instead") is filed after all, so the community's moderators still hear of it."""
+        if not row.action.startswith("remove_"):
+            return ""
+        report = "report_" + row.action.removeprefix("remove_")
+        skipped = next(
+            (
+                f
+                for f in self.ledger.followups(row.item)
+                if (f.action, f.target, f.state) == (report, row.target, "skipped")
+            ),
+            None,
+        )
+        if skipped is None:
+            return ""
+        self.ledger.finish_followup(skipped.id, "pending", next_try=time.time(), attempted=False)
+        return f"{describe_action(report, row.target)} instead"
 
     def _history(self, item_id: str, event: str, **fields: Any) -> None:
         self.quarantine.note_held(item_id, event, **fields)  # the runner holds the item lock
@@ -251,18 +277,36 @@ class Moderation:
             reason = {}
         return list((reason or {}).get("labels") or [])
 
-    def planned_actions(self, item, data: dict[str, Any]) -> list[tuple[str, str]]:
+    def planned_actions(self, item, data: dict[str, Any]) -> followups.Planned:
         s = self.settings
-        return followups.plan(self.labels(item), data, s.actions, s.lemmy_notify, bool(s.notify_webhook))
+        reporter = self._bot_person_id() if data.get("private_messages") else None
+        return followups.plan(
+            self.labels(item), data, s.actions, s.lemmy_notify, bool(s.notify_webhook), reporter=reporter
+        )
+
+    def _bot_person_id(self) -> int | None:
+        """The bot's own person id (only a private message's recipient may report it); None if unknown."""
+        if self.lemmy is None:
+            return None
+        if self._bot_id is None:
+            try:
+                self._bot_id = self.lemmy.person_id(self.lemmy.username)
+            except MirrorScanError as err:
+                log.info("the bot's person id is not known (%s): private messages are not reported", err)
+                return None
+        return self._bot_id
 
     def _plan(self, item, data: dict[str, Any]) -> list[tuple[str, str]]:
         if item.state not in HELD_STATES:
             return []
-        rows = self.planned_actions(item, data)
+        planned = self.planned_actions(item, data)
+        rows = planned.rows
         state = "dry_run" if self.settings.actions_dry_run else "pending"
         with self.ledger.transaction():
             for action, target in rows:
                 self.ledger.add_followup(item.id, action, target, state=state)
+            for action, target, why in planned.skipped:
+                self.ledger.add_followup(item.id, action, target, state="skipped", error=why)
         if rows and state == "dry_run":
             self._history(item.id, "dry run: would " + "; ".join(describe_action(a, t) for a, t in rows))
         return rows
@@ -290,12 +334,10 @@ class Moderation:
         if action in ("remove_post", "remove_comment", "restore_post", "restore_comment"):
             kind = action.split("_", 1)[1]
             removed = action.startswith("remove")
-            why = (
-                f"{TOOL}: image quarantined as {labels} (item {item.id})"
-                if removed
-                else f"{TOOL}: the image was a false positive and is restored (item {item.id})"
-            )
-            lemmy.remove(kind, int(target), removed, why)
+            # Public (the modlog, federated to every instance): it accuses nobody and names no label; the
+            # label and the scores go to admin channels only (the notice, the webhook, the report queue).
+            template = self.settings.lemmy_removal_reason if removed else self.settings.lemmy_restore_reason
+            lemmy.remove(kind, int(target), removed, public_reason(template, item.id))
             return None
         if action.startswith("report_"):
             kind = action.removeprefix("report_")
@@ -383,6 +425,13 @@ def md_url(value: object) -> str:
     """A post's address, only if it is a plain http(s) URL (then Lemmy links it, never embeds it)."""
     text = str(value or "")
     return text if _SAFE_URL.match(text) and len(text) < 300 else "(address withheld: not a plain URL)"
+
+
+def public_reason(template: str, item_id: str) -> str:
+    """A removal or restore reason as the public sees it: the template with {item} filled in, one line,
+    within Lemmy's limits."""
+    text = " ".join(template.replace("{item}", item_id).split())
+    return text[:1000] or f"ref {item_id}"
 
 
 def describe_action(action: str, target: str) -> str:

@@ -154,6 +154,22 @@ class PgSource:
                 hint="check the database name in the URL",
             )
 
+    def readable_secrets(self, conn: Any, pairs: tuple[tuple[str, str], ...]) -> list[str]:
+        """The secret `table.column`s that exist here and this role may read (it should read none); from the
+        catalogue, which any role may read."""
+        readable = []
+        for table, column in pairs:
+            row = self.rows(
+                conn,
+                "SELECT a.attname IS NOT NULL AND has_column_privilege(to_regclass(%(t)s), %(c)s, 'SELECT') AS ok "
+                "FROM (SELECT 1) one LEFT JOIN pg_attribute a ON a.attrelid = to_regclass(%(t)s) "
+                "AND a.attname = %(c)s AND NOT a.attisdropped",
+                {"t": table, "c": column},
+            )[0]
+            if row["ok"]:
+                readable.append(f"{table}.{column}")
+        return readable
+
     def columns(self, conn: Any) -> dict[str, set[str]]:
         """table -> columns of the public schema (how the schema version is told apart)."""
         found: dict[str, set[str]] = {}

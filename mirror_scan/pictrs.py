@@ -84,9 +84,15 @@ class Pictrs:
         return found
 
     def purge(self, alias: str) -> str:
-        status, _ = self._request("POST", "/internal/purge", {"alias": alias})
-        if status == 404:
+        """pict-rs queues the purge (a cleanup job, src/queue.rs) and answers 200 at once, with every alias
+        of the file: the alias may resolve for a moment more. An unknown alias is 404 `alias-not-found`
+        from 0.5.7, 400 "No images associated with provided alias" before (robinst/pict-rs@07d6231
+        src/lib.rs:1431-1435)."""
+        status, data = self._request("POST", "/internal/purge", {"alias": alias})
+        message = str(data.get("msg", "")) if isinstance(data, dict) else ""
+        if status == 404 or (status == 400 and "no images associated" in message.lower()):
             return "unknown alias (already purged?)"
         if status >= 300:
             raise PictrsError(f"pict-rs answered {status} to the purge of {alias}")
-        return "purged"
+        others = [a for a in (data.get("aliases") or []) if a != alias] if isinstance(data, dict) else []
+        return "purge queued by pict-rs" + (f" (with its other aliases: {', '.join(others)})" if others else "")

@@ -503,6 +503,8 @@ class Quarantine:
         """Unlink the original only if it still holds the quarantined bytes (never a newer file), reached
         from the mirror root without following links (never a file outside the mirror)."""
         source = row.original
+        if not source:
+            return  # an object scanned in its bucket: no mirror copy
         try:
             place = reach(row.mirror_root, relative_to(row.mirror_root, source))
         except MissingParent:
@@ -905,6 +907,9 @@ class Quarantine:
                             f"{item_dir.name}: its metadata file disagrees with the ledger on "
                             f"{', '.join(differing)}; the ledger's record is kept"
                         )
+                    elif isinstance(meta.get("attribution"), dict) and self.ledger.attribution(known.id) is None:
+                        with self.ledger.transaction():  # filled in where the ledger lost it, never replaced
+                            self.ledger.put_attribution(known.id, meta["attribution"])
                     continue
                 self._check_importable(item_dir, meta, mirror_root)
                 with self.ledger.transaction():

@@ -1,25 +1,35 @@
 """Upload-time validation for pict-rs's `[media] external_validation`.
 
-pict-rs POSTs each processed upload (body = the media, Content-Type = its type) to
-`/validate/<token>`; any 2xx accepts, anything else rejects (pict-rs fails closed on timeouts too).
-Handler threads read and decode (in parallel); one batcher thread owns the model and the state
-database: it collects requests for up to `max_wait` or a full batch, so a burst costs one inference
-per batch, decides, keeps rejected bytes in the quarantine as evidence, and answers each request.
+pict-rs 0.5 POSTs each processed upload to `/validate/<token>` the way its HTTP client (reqwest on
+hyper, HTTP/1.1 only) sends a streamed body: `Transfer-Encoding: chunked`, no Content-Length,
+`Content-Type` = the stored media type, on pooled keep-alive connections (robinst/pict-rs@31049d3,
+src/ingest.rs:195-214, src/lib.rs:1582-1592). Any 2xx accepts; anything else, a timeout or a closed
+connection rejects (pict-rs fails closed).
+
+The HTTP side is aiohttp (its C parser refuses Transfer-Encoding with Content-Length, duplicate or
+malformed lengths); on top of it, every body, chunked or sized, is read under one byte limit and
+deadlines, and connections are guarded without a per-address cap (pict-rs connects from one address,
+which a cap would let an attacker exhaust): a connection that has not sent a request with the token
+within `read_timeout_s` is closed, and past `max_unauthenticated` such connections the oldest is
+dropped, so stalled sockets can never crowd pict-rs out.
+
+Requests are read and decoded concurrently; one batcher thread owns the model and the state database:
+it collects requests for up to `max_wait` or a full batch, so a burst costs one inference per batch,
+decides, keeps rejected bytes in the quarantine as evidence, and answers each request.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import hmac
-import json
 import logging
 import queue
 import re
 import threading
 import time
-from concurrent.futures import Future
-from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import numpy as np
@@ -49,8 +59,10 @@ class ServeConfig:
     answer_within_s: float = 20.0  # well inside pict-rs's 30 s default timeout
     on_error: str = "reject"  # "reject" | "accept" for files that cannot be decoded
     on_overload: str = "reject"  # "reject" (503) | "accept" (the watch daemon scores it from the mirror later)
-    read_timeout_s: float = 10.0  # a client that stalls mid-headers or mid-body is cut off after this
-    max_connections_per_client: int = 128
+    read_timeout_s: float = 10.0  # no request head, or no body bytes, for this long: the connection is closed
+    body_deadline_s: float = 25.0  # the whole body must arrive within this (pict-rs gives up at 30 s)
+    max_unauthenticated: int = 256  # connections without a request bearing the token yet; past it, the oldest goes
+    keepalive_s: float = 120.0  # pict-rs's pool keeps idle connections 90 s
     limits: Limits = field(default_factory=Limits)
 
 
@@ -79,7 +91,7 @@ class Batcher(threading.Thread):
         policy: Policy,
         config: ServeConfig,
     ) -> None:
-        super().__init__(name="batcher", daemon=True)
+        super().__init__(name="batcher")  # joined by the validator service at shutdown
         self.ledger, self.quarantine, self.bundle = ledger, quarantine, bundle
         self.scorer, self.policy, self.config = scorer, policy, config
         self.model_id = result_model_id(bundle, scorer, config.limits)
@@ -193,8 +205,7 @@ class Batcher(threading.Thread):
         job.future.set_result((verdict.flagged, verdict.reason))
 
 
-CONTENT_LENGTH = re.compile(r"^[0-9]{1,15}$")
-TOKEN_IN_PATH = re.compile(r"/validate/[^\s?#]*")
+TOKEN_IN_PATH = re.compile(r"/validate/[^\s?#\"']*")
 
 
 def redact(text: str) -> str:
@@ -202,188 +213,299 @@ def redact(text: str) -> str:
     return TOKEN_IN_PATH.sub("/validate/***", text)
 
 
-class ValidationServer(ThreadingHTTPServer):
-    """The standard library's threading server, hardened where it is lax by default: strict framing
-    (Content-Length must be a plain non-negative integer within the limit), a read timeout on every
-    socket, the connection closed after any early answer (the unread body is never parsed as a request),
-    a slot taken only once the whole body has arrived, and a cap on connections per client address."""
+class RedactingLog(logging.Filter):
+    """aiohttp's own log lines (a malformed request, a dropped connection) one line each, the token
+    redacted, no traceback: the request line may hold the token, and an attacker chooses the bytes."""
 
-    daemon_threads = True
-    block_on_close = False
-    request_queue_size = 128
+    def filter(self, record: logging.LogRecord) -> bool:
+        from .text import one_line
 
-    def __init__(
-        self, address: tuple[str, int], batcher: Batcher, config: ServeConfig, info: dict[str, Any], decoder=decode
-    ):
+        message = one_line(redact(record.getMessage()))
+        if record.exc_info and record.exc_info[1] is not None:
+            message += (
+                f": {one_line(redact(str(record.exc_info[1]).splitlines()[0] if str(record.exc_info[1]) else ''))}"
+            )
+        record.msg, record.args, record.exc_info, record.exc_text = message, (), None, None
+        if record.levelno > logging.INFO:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+        return True
+
+
+class TooLarge(Exception):
+    pass
+
+
+def _guarded_server_class():
+    from aiohttp import web
+
+    class GuardedServer(web.Server):
+        """aiohttp's low-level server, told of every connection: those that have not yet sent a request with
+        the token are timed (`read_timeout_s` to send it) and capped (past the cap the oldest is dropped)."""
+
+        def __init__(self, handler, *, head_timeout_s: float, max_unauthenticated: int, **kwargs) -> None:
+            super().__init__(handler, **kwargs)
+            self.head_timeout_s, self.max_unauthenticated = head_timeout_s, max_unauthenticated
+            self.unauthenticated: collections.OrderedDict = collections.OrderedDict()
+            self.dropped = 0
+
+        def connection_made(self, handler, transport) -> None:
+            super().connection_made(handler, transport)
+            loop = asyncio.get_running_loop()
+            self.unauthenticated[handler] = loop.call_later(self.head_timeout_s, self._drop, handler, "no request")
+            while len(self.unauthenticated) > self.max_unauthenticated:
+                self._drop(next(iter(self.unauthenticated)), "too many connections without the token")
+
+        def connection_lost(self, handler, exc) -> None:
+            timer = self.unauthenticated.pop(handler, None)
+            if timer is not None:
+                timer.cancel()
+            super().connection_lost(handler, exc)
+
+        def trust(self, handler) -> None:
+            """The connection sent a request with the right token: it is pict-rs's, and stays."""
+            timer = self.unauthenticated.pop(handler, None)
+            if timer is not None:
+                timer.cancel()
+
+        def in_progress(self, handler) -> None:
+            """A request head arrived: its body has its own deadlines, the head timer is done."""
+            timer = self.unauthenticated.get(handler)
+            if timer is not None:
+                timer.cancel()
+
+        def _drop(self, handler, why: str) -> None:
+            timer = self.unauthenticated.pop(handler, None)
+            if timer is not None:
+                timer.cancel()
+            self.dropped += 1
+            log.info("closed a connection from %s: %s", (handler.peername or ("?",))[0], why)
+            if handler.transport is not None:
+                handler.transport.abort()
+
+    return GuardedServer
+
+
+class ValidationServer:
+    """The HTTP side: routes, framing checks, body limits and deadlines, slots, and the answer."""
+
+    def __init__(self, batcher: Batcher, config: ServeConfig, info: dict[str, Any], decoder=decode, metrics=None):
         self.batcher, self.config, self.info = batcher, config, info
         self.decode = decoder  # a worker-process pool's decode in production (see decodepool.py)
-        self.slots = threading.BoundedSemaphore(config.max_in_flight)
-        self._per_client: dict[str, int] = {}
-        self._clients_lock = threading.Lock()
-        super().__init__(address, Handler)
+        self.metrics = metrics  # ServeMetrics, or None
+        self.slots: asyncio.Semaphore | None = None
+        # Hashing and decoding block: they run here, never on the event loop.
+        self.pool = ThreadPoolExecutor(max(4, config.max_in_flight), thread_name_prefix="validate")
+        self.in_flight = 0
+        self.server = None
 
-    def process_request(self, request, client_address) -> None:
-        host = client_address[0]
-        with self._clients_lock:
-            if self._per_client.get(host, 0) >= self.config.max_connections_per_client:
-                log.warning("refused a connection from %s: %d already open", host, self._per_client[host])
-                self.shutdown_request(request)
-                return
-            self._per_client[host] = self._per_client.get(host, 0) + 1
-        super().process_request(request, client_address)
+    def make_server(self):
+        from aiohttp import web
 
-    def process_request_thread(self, request, client_address) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            with self._clients_lock:
-                self._per_client[client_address[0]] -= 1
-                if not self._per_client[client_address[0]]:
-                    del self._per_client[client_address[0]]
+        logger = logging.getLogger("mirror_scan.serve.http")
+        if not any(isinstance(f, RedactingLog) for f in logger.filters):
+            logger.addFilter(RedactingLog())
+        self.slots = asyncio.Semaphore(self.config.max_in_flight)
+        self.server = _guarded_server_class()(
+            self.handle,
+            head_timeout_s=self.config.read_timeout_s,
+            max_unauthenticated=self.config.max_unauthenticated,
+            keepalive_timeout=self.config.keepalive_s,
+            access_log=None,
+            logger=logger,
+            max_line_size=8190,
+            max_field_size=8190,
+            max_headers=64,
+        )
+        _ = web  # the class above is a web.Server
+        return self.server
 
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
-class Handler(BaseHTTPRequestHandler):
-    server: ValidationServer
-    protocol_version = "HTTP/1.1"
+    # ---------------------------------------------------------------- answers
 
-    def setup(self) -> None:
-        self.timeout = self.server.config.read_timeout_s  # StreamRequestHandler applies it to the socket
-        super().setup()
+    @staticmethod
+    def _json(status: int, body: dict[str, Any], close: bool = False):
+        from aiohttp import web
 
-    def log_message(self, fmt: str, *args) -> None:  # the request line only; never bodies or tokens
-        log.debug("%s %s", self.address_string(), redact(fmt % args))
-
-    def log_error(self, fmt: str, *args) -> None:
-        log.info("%s %s", self.address_string(), redact(fmt % args))
-
-    def _reply(self, status: int, body: dict[str, Any], close: bool = False) -> None:
-        data = json.dumps(body).encode()
+        response = web.json_response(body, status=status)
         if close:
-            self.close_connection = True
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        if close:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(data)
+            response.force_close()
+        return response
 
-    def _early(self, status: int, body: dict[str, Any]) -> None:
-        """An answer before the body was read: close the connection, so the unread body can never be
-        taken for the next request (request desync)."""
-        self._reply(status, body, close=True)
+    def _early(self, status: int, body: dict[str, Any]):
+        """An answer before the body was read: the connection is closed after it, so the unread body can
+        never be taken for the next request (request desync)."""
+        return self._json(status, body, close=True)
 
-    def _token_ok(self) -> bool:
+    def _token_ok(self, path: str) -> bool:
         prefix = "/validate/"
-        path = self.path.split("?", 1)[0]
-        if not path.startswith(prefix):
-            return False
-        return hmac.compare_digest(path[len(prefix) :].encode(), self.server.config.token.encode())
+        return path.startswith(prefix) and hmac.compare_digest(
+            path[len(prefix) :].encode("utf-8", "surrogateescape"), self.config.token.encode()
+        )
 
-    def do_GET(self) -> None:  # noqa: N802
-        if self.path.split("?", 1)[0] == "/healthz":
-            self._reply(
-                200,
-                {
-                    "status": "ok",
-                    **self.server.info,
-                    **self.server.batcher.stats,
-                    "queue": self.server.batcher.jobs.qsize(),
-                },
-            )
-        elif self.path.startswith("/validate/"):
-            self._early(405, {"error": "use POST with the media as the body"})
-        else:
-            self._early(404, {"error": "not found"})
+    def _count(self, outcome: str) -> None:
+        if self.metrics is not None:
+            self.metrics.uploads.labels(outcome).inc()
 
-    def do_PUT(self) -> None:  # noqa: N802
-        self._early(405, {"error": "use POST"})
+    # ---------------------------------------------------------------- requests
 
-    do_DELETE = do_PATCH = do_PUT  # noqa: N815
-
-    def _body_length(self) -> int | None:
-        """The declared body length, or None after answering 400/411/413 (and closing)."""
-        if self.headers.get("Transfer-Encoding"):
-            self._early(411, {"error": "send the body with a Content-Length (no Transfer-Encoding)"})
-            return None
-        values = self.headers.get_all("Content-Length") or []
-        if not values:
-            self._early(411, {"error": "Content-Length required"})
-            return None
-        if len(set(values)) != 1 or not CONTENT_LENGTH.match(values[0].strip()):
-            self._early(400, {"error": "Content-Length must be one non-negative integer"})
-            return None
-        length = int(values[0])
-        if length > self.server.config.max_body_bytes:
-            log.warning("rejected an upload of %d bytes (limit %d)", length, self.server.config.max_body_bytes)
-            self._early(413, {"error": f"body over {self.server.config.max_body_bytes} bytes"})
-            return None
-        return length
-
-    def do_POST(self) -> None:  # noqa: N802
-        if not self.path.startswith("/validate/"):
+    async def handle(self, request):
+        self.server.in_progress(request.protocol)
+        path = request.raw_path.split("?", 1)[0]
+        if path == "/healthz" and request.method in ("GET", "HEAD"):
+            return self._json(200, self.health())
+        if not path.startswith("/validate/"):
             return self._early(404, {"error": "not found"})
-        if not self._token_ok():
-            log.warning("validation request with a wrong token from %s", self.address_string())
+        if request.method != "POST":
+            return self._early(405, {"error": "use POST with the media as the body"})
+        if not self._token_ok(path):
+            log.warning("validation request with a wrong token from %s", request.remote)
             return self._early(403, {"error": "wrong token"})
-        length = self._body_length()
-        if length is None:
-            return None
+        self.server.trust(request.protocol)
+        coding = request.headers.get("Transfer-Encoding")
+        if coding is not None and coding.strip().lower() != "chunked":
+            return self._early(501, {"error": "only the chunked transfer coding is understood"})
+        length = request.content_length
+        if coding is None and length is None:
+            return self._early(411, {"error": "send a body: chunked, or with a Content-Length"})
+        limit = self.config.max_body_bytes
+        if length is not None and length > limit:
+            log.warning("rejected an upload of %d bytes (limit %d)", length, limit)
+            self._count("too_large")
+            return self._early(413, {"error": f"body over {limit} bytes"})
+        started = time.monotonic()
         try:
-            data = self.rfile.read(length)  # bounded in time by the socket's read timeout
-        except (TimeoutError, OSError):
-            self.close_connection = True
-            log.info("an upload from %s stalled; connection closed", self.address_string())
-            return None
-        if len(data) != length:
-            self.close_connection = True  # the client went away mid-body
-            return None
+            data = await asyncio.wait_for(self._read_body(request, limit), self.config.body_deadline_s)
+        except TooLarge:
+            log.warning("rejected a chunked upload over %d bytes", limit)
+            self._count("too_large")
+            return self._early(413, {"error": f"body over {limit} bytes"})
+        except TimeoutError:
+            log.info("an upload from %s stalled; connection closed", request.remote)
+            self._count("stalled")
+            return self._early(408, {"error": "the body did not arrive in time"})
+        except Exception:  # noqa: BLE001 - the client went away mid-body, or sent broken chunks
+            log.info("an upload from %s broke off mid-body; connection closed", request.remote)
+            return self._early(400, {"error": "incomplete body"})
         # A slot is taken only now, with the whole body here: stalled clients never hold one.
-        if not self.server.slots.acquire(timeout=self.server.config.answer_within_s / 2):
+        try:
+            await asyncio.wait_for(self.slots.acquire(), self.config.answer_within_s / 2)
+        except TimeoutError:
             return self._overloaded("too many uploads in flight")
+        self.in_flight += 1
         try:
-            return self._validate(data)
+            return await self._validate(request, data, started)
         finally:
-            self.server.slots.release()
+            self.in_flight -= 1
+            self.slots.release()
 
-    def _overloaded(self, why: str) -> None:
-        if self.server.config.on_overload == "accept":
+    async def _read_body(self, request, limit: int) -> bytes:
+        """The body, chunked or sized, never more than `limit` bytes; each piece must come within
+        read_timeout_s (and the whole within body_deadline_s, around this)."""
+        chunks, total = [], 0
+        while True:
+            chunk = await asyncio.wait_for(request.content.readany(), self.config.read_timeout_s)
+            if not chunk:
+                return b"".join(chunks)
+            total += len(chunk)
+            if total > limit:
+                raise TooLarge
+            chunks.append(chunk)
+
+    def _overloaded(self, why: str):
+        self._count("overloaded")
+        if self.config.on_overload == "accept":
             log.warning("accepted an upload unchecked (%s); the watch daemon scores it from the mirror", why)
-            return self._reply(200, {"verdict": "accepted", "note": f"not checked: {why}"})
-        return self._reply(503, {"error": why})
+            return self._json(200, {"verdict": "accepted", "note": f"not checked: {why}"})
+        return self._json(503, {"error": why})
 
-    def _validate(self, data: bytes) -> None:
-        config = self.server.config
-        content_type = self.headers.get("Content-Type", "application/octet-stream")
+    def _prepare(self, data: bytes, content_type: str) -> Job | str:
+        """In a pool thread: hash and decode (never on the event loop)."""
         sha256 = sha256_bytes(data)
-        self.server.batcher.decoding(+1)
+        self.batcher.decoding(+1)
         try:
-            decoded = self.server.decode(data, self.server.batcher.bundle.preprocess, config.limits)
+            decoded = self.decode(data, self.batcher.bundle.preprocess, self.config.limits)
         finally:
-            self.server.batcher.decoding(-1)
+            self.batcher.decoding(-1)
         if isinstance(decoded, str):
             log.warning("upload %s (%s, %d bytes) cannot be decoded: %s", sha256[:12], content_type, len(data), decoded)
+            return decoded
+        return Job(sha256, data, content_type, decoded.pixels, decode_detail(decoded), md5_bytes(data),
+                   decoded.pdq, decoded.pdq_variants)  # fmt: skip
+
+    async def _validate(self, request, data: bytes, started: float):
+        config = self.config
+        content_type = request.headers.get("Content-Type", "application/octet-stream")
+        loop = asyncio.get_running_loop()
+        job = await loop.run_in_executor(self.pool, self._prepare, data, content_type)
+        if isinstance(job, str):
+            self._count("undecodable")
             if config.on_error == "accept":
-                return self._reply(200, {"verdict": "accepted", "note": f"not decodable: {decoded}"})
-            return self._reply(415, {"verdict": "rejected", "error": f"not decodable: {decoded}"})
-        job = Job(
-            sha256,
-            data,
-            content_type,
-            decoded.pixels,
-            decode_detail(decoded),
-            md5_bytes(data),
-            decoded.pdq,
-            decoded.pdq_variants,
-        )
-        future = self.server.batcher.submit(job)
+                return self._json(200, {"verdict": "accepted", "note": f"not decodable: {job}"})
+            return self._json(415, {"verdict": "rejected", "error": f"not decodable: {job}"})
+        future = self.batcher.submit(job)
+        remaining = max(0.001, config.answer_within_s - (time.monotonic() - started))
         try:
-            flagged, reason = future.result(timeout=config.answer_within_s)
-        except FutureTimeout:
+            # shield: a timeout here must not cancel the batcher's future under it
+            flagged, reason = await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(future)), remaining)
+        except TimeoutError:
             return self._overloaded("validation timed out")
         except Exception:  # noqa: BLE001
-            return self._reply(500, {"error": "validation failed"})
+            self._count("failed")
+            return self._json(500, {"error": "validation failed"})
+        if self.metrics is not None:
+            self.metrics.latency.observe(time.monotonic() - started)
         if flagged:
-            log.warning("rejected upload %s (%s): %s", sha256[:12], content_type, ",".join(reason.get("labels", [])))
-            return self._reply(406, {"verdict": "rejected", "sha256": sha256})
-        return self._reply(200, {"verdict": "accepted", "sha256": sha256})
+            log.warning(
+                "rejected upload %s (%s): %s", job.sha256[:12], content_type, ",".join(reason.get("labels", []))
+            )
+            self._count("rejected")
+            return self._json(406, {"verdict": "rejected", "sha256": job.sha256})
+        self._count("accepted")
+        return self._json(200, {"verdict": "accepted", "sha256": job.sha256})
+
+    def health(self) -> dict[str, Any]:
+        return {
+            "status": "ok",
+            **self.info,
+            **self.batcher.stats,
+            "queue": self.batcher.jobs.qsize(),
+            "in_flight": self.in_flight,
+            "connections": len(self.server.connections) if self.server is not None else 0,
+            "dropped_connections": self.server.dropped if self.server is not None else 0,
+        }
+
+
+class ServeMetrics:
+    """Prometheus metrics of the validator (like `watch --metrics`): uploads by outcome, the time from
+    the request to its verdict, and gauges read at scrape time."""
+
+    def __init__(self, server: ValidationServer) -> None:
+        from prometheus_client import CollectorRegistry, Counter, Histogram
+
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.server = server
+        self.uploads = Counter("mirror_scan_uploads", "Uploads by outcome.", ["outcome"], registry=self.registry)
+        self.latency = Histogram(
+            "mirror_scan_validation_seconds",
+            "From an upload's request to its verdict (body, decode, batch, inference).",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 20),
+            registry=self.registry,
+        )
+        self.registry.register(self)
+
+    def describe(self):
+        return []
+
+    def collect(self):
+        from prometheus_client.core import GaugeMetricFamily
+
+        health = self.server.health()
+        for key, help_text in (
+            ("queue", "Uploads decoded and waiting for the model."),
+            ("in_flight", "Uploads being decoded or judged."),
+            ("connections", "Open connections."),
+            ("dropped_connections", "Connections closed for sending no request with the token in time."),
+        ):
+            yield GaugeMetricFamily(f"mirror_scan_validator_{key}", help_text, value=health[key])

@@ -100,6 +100,13 @@ def _actions(value: Any) -> dict[str, tuple[str, ...]]:
     return actions
 
 
+def _reason(value: Any) -> str:
+    text = " ".join(str(value).split())
+    if not text or len(text) > 500:
+        raise ValueError("must be a line of text of at most 500 characters")
+    return text
+
+
 def _database_url(value: Any) -> str:
     """A PostgreSQL URL (or libpq keyword string) with no password in it: a URL is shown, logged and kept in
     config files that more people read than the password should reach."""
@@ -189,6 +196,16 @@ SPECS: dict[str, Spec] = {
     "lemmy_password_file": Spec(Path, lambda: None, "file holding the bot's password"),
     "lemmy_password": Spec(str, lambda: None, "the bot's password (environment only, preferably a file)"),
     "lemmy_notify": Spec(_names, lambda: (), "admins the bot sends a private message to (action 'notify')"),
+    "lemmy_removal_reason": Spec(
+        _reason,
+        lambda: "Removed pending review by this instance's admins (ref {item})",
+        "the public reason of a removal (modlog, federated): {item} is the quarantine item; never the label",
+    ),
+    "lemmy_restore_reason": Spec(
+        _reason,
+        lambda: "Restored after review by this instance's admins (ref {item})",
+        "the public reason when a restore puts a post or comment back",
+    ),
     "notify_webhook": Spec(str, lambda: None, "JSON webhook for action 'notify' (a Matrix or Slack bridge); secret"),
     "actions": Spec(_actions, lambda: {}, "per label: remove, report, notify (default: none, attribution only)"),
     "actions_dry_run": Spec(_flag, lambda: False, "plan and record actions, send nothing"),
@@ -239,6 +256,8 @@ class Settings:
     lemmy_password_file: Path | None
     lemmy_password: str | None
     lemmy_notify: tuple[str, ...]
+    lemmy_removal_reason: str
+    lemmy_restore_reason: str
     notify_webhook: str | None
     actions: dict[str, tuple[str, ...]]
     actions_dry_run: bool

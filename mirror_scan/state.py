@@ -279,7 +279,7 @@ class FollowupRow:
     item: str
     action: str
     target: str
-    state: str  # pending, done, refused, cancelled, dry_run
+    state: str  # pending, done, refused, cancelled, dry_run, skipped (Lemmy would refuse it: error says why)
     plan: int
     attempts: int
     next_try: float
@@ -984,16 +984,23 @@ class Ledger:
     # ---------------------------------------------------------------- follow-ups (attribution, moderation)
 
     def add_followup(
-        self, item_id: str, action: str, target: str = "", *, plan: bool = False, state: str = "pending"
+        self,
+        item_id: str,
+        action: str,
+        target: str = "",
+        *,
+        plan: bool = False,
+        state: str = "pending",
+        error: str | None = None,
     ) -> None:
         """Inside the caller's transaction (the quarantine or restore that causes it); once per
-        (item, action, target)."""
+        (item, action, target). state 'skipped' (with why, in error): an action Lemmy would refuse."""
         self.begin()
         now = time.time()
         self.db.execute(
-            "INSERT OR IGNORE INTO followups (item, action, target, state, plan, next_try, created, updated) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-            (item_id, action, target, state, int(plan), now, now, now),
+            "INSERT OR IGNORE INTO followups (item, action, target, state, plan, next_try, error, created, updated) "
+            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            (item_id, action, target, state, int(plan), now, error, now, now),
         )
 
     def followups(self, item_id: str) -> list[FollowupRow]:

@@ -38,5 +38,5 @@ def csv_cell(value: object) -> object:
     a leading apostrophe (OWASP's advice). Numbers and empty values pass as they are."""
     if not isinstance(value, str) or not value:
         return value
-    value = one_line(value)
+    value = printable(value)  # a newline inside a quoted CSV field is CSV; control sequences are not
     return "'" + value if value.startswith(FORMULA_START) else value

@@ -213,33 +213,6 @@ def start_observer(kind: str, mirror: Path, handler: MirrorEvents, poll_s: float
     return observer
 
 
-class Periodic(threading.Thread):
-    """Runs `work` every `interval` seconds (first run at once), or at once when triggered, until
-    stopped; never dies of an error."""
-
-    def __init__(self, name: str, interval: float, work: Callable[[], None]) -> None:
-        super().__init__(name=name)
-        self.interval, self.work = interval, work
-        self.stop_event = threading.Event()
-        self._wake = threading.Event()
-
-    def trigger(self) -> None:
-        self._wake.set()
-
-    def stop(self) -> None:
-        self.stop_event.set()
-        self._wake.set()
-
-    def run(self) -> None:
-        while not self.stop_event.is_set():
-            self._wake.clear()  # a trigger during the run below asks for one more run right after it
-            try:
-                self.work()
-            except Exception:  # noqa: BLE001
-                log.exception("%s failed; retrying in %ss", self.name, self.interval)
-            self._wake.wait(self.interval)
-
-
 class OverflowSignal(logging.Handler):
     """watchdog handles a kernel inotify queue overflow (events silently lost) by rebuilding its watches
     and logging a warning, without telling the event handler. This turns that warning into a call, so

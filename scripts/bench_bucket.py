@@ -119,9 +119,8 @@ def main() -> None:
     args = p.parse_args()
     count = args.objects or (80 if args.quick else 600)
     bundle = bundle_for(args)
-    from tests.s3server import BUCKET, S3Server
-
     from mirror_scan.bucket.s3 import Bucket, S3Settings
+    from tests.s3server import BUCKET, S3Server
 
     with tempfile.TemporaryDirectory(prefix="bench-bucket-") as tmp:
         work = Path(tmp)

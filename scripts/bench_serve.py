@@ -5,7 +5,13 @@ p50/p99 latency and the server's RSS per level, and the model-only batched throu
 bundle measured in the same run (target at 8 clients: >= 0.8x of it). The policy flags nothing, so the
 figures are the validation path itself, not quarantine writes.
 
-    python scripts/bench_serve.py [--quick] [--json] [--model DIR | --tiny]
+Each client keeps one connection open and sends the way pict-rs 0.5 does (HTTP/1.1 keep-alive, with
+--chunked: `Transfer-Encoding: chunked` in 8 KiB frames, no Content-Length). With --baseline-tree DIR
+(a checkout of an earlier commit, e.g. `git worktree add /tmp/old ff1c9dd`) the same load runs against
+that tree's validator too (sized bodies: the old one refuses chunked ones), levels interleaved, and the
+ratios new/old are printed.
+
+    python scripts/bench_serve.py [--quick] [--json] [--model DIR | --tiny] [--chunked] [--baseline-tree DIR]
 """
 
 from __future__ import annotations
@@ -54,32 +60,49 @@ def model_only(bundle, batch: int, seconds: float) -> float:
     return done / (time.perf_counter() - start)
 
 
-def load_level(url: str, clients: int, seconds: float, payloads: list[bytes], counter: list[int]) -> dict:
+def load_level(port: int, clients: int, seconds: float, payloads: list[bytes], counter: list[int],
+               chunked: bool = False) -> dict:  # fmt: skip
+    import http.client
+
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
     stop_at = time.monotonic() + seconds
+    path = f"/validate/{TOKEN}"
+
+    def frames(body: bytes):
+        for i in range(0, len(body), 8192):
+            yield body[i : i + 8192]
 
     def client() -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
         while time.monotonic() < stop_at:
             with lock:
                 counter[0] += 1
                 n = counter[0]
             body = payloads[n % len(payloads)] + n.to_bytes(8, "big")  # after the JPEG end: unique, same decode
-            request = urllib.request.Request(url, data=body, method="POST", headers={"Content-Type": "image/jpeg"})
+            headers = {"Content-Type": "image/jpeg", "User-Agent": "pict-rs v0.5.0-main"}
             started = time.perf_counter()
             try:
-                with urllib.request.urlopen(request, timeout=60) as response:
-                    response.read()
-                    ok = response.status == 200
-            except (urllib.error.URLError, OSError):
+                if chunked:
+                    conn.request("POST", path, body=frames(body), headers=headers, encode_chunked=True)
+                else:
+                    conn.request("POST", path, body=body, headers=headers)
+                response = conn.getresponse()
+                response.read()
+                ok = response.status == 200
+                if response.will_close:
+                    conn.close()
+            except (OSError, http.client.HTTPException):
                 ok = False
+                conn.close()
             elapsed = time.perf_counter() - started
             with lock:
                 if ok:
                     latencies.append(elapsed)
                 else:
                     errors[0] += 1
+        conn.close()
 
     threads = [threading.Thread(target=client) for _ in range(clients)]
     started = time.perf_counter()
@@ -99,9 +122,40 @@ def load_level(url: str, clients: int, seconds: float, payloads: list[bytes], co
     }
 
 
+class Server:
+    """A validator subprocess: this tree's, or (PYTHONPATH) another checkout's."""
+
+    def __init__(self, work: Path, bundle_dir: Path, policy: Path, batch_size: int, tree: Path | None = None):
+        self.port = free_port()
+        env = {**os.environ, "MIRROR_SCAN_DATA_DIR": str(work)}
+        if tree is not None:
+            env["PYTHONPATH"] = str(tree)
+        name = "old" if tree else "new"
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "mirror_scan.cli", "serve", "--listen", f"127.0.0.1:{self.port}",
+             "--token-file", str(work / "token"), "--model", str(bundle_dir), "--policy", str(policy),
+             "--state", str(work / f"{name}.db"), "--quarantine", str(work / f"{name}-q"),
+             "--batch-size", str(batch_size)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, cwd=str(work),
+        )  # fmt: skip
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2).read()
+                break
+            except OSError:
+                time.sleep(0.1)
+        self.process = psutil.Process(self.proc.pid)
+
+    def stop(self) -> None:
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(timeout=30)
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--chunked", action="store_true", help="send as pict-rs does: chunked, no Content-Length")
+    p.add_argument("--baseline-tree", type=Path, help="also measure this checkout's validator (sized bodies)")
     args = p.parse_args()
     bundle_dir = bundle_for(args)
     bundle = load_bundle(bundle_dir)
@@ -118,68 +172,53 @@ def main() -> None:
         generated_image(i, 640, 480).save(buf, format="JPEG", quality=85)
         payloads.append(buf.getvalue())
     model_rate = model_only(bundle, args.batch_size, 3.0 if args.quick else 8.0)
-    port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "mirror_scan.cli",
-            "serve",
-            "--listen",
-            f"127.0.0.1:{port}",
-            "--token-file",
-            str(work / "token"),
-            "--model",
-            str(bundle_dir),
-            "--policy",
-            str(policy),
-            "--state",
-            str(work / "s.db"),
-            "--quarantine",
-            str(work / "q"),
-            "--batch-size",
-            str(args.batch_size),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env={**os.environ, "MIRROR_SCAN_DATA_DIR": str(work)},
-    )
+    servers = {"new": Server(work, bundle_dir, policy, args.batch_size)}
+    if args.baseline_tree:
+        servers["old"] = Server(work, bundle_dir, policy, args.batch_size, args.baseline_tree)
+    figures: dict = {
+        "bench": "serve",
+        "arch": bundle.manifest["model"]["arch"],
+        "batch_size": args.batch_size,
+        "chunked": args.chunked,
+        "model_only_batched_per_s": round(model_rate, 2),
+        **machine(),
+        "quick": args.quick,
+    }
+    counter = [0]
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2).read()
-                break
-            except OSError:
-                time.sleep(0.1)
-        process = psutil.Process(server.pid)
-        url = f"http://127.0.0.1:{port}/validate/{TOKEN}"
-        counter = [0]
-        load_level(url, 2, 1.0, payloads, counter)  # warm-up
-        figures: dict = {
-            "bench": "serve",
-            "arch": bundle.manifest["model"]["arch"],
-            "batch_size": args.batch_size,
-            "model_only_batched_per_s": round(model_rate, 2),
-            **machine(),
-            "quick": args.quick,
-        }
-        rss = []
+        for name, server in servers.items():
+            load_level(server.port, 2, 1.0, payloads, counter, chunked=args.chunked and name == "new")  # warm-up
+        rss: dict[str, list[float]] = {name: [] for name in servers}
         for clients in (1, 8, 32):
-            level = load_level(url, clients, seconds, payloads, counter)
-            rss.append(process.memory_info().rss / 2**20)
-            level["server_rss_mb"] = round(rss[-1], 1)
-            figures[f"c{clients}"] = level
-            print(
-                f"{clients:2d} clients: {level['throughput']:7.2f} uploads/s, p50 {level['p50_ms']} ms, "
-                f"p99 {level['p99_ms']} ms, errors {level['errors']}, server RSS {level['server_rss_mb']} MB"
-            )
+            for name, server in servers.items():  # interleaved: both see the same machine
+                level = load_level(server.port, clients, seconds, payloads, counter,
+                                   chunked=args.chunked and name == "new")  # fmt: skip
+                rss[name].append(server.process.memory_info().rss / 2**20)
+                level["server_rss_mb"] = round(rss[name][-1], 1)
+                key = f"c{clients}" if name == "new" else f"old_c{clients}"
+                figures[key] = level
+                print(
+                    f"{name} {clients:2d} clients: {level['throughput']:7.2f} uploads/s, p50 {level['p50_ms']} ms, "
+                    f"p99 {level['p99_ms']} ms, errors {level['errors']}, server RSS {level['server_rss_mb']} MB"
+                )
+            if "old" in servers and figures[f"old_c{clients}"]["throughput"]:
+                figures[f"c{clients}_new_over_old"] = round(
+                    figures[f"c{clients}"]["throughput"] / figures[f"old_c{clients}"]["throughput"], 3
+                )
+                old_p99, new_p99 = figures[f"old_c{clients}"]["p99_ms"], figures[f"c{clients}"]["p99_ms"]
+                if old_p99 and new_p99:
+                    figures[f"c{clients}_p99_new_over_old"] = round(new_p99 / old_p99, 3)
         ratio = figures["c8"]["throughput"] / model_rate
         figures["c8_over_model_only"] = round(ratio, 3)
-        figures["rss_growth_c1_to_c32"] = round(rss[-1] / rss[0], 3)
+        figures["rss_growth_c1_to_c32"] = round(rss["new"][-1] / rss["new"][0], 3)
         print(f"model-only batched: {model_rate:.2f} images/s; at 8 clients the validator reaches {ratio:.2f}x")
+        for clients in (1, 8, 32):
+            if f"c{clients}_new_over_old" in figures:
+                print(f"{clients:2d} clients: new/old throughput {figures[f'c{clients}_new_over_old']}, "
+                      f"p99 {figures.get(f'c{clients}_p99_new_over_old')}")  # fmt: skip
     finally:
-        server.send_signal(signal.SIGTERM)
-        server.wait(timeout=30)
+        for server in servers.values():
+            server.stop()
     emit(figures, args.json)
 
 

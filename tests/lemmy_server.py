@@ -1,7 +1,25 @@
-"""A small HTTP server that follows Lemmy's documented HTTP contract for the calls mirror-scan makes
-(Lemmy cannot be installed here): 0.19's /api/v3 or 1.0's /api/v4, JWT login, removals (1.0 requires a
-reason), reports and their resolution, private messages, person lookup, bans. It records every request
-so tests check exactly what was sent, and can refuse the bot like a Lemmy whose bot lacks a right."""
+"""A small HTTP server answering the calls mirror-scan makes the way Lemmy does (Lemmy cannot be installed
+here): 0.19's /api/v3 or 1.0's /api/v4. It records every request, so tests check exactly what was sent,
+and can refuse the bot like a Lemmy whose bot lacks a right. Each rule below is Lemmy's, from
+LemmyNet/lemmy at the tag named:
+
+- Status codes (crates/utils/src/error.rs:57-71 @0.19.3, :226-237 @1.0.0-beta.1): `incorrect_login` is 401,
+  not found 404, every other error 400 (rate limits included, in 0.19), body `{"error": name}`; 1.0
+  alpha.18+ adds `"cause"`. A missing or invalid token is 401 `incorrect_login` (the session middleware
+  ignores a bad JWT, then the user extractor fails: crates/db_views/src/local_user_view.rs:123 @0.19.3).
+- Rate limits (crates/utils/src/rate_limit/mod.rs:184-200 @0.19.3): 0.19 answers 400
+  `{"error":"rate_limit_error"}`; 1.0 answers 429 `{"error":"too_many_requests"}` (alpha.10+,
+  crates/utils/src/response.rs). Login is in the "register" bucket from 0.19.4 (commit 49bb17b58).
+- Private message reports (crates/api/src/private_message_report/create.rs:34-37 @0.19.3; 1.0
+  crates/api/api/src/reports/private_message_report/create.rs:43-46): only the recipient may report; 400
+  `couldnt_create_report` (0.19), `couldnt_create` (1.0).
+- Reports (crates/api/src/lib.rs:65-76 check_report_reason): the reason trimmed must be non-empty
+  (`report_reason_required`) and at most 1000 characters (`report_too_long`); from 0.19.4 a removed post or
+  comment cannot be reported (400 `deleted`, crates/api_common/src/utils.rs:258-272), and a removal
+  resolves its open reports (crates/api_crud/src/post/remove.rs:62 @0.19.20).
+- Removals in 1.0 (alpha.9+) need a `reason` field (a missing one is a deserialise error: 400
+  `{"error":"unknown","message":"Json deserialize error: missing field `reason`"}`; "" is accepted).
+"""
 
 from __future__ import annotations
 
@@ -35,6 +53,9 @@ class FakeLemmy:
     removed: dict = field(default_factory=dict)  # ("post", id) -> removed flag
     messages: list = field(default_factory=list)  # (recipient_id, content)
     bans: list = field(default_factory=list)  # (person_id, ban, reason)
+    pm_recipients: dict = field(default_factory=dict)  # private message id -> its recipient's person id
+    logins_allowed: int | None = None  # the login rate bucket: after this many logins, rate limited
+    logins: int = 0
 
     def __post_init__(self) -> None:
         self.tokens: dict[str, str] = {}
@@ -115,14 +136,17 @@ class FakeLemmy:
                 answer["my_user"] = self._my_user(user)
             return 200, answer
         if (method, path) == ("POST", login_path):
+            self.logins += 1
+            if self.logins_allowed is not None and self.logins > self.logins_allowed:
+                return (429, {"error": "too_many_requests"}) if v4 else (400, {"error": "rate_limit_error"})
             name = (body or {}).get("username_or_email")
             if name in self.users and self.users[name]["password"] == (body or {}).get("password"):
                 token = secrets.token_hex(16)
                 self.tokens[token] = name
                 return 200, {"jwt": token, "registration_created": False, "verify_email_sent": False}
-            return 400, {"error": "incorrect_login"}
+            return self._error(401, "incorrect_login")
         if user is None:
-            return 401, {"error": "not_logged_in"}
+            return self._error(401, "incorrect_login")
         key = f"{method} {path}"
         if key in self.refuse:
             return 400, {"error": self.refuse[key]}
@@ -133,17 +157,31 @@ class FakeLemmy:
             return 200, self._my_user(user)
         if (method, path) == ("GET", "/person" if v4 else "/user"):
             name = query.get("username", [""])[0]
-            if name not in self.users:
-                return 404, {"error": "not_found"}
+            if name not in self.users:  # 0.19: couldnt_find_person (crates/api_crud/src/user/read.rs); 1.0: not_found
+                return self._error(404, "not_found") if v4 else self._error(400, "couldnt_find_person")
             return 200, {"person_view": {"person": self._person(name)}}
         for kind in ("post", "comment"):
             if (method, path) == ("POST", f"/{kind}/remove"):
-                if v4 and not (body or {}).get("reason"):
-                    return 400, {"error": "reason_required"}  # 1.0: reason required on removals
+                if v4 and "reason" not in (body or {}):  # 1.0: a required field ("" is accepted)
+                    return 400, {"error": "unknown", "message": "Json deserialize error: missing field `reason`"}
                 self.removed[(kind, body[f"{kind}_id"])] = bool(body["removed"])
+                if body["removed"] and self._at_least("0.19.4"):  # a removal resolves its open reports
+                    for report in self.reports.values():
+                        if (report["kind"], report["object_id"]) == (kind, body[f"{kind}_id"]):
+                            report["resolved"] = True
                 return 200, {f"{kind}_view": {kind: {"id": body[f"{kind}_id"], "removed": body["removed"]}}}
         for kind in ("post", "comment", "private_message"):
             if (method, path) == ("POST", f"/{kind}/report"):
+                reason = str((body or {}).get("reason") or "").strip()
+                if not reason:
+                    return self._error(400, "report_reason_required")
+                if len(reason) > 1000:
+                    return self._error(400, "report_too_long")
+                if kind == "private_message":
+                    if self.pm_recipients.get(body["private_message_id"]) != self.users[user]["id"]:
+                        return self._error(400, "couldnt_create" if v4 else "couldnt_create_report")
+                elif self.removed.get((kind, body[f"{kind}_id"])) and self._at_least("0.19.4"):
+                    return self._error(400, "deleted")
                 self._next_report += 1
                 rid = self._next_report
                 self.reports[rid] = {"kind": kind, "object_id": body[f"{kind}_id"], "resolved": False}
@@ -161,6 +199,18 @@ class FakeLemmy:
             self.bans.append((body["person_id"], body["ban"], body.get("reason")))
             return 200, {"person_view": {}, "banned": body["ban"]}
         return 404, {"error": "not_found"}
+
+    def _at_least(self, version: str) -> bool:
+        if self.api == "v4":
+            return True
+        have = tuple(int(p) for p in self.version.split("-")[0].split(".")[:3])
+        return have >= tuple(int(p) for p in version.split("."))
+
+    def _error(self, status: int, name: str) -> tuple[int, dict]:
+        body = {"error": name}
+        if self.api == "v4":
+            body["cause"] = "".join(part.title() for part in name.split("_"))  # 1.0 alpha.18+
+        return status, body
 
     def _my_user(self, name: str) -> dict:
         return {

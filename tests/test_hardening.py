@@ -135,13 +135,11 @@ def test_content_length_must_be_a_plain_integer_within_the_limit(validator):
     for length in (b"-1", b"+5", b"1e3", b"0x10", b"99999999999999999999"):
         answer = _raw(validator.port, b"POST /validate/" + TOKEN.encode() + b" HTTP/1.1\r\nHost: x\r\n"
                       b"Content-Length: " + length + b"\r\n\r\n" + b"x" * 64)  # fmt: skip
-        assert answer.split(b"\r\n", 1)[0] in (b"HTTP/1.1 400 Bad Request", b"HTTP/1.1 413 Request Entity Too Large"), (
-            length,
-            answer[:80],
-        )
+        status = answer.split(b"\r\n", 1)[0]  # aiohttp's parser answers framing errors as HTTP/1.0
+        assert status.startswith(b"HTTP/1.") and status.split(b" ", 2)[1] in (b"400", b"413"), (length, answer[:80])
     answer = _raw(validator.port, b"POST /validate/" + TOKEN.encode() + b" HTTP/1.1\r\nHost: x\r\n"
                   b"Content-Length: 5\r\nContent-Length: 7\r\n\r\n12345")  # fmt: skip
-    assert answer.startswith(b"HTTP/1.1 400")
+    assert answer.startswith((b"HTTP/1.1 400", b"HTTP/1.0 400"))
 
 
 def test_stalled_bodies_never_hold_the_slots(validator):

@@ -400,8 +400,15 @@ def test_names_and_notes_chosen_by_others_are_inert_at_every_output(tmp_path, ti
         _assert_inert(text, "report file")
         rows = list(csv.DictReader(io.StringIO(text)))
         assert len(rows) == len(HOSTILE_NAMES)
-        for row in rows:
-            assert not row["path"].startswith(("=", "+", "-", "@")), row["path"]
+    # A cell that starts like a formula (an object key, a reason, an uploader's name) stays text.
+    from mirror_scan.report import ReportWriter
+
+    writer = ReportWriter(tmp_path / "formula.csv", "csv")
+    writer.write({"path": "=HYPERLINK(\"x\")", "reason": "+1", "uploader": "@everyone", "size": 5})
+    writer.close()
+    (row,) = csv.DictReader(io.StringIO((tmp_path / "formula.csv").read_text()))
+    assert (row["path"], row["reason"], row["uploader"]) == ("'=HYPERLINK(\"x\")", "'+1", "'@everyone")
+    assert row["size"] == "5"
 
     def state_only(*args):
         return run_cli(*args, "--state", str(tmp_path / "state.db"))

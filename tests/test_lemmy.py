@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from .conftest import run_cli, wait_until
-from .lemmy_schema import PICTRS_GRANTS, PICTRS_SCHEMA, SHAPES, lemmy_grants, lemmy_schema, upload_row
+from .lemmy_schema import PICTRS_SCHEMA, SHAPES, lemmy_grants, lemmy_schema, pictrs_grants, upload_row
 from .lemmy_server import FakeLemmy
 from .mediafiles import image_bytes
 from .pgserver import PostgresServer, free_port
@@ -52,7 +52,7 @@ class World:
         self.secrets_dir.mkdir(parents=True)
         (self.secrets_dir / "db").write_text(self.role_password + "\n")
         pg.execute(f"CREATE ROLE {self.role} LOGIN PASSWORD '{self.role_password}'")
-        pg.create_database(self.pictrs_db, PICTRS_SCHEMA + PICTRS_GRANTS.format(role=self.role))
+        pg.create_database(self.pictrs_db, PICTRS_SCHEMA + pictrs_grants(self.role))
         pg.create_database(self.lemmy_db, lemmy_schema(shape) + lemmy_grants(shape, self.role))
         self.files = {}
         for i, (name, key) in enumerate(self.KEYS.items()):
@@ -341,25 +341,43 @@ def test_actions_happen_on_lemmy_and_a_restore_undoes_them(world, lemmy_and_hook
     # The poster chose this title: it must not become an image or a link in the admins' message.
     hostile = "my picture ![x](https://evil.example/t.png) [click](javascript:alert(1))\n# HEADING"
     w.pg.execute("UPDATE post SET name = %s WHERE id = 1", w.lemmy_db, (hostile,))
+    # Private messages with the image: one to alice (the bot may not report it: only the recipient may),
+    # one to the bot itself (which it may).
+    pub, actor = ("published_at", "ap_id") if shape == "1.0" else ("published", "actor_id")
+    w.pg.execute(f"INSERT INTO person (id, name, {actor}, local, instance_id) VALUES "
+                 "(900, 'modbot', 'https://lemmy.test/u/modbot', true, 1)", w.lemmy_db)  # fmt: skip
+    w.pg.execute(
+        f"INSERT INTO private_message (id, creator_id, recipient_id, content, {pub}, ap_id) VALUES "
+        "(5, 2, 1, 'look ![](https://lemmy.test/pictrs/image/img1alias.png)', now(), 'https://remote.example/pm/5'), "
+        "(6, 2, 900, 'you too https://lemmy.test/pictrs/image/img2alias.png', now(), 'https://remote.example/pm/6')",
+        w.lemmy_db,
+    )
+    lemmy.pm_recipients.update({5: 1, 6: 900})
     outputs = []
     proc = w.scan()
     outputs.append(proc.stdout + proc.stderr)
     assert proc.returncode == 1, proc.stderr
     item = w.items()[World.KEYS["img"]]["id"]
 
-    # Posts 1 and 2 and comment 1 use the image: removed with a reason naming the item, and reported.
+    # Posts 1 and 2 and comment 1 use the image: removed, with a public reason that accuses nobody and
+    # names no label (the modlog is public and federated), only the item for the admins.
     removals = {
         (r.path.rsplit("/", 2)[-2], r.body.get("post_id") or r.body.get("comment_id")): r.body
         for r in lemmy.calls("POST")
         if r.path.endswith("/remove")
     }
     assert {("post", 1), ("post", 2), ("comment", 1), ("post", 3)} <= set(removals)
-    assert all(b["removed"] is True and b["reason"].startswith("mirror-scan: ") for b in removals.values())
-    assert item in removals[("post", 1)]["reason"] and "csam" in removals[("post", 1)]["reason"]
+    assert all(b["removed"] is True for b in removals.values())
+    assert removals[("post", 1)]["reason"] == f"Removed pending review by this instance's admins (ref {item})"
+    assert all("csam" not in b["reason"] and "nsfw" not in b["reason"] for b in removals.values())
     assert all(r.authorized for r in lemmy.requests if not r.path.endswith(("/site", "/login")))
+    assert len(lemmy.calls("POST", "/account/auth/login" if api == "v4" else "/user/login")) == 1  # one login
     assert lemmy.removed[("post", 1)] is True and lemmy.removed[("comment", 1)] is True
+    # Only what Lemmy accepts: removed posts are not reported (Lemmy refuses it from 0.19.4), the message
+    # to alice is not reported (only its recipient may), the one to the bot is.
     reported = {(v["kind"], v["object_id"]) for v in lemmy.reports.values()}
-    assert {("post", 1), ("post", 2), ("comment", 1)} <= reported
+    assert reported == {("private_message", 6)}
+    assert not [r for r in lemmy.requests if r.path.endswith("/report") and r.body.get("private_message_id") == 5]
     # The admin got a private message naming the uploader and the item; the webhook a JSON notice.
     to_boss = [content for recipient, content in lemmy.messages if recipient == 3 and item in content]
     assert len(to_boss) == 1 and "alice@lemmy.test" in to_boss[0] and "post 1" in to_boss[0]
@@ -370,10 +388,15 @@ def test_actions_happen_on_lemmy_and_a_restore_undoes_them(world, lemmy_and_hook
     assert notices[0]["event"] == "quarantined" and notices[0]["uploader"] == "alice@lemmy.test"
     assert {p["id"] for p in notices[0]["posts"]} == {1, 2}
     shown = w.show(item)
-    states = {a["action"]: a["state"] for a in shown["actions"]}
-    assert states["remove post 1"] == "done" and states["report post 1"] == "done" and states["notify boss"] == "done"
+    states = {a["action"]: a for a in shown["actions"]}
+    assert states["remove post 1"]["state"] == "done" and states["notify boss"]["state"] == "done"
+    assert states["report post 1"]["state"] == "skipped" and "removed instead" in states["report post 1"]["error"]
+    assert states["report private message 5"]["state"] == "skipped"
+    assert "only the recipient" in states["report private message 5"]["error"]
+    assert states["report private message 6"]["state"] == "done"
     history = [h["state"] for h in json.loads((w.quarantine / "items" / item / "meta.json").read_text())["history"]]
-    assert "remove post 1: done" in history and any(h.startswith("report post 1: done (report ") for h in history)
+    assert "remove post 1: done" in history
+    assert any(h.startswith("report private message 6: done (report ") for h in history)
 
     # The restore undoes it: posts and the comment restored, reports resolved, admins and webhook told.
     before = len(lemmy.requests)
@@ -382,12 +405,10 @@ def test_actions_happen_on_lemmy_and_a_restore_undoes_them(world, lemmy_and_hook
     assert proc.returncode == 0, proc.stderr
     assert lemmy.removed[("post", 1)] is False and lemmy.removed[("post", 2)] is False
     assert lemmy.removed[("comment", 1)] is False and lemmy.removed[("post", 3)] is True  # another item's post
-    mine = {
-        rid
-        for rid, r in lemmy.reports.items()
-        if (r["kind"], r["object_id"]) in {("post", 1), ("post", 2), ("comment", 1)}
-    }
-    assert all(lemmy.reports[rid]["resolved"] for rid in mine)
+    restorations = [r.body for r in lemmy.calls("POST") if r.path.endswith("/remove") and not r.body["removed"]]
+    assert restorations and all(b["reason"] == f"Restored after review by this instance's admins (ref {item})"
+                                for b in restorations)  # fmt: skip
+    assert all(report["resolved"] for report in lemmy.reports.values())
     assert any("false positive" in content and item in content for _, content in lemmy.messages)
     assert [body["event"] for _, body in hook.received if body["item"] == item] == ["quarantined", "restored"]
     undo = {a["action"]: a["state"] for a in w.show(item)["actions"]}
@@ -419,7 +440,7 @@ def test_bot_refused_and_lemmy_down_never_touch_the_quarantine(world, lemmy_and_
     assert (w.quarantine / "items" / item / "data").read_bytes() == w.files["img"]
     actions = {a["action"]: a for a in w.show(item)["actions"]}
     assert actions["remove post 1"]["state"] == "refused" and "not_a_moderator" in actions["remove post 1"]["error"]
-    assert actions["report post 1"]["state"] == "done"  # what the bot may do still happens
+    assert actions["report post 1"]["state"] == "done"  # refused a removal, the bot reports it instead
     # Refused actions wait for the admin: `lemmy retry` after the bot got its rights.
     lemmy.refuse.clear()
     proc = w.cli("lemmy", "retry", item)
@@ -450,7 +471,8 @@ def test_dry_run_plans_and_sends_nothing(world, lemmy_and_hook):
     assert not [r for r in lemmy.requests if r.method != "GET"] and hook.received == []
     proc = w.cli("quarantine", "attribute", item, "--dry-run")
     assert proc.returncode == 0, proc.stderr
-    assert "would: remove post 1; remove post 2; remove comment 1; report post 1" in proc.stdout
+    assert "would: remove post 1; remove post 2; remove comment 1; notify boss" in proc.stdout
+    assert "would not: report post 1: not reported: removed instead" in proc.stdout
 
 
 def test_lemmy_check_and_an_explicit_ban(world, lemmy_and_hook):
@@ -534,7 +556,7 @@ def test_settings_refuse_passwords_in_config_and_unknown_actions(tmp_path):
 
 
 def test_planning_and_undo_are_pure():
-    from mirror_scan.followups import plan, undo_rows
+    from mirror_scan.followups import REMOVED_INSTEAD, plan, undo_rows
 
     data = {
         "posts": [{"id": 1}, {"id": 2, "removed": True}],
@@ -542,15 +564,21 @@ def test_planning_and_undo_are_pure():
         "private_messages": [{"id": 9}],
     }
     actions = {"csam": ("remove", "report", "notify"), "hash_list": ("report",)}
-    assert plan(["nsfw"], data, actions, ("boss",), True) == []
-    assert plan(["hash list"], data, actions, ("boss",), True) == [
-        ("report_post", "1"),
-        ("report_comment", "7"),
-        ("report_private_message", "9"),
-    ]
-    rows = plan(["csam"], data, actions, ("boss", "root"), True)
-    assert rows[:2] == [("remove_post", "1"), ("remove_comment", "7")]
-    assert rows[-3:] == [("notify", "boss"), ("notify", "root"), ("webhook", "")]
+    data["private_messages"] = [{"id": 9, "recipient_id": 4}, {"id": 10, "recipient_id": 900}]
+    assert plan(["nsfw"], data, actions, ("boss",), True).rows == []
+    # Reports only: posts and comments reported; of the messages only the one the bot (900) received,
+    # and the admins hear of the other one since it cannot be reported.
+    reports = plan(["hash list"], data, actions, ("boss",), True, reporter=900)
+    assert reports.rows == [("report_post", "1"), ("report_comment", "7"), ("report_private_message", "10"),
+                            ("notify", "boss"), ("webhook", "")]  # fmt: skip
+    assert [(a, t) for a, t, _ in reports.skipped] == [("report_private_message", "9")]
+    assert plan(["hash list"], data, actions, (), False).skipped[1][:2] == ("report_private_message", "10")
+    # Remove and report: removed, not reported (Lemmy refuses reports of removed posts and resolves the
+    # open ones when it removes).
+    both = plan(["csam"], data, actions, ("boss", "root"), True, reporter=900)
+    assert both.rows[:2] == [("remove_post", "1"), ("remove_comment", "7")]
+    assert ("report_post", "1") not in both.rows and ("report_post", "1", REMOVED_INSTEAD) in both.skipped
+    assert both.rows[-3:] == [("notify", "boss"), ("notify", "root"), ("webhook", "")]
     assert undo_rows(
         [
             ("remove_post", "1", None),
@@ -628,3 +656,80 @@ def test_serve_notifies_the_admins_of_a_rejected_upload(world, lemmy_and_hook):
         "post to the webhook": "done",
     }
     assert not [r for r in lemmy.requests if r.path.endswith("/remove")]
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_documented_role_reads_everything_attribution_needs_and_no_secret(world, shape):
+    """A role made with exactly `mirror-scan lemmy grants` (what the README shows) runs every lookup and
+    cannot select a delete token, a signing key, a password hash or an e-mail; `lemmy check` says so, and
+    warns loudly about a role that can."""
+    import psycopg
+
+    from mirror_scan.grants import SECRET_COLUMNS
+
+    from .lemmy_schema import GRANT_SHAPE
+
+    w = world(shape)
+    proc = w.scan()
+    assert proc.returncode == 1, proc.stderr
+    assert w.items()[World.KEYS["img"]]["uploader"] == "alice@lemmy.test"  # every lookup ran as the role
+    for database, kind in ((w.pictrs_db, "pictrs"), (w.lemmy_db, "lemmy")):
+        url = w.pg.url(database, w.role)
+        present = {(t, c) for t, c in w.pg.execute("SELECT table_name, column_name FROM information_schema.columns "
+                                                  "WHERE table_schema = 'public'", database)}  # fmt: skip
+        secrets_here = [(t, c) for t, c in SECRET_COLUMNS[kind] if (t, c) in present]
+        assert secrets_here, kind  # the test schemas carry the secrets
+        for table, column in secrets_here:
+            with psycopg.connect(url, password=w.role_password, autocommit=True) as conn:
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    conn.execute(f"SELECT {column} FROM {table} LIMIT 1")  # noqa: S608
+    check = w.check()
+    assert check.returncode == 0, check.stdout
+    assert check.stdout.count("no secret column readable") == 2, check.stdout
+    # The README shows exactly these grants.
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    grants = run_cli("lemmy", "grants", "--pictrs", "--lemmy", GRANT_SHAPE[shape], check=True).stdout
+    for line in grants.splitlines():
+        if line.startswith("GRANT"):
+            assert line in readme, line
+    # A role given whole tables (the old README) is warned about, naming what it can read.
+    w.pg.execute(f"GRANT SELECT ON community, local_user TO {w.role}", w.lemmy_db)
+    w.pg.execute(f"GRANT SELECT ON aliases TO {w.role}", w.pictrs_db)
+    check = w.check()
+    assert "WARNING: this role can read secrets: aliases.token" in check.stdout
+    assert "community.private_key" in check.stdout and "local_user.password_encrypted" in check.stdout
+
+
+def test_a_role_without_grants_is_told_permission_denied(world):
+    w = world("0.19.5")
+    w.pg.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {w.role}", w.lemmy_db)
+    check = w.check()
+    assert check.returncode == 1
+    assert "Lemmy database" in check.stdout and "permission denied on table person, post, comment" in check.stdout
+    assert "not pict-rs's repo" not in check.stdout and "really" not in check.stdout
+
+
+def test_a_rate_limited_login_is_retried_and_the_token_is_kept_between_commands(world, lemmy_and_hook):
+    """Lemmy 0.19 answers a rate-limited login with 400 rate_limit_error (not 429); logins share the small
+    register bucket from 0.19.4, so the bot logs in once and keeps its token for the next commands."""
+    w = world("0.19.5")
+    lemmy, hook, bot_password = lemmy_and_hook("v3", "0.19.5", logins_allowed=0)
+    _moderation_config(w, lemmy, hook, bot_password)
+    assert w.scan().returncode == 1
+    item = w.items()[World.KEYS["img"]]["id"]
+    actions = {a["action"]: a for a in w.show(item)["actions"]}
+    remove = actions["remove post 1"]
+    assert remove["state"] == "pending" and "rate_limit_error" in remove["error"], remove  # retried, not refused
+    lemmy.logins_allowed = lemmy.logins + 1  # the bucket refills: one more login
+    assert w.cli("lemmy", "retry").returncode == 0
+    assert lemmy.removed[("post", 1)] is True
+    assert w.cli("quarantine", "restore", item).returncode == 0  # another command: no new login needed
+    assert lemmy.removed[("post", 1)] is False
+    assert lemmy.logins == lemmy.logins_allowed  # exactly one successful login across the commands
+    token_file = w.state.with_name(w.state.name + ".lemmy-token")
+    assert oct(token_file.stat().st_mode & 0o777) == "0o600"
+    # A token Lemmy no longer accepts (1.0's expire after a week): one login more, then the action.
+    lemmy.tokens.clear()
+    lemmy.logins_allowed += 1
+    assert w.cli("lemmy", "ban", item, "--yes").returncode == 0
+    assert lemmy.bans[-1][:2] == (1, True) and lemmy.logins == lemmy.logins_allowed

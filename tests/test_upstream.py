@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 
 import pytest
 
@@ -273,6 +272,7 @@ def test_pictrs_check_and_purge(tmp_path, tiny_bundle_master):
         )
         assert proc.returncode == 0, proc.stderr
         assert sorted(server.purged) == ["alias-a1.png"]  # a purge removes every alias of the file
+        assert "purge queued by pict-rs (with its other aliases: alias-a2.png)" in proc.stdout  # not "purged"
         assert "no alias found" in proc.stdout  # c.png is not known to pict-rs
         meta = json.loads((tmp_path / "q" / "items" / by_name["a.png"]["id"] / "meta.json").read_text())
         assert meta["pictrs_purged"][0]["alias"] == "alias-a1.png"
@@ -283,6 +283,20 @@ def test_pictrs_check_and_purge(tmp_path, tiny_bundle_master):
         "pictrs", "check", env={"MIRROR_SCAN_PICTRS_URL": "http://127.0.0.1:9", "MIRROR_SCAN_PICTRS_API_KEY": API_KEY}
     )
     assert down.returncode == 2 and "unreachable" in down.stderr and API_KEY not in down.stderr
+
+
+@pytest.mark.parametrize("version", ["0.5.6", "0.5.16"])
+def test_an_unknown_alias_is_already_gone_on_every_pictrs_0_5(version):
+    """0.5.0-0.5.6 answer an unknown alias with 400 "No images associated...", 0.5.7+ with 404."""
+    from mirror_scan.pictrs import Pictrs
+
+    with PictrsContractServer(API_KEY, {"a" * 64: ["known.png"]}, version=version) as server:
+        client = Pictrs(server.url, API_KEY)
+        assert client.purge("nobody.png") == "unknown alias (already purged?)"
+        first = client.purge("known.png")
+        assert first.startswith("purge queued") and client.purge("known.png").startswith("purge queued")
+        server.run_jobs()  # pict-rs's cleanup worker ran: now it is unknown
+        assert client.purge("known.png") == "unknown alias (already purged?)"
 
 
 def test_rclone_not_found_says_how_to_install(tmp_path, monkeypatch):
@@ -299,8 +313,7 @@ def test_rclone_not_found_says_how_to_install(tmp_path, monkeypatch):
         str(tmp_path / "s.db"),
     )
     assert proc.returncode == 2 and "no executable" in proc.stderr
-    del os.environ["PATH"]  # noqa: B003 - restored by monkeypatch below
-    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("PATH", "/nonexistent")  # restored afterwards (a `del` first would lose it for good)
     from mirror_scan.errors import MirrorScanError
     from mirror_scan.rclone import find_rclone
 

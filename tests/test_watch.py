@@ -194,7 +194,8 @@ def test_inotify_overflow_triggers_an_immediate_reconciliation():
     """watchdog reports a kernel queue overflow only as a log warning; the daemon must react to it."""
     import logging
 
-    from mirror_scan.watch import OverflowSignal, Periodic
+    from mirror_scan.app.periodic import Periodic
+    from mirror_scan.watch import OverflowSignal
 
     runs = []
     reconciler = Periodic("reconcile", 3600, lambda: runs.append(time.monotonic()))

@@ -193,7 +193,8 @@ class WatchDaemon:
         from ..act import QuarantineActor
         from ..pipeline import Scan
         from ..rclone import Rclone
-        from ..watch import MirrorEvents, OverflowSignal, PathQueue, Periodic, Settler, choose_observer, start_observer
+        from ..watch import MirrorEvents, OverflowSignal, PathQueue, Settler, choose_observer, start_observer
+        from .periodic import Periodic
         from .scanner import load_scanner, scan_config
 
         options, settings = self.options, self.settings

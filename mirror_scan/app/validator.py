@@ -1,0 +1,142 @@
+"""The upload validator as a service: start, serve until stopped, stop in order. `serve` only parses and
+prints.
+
+    decoder pool (worker processes) <- request handlers (aiohttp, one event loop) -> batcher thread
+    follow-up worker (when pict-rs/Lemmy sources are configured): admins hear of rejected uploads
+    metrics server (with --metrics)
+
+Shutdown (SIGTERM/SIGINT): stop accepting, let requests in flight finish (up to `drain_s`), then stop
+and join the batcher, the follow-up worker and the metrics server, close the ledger and the pool.
+Every thread it starts is joined.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import threading
+from dataclasses import dataclass
+
+from ..settings import Settings
+from .workspace import Workspace
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class ValidatorOptions:
+    host: str
+    port: int
+    token: str
+    on_error: str = "reject"
+    on_overload: str = "reject"
+    answer_within_s: float = 20.0
+    max_body_bytes: int = 64 << 20
+    metrics: tuple[str, int] | None = None
+    drain_s: float = 30.0
+
+
+class ValidatorService:
+    def __init__(self, settings: Settings, options: ValidatorOptions) -> None:
+        self.settings, self.options = settings, options
+        self.stats: dict = {}
+        self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def run(self, say=print) -> dict:
+        """Serve until SIGTERM/SIGINT (or stop()); returns the batcher's totals."""
+        return asyncio.run(self._main(say))
+
+    def stop(self) -> None:
+        """Ask for a clean stop; safe from another thread or a signal handler."""
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+
+    async def _main(self, say) -> dict:
+        from ..serve import Batcher, ServeConfig, ServeMetrics, ValidationServer
+        from .periodic import Periodic
+        from .scanner import decode_limits, load_scanner
+
+        settings, options = self.settings, self.options
+        bundle, policy, offset, scorer = load_scanner(settings, warm_up=True)
+        workspace = Workspace.writer(settings, on_recovered=lambda note: say(f"recovered: {note}"))
+        threads: list[threading.Thread] = []
+        decoders = follow_ups = follow_up_workspace = metrics_server = None
+        batcher = None
+        try:
+            config = ServeConfig(
+                token=options.token,
+                severity=offset,
+                batch_size=settings.batch_size,
+                max_body_bytes=options.max_body_bytes,
+                on_error=options.on_error,
+                on_overload=options.on_overload,
+                answer_within_s=options.answer_within_s,
+                limits=decode_limits(settings, policy),
+            )
+            if settings.decoders == "process":
+                from ..decodepool import DecoderPool
+
+                decoders = DecoderPool(settings.workers, settings.decode_timeout)
+            from ..decode import decode as decode_in_thread
+
+            batcher = Batcher(workspace.ledger, workspace.quarantine, bundle, scorer, policy, config)
+            info = {
+                "model": bundle.manifest["model"]["arch"],
+                "provider": scorer.placement.provider,
+                "policy": policy.policy_id,
+                "severity": offset,
+            }
+            http = ValidationServer(batcher, config, info, decoders.decode if decoders else decode_in_thread)
+            if options.metrics:
+                from prometheus_client import start_http_server
+
+                http.metrics = ServeMetrics(http)
+                metrics_server, thread = start_http_server(
+                    options.metrics[1], options.metrics[0], registry=http.metrics.registry
+                )
+                threads.append(thread)
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            try:
+                listener = await self._loop.create_server(http.make_server(), options.host, options.port, backlog=256)
+            except OSError as error:
+                from ..errors import UsageError
+
+                raise UsageError(f"cannot listen on {options.host}:{options.port}: {error.strerror}") from None
+            batcher.start()
+            if workspace.follows_up:  # a rejected upload's notices (admins, webhook) go out from here too
+                follow_up_workspace = Workspace.writer(settings, recover=False)
+                follow_ups = Periodic("follow-ups", 5.0, lambda: follow_up_workspace.run_follow_ups(budget_s=None))
+                follow_ups.start()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                self._loop.add_signal_handler(signum, self._stop.set)
+            port = listener.sockets[0].getsockname()[1]
+            say(
+                f"validating uploads on http://{options.host}:{port}/validate/<token> with {info['model']} on "
+                f"{info['provider']}, policy {policy.policy_id}"
+            )
+            await self._stop.wait()
+            listener.close()  # no new connections; requests in flight finish
+            await listener.wait_closed()
+            await http.server.shutdown(options.drain_s)
+            http.close()
+        finally:
+            if batcher is not None and batcher.is_alive():
+                batcher.stop()
+                batcher.join()
+            if follow_ups is not None:
+                follow_ups.stop()
+                follow_ups.join()
+            if follow_up_workspace is not None:
+                follow_up_workspace.close()
+            if metrics_server is not None:
+                metrics_server.shutdown()
+                metrics_server.server_close()
+            for thread in threads:
+                thread.join(timeout=10)
+            workspace.close()
+            if decoders is not None:
+                decoders.close()
+        return dict(batcher.stats)
