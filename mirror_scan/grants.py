@@ -31,8 +31,19 @@ def lemmy_columns(shape: str) -> dict[str, tuple[str, ...]]:
         "person": ("id", "name", "display_name", actor, pub, "local", "bot_account", "deleted", "instance_id"),
         "local_user": ("id", "person_id"),
         "community": ("id", "name", "title", actor, "instance_id"),
-        "post": ("id", "name", "url", "thumbnail_url", "body", "creator_id", "community_id", pub, "removed",
-                 "deleted", "ap_id"),  # fmt: skip
+        "post": (
+            "id",
+            "name",
+            "url",
+            "thumbnail_url",
+            "body",
+            "creator_id",
+            "community_id",
+            pub,
+            "removed",
+            "deleted",
+            "ap_id",
+        ),  # fmt: skip
         "comment": ("id", "post_id", "creator_id", "content", pub, "removed", "deleted", "ap_id"),
         "private_message": ("id", "creator_id", "recipient_id", "content", pub, "deleted", "ap_id"),
     }

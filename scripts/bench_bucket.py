@@ -56,7 +56,10 @@ def read_throughput(s3, keys: list[str], threads: int = 8) -> dict:
     from pyarrow import fs
 
     arrow = fs.S3FileSystem(
-        access_key=s3.access_key, secret_key=s3.secret_key, endpoint_override=s3.endpoint, scheme="http",
+        access_key=s3.access_key,
+        secret_key=s3.secret_key,
+        endpoint_override=s3.endpoint,
+        scheme="http",
         region=s3.region,
     )
 
@@ -162,13 +165,19 @@ def main() -> None:
     if not args.json:
         print(f"{count} objects ({figures['mean_object_kb']} KiB each) with {bundle.name} on {os.cpu_count()} CPUs")
         print(f"  listing: {figures['listed_per_s']} objects/s")
-        print(f"  reading: boto3 {reads['boto3_objects_per_s']} objects/s ({reads['boto3_mb_per_s']} MB/s), "
-              f"pyarrow {reads['pyarrow_objects_per_s']} objects/s ({reads['pyarrow_mb_per_s']} MB/s)")
+        print(
+            f"  reading: boto3 {reads['boto3_objects_per_s']} objects/s ({reads['boto3_mb_per_s']} MB/s), "
+            f"pyarrow {reads['pyarrow_objects_per_s']} objects/s ({reads['pyarrow_mb_per_s']} MB/s)"
+        )
         for name, r in (("local", local), ("ray", ray)):
-            print(f"  {name}: {r['objects_per_s']} objects/s ({r['wall_s']} s, model and actors' start included); "
-                  f"per object {r['per_object_s']}")
-        print(f"  ray / local: {figures['ray_over_local']} (target >= 0.7; Ray's own start, "
-              f"{figures['ray_init_s']} s, apart)")
+            print(
+                f"  {name}: {r['objects_per_s']} objects/s ({r['wall_s']} s, model and actors' start included); "
+                f"per object {r['per_object_s']}"
+            )
+        print(
+            f"  ray / local: {figures['ray_over_local']} (target >= 0.7; Ray's own start, "
+            f"{figures['ray_init_s']} s, apart)"
+        )
     emit(figures, args.json)
 
 

@@ -404,10 +404,10 @@ def test_names_and_notes_chosen_by_others_are_inert_at_every_output(tmp_path, ti
     from mirror_scan.report import ReportWriter
 
     writer = ReportWriter(tmp_path / "formula.csv", "csv")
-    writer.write({"path": "=HYPERLINK(\"x\")", "reason": "+1", "uploader": "@everyone", "size": 5})
+    writer.write({"path": '=HYPERLINK("x")', "reason": "+1", "uploader": "@everyone", "size": 5})
     writer.close()
     (row,) = csv.DictReader(io.StringIO((tmp_path / "formula.csv").read_text()))
-    assert (row["path"], row["reason"], row["uploader"]) == ("'=HYPERLINK(\"x\")", "'+1", "'@everyone")
+    assert (row["path"], row["reason"], row["uploader"]) == ('\'=HYPERLINK("x")', "'+1", "'@everyone")
     assert row["size"] == "5"
 
     def state_only(*args):
