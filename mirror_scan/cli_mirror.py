@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
@@ -36,8 +37,9 @@ def pull(
     settings = resolve({"remote": remote, "rclone": rclone, "state": state, "quarantine": quarantine}, config)
     if not settings.remote:
         raise UsageError("no remote to pull from", hint="pass --remote NAME:bucket or set `remote` in the config")
-    with Workspace.reader(settings) as workspace:  # a missing ledger reads as empty: nothing excluded
-        excluded = workspace.ledger.excluded_keys()
+    with Workspace.writer(settings) as workspace:
+        workspace.bind_mirror(to, settings.remote, "mirror pull")  # another bucket into this mirror is refused
+        excluded = workspace.ledger.excluded_keys(settings.remote, os.fsencode(os.path.abspath(to)))
     tool = Rclone.locate(settings.rclone)
     count = 0
     with err.status(f"pulling {settings.remote} -> {to}") as status:
@@ -54,6 +56,40 @@ def pull(
     for key in keys:
         out.print(str(to / key))
     err.print(f"{len(keys)} new file(s); {len(excluded)} quarantined key(s) excluded")
+
+
+@mirror_app.command("remote")
+def remote_cmd(
+    mirror: Annotated[Path, typer.Argument(help="The mirror directory.")],
+    set_to: Annotated[
+        str | None, typer.Option("--set", help="Record another remote (the bucket really moved).")
+    ] = None,
+    state: Annotated[Path | None, typer.Option("--state", help="SQLite state database.")] = None,
+    quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Config file.")] = None,
+) -> None:
+    """The bucket a mirror mirrors (recorded by the first `mirror pull` or scan with --remote): removals
+    only ever go there. --set records another one, deliberately."""
+    import datetime as dt
+
+    from .app.workspace import Workspace
+
+    settings = resolve({"state": state, "quarantine": quarantine}, config)
+    root = os.fsencode(os.path.abspath(mirror))
+    if set_to is not None:
+        if ":" not in set_to:
+            raise UsageError(f"{set_to!r} is not an rclone remote", hint="NAME:bucket, e.g. pictrs:media")
+        with Workspace.writer(settings) as workspace:
+            workspace.ledger.rebind_mirror(root, set_to, "mirror remote --set")
+        out.print(f"{mirror}: mirrors {set_to.rstrip('/')}")
+        return
+    with Workspace.reader(settings) as workspace:
+        bound = workspace.ledger.mirror_remote(root)
+    if bound is None:
+        out.print(f"{mirror}: no remote recorded yet (the first `mirror pull` or scan with --remote records it)")
+        return
+    remote, when, by = bound
+    out.print(f"{mirror}: mirrors {remote} (recorded by `{by}` on {dt.datetime.fromtimestamp(when, dt.UTC):%Y-%m-%d})")
 
 
 @pictrs_app.command("check")

@@ -98,6 +98,10 @@ def register(app: typer.Typer) -> None:
         writer = ReportWriter(report, report_format) if report else None
         with open_writer(settings, quiet=quiet or json_out) as workspace:
             ledger = workspace.ledger
+            if settings.remote:  # each mirror is tied to its bucket: another --remote is refused, not obeyed
+                for path in paths:
+                    workspace.bind_mirror(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)),
+                                          settings.remote, "scan --remote")  # fmt: skip
             actor = None if dry_run else QuarantineActor(ledger, workspace.quarantine)
             runner = Scan(
                 ledger,
@@ -198,6 +202,9 @@ def register(app: typer.Typer) -> None:
         if not settings.state.exists():
             raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
         with open_writer(settings, quiet=json_out) as workspace:
+            if settings.remote:
+                for root in {row[3] for row in workspace.ledger.flagged_unacted() if row[3]}:
+                    workspace.bind_mirror(os.fsdecode(root), settings.remote, "apply --remote")
             acted = apply_verdicts(workspace.ledger, QuarantineActor(workspace.ledger, workspace.quarantine))
             if settings.remote:  # objects scanned in that bucket (`bucket scan`) that have no mirror copy
                 actor = BucketActor(workspace.ledger, workspace.quarantine)

@@ -105,16 +105,22 @@ def register(app: typer.Typer) -> None:
             config,
         )
         daemon = WatchDaemon(settings, options)
-        daemon.start(say=err.print)
-        stopping = []
+        stopping: list[int] = []
+        started = False
 
         def stop(signum, frame) -> None:
             if not stopping:
                 stopping.append(signum)
-                daemon.stop()
+                if started:
+                    daemon.stop()
 
+        # Before start: a SIGTERM that arrives while the daemon starts stops it cleanly once it has started.
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
+        daemon.start(say=err.print)
+        started = True
+        if stopping:
+            daemon.stop()
         counters = daemon.join()
         err.print(f"stopped cleanly: {counters.scored} scanned, {counters.flagged} flagged, {counters.errors} errors")
 

@@ -23,3 +23,12 @@ def sha256_bytes(data: bytes) -> str:
 def md5_bytes(data: bytes) -> str:
     """md5 for matching shared hash lists that use it (not for integrity: sha256 is the identity)."""
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
+
+
+def md5_file(path: Path | str) -> str:
+    """md5 of a file, for comparing with an object's ETag (S3 keeps the MD5 of single-part uploads)."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -49,7 +49,7 @@ from .atomic import fsync_dir
 from .errors import MirrorScanError
 from .faults import checkpoint
 from .fsinfo import filesystem_type, is_remote_or_fuse
-from .hashing import CHUNK, sha256_bytes, sha256_file
+from .hashing import CHUNK, md5_file, sha256_bytes, sha256_file
 from .paths import MissingParent, Place, UnsafePath, check_operator_target, check_relative, reach, relative_to
 from .state import (
     HELD_STATES,
@@ -490,7 +490,8 @@ class Quarantine:
         """Delete the object upstream; False (item left 'upstream pending') when it cannot be done now."""
         try:
             upstream = self.upstreams.get(row.remote)  # type: ignore[arg-type]
-            note = upstream.remove(row.key)  # type: ignore[arg-type]
+            md5 = md5_file(self.items / row.id / DATA)
+            note = upstream.remove(row.key, row.sha256, md5, lambda: self._evidence_keys(row))  # type: ignore[arg-type]
         except UpstreamUnavailable:
             return False
         except MirrorScanError as err:
@@ -498,6 +499,23 @@ class Quarantine:
             return False
         log.info("quarantine item %s: %s", row.id, note)
         return True
+
+    def _evidence_keys(self, row: ItemRow) -> list[str] | None:
+        """Keys that prove the remote is the bucket the item came from, when its object is not there: for
+        a mirrored file, a few other files of the mirror (still there, so still in their bucket); for an
+        object scanned in its bucket, none is needed (it was read from there moments before)."""
+        if not row.original:
+            return None  # read from there when it was quarantined: being gone is being gone
+        paths = self.ledger.mirror_sample(row.mirror_root, row.original)
+        if len(paths) < 3:  # files the ledger does not know yet count too: they are in the mirror
+            from .discover import Found, discover
+
+            for found in discover([os.fsdecode(row.mirror_root)]):
+                if isinstance(found, Found) and os.fsencode(found.path) not in (row.original, *paths):
+                    paths.append(os.fsencode(found.path))
+                    if len(paths) >= 5:
+                        break
+        return [os.fsdecode(os.path.relpath(path, row.mirror_root)) for path in paths]
 
     def _remove_original(self, row: ItemRow) -> None:
         """Unlink the original only if it still holds the quarantined bytes (never a newer file), reached

@@ -195,6 +195,26 @@ class Rclone:
             )
         raise self._error("lsjson", proc.returncode, stderr)
 
+    def remote_options(self, remote: str) -> dict[str, str] | None:
+        """A remote's options as rclone resolves them: the config file's section (rclone.conf, RCLONE_CONFIG
+        or --config; `rclone config dump` already applies RCLONE_CONFIG_<NAME>_<OPTION> overrides to it), or
+        for a remote defined only by those variables, the variables. None if rclone knows no such remote.
+        Secrets are in the values: never print them."""
+        name = remote.split(":", 1)[0]
+        proc = self.run("config", "dump", check=False)
+        try:
+            dumped = json.loads(proc.stdout or b"{}") if proc.returncode == 0 else {}
+        except ValueError:
+            dumped = {}
+        section = next((v for k, v in dumped.items() if k == name), None)
+        if section is None:
+            section = next((v for k, v in dumped.items() if k.lower() == name.lower()), None)
+        if section is not None:
+            return {str(k).lower(): str(v) for k, v in section.items()}
+        prefix = f"RCLONE_CONFIG_{name.upper()}_"
+        found = {k[len(prefix) :].lower(): v for k, v in os.environ.items() if k.startswith(prefix)}
+        return found if "type" in found else None
+
     def has_remote(self, remote: str) -> bool:
         """Whether an rclone remote of that name is configured (config file or RCLONE_CONFIG_<NAME>_*)."""
         name = remote.split(":", 1)[0].lower()
@@ -205,7 +225,28 @@ class Rclone:
         self.run("copyto", str(local), join_key(remote, key))
 
     def read_object(self, remote: str, key: str) -> bytes:
+        """The object's bytes. Checked to exist first: `rclone cat` of a path that is no object reads it as
+        an empty directory and prints nothing, exit 0."""
+        if self.stat_object(remote, key) is None:
+            raise UpstreamError(f"no object {key} in {remote}", kind="missing")
         return self.run("cat", join_key(remote, key)).stdout
+
+    def stat_object(self, remote: str, key: str) -> dict | None:
+        """rclone's record of one object (Size, Hashes{md5} where the remote has it), or None if there is none."""
+        proc = self.run("lsjson", "--stat", "--hash", "--hash-type", "md5", "--no-mimetype", join_key(remote, key),
+                        check=False)  # fmt: skip
+        if proc.returncode == 0:
+            try:
+                entry = json.loads(proc.stdout or b"null")
+            except ValueError:
+                entry = None
+            if isinstance(entry, dict) and not entry.get("IsDir"):
+                return entry
+            return None
+        stderr = proc.stderr.decode("utf-8", "replace")
+        if proc.returncode in (3, MISSING_OBJECT) or _classify(stderr) == "missing":
+            return None
+        raise self._error("lsjson", proc.returncode, stderr)
 
     def list_keys(self, remote: str) -> list[dict]:
         return json.loads(self.run("lsjson", "-R", "--files-only", remote).stdout or b"[]")

@@ -136,6 +136,8 @@ CREATE TABLE IF NOT EXISTS followups (
     UNIQUE (item, action, target)
 );
 CREATE INDEX IF NOT EXISTS followups_due ON followups (state, next_try);
+CREATE TABLE IF NOT EXISTS mirrors (root BLOB PRIMARY KEY, remote TEXT NOT NULL, recorded REAL NOT NULL,
+                                    by TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS moves (
     id INTEGER PRIMARY KEY,
     item TEXT NOT NULL,
@@ -1101,15 +1103,54 @@ class Ledger:
         self.begin()
         self.db.execute("UPDATE quarantine SET state=?, updated=? WHERE id=?", (str(state), time.time(), item_id))
 
-    def excluded_keys(self, conn: sqlite3.Connection | None = None) -> list[str]:
-        """Keys (relative to the mirror root) a pull must not bring back: every item held and not restored."""
+    def excluded_keys(self, remote: str, mirror_root: bytes, conn: sqlite3.Connection | None = None) -> list[str]:
+        """Keys a pull of `remote` into `mirror_root` must not bring back: every item held and not restored
+        that came from that remote (its key), or from that mirror with no remote (its path there). An
+        object of the same key in another bucket is another object, and is pulled."""
+        remote = remote.rstrip("/")
         rows = (
             (conn or self.db)
-            .execute("SELECT original, mirror_root, key FROM quarantine WHERE state IN (?, ?, ?, ?)", HELD_STATES)
+            .execute(
+                "SELECT original, mirror_root, key FROM quarantine WHERE state IN (?, ?, ?, ?) "
+                "AND ((remote = ? AND key IS NOT NULL) OR (remote IS NULL AND mirror_root = ? AND original != x''))",
+                (*HELD_STATES, remote, mirror_root),
+            )
             .fetchall()
         )
-        # Uploads rejected at validation have neither key nor original path.
-        return [key if key else os.fsdecode(os.path.relpath(orig, root)) for orig, root, key in rows if key or orig]
+        return [key if key else os.fsdecode(os.path.relpath(orig, root)) for orig, root, key in rows]
+
+    def mirror_remote(self, root: bytes) -> tuple[str, float, str] | None:
+        """(remote, when, by which command) this mirror was first tied to, or None."""
+        row = self.db.execute("SELECT remote, recorded, by FROM mirrors WHERE root=?", (root,)).fetchone()
+        return None if row is None else (row[0], float(row[1]), row[2])
+
+    def bind_mirror(self, root: bytes, remote: str, by: str) -> tuple[str, float, str]:
+        """Tie the mirror to a remote once (the first pull or scan with --remote); returns the binding."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR IGNORE INTO mirrors VALUES (?, ?, ?, ?)", (root, remote.rstrip("/"), time.time(), by)
+            )
+        return self.mirror_remote(root)  # type: ignore[return-value]
+
+    def rebind_mirror(self, root: bytes, remote: str, by: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO mirrors VALUES (?, ?, ?, ?) ON CONFLICT(root) DO UPDATE SET remote=excluded.remote, "
+                "recorded=excluded.recorded, by=excluded.by",
+                (root, remote.rstrip("/"), time.time(), by),
+            )
+
+    def mirror_sample(self, root: bytes, besides: bytes, limit: int = 5) -> list[bytes]:
+        """Paths of a few other files of this mirror that are still there (scored, not acted on): their keys
+        prove a remote is the bucket the mirror came from."""
+        return [
+            bytes(r[0])
+            for r in self.db.execute(
+                "SELECT path FROM files WHERE root=? AND path != ? AND action IS NULL AND origin IS NULL "
+                "AND status IN ('scored', 'reused') ORDER BY random() LIMIT ?",
+                (root, besides, limit),
+            )
+        ]
 
     def upstream_pending_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM quarantine WHERE state='upstream_pending'").fetchone()[0])

@@ -5,9 +5,11 @@ failure the remote is left alone for a backoff (1 s, 2 s, 4 s ... up to 60 s), t
 again; a success closes it. So a dead remote costs one fast-failing call per backoff, not one per file,
 and an outage heals by itself inside a running daemon.
 
-"Not found" means "already gone" only once the bucket itself is known to exist: the first call of each
-process checks the bucket (`rclone lsjson --stat`), and a missing bucket is a failure (items wait as
-upstream pending, loudly), never a success.
+A removal proves it removes the right object: the object must hold the quarantined bytes (its MD5, where
+the remote keeps one, else its bytes read back) before it is deleted, and must be gone after. An object
+that is not there counts as already gone only with evidence that this is the mirror's bucket: other files
+of the mirror are there (a wrong bucket that exists, or a wrong prefix, holds none of them). Otherwise the
+item waits as upstream pending, loudly. The first call of each process also checks that the bucket exists.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from pathlib import Path
 
 from .errors import MirrorScanError
 from .hashing import sha256_bytes, sha256_file
+from .rclone import UpstreamError
 
 log = logging.getLogger(__name__)
 
@@ -71,7 +74,7 @@ class Upstream:
     is success, and restoring writes the same bytes to the same key and verifies them."""
 
     remote: str
-    remove_object: Callable[[str], str]  # key -> note ("deleted upstream", "already gone upstream")
+    remove_object: Callable[[str, str, str, Callable[[], list[str] | None]], str]  # key, sha256, md5, evidence
     restore_object: Callable[[Path, str], None]  # local file, key
     check_bucket: Callable[[], None] | None = None  # raises if the bucket is not there
     read_object: Callable[[str], bytes] | None = None  # key -> bytes (quarantining an object with no mirror copy)
@@ -85,9 +88,38 @@ class Upstream:
             if sha256_bytes(rclone.read_object(remote, key)) != sha256_file(local):
                 raise MirrorScanError(f"upstream copy of {key} did not verify after the upload")
 
+        def remove(key: str, sha256: str, md5: str, evidence: Callable[[], list[str] | None]) -> str:
+            found = rclone.stat_object(remote, key)
+            if found is None:
+                others = evidence()
+                if others is None:
+                    return "already gone upstream (read from there when it was quarantined)"
+                if any(rclone.stat_object(remote, other) is not None for other in others):
+                    return "already gone upstream (the bucket holds the mirror's other files)"
+                raise UpstreamError(
+                    f"{key} is not in {remote}, and neither is any of {len(others)} other file(s) of the mirror "
+                    "checked there: is --remote the wrong bucket or prefix? nothing counts as removed",
+                    kind="unproven",
+                    hint="check --remote (`mirror-scan mirror remote MIRROR`); the item waits as upstream pending",
+                )
+            same = found.get("Hashes", {}).get("md5") == md5 if found.get("Hashes", {}).get("md5") else None
+            if same is None:  # no MD5 there (multipart uploads): compare the bytes themselves
+                same = sha256_bytes(rclone.read_object(remote, key)) == sha256
+            if not same:
+                raise UpstreamError(
+                    f"{remote}/{key} holds other bytes than the quarantined ones: not removed (wrong bucket, or "
+                    "replaced since)",
+                    kind="mismatch",
+                    hint="check --remote; the item waits as upstream pending",
+                )
+            rclone.delete_object(remote, key)
+            if rclone.stat_object(remote, key) is not None:
+                raise UpstreamError(f"{remote}/{key} is still there after its deletion", kind="other")
+            return "deleted upstream (its bytes checked first)"
+
         return cls(
             remote=remote,
-            remove_object=lambda key: rclone.delete_object(remote, key),
+            remove_object=remove,
             restore_object=restore,
             check_bucket=lambda: rclone.check_bucket(remote),
             read_object=lambda key: rclone.read_object(remote, key),
@@ -114,8 +146,10 @@ class Upstream:
     def backoff_s(self) -> float:
         return round(max(0.0, self.breaker.open_until - time.monotonic()), 1)
 
-    def remove(self, key: str) -> str:
-        return self._call("removal", self.remove_object, key)
+    def remove(self, key: str, sha256: str, md5: str, evidence: Callable[[], list[str] | None]) -> str:
+        """Remove the object at `key` if it holds these bytes; `evidence()`: other keys of the mirror, which
+        prove the bucket is the mirror's when the object is not there (None: no proof needed)."""
+        return self._call("removal", self.remove_object, key, sha256, md5, evidence)
 
     def restore(self, local: Path, key: str) -> None:
         self._call("restore", self.restore_object, local, key)

@@ -200,6 +200,8 @@ class WatchDaemon:
         options, settings = self.options, self.settings
         bundle, policy, offset, scorer = load_scanner(settings, warm_up=True)
         self.workspace = Workspace.writer(settings, on_recovered=lambda note: say(f"recovered: {note}"))
+        if settings.remote:
+            self.workspace.bind_mirror(options.mirror, settings.remote, "watch --remote")
         self.retry_workspace = Workspace.writer(settings, recover=False)
         self._last_restore_move = self.retry_workspace.ledger.last_move_id()  # only restores from now on
         self.queue = PathQueue(options.mirror)
@@ -307,9 +309,8 @@ class WatchDaemon:
 
     def _pull(self) -> None:
         ledger = self.retry_workspace.ledger  # read on this thread's own connection: the retry worker writes on it
-        arrived = self.rclone.pull(
-            self.settings.remote, self.options.mirror, exclude=ledger.excluded_keys(ledger.reader())
-        )
+        excluded = ledger.excluded_keys(self.settings.remote, os.fsencode(self.options.mirror), ledger.reader())
+        arrived = self.rclone.pull(self.settings.remote, self.options.mirror, exclude=excluded)
         for key in arrived:
             self.queue.offer(str(self.options.mirror / key))
         self._set(last_pull_unixtime=time.time(), last_pull_arrived=len(arrived))

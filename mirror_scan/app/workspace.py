@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..moderation import Moderation, follow_up_enabled
 from ..quarantine import Quarantine
@@ -91,6 +92,25 @@ class Workspace:
             if say:
                 say(note)
         return notes
+
+    def bind_mirror(self, mirror: str | Path, remote: str, by: str) -> None:
+        """The remote a mirror mirrors, recorded by the first pull or scan with --remote; a different remote
+        for the same mirror is refused: removals would go to another bucket (objects that do not exist
+        there look removed, and the real ones stay public)."""
+        import datetime as dt
+        import os
+
+        from ..errors import UsageError
+
+        root = os.fsencode(os.path.abspath(mirror))
+        bound, when, first = self.ledger.bind_mirror(root, remote, by)
+        if bound != remote.rstrip("/"):
+            stamp = dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+            raise UsageError(
+                f"mirror {os.fsdecode(root)} mirrors {bound} (recorded by `{first}` on {stamp}), not {remote}",
+                hint=f"check --remote; if the bucket really moved, `mirror-scan mirror remote {os.fsdecode(root)} "
+                f"--set {remote}` records the new one",
+            )
 
     def close(self) -> None:
         self.ledger.close()
