@@ -31,7 +31,10 @@ bucket_app = typer.Typer(help="Scan a bucket in place (no mirror), on this machi
 
 @bucket_app.command("scan")
 def scan(
-    remote: Annotated[str, typer.Argument(help="The rclone remote and bucket, NAME:bucket (RCLONE_CONFIG_NAME_*).")],
+    remote: Annotated[
+        str,
+        typer.Argument(help="The rclone remote and bucket, NAME:bucket (from rclone.conf or RCLONE_CONFIG_NAME_*)."),
+    ],
     prefix: Annotated[str, typer.Option("--prefix", help="Only keys starting with this.")] = "",
     engine: Annotated[
         str, typer.Option("--engine", help="local: this process; ray: Ray Data on a local instance or a cluster.")
@@ -76,6 +79,7 @@ def scan(
     from .bucket.s3 import S3Settings
     from .bucket.stages import StageSpec
     from .pipeline import Scan
+    from .rclone import Rclone
 
     if engine not in ("local", "ray"):
         raise UsageError(f"--engine {engine!r} is not known", hint="local or ray")
@@ -104,7 +108,7 @@ def scan(
         },
         config,
     )
-    s3 = S3Settings.from_rclone_env(remote, max_connections=max(16, fetch_threads * 2))
+    s3 = S3Settings.from_rclone(remote, Rclone.locate(settings.rclone), max_connections=max(16, fetch_threads * 2))
     bundle, loaded_policy, offset, scorer = load_scanner(settings)
     config_ = scan_config(settings, offset, loaded_policy)
     spec = StageSpec(

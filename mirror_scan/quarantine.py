@@ -340,8 +340,9 @@ class Quarantine:
         into the item, verify it holds the bytes that were scanned, then remove it upstream. The same
         journal as a mirrored file (intent -> copied -> placed -> upstream_removed -> done); there is no
         local original. Returns (item id, state)."""
-        check_relative(key.encode())
-        upstream = self.upstreams.get(remote)
+        if not key or "\x00" in key:  # any other key is an S3 key: it names no local path
+            raise QuarantineError(f"{remote}: {key!r} is not an object key")
+        upstream = self.upstreams.get(remote, direct=True)
         item_id = _new_item_id(sha256)
         with self.item_lock(item_id):
             return self._quarantine_object_locked(upstream, remote, key, sha256, evidence, item_id)
@@ -489,7 +490,7 @@ class Quarantine:
     def _remove_upstream(self, row: ItemRow) -> bool:
         """Delete the object upstream; False (item left 'upstream pending') when it cannot be done now."""
         try:
-            upstream = self.upstreams.get(row.remote)  # type: ignore[arg-type]
+            upstream = self.upstreams.get(row.remote, direct=item_origin(row) == "bucket")  # type: ignore[arg-type]
             md5 = md5_file(self.items / row.id / DATA)
             note = upstream.remove(row.key, row.sha256, md5, lambda: self._evidence_keys(row))  # type: ignore[arg-type]
         except UpstreamUnavailable:
@@ -675,7 +676,7 @@ class Quarantine:
             )
         if sha256_file(item_dir / DATA) != row.sha256:
             raise QuarantineError(f"item {row.id}: the quarantined bytes do not match their recorded sha256; refusing")
-        upstream = self.upstreams.get(row.remote)  # type: ignore[arg-type]
+        upstream = self.upstreams.get(row.remote, direct=True)  # type: ignore[arg-type]
         self.ledger.begin()
         for move in self.ledger.unfinished_moves(row.id):
             self.ledger.set_step(move.id, Step.ROLLED_BACK, note="superseded by a restore")
@@ -858,7 +859,7 @@ class Quarantine:
             self.ledger.set_item_state(row.id, ItemState.QUARANTINED)
             self._step(move.id, Step.ROLLED_BACK, "recover", note="interrupted at intent")
             return f"{row.id}: restore interrupted at 'intent', rolled back (still quarantined)"
-        upstream = self.upstreams.get(row.remote) if move.step == Step.PLACED else None  # type: ignore[arg-type]
+        upstream = self.upstreams.get(row.remote, direct=True) if move.step == Step.PLACED else None  # type: ignore[arg-type]
         try:
             self._finish_restore(row.id, move.id, move.step, upstream)
         except UpstreamUnavailable:

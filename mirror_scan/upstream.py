@@ -125,6 +125,44 @@ class Upstream:
             read_object=lambda key: rclone.read_object(remote, key),
         )
 
+    @classmethod
+    def direct_s3(cls, remote: str, rclone) -> Upstream:
+        """For objects scanned in their bucket: the S3 client that listed them removes, reads and puts them
+        back, with keys exactly as listed (rclone maps control characters to look-alikes in its names, so a
+        key with a newline or ESC read through rclone is another key)."""
+        from .bucket.s3 import Bucket, S3Settings
+
+        bucket = Bucket(S3Settings.from_rclone(remote, rclone))
+
+        def read(key: str) -> bytes:
+            data = bucket.read(key)
+            if data is None:
+                raise UpstreamError(f"no object {key!r} in {remote}", kind="missing")
+            return data
+
+        def remove(key: str, sha256: str, md5: str, evidence: Callable[[], list[str] | None]) -> str:
+            found = bucket.head(key)
+            if found is None:
+                return "already gone upstream (read from there when it was quarantined)"
+            etag = found["etag"]
+            same = etag == md5 if len(etag) == 32 else sha256_bytes(read(key)) == sha256
+            if not same:
+                raise UpstreamError(
+                    f"{remote}/{key!r} holds other bytes than the quarantined ones: not removed", kind="mismatch"
+                )
+            bucket.delete(key)
+            if bucket.head(key) is not None:
+                raise UpstreamError(f"{remote}/{key!r} is still there after its deletion", kind="other")
+            return "deleted upstream (its bytes checked first)"
+
+        def restore(local: Path, key: str) -> None:
+            data = local.read_bytes()
+            bucket.put(key, data)
+            if sha256_bytes(read(key)) != sha256_bytes(data):
+                raise MirrorScanError(f"upstream copy of {key!r} did not verify after the upload")
+
+        return cls(remote=remote, remove_object=remove, restore_object=restore, check_bucket=None, read_object=read)
+
     def _call(self, what: str, fn: Callable, *args):
         if not self.breaker.allow():
             raise UpstreamUnavailable(
@@ -170,11 +208,13 @@ class Upstreams:
         default: str | None = None,
         make: Callable[[str], Upstream] | None = None,
         configured: Callable[[str], bool] | None = None,
+        make_direct: Callable[[str], Upstream] | None = None,
     ) -> None:
         self.default = default
         self._make = make
+        self._make_direct = make_direct
         self._configured = configured
-        self._by_remote: dict[str, Upstream] = {}
+        self._by_remote: dict[str | tuple[str, str], Upstream] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -186,9 +226,20 @@ class Upstreams:
             default,
             make=lambda remote: Upstream.rclone(remote, locate()),
             configured=lambda remote: locate().has_remote(remote),
+            make_direct=lambda remote: Upstream.direct_s3(remote, locate()),
         )
 
-    def get(self, remote: str) -> Upstream:
+    def get(self, remote: str, direct: bool = False) -> Upstream:
+        """The remote's Upstream; direct=True: through the S3 client itself (objects scanned in the bucket,
+        keys exactly as listed), else through rclone (mirrored files, keys as rclone names them)."""
+        if direct:
+            self.get(remote)  # the same checks: configured here, or refused with the hint
+            with self._lock:
+                if (remote, "direct") not in self._by_remote:
+                    if self._make_direct is None:
+                        raise RemoteNotConfigured(f"no direct S3 access to {remote} here")
+                    self._by_remote[(remote, "direct")] = self._make_direct(remote)  # type: ignore[index]
+                return self._by_remote[(remote, "direct")]  # type: ignore[index]
         with self._lock:
             if remote not in self._by_remote:
                 if self._make is None:
@@ -205,4 +256,4 @@ class Upstreams:
 
     def known(self) -> list[Upstream]:
         with self._lock:
-            return list(self._by_remote.values())
+            return [u for k, u in self._by_remote.items() if isinstance(k, str)]

@@ -132,7 +132,7 @@ def main() -> None:
         server.start()
         try:
             os.environ.update(server.env())
-            s3 = S3Settings.from_rclone_env(server.remote)
+            s3 = S3Settings.from_rclone(server.remote)
             time.sleep(1.5)  # the server's 1 s directory cache
             started = time.perf_counter()
             keys = [obj.key for obj in Bucket(s3).list()]

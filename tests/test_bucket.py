@@ -211,7 +211,7 @@ def test_result_parts_left_by_a_dead_driver_are_ingested_not_recomputed(
     site = Site(tmp_path, bucket, tiny_bundle_master, "resume")
     for name, value in bucket.env().items():
         monkeypatch.setenv(name, value)
-    spec = StageSpec(s3=S3Settings.from_rclone_env(bucket.remote), model_dir=str(tiny_bundle_master), decoders="thread")
+    spec = StageSpec(s3=S3Settings.from_rclone(bucket.remote), model_dir=str(tiny_bundle_master), decoders="thread")
     done = ["animated.gif", "01/a0/0197a5c3-0000"]
     listed = {o.key: o for o in Bucket(spec.s3).list()}
     batch = {name: [getattr(listed[k], name) for k in done] for name in ("key", "size", "etag", "mtime_ns")}

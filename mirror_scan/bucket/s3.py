@@ -1,13 +1,13 @@
 """The bucket read directly with boto3, configured from the same rclone remote the rest of mirror-scan
-uses (`RCLONE_CONFIG_<NAME>_*` variables: TYPE=s3, ENDPOINT, ACCESS_KEY_ID, SECRET_ACCESS_KEY, REGION,
-SESSION_TOKEN, FORCE_PATH_STYLE). rclone stays the tool for mirroring and single-object moves; this is
+uses, resolved the way rclone resolves it (rclone.conf, `RCLONE_CONFIG`, `RCLONE_CONFIG_<NAME>_*`
+variables: type s3, endpoint, access_key_id, secret_access_key, region, session_token,
+force_path_style). rclone stays the tool for mirroring and single-object moves; this is
 for reading many objects fast: boto3 lists (streamed pages with ETags), pyarrow's C++ S3 client reads
 (measured: 3x boto3's objects/s), both with standard retries and timeouts, and a bounded number of
 requests in flight (the fetch threads). Keys and secrets never appear in messages."""
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -47,29 +47,38 @@ class S3Settings:
         return self.remote.split(":", 1)[1].split("/", 1)[0]
 
     @classmethod
-    def from_rclone_env(cls, remote: str, max_connections: int = 16, env: dict | None = None) -> S3Settings:
-        env = os.environ if env is None else env
+    def from_rclone(cls, remote: str, rclone=None, max_connections: int = 16) -> S3Settings:
+        """The remote as rclone resolves it (rclone.conf, RCLONE_CONFIG or its variables: one resolver for
+        every command, `Rclone.remote_options`)."""
+        from ..rclone import Rclone
+
         name, _, rest = remote.partition(":")
         if not name or not rest:
             raise BucketError(f"{remote!r} is not NAME:bucket", hint="e.g. pictrs:pictrs-bucket")
-        prefix = f"RCLONE_CONFIG_{name.upper()}_"
-        kind = env.get(prefix + "TYPE")
-        if kind is None:
+        options = (rclone or Rclone.locate()).remote_options(remote)
+        if options is None:
             raise BucketError(
-                f"the rclone remote '{name}' is not set in the environment",
-                hint=f"bucket scan reads {prefix}TYPE=s3, {prefix}ENDPOINT, {prefix}ACCESS_KEY_ID and "
-                f"{prefix}SECRET_ACCESS_KEY (as rclone does)",
+                f"rclone knows no remote '{name}'",
+                hint="define it with `rclone config` (rclone.conf) or RCLONE_CONFIG_"
+                f"{name.upper()}_TYPE=s3 and its ENDPOINT, ACCESS_KEY_ID, SECRET_ACCESS_KEY variables",
             )
-        if kind != "s3":
-            raise BucketError(f"the rclone remote '{name}' is of type {kind!r}; bucket scan reads S3 buckets")
+        return cls.from_options(remote, options, max_connections)
+
+    @classmethod
+    def from_options(cls, remote: str, options: dict[str, str], max_connections: int = 16) -> S3Settings:
+        name = remote.partition(":")[0]
+        if options.get("type") != "s3":
+            raise BucketError(
+                f"the rclone remote '{name}' is of type {options.get('type')!r}; bucket scan reads S3 buckets"
+            )
         return cls(
             remote=remote.rstrip("/"),
-            endpoint=env.get(prefix + "ENDPOINT") or None,
-            region=env.get(prefix + "REGION") or "us-east-1",
-            access_key=env.get(prefix + "ACCESS_KEY_ID") or None,
-            secret_key=env.get(prefix + "SECRET_ACCESS_KEY") or None,
-            session_token=env.get(prefix + "SESSION_TOKEN") or None,
-            path_style=(env.get(prefix + "FORCE_PATH_STYLE", "true").lower() != "false"),
+            endpoint=options.get("endpoint") or None,
+            region=options.get("region") or "us-east-1",
+            access_key=options.get("access_key_id") or None,
+            secret_key=options.get("secret_access_key") or None,
+            session_token=options.get("session_token") or None,
+            path_style=(options.get("force_path_style", "true").lower() != "false"),
             max_connections=max_connections,
         )
 
@@ -151,7 +160,17 @@ class Bucket:
 
     def get(self, key: str, max_bytes: int) -> bytes | str:
         """The object's bytes, or the reason it cannot be read (recorded as the object's error). Reads go
-        through pyarrow's S3 filesystem (C++ client): 3x boto3's objects/s here (scripts/bench_bucket.py)."""
+        through pyarrow's S3 filesystem (C++ client): 3x boto3's objects/s here (scripts/bench_bucket.py);
+        a key pyarrow would read as another path ('//', '.' or '..' segments, control characters) is read
+        with boto3, exactly as listed."""
+        if not _plain_path(key):
+            try:
+                data = self.read(key, max_bytes + 1)
+            except BucketError as err:
+                return str(err).splitlines()[0]
+            if data is None:
+                return "gone from the bucket since it was listed"
+            return f"larger than the {max_bytes >> 20} MiB limit" if len(data) > max_bytes else data
         try:
             with self._reader().open_input_stream(f"{self.settings.bucket}/{key}") as stream:
                 data = stream.read(max_bytes + 1)
@@ -167,3 +186,57 @@ class Bucket:
         if self._arrow is None:
             self._arrow = self.settings.arrow_filesystem()
         return self._arrow
+
+    # ---------------------------------------------------------------- single objects, key exactly as listed
+
+    def head(self, key: str) -> dict | None:
+        """{size, etag} of the object, or None if there is none."""
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            answer = self._client.head_object(Bucket=self.settings.bucket, Key=key)
+        except ClientError as err:
+            if str(err.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._error("HEAD", err) from None
+        except BotoCoreError as err:
+            raise self._error("HEAD", err) from None
+        return {"size": int(answer["ContentLength"]), "etag": str(answer.get("ETag", "")).strip('"')}
+
+    def read(self, key: str, max_bytes: int | None = None) -> bytes | None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            answer = self._client.get_object(Bucket=self.settings.bucket, Key=key)
+            return answer["Body"].read(max_bytes) if max_bytes else answer["Body"].read()
+        except ClientError as err:
+            if str(err.response.get("Error", {}).get("Code")) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise self._error("GET", err) from None
+        except BotoCoreError as err:
+            raise self._error("GET", err) from None
+
+    def delete(self, key: str) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.delete_object(Bucket=self.settings.bucket, Key=key)
+        except (BotoCoreError, ClientError) as err:
+            raise self._error("DELETE", err) from None
+
+    def put(self, key: str, data: bytes) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.put_object(Bucket=self.settings.bucket, Key=key, Body=data)
+        except (BotoCoreError, ClientError) as err:
+            raise self._error("PUT", err) from None
+
+
+def _plain_path(key: str) -> bool:
+    """A key that a path-based client (pyarrow) reads as exactly that key."""
+    return (
+        not key.startswith("/")
+        and all(part not in ("", ".", "..") for part in key.split("/"))
+        and not any(ord(c) < 32 or ord(c) == 127 for c in key)
+    )
