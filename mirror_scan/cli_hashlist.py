@@ -31,7 +31,12 @@ def _reader(state: Path | None, config: Path | None):
 
 @hashlist_app.command("import")
 def import_cmd(
-    file: Annotated[Path, typer.Argument(help="CSV with a header: type,hash[,note,source] (or HMA/ThreatExchange).")],
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV type,hash[,quality,note,source]; ThreatExchange's dataset CSV; or 'TYPE VALUE' lines."
+        ),
+    ],
     name: Annotated[str, typer.Option("--name", help="The list's name (shown in every reason it causes).")],
     action: Annotated[str, typer.Option("--action", help="flag (act on matches) or review (record only).")] = "flag",
     replace: Annotated[bool, typer.Option("--replace", help="Replace a list of the same name.")] = False,
@@ -41,7 +46,7 @@ def import_cmd(
     """Import a shared list. Every line is checked first: on any bad line nothing is imported and every
     bad line is reported with its number. A running watch or serve applies it from its next batch; a scan
     applies it to unchanged files too."""
-    from .hashes import merge_duplicates, parse_list
+    from .hashformats import merge_duplicates, parse
 
     if action not in ("flag", "review"):
         raise UsageError(f"--action {action!r}", hint="use flag or review")
@@ -53,7 +58,8 @@ def import_cmd(
         raise UsageError(f"cannot read {file}: {error.strerror or error}") from None
     except UnicodeDecodeError:
         raise UsageError(f"{file} is not UTF-8 text", hint="save the list as a UTF-8 CSV file") from None
-    entries, errors = parse_list(text)
+    parsed = parse(text)
+    entries, errors = parsed.entries, parsed.errors
     if errors:
         for problem in errors[:50]:
             err.print(f"{file}: {problem}")
@@ -61,6 +67,8 @@ def import_cmd(
         raise UsageError(
             f"{len(errors)} bad line(s) in {file}{more}: nothing imported", hint="fix them and import again"
         )
+    for kind, count in parsed.skipped.items():
+        err.print(f"{file}: {count:,} {kind} row(s) skipped: not a picture hash")
     if not entries:
         raise UsageError(f"{file} holds no hashes: nothing imported")
     entries, merged = merge_duplicates(entries)
@@ -74,7 +82,7 @@ def import_cmd(
                     )
                 ledger.remove_hash_list(name)
             ledger.import_hash_list(name, action, str(file), entries)
-    kinds = {kind: sum(1 for e in entries if e[0] == kind) for kind in ("pdq", "sha256", "md5")}
+    kinds = {kind: sum(1 for e in entries if e[0] == kind) for kind in ("pdq", "sha256", "md5", "vpdq")}
     summary = ", ".join(f"{count:,} {kind}" for kind, count in kinds.items() if count)
     duplicates = f" ({merged:,} duplicate(s) merged)" if merged else ""
     out.print(f"imported hash list {name!r} ({action}): {summary}{duplicates}")
@@ -133,30 +141,242 @@ def remove_cmd(name: Annotated[str, typer.Argument()], state: StateOpt = None, c
 def export_cmd(
     source: Annotated[str, typer.Option("--from", help="quarantine: what this instance quarantined.")] = "quarantine",
     since: Annotated[str | None, typer.Option("--since", help="Only items quarantined within this (e.g. 30d).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="csv (type,hash) or hma (signal_type,signal_value).")] = "csv",
+    fmt: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="csv (ours: type,hash,quality), te (ThreatExchange's dataset CSV) or local (ThreatExchange's "
+            "local-file exchange: 'TYPE VALUE' lines). HMA takes hashes through its API: `hashlist push`.",
+        ),
+    ] = "csv",
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """What this instance quarantined and did not restore, as PDQ + sha256 + md5, for other instances to
-    import. Hashes only: no paths, names, keys or dates."""
+    """What this instance quarantined and did not restore, for other instances and tools to import: PDQ of
+    quality 50 and more, vPDQ of videos, sha256 and md5. Hashes only: no paths, names, keys or dates."""
     from .durations import parse_since
+    from .hashformats import write
 
     if source != "quarantine":
         raise UsageError(f"--from {source!r}", hint="only --from quarantine is supported")
-    if fmt not in ("csv", "hma"):
-        raise UsageError(f"--format {fmt!r}", hint="use csv or hma")
+    if fmt == "hma":
+        raise UsageError(
+            "HMA has no hash-list file format",
+            hint="push to an HMA bank with `mirror-scan hashlist push`, or use --format te",
+        )
+    if fmt not in ("csv", "te", "local"):
+        raise UsageError(f"--format {fmt!r}", hint="use csv, te or local")
     cutoff = parse_since(since) if since else None
     with _reader(state, config) as workspace:
-        rows = workspace.ledger.quarantined_hashes(cutoff)
+        pictures = workspace.ledger.quarantined_pictures(cutoff)
+    counts = write(export_signals(pictures), fmt, sys.stdout)
+    if counts["no_upstream_type"]:
+        err.print(
+            f"{counts['no_upstream_type']} md5/sha256 value(s) of pictures left out: ThreatExchange and HMA have "
+            "no photo md5 or sha256 type (their PDQ is in)"
+        )
+
+
+def export_signals(pictures: list[dict]):
+    """Each picture's values once: PDQ of quality 50 and more (a flat frame's hash matches anything), its
+    vPDQ, then its sha256 and md5."""
+    from .hashformats import MIN_QUALITY, Signal, degenerate, encode_vpdq
+
     seen: set[tuple[str, str]] = set()
-    writer = csv.writer(sys.stdout, lineterminator="\n")
-    writer.writerow(["type", "hash"] if fmt == "csv" else ["signal_type", "signal_value"])
-    for sha256, md5, pdq in rows:
-        for kind, value in (("pdq", pdq), ("sha256", sha256), ("md5", md5)):
-            if value and (kind, value) not in seen:
-                seen.add((kind, value))
-                writer.writerow([kind, value])
+    for picture in pictures:
+        values = [
+            Signal("pdq", h, picture["video"], q) for h, q in picture["pdq"] if q >= MIN_QUALITY and not degenerate(h)
+        ]
+        if picture["vpdq"] and any(q >= MIN_QUALITY for _, q, _ in picture["vpdq"]):
+            values.append(Signal("vpdq", encode_vpdq(picture["vpdq"]), picture["video"]))
+        values += [
+            Signal(k, v, picture["video"]) for k, v in (("sha256", picture["sha256"]), ("md5", picture["md5"])) if v
+        ]
+        for signal in values:
+            if (signal.kind, signal.value) not in seen:
+                seen.add((signal.kind, signal.value))
+                yield signal
+
+
+@hashlist_app.command("subscribe")
+def subscribe_cmd(
+    name: Annotated[str, typer.Argument(help="The list's name (shown in every reason it causes).")],
+    exchange: Annotated[
+        str,
+        typer.Option(
+            "--exchange",
+            help="local_file, sample, fb_threatexchange, ncmec, stop_ncii or tat (python-threatexchange's).",
+        ),
+    ],
+    option: Annotated[
+        list[str] | None,
+        typer.Option("--option", help="KEY=VALUE of the exchange's collaboration config (e.g. filename=/abs/f.txt)."),
+    ] = None,
+    action: Annotated[str, typer.Option("--action", help="flag (act on matches) or review (record only).")] = "flag",
+    state: StateOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Subscribe to a signal exchange: its hashes become the list NAME, renewed by `hashlist fetch`.
+    Credentials are python-threatexchange's own (environment variables or files it names), never options."""
+    import json
+
+    from .exchanges import collab_config
+
+    if action not in ("flag", "review"):
+        raise UsageError(f"--action {action!r}", hint="use flag or review")
+    options = {}
+    for pair in option or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"--option {pair!r}", hint="KEY=VALUE")
+        if any(word in key.lower() for word in ("token", "password", "secret", "credential", "key")):
+            raise UsageError(
+                f"--option {key}: credentials are not options",
+                hint="python-threatexchange reads them from its environment variables or files (see `--help`)",
+            )
+        options[key] = value
+    collab_config(exchange, name, options)  # checked now, by the exchange's own config class
+    with open_writer(resolve({"state": state}, config), quiet=True) as workspace:
+        ledger = workspace.ledger
+        if any(s["name"] == name for s in ledger.subscriptions()) or ledger.has_hash_list(name):
+            raise UsageError(f"a list or subscription named {name!r} exists", hint="pick another name")
+        ledger.put_subscription(name, exchange, json.dumps(options), action)
+    out.print(f"subscribed {name!r} to {exchange}; fetch it with: mirror-scan hashlist fetch {name}")
+
+
+@hashlist_app.command("fetch")
+def fetch_cmd(
+    names: Annotated[list[str] | None, typer.Argument(help="Subscriptions to fetch (default: all).")] = None,
+    state: StateOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Fetch what changed in each subscribed exchange and replace its list in one step (a running watch or
+    serve applies it from its next batch). Run it from a timer (systemd, cron)."""
+    from .errors import MirrorScanError
+    from .exchanges import fetch
+
+    results, failed = [], 0
+    with open_writer(resolve({"state": state}, config), quiet=True) as workspace:
+        ledger = workspace.ledger
+        chosen = [s for s in ledger.subscriptions() if not names or s["name"] in names]
+        missing = sorted(set(names or []) - {s["name"] for s in chosen})
+        if missing:
+            raise UsageError(f"no subscription named {missing[0]!r}", hint="see: mirror-scan hashlist subscriptions")
+        for sub in chosen:
+            try:
+                entries, checkpoint, fetched_state, counts = fetch(sub)
+            except MirrorScanError as error:
+                failed += 1
+                err.print(f"error: {sub['name']}: {error}")
+                continue
+            ledger.replace_hash_list(sub["name"], sub["action"], f"exchange {sub['api']}", entries)
+            note = f"{counts['kept']} signal(s) kept, {counts['refused']} refused (degenerate or invalid)"
+            ledger.save_fetch(sub["name"], checkpoint, fetched_state, note)
+            results.append({"name": sub["name"], **counts})
+    if json_out:
+        print_json(results)
+    else:
+        for r in results:
+            out.print(f"{r['name']}: {r['kept']} signal(s), {r['refused']} refused, {r['fetched']} update(s) fetched")
+    if failed:
+        raise typer.Exit(1)
+
+
+@hashlist_app.command("subscriptions")
+def subscriptions_cmd(state: StateOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    """The subscribed exchanges: name, exchange, action, when last fetched and what came."""
+    with _reader(state, config) as workspace:
+        rows = workspace.ledger.subscriptions()
+    data = [
+        {
+            "name": r["name"],
+            "exchange": r["api"],
+            "action": r["action"],
+            "fetched": time.strftime("%Y-%m-%d %H:%M", time.localtime(r["fetched"])) if r["fetched"] else "never",
+            "note": r["note"] or "",
+        }
+        for r in rows
+    ]
+    if json_out:
+        print_json(data)
+        return
+    if not data:
+        out.print("no subscriptions (mirror-scan hashlist subscribe NAME --exchange ...)")
+    for r in data:
+        out.print(f"{r['name']:24s} {r['exchange']:18s} {r['action']:7s} fetched {r['fetched']}  {r['note']}")
+
+
+@hashlist_app.command("unsubscribe")
+def unsubscribe_cmd(name: Annotated[str, typer.Argument()], state: StateOpt = None, config: ConfigOpt = None) -> None:
+    """Stop a subscription and remove its list (verdicts it caused stay until the next scan or rescore)."""
+    with open_writer(resolve({"state": state}, config), quiet=True) as workspace:
+        if not workspace.ledger.remove_subscription(name):
+            raise UsageError(f"no subscription named {name!r}", hint="see: mirror-scan hashlist subscriptions")
+        workspace.ledger.remove_hash_list(name)
+    out.print(f"unsubscribed {name!r}")
+
+
+@hashlist_app.command("push")
+def push_cmd(
+    hma: Annotated[str, typer.Option("--hma", help="HMA's base URL, e.g. https://hma.internal:5000.")],
+    bank: Annotated[str, typer.Option("--bank", help="The bank (UPPER_WITH_UNDERSCORE).")],
+    create: Annotated[bool, typer.Option("--create", help="Create the bank if HMA has none of that name.")] = False,
+    token_file: Annotated[
+        Path | None, typer.Option("--token-file", help="A bearer token for a proxy in front of HMA (file).")
+    ] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be pushed; send nothing.")] = False,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Push what this instance quarantined (and did not restore) into an HMA bank: PDQ of quality 50 and
+    more, and the md5 of videos (HMA's video_md5), one content item per picture with the quarantine item in
+    its note. What was pushed is recorded: a second push sends only what is new."""
+    import os
+
+    from .hma import BANK_NAME, HMA, contents
+    from .pgsource import read_secret_file
+    from .state import ItemState
+
+    if not BANK_NAME.match(bank):
+        raise UsageError(f"--bank {bank!r}", hint="HMA bank names are UPPER_WITH_UNDERSCORE, e.g. MIRROR_SCAN_CSAM")
+    token = os.environ.get("MIRROR_SCAN_HMA_TOKEN") or (
+        read_secret_file(token_file, "HMA token") if token_file else None
+    )
+    settings = resolve({"state": state, "quarantine": quarantine}, config)
+    target = f"hma {hma.rstrip('/')} {bank}"
+    with open_writer(settings, quiet=True) as workspace:
+        ledger = workspace.ledger
+        held = (ItemState.QUARANTINED, ItemState.UPSTREAM_PENDING, ItemState.PURGED)
+        ids = {row.sha256: row.id for row in ledger.items(states=tuple(map(str, held)))}
+        done = ledger.pushed(target)
+        todo = [c for c in contents(ledger.quarantined_pictures(), ids) if c[0] not in done]
+        if dry_run:
+            for _, signals, note in todo:
+                out.print(f"would push {', '.join(signals)} ({note})")
+            out.print(f"{len(todo)} content item(s) would be pushed to {bank}")
+            return
+        client = HMA(hma, token)
+        if create:
+            client.create_bank(bank)
+        pushed = refused = 0
+        for key, signals, note in todo:
+            content_id, why = client.add_signals(bank, signals, note)
+            if why and len(signals) > 1:  # a type this bank does not take (video_md5 disabled): the rest alone
+                kept = {k: v for k, v in signals.items() if k not in why}
+                if kept and kept != signals:
+                    content_id, why = client.add_signals(bank, kept, note)
+            if content_id is None:
+                refused += 1
+                err.print(f"refused by HMA: {', '.join(signals)} ({note}): {why}")
+                continue
+            ledger.record_push(target, key, content_id)
+            pushed += 1
+    out.print(f"pushed {pushed} content item(s) to {bank}" + (f", {refused} refused" if refused else ""))
+    if refused:
+        raise typer.Exit(1)
 
 
 @hashlist_app.command("backfill")
@@ -181,8 +401,8 @@ def backfill_cmd(
     settings = resolve({"state": state, "quarantine": quarantine}, config)
     if not settings.state.exists():
         raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
-    # The scan's geometry (224 px), so a backfilled hash is the hash a scan would have stored.
-    prep = Preprocess(size=(224, 224), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic", resize_mode="shortest")
+    # PDQ is taken from the picture as stored, whatever the model's size: this one only shapes the rows.
+    prep = Preprocess(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic", resize_mode="shortest")
     limits = Limits(max_pixels=settings.max_pixels, max_frames=settings.max_frames)
     counts = {"hashed": 0, "missing": 0, "changed": 0, "undecodable": 0}
     pool = DecoderPool(1, settings.decode_timeout) if settings.decoders == "process" else nullcontext()
@@ -193,7 +413,8 @@ def backfill_cmd(
         for sha256, path in ledger.files_lacking_hashes():
             wanted.setdefault(sha256, []).append(path)
         for item in ledger.items(states=tuple(HELD_STATES)):
-            if item.sha256 in wanted or not ledger.picture_hashes(item.sha256)[0]:
+            md5, pdqs, variants = ledger.picture_hashes(item.sha256)
+            if item.sha256 in wanted or not md5 or (pdqs and variants is None):
                 wanted.setdefault(item.sha256, []).append(os.path.join(item.dir, DATA.encode()))
         for sha256, paths in wanted.items():
             found = [_read_if_same(path, sha256, settings.max_file_mb << 20) for path in paths]
@@ -205,7 +426,7 @@ def backfill_cmd(
             if isinstance(decoded, str):
                 counts["undecodable"] += 1
                 continue
-            ledger.put_picture_hashes(sha256, md5_bytes(data), decoded.pdq)
+            ledger.put_picture_hashes(sha256, md5_bytes(data), decoded.pdq, decoded.pdq_variants, decoded.vpdq)
             ledger.commit()
             counts["hashed"] += 1
     if json_out:

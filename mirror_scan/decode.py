@@ -17,8 +17,8 @@ What becomes rows (each row is one model input; the file's verdict is its worst 
 
 Truncated or partly corrupt files are decoded as far as they go ("partial" in the notes) and still
 listed by `report --errors`. Bounded work: the pixel count is checked from the header before decoding,
-big JPEGs decode at reduced size (draft mode), and each frame is reduced to model size as soon as it is
-decoded.
+and each frame is reduced to model size as soon as it is decoded and hashed (PDQ of the picture as
+stored, the way Meta's reference hashes it: see hashes.reference_pixels).
 """
 
 from __future__ import annotations
@@ -106,6 +106,7 @@ class Decoded:
     pdq_variants: list[str] = field(default_factory=list)  # every frame's 8 rotations/mirrors, for matching
     notes: list[str] = field(default_factory=list)  # per file: partial decode, caps hit, pictures skipped
     partial: bool = False
+    vpdq: list[tuple[str, int, float]] = field(default_factory=list)  # videos, animations: a PDQ per second
 
 
 def sniff(head: bytes) -> str | None:
@@ -184,22 +185,10 @@ _MODE = _TruncationMode()
 # ---------------------------------------------------------------- one frame -> rows
 
 
-def _flatten_depth(frame: Image.Image) -> Image.Image:
-    """16-bit, 32-bit and float greyscale -> 8-bit."""
-    if frame.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        arr = np.asarray(frame, dtype=np.float64)
-        top = 65535.0 if frame.mode.startswith("I;16") or arr.max() > 255 else 255.0
-        return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
-    if frame.mode == "F":
-        arr = np.nan_to_num(np.asarray(frame, dtype=np.float64))
-        return Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8), "L")
-    return frame
-
-
 def _views(frame: Image.Image) -> list[tuple[str, Image.Image]]:
     """The RGB pictures of one frame: composited on neutral grey; and, when mostly transparent pixels hide
     non-uniform colour, the colour with alpha ignored as well."""
-    frame = _flatten_depth(frame)
+    frame = hashes.flatten_depth(frame)
     has_alpha = frame.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (frame.mode == "P" and "transparency" in frame.info)
     if not has_alpha:
         return [("", frame if frame.mode == "RGB" else frame.convert("RGB"))]
@@ -243,15 +232,20 @@ class Rows:
         self.tiles: list[tuple[str, Image.Image]] = []  # coverage "full": taken after every centre crop
         self.pdq: list[tuple[str, int]] = []
         self.pdq_variants: list[str] = []
+        self.vpdq = VideoHasher()  # a PDQ per second of a video or animation
         self.notes: list[str] = []
         self._tile_note = False
         # Frames kept for later are reduced to this short side: enough for the centre crop and for tiles.
         self.keep_size = max(prep.size)
 
-    def add_frame(self, frame: Image.Image, where: str) -> None:
+    def add_frame(self, frame: Image.Image, where: str, hashed: tuple[str, int, list[str]] | None = None) -> None:
+        """frame: the picture as a viewer sees it (EXIF rotation applied); hashed: its PDQ as stored (see
+        hashes.reference_pixels), computed from this frame when not given."""
         views = _views(frame)
-        if pdq_dihedral is not None:
-            digest, quality, variants = pdq_dihedral(views[0][1])  # the picture as a viewer sees it
+        if hashed is None and pdq_dihedral is not None:
+            hashed = pdq_dihedral(frame)
+        if hashed is not None:
+            digest, quality, variants = hashed
             self.pdq.append((digest, quality))
             self.pdq_variants.extend(variants)
         for view, rgb in views:
@@ -292,7 +286,8 @@ class DistinctFrames:
         self.cap = cap
         self.keep_size = keep_size  # kept frames are reduced to this short side: 32 full-size frames could
         self.signatures: list[np.ndarray] = []  # of the recent distinct frames
-        self.kept: list[tuple[float, int, Image.Image]] = []  # (novelty, index, frame)
+        # (novelty, index, frame, its PDQ taken at full size before the reduction)
+        self.kept: list[tuple[float, int, Image.Image, tuple[str, int, list[str]] | None]] = []
         self.distinct = 0
 
     @staticmethod
@@ -315,15 +310,20 @@ class DistinctFrames:
             del self.signatures[:256]
         self.distinct += 1
         if len(self.kept) < self.cap:
-            self.kept.append((novelty, index, self._own(frame)))
+            self.kept.append((novelty, index, *self._own(frame)))
             return
         least = min(range(len(self.kept)), key=lambda i: self.kept[i][0])
         if novelty > self.kept[least][0]:
-            self.kept[least] = (novelty, index, self._own(frame))
+            self.kept[least] = (novelty, index, *self._own(frame))
 
-    def _own(self, frame: Image.Image | Callable[[], Image.Image]) -> Image.Image:
-        """A copy of the frame, no bigger than the model needs (alpha and palette transparency kept)."""
+    def _own(self, frame: Image.Image | Callable[[], Image.Image]) -> tuple[Image.Image, tuple | None]:
+        """A copy of the frame, no bigger than the model needs (alpha and palette transparency kept), and
+        the PDQ of the frame as decoded (before the reduction: what other hashers see)."""
         image = frame if isinstance(frame, Image.Image) else frame()
+        hashed = pdq_dihedral(image) if pdq_dihedral is not None else None
+        return self._reduced(image), hashed
+
+    def _reduced(self, image: Image.Image) -> Image.Image:
         if image.mode == "P" or image.mode not in ("RGB", "RGBA", "L", "LA"):
             image = image.convert("RGBA" if "transparency" in image.info or "A" in image.mode else "RGB")
         scale = self.keep_size / min(image.size)
@@ -332,11 +332,28 @@ class DistinctFrames:
         size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
         return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
 
-    def chosen(self, notes: list[str]) -> list[tuple[int, Image.Image]]:
-        """The kept frames in order; a note when the cap left some out."""
+    def chosen(self, notes: list[str]) -> list[tuple[int, Image.Image, tuple | None]]:
+        """The kept frames in order, each with its PDQ; a note when the cap left some out."""
         if self.distinct > len(self.kept):
             notes.append(f"frame cap: {len(self.kept)} of {self.distinct} distinct frames scored (the most different)")
-        return [(index, frame) for _, index, frame in sorted(self.kept, key=lambda kept: kept[1])]
+        return [(index, frame, hashed) for _, index, frame, hashed in sorted(self.kept, key=lambda kept: kept[1])]
+
+
+class VideoHasher:
+    """vPDQ: the PDQ of the frame at every whole second of a video or animation (facebook/ThreatExchange
+    vpdq, python-threatexchange's default seconds_per_hash = 1.0), as (hash, quality, timestamp)."""
+
+    def __init__(self, every_s: float = 1.0, cap: int = 3600) -> None:
+        self.every_s, self.cap = every_s, cap
+        self.features: list[tuple[str, int, float]] = []
+        self._next = 0.0
+
+    def offer(self, timestamp: float | None, rgb: Callable[[], np.ndarray]) -> None:
+        if pdq_dihedral is None or timestamp is None or timestamp + 1e-6 < self._next or len(self.features) >= self.cap:
+            return
+        digest, quality = hashes.pdq_frame(rgb())
+        self.features.append((digest, quality, round(float(timestamp), 3)))
+        self._next = (math.floor(timestamp / self.every_s + 1e-6) + 1) * self.every_s
 
 
 # ---------------------------------------------------------------- stills and animations
@@ -378,13 +395,13 @@ def _auxiliary_kind(picture: bytes) -> str | None:
 
 
 def _still(img: Image.Image, prep: Preprocess, rows: Rows, where: str) -> None:
-    if img.format == "JPEG":
-        # libjpeg's scaled IDCT decodes at 1/2, 1/4 or 1/8 size (a proper low-pass) while staying at
-        # least the model's input size; the bicubic resize does the rest. 3-4x less decode work.
-        img.draft("RGB", (prep.size[1], prep.size[0]))
+    # Decoded whole, JPEGs too (no draft mode): PDQ's reference samples the picture as stored by nearest
+    # neighbour, and a reduced decode (libjpeg's scaled IDCT) moves the shared hash by 10-15 bits on
+    # detailed pictures. One decode serves both views; benchmarks/bench_hashlist.py measures the cost.
     img.load()
+    hashed = pdq_dihedral(img) if pdq_dihedral is not None else None  # as stored: no EXIF rotation
     frame = ImageOps.exif_transpose(img) if img.getexif().get(ORIENTATION, 1) != 1 else img
-    rows.add_frame(frame, where)
+    rows.add_frame(frame, where, hashed)
 
 
 def _pictures(data: bytes, img: Image.Image, prep: Preprocess, limits: Limits, rows: Rows) -> int:
@@ -438,7 +455,8 @@ def _frame_cap(frames: int, pixels: int, limits: Limits) -> str | None:
 def _frames(img: Image.Image, limits: Limits, rows: Rows) -> int:
     """Every frame of an animation or multi-page file, in order; the distinct ones become rows."""
     distinct = DistinctFrames(limits.max_frames, rows.keep_size)
-    index = 0
+    index, elapsed_ms = 0, 0.0
+    animated = img.format in ("GIF", "PNG", "WEBP", "JXL", "AVIF") and getattr(img, "n_frames", 1) > 1
     while True:
         if (cap := _frame_cap(index, index * img.width * img.height, limits)) is not None:
             rows.notes.append(cap)
@@ -449,10 +467,13 @@ def _frames(img: Image.Image, limits: Limits, rows: Rows) -> int:
             break
         img.load()
         distinct.offer(index, img)
+        if animated:  # a timeline: one vPDQ frame per second, like a video's
+            rows.vpdq.offer(elapsed_ms / 1000.0, lambda: np.asarray(img.convert("RGB")))
+            elapsed_ms += float(img.info.get("duration") or 100)
         index += 1
     chosen = distinct.chosen(rows.notes)
-    for frame_index, frame in chosen:
-        rows.add_frame(frame, f"frame {frame_index + 1}" if index > 1 else "")
+    for frame_index, frame, hashed in chosen:
+        rows.add_frame(frame, f"frame {frame_index + 1}" if index > 1 else "", hashed)
     return index
 
 
@@ -470,7 +491,8 @@ def _decode_image(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
     rows.finish()
     if not rows.rows:
         raise DecodeFailure("no frame could be decoded")
-    return Decoded(fmt, rows.pixels(), total, rows.labels(), rows.pdq, rows.pdq_variants, rows.notes)
+    return Decoded(fmt, rows.pixels(), total, rows.labels(), rows.pdq, rows.pdq_variants, rows.notes,
+                   vpdq=rows.vpdq.features)  # fmt: skip
 
 
 def _describe(err: BaseException) -> str:
@@ -550,18 +572,20 @@ def _decode_video(data: bytes, fmt: str, prep: Preprocess, limits: Limits) -> De
                     break
                 signature = frame.to_ndarray(format="rgb24", width=16, height=16).astype(np.int16).reshape(-1)
                 distinct.offer(decoded, frame.to_image, signature)
+                rows.vpdq.offer(frame.time, lambda f=frame: f.to_ndarray(format="rgb24"))
                 decoded += 1
         except Exception as err:  # noqa: BLE001 - FFmpeg's errors on odd bytes: a broken file, not a crash
             if not decoded:
                 raise DecodeFailure(f"corrupt video: {_describe(err)}") from None
             rows.notes.insert(0, f"partial: decoded as far as it goes ({_describe(err)})")
-        for index, image in distinct.chosen(rows.notes):
-            rows.add_frame(image, f"frame {index + 1}")
+        for index, image, hashed in distinct.chosen(rows.notes):
+            rows.add_frame(image, f"frame {index + 1}", hashed)
     rows.finish()
     if not rows.rows:
         raise DecodeFailure("video has no decodable frames")
     partial = bool(rows.notes) and rows.notes[0].startswith("partial")
-    return Decoded(fmt, rows.pixels(), decoded, rows.labels(), rows.pdq, rows.pdq_variants, rows.notes, partial)
+    return Decoded(fmt, rows.pixels(), decoded, rows.labels(), rows.pdq, rows.pdq_variants, rows.notes, partial,
+                   rows.vpdq.features)  # fmt: skip
 
 
 def _expected_frames(stream, container) -> int:

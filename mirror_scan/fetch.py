@@ -29,6 +29,7 @@ class Decoded:
     md5: str | None = None  # many shared hash lists are md5
     pdq: list[tuple[str, int]] | None = None  # per scored frame: PDQ hash and quality
     pdq_variants: list[str] | None = None  # rotations and mirror images of every frame, for matching
+    vpdq: list[tuple[str, int, float]] | None = None  # videos and animations: a PDQ per second
 
 
 @dataclass
@@ -185,4 +186,5 @@ def fetch(
         md5_bytes(data),
         decoded.pdq,
         decoded.pdq_variants,
+        decoded.vpdq,
     )

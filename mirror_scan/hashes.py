@@ -3,8 +3,11 @@
 PDQ (Meta's perceptual hash, the one ThreatExchange and Hasher-Matcher-Actioner share) survives
 re-encoding and resizing, which sha256 does not: pict-rs re-encodes uploads, and another instance holds
 another encoding of the same picture. A PDQ hash is written as 64 lowercase hex digits, the 256-bit
-vector read as one big-endian number (ThreatExchange's form). Two hashes match within 31 differing bits
-(HMA's default); hashes of quality under 50 (flat or featureless pictures) are not matched.
+vector read as one big-endian number (ThreatExchange's form: python-threatexchange pdq_hasher.py, the C++
+Hash256::format). Two hashes match within 31 differing bits (PDQ_CONFIDENT_MATCH_THRESHOLD); hashes of
+quality under 50 (flat or featureless pictures) are neither matched, stored for export nor imported
+(PdqSignal.QUALITY_THRESHOLD). Videos are also hashed by vPDQ: a PDQ per second of video, matched as a
+bag of frames (80% of the query's frames within 31 bits of the list entry's; vpdq_util.py).
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
+from .hashformats import LENGTHS, decode_vpdq, degenerate
+
 try:
     import pdqhash  # noqa: F401
 
@@ -26,34 +31,69 @@ except ImportError:  # pragma: no cover - a dependency; scanning works without i
 MATCH_DISTANCE = 31
 MIN_QUALITY = 50
 HEX_DIGITS = set("0123456789abcdef")
+VPDQ_QUERY_MATCH_PERCENT = 80.0
+VPDQ_INDEX_MATCH_PERCENT = 0.0
 
 
-def _hashable(image: Image.Image) -> np.ndarray:
-    """RGB pixels, the long side at most 512: PDQ reduces to 64x64 anyway (its reference implementation
-    downsamples big pictures first too), and hashing cost follows the pixel count."""
-    image = image.convert("RGB")
-    if max(image.size) > 512:
-        scale = 512 / max(image.size)
-        image = image.resize((max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.BOX)
-    return np.ascontiguousarray(np.asarray(image))
+REFERENCE_SIZE = 512
+
+
+def flatten_depth(frame: Image.Image) -> Image.Image:
+    """16-bit, 32-bit and float greyscale -> 8-bit greyscale (Pillow's own conversion clips them)."""
+    if frame.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        arr = np.asarray(frame, dtype=np.float64)
+        top = 65535.0 if frame.mode.startswith("I;16") or arr.max() > 255 else 255.0
+        return Image.fromarray(np.clip(arr * (255.0 / top), 0, 255).astype(np.uint8), "L")
+    if frame.mode == "F":
+        arr = np.nan_to_num(np.asarray(frame, dtype=np.float64))
+        return Image.fromarray(np.clip(arr * (255.0 if arr.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8), "L")
+    return frame
+
+
+def reference_pixels(image: Image.Image) -> np.ndarray:
+    """The picture as Meta's reference hasher prepares it (facebook/ThreatExchange pdq/cpp/io/pdqio.cpp):
+    the pixels as stored, with no EXIF rotation (the reference, python-threatexchange and HMA all ignore
+    the tag, so a hash of the rotated view would miss theirs by ~128 bits); in RGB (palette, CMYK,
+    greyscale and 16-bit converted properly; alpha dropped and the colour under it kept, as pdqhash and
+    ImageMagick's PNM conversion do); and when either side is over 512, sampled to exactly 512x512 by
+    nearest neighbour at floor(x*W/512), CImg's resize (pdqio.cpp:102-103)."""
+    image = flatten_depth(image)
+    rgb = image if image.mode == "RGB" else image.convert("RGB")
+    arr = np.asarray(rgb)
+    height, width = arr.shape[:2]
+    if height > REFERENCE_SIZE or width > REFERENCE_SIZE:
+        rows = (np.arange(REFERENCE_SIZE) * height) // REFERENCE_SIZE
+        cols = (np.arange(REFERENCE_SIZE) * width) // REFERENCE_SIZE
+        arr = arr[rows][:, cols]
+    return np.ascontiguousarray(arr)
 
 
 def pdq(image: Image.Image) -> tuple[str, int]:
-    """(hash as 64 hex digits, quality 0-100) of a picture as a viewer sees it."""
+    """(hash as 64 hex digits, quality 0-100) of a picture as stored (see reference_pixels)."""
     import pdqhash
 
-    bits, quality = pdqhash.compute(_hashable(image))
+    bits, quality = pdqhash.compute(reference_pixels(image))
     return bits_to_hex(bits), int(quality)
 
 
 def pdq_dihedral(image: Image.Image) -> tuple[str, int, list[str]]:
-    """(hash, quality, the hashes of its 8 rotations and mirror images): a mirrored copy is matched by
-    comparing every variant of the query with the list (what HMA does)."""
+    """(hash, quality, the hashes of its 8 rotations and mirror images). The first is the hash that is
+    stored and shared. The variants are ours: HMA compares the plain hash only; comparing every variant of
+    a picture with the lists also catches rotated and mirrored re-uploads (and EXIF-rotated copies)."""
     import pdqhash
 
-    variants, quality = pdqhash.compute_dihedral(_hashable(image))
+    variants, quality = pdqhash.compute_dihedral(reference_pixels(image))
     hexes = [bits_to_hex(bits) for bits in variants]
     return hexes[0], int(quality), hexes
+
+
+def pdq_frame(rgb: np.ndarray) -> tuple[str, int]:
+    """PDQ of one video frame as vPDQ hashes it (facebook/ThreatExchange vpdq: the frame's RGB at its
+    decoded size, straight into pdqHash256FromFloatLuma, no 512 step)."""
+    import pdqhash
+
+    bits, quality = pdqhash.compute(np.ascontiguousarray(rgb))
+    return bits_to_hex(bits), int(quality)
 
 
 def queries(pdq: list[tuple[str, int]] | None, variants: list[str] | None) -> list[tuple[str, int]]:
@@ -84,9 +124,10 @@ def valid_pdq(text: str) -> bool:
 class Match:
     list_name: str
     action: str  # "flag" | "review"
-    kind: str  # "pdq" | "sha256" | "md5"
-    distance: int  # 0 for exact matches
+    kind: str  # "pdq" | "sha256" | "md5" | "vpdq"
+    distance: int  # 0 for exact matches; vpdq: the share of the query's frames NOT matched, in percent
     note: str | None = None
+    frames_matched_percent: float | None = None  # vpdq
 
     def reason(self) -> dict:
         return {
@@ -94,6 +135,7 @@ class Match:
             "match": self.kind,
             "distance": self.distance,
             "action": self.action,
+            **({"frames_matched_percent": self.frames_matched_percent} if self.kind == "vpdq" else {}),
             **({"note": self.note} if self.note else {}),
         }
 
@@ -185,8 +227,17 @@ class Matcher:
         owners = array("i")
         table = bytearray()
         self.notes: dict[int, str] = {}  # PDQ entry -> its note, for the few that have one
+        self.videos: list[tuple[str, str, str | None, np.ndarray]] = []  # vPDQ entries: (list, action, note, frames)
         for name, action, kind, value, note in entries:
-            if kind not in KINDS or len(value) != KINDS[kind] or not set(value) <= HEX_DIGITS:
+            if kind == "vpdq":
+                try:
+                    frames = [h for h, q, _ in decode_vpdq(value) if q >= MIN_QUALITY and not degenerate(h)]
+                except ValueError:
+                    self.skipped += 1
+                    continue
+                self.videos.append((name, action, note, words(sorted(set(frames)))))
+                continue
+            if kind not in LENGTHS or len(value) != LENGTHS[kind] or not set(value) <= HEX_DIGITS:
                 self.skipped += 1  # a row edited in the ledger by hand: never matched, never a crash
                 continue
             if kind != "pdq":
@@ -203,14 +254,49 @@ class Matcher:
         self.index = pdq_index(np.frombuffer(bytes(table), dtype=np.uint64).reshape(-1, 4))
 
     def __len__(self) -> int:
-        return len(self.exact) + len(self.index.table)
+        return len(self.exact) + len(self.index.table) + len(self.videos)
 
-    def match(self, sha256: str | None, md5: str | None, pdqs: list[tuple[str, int]]) -> Match | None:
+    def match(
+        self,
+        sha256: str | None,
+        md5: str | None,
+        pdqs: list[tuple[str, int]],
+        video: list[tuple[str, int, float]] | None = None,
+    ) -> Match | None:
         """The first exact match, else the closest PDQ match within the distance (flag lists before review
-        lists at equal distance)."""
+        lists at equal distance), else a vPDQ match of the video."""
         for kind, value in (("sha256", sha256), ("md5", md5)):
             if value and (hit := self.exact.get((kind, value))):
                 return Match(hit[0], hit[1], kind, 0, hit[2])
+        found = self._match_pdq(pdqs)
+        if found is None and video and self.videos:
+            found = self.match_video(video)
+        return found
+
+    def match_video(self, features: list[tuple[str, int, float]]) -> Match | None:
+        """vPDQ's rule, with python-threatexchange's constants (extensions/vpdq/vpdq_util.py): unique frames
+        of quality 50 and more on both sides, a frame matches within 31 bits, and the video matches when at
+        least 80% of the query's frames match the entry's (VPDQ_QUERY_MATCH_THRESHOLD_PERCENT; 0% of the
+        entry's, VPDQ_INDEX_MATCH_THRESHOLD_PERCENT)."""
+        query = sorted({h for h, q, _ in features if q >= MIN_QUALITY and valid_pdq(h) and not degenerate(h)})
+        if not query:
+            return None
+        asked = words(query)
+        best: Match | None = None
+        for name, action, note, frames in self.videos:
+            if not len(frames):
+                continue
+            distances = np.bitwise_count(asked[:, None, :] ^ frames[None, :, :]).sum(axis=2)
+            close = distances <= self.distance
+            share = 100.0 * close.any(axis=1).mean()
+            if share < VPDQ_QUERY_MATCH_PERCENT or 100.0 * close.any(axis=0).mean() < VPDQ_INDEX_MATCH_PERCENT:
+                continue
+            candidate = Match(name, action, "vpdq", round(100 - share), note, round(share, 1))
+            if best is None or (candidate.distance, action != "flag") < (best.distance, best.action != "flag"):
+                best = candidate
+        return best
+
+    def _match_pdq(self, pdqs: list[tuple[str, int]]) -> Match | None:
         best: Match | None = None
         asked = [h for h, quality in pdqs if quality >= MIN_QUALITY and valid_pdq(h)]
         if not asked or not len(self.index.table):
@@ -251,76 +337,4 @@ def match_stored(matcher: Matcher, ledger, sha256: str) -> Match | None:
     if not matcher:
         return None
     md5, pdqs, variants = ledger.picture_hashes(sha256)
-    return matcher.match(sha256, md5, queries(pdqs, variants))
-
-
-# ---------------------------------------------------------------- shared list files
-
-KINDS = {"pdq": 64, "sha256": 64, "md5": 32}
-TYPE_COLUMNS = ("type", "signal_type", "hash_type")
-VALUE_COLUMNS = ("hash", "signal_value", "signal", "value")
-
-
-def merge_duplicates(
-    entries: list[tuple[str, str, str | None, str | None]],
-) -> tuple[list[tuple[str, str, str | None, str | None]], int]:
-    """One entry per (type, hash), the first one's note and source kept; returns (entries, how many merged)."""
-    seen: dict[tuple[str, str], tuple[str, str, str | None, str | None]] = {}
-    for entry in entries:
-        seen.setdefault((entry[0], entry[1]), entry)
-    return list(seen.values()), len(entries) - len(seen)
-
-
-def parse_list(text: str) -> tuple[list[tuple[str, str, str | None, str | None]], list[str]]:
-    """A shared list as CSV with a header: ours (`type,hash[,note,source]`), HMA's bank export
-    (`signal_type,signal_value`), or one column named for its kind (`pdq`, `md5`, `sha256`: ThreatExchange's
-    PDQ CSV has a `pdq` or `hash` column). Returns (entries (kind, value, note, source), errors with line
-    numbers); the caller imports nothing when there is any error."""
-    import csv
-    import io
-
-    rows = csv.reader(io.StringIO(text.lstrip("\ufeff")), strict=True)  # bad quoting is an error, not a guess
-    try:
-        header = [column.strip().lower() for column in next(rows)]
-    except StopIteration:
-        return [], ["line 1: the file is empty (a header such as 'type,hash' is needed)"]
-    except csv.Error as err:
-        return [], [f"line 1: not readable as CSV ({err})"]
-    kind_at = next((header.index(c) for c in TYPE_COLUMNS if c in header), None)
-    value_at = next((header.index(c) for c in (*VALUE_COLUMNS, *KINDS) if c in header), None)
-    fixed_kind = next((k for k in KINDS if k in header and header.index(k) == value_at), None)
-    if value_at is None or (kind_at is None and fixed_kind is None):
-        return [], [
-            f"line 1: header {','.join(header)!r} names no hash type and value "
-            "(use 'type,hash', HMA's 'signal_type,signal_value', or a column named pdq, md5 or sha256)"
-        ]
-    note_at = header.index("note") if "note" in header else None
-    source_at = header.index("source") if "source" in header else None
-    entries, errors = [], []
-    while True:
-        try:
-            row = next(rows)
-        except StopIteration:
-            break
-        except csv.Error as err:  # an over-long field, a stray quote at the end: the rest is not trusted
-            errors.append(f"line {rows.line_num}: not readable as CSV ({err}); nothing after it was read")
-            break
-        line = rows.line_num  # a quoted field may span lines: report where the row ends
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        try:
-            kind = fixed_kind or row[kind_at].strip().lower()  # type: ignore[index]
-            value = row[value_at].strip().lower()
-        except IndexError:
-            errors.append(f"line {line}: too few columns")
-            continue
-        kind = {"pdq_hash": "pdq", "photo_pdq": "pdq"}.get(kind, kind)
-        if kind not in KINDS:
-            errors.append(f"line {line}: unknown hash type {kind!r} (pdq, sha256 or md5)")
-        elif len(value) != KINDS[kind] or not set(value) <= HEX_DIGITS:
-            errors.append(f"line {line}: {kind} must be {KINDS[kind]} hex digits, got {value[:80]!r}")
-        else:
-            note = row[note_at].strip() if note_at is not None and note_at < len(row) else None
-            source = row[source_at].strip() if source_at is not None and source_at < len(row) else None
-            entries.append((kind, value, note or None, source or None))
-    return entries, errors
+    return matcher.match(sha256, md5, queries(pdqs, variants), ledger.video_hashes(sha256))

@@ -227,8 +227,12 @@ class Scan:
             result_id = self.ledger.put_result(
                 item.sha256, self.model_id, self.prompt_set, sims[rows], embeddings[rows], item.detail
             )
-            self.ledger.put_picture_hashes(item.sha256, item.md5, item.pdq, item.pdq_variants)
-            match = matcher.match(item.sha256, item.md5, queries(item.pdq, item.pdq_variants)) if matcher else None
+            self.ledger.put_picture_hashes(item.sha256, item.md5, item.pdq, item.pdq_variants, item.vpdq)
+            match = (
+                matcher.match(item.sha256, item.md5, queries(item.pdq, item.pdq_variants), item.vpdq)
+                if matcher
+                else None
+            )
             verdict = complete(verdict, item.detail, match, allowlisted[index])
             self.counters.scored += 1
             self._record_verdict(item.found, item.sha256, "scored", verdict, result_id, item.format)

@@ -76,6 +76,7 @@ class Job:
     md5: str | None = None
     pdq: list[tuple[str, int]] | None = None
     pdq_variants: list[str] | None = None
+    vpdq: list[tuple[str, int, float]] | None = None
     future: Future = field(default_factory=Future)
 
 
@@ -185,9 +186,9 @@ class Batcher(threading.Thread):
 
     def _answer(self, job: Job, sims: np.ndarray, detail: dict | None) -> None:
         (verdict,) = decide(self.policy, sims, [len(sims)], self.config.severity)
-        self.ledger.put_picture_hashes(job.sha256, job.md5, job.pdq, job.pdq_variants)
+        self.ledger.put_picture_hashes(job.sha256, job.md5, job.pdq, job.pdq_variants, job.vpdq)
         matcher = self.lists.matcher
-        match = matcher.match(job.sha256, job.md5, queries(job.pdq, job.pdq_variants)) if matcher else None
+        match = matcher.match(job.sha256, job.md5, queries(job.pdq, job.pdq_variants), job.vpdq) if matcher else None
         verdict = complete(verdict, detail, match, allowlisted=False)  # allowlisted uploads never get here
         if verdict.flagged:
             evidence = {
@@ -432,7 +433,7 @@ class ValidationServer:
             log.warning("upload %s (%s, %d bytes) cannot be decoded: %s", sha256[:12], content_type, len(data), decoded)
             return decoded
         return Job(sha256, data, content_type, decoded.pixels, decode_detail(decoded), md5_bytes(data),
-                   decoded.pdq, decoded.pdq_variants)  # fmt: skip
+                   decoded.pdq, decoded.pdq_variants, decoded.vpdq)  # fmt: skip
 
     async def _validate(self, request, data: bytes, started: float):
         config = self.config

@@ -88,6 +88,14 @@ CREATE TABLE IF NOT EXISTS picture_hashes (
     variants TEXT,
     PRIMARY KEY (sha256, frame)
 );
+CREATE TABLE IF NOT EXISTS video_hashes (
+    sha256 TEXT NOT NULL,
+    idx INTEGER NOT NULL,
+    pdq TEXT NOT NULL,
+    quality INTEGER NOT NULL,
+    ts REAL NOT NULL,
+    PRIMARY KEY (sha256, idx)
+);
 CREATE TABLE IF NOT EXISTS hash_lists (
     name TEXT PRIMARY KEY,
     action TEXT NOT NULL,
@@ -103,6 +111,23 @@ CREATE TABLE IF NOT EXISTS hash_list_entries (
     source TEXT
 );
 CREATE INDEX IF NOT EXISTS hash_list_entries_list ON hash_list_entries (list);
+CREATE TABLE IF NOT EXISTS subscriptions (
+    name TEXT PRIMARY KEY,
+    api TEXT NOT NULL,
+    config TEXT NOT NULL,
+    action TEXT NOT NULL,
+    checkpoint TEXT,
+    state TEXT,
+    fetched REAL,
+    note TEXT
+);
+CREATE TABLE IF NOT EXISTS hash_pushes (
+    target TEXT NOT NULL,
+    value TEXT NOT NULL,
+    content_id TEXT,
+    pushed REAL NOT NULL,
+    PRIMARY KEY (target, value)
+);
 CREATE TABLE IF NOT EXISTS allowlist (sha256 TEXT PRIMARY KEY, added REAL NOT NULL, note TEXT);
 CREATE TABLE IF NOT EXISTS quarantine (
     id TEXT PRIMARY KEY,
@@ -788,10 +813,21 @@ class Ledger:
     # ---------------------------------------------------------------- hashes and hash lists
 
     def put_picture_hashes(
-        self, sha256: str, md5: str | None, pdq: list[tuple[str, int]] | None, variants: list[str] | None = None
+        self,
+        sha256: str,
+        md5: str | None,
+        pdq: list[tuple[str, int]] | None,
+        variants: list[str] | None = None,
+        video: list[tuple[str, int, float]] | None = None,
     ) -> None:
-        """md5 of the bytes and the PDQ of each scored frame with its 8 rotations and mirror images (frame -1
-        holds the md5 alone when no frame could be hashed)."""
+        """md5 of the bytes, the PDQ of each scored frame with its 8 rotations and mirror images (frame -1
+        holds the md5 alone when no frame could be hashed), and a video's vPDQ (a PDQ per second)."""
+        if video:
+            self.begin()
+            self.db.executemany(
+                "INSERT OR REPLACE INTO video_hashes VALUES (?,?,?,?,?)",
+                [(sha256, i, h, q, t) for i, (h, q, t) in enumerate(video)],
+            )
         pdq, variants = pdq or [], variants or []
         per_frame = len(variants) == 8 * len(pdq)
         rows = [
@@ -814,6 +850,40 @@ class Ledger:
         variants = [v for r in frames for v in (r[3] or "").split()]
         return md5, [(r[1], int(r[2])) for r in frames], variants if len(variants) == 8 * len(frames) else None
 
+    def video_hashes(self, sha256: str) -> list[tuple[str, int, float]]:
+        return [
+            (r[0], int(r[1]), float(r[2]))
+            for r in self.db.execute("SELECT pdq, quality, ts FROM video_hashes WHERE sha256=? ORDER BY idx", (sha256,))
+        ]
+
+    def quarantined_pictures(self, since: float | None = None) -> list[dict]:
+        """What a hash export shares: every item in quarantine that was not restored, one dict per distinct
+        picture (sha256, md5, its frames' PDQ with quality, its vPDQ, whether it is a video)."""
+        shas = [
+            r[0]
+            for r in self.db.execute(
+                "SELECT sha256 FROM quarantine WHERE state IN ('quarantined', 'upstream_pending', 'purged') "
+                "AND created >= ? GROUP BY sha256 ORDER BY min(created)",
+                (since or 0.0,),
+            )
+        ]
+        pictures = []
+        for sha256 in shas:
+            md5, pdqs, _ = self.picture_hashes(sha256)
+            fmt = self.db.execute(
+                "SELECT format FROM files WHERE sha256=? AND format IS NOT NULL LIMIT 1", (sha256,)
+            ).fetchone()
+            pictures.append(
+                {
+                    "sha256": sha256,
+                    "md5": md5,
+                    "pdq": pdqs,
+                    "vpdq": self.video_hashes(sha256),
+                    "video": bool(fmt and fmt[0] in ("mp4", "webm")),
+                }  # fmt: skip
+            )
+        return pictures
+
     def hash_list_entries(self) -> Iterator[tuple[str, str, str, str, str | None]]:
         """(list, action, kind, value, note) of every imported list, streamed to the matcher."""
         yield from self.db.execute(
@@ -831,6 +901,47 @@ class Ledger:
         """Changes whenever a list is imported, replaced or removed: long-running matchers reload on it."""
         return tuple(self.db.execute("SELECT count(*), max(imported), total(entries) FROM hash_lists").fetchone())
 
+    def replace_hash_list(self, name: str, action: str, source: str, entries: list[tuple[str, str, str, str]]) -> None:
+        """A list's entries replaced in one step (a subscription's fetch): never a moment without them."""
+        with self.transaction():
+            self.remove_hash_list(name)
+            self.import_hash_list(name, action, source, entries)
+
+    # ---------------------------------------------------------------- subscriptions and pushes
+
+    def subscriptions(self) -> list[dict]:
+        rows = self.db.execute(
+            "SELECT name, api, config, action, checkpoint, state, fetched, note FROM subscriptions ORDER BY name"
+        ).fetchall()
+        keys = ("name", "api", "config", "action", "checkpoint", "state", "fetched", "note")
+        return [dict(zip(keys, row, strict=True)) for row in rows]
+
+    def put_subscription(self, name: str, api: str, config: str, action: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO subscriptions (name, api, config, action) VALUES (?, ?, ?, ?)", (name, api, config, action)
+            )
+
+    def remove_subscription(self, name: str) -> int:
+        with self.transaction():
+            return self.db.execute("DELETE FROM subscriptions WHERE name=?", (name,)).rowcount
+
+    def save_fetch(self, name: str, checkpoint: str | None, state: str | None, note: str) -> None:
+        with self.transaction():
+            self.db.execute(
+                "UPDATE subscriptions SET checkpoint=?, state=?, fetched=?, note=? WHERE name=?",
+                (checkpoint, state, time.time(), note, name),
+            )
+
+    def pushed(self, target: str) -> set[str]:
+        return {r[0] for r in self.db.execute("SELECT value FROM hash_pushes WHERE target=?", (target,))}
+
+    def record_push(self, target: str, value: str, content_id: str | None) -> None:
+        with self.transaction():
+            self.db.execute(
+                "INSERT OR REPLACE INTO hash_pushes VALUES (?, ?, ?, ?)", (target, value, content_id, time.time())
+            )
+
     def has_hash_list(self, name: str) -> bool:
         return self.db.execute("SELECT 1 FROM hash_lists WHERE name=?", (name,)).fetchone() is not None
 
@@ -841,10 +952,11 @@ class Ledger:
         ).fetchall()
 
     def files_lacking_hashes(self) -> Iterator[tuple[str, bytes]]:
-        """(sha256, path) of scored files whose pictures have no stored hashes (scanned before they were kept)."""
+        """(sha256, path) of scored files whose pictures have no stored hashes (scanned before they were kept),
+        or hashes of the old way (before schema 5: taken from the rotated, reduced view, no variants kept)."""
         for sha256, path in self.db.execute(
             "SELECT sha256, path FROM files WHERE status IN ('scored', 'reused') AND sha256 IS NOT NULL "
-            "AND sha256 NOT IN (SELECT sha256 FROM picture_hashes)"
+            "AND sha256 NOT IN (SELECT sha256 FROM picture_hashes WHERE pdq IS NULL OR variants IS NOT NULL)"
         ).fetchall():
             yield sha256, bytes(path)
 
@@ -872,16 +984,6 @@ class Ledger:
             )
             self.db.execute("DELETE FROM hash_list_entries WHERE list=?", (name,))
             return self.db.execute("DELETE FROM hash_lists WHERE name=?", (name,)).rowcount
-
-    def quarantined_hashes(self, since: float | None = None) -> list[tuple[str, str | None, str | None]]:
-        """(sha256, md5, pdq) of every item in quarantine that was not restored, one row per PDQ frame."""
-        return self.db.execute(
-            """SELECT q.sha256, h.md5, h.pdq FROM quarantine q
-               LEFT JOIN picture_hashes h ON h.sha256 = q.sha256
-               WHERE q.state IN ('quarantined', 'upstream_pending', 'purged') AND q.created >= ?
-               ORDER BY q.created, h.frame""",
-            (since or 0.0,),
-        ).fetchall()
 
     # ---------------------------------------------------------------- allowlist
 

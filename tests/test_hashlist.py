@@ -5,6 +5,7 @@ re-upload. Verdicts come from the lists: the policy here clears everything."""
 
 from __future__ import annotations
 
+import hashlib
 import io
 import itertools
 import json
@@ -13,11 +14,21 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mirror_scan.hashes import MATCH_DISTANCE, Matcher, pack, parse_list, pdq, pdq_dihedral, queries
+from mirror_scan.hashes import MATCH_DISTANCE, Matcher, pack, pdq, pdq_dihedral, queries
+from mirror_scan.hashformats import parse
 from mirror_scan.synthetic import generated_image
 
 from .conftest import run_cli
 from .test_serve import Validator
+
+# Hashes of some bytes: real-looking values (a constant digit is degenerate and refused on import).
+A64, B64, D64, E64 = (hashlib.sha256(c.encode()).hexdigest() for c in "abde")
+C32 = hashlib.md5(b"c").hexdigest()
+
+
+def parse_list(text: str):
+    parsed = parse(text)
+    return parsed.entries, parsed.errors
 
 
 def _encode(img: Image.Image, fmt: str, **save) -> bytes:
@@ -65,12 +76,12 @@ def test_low_quality_hashes_are_not_matched():
 
 
 def test_list_files_are_checked_line_by_line():
-    good = "type,hash,note\npdq," + "a" * 64 + ",seen on x\nsha256," + "b" * 64 + ",\nmd5," + "c" * 32 + ",\n"
+    good = "type,hash,note\npdq," + A64 + ",seen on x\nsha256," + B64 + ",\nmd5," + C32 + ",\n"
     entries, errors = parse_list(good)
     assert errors == [] and [e[0] for e in entries] == ["pdq", "sha256", "md5"] and entries[0][2] == "seen on x"
-    hma = "signal_type,signal_value\npdq," + "d" * 64 + "\n"
-    assert parse_list(hma)[0] == [("pdq", "d" * 64, None, None)]
-    assert parse_list("pdq\n" + "e" * 64 + "\n")[0] == [("pdq", "e" * 64, None, None)]
+    te = "signal_type,signal_str,collab,category,tags\npdq," + D64 + ",their-collab,POSITIVE_CLASS,\n"
+    assert parse_list(te)[0] == [("pdq", D64, None, "their-collab")]
+    assert parse_list("pdq\n" + E64 + "\n")[0] == [("pdq", E64, None, None)]
     bad = "type,hash\npdq," + "a" * 63 + "\nsha1," + "b" * 40 + "\nmd5\npdq," + "z" * 64 + "\n"
     entries, errors = parse_list(bad)
     assert [e.split(":")[0] for e in errors] == ["line 2", "line 3", "line 4", "line 5"]
@@ -88,19 +99,19 @@ def _cli(tmp_path, *args):
 
 def test_imports_are_all_or_nothing_and_names_unique(tmp_path):
     bad = tmp_path / "bad.csv"
-    bad.write_text("type,hash\npdq," + "a" * 64 + "\npdq,nothex\n")
+    bad.write_text("type,hash\npdq," + A64 + "\npdq,nothex\n")
     proc = _cli(tmp_path, "hashlist", "import", str(bad), "--name", "shared")
     assert proc.returncode == 2 and "line 3" in proc.stderr and "nothing imported" in proc.stderr
     assert json.loads(_cli(tmp_path, "hashlist", "list", "--json").stdout) == []
     good = tmp_path / "good.csv"
-    good.write_text("type,hash\npdq," + "a" * 64 + "\n")
+    good.write_text("type,hash\npdq," + A64 + "\n")
     assert _cli(tmp_path, "hashlist", "import", str(good), "--name", "shared").returncode == 0
     again = _cli(tmp_path, "hashlist", "import", str(good), "--name", "shared")
     assert again.returncode == 2 and "exists" in again.stderr
     assert _cli(tmp_path, "hashlist", "import", str(good), "--name", "shared", "--replace").returncode == 0
     listed = json.loads(_cli(tmp_path, "hashlist", "list", "--json").stdout)
     assert [(r["name"], r["entries"]) for r in listed] == [("shared", 1)]
-    assert "a" * 64 in _cli(tmp_path, "hashlist", "show", "shared").stdout
+    assert A64 in _cli(tmp_path, "hashlist", "show", "shared").stdout
     assert _cli(tmp_path, "hashlist", "remove", "shared").returncode == 0
     assert json.loads(_cli(tmp_path, "hashlist", "list", "--json").stdout) == []
 
@@ -127,7 +138,7 @@ def test_a_listed_picture_is_flagged_re_encoded_and_exported_until_restored(tmp_
     assert all(r["reason"].startswith("hash list other-instance, pdq distance") for r in report), report
     # Export: hashes only, for other instances.
     exported = run_cli("hashlist", "export", "--state", str(tmp_path / "state.db")).stdout
-    assert exported.startswith("type,hash\n") and "mirror" not in exported and ".jpg" not in exported
+    assert exported.startswith("type,hash,quality\n") and "mirror" not in exported and ".jpg" not in exported
     assert exported.count("\npdq,") == 2 and exported.count("\nsha256,") == 2 and exported.count("\nmd5,") == 2
     entries, errors = parse_list(exported)
     assert errors == [] and len(entries) == 6  # and it reads back
@@ -136,8 +147,9 @@ def test_a_listed_picture_is_flagged_re_encoded_and_exported_until_restored(tmp_
     proc = run_cli("quarantine", "restore", restore["id"], "--state", str(tmp_path / "state.db"),
                    "--quarantine", str(tmp_path / "q"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    exported = run_cli("hashlist", "export", "--format", "hma", "--state", str(tmp_path / "state.db")).stdout
-    assert exported.startswith("signal_type,signal_value\n") and exported.count("\nsha256,") == 1
+    exported = run_cli("hashlist", "export", "--format", "te", "--state", str(tmp_path / "state.db")).stdout
+    assert exported.startswith("signal_type,signal_str,collab,category,tags\n") and exported.count("\npdq,") == 1
+    assert "\nsha256," not in exported and "\nmd5," not in exported  # no photo md5/sha256 type upstream
     rescan = json.loads(_cli(tmp_path, "scan", str(tree), *common, "--json").stdout)
     assert (tree / "reupload.jpg").exists() and rescan["flagged"] == 0
 
@@ -256,7 +268,7 @@ def test_the_watch_daemon_applies_a_list_imported_while_it_runs(tmp_path, tiny_b
 def test_unreadable_csv_and_edited_ledger_rows_fail_safe(tmp_path, tiny_bundle_master, clear_all):
     import sqlite3
 
-    entries, errors = parse_list("type,hash\npdq," + "a" * 64 + "\npdq," + "b" * 200_000 + "\n")
+    entries, errors = parse_list("type,hash\npdq," + A64 + "\npdq," + "b" * 200_000 + "\n")
     assert errors and errors[0].startswith("line 3: not readable as CSV")
     assert parse_list('type,hash\npdq,"' + "c" * 64 + "\n")[1]  # an unterminated quote is an error, not a hash
     listed = tmp_path / "list.csv"

@@ -130,6 +130,7 @@ class Ingest:
                     row["md5"],
                     [tuple(p) for p in json.loads(row["pdq"] or "[]")],
                     json.loads(row["pdq_variants"] or "[]"),
+                    [tuple(f) for f in json.loads(row.get("vpdq") or "[]")],
                 )
             )
         if items:

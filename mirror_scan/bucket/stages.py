@@ -36,6 +36,7 @@ RESULT_COLUMNS = (
     "md5",
     "pdq",
     "pdq_variants",
+    "vpdq",
     "sims",
     "embedding",
     "model_id",
@@ -98,6 +99,7 @@ def _schema(names: tuple[str, ...]) -> Any:
         "md5": pa.string(),
         "pdq": pa.string(),
         "pdq_variants": pa.string(),
+        "vpdq": pa.string(),
         "sims": pa.binary(),
         "embedding": pa.binary(),
         "model_id": pa.string(),
@@ -165,9 +167,10 @@ class FetchDecode:
                     "md5": md5_bytes(data),
                     "pdq": json.dumps(decoded.pdq),
                     "pdq_variants": json.dumps(decoded.pdq_variants),
+                    "vpdq": json.dumps(decoded.vpdq),
                 }
             )
-        return _table(out, (*RESULT_COLUMNS[:12], "fetch_s", "decode_s", "pixels"))
+        return _table(out, (*RESULT_COLUMNS[:13], "fetch_s", "decode_s", "pixels"))
 
     def close(self) -> None:
         if self.pool is not None:
