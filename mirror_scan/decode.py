@@ -395,9 +395,10 @@ def _auxiliary_kind(picture: bytes) -> str | None:
 
 
 def _still(img: Image.Image, prep: Preprocess, rows: Rows, where: str) -> None:
-    # Decoded whole, JPEGs too (no draft mode): PDQ's reference samples the picture as stored by nearest
-    # neighbour, and a reduced decode (libjpeg's scaled IDCT) moves the shared hash by 10-15 bits on
-    # detailed pictures. One decode serves both views; benchmarks/bench_hashlist.py measures the cost.
+    # Decoded whole, JPEGs too (no draft mode): PDQ's reference samples the picture as stored to 512x512
+    # by nearest neighbour, and a reduced decode (libjpeg's scaled IDCT) moves the shared hash by up to 10
+    # bits and its quality by up to 20 on detailed pictures, across the threshold of 50 where it matters.
+    # One decode serves both views; scripts/bench_hashlist.py measures what it costs.
     img.load()
     hashed = pdq_dihedral(img) if pdq_dihedral is not None else None  # as stored: no EXIF rotation
     frame = ImageOps.exif_transpose(img) if img.getexif().get(ORIENTATION, 1) != 1 else img

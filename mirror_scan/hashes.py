@@ -64,7 +64,7 @@ def reference_pixels(image: Image.Image) -> np.ndarray:
     if height > REFERENCE_SIZE or width > REFERENCE_SIZE:
         rows = (np.arange(REFERENCE_SIZE) * height) // REFERENCE_SIZE
         cols = (np.arange(REFERENCE_SIZE) * width) // REFERENCE_SIZE
-        arr = arr[rows][:, cols]
+        return arr[np.ix_(rows, cols)]  # one gather of the 512x512 samples (already contiguous)
     return np.ascontiguousarray(arr)
 
 

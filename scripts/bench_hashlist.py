@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Hash lists: what PDQ hashing costs inside the scan, and how fast a lookup is at real list sizes.
 
-- scan throughput with and without PDQ hashing (same tree of JPEGs of 512-1600 px, same bundle, two
-  decode threads, alternating runs; target: >= 0.95x);
+- scan throughput without PDQ hashing, with it (the picture as stored, decoded whole: PDQ's reference),
+  and with the hashing path before issue 24 (JPEGs decoded at model size, hash of the rotated view), on
+  the same tree of JPEGs of 512-1600 px, same bundle, two decode threads, alternating runs;
 - lookup time per query (8 dihedral variants of one picture, as the scanner asks) against random lists
   of 100k, 1M and (without --quick) 10M PDQ hashes with numpy's brute force, and the list's memory
   (targets: < 5 ms at 1M, < 50 ms at 10M).
@@ -27,23 +28,49 @@ from mirror_scan.policy import load_policy
 from mirror_scan.scoring import Scorer
 
 
+def _old_still(img, prep, rows, where):
+    """The hashing path before issue 24, for comparison: JPEGs decoded at model size (draft mode), PDQ of the
+    EXIF-rotated reduced view, box-resized to at most 512 px."""
+    from PIL import Image, ImageOps
+
+    if img.format == "JPEG":
+        img.draft("RGB", (prep.size[1], prep.size[0]))
+    img.load()
+    frame = ImageOps.exif_transpose(img) if img.getexif().get(decode_module.ORIENTATION, 1) != 1 else img
+    rgb = frame.convert("RGB")
+    if max(rgb.size) > 512:
+        scale = 512 / max(rgb.size)
+        rgb = rgb.resize((max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale))), Image.BOX)
+    import pdqhash
+
+    variants, quality = pdqhash.compute_dihedral(np.ascontiguousarray(np.asarray(rgb)))
+    hexes = [np.packbits(np.asarray(v, dtype=np.uint8)).tobytes().hex() for v in variants]
+    rows.add_frame(frame, where, (hexes[0], int(quality), hexes))
+
+
 def scan_cost(bundle, scorer, policy, tree: Path, rounds: int) -> dict:
-    hashing = decode_module.pdq_dihedral
-    rates: dict[str, list[float]] = {"with": [], "without": []}
+    """Scan throughput: without PDQ, with today's hashing path (the picture as stored, decoded whole) and
+    with the one before it (reduced decode, rotated view), alternating runs on the same tree."""
+    hashing, still = decode_module.pdq_dihedral, decode_module._still
+    rates: dict[str, list[float]] = {"without": [], "new": [], "old": []}
     try:
         for _ in range(rounds):
-            for mode in ("without", "with"):
-                decode_module.pdq_dihedral = hashing if mode == "with" else None
+            for mode in ("without", "new", "old"):
+                decode_module.pdq_dihedral = None if mode == "without" else hashing
+                decode_module._still = _old_still if mode == "old" else still
                 with tempfile.TemporaryDirectory() as work:
-                    counters, seconds = run_scan(bundle, scorer, policy, tree, Path(work) / "s.db", 16, 2)
+                    counters, seconds = run_scan(bundle, scorer, policy, tree, Path(work) / "s.db", 16, 2,
+                                                 decoders="thread")  # fmt: skip
                 rates[mode].append(counters["scanned"] / seconds)
     finally:
-        decode_module.pdq_dihedral = hashing
+        decode_module.pdq_dihedral, decode_module._still = hashing, still
     best = {mode: max(values) for mode, values in rates.items()}
     return {
         "scan_images_per_s_without_pdq": round(best["without"], 2),
-        "scan_images_per_s_with_pdq": round(best["with"], 2),
-        "scan_with_over_without": round(best["with"] / best["without"], 3),
+        "scan_images_per_s_with_pdq": round(best["new"], 2),
+        "scan_images_per_s_old_hashing": round(best["old"], 2),
+        "scan_with_over_without": round(best["new"] / best["without"], 3),
+        "scan_new_over_old_hashing": round(best["new"] / best["old"], 3),
     }
 
 
@@ -103,7 +130,9 @@ def main() -> None:
     figures.update(scan_cost(bundle, scorer, policy, tree, 1 if args.quick else 2))
     print(
         f"scan: {figures['scan_images_per_s_without_pdq']} images/s without PDQ, "
-        f"{figures['scan_images_per_s_with_pdq']} with ({figures['scan_with_over_without']}x)"
+        f"{figures['scan_images_per_s_with_pdq']} with ({figures['scan_with_over_without']}x), "
+        f"{figures['scan_images_per_s_old_hashing']} with the hashing before issue 24 "
+        f"(new/old {figures['scan_new_over_old_hashing']}x)"
     )
     for size in (100_000, 1_000_000) if args.quick else (100_000, 1_000_000, 10_000_000):
         figures.update(lookups(size, 20))

@@ -52,7 +52,7 @@ PREPS = {
 
 @pytest.mark.parametrize("model_size", sorted(PREPS))
 @pytest.mark.parametrize("fmt", ["JPEG", "PNG", "WEBP"])
-@pytest.mark.parametrize("size", [(160, 120), (700, 300), (1000, 1000), (1800, 1200)])
+@pytest.mark.parametrize("size", [(160, 120), (700, 300), (1000, 1000), (1800, 1200), (2600, 2100)])
 def test_the_stored_hash_is_the_reference_hash_of_the_picture_as_stored(model_size, fmt, size):
     image = generated_image(sum(size) % 97, *size)
     for orientation in range(1, 9):

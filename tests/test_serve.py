@@ -219,3 +219,16 @@ def test_default_policy_accepts_a_generated_jpeg_and_release_allowlists(tmp_path
 def test_serve_needs_a_token(tmp_path, tiny_bundle_master):
     proc = run_cli("serve", "--model", str(tiny_bundle_master))
     assert proc.returncode == 2 and "token file" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_serve_has_prometheus_metrics(tmp_path, tiny_bundle_master, flag_all):
+    port = free_port()
+    v = Validator(tmp_path, tiny_bundle_master, "--policy", str(flag_all), "--metrics", f"127.0.0.1:{port}")
+    try:
+        assert v.post(image_bytes("PNG", 5))[0] == 406
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    finally:
+        v.stop()
+    assert 'mirror_scan_uploads_total{outcome="rejected"} 1.0' in metrics
+    assert "mirror_scan_validation_seconds_count 1.0" in metrics
+    assert "mirror_scan_validator_queue " in metrics and "mirror_scan_validator_connections " in metrics
