@@ -83,14 +83,19 @@ def signal_types() -> list:
 def collab_config(api_name: str, name: str, options: dict[str, str]):
     """The exchange's own collaboration config, built and checked by its class."""
     cls = api_class(api_name).get_config_cls()
-    fields = {f.name for f in dataclasses.fields(cls)}
+    fields = {f.name for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(options) - fields)
     if unknown:
         raise ExchangeError(
             f"exchange {api_name} has no option {', '.join(unknown)}",
             hint=f"its options: {', '.join(sorted(fields - {'name', 'api', 'enabled'})) or 'none'}",
         )
-    values: dict[str, Any] = {"name": name, **options}
+    import typing
+
+    hints = typing.get_type_hints(cls)
+    values: dict[str, Any] = {"name": name}
+    for key, raw in options.items():
+        values[key] = _coerce(hints.get(key), raw, f"{api_name} option {key}")
     if "api" in fields:
         values.setdefault("api", api_name)
     if "enabled" in fields:
@@ -99,6 +104,31 @@ def collab_config(api_name: str, name: str, options: dict[str, str]):
         return cls(**values)
     except TypeError as err:
         raise ExchangeError(f"exchange {api_name}: {err}") from None
+
+
+def _coerce(kind: Any, raw: str, what: str) -> Any:
+    """An option given as text, as the config field's type wants it (int, bool, an enum by name or value,
+    a list of ints: NCMEC's environment and only_esp_ids, ThreatExchange's privacy_group)."""
+    import typing
+
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    if args and typing.get_origin(kind) in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        kind = args[0]
+    try:
+        if isinstance(kind, type) and issubclass(kind, enum.Enum):
+            by_name = {m.name.lower(): m for m in kind}
+            return by_name.get(raw.lower()) or kind(raw)
+        if kind is bool:
+            return raw.lower() in ("1", "true", "yes", "on")
+        if kind is int:
+            return int(raw)
+        if typing.get_origin(kind) in (list, set, frozenset) or kind in (list, set):
+            (inner,) = typing.get_args(kind) or (str,)
+            items = [inner(part.strip()) for part in raw.split(",") if part.strip()]
+            return set(items) if typing.get_origin(kind) is set else items
+    except (ValueError, TypeError, KeyError):
+        raise ExchangeError(f"{what}: {raw!r} is not a valid value") from None
+    return raw
 
 
 def _plain(value: Any) -> Any:

@@ -508,3 +508,16 @@ def test_oversized_or_malformed_png_metadata_never_stops_the_pixels(tmp_path, ti
     # Whole pictures, not partial ones: nothing lands in `report --errors`.
     errors = run_cli("report", "--errors", "--state", str(tmp_path / "state.db")).stdout
     assert errors.strip() == "", errors
+
+
+def test_duplicate_hashes_in_a_list_are_one_entry(tmp_path):
+    import hashlib
+
+    digest = hashlib.sha256(b"picture").hexdigest()
+    listed = tmp_path / "dups.csv"
+    listed.write_text(f"type,hash,note\npdq,{digest},first\npdq,{digest.upper()},second\npdq, {digest} ,third\n")
+    proc = run_cli("hashlist", "import", str(listed), "--name", "dups", "--state", str(tmp_path / "s.db"))
+    assert proc.returncode == 0, proc.stderr
+    assert "imported hash list 'dups' (flag): 1 pdq (2 duplicate(s) merged)" in proc.stdout
+    shown = run_cli("hashlist", "show", "dups", "--state", str(tmp_path / "s.db")).stdout.splitlines()
+    assert shown[1:] == [f"pdq,{digest},first,"]
