@@ -277,6 +277,8 @@ def fetch_cmd(
             results.append({"name": sub["name"], **counts})
     if json_out:
         print_json(results)
+    elif not chosen:
+        err.print("no subscriptions in this state; add one with: mirror-scan hashlist subscribe NAME --exchange ...")
     else:
         for r in results:
             out.print(f"{r['name']}: {r['kept']} signal(s), {r['refused']} refused, {r['fetched']} update(s) fetched")
@@ -361,6 +363,9 @@ def push_cmd(
         client = HMA(hma, token)
         if create:
             client.create_bank(bank)
+        if not todo:
+            out.print(f"nothing new to push to {bank} ({len(done)} content item(s) pushed before)")
+            return
         pushed = refused = 0
         for key, signals, note in todo:
             content_id, why = client.add_signals(bank, signals, note)

@@ -50,12 +50,27 @@ def pull(
             status.update(f"pulling {settings.remote} -> {to}: {count} new file(s)")
 
         keys = tool.pull(settings.remote, to, max_age=max_age, exclude=excluded, on_file=arrived)
+    removed = []
+    with Workspace.writer(settings) as workspace:
+        # Items another process began quarantining while rclone ran were not excluded: copies of them
+        # the pull wrote back after they were removed are removed again (their bytes are in the items).
+        mirror = os.fsencode(os.path.abspath(to))
+        held = set(workspace.ledger.excluded_keys(settings.remote, mirror)) - set(excluded)
+        for key in keys:
+            if key in held and workspace.quarantine.drop_returned_copy(os.path.join(mirror, os.fsencode(key)), mirror):
+                removed.append(key)
+    keys = [key for key in keys if key not in removed]
     if json_out:
-        print_json({"remote": settings.remote, "to": str(to), "arrived": keys, "excluded": len(excluded)})
+        print_json(
+            {"remote": settings.remote, "to": str(to), "arrived": keys, "excluded": len(excluded), "removed": removed}
+        )
         return
     for key in keys:
         out.print(str(to / key))
-    err.print(f"{len(keys)} new file(s); {len(excluded)} quarantined key(s) excluded")
+    err.print(
+        f"{len(keys)} new file(s); {len(excluded)} quarantined key(s) excluded"
+        + (f"; {len(removed)} copy(ies) of files quarantined meanwhile removed again" if removed else "")
+    )
 
 
 @mirror_app.command("remote")

@@ -274,7 +274,11 @@ class Quarantine:
     def quarantine(self, source: bytes, mirror_root: bytes, sha256: str, evidence: dict[str, Any]) -> tuple[str, str]:
         """Move `source` (under `mirror_root`) into quarantine if it still holds the bytes `sha256`.
         Returns (item id, state: 'quarantined' or 'upstream_pending'). Raises QuarantineError (nothing
-        moved) if it cannot be done safely."""
+        moved) if it cannot be done safely. A copy of an item already quarantined from this very path (a
+        pull brought it back) is removed again under that item, not made into a second one."""
+        returned = self.drop_returned_copy(source, mirror_root, sha256)
+        if returned is not None:
+            return returned, str(ItemState.QUARANTINED)
         try:
             rel = relative_to(mirror_root, source)
             with reach(mirror_root, rel) as place:
@@ -518,35 +522,60 @@ class Quarantine:
                         break
         return [os.fsdecode(os.path.relpath(path, row.mirror_root)) for path in paths]
 
-    def _remove_original(self, row: ItemRow) -> None:
+    def drop_returned_copy(self, source: bytes, mirror_root: bytes, sha256: str | None = None) -> str | None:
+        """A pull that listed the bucket while a quarantine was removing the object (upstream first, then
+        the mirror copy) can write the object back into the mirror after both removals. Such a copy of an
+        item quarantined from this path, with its bytes, is removed again, whatever a scan would now say
+        of it: its bytes are in the item. Under the item's lock (a move still in progress finishes first);
+        anything else (other bytes, a restored or pending item) is left to the scan. Returns the item id
+        when a copy was removed."""
+        item_id = self.ledger.latest_item_for(source)
+        if item_id is None:
+            return None
+        row = self.ledger.item(item_id)
+        if row is None or row.mirror_root != mirror_root or (sha256 is not None and row.sha256 != sha256):
+            return None
+        try:
+            with self.item_lock(item_id, wait_s=30.0):
+                row = self.ledger.item(item_id)
+                if row is None or row.state != ItemState.QUARANTINED or not self._remove_original(row):
+                    return None
+        except ItemBusy:
+            return None  # still being moved after 30 s: the next pull or scan comes back to it
+        log.info("%s: a copy of quarantine item %s came back into the mirror; removed again", display_path(source),
+                 item_id)  # fmt: skip
+        return item_id
+
+    def _remove_original(self, row: ItemRow) -> bool:
         """Unlink the original only if it still holds the quarantined bytes (never a newer file), reached
-        from the mirror root without following links (never a file outside the mirror)."""
+        from the mirror root without following links (never a file outside the mirror). True if unlinked."""
         source = row.original
         if not source:
-            return  # an object scanned in its bucket: no mirror copy
+            return False  # an object scanned in its bucket: no mirror copy
         try:
             place = reach(row.mirror_root, relative_to(row.mirror_root, source))
         except MissingParent:
-            return
+            return False
         except UnsafePath as err:
             log.warning("%s: %s; left in place", display_path(source), err)
-            return
+            return False
         with place:
             st = place.lstat()
             if st is None:
-                return
+                return False
             if not stat.S_ISREG(st.st_mode):
                 log.warning("%s is no longer a regular file; left in place", display_path(source))
-                return
+                return False
             if place.sha256() != row.sha256:
                 log.warning("%s changed after it was quarantined; the new file is left in place", display_path(source))
-                return
+                return False
             now = place.lstat()
             if now is None or (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
                 log.warning("%s was replaced while it was checked; the new file is left in place", display_path(source))
-                return
+                return False
             place.unlink()
             place.fsync_dir()
+            return True
 
     def _original_holds(self, row: ItemRow) -> bool:
         """The original is still in the mirror (reached without following links) with the item's bytes."""

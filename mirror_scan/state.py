@@ -144,6 +144,7 @@ CREATE TABLE IF NOT EXISTS quarantine (
     updated REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS quarantine_sha256 ON quarantine (sha256);
+CREATE INDEX IF NOT EXISTS quarantine_original ON quarantine (original);
 CREATE TABLE IF NOT EXISTS attributions (item TEXT PRIMARY KEY, data TEXT NOT NULL, updated REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS followups (
     id INTEGER PRIMARY KEY,

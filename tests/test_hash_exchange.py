@@ -122,6 +122,8 @@ def test_a_local_file_subscription_picks_up_additions_in_a_running_watch(tmp_pat
     known, later = generated_image(9, 320, 240), generated_image(12, 320, 240)
     feed = tmp_path / "feed.txt"
     feed.write_text(f"pdq {pdq(known)[0]}\n")
+    none = _cli(tmp_path, "hashlist", "fetch")
+    assert none.returncode == 0 and "no subscriptions in this state" in none.stderr
     proc = _cli(tmp_path, "hashlist", "subscribe", "feed", "--exchange", "local_file",
                 "--option", f"filename={feed}")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
@@ -178,7 +180,9 @@ def test_push_to_an_hma_bank_sends_only_what_hma_takes_and_only_once(quarantined
         assert all("mirror-scan quarantine item" in c["note"] for c in contents)
         again = _cli(tmp_path, "hashlist", "push", "--hma", hma.url, "--bank", "MIRROR_SCAN",
                      "--quarantine", str(tmp_path / "q"))  # fmt: skip
-        assert "pushed 0 content item(s)" in again.stdout and len(hma.banks["MIRROR_SCAN"]) == len(contents)
+        assert again.returncode == 0, again.stderr
+        assert f"nothing new to push to MIRROR_SCAN ({len(contents)} content item(s) pushed before)" in again.stdout
+        assert len(hma.banks["MIRROR_SCAN"]) == len(contents)
 
 
 def _reencoded(data: bytes, size: tuple[int, int]) -> bytes:

@@ -181,13 +181,58 @@ def test_watch_pulls_from_s3_and_quarantines_upstream_and_locally(tmp_path, tiny
             for key, data in keys.items():
                 server.put(key, data, tmp_path)
             w.wait_for(lambda: server.keys() == set(), timeout=40, what="the objects to leave the bucket")
-            items = {(d / "data").read_bytes() for d in (tmp_path / "q" / "items").iterdir()}
-            assert items == set(keys.values())
-            assert [p for p in w.mirror.rglob("*") if p.is_file()] == []
+            # A pull that listed the bucket while an object was being removed can write it back into the
+            # mirror after it left; the daemon removes such a copy again, under its item, not as a second one.
+            w.wait_for(lambda: not [p for p in w.mirror.rglob("*") if p.is_file()], timeout=10, what="an empty mirror")
+            items = [(d / "data").read_bytes() for d in (tmp_path / "q" / "items").iterdir()]
+            assert sorted(items) == sorted(keys.values())
         finally:
             assert w.stop()[0] == 0
     finally:
         server.stop()
+
+
+def test_a_copy_a_pull_brings_back_after_its_quarantine_is_removed_again_under_the_same_item(tmp_path):
+    """The race behind it: rclone lists the bucket while a quarantine removes the object upstream, then the
+    mirror copy, and writes the object back into the mirror. The bytes rclone would write are put back here;
+    both paths that meet them (the pull's own check, and a scan that flags the copy) remove the copy again
+    under the item that holds its bytes, and touch nothing else."""
+    import hashlib
+
+    from mirror_scan.quarantine import Quarantine
+    from mirror_scan.state import ItemState, Ledger
+
+    mirror = tmp_path / "mirror"
+    (mirror / "a").mkdir(parents=True)
+    flagged, other = _png(1), _png(2)
+    for name, data in (("a/x.png", flagged), ("y.png", other)):
+        (mirror / name).write_bytes(data)
+    root = os.fsencode(mirror)
+    sha = hashlib.sha256(flagged).hexdigest()
+    ledger = Ledger(tmp_path / "state.db")
+    store = Quarantine(tmp_path / "q", ledger)
+    item, state = store.quarantine(os.fsencode(mirror / "a/x.png"), root, sha, {"verdict": None})
+    assert state == ItemState.QUARANTINED and not (mirror / "a/x.png").exists()
+
+    (mirror / "a/x.png").write_bytes(flagged)  # the pull writes it back
+    assert store.drop_returned_copy(os.fsencode(mirror / "a/x.png"), root) == item
+    assert not (mirror / "a/x.png").exists()
+    (mirror / "a/x.png").write_bytes(flagged)  # and again; this time a scan flags it first
+    assert store.quarantine(os.fsencode(mirror / "a/x.png"), root, sha, {"verdict": None}) == (item, "quarantined")
+    assert not (mirror / "a/x.png").exists() and [d.name for d in (tmp_path / "q" / "items").iterdir()] == [item]
+
+    # Other bytes at that path are another file: left for the scan (here: quarantined as a new item).
+    (mirror / "a/x.png").write_bytes(_png(3))
+    assert store.drop_returned_copy(os.fsencode(mirror / "a/x.png"), root) is None
+    assert (mirror / "a/x.png").read_bytes() == _png(3)
+    (mirror / "a/x.png").unlink()
+    # A restored item's file is the restore's, never removed again; a path with no item is not touched.
+    store.restore(item)
+    assert (mirror / "a/x.png").read_bytes() == flagged
+    assert store.drop_returned_copy(os.fsencode(mirror / "a/x.png"), root) is None
+    assert store.drop_returned_copy(os.fsencode(mirror / "y.png"), root) is None
+    assert (mirror / "a/x.png").read_bytes() == flagged and (mirror / "y.png").read_bytes() == other
+    ledger.close()
 
 
 def test_inotify_overflow_triggers_an_immediate_reconciliation():

@@ -175,6 +175,8 @@ class WatchDaemon:
         self.metrics: Metrics | None = None
         self._metrics_server = None
         self._last_restore_move = 0
+        self._returned: set[str] = set()  # pulled keys of quarantined items, for the retry thread to remove
+        self._returned_lock = threading.Lock()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -234,8 +236,9 @@ class WatchDaemon:
         self._workers = [
             Periodic("status", 1.0, self._write_status),
             reconciler,
-            Periodic("retry", options.retry_interval, self._retry),
         ]
+        self._retrier = Periodic("retry", options.retry_interval, self._retry)
+        self._workers.append(self._retrier)
         self.follow_up_workspace = None
         if self.workspace.follows_up:
             # Its own ledger connection: a slow database or Lemmy delays only this thread.
@@ -311,9 +314,20 @@ class WatchDaemon:
         ledger = self.retry_workspace.ledger  # read on this thread's own connection: the retry worker writes on it
         excluded = ledger.excluded_keys(self.settings.remote, os.fsencode(self.options.mirror), ledger.reader())
         arrived = self.rclone.pull(self.settings.remote, self.options.mirror, exclude=excluded)
+        # Items that began quarantining while rclone ran: their keys were not excluded, and the pull may
+        # have written them back after they were removed. Not scanned again: the retry thread removes them.
+        held: set[str] = set()
+        if not self.options.dry_run:  # a dry run changes nothing, copies that came back included
+            held = set(ledger.excluded_keys(self.settings.remote, os.fsencode(self.options.mirror), ledger.reader()))
+        returned = [key for key in arrived if key in held]
         for key in arrived:
-            self.queue.offer(str(self.options.mirror / key))
-        self._set(last_pull_unixtime=time.time(), last_pull_arrived=len(arrived))
+            if key not in held:
+                self.queue.offer(str(self.options.mirror / key))
+        if returned:
+            with self._returned_lock:
+                self._returned.update(returned)
+            self._retrier.trigger()
+        self._set(last_pull_unixtime=time.time(), last_pull_arrived=len(arrived) - len(returned))
 
     def _walk(self) -> None:
         from ..watch import reconcile
@@ -325,6 +339,11 @@ class WatchDaemon:
         """Live retries: finish moves whose owner died (a restore killed in another shell), retry pending
         upstream removals and restores. Each remote's breaker spaces the calls out while it is down."""
         quarantine = self.retry_workspace.quarantine
+        with self._returned_lock:
+            returned, self._returned = self._returned, set()
+        mirror = os.fsencode(self.options.mirror)
+        for key in sorted(returned):
+            quarantine.drop_returned_copy(os.path.join(mirror, os.fsencode(key)), mirror)
         for note in quarantine.recover():
             log.warning("recovered: %s", note)
         breakers = {u.remote: u.breaker.state for u in quarantine.upstreams.known()}
