@@ -27,6 +27,13 @@ PrecisionOpt = Annotated[
     ),
 ]
 QuarantineOpt = Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory (private, 0700).")]
+ImportRootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--mirror-root",
+        help="Import only items that came from this mirror (an edited metadata file cannot point elsewhere).",
+    ),
+]
 RemoteOpt = Annotated[
     str | None,
     typer.Option(

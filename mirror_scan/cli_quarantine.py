@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from .cli_options import ConfigOpt, JsonOpt, QuarantineOpt, RcloneOpt, StateOpt, YesOpt, open_writer
+from .cli_options import ConfigOpt, ImportRootOpt, JsonOpt, QuarantineOpt, RcloneOpt, StateOpt, YesOpt, open_writer
 from .console import err, out, print_json
 from .durations import parse_duration, parse_since
 from .errors import UsageError
@@ -400,13 +400,7 @@ def q_export_hashes(
 
 @quarantine_app.command("reindex")
 def q_reindex(
-    mirror_root: Annotated[
-        Path | None,
-        typer.Option(
-            "--mirror-root",
-            help="Import only items that came from this mirror (an edited metadata file cannot point elsewhere).",
-        ),
-    ] = None,
+    mirror_root: ImportRootOpt = None,
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,

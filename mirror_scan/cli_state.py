@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import os
 import time
-from pathlib import Path
-from typing import Annotated
 
 import typer
 
-from .cli_options import ConfigOpt, QuarantineOpt, StateOpt, YesOpt, open_writer
+from .cli_options import ConfigOpt, ImportRootOpt, QuarantineOpt, StateOpt, YesOpt, open_writer
 from .console import err, out
 from .errors import UsageError
 from .settings import resolve
@@ -62,13 +60,7 @@ def recover(state: StateOpt = None, quarantine: QuarantineOpt = None, config: Co
 
 @state_app.command("rebuild")
 def rebuild(
-    mirror_root: Annotated[
-        Path | None,
-        typer.Option(
-            "--mirror-root",
-            help="Import only items that came from this mirror (an edited metadata file cannot point elsewhere).",
-        ),
-    ] = None,
+    mirror_root: ImportRootOpt = None,
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,

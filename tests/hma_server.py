@@ -17,13 +17,14 @@ from __future__ import annotations
 import itertools
 import json
 import re
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+
+from .loopback import LoopbackHTTP
 
 BANK_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
 
-class FakeHMA:
+class FakeHMA(LoopbackHTTP):
     def __init__(self) -> None:
         from threatexchange.signal_type.md5 import VideoMD5Signal
         from threatexchange.signal_type.pdq.signal import PdqSignal
@@ -86,15 +87,4 @@ class FakeHMA:
                 outer.banks[bank].append(content)
                 return self._reply(200, {"id": content["id"], "signals": signals})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeHMA:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
+        self._listen(Handler)

@@ -27,8 +27,10 @@ import json
 import secrets
 import threading
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
+
+from .loopback import LoopbackHTTP
 
 
 @dataclass
@@ -41,7 +43,7 @@ class Request:
 
 
 @dataclass
-class FakeLemmy:
+class FakeLemmy(LoopbackHTTP):
     api: str = "v3"  # v3 = Lemmy 0.19, v4 = Lemmy 1.0
     version: str = "0.19.5"
     users: dict = field(default_factory=dict)  # name -> {"id", "password", "admin"}
@@ -109,17 +111,7 @@ class FakeLemmy:
             def do_PUT(self):  # noqa: N802
                 self._handle("PUT")
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def start(self) -> FakeLemmy:
-        self.thread.start()
-        return self
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._listen(Handler)
 
     # ------------------------------------------------------------------ the contract
 

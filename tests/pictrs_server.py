@@ -18,12 +18,13 @@ from __future__ import annotations
 
 import base64
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
+from .loopback import LoopbackHTTP
 
-class PictrsContractServer:
+
+class PictrsContractServer(LoopbackHTTP):
     def __init__(
         self, api_key: str, files: dict[str, list[str]], page_size: int | None = None, version: str = "0.5.16"
     ) -> None:
@@ -110,21 +111,10 @@ class PictrsContractServer:
                     return self._send(404, {"msg": "Requested a file that doesn't exist", "code": "alias-not-found"})
                 return self._send(400, {"msg": "No images associated with provided alias"})
 
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self._listen(Handler)
 
     def run_jobs(self) -> None:
         """pict-rs's cleanup worker: the queued purges happen (src/queue/cleanup.rs)."""
         for sha in self.queued:
             self.files.pop(sha, None)
         self.queued.clear()
-
-    def __enter__(self) -> PictrsContractServer:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.httpd.shutdown()
-        self.httpd.server_close()
-        self.thread.join(timeout=5)
