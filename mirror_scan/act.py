@@ -1,6 +1,7 @@
 """act: what happens to a flagged file. The actor reads the decision already recorded for the path
-(so `scan` and a later `apply` act identically) and returns the action to record, or None when it
-could not act (the file stays where it is and `apply` retries it)."""
+(so `scan` and a later `apply` act identically) and answers whether it acted; the quarantine records
+the file's action (`files.action`, its only writer). A file it could not act on stays where it is and
+`apply` retries it."""
 
 from __future__ import annotations
 
@@ -10,13 +11,13 @@ from typing import Protocol
 
 from .errors import MirrorScanError
 from .quarantine import Quarantine
-from .state import FileAction, ItemState, Ledger, display_path
+from .state import Ledger, display_path
 
 log = logging.getLogger(__name__)
 
 
 class Actor(Protocol):
-    def act(self, path: bytes) -> str | None: ...
+    def act(self, path: bytes) -> bool: ...
 
 
 class QuarantineActor:
@@ -25,11 +26,12 @@ class QuarantineActor:
         self.quarantine = quarantine
         self.failures = 0
 
-    def act(self, path: bytes) -> str | None:
-        row = self.ledger.act_context(path)
-        if row is None or row[1] is None:
-            return None
-        root, sha256, reason, model_id, policy_id, severity = row
+    def act(self, path: bytes) -> bool:
+        context = self.ledger.act_context(path)
+        if context is None or context.sha256 is None:
+            return False
+        root, sha256 = context.root, context.sha256
+        reason, model_id, policy_id, severity = context.reason, context.model_id, context.policy_id, context.severity
         evidence = {
             "verdict": json.loads(reason) if reason else None,
             "model_id": model_id,
@@ -37,12 +39,12 @@ class QuarantineActor:
             "severity": severity,
         }
         try:
-            state = self._move(path, root, sha256, evidence)
+            self._move(path, root, sha256, evidence)
         except MirrorScanError as err:
             self.failures += 1
             log.error("not quarantined: %s: %s", display_path(path), err)
-            return None
-        return FileAction.QUARANTINED if state == ItemState.QUARANTINED else FileAction.UPSTREAM_PENDING
+            return False
+        return True
 
     def _move(self, path: bytes, root: bytes | None, sha256: str, evidence: dict) -> str:
         _, state = self.quarantine.quarantine(path, root or path.rsplit(b"/", 1)[0], sha256, evidence)

@@ -191,7 +191,7 @@ def scan(
         )
         if counters.flagged and dry_run:
             out.print(f"dry run: act on these verdicts with: mirror-scan apply --remote {s3.remote}")
-    raise typer.Exit(1 if counters.flagged else 0)
+    raise typer.Exit(counters.exit_code)
 
 
 def register(app: typer.Typer) -> None:

@@ -17,6 +17,7 @@ from .console import err, out, print_json
 from .durations import parse_duration, parse_since
 from .errors import UsageError
 from .settings import resolve
+from .state import EXPORTED_STATES, PURGEABLE_STATES
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 quarantine_app = typer.Typer(help="Inspect the quarantine, restore false positives, purge.", no_args_is_help=True)
@@ -319,9 +320,8 @@ def q_purge(
     settings = resolve({"state": state, "quarantine": quarantine}, config)
     with _writer(state, quarantine, config) as workspace:
         store = workspace.quarantine
-        chosen = [e for e in store.entries() if e["state"] in ("quarantined", "restored", "upstream_pending")]
-        if pictrs:
-            chosen = [e for e in store.entries() if e["state"] in ("quarantined", "upstream_pending", "purged")]
+        purgeable = EXPORTED_STATES if pictrs else PURGEABLE_STATES
+        chosen = [e for e in store.entries() if e["state"] in purgeable]
         if item_ids:
             known = {e["id"] for e in chosen}
             missing = [i for i in item_ids if i not in known]
@@ -387,7 +387,7 @@ def q_export_hashes(
         raise UsageError(f"format {fmt!r} is not supported", hint="use txt or csv")
     with _reader(state, quarantine, config) as workspace:
         entries = [
-            e for e in workspace.quarantine.entries() if e["state"] in ("quarantined", "upstream_pending", "purged")
+            e for e in workspace.quarantine.entries() if e["state"] in EXPORTED_STATES
         ]
     if fmt == "csv":
         out.print("sha256,size,quarantined_at")

@@ -181,7 +181,7 @@ def register(app: typer.Typer) -> None:
                     f"{actor.failures} flagged file(s) could not be quarantined (see the log); "
                     "they stay in place and `mirror-scan apply` retries them"
                 )
-        raise typer.Exit(1 if counters.flagged else 0)
+        raise typer.Exit(counters.exit_code)
 
     @app.command("apply")
     def apply(
@@ -203,7 +203,7 @@ def register(app: typer.Typer) -> None:
             raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
         with open_writer(settings, quiet=json_out) as workspace:
             if settings.remote:
-                for root in {row[3] for row in workspace.ledger.flagged_unacted() if row[3]}:
+                for root in {row.root for row in workspace.ledger.flagged_unacted() if row.root}:
                     workspace.bind_mirror(os.fsdecode(root), settings.remote, "apply --remote")
             acted = apply_verdicts(workspace.ledger, QuarantineActor(workspace.ledger, workspace.quarantine))
             if settings.remote:  # objects scanned in that bucket (`bucket scan`) that have no mirror copy

@@ -29,7 +29,7 @@ def check(state: StateOpt = None, quarantine: QuarantineOpt = None, config: Conf
         with Ledger(settings.state, readonly=True) as ledger:
             problems = ledger.check()
             moves = ledger.unfinished_moves()
-            files, items = ledger.count(), len(ledger.items())
+            files, items = ledger.file_count(), len(ledger.items())
     except StateDamaged:
         raise
     except Exception as error:  # noqa: BLE001 - any failure to read it is the answer

@@ -1,8 +1,11 @@
-"""decide: similarities of each file's frames + policy + allowlist -> one verdict per file. Pure.
+"""decide: where every verdict is made. Pure: similarities of each file's frames + policy + the facts
+about the file (what the decode said, the allowlist, a hash-list match) -> one verdict per file.
 
 A file's verdict is the worst of its frames (any flagged frame flags the file); its reason is the
-explanation of the first flagged frame. An allowlisted sha256 is never flagged, and the reason says
-what the policy would have done.
+explanation of the first flagged frame. A hash list on `flag` flags whatever the model says. An
+allowlisted sha256 is never flagged, and the reason says what the policy (or the list) would have done.
+The scan, the watch daemon, the validator, the bucket ingest (record.Decider) and rescore (a whole
+chunk evaluated at once, then verdict_for per file) all decide here.
 """
 
 from __future__ import annotations
@@ -29,6 +32,32 @@ class Verdict:
         return None if self.reason is None else json.dumps(self.reason, ensure_ascii=False, separators=(",", ":"))
 
 
+@dataclass(frozen=True)
+class Facts:
+    """What a decision needs to know of a file besides its similarities, gathered before deciding."""
+
+    detail: dict[str, Any] | None = None  # the decode's row labels and notes
+    allowlisted: bool = False  # restored by a person: never flagged again
+    match: Any = None  # a hash-list match (hashes.Match), or None
+
+
+def decide_files(
+    policy: Policy, sims: np.ndarray, frames: list[int] | np.ndarray, severity: float, facts: list[Facts]
+) -> list[Verdict]:
+    """sims: [frames, P] in the policy's column order, the rows of file i being the next frames[i] rows."""
+    ev = evaluate(policy, sims, severity)
+    verdicts, start = [], 0
+    for count, known in zip(frames, facts, strict=True):
+        verdicts.append(verdict_for(ev, start, int(count), known))
+        start += int(count)
+    return verdicts
+
+
+def verdict_for(ev, start: int, count: int, facts: Facts) -> Verdict:
+    """One file's whole verdict from an evaluation of many rows (its rows are start..start+count)."""
+    return complete(file_verdict(ev, start, count, facts.allowlisted), facts.detail, facts.match, facts.allowlisted)
+
+
 def decide(
     policy: Policy,
     sims: np.ndarray,
@@ -36,14 +65,9 @@ def decide(
     severity: float,
     allowlisted: list[bool] | None = None,
 ) -> list[Verdict]:
-    """sims: [frames, P] in the policy's column order, the rows of file i being the next frames[i] rows.
-    The model's part of every decision: the scan, the validator and rescore all come through here."""
-    ev = evaluate(policy, sims, severity)
-    verdicts, start = [], 0
-    for i, count in enumerate(frames):
-        verdicts.append(file_verdict(ev, start, int(count), bool(allowlisted and allowlisted[i])))
-        start += int(count)
-    return verdicts
+    """The model's part alone (no decode notes, no lists): decide_files with only the allowlist known."""
+    facts = [Facts(allowlisted=bool(allowlisted and allowlisted[i])) for i in range(len(frames))]
+    return decide_files(policy, sims, frames, severity, facts)
 
 
 def file_verdict(ev, start: int, count: int, allowlisted: bool) -> Verdict:

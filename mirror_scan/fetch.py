@@ -13,23 +13,20 @@ from dataclasses import dataclass
 import numpy as np
 
 from .bundle import Preprocess
-from .decode import Limits, decode, decode_detail
+from .decode import Limits, decode
 from .discover import Found
-from .hashing import md5_bytes, sha256_bytes
+from .hashing import sha256_bytes
 from .paths import MissingParent, UnsafePath, reach_file
+from .record import Picture, picture_of
 
 
 @dataclass
-class Decoded:
+class ToScore:
+    """Read, hashed and decoded: waits for the model."""
+
     found: Found
-    sha256: str
-    format: str
+    picture: Picture
     pixels: np.ndarray  # float32 [rows, 3, H, W]
-    detail: dict | None = None  # the decode's row labels and notes, kept with the result
-    md5: str | None = None  # many shared hash lists are md5
-    pdq: list[tuple[str, int]] | None = None  # per scored frame: PDQ hash and quality
-    pdq_variants: list[str] | None = None  # rotations and mirror images of every frame, for matching
-    vpdq: list[tuple[str, int, float]] | None = None  # videos and animations: a PDQ per second
 
 
 @dataclass
@@ -58,7 +55,7 @@ class Vanished:
     found: Found
 
 
-Outcome = Decoded | Reused | Failed | Changed | Vanished
+Outcome = ToScore | Reused | Failed | Changed | Vanished
 
 
 def read_stable(found: Found, max_bytes: int) -> bytes | Changed | Vanished | Failed:
@@ -177,14 +174,4 @@ def fetch(
     decoded = decoder(data, prep, limits)
     if isinstance(decoded, str):
         return Failed(found, sha, decoded)
-    return Decoded(
-        found,
-        sha,
-        decoded.format,
-        decoded.pixels,
-        decode_detail(decoded),
-        md5_bytes(data),
-        decoded.pdq,
-        decoded.pdq_variants,
-        decoded.vpdq,
-    )
+    return ToScore(found, picture_of(sha, data, decoded), decoded.pixels)

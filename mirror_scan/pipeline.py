@@ -1,9 +1,11 @@
-"""The scan runner: discover -> decode (thread pool) -> batch -> infer -> decide -> act -> record.
+"""The scan runner: discover -> read and decode (worker processes) -> batch -> infer -> decide -> record
+and act (record.py).
 
 One direction and bounded in-flight work: discovery runs ahead in a thread into a bounded queue; at
 most `max_in_flight` files are being read and decoded at once; decoded files wait in the batcher
-until a batch is full; the main thread infers, decides, acts and records. Nothing per file is kept
-after it is recorded, so memory stays flat on any tree size. Each stage is timed.
+until a batch is full; the main thread infers, then hands the scores to the Decider and the
+FileRecorder (record.py), the one path to a verdict on record. Nothing per file is kept after it is
+recorded, so memory stays flat on any tree size. Each stage is timed.
 """
 
 from __future__ import annotations
@@ -21,60 +23,24 @@ import numpy as np
 
 from .act import Actor
 from .bundle import Bundle
-from .decide import Verdict, complete, decide
 from .decode import Limits, decode
 from .discover import Found, Unscannable, discover
-from .fetch import Changed, Decoded, Failed, Outcome, Reused, Vanished, fetch
-from .hashes import LiveMatcher, queries
+from .fetch import Changed, Failed, Outcome, Reused, ToScore, Vanished, fetch
+from .pathqueue import END
 from .policy import Policy
-from .report import ReportWriter, record
-from .scoring import Scorer, columns, policy_sims, result_model_id
-from .state import Ledger, path_key
+from .record import Counters, Decider, FileRecorder, Picture
+from .report import ReportWriter
+from .scoring import Scorer, result_model_id
+from .state import DECIDED_STATUSES, FileStatus, FileVerdict, Ledger, path_key
 
-_END = END = object()
-
-
-@dataclass
-class Counters:
-    discovered: int = 0
-    scored: int = 0
-    unchanged: int = 0
-    reused: int = 0
-    flagged: int = 0
-    errors: int = 0
-    pending: int = 0  # still changing after a retry: the next scan takes them
-    vanished: int = 0
-    frames: int = 0
-    seconds: float = 0.0
-    stage_seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "infer": 0.0, "record": 0.0})
-
-    @property
-    def done(self) -> int:
-        return self.scored + self.unchanged + self.reused + self.errors + self.pending + self.vanished
-
-    def as_dict(self) -> dict:
-        rate = self.scored / self.seconds if self.seconds else 0.0
-        return {
-            "discovered": self.discovered,
-            "scanned": self.scored,
-            "skipped_unchanged": self.unchanged,
-            "reused_by_hash": self.reused,
-            "flagged": self.flagged,
-            "errors": self.errors,
-            "pending_changed": self.pending,
-            "vanished": self.vanished,
-            "frames": self.frames,
-            "seconds": round(self.seconds, 3),
-            "images_per_s": round(rate, 2),
-            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
-        }
+__all__ = ["END", "Counters", "Scan", "ScanConfig"]
 
 
 @dataclass
 class ScanConfig:
     severity: float = 0.0
     batch_size: int = 16
-    workers: int = 2
+    workers: int = 2  # decode threads, and decoder worker processes with decoders="process"
     limits: Limits = field(default_factory=Limits)
     max_bytes: int = 512 << 20
     read_timeout_s: float | None = 120.0  # a read on a stalled mount gives up (an error, retried) after this
@@ -83,6 +49,19 @@ class ScanConfig:
     retry_delay_s: float = 0.5
     flush_after_s: float | None = None  # watch mode: a partial batch waits at most this long
     commit_every_s: float = 1.0  # other writers wait for our open transaction at most about this long
+
+
+@contextmanager
+def decoders(kind: str, workers: int, timeout_s: float) -> Iterator[Callable]:
+    """The one choice of decoder (the scan, the validator): worker processes, crash- and hang-proof
+    (decodepool.py), or in-process decode() with kind "thread"."""
+    if kind != "process":
+        yield decode
+        return
+    from .decodepool import DecoderPool
+
+    with DecoderPool(workers, timeout_s) as pool:
+        yield pool.decode
 
 
 class Scan:
@@ -104,48 +83,30 @@ class Scan:
         self.scorer = scorer
         self.policy = policy
         self.config = config
-        self.actor = actor  # None: dry run, record verdicts and act on nothing
-        self.report = report
         self.progress = progress
-        self.on_verdict = on_verdict  # called with the file's mtime (ns) as each verdict is recorded
         self.on_batch = on_batch  # called with each inference batch's seconds
         self.in_flight = 0
         self.model_id = result_model_id(bundle, scorer, config.limits)
-        self.prompt_set = ledger.ensure_prompt_set(bundle.concepts.prompts)
-        self.lists = LiveMatcher(ledger)  # imported hash lists decide before the model
-        self.policy_columns = columns(bundle.concepts.prompts, policy)
         self.counters = Counters()
+        self.decider = Decider(ledger, bundle, policy, config.severity, self.model_id)
+        self.recorder = FileRecorder(ledger, policy, config.severity, actor, report, self.counters, on_verdict)
         self._decoder = decode  # replaced by a worker-process pool for the length of a run
-        self._batch: list[Decoded] = []
+        self._batch: list[ToScore] = []
         self._batch_frames = 0
         self._twins: dict[str, list[Found]] = {}  # sha256 in the batch -> other files with the same bytes
         self._batch_since = 0.0
         self._last_commit = time.monotonic()
-        self._flagged_paths: set[bytes] = set()  # each file counts once as flagged, however often it is seen
 
     # ------------------------------------------------------------------ stages
 
-    def _lookup(self, sha256: str) -> int | None:
-        return self.ledger.result_id_for(sha256, self.model_id, conn=self.ledger.reader())
-
     @contextmanager
     def _decoders(self) -> Iterator[None]:
-        """Worker processes for decoding, for the length of a run (see decodepool.py)."""
-        if self.config.decoders != "process":
-            yield
-            return
-        from .decodepool import DecoderPool
-
-        with DecoderPool(self.config.workers, self.config.decode_timeout_s) as pool:
-            self._decoder = pool.decode
+        with decoders(self.config.decoders, self.config.workers, self.config.decode_timeout_s) as decoder:
+            self._decoder = decoder
             try:
                 yield
             finally:
                 self._decoder = decode
-
-    def _listed(self, sha256: str) -> bool:
-        """On an imported hash list (a list imported after the file was scanned applies now)."""
-        return self.lists.match_stored(sha256) is not None
 
     def _fetch(self, found: Found) -> tuple[Outcome, float]:
         started = time.perf_counter()
@@ -154,15 +115,16 @@ class Scan:
             prep=self.bundle.preprocess,
             limits=self.config.limits,
             max_bytes=self.config.max_bytes,
-            lookup_result=self._lookup,
+            lookup_result=lambda sha256: self.decider.result_for(sha256, conn=self.ledger.reader()),
             read_timeout_s=self.config.read_timeout_s,
             decoder=self._decoder,
         )
         return outcome, time.perf_counter() - started
 
-    def unchanged(self, found: Found) -> bool:
-        """True if the file is as last scanned with this model: it is not read again. Under another policy
-        or severity its verdict is re-decided from the stored result (no image read)."""
+    def skip_unchanged(self, found: Found) -> bool:
+        """Take a file that is as last scanned with this model without reading it (True): reported as
+        skipped, or, under another policy or severity (or a list imported since), re-decided from its
+        stored result. False: it must be read and scored."""
         row = self.ledger.file_row(path_key(found.path))
         if row is None:
             return False
@@ -170,32 +132,16 @@ class Scan:
             return False
         if found.etag is not None and row.etag != found.etag:
             return False  # an object in a bucket: same ETag, same bytes
-        if row.status not in ("scored", "reused") or row.result_id is None:
+        if row.status not in DECIDED_STATUSES or row.result_id is None:
             return False  # errors are retried: a permission fix does not change the mtime
-        sha256, verdict, reason, fmt, action = row.sha256, row.verdict, row.reason, row.format, row.action
-        result_id, status = row.result_id, row.status
-        policy_id, severity = row.policy_id, row.severity
         self.counters.unchanged += 1
-        if (policy_id, severity) != (self.policy.policy_id, self.config.severity) or (
-            verdict != "flagged" and self._listed(sha256)
+        if (row.policy_id, row.severity) != (self.policy.policy_id, self.config.severity) or (
+            row.verdict != FileVerdict.FLAGGED and self.decider.listed(row.sha256)
         ):
-            self._redecide(found, sha256, result_id, status, fmt, count_as=None)
-            return True
-        if verdict == "flagged":
-            self._count_flagged(path_key(found.path))
-        if self.report:
-            self.report.write(
-                record(
-                    found.path,
-                    sha256=sha256,
-                    status="skipped",
-                    verdict=verdict,
-                    reason=reason,
-                    size=found.size,
-                    fmt=fmt,
-                    action=action,
-                )
-            )
+            self._from_stored(found, row.sha256, row.result_id, FileStatus(row.status), row.format, "skipped")
+        else:
+            self.recorder.unchanged(found, row)
+        self._maybe_commit()
         return True
 
     def _flush(self) -> None:
@@ -210,94 +156,38 @@ class Scan:
         self.counters.stage_seconds["infer"] += seconds
         if self.on_batch:
             self.on_batch(seconds)
-        self.record_scored(items, [len(item.pixels) for item in items], embeddings, sims)
+        self.record_scored(
+            [item.found for item in items],
+            [item.picture for item in items],
+            [len(item.pixels) for item in items],
+            embeddings,
+            sims,
+        )
 
-    def record_scored(self, items: list[Decoded], frames: list[int], embeddings: np.ndarray, sims: np.ndarray) -> None:
-        """Decide, record (and act on) a batch the model has scored: rows of `embeddings` and `sims` belong to
-        the items in order, `frames[i]` rows each. The bucket scan feeds this with what its workers
-        computed, so its verdicts come from exactly the code a mirrored scan runs."""
-        matcher = self.lists.refresh()  # a list imported while a daemon runs applies from this batch on
-        self.counters.frames += int(sum(frames))
-        allowlisted = [self.ledger.allowlisted(item.sha256) for item in items]
-        verdicts = decide(self.policy, sims[:, self.policy_columns], frames, self.config.severity, allowlisted)
+    def record_scored(
+        self,
+        found: list[Found],
+        pictures: list[Picture],
+        frames: list[int],
+        embeddings: np.ndarray,
+        sims: np.ndarray,
+        model_id: str | None = None,
+    ) -> None:
+        """Decide, record and act on a batch the model has scored: rows of `embeddings` and `sims` belong
+        to the files in order, frames[i] rows each. The bucket ingest feeds this with what its workers
+        computed (model_id: what they ran), so its verdicts come from exactly the code a mirrored scan runs."""
         started = time.perf_counter()
-        ends = np.cumsum(frames)
-        for index, (item, verdict) in enumerate(zip(items, verdicts, strict=True)):
-            rows = slice(int(ends[index]) - frames[index], int(ends[index]))
-            result_id = self.ledger.put_result(
-                item.sha256, self.model_id, self.prompt_set, sims[rows], embeddings[rows], item.detail
-            )
-            self.ledger.put_picture_hashes(item.sha256, item.md5, item.pdq, item.pdq_variants, item.vpdq)
-            match = (
-                matcher.match(item.sha256, item.md5, queries(item.pdq, item.pdq_variants), item.vpdq)
-                if matcher
-                else None
-            )
-            verdict = complete(verdict, item.detail, match, allowlisted[index])
+        self.counters.frames += int(sum(frames))
+        decisions = self.decider.scored(pictures, frames, embeddings, sims, model_id)
+        for where, picture, decision in zip(found, pictures, decisions, strict=True):
             self.counters.scored += 1
-            self._record_verdict(item.found, item.sha256, "scored", verdict, result_id, item.format)
-            for twin in self._twins.pop(item.sha256, []):
-                self._reuse(Reused(twin, item.sha256, result_id))
+            self.recorder.verdict(where, picture.sha256, FileStatus.SCORED, decision.verdict, decision.result_id,
+                                  picture.format, model_id or self.model_id)  # fmt: skip
+            self._maybe_commit()
+            for twin in self._twins.pop(picture.sha256, []):
+                self._reuse(Reused(twin, picture.sha256, decision.result_id))
         self._commit()  # per batch (one WAL fsync): a killed scan resumes after the last batch
         self.counters.stage_seconds["record"] += time.perf_counter() - started
-
-    def _record_verdict(
-        self,
-        found: Found,
-        sha256: str,
-        status: str,
-        verdict: Verdict,
-        result_id: int,
-        fmt: str | None,
-        report_status: str | None = None,
-    ) -> None:
-        key = path_key(found.path)
-        self.ledger.record_file(
-            key,
-            root=path_key(found.root) if found.root else None,
-            size=found.size,
-            mtime_ns=found.mtime_ns,
-            sha256=sha256,
-            status=status,
-            verdict=verdict.label,
-            reason=verdict.reason_json(),
-            result_id=result_id,
-            model_id=self.model_id,
-            policy_id=self.policy.policy_id,
-            severity=self.config.severity,
-            fmt=fmt,
-            etag=found.etag,
-            origin=found.origin,
-        )
-        action = None
-        if self.on_verdict and found.mtime_ns:
-            self.on_verdict(found.mtime_ns)
-        if verdict.flagged:
-            self._count_flagged(key)
-            action = self.ledger.file_row(key).action  # kept from an earlier run when the bytes are the same
-            if self.actor is not None and action is None:
-                action = self.actor.act(key)
-                if action:
-                    self.ledger.mark_action(key, action)
-        if self.report:
-            self.report.write(
-                record(
-                    found.path,
-                    sha256=sha256,
-                    status=report_status or status,
-                    verdict=verdict.label,
-                    reason=verdict.reason,
-                    size=found.size,
-                    fmt=fmt,
-                    action=action,
-                )
-            )
-        self._maybe_commit()
-
-    def _count_flagged(self, key: bytes) -> None:
-        if key not in self._flagged_paths:
-            self._flagged_paths.add(key)
-            self.counters.flagged += 1
 
     def record_error(
         self,
@@ -308,57 +198,33 @@ class Scan:
         sha256: str | None,
         found: Found | None = None,
     ) -> None:
-        import json
-
-        self.counters.errors += 1
-        self.ledger.record_file(
-            path_key(path),
-            root=path_key(found.root) if found and found.root else None,
-            size=size,
-            mtime_ns=mtime_ns,
-            sha256=sha256,
-            status="error",
-            reason=json.dumps({"error": reason}),
-            model_id=self.model_id,
-            etag=found.etag if found else None,
-            origin=found.origin if found else None,
-        )
-        if self.report:
-            self.report.write(record(path, sha256=sha256, status="error", verdict=None, reason=reason, size=size))
+        self.recorder.error(path, reason, size, mtime_ns, sha256, self.model_id, found)
         self._maybe_commit()
 
-    def _redecide(
-        self, found: Found, sha256: str, result_id: int, status: str, fmt: str | None, count_as: str | None
+    def _from_stored(
+        self, found: Found, sha256: str, result_id: int, status: FileStatus, fmt: str | None, report_status: str
     ) -> None:
-        """Decide from a stored result: for copies of bytes already scored, and for unchanged files
-        under a new policy or severity."""
-        stored = self.ledger.get_result(result_id)
-        sims = policy_sims(
-            stored.sims, stored.embedding, self.ledger.prompt_set(stored.prompt_set), self.policy, self.bundle
-        )
-        allowlisted = self.ledger.allowlisted(sha256)
-        (verdict,) = decide(self.policy, sims, [len(sims)], self.config.severity, [allowlisted])
-        verdict = complete(verdict, stored.detail, self.lists.match_stored(sha256), allowlisted)
-        if count_as == "reused":
-            self.counters.reused += 1
-        self._record_verdict(
-            found, sha256, status, verdict, result_id, fmt, report_status="skipped" if count_as is None else status
-        )
+        verdict = self.decider.stored(sha256, result_id)
+        self.recorder.verdict(found, sha256, status, verdict, result_id, fmt, self.model_id, report_status)
+        self._maybe_commit()
 
     def _reuse(self, item: Reused) -> None:
-        self._redecide(item.found, item.sha256, item.result_id, "reused", None, count_as="reused")
+        """Bytes already scored (a copy, or a twin in this batch): decided from the stored result."""
+        self.counters.reused += 1
+        self._from_stored(item.found, item.sha256, item.result_id, FileStatus.REUSED, None, FileStatus.REUSED)
 
     def _handle(self, outcome: Outcome, retry: list[Found], final: bool) -> None:
-        if isinstance(outcome, Decoded):
+        if isinstance(outcome, ToScore):
             # Same bytes as a file decided moments ago (not yet visible to the workers) or waiting in this batch:
             # reuse, never infer twice.
-            result_id = self.ledger.result_id_for(outcome.sha256, self.model_id)
+            sha256 = outcome.picture.sha256
+            result_id = self.decider.result_for(sha256)
             if result_id is not None:
-                self._reuse(Reused(outcome.found, outcome.sha256, result_id))
-            elif outcome.sha256 in self._twins:
-                self._twins[outcome.sha256].append(outcome.found)
+                self._reuse(Reused(outcome.found, sha256, result_id))
+            elif sha256 in self._twins:
+                self._twins[sha256].append(outcome.found)
             else:
-                self._twins[outcome.sha256] = []
+                self._twins[sha256] = []
                 if not self._batch:
                     self._batch_since = time.monotonic()
                 self._batch.append(outcome)
@@ -373,17 +239,7 @@ class Scan:
         elif isinstance(outcome, Changed):
             if final:
                 self.counters.pending += 1
-                if self.report:
-                    self.report.write(
-                        record(
-                            outcome.found.path,
-                            sha256=None,
-                            status="skipped",
-                            verdict=None,
-                            reason="still changing; the next scan takes it",
-                            size=None,
-                        )
-                    )
+                self.recorder.note(outcome.found.path, "still changing; the next scan takes it")
             else:
                 retry.append(outcome.found)
         elif isinstance(outcome, Vanished):
@@ -421,7 +277,7 @@ class Scan:
                         return
                     note(listing["path"])  # progress: the clock restarts
             finally:
-                found_queue.put(_END)
+                found_queue.put(END)
 
         def stalled() -> str | None:
             """Discovery blocked in one listing or stat for longer than a read may take (a stalled mount):
@@ -431,7 +287,7 @@ class Scan:
                 return None
             return listing["path"]
 
-        producer = threading.Thread(target=produce, name="discover", daemon=True)
+        producer = threading.Thread(target=produce, name="discover", daemon=True)  # joined below
         producer.start()
         max_in_flight = max(self.config.batch_size * 2, self.config.workers * 4)
         retry: list[Found] = []
@@ -447,11 +303,13 @@ class Scan:
                             again.put(Found(found.path, st.st_size, st.st_mtime_ns, found.root))
                         except FileNotFoundError:
                             self.counters.vanished += 1
-                    again.put(_END)
+                    again.put(END)
                     self._pump(pool, again, max_in_flight, [], final=True)
                 self._flush()
         finally:
             stop.set()
+            if stalled() is None:  # a producer stuck in a stalled mount's listing is left behind, by design
+                producer.join()
             self.counters.seconds = time.monotonic() - started
             self.ledger.commit()
         return self.counters
@@ -500,14 +358,14 @@ class Scan:
                         )  # fmt: skip
                         exhausted = True
                     break
-                if item is _END:
+                if item is END:
                     exhausted = True
                 elif isinstance(item, Unscannable):
                     self.counters.discovered += 1
                     self.record_error(item.path, item.reason, None, None, None)
                 else:
                     self.counters.discovered += 1
-                    if not self.unchanged(item):
+                    if not self.skip_unchanged(item):
                         in_flight.add(pool.submit(self._fetch, item))
             self.in_flight = len(in_flight) + len(self._batch)
             if in_flight:

@@ -12,7 +12,7 @@ from typing import IO, Any
 
 from .decide import reason_text
 from .errors import UsageError
-from .state import Ledger, display_path
+from .state import FileAction, Ledger, display_path
 from .text import csv_cell, printable
 
 FIELDS = ("path", "sha256", "status", "verdict", "reason", "size", "format", "action", "item", "uploader", "where")
@@ -76,16 +76,9 @@ def record(
 
 
 def ledger_records(ledger: Ledger, flagged: bool = False, errors: bool = False) -> Iterator[dict[str, Any]]:
-    clauses = []
-    if flagged:
-        clauses.append("verdict='flagged'")
-    if errors:
-        # Files that could not be scanned, and files scored on what part of them decoded: a person looks.
-        clauses.append("status='error' OR result_id IN (SELECT id FROM results WHERE partial=1)")
-    where = " OR ".join(clauses) or "1"
     from .attribution import summary
 
-    for row in ledger.iter_files(where):
+    for row in ledger.report_rows(flagged=flagged, errors=errors):
         rec = record(
             row["path"],
             sha256=row["sha256"],
@@ -96,7 +89,7 @@ def ledger_records(ledger: Ledger, flagged: bool = False, errors: bool = False) 
             fmt=row["format"],
             action=row["action"],
         )
-        if row["action"] in ("quarantined", "upstream_pending"):
+        if row["action"] in (FileAction.QUARANTINED, FileAction.UPSTREAM_PENDING):
             item = ledger.latest_item_for(row["path"])
             if item is not None:  # who posted it, where (when attribution is configured)
                 rec["item"] = item

@@ -12,7 +12,7 @@ import numpy as np
 
 from .act import Actor
 from .bundle import Bundle
-from .decide import complete, file_verdict
+from .decide import Facts, verdict_for
 from .hashes import Matcher, match_stored
 from .policy import Policy, evaluate
 from .scoring import policy_sims
@@ -95,9 +95,10 @@ def rescore(
             for index in np.flatnonzero(~clean_both):
                 row = group[index]
                 allow = row.sha256 in allowed
-                verdict = file_verdict(ev, int(starts[index]), int(frames[index]), allow)
-                detail = json.loads(row.detail) if row.detail else None
-                verdict = complete(verdict, detail, match_stored(matcher, ledger, row.sha256), allow)
+                facts = Facts(
+                    json.loads(row.detail) if row.detail else None, allow, match_stored(matcher, ledger, row.sha256)
+                )
+                verdict = verdict_for(ev, int(starts[index]), int(frames[index]), facts)
                 new, old = verdict.flagged, bool(old_flag[index])
                 summary.to_flagged += int(new and not old)
                 summary.to_clean += int(old and not new)
@@ -118,12 +119,10 @@ def apply_verdicts(ledger: Ledger, actor: Actor, origin: str | None = None, root
     """Act on every flagged verdict not yet acted on; no inference. origin "bucket": the objects scanned
     in the bucket `root` (NAME:bucket)."""
     acted = 0
-    for path, _sha, _reason, row_root in list(ledger.flagged_unacted(origin)):
-        if root is not None and row_root != root:
+    for row in list(ledger.flagged_unacted(origin)):
+        if root is not None and row.root != root:
             continue
-        action = actor.act(path)
-        if action:
-            ledger.mark_action(path, action)
+        if actor.act(row.path):  # the quarantine records the file's action
             acted += 1
     ledger.commit()
     return acted

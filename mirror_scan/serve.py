@@ -35,13 +35,13 @@ from typing import Any
 import numpy as np
 
 from .bundle import Bundle
-from .decide import complete, decide
-from .decode import Limits, decode, decode_detail
-from .hashes import LiveMatcher, queries
-from .hashing import md5_bytes, sha256_bytes
+from .decide import Verdict
+from .decode import Limits, decode
+from .hashing import sha256_bytes
 from .policy import Policy
 from .quarantine import Quarantine
-from .scoring import Scorer, columns, policy_sims, result_model_id
+from .record import Decider, Picture, picture_of
+from .scoring import Scorer, result_model_id
 from .state import Ledger
 
 log = logging.getLogger(__name__)
@@ -68,20 +68,18 @@ class ServeConfig:
 
 @dataclass
 class Job:
-    sha256: str
+    """An upload read and decoded, waiting for the batcher; its future gets (flagged, reason)."""
+
+    picture: Picture
     data: bytes
     content_type: str
     pixels: np.ndarray
-    detail: dict | None = None  # the decode's row labels and notes
-    md5: str | None = None
-    pdq: list[tuple[str, int]] | None = None
-    pdq_variants: list[str] | None = None
-    vpdq: list[tuple[str, int, float]] | None = None
     future: Future = field(default_factory=Future)
 
 
 class Batcher(threading.Thread):
-    """The only thread that runs the model and touches the state database."""
+    """The only thread that runs the model; it decides through record.Decider (the scan's own path)
+    and keeps rejected bytes in the quarantine. The follow-up worker writes follow-ups beside it."""
 
     def __init__(
         self,
@@ -96,10 +94,8 @@ class Batcher(threading.Thread):
         self.ledger, self.quarantine, self.bundle = ledger, quarantine, bundle
         self.scorer, self.policy, self.config = scorer, policy, config
         self.model_id = result_model_id(bundle, scorer, config.limits)
-        self.prompt_set = ledger.ensure_prompt_set(bundle.concepts.prompts)
         # Re-uploads of what was purged elsewhere, re-encoded or not, are refused by the imported lists.
-        self.lists = LiveMatcher(ledger)
-        self.policy_columns = columns(bundle.concepts.prompts, policy)
+        self.decider = Decider(ledger, bundle, policy, config.severity, self.model_id)
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self._decoding = 0  # uploads read and being decoded by handler threads: they will join a batch soon
         self._decoding_lock = threading.Lock()
@@ -153,43 +149,25 @@ class Batcher(threading.Thread):
         self.ledger.commit()
 
     def _decide(self, batch: list[Job]) -> None:
-        self.lists.refresh()  # a list imported while serving applies from this batch on
         to_infer: list[Job] = []
         for job in batch:
-            if self.ledger.allowlisted(job.sha256):
-                job.future.set_result((False, {"allowlisted": True}))
-                continue
-            result_id = self.ledger.result_id_for(job.sha256, self.model_id)
+            result_id = self.decider.result_for(job.picture.sha256)
             if result_id is None:
                 to_infer.append(job)
                 continue
-            stored = self.ledger.get_result(result_id)
-            sims = policy_sims(
-                stored.sims, stored.embedding, self.ledger.prompt_set(stored.prompt_set), self.policy, self.bundle
-            )
             self.stats["cached"] += 1
-            self._answer(job, sims, stored.detail)
+            self._answer(job, self.decider.stored(job.picture.sha256, result_id))
         if to_infer:
-            pixels = np.concatenate([job.pixels for job in to_infer])
-            embeddings, sims = self.scorer(pixels)
+            embeddings, sims = self.scorer(np.concatenate([job.pixels for job in to_infer]))
             self.stats["batches"] += 1
             self.stats["inferred"] += len(to_infer)
-            start = 0
-            for job in to_infer:
-                rows = slice(start, start + len(job.pixels))
-                start += len(job.pixels)
-                self.ledger.put_result(
-                    job.sha256, self.model_id, self.prompt_set, sims[rows], embeddings[rows], job.detail
-                )
-                self._answer(job, sims[rows][:, self.policy_columns], job.detail)
+            pictures = [job.picture for job in to_infer]
+            decisions = self.decider.scored(pictures, [len(job.pixels) for job in to_infer], embeddings, sims)
+            for job, decision in zip(to_infer, decisions, strict=True):
+                self._answer(job, decision.verdict)
         self.ledger.commit()
 
-    def _answer(self, job: Job, sims: np.ndarray, detail: dict | None) -> None:
-        (verdict,) = decide(self.policy, sims, [len(sims)], self.config.severity)
-        self.ledger.put_picture_hashes(job.sha256, job.md5, job.pdq, job.pdq_variants, job.vpdq)
-        matcher = self.lists.matcher
-        match = matcher.match(job.sha256, job.md5, queries(job.pdq, job.pdq_variants), job.vpdq) if matcher else None
-        verdict = complete(verdict, detail, match, allowlisted=False)  # allowlisted uploads never get here
+    def _answer(self, job: Job, verdict: Verdict) -> None:
         if verdict.flagged:
             evidence = {
                 "verdict": verdict.reason,
@@ -198,7 +176,7 @@ class Batcher(threading.Thread):
                 "policy_id": self.policy.policy_id,
                 "severity": self.config.severity,
             }
-            item_id = self.quarantine.keep_upload(job.data, job.sha256, evidence)
+            item_id = self.quarantine.keep_upload(job.data, job.picture.sha256, evidence)
             verdict.reason["quarantine_item"] = item_id
             self.stats["rejected"] += 1
         else:
@@ -432,8 +410,7 @@ class ValidationServer:
         if isinstance(decoded, str):
             log.warning("upload %s (%s, %d bytes) cannot be decoded: %s", sha256[:12], content_type, len(data), decoded)
             return decoded
-        return Job(sha256, data, content_type, decoded.pixels, decode_detail(decoded), md5_bytes(data),
-                   decoded.pdq, decoded.pdq_variants, decoded.vpdq)  # fmt: skip
+        return Job(picture_of(sha256, data, decoded), data, content_type, decoded.pixels)
 
     async def _validate(self, request, data: bytes, started: float):
         config = self.config
@@ -459,12 +436,12 @@ class ValidationServer:
             self.metrics.latency.observe(time.monotonic() - started)
         if flagged:
             log.warning(
-                "rejected upload %s (%s): %s", job.sha256[:12], content_type, ",".join(reason.get("labels", []))
+                "rejected upload %s (%s): %s", job.picture.sha256[:12], content_type, ",".join(reason.get("labels", []))
             )
             self._count("rejected")
-            return self._json(406, {"verdict": "rejected", "sha256": job.sha256})
+            return self._json(406, {"verdict": "rejected", "sha256": job.picture.sha256})
         self._count("accepted")
-        return self._json(200, {"verdict": "accepted", "sha256": job.sha256})
+        return self._json(200, {"verdict": "accepted", "sha256": job.picture.sha256})
 
     def health(self) -> dict[str, Any]:
         return {

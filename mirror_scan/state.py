@@ -28,12 +28,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 
 from .errors import MirrorScanError
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 # A writer waits this long for another writer's transaction. Transactions last milliseconds (none is ever
 # held across a subprocess, a network call or a wait for work), so running out of it means something
 # is wrong with another process, and is reported as "busy", never as damage.
@@ -189,6 +190,12 @@ MIGRATIONS = {
     "picture_hashes": {"variants": "TEXT"},
 }
 
+# Data migrations, run once when a database older than the key is opened.
+DATA_MIGRATIONS = {
+    # schema 6: one spelling for "upstream pending" (files.action had a space, quarantine.state an underscore)
+    6: "UPDATE files SET action='upstream_pending' WHERE action='upstream pending'",
+}
+
 
 class ItemState(StrEnum):
     """The state of a quarantine item (stored in `quarantine.state` and in its meta.json)."""
@@ -223,7 +230,7 @@ class Step(StrEnum):
     ROLLED_BACK = "rolled_back"
 
 
-FINISHED_STEPS = (Step.DONE, Step.ROLLED_BACK)
+FINISHED_STEPS = (Step.DONE, Step.ROLLED_BACK)  # a move with either step needs nothing more
 
 
 class FileStatus(StrEnum):
@@ -232,10 +239,35 @@ class FileStatus(StrEnum):
     ERROR = "error"
 
 
+class FileVerdict(StrEnum):
+    FLAGGED = "flagged"
+    CLEAN = "clean"
+
+
 class FileAction(StrEnum):
-    QUARANTINED = "quarantined"
-    UPSTREAM_PENDING = "upstream pending"
-    RESTORED = "restored"
+    """What was done to a flagged file (`files.action`); the names are the item states they follow."""
+
+    QUARANTINED = ItemState.QUARANTINED.value
+    UPSTREAM_PENDING = ItemState.UPSTREAM_PENDING.value
+    RESTORED = ItemState.RESTORED.value
+
+
+DECIDED_STATUSES = (FileStatus.SCORED, FileStatus.REUSED)  # a file with a stored result and a verdict
+# Items whose sha256 a hash export lists (held, or purged: once judged bad).
+EXPORTED_STATES = (ItemState.QUARANTINED, ItemState.UPSTREAM_PENDING, ItemState.PURGED)
+PURGEABLE_STATES = (ItemState.QUARANTINED, ItemState.RESTORED, ItemState.UPSTREAM_PENDING)  # bytes still kept
+MOVING_STATES = (ItemState.QUARANTINING, ItemState.UPSTREAM_PENDING, ItemState.RESTORING)  # a move owns the path
+
+
+def _sql_list(values: tuple[StrEnum, ...]) -> str:
+    """An SQL list of fixed enum values (never user text): the states are spelled once, here."""
+    return "(" + ", ".join(f"'{value.value}'" for value in values) + ")"
+
+
+DECIDED_SQL = _sql_list(DECIDED_STATUSES)
+EXPORTED_SQL = _sql_list(EXPORTED_STATES)
+MOVING_SQL = _sql_list(MOVING_STATES)
+FINISHED_SQL = _sql_list(FINISHED_STEPS)
 
 
 def path_key(path: str | os.PathLike) -> bytes:
@@ -318,6 +350,34 @@ class FollowupRow:
 
 
 _FOLLOWUP_COLUMNS = "id, item, action, target, state, plan, attempts, next_try, result, error, created, updated"
+
+
+class FileSignature(NamedTuple):
+    """What the reconciliation walk compares with the disk."""
+
+    size: int | None
+    mtime_ns: int | None
+    status: str
+    scanned_at: float | None
+    error_count: int
+
+
+class ActContext(NamedTuple):
+    """A flagged file's decision, as the actor needs it to quarantine the file."""
+
+    root: bytes | None
+    sha256: str | None
+    reason: str | None
+    model_id: str | None
+    policy_id: str | None
+    severity: float | None
+
+
+class Unacted(NamedTuple):
+    path: bytes
+    sha256: str | None
+    reason: str | None
+    root: bytes | None
 
 
 @dataclass(frozen=True)
@@ -531,11 +591,15 @@ class Ledger:
                 f"state database {self.path} was written by a newer mirror-scan (schema {row[0]})",
                 hint="upgrade mirror-scan, or point --state at another file",
             )
+        old_version = int(row[0]) if row is not None else SCHEMA_VERSION
         for table, columns in MIGRATIONS.items():
             have = {r[1] for r in self.db.execute(f"PRAGMA table_info({table})")}
             for name, decl in columns.items():
                 if name not in have:
                     self.db.execute(f"ALTER TABLE {table} ADD COLUMN {name} {decl}")
+        for version, statement in sorted(DATA_MIGRATIONS.items()):
+            if old_version < version:
+                self.db.execute(statement)
         self.db.execute(
             "INSERT INTO meta VALUES ('schema_version', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
             (str(SCHEMA_VERSION),),
@@ -604,13 +668,14 @@ class Ledger:
         row = self.db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE path=?", (key,)).fetchone()  # noqa: S608
         return None if row is None else FileRow(*row)
 
-    def file_signature(self, key: bytes, conn: sqlite3.Connection | None = None) -> tuple | None:
-        """(size, mtime_ns, status, scanned_at, error_count) for the reconciliation walk, on any connection."""
-        return (
+    def file_signature(self, key: bytes, conn: sqlite3.Connection | None = None) -> FileSignature | None:
+        """For the reconciliation walk, on any connection."""
+        row = (
             (conn or self.db)
             .execute("SELECT size, mtime_ns, status, scanned_at, error_count FROM files WHERE path=?", (key,))
             .fetchone()
         )
+        return None if row is None else FileSignature(*row)
 
     def record_file(
         self,
@@ -682,28 +747,38 @@ class Ledger:
 
     def flagged_unacted(
         self, origin: str | None = None
-    ) -> Iterator[tuple[bytes, str | None, str | None, bytes | None]]:
+    ) -> Iterator[Unacted]:
         """Flagged and not acted on: mirrored files (origin None) or objects scanned in their bucket."""
         cursor = self.db.execute(
             "SELECT path, sha256, reason, root FROM files WHERE verdict='flagged' AND action IS NULL "
             "AND origin IS ? ORDER BY path",
             (origin,),
         )
-        yield from cursor.fetchall()
+        yield from (Unacted(*row) for row in cursor.fetchall())
 
-    def act_context(self, key: bytes) -> tuple | None:
-        """(root, sha256, reason, model_id, policy_id, severity) of a path about to be acted on."""
-        return self.db.execute(
+    def act_context(self, key: bytes) -> ActContext | None:
+        row = self.db.execute(
             "SELECT root, sha256, reason, model_id, policy_id, severity FROM files WHERE path=?", (key,)
         ).fetchone()
+        return None if row is None else ActContext(*row)
 
-    def count(self, where: str = "1", params: tuple = ()) -> int:
-        return int(self.db.execute(f"SELECT count(*) FROM files WHERE {where}", params).fetchone()[0])  # noqa: S608
+    def file_count(self) -> int:
+        return int(self.db.execute("SELECT count(*) FROM files").fetchone()[0])
 
-    def iter_files(self, where: str = "1", params: tuple = ()) -> Iterator[sqlite3.Row]:
+    def report_rows(self, flagged: bool = False, errors: bool = False) -> Iterator[sqlite3.Row]:
+        """Files for a report, by path: every file; or those flagged, and/or those a person should look at
+        (not scanned, or scored on the part of them that decoded)."""
+        clauses = []
+        if flagged:
+            clauses.append(f"verdict='{FileVerdict.FLAGGED.value}'")
+        if errors:
+            clauses.append(
+                f"status='{FileStatus.ERROR.value}' OR result_id IN (SELECT id FROM results WHERE partial=1)"
+            )
+        where = " OR ".join(clauses) or "1"
         cursor = self.db.cursor()
         cursor.row_factory = sqlite3.Row
-        yield from cursor.execute(f"SELECT * FROM files WHERE {where} ORDER BY path", params)  # noqa: S608
+        yield from cursor.execute(f"SELECT * FROM files WHERE {where} ORDER BY path")  # noqa: S608
 
     # ---------------------------------------------------------------- results
 
@@ -773,7 +848,7 @@ class Ledger:
     def count_decided(self) -> int:
         return int(
             self.db.execute(
-                "SELECT count(*) FROM files WHERE status IN ('scored', 'reused') AND result_id IS NOT NULL"
+                f"SELECT count(*) FROM files WHERE status IN {DECIDED_SQL} AND result_id IS NOT NULL"  # noqa: S608
             ).fetchone()[0]
         )
 
@@ -788,7 +863,7 @@ class Ledger:
                        CASE WHEN r.prompt_set IN ({placeholders}) THEN r.embedding END, f.policy_id, f.severity,
                        r.detail, f.decided_at, instr(coalesce(f.reason, ''), '"hash_list') > 0
                 FROM files f JOIN results r ON r.id = f.result_id
-                WHERE f.status IN ('scored', 'reused') ORDER BY r.prompt_set, f.rowid""",  # noqa: S608
+                WHERE f.status IN {DECIDED_SQL} ORDER BY r.prompt_set, f.rowid""",  # noqa: S608
             embedding_sets,
         )
 
@@ -807,7 +882,7 @@ class Ledger:
         """Every decided file was decided now, under this policy and severity (rescore)."""
         with self.transaction():
             self.db.execute(
-                "UPDATE files SET policy_id=?, severity=?, decided_at=? WHERE status IN ('scored', 'reused')",
+                f"UPDATE files SET policy_id=?, severity=?, decided_at=? WHERE status IN {DECIDED_SQL}",  # noqa: S608
                 (policy_id, severity, time.time()),
             )
 
@@ -863,7 +938,7 @@ class Ledger:
         shas = [
             r[0]
             for r in self.db.execute(
-                "SELECT sha256 FROM quarantine WHERE state IN ('quarantined', 'upstream_pending', 'purged') "
+                f"SELECT sha256 FROM quarantine WHERE state IN {EXPORTED_SQL} "  # noqa: S608
                 "AND created >= ? GROUP BY sha256 ORDER BY min(created)",
                 (since or 0.0,),
             )
@@ -956,7 +1031,7 @@ class Ledger:
         """(sha256, path) of scored files whose pictures have no stored hashes (scanned before they were kept),
         or hashes of the old way (before schema 5: taken from the rotated, reduced view, no variants kept)."""
         for sha256, path in self.db.execute(
-            "SELECT sha256, path FROM files WHERE status IN ('scored', 'reused') AND sha256 IS NOT NULL "
+            f"SELECT sha256, path FROM files WHERE status IN {DECIDED_SQL} AND sha256 IS NOT NULL "  # noqa: S608
             "AND sha256 NOT IN (SELECT sha256 FROM picture_hashes WHERE pdq IS NULL OR variants IS NOT NULL)"
         ).fetchall():
             yield sha256, bytes(path)
@@ -1034,7 +1109,7 @@ class Ledger:
     def active_item_for(self, original: bytes) -> str | None:
         """An item that is taking or holding this path right now (another process may be moving it)."""
         row = self.db.execute(
-            "SELECT id FROM quarantine WHERE original=? AND state IN ('quarantining', 'upstream_pending', 'restoring')",
+            f"SELECT id FROM quarantine WHERE original=? AND state IN {MOVING_SQL}",  # noqa: S608
             (original,),
         ).fetchone()
         return None if row is None else row[0]
@@ -1049,7 +1124,7 @@ class Ledger:
         """An item taking or holding this object right now (objects scanned in their bucket)."""
         row = self.db.execute(
             "SELECT id FROM quarantine WHERE remote=? AND key=? AND original=x'' "
-            "AND state IN ('quarantining', 'upstream_pending', 'restoring')",
+            f"AND state IN {MOVING_SQL}",  # noqa: S608
             (remote, key),
         ).fetchone()
         return None if row is None else row[0]
@@ -1250,7 +1325,7 @@ class Ledger:
             bytes(r[0])
             for r in self.db.execute(
                 "SELECT path FROM files WHERE root=? AND path != ? AND action IS NULL AND origin IS NULL "
-                "AND status IN ('scored', 'reused') ORDER BY random() LIMIT ?",
+                f"AND status IN {DECIDED_SQL} ORDER BY random() LIMIT ?",  # noqa: S608
                 (root, besides, limit),
             )
         ]
@@ -1286,7 +1361,7 @@ class Ledger:
         return None if row is None else MoveRow(*row)
 
     def unfinished_moves(self, item_id: str | None = None) -> list[MoveRow]:
-        sql = f"SELECT {_MOVE_COLUMNS} FROM moves WHERE step NOT IN ('done', 'rolled_back')"  # noqa: S608
+        sql = f"SELECT {_MOVE_COLUMNS} FROM moves WHERE step NOT IN {FINISHED_SQL}"  # noqa: S608
         params: tuple = ()
         if item_id is not None:
             sql += " AND item=?"

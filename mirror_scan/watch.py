@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable
@@ -26,60 +25,10 @@ from watchdog.events import FileSystemEvent, FileSystemEventHandler
 
 from .discover import Found, discover, is_partial
 from .fsinfo import filesystem_type, is_remote_or_fuse
-from .pipeline import END
-from .state import path_key
+from .pathqueue import PathQueue
+from .state import FileStatus, path_key
 
 log = logging.getLogger(__name__)
-
-
-class PathQueue:
-    """Paths to scan: each at most once at a time, bounded; get() stats it into a Found."""
-
-    def __init__(self, root: Path, maxsize: int = 10_000) -> None:
-        self.root = str(root)
-        self._queue: queue.Queue = queue.Queue(maxsize)
-        self._pending: set[str] = set()
-        self._lock = threading.Lock()
-        self.dropped = 0
-        self.closed = False
-
-    def offer(self, path: str) -> bool:
-        with self._lock:
-            if self.closed or path in self._pending:
-                return True
-            try:
-                self._queue.put_nowait(path)
-            except queue.Full:
-                self.dropped += 1  # reconciliation will find it
-                return False
-            self._pending.add(path)
-            return True
-
-    def close(self) -> None:
-        with self._lock:
-            self.closed = True
-        self._queue.put(END)  # blocks while full: the consumer is draining
-
-    def qsize(self) -> int:
-        return self._queue.qsize()
-
-    def get_nowait(self):
-        return self.get(timeout=0)
-
-    def get(self, timeout: float | None = None):
-        while True:
-            item = self._queue.get(block=timeout != 0, timeout=timeout or None)
-            if item is END:
-                return END
-            with self._lock:
-                self._pending.discard(item)
-            try:
-                st = os.lstat(item)
-            except FileNotFoundError:
-                continue  # gone before we got to it
-            if not os.path.isfile(item) or os.path.islink(item):
-                continue
-            return Found(item, st.st_size, st.st_mtime_ns, self.root)
 
 
 class Settler(threading.Thread):
@@ -250,12 +199,11 @@ def reconcile(mirror: Path, state: Path, sink: PathQueue, error_retry_s: float =
             if not isinstance(found, Found):
                 continue
             row = ledger.file_signature(path_key(found.path)) if ledger is not None else None
-            if row is None or (row[0], row[1]) != (found.size, found.mtime_ns):
+            if row is None or (row.size, row.mtime_ns) != (found.size, found.mtime_ns):
                 due = True
             else:
-                size, mtime_ns, status, scanned_at, error_count = row
-                wait = min(86_400.0, error_retry_s * 2 ** max(0, (error_count or 1) - 1))
-                due = status == "error" and now - (scanned_at or 0) >= wait
+                wait = min(86_400.0, error_retry_s * 2 ** max(0, (row.error_count or 1) - 1))
+                due = row.status == FileStatus.ERROR and now - (row.scanned_at or 0) >= wait
             if due and sink.offer(found.path):
                 queued += 1
     finally:

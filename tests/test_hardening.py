@@ -51,6 +51,11 @@ def test_a_wrong_bucket_name_is_a_failure_not_already_gone(tmp_path, tiny_bundle
         items = json.loads(_cli(tmp_path, "quarantine", "list", "--json").stdout)
         assert [i["state"] for i in items] == ["upstream_pending"]
         assert (mirror / "obj").exists() and server.get("obj") == image_bytes("PNG", 3)
+        # The report names the item of a file whose upstream removal waits (one spelling of the state).
+        report = run_cli("report", "--flagged", "--state", str(tmp_path / "state.db"))
+        assert report.returncode == 0, report.stderr
+        (line,) = [json.loads(x) for x in report.stdout.splitlines()]
+        assert line["action"] == "upstream_pending" and line["item"] == items[0]["id"], line
     finally:
         server.stop()
 

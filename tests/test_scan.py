@@ -146,7 +146,7 @@ def test_file_deleted_or_changed_after_discovery(tmp_path, tiny_bundle_master):
     from mirror_scan.bundle import load_bundle
     from mirror_scan.decode import Limits
     from mirror_scan.discover import discover
-    from mirror_scan.fetch import Changed, Decoded, Vanished, fetch
+    from mirror_scan.fetch import Changed, ToScore, Vanished, fetch
 
     prep = load_bundle(tiny_bundle_master).preprocess
     for name in ("gone.png", "growing.png", "stays.png"):
@@ -161,7 +161,7 @@ def test_file_deleted_or_changed_after_discovery(tmp_path, tiny_bundle_master):
 
     assert isinstance(go("gone.png"), Vanished)
     assert isinstance(go("growing.png"), Changed)
-    assert isinstance(go("stays.png"), Decoded)
+    assert isinstance(go("stays.png"), ToScore)
 
 
 def test_dry_run_apply_rescore_cycle(tmp_path, tiny_bundle_master):

@@ -193,9 +193,10 @@ class WatchDaemon:
 
     def _start(self, say) -> None:
         from ..act import QuarantineActor
+        from ..pathqueue import PathQueue
         from ..pipeline import Scan
         from ..rclone import Rclone
-        from ..watch import MirrorEvents, OverflowSignal, PathQueue, Settler, choose_observer, start_observer
+        from ..watch import MirrorEvents, OverflowSignal, Settler, choose_observer, start_observer
         from .periodic import Periodic
         from .scanner import load_scanner, scan_config
 

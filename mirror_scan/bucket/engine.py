@@ -12,7 +12,6 @@ what the ledger already has. Ray itself retries the tasks of a worker that dies.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import time
@@ -25,11 +24,10 @@ import numpy as np
 
 from ..discover import Found
 from ..faults import checkpoint
-from ..fetch import Decoded
 from ..pipeline import Scan
 from .manifest import read_shard, write_manifest, write_shard
 from .s3 import Bucket, Listed
-from .stages import FetchDecode, Infer, StageSpec, rows_of
+from .stages import FetchDecode, Infer, StageSpec, picture_of_row, rows_of
 
 RAY_WAVE_SHARDS = 16  # todo shards per Ray Data run: the scan starts while the listing goes on
 
@@ -106,38 +104,28 @@ class Ingest:
     def _ingest(self, table: Any) -> None:
         started = time.perf_counter()
         scan = self.scan
-        items, frames, embeddings, sims, model_ids = [], [], [], [], set()
+        found, pictures, frames, embeddings, sims, model_ids = [], [], [], [], [], set()
         rows = rows_of(table)
         for row in rows:
             for stage in ("fetch", "decode", "infer"):
                 self.progress.stage_seconds[stage] += float(row.get(f"{stage}_s") or 0.0)
-            found = self.found(Listed(row["key"], row["size"], row["etag"], row["mtime_ns"]))
+            where = self.found(Listed(row["key"], row["size"], row["etag"], row["mtime_ns"]))
             if row["error"]:
-                scan.record_error(found.path, row["error"], row["size"], row["mtime_ns"], row["sha256"], found=found)
+                scan.record_error(where.path, row["error"], row["size"], row["mtime_ns"], row["sha256"], found=where)
                 continue
             count = int(row["frames"])
+            found.append(where)
             frames.append(count)
             sims.append(np.frombuffer(row["sims"], np.float32).reshape(count, -1))
             embeddings.append(np.frombuffer(row["embedding"], np.float16).reshape(count, -1).astype(np.float32))
             model_ids.add(row["model_id"])
-            items.append(
-                Decoded(
-                    found,
-                    row["sha256"],
-                    row["format"],
-                    np.empty((count, 0), np.float32),  # the pixels stayed with the worker
-                    json.loads(row["detail"]) if row["detail"] else None,
-                    row["md5"],
-                    [tuple(p) for p in json.loads(row["pdq"] or "[]")],
-                    json.loads(row["pdq_variants"] or "[]"),
-                    [tuple(f) for f in json.loads(row.get("vpdq") or "[]")],
-                )
-            )
-        if items:
+            pictures.append(picture_of_row(row))
+        if found:
             if len(model_ids) != 1:
                 raise RuntimeError(f"one batch scored by several models: {sorted(model_ids)}")
-            scan.model_id = model_ids.pop()  # what the workers ran (their precision on their device)
-            scan.record_scored(items, frames, np.concatenate(embeddings), np.concatenate(sims))
+            # what the workers ran (their precision on their device)
+            scan.record_scored(found, pictures, frames, np.concatenate(embeddings), np.concatenate(sims),
+                               model_id=model_ids.pop())  # fmt: skip
         scan.ledger.commit()
         self.progress.ingested += len(rows)
         self.progress.ingest_seconds += time.perf_counter() - started
@@ -152,7 +140,7 @@ def _todo(shards: Iterable[Path], ingest: Ingest, scan: Scan, progress: Progress
     for shard in shards:
         rows = read_shard(shard)
         progress.listed += len(rows)
-        keep = [obj for obj in rows if not scan.unchanged(ingest.found(obj))]
+        keep = [obj for obj in rows if not scan.skip_unchanged(ingest.found(obj))]
         scan.ledger.commit()
         progress.skipped += len(rows) - len(keep)
         if keep:

@@ -20,8 +20,35 @@ from typing import Any
 import numpy as np
 
 from ..decode import Limits
-from ..hashing import md5_bytes, sha256_bytes
+from ..hashing import sha256_bytes
+from ..record import Picture, picture_of
 from .s3 import Bucket, S3Settings
+
+
+def picture_columns(picture: Picture) -> dict[str, Any]:
+    """A Picture as columns of a result row (JSON text for the nested values)."""
+    return {
+        "format": picture.format,
+        "detail": json.dumps(picture.detail) if picture.detail else None,
+        "md5": picture.md5,
+        "pdq": json.dumps(picture.pdq),
+        "pdq_variants": json.dumps(picture.pdq_variants),
+        "vpdq": json.dumps(picture.vpdq),
+    }
+
+
+def picture_of_row(row: dict[str, Any]) -> Picture:
+    """The Picture a result row carries (the inverse of picture_columns)."""
+    return Picture(
+        row["sha256"],
+        row["format"],
+        json.loads(row["detail"]) if row["detail"] else None,
+        row["md5"],
+        [tuple(p) for p in json.loads(row["pdq"] or "[]")],
+        json.loads(row["pdq_variants"] or "[]"),
+        [tuple(f) for f in json.loads(row.get("vpdq") or "[]")],
+    )
+
 
 RESULT_COLUMNS = (
     "key",
@@ -133,7 +160,6 @@ class FetchDecode:
         return decode(data, self.prep, self.spec.limits)
 
     def __call__(self, batch: Any) -> Any:
-        from ..decode import decode_detail
 
         _test_hook_kill_worker()
         rows = rows_of(batch)
@@ -157,19 +183,8 @@ class FetchDecode:
                 out.append({**row, "error": decoded})
                 continue
             pixels = np.ascontiguousarray(decoded.pixels, dtype=np.float32)
-            out.append(
-                {
-                    **row,
-                    "format": decoded.format,
-                    "frames": int(pixels.shape[0]),
-                    "pixels": pixels.tobytes(),
-                    "detail": json.dumps(decode_detail(decoded)) if decode_detail(decoded) else None,
-                    "md5": md5_bytes(data),
-                    "pdq": json.dumps(decoded.pdq),
-                    "pdq_variants": json.dumps(decoded.pdq_variants),
-                    "vpdq": json.dumps(decoded.vpdq),
-                }
-            )
+            picture = picture_of(row["sha256"], data, decoded)
+            out.append({**row, **picture_columns(picture), "frames": int(pixels.shape[0]), "pixels": pixels.tobytes()})
         return _table(out, (*RESULT_COLUMNS[:13], "fetch_s", "decode_s", "pixels"))
 
     def close(self) -> None:
