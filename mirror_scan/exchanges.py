@@ -164,7 +164,7 @@ def _load_state(text: str | None, record_cls) -> dict:
 
 def fetch(subscription: dict) -> tuple[list[tuple[str, str, str, str]], str | None, str, dict[str, int]]:
     """(entries, checkpoint JSON, state JSON, counts) of one subscription, from where its last fetch stopped."""
-    from .rclone import scrub
+    from .redact import scrub
 
     api_cls = api_class(subscription["api"])
     collab = collab_config(subscription["api"], subscription["name"], json.loads(subscription["config"]))

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-ACTION_NAMES = ("remove", "report", "notify")  # what [actions] may name per label; bans are never automatic
+from .kinds import ACTION_NAMES  # noqa: F401 - re-exported for settings and commands
 
 UNDO = {
     "remove_post": "restore_post",
@@ -148,3 +148,9 @@ def undo_rows(done: list[tuple[str, str, str | None]]) -> list[tuple[str, str]]:
 def backoff_s(attempts: int) -> float:
     """A failed follow-up waits 10 s, 20 s, 40 s ... at most an hour before its next try."""
     return float(min(3600, 10 * 2 ** max(0, attempts - 1)))
+
+
+def plan_undo(ledger, item_id: str) -> None:
+    """In the restore's transaction: cancel what is not done yet, queue the undo of what was done."""
+    for action, target in undo_rows(ledger.cancel_followups(item_id, "the item was restored first")):
+        ledger.add_followup(item_id, action, target)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from .errors import MirrorScanError
 from .httpclient import Redirected, Unreachable, exchange
-from .rclone import scrub
+from .redact import scrub
 
 BANK_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 

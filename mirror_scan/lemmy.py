@@ -37,7 +37,7 @@ from typing import Any
 
 from .errors import MirrorScanError
 from .httpclient import Redirected, Unreachable, exchange
-from .rclone import scrub
+from .redact import scrub
 
 
 class LemmyUnavailable(MirrorScanError):

@@ -26,8 +26,8 @@ from .httpclient import Redirected, Unreachable, exchange
 from .lemmy import Lemmy, LemmyRefused
 from .pgsource import PgSource, read_secret_file
 from .quarantine import ItemBusy, Quarantine, item_origin
-from .rclone import scrub
-from .settings import Settings, redact_url
+from .redact import redact_url, scrub
+from .settings import Settings
 from .state import HELD_STATES, FollowupRow, ItemState, Ledger
 from .text import printable
 

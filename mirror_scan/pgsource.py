@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MirrorScanError
-from .rclone import scrub
-from .settings import redact_url
+from .redact import redact_url, scrub
 
 CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 20_000

@@ -20,7 +20,7 @@ from typing import Any
 
 from .errors import MirrorScanError
 from .httpclient import Redirected, Unreachable, exchange
-from .rclone import scrub
+from .redact import scrub
 
 
 class PictrsError(MirrorScanError):

@@ -48,6 +48,7 @@ from typing import Any
 from .atomic import fsync_dir
 from .errors import MirrorScanError
 from .faults import checkpoint
+from .followups import plan_undo
 from .fsinfo import filesystem_type, is_remote_or_fuse
 from .hashing import CHUNK, md5_file, sha256_bytes, sha256_file
 from .paths import MissingParent, Place, UnsafePath, check_operator_target, check_relative, reach, relative_to
@@ -767,7 +768,7 @@ class Quarantine:
         self._note_in_meta(row.id, ItemState.RESTORED, "released (allowlisted)")
         with self.ledger.transaction():
             self.ledger.set_item_state(row.id, ItemState.RESTORED)
-            self.ledger.plan_undo(row.id)
+            plan_undo(self.ledger, row.id)
         return b"(allowlisted: the upload can be made again)"
 
     def _finish_restore(self, item_id: str, move_id: int, step: str, upstream: Upstream | None) -> None:
@@ -780,7 +781,7 @@ class Quarantine:
         self._note_in_meta(item_id, ItemState.RESTORED, "restored")
         self.ledger.set_item_state(item_id, ItemState.RESTORED)
         self.ledger.mark_action_by_sha(row.sha256, FileAction.RESTORED, only_if=FileAction.QUARANTINED)
-        self.ledger.plan_undo(item_id)  # what moderation did is undone: same transaction as 'done'
+        plan_undo(self.ledger, item_id)  # what moderation did is undone: same transaction as 'done'
         self._step(move_id, Step.DONE, "restore")
 
     # ------------------------------------------------------------------ recovery

@@ -23,19 +23,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import MirrorScanError
+from .redact import scrub
 
-SECRET_ENV = re.compile(
-    r"^(RCLONE_CONFIG_\w+_(SECRET_ACCESS_KEY|ACCESS_KEY_ID|PASS|PASSWORD|TOKEN|SESSION_TOKEN|"
-    r"KEY|CLIENT_SECRET|SAS_URL)|MIRROR_SCAN_(PICTRS_API_KEY|PICTRS_DATABASE_PASSWORD|LEMMY_DATABASE_PASSWORD|"
-    r"LEMMY_PASSWORD|NOTIFY_WEBHOOK)|PGPASSWORD|AWS_SECRET_ACCESS_KEY|"
-    r"AWS_ACCESS_KEY_ID|AWS_SESSION_TOKEN)$"
-)
-# key=value pairs inside connection strings (:s3,secret_access_key=...:bucket) and URLs with passwords
-SECRET_PARAM = re.compile(
-    r"((?:secret_access_key|access_key_id|session_token|pass|password|token|key)\s*=\s*)"
-    r"('[^']*'|\"[^\"]*\"|[^,:\s]+)",
-    re.IGNORECASE,
-)
 MISSING_OBJECT = 4  # rclone's exit code for "file not found"
 
 
@@ -45,18 +34,6 @@ class UpstreamError(MirrorScanError):
     def __init__(self, message: str, *, kind: str = "other", hint: str | None = None) -> None:
         self.kind = kind  # "auth" | "network" | "missing" | "other"
         super().__init__(message, hint=hint)
-
-
-def secret_values(env: dict[str, str] | None = None) -> list[str]:
-    env = os.environ if env is None else env
-    return sorted({v for k, v in env.items() if SECRET_ENV.match(k) and len(v) >= 4}, key=len, reverse=True)
-
-
-def scrub(text: str, extra: Iterable[str] = ()) -> str:
-    """Replace every known secret value, and secret-looking key=value pairs, with ***."""
-    for secret in [*secret_values(), *(s for s in extra if s and len(s) >= 4)]:
-        text = text.replace(secret, "***")
-    return SECRET_PARAM.sub(lambda m: m.group(1) + "***", text)
 
 
 def find_rclone(override: str | os.PathLike | None = None) -> str:

@@ -25,7 +25,6 @@ import collections
 import hmac
 import logging
 import queue
-import re
 import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -41,6 +40,7 @@ from .hashing import sha256_bytes
 from .policy import Policy
 from .quarantine import Quarantine
 from .record import Decider, Picture, picture_of
+from .redact import redact
 from .scoring import Scorer, result_model_id
 from .state import Ledger
 
@@ -182,14 +182,6 @@ class Batcher(threading.Thread):
         else:
             self.stats["accepted"] += 1
         job.future.set_result((verdict.flagged, verdict.reason))
-
-
-TOKEN_IN_PATH = re.compile(r"/validate/[^\s?#\"']*")
-
-
-def redact(text: str) -> str:
-    """The URL token never reaches a log line: every /validate/<token> becomes /validate/***."""
-    return TOKEN_IN_PATH.sub("/validate/***", text)
 
 
 class RedactingLog(logging.Filter):

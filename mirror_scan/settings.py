@@ -16,6 +16,7 @@ from typing import Any
 import platformdirs
 
 from .errors import UsageError
+from .redact import redact_url, scrub
 
 APP = "mirror-scan"
 
@@ -76,7 +77,7 @@ def _flag(value: Any) -> bool:
 def _actions(value: Any) -> dict[str, tuple[str, ...]]:
     """Label -> actions. From the config file's [actions] table (csam = ["remove", "report", "notify"]) or,
     in the environment, 'csam=remove+report+notify;nsfw=report'."""
-    from .followups import ACTION_NAMES
+    from .kinds import ACTION_NAMES
 
     if isinstance(value, str):
         table: dict[str, Any] = {}
@@ -323,8 +324,6 @@ def resolve(flags: dict[str, Any] | None = None, config: Path | None = None) -> 
         try:
             values[name] = None if raw is None else spec.parse(raw)
         except (TypeError, ValueError) as err:
-            from .rclone import scrub
-
             display = "***" if name in SECRET_SETTINGS + URL_SETTINGS else scrub(repr(raw))
             raise UsageError(f"setting '{name}' from {source}: {display} {err}") from None
         if name in ENV_ONLY and source == "flag":
@@ -333,22 +332,6 @@ def resolve(flags: dict[str, Any] | None = None, config: Path | None = None) -> 
             values[name] = values[name].expanduser()
         sources[name] = source
     return Settings(**values, sources=sources)
-
-
-def redact_url(url: str | None) -> str:
-    """A URL without its password (user:***@host) or, for secrets in the query or path, only its origin."""
-    if not url:
-        return str(url)
-    from urllib.parse import urlsplit
-
-    try:
-        parts = urlsplit(url)
-        host = parts.hostname or ""
-        port = f":{parts.port}" if parts.port else ""
-    except ValueError:
-        return "(unparseable URL)"
-    user = f"{parts.username}{':***' if parts.password else ''}@" if parts.username else ""
-    return f"{parts.scheme}://{user}{host}{port}{parts.path}"
 
 
 def shown(name: str, value: Any) -> str:

@@ -33,6 +33,21 @@ from typing import NamedTuple
 import numpy as np
 
 from .errors import MirrorScanError
+from .kinds import (  # noqa: F401 - the ledger's vocabulary, re-exported for its callers
+    DECIDED_STATUSES,
+    EXPORTED_STATES,
+    FINISHED_STEPS,
+    HELD_STATES,
+    MOVING_STATES,
+    PURGEABLE_STATES,
+    RESTORABLE_STATES,
+    FileAction,
+    FileStatus,
+    FileVerdict,
+    ItemState,
+    MoveKind,
+    Step,
+)
 
 SCHEMA_VERSION = 6
 # A writer waits this long for another writer's transaction. Transactions last milliseconds (none is ever
@@ -195,68 +210,6 @@ DATA_MIGRATIONS = {
     # schema 6: one spelling for "upstream pending" (files.action had a space, quarantine.state an underscore)
     6: "UPDATE files SET action='upstream_pending' WHERE action='upstream pending'",
 }
-
-
-class ItemState(StrEnum):
-    """The state of a quarantine item (stored in `quarantine.state` and in its meta.json)."""
-
-    QUARANTINING = "quarantining"
-    UPSTREAM_PENDING = "upstream_pending"  # bytes safe in quarantine; the upstream removal waits
-    QUARANTINED = "quarantined"
-    RESTORING = "restoring"
-    RESTORED = "restored"
-    PURGED = "purged"
-    DAMAGED = "damaged"
-
-
-# Items whose bytes a pull must not bring back and whose sha256 a hash export lists.
-HELD_STATES = (ItemState.QUARANTINING, ItemState.UPSTREAM_PENDING, ItemState.QUARANTINED, ItemState.RESTORING)
-RESTORABLE_STATES = (ItemState.QUARANTINED, ItemState.UPSTREAM_PENDING)
-
-
-class MoveKind(StrEnum):
-    QUARANTINE = "quarantine"
-    RESTORE = "restore"
-
-
-class Step(StrEnum):
-    INTENT = "intent"
-    COPIED = "copied"
-    PLACED = "placed"
-    UPSTREAM_REMOVED = "upstream_removed"
-    LOCAL_REMOVED = "local_removed"
-    UPSTREAM_RESTORED = "upstream_restored"
-    DONE = "done"
-    ROLLED_BACK = "rolled_back"
-
-
-FINISHED_STEPS = (Step.DONE, Step.ROLLED_BACK)  # a move with either step needs nothing more
-
-
-class FileStatus(StrEnum):
-    SCORED = "scored"
-    REUSED = "reused"
-    ERROR = "error"
-
-
-class FileVerdict(StrEnum):
-    FLAGGED = "flagged"
-    CLEAN = "clean"
-
-
-class FileAction(StrEnum):
-    """What was done to a flagged file (`files.action`); the names are the item states they follow."""
-
-    QUARANTINED = ItemState.QUARANTINED.value
-    UPSTREAM_PENDING = ItemState.UPSTREAM_PENDING.value
-    RESTORED = ItemState.RESTORED.value
-
-
-DECIDED_STATUSES = (FileStatus.SCORED, FileStatus.REUSED)  # a file with a stored result and a verdict
-# Items whose sha256 a hash export lists (held, or purged: once judged bad).
-EXPORTED_STATES = (ItemState.QUARANTINED, ItemState.UPSTREAM_PENDING, ItemState.PURGED)
-PURGEABLE_STATES = (ItemState.QUARANTINED, ItemState.RESTORED, ItemState.UPSTREAM_PENDING)  # bytes still kept
-MOVING_STATES = (ItemState.QUARANTINING, ItemState.UPSTREAM_PENDING, ItemState.RESTORING)  # a move owns the path
 
 
 def _sql_list(values: tuple[StrEnum, ...]) -> str:
@@ -1256,22 +1209,18 @@ class Ledger:
         except json.JSONDecodeError:
             return None
 
-    def plan_undo(self, item_id: str) -> None:
-        """In the restore's transaction: cancel what is not done yet, queue the undo of what was done."""
-        from .followups import undo_rows
-
+    def cancel_followups(self, item_id: str, why: str) -> list[tuple[str, str, str | None]]:
+        """Cancel an item's follow-ups not done yet (attribution stays); returns (action, target, result)
+        of those that were done, for the caller to plan their undo (followups.plan_undo)."""
         self.begin()
-        now = time.time()
         self.db.execute(
-            "UPDATE followups SET state='cancelled', updated=?, error='the item was restored first' "
+            "UPDATE followups SET state='cancelled', updated=?, error=? "
             "WHERE item=? AND state IN ('pending', 'dry_run') AND action != 'attribute'",
-            (now, item_id),
+            (time.time(), why, item_id),
         )
-        done = self.db.execute(
+        return self.db.execute(
             "SELECT action, target, result FROM followups WHERE item=? AND state='done'", (item_id,)
         ).fetchall()
-        for action, target in undo_rows(done):
-            self.add_followup(item_id, action, target)
 
     def set_item_size(self, item_id: str, size: int) -> None:
         self.begin()

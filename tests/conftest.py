@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -94,3 +95,26 @@ def private_data_dir(tmp_path, monkeypatch):
     monkeypatch.setenv("MIRROR_SCAN_DATA_DIR", str(tmp_path / "data-dir"))
     monkeypatch.setenv("MIRROR_SCAN_CONFIG", str(tmp_path / "no-config.toml"))
     return tmp_path / "data-dir"
+
+
+# Threads that may outlive a test by design: a read stuck on a stalled mount is abandoned, bounded
+# (fetch.read_with_deadline), and so is a discovery stuck in such a mount's listing.
+ABANDONED_BY_DESIGN = ("read", "discover")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads():
+    """Fails a test that leaves a thread of its own running (after a short grace for threads that are
+    finishing): every thread the tool starts is stopped and joined."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 5
+    while True:
+        leaked = [
+            t for t in threading.enumerate()
+            if t not in before and t.is_alive() and not t.name.startswith(ABANDONED_BY_DESIGN)
+        ]  # fmt: skip
+        if not leaked or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert not leaked, f"threads left running: {[t.name for t in leaked]}"

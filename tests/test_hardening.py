@@ -201,7 +201,7 @@ def test_overload_is_a_policy_decision(tmp_path, tiny_bundle_master, flag_all, p
 
 
 def test_token_redaction_covers_every_logged_path():
-    from mirror_scan.serve import redact
+    from mirror_scan.redact import redact
 
     line = f'"POST /validate/{TOKEN} HTTP/1.1" 406 -'
     assert TOKEN not in redact(line) and "/validate/***" in redact(line)

@@ -224,7 +224,7 @@ def test_connection_string_remotes_are_refused(tmp_path):
 
 
 def test_scrub_removes_secrets_from_text(monkeypatch):
-    from mirror_scan.rclone import scrub
+    from mirror_scan.redact import scrub
 
     monkeypatch.setenv("RCLONE_CONFIG_X_SECRET_ACCESS_KEY", "s3cr3t-value")
     text = "failed: s3cr3t-value; :s3,secret_access_key='abc def',endpoint=x:bucket; password=hunter2"

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import MirrorScanError
-from ..rclone import scrub
+from ..redact import scrub
 
 
 class BucketError(MirrorScanError):
