@@ -15,8 +15,8 @@ from typing import Any
 
 import platformdirs
 
-from .errors import UsageError
-from .redact import redact_url, scrub
+from mirror_scan.errors import UsageError
+from mirror_scan.redact import redact_url, scrub
 
 APP = "mirror-scan"
 
@@ -77,7 +77,7 @@ def _flag(value: Any) -> bool:
 def _actions(value: Any) -> dict[str, tuple[str, ...]]:
     """Label -> actions. From the config file's [actions] table (csam = ["remove", "report", "notify"]) or,
     in the environment, 'csam=remove+report+notify;nsfw=report'."""
-    from .kinds import ACTION_NAMES
+    from mirror_scan.kinds import ACTION_NAMES
 
     if isinstance(value, str):
         table: dict[str, Any] = {}

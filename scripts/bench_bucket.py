@@ -31,7 +31,7 @@ sys.path.insert(0, str(REPO))
 
 def make_objects(root: Path, count: int) -> int:
     """Generated photos-like JPEGs (320x240 gradients and shapes), written straight into the served folder."""
-    from mirror_scan.synthetic import generated_image
+    from mirror_scan.model.synthetic import generated_image
 
     total = 0
     for i in range(count):
@@ -85,12 +85,12 @@ def scan_once(engine: str, s3, bundle: Path, work: Path) -> dict:
     from mirror_scan.app.scanner import scan_config
     from mirror_scan.bucket.engine import RayPlan, scan_bucket
     from mirror_scan.bucket.stages import StageSpec
-    from mirror_scan.bundle import load_bundle
-    from mirror_scan.pipeline import Scan
+    from mirror_scan.model.bundle import load_bundle
+    from mirror_scan.model.scoring import Scorer
     from mirror_scan.policy import load_policy
-    from mirror_scan.scoring import Scorer
+    from mirror_scan.scan.runner import Scan
     from mirror_scan.settings import resolve
-    from mirror_scan.state import Ledger
+    from mirror_scan.store.ledger import Ledger
 
     started = time.perf_counter()
     settings = resolve({"model": bundle, "state": work / f"{engine}.db", "quarantine": work / f"{engine}-q"})

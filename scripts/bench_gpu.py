@@ -26,13 +26,13 @@ import numpy as np
 from bench_scan import make_tree
 from benchutil import BENCH_OUT, bundle_for, emit, machine, parser
 
-from mirror_scan.bundle import load_bundle
-from mirror_scan.pipeline import Scan, ScanConfig
+from mirror_scan.model.bundle import load_bundle
+from mirror_scan.model.preprocess import to_model_input
+from mirror_scan.model.scoring import Scorer
+from mirror_scan.model.synthetic import generated_image
 from mirror_scan.policy import load_policy
-from mirror_scan.preprocess import to_model_input
-from mirror_scan.scoring import Scorer
-from mirror_scan.state import Ledger
-from mirror_scan.synthetic import generated_image
+from mirror_scan.scan.runner import Scan, ScanConfig
+from mirror_scan.store.ledger import Ledger
 
 
 def gpu_name() -> str | None:

@@ -21,11 +21,11 @@ import numpy as np
 from bench_scan import make_tree, run_scan
 from benchutil import BENCH_OUT, bundle_for, emit, machine, parser
 
-from mirror_scan import decode as decode_module
-from mirror_scan.bundle import load_bundle
-from mirror_scan.hashes import Matcher, pdq_index
+from mirror_scan.lists.hashes import Matcher, pdq_index
+from mirror_scan.model.bundle import load_bundle
+from mirror_scan.model.scoring import Scorer
 from mirror_scan.policy import load_policy
-from mirror_scan.scoring import Scorer
+from mirror_scan.scan import decode as decode_module
 
 
 def _old_still(img, prep, rows, where):

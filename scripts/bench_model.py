@@ -16,10 +16,10 @@ import time
 import numpy as np
 from benchutil import bundle_for, emit, machine, parser
 
-from mirror_scan.bundle import load_bundle
-from mirror_scan.infer import ImageEncoder
-from mirror_scan.preprocess import to_model_input
-from mirror_scan.synthetic import generated_image
+from mirror_scan.model.bundle import load_bundle
+from mirror_scan.model.infer import ImageEncoder
+from mirror_scan.model.preprocess import to_model_input
+from mirror_scan.model.synthetic import generated_image
 
 
 def throughput(encoder, pixels: np.ndarray, batch: int, seconds: float) -> float:
@@ -73,8 +73,8 @@ def int8_variants(bundle, pixels: np.ndarray, seconds: float, fp32_rate: float) 
 
     from mirror_scan_export.export import DEFAULT_INT8_VARIANT, INT8_VARIANTS, quantize_int8
 
-    from mirror_scan.infer import CPU, _embed, _session
-    from mirror_scan.int8check import measure
+    from mirror_scan.model.infer import CPU, _embed, _session
+    from mirror_scan.model.int8check import measure
 
     reference = _session(bundle.image_encoder_path("fp32"), [CPU], 0)
     fp32 = lambda px: _embed(reference, reference.get_inputs()[0].name, px)  # noqa: E731

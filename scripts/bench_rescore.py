@@ -14,8 +14,8 @@ import numpy as np
 from benchutil import BENCH_OUT, emit, machine, parser
 
 from mirror_scan.policy import load_policy
-from mirror_scan.rescore import rescore
-from mirror_scan.state import Ledger
+from mirror_scan.scan.rescore import rescore
+from mirror_scan.store.ledger import Ledger
 
 EMBEDDING_DIM = 768  # ViT-L-14
 TARGET_SECONDS = 30.0

@@ -27,14 +27,14 @@ import psutil
 from benchutil import BENCH_OUT, bundle_for, emit, machine, parser
 from PIL import Image
 
-from mirror_scan.bundle import load_bundle
-from mirror_scan.decode import Limits
-from mirror_scan.pipeline import Scan, ScanConfig
+from mirror_scan.model.bundle import load_bundle
+from mirror_scan.model.preprocess import to_model_input
+from mirror_scan.model.scoring import Scorer, columns
+from mirror_scan.model.synthetic import generated_image
 from mirror_scan.policy import evaluate, load_policy
-from mirror_scan.preprocess import to_model_input
-from mirror_scan.scoring import Scorer, columns
-from mirror_scan.state import Ledger
-from mirror_scan.synthetic import generated_image
+from mirror_scan.scan.decode import Limits
+from mirror_scan.scan.runner import Scan, ScanConfig
+from mirror_scan.store.ledger import Ledger
 
 
 def make_tree(root: Path, count: int, seed: int = 0) -> Path:

@@ -33,10 +33,10 @@ import numpy as np
 import psutil
 from benchutil import bundle_for, emit, machine, parser
 
-from mirror_scan.bundle import load_bundle
-from mirror_scan.infer import ImageEncoder
-from mirror_scan.preprocess import to_model_input
-from mirror_scan.synthetic import generated_image
+from mirror_scan.model.bundle import load_bundle
+from mirror_scan.model.infer import ImageEncoder
+from mirror_scan.model.preprocess import to_model_input
+from mirror_scan.model.synthetic import generated_image
 
 TOKEN = "bench-token-0123456789abcdef"
 

@@ -36,7 +36,7 @@ import numpy as np
 import psutil
 from benchutil import bundle_for, emit, machine, parser
 
-from mirror_scan.synthetic import generated_image
+from mirror_scan.model.synthetic import generated_image
 
 CLI = [sys.executable, "-m", "mirror_scan.cli"]
 

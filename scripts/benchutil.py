@@ -26,7 +26,7 @@ def parser(description: str) -> argparse.ArgumentParser:
 def machine() -> dict:
     """Where the figures come from: the same code runs 3x slower on another CPU class, and int8's fidelity
     depends on the CPU's features (see mirror_scan/int8check.py)."""
-    from mirror_scan.cpu import cpu_info
+    from mirror_scan.model.cpu import cpu_info
 
     return {
         "machine": platform.machine(),

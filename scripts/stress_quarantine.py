@@ -24,7 +24,7 @@ from pathlib import Path
 
 from benchutil import bundle_for, emit, machine, parser
 
-from mirror_scan.synthetic import generated_image
+from mirror_scan.model.synthetic import generated_image
 
 CLI = [sys.executable, "-m", "mirror_scan.cli"]
 

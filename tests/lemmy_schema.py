@@ -88,13 +88,13 @@ GRANT_SHAPE = {"0.19.3": "0.19.0-0.19.3", "0.19.5": "0.19.4+", "1.0": "1.0"}
 
 
 def lemmy_grants(shape: str, role: str) -> str:
-    from mirror_scan.grants import grant_sql, lemmy_columns
+    from mirror_scan.moderation.grants import grant_sql, lemmy_columns
 
     return grant_sql(lemmy_columns(GRANT_SHAPE[shape]), role)
 
 
 def pictrs_grants(role: str) -> str:
-    from mirror_scan.grants import PICTRS_COLUMNS, grant_sql
+    from mirror_scan.moderation.grants import PICTRS_COLUMNS, grant_sql
 
     return grant_sql(PICTRS_COLUMNS, role)
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from mirror_scan.synthetic import generated_image
+from mirror_scan.model.synthetic import generated_image
 
 
 def image_bytes(fmt: str, seed: int = 0, size: tuple[int, int] = (160, 120), **save) -> bytes:

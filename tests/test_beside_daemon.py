@@ -77,9 +77,9 @@ def test_the_runner_never_waits_for_work_holding_the_write_lock(tmp_path, tiny_b
     import threading
 
     from mirror_scan.app.scanner import load_scanner, scan_config
-    from mirror_scan.pipeline import END, Scan
+    from mirror_scan.scan.runner import Scan
     from mirror_scan.settings import resolve
-    from mirror_scan.state import Ledger
+    from mirror_scan.store.ledger import Ledger
 
     from .test_watch import _png
 
@@ -94,7 +94,7 @@ def test_the_runner_never_waits_for_work_holding_the_write_lock(tmp_path, tiny_b
     Scan(ledger, bundle, scorer, policy, config, actor=None).run([str(mirror)])
     (mirror / "copy.png").write_bytes(_png(1))  # the same bytes: decided from the stored result
 
-    from mirror_scan.discover import discover
+    from mirror_scan.store.discover import discover
 
     source: queue.Queue = queue.Queue()
     runner = Scan(ledger, bundle, scorer, policy, config, actor=None)
@@ -115,7 +115,7 @@ def test_the_runner_never_waits_for_work_holding_the_write_lock(tmp_path, tiny_b
         other.close()
         assert runner.counters.reused == 1 and runner.counters.flagged == 1
     finally:
-        source.put(END)
+        source.put(None)  # the end of the stream
         thread.join(30)
         ledger.close()
 

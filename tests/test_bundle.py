@@ -8,9 +8,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mirror_scan.bundle import load_bundle
 from mirror_scan.errors import BundleError, DeviceError
-from mirror_scan.infer import ImageEncoder
+from mirror_scan.model.bundle import load_bundle
+from mirror_scan.model.infer import ImageEncoder
 
 from .conftest import run_cli
 from .mediafiles import image_bytes
@@ -39,9 +39,9 @@ def test_export_writes_a_complete_manifest(tiny_bundle):
 
 
 def test_image_encoder_has_a_dynamic_batch_and_unit_outputs(tiny_bundle):
-    from mirror_scan.infer import ImageEncoder
-    from mirror_scan.preprocess import to_model_input
-    from mirror_scan.synthetic import generated_image
+    from mirror_scan.model.infer import ImageEncoder
+    from mirror_scan.model.preprocess import to_model_input
+    from mirror_scan.model.synthetic import generated_image
 
     bundle = load_bundle(tiny_bundle)
     encoder = ImageEncoder(bundle, device="cpu")
@@ -58,7 +58,7 @@ def test_image_encoder_has_a_dynamic_batch_and_unit_outputs(tiny_bundle):
 
 def test_auto_device_reports_the_provider_that_really_runs(tiny_bundle):
     from mirror_scan.errors import DeviceError
-    from mirror_scan.infer import CUDA, ImageEncoder, available_providers
+    from mirror_scan.model.infer import CUDA, ImageEncoder, available_providers
 
     bundle = load_bundle(tiny_bundle)
     auto = ImageEncoder(bundle, device="auto")
@@ -177,8 +177,8 @@ def test_int8_guard_accepts_a_faithful_encoder_and_refuses_a_degraded_one(tiny_b
 
 
 def test_int8_check_is_cached_per_bundle_and_cpu(tiny_bundle, tmp_path, monkeypatch):
-    from mirror_scan import int8check
-    from mirror_scan.cpu import CpuInfo
+    from mirror_scan.model import int8check
+    from mirror_scan.model.cpu import CpuInfo
 
     bundle = load_bundle(tiny_bundle)
     int8 = ImageEncoder(bundle, device="cpu", precision="fp32")  # any encoder: counting fp32 loads is the point

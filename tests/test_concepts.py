@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 
-from mirror_scan.bundle import load_bundle
+from mirror_scan.model.bundle import load_bundle
 
 from .conftest import run_cli
 
@@ -35,7 +35,7 @@ def test_concepts_for_a_new_policy_without_torch(tiny_bundle, write_policy):
 
 
 def test_onnx_text_encoder_reproduces_export_time_torch_concepts(tiny_bundle):
-    from mirror_scan.infer import TextEncoder
+    from mirror_scan.model.infer import TextEncoder
 
     bundle = load_bundle(tiny_bundle)
     prompts = list(bundle.concepts.prompts[:40])
@@ -48,8 +48,8 @@ def test_scoring_needs_every_policy_prompt(tiny_bundle, write_policy):
     import pytest
 
     from mirror_scan.errors import BundleError
+    from mirror_scan.model.scoring import require_prompts
     from mirror_scan.policy import load_policy
-    from mirror_scan.scoring import require_prompts
 
     policy = load_policy(str(write_policy({"g": {"a never embedded prompt": 0.1}}, {"g": 1})))
     with pytest.raises(BundleError, match="model concepts"):

@@ -211,8 +211,8 @@ def test_token_redaction_covers_every_logged_path():
 
 
 def test_a_fifo_swapped_in_after_discovery_never_blocks_the_reader(tmp_path):
-    from mirror_scan.discover import Found
-    from mirror_scan.fetch import Failed, read_stable
+    from mirror_scan.scan.read import Failed, read_stable
+    from mirror_scan.store.discover import Found
 
     path = tmp_path / "upload.png"
     path.write_bytes(image_bytes("PNG", 1))

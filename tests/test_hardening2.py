@@ -138,10 +138,10 @@ def test_a_directory_swapped_for_a_symlink_is_never_read_or_moved_through(tmp_pa
     """Each step of the race, deterministically: after discovery, after the read, before the move."""
     import os
 
-    from mirror_scan.discover import Found, Unscannable, discover
-    from mirror_scan.fetch import Failed, read_stable
-    from mirror_scan.quarantine import Quarantine, QuarantineError
-    from mirror_scan.state import Ledger
+    from mirror_scan.scan.read import Failed, read_stable
+    from mirror_scan.store.discover import Found, Unscannable, discover
+    from mirror_scan.store.ledger import Ledger
+    from mirror_scan.store.quarantine import Quarantine, QuarantineError
 
     mirror, outside = tmp_path / "mirror", tmp_path / "outside"
     (mirror / "d").mkdir(parents=True)
@@ -330,7 +330,7 @@ class Trickle:
 
 
 def test_an_answer_trickled_a_byte_at_a_time_is_cut_off_at_the_exchange_deadline():
-    from mirror_scan.httpclient import Unreachable, exchange
+    from mirror_scan.clients.http import Unreachable, exchange
 
     server = Trickle(every=0.5)
     try:
@@ -401,7 +401,7 @@ def test_names_and_notes_chosen_by_others_are_inert_at_every_output(tmp_path, ti
         rows = list(csv.DictReader(io.StringIO(text)))
         assert len(rows) == len(HOSTILE_NAMES)
     # A cell that starts like a formula (an object key, a reason, an uploader's name) stays text.
-    from mirror_scan.report import ReportWriter
+    from mirror_scan.scan.report import ReportWriter
 
     writer = ReportWriter(tmp_path / "formula.csv", "csv")
     writer.write({"path": '=HYPERLINK("x")', "reason": "+1", "uploader": "@everyone", "size": 5})
@@ -479,7 +479,7 @@ def test_oversized_or_malformed_png_metadata_never_stops_the_pixels(tmp_path, ti
 
     from PIL import Image, PngImagePlugin
 
-    from mirror_scan.synthetic import generated_image
+    from mirror_scan.model.synthetic import generated_image
 
     inflating = zlib.compress(b"A" * (PngImagePlugin.MAX_TEXT_CHUNK * 3))
     mirror = tmp_path / "mirror"

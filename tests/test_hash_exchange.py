@@ -10,11 +10,11 @@ import json
 
 import pytest
 
-from mirror_scan.bundle import Preprocess
-from mirror_scan.decode import Limits, decode
-from mirror_scan.hashes import Matcher, pdq
-from mirror_scan.hashformats import encode_vpdq, parse
-from mirror_scan.synthetic import generated_image
+from mirror_scan.lists.formats import encode_vpdq, parse
+from mirror_scan.lists.hashes import Matcher, pdq
+from mirror_scan.model.bundle import Preprocess
+from mirror_scan.model.synthetic import generated_image
+from mirror_scan.scan.decode import Limits, decode
 
 from .conftest import run_cli, wait_until
 from .mediafiles import image_bytes, video_of
@@ -52,8 +52,8 @@ def test_exports_are_valid_signals_to_python_threatexchange(quarantined, tmp_pat
     from threatexchange.signal_type.pdq.signal import PdqSignal
     from threatexchange.signal_type.sha256 import VideoSHA256Signal
 
-    from mirror_scan.exchanges import api_class, collab_config, signal_types
-    from mirror_scan.hashformats import decode_vpdq
+    from mirror_scan.clients.exchanges import api_class, collab_config, signal_types
+    from mirror_scan.lists.formats import decode_vpdq
 
     try:  # python-threatexchange's vPDQ class needs the vpdq package (built against FFmpeg's libraries)
         from threatexchange.extensions.vpdq.vpdq import VPDQSignal

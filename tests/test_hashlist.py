@@ -14,9 +14,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from mirror_scan.hashes import MATCH_DISTANCE, Matcher, pack, pdq, pdq_dihedral, queries
-from mirror_scan.hashformats import parse
-from mirror_scan.synthetic import generated_image
+from mirror_scan.lists.formats import parse
+from mirror_scan.lists.hashes import MATCH_DISTANCE, Matcher, pack, pdq, pdq_dihedral, queries
+from mirror_scan.model.synthetic import generated_image
 
 from .conftest import run_cli
 from .test_serve import Validator
@@ -186,7 +186,7 @@ def test_serve_refuses_a_re_encoded_re_upload(tmp_path, tiny_bundle_master, clea
 
 
 def test_the_multi_index_finds_exactly_what_brute_force_finds():
-    from mirror_scan.hashes import BruteForce, MultiIndex
+    from mirror_scan.lists.hashes import BruteForce, MultiIndex
 
     rng = np.random.default_rng(5)
     table = rng.integers(0, 2**63, size=(20_000, 4), dtype=np.uint64)

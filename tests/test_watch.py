@@ -199,8 +199,9 @@ def test_a_copy_a_pull_brings_back_after_its_quarantine_is_removed_again_under_t
     under the item that holds its bytes, and touch nothing else."""
     import hashlib
 
-    from mirror_scan.quarantine import Quarantine
-    from mirror_scan.state import ItemState, Ledger
+    from mirror_scan.kinds import ItemState
+    from mirror_scan.store.ledger import Ledger
+    from mirror_scan.store.quarantine import Quarantine
 
     mirror = tmp_path / "mirror"
     (mirror / "a").mkdir(parents=True)
@@ -240,7 +241,7 @@ def test_inotify_overflow_triggers_an_immediate_reconciliation():
     import logging
 
     from mirror_scan.app.periodic import Periodic
-    from mirror_scan.watch import OverflowSignal
+    from mirror_scan.intake.watch import OverflowSignal
 
     runs = []
     reconciler = Periodic("reconcile", 3600, lambda: runs.append(time.monotonic()))

@@ -26,8 +26,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..settings import Settings
-from .workspace import Workspace
+from mirror_scan.app.workspace import Workspace
+from mirror_scan.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ def daemon_lock(state: Path, mirror: Path):
     No such file" for what the other moved) and both write the status file."""
     import hashlib
 
-    from ..locks import exclusive
+    from mirror_scan.store.locks import exclusive
 
     tag = hashlib.sha256(os.fsencode(os.path.realpath(mirror))).hexdigest()[:12]
     return exclusive(
@@ -192,13 +192,13 @@ class WatchDaemon:
             raise
 
     def _start(self, say) -> None:
-        from ..act import QuarantineActor
-        from ..pathqueue import PathQueue
-        from ..pipeline import Scan
-        from ..rclone import Rclone
-        from ..watch import MirrorEvents, OverflowSignal, Settler, choose_observer, start_observer
-        from .periodic import Periodic
-        from .scanner import load_scanner, scan_config
+        from mirror_scan.app.periodic import Periodic
+        from mirror_scan.app.scanner import load_scanner, scan_config
+        from mirror_scan.clients.rclone import Rclone
+        from mirror_scan.intake.pathqueue import PathQueue
+        from mirror_scan.intake.watch import MirrorEvents, OverflowSignal, Settler, choose_observer, start_observer
+        from mirror_scan.scan.act import QuarantineActor
+        from mirror_scan.scan.runner import Scan
 
         options, settings = self.options, self.settings
         bundle, policy, offset, scorer = load_scanner(settings, warm_up=True)
@@ -331,7 +331,7 @@ class WatchDaemon:
         self._set(last_pull_unixtime=time.time(), last_pull_arrived=len(arrived) - len(returned))
 
     def _walk(self) -> None:
-        from ..watch import reconcile
+        from mirror_scan.intake.watch import reconcile
 
         queued = reconcile(self.options.mirror, self.settings.state, self.queue, self.options.error_retry_s)
         self._set(last_reconcile_queued=queued, last_reconcile_unixtime=time.time())

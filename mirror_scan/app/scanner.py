@@ -3,14 +3,14 @@
 
 from __future__ import annotations
 
-from ..errors import UsageError
-from ..settings import Settings
+from mirror_scan.errors import UsageError
+from mirror_scan.settings import Settings
 
 
 def load_model_and_policy(settings: Settings):
-    from ..bundle import load_bundle
-    from ..policy import load_policy, resolve_severity
-    from ..scoring import require_prompts
+    from mirror_scan.model.bundle import load_bundle
+    from mirror_scan.model.scoring import require_prompts
+    from mirror_scan.policy import load_policy, resolve_severity
 
     policy = load_policy(settings.policy)
     severity = resolve_severity(policy, settings.severity)
@@ -29,7 +29,7 @@ def load_scanner(settings: Settings, *, warm_up: bool = False):
     the first file or upload pays no session setup."""
     import numpy as np
 
-    from ..scoring import Scorer
+    from mirror_scan.model.scoring import Scorer
 
     bundle, policy, offset = load_model_and_policy(settings)
     scorer = Scorer(bundle, device=settings.device, precision=settings.precision)
@@ -41,7 +41,7 @@ def load_scanner(settings: Settings, *, warm_up: bool = False):
 
 def decode_limits(settings: Settings, policy):
     """What the decode may spend and hands the model: the same for `scan`, `watch` and `serve`."""
-    from ..decode import Limits
+    from mirror_scan.scan.decode import Limits
 
     return Limits(
         max_pixels=settings.max_pixels,
@@ -53,7 +53,7 @@ def decode_limits(settings: Settings, policy):
 
 def scan_config(settings: Settings, severity: float, policy, **overrides):
     """The runner's settings, the same for `scan` and `watch`."""
-    from ..pipeline import ScanConfig
+    from mirror_scan.scan.runner import ScanConfig
 
     return ScanConfig(
         severity=severity,

@@ -18,8 +18,8 @@ import signal
 import threading
 from dataclasses import dataclass
 
-from ..settings import Settings
-from .workspace import Workspace
+from mirror_scan.app.workspace import Workspace
+from mirror_scan.settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,10 @@ class ValidatorService:
             self._loop.call_soon_threadsafe(self._stop.set)
 
     async def _main(self, say) -> dict:
-        from ..serve import Batcher, ServeConfig, ServeMetrics, ValidationServer
-        from .periodic import Periodic
-        from .scanner import decode_limits, load_scanner
+        from mirror_scan.app.periodic import Periodic
+        from mirror_scan.app.scanner import decode_limits, load_scanner
+        from mirror_scan.intake.http import ServeMetrics, ValidationServer
+        from mirror_scan.scan.uploads import Batcher, ServeConfig
 
         settings, options = self.settings, self.options
         bundle, policy, offset, scorer = load_scanner(settings, warm_up=True)
@@ -76,10 +77,10 @@ class ValidatorService:
                 limits=decode_limits(settings, policy),
             )
             if settings.decoders == "process":
-                from ..decodepool import DecoderPool
+                from mirror_scan.scan.decodepool import DecoderPool
 
                 decoders = DecoderPool(settings.workers, settings.decode_timeout)
-            from ..decode import decode as decode_in_thread
+            from mirror_scan.scan.decode import decode as decode_in_thread
 
             batcher = Batcher(workspace.ledger, workspace.quarantine, bundle, scorer, policy, config)
             info = {
@@ -102,7 +103,7 @@ class ValidatorService:
             try:
                 listener = await self._loop.create_server(http.make_server(), options.host, options.port, backlog=256)
             except OSError as error:
-                from ..errors import UsageError
+                from mirror_scan.errors import UsageError
 
                 raise UsageError(f"cannot listen on {options.host}:{options.port}: {error.strerror}") from None
             batcher.start()

@@ -17,11 +17,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..moderation import Moderation, follow_up_enabled
-from ..quarantine import Quarantine
-from ..settings import Settings
-from ..state import Ledger, StateDamaged
-from ..upstream import Upstreams
+from mirror_scan.moderation.actions import Moderation, follow_up_enabled
+from mirror_scan.settings import Settings
+from mirror_scan.store.ledger import Ledger, StateDamaged
+from mirror_scan.store.quarantine import Quarantine
+from mirror_scan.store.upstream import Upstreams
 
 COMMAND_FOLLOW_UP_BUDGET_S = 60.0
 
@@ -82,7 +82,7 @@ class Workspace:
         the daemons pass None."""
         if not follow_up_enabled(self.settings) or self.ledger.readonly:
             return []
-        from ..errors import MirrorScanError
+        from mirror_scan.errors import MirrorScanError
 
         try:
             notes = self.moderation.run_due(budget_s=budget_s)
@@ -100,7 +100,7 @@ class Workspace:
         import datetime as dt
         import os
 
-        from ..errors import UsageError
+        from mirror_scan.errors import UsageError
 
         root = os.fsencode(os.path.abspath(mirror))
         bound, when, first = self.ledger.bind_mirror(root, remote, by)

@@ -22,12 +22,12 @@ from typing import Any
 
 import numpy as np
 
-from ..discover import Found
-from ..faults import checkpoint
-from ..pipeline import Scan
-from .manifest import read_shard, write_manifest, write_shard
-from .s3 import Bucket, Listed
-from .stages import FetchDecode, Infer, StageSpec, picture_of_row, rows_of
+from mirror_scan.bucket.manifest import read_shard, write_manifest, write_shard
+from mirror_scan.bucket.s3 import Bucket, Listed
+from mirror_scan.bucket.stages import FetchDecode, Infer, StageSpec, picture_of_row, rows_of
+from mirror_scan.faults import checkpoint
+from mirror_scan.scan.runner import Scan
+from mirror_scan.store.discover import Found
 
 RAY_WAVE_SHARDS = 16  # todo shards per Ray Data run: the scan starts while the listing goes on
 
@@ -272,7 +272,7 @@ def scan_bucket(
 def _exclusive(workdir: Path, remote: str):
     """One bucket scan per bucket and state at a time: they share the work folder (manifest, todo shards,
     result parts), and a second one would delete the first's shards and ingest its parts under it."""
-    from ..locks import exclusive
+    from mirror_scan.store.locks import exclusive
 
     workdir.mkdir(parents=True, exist_ok=True, mode=0o700)
     return exclusive(

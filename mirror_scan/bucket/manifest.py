@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
-from .s3 import Listed
+from mirror_scan.bucket.s3 import Listed
 
 SHARD_ROWS = 10_000
 

@@ -12,8 +12,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..errors import MirrorScanError
-from ..redact import scrub
+from mirror_scan.errors import MirrorScanError
+from mirror_scan.redact import scrub
 
 
 class BucketError(MirrorScanError):
@@ -50,7 +50,7 @@ class S3Settings:
     def from_rclone(cls, remote: str, rclone=None, max_connections: int = 16) -> S3Settings:
         """The remote as rclone resolves it (rclone.conf, RCLONE_CONFIG or its variables: one resolver for
         every command, `Rclone.remote_options`)."""
-        from ..rclone import Rclone
+        from mirror_scan.clients.rclone import Rclone
 
         name, _, rest = remote.partition(":")
         if not name or not rest:

@@ -19,10 +19,10 @@ from typing import Any
 
 import numpy as np
 
-from ..decode import Limits
-from ..hashing import sha256_bytes
-from ..record import Picture, picture_of
-from .s3 import Bucket, S3Settings
+from mirror_scan.bucket.s3 import Bucket, S3Settings
+from mirror_scan.hashing import sha256_bytes
+from mirror_scan.scan.decode import Limits
+from mirror_scan.scan.record import Picture, picture_of
 
 
 def picture_columns(picture: Picture) -> dict[str, Any]:
@@ -140,20 +140,20 @@ def _schema(names: tuple[str, ...]) -> Any:
 
 class FetchDecode:
     def __init__(self, spec: StageSpec) -> None:
-        from ..bundle import load_bundle
+        from mirror_scan.model.bundle import load_bundle
 
         self.spec = spec
         self.bucket = Bucket(spec.s3)
         self.prep = load_bundle(spec.model_dir, verify=False).preprocess
         self.pool = None
         if spec.decoders == "process":
-            from ..decodepool import DecoderPool
+            from mirror_scan.scan.decodepool import DecoderPool
 
             self.pool = DecoderPool(1, spec.decode_timeout_s)  # a file that crashes a decoder costs that worker
         self.fetcher = ThreadPoolExecutor(spec.fetch_threads, thread_name_prefix="get")
 
     def _decode(self, data: bytes):
-        from ..decode import decode
+        from mirror_scan.scan.decode import decode
 
         if self.pool is not None:
             return self.pool.decode(data, self.prep, self.spec.limits)
@@ -196,8 +196,8 @@ class FetchDecode:
 class Infer:
     def __init__(self, spec: StageSpec, bundle: Any = None, scorer: Any = None) -> None:
         """bundle and scorer: the driver's own, in the local engine (one session per process, not two)."""
-        from ..bundle import load_bundle
-        from ..scoring import Scorer, result_model_id
+        from mirror_scan.model.bundle import load_bundle
+        from mirror_scan.model.scoring import Scorer, result_model_id
 
         self.spec = spec
         self.bundle = bundle or load_bundle(spec.model_dir)

@@ -1,8 +1,8 @@
 """Data-driven policies: similarities in, verdicts out. Pure functions, no I/O beyond reading the file."""
 
-from .load import DEFAULT_POLICY, builtin_policies, load_policy, parse_policy, resolve_severity
-from .model import Evaluation, Policy
-from .rules import RULES
+from mirror_scan.policy.load import DEFAULT_POLICY, builtin_policies, load_policy, parse_policy, resolve_severity
+from mirror_scan.policy.model import Evaluation, Policy
+from mirror_scan.policy.rules import RULES
 
 
 def evaluate(policy: Policy, sims, severity: float = 0.0) -> Evaluation:

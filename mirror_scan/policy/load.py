@@ -11,9 +11,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from ..errors import PolicyError
-from .model import SEVERITY_NAMES, Entry, Policy
-from .rules import REQUIRED, RULES
+from mirror_scan.errors import PolicyError
+from mirror_scan.policy.model import SEVERITY_NAMES, Entry, Policy
+from mirror_scan.policy.rules import REQUIRED, RULES
 
 POLICY_FORMAT = "mirror-scan-policy"
 POLICY_FORMAT_VERSION = 1

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .model import Evaluation, Policy
+from mirror_scan.policy.model import Evaluation, Policy
 
 INF = np.inf
 

@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import MirrorScanError
-from . import evaluate
-from .model import Evaluation, Policy
+from mirror_scan.errors import MirrorScanError
+from mirror_scan.policy import evaluate
+from mirror_scan.policy.model import Evaluation, Policy
 
 
 @dataclass

@@ -26,13 +26,13 @@ import numpy as np
 
 from mirror_scan import __version__
 from mirror_scan.atomic import fsync_dir
-from mirror_scan.bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, Preprocess
-from mirror_scan.concepts import write_concepts
 from mirror_scan.errors import ExportError
 from mirror_scan.hashing import sha256_file
+from mirror_scan.model.bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, Preprocess
+from mirror_scan.model.concepts import write_concepts
+from mirror_scan.model.preprocess import to_model_input
+from mirror_scan.model.synthetic import parity_images
 from mirror_scan.policy import builtin_policies, load_policy
-from mirror_scan.preprocess import to_model_input
-from mirror_scan.synthetic import parity_images
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +291,7 @@ def export_bundle(opts: ExportOptions) -> dict[str, Any]:
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
-    from mirror_scan.bundle import read_manifest
+    from mirror_scan.model.bundle import read_manifest
 
     return read_manifest(out)
 
@@ -344,7 +344,7 @@ def quantize_int8(src: Path, dst: Path, variant: str = DEFAULT_INT8_VARIANT) -> 
 
 
 def cpu_info():
-    from mirror_scan.cpu import cpu_info as probe
+    from mirror_scan.model.cpu import cpu_info as probe
 
     return probe()
 

@@ -1,0 +1,3 @@
+from mirror_scan.cli.main import main
+
+main()

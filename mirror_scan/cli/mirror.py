@@ -1,0 +1,130 @@
+"""`mirror pull` and `pictrs check`: the bucket side."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mirror_scan.cli.console import err, out, print_json
+from mirror_scan.errors import UsageError
+from mirror_scan.settings import resolve
+
+mirror_app = typer.Typer(help="Pull the bucket into the local mirror with rclone.", no_args_is_help=True)
+pictrs_app = typer.Typer(help="pict-rs's internal API: check the URL and key.", no_args_is_help=True)
+
+
+@mirror_app.command("pull")
+def pull(
+    to: Annotated[Path, typer.Option("--to", help="Local mirror directory.")],
+    remote: Annotated[str | None, typer.Option("--remote", help="rclone remote of the bucket (NAME:bucket).")] = None,
+    max_age: Annotated[
+        str | None, typer.Option("--max-age", help="Only objects newer than this (rclone syntax: 1h, 7d).")
+    ] = None,
+    rclone: Annotated[str | None, typer.Option("--rclone", help="rclone binary.")] = None,
+    state: Annotated[Path | None, typer.Option("--state", help="SQLite state database.")] = None,
+    quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Config file.")] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print the arrived keys as JSON.")] = False,
+) -> None:
+    """One-way copy of new objects from the bucket into the mirror. Never deletes or replaces a local
+    file, and never brings back what is quarantined. Prints the keys that arrived."""
+    from mirror_scan.app.workspace import Workspace
+    from mirror_scan.clients.rclone import Rclone
+
+    settings = resolve({"remote": remote, "rclone": rclone, "state": state, "quarantine": quarantine}, config)
+    if not settings.remote:
+        raise UsageError("no remote to pull from", hint="pass --remote NAME:bucket or set `remote` in the config")
+    with Workspace.writer(settings) as workspace:
+        workspace.bind_mirror(to, settings.remote, "mirror pull")  # another bucket into this mirror is refused
+        excluded = workspace.ledger.excluded_keys(settings.remote, os.fsencode(os.path.abspath(to)))
+    tool = Rclone.locate(settings.rclone)
+    count = 0
+    with err.status(f"pulling {settings.remote} -> {to}") as status:
+
+        def arrived(key: str) -> None:
+            nonlocal count
+            count += 1
+            status.update(f"pulling {settings.remote} -> {to}: {count} new file(s)")
+
+        keys = tool.pull(settings.remote, to, max_age=max_age, exclude=excluded, on_file=arrived)
+    removed = []
+    with Workspace.writer(settings) as workspace:
+        # Items another process began quarantining while rclone ran were not excluded: copies of them
+        # the pull wrote back after they were removed are removed again (their bytes are in the items).
+        mirror = os.fsencode(os.path.abspath(to))
+        held = set(workspace.ledger.excluded_keys(settings.remote, mirror)) - set(excluded)
+        for key in keys:
+            if key in held and workspace.quarantine.drop_returned_copy(os.path.join(mirror, os.fsencode(key)), mirror):
+                removed.append(key)
+    keys = [key for key in keys if key not in removed]
+    if json_out:
+        print_json(
+            {"remote": settings.remote, "to": str(to), "arrived": keys, "excluded": len(excluded), "removed": removed}
+        )
+        return
+    for key in keys:
+        out.print(str(to / key))
+    err.print(
+        f"{len(keys)} new file(s); {len(excluded)} quarantined key(s) excluded"
+        + (f"; {len(removed)} copy(ies) of files quarantined meanwhile removed again" if removed else "")
+    )
+
+
+@mirror_app.command("remote")
+def remote_cmd(
+    mirror: Annotated[Path, typer.Argument(help="The mirror directory.")],
+    set_to: Annotated[
+        str | None, typer.Option("--set", help="Record another remote (the bucket really moved).")
+    ] = None,
+    state: Annotated[Path | None, typer.Option("--state", help="SQLite state database.")] = None,
+    quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Config file.")] = None,
+) -> None:
+    """The bucket a mirror mirrors (recorded by the first `mirror pull` or scan with --remote): removals
+    only ever go there. --set records another one, deliberately."""
+    import datetime as dt
+
+    from mirror_scan.app.workspace import Workspace
+
+    settings = resolve({"state": state, "quarantine": quarantine}, config)
+    root = os.fsencode(os.path.abspath(mirror))
+    if set_to is not None:
+        if ":" not in set_to:
+            raise UsageError(f"{set_to!r} is not an rclone remote", hint="NAME:bucket, e.g. pictrs:media")
+        with Workspace.writer(settings) as workspace:
+            workspace.ledger.rebind_mirror(root, set_to, "mirror remote --set")
+        out.print(f"{mirror}: mirrors {set_to.rstrip('/')}")
+        return
+    with Workspace.reader(settings) as workspace:
+        bound = workspace.ledger.mirror_remote(root)
+    if bound is None:
+        out.print(f"{mirror}: no remote recorded yet (the first `mirror pull` or scan with --remote records it)")
+        return
+    remote, when, by = bound
+    out.print(f"{mirror}: mirrors {remote} (recorded by `{by}` on {dt.datetime.fromtimestamp(when, dt.UTC):%Y-%m-%d})")
+
+
+@pictrs_app.command("check")
+def pictrs_check(
+    url: Annotated[str | None, typer.Option("--url", help="pict-rs base URL.")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Config file.")] = None,
+) -> None:
+    """Test the pict-rs URL and API key (the key comes from MIRROR_SCAN_PICTRS_API_KEY or [pictrs] api_key)."""
+    from mirror_scan.clients.pictrs import Pictrs
+
+    settings = resolve({"pictrs_url": url}, config)
+    if not settings.pictrs_url or not settings.pictrs_api_key:
+        raise UsageError(
+            "pict-rs is not configured",
+            hint="set [pictrs] url and api_key in the config, or MIRROR_SCAN_PICTRS_URL and MIRROR_SCAN_PICTRS_API_KEY",
+        )
+    result = Pictrs(settings.pictrs_url, settings.pictrs_api_key).check()
+    out.print(f"pict-rs at {result['url']}: reachable, API key accepted")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(mirror_app, name="mirror")
+    app.add_typer(pictrs_app, name="pictrs")

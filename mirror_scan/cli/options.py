@@ -1,0 +1,67 @@
+"""Options and small helpers shared by several commands, declared once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+ConfigOpt = Annotated[
+    Path | None, typer.Option("--config", help="Config file (default: the user config dir's mirror-scan/config.toml).")
+]
+ModelOpt = Annotated[Path | None, typer.Option("--model", "-m", help="Model bundle directory.")]
+PolicyOpt = Annotated[
+    str | None, typer.Option("--policy", "-p", help="Built-in policy (horde-v2, horde-v1) or a policy file.")
+]
+SeverityOpt = Annotated[
+    str | None, typer.Option("--severity", "-s", help="strict, default, lenient, or a number added to every threshold.")
+]
+StateOpt = Annotated[Path | None, typer.Option("--state", help="SQLite state database.")]
+DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto (CUDA only if it really runs), cuda, cpu.")]
+PrecisionOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--precision",
+        help="auto (fp16 on CUDA, fp32 on CPU), fp32, fp16, int8 (faster on CPU; moves similarities ~1e-3).",
+    ),
+]
+QuarantineOpt = Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory (private, 0700).")]
+ImportRootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--mirror-root",
+        help="Import only items that came from this mirror (an edited metadata file cannot point elsewhere).",
+    ),
+]
+RemoteOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--remote",
+        help="rclone remote of the bucket (NAME:bucket): quarantining also removes the object there (reversibly).",
+    ),
+]
+RcloneOpt = Annotated[str | None, typer.Option("--rclone", help="rclone binary (default: the venv's, then PATH).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary; exit code only.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (for scripts).")]
+
+
+def parse_listen(text: str) -> tuple[str, int]:
+    from mirror_scan.errors import UsageError
+
+    host, _, port = text.rpartition(":")
+    host = host.strip("[]") or "127.0.0.1"
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"{text!r} is not HOST:PORT", hint="e.g. 127.0.0.1:14051")
+    return host, int(port)
+
+
+def open_writer(settings, *, quiet: bool = False, recover: bool = True):
+    """The workspace of a state-writing command: recovered moves are reported on stderr unless quiet."""
+    from mirror_scan.app.workspace import Workspace
+    from mirror_scan.cli.console import err
+
+    return Workspace.writer(
+        settings, recover=recover, on_recovered=None if quiet else lambda note: err.print(f"recovered: {note}")
+    )

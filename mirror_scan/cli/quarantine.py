@@ -1,0 +1,479 @@
+"""`quarantine ...` and `allowlist ...`: list, show, restore, purge, export hashes, reindex."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from mirror_scan.cli.console import err, out, print_json
+from mirror_scan.cli.durations import parse_duration, parse_since
+from mirror_scan.cli.options import (
+    ConfigOpt,
+    ImportRootOpt,
+    JsonOpt,
+    QuarantineOpt,
+    RcloneOpt,
+    StateOpt,
+    YesOpt,
+    open_writer,
+)
+from mirror_scan.errors import UsageError
+from mirror_scan.kinds import EXPORTED_STATES, PURGEABLE_STATES
+from mirror_scan.settings import resolve
+
+SHA256 = re.compile(r"^[0-9a-f]{64}$")
+quarantine_app = typer.Typer(help="Inspect the quarantine, restore false positives, purge.", no_args_is_help=True)
+allowlist_app = typer.Typer(help="sha256s that are never flagged (restores add to it).", no_args_is_help=True)
+
+
+def _reader(state, quarantine, config):
+    from mirror_scan.app.workspace import Workspace
+
+    return Workspace.reader(resolve({"state": state, "quarantine": quarantine}, config))
+
+
+def _writer(state, quarantine, config, quiet=False, rclone=None):
+    settings = resolve({"state": state, "quarantine": quarantine, "rclone": rclone}, config)
+    return open_writer(settings, quiet=quiet)
+
+
+def _reason_text(reason) -> str:
+    from mirror_scan.scan.decide import short_reason
+
+    return short_reason(reason) if reason else ""
+
+
+@quarantine_app.command("list")
+def q_list(
+    since: Annotated[
+        str | None, typer.Option(help="Only items quarantined since a date (2026-11-01) or for a duration (7d).")
+    ] = None,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Items in the quarantine: id, when, original path, why, state. Reads only: works while the daemon runs."""
+    from mirror_scan.moderation.attribution import summary
+
+    with _reader(state, quarantine, config) as workspace:
+        entries = list(workspace.quarantine.entries(parse_since(since) if since else None))
+        for e in entries:
+            e.update(summary(workspace.ledger.attribution(e["id"])))
+    if json_out:
+        print_json(entries)
+        return
+    attributed = any(e["uploader"] for e in entries)
+    table = Table(
+        "id", "quarantined (UTC)", "original path", "why", *(("uploader", "where") if attributed else ()), "state"
+    )
+    table.columns[0].no_wrap = True
+    for e in entries:
+        when = e["quarantined_at"].replace("T", " ").removesuffix("+00:00")
+        extra = (e["uploader"], e["where"]) if attributed else ()
+        table.add_row(e["id"], when, e["original"], _reason_text(e["reason"]), *extra, e["state"])
+    out.print(table)
+    out.print(f"{len(entries)} item(s)")
+
+
+@quarantine_app.command("show")
+def q_show(item_id: str, state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
+    """An item's metadata (never opens or renders the quarantined file): the ledger's record, which is the
+    authority, and the item's own metadata file."""
+    from mirror_scan.moderation.actions import describe_action
+    from mirror_scan.store.ledger import display_path
+
+    with _reader(state, quarantine, config) as workspace:
+        row = workspace.ledger.item(item_id)
+        meta = workspace.quarantine.read_meta(item_id)
+        attribution = workspace.ledger.attribution(item_id)
+        follow_ups = workspace.ledger.followups(item_id)
+    meta.pop("attribution", None)  # the ledger's copy (the authority) is shown below
+    meta["attribution"] = attribution
+    meta["actions"] = [
+        {
+            "action": describe_action(f.action, f.target),
+            "state": f.state,
+            "attempts": f.attempts,
+            **({"result": f.result} if f.result else {}),
+            **({"error": f.error} if f.error else {}),
+            "updated": dt.datetime.fromtimestamp(f.updated, dt.UTC).isoformat(timespec="seconds"),
+        }
+        for f in follow_ups
+    ]
+    if row is not None:
+        meta["ledger"] = {
+            "state": row.state,
+            "sha256": row.sha256,
+            "original": display_path(row.original),
+            "remote": row.remote,
+            "key": row.key,
+            "seen_count": row.seen_count,
+        }
+    else:
+        meta["ledger"] = None
+    out.print(json.dumps(meta, indent=2, ensure_ascii=False))
+
+
+def _incomplete(data: dict | None) -> bool:
+    return data is None or bool(data.get("retry") or data.get("unknown"))
+
+
+@quarantine_app.command("attribute")
+def q_attribute(
+    item_ids: Annotated[list[str] | None, typer.Argument(help="Item ids (from `quarantine list`).")] = None,
+    every: Annotated[bool, typer.Option("--all", help="Every held item (quarantined or upstream pending).")] = False,
+    missing: Annotated[
+        bool, typer.Option("--missing", help="With --all: only items with no or incomplete attribution.")
+    ] = False,
+    actions: Annotated[
+        bool,
+        typer.Option(
+            "--actions",
+            help="Also plan the [actions] configured for the items' labels (normally only "
+            "items quarantined while actions were configured get them).",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Look up and print; store nothing, plan and send nothing.")
+    ] = False,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Find (or refresh) who uploaded items, and the posts, comments and messages using them, from
+    pict-rs's and Lemmy's databases. Fills in what was unknown at quarantine time (a database was down)."""
+    from mirror_scan.app.workspace import Workspace
+    from mirror_scan.errors import MirrorScanError
+    from mirror_scan.kinds import HELD_STATES
+    from mirror_scan.moderation.actions import describe_action, follow_up_enabled
+    from mirror_scan.moderation.attribution import summary
+
+    if not item_ids and not every:
+        raise UsageError("name items to attribute, or pass --all")
+    settings = resolve({"state": state, "quarantine": quarantine}, config)
+    if not follow_up_enabled(settings):
+        raise UsageError(
+            "no attribution source is configured",
+            hint="set [pictrs] database_url and [lemmy] database_url (see the README's Lemmy section), then "
+            "`mirror-scan lemmy check`",
+        )
+    opener = Workspace.reader if dry_run else Workspace.writer
+    results = []
+    with opener(settings) as workspace:
+        if every:
+            chosen = [row.id for row in workspace.ledger.items(states=HELD_STATES)]
+            if missing:
+                chosen = [i for i in chosen if _incomplete(workspace.ledger.attribution(i))]
+        else:
+            chosen = list(item_ids or [])
+        moderation = workspace.moderation
+        for item_id in chosen:
+            item = workspace.ledger.item(item_id)
+            if item is None:
+                raise UsageError(f"no quarantine item {item_id}", hint="see `mirror-scan quarantine list`")
+            if dry_run:
+                data = moderation.look_up(item)
+                planned = moderation.planned_actions(item, data)
+                would = [describe_action(a, t) for a, t in planned.rows]
+                skipped = [f"{describe_action(a, t)}: {why}" for a, t, why in planned.skipped]
+                results.append(
+                    {"id": item_id, **summary(data), "would": would, "skipped": skipped, "attribution": data}
+                )
+                continue
+            try:
+                data = moderation.attribute_now(item_id, plan=actions)
+            except MirrorScanError as error:
+                err.print(f"error: {item_id}: {error}")
+                continue
+            results.append({"id": item_id, **summary(data), "unknown": data.get("unknown", [])})
+        if not dry_run:
+            workspace.run_follow_ups(say=lambda note: err.print(note))
+    if json_out:
+        print_json(results)
+        return
+    for r in results:
+        out.print(f"{r['id']}: uploader {r['uploader']}; {r['where']}")
+        for gap in r.get("unknown") or r.get("attribution", {}).get("unknown", []):
+            out.print(f"  unknown {gap['part']}: {gap['reason']}")
+        if dry_run:
+            out.print("  would: " + ("; ".join(r["would"]) if r["would"] else "nothing ([actions] for its labels)"))
+            for line in r.get("skipped", []):
+                out.print(f"  would not: {line}")
+    if not results:
+        out.print("nothing to attribute")
+
+
+@quarantine_app.command("restore")
+def q_restore(
+    item_ids: Annotated[list[str] | None, typer.Argument(help="Item ids (from `quarantine list`).")] = None,
+    since: Annotated[
+        str | None, typer.Option("--since", help="Every item quarantined since a date (2026-11-01) or duration (7d).")
+    ] = None,
+    label: Annotated[
+        str | None, typer.Option("--label", help="Only items flagged with this label (csam, nsfw, ...).")
+    ] = None,
+    from_file: Annotated[
+        str | None, typer.Option("--from-file", help="A file of item ids, one per line ('-': standard input).")
+    ] = None,
+    to: Annotated[Path | None, typer.Option("--to", help="Restore to this path instead of the original one.")] = None,
+    no_upstream: Annotated[bool, typer.Option("--no-upstream", help="Do not put the object back upstream.")] = False,
+    remote: Annotated[
+        str | None, typer.Option("--remote", help="Check that the items came from this remote (optional).")
+    ] = None,
+    rclone: RcloneOpt = None,
+    yes: YesOpt = False,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Put items back, byte-identical, where they came from (the mirror, and the bucket each item records),
+    and allowlist their sha256 so they are never flagged again. Works while the watch daemon runs. Refuses
+    to overwrite a different file (use --to). A selection (--since, --label, --from-file) is listed first
+    and asks before it acts."""
+    from mirror_scan.errors import MirrorScanError
+    from mirror_scan.kinds import RESTORABLE_STATES
+    from mirror_scan.store.ledger import display_path
+    from mirror_scan.store.quarantine import UpstreamRestorePending
+
+    explicit = list(item_ids or [])
+    if from_file is not None:
+        try:
+            lines = sys.stdin.read() if from_file == "-" else Path(from_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as error:
+            raise UsageError(
+                f"--from-file {from_file}: cannot be read ({error})", hint="one item id per line; '-' reads stdin"
+            ) from None
+        explicit += [line.strip() for line in lines.splitlines() if line.strip() and not line.startswith("#")]
+    if not explicit and since is None and label is None:
+        raise UsageError("name items to restore, or select them with --since, --label or --from-file")
+    if to is not None and (len(explicit) != 1 or since or label):
+        raise UsageError("--to takes exactly one item")
+    with _reader(state, quarantine, config) as workspace:
+        every = {e["id"]: e for e in workspace.quarantine.entries(parse_since(since) if since else None)}
+    selectable = [e for e in every.values() if e["state"] in RESTORABLE_STATES]
+    chosen = selectable
+    if explicit:
+        known = {e["id"] for e in selectable}
+        missing = [i for i in explicit if i not in known]
+        if len(missing) == 1 and missing[0] in every:
+            raise UsageError(f"item {missing[0]} is {every[missing[0]]['state']}, not quarantined")
+        if missing:
+            raise UsageError(
+                f"no restorable quarantine item {missing[0]}"
+                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
+                hint="see `mirror-scan quarantine list` (restored and purged items cannot be restored)",
+            )
+        chosen = [e for e in selectable if e["id"] in set(explicit)]
+    if label is not None:
+        chosen = [e for e in chosen if label in ((e["reason"] or {}).get("labels") or [])]
+    if remote is not None:
+        others = [e["id"] for e in chosen if e["remote"] not in (None, remote)]
+        if others:
+            raise UsageError(f"item {others[0]} came from another remote, not {remote}")
+    if not chosen:
+        out.print("nothing to restore")
+        return
+    if since is not None or label is not None or from_file is not None:  # a selection: show it, then ask
+        for e in chosen:
+            out.print(f"{e['id']}  {e['original']}  {_reason_text(e['reason'])}  {e['state']}")
+        if not yes and not typer.confirm(f"Restore these {len(chosen)} item(s)?", default=False):
+            raise typer.Exit(1)
+    failed = pending = 0
+    with _writer(state, quarantine, config, quiet=True, rclone=rclone) as workspace:
+        for entry in chosen:
+            try:
+                target = workspace.quarantine.restore(entry["id"], to=to, upstream=not no_upstream)
+            except UpstreamRestorePending as error:
+                pending += 1
+                err.print(f"pending: {entry['id']}: {error}")
+                continue
+            except MirrorScanError as error:
+                failed += 1
+                err.print(f"error: {entry['id']}: {error}")
+                continue
+            out.print(f"restored {entry['id']} -> {display_path(target)} (sha256 allowlisted)")
+        workspace.run_follow_ups(say=lambda note: err.print(note))  # undo what moderation did
+    if failed or pending:
+        raise typer.Exit(2 if failed else 1)
+
+
+@quarantine_app.command("purge")
+def q_purge(
+    item_ids: Annotated[list[str] | None, typer.Argument(help="Item ids; or use --older-than.")] = None,
+    older_than: Annotated[str | None, typer.Option("--older-than", help="Every item older than this (90d).")] = None,
+    pictrs: Annotated[
+        bool,
+        typer.Option(
+            "--pictrs",
+            help="Purge the items from pict-rs (all aliases, variants and "
+            "records; irreversible) instead of deleting the quarantined bytes.",
+        ),
+    ] = False,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Delete quarantined bytes permanently (a metadata tombstone stays), or with --pictrs purge the
+    items from pict-rs. Nothing else ever deletes: check your reporting and preservation duties first."""
+    if not item_ids and not older_than:
+        raise UsageError("name items to purge, or pass --older-than DURATION")
+    settings = resolve({"state": state, "quarantine": quarantine}, config)
+    with _writer(state, quarantine, config) as workspace:
+        store = workspace.quarantine
+        purgeable = EXPORTED_STATES if pictrs else PURGEABLE_STATES
+        chosen = [e for e in store.entries() if e["state"] in purgeable]
+        if item_ids:
+            known = {e["id"] for e in chosen}
+            missing = [i for i in item_ids if i not in known]
+            if missing:
+                raise UsageError(f"no purgeable quarantine item {missing[0]}", hint="see `mirror-scan quarantine list`")
+            chosen = [e for e in chosen if e["id"] in set(item_ids)]
+        if older_than:
+            cutoff = dt.datetime.now(dt.UTC).timestamp() - parse_duration(older_than)
+            chosen = [e for e in chosen if dt.datetime.fromisoformat(e["quarantined_at"]).timestamp() < cutoff]
+        if not chosen:
+            out.print("nothing to purge")
+            return
+        if pictrs:
+            _purge_pictrs(store, chosen, settings, yes=yes)
+            return
+        if not yes:
+            if not typer.confirm(f"Permanently delete the bytes of {len(chosen)} quarantined item(s)?", default=False):
+                raise typer.Exit(1)
+        for e in chosen:
+            store.purge(e["id"])
+    out.print(f"purged {len(chosen)} item(s)")
+
+
+def _purge_pictrs(store, chosen: list[dict], settings, yes: bool) -> None:
+    from mirror_scan.clients.pictrs import Pictrs
+
+    if not settings.pictrs_url or not settings.pictrs_api_key:
+        raise UsageError(
+            "pict-rs is not configured", hint="set [pictrs] url and api_key, then `mirror-scan pictrs check`"
+        )
+    client = Pictrs(settings.pictrs_url, settings.pictrs_api_key)
+    aliases = client.aliases_for(e["sha256"] for e in chosen)
+    plan = [(e, aliases.get(e["sha256"], [])) for e in chosen]
+    for e, found in plan:
+        out.print(f"{e['id']}: {', '.join(found) if found else 'no alias found in pict-rs'}")
+    # One purge per file: pict-rs removes every alias of the file it names (robinst/pict-rs src/lib.rs:1487).
+    targets = [(e, found[0]) for e, found in plan if found]
+    if not targets:
+        out.print("nothing to purge in pict-rs")
+        return
+    if not yes and not typer.confirm(
+        f"Purge {len(targets)} file(s) ({sum(len(f) for _, f in plan)} alias(es)) from pict-rs? This deletes the "
+        "files, their variants and records and cannot be undone.",
+        default=False,
+    ):
+        raise typer.Exit(1)
+    for e, alias in targets:
+        note = client.purge(alias)
+        store.record_pictrs_purge(e["id"], alias, note)
+        out.print(f"{e['id']}: {alias}: {note}")
+
+
+@quarantine_app.command("export-hashes")
+def q_export_hashes(
+    fmt: Annotated[str, typer.Option("--format", help="txt (one sha256 per line) or csv.")] = "txt",
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """The sha256 list of quarantined items (restored items excluded): the older form of `mirror-scan
+    hashlist export`, which adds PDQ (re-encoded copies match) and md5 in formats other tools read."""
+    if fmt not in ("txt", "csv"):
+        raise UsageError(f"format {fmt!r} is not supported", hint="use txt or csv")
+    with _reader(state, quarantine, config) as workspace:
+        entries = [e for e in workspace.quarantine.entries() if e["state"] in EXPORTED_STATES]
+    if fmt == "csv":
+        out.print("sha256,size,quarantined_at")
+        for e in entries:
+            out.print(f"{e['sha256']},{e['size']},{e['quarantined_at']}")
+    else:
+        for sha in sorted({e["sha256"] for e in entries}):
+            out.print(sha)
+
+
+@quarantine_app.command("reindex")
+def q_reindex(
+    mirror_root: ImportRootOpt = None,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Index items the ledger does not know from their metadata files (after losing the state database).
+    Items the ledger knows stay as it records them; a metadata file that disagrees is reported."""
+    import os
+
+    with _writer(state, quarantine, config) as workspace:
+        count, problems = workspace.quarantine.reindex(os.fsencode(mirror_root.resolve()) if mirror_root else None)
+    for problem in problems:
+        err.print(f"skipped: {problem}")
+    out.print(f"indexed {count} item(s)")
+
+
+@allowlist_app.command("list")
+def a_list(
+    state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False
+) -> None:
+    """sha256s that are never flagged."""
+    with _reader(state, quarantine, config) as workspace:
+        rows = workspace.ledger.allowlist()
+    if json_out:
+        print_json(
+            [{"sha256": s, "added": dt.datetime.fromtimestamp(a, dt.UTC).isoformat(), "note": n} for s, a, n in rows]
+        )
+        return
+    for sha, added, note in rows:
+        out.print(f"{sha}  {dt.datetime.fromtimestamp(added, dt.UTC):%Y-%m-%d %H:%M}  {note or ''}")
+
+
+def _sha(text: str) -> str:
+    sha = text.strip().lower()
+    if not SHA256.match(sha):
+        raise UsageError(f"{text!r} is not a sha256", hint="64 hex characters, as in `mirror-scan report`")
+    return sha
+
+
+@allowlist_app.command("add")
+def a_add(
+    sha256: str,
+    note: Annotated[str, typer.Option(help="Why (shown in `allowlist list`).")] = "",
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Never flag these bytes again; recorded flagged verdicts for them become clean."""
+    with _writer(state, quarantine, config) as workspace:
+        workspace.ledger.allow(_sha(sha256), note=note or "added by hand")
+    out.print(f"allowlisted {sha256.lower()}")
+
+
+@allowlist_app.command("remove")
+def a_remove(sha256: str, state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
+    """Stop allowlisting these bytes (takes effect at the next scan or rescore)."""
+    with _writer(state, quarantine, config) as workspace:
+        removed = workspace.ledger.disallow(_sha(sha256))
+    if not removed:
+        raise UsageError(f"{sha256} is not on the allowlist")
+    out.print(f"removed {sha256.lower()} from the allowlist")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(quarantine_app, name="quarantine")
+    app.add_typer(allowlist_app, name="allowlist")
+
+
+__all__ = ["register"]

@@ -1,0 +1,292 @@
+"""`scan`, `apply`, `rescore`, `report` and `config`: the commands that read and write the state."""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+from mirror_scan.cli.console import err, out, print_json, setup_logging
+from mirror_scan.cli.options import (
+    ConfigOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    PolicyOpt,
+    PrecisionOpt,
+    QuarantineOpt,
+    QuietOpt,
+    RcloneOpt,
+    RemoteOpt,
+    SeverityOpt,
+    StateOpt,
+    open_writer,
+)
+from mirror_scan.errors import MirrorScanError, UsageError
+from mirror_scan.settings import Settings, describe, resolve
+
+log = logging.getLogger("mirror_scan")
+
+
+def _settings(config: Path | None, **flags) -> Settings:
+    return resolve(flags, config)
+
+
+def _progress_enabled(quiet: bool, json_out: bool) -> bool:
+    return not quiet and not json_out and sys.stderr.isatty()
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("scan")
+    def scan(
+        paths: Annotated[list[Path], typer.Argument(help="Directories or files to scan (a mirror, a backup).")],
+        model: ModelOpt = None,
+        policy: PolicyOpt = None,
+        severity: SeverityOpt = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Record verdicts; act on nothing.")] = False,
+        state: StateOpt = None,
+        quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")] = None,
+        remote: RemoteOpt = None,
+        rclone: RcloneOpt = None,
+        report: Annotated[Path | None, typer.Option("--report", help="Write one record per file here.")] = None,
+        report_format: Annotated[str, typer.Option("--report-format", help="jsonl or csv.")] = "jsonl",
+        batch_size: Annotated[int | None, typer.Option("--batch-size", help="Images per inference batch.")] = None,
+        workers: Annotated[int | None, typer.Option("--workers", help="Decode threads.")] = None,
+        device: DeviceOpt = None,
+        precision: PrecisionOpt = None,
+        config: ConfigOpt = None,
+        quiet: QuietOpt = False,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Scan files once: score every new or changed file, skip unchanged ones, reuse results for
+        copies. Exit 0: nothing flagged; 1: something flagged; 2: the scan could not run."""
+        from mirror_scan.app.scanner import load_scanner, scan_config
+        from mirror_scan.scan.act import QuarantineActor
+        from mirror_scan.scan.report import ReportWriter
+        from mirror_scan.scan.runner import Scan
+
+        if quiet or json_out:
+            setup_logging(quiet=True)
+        settings = _settings(
+            config,
+            remote=remote,
+            rclone=rclone,
+            model=model,
+            policy=policy,
+            severity=severity,
+            state=state,
+            quarantine=quarantine,
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+            precision=precision,
+        )
+        for path in paths:
+            if not os.path.lexists(path):
+                raise UsageError(f"{path} does not exist", hint="pass the mirror directory or a backup directory")
+        bundle, loaded_policy, offset, scorer = load_scanner(settings)
+        place = scorer.placement
+        if not quiet and not json_out:
+            err.print(f"model {bundle.manifest['model']['arch']} on {place.provider} ({place.precision}): {place.note}")
+            err.print(f"policy {loaded_policy.policy_id}, severity {offset:+g}" + (", dry run" if dry_run else ""))
+        writer = ReportWriter(report, report_format) if report else None
+        with open_writer(settings, quiet=quiet or json_out) as workspace:
+            ledger = workspace.ledger
+            if settings.remote:  # each mirror is tied to its bucket: another --remote is refused, not obeyed
+                for path in paths:
+                    workspace.bind_mirror(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)),
+                                          settings.remote, "scan --remote")  # fmt: skip
+            actor = None if dry_run else QuarantineActor(ledger, workspace.quarantine)
+            runner = Scan(
+                ledger,
+                bundle,
+                scorer,
+                loaded_policy,
+                scan_config(settings, offset, loaded_policy),
+                actor=actor,
+                report=writer,
+            )
+            try:
+                if _progress_enabled(quiet, json_out):
+                    with Progress(
+                        TextColumn("scanning"),
+                        BarColumn(),
+                        MofNCompleteColumn(),
+                        TextColumn("{task.fields[rate]} img/s"),
+                        TimeElapsedColumn(),
+                        TimeRemainingColumn(),
+                        console=err,
+                        transient=True,
+                    ) as bar:
+                        task = bar.add_task("scan", total=None, rate="-")
+
+                        def show(counters, discovery_done):
+                            rate = counters.scored / max(counters.seconds or 1e-9, 1e-9)
+                            bar.update(
+                                task,
+                                completed=counters.done,
+                                total=counters.discovered if discovery_done else None,
+                                rate=f"{counters.stage_seconds['infer'] and rate:.1f}",
+                            )
+
+                        runner.progress = show
+                        counters = runner.run([str(p) for p in paths])
+                else:
+                    counters = runner.run([str(p) for p in paths])
+            finally:
+                if writer:
+                    writer.close()
+            if actor is not None:
+                workspace.run_follow_ups(say=None if quiet or json_out else lambda note: err.print(note))
+        summary = counters.as_dict() | {
+            "provider": place.provider,
+            "precision": place.precision,
+            "policy": loaded_policy.policy_id,
+            "severity": offset,
+            "dry_run": dry_run,
+        }
+        if json_out:
+            print_json(summary)
+        elif not quiet:
+            table = Table(title="scan summary", show_header=False)
+            for label, key in (
+                ("scanned", "scanned"),
+                ("skipped (unchanged)", "skipped_unchanged"),
+                ("reused (same bytes)", "reused_by_hash"),
+                ("flagged", "flagged"),
+                ("errors", "errors"),
+                ("still changing (next scan)", "pending_changed"),
+                ("images/s", "images_per_s"),
+                ("seconds", "seconds"),
+            ):
+                table.add_row(label, str(summary[key]))
+            out.print(table)
+            if summary["errors"]:
+                out.print("errors are listed by: mirror-scan report --errors")
+            if summary["flagged"] and dry_run:
+                out.print("dry run: nothing was acted on; act on these verdicts with: mirror-scan apply")
+            elif summary["flagged"]:
+                out.print(
+                    f"flagged files were moved to the quarantine ({settings.quarantine}); "
+                    "see: mirror-scan quarantine list"
+                )
+            if actor is not None and actor.failures:
+                out.print(
+                    f"{actor.failures} flagged file(s) could not be quarantined (see the log); "
+                    "they stay in place and `mirror-scan apply` retries them"
+                )
+        raise typer.Exit(counters.exit_code)
+
+    @app.command("apply")
+    def apply(
+        state: StateOpt = None,
+        quarantine: QuarantineOpt = None,
+        remote: RemoteOpt = None,
+        rclone: RcloneOpt = None,
+        config: ConfigOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Quarantine the files flagged earlier (by a dry run or a rescore) and not yet acted on, without
+        running the model again. With --remote NAME:bucket, also the objects `bucket scan` flagged in that
+        bucket: each is read into the quarantine, verified, and removed upstream."""
+        from mirror_scan.scan.act import BucketActor, QuarantineActor
+        from mirror_scan.scan.rescore import apply_verdicts
+
+        settings = _settings(config, state=state, quarantine=quarantine, remote=remote, rclone=rclone)
+        if not settings.state.exists():
+            raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
+        with open_writer(settings, quiet=json_out) as workspace:
+            if settings.remote:
+                for root in {row.root for row in workspace.ledger.flagged_unacted() if row.root}:
+                    workspace.bind_mirror(os.fsdecode(root), settings.remote, "apply --remote")
+            acted = apply_verdicts(workspace.ledger, QuarantineActor(workspace.ledger, workspace.quarantine))
+            if settings.remote:  # objects scanned in that bucket (`bucket scan`) that have no mirror copy
+                actor = BucketActor(workspace.ledger, workspace.quarantine)
+                acted += apply_verdicts(workspace.ledger, actor, "bucket", settings.remote.rstrip("/").encode())
+            workspace.run_follow_ups(say=None if json_out else lambda note: err.print(note))
+        if json_out:
+            print_json({"acted": acted})
+        else:
+            out.print(f"quarantined {acted} flagged file(s)")
+
+    @app.command("rescore")
+    def rescore_cmd(
+        policy: PolicyOpt = None,
+        severity: SeverityOpt = None,
+        state: StateOpt = None,
+        model: ModelOpt = None,
+        quarantine: QuarantineOpt = None,
+        config: ConfigOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Re-decide every stored file from stored similarities (or stored embeddings when the policy's
+        prompts changed) with no image read; report how many verdicts changed each way."""
+        from mirror_scan.model.bundle import load_bundle
+        from mirror_scan.policy import load_policy, resolve_severity
+        from mirror_scan.scan.rescore import rescore
+
+        settings = _settings(config, policy=policy, severity=severity, state=state, model=model, quarantine=quarantine)
+        if not settings.state.exists():
+            raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
+        loaded = load_policy(settings.policy)
+        offset = resolve_severity(loaded, settings.severity)
+        bundle = load_bundle(settings.model) if (settings.model / "manifest.json").exists() else None
+        with open_writer(settings, quiet=json_out) as workspace:
+            summary = rescore(workspace.ledger, loaded, offset, bundle)
+        result = summary.as_dict() | {"policy": loaded.policy_id, "severity": offset}
+        if json_out:
+            print_json(result)
+        else:
+            out.print(
+                f"rescored {summary.files} file(s) with {loaded.policy_id}, severity {offset:+g} in "
+                f"{summary.seconds:.2f}s: {summary.to_flagged} clean -> flagged, {summary.to_clean} flagged -> "
+                f"clean, {summary.still_flagged} still flagged, {summary.still_clean} still clean"
+            )
+            if summary.to_flagged:
+                out.print("act on the newly flagged files with: mirror-scan apply")
+
+    @app.command("report")
+    def report_cmd(
+        fmt: Annotated[str, typer.Option("--format", help="jsonl or csv.")] = "jsonl",
+        flagged: Annotated[bool, typer.Option("--flagged", help="Only flagged files.")] = False,
+        errors: Annotated[bool, typer.Option("--errors", help="Only files that could not be scanned.")] = False,
+        output: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
+        state: StateOpt = None,
+        config: ConfigOpt = None,
+    ) -> None:
+        """One record per file: path, sha256, status, verdict, reason, size, format, action."""
+        from mirror_scan.scan.report import ReportWriter, ledger_records
+        from mirror_scan.store.ledger import Ledger
+
+        settings = _settings(config, state=state)
+        if not settings.state.exists():
+            raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
+        with Ledger(settings.state, readonly=True) as ledger:
+            writer = ReportWriter(output, fmt)
+            try:
+                for rec in ledger_records(ledger, flagged=flagged, errors=errors):
+                    writer.write(rec)
+            finally:
+                writer.close()
+
+    @app.command("config")
+    def config_cmd(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+        """Show every setting, its value, and where it came from (flag, env, config file, default)."""
+        settings = _settings(config)
+        rows = describe(settings)
+        if json_out:
+            print_json({name: {"value": value, "source": source} for name, value, source in rows})
+            return
+        table = Table("setting", "value", "from")
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+
+
+__all__ = ["register", "MirrorScanError"]

@@ -1,0 +1,100 @@
+"""`state check`, `state recover`, `state rebuild`: the ledger itself."""
+
+from __future__ import annotations
+
+import os
+import time
+
+import typer
+
+from mirror_scan.cli.console import err, out
+from mirror_scan.cli.options import ConfigOpt, ImportRootOpt, QuarantineOpt, StateOpt, YesOpt, open_writer
+from mirror_scan.errors import UsageError
+from mirror_scan.settings import resolve
+
+state_app = typer.Typer(help="Check, recover or rebuild the state database.", no_args_is_help=True)
+
+
+@state_app.command("check")
+def check(state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
+    """Read-only health check of the state database (SQLite's integrity check, tables, unfinished moves)."""
+    from mirror_scan.app.workspace import refuse_lost_state
+    from mirror_scan.store.ledger import Ledger, StateDamaged
+
+    settings = resolve({"state": state, "quarantine": quarantine}, config)
+    if not settings.state.exists():
+        raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
+    refuse_lost_state(settings)
+    try:
+        with Ledger(settings.state, readonly=True) as ledger:
+            problems = ledger.check()
+            moves = ledger.unfinished_moves()
+            files, items = ledger.file_count(), len(ledger.items())
+    except StateDamaged:
+        raise
+    except Exception as error:  # noqa: BLE001 - any failure to read it is the answer
+        raise UsageError(f"state database {settings.state} cannot be read: {error}") from None
+    if problems:
+        for problem in problems:
+            err.print(f"problem: {problem}")
+        raise UsageError(
+            f"state database {settings.state} is damaged",
+            hint=f"`mirror-scan state rebuild --state {settings.state}` rebuilds it from the quarantine's metadata",
+        )
+    out.print(f"{settings.state}: ok, {files} file(s), {items} quarantine item(s), {len(moves)} unfinished move(s)")
+
+
+@state_app.command("recover")
+def recover(state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
+    """Finish or roll back every move whose process died (every writing command does this when it starts;
+    moves a live process owns are left to it)."""
+    settings = resolve({"state": state, "quarantine": quarantine}, config)
+    if not settings.state.exists():
+        raise UsageError(f"state database {settings.state} does not exist", hint="nothing to recover; check --state")
+    with open_writer(settings, quiet=True, recover=False) as workspace:
+        notes = workspace.quarantine.recover()
+    for note in notes:
+        out.print(f"recovered: {note}")
+    out.print(f"{len(notes)} move(s) recovered")
+
+
+@state_app.command("rebuild")
+def rebuild(
+    mirror_root: ImportRootOpt = None,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+    yes: YesOpt = False,
+) -> None:
+    """Start a new state database: the damaged one is kept beside it (renamed), the quarantine index and
+    the allowlist (restored items) come back from the items' metadata files, and the next scan reads
+    every file again."""
+    from mirror_scan.kinds import ItemState
+
+    settings = resolve({"state": state, "quarantine": quarantine}, config)
+    if not settings.quarantine.is_dir():
+        raise UsageError(f"no quarantine at {settings.quarantine}", hint="pass --quarantine DIR")
+    if settings.state.exists() and not yes:
+        if not typer.confirm(f"Set {settings.state} aside and rebuild it from {settings.quarantine}?", default=False):
+            raise typer.Exit(1)
+    kept = None
+    if settings.state.exists():
+        kept = settings.state.with_name(f"{settings.state.name}.damaged-{int(time.time())}")
+        for suffix in ("", "-wal", "-shm"):
+            source = settings.state.with_name(settings.state.name + suffix)
+            if source.exists():
+                os.replace(source, kept.with_name(kept.name + suffix))
+    with open_writer(settings, quiet=True, recover=False) as workspace:
+        count, problems = workspace.quarantine.reindex(os.fsencode(mirror_root.resolve()) if mirror_root else None)
+        restored = [i for i in workspace.ledger.items() if i.state == ItemState.RESTORED]
+        for item in restored:
+            workspace.ledger.allow(item.sha256, note=f"restored from quarantine item {item.id} (rebuilt)")
+    for problem in problems:
+        err.print(f"skipped: {problem}")
+    if kept:
+        out.print(f"the old database is kept as {kept}")
+    out.print(f"rebuilt {settings.state}: {count} quarantine item(s), {len(restored)} allowlisted; scan to refill it")
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(state_app, name="state")

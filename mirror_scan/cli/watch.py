@@ -1,0 +1,160 @@
+"""`watch` (the daemon) and `status`."""
+
+from __future__ import annotations
+
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mirror_scan.cli.console import err, out, print_json
+from mirror_scan.cli.durations import parse_interval
+from mirror_scan.cli.options import (
+    ConfigOpt,
+    DeviceOpt,
+    ModelOpt,
+    PolicyOpt,
+    PrecisionOpt,
+    QuarantineOpt,
+    RcloneOpt,
+    RemoteOpt,
+    SeverityOpt,
+    StateOpt,
+    parse_listen,
+)
+from mirror_scan.errors import UsageError
+from mirror_scan.settings import resolve
+
+STATUS_KEYS = ("mirror", "model", "provider", "policy", "observer", "remote")
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("watch")
+    def watch(
+        mirror: Annotated[Path, typer.Option("--mirror", help="The mirrored bucket directory to watch.")],
+        remote: RemoteOpt = None,
+        pull_every: Annotated[str, typer.Option("--pull-every", help="Pull interval with --remote (60s).")] = "60s",
+        observer: Annotated[str, typer.Option("--observer", help="auto, inotify, polling or none.")] = "auto",
+        reconcile_every: Annotated[str, typer.Option("--reconcile-every", help="Stat-only walk interval.")] = "10m",
+        poll_every: Annotated[
+            str,
+            typer.Option(
+                "--poll-every",
+                help="With the polling observer (mounts, network filesystems): how often it walks the mirror. "
+                "Each walk lists every directory (from rclone's dir cache on a mount).",
+            ),
+        ] = "2s",
+        retry_errors_after: Annotated[
+            str,
+            typer.Option(
+                "--retry-errors-after",
+                help="Retry files that could not be read after this, doubling per failure (at most a day).",
+            ),
+        ] = "60s",
+        settle: Annotated[
+            float,
+            typer.Option("--settle", help="Seconds a file written in place must stay unchanged before it is scanned."),
+        ] = 1.0,
+        metrics: Annotated[str | None, typer.Option("--metrics", help="Serve Prometheus metrics on HOST:PORT.")] = None,
+        dry_run: Annotated[bool, typer.Option("--dry-run", help="Record verdicts; act on nothing.")] = False,
+        model: ModelOpt = None,
+        policy: PolicyOpt = None,
+        severity: SeverityOpt = None,
+        state: StateOpt = None,
+        quarantine: QuarantineOpt = None,
+        rclone: RcloneOpt = None,
+        device: DeviceOpt = None,
+        precision: PrecisionOpt = None,
+        config: ConfigOpt = None,
+    ) -> None:
+        """Scan a mirrored disk continuously: new files are scored within a second or so, flagged ones
+        quarantined (and removed upstream with --remote). Every other command (restore, allowlist, purge,
+        apply, rescore, serve) works beside it on the same state. Pending upstream removals are retried
+        with backoff. SIGTERM/SIGINT stop cleanly; a restart picks up exactly where it stopped."""
+        from mirror_scan.app.daemon import WatchDaemon, WatchOptions
+
+        if observer not in ("auto", "inotify", "polling", "none"):
+            raise UsageError(f"--observer {observer!r}", hint="use auto, inotify, polling or none")
+        if not mirror.is_dir():
+            raise UsageError(f"mirror {mirror} is not a directory", hint="create it, or pull into it first")
+        options = WatchOptions(
+            mirror=mirror.resolve(),
+            observer=observer,
+            pull_interval=parse_interval(pull_every),
+            reconcile_interval=parse_interval(reconcile_every),
+            error_retry_s=parse_interval(retry_errors_after),
+            poll_s=parse_interval(poll_every),
+            settle_s=settle,
+            metrics=parse_listen(metrics) if metrics else None,
+            dry_run=dry_run,
+        )
+        settings = resolve(
+            {
+                "remote": remote,
+                "rclone": rclone,
+                "model": model,
+                "policy": policy,
+                "severity": severity,
+                "state": state,
+                "quarantine": quarantine,
+                "device": device,
+                "precision": precision,
+            },
+            config,
+        )
+        daemon = WatchDaemon(settings, options)
+        stopping: list[int] = []
+        started = False
+
+        def stop(signum, frame) -> None:
+            if not stopping:
+                stopping.append(signum)
+                if started:
+                    daemon.stop()
+
+        # Before start: a SIGTERM that arrives while the daemon starts stops it cleanly once it has started.
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        daemon.start(say=err.print)
+        started = True
+        if stopping:
+            daemon.stop()
+        counters = daemon.join()
+        err.print(f"stopped cleanly: {counters.scored} scanned, {counters.flagged} flagged, {counters.errors} errors")
+
+    @app.command("status")
+    def status_cmd(
+        state: StateOpt = None,
+        config: ConfigOpt = None,
+        json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+    ) -> None:
+        """The watch daemon's queue depth, last pull, last reconcile, counts, upstream retries, model and
+        provider. Reads only: never waits for the daemon."""
+        from mirror_scan.app.daemon import COUNTER_KEYS, read_status_file, status_path
+        from mirror_scan.store.ledger import Ledger
+
+        settings = resolve({"state": state}, config)
+        data = read_status_file(settings.state)
+        if data is None:
+            raise UsageError(
+                f"no watch status at {status_path(settings.state)}",
+                hint="is `mirror-scan watch` running with this --state?",
+            )
+        age = time.time() - data.get("updated_unixtime", 0)
+        data["age_seconds"] = round(age, 1)
+        if settings.state.exists():
+            with Ledger(settings.state, readonly=True) as ledger:
+                data["upstream_pending"] = ledger.upstream_pending_count()
+        if json_out:
+            print_json(data)
+            return
+        for key in (*STATUS_KEYS, *COUNTER_KEYS, "upstream_breakers", "age_seconds"):
+            if key in data:
+                value = data[key]
+                if key.endswith("unixtime") and value:
+                    value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+                out.print(f"{key:24s} {value}")
+        if age > 10:
+            out.print(f"(last update {age:.0f}s ago: the daemon may not be running)")

@@ -1,0 +1,1 @@
+"""The model: the bundle, preprocessing, the ONNX session, concepts and scoring."""

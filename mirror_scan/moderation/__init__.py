@@ -1,0 +1,1 @@
+"""After a quarantine: who uploaded it and where (attribution), and the actions on Lemmy."""

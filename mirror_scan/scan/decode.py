@@ -1,0 +1,658 @@
+"""Bytes -> model-ready rows. Whatever a viewer could display reaches the model, or the notes say why not.
+
+Format from the bytes, never the name (old pict-rs keys have no extension): videos by their container
+signature, every still and animated format that Pillow and its plugins read (JPEG, PNG/APNG, GIF, WebP,
+AVIF, JPEG XL, HEIF/HEIC, TIFF, BMP, ICO, JPEG 2000, QOI, PSD, ...) by Pillow's own identification.
+Every failure is returned as a reason, never raised, so one bad file cannot stop a scan, and nothing
+that yields no pixels is ever acted on.
+
+What becomes rows (each row is one model input; the file's verdict is its worst row):
+- every distinct frame of an animation, multi-page TIFF or video, up to `max_frames` (near-duplicates
+  skipped by a 16x16 signature, so a 1,000-frame GIF of three pictures costs three inferences); videos
+  longer than `max_decoded_frames` are read by their keyframes only;
+- every picture of a multi-picture JPEG (MPO, Ultra HDR) except gain and depth maps;
+- per frame, the centre crop (what horde-safety's thresholds were tuned on) and, with coverage "full",
+  square tiles along the long side until every pixel is in a scored crop;
+- per frame with mostly transparent pixels over non-uniform colour: composited AND alpha ignored.
+
+Truncated or partly corrupt files are decoded as far as they go ("partial" in the notes) and still
+listed by `report --errors`. Bounded work: the pixel count is checked from the header before decoding,
+and each frame is reduced to model size as soon as it is decoded and hashed (PDQ of the picture as
+stored, the way Meta's reference hashes it: see hashes.reference_pixels).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import threading
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+
+import numpy as np
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
+
+from mirror_scan.model.bundle import Preprocess
+from mirror_scan.model.preprocess import normalise, resize_and_crop
+
+try:  # JPEG XL through the pillow-jxl plugin (registers itself with Pillow)
+    import pillow_jxl  # noqa: F401
+except ImportError:  # pragma: no cover - optional at runtime, installed by default
+    pass
+from mirror_scan.lists import hashes
+from mirror_scan.scan.pngchunks import strip_metadata
+
+# PDQ perceptual hashes for hash lists; scanning works without them.
+pdq_dihedral = hashes.pdq_dihedral if hashes.AVAILABLE else None
+try:  # HEIF/HEIC (iPhone photos) through pillow-heif
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+except ImportError:  # pragma: no cover - optional at runtime, installed by default
+    pass
+
+Image.init()
+# Process-wide, set once (catch_warnings() is not thread-safe and decodes run in threads): Pillow's bomb
+# warning is an error, and its remarks about odd files ("malformed MPO", "tag data larger than file") are
+# not for the admin's log: what matters reaches the notes.
+warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.")
+# Every format Pillow can open, except EPS (Pillow runs Ghostscript on it: never on untrusted bytes).
+PILLOW_FORMATS = tuple(sorted(set(Image.OPEN) - {"EPS"}))
+
+NEUTRAL_BACKGROUND = (128, 128, 128)
+ORIENTATION = 0x0112  # EXIF tag
+VIDEO_FORMATS = ("mp4", "webm")
+MP4_BRANDS = {
+    b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"mp41", b"mp42", b"mp71", b"avc1", b"dash",
+    b"M4V ", b"M4A ", b"f4v ", b"qt  ", b"MSNV", b"3gp4", b"3gp5", b"3g2a",
+}  # fmt: skip
+STILL_BRANDS = {b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+# A frame is a near-duplicate of an earlier one when no cell of their 16x16 signatures differs by more.
+DUPLICATE_MAX_DIFF = 20
+# Transparency: score with alpha ignored too when at least this share of pixels is mostly transparent
+# and the colour under them is not uniform (something is there that compositing hides).
+HIDDEN_SHARE = 0.25
+HIDDEN_MIN_STD = 4.0
+# Secondary pictures of a multi-picture JPEG that are not pictures to look at.
+GAIN_MAP_MARKERS = (b"hdrgm:", b"http://ns.adobe.com/hdr-gain-map/", b"urn:iso:std:iso:ts:21496:-1")
+DEPTH_MAP_MARKERS = (b"GDepth:", b"http://ns.google.com/photos/1.0/depthmap/", b"DepthMap")
+
+
+class DecodeFailure(Exception):
+    """Raised inside this module only; callers receive the message as data."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_pixels: int = 64_000_000
+    max_frames: int = 32  # distinct frames (or pictures) scored per file
+    max_decoded_frames: int = 3_000  # frames read to find them; longer videos: keyframes only
+    coverage: str = "center"  # "center" | "full"
+    max_tiles: int = 16  # with coverage "full": tiles per frame along the long side
+    max_decoded_pixels: int = 2_000_000_000  # all frames of one file together (about 30 s of decoding)
+    max_rows: int = 128  # model inputs per file; centre crops first, then tiles (bounds memory and time)
+
+
+@dataclass
+class Decoded:
+    format: str
+    pixels: np.ndarray  # float32 [rows, 3, H, W]
+    total_frames: int
+    labels: list[str] = field(default_factory=list)  # per row: where it comes from ("frame 3, tile 2/4")
+    pdq: list[tuple[str, int]] = field(default_factory=list)  # per scored frame: PDQ hash and quality
+    pdq_variants: list[str] = field(default_factory=list)  # every frame's 8 rotations/mirrors, for matching
+    notes: list[str] = field(default_factory=list)  # per file: partial decode, caps hit, pictures skipped
+    partial: bool = False
+    vpdq: list[tuple[str, int, float]] = field(default_factory=list)  # videos, animations: a PDQ per second
+
+
+def sniff(head: bytes) -> str | None:
+    """A cheap first look at the container: the formats this module names itself, else None (then Pillow's
+    own identification decides)."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"  # APNG is a PNG with an acTL chunk; Pillow reads both
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head.startswith(b"\xff\x0a") or head.startswith(b"\x00\x00\x00\x0cJXL \r\n\x87\n"):
+        return "jxl"
+    if head.startswith(b"\x1a\x45\xdf\xa3"):
+        return "webm"  # Matroska/WebM EBML header
+    if head[4:8] == b"ftyp":
+        size = int.from_bytes(head[:4], "big")
+        brands = {head[8:12]} | {head[i : i + 4] for i in range(16, min(size, len(head)), 4)}
+        if brands & {b"avif", b"avis"}:
+            return "avif"
+        if brands & STILL_BRANDS:
+            return "heif"
+        if brands & MP4_BRANDS:
+            return "mp4"
+    return None
+
+
+# ---------------------------------------------------------------- truncated files
+
+
+class _TruncationMode:
+    """Pillow reads "decode what is there" from one process-wide flag. Strict decodes share it (the
+    normal case, in parallel); a lenient re-decode of a broken file takes it alone, so no strict decode
+    running beside it silently turns lenient."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._strict = 0
+        self._lenient = False
+        self._waiting = 0  # lenient decodes waiting: new strict ones let them go first (no starvation)
+
+    @contextmanager
+    def strict(self) -> Iterator[None]:
+        with self._cond:
+            self._cond.wait_for(lambda: not self._lenient and not self._waiting)
+            self._strict += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._strict -= 1
+                self._cond.notify_all()
+
+    @contextmanager
+    def lenient(self) -> Iterator[None]:
+        with self._cond:
+            self._waiting += 1
+            self._cond.wait_for(lambda: not self._lenient and self._strict == 0)
+            self._waiting -= 1
+            self._lenient = True
+            ImageFile.LOAD_TRUNCATED_IMAGES = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                ImageFile.LOAD_TRUNCATED_IMAGES = False
+                self._lenient = False
+                self._cond.notify_all()
+
+
+_MODE = _TruncationMode()
+
+
+# ---------------------------------------------------------------- one frame -> rows
+
+
+def _views(frame: Image.Image) -> list[tuple[str, Image.Image]]:
+    """The RGB pictures of one frame: composited on neutral grey; and, when mostly transparent pixels hide
+    non-uniform colour, the colour with alpha ignored as well."""
+    frame = hashes.flatten_depth(frame)
+    has_alpha = frame.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (frame.mode == "P" and "transparency" in frame.info)
+    if not has_alpha:
+        return [("", frame if frame.mode == "RGB" else frame.convert("RGB"))]
+    rgba = frame.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (*NEUTRAL_BACKGROUND, 255))
+    views = [("", Image.alpha_composite(background, rgba).convert("RGB"))]
+    arr = np.asarray(rgba)
+    hidden = arr[..., 3] < 128
+    if hidden.mean() >= HIDDEN_SHARE and float(arr[..., :3][hidden].std(axis=0).max()) > HIDDEN_MIN_STD:
+        views.append(("alpha ignored", rgba.convert("RGB")))
+    return views
+
+
+def _tiles(img: Image.Image, max_tiles: int) -> tuple[list[Image.Image], bool]:
+    """Crops along the long side that together cover every pixel: squares of the short side, evenly
+    spaced from one end to the other. Past max_tiles, longer crops (squashed by the model's resize)."""
+    width, height = img.size
+    short, long = min(width, height), max(width, height)
+    count = math.ceil(long / short - 1e-9)
+    if count <= 1:
+        return [], False
+    squashed = count > max_tiles
+    count = min(count, max_tiles)
+    span = short if not squashed else math.ceil(long / count)
+    starts = [round(i * (long - span) / (count - 1)) for i in range(count)]
+    boxes = [(s, 0, s + span, height) if width > height else (0, s, width, s + span) for s in starts]
+    return [img.crop(box) for box in boxes], squashed
+
+
+def _squash(img: Image.Image, prep: Preprocess) -> Image.Image:
+    height, width = prep.size
+    return img.resize((width, height), Image.Resampling.BICUBIC)
+
+
+class Rows:
+    """Collects the model inputs of one file (uint8 until the end, to keep memory small)."""
+
+    def __init__(self, prep: Preprocess, limits: Limits) -> None:
+        self.prep, self.limits = prep, limits
+        self.rows: list[tuple[str, Image.Image]] = []
+        self.tiles: list[tuple[str, Image.Image]] = []  # coverage "full": taken after every centre crop
+        self.pdq: list[tuple[str, int]] = []
+        self.pdq_variants: list[str] = []
+        self.vpdq = VideoHasher()  # a PDQ per second of a video or animation
+        self.notes: list[str] = []
+        self._tile_note = False
+        # Frames kept for later are reduced to this short side: enough for the centre crop and for tiles.
+        self.keep_size = max(prep.size)
+
+    def add_frame(self, frame: Image.Image, where: str, hashed: tuple[str, int, list[str]] | None = None) -> None:
+        """frame: the picture as a viewer sees it (EXIF rotation applied); hashed: its PDQ as stored (see
+        hashes.reference_pixels), computed from this frame when not given."""
+        views = _views(frame)
+        if hashed is None and pdq_dihedral is not None:
+            hashed = pdq_dihedral(frame)
+        if hashed is not None:
+            digest, quality, variants = hashed
+            self.pdq.append((digest, quality))
+            self.pdq_variants.extend(variants)
+        for view, rgb in views:
+            label = ", ".join(part for part in (where, view) if part)
+            self.rows.append((label, resize_and_crop(rgb, self.prep)))
+            if self.limits.coverage != "full":
+                continue
+            tiles, squashed = _tiles(rgb, self.limits.max_tiles)
+            if squashed and not self._tile_note:
+                self.notes.append(f"longer than {self.limits.max_tiles}:1: tiles squashed to cover every pixel")
+                self._tile_note = True
+            for i, tile in enumerate(tiles):
+                square = _squash(tile, self.prep) if squashed else resize_and_crop(tile, self.prep)
+                self.tiles.append((", ".join(p for p in (label, f"tile {i + 1}/{len(tiles)}") if p), square))
+
+    def finish(self) -> None:
+        """Centre crops first, then tiles, at most max_rows in all."""
+        cap = self.limits.max_rows
+        wanted = len(self.rows) + len(self.tiles)
+        self.rows = (self.rows + self.tiles)[:cap]
+        self.tiles = []
+        if wanted > cap:
+            self.notes.append(f"row cap: {cap} of {wanted} crops scored (centre crops first)")
+
+    def pixels(self) -> np.ndarray:
+        return np.stack([normalise(img, self.prep) for _, img in self.rows])
+
+    def labels(self) -> list[str]:
+        return [label or "image" for label, _ in self.rows]
+
+
+class DistinctFrames:
+    """Keeps the distinct frames of a sequence, at most `cap`. Past the cap the most novel ones win (how far
+    a frame is from every distinct frame before it): the one odd frame in a long animation is exactly what
+    must not be dropped."""
+
+    def __init__(self, cap: int, keep_size: int) -> None:
+        self.cap = cap
+        self.keep_size = keep_size  # kept frames are reduced to this short side: 32 full-size frames could
+        self.signatures: list[np.ndarray] = []  # of the recent distinct frames
+        # (novelty, index, frame, its PDQ taken at full size before the reduction)
+        self.kept: list[tuple[float, int, Image.Image, tuple[str, int, list[str]] | None]] = []
+        self.distinct = 0
+
+    @staticmethod
+    def signature(frame: Image.Image) -> np.ndarray:
+        small = frame.convert("RGB").resize((16, 16), Image.Resampling.BOX)
+        return np.asarray(small, dtype=np.int16).reshape(-1)
+
+    def offer(
+        self, index: int, frame: Image.Image | Callable[[], Image.Image], signature: np.ndarray | None = None
+    ) -> None:
+        """frame: the picture, or a function making it (a video frame is converted only when kept)."""
+        sig = self.signature(frame) if signature is None else signature  # type: ignore[arg-type]
+        novelty = math.inf
+        if self.signatures:
+            novelty = float(np.abs(np.stack(self.signatures[-256:]) - sig).max(axis=1).min())
+            if novelty <= DUPLICATE_MAX_DIFF:
+                return
+        self.signatures.append(sig)
+        if len(self.signatures) > 512:
+            del self.signatures[:256]
+        self.distinct += 1
+        if len(self.kept) < self.cap:
+            self.kept.append((novelty, index, *self._own(frame)))
+            return
+        least = min(range(len(self.kept)), key=lambda i: self.kept[i][0])
+        if novelty > self.kept[least][0]:
+            self.kept[least] = (novelty, index, *self._own(frame))
+
+    def _own(self, frame: Image.Image | Callable[[], Image.Image]) -> tuple[Image.Image, tuple | None]:
+        """A copy of the frame, no bigger than the model needs (alpha and palette transparency kept), and
+        the PDQ of the frame as decoded (before the reduction: what other hashers see)."""
+        image = frame if isinstance(frame, Image.Image) else frame()
+        hashed = pdq_dihedral(image) if pdq_dihedral is not None else None
+        return self._reduced(image), hashed
+
+    def _reduced(self, image: Image.Image) -> Image.Image:
+        if image.mode == "P" or image.mode not in ("RGB", "RGBA", "L", "LA"):
+            image = image.convert("RGBA" if "transparency" in image.info or "A" in image.mode else "RGB")
+        scale = self.keep_size / min(image.size)
+        if scale >= 1:
+            return image.copy()
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+    def chosen(self, notes: list[str]) -> list[tuple[int, Image.Image, tuple | None]]:
+        """The kept frames in order, each with its PDQ; a note when the cap left some out."""
+        if self.distinct > len(self.kept):
+            notes.append(f"frame cap: {len(self.kept)} of {self.distinct} distinct frames scored (the most different)")
+        return [(index, frame, hashed) for _, index, frame, hashed in sorted(self.kept, key=lambda kept: kept[1])]
+
+
+class VideoHasher:
+    """vPDQ: the PDQ of the frame at every whole second of a video or animation (facebook/ThreatExchange
+    vpdq, python-threatexchange's default seconds_per_hash = 1.0), as (hash, quality, timestamp)."""
+
+    def __init__(self, every_s: float = 1.0, cap: int = 3600) -> None:
+        self.every_s, self.cap = every_s, cap
+        self.features: list[tuple[str, int, float]] = []
+        self._next = 0.0
+
+    def offer(self, timestamp: float | None, rgb: Callable[[], np.ndarray]) -> None:
+        if pdq_dihedral is None or timestamp is None or timestamp + 1e-6 < self._next or len(self.features) >= self.cap:
+            return
+        digest, quality = hashes.pdq_frame(rgb())
+        self.features.append((digest, quality, round(float(timestamp), 3)))
+        self._next = (math.floor(timestamp / self.every_s + 1e-6) + 1) * self.every_s
+
+
+# ---------------------------------------------------------------- stills and animations
+
+
+def _open(data: bytes, limits: Limits, formats: tuple[str, ...] = PILLOW_FORMATS) -> Image.Image:
+    try:
+        img = Image.open(io.BytesIO(data), formats=formats)
+    except UnidentifiedImageError:
+        raise DecodeFailure(UNSUPPORTED) from None
+    width, height = img.size
+    if width < 1 or height < 1:
+        raise DecodeFailure("image has no pixels")
+    if width * height > limits.max_pixels:
+        raise DecodeFailure(
+            f"image declares {width}x{height} pixels, over the limit of {limits.max_pixels:,} "
+            "(possible decompression bomb)"
+        )
+    return img
+
+
+def _mp_header_offset(data: bytes) -> int | None:
+    """Where the MP Format header (its TIFF header) starts: offsets of secondary pictures count from it."""
+    at = data.find(b"\xff\xe2", 2, 1 << 20)
+    while at != -1 and at + 8 <= len(data):
+        if data[at + 4 : at + 8] == b"MPF\x00":
+            return at + 8
+        at = data.find(b"\xff\xe2", at + 2, 1 << 20)
+    return None
+
+
+def _auxiliary_kind(picture: bytes) -> str | None:
+    head = picture[:65536]
+    if any(marker in head for marker in GAIN_MAP_MARKERS):
+        return "gain map"
+    if any(marker in head for marker in DEPTH_MAP_MARKERS):
+        return "depth map"
+    return None
+
+
+def _still(img: Image.Image, prep: Preprocess, rows: Rows, where: str) -> None:
+    # Decoded whole, JPEGs too (no draft mode): PDQ's reference samples the picture as stored to 512x512
+    # by nearest neighbour, and a reduced decode (libjpeg's scaled IDCT) moves the shared hash by up to 10
+    # bits and its quality by up to 20 on detailed pictures, across the threshold of 50 where it matters.
+    # One decode serves both views; scripts/bench_hashlist.py measures what it costs.
+    img.load()
+    hashed = pdq_dihedral(img) if pdq_dihedral is not None else None  # as stored: no EXIF rotation
+    frame = ImageOps.exif_transpose(img) if img.getexif().get(ORIENTATION, 1) != 1 else img
+    rows.add_frame(frame, where, hashed)
+
+
+def _pictures(data: bytes, img: Image.Image, prep: Preprocess, limits: Limits, rows: Rows) -> int:
+    """A multi-picture JPEG (MPO; Ultra HDR's primary picture plus gain map): each picture is a JPEG of
+    its own, decoded on its own (draft mode and all). Gain and depth maps are not pictures to look at."""
+    entries = list(img.mpinfo.get(0xB002, []))[: limits.max_frames]
+    base = _mp_header_offset(data)
+    skipped = []
+    for number, entry in enumerate(entries, start=1):
+        kind = entry.get("Attribute", {}).get("MPType", "Undefined")
+        if number == 1:
+            picture = data
+        else:
+            if base is None:
+                break
+            start, size = int(entry.get("DataOffset", 0)) + base, int(entry.get("Size", 0))
+            if start <= 0 or size <= 0 or start + size > len(data):
+                rows.notes.append(f"picture {number} lies outside the file: not scored")
+                continue
+            picture = data[start : start + size]
+            auxiliary = _auxiliary_kind(picture)
+            if auxiliary:
+                skipped.append(f"picture {number} ({auxiliary})")
+                continue
+        try:
+            part = _open(picture, limits, formats=("JPEG",))
+        except DecodeFailure as err:
+            if number == 1:
+                raise
+            rows.notes.append(f"picture {number} unreadable: {err}")
+            continue
+        try:
+            _still(part, prep, rows, f"picture {number} ({kind})")
+        except Exception as err:  # noqa: BLE001 - a secondary picture that fails leaves the others
+            if number == 1:
+                raise
+            rows.notes.append(f"picture {number} unreadable: {err}")
+    if skipped:
+        rows.notes.append(f"{len(entries)} pictures; not scored: {', '.join(skipped)}")
+    return len(entries)
+
+
+def _frame_cap(frames: int, pixels: int, limits: Limits) -> str | None:
+    if frames >= limits.max_decoded_frames:
+        return f"frame cap: only the first {limits.max_decoded_frames:,} frames were looked at"
+    if pixels >= limits.max_decoded_pixels:
+        return f"frame cap: only the first {frames:,} frames were looked at (pixel budget)"
+    return None
+
+
+def _frames(img: Image.Image, limits: Limits, rows: Rows) -> int:
+    """Every frame of an animation or multi-page file, in order; the distinct ones become rows."""
+    distinct = DistinctFrames(limits.max_frames, rows.keep_size)
+    index, elapsed_ms = 0, 0.0
+    animated = img.format in ("GIF", "PNG", "WEBP", "JXL", "AVIF") and getattr(img, "n_frames", 1) > 1
+    while True:
+        if (cap := _frame_cap(index, index * img.width * img.height, limits)) is not None:
+            rows.notes.append(cap)
+            break
+        try:
+            img.seek(index)
+        except EOFError:
+            break
+        img.load()
+        distinct.offer(index, img)
+        if animated:  # a timeline: one vPDQ frame per second, like a video's
+            rows.vpdq.offer(elapsed_ms / 1000.0, lambda: np.asarray(img.convert("RGB")))
+            elapsed_ms += float(img.info.get("duration") or 100)
+        index += 1
+    chosen = distinct.chosen(rows.notes)
+    for frame_index, frame, hashed in chosen:
+        rows.add_frame(frame, f"frame {frame_index + 1}" if index > 1 else "", hashed)
+    return index
+
+
+def _decode_image(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
+    img = _open(data, limits)
+    fmt = (img.format or "image").lower()
+    rows = Rows(prep, limits)
+    if img.format == "MPO":
+        total = _pictures(data, img, prep, limits, rows)
+    elif getattr(img, "is_animated", False):
+        total = _frames(img, limits, rows)
+    else:
+        _still(img, prep, rows, "")
+        total = 1
+    rows.finish()
+    if not rows.rows:
+        raise DecodeFailure("no frame could be decoded")
+    return Decoded(fmt, rows.pixels(), total, rows.labels(), rows.pdq, rows.pdq_variants, rows.notes,
+                   vpdq=rows.vpdq.features)  # fmt: skip
+
+
+def _describe(err: BaseException) -> str:
+    return str(err) or type(err).__name__
+
+
+def _no_pixels(decoded: Decoded) -> bool:
+    """Every row one flat colour: what a lenient decoder fills in when nothing of the picture arrived."""
+    flat = decoded.pixels.reshape(len(decoded.pixels), 3, -1)
+    return bool((flat.max(axis=2) - flat.min(axis=2) < 1e-6).all())
+
+
+def _decode_image_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
+    """Strict first; a file that fails is decoded again as far as it goes (what a browser shows)."""
+    with _MODE.strict():
+        try:
+            return _decode_image(data, prep, limits)
+        except (DecodeFailure, Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError):
+            raise
+        except Exception as err:  # noqa: BLE001 - a plugin's bug on odd bytes is a broken file, not a crash
+            strict_error = err
+    stripped, dropped = strip_metadata(data)
+    if dropped:  # metadata a viewer would skip (oversized or malformed) never stops the pixels
+        note = f"metadata skipped ({', '.join(dropped)}): {_describe(strict_error)}"
+        with _MODE.strict():
+            try:
+                decoded = _decode_image(stripped, prep, limits)
+                decoded.notes.insert(0, note)
+                return decoded
+            except (DecodeFailure, Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError):
+                raise
+            except Exception as err:  # noqa: BLE001
+                strict_error, data = err, stripped  # broken beyond its metadata: as far as it goes, below
+    with _MODE.lenient():
+        try:
+            decoded = _decode_image(data, prep, limits)
+        except Exception:  # noqa: BLE001
+            raise DecodeFailure(f"corrupt or truncated: {_describe(strict_error)}") from None
+    if _no_pixels(decoded):
+        raise DecodeFailure(f"corrupt or truncated, no pixels decoded: {_describe(strict_error)}")
+    decoded.partial = True
+    decoded.notes.insert(0, f"partial: decoded as far as it goes ({_describe(strict_error)})")
+    return decoded
+
+
+# ---------------------------------------------------------------- videos
+
+
+def _decode_video(data: bytes, fmt: str, prep: Preprocess, limits: Limits) -> Decoded:
+    import av
+
+    try:
+        container = av.open(io.BytesIO(data), mode="r")
+    except Exception as err:  # noqa: BLE001
+        raise DecodeFailure(f"corrupt or unreadable video: {_describe(err)}") from None
+    rows = Rows(prep, limits)
+    with container:
+        if not container.streams.video:
+            raise DecodeFailure("video file has no video stream")
+        stream = container.streams.video[0]
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if width * height > limits.max_pixels:
+            raise DecodeFailure(f"video frames are {width}x{height}, over the limit of {limits.max_pixels:,} pixels")
+        stream.thread_type = "AUTO"
+        expected = _expected_frames(stream, container)
+        if expected > limits.max_decoded_frames:
+            # Too long to decode every frame: keyframes only. Encoders put one at every scene cut (x264's
+            # scenecut) and phones every second or two, so a cut of a few seconds still has one.
+            stream.codec_context.skip_frame = "NONKEY"
+            rows.notes.append(f"about {expected:,} frames: keyframes only")
+        distinct = DistinctFrames(limits.max_frames, rows.keep_size)
+        decoded = 0
+        try:
+            for frame in container.decode(stream):
+                if (cap := _frame_cap(decoded, decoded * width * height, limits)) is not None:
+                    rows.notes.append(cap)
+                    break
+                signature = frame.to_ndarray(format="rgb24", width=16, height=16).astype(np.int16).reshape(-1)
+                distinct.offer(decoded, frame.to_image, signature)
+                rows.vpdq.offer(frame.time, lambda f=frame: f.to_ndarray(format="rgb24"))
+                decoded += 1
+        except Exception as err:  # noqa: BLE001 - FFmpeg's errors on odd bytes: a broken file, not a crash
+            if not decoded:
+                raise DecodeFailure(f"corrupt video: {_describe(err)}") from None
+            rows.notes.insert(0, f"partial: decoded as far as it goes ({_describe(err)})")
+        for index, image, hashed in distinct.chosen(rows.notes):
+            rows.add_frame(image, f"frame {index + 1}", hashed)
+    rows.finish()
+    if not rows.rows:
+        raise DecodeFailure("video has no decodable frames")
+    partial = bool(rows.notes) and rows.notes[0].startswith("partial")
+    return Decoded(fmt, rows.pixels(), decoded, rows.labels(), rows.pdq, rows.pdq_variants, rows.notes, partial,
+                   rows.vpdq.features)  # fmt: skip
+
+
+def _expected_frames(stream, container) -> int:
+    import av
+
+    if stream.frames:
+        return int(stream.frames)
+    rate = float(stream.average_rate or stream.guessed_rate or 30)
+    if stream.duration and stream.time_base:
+        return int(float(stream.duration * stream.time_base) * rate)
+    if container.duration:
+        return int(container.duration / av.time_base * rate)
+    return 0
+
+
+# ---------------------------------------------------------------- entry point
+
+
+# Pillow formats without a signature check: Pillow tries their (pure Python) header parsers on any bytes.
+UNSIGNED_FORMATS = tuple(f for f in PILLOW_FORMATS if Image.OPEN[f][1] is None)
+UNSUPPORTED = "unsupported format: not a recognised image or video (checked from the file's bytes)"
+
+
+def quick_reject(data: bytes) -> str | None:
+    """The reason for bytes no decoder would take, found without running any C decoder (signature checks
+    and pure-Python header parsers only), so junk never costs a trip to a decoder process. None: decode."""
+    if not data:
+        return "empty file (0 bytes)"
+    head = data[:64]
+    try:
+        if sniff(head) is not None or any(Image.OPEN[f][1](head[:16]) for f in PILLOW_FORMATS if Image.OPEN[f][1]):
+            return None
+        Image.open(io.BytesIO(data), formats=UNSIGNED_FORMATS)
+    except UnidentifiedImageError:
+        return UNSUPPORTED
+    except Exception:  # noqa: BLE001 - let the decoder process give the full reason
+        return None
+    return None
+
+
+def decode_detail(decoded: Decoded) -> dict | None:
+    """What is stored with a result: row labels (only when they say more than "image") and notes."""
+    detail: dict = {}
+    if decoded.labels != ["image"]:
+        detail["labels"] = decoded.labels
+    if decoded.notes:
+        detail["notes"] = decoded.notes
+    if decoded.partial:
+        detail["partial"] = True
+    return detail or None
+
+
+def decode(data: bytes, prep: Preprocess, limits: Limits = Limits()) -> Decoded | str:
+    """Decoded rows, or the reason the bytes cannot be scanned."""
+    if not data:
+        return "empty file (0 bytes)"
+    fmt = sniff(data[:64])
+    try:
+        if fmt in VIDEO_FORMATS:
+            return _decode_video(data, fmt, prep, limits)
+        return _decode_image_or_partial(data, prep, limits)
+    except DecodeFailure as err:
+        return str(err)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        return f"decompression bomb: {err}"
+    except MemoryError:
+        return f"{fmt or 'image'} needs too much memory to decode"
+    except Exception as err:  # noqa: BLE001 - one odd file must never stop a scan
+        return f"corrupt or unreadable {fmt or 'file'}: {_describe(err)}"

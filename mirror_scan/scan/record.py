@@ -1,0 +1,276 @@
+"""record: the one path from a model's scores, fresh or stored, to a verdict on record.
+
+    Picture (what is known of a file's bytes) + the model's rows
+        -> Decider: the facts for the batch gathered first (allowlist, hash-list matches, stored results),
+           then one pure decision (decide.decide_files), what the model computed stored
+        -> FileRecorder: the file's row, the act (the quarantine writes `files.action`), the report line
+
+The scan, the watch daemon, the validator, the bucket ingest and rescore all decide through
+decide.decide_files / decide.verdict_for; this module is where the scan, the daemon, the validator and
+the bucket ingest do it. Rescore evaluates whole chunks at once, then calls the same per-file function.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mirror_scan.hashing import md5_bytes
+from mirror_scan.kinds import FileStatus
+from mirror_scan.lists.hashes import LiveMatcher, queries
+from mirror_scan.model.bundle import Bundle
+from mirror_scan.model.scoring import columns, policy_sims
+from mirror_scan.policy import Policy
+from mirror_scan.scan.decide import Facts, Verdict, decide_files
+from mirror_scan.scan.decode import Decoded, decode_detail
+from mirror_scan.scan.report import ReportWriter, record
+from mirror_scan.store.discover import Found
+from mirror_scan.store.ledger import Ledger, path_key
+
+
+@dataclass(frozen=True)
+class Picture:
+    """What is known of one file's bytes besides their pixels: what a decision and its record need."""
+
+    sha256: str
+    format: str | None = None
+    detail: dict | None = None  # the decode's row labels and notes, kept with the result
+    md5: str | None = None  # many shared hash lists are md5
+    pdq: list[tuple[str, int]] | None = None  # per scored frame: PDQ hash and quality
+    pdq_variants: list[str] | None = None  # rotations and mirror images of every frame, for matching
+    vpdq: list[tuple[str, int, float]] | None = None  # videos and animations: a PDQ per second
+
+
+def picture_of(sha256: str, data: bytes, decoded: Decoded) -> Picture:
+    """The one way a decoded file becomes a Picture (the scan, the validator and the bucket workers)."""
+    return Picture(sha256, decoded.format, decode_detail(decoded), md5_bytes(data), decoded.pdq,
+                   decoded.pdq_variants, decoded.vpdq)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Decision:
+    result_id: int
+    verdict: Verdict
+
+
+class Decider:
+    """Decisions for batches of pictures: facts gathered up front, one pure decision, results stored.
+    Reads and writes the ledger; the caller commits."""
+
+    def __init__(self, ledger: Ledger, bundle: Bundle, policy: Policy, severity: float, model_id: str) -> None:
+        self.ledger, self.bundle, self.policy, self.severity = ledger, bundle, policy, severity
+        self.model_id = model_id
+        self.prompt_set = ledger.ensure_prompt_set(bundle.concepts.prompts)
+        self.lists = LiveMatcher(ledger)  # imported hash lists decide before the model
+        self.policy_columns = columns(bundle.concepts.prompts, policy)
+
+    def result_for(self, sha256: str, conn=None) -> int | None:
+        """The result already stored for these bytes with this model, or None."""
+        return self.ledger.result_id_for(sha256, self.model_id, conn=conn)
+
+    def listed(self, sha256: str) -> bool:
+        """On an imported hash list (a list imported after the file was decided applies now)."""
+        return self.lists.match_stored(sha256) is not None
+
+    def scored(
+        self,
+        pictures: list[Picture],
+        frames: list[int],
+        embeddings: np.ndarray,
+        sims: np.ndarray,
+        model_id: str | None = None,
+    ) -> list[Decision]:
+        """Rows of `embeddings`/`sims` (all prompts of the bundle) belong to the pictures in order,
+        frames[i] rows each. model_id: what scored them, when not this process's session (bucket workers)."""
+        matcher = self.lists.refresh()  # a list imported while a daemon runs applies from this batch on
+        facts = [
+            Facts(
+                p.detail,
+                self.ledger.allowlisted(p.sha256),
+                matcher.match(p.sha256, p.md5, queries(p.pdq, p.pdq_variants), p.vpdq) if matcher else None,
+            )
+            for p in pictures
+        ]
+        verdicts = decide_files(self.policy, sims[:, self.policy_columns], frames, self.severity, facts)
+        decisions, ends = [], np.cumsum(frames)
+        for index, (picture, verdict) in enumerate(zip(pictures, verdicts, strict=True)):
+            rows = slice(int(ends[index]) - frames[index], int(ends[index]))
+            result_id = self.ledger.put_result(picture.sha256, model_id or self.model_id, self.prompt_set,
+                                               sims[rows], embeddings[rows], picture.detail)  # fmt: skip
+            self.ledger.put_picture_hashes(picture.sha256, picture.md5, picture.pdq, picture.pdq_variants,
+                                           picture.vpdq)  # fmt: skip
+            decisions.append(Decision(result_id, verdict))
+        return decisions
+
+    def stored(self, sha256: str, result_id: int) -> Verdict:
+        """Decide from a stored result (copies of bytes already scored, unchanged files under a new policy
+        or severity, cached uploads): the stored similarities, decode notes and picture hashes."""
+        stored = self.ledger.get_result(result_id)
+        sims = policy_sims(
+            stored.sims, stored.embedding, self.ledger.prompt_set(stored.prompt_set), self.policy, self.bundle
+        )
+        facts = Facts(stored.detail, self.ledger.allowlisted(sha256), self.lists.match_stored(sha256))
+        (verdict,) = decide_files(self.policy, sims, [len(sims)], self.severity, [facts])
+        return verdict
+
+
+@dataclass
+class Counters:
+    discovered: int = 0
+    scored: int = 0
+    unchanged: int = 0
+    reused: int = 0
+    flagged: int = 0
+    errors: int = 0
+    pending: int = 0  # still changing after a retry: the next scan takes them
+    vanished: int = 0
+    frames: int = 0
+    seconds: float = 0.0
+    stage_seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "infer": 0.0, "record": 0.0})
+
+    @property
+    def done(self) -> int:
+        return self.scored + self.unchanged + self.reused + self.errors + self.pending + self.vanished
+
+    @property
+    def exit_code(self) -> int:
+        """1 when anything was flagged (so scripts can alert), else 0."""
+        return 1 if self.flagged else 0
+
+    def as_dict(self) -> dict:
+        rate = self.scored / self.seconds if self.seconds else 0.0
+        return {
+            "discovered": self.discovered,
+            "scanned": self.scored,
+            "skipped_unchanged": self.unchanged,
+            "reused_by_hash": self.reused,
+            "flagged": self.flagged,
+            "errors": self.errors,
+            "pending_changed": self.pending,
+            "vanished": self.vanished,
+            "frames": self.frames,
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(rate, 2),
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+        }
+
+
+class FileRecorder:
+    """A file's verdict or error on record: its row, the act on a flagged file, the report line, the counts.
+    The actor (the quarantine) is the only writer of `files.action`."""
+
+    def __init__(
+        self,
+        ledger: Ledger,
+        policy: Policy,
+        severity: float,
+        actor,
+        report: ReportWriter | None,
+        counters: Counters,
+        on_verdict: Callable[[int], None] | None = None,
+    ) -> None:
+        self.ledger, self.policy, self.severity = ledger, policy, severity
+        self.actor = actor  # None: dry run, record verdicts and act on nothing
+        self.report, self.counters = report, counters
+        self.on_verdict = on_verdict  # called with the file's mtime (ns) as each verdict is recorded
+        self._flagged_paths: set[bytes] = set()  # each file counts once as flagged, however often it is seen
+
+    def verdict(
+        self,
+        found: Found,
+        sha256: str,
+        status: FileStatus,
+        verdict: Verdict,
+        result_id: int,
+        fmt: str | None,
+        model_id: str,
+        report_status: str | None = None,
+    ) -> None:
+        key = path_key(found.path)
+        self.ledger.record_file(
+            key,
+            root=path_key(found.root) if found.root else None,
+            size=found.size,
+            mtime_ns=found.mtime_ns,
+            sha256=sha256,
+            status=status,
+            verdict=verdict.label,
+            reason=verdict.reason_json(),
+            result_id=result_id,
+            model_id=model_id,
+            policy_id=self.policy.policy_id,
+            severity=self.severity,
+            fmt=fmt,
+            etag=found.etag,
+            origin=found.origin,
+        )
+        action = None
+        if self.on_verdict and found.mtime_ns:
+            self.on_verdict(found.mtime_ns)
+        if verdict.flagged:
+            self.count_flagged(key)
+            action = self.ledger.file_row(key).action  # kept from an earlier run when the bytes are the same
+            if self.actor is not None and action is None and self.actor.act(key):
+                action = self.ledger.file_row(key).action  # what the quarantine recorded
+        self.write_report(found.path, sha256, report_status or status, verdict.label, verdict.reason, found.size,
+                          fmt, action)  # fmt: skip
+
+    def unchanged(self, found: Found, row) -> None:
+        """A file as last decided, under the same inputs: counted and reported, nothing written."""
+        if row.verdict == "flagged":
+            self.count_flagged(path_key(found.path))
+        self.write_report(found.path, row.sha256, "skipped", row.verdict, row.reason, found.size, row.format,
+                          row.action)  # fmt: skip
+
+    def error(
+        self,
+        path: str,
+        reason: str,
+        size: int | None,
+        mtime_ns: int | None,
+        sha256: str | None,
+        model_id: str,
+        found: Found | None = None,
+    ) -> None:
+        self.counters.errors += 1
+        self.ledger.record_file(
+            path_key(path),
+            root=path_key(found.root) if found and found.root else None,
+            size=size,
+            mtime_ns=mtime_ns,
+            sha256=sha256,
+            status=FileStatus.ERROR,
+            reason=json.dumps({"error": reason}),
+            model_id=model_id,
+            etag=found.etag if found else None,
+            origin=found.origin if found else None,
+        )
+        self.write_report(path, sha256, "error", None, reason, size)
+
+    def note(self, path: str, reason: str) -> None:
+        """A report line for a file left for the next scan (still changing)."""
+        self.write_report(path, None, "skipped", None, reason, None)
+
+    def count_flagged(self, key: bytes) -> None:
+        if key not in self._flagged_paths:
+            self._flagged_paths.add(key)
+            self.counters.flagged += 1
+
+    def write_report(
+        self,
+        path: str,
+        sha256: str | None,
+        status: str,
+        verdict: str | None,
+        reason: Any,
+        size: int | None,
+        fmt: str | None = None,
+        action: str | None = None,
+    ) -> None:
+        if self.report:
+            self.report.write(record(path, sha256=sha256, status=status, verdict=verdict, reason=reason, size=size,
+                                     fmt=fmt, action=action))  # fmt: skip

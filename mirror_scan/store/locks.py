@@ -1,0 +1,46 @@
+"""Process-wide exclusive locks (flock on a file beside the state): one watch daemon per state and mirror,
+one bucket scan per bucket and state. The kernel frees a lock when its holder dies, however it dies, so a
+lock is never stale; the file says who holds it, so the refusal can name the process."""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from mirror_scan.errors import MirrorScanError
+
+
+class Held(MirrorScanError):
+    """Another live process holds this lock."""
+
+
+def _holder(fd: int) -> str:
+    try:
+        raw = os.pread(fd, 4096, 0)
+        info = json.loads(raw.decode("utf-8"))
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(info["started"])))
+        return f"pid {int(info['pid'])}, started {started}"
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+        return "a process that did not say who it is"
+
+
+@contextlib.contextmanager
+def exclusive(path: Path, refusal: str, hint: str, **about: str) -> Iterator[None]:
+    """Hold `path`'s lock for the block; Held(refusal + who holds it) if another process has it."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Held(f"{refusal} ({_holder(fd)})", hint=hint) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps({"pid": os.getpid(), "started": time.time(), **about}).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
