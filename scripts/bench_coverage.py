@@ -38,6 +38,12 @@ def old_decoder():
     ).stdout
     path = Path(tempfile.mkdtemp()) / "decode_before.py"
     path.write_bytes(source)
+    # The old decoder imports the flat modules of its day (`.bundle`, `.preprocess`): their new homes.
+    import mirror_scan.model.bundle
+    import mirror_scan.model.preprocess
+
+    sys.modules.setdefault("mirror_scan.bundle", mirror_scan.model.bundle)
+    sys.modules.setdefault("mirror_scan.preprocess", mirror_scan.model.preprocess)
     spec = importlib.util.spec_from_file_location("mirror_scan.decode_before", path)
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up

@@ -1,0 +1,199 @@
+"""From decoded pictures to model rows: views of a frame (alpha composited and ignored), tiles of very
+wide or tall pictures, the row collector with its caps, near-duplicate frames skipped, vPDQ per second."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+from PIL import Image
+
+from mirror_scan.lists import hashes
+from mirror_scan.model.bundle import Preprocess
+from mirror_scan.model.preprocess import normalise, resize_and_crop
+from mirror_scan.scan.decoded import Limits
+
+pdq_dihedral = hashes.pdq_dihedral if hashes.AVAILABLE else None
+
+NEUTRAL_BACKGROUND = (128, 128, 128)
+# A frame is a near-duplicate of an earlier one when no cell of their 16x16 signatures differs by more.
+DUPLICATE_MAX_DIFF = 20
+# Transparency: score with alpha ignored too when at least this share of pixels is mostly transparent
+# and the colour under them is not uniform (something is there that compositing hides).
+HIDDEN_SHARE = 0.25
+HIDDEN_MIN_STD = 4.0
+
+
+def _views(frame: Image.Image) -> list[tuple[str, Image.Image]]:
+    """The RGB pictures of one frame: composited on neutral grey; and, when mostly transparent pixels hide
+    non-uniform colour, the colour with alpha ignored as well."""
+    frame = hashes.flatten_depth(frame)
+    has_alpha = frame.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (frame.mode == "P" and "transparency" in frame.info)
+    if not has_alpha:
+        return [("", frame if frame.mode == "RGB" else frame.convert("RGB"))]
+    rgba = frame.convert("RGBA")
+    background = Image.new("RGBA", rgba.size, (*NEUTRAL_BACKGROUND, 255))
+    views = [("", Image.alpha_composite(background, rgba).convert("RGB"))]
+    arr = np.asarray(rgba)
+    hidden = arr[..., 3] < 128
+    if hidden.mean() >= HIDDEN_SHARE and float(arr[..., :3][hidden].std(axis=0).max()) > HIDDEN_MIN_STD:
+        views.append(("alpha ignored", rgba.convert("RGB")))
+    return views
+
+
+def _tiles(img: Image.Image, max_tiles: int) -> tuple[list[Image.Image], bool]:
+    """Crops along the long side that together cover every pixel: squares of the short side, evenly
+    spaced from one end to the other. Past max_tiles, longer crops (squashed by the model's resize)."""
+    width, height = img.size
+    short, long = min(width, height), max(width, height)
+    count = math.ceil(long / short - 1e-9)
+    if count <= 1:
+        return [], False
+    squashed = count > max_tiles
+    count = min(count, max_tiles)
+    span = short if not squashed else math.ceil(long / count)
+    starts = [round(i * (long - span) / (count - 1)) for i in range(count)]
+    boxes = [(s, 0, s + span, height) if width > height else (0, s, width, s + span) for s in starts]
+    return [img.crop(box) for box in boxes], squashed
+
+
+def _squash(img: Image.Image, prep: Preprocess) -> Image.Image:
+    height, width = prep.size
+    return img.resize((width, height), Image.Resampling.BICUBIC)
+
+
+class Rows:
+    """Collects the model inputs of one file (uint8 until the end, to keep memory small)."""
+
+    def __init__(self, prep: Preprocess, limits: Limits) -> None:
+        self.prep, self.limits = prep, limits
+        self.rows: list[tuple[str, Image.Image]] = []
+        self.tiles: list[tuple[str, Image.Image]] = []  # coverage "full": taken after every centre crop
+        self.pdq: list[tuple[str, int]] = []
+        self.pdq_variants: list[str] = []
+        self.vpdq = VideoHasher()  # a PDQ per second of a video or animation
+        self.notes: list[str] = []
+        self._tile_note = False
+        # Frames kept for later are reduced to this short side: enough for the centre crop and for tiles.
+        self.keep_size = max(prep.size)
+
+    def add_frame(self, frame: Image.Image, where: str, hashed: tuple[str, int, list[str]] | None = None) -> None:
+        """frame: the picture as a viewer sees it (EXIF rotation applied); hashed: its PDQ as stored (see
+        hashes.reference_pixels), computed from this frame when not given."""
+        views = _views(frame)
+        if hashed is None and pdq_dihedral is not None:
+            hashed = pdq_dihedral(frame)
+        if hashed is not None:
+            digest, quality, variants = hashed
+            self.pdq.append((digest, quality))
+            self.pdq_variants.extend(variants)
+        for view, rgb in views:
+            label = ", ".join(part for part in (where, view) if part)
+            self.rows.append((label, resize_and_crop(rgb, self.prep)))
+            if self.limits.coverage != "full":
+                continue
+            tiles, squashed = _tiles(rgb, self.limits.max_tiles)
+            if squashed and not self._tile_note:
+                self.notes.append(f"longer than {self.limits.max_tiles}:1: tiles squashed to cover every pixel")
+                self._tile_note = True
+            for i, tile in enumerate(tiles):
+                square = _squash(tile, self.prep) if squashed else resize_and_crop(tile, self.prep)
+                self.tiles.append((", ".join(p for p in (label, f"tile {i + 1}/{len(tiles)}") if p), square))
+
+    def finish(self) -> None:
+        """Centre crops first, then tiles, at most max_rows in all."""
+        cap = self.limits.max_rows
+        wanted = len(self.rows) + len(self.tiles)
+        self.rows = (self.rows + self.tiles)[:cap]
+        self.tiles = []
+        if wanted > cap:
+            self.notes.append(f"row cap: {cap} of {wanted} crops scored (centre crops first)")
+
+    def pixels(self) -> np.ndarray:
+        return np.stack([normalise(img, self.prep) for _, img in self.rows])
+
+    def labels(self) -> list[str]:
+        return [label or "image" for label, _ in self.rows]
+
+
+class DistinctFrames:
+    """Keeps the distinct frames of a sequence, at most `cap`. Past the cap the most novel ones win (how far
+    a frame is from every distinct frame before it): the one odd frame in a long animation is exactly what
+    must not be dropped."""
+
+    def __init__(self, cap: int, keep_size: int) -> None:
+        self.cap = cap
+        self.keep_size = keep_size  # kept frames are reduced to this short side: 32 full-size frames could
+        self.signatures: list[np.ndarray] = []  # of the recent distinct frames
+        # (novelty, index, frame, its PDQ taken at full size before the reduction)
+        self.kept: list[tuple[float, int, Image.Image, tuple[str, int, list[str]] | None]] = []
+        self.distinct = 0
+
+    @staticmethod
+    def signature(frame: Image.Image) -> np.ndarray:
+        small = frame.convert("RGB").resize((16, 16), Image.Resampling.BOX)
+        return np.asarray(small, dtype=np.int16).reshape(-1)
+
+    def offer(
+        self, index: int, frame: Image.Image | Callable[[], Image.Image], signature: np.ndarray | None = None
+    ) -> None:
+        """frame: the picture, or a function making it (a video frame is converted only when kept)."""
+        sig = self.signature(frame) if signature is None else signature  # type: ignore[arg-type]
+        novelty = math.inf
+        if self.signatures:
+            novelty = float(np.abs(np.stack(self.signatures[-256:]) - sig).max(axis=1).min())
+            if novelty <= DUPLICATE_MAX_DIFF:
+                return
+        self.signatures.append(sig)
+        if len(self.signatures) > 512:
+            del self.signatures[:256]
+        self.distinct += 1
+        if len(self.kept) < self.cap:
+            self.kept.append((novelty, index, *self._own(frame)))
+            return
+        least = min(range(len(self.kept)), key=lambda i: self.kept[i][0])
+        if novelty > self.kept[least][0]:
+            self.kept[least] = (novelty, index, *self._own(frame))
+
+    def _own(self, frame: Image.Image | Callable[[], Image.Image]) -> tuple[Image.Image, tuple | None]:
+        """A copy of the frame, no bigger than the model needs (alpha and palette transparency kept), and
+        the PDQ of the frame as decoded (before the reduction: what other hashers see)."""
+        image = frame if isinstance(frame, Image.Image) else frame()
+        hashed = pdq_dihedral(image) if pdq_dihedral is not None else None
+        return self._reduced(image), hashed
+
+    def _reduced(self, image: Image.Image) -> Image.Image:
+        if image.mode == "P" or image.mode not in ("RGB", "RGBA", "L", "LA"):
+            image = image.convert("RGBA" if "transparency" in image.info or "A" in image.mode else "RGB")
+        scale = self.keep_size / min(image.size)
+        if scale >= 1:
+            return image.copy()
+        size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+        return image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+
+    def chosen(self, notes: list[str]) -> list[tuple[int, Image.Image, tuple | None]]:
+        """The kept frames in order, each with its PDQ; a note when the cap left some out."""
+        if self.distinct > len(self.kept):
+            notes.append(f"frame cap: {len(self.kept)} of {self.distinct} distinct frames scored (the most different)")
+        return [(index, frame, hashed) for _, index, frame, hashed in sorted(self.kept, key=lambda kept: kept[1])]
+
+
+class VideoHasher:
+    """vPDQ: the PDQ of the frame at every whole second of a video or animation (facebook/ThreatExchange
+    vpdq, python-threatexchange's default seconds_per_hash = 1.0), as (hash, quality, timestamp)."""
+
+    def __init__(self, every_s: float = 1.0, cap: int = 3600) -> None:
+        self.every_s, self.cap = every_s, cap
+        self.features: list[tuple[str, int, float]] = []
+        self._next = 0.0
+
+    def offer(self, timestamp: float | None, rgb: Callable[[], np.ndarray]) -> None:
+        if pdq_dihedral is None or timestamp is None or timestamp + 1e-6 < self._next or len(self.features) >= self.cap:
+            return
+        digest, quality = hashes.pdq_frame(rgb())
+        self.features.append((digest, quality, round(float(timestamp), 3)))
+        self._next = (math.floor(timestamp / self.every_s + 1e-6) + 1) * self.every_s
+
+
+# ---------------------------------------------------------------- stills and animations
