@@ -47,7 +47,7 @@ def _verdicts(ledger: Ledger) -> dict[str, tuple[str, dict]]:
 def _scan(state: Path, mirror: Path, bundle, scorer, policy, listed: list) -> Ledger:
     ledger = Ledger(state)
     if listed:
-        ledger.import_hash_list("rotated", "flag", "test", listed)
+        ledger.lists.import_hash_list("rotated", "flag", "test", listed)
     Scan(ledger, bundle, scorer, policy, ScanConfig(decoders="thread", workers=1), actor=None).run([str(mirror)])
     return ledger
 
@@ -89,7 +89,7 @@ def test_scan_serve_and_rescore_decide_alike(tmp_path, tiny_bundle_master, write
     # The same bytes decided four ways under the second policy.
     scanned = _verdicts(_scan(tmp_path / "b.db", mirror, bundle, scorer, middle, listed))
     fresh_ledger = Ledger(tmp_path / "c.db")
-    fresh_ledger.import_hash_list("rotated", "flag", "test", listed)
+    fresh_ledger.lists.import_hash_list("rotated", "flag", "test", listed)
     fresh = _serve(fresh_ledger, tmp_path / "c", bundle, scorer, middle, pictures)  # the list known from the start
     cached = _serve(first, tmp_path / "a", bundle, scorer, middle, pictures)  # stored results, no inference
     rescore(first, middle, 0.0, bundle)

@@ -353,7 +353,7 @@ class WatchDaemon:
     def _follow_up(self) -> None:
         workspace = self.follow_up_workspace
         notes = workspace.run_follow_ups(say=lambda note: log.info("%s", note), budget_s=None)
-        self._set(follow_ups_pending=workspace.ledger.pending_followup_count(), last_follow_ups=notes[-5:])
+        self._set(follow_ups_pending=workspace.ledger.follow_ups.pending_followup_count(), last_follow_ups=notes[-5:])
 
     def _observe_verdict(self, mtime_ns: int) -> None:
         if self.metrics is not None:

@@ -75,13 +75,13 @@ def import_cmd(
     with open_writer(resolve({"state": state}, config), quiet=True) as workspace:
         ledger = workspace.ledger
         with ledger.transaction():  # a replacement is one step: never a moment without the list
-            if ledger.has_hash_list(name):
+            if ledger.lists.has_hash_list(name):
                 if not replace:
                     raise UsageError(
                         f"a hash list named {name!r} exists", hint="--replace replaces it, or pick another --name"
                     )
-                ledger.remove_hash_list(name)
-            ledger.import_hash_list(name, action, str(file), entries)
+                ledger.lists.remove_hash_list(name)
+            ledger.lists.import_hash_list(name, action, str(file), entries)
     kinds = {kind: sum(1 for e in entries if e[0] == kind) for kind in ("pdq", "sha256", "md5", "vpdq")}
     summary = ", ".join(f"{count:,} {kind}" for kind, count in kinds.items() if count)
     duplicates = f" ({merged:,} duplicate(s) merged)" if merged else ""
@@ -92,7 +92,7 @@ def import_cmd(
 def list_cmd(state: StateOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     """The imported lists: name, action, entries, when and from where."""
     with _reader(state, config) as workspace:
-        rows = workspace.ledger.hash_lists()
+        rows = workspace.ledger.lists.hash_lists()
     data = [
         {
             "name": n,
@@ -118,9 +118,9 @@ def list_cmd(state: StateOpt = None, config: ConfigOpt = None, json_out: JsonOpt
 def show_cmd(name: Annotated[str, typer.Argument()], state: StateOpt = None, config: ConfigOpt = None) -> None:
     """One list's entries as CSV (type,hash,note,source)."""
     with _reader(state, config) as workspace:
-        if not workspace.ledger.has_hash_list(name):
+        if not workspace.ledger.lists.has_hash_list(name):
             raise UsageError(f"no hash list named {name!r}", hint="see: mirror-scan hashlist list")
-        rows = workspace.ledger.hash_list_rows(name)
+        rows = workspace.ledger.lists.hash_list_rows(name)
     writer = csv.writer(sys.stdout, lineterminator="\n")
     writer.writerow(["type", "hash", "note", "source"])
     writer.writerows([csv_cell(cell) for cell in row] for row in rows)  # notes come from other people
@@ -130,10 +130,10 @@ def show_cmd(name: Annotated[str, typer.Argument()], state: StateOpt = None, con
 def remove_cmd(name: Annotated[str, typer.Argument()], state: StateOpt = None, config: ConfigOpt = None) -> None:
     """Remove an imported list (verdicts it caused stay until the next scan or rescore)."""
     with _reader(state, config) as workspace:  # a name that is not there creates nothing
-        if not workspace.ledger.has_hash_list(name):
+        if not workspace.ledger.lists.has_hash_list(name):
             raise UsageError(f"no hash list named {name!r}", hint="see: mirror-scan hashlist list")
     with open_writer(resolve({"state": state}, config), quiet=True) as workspace:
-        workspace.ledger.remove_hash_list(name)
+        workspace.ledger.lists.remove_hash_list(name)
     out.print(f"removed hash list {name!r}")
 
 
@@ -169,7 +169,7 @@ def export_cmd(
         raise UsageError(f"--format {fmt!r}", hint="use csv, te or local")
     cutoff = parse_since(since) if since else None
     with _reader(state, config) as workspace:
-        pictures = workspace.ledger.quarantined_pictures(cutoff)
+        pictures = workspace.ledger.lists.quarantined_pictures(cutoff)
     counts = write(export_signals(pictures), fmt, sys.stdout)
     if counts["no_upstream_type"]:
         err.print(
@@ -239,9 +239,9 @@ def subscribe_cmd(
     collab_config(exchange, name, options)  # checked now, by the exchange's own config class
     with open_writer(resolve({"state": state}, config), quiet=True) as workspace:
         ledger = workspace.ledger
-        if any(s["name"] == name for s in ledger.subscriptions()) or ledger.has_hash_list(name):
+        if any(s["name"] == name for s in ledger.lists.subscriptions()) or ledger.lists.has_hash_list(name):
             raise UsageError(f"a list or subscription named {name!r} exists", hint="pick another name")
-        ledger.put_subscription(name, exchange, json.dumps(options), action)
+        ledger.lists.put_subscription(name, exchange, json.dumps(options), action)
     out.print(f"subscribed {name!r} to {exchange}; fetch it with: mirror-scan hashlist fetch {name}")
 
 
@@ -260,7 +260,7 @@ def fetch_cmd(
     results, failed = [], 0
     with open_writer(resolve({"state": state}, config), quiet=True) as workspace:
         ledger = workspace.ledger
-        chosen = [s for s in ledger.subscriptions() if not names or s["name"] in names]
+        chosen = [s for s in ledger.lists.subscriptions() if not names or s["name"] in names]
         missing = sorted(set(names or []) - {s["name"] for s in chosen})
         if missing:
             raise UsageError(f"no subscription named {missing[0]!r}", hint="see: mirror-scan hashlist subscriptions")
@@ -271,9 +271,9 @@ def fetch_cmd(
                 failed += 1
                 err.print(f"error: {sub['name']}: {error}")
                 continue
-            ledger.replace_hash_list(sub["name"], sub["action"], f"exchange {sub['api']}", entries)
+            ledger.lists.replace_hash_list(sub["name"], sub["action"], f"exchange {sub['api']}", entries)
             note = f"{counts['kept']} signal(s) kept, {counts['refused']} refused (degenerate or invalid)"
-            ledger.save_fetch(sub["name"], checkpoint, fetched_state, note)
+            ledger.lists.save_fetch(sub["name"], checkpoint, fetched_state, note)
             results.append({"name": sub["name"], **counts})
     if json_out:
         print_json(results)
@@ -290,7 +290,7 @@ def fetch_cmd(
 def subscriptions_cmd(state: StateOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
     """The subscribed exchanges: name, exchange, action, when last fetched and what came."""
     with _reader(state, config) as workspace:
-        rows = workspace.ledger.subscriptions()
+        rows = workspace.ledger.lists.subscriptions()
     data = [
         {
             "name": r["name"],
@@ -314,9 +314,9 @@ def subscriptions_cmd(state: StateOpt = None, config: ConfigOpt = None, json_out
 def unsubscribe_cmd(name: Annotated[str, typer.Argument()], state: StateOpt = None, config: ConfigOpt = None) -> None:
     """Stop a subscription and remove its list (verdicts it caused stay until the next scan or rescore)."""
     with open_writer(resolve({"state": state}, config), quiet=True) as workspace:
-        if not workspace.ledger.remove_subscription(name):
+        if not workspace.ledger.lists.remove_subscription(name):
             raise UsageError(f"no subscription named {name!r}", hint="see: mirror-scan hashlist subscriptions")
-        workspace.ledger.remove_hash_list(name)
+        workspace.ledger.lists.remove_hash_list(name)
     out.print(f"unsubscribed {name!r}")
 
 
@@ -353,8 +353,8 @@ def push_cmd(
         ledger = workspace.ledger
         held = (ItemState.QUARANTINED, ItemState.UPSTREAM_PENDING, ItemState.PURGED)
         ids = {row.sha256: row.id for row in ledger.items(states=tuple(map(str, held)))}
-        done = ledger.pushed(target)
-        todo = [c for c in contents(ledger.quarantined_pictures(), ids) if c[0] not in done]
+        done = ledger.lists.pushed(target)
+        todo = [c for c in contents(ledger.lists.quarantined_pictures(), ids) if c[0] not in done]
         if dry_run:
             for _, signals, note in todo:
                 out.print(f"would push {', '.join(signals)} ({note})")
@@ -377,7 +377,7 @@ def push_cmd(
                 refused += 1
                 err.print(f"refused by HMA: {', '.join(signals)} ({note}): {why}")
                 continue
-            ledger.record_push(target, key, content_id)
+            ledger.lists.record_push(target, key, content_id)
             pushed += 1
     out.print(f"pushed {pushed} content item(s) to {bank}" + (f", {refused} refused" if refused else ""))
     if refused:
@@ -415,10 +415,10 @@ def backfill_cmd(
         decoder = pool.decode if isinstance(pool, DecoderPool) else decode
         ledger = workspace.ledger
         wanted: dict[str, list[bytes]] = {}
-        for sha256, path in ledger.files_lacking_hashes():
+        for sha256, path in ledger.lists.files_lacking_hashes():
             wanted.setdefault(sha256, []).append(path)
         for item in ledger.items(states=tuple(HELD_STATES)):
-            md5, pdqs, variants = ledger.picture_hashes(item.sha256)
+            md5, pdqs, variants = ledger.lists.picture_hashes(item.sha256)
             if item.sha256 in wanted or not md5 or (pdqs and variants is None):
                 wanted.setdefault(item.sha256, []).append(os.path.join(item.dir, DATA.encode()))
         for sha256, paths in wanted.items():
@@ -431,7 +431,7 @@ def backfill_cmd(
             if isinstance(decoded, str):
                 counts["undecodable"] += 1
                 continue
-            ledger.put_picture_hashes(sha256, md5_bytes(data), decoded.pdq, decoded.pdq_variants, decoded.vpdq)
+            ledger.lists.put_picture_hashes(sha256, md5_bytes(data), decoded.pdq, decoded.pdq_variants, decoded.vpdq)
             ledger.commit()
             counts["hashed"] += 1
     if json_out:

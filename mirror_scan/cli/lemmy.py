@@ -193,7 +193,7 @@ def ban(
         item = workspace.ledger.item(item_id)
         if item is None:
             raise UsageError(f"no quarantine item {item_id}", hint="see `mirror-scan quarantine list`")
-        data = workspace.ledger.attribution(item_id) or {}
+        data = workspace.ledger.follow_ups.attribution(item_id) or {}
         uploaders = {u["uploader"]["id"]: u["uploader"] for u in data.get("uploads", []) if u.get("uploader")}
         if not uploaders:
             raise UsageError(
@@ -220,7 +220,7 @@ def ban(
             err.print(f"error: {error}")
             raise typer.Exit(2) from None
         with workspace.ledger.transaction():
-            workspace.ledger.add_followup(item_id, action, str(person["id"]), state="done")
+            workspace.ledger.follow_ups.add_followup(item_id, action, str(person["id"]), state="done")
         with workspace.quarantine.item_lock(item_id, wait_s=5.0):
             workspace.quarantine.note_held(item_id, f"{action} of {who} by `mirror-scan lemmy ban`: done")
     out.print(f"{'unbanned' if undo else 'banned'} {who}")
@@ -239,7 +239,7 @@ def retry(
 
     settings = resolve({"state": state, "quarantine": quarantine}, config)
     with Workspace.writer(settings) as workspace:
-        count = workspace.ledger.retry_followups(item_id)
+        count = workspace.ledger.follow_ups.retry_followups(item_id)
         notes = workspace.run_follow_ups(say=lambda note: out.print(note))
     if not count:
         out.print("nothing is waiting or refused")

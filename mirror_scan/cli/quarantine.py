@@ -66,7 +66,7 @@ def q_list(
     with _reader(state, quarantine, config) as workspace:
         entries = list(workspace.quarantine.entries(parse_since(since) if since else None))
         for e in entries:
-            e.update(summary(workspace.ledger.attribution(e["id"])))
+            e.update(summary(workspace.ledger.follow_ups.attribution(e["id"])))
     if json_out:
         print_json(entries)
         return
@@ -88,13 +88,13 @@ def q_show(item_id: str, state: StateOpt = None, quarantine: QuarantineOpt = Non
     """An item's metadata (never opens or renders the quarantined file): the ledger's record, which is the
     authority, and the item's own metadata file."""
     from mirror_scan.moderation.actions import describe_action
-    from mirror_scan.store.ledger import display_path
+    from mirror_scan.store.rows import display_path
 
     with _reader(state, quarantine, config) as workspace:
         row = workspace.ledger.item(item_id)
         meta = workspace.quarantine.read_meta(item_id)
-        attribution = workspace.ledger.attribution(item_id)
-        follow_ups = workspace.ledger.followups(item_id)
+        attribution = workspace.ledger.follow_ups.attribution(item_id)
+        follow_ups = workspace.ledger.follow_ups.followups(item_id)
     meta.pop("attribution", None)  # the ledger's copy (the authority) is shown below
     meta["attribution"] = attribution
     meta["actions"] = [
@@ -172,7 +172,7 @@ def q_attribute(
         if every:
             chosen = [row.id for row in workspace.ledger.items(states=HELD_STATES)]
             if missing:
-                chosen = [i for i in chosen if _incomplete(workspace.ledger.attribution(i))]
+                chosen = [i for i in chosen if _incomplete(workspace.ledger.follow_ups.attribution(i))]
         else:
             chosen = list(item_ids or [])
         moderation = workspace.moderation
@@ -241,8 +241,8 @@ def q_restore(
     and asks before it acts."""
     from mirror_scan.errors import MirrorScanError
     from mirror_scan.kinds import RESTORABLE_STATES
-    from mirror_scan.store.ledger import display_path
     from mirror_scan.store.quarantine import UpstreamRestorePending
+    from mirror_scan.store.rows import display_path
 
     explicit = list(item_ids or [])
     if from_file is not None:

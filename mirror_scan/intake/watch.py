@@ -27,7 +27,7 @@ from mirror_scan.intake.pathqueue import PathQueue
 from mirror_scan.kinds import FileStatus
 from mirror_scan.store.discover import Found, discover, is_partial
 from mirror_scan.store.fsinfo import filesystem_type, is_remote_or_fuse
-from mirror_scan.store.ledger import path_key
+from mirror_scan.store.rows import path_key
 
 log = logging.getLogger(__name__)
 

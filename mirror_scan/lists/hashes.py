@@ -318,13 +318,13 @@ class LiveMatcher:
 
     def __init__(self, ledger) -> None:
         self.ledger = ledger
-        self.version = ledger.hash_lists_version()
-        self.matcher = Matcher(ledger.hash_list_entries())
+        self.version = ledger.lists.hash_lists_version()
+        self.matcher = Matcher(ledger.lists.hash_list_entries())
 
     def refresh(self) -> Matcher:
-        version = self.ledger.hash_lists_version()
+        version = self.ledger.lists.hash_lists_version()
         if version != self.version:
-            self.version, self.matcher = version, Matcher(self.ledger.hash_list_entries())
+            self.version, self.matcher = version, Matcher(self.ledger.lists.hash_list_entries())
         return self.matcher
 
     def match_stored(self, sha256: str) -> Match | None:
@@ -336,5 +336,5 @@ def match_stored(matcher: Matcher, ledger, sha256: str) -> Match | None:
     with every rotation and mirror image, exactly what the scan compared."""
     if not matcher:
         return None
-    md5, pdqs, variants = ledger.picture_hashes(sha256)
-    return matcher.match(sha256, md5, queries(pdqs, variants), ledger.video_hashes(sha256))
+    md5, pdqs, variants = ledger.lists.picture_hashes(sha256)
+    return matcher.match(sha256, md5, queries(pdqs, variants), ledger.lists.video_hashes(sha256))

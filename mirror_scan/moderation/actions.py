@@ -28,8 +28,9 @@ from mirror_scan.moderation.attribution import Attributor, LemmyRepo, PictrsRepo
 from mirror_scan.redact import redact_url, scrub
 from mirror_scan.settings import Settings
 from mirror_scan.store import followups
-from mirror_scan.store.ledger import FollowupRow, Ledger
+from mirror_scan.store.ledger import Ledger
 from mirror_scan.store.quarantine import ItemBusy, Quarantine, item_origin
+from mirror_scan.store.rows import FollowupRow
 from mirror_scan.text import printable
 
 log = logging.getLogger(__name__)
@@ -148,12 +149,12 @@ class Moderation:
         self.attributor.down.clear()
         started = time.monotonic()
         while True:  # an attribution plans actions that are due at once: take them in the same call
-            rows = [r for r in self.ledger.due_followups(time.time(), limit) if r.id not in seen]
+            rows = [r for r in self.ledger.follow_ups.due_followups(time.time(), limit) if r.id not in seen]
             if not rows or len(seen) >= limit:
                 return notes
             for row in rows:
                 if budget_s is not None and time.monotonic() - started >= budget_s:
-                    left = self.ledger.pending_followup_count()
+                    left = self.ledger.follow_ups.pending_followup_count()
                     notes.append(
                         f"{left} follow-up(s) left for later: this command's {budget_s:g} s for them are used "
                         "(the watch daemon, `lemmy retry` or the next command takes them)"
@@ -162,7 +163,7 @@ class Moderation:
                 seen.add(row.id)
                 try:
                     with self.quarantine.item_lock(row.item):
-                        current = self.ledger.followup(row.id)
+                        current = self.ledger.follow_ups.followup(row.id)
                         if current is None or current.state != "pending":
                             continue
                         note = self._run(current)
@@ -174,14 +175,16 @@ class Moderation:
     def _run(self, row: FollowupRow) -> str:
         item = self.ledger.item(row.item)
         if item is None:
-            self.ledger.finish_followup(row.id, "cancelled", error="the item is gone", attempted=False)
+            self.ledger.follow_ups.finish_followup(row.id, "cancelled", error="the item is gone", attempted=False)
             return ""
         if row.action == "attribute":
             return self._attribute(row, item)
         undo = row.action in followups.UNDO.values()
         wanted_state = item.state == ItemState.RESTORED if undo else item.state in HELD_STATES
         if not wanted_state:
-            self.ledger.finish_followup(row.id, "cancelled", error=f"the item is {item.state}", attempted=False)
+            self.ledger.follow_ups.finish_followup(
+                row.id, "cancelled", error=f"the item is {item.state}", attempted=False
+            )
             return f"{row.item}: {row.action} {row.target} cancelled (item {item.state})"
         lemmy_action = row.action in followups.LEMMY_ACTIONS
         handler = self._lemmy_action if lemmy_action else self._webhook_action
@@ -193,7 +196,7 @@ class Moderation:
                 if missing
                 else f"waiting: {self._down[service]}"
             )
-            self.ledger.finish_followup(
+            self.ledger.follow_ups.finish_followup(
                 row.id, "pending", error=why, next_try=time.time() + (300 if missing else 30), attempted=False
             )
             return ""
@@ -204,17 +207,17 @@ class Moderation:
             refused = isinstance(err, LemmyRefused)
             text = str(err).splitlines()[0]
             if refused:
-                self.ledger.finish_followup(row.id, "refused", error=text)
+                self.ledger.follow_ups.finish_followup(row.id, "refused", error=text)
                 self._history(row.item, f"{what}: refused: {text}")
                 fallback = self._report_instead(row)
                 return f"{row.item}: {what} refused: {text}" + (f"; {fallback}" if fallback else "")
-            self.ledger.finish_followup(
+            self.ledger.follow_ups.finish_followup(
                 row.id, "pending", error=text, next_try=time.time() + followups.backoff_s(row.attempts + 1)
             )
             self._down[service] = text  # the rest of this round waits instead of timing out one by one
             log.warning("%s: %s failed, retried later: %s", row.item, what, text)
             return f"{row.item}: {what} failed, retried later: {text}"
-        self.ledger.finish_followup(row.id, "done", result=result)
+        self.ledger.follow_ups.finish_followup(row.id, "done", result=result)
         self._history(row.item, f"{what}: done" + (f" (report {result})" if result else ""))
         return f"{row.item}: {what}"
 
@@ -227,14 +230,14 @@ class Moderation:
         skipped = next(
             (
                 f
-                for f in self.ledger.followups(row.item)
+                for f in self.ledger.follow_ups.followups(row.item)
                 if (f.action, f.target, f.state) == (report, row.target, "skipped")
             ),
             None,
         )
         if skipped is None:
             return ""
-        self.ledger.finish_followup(skipped.id, "pending", next_try=time.time(), attempted=False)
+        self.ledger.follow_ups.finish_followup(skipped.id, "pending", next_try=time.time(), attempted=False)
         return f"{describe_action(report, row.target)} instead"
 
     def _history(self, item_id: str, event: str, **fields: Any) -> None:
@@ -256,17 +259,17 @@ class Moderation:
     def _attribute(self, row: FollowupRow, item) -> str:
         data = self.look_up(item)
         with self.ledger.transaction():
-            self.ledger.put_attribution(item.id, data)
+            self.ledger.follow_ups.put_attribution(item.id, data)
         brief = summary(data)
         self._history(item.id, f"attributed: uploader {brief['uploader']}; {brief['where']}", attribution=data)
         planned = self._plan(item, data) if row.plan else []
         if data["retry"]:
             reason = next((u["reason"] for u in data["unknown"]), "a source was unavailable")
-            self.ledger.finish_followup(
+            self.ledger.follow_ups.finish_followup(
                 row.id, "pending", error=reason, next_try=time.time() + followups.backoff_s(row.attempts + 1)
             )
             return f"{item.id}: attribution incomplete, retried later: {reason}"
-        self.ledger.finish_followup(row.id, "done")
+        self.ledger.follow_ups.finish_followup(row.id, "done")
         return f"{item.id}: attributed (uploader {brief['uploader']}; {brief['where']})" + (
             f"; {len(planned)} action(s) planned" if planned else ""
         )
@@ -305,9 +308,9 @@ class Moderation:
         state = "dry_run" if self.settings.actions_dry_run else "pending"
         with self.ledger.transaction():
             for action, target in rows:
-                self.ledger.add_followup(item.id, action, target, state=state)
+                self.ledger.follow_ups.add_followup(item.id, action, target, state=state)
             for action, target, why in planned.skipped:
-                self.ledger.add_followup(item.id, action, target, state="skipped", error=why)
+                self.ledger.follow_ups.add_followup(item.id, action, target, state="skipped", error=why)
         if rows and state == "dry_run":
             self._history(item.id, "dry run: would " + "; ".join(describe_action(a, t) for a, t in rows))
         return rows
@@ -318,12 +321,12 @@ class Moderation:
         if item is None:
             raise MirrorScanError(f"no quarantine item {item_id}", hint="see `mirror-scan quarantine list`")
         with self.ledger.transaction():
-            self.ledger.add_followup(item_id, "attribute", plan=plan)
+            self.ledger.follow_ups.add_followup(item_id, "attribute", plan=plan)
         with self.quarantine.item_lock(item_id, wait_s=wait_s):
-            row = next(r for r in self.ledger.followups(item_id) if r.action == "attribute")
-            self.ledger.finish_followup(row.id, "pending", next_try=time.time(), attempted=False)
-            self._run(self.ledger.followup(row.id))  # type: ignore[arg-type]
-        return self.ledger.attribution(item_id) or {}
+            row = next(r for r in self.ledger.follow_ups.followups(item_id) if r.action == "attribute")
+            self.ledger.follow_ups.finish_followup(row.id, "pending", next_try=time.time(), attempted=False)
+            self._run(self.ledger.follow_ups.followup(row.id))  # type: ignore[arg-type]
+        return self.ledger.follow_ups.attribution(item_id) or {}
 
     # ------------------------------------------------------------------ actions
 
@@ -354,7 +357,7 @@ class Moderation:
 
     def _webhook_action(self, row: FollowupRow, item) -> str | None:
         assert self.webhook is not None
-        data = self.ledger.attribution(item.id) or {}
+        data = self.ledger.follow_ups.attribution(item.id) or {}
         brief = summary(data)
         self.webhook.send(
             {
@@ -370,7 +373,7 @@ class Moderation:
                 "comments": [{"id": c["id"], "link": c.get("link")} for c in data.get("comments", [])],
                 "actions": [
                     {"action": f.action, "target": f.target, "state": f.state}
-                    for f in self.ledger.followups(item.id)
+                    for f in self.ledger.follow_ups.followups(item.id)
                     if f.action not in ("attribute", "webhook", "webhook_restored")
                 ],
             }
@@ -379,7 +382,7 @@ class Moderation:
 
     def notice(self, item, restored: bool = False) -> str:
         """The private message to admins: who, where, what was done; never the image or a link to it."""
-        data = self.ledger.attribution(item.id) or {}
+        data = self.ledger.follow_ups.attribution(item.id) or {}
         brief = summary(data)
         labels = ", ".join(self.labels(item)) or "flagged"
         if restored:
@@ -399,7 +402,11 @@ class Moderation:
             lines.append(
                 f"- comment {int(comment['id'])} on post {int(comment['post_id'])}: {md_url(comment.get('link'))}"
             )
-        done = [describe_action(f.action, f.target) for f in self.ledger.followups(item.id) if f.action != "attribute"]
+        done = [
+            describe_action(f.action, f.target)
+            for f in self.ledger.follow_ups.followups(item.id)
+            if f.action != "attribute"
+        ]
         if done:
             lines.append("Actions: " + "; ".join(done))
         lines.append(

@@ -10,8 +10,9 @@ import logging
 from typing import Protocol
 
 from mirror_scan.errors import MirrorScanError
-from mirror_scan.store.ledger import Ledger, display_path
+from mirror_scan.store.ledger import Ledger
 from mirror_scan.store.quarantine import Quarantine
+from mirror_scan.store.rows import display_path
 
 log = logging.getLogger(__name__)
 

@@ -29,7 +29,8 @@ from mirror_scan.scan.decide import Facts, Verdict, decide_files
 from mirror_scan.scan.decode import Decoded, decode_detail
 from mirror_scan.scan.report import ReportWriter, record
 from mirror_scan.store.discover import Found
-from mirror_scan.store.ledger import Ledger, path_key
+from mirror_scan.store.ledger import Ledger
+from mirror_scan.store.rows import path_key
 
 
 @dataclass(frozen=True)
@@ -101,7 +102,7 @@ class Decider:
             rows = slice(int(ends[index]) - frames[index], int(ends[index]))
             result_id = self.ledger.put_result(picture.sha256, model_id or self.model_id, self.prompt_set,
                                                sims[rows], embeddings[rows], picture.detail)  # fmt: skip
-            self.ledger.put_picture_hashes(picture.sha256, picture.md5, picture.pdq, picture.pdq_variants,
+            self.ledger.lists.put_picture_hashes(picture.sha256, picture.md5, picture.pdq, picture.pdq_variants,
                                            picture.vpdq)  # fmt: skip
             decisions.append(Decision(result_id, verdict))
         return decisions

@@ -13,7 +13,8 @@ from typing import IO, Any
 from mirror_scan.errors import UsageError
 from mirror_scan.kinds import FileAction
 from mirror_scan.scan.decide import reason_text
-from mirror_scan.store.ledger import Ledger, display_path
+from mirror_scan.store.ledger import Ledger
+from mirror_scan.store.rows import display_path
 from mirror_scan.text import csv_cell, printable
 
 FIELDS = ("path", "sha256", "status", "verdict", "reason", "size", "format", "action", "item", "uploader", "where")
@@ -94,7 +95,7 @@ def ledger_records(ledger: Ledger, flagged: bool = False, errors: bool = False) 
             item = ledger.latest_item_for(row["path"])
             if item is not None:  # who posted it, where (when attribution is configured)
                 rec["item"] = item
-                data = ledger.attribution(item)
+                data = ledger.follow_ups.attribution(item)
                 if data is not None:
                     rec.update(summary(data))
         yield rec

@@ -16,7 +16,8 @@ from mirror_scan.model.scoring import policy_sims
 from mirror_scan.policy import Policy, evaluate
 from mirror_scan.scan.act import Actor
 from mirror_scan.scan.decide import Facts, verdict_for
-from mirror_scan.store.ledger import Ledger, RescoreRow
+from mirror_scan.store.ledger import Ledger
+from mirror_scan.store.rows import RescoreRow
 
 CHUNK = 100_000
 
@@ -55,8 +56,8 @@ def rescore(
         set_id: any(p not in ledger.prompt_set(set_id) for p in policy.prompts) for set_id in ledger.prompt_set_ids()
     }
     cursor = ledger.rescore_rows([s for s, needed in needs_embedding.items() if needed])
-    matcher = Matcher(ledger.hash_list_entries())
-    lists_changed = ledger.hash_lists_changed_at()
+    matcher = Matcher(ledger.lists.hash_list_entries())
+    lists_changed = ledger.lists.hash_lists_changed_at()
     updates: list[tuple[str, str | None, float, int]] = []
     while rows := cursor.fetchmany(CHUNK):
         by_set: dict[str, list[RescoreRow]] = {}

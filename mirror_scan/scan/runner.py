@@ -31,7 +31,8 @@ from mirror_scan.scan.read import Changed, Failed, Outcome, Reused, ToScore, Van
 from mirror_scan.scan.record import Counters, Decider, FileRecorder, Picture
 from mirror_scan.scan.report import ReportWriter
 from mirror_scan.store.discover import Found, Unscannable, discover
-from mirror_scan.store.ledger import Ledger, path_key
+from mirror_scan.store.ledger import Ledger
+from mirror_scan.store.rows import path_key
 
 __all__ = ["Counters", "Scan", "ScanConfig"]
 

@@ -150,5 +150,5 @@ def backoff_s(attempts: int) -> float:
 
 def plan_undo(ledger, item_id: str) -> None:
     """In the restore's transaction: cancel what is not done yet, queue the undo of what was done."""
-    for action, target in undo_rows(ledger.cancel_followups(item_id, "the item was restored first")):
-        ledger.add_followup(item_id, action, target)
+    for action, target in undo_rows(ledger.follow_ups.cancel_followups(item_id, "the item was restored first")):
+        ledger.follow_ups.add_followup(item_id, action, target)

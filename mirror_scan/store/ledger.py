@@ -1,4 +1,6 @@
-"""The state ledger: one SQLite database (WAL) per installation, and the only module with SQL in it.
+"""The state ledger: one SQLite database (WAL) per installation. SQL lives here and in its vocabularies
+(list_tables.py: hash lists; followup_tables.py: the follow-up journal), nowhere else; schema.py holds
+the tables, rows.py the named rows.
 
 `files` holds one row per path (stored as raw bytes, so non-UTF-8 names round-trip) with its size,
 mtime, sha256, status, verdict and why. `results` holds what the model said about some bytes, once per
@@ -25,344 +27,45 @@ import sqlite3
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
-from typing import NamedTuple
 
 import numpy as np
 
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.kinds import (
-    DECIDED_STATUSES,
-    EXPORTED_STATES,
-    FINISHED_STEPS,
     HELD_STATES,
-    MOVING_STATES,
     FileStatus,
     FileVerdict,
     MoveKind,
     Step,
 )
-
-SCHEMA_VERSION = 6
-# A writer waits this long for another writer's transaction. Transactions last milliseconds (none is ever
-# held across a subprocess, a network call or a wait for work), so running out of it means something
-# is wrong with another process, and is reported as "busy", never as damage.
-BUSY_TIMEOUT_MS = 15_000
-# Every process checks the pages of the database once before using it (SQLite's quick_check reads the
-# whole file, about 1 GB/s): in full up to this size, above it the small tables that hold the quarantine
-# index, the allowlist and the move journal (the daemon checks the whole file once a day).
-FULL_PAGE_CHECK_MAX_BYTES = 2 << 30
-CRITICAL_TABLES = ("meta", "quarantine", "moves", "allowlist", "followups", "hash_lists", "attributions")
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS prompt_sets (id TEXT PRIMARY KEY, prompts TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS results (
-    id INTEGER PRIMARY KEY,
-    sha256 TEXT NOT NULL,
-    model_id TEXT NOT NULL,
-    frames INTEGER NOT NULL,
-    prompt_set TEXT NOT NULL REFERENCES prompt_sets(id),
-    sims BLOB NOT NULL,
-    embedding BLOB NOT NULL,
-    created REAL NOT NULL,
-    UNIQUE (sha256, model_id)
-);
-CREATE TABLE IF NOT EXISTS files (
-    path BLOB PRIMARY KEY,
-    root BLOB,
-    size INTEGER,
-    mtime_ns INTEGER,
-    sha256 TEXT,
-    status TEXT NOT NULL,
-    verdict TEXT,
-    reason TEXT,
-    result_id INTEGER REFERENCES results(id),
-    model_id TEXT,
-    policy_id TEXT,
-    severity REAL,
-    format TEXT,
-    first_seen REAL NOT NULL,
-    scanned_at REAL,
-    decided_at REAL,
-    action TEXT,
-    acted_at REAL
-);
-CREATE INDEX IF NOT EXISTS files_verdict ON files (verdict);
-CREATE INDEX IF NOT EXISTS files_sha256 ON files (sha256);
-CREATE TABLE IF NOT EXISTS picture_hashes (
-    sha256 TEXT NOT NULL,
-    frame INTEGER NOT NULL,
-    md5 TEXT,
-    pdq TEXT,
-    quality INTEGER,
-    variants TEXT,
-    PRIMARY KEY (sha256, frame)
-);
-CREATE TABLE IF NOT EXISTS video_hashes (
-    sha256 TEXT NOT NULL,
-    idx INTEGER NOT NULL,
-    pdq TEXT NOT NULL,
-    quality INTEGER NOT NULL,
-    ts REAL NOT NULL,
-    PRIMARY KEY (sha256, idx)
-);
-CREATE TABLE IF NOT EXISTS hash_lists (
-    name TEXT PRIMARY KEY,
-    action TEXT NOT NULL,
-    imported REAL NOT NULL,
-    source TEXT,
-    entries INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS hash_list_entries (
-    list TEXT NOT NULL REFERENCES hash_lists(name),
-    kind TEXT NOT NULL,
-    value TEXT NOT NULL,
-    note TEXT,
-    source TEXT
-);
-CREATE INDEX IF NOT EXISTS hash_list_entries_list ON hash_list_entries (list);
-CREATE TABLE IF NOT EXISTS subscriptions (
-    name TEXT PRIMARY KEY,
-    api TEXT NOT NULL,
-    config TEXT NOT NULL,
-    action TEXT NOT NULL,
-    checkpoint TEXT,
-    state TEXT,
-    fetched REAL,
-    note TEXT
-);
-CREATE TABLE IF NOT EXISTS hash_pushes (
-    target TEXT NOT NULL,
-    value TEXT NOT NULL,
-    content_id TEXT,
-    pushed REAL NOT NULL,
-    PRIMARY KEY (target, value)
-);
-CREATE TABLE IF NOT EXISTS allowlist (sha256 TEXT PRIMARY KEY, added REAL NOT NULL, note TEXT);
-CREATE TABLE IF NOT EXISTS quarantine (
-    id TEXT PRIMARY KEY,
-    dir BLOB NOT NULL,
-    sha256 TEXT NOT NULL,
-    size INTEGER NOT NULL,
-    original BLOB NOT NULL,
-    mirror_root BLOB NOT NULL,
-    remote TEXT,
-    key TEXT,
-    state TEXT NOT NULL,
-    reason TEXT,
-    created REAL NOT NULL,
-    updated REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS quarantine_sha256 ON quarantine (sha256);
-CREATE INDEX IF NOT EXISTS quarantine_original ON quarantine (original);
-CREATE TABLE IF NOT EXISTS attributions (item TEXT PRIMARY KEY, data TEXT NOT NULL, updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS followups (
-    id INTEGER PRIMARY KEY,
-    item TEXT NOT NULL,
-    action TEXT NOT NULL,
-    target TEXT NOT NULL DEFAULT '',
-    state TEXT NOT NULL,
-    plan INTEGER NOT NULL DEFAULT 0,
-    attempts INTEGER NOT NULL DEFAULT 0,
-    next_try REAL NOT NULL,
-    result TEXT,
-    error TEXT,
-    created REAL NOT NULL,
-    updated REAL NOT NULL,
-    UNIQUE (item, action, target)
-);
-CREATE INDEX IF NOT EXISTS followups_due ON followups (state, next_try);
-CREATE TABLE IF NOT EXISTS mirrors (root BLOB PRIMARY KEY, remote TEXT NOT NULL, recorded REAL NOT NULL,
-                                    by TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS moves (
-    id INTEGER PRIMARY KEY,
-    item TEXT NOT NULL,
-    kind TEXT NOT NULL,
-    step TEXT NOT NULL,
-    target BLOB,
-    started REAL NOT NULL,
-    updated REAL NOT NULL,
-    note TEXT
-);
-"""
-
-# Columns added after schema 1, added in place to older databases (ALTER TABLE ... ADD COLUMN).
-MIGRATIONS = {
-    "quarantine": {"seen_count": "INTEGER NOT NULL DEFAULT 1", "last_seen": "REAL"},
-    "moves": {"method": "TEXT"},
-    # schema 3: what the decode said about the bytes (row labels, notes such as "partial", caps hit)
-    "results": {"detail": "TEXT", "partial": "INTEGER NOT NULL DEFAULT 0"},
-    # schema 4: objects scanned in their bucket (`bucket scan`): origin 'bucket', path NAME:bucket/key
-    "files": {"error_count": "INTEGER NOT NULL DEFAULT 0", "etag": "TEXT", "origin": "TEXT"},
-    # schema 5: each frame's 8 rotations and mirror images (space-separated PDQ), so a decision from the
-    # ledger (rescore, a copy, a list imported later) matches lists exactly as the scan did
-    "picture_hashes": {"variants": "TEXT"},
-}
-
-# Data migrations, run once when a database older than the key is opened.
-DATA_MIGRATIONS = {
-    # schema 6: one spelling for "upstream pending" (files.action had a space, quarantine.state an underscore)
-    6: "UPDATE files SET action='upstream_pending' WHERE action='upstream pending'",
-}
-
-
-def _sql_list(values: tuple[StrEnum, ...]) -> str:
-    """An SQL list of fixed enum values (never user text): the states are spelled once, here."""
-    return "(" + ", ".join(f"'{value.value}'" for value in values) + ")"
-
-
-DECIDED_SQL = _sql_list(DECIDED_STATUSES)
-EXPORTED_SQL = _sql_list(EXPORTED_STATES)
-MOVING_SQL = _sql_list(MOVING_STATES)
-FINISHED_SQL = _sql_list(FINISHED_STEPS)
-
-
-def path_key(path: str | os.PathLike) -> bytes:
-    return os.fsencode(path)
-
-
-def display_path(key: bytes) -> str:
-    """Printable form of a stored path: undecodable bytes become \\x escapes."""
-    return key.decode("utf-8", "backslashreplace")
-
-
-@dataclass(frozen=True)
-class StoredResult:
-    id: int
-    frames: int
-    prompt_set: str
-    sims: np.ndarray  # float32 [frames, P]
-    embedding: np.ndarray  # float16 [frames, D]
-    detail: dict | None = None  # the decode's row labels and notes
-
-
-@dataclass(frozen=True)
-class FileRow:
-    """What the ledger knows about one path."""
-
-    path: bytes
-    root: bytes | None
-    size: int | None
-    mtime_ns: int | None
-    sha256: str | None
-    status: str
-    verdict: str | None
-    reason: str | None
-    result_id: int | None
-    model_id: str | None
-    policy_id: str | None
-    severity: float | None
-    format: str | None
-    scanned_at: float | None
-    action: str | None
-    error_count: int
-    etag: str | None = None
-    origin: str | None = None
-
-
-@dataclass(frozen=True)
-class ItemRow:
-    """One quarantine item as the ledger (the authority) records it."""
-
-    id: str
-    dir: bytes
-    sha256: str
-    size: int
-    original: bytes  # absolute path of the original (b"" for uploads rejected at validation)
-    mirror_root: bytes
-    remote: str | None
-    key: str | None
-    state: str
-    reason: str | None
-    created: float
-    updated: float
-    seen_count: int
-    last_seen: float | None
-
-
-@dataclass(frozen=True)
-class FollowupRow:
-    id: int
-    item: str
-    action: str
-    target: str
-    state: str  # pending, done, refused, cancelled, dry_run, skipped (Lemmy would refuse it: error says why)
-    plan: int
-    attempts: int
-    next_try: float
-    result: str | None
-    error: str | None
-    created: float
-    updated: float
-
-
-_FOLLOWUP_COLUMNS = "id, item, action, target, state, plan, attempts, next_try, result, error, created, updated"
-
-
-class FileSignature(NamedTuple):
-    """What the reconciliation walk compares with the disk."""
-
-    size: int | None
-    mtime_ns: int | None
-    status: str
-    scanned_at: float | None
-    error_count: int
-
-
-class ActContext(NamedTuple):
-    """A flagged file's decision, as the actor needs it to quarantine the file."""
-
-    root: bytes | None
-    sha256: str | None
-    reason: str | None
-    model_id: str | None
-    policy_id: str | None
-    severity: float | None
-
-
-class Unacted(NamedTuple):
-    path: bytes
-    sha256: str | None
-    reason: str | None
-    root: bytes | None
-
-
-@dataclass(frozen=True)
-class RescoreRow:
-    """A decided file with its stored result, as `rescore` reads it."""
-
-    rowid: int
-    verdict: str | None
-    sha256: str
-    frames: int
-    prompt_set: str
-    sims: bytes
-    embedding: bytes | None
-    policy_id: str | None
-    severity: float | None
-    detail: str | None
-    decided_at: float | None
-    mentions_list: int  # the stored reason names a hash list (a list decided it, or a review match)
-
-
-@dataclass(frozen=True)
-class MoveRow:
-    id: int
-    item: str
-    kind: str
-    step: str
-    target: bytes | None
-    started: float
-    updated: float
-    note: str | None
-    method: str | None
-
-
-_FILE_COLUMNS = ", ".join(f.name for f in FileRow.__dataclass_fields__.values())
-_ITEM_COLUMNS = ", ".join(f.name for f in ItemRow.__dataclass_fields__.values())
-_MOVE_COLUMNS = ", ".join(f.name for f in MoveRow.__dataclass_fields__.values())
+from mirror_scan.store.followup_tables import FollowupTables
+from mirror_scan.store.list_tables import ListTables
+from mirror_scan.store.rows import (
+    _FILE_COLUMNS,
+    _ITEM_COLUMNS,
+    _MOVE_COLUMNS,
+    ActContext,
+    FileRow,
+    FileSignature,
+    ItemRow,
+    MoveRow,
+    RescoreRow,
+    StoredResult,
+    Unacted,
+)
+from mirror_scan.store.schema import (
+    BUSY_TIMEOUT_MS,
+    CRITICAL_TABLES,
+    DATA_MIGRATIONS,
+    DECIDED_SQL,
+    FINISHED_SQL,
+    FULL_PAGE_CHECK_MAX_BYTES,
+    MIGRATIONS,
+    MOVING_SQL,
+    SCHEMA,
+    SCHEMA_VERSION,
+)
 
 
 class StateDamaged(MirrorScanError):
@@ -491,6 +194,8 @@ class Ledger:
         self.readonly = readonly
         self._local = threading.local()
         self._in_tx = False
+        self.lists = ListTables(self)  # hash lists, picture hashes, subscriptions, pushes
+        self.follow_ups = FollowupTables(self)  # the follow-up journal and attributions
         _check_header(self.path)
         try:
             if readonly and not self.path.exists():
@@ -833,181 +538,6 @@ class Ledger:
                 (policy_id, severity, time.time()),
             )
 
-    # ---------------------------------------------------------------- hashes and hash lists
-
-    def put_picture_hashes(
-        self,
-        sha256: str,
-        md5: str | None,
-        pdq: list[tuple[str, int]] | None,
-        variants: list[str] | None = None,
-        video: list[tuple[str, int, float]] | None = None,
-    ) -> None:
-        """md5 of the bytes, the PDQ of each scored frame with its 8 rotations and mirror images (frame -1
-        holds the md5 alone when no frame could be hashed), and a video's vPDQ (a PDQ per second)."""
-        if video:
-            self.begin()
-            self.db.executemany(
-                "INSERT OR REPLACE INTO video_hashes VALUES (?,?,?,?,?)",
-                [(sha256, i, h, q, t) for i, (h, q, t) in enumerate(video)],
-            )
-        pdq, variants = pdq or [], variants or []
-        per_frame = len(variants) == 8 * len(pdq)
-        rows = [
-            (sha256, i, md5, h, q, " ".join(variants[8 * i : 8 * i + 8]) if per_frame else None)
-            for i, (h, q) in enumerate(pdq)
-        ] or [(sha256, -1, md5, None, None, None)]
-        self.begin()
-        self.db.executemany(
-            "INSERT OR REPLACE INTO picture_hashes (sha256, frame, md5, pdq, quality, variants) VALUES (?,?,?,?,?,?)",
-            rows,
-        )
-
-    def picture_hashes(self, sha256: str) -> tuple[str | None, list[tuple[str, int]], list[str] | None]:
-        """(md5, [(pdq, quality)] per frame, every frame's 8 variants in frame order or None if not kept)."""
-        rows = self.db.execute(
-            "SELECT md5, pdq, quality, variants FROM picture_hashes WHERE sha256=? ORDER BY frame", (sha256,)
-        ).fetchall()
-        md5 = next((r[0] for r in rows if r[0]), None)
-        frames = [r for r in rows if r[1]]
-        variants = [v for r in frames for v in (r[3] or "").split()]
-        return md5, [(r[1], int(r[2])) for r in frames], variants if len(variants) == 8 * len(frames) else None
-
-    def video_hashes(self, sha256: str) -> list[tuple[str, int, float]]:
-        return [
-            (r[0], int(r[1]), float(r[2]))
-            for r in self.db.execute("SELECT pdq, quality, ts FROM video_hashes WHERE sha256=? ORDER BY idx", (sha256,))
-        ]
-
-    def quarantined_pictures(self, since: float | None = None) -> list[dict]:
-        """What a hash export shares: every item in quarantine that was not restored, one dict per distinct
-        picture (sha256, md5, its frames' PDQ with quality, its vPDQ, whether it is a video)."""
-        shas = [
-            r[0]
-            for r in self.db.execute(
-                f"SELECT sha256 FROM quarantine WHERE state IN {EXPORTED_SQL} "  # noqa: S608
-                "AND created >= ? GROUP BY sha256 ORDER BY min(created)",
-                (since or 0.0,),
-            )
-        ]
-        pictures = []
-        for sha256 in shas:
-            md5, pdqs, _ = self.picture_hashes(sha256)
-            fmt = self.db.execute(
-                "SELECT format FROM files WHERE sha256=? AND format IS NOT NULL LIMIT 1", (sha256,)
-            ).fetchone()
-            pictures.append(
-                {
-                    "sha256": sha256,
-                    "md5": md5,
-                    "pdq": pdqs,
-                    "vpdq": self.video_hashes(sha256),
-                    "video": bool(fmt and fmt[0] in ("mp4", "webm")),
-                }  # fmt: skip
-            )
-        return pictures
-
-    def hash_list_entries(self) -> Iterator[tuple[str, str, str, str, str | None]]:
-        """(list, action, kind, value, note) of every imported list, streamed to the matcher."""
-        yield from self.db.execute(
-            "SELECT e.list, l.action, e.kind, e.value, e.note FROM hash_list_entries e "
-            "JOIN hash_lists l ON l.name = e.list"
-        )
-
-    def hash_lists_changed_at(self) -> float:
-        """When a list was last imported or removed (verdicts decided before then may match differently)."""
-        row = self.db.execute("SELECT value FROM meta WHERE key='hash_lists_changed'").fetchone()
-        imported = self.db.execute("SELECT max(imported) FROM hash_lists").fetchone()[0]
-        return max(float(row[0]) if row else 0.0, imported or 0.0)
-
-    def hash_lists_version(self) -> tuple:
-        """Changes whenever a list is imported, replaced or removed: long-running matchers reload on it."""
-        return tuple(self.db.execute("SELECT count(*), max(imported), total(entries) FROM hash_lists").fetchone())
-
-    def replace_hash_list(self, name: str, action: str, source: str, entries: list[tuple[str, str, str, str]]) -> None:
-        """A list's entries replaced in one step (a subscription's fetch): never a moment without them."""
-        with self.transaction():
-            self.remove_hash_list(name)
-            self.import_hash_list(name, action, source, entries)
-
-    # ---------------------------------------------------------------- subscriptions and pushes
-
-    def subscriptions(self) -> list[dict]:
-        rows = self.db.execute(
-            "SELECT name, api, config, action, checkpoint, state, fetched, note FROM subscriptions ORDER BY name"
-        ).fetchall()
-        keys = ("name", "api", "config", "action", "checkpoint", "state", "fetched", "note")
-        return [dict(zip(keys, row, strict=True)) for row in rows]
-
-    def put_subscription(self, name: str, api: str, config: str, action: str) -> None:
-        with self.transaction():
-            self.db.execute(
-                "INSERT INTO subscriptions (name, api, config, action) VALUES (?, ?, ?, ?)", (name, api, config, action)
-            )
-
-    def remove_subscription(self, name: str) -> int:
-        with self.transaction():
-            return self.db.execute("DELETE FROM subscriptions WHERE name=?", (name,)).rowcount
-
-    def save_fetch(self, name: str, checkpoint: str | None, state: str | None, note: str) -> None:
-        with self.transaction():
-            self.db.execute(
-                "UPDATE subscriptions SET checkpoint=?, state=?, fetched=?, note=? WHERE name=?",
-                (checkpoint, state, time.time(), note, name),
-            )
-
-    def pushed(self, target: str) -> set[str]:
-        return {r[0] for r in self.db.execute("SELECT value FROM hash_pushes WHERE target=?", (target,))}
-
-    def record_push(self, target: str, value: str, content_id: str | None) -> None:
-        with self.transaction():
-            self.db.execute(
-                "INSERT OR REPLACE INTO hash_pushes VALUES (?, ?, ?, ?)", (target, value, content_id, time.time())
-            )
-
-    def has_hash_list(self, name: str) -> bool:
-        return self.db.execute("SELECT 1 FROM hash_lists WHERE name=?", (name,)).fetchone() is not None
-
-    def hash_list_rows(self, name: str) -> list[tuple]:
-        """(type, hash, note, source) of one list, in import order."""
-        return self.db.execute(
-            "SELECT kind, value, note, source FROM hash_list_entries WHERE list=? ORDER BY rowid", (name,)
-        ).fetchall()
-
-    def files_lacking_hashes(self) -> Iterator[tuple[str, bytes]]:
-        """(sha256, path) of scored files whose pictures have no stored hashes (scanned before they were kept),
-        or hashes of the old way (before schema 5: taken from the rotated, reduced view, no variants kept)."""
-        for sha256, path in self.db.execute(
-            f"SELECT sha256, path FROM files WHERE status IN {DECIDED_SQL} AND sha256 IS NOT NULL "  # noqa: S608
-            "AND sha256 NOT IN (SELECT sha256 FROM picture_hashes WHERE pdq IS NULL OR variants IS NOT NULL)"
-        ).fetchall():
-            yield sha256, bytes(path)
-
-    def hash_lists(self) -> list[tuple]:
-        return self.db.execute(
-            "SELECT name, action, imported, source, entries FROM hash_lists ORDER BY name"
-        ).fetchall()
-
-    def import_hash_list(self, name: str, action: str, source: str, entries: list[tuple[str, str, str, str]]) -> None:
-        """All or nothing: entries (kind, value, note, source) replace nothing; a list of that name must not
-        exist (the caller removes it first to replace it)."""
-        with self.transaction():
-            self.db.execute(
-                "INSERT INTO hash_lists VALUES (?,?,?,?,?)", (name, action, time.time(), source, len(entries))
-            )
-            self.db.executemany(
-                "INSERT INTO hash_list_entries VALUES (?,?,?,?,?)", [(name, *entry) for entry in entries]
-            )
-
-    def remove_hash_list(self, name: str) -> int:
-        with self.transaction():
-            self.db.execute(
-                "INSERT INTO meta VALUES ('hash_lists_changed', ?) ON CONFLICT(key) DO UPDATE SET value=excluded.value",
-                (str(time.time()),),
-            )
-            self.db.execute("DELETE FROM hash_list_entries WHERE list=?", (name,))
-            return self.db.execute("DELETE FROM hash_lists WHERE name=?", (name,)).rowcount
-
     # ---------------------------------------------------------------- allowlist
 
     def allowlisted(self, sha256: str | None, conn: sqlite3.Connection | None = None) -> bool:
@@ -1107,113 +637,7 @@ class Ledger:
         self.db.execute("DELETE FROM followups WHERE item=?", (item_id,))
         self.db.execute("DELETE FROM attributions WHERE item=?", (item_id,))
 
-    # ---------------------------------------------------------------- follow-ups (attribution, moderation)
-
-    def add_followup(
-        self,
-        item_id: str,
-        action: str,
-        target: str = "",
-        *,
-        plan: bool = False,
-        state: str = "pending",
-        error: str | None = None,
-    ) -> None:
-        """Inside the caller's transaction (the quarantine or restore that causes it); once per
-        (item, action, target). state 'skipped' (with why, in error): an action Lemmy would refuse."""
-        self.begin()
-        now = time.time()
-        self.db.execute(
-            "INSERT OR IGNORE INTO followups (item, action, target, state, plan, next_try, error, created, updated) "
-            "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (item_id, action, target, state, int(plan), now, error, now, now),
-        )
-
-    def followups(self, item_id: str) -> list[FollowupRow]:
-        rows = self.db.execute(
-            f"SELECT {_FOLLOWUP_COLUMNS} FROM followups WHERE item=? ORDER BY id",
-            (item_id,),  # noqa: S608
-        )
-        return [FollowupRow(*r) for r in rows]
-
-    def due_followups(self, now: float, limit: int = 100) -> list[FollowupRow]:
-        rows = self.db.execute(
-            f"SELECT {_FOLLOWUP_COLUMNS} FROM followups WHERE state='pending' AND next_try <= ? "  # noqa: S608
-            "ORDER BY next_try, id LIMIT ?",
-            (now, limit),
-        )
-        return [FollowupRow(*r) for r in rows]
-
-    def followup(self, followup_id: int) -> FollowupRow | None:
-        row = self.db.execute(
-            f"SELECT {_FOLLOWUP_COLUMNS} FROM followups WHERE id=?",
-            (followup_id,),  # noqa: S608
-        ).fetchone()
-        return None if row is None else FollowupRow(*row)
-
-    def pending_followup_count(self) -> int:
-        return int(self.db.execute("SELECT count(*) FROM followups WHERE state='pending'").fetchone()[0])
-
-    def finish_followup(
-        self,
-        followup_id: int,
-        state: str,
-        *,
-        result: str | None = None,
-        error: str | None = None,
-        next_try: float | None = None,
-        attempted: bool = True,
-    ) -> None:
-        with self.transaction():
-            self.db.execute(
-                "UPDATE followups SET state=?, result=coalesce(?, result), error=?, attempts=attempts+?, "
-                "next_try=coalesce(?, next_try), updated=? WHERE id=?",
-                (state, result, error, int(attempted), next_try, time.time(), followup_id),
-            )
-
-    def retry_followups(self, item_id: str | None = None, refused: bool = True) -> int:
-        """Make pending (and, with refused=True, refused) follow-ups due now; returns how many."""
-        states = ("pending", "refused") if refused else ("pending",)
-        sql = (
-            "UPDATE followups SET state='pending', next_try=?, updated=? "
-            f"WHERE state IN ({','.join('?' * len(states))})"
-        )
-        params: list = [time.time(), time.time(), *states]
-        if item_id is not None:
-            sql += " AND item=?"
-            params.append(item_id)
-        with self.transaction():
-            return self.db.execute(sql, params).rowcount
-
-    def put_attribution(self, item_id: str, data: dict) -> None:
-        self.begin()
-        self.db.execute(
-            "INSERT INTO attributions VALUES (?, ?, ?) ON CONFLICT(item) DO UPDATE SET data=excluded.data, "
-            "updated=excluded.updated",
-            (item_id, json.dumps(data, ensure_ascii=False), time.time()),
-        )
-
-    def attribution(self, item_id: str) -> dict | None:
-        row = self.db.execute("SELECT data FROM attributions WHERE item=?", (item_id,)).fetchone()
-        if row is None:
-            return None
-        try:
-            return json.loads(row[0])
-        except json.JSONDecodeError:
-            return None
-
-    def cancel_followups(self, item_id: str, why: str) -> list[tuple[str, str, str | None]]:
-        """Cancel an item's follow-ups not done yet (attribution stays); returns (action, target, result)
-        of those that were done, for the caller to plan their undo (followups.plan_undo)."""
-        self.begin()
-        self.db.execute(
-            "UPDATE followups SET state='cancelled', updated=?, error=? "
-            "WHERE item=? AND state IN ('pending', 'dry_run') AND action != 'attribute'",
-            (time.time(), why, item_id),
-        )
-        return self.db.execute(
-            "SELECT action, target, result FROM followups WHERE item=? AND state='done'", (item_id,)
-        ).fetchall()
+    # ---------------------------------------------------------------- items and mirrors
 
     def set_item_size(self, item_id: str, size: int) -> None:
         self.begin()

@@ -52,7 +52,7 @@ from mirror_scan.hashing import CHUNK, md5_file, sha256_bytes, sha256_file
 from mirror_scan.kinds import HELD_STATES, RESTORABLE_STATES, FileAction, ItemState, MoveKind, Step
 from mirror_scan.store.followups import plan_undo
 from mirror_scan.store.fsinfo import filesystem_type, is_remote_or_fuse
-from mirror_scan.store.ledger import ItemRow, Ledger, MoveRow, display_path
+from mirror_scan.store.ledger import Ledger
 from mirror_scan.store.paths import (
     MissingParent,
     Place,
@@ -62,6 +62,7 @@ from mirror_scan.store.paths import (
     reach,
     relative_to,
 )
+from mirror_scan.store.rows import ItemRow, MoveRow, display_path
 from mirror_scan.store.upstream import Upstream, Upstreams, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
@@ -408,7 +409,7 @@ class Quarantine:
         )
         move_id = self.ledger.start_move(item_id, MoveKind.QUARANTINE)
         if self.follow_up:
-            self.ledger.add_followup(item_id, "attribute", plan=True)
+            self.ledger.follow_ups.add_followup(item_id, "attribute", plan=True)
         self.ledger.commit()
         checkpoint("quarantine:intent")
         return move_id
@@ -462,7 +463,7 @@ class Quarantine:
             with self.ledger.transaction():
                 self._index(meta)
                 if self.follow_up:
-                    self.ledger.add_followup(item_id, "attribute", plan=True)
+                    self.ledger.follow_ups.add_followup(item_id, "attribute", plan=True)
         return item_id
 
     def _finish_quarantine(self, item_id: str, move_id: int, step: str) -> str:
@@ -954,15 +955,18 @@ class Quarantine:
                             f"{item_dir.name}: its metadata file disagrees with the ledger on "
                             f"{', '.join(differing)}; the ledger's record is kept"
                         )
-                    elif isinstance(meta.get("attribution"), dict) and self.ledger.attribution(known.id) is None:
+                    elif (
+                        isinstance(meta.get("attribution"), dict)
+                        and self.ledger.follow_ups.attribution(known.id) is None
+                    ):
                         with self.ledger.transaction():  # filled in where the ledger lost it, never replaced
-                            self.ledger.put_attribution(known.id, meta["attribution"])
+                            self.ledger.follow_ups.put_attribution(known.id, meta["attribution"])
                     continue
                 self._check_importable(item_dir, meta, mirror_root)
                 with self.ledger.transaction():
                     self._index(meta)
                     if isinstance(meta.get("attribution"), dict):  # the item's own copy rebuilds the ledger's
-                        self.ledger.put_attribution(meta["id"], meta["attribution"])
+                        self.ledger.follow_ups.put_attribution(meta["id"], meta["attribution"])
                 count += 1
             except (MirrorScanError, KeyError, ValueError, TypeError) as err:
                 problems.append(f"{item_dir.name}: {err}")
