@@ -32,7 +32,7 @@ def build(path, files: int, policy, seed: int = 0) -> None:
     col = policy.column()
     hot = [col[p] for p in ("child", "naked", "woman", "nude")]
     with Ledger(path) as ledger:
-        prompt_set = ledger.ensure_prompt_set(prompts)
+        prompt_set = ledger.results.ensure_prompt_set(prompts)
         ledger.commit()
         now = time.time()
         chunk = 50_000

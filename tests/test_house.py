@@ -81,7 +81,9 @@ def test_scan_serve_and_rescore_decide_alike(tmp_path, tiny_bundle_master, write
 
     # First pass: every picture scored and stored (a policy that flags everything).
     first = _scan(tmp_path / "a.db", mirror, bundle, scorer, load_policy(flag_all), listed)
-    sims = [first.get_result(rid).sims.max(axis=0) for (rid,) in first.db.execute("SELECT result_id FROM files")]
+    sims = [
+        first.results.get_result(rid).sims.max(axis=0) for (rid,) in first.db.execute("SELECT result_id FROM files")
+    ]
     prompt = bundle.concepts.prompts.index("cartoon")
     threshold = float(np.median([row[prompt] for row in sims]))
     middle = load_policy(write_policy({"any": {"cartoon": threshold}}, {"any": 1}, name="middle"))

@@ -65,13 +65,13 @@ class Decider:
     def __init__(self, ledger: Ledger, bundle: Bundle, policy: Policy, severity: float, model_id: str) -> None:
         self.ledger, self.bundle, self.policy, self.severity = ledger, bundle, policy, severity
         self.model_id = model_id
-        self.prompt_set = ledger.ensure_prompt_set(bundle.concepts.prompts)
+        self.prompt_set = ledger.results.ensure_prompt_set(bundle.concepts.prompts)
         self.lists = LiveMatcher(ledger)  # imported hash lists decide before the model
         self.policy_columns = columns(bundle.concepts.prompts, policy)
 
     def result_for(self, sha256: str, conn=None) -> int | None:
         """The result already stored for these bytes with this model, or None."""
-        return self.ledger.result_id_for(sha256, self.model_id, conn=conn)
+        return self.ledger.results.result_id_for(sha256, self.model_id, conn=conn)
 
     def listed(self, sha256: str) -> bool:
         """On an imported hash list (a list imported after the file was decided applies now)."""
@@ -100,7 +100,7 @@ class Decider:
         decisions, ends = [], np.cumsum(frames)
         for index, (picture, verdict) in enumerate(zip(pictures, verdicts, strict=True)):
             rows = slice(int(ends[index]) - frames[index], int(ends[index]))
-            result_id = self.ledger.put_result(picture.sha256, model_id or self.model_id, self.prompt_set,
+            result_id = self.ledger.results.put_result(picture.sha256, model_id or self.model_id, self.prompt_set,
                                                sims[rows], embeddings[rows], picture.detail)  # fmt: skip
             self.ledger.lists.put_picture_hashes(picture.sha256, picture.md5, picture.pdq, picture.pdq_variants,
                                            picture.vpdq)  # fmt: skip
@@ -110,9 +110,9 @@ class Decider:
     def stored(self, sha256: str, result_id: int) -> Verdict:
         """Decide from a stored result (copies of bytes already scored, unchanged files under a new policy
         or severity, cached uploads): the stored similarities, decode notes and picture hashes."""
-        stored = self.ledger.get_result(result_id)
+        stored = self.ledger.results.get_result(result_id)
         sims = policy_sims(
-            stored.sims, stored.embedding, self.ledger.prompt_set(stored.prompt_set), self.policy, self.bundle
+            stored.sims, stored.embedding, self.ledger.results.prompt_set(stored.prompt_set), self.policy, self.bundle
         )
         facts = Facts(stored.detail, self.ledger.allowlisted(sha256), self.lists.match_stored(sha256))
         (verdict,) = decide_files(self.policy, sims, [len(sims)], self.severity, [facts])

@@ -48,14 +48,15 @@ def rescore(
     for whole chunks at once; Python runs only for files whose verdict or reason can change."""
     started = time.monotonic()
     summary = RescoreSummary()
-    total = ledger.count_decided()
+    total = ledger.results.count_decided()
     allowed = {row[0] for row in ledger.allowlist()}
     prompt_sets: dict[str, tuple[str, ...]] = {}
     # Embeddings are read only for prompt sets that lack some of the policy's prompts.
     needs_embedding = {
-        set_id: any(p not in ledger.prompt_set(set_id) for p in policy.prompts) for set_id in ledger.prompt_set_ids()
+        set_id: any(p not in ledger.results.prompt_set(set_id) for p in policy.prompts)
+        for set_id in ledger.results.prompt_set_ids()
     }
-    cursor = ledger.rescore_rows([s for s, needed in needs_embedding.items() if needed])
+    cursor = ledger.results.rescore_rows([s for s, needed in needs_embedding.items() if needed])
     matcher = Matcher(ledger.lists.hash_list_entries())
     lists_changed = ledger.lists.hash_lists_changed_at()
     updates: list[tuple[str, str | None, float, int]] = []
@@ -65,7 +66,7 @@ def rescore(
             by_set.setdefault(row.prompt_set, []).append(row)
         for set_id, group in by_set.items():
             if set_id not in prompt_sets:
-                prompt_sets[set_id] = ledger.prompt_set(set_id)
+                prompt_sets[set_id] = ledger.results.prompt_set(set_id)
             prompts = prompt_sets[set_id]
             frames = np.fromiter((r.frames for r in group), dtype=np.intp, count=len(group))
             sims = np.frombuffer(b"".join(r.sims for r in group), dtype=np.float32).reshape(-1, len(prompts))
@@ -110,8 +111,8 @@ def rescore(
             summary.files += len(group)
         if progress:
             progress(summary.files, total)
-    ledger.apply_rescore(updates)
-    ledger.stamp_decisions(policy.policy_id, severity)
+    ledger.results.apply_rescore(updates)
+    ledger.results.stamp_decisions(policy.policy_id, severity)
     summary.seconds = time.monotonic() - started
     return summary
 

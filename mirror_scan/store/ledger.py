@@ -20,16 +20,12 @@ not here.
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
 import os
 import sqlite3
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
-
-import numpy as np
 
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.kinds import (
@@ -40,7 +36,16 @@ from mirror_scan.kinds import (
     Step,
 )
 from mirror_scan.store.followup_tables import FollowupTables
+from mirror_scan.store.integrity import (
+    StateBusy,
+    StateDamaged,
+    _check_header,
+    _check_pages_once,
+    _open_private,
+    is_busy,
+)
 from mirror_scan.store.list_tables import ListTables
+from mirror_scan.store.result_tables import ResultTables
 from mirror_scan.store.rows import (
     _FILE_COLUMNS,
     _ITEM_COLUMNS,
@@ -50,142 +55,18 @@ from mirror_scan.store.rows import (
     FileSignature,
     ItemRow,
     MoveRow,
-    RescoreRow,
-    StoredResult,
     Unacted,
 )
 from mirror_scan.store.schema import (
     BUSY_TIMEOUT_MS,
-    CRITICAL_TABLES,
     DATA_MIGRATIONS,
     DECIDED_SQL,
     FINISHED_SQL,
-    FULL_PAGE_CHECK_MAX_BYTES,
     MIGRATIONS,
     MOVING_SQL,
     SCHEMA,
     SCHEMA_VERSION,
 )
-
-
-class StateDamaged(MirrorScanError):
-    """The state database cannot be read: truncated, overwritten, or not a database."""
-
-    def __init__(self, path: Path, problem: str) -> None:
-        super().__init__(
-            f"state database {path} is damaged ({problem}); nothing was changed",
-            hint=f"check it with `mirror-scan state check --state {path}`; to start afresh, "
-            f"`mirror-scan state rebuild --state {path}` rebuilds it from the quarantine's metadata "
-            "(the next scan re-reads every file)",
-        )
-
-
-class StateBusy(MirrorScanError):
-    """Another process held the state database's write lock for longer than a writer waits."""
-
-    exit_code = 75  # EX_TEMPFAIL: try again
-
-    def __init__(self, path: Path | str) -> None:
-        super().__init__(
-            f"state database {path} is busy: another mirror-scan process kept it locked for over "
-            f"{BUSY_TIMEOUT_MS // 1000} s; nothing was changed",
-            hint="try again in a moment; the database itself is fine (if it stays busy, see which "
-            "mirror-scan processes run: `mirror-scan status`)",
-        )
-
-
-def is_busy(error: BaseException) -> bool:
-    """SQLite's 'database is locked' / 'database is busy': a wait that ran out, not damage."""
-    return isinstance(error, sqlite3.OperationalError) and any(
-        word in str(error).lower() for word in ("database is locked", "database is busy", "database table is locked")
-    )
-
-
-def _open_private(path: Path) -> None:
-    """Create the database file 0600 whatever the umask: it holds paths, hashes and reasons. SQLite gives
-    its -wal and -shm files the database file's mode."""
-    if not path.exists():
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.fchmod(fd, 0o600)
-        finally:
-            os.close(fd)
-
-
-_HEADER_CHECKED: set[str] = set()
-_HEADER_LOCK = threading.Lock()
-
-
-def _check_header(path: Path) -> None:
-    """Cheap checks before SQLite opens an existing file (it would treat a short file as an empty database
-    and write a fresh schema over the evidence): the magic, whole pages, and the page count the header
-    records. A full check is `mirror-scan state check`.
-
-    Once per process and file, before this process has any connection to it: closing any descriptor of
-    the database file drops every POSIX lock the process holds on it (SQLite's own among them), after
-    which another process would take itself for the last user and checkpoint and remove the WAL under
-    our connections."""
-    key = os.path.realpath(path)
-    with _HEADER_LOCK:
-        if key in _HEADER_CHECKED:
-            return
-        _read_header_checks(path)
-        _HEADER_CHECKED.add(key)
-
-
-_PAGES_CHECKED: set[str] = set()
-
-
-def _check_pages_once(path: Path, db: sqlite3.Connection) -> None:
-    """Damage inside pages (an intact header over garbage) is found by SQLite only where a read happens
-    to touch it, and a write beside it would go on as if nothing were wrong: check before first use."""
-    if str(path) == ":memory:" or not path.exists():
-        return
-    key = os.path.realpath(path)
-    with _HEADER_LOCK:
-        if key in _PAGES_CHECKED:
-            return
-    problems = page_problems(db, full=path.stat().st_size <= FULL_PAGE_CHECK_MAX_BYTES)
-    if problems:
-        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise StateDamaged(path, f"malformed: {problems[0]}{more}")
-    with _HEADER_LOCK:
-        _PAGES_CHECKED.add(key)
-
-
-def page_problems(db: sqlite3.Connection, full: bool = True) -> list[str]:
-    """SQLite's quick_check of the whole file, or of the small tables that matter most."""
-    try:
-        if full:
-            rows = db.execute("PRAGMA quick_check").fetchall()
-        else:
-            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-            rows = [r for t in CRITICAL_TABLES if t in tables for r in db.execute(f"PRAGMA quick_check({t})")]
-    except sqlite3.DatabaseError as err:
-        if is_busy(err):
-            return []
-        return [str(err)]
-    return [r[0] for r in rows if r[0] != "ok"]
-
-
-def _read_header_checks(path: Path) -> None:
-    try:
-        size = path.stat().st_size
-        if size == 0:
-            return
-        with open(path, "rb") as handle:
-            header = handle.read(100)
-    except FileNotFoundError:
-        return
-    if len(header) < 100 or not header.startswith(b"SQLite format 3\x00"):
-        raise StateDamaged(path, "not an SQLite database, or its header is cut off")
-    page_size = int.from_bytes(header[16:18], "big")
-    page_size = 65536 if page_size == 1 else page_size
-    if page_size < 512 or size % page_size:
-        raise StateDamaged(path, f"truncated: {size:,} bytes is not a whole number of {page_size}-byte pages")
-    change_counter, pages, valid_for = (int.from_bytes(header[o : o + 4], "big") for o in (24, 28, 92))
-    if change_counter == valid_for and pages * page_size > size:
-        raise StateDamaged(path, f"truncated: the header records {pages:,} pages, the file holds {size // page_size:,}")
 
 
 class Ledger:
@@ -194,6 +75,7 @@ class Ledger:
         self.readonly = readonly
         self._local = threading.local()
         self._in_tx = False
+        self.results = ResultTables(self)  # what the model said of some bytes, prompt sets, rescoring
         self.lists = ListTables(self)  # hash lists, picture hashes, subscriptions, pushes
         self.follow_ups = FollowupTables(self)  # the follow-up journal and attributions
         _check_header(self.path)
@@ -431,112 +313,6 @@ class Ledger:
         cursor = self.db.cursor()
         cursor.row_factory = sqlite3.Row
         yield from cursor.execute(f"SELECT * FROM files WHERE {where} ORDER BY path")  # noqa: S608
-
-    # ---------------------------------------------------------------- results
-
-    def ensure_prompt_set(self, prompts: tuple[str, ...]) -> str:
-        text = json.dumps(list(prompts), ensure_ascii=False)
-        set_id = hashlib.sha256(text.encode()).hexdigest()[:16]
-        with self.transaction():
-            self.db.execute("INSERT OR IGNORE INTO prompt_sets VALUES (?, ?)", (set_id, text))
-        return set_id
-
-    def prompt_set(self, set_id: str) -> tuple[str, ...]:
-        row = self.db.execute("SELECT prompts FROM prompt_sets WHERE id=?", (set_id,)).fetchone()
-        return tuple(json.loads(row[0]))
-
-    def prompt_set_ids(self) -> list[str]:
-        return [r[0] for r in self.db.execute("SELECT DISTINCT prompt_set FROM results")]
-
-    def result_id_for(self, sha256: str, model_id: str, conn: sqlite3.Connection | None = None) -> int | None:
-        row = (
-            (conn or self.db)
-            .execute("SELECT id FROM results WHERE sha256=? AND model_id=?", (sha256, model_id))
-            .fetchone()
-        )
-        return None if row is None else int(row[0])
-
-    def put_result(
-        self,
-        sha256: str,
-        model_id: str,
-        prompt_set: str,
-        sims: np.ndarray,
-        embedding: np.ndarray,
-        detail: dict | None = None,
-    ) -> int:
-        self.begin()
-        self.db.execute(
-            "INSERT OR IGNORE INTO results (sha256, model_id, frames, prompt_set, sims, embedding, created, detail, "
-            "partial) VALUES (?,?,?,?,?,?,?,?,?)",
-            (
-                sha256,
-                model_id,
-                int(sims.shape[0]),
-                prompt_set,
-                np.ascontiguousarray(sims, np.float32).tobytes(),
-                np.ascontiguousarray(embedding, np.float16).tobytes(),
-                time.time(),
-                json.dumps(detail, ensure_ascii=False, separators=(",", ":")) if detail else None,
-                int(bool(detail and detail.get("partial"))),
-            ),
-        )
-        return self.result_id_for(sha256, model_id)  # type: ignore[return-value]
-
-    def get_result(self, result_id: int) -> StoredResult:
-        row = self.db.execute(
-            "SELECT id, frames, prompt_set, sims, embedding, detail FROM results WHERE id=?", (result_id,)
-        ).fetchone()
-        frames = int(row[1])
-        return StoredResult(
-            id=int(row[0]),
-            frames=frames,
-            prompt_set=row[2],
-            sims=np.frombuffer(row[3], dtype=np.float32).reshape(frames, -1),
-            embedding=np.frombuffer(row[4], dtype=np.float16).reshape(frames, -1),
-            detail=json.loads(row[5]) if row[5] else None,
-        )
-
-    def count_decided(self) -> int:
-        return int(
-            self.db.execute(
-                f"SELECT count(*) FROM files WHERE status IN {DECIDED_SQL} AND result_id IS NOT NULL"  # noqa: S608
-            ).fetchone()[0]
-        )
-
-    def rescore_rows(self, embedding_sets: list[str]) -> sqlite3.Cursor:
-        """Every decided file joined with its stored result, grouped by prompt set (for `rescore`), as
-        RescoreRow (embeddings only for the prompt sets named)."""
-        placeholders = ",".join("?" * len(embedding_sets)) or "NULL"
-        cursor = self.db.cursor()
-        cursor.row_factory = lambda _cursor, row: RescoreRow(*row)
-        return cursor.execute(
-            f"""SELECT f.rowid, f.verdict, f.sha256, r.frames, r.prompt_set, r.sims,
-                       CASE WHEN r.prompt_set IN ({placeholders}) THEN r.embedding END, f.policy_id, f.severity,
-                       r.detail, f.decided_at, instr(coalesce(f.reason, ''), '"hash_list') > 0
-                FROM files f JOIN results r ON r.id = f.result_id
-                WHERE f.status IN {DECIDED_SQL} ORDER BY r.prompt_set, f.rowid""",  # noqa: S608
-            embedding_sets,
-        )
-
-    def apply_rescore(self, updates: list[tuple[str, str | None, float, int]]) -> None:
-        """New verdicts by rowid. A verdict that changes also forgets any action taken under the old one,
-        so `apply` sees it afresh."""
-        with self.transaction():
-            self.db.executemany(
-                """UPDATE files SET action = CASE WHEN verdict IS ?1 THEN action END,
-                                    acted_at = CASE WHEN verdict IS ?1 THEN acted_at END,
-                                    verdict=?1, reason=?2, decided_at=?3 WHERE rowid=?4""",
-                updates,
-            )
-
-    def stamp_decisions(self, policy_id: str, severity: float) -> None:
-        """Every decided file was decided now, under this policy and severity (rescore)."""
-        with self.transaction():
-            self.db.execute(
-                f"UPDATE files SET policy_id=?, severity=?, decided_at=? WHERE status IN {DECIDED_SQL}",  # noqa: S608
-                (policy_id, severity, time.time()),
-            )
 
     # ---------------------------------------------------------------- allowlist
 
