@@ -140,8 +140,9 @@ def test_a_directory_swapped_for_a_symlink_is_never_read_or_moved_through(tmp_pa
 
     from mirror_scan.scan.read import Failed, read_stable
     from mirror_scan.store.discover import Found, Unscannable, discover
+    from mirror_scan.store.items import QuarantineError
     from mirror_scan.store.ledger import Ledger
-    from mirror_scan.store.quarantine import Quarantine, QuarantineError
+    from mirror_scan.store.quarantine import Quarantine
 
     mirror, outside = tmp_path / "mirror", tmp_path / "outside"
     (mirror / "d").mkdir(parents=True)

@@ -241,7 +241,7 @@ def q_restore(
     and asks before it acts."""
     from mirror_scan.errors import MirrorScanError
     from mirror_scan.kinds import RESTORABLE_STATES
-    from mirror_scan.store.quarantine import UpstreamRestorePending
+    from mirror_scan.store.items import UpstreamRestorePending
     from mirror_scan.store.rows import display_path
 
     explicit = list(item_ids or [])

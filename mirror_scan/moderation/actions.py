@@ -28,8 +28,9 @@ from mirror_scan.moderation.attribution import Attributor, LemmyRepo, PictrsRepo
 from mirror_scan.redact import redact_url, scrub
 from mirror_scan.settings import Settings
 from mirror_scan.store import followups
+from mirror_scan.store.items import ItemBusy, item_origin
 from mirror_scan.store.ledger import Ledger
-from mirror_scan.store.quarantine import ItemBusy, Quarantine, item_origin
+from mirror_scan.store.quarantine import Quarantine
 from mirror_scan.store.rows import FollowupRow
 from mirror_scan.text import printable
 

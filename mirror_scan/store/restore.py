@@ -1,0 +1,233 @@
+"""Restoring a quarantine item: back to its place in the mirror (or a chosen folder) and upstream, by a
+journalled move that survives kill -9 at any step (recovery.py finishes or rolls it back). Part of
+Quarantine (store/quarantine.py)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from mirror_scan.errors import MirrorScanError
+from mirror_scan.faults import checkpoint
+from mirror_scan.hashing import sha256_file
+from mirror_scan.kinds import RESTORABLE_STATES, FileAction, ItemState, MoveKind, Step
+from mirror_scan.store.followups import plan_undo
+from mirror_scan.store.items import (
+    DATA,
+    LINK_UNSUPPORTED,
+    NO_UPSTREAM,
+    QuarantineError,
+    UpstreamRestorePending,
+    _copy_to_new,
+    file_key,
+    item_origin,
+    meta_disagreement,
+    restore_method,
+    restore_tmp_name,
+)
+from mirror_scan.store.paths import (
+    Place,
+    UnsafePath,
+    check_operator_target,
+    reach,
+    relative_to,
+)
+from mirror_scan.store.rows import ItemRow, display_path
+from mirror_scan.store.upstream import Upstream
+
+log = logging.getLogger(__name__)
+
+
+class Restores:
+    """The restore half of the Quarantine (a mixin: it uses the quarantine's journal and locks)."""
+
+    def restore(self, item_id: str, to: Path | None = None, upstream: bool = True, wait_s: float = 5.0) -> bytes:
+        """Put the item's bytes back, byte-identical, at its original path (or `to`), and allowlist them.
+        Uses the remote the item recorded (it must be configured here) unless upstream=False."""
+        with self.item_lock(item_id, wait_s=wait_s):
+            return self._restore_locked(item_id, to, upstream)
+
+    def _checked_item(self, item_id: str) -> tuple[ItemRow, dict[str, Any]]:
+        """The ledger's row and the metadata file, which must agree: the ledger is the authority, and a
+        metadata file that says otherwise (edited, replaced) refuses the action."""
+        row = self.ledger.item(item_id)
+        if row is None:
+            raise QuarantineError(
+                f"quarantine item {item_id} is not in the ledger",
+                hint="see `mirror-scan quarantine list`; after losing the state database, `quarantine reindex` "
+                "rebuilds the index from the metadata files (check them first)",
+            )
+        meta = self.read_meta(item_id)
+        differing = meta_disagreement(row, meta)
+        if differing:
+            raise QuarantineError(
+                f"item {item_id}: its metadata file disagrees with the ledger on {', '.join(differing)}; "
+                "refusing to act on it",
+                hint="the metadata file was edited or replaced: compare it with your backups; the ledger's "
+                "record is the authority (`mirror-scan quarantine show` prints both)",
+            )
+        return row, meta
+
+    def _restore_locked(self, item_id: str, to: Path | None, upstream: bool) -> bytes:
+        row, meta = self._checked_item(item_id)
+        if row.state not in RESTORABLE_STATES:
+            raise QuarantineError(f"item {item_id} is {row.state}, not quarantined")
+        item_dir = self.items / item_id
+        if item_origin(row) == "upload":
+            return self._release_upload(row)
+        if item_origin(row) == "bucket" and to is None:
+            return self._restore_object(row, item_dir, upstream)
+        target_upstream = None
+        if upstream and row.remote and row.key and to is None:
+            target_upstream = self.upstreams.get(row.remote)  # refuses now if the remote is not configured
+        if sha256_file(item_dir / DATA) != row.sha256:
+            raise QuarantineError(
+                f"item {item_id}: the quarantined bytes do not match their recorded sha256 (tampered or damaged); "
+                "refusing to restore",
+                hint="compare with your backups; `quarantine show` prints the recorded metadata",
+            )
+        try:
+            place = self._target_place(row, to, create_parents=True)
+        except UnsafePath as err:
+            raise QuarantineError(f"item {item_id}: {err}", hint="restore it elsewhere with --to PATH") from None
+        with place:
+            return self._restore_at(row, meta, place, target_upstream)
+
+    def _target_place(self, row: ItemRow, to: Path | bytes | None, create_parents: bool) -> Place:
+        """Where a restore writes: the original path under the mirror root, or the operator's --to path;
+        reached without following links either way."""
+        if to is not None:
+            target = check_operator_target(os.fsencode(os.path.abspath(to)))
+            return reach(b"/", target.lstrip(b"/"), create_parents=False)
+        return reach(row.mirror_root, relative_to(row.mirror_root, row.original), create_parents=create_parents)
+
+    def _restore_at(self, row: ItemRow, meta: dict[str, Any], place: Place, target_upstream: Upstream | None) -> bytes:
+        item_id, target = row.id, place.path
+        if place.exists():
+            if place.sha256() == row.sha256:
+                log.info("%s already holds these bytes", display_path(target))
+            else:
+                raise QuarantineError(
+                    f"{display_path(target)} already exists and holds other content; not overwritten",
+                    hint="restore to another place with --to PATH",
+                )
+        method = restore_method(os.path.dirname(target))
+        self.ledger.begin()
+        # A removal still waiting upstream is superseded: the restore puts the object back either way.
+        for move in self.ledger.unfinished_moves(item_id):
+            self.ledger.set_step(move.id, Step.ROLLED_BACK, note="superseded by a restore")
+        move_id = self.ledger.start_move(
+            item_id, MoveKind.RESTORE, target, method + ("" if target_upstream else NO_UPSTREAM)
+        )
+        self.ledger.set_item_state(item_id, ItemState.RESTORING)
+        self.ledger.commit()
+        checkpoint("restore:intent")
+        if not place.exists():
+            if method == "link":
+                method = self._restore_by_link(item_id, move_id, place, meta)
+            if method == "direct":
+                self._write_verified(item_id, place, place.name, meta)
+                place.fsync_dir()
+        self._step(move_id, Step.PLACED, "restore")
+        try:
+            self._finish_restore(item_id, move_id, Step.PLACED, target_upstream)
+        except MirrorScanError as err:
+            raise UpstreamRestorePending(
+                f"{display_path(target)} is back in the mirror, but putting it back in {row.remote} failed: "
+                f"{str(err).splitlines()[0]}",
+                hint="nothing is lost: a running watch daemon retries it with backoff, and so does every "
+                "mirror-scan command that writes state",
+            ) from None
+        return target
+
+    def _restore_object(self, row: ItemRow, item_dir: Path, upstream_wanted: bool) -> bytes:
+        """An object scanned in its bucket has no mirror copy: it goes back to its key (verified by reading
+        it back), then its sha256 is allowlisted. intent -> placed (nothing local) -> upstream_restored -> done."""
+        if not upstream_wanted:
+            raise QuarantineError(
+                f"item {row.id} came from the bucket and has no mirror copy",
+                hint="restore it upstream (without --no-upstream), or a local copy with --to PATH",
+            )
+        if sha256_file(item_dir / DATA) != row.sha256:
+            raise QuarantineError(f"item {row.id}: the quarantined bytes do not match their recorded sha256; refusing")
+        upstream = self.upstreams.get(row.remote, direct=True)  # type: ignore[arg-type]
+        self.ledger.begin()
+        for move in self.ledger.unfinished_moves(row.id):
+            self.ledger.set_step(move.id, Step.ROLLED_BACK, note="superseded by a restore")
+        move_id = self.ledger.start_move(row.id, MoveKind.RESTORE, None, "bucket")
+        self.ledger.set_item_state(row.id, ItemState.RESTORING)
+        self.ledger.commit()
+        checkpoint("restore:intent")
+        self._step(move_id, Step.PLACED, "restore")
+        try:
+            self._finish_restore(row.id, move_id, Step.PLACED, upstream)
+        except MirrorScanError as err:
+            raise UpstreamRestorePending(
+                f"putting {row.remote}/{row.key} back failed: {str(err).splitlines()[0]}",
+                hint="nothing is lost: a running watch daemon retries it with backoff, and so does every "
+                "mirror-scan command that writes state",
+            ) from None
+        return file_key(row)
+
+    def _restore_by_link(self, item_id: str, move_id: int, place: Place, meta: dict[str, Any]) -> str:
+        """Temp beside the target, verified, then hard-linked to the target (fails if anything appeared
+        there: never overwrites). Returns 'direct' if the filesystem turns out to have no hard links."""
+        tmp = restore_tmp_name(place.name)
+        self._write_verified(item_id, place, tmp, meta)
+        self._step(move_id, Step.COPIED, "restore")
+        try:
+            os.link(tmp, place.name, src_dir_fd=place.dirfd, dst_dir_fd=place.dirfd, follow_symlinks=False)
+        except OSError as err:
+            place.unlink(tmp)
+            if err.errno in LINK_UNSUPPORTED:
+                self.ledger.set_step(move_id, Step.INTENT, note="no hard links here: writing the target directly")
+                method = self.ledger.move(move_id).method or "link"  # type: ignore[union-attr]
+                self.ledger.set_move_method(move_id, method.replace("link", "direct", 1))
+                self.ledger.commit()
+                return "direct"
+            raise QuarantineError(f"cannot place {display_path(place.path)}: {err.strerror}") from None
+        place.unlink(tmp)
+        place.fsync_dir()
+        return "link"
+
+    def _write_verified(self, item_id: str, place: Place, name: bytes, meta: dict[str, Any]) -> None:
+        """O_EXCL write of `name` in the place's directory (never an existing file), fsynced, verified. A crash
+        mid-write leaves a leading part of our bytes, which recovery recognises and removes."""
+        source = os.open(self.items / item_id / DATA, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            written = _copy_to_new(source, name, meta.get("mode", 0o644) & 0o777, dir_fd=place.dirfd)
+        finally:
+            os.close(source)
+        if written != meta["sha256"] or place.sha256(name) != meta["sha256"]:
+            place.unlink(name)
+            raise QuarantineError(f"copy to {display_path(place.path)} did not verify; nothing restored")
+        mtime = meta.get("mtime_ns", time.time_ns())
+        with contextlib.suppress(OSError):  # some mounts cannot set times; the bytes are what matters
+            os.utime(name, ns=(mtime, mtime), dir_fd=place.dirfd, follow_symlinks=False)
+
+    def _release_upload(self, row: ItemRow) -> bytes:
+        """An upload rejected by the validator has no place to go back to: restoring it allowlists its
+        sha256, so the uploader can upload it again and it is accepted."""
+        self.ledger.allow(row.sha256, note=f"released upload-time rejection {row.id}")
+        self._note_in_meta(row.id, ItemState.RESTORED, "released (allowlisted)")
+        with self.ledger.transaction():
+            self.ledger.set_item_state(row.id, ItemState.RESTORED)
+            plan_undo(self.ledger, row.id)
+        return b"(allowlisted: the upload can be made again)"
+
+    def _finish_restore(self, item_id: str, move_id: int, step: str, upstream: Upstream | None) -> None:
+        row = self.ledger.item(item_id)
+        assert row is not None
+        if step == Step.PLACED and upstream is not None and row.key:
+            upstream.restore(self.items / item_id / DATA, row.key)
+            self._step(move_id, Step.UPSTREAM_RESTORED, "restore")
+        self.ledger.allow(row.sha256, note=f"restored from quarantine item {item_id}")
+        self._note_in_meta(item_id, ItemState.RESTORED, "restored")
+        self.ledger.set_item_state(item_id, ItemState.RESTORED)
+        self.ledger.mark_action_by_sha(row.sha256, FileAction.RESTORED, only_if=FileAction.QUARANTINED)
+        plan_undo(self.ledger, item_id)  # what moderation did is undone: same transaction as 'done'
+        self._step(move_id, Step.DONE, "restore")
