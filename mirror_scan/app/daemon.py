@@ -275,8 +275,11 @@ class WatchDaemon:
             log.exception("the scan runner stopped")
 
     def stop(self) -> None:
-        """Ask for a clean stop: the queue closes, the runner finishes what it holds. Safe from a signal."""
-        threading.Thread(target=self.queue.close, name="stop").start()
+        """Ask for a clean stop: the queue closes, the runner finishes what it holds. Safe from a signal:
+        closing may wait for room in a full queue, so it runs on its own thread, joined by join()."""
+        closer = threading.Thread(target=self.queue.close, name="stop")
+        self._threads.append(closer)
+        closer.start()
 
     def join(self, poll_s: float = 0.5):
         """Wait for the runner to finish (after stop()), then stop and join every other thread. Returns the

@@ -13,6 +13,7 @@ Every thread it starts is joined.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -76,11 +77,12 @@ class ValidatorService:
                 answer_within_s=options.answer_within_s,
                 limits=decode_limits(settings, policy),
             )
-            if settings.decoders == "process":
-                from mirror_scan.scan.decodepool import DecoderPool
+            from mirror_scan.scan.decodepool import decoders as choose_decoders
 
-                decoders = DecoderPool(settings.workers, settings.decode_timeout)
-            from mirror_scan.scan.decode import decode as decode_in_thread
+            decoders = contextlib.ExitStack()
+            decode = decoders.enter_context(
+                choose_decoders(settings.decoders, settings.workers, settings.decode_timeout)
+            )
 
             batcher = Batcher(workspace.ledger, workspace.quarantine, bundle, scorer, policy, config)
             info = {
@@ -89,7 +91,7 @@ class ValidatorService:
                 "policy": policy.policy_id,
                 "severity": offset,
             }
-            http = ValidationServer(batcher, config, info, decoders.decode if decoders else decode_in_thread)
+            http = ValidationServer(batcher, config, info, decode)
             if options.metrics:
                 from prometheus_client import start_http_server
 

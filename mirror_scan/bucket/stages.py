@@ -10,6 +10,7 @@ Every value is plain (bytes, str, int): batches cross process and machine bounda
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -145,19 +146,15 @@ class FetchDecode:
         self.spec = spec
         self.bucket = Bucket(spec.s3)
         self.prep = load_bundle(spec.model_dir, verify=False).preprocess
-        self.pool = None
-        if spec.decoders == "process":
-            from mirror_scan.scan.decodepool import DecoderPool
+        from mirror_scan.scan.decodepool import decoders
 
-            self.pool = DecoderPool(1, spec.decode_timeout_s)  # a file that crashes a decoder costs that worker
+        self._decoders = contextlib.ExitStack()
+        # one worker process: a file that crashes a decoder costs that worker
+        self.decode = self._decoders.enter_context(decoders(spec.decoders, 1, spec.decode_timeout_s))
         self.fetcher = ThreadPoolExecutor(spec.fetch_threads, thread_name_prefix="get")
 
     def _decode(self, data: bytes):
-        from mirror_scan.scan.decode import decode
-
-        if self.pool is not None:
-            return self.pool.decode(data, self.prep, self.spec.limits)
-        return decode(data, self.prep, self.spec.limits)
+        return self.decode(data, self.prep, self.spec.limits)
 
     def __call__(self, batch: Any) -> Any:
 
@@ -188,8 +185,7 @@ class FetchDecode:
         return _table(out, (*RESULT_COLUMNS[:13], "fetch_s", "decode_s", "pixels"))
 
     def close(self) -> None:
-        if self.pool is not None:
-            self.pool.close()
+        self._decoders.close()
         self.fetcher.shutdown(wait=False)
 
 

@@ -395,12 +395,11 @@ def backfill_cmd(
     mirror or from the quarantine (bytes are hashed, never shown or re-encoded). Verdicts do not change;
     the next scan matches them against the lists."""
     import os
-    from contextlib import nullcontext
 
     from mirror_scan.kinds import HELD_STATES
     from mirror_scan.model.bundle import Preprocess
-    from mirror_scan.scan.decode import Limits, decode
-    from mirror_scan.scan.decodepool import DecoderPool
+    from mirror_scan.scan.decode import Limits
+    from mirror_scan.scan.decodepool import decoders
     from mirror_scan.store.quarantine import DATA
 
     settings = resolve({"state": state, "quarantine": quarantine}, config)
@@ -410,9 +409,10 @@ def backfill_cmd(
     prep = Preprocess(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic", resize_mode="shortest")
     limits = Limits(max_pixels=settings.max_pixels, max_frames=settings.max_frames)
     counts = {"hashed": 0, "missing": 0, "changed": 0, "undecodable": 0}
-    pool = DecoderPool(1, settings.decode_timeout) if settings.decoders == "process" else nullcontext()
-    with open_writer(settings, quiet=json_out) as workspace, pool:
-        decoder = pool.decode if isinstance(pool, DecoderPool) else decode
+    with (
+        open_writer(settings, quiet=json_out) as workspace,
+        decoders(settings.decoders, 1, settings.decode_timeout) as decoder,
+    ):
         ledger = workspace.ledger
         wanted: dict[str, list[bytes]] = {}
         for sha256, path in ledger.lists.files_lacking_hashes():

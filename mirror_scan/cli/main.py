@@ -1,4 +1,5 @@
-"""The `mirror-scan` command line. Commands are thin: parse flags, call the library, print results."""
+"""The `mirror-scan` command line: registers the command groups (cli/*.py), each of which parses flags,
+calls the application layer (app/) or the library, and prints. Long work lives in app/, not here."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ from mirror_scan.cli.options import (
     StateOpt,
     open_writer,
 )
-from mirror_scan.errors import MirrorScanError, UsageError
+from mirror_scan.errors import UsageError
 from mirror_scan.settings import Settings, describe, resolve
 
 log = logging.getLogger("mirror_scan")
@@ -289,4 +289,4 @@ def register(app: typer.Typer) -> None:
         out.print(table)
 
 
-__all__ = ["register", "MirrorScanError"]
+__all__ = ["register"]

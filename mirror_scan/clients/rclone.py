@@ -225,9 +225,6 @@ class Rclone:
             return None
         raise self._error("lsjson", proc.returncode, stderr)
 
-    def list_keys(self, remote: str) -> list[dict]:
-        return json.loads(self.run("lsjson", "-R", "--files-only", remote).stdout or b"[]")
-
     def pull(
         self,
         remote: str,

@@ -1,4 +1,5 @@
-"""Perceptual hashes (PDQ) and hash-list matching. Pure: pictures and lists in, distances out.
+"""Perceptual hashes (PDQ) and hash-list matching. Pure but for LiveMatcher, which reloads lists from the
+ledger it is given: pictures and lists in, distances out.
 
 PDQ (Meta's perceptual hash, the one ThreatExchange and Hasher-Matcher-Actioner share) survives
 re-encoding and resizing, which sha256 does not: pict-rs re-encodes uploads, and another instance holds

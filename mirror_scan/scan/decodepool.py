@@ -15,6 +15,8 @@ import multiprocessing
 import os
 import queue
 import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from multiprocessing.connection import Connection
 
 from mirror_scan.model.bundle import Preprocess
@@ -111,3 +113,14 @@ class DecoderPool:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextmanager
+def decoders(kind: str, workers: int, timeout_s: float) -> Iterator[Callable]:
+    """The one choice of decoder (the scan, the validator, the bucket workers, `hashlist rehash`): worker
+    processes, crash- and hang-proof, or in-process decode() with kind "thread"."""
+    if kind != "process":
+        yield decode
+        return
+    with DecoderPool(workers, timeout_s) as pool:
+        yield pool.decode

@@ -115,10 +115,6 @@ _hanging_lock = threading.Lock()
 _hanging = 0
 
 
-def hanging_reads() -> int:
-    return _hanging
-
-
 def read_with_deadline(found: Found, max_bytes: int, timeout_s: float | None) -> bytes | Outcome:
     """read_stable() in its own thread, given up after timeout_s: a read on a stalled mount can block
     for minutes (or for ever), and must not take a decode worker with it."""

@@ -27,6 +27,7 @@ from mirror_scan.model.scoring import Scorer, result_model_id
 from mirror_scan.policy import Policy
 from mirror_scan.scan.act import Actor
 from mirror_scan.scan.decode import Limits, decode
+from mirror_scan.scan.decodepool import decoders
 from mirror_scan.scan.read import Changed, Failed, Outcome, Reused, ToScore, Vanished, fetch
 from mirror_scan.scan.record import Counters, Decider, FileRecorder, Picture
 from mirror_scan.scan.report import ReportWriter
@@ -50,19 +51,6 @@ class ScanConfig:
     retry_delay_s: float = 0.5
     flush_after_s: float | None = None  # watch mode: a partial batch waits at most this long
     commit_every_s: float = 1.0  # other writers wait for our open transaction at most about this long
-
-
-@contextmanager
-def decoders(kind: str, workers: int, timeout_s: float) -> Iterator[Callable]:
-    """The one choice of decoder (the scan, the validator): worker processes, crash- and hang-proof
-    (decodepool.py), or in-process decode() with kind "thread"."""
-    if kind != "process":
-        yield decode
-        return
-    from mirror_scan.scan.decodepool import DecoderPool
-
-    with DecoderPool(workers, timeout_s) as pool:
-        yield pool.decode
 
 
 class Scan:

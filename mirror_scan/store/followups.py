@@ -50,7 +50,6 @@ LEMMY_ACTIONS = frozenset(
         "notify_restored",
     }
 )
-WEBHOOK_ACTIONS = frozenset({"webhook", "webhook_restored"})
 
 
 def label_key(label: str) -> str:
