@@ -290,9 +290,11 @@ class Trickle:
         self.every = every
         self.sock = socket.create_server(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
+        self.sock.settimeout(0.1)  # accept() wakes to see stop(): closing the socket alone does not wake it
         self.stopping = threading.Event()
         self.accepted = 0
-        threading.Thread(target=self._serve, daemon=True).start()
+        self.threads = [threading.Thread(target=self._serve, name="trickle")]
+        self.threads[0].start()
 
     @property
     def url(self) -> str:
@@ -304,10 +306,15 @@ class Trickle:
         while not self.stopping.is_set():
             try:
                 conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
             except OSError:
                 return
             self.accepted += 1
-            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+            conn.settimeout(None)
+            worker = threading.Thread(target=self._trickle, args=(conn,), name="trickle")
+            self.threads.append(worker)
+            worker.start()
 
     def _trickle(self, conn) -> None:
         answer = (
@@ -327,6 +334,8 @@ class Trickle:
 
     def stop(self) -> None:
         self.stopping.set()
+        for thread in self.threads:
+            thread.join()
         self.sock.close()
 
 
