@@ -195,3 +195,26 @@ def test_no_module_imports_from_a_floor_above_its_own():
             if target and _floor_of(target) > mine:
                 upward.append(f"mirror_scan/{path.relative_to(PACKAGE)}:{line} imports {target}")
     assert not upward, "imports that run up a floor:\n" + "\n".join(upward)
+
+
+def test_every_command_explains_itself():
+    """Every command's --help renders (options declared once in cli/options.py, none broken by a move)."""
+    import typer
+    from typer.testing import CliRunner
+
+    from mirror_scan.cli.main import app
+
+    runner, paths = CliRunner(), []
+
+    def walk(command, path: list[str]) -> None:
+        if hasattr(command, "commands"):
+            for name, sub in command.commands.items():
+                walk(sub, [*path, name])
+        else:
+            paths.append(path)
+
+    walk(typer.main.get_command(app), [])
+    assert len(paths) > 40, paths
+    for path in paths:
+        result = runner.invoke(app, [*path, "--help"])
+        assert result.exit_code == 0 and "Usage:" in result.output, (path, result.output[-500:])

@@ -12,6 +12,7 @@ from mirror_scan.cli.console import err, out, print_json, setup_logging
 from mirror_scan.cli.options import (
     ConfigOpt,
     DeviceOpt,
+    DryRunOpt,
     JsonOpt,
     ModelOpt,
     PolicyOpt,
@@ -53,7 +54,7 @@ def scan(
         ),
     ] = 16,
     fetch_threads: Annotated[int, typer.Option("--fetch-threads", help="GETs in flight per worker.", min=1)] = 8,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Record verdicts; act on nothing.")] = False,
+    dry_run: DryRunOpt = False,
     model: ModelOpt = None,
     policy: PolicyOpt = None,
     severity: SeverityOpt = None,

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from mirror_scan.cli.console import err, out, print_json
-from mirror_scan.cli.options import ConfigOpt, JsonOpt, QuarantineOpt, StateOpt, open_writer
+from mirror_scan.cli.options import ConfigOpt, JsonOpt, QuarantineOpt, StateOpt, open_reader, open_writer, require_state
 from mirror_scan.errors import UsageError
 from mirror_scan.hashing import md5_bytes, sha256_bytes
 from mirror_scan.settings import resolve
@@ -24,9 +24,7 @@ hashlist_app = typer.Typer(
 
 
 def _reader(state: Path | None, config: Path | None):
-    from mirror_scan.app.workspace import Workspace
-
-    return Workspace.reader(resolve({"state": state}, config))
+    return open_reader(resolve({"state": state}, config))
 
 
 @hashlist_app.command("import")
@@ -403,8 +401,7 @@ def backfill_cmd(
     from mirror_scan.store.quarantine import DATA
 
     settings = resolve({"state": state, "quarantine": quarantine}, config)
-    if not settings.state.exists():
-        raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
+    require_state(settings)
     # PDQ is taken from the picture as stored, whatever the model's size: this one only shapes the rows.
     prep = Preprocess(size=(32, 32), mean=(0.5,) * 3, std=(0.5,) * 3, interpolation="bicubic", resize_mode="shortest")
     limits = Limits(max_pixels=settings.max_pixels, max_frames=settings.max_frames)

@@ -23,6 +23,7 @@ from mirror_scan.cli import state as cli_state
 from mirror_scan.cli import watch as cli_watch
 from mirror_scan.cli.console import err, out, print_json, setup_logging
 from mirror_scan.cli.hashlist import hashlist_app
+from mirror_scan.cli.options import BundleDirOpt, DeviceOpt, JsonOpt, PolicyOpt, SeverityOpt
 from mirror_scan.errors import MirrorScanError
 
 app = typer.Typer(
@@ -47,21 +48,6 @@ cli_state.register(app)
 cli_lemmy.register(app)
 cli_bucket.register(app)
 app.add_typer(hashlist_app, name="hashlist")
-
-ModelDir = Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory (from `model export`).")]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto (CUDA if it really runs), cuda, or cpu.")]
-PolicyOpt = Annotated[
-    str | None, typer.Option("--policy", "-p", help="Built-in policy name (horde-v2, horde-v1) or a policy file.")
-]
-SeverityOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--severity",
-        "-s",
-        help="strict, default, lenient, or a number added to every threshold (-1: every threshold crossable; 1: none).",
-    ),
-]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 
 
 def _version(value: bool) -> None:
@@ -278,7 +264,7 @@ def model_verify(
 
 @model_app.command("concepts")
 def model_concepts(
-    model_dir: ModelDir,
+    model_dir: BundleDirOpt,
     policy: Annotated[list[str], typer.Option("--policy", "-p", help="Policy whose prompts to embed (repeatable).")],
 ) -> None:
     """Embed a policy's prompts with the bundle's own text encoder (no torch needed)."""

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from mirror_scan.cli.console import err, out, print_json
+from mirror_scan.cli.options import ConfigOpt, QuarantineOpt, RcloneOpt, StateOpt
 from mirror_scan.errors import UsageError
 from mirror_scan.settings import resolve
 
@@ -23,10 +24,10 @@ def pull(
     max_age: Annotated[
         str | None, typer.Option("--max-age", help="Only objects newer than this (rclone syntax: 1h, 7d).")
     ] = None,
-    rclone: Annotated[str | None, typer.Option("--rclone", help="rclone binary.")] = None,
-    state: Annotated[Path | None, typer.Option("--state", help="SQLite state database.")] = None,
-    quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="Config file.")] = None,
+    rclone: RcloneOpt = None,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the arrived keys as JSON.")] = False,
 ) -> None:
     """One-way copy of new objects from the bucket into the mirror. Never deletes or replaces a local
@@ -79,9 +80,9 @@ def remote_cmd(
     set_to: Annotated[
         str | None, typer.Option("--set", help="Record another remote (the bucket really moved).")
     ] = None,
-    state: Annotated[Path | None, typer.Option("--state", help="SQLite state database.")] = None,
-    quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="Config file.")] = None,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
 ) -> None:
     """The bucket a mirror mirrors (recorded by the first `mirror pull` or scan with --remote): removals
     only ever go there. --set records another one, deliberately."""
@@ -110,7 +111,7 @@ def remote_cmd(
 @pictrs_app.command("check")
 def pictrs_check(
     url: Annotated[str | None, typer.Option("--url", help="pict-rs base URL.")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="Config file.")] = None,
+    config: ConfigOpt = None,
 ) -> None:
     """Test the pict-rs URL and API key (the key comes from MIRROR_SCAN_PICTRS_API_KEY or [pictrs] api_key)."""
     from mirror_scan.clients.pictrs import Pictrs

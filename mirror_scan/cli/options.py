@@ -15,10 +15,16 @@ PolicyOpt = Annotated[
     str | None, typer.Option("--policy", "-p", help="Built-in policy (horde-v2, horde-v1) or a policy file.")
 ]
 SeverityOpt = Annotated[
-    str | None, typer.Option("--severity", "-s", help="strict, default, lenient, or a number added to every threshold.")
+    str | None,
+    typer.Option(
+        "--severity",
+        "-s",
+        help="strict, default, lenient, or a number added to every threshold (-1: every threshold crossable; 1: none).",
+    ),
 ]
 StateOpt = Annotated[Path | None, typer.Option("--state", help="SQLite state database.")]
 DeviceOpt = Annotated[str | None, typer.Option("--device", help="auto (CUDA only if it really runs), cuda, cpu.")]
+BundleDirOpt = Annotated[Path, typer.Option("--model", "-m", help="Model bundle directory (from `model export`).")]
 PrecisionOpt = Annotated[
     str | None,
     typer.Option(
@@ -43,7 +49,8 @@ RemoteOpt = Annotated[
 ]
 RcloneOpt = Annotated[str | None, typer.Option("--rclone", help="rclone binary (default: the venv's, then PATH).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary; exit code only.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
+DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Record verdicts; act on nothing.")]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation (for scripts).")]
 
 
@@ -65,3 +72,18 @@ def open_writer(settings, *, quiet: bool = False, recover: bool = True):
     return Workspace.writer(
         settings, recover=recover, on_recovered=None if quiet else lambda note: err.print(f"recovered: {note}")
     )
+
+
+def require_state(settings, hint: str = "run mirror-scan scan first") -> None:
+    """Commands that read what a scan recorded refuse a state database that is not there."""
+    from mirror_scan.errors import UsageError
+
+    if not settings.state.exists():
+        raise UsageError(f"state database {settings.state} does not exist", hint=hint)
+
+
+def open_reader(settings):
+    """The read-only workspace of a command that only reads (no lock, no recovery)."""
+    from mirror_scan.app.workspace import Workspace
+
+    return Workspace.reader(settings)

@@ -22,11 +22,13 @@ from mirror_scan.cli.options import (
     RcloneOpt,
     StateOpt,
     YesOpt,
+    open_reader,
     open_writer,
 )
 from mirror_scan.errors import UsageError
 from mirror_scan.kinds import EXPORTED_STATES, PURGEABLE_STATES
 from mirror_scan.settings import resolve
+from mirror_scan.store.selection import select_items
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 quarantine_app = typer.Typer(help="Inspect the quarantine, restore false positives, purge.", no_args_is_help=True)
@@ -34,9 +36,7 @@ allowlist_app = typer.Typer(help="sha256s that are never flagged (restores add t
 
 
 def _reader(state, quarantine, config):
-    from mirror_scan.app.workspace import Workspace
-
-    return Workspace.reader(resolve({"state": state, "quarantine": quarantine}, config))
+    return open_reader(resolve({"state": state, "quarantine": quarantine}, config))
 
 
 def _writer(state, quarantine, config, quiet=False, rclone=None):
@@ -258,27 +258,11 @@ def q_restore(
     if to is not None and (len(explicit) != 1 or since or label):
         raise UsageError("--to takes exactly one item")
     with _reader(state, quarantine, config) as workspace:
-        every = {e["id"]: e for e in workspace.quarantine.entries(parse_since(since) if since else None)}
-    selectable = [e for e in every.values() if e["state"] in RESTORABLE_STATES]
-    chosen = selectable
-    if explicit:
-        known = {e["id"] for e in selectable}
-        missing = [i for i in explicit if i not in known]
-        if len(missing) == 1 and missing[0] in every:
-            raise UsageError(f"item {missing[0]} is {every[missing[0]]['state']}, not quarantined")
-        if missing:
-            raise UsageError(
-                f"no restorable quarantine item {missing[0]}"
-                + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""),
-                hint="see `mirror-scan quarantine list` (restored and purged items cannot be restored)",
-            )
-        chosen = [e for e in selectable if e["id"] in set(explicit)]
-    if label is not None:
-        chosen = [e for e in chosen if label in ((e["reason"] or {}).get("labels") or [])]
-    if remote is not None:
-        others = [e["id"] for e in chosen if e["remote"] not in (None, remote)]
-        if others:
-            raise UsageError(f"item {others[0]} came from another remote, not {remote}")
+        entries = list(workspace.quarantine.entries(parse_since(since) if since else None))
+    chosen = select_items(
+        entries, RESTORABLE_STATES, ids=explicit, label=label, remote=remote,
+        hint="see `mirror-scan quarantine list` (restored and purged items cannot be restored)",
+    )  # fmt: skip
     if not chosen:
         out.print("nothing to restore")
         return
@@ -330,17 +314,11 @@ def q_purge(
     settings = resolve({"state": state, "quarantine": quarantine}, config)
     with _writer(state, quarantine, config) as workspace:
         store = workspace.quarantine
-        purgeable = EXPORTED_STATES if pictrs else PURGEABLE_STATES
-        chosen = [e for e in store.entries() if e["state"] in purgeable]
-        if item_ids:
-            known = {e["id"] for e in chosen}
-            missing = [i for i in item_ids if i not in known]
-            if missing:
-                raise UsageError(f"no purgeable quarantine item {missing[0]}", hint="see `mirror-scan quarantine list`")
-            chosen = [e for e in chosen if e["id"] in set(item_ids)]
-        if older_than:
-            cutoff = dt.datetime.now(dt.UTC).timestamp() - parse_duration(older_than)
-            chosen = [e for e in chosen if dt.datetime.fromisoformat(e["quarantined_at"]).timestamp() < cutoff]
+        cutoff = dt.datetime.now(dt.UTC).timestamp() - parse_duration(older_than) if older_than else None
+        states = EXPORTED_STATES if pictrs else PURGEABLE_STATES
+        chosen = select_items(
+            store.entries(), states, ids=item_ids, older_than_ts=cutoff, what="purgeable", expected="purgeable"
+        )
         if not chosen:
             out.print("nothing to purge")
             return

@@ -16,6 +16,7 @@ from mirror_scan.cli.console import err, out, print_json, setup_logging
 from mirror_scan.cli.options import (
     ConfigOpt,
     DeviceOpt,
+    DryRunOpt,
     JsonOpt,
     ModelOpt,
     PolicyOpt,
@@ -27,6 +28,7 @@ from mirror_scan.cli.options import (
     SeverityOpt,
     StateOpt,
     open_writer,
+    require_state,
 )
 from mirror_scan.errors import UsageError
 from mirror_scan.settings import Settings, describe, resolve
@@ -49,9 +51,9 @@ def register(app: typer.Typer) -> None:
         model: ModelOpt = None,
         policy: PolicyOpt = None,
         severity: SeverityOpt = None,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="Record verdicts; act on nothing.")] = False,
+        dry_run: DryRunOpt = False,
         state: StateOpt = None,
-        quarantine: Annotated[Path | None, typer.Option("--quarantine", help="Quarantine directory.")] = None,
+        quarantine: QuarantineOpt = None,
         remote: RemoteOpt = None,
         rclone: RcloneOpt = None,
         report: Annotated[Path | None, typer.Option("--report", help="Write one record per file here.")] = None,
@@ -199,8 +201,7 @@ def register(app: typer.Typer) -> None:
         from mirror_scan.scan.rescore import apply_verdicts
 
         settings = _settings(config, state=state, quarantine=quarantine, remote=remote, rclone=rclone)
-        if not settings.state.exists():
-            raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
+        require_state(settings)
         with open_writer(settings, quiet=json_out) as workspace:
             if settings.remote:
                 for root in {row.root for row in workspace.ledger.flagged_unacted() if row.root}:
@@ -232,8 +233,7 @@ def register(app: typer.Typer) -> None:
         from mirror_scan.scan.rescore import rescore
 
         settings = _settings(config, policy=policy, severity=severity, state=state, model=model, quarantine=quarantine)
-        if not settings.state.exists():
-            raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
+        require_state(settings)
         loaded = load_policy(settings.policy)
         offset = resolve_severity(loaded, settings.severity)
         bundle = load_bundle(settings.model) if (settings.model / "manifest.json").exists() else None
@@ -265,8 +265,7 @@ def register(app: typer.Typer) -> None:
         from mirror_scan.store.ledger import Ledger
 
         settings = _settings(config, state=state)
-        if not settings.state.exists():
-            raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
+        require_state(settings)
         with Ledger(settings.state, readonly=True) as ledger:
             writer = ReportWriter(output, fmt)
             try:

@@ -8,7 +8,15 @@ import time
 import typer
 
 from mirror_scan.cli.console import err, out
-from mirror_scan.cli.options import ConfigOpt, ImportRootOpt, QuarantineOpt, StateOpt, YesOpt, open_writer
+from mirror_scan.cli.options import (
+    ConfigOpt,
+    ImportRootOpt,
+    QuarantineOpt,
+    StateOpt,
+    YesOpt,
+    open_writer,
+    require_state,
+)
 from mirror_scan.errors import UsageError
 from mirror_scan.settings import resolve
 
@@ -22,8 +30,7 @@ def check(state: StateOpt = None, quarantine: QuarantineOpt = None, config: Conf
     from mirror_scan.store.ledger import Ledger, StateDamaged
 
     settings = resolve({"state": state, "quarantine": quarantine}, config)
-    if not settings.state.exists():
-        raise UsageError(f"state database {settings.state} does not exist", hint="run mirror-scan scan first")
+    require_state(settings)
     refuse_lost_state(settings)
     try:
         with Ledger(settings.state, readonly=True) as ledger:
@@ -49,8 +56,7 @@ def recover(state: StateOpt = None, quarantine: QuarantineOpt = None, config: Co
     """Finish or roll back every move whose process died (every writing command does this when it starts;
     moves a live process owns are left to it)."""
     settings = resolve({"state": state, "quarantine": quarantine}, config)
-    if not settings.state.exists():
-        raise UsageError(f"state database {settings.state} does not exist", hint="nothing to recover; check --state")
+    require_state(settings, hint="nothing to recover; check --state")
     with open_writer(settings, quiet=True, recover=False) as workspace:
         notes = workspace.quarantine.recover()
     for note in notes:

@@ -14,6 +14,8 @@ from mirror_scan.cli.durations import parse_interval
 from mirror_scan.cli.options import (
     ConfigOpt,
     DeviceOpt,
+    DryRunOpt,
+    JsonOpt,
     ModelOpt,
     PolicyOpt,
     PrecisionOpt,
@@ -58,7 +60,7 @@ def register(app: typer.Typer) -> None:
             typer.Option("--settle", help="Seconds a file written in place must stay unchanged before it is scanned."),
         ] = 1.0,
         metrics: Annotated[str | None, typer.Option("--metrics", help="Serve Prometheus metrics on HOST:PORT.")] = None,
-        dry_run: Annotated[bool, typer.Option("--dry-run", help="Record verdicts; act on nothing.")] = False,
+        dry_run: DryRunOpt = False,
         model: ModelOpt = None,
         policy: PolicyOpt = None,
         severity: SeverityOpt = None,
@@ -128,7 +130,7 @@ def register(app: typer.Typer) -> None:
     def status_cmd(
         state: StateOpt = None,
         config: ConfigOpt = None,
-        json_out: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+        json_out: JsonOpt = False,
     ) -> None:
         """The watch daemon's queue depth, last pull, last reconcile, counts, upstream retries, model and
         provider. Reads only: never waits for the daemon."""
