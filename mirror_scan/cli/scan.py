@@ -30,7 +30,6 @@ from mirror_scan.cli.options import (
     open_writer,
     require_state,
 )
-from mirror_scan.errors import UsageError
 from mirror_scan.settings import Settings, describe, resolve
 
 log = logging.getLogger("mirror_scan")
@@ -68,10 +67,7 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Scan files once: score every new or changed file, skip unchanged ones, reuse results for
         copies. Exit 0: nothing flagged; 1: something flagged; 2: the scan could not run."""
-        from mirror_scan.app.scanner import load_scanner, scan_config
-        from mirror_scan.scan.act import QuarantineActor
-        from mirror_scan.scan.report import ReportWriter
-        from mirror_scan.scan.runner import Scan
+        from mirror_scan.app.one_scan import OneScan
 
         if quiet or json_out:
             setup_logging(quiet=True)
@@ -89,70 +85,38 @@ def register(app: typer.Typer) -> None:
             device=device,
             precision=precision,
         )
-        for path in paths:
-            if not os.path.lexists(path):
-                raise UsageError(f"{path} does not exist", hint="pass the mirror directory or a backup directory")
-        bundle, loaded_policy, offset, scorer = load_scanner(settings)
-        place = scorer.placement
+        job = OneScan(settings, paths, dry_run=dry_run, report=report, report_format=report_format)
         if not quiet and not json_out:
-            err.print(f"model {bundle.manifest['model']['arch']} on {place.provider} ({place.precision}): {place.note}")
-            err.print(f"policy {loaded_policy.policy_id}, severity {offset:+g}" + (", dry run" if dry_run else ""))
-        writer = ReportWriter(report, report_format) if report else None
+            for line in job.describe():
+                err.print(line)
+        say = None if quiet or json_out else err.print
         with open_writer(settings, quiet=quiet or json_out) as workspace:
-            ledger = workspace.ledger
-            if settings.remote:  # each mirror is tied to its bucket: another --remote is refused, not obeyed
-                for path in paths:
-                    workspace.bind_mirror(path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path)),
-                                          settings.remote, "scan --remote")  # fmt: skip
-            actor = None if dry_run else QuarantineActor(ledger, workspace.quarantine)
-            runner = Scan(
-                ledger,
-                bundle,
-                scorer,
-                loaded_policy,
-                scan_config(settings, offset, loaded_policy),
-                actor=actor,
-                report=writer,
-            )
-            try:
-                if _progress_enabled(quiet, json_out):
-                    with Progress(
-                        TextColumn("scanning"),
-                        BarColumn(),
-                        MofNCompleteColumn(),
-                        TextColumn("{task.fields[rate]} img/s"),
-                        TimeElapsedColumn(),
-                        TimeRemainingColumn(),
-                        console=err,
-                        transient=True,
-                    ) as bar:
-                        task = bar.add_task("scan", total=None, rate="-")
+            if _progress_enabled(quiet, json_out):
+                with Progress(
+                    TextColumn("scanning"),
+                    BarColumn(),
+                    MofNCompleteColumn(),
+                    TextColumn("{task.fields[rate]} img/s"),
+                    TimeElapsedColumn(),
+                    TimeRemainingColumn(),
+                    console=err,
+                    transient=True,
+                ) as bar:
+                    task = bar.add_task("scan", total=None, rate="-")
 
-                        def show(counters, discovery_done):
-                            rate = counters.scored / max(counters.seconds or 1e-9, 1e-9)
-                            bar.update(
-                                task,
-                                completed=counters.done,
-                                total=counters.discovered if discovery_done else None,
-                                rate=f"{counters.stage_seconds['infer'] and rate:.1f}",
-                            )
+                    def show(counters, discovery_done):
+                        rate = counters.scored / max(counters.seconds or 1e-9, 1e-9)
+                        bar.update(
+                            task,
+                            completed=counters.done,
+                            total=counters.discovered if discovery_done else None,
+                            rate=f"{counters.stage_seconds['infer'] and rate:.1f}",
+                        )
 
-                        runner.progress = show
-                        counters = runner.run([str(p) for p in paths])
-                else:
-                    counters = runner.run([str(p) for p in paths])
-            finally:
-                if writer:
-                    writer.close()
-            if actor is not None:
-                workspace.run_follow_ups(say=None if quiet or json_out else lambda note: err.print(note))
-        summary = counters.as_dict() | {
-            "provider": place.provider,
-            "precision": place.precision,
-            "policy": loaded_policy.policy_id,
-            "severity": offset,
-            "dry_run": dry_run,
-        }
+                    run = job.run(workspace, progress=show, say=say)
+            else:
+                run = job.run(workspace, say=say)
+        summary = run.summary
         if json_out:
             print_json(summary)
         elif not quiet:
@@ -178,12 +142,12 @@ def register(app: typer.Typer) -> None:
                     f"flagged files were moved to the quarantine ({settings.quarantine}); "
                     "see: mirror-scan quarantine list"
                 )
-            if actor is not None and actor.failures:
+            if run.failures:
                 out.print(
-                    f"{actor.failures} flagged file(s) could not be quarantined (see the log); "
+                    f"{run.failures} flagged file(s) could not be quarantined (see the log); "
                     "they stay in place and `mirror-scan apply` retries them"
                 )
-        raise typer.Exit(counters.exit_code)
+        raise typer.Exit(run.exit_code)
 
     @app.command("apply")
     def apply(
