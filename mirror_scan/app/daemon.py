@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mirror_scan.app.workspace import Workspace
+from mirror_scan.atomic import atomic_write_bytes
 from mirror_scan.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -70,11 +71,7 @@ def status_path(state: Path) -> Path:
 def write_status_file(path: Path, status: dict) -> None:
     """Atomic (readers never see half a file) but not fsynced: it is rewritten every second and worth
     nothing after a crash, and an fsync per second competes with the durable commits of quarantine moves."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-    with os.fdopen(fd, "w", encoding="utf-8") as handle:
-        handle.write(json.dumps(status))
-    os.replace(tmp, path)
+    atomic_write_bytes(path, json.dumps(status).encode(), 0o600, durable=False)
 
 
 def read_status_file(state: Path) -> dict | None:

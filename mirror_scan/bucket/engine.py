@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from mirror_scan.atomic import atomic_write
 from mirror_scan.bucket.manifest import read_shard, write_manifest, write_shard
 from mirror_scan.bucket.s3 import Bucket, Listed
 from mirror_scan.bucket.stages import FetchDecode, Infer, StageSpec, picture_of_row, rows_of
@@ -94,9 +95,7 @@ class Ingest:
 
         part = self.results / f"part-{os.getpid()}-{self._part:08d}.parquet"
         self._part += 1
-        tmp = part.with_name(f".{part.name}.tmp")
-        pq.write_table(table, tmp)
-        os.replace(tmp, part)
+        atomic_write(part, lambda tmp: pq.write_table(table, tmp), mode=0o600)
         checkpoint("bucket:part-written")
         self._ingest(table)
         part.unlink()

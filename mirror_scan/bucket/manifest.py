@@ -4,10 +4,10 @@ hours on 100M keys). Each shard is written to a temporary name and renamed: a sh
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
+from mirror_scan.atomic import atomic_write
 from mirror_scan.bucket.s3 import Listed
 
 SHARD_ROWS = 10_000
@@ -32,9 +32,7 @@ def write_shard(path: Path, rows: list[Listed]) -> Path:
         },
         schema=_schema(),
     )
-    tmp = path.with_name(f".{path.name}.tmp")
-    pq.write_table(table, tmp)
-    os.replace(tmp, path)
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp), mode=0o600)
     return path
 
 

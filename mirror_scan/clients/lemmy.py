@@ -27,14 +27,15 @@ expire after a week). The password and the token never appear in messages.
 
 from __future__ import annotations
 
+import contextlib
 import json
-import os
 import threading
 import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mirror_scan.atomic import atomic_write_bytes
 from mirror_scan.clients.http import Redirected, Unreachable, exchange
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.redact import scrub
@@ -176,14 +177,9 @@ class Lemmy:
     def _save_token(self) -> None:
         if self.token_file is None:
             return
-        tmp = self.token_file.with_name(f".{self.token_file.name}.{os.getpid()}.tmp")
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                json.dump({"url": self.url, "username": self.username, "jwt": self._jwt}, handle)
-            os.replace(tmp, self.token_file)
-        except OSError:
-            tmp.unlink(missing_ok=True)  # not kept: the next command logs in again
+        data = json.dumps({"url": self.url, "username": self.username, "jwt": self._jwt}).encode()
+        with contextlib.suppress(OSError):  # not kept: the next command logs in again
+            atomic_write_bytes(self.token_file, data, 0o600, durable=False)
 
     def _forget_token(self) -> None:
         if self.token_file is not None:
