@@ -48,6 +48,9 @@ def test_a_wrong_bucket_name_is_a_failure_not_already_gone(tmp_path, tiny_bundle
         )  # fmt: skip
         assert proc.returncode == 1
         assert "does not exist" in proc.stderr  # loudly
+        # The summary tells the truth: nothing was "moved to the quarantine"; the removal waits.
+        assert "1 flagged file(s) are safe in the quarantine but still in the" in proc.stdout, proc.stdout
+        assert "moved to the quarantine (" not in proc.stdout
         items = json.loads(_cli(tmp_path, "quarantine", "list", "--json").stdout)
         assert [i["state"] for i in items] == ["upstream_pending"]
         assert (mirror / "obj").exists() and server.get("obj") == image_bytes("PNG", 3)

@@ -72,7 +72,8 @@ def scan(
     scored with this model (same ETag), read the rest with an S3 client, score them, and record them in the
     ledger like mirrored files (path NAME:bucket/KEY): `report`, `rescore`, `apply --remote` and `quarantine`
     work on them. Flagged objects are quarantined (read, verified, removed from the bucket) unless --dry-run.
-    Exit 0: nothing flagged; 1: something flagged; 2: the scan could not run."""
+    Exit 0: every object checked, nothing flagged; 1: something flagged; 2: nothing flagged but some objects
+    could not be checked, or the scan could not run."""
     from mirror_scan.app.bucket_scan import BucketScan, BucketScanOptions, check_engine
 
     check_engine(engine)

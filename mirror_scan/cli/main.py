@@ -212,7 +212,7 @@ def model_info(
     out.print(table)
     files = Table("file", "check")
     for name, state in checks:
-        files.add_row(name, state if state == "ok" else f"[bold red]{state}[/]")
+        files.add_row(name, state if state == "ok" else f"FAILED: {state}")
     out.print(files)
     if any(state != "ok" for _, state in checks):
         raise typer.Exit(2)
@@ -306,7 +306,7 @@ def policy_show(
     if json_out:
         print_json(loaded.raw)
         return
-    out.print(f"[bold]{loaded.name}[/] ({loaded.policy_id}) rule={loaded.rule} flag_on={list(loaded.flag_on)}")
+    out.print(f"{loaded.name} ({loaded.policy_id}) rule={loaded.rule} flag_on={list(loaded.flag_on)}")
     if loaded.description:
         out.print(loaded.description)
     out.print(
@@ -357,11 +357,11 @@ def policy_test(
     else:
         for r in results:
             if r.status == "fail":
-                out.print(f"[red]DISAGREE[/] {r.name}")
+                out.print(f"DISAGREE {r.name}")
                 for diff in r.differences:
                     out.print(f"    {diff}")
             elif r.status == "n/a":
-                out.print(f"[dim]n/a[/] {r.name}: {r.reason}")
+                out.print(f"n/a {r.name}: {r.reason}")
         share = 100.0 * len(passed) / len(applicable) if applicable else 0.0
         out.print(
             f"{loaded.name}: {len(passed)}/{len(applicable)} applicable vectors agree ({share:.1f}%), "

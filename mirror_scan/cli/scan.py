@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -66,7 +67,8 @@ def register(app: typer.Typer) -> None:
         json_out: JsonOpt = False,
     ) -> None:
         """Scan files once: score every new or changed file, skip unchanged ones, reuse results for
-        copies. Exit 0: nothing flagged; 1: something flagged; 2: the scan could not run."""
+        copies. Exit 0: every file checked, nothing flagged; 1: something flagged; 2: nothing flagged but
+        some files could not be checked (see `report --errors`), or the scan could not run."""
         from mirror_scan.app.one_scan import OneScan
 
         if quiet or json_out:
@@ -96,21 +98,26 @@ def register(app: typer.Typer) -> None:
                     TextColumn("scanning"),
                     BarColumn(),
                     MofNCompleteColumn(),
-                    TextColumn("{task.fields[rate]} img/s"),
+                    TextColumn("{task.fields[found]}"),
+                    TextColumn("{task.fields[rate]} files/s"),
                     TimeElapsedColumn(),
                     TimeRemainingColumn(),
                     console=err,
                     transient=True,
                 ) as bar:
-                    task = bar.add_task("scan", total=None, rate="-")
+                    task = bar.add_task("scan", total=None, rate="-", found="")
+                    started = time.monotonic()
 
                     def show(counters, discovery_done):
-                        rate = counters.scored / max(counters.seconds or 1e-9, 1e-9)
+                        # The rate from the wall clock (the runner's own clock is set when it ends); the total
+                        # once discovery is done, the count found so far until then.
+                        elapsed = time.monotonic() - started
                         bar.update(
                             task,
                             completed=counters.done,
-                            total=counters.discovered if discovery_done else None,
-                            rate=f"{counters.stage_seconds['infer'] and rate:.1f}",
+                            total=max(counters.listed, counters.done) if discovery_done else None,
+                            rate=f"{counters.done / elapsed:.1f}" if elapsed > 0.5 else "-",
+                            found="" if discovery_done else f"({counters.listed} found so far)",
                         )
 
                     run = job.run(workspace, progress=show, say=say)
@@ -126,7 +133,9 @@ def register(app: typer.Typer) -> None:
                 ("skipped (unchanged)", "skipped_unchanged"),
                 ("reused (same bytes)", "reused_by_hash"),
                 ("flagged", "flagged"),
-                ("errors", "errors"),
+                ("moved to the quarantine", "quarantined"),
+                ("in quarantine, upstream removal pending", "upstream_pending"),
+                ("could not be checked (errors)", "errors"),
                 ("still changing (next scan)", "pending_changed"),
                 ("images/s", "images_per_s"),
                 ("seconds", "seconds"),
@@ -137,11 +146,18 @@ def register(app: typer.Typer) -> None:
                 out.print("errors are listed by: mirror-scan report --errors")
             if summary["flagged"] and dry_run:
                 out.print("dry run: nothing was acted on; act on these verdicts with: mirror-scan apply")
-            elif summary["flagged"]:
-                out.print(
-                    f"flagged files were moved to the quarantine ({settings.quarantine}); "
-                    "see: mirror-scan quarantine list"
-                )
+            else:
+                if summary["quarantined"]:
+                    out.print(
+                        f"{summary['quarantined']} flagged file(s) moved to the quarantine ({settings.quarantine}); "
+                        "see: mirror-scan quarantine list"
+                    )
+                if summary["upstream_pending"]:
+                    out.print(
+                        f"{summary['upstream_pending']} flagged file(s) are safe in the quarantine but still in the "
+                        "mirror and the bucket: the bucket did not take the removal; `mirror-scan watch` (or the "
+                        "next command) retries it"
+                    )
             if run.failures:
                 out.print(
                     f"{run.failures} flagged file(s) could not be quarantined (see the log); "

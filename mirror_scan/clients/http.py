@@ -138,3 +138,31 @@ def exchange(
         return status, json.loads(raw) if raw else None
     except (json.JSONDecodeError, UnicodeDecodeError):
         return status, None
+
+
+def exchange_with(
+    service: str,
+    section: str,
+    base_url: str,
+    refused: type[MirrorScanError],
+    unavailable: type[MirrorScanError],
+    secrets: list[str],
+    method: str,
+    url: str,
+    headers: dict[str, str],
+    body: bytes | None,
+    timeout: float,
+) -> tuple[int, Any]:
+    """exchange(), its failures told as the service's own errors: a redirect is a setup problem (`refused`:
+    point [section] url at the final address), no answer a passing one (`unavailable`), secrets scrubbed."""
+    from mirror_scan.redact import scrub
+
+    try:
+        return exchange(method, url, headers, body, timeout)
+    except Redirected as err:
+        raise refused(f"{service} at {base_url}: {err}", hint=f"set [{section}] url to the final address") from None
+    except Unreachable as err:
+        raise unavailable(
+            f"{service} at {base_url} is unreachable: {scrub(str(err), secrets)}",
+            hint=f"check [{section}] url and that {service} is running",
+        ) from None

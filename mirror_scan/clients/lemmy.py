@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from mirror_scan.atomic import atomic_write_bytes
-from mirror_scan.clients.http import Redirected, Unreachable, exchange
+from mirror_scan.clients.http import exchange_with
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.redact import scrub
 
@@ -77,15 +77,9 @@ class Lemmy:
             headers["Content-Type"] = "application/json"
         if auth and self._jwt:
             headers["Authorization"] = f"Bearer {self._jwt}"
-        try:
-            return exchange(method, url, headers, data, self.timeout)
-        except Redirected as err:
-            raise LemmyRefused(f"Lemmy at {self.url}: {err}", hint="set [lemmy] url to the final address") from None
-        except Unreachable as err:
-            raise LemmyUnavailable(
-                f"Lemmy at {self.url} is unreachable: {self._scrub(str(err))}",
-                hint="check [lemmy] url and that Lemmy is running",
-            ) from None
+        secrets = [self.password, self._jwt or ""]
+        return exchange_with("Lemmy", "lemmy", self.url, LemmyRefused, LemmyUnavailable, secrets,
+                             method, url, headers, data, self.timeout)  # fmt: skip
 
     def _call(self, method: str, path: str, body: dict | None = None, query: dict | None = None) -> Any:
         """An authenticated call on the detected API; logs in first, and once more if the token expired."""

@@ -18,9 +18,8 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from mirror_scan.clients.http import Redirected, Unreachable, exchange
+from mirror_scan.clients.http import exchange_with
 from mirror_scan.errors import MirrorScanError
-from mirror_scan.redact import scrub
 
 
 class PictrsError(MirrorScanError):
@@ -37,15 +36,9 @@ class Pictrs:
     def _request(self, method: str, path: str, params: dict[str, Any] | None = None) -> tuple[int, Any]:
         query = f"?{urllib.parse.urlencode(params)}" if params else ""
         headers = {"X-Api-Token": self.api_key, "Accept": "application/json"}
-        try:
-            status, data = exchange(method, f"{self.url.rstrip('/')}{path}{query}", headers, None, self.timeout)
-        except Redirected as err:
-            raise PictrsError(f"pict-rs at {self.url}: {err}", hint="set [pictrs] url to the final address") from None
-        except Unreachable as err:
-            raise PictrsError(
-                f"pict-rs at {self.url} is unreachable: {scrub(str(err), [self.api_key])}",
-                hint="check [pictrs] url and that pict-rs is running",
-            ) from None
+        url = f"{self.url.rstrip('/')}{path}{query}"
+        status, data = exchange_with("pict-rs", "pictrs", self.url, PictrsError, PictrsError, [self.api_key],
+                                     method, url, headers, None, self.timeout)  # fmt: skip
         if status == 401:
             raise PictrsError(
                 "pict-rs rejected the API key (401)", hint="check [pictrs] api_key ([server] api_key in pict-rs.toml)"

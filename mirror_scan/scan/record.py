@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from mirror_scan.hashing import md5_bytes
-from mirror_scan.kinds import FileStatus
+from mirror_scan.kinds import FileAction, FileStatus
 from mirror_scan.lists.hashes import LiveMatcher, queries
 from mirror_scan.model.bundle import Bundle
 from mirror_scan.model.scoring import columns, policy_sims
@@ -121,7 +121,8 @@ class Decider:
 
 @dataclass
 class Counters:
-    discovered: int = 0
+    listed: int = 0  # found by discovery (it runs ahead of the work)
+    discovered: int = 0  # taken from discovery for work
     scored: int = 0
     unchanged: int = 0
     reused: int = 0
@@ -129,6 +130,8 @@ class Counters:
     errors: int = 0
     pending: int = 0  # still changing after a retry: the next scan takes them
     vanished: int = 0
+    quarantined: int = 0  # acted on in this run: moved to the quarantine, removed upstream
+    upstream_pending: int = 0  # acted on in this run: bytes safe in the quarantine, the removal waits
     frames: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "infer": 0.0, "record": 0.0})
@@ -139,8 +142,9 @@ class Counters:
 
     @property
     def exit_code(self) -> int:
-        """1 when anything was flagged (so scripts can alert), else 0."""
-        return 1 if self.flagged else 0
+        """1: something was flagged (whatever else happened, so alerts fire); 2: nothing flagged, but some
+        files could not be checked (unreadable, undecodable: as clamscan says it); 0: all checked, clean."""
+        return 1 if self.flagged else 2 if self.errors else 0
 
     def as_dict(self) -> dict:
         rate = self.scored / self.seconds if self.seconds else 0.0
@@ -153,6 +157,8 @@ class Counters:
             "errors": self.errors,
             "pending_changed": self.pending,
             "vanished": self.vanished,
+            "quarantined": self.quarantined,
+            "upstream_pending": self.upstream_pending,
             "frames": self.frames,
             "seconds": round(self.seconds, 3),
             "images_per_s": round(rate, 2),
@@ -217,6 +223,10 @@ class FileRecorder:
             action = self.ledger.file_row(key).action  # kept from an earlier run when the bytes are the same
             if self.actor is not None and action is None and self.actor.act(key):
                 action = self.ledger.file_row(key).action  # what the quarantine recorded
+                if action == FileAction.UPSTREAM_PENDING:
+                    self.counters.upstream_pending += 1
+                else:
+                    self.counters.quarantined += 1
         self.write_report(found.path, sha256, report_status or status, verdict.label, verdict.reason, found.size,
                           fmt, action)  # fmt: skip
 

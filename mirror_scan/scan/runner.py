@@ -75,6 +75,7 @@ class Scan:
         self.progress = progress
         self.on_batch = on_batch  # called with each inference batch's seconds
         self.in_flight = 0
+        self.listing_done = False  # discovery has listed everything: counters.listed is the total
         self.model_id = result_model_id(bundle, scorer, config.limits)
         self.counters = Counters()
         self.decider = Decider(ledger, bundle, policy, config.severity, self.model_id)
@@ -259,6 +260,7 @@ class Scan:
                     while not stop.is_set():
                         try:
                             found_queue.put(item, timeout=0.2)
+                            self.counters.listed += 1  # the progress display's total, ahead of the work
                             break
                         except queue.Full:
                             continue
@@ -266,6 +268,7 @@ class Scan:
                         return
                     note(listing["path"])  # progress: the clock restarts
             finally:
+                self.listing_done = True
                 found_queue.put(None)
 
         def stalled() -> str | None:
@@ -374,7 +377,7 @@ class Scan:
             if self._batch and flush_after is not None and now - self._batch_since >= flush_after:
                 self._flush()  # a quiet instance still gets fast verdicts
             if self.progress and now - last_progress > 0.1:
-                self.progress(self.counters, exhausted)
+                self.progress(self.counters, exhausted or self.listing_done)
                 last_progress = now
         self._flush()
         if self.progress:

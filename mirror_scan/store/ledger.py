@@ -27,7 +27,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from mirror_scan.errors import MirrorScanError
+from mirror_scan.errors import MirrorScanError, UsageError
 from mirror_scan.kinds import (
     HELD_STATES,
     FileStatus,
@@ -73,6 +73,10 @@ class Ledger:
     def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = Path(path)
         self.readonly = readonly
+        if self.path.is_dir():
+            raise UsageError(
+                f"state database {self.path} is a directory", hint=f"point --state at a file, e.g. {self.path}/state.db"
+            )
         self._local = threading.local()
         self._in_tx = False
         self.results = ResultTables(self)  # what the model said of some bytes, prompt sets, rescoring
