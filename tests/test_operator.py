@@ -97,3 +97,90 @@ def test_the_progress_bar_has_a_total_and_a_sane_rate(tmp_path, tiny_bundle_mast
     rates = [float(r) for r in re.findall(r"([0-9.]+) files/s", text)]
     assert rates and max(rates) < 10_000, rates  # from the wall clock, not from a counter that stays 0
     assert "[/]" not in text and "Traceback" not in text
+
+
+def test_status_without_a_daemon_reads_the_ledger(tmp_path, tiny_bundle_master, flag_all):
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for seed in range(3):
+        generated_image(seed, 64, 48).save(tree / f"p{seed}.png")
+    (tree / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    state, quarantine = str(tmp_path / "s.db"), str(tmp_path / "q")
+    scan = run_cli("scan", str(tree), "--model", str(tiny_bundle_master), "--policy", str(flag_all),
+                   "--state", state, "--quarantine", quarantine)  # fmt: skip
+    assert scan.returncode == 1, scan.stderr
+    proc = run_cli("status", "--state", state, "--json")
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads(proc.stdout)
+    assert data["daemon"] == "not running" and data["daemons"] == []
+    assert data["files"] == 4 and data["flagged"] == 3 and data["errors"] == 1, data
+    assert data["items_quarantined"] == 3 and data["upstream_pending"] == 0, data
+    text = run_cli("status", "--state", state).stdout
+    assert "not running" in text and "items quarantined" in text and "files that could not be checked" in text
+    assert "_" not in "".join(line.split("  ")[0] for line in text.splitlines())  # labels, not raw keys
+    missing = run_cli("status", "--state", str(tmp_path / "none.db"))
+    assert missing.returncode == 2 and "no watch daemon runs" in missing.stderr
+
+
+def test_previews_before_acting(tmp_path, tiny_bundle_master, flag_all, write_policy):
+    import subprocess
+
+    from .conftest import CLI
+
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for seed in range(3):
+        generated_image(seed, 64, 48).save(tree / f"p{seed}.png")
+    where = ("--state", str(tmp_path / "s.db"), "--quarantine", str(tmp_path / "q"))
+    scan = run_cli("scan", str(tree), "--model", str(tiny_bundle_master), "--policy", str(flag_all), "--dry-run",
+                   *where)  # fmt: skip
+    assert scan.returncode == 1, scan.stderr
+    # apply --dry-run lists what would be quarantined, by label, and touches nothing.
+    preview = json.loads(run_cli("apply", "--dry-run", "--json", *where).stdout)
+    assert preview["would_act"] == 3 and sum(preview["by_label"].values()) >= 3, preview
+    assert sorted(preview["files"]) == sorted(str(tree / f"p{seed}.png") for seed in range(3))
+    assert len(list(tree.iterdir())) == 3
+    # rescore --dry-run says what would change and writes nothing.
+    clear = write_policy({"any": {"cartoon": 2.0}}, {"any": 1}, name="clear-everything")
+    dry = json.loads(run_cli("rescore", "--dry-run", "--json", "--policy", str(clear), *where).stdout)
+    assert dry["to_clean"] == 3 and dry["dry_run"] is True, dry
+    flagged = run_cli("report", "--flagged", "--state", str(tmp_path / "s.db")).stdout.splitlines()
+    assert len(flagged) == 3  # the verdicts on record are unchanged
+    text = run_cli("rescore", "--dry-run", "--policy", str(clear), *where).stdout
+    assert "would rescore 3 file(s)" in text and "no verdict was changed" in text
+    # apply acts; the purge prompt lists every item it would delete, and "no" deletes nothing.
+    assert run_cli("apply", *where).returncode == 0
+    items = json.loads(run_cli("quarantine", "list", "--json", *where).stdout)
+    assert len(items) == 3
+    proc = subprocess.run([*CLI, "quarantine", "purge", "--older-than", "0s", *where], input="n\n",
+                          capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    assert all(item["id"] in proc.stdout for item in items) and "3 quarantined" in proc.stdout, proc.stdout
+    assert {i["state"] for i in json.loads(run_cli("quarantine", "list", "--json", *where).stdout)} == {"quarantined"}
+
+
+def test_quarantine_list_is_one_line_per_item_at_80_columns(tmp_path, tiny_bundle_master, flag_all):
+    import re
+
+    deep = tmp_path / "mirror" / "a-long-directory-name" / "another-long-directory-name" / "and-one-more"
+    deep.mkdir(parents=True)
+    for seed in range(3):
+        generated_image(seed, 64, 48).save(deep / f"upload-with-a-long-name-{seed}.png")
+    where = ("--state", str(tmp_path / "s.db"), "--quarantine", str(tmp_path / "q"))
+    assert run_cli("scan", str(tmp_path / "mirror"), "--model", str(tiny_bundle_master), "--policy", str(flag_all),
+                   *where).returncode == 1  # fmt: skip
+    items = json.loads(run_cli("quarantine", "list", "--json", *where).stdout)
+    text = _in_a_terminal(["quarantine", "list", *where], columns=80)
+    lines = [re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", line) for line in text.replace("\r", "").splitlines()]
+    for item in items:
+        (line,) = [line for line in lines if item["short_id"] in line]  # exactly one line per item
+        assert len(line) <= 80 and line.endswith(".png"), line  # the file name kept, the path shortened
+    assert any(line.strip() == "3 item(s)" for line in lines)
+    # The short id names the item wherever an id is taken.
+    shown = run_cli("quarantine", "show", items[0]["short_id"], *where)
+    assert shown.returncode == 0 and items[0]["id"] in shown.stdout, shown.stderr
+    restored = run_cli("quarantine", "restore", items[0]["short_id"], *where)
+    assert restored.returncode == 0 and items[0]["id"] in restored.stdout, restored.stderr
+    only = json.loads(run_cli("quarantine", "list", "--json", "--state-is", "restored", *where).stdout)
+    assert [i["id"] for i in only] == [items[0]["id"]]
+    assert len(json.loads(run_cli("quarantine", "list", "--json", "--limit", "1", *where).stdout)) == 1

@@ -152,7 +152,8 @@ def test_status_command_and_metrics(tmp_path, tiny_bundle_master, flag_all):
         w.wait_for(lambda: len(w.rows()) == 1, what="the file to be scored")
         w.wait_for(lambda: (w.status() or {}).get("scanned") == 1, what="the status to update")
         proc = subprocess.run([*CLI, "status", "--state", str(w.state)], capture_output=True, text=True, timeout=60)
-        assert proc.returncode == 0 and "queue_depth" in proc.stdout and "CPUExecutionProvider" in proc.stdout
+        assert proc.returncode == 0 and "files waiting" in proc.stdout and "CPUExecutionProvider" in proc.stdout
+        assert "watch daemon" in proc.stdout and "not running" not in proc.stdout and "pid " in proc.stdout
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
         # prometheus-client's exposition: HELP/TYPE lines, counters with _total, escaped labels, histograms.
         assert "# TYPE mirror_scan_scanned_total counter" in metrics or "# TYPE mirror_scan_scanned counter" in metrics

@@ -74,6 +74,14 @@ def write_status_file(path: Path, status: dict) -> None:
     atomic_write_bytes(path, json.dumps(status).encode(), 0o600, durable=False)
 
 
+def running_daemons(state: Path) -> list[str]:
+    """The watch daemons running on this state database now, by their lock (one per mirror)."""
+    from mirror_scan.store.locks import holder_of
+
+    held = (holder_of(path) for path in sorted(state.parent.glob(f"{state.name}.watch-*.lock")))
+    return [who for who in held if who is not None]
+
+
 def read_status_file(state: Path) -> dict | None:
     path = status_path(state)
     try:

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.table import Table
 
 from mirror_scan.cli.console import err, out, print_json
 from mirror_scan.cli.durations import parse_duration, parse_since
@@ -44,6 +43,13 @@ def _writer(state, quarantine, config, quiet=False, rclone=None):
     return open_writer(settings, quiet=quiet)
 
 
+def _count_by(entries: list[dict], key: str) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for e in entries:
+        counts[str(e[key])] = counts.get(str(e[key]), 0) + 1
+    return counts
+
+
 def _reason_text(reason) -> str:
     from mirror_scan.scan.decide import short_reason
 
@@ -55,32 +61,68 @@ def q_list(
     since: Annotated[
         str | None, typer.Option(help="Only items quarantined since a date (2026-11-01) or for a duration (7d).")
     ] = None,
+    label: Annotated[str | None, typer.Option("--label", help="Only items flagged with this label.")] = None,
+    item_state: Annotated[
+        str | None,
+        typer.Option("--state-is", help="Only items in this state: quarantined, upstream_pending, restored, purged."),
+    ] = None,
+    source: Annotated[
+        str | None, typer.Option("--source", help="Only items from: mirror, bucket (bucket scan), upload (serve).")
+    ] = None,
+    uploader: Annotated[
+        str | None, typer.Option("--uploader", help="Only items uploaded by this person (name or name@instance).")
+    ] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="At most this many (the newest).", min=1)] = None,
+    oldest_first: Annotated[bool, typer.Option("--oldest-first", help="Oldest first (default: newest).")] = False,
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
-    """Items in the quarantine: id, when, original path, why, state. Reads only: works while the daemon runs."""
+    """Items in the quarantine, one line each: short id (accepted wherever an id is), when, state, labels,
+    uploader when known, and the original path (shortened from the left to fit). `quarantine show ID` has
+    the rest. Reads only: works while the daemon runs."""
     from mirror_scan.moderation.attribution import summary
+    from mirror_scan.store.selection import short_id
 
     with _reader(state, quarantine, config) as workspace:
         entries = list(workspace.quarantine.entries(parse_since(since) if since else None))
         for e in entries:
             e.update(summary(workspace.ledger.follow_ups.attribution(e["id"])))
+            e["short_id"] = short_id(e["id"])
+            e["labels"] = list((e["reason"] or {}).get("labels") or [])
+    if item_state is not None:
+        entries = [e for e in entries if e["state"] == item_state]
+    if label is not None:
+        entries = [e for e in entries if label in e["labels"]]
+    if source is not None:
+        entries = [e for e in entries if e["source"] == source]
+    if uploader is not None:
+        entries = [e for e in entries if e["uploader"] == uploader or e["uploader"].split("@")[0] == uploader]
+    entries.sort(key=lambda e: e["quarantined_at"], reverse=not oldest_first)
+    if limit is not None:
+        entries = entries[:limit]
     if json_out:
         print_json(entries)
         return
     attributed = any(e["uploader"] for e in entries)
-    table = Table(
-        "id", "quarantined (UTC)", "original path", "why", *(("uploader", "where") if attributed else ()), "state"
-    )
-    table.columns[0].no_wrap = True
+    width = max(60, out.size.width if out.is_terminal else 120)
     for e in entries:
-        when = e["quarantined_at"].replace("T", " ").removesuffix("+00:00")
-        extra = (e["uploader"], e["where"]) if attributed else ()
-        table.add_row(e["id"], when, e["original"], _reason_text(e["reason"]), *extra, e["state"])
-    out.print(table)
+        when = e["quarantined_at"][:16].replace("T", " ")
+        labels = ",".join(e["labels"])[:10] or "-"
+        who = f"{e['uploader'][:16]:16s}  " if attributed else ""
+        head = f"{e['short_id']:13s}  {when}  {STATE_SHORT.get(e['state'], e['state']):11s}  {labels:10s}  {who}"
+        out.print(head + _fit_left(e["original"], width - len(head)))
     out.print(f"{len(entries)} item(s)")
+
+
+STATE_SHORT = {"upstream_pending": "pending", "quarantining": "moving"}
+
+
+def _fit_left(text: str, room: int) -> str:
+    """A path that fits `room` columns: its end kept (the file name), the start replaced by an ellipsis."""
+    room = max(room, 8)
+    return text if len(text) <= room else "\u2026" + text[-(room - 1) :]
 
 
 @quarantine_app.command("show")
@@ -89,8 +131,10 @@ def q_show(item_id: str, state: StateOpt = None, quarantine: QuarantineOpt = Non
     authority, and the item's own metadata file."""
     from mirror_scan.moderation.actions import describe_action
     from mirror_scan.store.rows import display_path
+    from mirror_scan.store.selection import expand_ids
 
     with _reader(state, quarantine, config) as workspace:
+        (item_id,) = expand_ids([item_id], (r.id for r in workspace.ledger.items()))
         row = workspace.ledger.item(item_id)
         meta = workspace.quarantine.read_meta(item_id)
         attribution = workspace.ledger.follow_ups.attribution(item_id)
@@ -326,7 +370,13 @@ def q_purge(
             _purge_pictrs(store, chosen, settings, yes=yes)
             return
         if not yes:
-            if not typer.confirm(f"Permanently delete the bytes of {len(chosen)} quarantined item(s)?", default=False):
+            for e in chosen:  # what is about to go, the one irreversible action: listed, never just counted
+                out.print(
+                    f"{e['id']}  {e['state']:16s} {e['quarantined_at'][:10]}  {e['original'] or e.get('key') or ''}"
+                )
+            states = ", ".join(f"{count} {state}" for state, count in _count_by(chosen, "state").items())
+            question = f"Permanently delete the bytes of these {len(chosen)} item(s) ({states})?"
+            if not typer.confirm(question, default=False):
                 raise typer.Exit(1)
         for e in chosen:
             store.purge(e["id"])

@@ -28,16 +28,38 @@ from mirror_scan.cli.options import (
     RemoteOpt,
     SeverityOpt,
     StateOpt,
+    YesOpt,
+    open_reader,
     open_writer,
     require_state,
 )
+from mirror_scan.scan.decide import short_reason
 from mirror_scan.settings import Settings, describe, resolve
+from mirror_scan.store.rows import display_path
 
 log = logging.getLogger("mirror_scan")
 
 
 def _settings(config: Path | None, **flags) -> Settings:
     return resolve(flags, config)
+
+
+APPLY_ASKS_OVER = 10  # at a terminal, apply lists and asks before acting on more files than this
+APPLY_LISTS = 20
+
+
+def _labels_of(rows) -> dict[str, int]:
+    import json
+
+    counts: dict[str, int] = {}
+    for row in rows:
+        try:
+            labels = (json.loads(row.reason) if row.reason else {}).get("labels") or ["?"]
+        except (ValueError, AttributeError):
+            labels = ["?"]
+        for label in labels:
+            counts[label] = counts.get(label, 0) + 1
+    return counts
 
 
 def _progress_enabled(quiet: bool, json_out: bool) -> bool:
@@ -173,23 +195,49 @@ def register(app: typer.Typer) -> None:
         rclone: RcloneOpt = None,
         config: ConfigOpt = None,
         json_out: JsonOpt = False,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="List what would be quarantined, by label; act on nothing.")
+        ] = False,
+        yes: YesOpt = False,
     ) -> None:
         """Quarantine the files flagged earlier (by a dry run or a rescore) and not yet acted on, without
         running the model again. With --remote NAME:bucket, also the objects `bucket scan` flagged in that
-        bucket: each is read into the quarantine, verified, and removed upstream."""
+        bucket: each is read into the quarantine, verified, and removed upstream. At a terminal, more than
+        a handful are listed first and it asks (--yes does not ask)."""
         from mirror_scan.scan.act import BucketActor, QuarantineActor
         from mirror_scan.scan.rescore import apply_verdicts
 
         settings = _settings(config, state=state, quarantine=quarantine, remote=remote, rclone=rclone)
         require_state(settings)
+        bucket_root = settings.remote.rstrip("/").encode() if settings.remote else None
+        with open_reader(settings) as reader:
+            todo = list(reader.ledger.flagged_unacted())
+            if bucket_root is not None:
+                todo += [row for row in reader.ledger.flagged_unacted("bucket") if row.root == bucket_root]
+        by_label = _labels_of(todo)
+        if dry_run or (len(todo) > APPLY_ASKS_OVER and not yes and sys.stdin.isatty() and not json_out):
+            if json_out:
+                files = [display_path(row.path) for row in todo]
+                print_json({"would_act": len(todo), "by_label": by_label, "files": files})
+                return
+            for row in todo[:APPLY_LISTS]:
+                out.print(f"{display_path(row.path)}  {short_reason(row.reason)}")
+            if len(todo) > APPLY_LISTS:
+                out.print(f"... and {len(todo) - APPLY_LISTS} more (all of them: mirror-scan report --flagged)")
+            labels = ", ".join(f"{label} {n}" for label, n in sorted(by_label.items())) or "none"
+            out.print(f"{len(todo)} flagged file(s) not yet acted on; by label: {labels}")
+            if dry_run:
+                return
+            if not typer.confirm(f"Quarantine these {len(todo)} file(s)?", default=False):
+                raise typer.Exit(1)
         with open_writer(settings, quiet=json_out) as workspace:
             if settings.remote:
                 for root in {row.root for row in workspace.ledger.flagged_unacted() if row.root}:
                     workspace.bind_mirror(os.fsdecode(root), settings.remote, "apply --remote")
             acted = apply_verdicts(workspace.ledger, QuarantineActor(workspace.ledger, workspace.quarantine))
-            if settings.remote:  # objects scanned in that bucket (`bucket scan`) that have no mirror copy
+            if bucket_root is not None:  # objects scanned in that bucket (`bucket scan`) that have no mirror copy
                 actor = BucketActor(workspace.ledger, workspace.quarantine)
-                acted += apply_verdicts(workspace.ledger, actor, "bucket", settings.remote.rstrip("/").encode())
+                acted += apply_verdicts(workspace.ledger, actor, "bucket", bucket_root)
             workspace.run_follow_ups(say=None if json_out else lambda note: err.print(note))
         if json_out:
             print_json({"acted": acted})
@@ -205,6 +253,9 @@ def register(app: typer.Typer) -> None:
         quarantine: QuarantineOpt = None,
         config: ConfigOpt = None,
         json_out: JsonOpt = False,
+        dry_run: Annotated[
+            bool, typer.Option("--dry-run", help="Show how many verdicts would change, by label; write nothing.")
+        ] = False,
     ) -> None:
         """Re-decide every stored file from stored similarities (or stored embeddings when the policy's
         prompts changed) with no image read; report how many verdicts changed each way."""
@@ -217,19 +268,26 @@ def register(app: typer.Typer) -> None:
         loaded = load_policy(settings.policy)
         offset = resolve_severity(loaded, settings.severity)
         bundle = load_bundle(settings.model) if (settings.model / "manifest.json").exists() else None
-        with open_writer(settings, quiet=json_out) as workspace:
-            summary = rescore(workspace.ledger, loaded, offset, bundle)
+        opened = open_reader(settings) if dry_run else open_writer(settings, quiet=json_out)
+        with opened as workspace:
+            summary = rescore(workspace.ledger, loaded, offset, bundle, dry_run=dry_run)
         result = summary.as_dict() | {"policy": loaded.policy_id, "severity": offset}
         if json_out:
             print_json(result)
         else:
             out.print(
-                f"rescored {summary.files} file(s) with {loaded.policy_id}, severity {offset:+g} in "
-                f"{summary.seconds:.2f}s: {summary.to_flagged} clean -> flagged, {summary.to_clean} flagged -> "
-                f"clean, {summary.still_flagged} still flagged, {summary.still_clean} still clean"
+                f"{'would rescore' if dry_run else 'rescored'} {summary.files} file(s) with {loaded.policy_id}, "
+                f"severity {offset:+g} in {summary.seconds:.2f}s: {summary.to_flagged} clean -> flagged, "
+                f"{summary.to_clean} flagged -> clean, {summary.still_flagged} still flagged, "
+                f"{summary.still_clean} still clean"
             )
-            if summary.to_flagged:
-                out.print("act on the newly flagged files with: mirror-scan apply")
+            if summary.newly_flagged_by_label:
+                labels = ", ".join(f"{label} {n}" for label, n in sorted(summary.newly_flagged_by_label.items()))
+                out.print(f"newly flagged by label: {labels}")
+            if dry_run:
+                out.print("dry run: no verdict was changed; run it again without --dry-run to record them")
+            elif summary.to_flagged:
+                out.print("act on the newly flagged files with: mirror-scan apply --dry-run, then mirror-scan apply")
 
     @app.command("report")
     def report_cmd(

@@ -30,6 +30,28 @@ from mirror_scan.errors import UsageError
 from mirror_scan.settings import resolve
 
 STATUS_KEYS = ("mirror", "model", "provider", "policy", "observer", "remote")
+LEDGER_KEYS = ("files", "flagged", "errors", "items_quarantined", "items_upstream_pending", "items_restored",
+               "items_purged", "items_damaged")  # fmt: skip
+LABELS = {
+    "daemon": "watch daemon",
+    "queue_depth": "files waiting",
+    "skipped_unchanged": "skipped (unchanged)",
+    "reused_by_hash": "reused (same bytes)",
+    "dropped_events": "dropped events (reconcile finds them)",
+    "inotify_overflows": "inotify overflows",
+    "upstream_pending": "upstream removals pending",
+    "upstream_breakers": "upstream circuit breakers",
+    "last_pull_unixtime": "last pull",
+    "last_reconcile_unixtime": "last reconcile",
+    "files": "files recorded",
+    "errors": "files that could not be checked",
+    "items_quarantined": "items quarantined",
+    "items_upstream_pending": "items waiting for upstream removal",
+    "items_restored": "items restored",
+    "items_purged": "items purged",
+    "items_damaged": "items damaged",
+    "age_seconds": "status age (s)",
+}
 
 
 def register(app: typer.Typer) -> None:
@@ -132,31 +154,41 @@ def register(app: typer.Typer) -> None:
         config: ConfigOpt = None,
         json_out: JsonOpt = False,
     ) -> None:
-        """The watch daemon's queue depth, last pull, last reconcile, counts, upstream retries, model and
-        provider. Reads only: never waits for the daemon."""
-        from mirror_scan.app.daemon import COUNTER_KEYS, read_status_file, status_path
+        """Where things stand: with a watch daemon running, its queue, last pull and reconcile, counts,
+        upstream retries, model and provider; without one, what the ledger holds (files, flagged, errors,
+        quarantine items, pending upstream removals), marked "not running". Reads only: never waits."""
+        from mirror_scan.app.daemon import COUNTER_KEYS, read_status_file, running_daemons
         from mirror_scan.store.ledger import Ledger
 
         settings = resolve({"state": state}, config)
-        data = read_status_file(settings.state)
-        if data is None:
+        running = running_daemons(settings.state) if settings.state.parent.exists() else []
+        data: dict = {}
+        if running:
+            data = read_status_file(settings.state) or {}
+            data["age_seconds"] = round(time.time() - data.get("updated_unixtime", time.time()), 1)
+        elif not settings.state.exists():
             raise UsageError(
-                f"no watch status at {status_path(settings.state)}",
-                hint="is `mirror-scan watch` running with this --state?",
+                f"no watch daemon runs on {settings.state}, and it holds nothing yet",
+                hint="start one with `mirror-scan watch --mirror DIR`, or run `mirror-scan scan` first",
             )
-        age = time.time() - data.get("updated_unixtime", 0)
-        data["age_seconds"] = round(age, 1)
+        data["daemon"] = "running" if running else "not running"
+        data["daemons"] = running
         if settings.state.exists():
             with Ledger(settings.state, readonly=True) as ledger:
                 data["upstream_pending"] = ledger.upstream_pending_count()
+                if not running:
+                    data.update(ledger.summary_counts())
         if json_out:
             print_json(data)
             return
-        for key in (*STATUS_KEYS, *COUNTER_KEYS, "upstream_breakers", "age_seconds"):
-            if key in data:
-                value = data[key]
-                if key.endswith("unixtime") and value:
-                    value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
-                out.print(f"{key:24s} {value}")
-        if age > 10:
-            out.print(f"(last update {age:.0f}s ago: the daemon may not be running)")
+        for key in ("daemon", *STATUS_KEYS, *COUNTER_KEYS, *LEDGER_KEYS, "upstream_breakers", "age_seconds"):
+            if key not in data:
+                continue
+            value = data[key]
+            if key.endswith("unixtime"):
+                value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) if value else "never"
+            elif isinstance(value, dict):
+                value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
+            out.print(f"{LABELS.get(key, key.replace('_', ' ')):34s} {value}")
+        for who in running:
+            out.print(f"{'':34s} ({who})")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -30,6 +30,8 @@ class RescoreSummary:
     still_flagged: int = 0
     still_clean: int = 0
     seconds: float = 0.0
+    newly_flagged_by_label: dict[str, int] = field(default_factory=dict)  # clean -> flagged, by label
+    dry_run: bool = False  # nothing was written
 
     def as_dict(self) -> dict:
         return {k: (round(v, 3) if isinstance(v, float) else v) for k, v in self.__dict__.items()}
@@ -41,6 +43,7 @@ def rescore(
     severity: float,
     bundle: Bundle | None = None,
     progress: Callable[[int, int], None] | None = None,
+    dry_run: bool = False,
 ) -> RescoreSummary:
     """Every decided file re-decided with what the scan decides with: the model's similarities (every
     frame), what the decode said, the hash lists (every rotation and mirror image of every frame) and the
@@ -103,6 +106,9 @@ def rescore(
                 verdict = verdict_for(ev, int(starts[index]), int(frames[index]), facts)
                 new, old = verdict.flagged, bool(old_flag[index])
                 summary.to_flagged += int(new and not old)
+                if new and not old:
+                    for label in (verdict.reason or {}).get("labels") or ["?"]:
+                        summary.newly_flagged_by_label[label] = summary.newly_flagged_by_label.get(label, 0) + 1
                 summary.to_clean += int(old and not new)
                 summary.still_flagged += int(new and old)
                 summary.still_clean += int(not new and not old)
@@ -111,8 +117,10 @@ def rescore(
             summary.files += len(group)
         if progress:
             progress(summary.files, total)
-    ledger.results.apply_rescore(updates)
-    ledger.results.stamp_decisions(policy.policy_id, severity)
+    summary.dry_run = dry_run
+    if not dry_run:  # a dry run shows what would change and writes nothing
+        ledger.results.apply_rescore(updates)
+        ledger.results.stamp_decisions(policy.policy_id, severity)
     summary.seconds = time.monotonic() - started
     return summary
 

@@ -24,6 +24,7 @@ from mirror_scan.store.items import (
     _now_iso,
     _unb64,
     file_key,
+    item_origin,
     meta_disagreement,
 )
 from mirror_scan.store.paths import (
@@ -129,6 +130,7 @@ class ItemIndex:
                 "size": row.size,
                 "remote": row.remote,
                 "key": row.key,
+                "source": item_origin(row) or "mirror",
                 "seen_count": row.seen_count,
             }
 

@@ -303,6 +303,17 @@ class Ledger:
     def file_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM files").fetchone()[0])
 
+    def summary_counts(self) -> dict[str, int]:
+        """What the ledger holds, for `status` when no daemon runs: files, flagged, errors, items by state."""
+        files, flagged, errors = self.db.execute(
+            f"SELECT count(*), total(verdict='{FileVerdict.FLAGGED.value}'), total(status='{FileStatus.ERROR.value}') "
+            "FROM files"  # noqa: S608
+        ).fetchone()
+        counts = {"files": int(files), "flagged": int(flagged), "errors": int(errors)}
+        for state, count in self.db.execute("SELECT state, count(*) FROM quarantine GROUP BY state"):
+            counts[f"items_{state}"] = int(count)
+        return counts
+
     def report_rows(self, flagged: bool = False, errors: bool = False) -> Iterator[sqlite3.Row]:
         """Files for a report, by path: every file; or those flagged, and/or those a person should look at
         (not scanned, or scored on the part of them that decoded)."""

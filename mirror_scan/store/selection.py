@@ -11,6 +11,35 @@ from mirror_scan.errors import UsageError
 Entry = dict[str, Any]
 
 
+MIN_ID_FRAGMENT = 4
+
+
+def expand_ids(names: list[str], known: Iterable[str]) -> list[str]:
+    """Item ids as people type them: a whole id, or a unique part of one (a prefix, or the short form
+    `quarantine list` shows: the content hash and suffix), at least 4 characters. An ambiguous part is an
+    error naming the candidates; an unknown one is kept as typed (the caller says it does not exist)."""
+    ids = list(known)
+    whole = set(ids)
+    expanded = []
+    for name in names:
+        if name in whole or len(name) < MIN_ID_FRAGMENT:
+            expanded.append(name)
+            continue
+        matches = [i for i in ids if name in i or short_id(i) == name]
+        if len(matches) > 1:
+            shown = ", ".join(matches[:5]) + (f" (+{len(matches) - 5})" if len(matches) > 5 else "")
+            raise UsageError(f"{name!r} matches {len(matches)} items: {shown}", hint="give more of the id")
+        expanded.append(matches[0] if matches else name)
+    return expanded
+
+
+def short_id(item_id: str) -> str:
+    """The part of an id that tells items apart in practice: content hash start and random suffix
+    (20261201T074758Z-3f2a9c1b7e4d-1a2b -> 3f2a9c1b-1a2b). Accepted wherever an id is (expand_ids)."""
+    parts = item_id.split("-")
+    return f"{parts[1][:8]}-{parts[2]}" if len(parts) == 3 and len(parts[1]) >= 8 else item_id
+
+
 def select_items(
     entries: Iterable[Entry],
     states: Iterable[str],
@@ -29,6 +58,7 @@ def select_items(
     import datetime as dt
 
     every = {e["id"]: e for e in entries}
+    ids = expand_ids(ids, every) if ids else ids
     wanted = set(states)
     chosen = [e for e in every.values() if e["state"] in wanted]
     if ids:
