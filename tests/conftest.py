@@ -40,6 +40,16 @@ def run_cli(*args: str, check: bool = False, env: dict | None = None, cwd: Path 
     return proc
 
 
+def expected_exit(state: Path) -> int:
+    """The exit code a scan of everything recorded in `state` must give (README, "Exit codes"): 1 when a
+    file is flagged, else 2 when one could not be checked, else 0."""
+    import sqlite3
+
+    with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
+        flagged, errors = db.execute("SELECT total(verdict='flagged'), total(status='error') FROM files").fetchone()
+    return 1 if flagged else 2 if errors else 0
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle_master(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "tiny-test"

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import run_cli
+from .conftest import expected_exit, run_cli
 from .mediafiles import animated_gif, image_bytes
 from .s3server import S3Server
 
@@ -92,7 +92,7 @@ def test_ray_bucket_scan_equals_a_mirrored_scan_and_a_rerun_scores_nothing(
     proc = run_cli("mirror", "pull", "--remote", bucket.remote, "--to", str(mirror), env=bucket.env())
     assert proc.returncode == 0, proc.stderr
     proc = mirrored.cli("scan", str(mirror), "--model", str(tiny_bundle_master), "--dry-run", "--quiet")
-    assert proc.returncode in (0, 1), proc.stderr
+    assert proc.returncode == expected_exit(mirrored.state), proc.stderr
     policy = _median_policy(write_policy, mirrored.state)
     proc = mirrored.cli(
         "scan", str(mirror), "--model", str(tiny_bundle_master), "--policy", str(policy), "--dry-run", "--quiet"
@@ -130,7 +130,7 @@ def test_a_worker_killed_mid_run_loses_nothing(bucket, tmp_path, tiny_bundle_mas
         "--engine", "ray", "--dry-run", "--batch-size", "4", env={"MIRROR_SCAN_TEST_KILL_WORKER": str(marker)}
     )
     assert marker.exists()  # a fetch-decode worker really died (os._exit) on its first batch
-    assert proc.returncode in (0, 1), proc.stderr
+    assert proc.returncode == expected_exit(site.state), proc.stderr
     assert set(site.verdicts()) == set(OBJECTS)
     assert {v[0] for k, v in site.verdicts().items() if k not in ("broken.jpg", "notes.txt")} == {"scored"}
 
@@ -223,7 +223,7 @@ def test_result_parts_left_by_a_dead_driver_are_ingested_not_recomputed(
     pq.write_table(table, results / "part-1-00000000.parquet")
 
     proc = site.bucket_scan("--dry-run")
-    assert proc.returncode in (0, 1), proc.stderr
+    assert proc.returncode == expected_exit(site.state), proc.stderr
     summary = json.loads(proc.stdout.splitlines()[-1])
     assert summary["skipped_unchanged"] == len(done) and summary["listed"] == len(OBJECTS)
     assert summary["ingested"] == len(OBJECTS)  # the part's two, then the other objects
@@ -242,7 +242,8 @@ def test_a_second_bucket_scan_on_the_same_state_is_refused(bucket, tmp_path, tin
     assert proc.returncode == 2
     assert "another bucket scan of TESTS3:pictrs on this state database is running" in proc.stderr
     assert "Traceback" not in proc.stderr
-    assert site.bucket_scan("--dry-run").returncode in (0, 1)  # free again once the first has ended
+    again = site.bucket_scan("--dry-run")  # free again once the first has ended
+    assert again.returncode == expected_exit(site.state), again.stderr
 
 
 def test_an_edited_origin_in_the_metadata_refuses_the_restore(bucket, tmp_path, tiny_bundle_master):

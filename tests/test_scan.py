@@ -172,9 +172,9 @@ def test_dry_run_apply_rescore_cycle(tmp_path, tiny_bundle_master):
         (tree / f"img{i}.jpg").write_bytes(image_bytes("JPEG", i))
     (tree / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 20)
     state = tmp_path / "state.db"
-    # Nothing crosses +1: exit 0, nothing flagged.
+    # Nothing crosses +1: nothing flagged; exit 2, since broken.png could not be checked.
     proc = scan(tree, tiny_bundle_master, state, "--dry-run", "--severity=1", "--json")
-    assert proc.returncode == 0, proc.stderr
+    assert proc.returncode == 2, proc.stderr
     assert json.loads(proc.stdout)["flagged"] == 0
     # Same files, new severity: re-decided from stored results with no image read (nothing "scanned").
     proc = scan(tree, tiny_bundle_master, state, "--dry-run", "--severity=-1", "--json")

@@ -156,7 +156,7 @@ def register(app: typer.Typer) -> None:
                 ("reused (same bytes)", "reused_by_hash"),
                 ("flagged", "flagged"),
                 ("moved to the quarantine", "quarantined"),
-                ("in quarantine, upstream removal pending", "upstream_pending"),
+                ("in quarantine, upstream removal pending", "quarantined_upstream_pending"),
                 ("could not be checked (errors)", "errors"),
                 ("still changing (next scan)", "pending_changed"),
                 ("images/s", "images_per_s"),
@@ -174,9 +174,9 @@ def register(app: typer.Typer) -> None:
                         f"{summary['quarantined']} flagged file(s) moved to the quarantine ({settings.quarantine}); "
                         "see: mirror-scan quarantine list"
                     )
-                if summary["upstream_pending"]:
+                if pending := summary["quarantined_upstream_pending"]:
                     out.print(
-                        f"{summary['upstream_pending']} flagged file(s) are safe in the quarantine but still in the "
+                        f"{pending} flagged file(s) are safe in the quarantine but still in the "
                         "mirror and the bucket: the bucket did not take the removal; `mirror-scan watch` (or the "
                         "next command) retries it"
                     )

@@ -158,7 +158,8 @@ class Counters:
             "pending_changed": self.pending,
             "vanished": self.vanished,
             "quarantined": self.quarantined,
-            "upstream_pending": self.upstream_pending,
+            # not "upstream_pending": the daemon's status has that name for the whole ledger's count
+            "quarantined_upstream_pending": self.upstream_pending,
             "frames": self.frames,
             "seconds": round(self.seconds, 3),
             "images_per_s": round(rate, 2),
