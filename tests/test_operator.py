@@ -184,3 +184,25 @@ def test_quarantine_list_is_one_line_per_item_at_80_columns(tmp_path, tiny_bundl
     only = json.loads(run_cli("quarantine", "list", "--json", "--state-is", "restored", *where).stdout)
     assert [i["id"] for i in only] == [items[0]["id"]]
     assert len(json.loads(run_cli("quarantine", "list", "--json", "--limit", "1", *where).stdout)) == 1
+
+
+def test_services_log_one_line_per_event_in_text_or_json(tmp_path, tiny_bundle_master, flag_all):
+    deep = tmp_path / "mirror" / ("a-directory-name-long-enough-to-wrap-any-terminal-" * 2).rstrip("-")
+    deep.mkdir(parents=True)
+    for seed in range(2):
+        generated_image(seed, 64, 48).save(deep / f"p{seed}.png")
+    (deep / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n")
+    where = ("--state", str(tmp_path / "s.db"), "--quarantine", str(tmp_path / "q"))
+    args = ("scan", str(tmp_path / "mirror"), "--model", str(tiny_bundle_master), "--policy", str(flag_all), *where)
+    proc = run_cli("-v", "--log-format", "json", *args)
+    events = [json.loads(line) for line in proc.stderr.splitlines() if line.strip()]  # every line one object
+    quarantined = [e for e in events if e["message"].startswith("quarantined ")]
+    assert len(quarantined) == 2 and all(e["level"] == "info" and e["priority"] == 6 for e in quarantined), events
+    assert any(e["message"].startswith(f"could not check {deep / 'broken.png'}") for e in events), events
+    # Plain text when not at a terminal: one line per event however long, the priority first under journald.
+    restore_id = json.loads(run_cli("quarantine", "list", "--json", *where).stdout)[0]["short_id"]
+    env = {"COLUMNS": "80", "JOURNAL_STREAM": "8:12345"}
+    proc = run_cli("-v", "quarantine", "restore", restore_id, *where, env=env)
+    assert proc.returncode == 0, proc.stderr
+    (line,) = [line for line in proc.stderr.splitlines() if "restored quarantine item" in line]
+    assert line.startswith("<6>info: mirror_scan.store.restore: restored quarantine item") and str(deep) in line

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 
 from mirror_scan import __version__
@@ -21,7 +20,7 @@ from mirror_scan.cli import scan as cli_scan
 from mirror_scan.cli import serve as cli_serve
 from mirror_scan.cli import state as cli_state
 from mirror_scan.cli import watch as cli_watch
-from mirror_scan.cli.console import err, out, print_json, setup_logging
+from mirror_scan.cli.console import err, out, print_error, print_json, setup_logging
 from mirror_scan.cli.hashlist import hashlist_app
 from mirror_scan.cli.options import BundleDirOpt, DeviceOpt, JsonOpt, PolicyOpt, SeverityOpt
 from mirror_scan.errors import MirrorScanError
@@ -62,8 +61,17 @@ def _root(
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
+    log_format: Annotated[
+        str,
+        typer.Option(
+            "--log-format",
+            envvar="MIRROR_SCAN_LOG_FORMAT",
+            help="auto (rich at a terminal, plain lines otherwise), text (plain lines, one per event, the syslog "
+            "priority first under journald) or json (one object per line).",
+        ),
+    ] = "auto",
 ) -> None:
-    setup_logging(verbose)
+    setup_logging(verbose, fmt=log_format)
 
 
 # ------------------------------------------------------------------------------------------- model
@@ -375,7 +383,7 @@ def main() -> None:
     try:
         app()
     except MirrorScanError as error:
-        err.print(f"[bold red]error:[/] {escape(str(error))}", markup=True, highlight=False)
+        print_error(str(error))
         sys.exit(error.exit_code)
     except KeyboardInterrupt:
         err.print("interrupted")
@@ -385,10 +393,10 @@ def main() -> None:
 
         if is_busy(error):  # a lock wait that ran out mid-command: the database is fine
             busy = StateBusy("the state database")
-            err.print(f"[bold red]error:[/] {escape(str(busy))}", markup=True, highlight=False)
+            print_error(str(busy))
             sys.exit(busy.exit_code)
-        err.print(
-            f"error: the state database cannot be read ({error}); nothing more was changed\n"
+        print_error(
+            f"the state database cannot be read ({error}); nothing more was changed\n"
             "  -> check it with `mirror-scan state check`; `mirror-scan state rebuild` starts afresh from the "
             "quarantine's metadata"
         )

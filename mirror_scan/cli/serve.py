@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from mirror_scan.cli.console import err
+from mirror_scan.cli.console import err, setup_logging
 from mirror_scan.cli.options import (
     ConfigOpt,
     DeviceOpt,
@@ -88,6 +88,7 @@ def register(app: typer.Typer) -> None:
         the quarantine). Configure pict-rs with
         external_validation = "http://127.0.0.1:14051/validate/<token>" (pict-rs 0.4.3+; its request is
         HTTP/1.1 with a chunked body, which is what this server expects)."""
+        setup_logging(events=True)  # a service logs each rejected upload and each event that matters
         from mirror_scan.app.validator import ValidatorOptions, ValidatorService
 
         if on_error not in ("reject", "accept"):

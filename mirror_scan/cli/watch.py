@@ -9,7 +9,7 @@ from typing import Annotated
 
 import typer
 
-from mirror_scan.cli.console import err, out, print_json
+from mirror_scan.cli.console import err, out, print_json, setup_logging
 from mirror_scan.cli.durations import parse_interval
 from mirror_scan.cli.options import (
     ConfigOpt,
@@ -97,6 +97,7 @@ def register(app: typer.Typer) -> None:
         quarantined (and removed upstream with --remote). Every other command (restore, allowlist, purge,
         apply, rescore, serve) works beside it on the same state. Pending upstream removals are retried
         with backoff. SIGTERM/SIGINT stop cleanly; a restart picks up exactly where it stopped."""
+        setup_logging(events=True)  # a service logs each event that matters (quarantined, error, ...)
         from mirror_scan.app.daemon import WatchDaemon, WatchOptions
 
         if observer not in ("auto", "inotify", "polling", "none"):

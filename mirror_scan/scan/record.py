@@ -13,6 +13,7 @@ the bucket ingest do it. Rescore evaluates whole chunks at once, then calls the 
 from __future__ import annotations
 
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,12 +26,14 @@ from mirror_scan.lists.hashes import LiveMatcher, queries
 from mirror_scan.model.bundle import Bundle
 from mirror_scan.model.scoring import columns, policy_sims
 from mirror_scan.policy import Policy
-from mirror_scan.scan.decide import Facts, Verdict, decide_files
+from mirror_scan.scan.decide import Facts, Verdict, decide_files, short_reason
 from mirror_scan.scan.decode import Decoded, decode_detail
 from mirror_scan.scan.report import ReportWriter, record
 from mirror_scan.store.discover import Found
 from mirror_scan.store.ledger import Ledger
 from mirror_scan.store.rows import path_key
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -228,6 +231,7 @@ class FileRecorder:
                     self.counters.upstream_pending += 1
                 else:
                     self.counters.quarantined += 1
+                log.info("quarantined %s (%s): %s", found.path, action, short_reason(verdict.reason))
         self.write_report(found.path, sha256, report_status or status, verdict.label, verdict.reason, found.size,
                           fmt, action)  # fmt: skip
 
@@ -249,6 +253,7 @@ class FileRecorder:
         found: Found | None = None,
     ) -> None:
         self.counters.errors += 1
+        log.info("could not check %s: %s", path, reason)
         self.ledger.record_file(
             path_key(path),
             root=path_key(found.root) if found and found.root else None,

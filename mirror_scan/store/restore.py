@@ -49,7 +49,9 @@ class Restores:
         """Put the item's bytes back, byte-identical, at its original path (or `to`), and allowlist them.
         Uses the remote the item recorded (it must be configured here) unless upstream=False."""
         with self.item_lock(item_id, wait_s=wait_s):
-            return self._restore_locked(item_id, to, upstream)
+            target = self._restore_locked(item_id, to, upstream)
+        log.info("restored quarantine item %s to %s (sha256 allowlisted)", item_id, display_path(target))
+        return target
 
     def _checked_item(self, item_id: str) -> tuple[ItemRow, dict[str, Any]]:
         """The ledger's row and the metadata file, which must agree: the ledger is the authority, and a
