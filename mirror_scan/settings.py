@@ -5,6 +5,7 @@ the default (paths under the user's data dir)."""
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 import tomllib
@@ -152,7 +153,11 @@ SPECS: dict[str, Spec] = {
     "state": Spec(Path, lambda: data_dir() / "state.db", "SQLite state database"),
     "quarantine": Spec(Path, lambda: data_dir() / "quarantine", "quarantine directory"),
     "batch_size": Spec(_positive_int, lambda: 16, "images per inference batch"),
-    "workers": Spec(_positive_int, lambda: max(1, os.cpu_count() or 1), "decode threads"),
+    "workers": Spec(
+        _positive_int,
+        lambda: max(1, os.cpu_count() or 1),
+        "decode threads (and decoder processes with decoders=process)",
+    ),
     "device": Spec(_choice("auto", "cuda", "cpu"), lambda: "auto", "auto, cuda or cpu"),
     "precision": Spec(_choice("auto", "fp32", "fp16", "int8"), lambda: "auto", "image encoder precision"),
     "max_pixels": Spec(_positive_int, lambda: 64_000_000, "refuse images with more pixels (decompression bombs)"),
@@ -343,6 +348,79 @@ def shown(name: str, value: Any) -> str:
     if name in URL_SETTINGS:
         return redact_url(value)
     return str(value)
+
+
+def typed(name: str, value: Any) -> Any:
+    """A setting's value for JSON: numbers and flags as themselves, paths as text, tuples as lists, None
+    as null; secrets as *** and database URLs without their password, as everywhere."""
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    if name in SECRET_SETTINGS:
+        return "***"
+    if name in URL_SETTINGS:
+        return redact_url(value)
+    if isinstance(value, tuple | list):
+        return list(value)
+    if isinstance(value, dict):
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in value.items()}
+    return str(value)
+
+
+SECTIONS = ("pictrs", "lemmy", "notify")  # [pictrs] url = ... is the setting pictrs_url
+# What an unset setting looks like when set, for `config init` (each parses as its setting).
+EXAMPLES = {
+    "remote": "pictrs:pictrs-bucket",
+    "rclone": "/usr/bin/rclone",
+    "pictrs_url": "http://127.0.0.1:8080",
+    "pictrs_database_url": "postgresql://mirror_scan_ro@127.0.0.1/pictrs",
+    "pictrs_database_password_file": "/etc/mirror-scan/pictrs-db-password",
+    "lemmy_database_url": "postgresql://mirror_scan_ro@127.0.0.1/lemmy",
+    "lemmy_database_password_file": "/etc/mirror-scan/lemmy-db-password",
+    "lemmy_url": "https://lemmy.example",
+    "lemmy_username": "mirror-scan-bot",
+    "lemmy_password_file": "/etc/mirror-scan/lemmy-password",
+    "lemmy_notify": ["admin"],
+}
+
+
+def commented_config() -> str:
+    """A config file to start from: every setting that may live in a file, commented out at its default,
+    with what it does. Secrets are shown where they go but belong in files or the environment."""
+    lines = [
+        "# mirror-scan configuration. Precedence: command-line flag > MIRROR_SCAN_* environment > this file >",
+        "# default. Uncomment what you change; `mirror-scan config` shows every value and where it came from.",
+        "# Passwords never go here: use the *_password_file settings or MIRROR_SCAN_* environment variables.",
+        "",
+        "[scan]",
+    ]
+    sectioned: dict[str, list[str]] = {section: [] for section in SECTIONS}
+    for name, spec in SPECS.items():
+        if name in ENV_ONLY or name in ("actions", "actions_dry_run"):
+            continue
+        default = spec.default()
+        value = EXAMPLES.get(name, "") if default in (None, ()) else default
+        value = list(value) if isinstance(value, tuple) else value
+        rendered = json.dumps(str(value) if isinstance(value, Path) else value, ensure_ascii=False)
+        section = next((s for s in SECTIONS if name.startswith(f"{s}_")), None)
+        key = name.removeprefix(f"{section}_") if section else name
+        target = sectioned[section] if section else lines
+        if name in SECRET_SETTINGS:  # no value line: a secret belongs in the environment
+            target.append(f"# {key}: {spec.help}; secret: set MIRROR_SCAN_{name.upper()} in the environment")
+            continue
+        target.append(f"# {key}: {spec.help}")
+        target.append(f"# {key} = {rendered}")
+    for section in SECTIONS:
+        lines += ["", f"[{section}]", *sectioned[section]]
+    lines += [
+        "",
+        "[actions]",
+        "# What follows a quarantine, per label (remove, report, notify); none by default (attribution only).",
+        '# csam = ["remove", "report", "notify"]',
+        '# "*" = ["report"]',
+        "# dry_run = true   # plan and record actions, send nothing",
+        "",
+    ]
+    return "\n".join(lines)
 
 
 def describe(settings: Settings) -> list[tuple[str, str, str]]:

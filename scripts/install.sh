@@ -23,6 +23,15 @@ if ! command -v c++ >/dev/null 2>&1; then
     exit 1
   fi
 fi
+# promtool (Debian's prometheus package): the tests check the alert rules and the daemons' metrics with it.
+if ! command -v promtool >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus) \
+      >/dev/null 2>&1 || echo "note: could not install prometheus (promtool); its checks will be skipped" >&2
+  else
+    echo "note: promtool is missing (sudo apt-get install prometheus); the alert-rule checks will be skipped" >&2
+  fi
+fi
 # PostgreSQL's server binaries: the attribution tests start a real server (pict-rs's and Lemmy's schemas).
 # mirror-scan itself only needs network access to the instance's databases, not a local server.
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then

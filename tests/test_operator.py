@@ -206,3 +206,94 @@ def test_services_log_one_line_per_event_in_text_or_json(tmp_path, tiny_bundle_m
     assert proc.returncode == 0, proc.stderr
     (line,) = [line for line in proc.stderr.splitlines() if "restored quarantine item" in line]
     assert line.startswith("<6>info: mirror_scan.store.restore: restored quarantine item") and str(deep) in line
+
+
+# ----------------------------------------------------------------------------- deployment
+
+REPO = __import__("pathlib").Path(__file__).resolve().parents[1]
+
+
+def _exec_start(unit) -> list[str]:
+    import shlex
+
+    text = unit.read_text().replace("\\\n", " ")
+    (line,) = [line for line in text.splitlines() if line.startswith("ExecStart=")]
+    return shlex.split(line.removeprefix("ExecStart="))
+
+
+def test_every_systemd_unit_runs_a_command_line_the_cli_accepts(tmp_path):
+    import shutil
+    import subprocess
+    import sys
+
+    units = sorted((REPO / "scripts" / "systemd").iterdir())
+    assert {u.name for u in units} >= {
+        "mirror-scan-watch.service", "mirror-scan-serve.service", "mirror-scan-purge.service", "mirror-scan-purge.timer"
+    }  # fmt: skip
+    binary = shutil.which("mirror-scan", path=str(__import__("pathlib").Path(sys.executable).parent))
+    assert binary, "the venv's mirror-scan entry point"
+    for unit in units:
+        text = unit.read_text()
+        if unit.suffix == ".service":
+            argv = _exec_start(unit)
+            assert argv[0] == "/opt/mirror-scan/.venv/bin/mirror-scan", argv
+            # Every option the unit passes exists (click refuses an unknown one before it reads --help).
+            proc = subprocess.run([binary, *argv[1:], "--help"], capture_output=True, text=True, timeout=60)
+            assert proc.returncode == 0, (unit.name, proc.stdout[-500:], proc.stderr[-500:])
+            assert "PrivateTmp=yes" in text and "NoNewPrivileges=yes" in text and "UMask=0077" in text
+        (tmp_path / unit.name).write_text(text.replace("/opt/mirror-scan/.venv/bin/mirror-scan", binary))
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        return  # the command lines are checked above; systemd's own checks need systemd-analyze
+    for unit in sorted(tmp_path.iterdir()):
+        proc = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, (unit.name, proc.stdout, proc.stderr)
+        assert "Unknown key" not in proc.stderr and "Unknown section" not in proc.stderr, proc.stderr
+
+
+def test_alert_rules_and_dashboard_name_metrics_the_daemons_export():
+    import re
+    import shutil
+    import subprocess
+
+    rules = REPO / "scripts" / "monitoring" / "prometheus-alerts.yml"
+    dashboard = json.loads((REPO / "scripts" / "monitoring" / "grafana-dashboard.json").read_text())
+    exported = set()
+    for module in ("app/daemon.py", "intake/http.py"):
+        source = (REPO / "mirror_scan" / module).read_text()
+        exported |= set(re.findall(r'"(mirror_scan_[a-z_]+)"', source))
+        exported |= {f"mirror_scan_{key}" for key in re.findall(r'\("([a-z_]+)", "[A-Z]', source)}
+    exprs = [t["expr"] for p in dashboard["panels"] for t in p["targets"]] + re.findall(
+        r"expr: (.+)", rules.read_text()
+    )
+    for expr in exprs:
+        for name in re.findall(r"\bmirror_scan_[a-z_]+", expr):
+            base = re.sub(r"_(total|bucket|count|sum)$", "", name)
+            assert name in exported or base in exported, (name, expr)
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        return  # names checked above; promtool (Debian's prometheus package) checks the rule syntax
+    proc = subprocess.run([promtool, "check", "rules", str(rules)], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0 and "SUCCESS: 6 rules found" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_config_init_writes_a_commented_file_that_parses(tmp_path):
+    import re
+
+    target = tmp_path / "config.toml"
+    proc = run_cli("config", "init", "--out", str(target))
+    assert proc.returncode == 0 and target.exists(), proc.stderr
+    assert oct(target.stat().st_mode & 0o777) == "0o600"
+    text = target.read_text()
+    assert all(line.startswith("#") or line.startswith("[") or not line for line in text.splitlines())
+    assert "password =" not in text  # passwords never go in the file
+    # Every example, uncommented, is a valid setting.
+    uncommented = re.sub(r"^# (\w+ = .+)$", r"\1", text, flags=re.M)
+    (tmp_path / "all.toml").write_text(uncommented)
+    shown = run_cli("config", "--config", str(tmp_path / "all.toml"), "--json")
+    assert shown.returncode == 0, shown.stderr
+    values = json.loads(shown.stdout)
+    assert values["batch_size"] == {"value": 16, "source": f"config {tmp_path / 'all.toml'}"}, values["batch_size"]
+    assert values["remote"]["value"] == "pictrs:pictrs-bucket" and values["lemmy_notify"]["value"] == ["admin"]
+    again = run_cli("config", "init", "--out", str(target))
+    assert again.returncode == 2 and "exists" in again.stderr

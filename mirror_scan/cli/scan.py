@@ -33,6 +33,7 @@ from mirror_scan.cli.options import (
     open_writer,
     require_state,
 )
+from mirror_scan.errors import UsageError
 from mirror_scan.scan.decide import short_reason
 from mirror_scan.settings import Settings, describe, resolve
 from mirror_scan.store.rows import display_path
@@ -312,18 +313,48 @@ def register(app: typer.Typer) -> None:
             finally:
                 writer.close()
 
-    @app.command("config")
-    def config_cmd(config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
+    config_app = typer.Typer(
+        help="Show every setting and where it came from; `config init` writes a commented file to start from.",
+        invoke_without_command=True,
+    )
+    app.add_typer(config_app, name="config")
+
+    @config_app.callback()
+    def config_cmd(ctx: typer.Context, config: ConfigOpt = None, json_out: JsonOpt = False) -> None:
         """Show every setting, its value, and where it came from (flag, env, config file, default)."""
+        if ctx.invoked_subcommand is not None:
+            return
+        from mirror_scan.settings import typed
+
         settings = _settings(config)
         rows = describe(settings)
         if json_out:
-            print_json({name: {"value": value, "source": source} for name, value, source in rows})
+            print_json(
+                {name: {"value": typed(name, getattr(settings, name)), "source": source} for name, _, source in rows}
+            )
             return
         table = Table("setting", "value", "from")
         for row in rows:
             table.add_row(*row)
         out.print(table)
+
+    @config_app.command("init")
+    def config_init(
+        path: Annotated[
+            Path | None, typer.Option("--out", help="Where to write it (default: the user config file).")
+        ] = None,
+        force: Annotated[bool, typer.Option("--force", help="Replace a file that exists.")] = False,
+    ) -> None:
+        """Write a commented config file: every setting at its default, commented out, with what it does."""
+        from mirror_scan.atomic import atomic_write_bytes
+        from mirror_scan.settings import commented_config, default_config_path
+
+        target = path or default_config_path()
+        if target.exists() and not force:
+            raise UsageError(f"{target} exists; nothing was written", hint="pass --force to replace it, or --out PATH")
+        target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        atomic_write_bytes(target, commented_config().encode(), 0o600)
+        out.print(f"wrote {target}: uncomment what you change; `mirror-scan config` shows the result")
 
 
 __all__ = ["register"]
