@@ -242,8 +242,11 @@ def test_a_second_bucket_scan_on_the_same_state_is_refused(bucket, tmp_path, tin
     assert proc.returncode == 2
     assert "another bucket scan of TESTS3:pictrs on this state database is running" in proc.stderr
     assert "Traceback" not in proc.stderr
-    again = site.bucket_scan("--dry-run")  # free again once the first has ended
+    report = tmp_path / "objects.jsonl"
+    again = site.bucket_scan("--dry-run", "--report", str(report))  # free again once the first has ended
     assert again.returncode == expected_exit(site.state), again.stderr
+    records = [json.loads(line) for line in report.read_text().splitlines()]  # one per object, like scan's
+    assert sorted(r["path"].split("/", 1)[1] for r in records) == sorted(OBJECTS), records
 
 
 def test_an_edited_origin_in_the_metadata_refuses_the_restore(bucket, tmp_path, tiny_bundle_master):

@@ -297,3 +297,35 @@ def test_config_init_writes_a_commented_file_that_parses(tmp_path):
     assert values["remote"]["value"] == "pictrs:pictrs-bucket" and values["lemmy_notify"]["value"] == ["admin"]
     again = run_cli("config", "init", "--out", str(target))
     assert again.returncode == 2 and "exists" in again.stderr
+
+
+def test_commands_that_print_data_speak_json(tmp_path, tiny_bundle_master, flag_all):
+    policies = json.loads(run_cli("policy", "list", "--json").stdout)
+    assert {p["name"] for p in policies} >= {"horde-v2", "horde-v1"} and any(p["default"] for p in policies)
+    verified = json.loads(run_cli("model", "verify", str(tiny_bundle_master), "--json").stdout)
+    assert verified["files_verified"] > 0 and any(p["status"] == "ok" for p in verified["precisions"]), verified
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    for seed in range(2):
+        generated_image(seed, 64, 48).save(tree / f"p{seed}.png")
+    where = ("--state", str(tmp_path / "s.db"), "--quarantine", str(tmp_path / "q"))
+    run_cli("scan", str(tree), "--model", str(tiny_bundle_master), "--policy", str(flag_all), *where)
+    checked = json.loads(run_cli("state", "check", "--json", *where).stdout)
+    assert checked["ok"] is True and checked["items"] == 2 and checked["files"] == 2, checked
+    first, second = (i["id"] for i in json.loads(run_cli("quarantine", "list", "--json", *where).stdout))
+    shown = json.loads(run_cli("quarantine", "show", first, "--json", *where).stdout)
+    assert shown["id"] == first and shown["ledger"]["state"] == "quarantined"
+    restore = run_cli("quarantine", "restore", first, "--json", *where)
+    assert restore.returncode == 0, restore.stderr
+    restored = json.loads(restore.stdout)
+    assert [r["id"] for r in restored["restored"]] == [first] and restored["failed"] == []
+    refused = run_cli("quarantine", "purge", second, "--json", *where)
+    assert refused.returncode == 2 and "--yes" in refused.stderr  # nobody to ask
+    purged = json.loads(run_cli("quarantine", "purge", second, "--json", "--yes", *where).stdout)
+    assert purged == {"purged": [second]}
+    listfile = tmp_path / "list.csv"
+    listfile.write_text("type,hash\nsha256," + __import__("hashlib").sha256(b"listed").hexdigest() + "\n")
+    imported = json.loads(run_cli("hashlist", "import", str(listfile), "--name", "l", "--json", *where).stdout)
+    assert imported["entries"]["sha256"] == 1 and imported["action"] == "flag"
+    # The common options are accepted by every command that touches the state.
+    assert run_cli("report", *where).returncode == 0

@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from mirror_scan.errors import UsageError
@@ -25,6 +26,8 @@ class BucketScanOptions:
     wave_shards: int = 16
     fetch_threads: int = 8
     dry_run: bool = False
+    report: Path | None = None  # one record per object, like `scan --report`
+    report_format: str = "jsonl"
 
 
 @dataclass
@@ -89,14 +92,28 @@ class BucketScan:
         say: Callable[[str], None] | None = None,
     ) -> BucketScanRun:
         """on_progress(progress, counters) after each ingested batch; say(note) for follow-up notes."""
-        from mirror_scan.bucket.engine import RayPlan, scan_bucket, workdir_for
         from mirror_scan.scan.act import BucketActor
+        from mirror_scan.scan.report import ReportWriter
         from mirror_scan.scan.runner import Scan
 
         options = self.options
         actor = None if options.dry_run else BucketActor(workspace.ledger, workspace.quarantine)
-        runner = Scan(workspace.ledger, self.bundle, self.scorer, self.policy, self.config, actor=actor)
-        progress, info = scan_bucket(
+        writer = ReportWriter(options.report, options.report_format) if options.report else None
+        runner = Scan(workspace.ledger, self.bundle, self.scorer, self.policy, self.config, actor=actor, report=writer)
+        try:
+            progress, info = self._scan(runner, on_progress)
+        finally:
+            if writer:
+                writer.close()
+        if not options.dry_run:
+            workspace.run_follow_ups(say=say or (lambda note: None))
+        return self._summary(runner, progress, info)
+
+    def _scan(self, runner, on_progress) -> tuple[Any, dict]:
+        from mirror_scan.bucket.engine import RayPlan, scan_bucket, workdir_for
+
+        options = self.options
+        return scan_bucket(
             runner,
             self.spec,
             options.prefix,
@@ -106,9 +123,9 @@ class BucketScan:
             on_batch=(lambda p: on_progress(p, runner.counters)) if on_progress else None,
             shard_rows=options.shard_rows,
         )
-        if not options.dry_run:
-            workspace.run_follow_ups(say=say or (lambda note: None))
-        counters = runner.counters
+
+    def _summary(self, runner, progress, info: dict) -> BucketScanRun:
+        options, counters = self.options, runner.counters
         summary = {
             **progress.as_dict(),
             # Of this run's listing: listed = skipped_unchanged + scanned + errors (results recovered from an

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 from typing import Annotated
 
 import typer
@@ -55,6 +56,8 @@ def scan(
     ] = 16,
     fetch_threads: Annotated[int, typer.Option("--fetch-threads", help="GETs in flight per worker.", min=1)] = 8,
     dry_run: DryRunOpt = False,
+    report: Annotated[Path | None, typer.Option("--report", help="Write one record per object here.")] = None,
+    report_format: Annotated[str, typer.Option("--report-format", help="jsonl or csv.")] = "jsonl",
     model: ModelOpt = None,
     policy: PolicyOpt = None,
     severity: SeverityOpt = None,
@@ -93,7 +96,8 @@ def scan(
         },
         config,
     )
-    options = BucketScanOptions(remote, prefix, engine, ray_address, shard_rows, wave_shards, fetch_threads, dry_run)
+    options = BucketScanOptions(remote, prefix, engine, ray_address, shard_rows, wave_shards, fetch_threads, dry_run,
+                                report, report_format)  # fmt: skip
     bucket_scan = BucketScan(settings, options)
     show = not quiet and not json_out
     if show:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 import sys
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from mirror_scan.hashing import md5_bytes, sha256_bytes
 from mirror_scan.settings import resolve
 from mirror_scan.text import csv_cell
 
+log = logging.getLogger(__name__)
 hashlist_app = typer.Typer(
     help="Hash lists: flag known pictures by PDQ (re-encoded copies too), sha256 or md5, and share yours.",
     no_args_is_help=True,
@@ -39,7 +41,9 @@ def import_cmd(
     action: Annotated[str, typer.Option("--action", help="flag (act on matches) or review (record only).")] = "flag",
     replace: Annotated[bool, typer.Option("--replace", help="Replace a list of the same name.")] = False,
     state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Import a shared list. Every line is checked first: on any bad line nothing is imported and every
     bad line is reported with its number. A running watch or serve applies it from its next batch; a scan
@@ -70,7 +74,7 @@ def import_cmd(
     if not entries:
         raise UsageError(f"{file} holds no hashes: nothing imported")
     entries, merged = merge_duplicates(entries)
-    with open_writer(resolve({"state": state}, config), quiet=True) as workspace:
+    with open_writer(resolve({"state": state, "quarantine": quarantine}, config), quiet=True) as workspace:
         ledger = workspace.ledger
         with ledger.transaction():  # a replacement is one step: never a moment without the list
             if ledger.lists.has_hash_list(name):
@@ -83,6 +87,10 @@ def import_cmd(
     kinds = {kind: sum(1 for e in entries if e[0] == kind) for kind in ("pdq", "sha256", "md5", "vpdq")}
     summary = ", ".join(f"{count:,} {kind}" for kind, count in kinds.items() if count)
     duplicates = f" ({merged:,} duplicate(s) merged)" if merged else ""
+    log.info("imported hash list %r (%s) from %s: %s", name, action, file, summary)
+    if json_out:
+        print_json({"name": name, "action": action, "entries": kinds, "duplicates_merged": merged})
+        return
     out.print(f"imported hash list {name!r} ({action}): {summary}{duplicates}")
 
 

@@ -230,6 +230,7 @@ def model_info(
 def model_verify(
     model_dir: Annotated[Path, typer.Argument(help="Bundle directory.")],
     device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
 ) -> None:
     """Check every file's sha256, build the session, and embed one generated image. Exit 0 when sound."""
     import numpy as np
@@ -242,32 +243,43 @@ def model_verify(
 
     bundle = load_bundle(model_dir)
     cpu = cpu_info()
-    out.print(f"this CPU: {cpu.model}: {', '.join(cpu.features) or 'no listed features'} ({cpu.int8_class})")
+    say = (lambda text: None) if json_out else out.print
+    say(f"this CPU: {cpu.model}: {', '.join(cpu.features) or 'no listed features'} ({cpu.int8_class})")
     probe = np.stack([to_model_input(generated_image(seed), bundle.preprocess) for seed in range(4)])
-    reference = None
+    reference, results = None, []
     for precision in bundle.available_precisions():
         try:
             encoder = ImageEncoder(bundle, device="cpu" if precision == "int8" else device, precision=precision)
         except MirrorScanError as error:
-            out.print(f"{precision}: skipped ({error})")
+            results.append({"precision": precision, "status": "skipped", "note": str(error)})
+            say(f"{precision}: skipped ({error})")
             continue
         if encoder.placement.precision != precision:
-            out.print(f"{precision}: skipped ({encoder.placement.note})")
+            results.append({"precision": precision, "status": "skipped", "note": encoder.placement.note})
+            say(f"{precision}: skipped ({encoder.placement.note})")
             continue
         emb = encoder(probe)
         if emb.shape != (len(probe), bundle.embedding_dim) or not np.isfinite(emb).all():
             raise MirrorScanError(
                 f"{precision} image encoder returned {emb.shape}, expected (4, {bundle.embedding_dim})"
             )
+        result = {"precision": precision, "status": "ok", "provider": encoder.placement.provider}
         line = f"{precision}: ok on {encoder.placement.provider}"
         if reference is None:
             reference = emb
         else:
-            line += f", min cosine vs fp32 {float((emb * reference).sum(axis=1).min()):.6f}"
-        out.print(line)
+            result["min_cosine_vs_fp32"] = round(float((emb * reference).sum(axis=1).min()), 6)
+            line += f", min cosine vs fp32 {result['min_cosine_vs_fp32']:.6f}"
+        say(line)
         if encoder.int8_check is not None:
-            out.print(f"  {encoder.int8_check.describe()}")
-    out.print(f"bundle {model_dir}: all {len(bundle.manifest['sha256'])} files verified")
+            result["int8_check"] = encoder.int8_check.describe()
+            say(f"  {encoder.int8_check.describe()}")
+        results.append(result)
+    files = len(bundle.manifest["sha256"])
+    if json_out:
+        print_json({"bundle": str(model_dir), "files_verified": files, "cpu": cpu.model, "precisions": results})
+        return
+    out.print(f"bundle {model_dir}: all {files} files verified")
 
 
 @model_app.command("concepts")
@@ -292,14 +304,21 @@ def model_concepts(
 
 
 @policy_app.command("list")
-def policy_list() -> None:
+def policy_list(json_out: JsonOpt = False) -> None:
     """List the built-in policies."""
     from mirror_scan.policy import DEFAULT_POLICY, builtin_policies, load_policy
 
+    listed = []
     for name in builtin_policies():
         policy = load_policy(name)
-        mark = " (default)" if name == DEFAULT_POLICY else ""
-        out.print(f"{name}{mark}: rule {policy.rule}, {len(policy.prompts)} prompts, made for {policy.made_for}")
+        listed.append({"name": name, "default": name == DEFAULT_POLICY, "policy_id": policy.policy_id,
+                       "rule": policy.rule, "prompts": len(policy.prompts), "made_for": policy.made_for})  # fmt: skip
+    if json_out:
+        print_json(listed)
+        return
+    for p in listed:
+        mark = " (default)" if p["default"] else ""
+        out.print(f"{p['name']}{mark}: rule {p['rule']}, {p['prompts']} prompts, made for {p['made_for']}")
 
 
 @policy_app.command("show")

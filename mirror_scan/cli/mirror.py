@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from mirror_scan.cli.console import err, out, print_json
-from mirror_scan.cli.options import ConfigOpt, QuarantineOpt, RcloneOpt, StateOpt
+from mirror_scan.cli.options import ConfigOpt, JsonOpt, QuarantineOpt, RcloneOpt, StateOpt
 from mirror_scan.errors import UsageError
 from mirror_scan.settings import resolve
 
@@ -29,9 +29,10 @@ def pull(
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the arrived keys as JSON.")] = False,
+    list_paths: Annotated[bool, typer.Option("--list", help="Print the path of every file that arrived.")] = False,
 ) -> None:
     """One-way copy of new objects from the bucket into the mirror. Never deletes or replaces a local
-    file, and never brings back what is quarantined. Prints the keys that arrived."""
+    file, and never brings back what is quarantined. Says how many arrived (--list: each path)."""
     from mirror_scan.app.workspace import Workspace
     from mirror_scan.clients.rclone import Rclone
 
@@ -66,9 +67,10 @@ def pull(
             {"remote": settings.remote, "to": str(to), "arrived": keys, "excluded": len(excluded), "removed": removed}
         )
         return
-    for key in keys:
-        out.print(str(to / key))
-    err.print(
+    if list_paths:
+        for key in keys:
+            out.print(str(to / key))
+    out.print(
         f"{len(keys)} new file(s); {len(excluded)} quarantined key(s) excluded"
         + (f"; {len(removed)} copy(ies) of files quarantined meanwhile removed again" if removed else "")
     )
@@ -112,6 +114,7 @@ def remote_cmd(
 def pictrs_check(
     url: Annotated[str | None, typer.Option("--url", help="pict-rs base URL.")] = None,
     config: ConfigOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Test the pict-rs URL and API key (the key comes from MIRROR_SCAN_PICTRS_API_KEY or [pictrs] api_key)."""
     from mirror_scan.clients.pictrs import Pictrs
@@ -123,6 +126,9 @@ def pictrs_check(
             hint="set [pictrs] url and api_key in the config, or MIRROR_SCAN_PICTRS_URL and MIRROR_SCAN_PICTRS_API_KEY",
         )
     result = Pictrs(settings.pictrs_url, settings.pictrs_api_key).check()
+    if json_out:
+        print_json({"url": result["url"], "reachable": True, "api_key_accepted": True})
+        return
     out.print(f"pict-rs at {result['url']}: reachable, API key accepted")
 
 

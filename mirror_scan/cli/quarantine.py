@@ -109,11 +109,23 @@ def q_list(
     width = max(60, out.size.width if out.is_terminal else 120)
     for e in entries:
         when = e["quarantined_at"][:16].replace("T", " ")
-        labels = ",".join(e["labels"])[:10] or "-"
+        labels = _label_text(e["labels"])
         who = f"{e['uploader'][:16]:16s}  " if attributed else ""
-        head = f"{e['short_id']:13s}  {when}  {STATE_SHORT.get(e['state'], e['state']):11s}  {labels:10s}  {who}"
+        head = f"{e['short_id']:13s}  {when}  {STATE_SHORT.get(e['state'], e['state']):11s}  {labels:12s}  {who}"
         out.print(head + _fit_left(e["original"], width - len(head)))
     out.print(f"{len(entries)} item(s)")
+
+
+LABEL_ORDER = ("csam", "hash list", "underage", "nsfw")  # the gravest first: it is the one a line shows
+
+
+def _label_text(labels: list[str]) -> str:
+    """The gravest label and how many more (csam+2), "-" for none; "subject" (a context label) is left out."""
+    shown = sorted((x for x in labels if x != "subject"), key=lambda x: (x not in LABEL_ORDER, LABEL_ORDER.index(x)
+                   if x in LABEL_ORDER else 0, x))  # fmt: skip
+    if not shown:
+        return "-"
+    return (shown[0] + (f"+{len(shown) - 1}" if len(shown) > 1 else ""))[:12]
 
 
 STATE_SHORT = {"upstream_pending": "pending", "quarantining": "moving"}
@@ -126,7 +138,13 @@ def _fit_left(text: str, room: int) -> str:
 
 
 @quarantine_app.command("show")
-def q_show(item_id: str, state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
+def q_show(
+    item_id: str,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
     """An item's metadata (never opens or renders the quarantined file): the ledger's record, which is the
     authority, and the item's own metadata file."""
     from mirror_scan.moderation.actions import describe_action
@@ -163,6 +181,9 @@ def q_show(item_id: str, state: StateOpt = None, quarantine: QuarantineOpt = Non
         }
     else:
         meta["ledger"] = None
+    if json_out:  # one line, for scripts (the default is the same document, indented)
+        print_json(meta)
+        return
     out.print(json.dumps(meta, indent=2, ensure_ascii=False))
 
 
@@ -278,6 +299,7 @@ def q_restore(
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Put items back, byte-identical, where they came from (the mirror, and the bucket each item records),
     and allowlist their sha256 so they are never flagged again. Works while the watch daemon runs. Refuses
@@ -308,30 +330,54 @@ def q_restore(
         hint="see `mirror-scan quarantine list` (restored and purged items cannot be restored)",
     )  # fmt: skip
     if not chosen:
-        out.print("nothing to restore")
+        if json_out:
+            print_json({"restored": [], "pending": [], "failed": []})
+        else:
+            out.print("nothing to restore")
         return
     if since is not None or label is not None or from_file is not None:  # a selection: show it, then ask
-        for e in chosen:
+        if json_out and not yes:
+            raise UsageError("--json leaves nobody to ask: pass --yes as well", hint="or leave out --json to be asked")
+        for e in [] if yes else chosen:
             out.print(f"{e['id']}  {e['original']}  {_reason_text(e['reason'])}  {e['state']}")
         if not yes and not typer.confirm(f"Restore these {len(chosen)} item(s)?", default=False):
             raise typer.Exit(1)
-    failed = pending = 0
+    results: dict[str, list] = {"restored": [], "pending": [], "failed": []}
     with _writer(state, quarantine, config, quiet=True, rclone=rclone) as workspace:
-        for entry in chosen:
+        for entry in _with_progress(chosen, "restoring", json_out):
             try:
                 target = workspace.quarantine.restore(entry["id"], to=to, upstream=not no_upstream)
             except UpstreamRestorePending as error:
-                pending += 1
+                results["pending"].append({"id": entry["id"], "why": str(error)})
                 err.print(f"pending: {entry['id']}: {error}")
                 continue
             except MirrorScanError as error:
-                failed += 1
+                results["failed"].append({"id": entry["id"], "why": str(error)})
                 err.print(f"error: {entry['id']}: {error}")
                 continue
-            out.print(f"restored {entry['id']} -> {display_path(target)} (sha256 allowlisted)")
+            results["restored"].append({"id": entry["id"], "path": display_path(target)})
+            if not json_out:
+                out.print(f"restored {entry['id']} -> {display_path(target)} (sha256 allowlisted)")
         workspace.run_follow_ups(say=lambda note: err.print(note))  # undo what moderation did
-    if failed or pending:
-        raise typer.Exit(2 if failed else 1)
+    if json_out:
+        print_json(results)
+    if results["failed"] or results["pending"]:
+        raise typer.Exit(2 if results["failed"] else 1)
+
+
+def _with_progress(entries: list[dict], what: str, quiet: bool):
+    """Bulk work with a progress display at a terminal (more than a few items); plain iteration otherwise."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    if quiet or len(entries) < 5 or not err.is_terminal:
+        yield from entries
+        return
+    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=err, transient=True) as bar:
+        task = bar.add_task(what, total=len(entries))
+        for entry in entries:
+            yield entry
+            bar.advance(task)
 
 
 @quarantine_app.command("purge")
@@ -350,11 +396,14 @@ def q_purge(
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
     """Delete quarantined bytes permanently (a metadata tombstone stays), or with --pictrs purge the
     items from pict-rs. Nothing else ever deletes: check your reporting and preservation duties first."""
     if not item_ids and not older_than:
         raise UsageError("name items to purge, or pass --older-than DURATION")
+    if json_out and not yes:
+        raise UsageError("--json leaves nobody to ask: pass --yes as well", hint="or leave out --json to be asked")
     settings = resolve({"state": state, "quarantine": quarantine}, config)
     with _writer(state, quarantine, config) as workspace:
         store = workspace.quarantine
@@ -364,6 +413,9 @@ def q_purge(
             store.entries(), states, ids=item_ids, older_than_ts=cutoff, what="purgeable", expected="purgeable"
         )
         if not chosen:
+            if json_out:
+                print_json({"purged": []})
+                return
             out.print("nothing to purge")
             return
         if pictrs:
@@ -378,8 +430,11 @@ def q_purge(
             question = f"Permanently delete the bytes of these {len(chosen)} item(s) ({states})?"
             if not typer.confirm(question, default=False):
                 raise typer.Exit(1)
-        for e in chosen:
+        for e in _with_progress(chosen, "purging", json_out):
             store.purge(e["id"])
+    if json_out:
+        print_json({"purged": [e["id"] for e in chosen]})
+        return
     out.print(f"purged {len(chosen)} item(s)")
 
 

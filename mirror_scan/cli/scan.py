@@ -297,6 +297,7 @@ def register(app: typer.Typer) -> None:
         errors: Annotated[bool, typer.Option("--errors", help="Only files that could not be scanned.")] = False,
         output: Annotated[Path | None, typer.Option("--out", "-o", help="Write here instead of stdout.")] = None,
         state: StateOpt = None,
+        quarantine: QuarantineOpt = None,  # noqa: ARG001 - accepted like every command's (unused: the ledger has it)
         config: ConfigOpt = None,
     ) -> None:
         """One record per file: path, sha256, status, verdict, reason, size, format, action."""

@@ -7,10 +7,11 @@ import time
 
 import typer
 
-from mirror_scan.cli.console import err, out
+from mirror_scan.cli.console import err, out, print_json
 from mirror_scan.cli.options import (
     ConfigOpt,
     ImportRootOpt,
+    JsonOpt,
     QuarantineOpt,
     StateOpt,
     YesOpt,
@@ -24,7 +25,9 @@ state_app = typer.Typer(help="Check, recover or rebuild the state database.", no
 
 
 @state_app.command("check")
-def check(state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
+def check(
+    state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False
+) -> None:
     """Read-only health check of the state database (SQLite's integrity check, tables, unfinished moves)."""
     from mirror_scan.app.workspace import refuse_lost_state
     from mirror_scan.store.ledger import Ledger, StateDamaged
@@ -48,6 +51,10 @@ def check(state: StateOpt = None, quarantine: QuarantineOpt = None, config: Conf
             f"state database {settings.state} is damaged",
             hint=f"`mirror-scan state rebuild --state {settings.state}` rebuilds it from the quarantine's metadata",
         )
+    if json_out:
+        print_json({"state": str(settings.state), "ok": True, "files": files, "items": items,
+                    "unfinished_moves": len(moves)})  # fmt: skip
+        return
     out.print(f"{settings.state}: ok, {files} file(s), {items} quarantine item(s), {len(moves)} unfinished move(s)")
 
 
