@@ -162,6 +162,7 @@ def test_status_command_and_metrics(tmp_path, tiny_bundle_master, flag_all):
         assert "mirror_scan_upstream_pending " in metrics and "mirror_scan_queue_depth " in metrics
         assert 'mirror_scan_landing_to_verdict_seconds_bucket{le="' in metrics
         assert "mirror_scan_inference_batch_seconds_count 1.0" in metrics
+        assert "mirror_scan_in_flight 0.0" in metrics  # idle: nothing in flight
         promtool = shutil.which("promtool")
         if promtool is not None:  # Debian's prometheus package: the exposition passes Prometheus's own lint
             checked = subprocess.run([promtool, "check", "metrics"], input=metrics, capture_output=True, text=True)

@@ -338,6 +338,7 @@ class Scan:
                 timeout = 0 if in_flight else (0.05 if self._batch else (1.0 if stalled else None))
                 if timeout != 0:
                     self._commit()  # never wait for work holding the write lock: other writers need it
+                    self.in_flight = len(self._batch)  # what waits while we wait (0 when idle, for the gauge)
                 try:
                     item = source.get(timeout=timeout) if timeout != 0 else source.get_nowait()
                 except queue.Empty:
