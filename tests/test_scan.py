@@ -320,8 +320,8 @@ def test_settings_come_from_flags_then_env_then_config_then_defaults(tmp_path):
     env = {"MIRROR_SCAN_BATCH_SIZE": "8", "MIRROR_SCAN_DATA_DIR": str(tmp_path / "data")}
     shown = json.loads(run_cli("config", "--config", str(config), "--json", env=env).stdout)
     assert shown["policy"] == {"value": "horde-v1", "source": f"config {config}"}
-    assert shown["batch_size"] == {"value": "8", "source": "env MIRROR_SCAN_BATCH_SIZE"}
-    assert shown["workers"]["value"] == "3"
+    assert shown["batch_size"] == {"value": 8, "source": "env MIRROR_SCAN_BATCH_SIZE"}
+    assert shown["workers"]["value"] == 3  # typed (issue 26: config --json gave every value as a string)
     assert shown["state"] == {"value": str(tmp_path / "data" / "state.db"), "source": "default"}
     from mirror_scan.settings import resolve
 

@@ -190,6 +190,9 @@ def ban(
 
     settings = resolve({"state": state, "quarantine": quarantine}, config)
     with Workspace.writer(settings) as workspace:
+        from mirror_scan.store.selection import expand_ids
+
+        (item_id,) = expand_ids([item_id], (row.id for row in workspace.ledger.items()))
         item = workspace.ledger.item(item_id)
         if item is None:
             raise UsageError(f"no quarantine item {item_id}", hint="see `mirror-scan quarantine list`")

@@ -239,7 +239,9 @@ def q_attribute(
             if missing:
                 chosen = [i for i in chosen if _incomplete(workspace.ledger.follow_ups.attribution(i))]
         else:
-            chosen = list(item_ids or [])
+            from mirror_scan.store.selection import expand_ids
+
+            chosen = expand_ids(list(item_ids or []), (row.id for row in workspace.ledger.items()))
         moderation = workspace.moderation
         for item_id in chosen:
             item = workspace.ledger.item(item_id)

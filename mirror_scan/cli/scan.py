@@ -6,6 +6,7 @@ import logging
 import os
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -61,6 +62,18 @@ def _labels_of(rows) -> dict[str, int]:
         for label in labels:
             counts[label] = counts.get(label, 0) + 1
     return counts
+
+
+@contextmanager
+def _counting(total: int, what: str, quiet: bool):
+    """A progress display for `total` steps at a terminal (yields the step callback); nothing otherwise."""
+    if quiet or total < 5 or not err.is_terminal:
+        yield None
+        return
+    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
+                  transient=True) as bar:  # fmt: skip
+        task = bar.add_task(what, total=total)
+        yield lambda: bar.advance(task)
 
 
 def _progress_enabled(quiet: bool, json_out: bool) -> bool:
@@ -231,14 +244,15 @@ def register(app: typer.Typer) -> None:
                 return
             if not typer.confirm(f"Quarantine these {len(todo)} file(s)?", default=False):
                 raise typer.Exit(1)
-        with open_writer(settings, quiet=json_out) as workspace:
+        with open_writer(settings, quiet=json_out) as workspace, _counting(len(todo), "quarantining", json_out) as tick:
             if settings.remote:
                 for root in {row.root for row in workspace.ledger.flagged_unacted() if row.root}:
                     workspace.bind_mirror(os.fsdecode(root), settings.remote, "apply --remote")
-            acted = apply_verdicts(workspace.ledger, QuarantineActor(workspace.ledger, workspace.quarantine))
+            actor = QuarantineActor(workspace.ledger, workspace.quarantine)
+            acted = apply_verdicts(workspace.ledger, actor, on_each=tick)
             if bucket_root is not None:  # objects scanned in that bucket (`bucket scan`) that have no mirror copy
                 actor = BucketActor(workspace.ledger, workspace.quarantine)
-                acted += apply_verdicts(workspace.ledger, actor, "bucket", bucket_root)
+                acted += apply_verdicts(workspace.ledger, actor, "bucket", bucket_root, on_each=tick)
             workspace.run_follow_ups(say=None if json_out else lambda note: err.print(note))
         if json_out:
             print_json({"acted": acted})

@@ -125,14 +125,22 @@ def rescore(
     return summary
 
 
-def apply_verdicts(ledger: Ledger, actor: Actor, origin: str | None = None, root: bytes | None = None) -> int:
+def apply_verdicts(
+    ledger: Ledger,
+    actor: Actor,
+    origin: str | None = None,
+    root: bytes | None = None,
+    on_each: Callable[[], None] | None = None,
+) -> int:
     """Act on every flagged verdict not yet acted on; no inference. origin "bucket": the objects scanned
-    in the bucket `root` (NAME:bucket)."""
+    in the bucket `root` (NAME:bucket). on_each() after each file (a progress display)."""
     acted = 0
     for row in list(ledger.flagged_unacted(origin)):
         if root is not None and row.root != root:
             continue
         if actor.act(row.path):  # the quarantine records the file's action
             acted += 1
+        if on_each:
+            on_each()
     ledger.commit()
     return acted
