@@ -24,6 +24,14 @@ from mirror_scan.cli.options import (
     open_reader,
     open_writer,
 )
+from mirror_scan.cli.views import (
+    STATE_SHORT,
+    count_by,
+    fit_left,
+    item_reason,
+    label_text,
+    with_progress,
+)
 from mirror_scan.errors import UsageError
 from mirror_scan.kinds import EXPORTED_STATES, PURGEABLE_STATES
 from mirror_scan.settings import resolve
@@ -41,19 +49,6 @@ def _reader(state, quarantine, config):
 def _writer(state, quarantine, config, quiet=False, rclone=None):
     settings = resolve({"state": state, "quarantine": quarantine, "rclone": rclone}, config)
     return open_writer(settings, quiet=quiet)
-
-
-def _count_by(entries: list[dict], key: str) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for e in entries:
-        counts[str(e[key])] = counts.get(str(e[key]), 0) + 1
-    return counts
-
-
-def _reason_text(reason) -> str:
-    from mirror_scan.scan.decide import short_reason
-
-    return short_reason(reason) if reason else ""
 
 
 @quarantine_app.command("list")
@@ -109,32 +104,11 @@ def q_list(
     width = max(60, out.size.width if out.is_terminal else 120)
     for e in entries:
         when = e["quarantined_at"][:16].replace("T", " ")
-        labels = _label_text(e["labels"])
+        labels = label_text(e["labels"])
         who = f"{e['uploader'][:16]:16s}  " if attributed else ""
         head = f"{e['short_id']:13s}  {when}  {STATE_SHORT.get(e['state'], e['state']):11s}  {labels:12s}  {who}"
-        out.print(head + _fit_left(e["original"], width - len(head)))
+        out.print(head + fit_left(e["original"], width - len(head)))
     out.print(f"{len(entries)} item(s)")
-
-
-LABEL_ORDER = ("csam", "hash list", "underage", "nsfw")  # the gravest first: it is the one a line shows
-
-
-def _label_text(labels: list[str]) -> str:
-    """The gravest label and how many more (csam+2), "-" for none; "subject" (a context label) is left out."""
-    shown = sorted((x for x in labels if x != "subject"), key=lambda x: (x not in LABEL_ORDER, LABEL_ORDER.index(x)
-                   if x in LABEL_ORDER else 0, x))  # fmt: skip
-    if not shown:
-        return "-"
-    return (shown[0] + (f"+{len(shown) - 1}" if len(shown) > 1 else ""))[:12]
-
-
-STATE_SHORT = {"upstream_pending": "pending", "quarantining": "moving"}
-
-
-def _fit_left(text: str, room: int) -> str:
-    """A path that fits `room` columns: its end kept (the file name), the start replaced by an ellipsis."""
-    room = max(room, 8)
-    return text if len(text) <= room else "\u2026" + text[-(room - 1) :]
 
 
 @quarantine_app.command("show")
@@ -341,12 +315,12 @@ def q_restore(
         if json_out and not yes:
             raise UsageError("--json leaves nobody to ask: pass --yes as well", hint="or leave out --json to be asked")
         for e in [] if yes else chosen:
-            out.print(f"{e['id']}  {e['original']}  {_reason_text(e['reason'])}  {e['state']}")
+            out.print(f"{e['id']}  {e['original']}  {item_reason(e['reason'])}  {e['state']}")
         if not yes and not typer.confirm(f"Restore these {len(chosen)} item(s)?", default=False):
             raise typer.Exit(1)
     results: dict[str, list] = {"restored": [], "pending": [], "failed": []}
     with _writer(state, quarantine, config, quiet=True, rclone=rclone) as workspace:
-        for entry in _with_progress(chosen, "restoring", json_out):
+        for entry in with_progress(chosen, "restoring", json_out):
             try:
                 target = workspace.quarantine.restore(entry["id"], to=to, upstream=not no_upstream)
             except UpstreamRestorePending as error:
@@ -365,21 +339,6 @@ def q_restore(
         print_json(results)
     if results["failed"] or results["pending"]:
         raise typer.Exit(2 if results["failed"] else 1)
-
-
-def _with_progress(entries: list[dict], what: str, quiet: bool):
-    """Bulk work with a progress display at a terminal (more than a few items); plain iteration otherwise."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-    if quiet or len(entries) < 5 or not err.is_terminal:
-        yield from entries
-        return
-    columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task(what, total=len(entries))
-        for entry in entries:
-            yield entry
-            bar.advance(task)
 
 
 @quarantine_app.command("purge")
@@ -428,11 +387,11 @@ def q_purge(
                 out.print(
                     f"{e['id']}  {e['state']:16s} {e['quarantined_at'][:10]}  {e['original'] or e.get('key') or ''}"
                 )
-            states = ", ".join(f"{count} {state}" for state, count in _count_by(chosen, "state").items())
+            states = ", ".join(f"{count} {state}" for state, count in count_by(chosen, "state").items())
             question = f"Permanently delete the bytes of these {len(chosen)} item(s) ({states})?"
             if not typer.confirm(question, default=False):
                 raise typer.Exit(1)
-        for e in _with_progress(chosen, "purging", json_out):
+        for e in with_progress(chosen, "purging", json_out):
             store.purge(e["id"])
     if json_out:
         print_json({"purged": [e["id"] for e in chosen]})
