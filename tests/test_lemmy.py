@@ -552,7 +552,7 @@ def test_settings_refuse_passwords_in_config_and_unknown_actions(tmp_path):
     assert shown["notify_webhook"]["value"] == "***"
     env = {"MIRROR_SCAN_ACTIONS": "csam=remove+report;nsfw=report"}
     shown = json.loads(run_cli("config", "--json", env=env).stdout)
-    assert shown["actions"]["value"] == str({"csam": ("remove", "report"), "nsfw": ("report",)})
+    assert shown["actions"]["value"] == {"csam": ["remove", "report"], "nsfw": ["report"]}  # typed (issue 26)
 
 
 def test_planning_and_undo_are_pure():
