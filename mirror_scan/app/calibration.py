@@ -1,0 +1,91 @@
+"""`calibrate` as an application object: read a benign sample, score what the ledger has not scored yet
+(stored results are reused, new ones stored), and hand every picture's similarities to
+scan/calibrate.py. Records no file rows and no verdicts: a calibration sample never becomes something
+`apply` could act on."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from mirror_scan.settings import Settings
+
+
+@dataclass
+class Sample:
+    sims: list[np.ndarray]  # per picture, the policy's columns
+    reused: int
+    scored: int
+    errors: list[tuple[str, str]]  # (path, why): not part of the sample
+    seconds: float
+
+
+class Calibration:
+    def __init__(self, settings: Settings) -> None:
+        from mirror_scan.app.scanner import load_scanner, scan_config
+        from mirror_scan.model.scoring import columns, result_model_id
+
+        self.settings = settings
+        self.bundle, self.policy, self.offset, self.scorer = load_scanner(settings)
+        self.config = scan_config(settings, self.offset, self.policy)
+        self.model_id = result_model_id(self.bundle, self.scorer, self.config.limits)
+        self.policy_columns = columns(self.bundle.concepts.prompts, self.policy)
+
+    def read(self, workspace, paths: list[Path], progress: Callable[[int], None] | None = None) -> Sample:
+        """Every picture under `paths` (discovered like a scan: no links followed, *.partial skipped)."""
+        from mirror_scan.model.scoring import policy_sims
+        from mirror_scan.scan.read import Failed, Reused, ToScore, fetch
+        from mirror_scan.store.discover import Found, discover
+
+        started = time.monotonic()
+        ledger, results = workspace.ledger, workspace.ledger.results
+        prompt_set = results.ensure_prompt_set(self.bundle.concepts.prompts) if not ledger.readonly else None
+        sims: list[np.ndarray] = []
+        errors: list[tuple[str, str]] = []
+        reused = scored = 0
+        batch: list[ToScore] = []
+
+        def flush() -> None:
+            nonlocal scored
+            if not batch:
+                return
+            embeddings, all_sims = self.scorer(np.concatenate([item.pixels for item in batch]))
+            start = 0
+            for item in batch:
+                rows = slice(start, start + len(item.pixels))
+                start += len(item.pixels)
+                sims.append(all_sims[rows][:, self.policy_columns])
+                if prompt_set is not None:  # stored for the next calibration, and for scans of the same bytes
+                    results.put_result(item.picture.sha256, self.model_id, prompt_set, all_sims[rows],
+                                       embeddings[rows], item.picture.detail)  # fmt: skip
+                scored += 1
+            batch.clear()
+            ledger.commit()
+
+        for found in discover([str(p) for p in paths]):
+            if not isinstance(found, Found):
+                errors.append((found.path, found.reason))
+                continue
+            outcome = fetch(found, prep=self.bundle.preprocess, limits=self.config.limits,
+                            max_bytes=self.config.max_bytes,
+                            lookup_result=lambda sha: results.result_id_for(sha, self.model_id),
+                            read_timeout_s=self.config.read_timeout_s)  # fmt: skip
+            if isinstance(outcome, Reused):
+                stored = results.get_result(outcome.result_id)
+                prompts = results.prompt_set(stored.prompt_set)
+                sims.append(policy_sims(stored.sims, stored.embedding, prompts, self.policy, self.bundle))
+                reused += 1
+            elif isinstance(outcome, ToScore):
+                batch.append(outcome)
+                if sum(len(item.pixels) for item in batch) >= self.config.batch_size:
+                    flush()
+            elif isinstance(outcome, Failed):
+                errors.append((found.path, outcome.reason))
+            if progress:
+                progress(len(sims) + len(batch) + len(errors))
+        flush()
+        return Sample(sims, reused, scored, errors, time.monotonic() - started)
