@@ -14,6 +14,7 @@ from rich.table import Table
 from mirror_scan import __version__
 from mirror_scan.cli import bucket as cli_bucket
 from mirror_scan.cli import calibrate as cli_calibrate
+from mirror_scan.cli import canary as cli_canary
 from mirror_scan.cli import lemmy as cli_lemmy
 from mirror_scan.cli import mirror as cli_mirror
 from mirror_scan.cli import quarantine as cli_quarantine
@@ -48,6 +49,7 @@ cli_state.register(app)
 cli_lemmy.register(app)
 cli_bucket.register(app)
 cli_calibrate.register(app)
+cli_canary.register(app)
 app.add_typer(hashlist_app, name="hashlist")
 
 

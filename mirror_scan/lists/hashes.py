@@ -312,20 +312,24 @@ class Matcher:
         return best
 
 
+from mirror_scan.lists.canary import with_canary  # noqa: E402 - canary imports this module lazily
+
+
 class LiveMatcher:
-    """The matcher of a long run (scan, watch, serve): rebuilt when a list is imported, replaced or removed
+    """The matcher of a long run (scan, watch, serve), the built-in canary list included: rebuilt when a list
+    is imported, replaced or removed
     (`refresh()`: one small query), so a running daemon needs no restart. `ledger` gives
     `hash_lists_version()` and `hash_list_entries()`."""
 
     def __init__(self, ledger) -> None:
         self.ledger = ledger
         self.version = ledger.lists.hash_lists_version()
-        self.matcher = Matcher(ledger.lists.hash_list_entries())
+        self.matcher = Matcher(with_canary(ledger.lists.hash_list_entries()))
 
     def refresh(self) -> Matcher:
         version = self.ledger.lists.hash_lists_version()
         if version != self.version:
-            self.version, self.matcher = version, Matcher(self.ledger.lists.hash_list_entries())
+            self.version, self.matcher = version, Matcher(with_canary(self.ledger.lists.hash_list_entries()))
         return self.matcher
 
     def match_stored(self, sha256: str) -> Match | None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from mirror_scan.lists.canary import CANARY_LABEL, CANARY_LIST
 from mirror_scan.policy import Policy, evaluate
 
 
@@ -120,7 +121,8 @@ def with_hash_match(verdict: Verdict, match, allowlisted: bool) -> Verdict:
     if allowlisted or match.action != "flag":
         reason["hash_list_would_flag" if allowlisted else "hash_list_review"] = found
         return Verdict(verdict.flagged, reason)
-    flagged = {"flagged": True, "labels": ["hash list"], **found}
+    label = CANARY_LABEL if found["hash_list"] == CANARY_LIST else "hash list"
+    flagged = {"flagged": True, "labels": [label], **found}
     for key in ("notes", "partial"):
         if key in reason:
             flagged[key] = reason[key]

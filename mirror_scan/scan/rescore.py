@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from mirror_scan.lists.canary import with_canary
 from mirror_scan.lists.hashes import Matcher, match_stored
 from mirror_scan.model.bundle import Bundle
 from mirror_scan.model.scoring import policy_sims
@@ -60,7 +61,7 @@ def rescore(
         for set_id in ledger.results.prompt_set_ids()
     }
     cursor = ledger.results.rescore_rows([s for s, needed in needs_embedding.items() if needed])
-    matcher = Matcher(ledger.lists.hash_list_entries())
+    matcher = Matcher(with_canary(ledger.lists.hash_list_entries()))
     lists_changed = ledger.lists.hash_lists_changed_at()
     updates: list[tuple[str, str | None, float, int]] = []
     while rows := cursor.fetchmany(CHUNK):

@@ -79,6 +79,7 @@ class ListTables:
             r[0]
             for r in self.db.execute(
                 f"SELECT sha256 FROM quarantine WHERE state IN {EXPORTED_SQL} "  # noqa: S608
+                "AND coalesce(json_extract(reason, '$.hash_list'), '') != 'canary' "  # the test picture: never shared
                 "AND created >= ? GROUP BY sha256 ORDER BY min(created)",
                 (since or 0.0,),
             )

@@ -1,0 +1,90 @@
+"""`canary`: a harmless test picture that proves the whole chain (upload or arrival -> flagged -> quarantined
+-> removed upstream -> attributed -> actions -> notified) without waiting for real abuse."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from mirror_scan.cli.console import out, print_json
+from mirror_scan.cli.options import ConfigOpt, JsonOpt, QuarantineOpt, StateOpt, open_reader
+from mirror_scan.errors import UsageError
+from mirror_scan.settings import resolve
+
+canary_app = typer.Typer(
+    help="A harmless picture every mirror-scan flags (like EICAR for virus scanners): make it, upload it, "
+    "follow it through every step.",
+    no_args_is_help=True,
+)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(canary_app, name="canary")
+
+
+@canary_app.command("make")
+def make(
+    path: Annotated[Path, typer.Argument(help="Where to write the canary picture.")],
+    fmt: Annotated[str, typer.Option("--format", help="png or jpeg.")] = "png",
+    force: Annotated[bool, typer.Option("--force", help="Replace a file that exists.")] = False,
+) -> None:
+    """Write the canary: abstract shapes and "MIRROR-SCAN CANARY" in the pixels. Its hashes are on a built-in
+    list, so scan, watch, serve and bucket scan flag it whatever the model says (label "canary"; choose
+    what follows with `[actions] canary = [...]`). Upload it through Lemmy, then `mirror-scan canary status`.
+    It is never exported to hash lists."""
+    from mirror_scan.atomic import atomic_write_bytes
+    from mirror_scan.lists.canary import canary_bytes
+
+    kind = {"png": "PNG", "jpeg": "JPEG", "jpg": "JPEG"}.get(fmt.lower())
+    if kind is None:
+        raise UsageError(f"--format {fmt!r}", hint="png or jpeg")
+    if path.exists() and not force:
+        raise UsageError(f"{path} exists; nothing written", hint="pass --force, or another path")
+    atomic_write_bytes(path, canary_bytes(kind), 0o644)
+    out.print(f"wrote the mirror-scan canary to {path}: upload it, then run `mirror-scan canary status`")
+
+
+@canary_app.command("status")
+def status(
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Every canary seen, newest first, with the time of each step it went through (quarantined, removed
+    upstream or pending, attributed, each action and notice) and what failed."""
+    from mirror_scan.lists.canary import CANARY_LIST
+    from mirror_scan.moderation.actions import describe_action
+
+    with open_reader(resolve({"state": state, "quarantine": quarantine}, config)) as workspace:
+        seen = []
+        for entry in workspace.quarantine.entries():
+            if (entry["reason"] or {}).get("hash_list") != CANARY_LIST:
+                continue
+            try:
+                history = workspace.quarantine.read_meta(entry["id"]).get("history", [])
+            except Exception:  # noqa: BLE001 - a missing or damaged item file: the ledger's steps still show
+                history = []
+            steps = [{"step": h.get("state"), "at": h.get("at")} for h in history]
+            for f in workspace.ledger.follow_ups.followups(entry["id"]):
+                at = dt.datetime.fromtimestamp(f.updated, dt.UTC).isoformat(timespec="seconds")
+                steps.append({"step": f"{describe_action(f.action, f.target)}: {f.state}", "at": at,
+                              **({"error": f.error} if f.error else {})})  # fmt: skip
+            steps.sort(key=lambda s: s["at"] or "")
+            keep = ("id", "state", "source", "quarantined_at", "original")
+            seen.append({**{key: entry[key] for key in keep}, "steps": steps})
+    seen.sort(key=lambda c: c["quarantined_at"], reverse=True)
+    if json_out:
+        print_json(seen)
+        return
+    if not seen:
+        out.print("no canary seen yet: `mirror-scan canary make canary.png`, upload it, and look again")
+        return
+    for canary in seen:
+        out.print(f"{canary['id']}  {canary['state']}  from {canary['source']}: {canary['original']}")
+        for step in canary["steps"]:
+            failed = f"  ({step['error']})" if step.get("error") else ""
+            out.print(f"  {(step['at'] or '?')[:19].replace('T', ' ')}  {step['step']}{failed}")
