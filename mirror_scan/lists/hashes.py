@@ -326,6 +326,11 @@ class LiveMatcher:
         self.version = ledger.lists.hash_lists_version()
         self.matcher = Matcher(with_canary(ledger.lists.hash_list_entries()))
 
+    @property
+    def has_imported(self) -> bool:
+        """Lists beyond the built-in canary exist (the version's first field counts imported lists)."""
+        return bool(self.version[0])
+
     def refresh(self) -> Matcher:
         version = self.ledger.lists.hash_lists_version()
         if version != self.version:

@@ -77,8 +77,10 @@ class Decider:
         return self.ledger.results.result_id_for(sha256, self.model_id, conn=conn)
 
     def listed(self, sha256: str) -> bool:
-        """On an imported hash list (a list imported after the file was decided applies now)."""
-        return self.lists.match_stored(sha256) is not None
+        """On an imported hash list (a list imported after the file was decided applies now). The built-in
+        canary list was there when the file was decided: with no list imported, nothing can have changed,
+        and an unchanged tree is rescanned without reading any stored hash."""
+        return self.lists.has_imported and self.lists.match_stored(sha256) is not None
 
     def scored(
         self,
