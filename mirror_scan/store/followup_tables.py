@@ -4,30 +4,13 @@ attributions it fills in. Shares the ledger's connection and transactions (`ledg
 from __future__ import annotations
 
 import json
-import sqlite3
 import time
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from mirror_scan.store.ledger import Ledger
 
 from mirror_scan.store.rows import _FOLLOWUP_COLUMNS, FollowupRow
+from mirror_scan.store.vocabulary import Vocabulary
 
 
-class FollowupTables:
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        return self.ledger.db
-
-    def begin(self) -> None:
-        self.ledger.begin()
-
-    def transaction(self):
-        return self.ledger.transaction()
-
+class FollowupTables(Vocabulary):
     def add_followup(
         self,
         item_id: str,

@@ -3,31 +3,14 @@ and pushes. Shares the ledger's connection and transactions (`ledger.lists`)."""
 
 from __future__ import annotations
 
-import sqlite3
 import time
 from collections.abc import Iterator
-from typing import TYPE_CHECKING
 
 from mirror_scan.store.schema import DECIDED_SQL, EXPORTED_SQL
-
-if TYPE_CHECKING:
-    from mirror_scan.store.ledger import Ledger
+from mirror_scan.store.vocabulary import Vocabulary
 
 
-class ListTables:
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        return self.ledger.db
-
-    def begin(self) -> None:
-        self.ledger.begin()
-
-    def transaction(self):
-        return self.ledger.transaction()
-
+class ListTables(Vocabulary):
     def put_picture_hashes(
         self,
         sha256: str,

@@ -7,31 +7,15 @@ import hashlib
 import json
 import sqlite3
 import time
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from mirror_scan.store.rows import RescoreRow, StoredResult
 from mirror_scan.store.schema import DECIDED_SQL
-
-if TYPE_CHECKING:
-    from mirror_scan.store.ledger import Ledger
+from mirror_scan.store.vocabulary import Vocabulary
 
 
-class ResultTables:
-    def __init__(self, ledger: Ledger) -> None:
-        self.ledger = ledger
-
-    @property
-    def db(self) -> sqlite3.Connection:
-        return self.ledger.db
-
-    def begin(self) -> None:
-        self.ledger.begin()
-
-    def transaction(self):
-        return self.ledger.transaction()
-
+class ResultTables(Vocabulary):
     def ensure_prompt_set(self, prompts: tuple[str, ...]) -> str:
         text = json.dumps(list(prompts), ensure_ascii=False)
         set_id = hashlib.sha256(text.encode()).hexdigest()[:16]
