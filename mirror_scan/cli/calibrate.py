@@ -68,10 +68,12 @@ def calibrate(
     job = Calibration(settings)
     with open_writer(settings, quiet=json_out) as workspace:
         sample = job.read(workspace, paths)
-    if not sample.sims:
-        raise UsageError("no picture in the sample could be read", hint="check the paths (`report`-style errors above)")
     for path, why in sample.errors[:20]:
         err.print(f"not in the sample: {path}: {why}")
+    if len(sample.errors) > 20:
+        err.print(f"... and {len(sample.errors) - 20} more not in the sample")
+    if not sample.sims:
+        raise UsageError("no picture in the sample could be read", hint="the lines above say why, file by file")
     offsets = offsets_around(job.policy, job.offset)
     result = compute(job.policy, sample.sims, job.offset, target_fp, offsets)
     now, chosen = result.at(job.offset), result.chosen
