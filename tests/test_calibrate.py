@@ -78,6 +78,11 @@ def test_calibrate_reports_the_true_rate_and_picks_a_severity_that_meets_the_tar
                      "--json", "--config", str(config), *where)  # fmt: skip
     summary = json.loads(rescan.stdout)
     assert summary["flagged"] / 200 <= 0.05 and summary["scanned"] == 0, summary  # re-decided, none read
+    # report --summary gives the same view over what was scanned (the 200 files decided by the first pass).
+    overview = run_cli("report", "--summary", "--policy", str(policy), "--state", str(tmp_path / "s.db"))
+    assert overview.returncode == 0, overview.stderr
+    (current,) = [line for line in overview.stdout.splitlines() if "<- current" in line and "%" in line]
+    assert "200 decided file(s)" in overview.stdout and current.split()[1] == "20", overview.stdout
     human = run_cli("calibrate", str(sample), "--model", str(tiny_bundle_master), "--policy", str(policy),
                     "--target-fp", "0.05", *where)  # fmt: skip
     assert "most sensitive severity meeting 5.00%" in human.stdout and "<- current" in human.stdout, human.stdout

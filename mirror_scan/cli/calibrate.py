@@ -55,7 +55,7 @@ def calibrate(
     threshold, and the most sensitive severity whose interval stays under --target-fp."""
     from mirror_scan.app.calibration import Calibration
     from mirror_scan.scan.calibrate import calibrate as compute
-    from mirror_scan.scan.calibrate import histogram, offsets_around
+    from mirror_scan.scan.calibrate import offsets_around
 
     settings = resolve(
         {"model": model, "policy": policy, "severity": severity, "device": device, "state": state,
@@ -130,13 +130,7 @@ def calibrate(
         return
     out.print(f"{result.pictures} benign picture(s) ({sample.reused} reused, {sample.scored} scored), policy "
               f"{job.policy.policy_id}")  # fmt: skip
-    out.print(f"{'offset':>8} {'flagged':>8} {'rate':>8}  95% interval        by label")
-    for p in result.points:
-        if not (_on_step(p.offset, 0.005) or p.offset in (now.offset, getattr(chosen, "offset", None))):
-            continue
-        labels = ", ".join(f"{k} {v}" for k, v in sorted(p.by_label.items()) if v) or "-"
-        mark = " <- current" if p is now else (" <- chosen" if p is chosen else "")
-        out.print(f"{p.offset:+8.4f} {p.flagged:8d} {p.rate:8.2%}  {_interval(p.low, p.high):18s}  {labels}{mark}")
+    print_rates(result, offsets)
     out.print(f"now (severity {now.offset:+g}): {_rate_text(now.flagged, result.pictures, now.high)}")
     out.print(f"{result.near_current} picture(s) change verdict within one step of the current threshold")
     if chosen is None:
@@ -144,14 +138,33 @@ def calibrate(
     else:
         out.print(f"most sensitive severity meeting {target_fp:.2%}: {chosen.offset:+g} "
                   f"({_rate_text(chosen.flagged, result.pictures, chosen.high)})")  # fmt: skip
-    out.print("margins (the highest offset at which each picture is still flagged):")
-    for line in histogram(result.critical, offsets, job.offset, getattr(chosen, "offset", None)):
-        if not line.split()[1:2] == ["0"] or "<-" in line or line.startswith("never"):
-            out.print(f"  {line}")
+    print_margins(result, offsets)
     for note in result.notes:
         out.print(f"note: {note}")
     if write:
         out.print(f"severity {chosen.offset:+g} written to {summary['written']} (`mirror-scan rescore` applies it)")
+
+
+def print_rates(result, offsets) -> None:
+    """The table: per severity offset (every 0.005, the current and the chosen one), how many are flagged,
+    the share with its 95% interval, and by label."""
+    now, chosen = result.at(result.current), result.chosen
+    out.print(f"{'offset':>8} {'flagged':>8} {'rate':>8}  95% interval        by label")
+    for p in result.points:
+        if not (_on_step(p.offset, 0.005) or p.offset in (now.offset, getattr(chosen, "offset", None))):
+            continue
+        labels = ", ".join(f"{k} {v}" for k, v in sorted(p.by_label.items()) if v) or "-"
+        mark = " <- current" if p is now else (" <- chosen" if p is chosen else "")
+        out.print(f"{p.offset:+8.4f} {p.flagged:8d} {p.rate:8.2%}  {_interval(p.low, p.high):18s}  {labels}{mark}")
+
+
+def print_margins(result, offsets) -> None:
+    from mirror_scan.scan.calibrate import histogram
+
+    out.print("margins (the highest offset at which each picture is still flagged):")
+    for line in histogram(result.critical, offsets, result.current, getattr(result.chosen, "offset", None)):
+        if not line.split()[1:2] == ["0"] or "<-" in line or line.startswith("never"):
+            out.print(f"  {line}")
 
 
 def _on_step(offset: float, step: float) -> bool:

@@ -46,6 +46,38 @@ def _settings(config: Path | None, **flags) -> Settings:
     return resolve(flags, config)
 
 
+def _report_summary(settings: Settings) -> None:
+    """calibrate's rates and margins over every decided file of the ledger (stored results, no image read)."""
+    import numpy as np
+
+    from mirror_scan.cli.calibrate import print_margins, print_rates
+    from mirror_scan.model.bundle import load_bundle
+    from mirror_scan.model.scoring import policy_sims
+    from mirror_scan.policy import load_policy, resolve_severity
+    from mirror_scan.scan.calibrate import calibrate, offsets_around
+    from mirror_scan.store.ledger import Ledger
+
+    policy = load_policy(settings.policy)
+    offset = resolve_severity(policy, settings.severity)
+    bundle = load_bundle(settings.model) if (settings.model / "manifest.json").exists() else None
+    sims = []
+    with Ledger(settings.state, readonly=True) as ledger:
+        results = ledger.results
+        needed = [s for s in results.prompt_set_ids() if any(p not in results.prompt_set(s) for p in policy.prompts)]
+        for row in results.rescore_rows(needed):
+            prompts = results.prompt_set(row.prompt_set)
+            rows = np.frombuffer(row.sims, np.float32).reshape(row.frames, len(prompts))
+            embedding = np.frombuffer(row.embedding, np.float16).reshape(row.frames, -1) if row.embedding else None
+            sims.append(policy_sims(rows, embedding, prompts, policy, bundle))
+    if not sims:
+        raise UsageError("nothing decided in this state database yet", hint="run mirror-scan scan first")
+    offsets = offsets_around(policy, offset)
+    result = calibrate(policy, sims, offset, offsets=offsets)
+    out.print(f"{result.pictures} decided file(s), policy {policy.policy_id}, severity {offset:+g}")
+    print_rates(result, offsets)
+    print_margins(result, offsets)
+
+
 APPLY_ASKS_OVER = 10  # at a terminal, apply lists and asks before acting on more files than this
 APPLY_LISTS = 20
 
@@ -313,13 +345,27 @@ def register(app: typer.Typer) -> None:
         state: StateOpt = None,
         quarantine: QuarantineOpt = None,  # noqa: ARG001 - accepted like every command's (unused: the ledger has it)
         config: ConfigOpt = None,
+        summary: Annotated[
+            bool,
+            typer.Option(
+                "--summary",
+                help="Instead of records: how many of the scanned files each severity would flag, with a "
+                "95% interval, and their margins (calibrate's view, over what was scanned).",
+            ),
+        ] = False,
+        policy: PolicyOpt = None,
+        severity: SeverityOpt = None,
+        model: ModelOpt = None,
     ) -> None:
         """One record per file: path, sha256, status, verdict, reason, size, format, action."""
         from mirror_scan.scan.report import ReportWriter, ledger_records
         from mirror_scan.store.ledger import Ledger
 
-        settings = _settings(config, state=state)
+        settings = _settings(config, state=state, policy=policy, severity=severity, model=model)
         require_state(settings)
+        if summary:
+            _report_summary(settings)
+            return
         with Ledger(settings.state, readonly=True) as ledger:
             writer = ReportWriter(output, fmt)
             try:
