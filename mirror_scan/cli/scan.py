@@ -6,7 +6,6 @@ import logging
 import os
 import sys
 import time
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -34,6 +33,7 @@ from mirror_scan.cli.options import (
     open_writer,
     require_state,
 )
+from mirror_scan.cli.views import counting
 from mirror_scan.errors import UsageError
 from mirror_scan.scan.decide import short_reason
 from mirror_scan.settings import Settings, describe, resolve
@@ -94,18 +94,6 @@ def _labels_of(rows) -> dict[str, int]:
         for label in labels:
             counts[label] = counts.get(label, 0) + 1
     return counts
-
-
-@contextmanager
-def _counting(total: int, what: str, quiet: bool):
-    """A progress display for `total` steps at a terminal (yields the step callback); nothing otherwise."""
-    if quiet or total < 5 or not err.is_terminal:
-        yield None
-        return
-    with Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err,
-                  transient=True) as bar:  # fmt: skip
-        task = bar.add_task(what, total=total)
-        yield lambda: bar.advance(task)
 
 
 def _progress_enabled(quiet: bool, json_out: bool) -> bool:
@@ -276,7 +264,7 @@ def register(app: typer.Typer) -> None:
                 return
             if not typer.confirm(f"Quarantine these {len(todo)} file(s)?", default=False):
                 raise typer.Exit(1)
-        with open_writer(settings, quiet=json_out) as workspace, _counting(len(todo), "quarantining", json_out) as tick:
+        with open_writer(settings, quiet=json_out) as workspace, counting(len(todo), "quarantining", json_out) as tick:
             if settings.remote:
                 for root in {row.root for row in workspace.ledger.flagged_unacted() if row.root}:
                     workspace.bind_mirror(os.fsdecode(root), settings.remote, "apply --remote")

@@ -3,6 +3,9 @@ with a progress display. Pure formatting (and rich's progress), no state."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+
 from mirror_scan.cli.console import err
 
 
@@ -40,16 +43,25 @@ def fit_left(text: str, room: int) -> str:
     return text if len(text) <= room else "\u2026" + text[-(room - 1) :]
 
 
-def with_progress(entries: list[dict], what: str, quiet: bool):
-    """Bulk work with a progress display at a terminal (more than a few items); plain iteration otherwise."""
+@contextmanager
+def counting(total: int, what: str, quiet: bool) -> Iterator[Callable[[], None] | None]:
+    """A progress display for `total` steps at a terminal (more than a few): yields the step callback, or
+    None where there is nothing to show (quiet, few steps, not a terminal)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
-    if quiet or len(entries) < 5 or not err.is_terminal:
-        yield from entries
+    if quiet or total < 5 or not err.is_terminal:
+        yield None
         return
     columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
     with Progress(*columns, console=err, transient=True) as bar:
-        task = bar.add_task(what, total=len(entries))
+        task = bar.add_task(what, total=total)
+        yield lambda: bar.advance(task)
+
+
+def with_progress(entries: list[dict], what: str, quiet: bool):
+    """Bulk work over `entries`, each counted on the display `counting` shows."""
+    with counting(len(entries), what, quiet) as tick:
         for entry in entries:
             yield entry
-            bar.advance(task)
+            if tick:
+                tick()
