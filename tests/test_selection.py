@@ -41,3 +41,14 @@ def test_purge_selects_by_age():
     cutoff = 1767225600.0 + 86_400  # 2026-01-02
     chosen = select_items(ENTRIES, (*PURGEABLE_STATES, "purged"), older_than_ts=cutoff, what="purgeable")
     assert [e["id"] for e in chosen] == ["d"]
+
+
+def test_fragments_name_items_except_where_the_action_cannot_be_undone():
+    from mirror_scan.store.selection import expand_ids, short_id
+
+    ids = ["20261201T074758Z-3f2a9c1b7e4d-1a2b", "20261201T074759Z-9e8d7c6b5a49-ffff"]
+    assert short_id(ids[0]) == "3f2a9c1b-1a2b"
+    assert expand_ids(["3f2a9c1b-1a2b", "9e8d7c"], ids) == ids
+    assert expand_ids(["3f2a9c1b-1a2b", "9e8d7c"], ids, fragments=False) == [ids[0], "9e8d7c"]  # kept as typed
+    with pytest.raises(UsageError, match="matches 2 items"):
+        expand_ids(["20261201"], ids)

@@ -371,7 +371,13 @@ def q_purge(
         cutoff = dt.datetime.now(dt.UTC).timestamp() - parse_duration(older_than) if older_than else None
         states = EXPORTED_STATES if pictrs else PURGEABLE_STATES
         chosen = select_items(
-            store.entries(), states, ids=item_ids, older_than_ts=cutoff, what="purgeable", expected="purgeable"
+            store.entries(),
+            states,
+            ids=item_ids,
+            older_than_ts=cutoff,
+            what="purgeable",
+            expected="purgeable",
+            fragments=False,  # irreversible: a whole id or the short one, never a fragment that happens to fit
         )
         if not chosen:
             if json_out:

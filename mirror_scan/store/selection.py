@@ -14,10 +14,11 @@ Entry = dict[str, Any]
 MIN_ID_FRAGMENT = 4
 
 
-def expand_ids(names: list[str], known: Iterable[str]) -> list[str]:
+def expand_ids(names: list[str], known: Iterable[str], fragments: bool = True) -> list[str]:
     """Item ids as people type them: a whole id, or a unique part of one (a prefix, or the short form
     `quarantine list` shows: the content hash and suffix), at least 4 characters. An ambiguous part is an
-    error naming the candidates; an unknown one is kept as typed (the caller says it does not exist)."""
+    error naming the candidates; an unknown one is kept as typed (the caller says it does not exist).
+    fragments=False (irreversible actions): only a whole id or the short form, never any part of one."""
     ids = list(known)
     whole = set(ids)
     expanded = []
@@ -25,7 +26,7 @@ def expand_ids(names: list[str], known: Iterable[str]) -> list[str]:
         if name in whole or len(name) < MIN_ID_FRAGMENT:
             expanded.append(name)
             continue
-        matches = [i for i in ids if name in i or short_id(i) == name]
+        matches = [i for i in ids if (fragments and name in i) or short_id(i) == name]
         if len(matches) > 1:
             shown = ", ".join(matches[:5]) + (f" (+{len(matches) - 5})" if len(matches) > 5 else "")
             raise UsageError(f"{name!r} matches {len(matches)} items: {shown}", hint="give more of the id")
@@ -51,6 +52,7 @@ def select_items(
     what: str = "restorable",
     expected: str = "quarantined",
     hint: str = "see `mirror-scan quarantine list`",
+    fragments: bool = True,
 ) -> list[Entry]:
     """The entries in `states`; narrowed to the named ids (each must be one of them), to a label, to items
     quarantined before older_than_ts (a Unix time). With `remote`, every chosen item must have come from
@@ -58,7 +60,7 @@ def select_items(
     import datetime as dt
 
     every = {e["id"]: e for e in entries}
-    ids = expand_ids(ids, every) if ids else ids
+    ids = expand_ids(ids, every, fragments) if ids else ids
     wanted = set(states)
     chosen = [e for e in every.values() if e["state"] in wanted]
     if ids:
