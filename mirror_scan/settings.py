@@ -215,6 +215,12 @@ SPECS: dict[str, Spec] = {
     "notify_webhook": Spec(str, lambda: None, "JSON webhook for action 'notify' (a Matrix or Slack bridge); secret"),
     "actions": Spec(_actions, lambda: {}, "per label: remove, report, notify (default: none, attribution only)"),
     "actions_dry_run": Spec(_flag, lambda: False, "plan and record actions, send nothing"),
+    "console_listen": Spec(str, lambda: "127.0.0.1:8731", "where the review console listens, HOST:PORT"),
+    "console_trusted_proxies": Spec(
+        _names, lambda: (), "reverse proxies whose X-Forwarded-For/-Proto the console believes, e.g. 127.0.0.1"
+    ),
+    "console_lemmy_login": Spec(_flag, lambda: True, "let Lemmy admins and moderators log in to the console"),
+    "console_session_hours": Spec(_positive_seconds, lambda: 12.0, "how long a console login lasts (hours)"),
 }
 
 
@@ -267,6 +273,10 @@ class Settings:
     notify_webhook: str | None
     actions: dict[str, tuple[str, ...]]
     actions_dry_run: bool
+    console_listen: str
+    console_trusted_proxies: tuple[str, ...]
+    console_lemmy_login: bool
+    console_session_hours: float
     sources: dict[str, str]  # setting -> "flag" | "env" | "config FILE" | "default"
 
 
@@ -282,7 +292,7 @@ def _read_config(path: Path | None) -> tuple[dict[str, Any], str]:
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise UsageError(f"config file {path} cannot be read: {err}") from None
     scan = dict(data.get("scan", data))  # settings may sit at the top level or under [scan]
-    for section in ("pictrs", "lemmy", "notify"):  # [pictrs] url / api_key, [lemmy] url, [notify] webhook
+    for section in SECTIONS:  # [pictrs] url / api_key, [lemmy] url, [notify] webhook
         table = data.get(section) or {}
         if not isinstance(table, dict):
             raise UsageError(f"config file {path}: [{section}] must be a table")
@@ -366,7 +376,7 @@ def typed(name: str, value: Any) -> Any:
     return str(value)
 
 
-SECTIONS = ("pictrs", "lemmy", "notify")  # [pictrs] url = ... is the setting pictrs_url
+SECTIONS = ("pictrs", "lemmy", "notify", "console")  # [pictrs] url = ... is the setting pictrs_url
 # What an unset setting looks like when set, for `config init` (each parses as its setting).
 EXAMPLES = {
     "remote": "pictrs:pictrs-bucket",

@@ -32,6 +32,15 @@ if ! command -v promtool >/dev/null 2>&1; then
     echo "note: promtool is missing (sudo apt-get install prometheus); the alert-rule checks will be skipped" >&2
   fi
 fi
+# Chromium and its driver (Debian's chromium, chromium-driver): the review console's browser tests.
+if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver) \
+      >/dev/null 2>&1 || echo "note: could not install chromium; the console's browser tests will be skipped" >&2
+  else
+    echo "note: chromium/chromedriver are missing (sudo apt-get install chromium chromium-driver); the console's browser test will be skipped" >&2
+  fi
+fi
 # PostgreSQL's server binaries: the attribution tests start a real server (pict-rs's and Lemmy's schemas).
 # mirror-scan itself only needs network access to the instance's databases, not a local server.
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then

@@ -17,6 +17,12 @@ LemmyNet/lemmy at the tag named:
   (`report_reason_required`) and at most 1000 characters (`report_too_long`); from 0.19.4 a removed post or
   comment cannot be reported (400 `deleted`, crates/api_common/src/utils.rs:258-272), and a removal
   resolves its open reports (crates/api_crud/src/post/remove.rs:62 @0.19.20).
+- The logged-in user (GET /api/v3/site's `my_user` in 0.19, GET /api/v4/account in 1.0: MyUserInfo,
+  crates/api_common/src/site.rs:311 @0.19.3, crates/db_views/site/src/api.rs:464 @1.0.0-beta.1):
+  `local_user_view {local_user {admin}, person}` and `moderates: [{community, moderator}]`; a community's
+  URL is `actor_id` in 0.19, `ap_id` in 1.0; 1.0 moved `banned` to LocalUserView. Login refuses a banned
+  person in 0.19 (400 `site_ban`, crates/api_common/src/utils.rs:148 check_user_valid) but not in 1.0.
+  Logout: POST /api/v3/user/logout, /api/v4/account/auth/logout invalidate the token (`{"success":true}`).
 - Removals in 1.0 (alpha.9+) need a `reason` field (a missing one is a deserialise error: 400
   `{"error":"unknown","message":"Json deserialize error: missing field `reason`"}`; "" is accepted).
 """
@@ -46,7 +52,7 @@ class Request:
 class FakeLemmy(LoopbackHTTP):
     api: str = "v3"  # v3 = Lemmy 0.19, v4 = Lemmy 1.0
     version: str = "0.19.5"
-    users: dict = field(default_factory=dict)  # name -> {"id", "password", "admin"}
+    users: dict = field(default_factory=dict)  # name -> {"id", "password", "admin", "moderates", "banned"}
     refuse: dict = field(default_factory=dict)  # "POST /post/remove" -> Lemmy error name (HTTP 400)
     unavailable: int = 0  # answer the next N authenticated calls with 503
     redirect: str | None = None  # answer every authenticated call with a 302 to this URL
@@ -99,7 +105,8 @@ class FakeLemmy(LoopbackHTTP):
                     self.send_header("Content-Length", "0")
                     self.end_headers()
                     return None
-                status, answer = outer.route(method, path[len(prefix) :], parse_qs(url.query), body, user)
+                token = auth.removeprefix("Bearer ")
+                status, answer = outer.route(method, path[len(prefix) :], parse_qs(url.query), body, user, token)
                 return self._reply(status, answer)
 
             def do_GET(self):  # noqa: N802
@@ -119,7 +126,7 @@ class FakeLemmy(LoopbackHTTP):
         user = self.users[name]
         return {"id": user["id"], "name": name, "local": True}
 
-    def route(self, method: str, path: str, query: dict, body, user: str | None):
+    def route(self, method: str, path: str, query: dict, body, user: str | None, token: str = ""):
         v4 = self.api == "v4"
         login_path = "/account/auth/login" if v4 else "/user/login"
         if (method, path) == ("GET", "/site"):
@@ -133,12 +140,17 @@ class FakeLemmy(LoopbackHTTP):
                 return (429, {"error": "too_many_requests"}) if v4 else (400, {"error": "rate_limit_error"})
             name = (body or {}).get("username_or_email")
             if name in self.users and self.users[name]["password"] == (body or {}).get("password"):
+                if self.users[name].get("banned") and not v4:
+                    return self._error(400, "site_ban")
                 token = secrets.token_hex(16)
                 self.tokens[token] = name
                 return 200, {"jwt": token, "registration_created": False, "verify_email_sent": False}
             return self._error(401, "incorrect_login")
         if user is None:
             return self._error(401, "incorrect_login")
+        if (method, path) == ("POST", "/account/auth/logout" if v4 else "/user/logout"):
+            self.tokens = {t: u for t, u in self.tokens.items() if t != token}
+            return 200, {"success": True}
         key = f"{method} {path}"
         if key in self.refuse:
             return 400, {"error": self.refuse[key]}
@@ -205,10 +217,18 @@ class FakeLemmy(LoopbackHTTP):
         return status, body
 
     def _my_user(self, name: str) -> dict:
-        return {
-            "local_user_view": {"person": self._person(name), "local_user": {"admin": self.users[name]["admin"]}},
-            "moderates": [],
-        }
+        user = self.users[name]
+        url_field = "ap_id" if self.api == "v4" else "actor_id"
+        view = {"person": self._person(name), "local_user": {"admin": user["admin"]}}
+        if self.api == "v4":
+            view["banned"] = bool(user.get("banned"))
+        else:
+            view["person"]["banned"] = bool(user.get("banned"))
+        moderates = [
+            {"community": {"id": c["id"], "name": c["name"], url_field: c["url"]}, "moderator": self._person(name)}
+            for c in user.get("moderates", [])
+        ]
+        return {"local_user_view": view, "moderates": moderates}
 
     def calls(self, method: str | None = None, path: str | None = None) -> list[Request]:
         prefix = f"/api/{self.api}"

@@ -140,6 +140,7 @@ FLOORS = [
     {"intake"},
     {"bucket"},
     {"app", "policies"},
+    {"review"},
     {"cli"},
 ]
 

@@ -89,3 +89,30 @@ class Calibration:
                 progress(len(sims) + len(batch) + len(errors))
         flush()
         return Sample(sims, reused, scored, errors, time.monotonic() - started)
+
+
+def stored_calibration(settings: Settings):
+    """calibrate's view of everything the ledger decided (stored results, no image read): (Calibration,
+    offsets, policy id), or None when nothing was decided yet. For `report --summary` and the console."""
+    from mirror_scan.model.bundle import load_bundle
+    from mirror_scan.model.scoring import policy_sims
+    from mirror_scan.policy import load_policy, resolve_severity
+    from mirror_scan.scan.calibrate import calibrate, offsets_around
+    from mirror_scan.store.ledger import Ledger
+
+    policy = load_policy(settings.policy)
+    offset = resolve_severity(policy, settings.severity)
+    bundle = load_bundle(settings.model) if (settings.model / "manifest.json").exists() else None
+    sims = []
+    with Ledger(settings.state, readonly=True) as ledger:
+        results = ledger.results
+        needed = [s for s in results.prompt_set_ids() if any(p not in results.prompt_set(s) for p in policy.prompts)]
+        for row in results.rescore_rows(needed):
+            prompts = results.prompt_set(row.prompt_set)
+            rows = np.frombuffer(row.sims, np.float32).reshape(row.frames, len(prompts))
+            embedding = np.frombuffer(row.embedding, np.float16).reshape(row.frames, -1) if row.embedding else None
+            sims.append(policy_sims(rows, embedding, prompts, policy, bundle))
+    if not sims:
+        return None
+    offsets = offsets_around(policy, offset)
+    return calibrate(policy, sims, offset, offsets=offsets), offsets, policy.policy_id

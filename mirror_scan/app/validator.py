@@ -18,6 +18,7 @@ import logging
 import signal
 import threading
 from dataclasses import dataclass
+from pathlib import Path
 
 from mirror_scan.app.workspace import Workspace
 from mirror_scan.settings import Settings
@@ -46,8 +47,18 @@ class ValidatorService:
         self._loop: asyncio.AbstractEventLoop | None = None
 
     def run(self, say=print) -> dict:
-        """Serve until SIGTERM/SIGINT (or stop()); returns the batcher's totals."""
-        return asyncio.run(self._main(say))
+        """Serve until SIGTERM/SIGINT (or stop()); returns the batcher's totals. A lock beside the state says
+        a validator runs (the review console's dashboard shows it)."""
+        from mirror_scan.store.locks import exclusive
+
+        state, port = self.settings.state, self.options.port
+        with exclusive(
+            state.with_name(f"{state.name}.serve-{port}.lock"),
+            f"another `mirror-scan serve` on port {port} with {state} is running",
+            hint="stop it first, or give this one another --listen port",
+            listen=f"{self.options.host}:{port}",
+        ):
+            return asyncio.run(self._main(say))
 
     def stop(self) -> None:
         """Ask for a clean stop; safe from another thread or a signal handler."""
@@ -143,3 +154,11 @@ class ValidatorService:
             if decoders is not None:
                 decoders.close()
         return dict(batcher.stats)
+
+
+def running_validators(state: Path) -> list[str]:
+    """The upload validators (`serve`) running on this state database now, by their lock (one per port)."""
+    from mirror_scan.store.locks import holder_of
+
+    held = (holder_of(path) for path in sorted(state.parent.glob(f"{state.name}.serve-*.lock")))
+    return [who for who in held if who is not None]

@@ -146,33 +146,17 @@ def calibrate(
 
 
 def print_rates(result, offsets) -> None:
-    """The table: per severity offset (every 0.005, the current and the chosen one), how many are flagged,
-    the share with its 95% interval, and by label."""
-    now, chosen = result.at(result.current), result.chosen
-    out.print(f"{'offset':>8} {'flagged':>8} {'rate':>8}  95% interval        by label")
-    for p in result.points:
-        if not (_on_step(p.offset, 0.005) or p.offset in (now.offset, getattr(chosen, "offset", None))):
-            continue
-        labels = ", ".join(f"{k} {v}" for k, v in sorted(p.by_label.items()) if v) or "-"
-        mark = " <- current" if p is now else (" <- chosen" if p is chosen else "")
-        out.print(f"{p.offset:+8.4f} {p.flagged:8d} {p.rate:8.2%}  {_interval(p.low, p.high):18s}  {labels}{mark}")
+    from mirror_scan.scan.calibrate import rate_lines
+
+    for line in rate_lines(result):
+        out.print(line)
 
 
 def print_margins(result, offsets) -> None:
-    from mirror_scan.scan.calibrate import histogram
+    from mirror_scan.scan.calibrate import margin_lines
 
-    out.print("margins (the highest offset at which each picture is still flagged):")
-    for line in histogram(result.critical, offsets, result.current, getattr(result.chosen, "offset", None)):
-        if not line.split()[1:2] == ["0"] or "<-" in line or line.startswith("never"):
-            out.print(f"  {line}")
-
-
-def _on_step(offset: float, step: float) -> bool:
-    return abs(offset / step - round(offset / step)) < 1e-6
-
-
-def _interval(low: float, high: float) -> str:
-    return f"[{low:.2%}, {high:.2%}]"
+    for line in margin_lines(result, offsets):
+        out.print(line)
 
 
 def _rate_text(flagged: int, n: int, high: float) -> str:

@@ -155,12 +155,16 @@ def export_cmd(
             "local-file exchange: 'TYPE VALUE' lines). HMA takes hashes through its API: `hashlist push`.",
         ),
     ] = "csv",
+    confirmed: Annotated[
+        bool, typer.Option("--confirmed", help="Only items a reviewer confirmed (console, `quarantine confirm`).")
+    ] = False,
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
 ) -> None:
     """What this instance quarantined and did not restore, for other instances and tools to import: PDQ of
-    quality 50 and more, vPDQ of videos, sha256 and md5. Hashes only: no paths, names, keys or dates."""
+    quality 50 and more, vPDQ of videos, sha256 and md5. Hashes only: no paths, names, keys or dates.
+    --confirmed shares only what a person reviewed and confirmed (what others should import)."""
     from mirror_scan.cli.durations import parse_since
     from mirror_scan.lists.formats import write
 
@@ -175,7 +179,7 @@ def export_cmd(
         raise UsageError(f"--format {fmt!r}", hint="use csv, te or local")
     cutoff = parse_since(since) if since else None
     with _reader(state, config) as workspace:
-        pictures = workspace.ledger.lists.quarantined_pictures(cutoff)
+        pictures = workspace.ledger.lists.quarantined_pictures(cutoff, confirmed_only=confirmed)
     counts = write(export_signals(pictures), fmt, sys.stdout)
     if counts["no_upstream_type"]:
         err.print(
@@ -335,6 +339,9 @@ def push_cmd(
         Path | None, typer.Option("--token-file", help="A bearer token for a proxy in front of HMA (file).")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be pushed; send nothing.")] = False,
+    confirmed: Annotated[
+        bool, typer.Option("--confirmed", help="Only items a reviewer confirmed (console, `quarantine confirm`).")
+    ] = False,
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
@@ -360,7 +367,8 @@ def push_cmd(
         held = (ItemState.QUARANTINED, ItemState.UPSTREAM_PENDING, ItemState.PURGED)
         ids = {row.sha256: row.id for row in ledger.items(states=tuple(map(str, held)))}
         done = ledger.lists.pushed(target)
-        todo = [c for c in contents(ledger.lists.quarantined_pictures(), ids) if c[0] not in done]
+        pictures = ledger.lists.quarantined_pictures(confirmed_only=confirmed)
+        todo = [c for c in contents(pictures, ids) if c[0] not in done]
         if dry_run:
             for _, signals, note in todo:
                 out.print(f"would push {', '.join(signals)} ({note})")

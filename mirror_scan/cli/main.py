@@ -18,6 +18,7 @@ from mirror_scan.cli import canary as cli_canary
 from mirror_scan.cli import lemmy as cli_lemmy
 from mirror_scan.cli import mirror as cli_mirror
 from mirror_scan.cli import quarantine as cli_quarantine
+from mirror_scan.cli import review as cli_review
 from mirror_scan.cli import scan as cli_scan
 from mirror_scan.cli import serve as cli_serve
 from mirror_scan.cli import state as cli_state
@@ -50,6 +51,7 @@ cli_lemmy.register(app)
 cli_bucket.register(app)
 cli_calibrate.register(app)
 cli_canary.register(app)
+cli_review.register(app)
 app.add_typer(hashlist_app, name="hashlist")
 
 

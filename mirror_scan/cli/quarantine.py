@@ -34,6 +34,7 @@ from mirror_scan.cli.views import (
 )
 from mirror_scan.errors import UsageError
 from mirror_scan.kinds import EXPORTED_STATES, PURGEABLE_STATES
+from mirror_scan.review.people import shell_reviewer
 from mirror_scan.settings import resolve
 from mirror_scan.store.selection import select_items
 
@@ -122,6 +123,7 @@ def q_show(
     """An item's metadata (never opens or renders the quarantined file): the ledger's record, which is the
     authority, and the item's own metadata file."""
     from mirror_scan.moderation.actions import describe_action
+    from mirror_scan.review.views import decision_json
     from mirror_scan.store.rows import display_path
     from mirror_scan.store.selection import expand_ids
 
@@ -131,6 +133,7 @@ def q_show(
         meta = workspace.quarantine.read_meta(item_id)
         attribution = workspace.ledger.follow_ups.attribution(item_id)
         follow_ups = workspace.ledger.follow_ups.followups(item_id)
+        decisions = workspace.ledger.reviews.decisions(item_id)
     meta.pop("attribution", None)  # the ledger's copy (the authority) is shown below
     meta["attribution"] = attribution
     meta["actions"] = [
@@ -144,6 +147,7 @@ def q_show(
         }
         for f in follow_ups
     ]
+    meta["decisions"] = [decision_json(d) for d in decisions]
     if row is not None:
         meta["ledger"] = {
             "state": row.state,
@@ -319,18 +323,23 @@ def q_restore(
         if not yes and not typer.confirm(f"Restore these {len(chosen)} item(s)?", default=False):
             raise typer.Exit(1)
     results: dict[str, list] = {"restored": [], "pending": [], "failed": []}
+    who = shell_reviewer().who
     with _writer(state, quarantine, config, quiet=True, rclone=rclone) as workspace:
+        decisions = workspace.ledger.reviews
         for entry in with_progress(chosen, "restoring", json_out):
             try:
                 target = workspace.quarantine.restore(entry["id"], to=to, upstream=not no_upstream)
             except UpstreamRestorePending as error:
                 results["pending"].append({"id": entry["id"], "why": str(error)})
+                decisions.record_decision(entry["id"], "restore", who, "shell", "pending", str(error))
                 err.print(f"pending: {entry['id']}: {error}")
                 continue
             except MirrorScanError as error:
                 results["failed"].append({"id": entry["id"], "why": str(error)})
+                decisions.record_decision(entry["id"], "restore", who, "shell", "failed", str(error))
                 err.print(f"error: {entry['id']}: {error}")
                 continue
+            decisions.record_decision(entry["id"], "restore", who, "shell", "done")
             results["restored"].append({"id": entry["id"], "path": display_path(target)})
             if not json_out:
                 out.print(f"restored {entry['id']} -> {display_path(target)} (sha256 allowlisted)")
@@ -339,6 +348,32 @@ def q_restore(
         print_json(results)
     if results["failed"] or results["pending"]:
         raise typer.Exit(2 if results["failed"] else 1)
+
+
+@quarantine_app.command("confirm")
+def q_confirm(
+    item_ids: Annotated[list[str], typer.Argument(help="Item ids (from `quarantine list`).")],
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Confirm items after review: they stay in quarantine and their hashes are shared by
+    `hashlist export --confirmed` and `hashlist push --confirmed`. Recorded with who confirmed them."""
+    from mirror_scan.review.decisions import Decisions
+    from mirror_scan.store.selection import expand_ids
+
+    reviewer = shell_reviewer()
+    with _writer(state, quarantine, config, quiet=True) as workspace:
+        ids = expand_ids(item_ids, (r.id for r in workspace.ledger.items()))
+        outcomes = [Decisions(workspace, "shell").confirm(reviewer, item_id) for item_id in ids]
+    if json_out:
+        print_json([o.as_json() for o in outcomes])
+    else:
+        for o in outcomes:
+            out.print(f"{o.item}: {'confirmed' if o.ok else o.outcome}" + (f" ({o.detail})" if o.detail else ""))
+    if not all(o.ok for o in outcomes):
+        raise typer.Exit(1)
 
 
 @quarantine_app.command("purge")

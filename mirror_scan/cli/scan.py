@@ -48,32 +48,14 @@ def _settings(config: Path | None, **flags) -> Settings:
 
 def _report_summary(settings: Settings) -> None:
     """calibrate's rates and margins over every decided file of the ledger (stored results, no image read)."""
-    import numpy as np
-
+    from mirror_scan.app.calibration import stored_calibration
     from mirror_scan.cli.calibrate import print_margins, print_rates
-    from mirror_scan.model.bundle import load_bundle
-    from mirror_scan.model.scoring import policy_sims
-    from mirror_scan.policy import load_policy, resolve_severity
-    from mirror_scan.scan.calibrate import calibrate, offsets_around
-    from mirror_scan.store.ledger import Ledger
 
-    policy = load_policy(settings.policy)
-    offset = resolve_severity(policy, settings.severity)
-    bundle = load_bundle(settings.model) if (settings.model / "manifest.json").exists() else None
-    sims = []
-    with Ledger(settings.state, readonly=True) as ledger:
-        results = ledger.results
-        needed = [s for s in results.prompt_set_ids() if any(p not in results.prompt_set(s) for p in policy.prompts)]
-        for row in results.rescore_rows(needed):
-            prompts = results.prompt_set(row.prompt_set)
-            rows = np.frombuffer(row.sims, np.float32).reshape(row.frames, len(prompts))
-            embedding = np.frombuffer(row.embedding, np.float16).reshape(row.frames, -1) if row.embedding else None
-            sims.append(policy_sims(rows, embedding, prompts, policy, bundle))
-    if not sims:
+    found = stored_calibration(settings)
+    if found is None:
         raise UsageError("nothing decided in this state database yet", hint="run mirror-scan scan first")
-    offsets = offsets_around(policy, offset)
-    result = calibrate(policy, sims, offset, offsets=offsets)
-    out.print(f"{result.pictures} decided file(s), policy {policy.policy_id}, severity {offset:+g}")
+    result, offsets, policy_id = found
+    out.print(f"{result.pictures} decided file(s), policy {policy_id}, severity {result.current:+g}")
     print_rates(result, offsets)
     print_margins(result, offsets)
 

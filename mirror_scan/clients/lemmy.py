@@ -58,6 +58,7 @@ class Lemmy:
     api: str | None = None  # "v3" | "v4", detected on first use
     version: str | None = None
     token_file: Path | None = None  # where the bot's token is kept between commands (private)
+    totp: str = field(default="", repr=False)  # a person's two-factor code (the console's Lemmy login)
     _jwt: str | None = field(default=None, repr=False)
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
@@ -133,9 +134,10 @@ class Lemmy:
                 return
             api, _ = self.detect()
             path = "/api/v4/account/auth/login" if api == "v4" else "/api/v3/user/login"
-            status, payload = self._send(
-                "POST", path, {"username_or_email": self.username, "password": self.password}, auth=False
-            )
+            body = {"username_or_email": self.username, "password": self.password}
+            if self.totp:
+                body["totp_2fa_token"] = self.totp
+            status, payload = self._send("POST", path, body, auth=False)
             if status == 200 and isinstance(payload, dict) and payload.get("jwt"):
                 self._jwt = str(payload["jwt"])
                 self._save_token()
@@ -180,7 +182,9 @@ class Lemmy:
             self.token_file.unlink(missing_ok=True)
 
     def me(self) -> dict[str, Any]:
-        """{name, admin, moderates: [community names]} of the bot account."""
+        """{name, admin, moderates: [community names], moderates_actors: [their actor URLs]} of the account
+        (MyUserInfo: GET /api/v3/site's my_user in 0.19, GET /api/v4/account in 1.0; admin is
+        local_user.admin in both; a community's URL is actor_id in 0.19, ap_id in 1.0)."""
         if self.detect()[0] == "v4":
             info = self._call("GET", "/account") or {}
         else:
@@ -189,10 +193,27 @@ class Lemmy:
         return {
             "name": (view.get("person") or {}).get("name", self.username),
             "admin": bool((view.get("local_user") or {}).get("admin") or (view.get("person") or {}).get("admin")),
+            "banned": bool(view.get("banned") or (view.get("person") or {}).get("banned")),  # 1.0 | 0.19
             "moderates": sorted(
                 str((m.get("community") or {}).get("name")) for m in info.get("moderates") or [] if m.get("community")
             ),
+            "moderates_actors": sorted(
+                str(c.get("actor_id") or c.get("ap_id"))
+                for c in ((m.get("community") or {}) for m in info.get("moderates") or [])
+                if c.get("actor_id") or c.get("ap_id")
+            ),
         }
+
+    def logout(self) -> None:
+        """End this login in Lemmy (0.19: POST /api/v3/user/logout; 1.0: /api/v4/account/auth/logout
+        invalidate the token in Lemmy's database); best effort."""
+        if not self._jwt:
+            return
+        api, _ = self.detect()
+        path = "/api/v4/account/auth/logout" if api == "v4" else "/api/v3/user/logout"
+        with contextlib.suppress(MirrorScanError):
+            self._send("POST", path, {})
+        self._jwt = None
 
     # ------------------------------------------------------------------ actions
 
@@ -224,6 +245,21 @@ class Lemmy:
     def ban(self, person_id: int, reason: str, ban: bool = True) -> None:
         path = "/admin/ban" if self.detect()[0] == "v4" else "/user/ban"
         self._call("POST", path, {"person_id": person_id, "ban": ban, "reason": reason})
+
+
+def person_login(url: str, username: str, password: str, totp: str = "", timeout: float = 15.0) -> dict | None:
+    """Check a person's own Lemmy credentials (the review console's login): their `me()`, or None when Lemmy
+    refuses the login (wrong password, 2FA code missing or wrong, banned, unverified). Raises
+    LemmyUnavailable when Lemmy cannot answer. Nothing is kept: the login is ended in Lemmy at once."""
+    client = Lemmy(url, username, password, timeout=timeout, totp=totp)
+    try:
+        client.login()
+    except LemmyRefused:
+        return None
+    try:
+        return client.me()
+    finally:
+        client.logout()
 
 
 def _passing(status: int, error: object) -> bool:

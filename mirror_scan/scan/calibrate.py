@@ -125,3 +125,33 @@ def histogram(
         lines.append(f"{offset:+8.4f} {count:6d} {bar}{marks}")
     lines.append(f"never flagged in this range: {int(np.sum(~np.isfinite(critical)))}")
     return lines
+
+
+def rate_lines(result) -> list[str]:
+    """The table: per severity offset (every 0.005, the current and the chosen one), how many are flagged,
+    the share with its 95% interval, and by label."""
+    now, chosen = result.at(result.current), result.chosen
+    lines = [f"{'offset':>8} {'flagged':>8} {'rate':>8}  95% interval        by label"]
+    for p in result.points:
+        if not (_on_step(p.offset, 0.005) or p.offset in (now.offset, getattr(chosen, "offset", None))):
+            continue
+        labels = ", ".join(f"{k} {v}" for k, v in sorted(p.by_label.items()) if v) or "-"
+        mark = " <- current" if p is now else (" <- chosen" if p is chosen else "")
+        lines.append(f"{p.offset:+8.4f} {p.flagged:8d} {p.rate:8.2%}  {_interval(p.low, p.high):18s}  {labels}{mark}")
+    return lines
+
+
+def margin_lines(result, offsets) -> list[str]:
+    lines = ["margins (the highest offset at which each picture is still flagged):"]
+    for line in histogram(result.critical, offsets, result.current, getattr(result.chosen, "offset", None)):
+        if not line.split()[1:2] == ["0"] or "<-" in line or line.startswith("never"):
+            lines.append(f"  {line}")
+    return lines
+
+
+def _on_step(offset: float, step: float) -> bool:
+    return abs(offset / step - round(offset / step)) < 1e-6
+
+
+def _interval(low: float, high: float) -> str:
+    return f"[{low:.2%}, {high:.2%}]"

@@ -46,6 +46,7 @@ from mirror_scan.store.integrity import (
 )
 from mirror_scan.store.list_tables import ListTables
 from mirror_scan.store.result_tables import ResultTables
+from mirror_scan.store.review_tables import ReviewTables
 from mirror_scan.store.rows import (
     _FILE_COLUMNS,
     _ITEM_COLUMNS,
@@ -82,6 +83,7 @@ class Ledger:
         self.results = ResultTables(self)  # what the model said of some bytes, prompt sets, rescoring
         self.lists = ListTables(self)  # hash lists, picture hashes, subscriptions, pushes
         self.follow_ups = FollowupTables(self)  # the follow-up journal and attributions
+        self.reviews = ReviewTables(self)  # decisions (who restored, confirmed, banned) and console people
         _check_header(self.path)
         try:
             if readonly and not self.path.exists():

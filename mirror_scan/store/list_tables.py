@@ -55,13 +55,19 @@ class ListTables(Vocabulary):
             for r in self.db.execute("SELECT pdq, quality, ts FROM video_hashes WHERE sha256=? ORDER BY idx", (sha256,))
         ]
 
-    def quarantined_pictures(self, since: float | None = None) -> list[dict]:
-        """What a hash export shares: every item in quarantine that was not restored, one dict per distinct
-        picture (sha256, md5, its frames' PDQ with quality, its vPDQ, whether it is a video)."""
+    def quarantined_pictures(self, since: float | None = None, confirmed_only: bool = False) -> list[dict]:
+        """What a hash export shares: every item in quarantine that was not restored (with `confirmed_only`,
+        those a reviewer confirmed), one dict per distinct picture (sha256, md5, its frames' PDQ with
+        quality, its vPDQ, whether it is a video)."""
+        confirmed = (
+            "AND id IN (SELECT item FROM decisions WHERE decision='confirm' AND outcome='done') "
+            if confirmed_only
+            else ""
+        )
         shas = [
             r[0]
             for r in self.db.execute(
-                f"SELECT sha256 FROM quarantine WHERE state IN {EXPORTED_SQL} "  # noqa: S608
+                f"SELECT sha256 FROM quarantine WHERE state IN {EXPORTED_SQL} {confirmed}"  # noqa: S608
                 "AND coalesce(json_extract(reason, '$.hash_list'), '') != 'canary' "  # the test picture: never shared
                 "AND created >= ? GROUP BY sha256 ORDER BY min(created)",
                 (since or 0.0,),

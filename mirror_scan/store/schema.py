@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from mirror_scan.kinds import DECIDED_STATUSES, EXPORTED_STATES, FINISHED_STEPS, MOVING_STATES
 
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 # A writer waits this long for another writer's transaction. Transactions last milliseconds (none is ever
 # held across a subprocess, a network call or a wait for work), so running out of it means something
 # is wrong with another process, and is reported as "busy", never as damage.
@@ -146,6 +146,30 @@ CREATE TABLE IF NOT EXISTS moves (
     started REAL NOT NULL,
     updated REAL NOT NULL,
     note TEXT
+);
+CREATE TABLE IF NOT EXISTS decisions (
+    id INTEGER PRIMARY KEY,
+    item TEXT NOT NULL,
+    decision TEXT NOT NULL,
+    who TEXT NOT NULL,
+    via TEXT NOT NULL,
+    at REAL NOT NULL,
+    outcome TEXT NOT NULL,
+    note TEXT
+);
+CREATE INDEX IF NOT EXISTS decisions_item ON decisions (item);
+CREATE TABLE IF NOT EXISTS console_users (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, created REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS console_tokens (name TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE,
+                                           created REAL NOT NULL, last_used REAL);
+CREATE TABLE IF NOT EXISTS console_sessions (
+    token_hash TEXT PRIMARY KEY,
+    who TEXT NOT NULL,
+    kind TEXT NOT NULL,
+    admin INTEGER NOT NULL,
+    communities TEXT NOT NULL,
+    csrf TEXT NOT NULL,
+    created REAL NOT NULL,
+    expires REAL NOT NULL
 );
 """
 

@@ -1,0 +1,310 @@
+"""What the console and its API show, built from a workspace (read-only): the queue, an item, the history,
+the dashboard. Plain dicts, the same for the pages and the JSON API. Never the picture: no path to the
+quarantined bytes, no thumbnail, no link to where the picture is served; context only."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+from mirror_scan.review.people import Reviewer, communities_of, why_not_allowed
+from mirror_scan.text import one_line, printable
+
+AGES = {"1d": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+_URL = re.compile(r"\b(?:https?|ftp)://\S+", re.I)
+_MARKDOWN = re.compile(r"[!*_`~#>\[\]()|]")
+
+
+def inert(text: object, limit: int = 300) -> str:
+    """Text that other people chose (post titles, names), as plain words: no markdown, no links, no control
+    characters. The page escapes HTML as well (autoescape); this keeps what a title could smuggle (an image
+    embed, a link to the picture) out of a reviewer's screen as anything but text."""
+    plain = _MARKDOWN.sub("", _URL.sub("[link]", one_line(str(text or ""))))
+    return plain[:limit] + ("\u2026" if len(plain) > limit else "")
+
+
+@dataclass(frozen=True)
+class Filters:
+    label: str = ""
+    source: str = ""
+    hash_list: str = ""
+    state: str = ""
+    age: str = ""
+    limit: int = 100
+    offset: int = 0
+
+    @classmethod
+    def from_query(cls, query) -> Filters:
+        def number(name: str, default: int, top: int) -> int:
+            try:
+                return max(0, min(top, int(query.get(name, default))))
+            except ValueError:
+                return default
+
+        age = str(query.get("age", ""))
+        return cls(
+            label=str(query.get("label", ""))[:40],
+            source=str(query.get("source", ""))[:20],
+            hash_list=str(query.get("list", ""))[:100],
+            state=str(query.get("state", ""))[:30],
+            age=age if age in AGES else "",
+            limit=number("limit", 100, 500) or 100,
+            offset=number("offset", 0, 10**9),
+        )
+
+
+def _labels(reason: dict | None) -> list[str]:
+    return [x for x in (reason or {}).get("labels") or [] if x != "subject"]
+
+
+def _hash_lists(reason: dict | None) -> list[str]:
+    reason = reason or {}
+    found = [reason["hash_list"]] if reason.get("hash_list") else []
+    review = reason.get("hash_list_review")
+    if isinstance(review, dict) and review.get("list"):
+        found.append(str(review["list"]))
+    return found
+
+
+def uploader_of(attribution: dict | None) -> dict[str, Any] | None:
+    uploads = [u["uploader"] for u in (attribution or {}).get("uploads", []) if u.get("uploader")]
+    who = uploads[0] if uploads else None
+    if who is None:
+        who = next((p["creator"] for p in (attribution or {}).get("posts", []) if p.get("creator")), None)
+    if who is None:
+        return None
+    return {
+        "name": inert(who.get("name"), 80),
+        "instance": inert(who.get("instance") or "?", 120),
+        "account_age_days": who.get("account_age_days"),
+        "local": who.get("local"),
+        "bot": who.get("bot"),
+        "person_id": who.get("id"),
+    }
+
+
+def places_of(attribution: dict | None) -> list[dict[str, Any]]:
+    """Where the picture was used: posts (inert titles), comments, private messages, with the community."""
+    data = attribution or {}
+    places = []
+    for kind, uses, title in (("post", "posts", "title"), ("comment", "comments", "post_title")):
+        for use in data.get(uses, []):
+            places.append(
+                {
+                    "kind": kind,
+                    "id": use.get("id"),
+                    "title": inert(use.get(title)),
+                    "community": _community(use.get("community")),
+                    "removed": use.get("removed"),
+                }
+            )
+    for message in data.get("private_messages", []):
+        places.append(
+            {"kind": "private message", "id": message.get("id"), "title": "", "community": "", "removed": False}
+        )
+    return places
+
+
+def _community(community: dict | None) -> str:
+    if not community:
+        return ""
+    return f"!{inert(community.get('name'), 80)}@{inert(community.get('instance') or '?', 120)}"
+
+
+def _when(seconds: float) -> str:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+class Views:
+    def __init__(self, workspace) -> None:
+        self.workspace = workspace
+        self.ledger = workspace.ledger
+
+    def _visible(self, reviewer: Reviewer, item_id: str, attribution: dict | None = None) -> bool:
+        """Admins see every item; a moderator only the items they may decide (the rest is not theirs to see:
+        uploader names and places of other communities)."""
+        if reviewer.admin:
+            return True
+        if attribution is None:
+            attribution = self.ledger.follow_ups.attribution(item_id)
+        return why_not_allowed(reviewer, attribution) is None
+
+    # ------------------------------------------------------------------ queue
+
+    def queue(self, reviewer: Reviewer, filters: Filters, now: float) -> dict[str, Any]:
+        since = now - AGES[filters.age] if filters.age else None
+        confirmed = self.ledger.reviews.confirmed_items()
+        rows = []
+        for entry in self.workspace.quarantine.entries(since):
+            reason = entry["reason"] or {}
+            if filters.state and entry["state"] != filters.state:
+                continue
+            if filters.source and entry["source"] != filters.source:
+                continue
+            if filters.label and filters.label not in _labels(reason):
+                continue
+            if filters.hash_list and filters.hash_list not in _hash_lists(reason):
+                continue
+            attribution = self.ledger.follow_ups.attribution(entry["id"])
+            if not self._visible(reviewer, entry["id"], attribution):
+                continue
+            rows.append((entry, attribution))
+        rows.sort(key=lambda pair: pair[0]["quarantined_at"], reverse=True)
+        total = len(rows)
+        page = rows[filters.offset : filters.offset + filters.limit]
+        items = [self._line(entry, attribution, entry["id"] in confirmed) for entry, attribution in page]
+        return {"items": items, "total": total, "filters": filters}
+
+    def _line(self, entry: dict, attribution: dict | None, confirmed: bool) -> dict[str, Any]:
+        from mirror_scan.scan.decide import short_reason
+        from mirror_scan.store.selection import short_id
+
+        reason = entry["reason"] or {}
+        places = places_of(attribution)
+        return {
+            "id": entry["id"],
+            "short_id": short_id(entry["id"]),
+            "quarantined_at": entry["quarantined_at"],
+            "state": entry["state"],
+            "source": entry["source"],
+            "labels": _labels(reason),
+            "hash_lists": _hash_lists(reason),
+            "why": one_line(short_reason(reason))[:300],
+            "uploader": uploader_of(attribution),
+            "communities": sorted({p["community"] for p in places if p["community"]}),
+            "uses": len(places),
+            "confirmed": confirmed,
+            "original": one_line(entry["original"])[-300:],
+        }
+
+    # ------------------------------------------------------------------ one item
+
+    def item(self, reviewer: Reviewer, item_id: str) -> dict[str, Any] | None:
+        """None when there is no such item or the reviewer may not see it."""
+        from mirror_scan.moderation.actions import describe_action
+        from mirror_scan.scan.decide import reason_text
+
+        row = self.ledger.item(item_id)
+        if row is None:
+            return None
+        attribution = self.ledger.follow_ups.attribution(item_id)
+        if not self._visible(reviewer, item_id, attribution):
+            return None
+        entry = next((e for e in self.workspace.quarantine.entries() if e["id"] == item_id), None)
+        if entry is None:
+            return None
+        line = self._line(entry, attribution, item_id in self.ledger.reviews.confirmed_items())
+        reason = entry["reason"] or {}
+        checks = [
+            {
+                "label": label,
+                "prompt": one_line(str(f.get("prompt")))[:200],
+                "similarity": f.get("similarity"),
+                "threshold": f.get("threshold"),
+                "margin": f.get("margin"),
+            }
+            for label, fired in (reason.get("checks") or {}).items()
+            for f in fired
+        ]
+        try:
+            history = self.workspace.quarantine.read_meta(item_id).get("history") or []
+        except Exception:  # meta.json unreadable: the ledger still answers  # noqa: BLE001
+            history = []
+        return {
+            **line,
+            "sha256": row.sha256,
+            "size": row.size,
+            "seen_count": row.seen_count,
+            "remote": one_line(row.remote or ""),
+            "reason_text": one_line(reason_text(reason))[:2000],
+            "checks": checks,
+            "notes": [one_line(str(n))[:300] for n in reason.get("notes") or []],
+            "partial": bool(reason.get("partial")),
+            "places": places_of(attribution),
+            "attribution_unknown": [one_line(u)[:300] for u in _unknowns(attribution)],
+            "actions": [
+                {
+                    "action": describe_action(f.action, f.target),
+                    "state": f.state,
+                    "attempts": f.attempts,
+                    "error": one_line(f.error or "")[:300],
+                    "updated": _when(f.updated),
+                }
+                for f in self.ledger.follow_ups.followups(item_id)
+            ],  # fmt: skip
+            "history": [
+                {"at": one_line(str(h.get("at", ""))), "event": one_line(str(h.get("state") or ""))[:300]}
+                for h in history
+                if isinstance(h, dict)
+            ],
+            "decisions": [decision_json(d) for d in self.ledger.reviews.decisions(item_id)],
+            "may": {d: why_not_allowed(reviewer, attribution, d) for d in ("restore", "confirm", "ban")},
+            "used_in_communities": sorted(communities_of(attribution)),
+        }
+
+    # ------------------------------------------------------------------ history and dashboard
+
+    def history(self, reviewer: Reviewer, limit: int = 200) -> list[dict[str, Any]]:
+        from mirror_scan.store.selection import short_id
+
+        shown = []
+        for decision in self.ledger.reviews.decisions(limit=limit):
+            if not self._visible(reviewer, decision.item):
+                continue
+            shown.append({**decision_json(decision), "short_id": short_id(decision.item)})
+        return shown
+
+    def dashboard(self, now: float, days: int = 14) -> dict[str, Any]:
+        from mirror_scan.app.daemon import running_daemons
+        from mirror_scan.app.validator import running_validators
+
+        start = dt.datetime.fromtimestamp(now, dt.UTC).date() - dt.timedelta(days=days - 1)
+        per_day: dict[str, Counter] = defaultdict(Counter)
+        columns: Counter = Counter()
+        states: Counter = Counter()
+        since = dt.datetime.combine(start, dt.time(), dt.UTC).timestamp()
+        for entry in self.workspace.quarantine.entries():
+            states[entry["state"]] += 1
+            when = dt.datetime.fromisoformat(entry["quarantined_at"])
+            if when.timestamp() < since:
+                continue
+            labels = _labels(entry["reason"]) or ["-"]
+            column = f"{labels[0]} / {entry['source']}"
+            per_day[when.date().isoformat()][column] += 1
+            columns[column] += 1
+        day_rows = []
+        for offset in range(days):
+            day = (start + dt.timedelta(days=offset)).isoformat()
+            day_rows.append({"day": day, "counts": [per_day[day][c] for c in sorted(columns)]})
+        counts = self.ledger.summary_counts()
+        return {
+            "columns": sorted(columns),
+            "days": list(reversed(day_rows)),
+            "states": dict(states),
+            "upstream_pending": states.get("upstream_pending", 0),
+            "errors": counts.get("errors", 0),
+            "files": counts.get("files", 0),
+            "follow_ups_pending": self.ledger.follow_ups.pending_followup_count(),
+            "daemons": [printable(str(d)) for d in running_daemons(self.workspace.settings.state)],
+            "validators": [printable(str(v)) for v in running_validators(self.workspace.settings.state)],
+        }
+
+
+def _unknowns(attribution: dict | None) -> list[str]:
+    unknown = (attribution or {}).get("unknown") or []
+    return [f"{u.get('part')}: {u.get('reason')}" if isinstance(u, dict) else str(u) for u in unknown]
+
+
+def decision_json(decision) -> dict[str, Any]:
+    return {
+        "item": decision.item,
+        "decision": decision.decision,
+        "who": one_line(decision.who)[:200],
+        "via": decision.via,
+        "at": _when(decision.at),
+        "outcome": decision.outcome,
+        "note": one_line(decision.note or "")[:300],
+    }

@@ -1,0 +1,114 @@
+"""The review console in a real headless browser (Debian's Chromium and ChromeDriver, driven by Selenium):
+a moderator logs in, filters the queue, restores one item from a selection (back in the mirror and in the
+real `rclone serve s3` bucket), confirms another from its page, and finds both in the history under their
+name. Screenshots of the queue and the dashboard are kept in .test-artifacts/ (MIRROR_SCAN_TEST_ARTIFACTS)."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .conftest import REPO
+from .console_client import PASSWORD, add_user
+from .test_review_console import Site, s3  # noqa: F401 - the bucket fixture
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+    reason="Debian's chromium and chromium-driver are not installed (scripts/install.sh installs them as root)",
+)
+
+
+@pytest.fixture
+def browser(tmp_path, monkeypatch):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look for drivers on the network
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--window-size=1400,900", f"--user-data-dir={tmp_path / 'chromium'}"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_page_load_timeout(60)
+    yield driver
+    driver.quit()
+
+
+def _artifacts() -> Path:
+    where = Path(os.environ.get("MIRROR_SCAN_TEST_ARTIFACTS") or REPO / ".test-artifacts")
+    where.mkdir(parents=True, exist_ok=True)
+    return where
+
+
+def test_a_moderator_reviews_the_day_in_a_browser(tmp_path, s3, tiny_bundle_master, flag_all, browser):  # noqa: F811
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    site = Site(tmp_path, s3, tiny_bundle_master, flag_all)
+    add_user(site.people, "maria", tmp_path)
+    items = site.items()
+    restored, confirmed = items["pic-0.png"], items["pic-1.png"]
+    server = site.console()
+    try:
+        browser.get(f"{server.url}/")
+        assert browser.current_url.endswith("/login")  # no page without a session
+        browser.find_element(By.ID, "username").send_keys("maria")
+        browser.find_element(By.ID, "password").send_keys(PASSWORD)
+        browser.find_element(By.ID, "login").click()
+        assert browser.find_elements(By.ID, "who"), browser.page_source[:3000]
+        assert browser.find_element(By.ID, "who").text == "maria (local account)"
+        assert len(browser.find_elements(By.CSS_SELECTOR, "#queue tr[id^=row-]")) == len(items)
+
+        # Filter: only quarantined items of the last day from the mirror.
+        Select(browser.find_element(By.ID, "f-state")).select_by_value("quarantined")
+        Select(browser.find_element(By.ID, "f-age")).select_by_value("1d")
+        Select(browser.find_element(By.ID, "f-source")).select_by_value("mirror")
+        browser.find_element(By.ID, "apply-filters").click()
+        assert "state=quarantined" in browser.current_url
+        rows = browser.find_elements(By.CSS_SELECTOR, "#queue tr[id^=row-]")
+        assert len(rows) == len(items)
+        browser.save_screenshot(str(_artifacts() / "console-queue.png"))
+
+        # Restore one from a selection.
+        browser.find_element(By.ID, f"pick-{restored['short_id']}").click()
+        browser.find_element(By.ID, "restore-selected").click()
+        outcome = browser.find_element(By.CSS_SELECTOR, "#outcomes tr.outcome-done")
+        assert restored["id"] in outcome.text
+        assert (site.mirror / "pic-0.png").read_bytes() == site.objects["pic-0.png"]
+        assert s3.get("pic-0.png") == site.objects["pic-0.png"]
+
+        # Confirm another from its own page (its context first: the margins, never the picture).
+        browser.get(f"{server.url}/items/{confirmed['id']}")
+        assert browser.find_elements(By.CSS_SELECTOR, "#checks tr")  # the margins to the thresholds
+        assert not browser.find_elements(By.TAG_NAME, "img")
+        browser.find_element(By.ID, "confirm").click()
+        assert browser.find_element(By.CSS_SELECTOR, "#outcomes tr.outcome-done")
+        browser.get(f"{server.url}/items/{confirmed['id']}")
+        assert browser.find_element(By.ID, "item-confirmed").text == "confirmed"
+
+        # The filter now leaves the restored item out; the history names the reviewer twice.
+        browser.get(f"{server.url}/?state=quarantined")
+        shown = {r.get_attribute("id") for r in browser.find_elements(By.CSS_SELECTOR, "#queue tr[id^=row-]")}
+        assert f"row-{restored['short_id']}" not in shown and f"row-{confirmed['short_id']}" in shown
+        browser.find_element(By.ID, "nav-history").click()
+        history = browser.find_element(By.ID, "decisions").text
+        assert history.count("maria (local account)") == 2 and "restore" in history and "confirm" in history
+
+        browser.find_element(By.ID, "nav-dashboard").click()
+        assert browser.find_element(By.ID, "pending").text == "0"
+        assert "decided file(s)" in browser.find_element(By.ID, "scores").text
+        browser.save_screenshot(str(_artifacts() / "console-dashboard.png"))
+
+        browser.find_element(By.ID, "logout").click()
+        browser.get(f"{server.url}/history")
+        assert browser.current_url.endswith("/login")
+    finally:
+        server.stop()
+    assert (_artifacts() / "console-queue.png").stat().st_size > 10_000
