@@ -64,6 +64,16 @@ def _names(value: Any) -> tuple[str, ...]:
     return names
 
 
+def _hours(value: Any) -> float:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a number of hours, e.g. 24 (0: never)") from None
+    if number < 0:
+        raise ValueError("must be 0 or more hours")
+    return number
+
+
 def _flag(value: Any) -> bool:
     if isinstance(value, bool):
         return value
@@ -215,6 +225,12 @@ SPECS: dict[str, Spec] = {
     "notify_webhook": Spec(str, lambda: None, "JSON webhook for action 'notify' (a Matrix or Slack bridge); secret"),
     "actions": Spec(_actions, lambda: {}, "per label: remove, report, notify (default: none, attribution only)"),
     "actions_dry_run": Spec(_flag, lambda: False, "plan and record actions, send nothing"),
+    "canary_dry_run": Spec(
+        _flag, lambda: True, "the canary's actions are planned and recorded, not sent (false: sent like any label's)"
+    ),
+    "canary_purge_hours": Spec(
+        _hours, lambda: 24.0, "a canary item's bytes are purged this long after its quarantine (0: kept)"
+    ),
     "console_listen": Spec(str, lambda: "127.0.0.1:8731", "where the review console listens, HOST:PORT"),
     "console_trusted_proxies": Spec(
         _names, lambda: (), "reverse proxies whose X-Forwarded-For/-Proto the console believes, e.g. 127.0.0.1"
@@ -273,6 +289,8 @@ class Settings:
     notify_webhook: str | None
     actions: dict[str, tuple[str, ...]]
     actions_dry_run: bool
+    canary_dry_run: bool
+    canary_purge_hours: float
     console_listen: str
     console_trusted_proxies: tuple[str, ...]
     console_lemmy_login: bool
@@ -305,6 +323,8 @@ def _read_config(path: Path | None) -> tuple[dict[str, Any], str]:
         actions = dict(actions)
         if "dry_run" in actions:
             scan["actions_dry_run"] = actions.pop("dry_run")
+        if "canary_dry_run" in actions:  # [actions] canary_dry_run = false: the canary's actions are sent
+            scan["canary_dry_run"] = actions.pop("canary_dry_run")
         scan["actions"] = actions
     for key in ENV_ONLY:
         if key in scan:
@@ -405,7 +425,7 @@ def commented_config() -> str:
     ]
     sectioned: dict[str, list[str]] = {section: [] for section in SECTIONS}
     for name, spec in SPECS.items():
-        if name in ENV_ONLY or name in ("actions", "actions_dry_run"):
+        if name in ENV_ONLY or name in ("actions", "actions_dry_run", "canary_dry_run"):
             continue
         default = spec.default()
         value = EXAMPLES.get(name, "") if default in (None, ()) else default
@@ -428,6 +448,8 @@ def commented_config() -> str:
         '# csam = ["remove", "report", "notify"]',
         '# "*" = ["report"]',
         "# dry_run = true   # plan and record actions, send nothing",
+        '# canary = ["notify"]   # what follows the canary (`mirror-scan canary make`); notify by default',
+        "# canary_dry_run = true   # the canary's actions are planned, not sent, unless this is false",
         "",
     ]
     return "\n".join(lines)

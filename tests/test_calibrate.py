@@ -69,9 +69,18 @@ def test_calibrate_reports_the_true_rate_and_picks_a_severity_that_meets_the_tar
     with sqlite3.connect(tmp_path / "s.db") as db:
         assert db.execute("SELECT count(*) FROM files WHERE verdict='flagged'").fetchone()[0] == 0
     # --write stores it with its provenance; a scan under the written config stays under the target.
+    plot = tmp_path / "margins.png"
     written = run_cli("calibrate", str(sample), "--model", str(tiny_bundle_master), "--policy", str(policy),
-                      "--target-fp", "0.05", "--write", "--config", str(config), *where)  # fmt: skip
+                      "--target-fp", "0.05", "--write", "--plot", str(plot), "--config", str(config), *where)  # fmt: skip
     assert written.returncode == 0, written.stderr
+    # The picture: the rate, the current and the chosen severity marked in their colours.
+    from PIL import Image
+
+    from mirror_scan.scan.calplot import CHOSEN, CURRENT, RATE
+
+    drawn = Image.open(plot).convert("RGB")
+    colours = {c for _, c in drawn.getcolors(1 << 20)}
+    assert drawn.size == (960, 480) and {CHOSEN, CURRENT, RATE} <= colours, sorted(colours)[:20]
     text = config.read_text()
     assert "batch_size = 8" in text and f'severity = "{chosen["offset"]:+g}"' in text and "200 benign pictures" in text
     rescan = run_cli("scan", str(sample), "--model", str(tiny_bundle_master), "--policy", str(policy), "--dry-run",

@@ -355,6 +355,8 @@ class WatchDaemon:
             quarantine.drop_returned_copy(os.path.join(mirror, os.fsencode(key)), mirror)
         for note in quarantine.recover():
             log.warning("recovered: %s", note)
+        for item in quarantine.expire_canaries(self.settings.canary_purge_hours * 3600):
+            log.info("canary %s purged (%g h after its quarantine)", item, self.settings.canary_purge_hours)
         breakers = {u.remote: u.breaker.state for u in quarantine.upstreams.known()}
         self._set(upstream_pending=self.retry_workspace.ledger.upstream_pending_count(), upstream_breakers=breakers)
 

@@ -79,15 +79,18 @@ class Workspace:
         """Carry out what is due (attribution, actions, undo) when anything is configured; a
         misconfiguration is said, never raised: the quarantine has already happened. A command spends at
         most `budget_s` on them (services that are slow or trickle their answers never hold it up longer);
-        the daemons pass None."""
-        if not follow_up_enabled(self.settings) or self.ledger.readonly:
+        the daemons pass None. Canary items past `canary_purge_hours` are purged first."""
+        if self.ledger.readonly:
             return []
         from mirror_scan.errors import MirrorScanError
 
-        try:
-            notes = self.moderation.run_due(budget_s=budget_s)
-        except MirrorScanError as err:
-            notes = [f"attribution and moderation actions are not run: {err}"]
+        notes = [f"canary {item} purged ({self.settings.canary_purge_hours:g} h after its quarantine)"
+                 for item in self.quarantine.expire_canaries(self.settings.canary_purge_hours * 3600)]  # fmt: skip
+        if follow_up_enabled(self.settings):
+            try:
+                notes += self.moderation.run_due(budget_s=budget_s)
+            except MirrorScanError as err:
+                notes.append(f"attribution and moderation actions are not run: {err}")
         for note in notes:
             if say:
                 say(note)

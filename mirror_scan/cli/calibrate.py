@@ -40,6 +40,9 @@ def calibrate(
     write: Annotated[
         bool, typer.Option("--write", help="Store the chosen severity in the config file, with its provenance.")
     ] = False,
+    plot: Annotated[
+        Path | None, typer.Option("--plot", help="Also draw the rates and margins as a picture (FILE.png).")
+    ] = None,
     model: ModelOpt = None,
     policy: PolicyOpt = None,
     severity: SeverityOpt = None,
@@ -125,6 +128,12 @@ def calibrate(
                       f"(95% up to {chosen.high:.3%}, target {target_fp:.2%})")  # fmt: skip
         write_severity(target, chosen.offset, provenance)
         summary["written"] = str(target)
+    if plot is not None:
+        from mirror_scan.atomic import atomic_write_bytes
+        from mirror_scan.scan.calplot import margins_plot, png_bytes
+
+        atomic_write_bytes(plot, png_bytes(margins_plot(result, offsets)), 0o644)
+        summary["plot"] = str(plot)
     if json_out:
         print_json(summary)
         return
@@ -141,6 +150,8 @@ def calibrate(
     print_margins(result, offsets)
     for note in result.notes:
         out.print(f"note: {note}")
+    if plot is not None:
+        out.print(f"plot written to {plot}")
     if write:
         out.print(f"severity {chosen.offset:+g} written to {summary['written']} (`mirror-scan rescore` applies it)")
 

@@ -283,10 +283,13 @@ class Moderation:
         return list((reason or {}).get("labels") or [])
 
     def planned_actions(self, item, data: dict[str, Any]) -> followups.Planned:
+        from mirror_scan.lists.canary import CANARY_LABEL
+
         s = self.settings
         reporter = self._bot_person_id() if data.get("private_messages") else None
+        actions = {CANARY_LABEL: ("notify",), **s.actions}  # the canary tells the admins unless told otherwise
         return followups.plan(
-            self.labels(item), data, s.actions, s.lemmy_notify, bool(s.notify_webhook), reporter=reporter
+            self.labels(item), data, actions, s.lemmy_notify, bool(s.notify_webhook), reporter=reporter
         )
 
     def _bot_person_id(self) -> int | None:
@@ -306,7 +309,10 @@ class Moderation:
             return []
         planned = self.planned_actions(item, data)
         rows = planned.rows
-        state = "dry_run" if self.settings.actions_dry_run else "pending"
+        from mirror_scan.lists.canary import CANARY_LABEL
+
+        canary_test = CANARY_LABEL in self.labels(item) and self.settings.canary_dry_run
+        state = "dry_run" if self.settings.actions_dry_run or canary_test else "pending"
         with self.ledger.transaction():
             for action, target in rows:
                 self.ledger.follow_ups.add_followup(item.id, action, target, state=state)

@@ -142,6 +142,32 @@ class ItemIndex:
             meta.setdefault("history", []).append({"state": f"pict-rs purge of {alias}: {note}", "at": _now_iso()})
             self._write_meta(self.items / item_id, meta)
 
+    def expire_canaries(self, older_than_s: float, now: float | None = None) -> list[str]:
+        """Purge the canary items (the harmless test picture) quarantined longer ago than `older_than_s`,
+        once they are fully quarantined (an item still waiting for its upstream removal keeps its bytes:
+        purging it would leave the canary in the bucket). Never a restore: that would allowlist the canary,
+        and it would never be flagged again. Returns the ids purged."""
+        from mirror_scan.lists.canary import CANARY_LIST
+
+        if older_than_s <= 0:
+            return []
+        cutoff = (now or time.time()) - older_than_s
+        purged = []
+        for row in self.ledger.items(states=(str(ItemState.QUARANTINED),)):
+            try:
+                listed = (json.loads(row.reason) if row.reason else {}).get("hash_list")
+            except (ValueError, AttributeError):
+                continue
+            if listed != CANARY_LIST or row.created > cutoff:
+                continue
+            try:
+                self.purge(row.id)
+            except MirrorScanError as error:  # busy or moved meanwhile: the next round takes it
+                log.info("canary %s is not purged yet: %s", row.id, error)
+                continue
+            purged.append(row.id)
+        return purged
+
     def purge(self, item_id: str) -> None:
         """Delete an item's bytes permanently; keep a tombstone (metadata, state 'purged')."""
         with self.item_lock(item_id, wait_s=5.0):
