@@ -235,6 +235,9 @@ SPECS: dict[str, Spec] = {
     "console_trusted_proxies": Spec(
         _names, lambda: (), "reverse proxies whose X-Forwarded-For/-Proto the console believes, e.g. 127.0.0.1"
     ),
+    "console_moderators_may_restore": Spec(
+        _flag, lambda: False, "Lemmy moderators may restore their communities' items (allowlisted instance-wide)"
+    ),
     "console_lemmy_login": Spec(_flag, lambda: True, "let Lemmy admins and moderators log in to the console"),
     "console_session_hours": Spec(_positive_seconds, lambda: 12.0, "how long a console login lasts (hours)"),
 }
@@ -293,6 +296,7 @@ class Settings:
     canary_purge_hours: float
     console_listen: str
     console_trusted_proxies: tuple[str, ...]
+    console_moderators_may_restore: bool
     console_lemmy_login: bool
     console_session_hours: float
     sources: dict[str, str]  # setting -> "flag" | "env" | "config FILE" | "default"

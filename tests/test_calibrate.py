@@ -71,7 +71,8 @@ def test_calibrate_reports_the_true_rate_and_picks_a_severity_that_meets_the_tar
     # --write stores it with its provenance; a scan under the written config stays under the target.
     plot = tmp_path / "margins.png"
     written = run_cli("calibrate", str(sample), "--model", str(tiny_bundle_master), "--policy", str(policy),
-                      "--target-fp", "0.05", "--write", "--plot", str(plot), "--config", str(config), *where)  # fmt: skip
+                      "--target-fp", "0.05", "--write", "--plot", str(plot), "--config", str(config),
+                      *where)  # fmt: skip
     assert written.returncode == 0, written.stderr
     # The picture: the rate, the current and the chosen severity marked in their colours.
     from PIL import Image

@@ -6,8 +6,10 @@ with attribution from a real PostgreSQL holding Lemmy's schema (tests/test_lemmy
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -34,26 +36,42 @@ def test_who_may_decide_what():
     admin = Reviewer("boss", "lemmy", admin=True)
     moderator = Reviewer("mod", "lemmy", admin=False, communities=frozenset({pics}))
     assert why_not_allowed(admin, None) is None and why_not_allowed(admin, _attribution(memes), "ban") is None
-    assert why_not_allowed(moderator, _attribution(pics)) is None
+    assert why_not_allowed(moderator, _attribution(pics), "confirm") is None
     assert why_not_allowed(moderator, _attribution(pics, pics), "confirm") is None
-    assert "do not moderate" in why_not_allowed(moderator, _attribution(pics, memes))  # not theirs alone
-    assert "no community" in why_not_allowed(moderator, None)  # unattributed: an admin's
-    assert "no community" in why_not_allowed(moderator, {"private_messages": [{"id": 1}]})
+    assert "do not moderate" in why_not_allowed(moderator, _attribution(pics, memes), "confirm")  # not theirs alone
+    assert "no community" in why_not_allowed(moderator, None, "confirm")  # unattributed: an admin's
+    assert "not fully known" in why_not_allowed(moderator, {"private_messages": [{"id": 1}]}, "confirm")
     assert "admin" in why_not_allowed(moderator, _attribution(pics), "ban")  # site bans are an admin's
+    # A restore allowlists the picture everywhere: a moderator's only where admins allow it, never a list match.
+    assert "allowlists" in why_not_allowed(moderator, _attribution(pics), "restore")
+    assert why_not_allowed(moderator, _attribution(pics), "restore", {}, moderators_may_restore=True) is None
+    listed = {"hash_list": "ncmec"}
+    assert "hash list" in why_not_allowed(moderator, _attribution(pics), "restore", listed, moderators_may_restore=True)
+    # Where it was used must be fully known: a use without its community, a message, unknown parts, a cap.
+    for partial in ({"posts": [{"id": 1, "community": {"actor": pics}}, {"id": 2, "community": None}]},
+                    {**_attribution(pics), "private_messages": [{"id": 3}]},
+                    {**_attribution(pics), "unknown": [{"part": "lemmy", "reason": "down"}]},
+                    {**_attribution(pics), "retry": True},
+                    _attribution(*[pics] * 200)):  # fmt: skip
+        assert "not fully known" in why_not_allowed(moderator, partial, "confirm"), partial
 
 
-def test_the_login_brake_counts_per_account_and_per_client():
-    brake = LoginBrake(per_account=3, per_client=5, window_s=60)
-    for _ in range(3):
-        assert brake.retry_after("Alice", "10.0.0.1") == 0
-        brake.failed("Alice", "10.0.0.1")
-    assert 0 < brake.retry_after("alice", "10.0.0.9") <= 60  # the account, from anywhere, any case
-    assert brake.retry_after("bob", "10.0.0.1") == 0  # the client may still try another account...
-    brake.failed("bob", "10.0.0.1")
-    brake.failed("carol", "10.0.0.1")
-    assert brake.retry_after("dave", "10.0.0.1") > 0  # ...until it has failed five times
-    brake.succeeded("alice")
-    assert brake.retry_after("alice", "10.0.0.2") == 0
+def test_the_login_brake_counts_attempts_as_they_start():
+    brake = LoginBrake(per_account_and_client=3, per_account=6, per_client=5, window_s=60)
+    stamps = [brake.attempt("Alice", "10.0.0.1") for _ in range(3)]  # in flight together: all counted
+    assert all(wait == 0 for wait, _ in stamps)
+    assert brake.attempt(" alice", "10.0.0.1")[0] > 0  # any case, any spacing: the same account
+    assert brake.attempt("alice", "10.0.0.9")[0] == 0  # failing alice's logins elsewhere does not lock her out
+    assert brake.attempt("bob", "10.0.0.1")[0] == 0  # the client may still try another account...
+    assert brake.attempt("carol", "10.0.0.1")[0] == 0  # (a refused attempt is not one more)
+    assert brake.attempt("erin", "10.0.0.1")[0] > 0  # ...until it has tried five
+    for client in ("10.0.0.2", "10.0.0.3", "10.0.0.4"):
+        brake.attempt("alice", client)
+    assert brake.attempt("alice", "10.0.0.5")[0] > 0  # many addresses guessing one account: slowed too
+    brake = LoginBrake(per_account_and_client=2, window_s=60)
+    wait, stamp = brake.attempt("dave", "10.0.0.1")
+    brake.succeeded("dave", "10.0.0.1", stamp)  # a success takes its attempt back
+    assert brake.attempt("dave", "10.0.0.1")[0] == 0 and brake.attempt("dave", "10.0.0.1")[0] == 0
 
 
 # ---------------------------------------------------------------------- a bucket, a state, a console
@@ -211,17 +229,42 @@ def test_attacks_on_the_console_are_refused(site, tmp_path):
         assert Client(server).post("/login", {"username": "alice", "password": PASSWORD}).status == 403
         assert site.items()["pic-0.png"]["state"] == "quarantined"  # nothing was decided
 
-        # Brute force: five wrong passwords for bob, then even the right one waits.
-        guesser = Client(server)
+        # Bodies that are not forms: a plain refusal with the same headers, before and after login.
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request("POST", "/login", body=b"username=%ff%fe&password=x",
+                     headers={"Content-Type": "application/x-www-form-urlencoded; charset=bogus"})  # fmt: skip
+        broken = conn.getresponse()
+        assert broken.status == 400 and "default-src 'none'" in broken.headers["Content-Security-Policy"]
+        conn.close()
+        headers = {"Cookie": f"ms_session={alice.cookies['ms_session']}", "Content-Type": "multipart/form-data"}
+        conn = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        conn.request("POST", "/decide", body=b"--x\r\ntruncated", headers=headers)
+        assert conn.getresponse().status == 400
+        conn.close()
+        # An Origin of this host but another scheme is another origin.
+        assert alice.post("/decide", {"csrf": csrf, "decision": "confirm", "item": item["id"]},
+                          Origin=f"https://127.0.0.1:{server.port}").status == 403  # fmt: skip
+
+        # Brute force: guesses sent all at once are counted as they start: at most five are checked.
+        def guess(i: int) -> int:
+            return Client(server).login("bob", f"guess {i}").status
+
         started = time.monotonic()
-        assert [guesser.login("bob", f"guess {i}").status for i in range(5)] == [401] * 5
-        braked = guesser.login("bob", "bobs own long password")
+        with ThreadPoolExecutor(12) as pool:
+            answers = list(pool.map(guess, range(24)))
+        assert answers.count(401) <= 5 and answers.count(429) >= 19, answers
+        guesser = Client(server)
+        braked = guesser.login("bob", "bobs own long password")  # even the right password waits now
         assert braked.status == 429 and int(braked.headers["Retry-After"]) > 60
         assert "ms_session" not in guesser.cookies
-        assert time.monotonic() - started < 30  # refused at once, not slowed into a timeout
+        assert time.monotonic() - started < 60  # refused at once, not slowed into a timeout
         assert Client(server).login("alice").status == 303  # another account from the same client still can
         # Unknown names fail the same way (no account oracle).
         assert Client(server).login("nobody", "whatever").status == 401
+        # A new password ends the account's sessions.
+        assert alice.get("/history").status == 200
+        add_user(site.people, "alice", tmp_path, password="a brand new passphrase")
+        assert alice.get("/history").status == 303
     finally:
         log = server.stop()
     assert "bobs own long password" not in log and "failed login for 'bob'" in log
@@ -302,8 +345,28 @@ def test_lemmy_moderators_decide_only_their_communities_items(postgres, tmp_path
             assert "outcome-done" in banned.body and lemmy.bans == [(1, True, "CSAM spam wave")]
             history = boss.get("/history").body
             assert "boss (lemmy admin)" in history and "picsmod (lemmy moderator)" in history
+            assert mod.get("/dashboard").status == 403 and boss.get("/dashboard").status == 200
+            # Lemmy rate-limiting logins: the login cannot be checked, and the page does not say where Lemmy is.
+            lemmy.logins_allowed = lemmy.logins
+            limited = Client(server).login("boss", "boss password 123")
+            assert limited.status == 503 and lemmy.url not in limited.body and "127.0.0.1" not in limited.body
+            lemmy.logins_allowed = None
         finally:
             log = server.stop()
+        # Where the admins allow it, a moderator restores what the model (not a hash list) flagged in their
+        # community; the picture is allowlisted instance-wide, as every restore is.
+        thumb = items[World.KEYS["thumb"]]
+        env = {"MIRROR_SCAN_CONSOLE_MODERATORS_MAY_RESTORE": "true"}
+        server = ConsoleServer(w.state, w.quarantine, "--config", str(w.config), env=env)
+        try:
+            mod = Client(server)
+            assert mod.login("picsmod", "picsmod password").status == 303
+            page = mod.get(f"/items/{thumb['id']}")
+            done = mod.post("/decide", {"csrf": page.csrf(), "decision": "restore", "item": thumb["id"]})
+            assert "outcome-done" in done.body, done.body
+            assert (w.mirror / World.KEYS["thumb"]).read_bytes() == w.files["thumb"]
+        finally:
+            log += server.stop()
         for secret in ("picsmod password", "boss password 123", "bot password 123", w.role_password):
             assert secret not in log
     finally:

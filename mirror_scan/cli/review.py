@@ -83,15 +83,15 @@ def _password(password_file: Path | None) -> str:
         except OSError as error:
             raise UsageError(f"password file {password_file} cannot be read: {error.strerror}") from None
     elif env:
-        text = env
+        text = env.strip()
     elif sys.stdin.isatty():
         text = getpass.getpass("Password: ")
         if text != getpass.getpass("Again: "):
             raise UsageError("the two passwords differ")
     else:
         raise UsageError("no password given", hint="use --password-file FILE or MIRROR_SCAN_CONSOLE_PASSWORD")
-    if len(text) < 12:
-        raise UsageError("a console password has at least 12 characters")
+    if len(text) < 12 or len(set(text)) < 6:
+        raise UsageError("a console password has at least 12 characters, and at least 6 different ones")
     return text
 
 

@@ -53,7 +53,7 @@ class LemmyRefused(MirrorScanError):
 class Lemmy:
     url: str
     username: str
-    password: str
+    password: str = field(repr=False)
     timeout: float = 15.0
     api: str | None = None  # "v3" | "v4", detected on first use
     version: str | None = None

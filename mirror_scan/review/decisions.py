@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.kinds import EXPORTED_STATES, RESTORABLE_STATES
-from mirror_scan.review.people import Reviewer, why_not_allowed
+from mirror_scan.review.people import Reviewer, visible_to, why_not_allowed
 
 
 class NotAllowed(MirrorScanError):
@@ -56,10 +56,21 @@ class Decisions:
         return self.workspace.ledger
 
     def check(self, reviewer: Reviewer, item_id: str, decision: str) -> None:
-        """Raises NotAllowed (or MirrorScanError for an unknown item) before anything is done."""
-        if self.ledger.item(item_id) is None:
-            raise MirrorScanError(f"no quarantine item {item_id}")
-        why = why_not_allowed(reviewer, self.ledger.follow_ups.attribution(item_id), decision)
+        """Raises NotAllowed (or MirrorScanError for an unknown item) before anything is done. An item a
+        moderator may not see is answered like one that does not exist."""
+        import json
+
+        row = self.ledger.item(item_id)
+        attribution = self.ledger.follow_ups.attribution(item_id) if row is not None else None
+        if row is None or not visible_to(reviewer, attribution):
+            raise MirrorScanError(f"no quarantine item {item_id}" + ("" if reviewer.admin else " of yours"))
+        try:
+            reason = json.loads(row.reason) if row.reason else {}
+        except ValueError:
+            reason = {}
+        settings = getattr(self.workspace, "settings", None)
+        may_restore = bool(getattr(settings, "console_moderators_may_restore", False))
+        why = why_not_allowed(reviewer, attribution, decision, reason if isinstance(reason, dict) else {}, may_restore)
         if why:
             raise NotAllowed(f"{reviewer.name} may not {decision} item {item_id}: {why}")
 

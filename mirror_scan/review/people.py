@@ -48,28 +48,60 @@ def shell_reviewer() -> Reviewer:
     return Reviewer(name, "shell", admin=True)
 
 
-def communities_of(attribution: dict[str, Any] | None) -> set[str]:
-    """The actor URLs of every community a picture was used in (posts and comments)."""
+def communities_of(attribution: dict[str, Any] | None) -> set[str] | None:
+    """The actor URLs of every community a picture was used in (posts and comments); None when that is not
+    fully known: a use without its community, a private message (no community), an attribution with unknown
+    parts or waiting for a retry, or as many uses as attribution lists (there may be more)."""
+    from mirror_scan.moderation.attribution import MAX_USES
+
+    data = attribution or {}
+    if data.get("unknown") or data.get("retry") or data.get("private_messages"):
+        return None
+    uses = [*data.get("posts", []), *data.get("comments", [])]
+    if len(uses) >= MAX_USES:
+        return None
     found = set()
-    for use in [*(attribution or {}).get("posts", []), *(attribution or {}).get("comments", [])]:
-        community = use.get("community") or {}
-        if community.get("actor"):
-            found.add(str(community["actor"]))
+    for use in uses:
+        actor = (use.get("community") or {}).get("actor")
+        if not actor:
+            return None
+        found.add(str(actor))
     return found
 
 
-def why_not_allowed(reviewer: Reviewer, attribution: dict[str, Any] | None, decision: str = "restore") -> str | None:
-    """None when `reviewer` may make `decision` on an item with this attribution, else why not."""
+def why_not_allowed(
+    reviewer: Reviewer,
+    attribution: dict[str, Any] | None,
+    decision: str = "restore",
+    reason: dict[str, Any] | None = None,
+    moderators_may_restore: bool = False,
+) -> str | None:
+    """None when `reviewer` may make `decision` on an item with this attribution (and verdict reason), else
+    why not. A restore allowlists the picture's sha256 for the whole instance, and on many instances anyone
+    may open a community and so become its moderator: moderators restore only where the admins allowed it
+    ([console] moderators_may_restore), and never what a hash list flagged."""
     if reviewer.admin:
         return None
     if decision in ("ban", "unban"):
         return "only an instance admin may ban from the instance"
     used_in = communities_of(attribution)
+    if used_in is None:
+        return "where this item was used is not fully known (an admin decides it)"
     if not used_in:
         return "this item is tied to no community (an admin decides it)"
     if used_in - reviewer.communities:
         return "this item is also used in communities you do not moderate (an admin decides it)"
+    if decision == "restore":
+        if not moderators_may_restore:
+            return "restoring allowlists the picture for the whole instance: an admin restores it"
+        if (reason or {}).get("hash_list"):
+            return "a hash list flagged this picture: an admin restores it"
     return None
+
+
+def visible_to(reviewer: Reviewer, attribution: dict[str, Any] | None) -> bool:
+    """Admins see every item; a moderator the items used only in their communities (confirming is theirs)."""
+    return why_not_allowed(reviewer, attribution, "confirm") is None
 
 
 def lemmy_login(url: str):
@@ -136,38 +168,56 @@ def token_hash(token: str) -> str:
 
 @dataclass
 class LoginBrake:
-    """Failed logins per account and per client address in a sliding window; past either limit the login is
-    refused before the password is checked (so guesses at speed learn nothing)."""
+    """Login attempts per account and client, per account and per client, in a sliding window. An attempt
+    is counted when it starts (so attempts sent in parallel are counted before any is checked) and taken
+    back when it succeeds; past a limit, the login is refused before the password is checked.
 
-    per_account: int = 5
+    The tight limit is per account *and* client, so nobody locks a moderator out by failing their logins
+    from elsewhere; a looser limit per account slows guessing from many addresses, and one per client slows
+    an address trying many accounts. Behind a reverse proxy, set [console] trusted_proxies, or every client
+    is the proxy."""
+
+    per_account_and_client: int = 5
+    per_account: int = 50
     per_client: int = 20
     window_s: float = 900.0
-    _failures: dict[tuple[str, str], deque] = field(default_factory=dict)
+    _attempts: dict[tuple[str, ...], deque] = field(default_factory=dict)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def _recent(self, key: tuple[str, str], now: float) -> deque:
-        times = self._failures.setdefault(key, deque())
+    def _keys(self, account: str, client: str) -> list[tuple[tuple[str, ...], int]]:
+        name = account.strip().casefold()
+        return [
+            (("pair", name, client), self.per_account_and_client),
+            (("account", name), self.per_account),
+            (("client", client), self.per_client),
+        ]
+
+    def _recent(self, key: tuple[str, ...], now: float) -> deque:
+        times = self._attempts.setdefault(key, deque())
         while times and times[0] < now - self.window_s:
             times.popleft()
         return times
 
-    def retry_after(self, account: str, client: str) -> float:
-        """Seconds until a login may be tried again; 0 when it may be tried now."""
+    def attempt(self, account: str, client: str) -> tuple[float, float]:
+        """(wait, stamp): wait > 0 means refuse now (for that many seconds); otherwise the attempt is counted
+        under `stamp` until `succeeded` takes it back."""
         now = time.monotonic()
         with self._lock:
             waits = []
-            for key, limit in ((("account", account.lower()), self.per_account), (("client", client), self.per_client)):
+            for key, limit in self._keys(account, client):
                 times = self._recent(key, now)
                 if len(times) >= limit:
                     waits.append(times[len(times) - limit] + self.window_s - now)
-            return max(waits, default=0.0)
+            if waits:
+                return max(waits), now
+            for key, _ in self._keys(account, client):
+                self._attempts[key].append(now)
+            return 0.0, now
 
-    def failed(self, account: str, client: str) -> None:
-        now = time.monotonic()
+    def succeeded(self, account: str, client: str, stamp: float) -> None:
         with self._lock:
-            for key in (("account", account.lower()), ("client", client)):
-                self._recent(key, now).append(now)
-
-    def succeeded(self, account: str) -> None:
-        with self._lock:
-            self._failures.pop(("account", account.lower()), None)
+            for key, _ in self._keys(account, client):
+                times = self._attempts.get(key)
+                if times is not None and stamp in times:
+                    times.remove(stamp)
+            self._attempts.pop(self._keys(account, client)[0][0], None)

@@ -10,7 +10,7 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
-from mirror_scan.review.people import Reviewer, communities_of, why_not_allowed
+from mirror_scan.review.people import Reviewer, communities_of, visible_to, why_not_allowed
 from mirror_scan.text import one_line, printable
 
 AGES = {"1d": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
@@ -130,7 +130,7 @@ class Views:
             return True
         if attribution is None:
             attribution = self.ledger.follow_ups.attribution(item_id)
-        return why_not_allowed(reviewer, attribution) is None
+        return visible_to(reviewer, attribution)
 
     # ------------------------------------------------------------------ queue
 
@@ -241,8 +241,13 @@ class Views:
                 if isinstance(h, dict)
             ],
             "decisions": [decision_json(d) for d in self.ledger.reviews.decisions(item_id)],
-            "may": {d: why_not_allowed(reviewer, attribution, d) for d in ("restore", "confirm", "ban")},
-            "used_in_communities": sorted(communities_of(attribution)),
+            "may": {
+                d: why_not_allowed(
+                    reviewer, attribution, d, reason, self.workspace.settings.console_moderators_may_restore
+                )
+                for d in ("restore", "confirm", "ban")
+            },
+            "used_in_communities": sorted(communities_of(attribution) or ()),
         }
 
     # ------------------------------------------------------------------ history and dashboard

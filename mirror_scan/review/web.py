@@ -45,9 +45,23 @@ CSP = (
     "default-src 'none'; style-src 'self'; img-src 'none'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'"
 )
 PUBLIC = frozenset({"/login", "/static/console.css"})
+LEMMY_SESSION_S = 3600.0
 DECISIONS = ("restore", "confirm")  # what a selection may take; bans are one item at a time, explicitly
 
 LemmyLogin = Callable[[str, str, str], "Reviewer | None"]  # (name, password, 2fa code) -> reviewer, or refused
+
+
+class BadForm(Exception):
+    """A request body that is not a readable form (bad encoding, broken multipart)."""
+
+
+async def read_form(request: web.Request):
+    try:
+        return await request.post()
+    except web.HTTPException:
+        raise
+    except Exception as error:  # aiohttp raises ValueError, LookupError, UnicodeDecodeError...  # noqa: BLE001
+        raise BadForm(str(error)) from None
 
 
 class LoginUnavailable(MirrorScanError):
@@ -67,6 +81,7 @@ class Console:
         self.session_s = settings.console_session_hours * 3600
         self.lemmy_login = lemmy_login
         self.brake = brake or LoginBrake()
+        self._checking: asyncio.Semaphore | None = None  # at most a few password checks at once (argon2, Lemmy)
         self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="console-writer")
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="console-reader")
         self._writer: Any = None
@@ -162,6 +177,11 @@ class Console:
             response = await self._checked(request, handler)
         except web.HTTPException as answer:
             response = answer
+        except BadForm:
+            response = self._page("error.html", request, status=400, message="The form could not be read.")
+        except Exception:  # answered as a page with the same headers; the log has what happened
+            log.exception("console: %s %s failed", request.method, one_line(request.path)[:200])
+            response = self._page("error.html", request, status=500, message="Something went wrong (see the log).")
         response.headers["Content-Security-Policy"] = CSP
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["X-Frame-Options"] = "DENY"
@@ -194,7 +214,7 @@ class Console:
         request["session"] = session
         request["reviewer"] = Reviewer(session.who, session.kind, session.admin, session.communities)
         if request.method == "POST":
-            form = await request.post()
+            form = await read_form(request)
             if not hmac.compare_digest(str(form.get("csrf", "")).encode(), session.csrf.encode()):
                 log.warning("console: a form without its CSRF token was refused (%s)", one_line(request.path))
                 return self._page("error.html", request, status=403, message="The form's CSRF token is missing.")
@@ -202,10 +222,14 @@ class Console:
         return await handler(request)
 
     def _same_origin(self, request: web.Request) -> bool:
-        """No Origin (older clients; the CSRF token still decides) or this very host; "null" and other sites
-        are refused."""
+        """No Origin (older clients; the CSRF token still decides) or this very origin, scheme and host (the
+        scheme as the browser sees it: https behind a trusted TLS proxy); "null" and other sites are refused."""
         origin = request.headers.get("Origin")
-        return origin is None or urlsplit(origin).netloc.lower() == request.host.lower()
+        if origin is None:
+            return True
+        parts = urlsplit(origin)
+        scheme = "https" if self._https(request) else "http"
+        return parts.scheme == scheme and parts.netloc.lower() == request.host.lower() and not parts.path
 
     # ------------------------------------------------------------------ rendering
 
@@ -231,7 +255,7 @@ class Console:
         return response
 
     async def login(self, request: web.Request) -> web.StreamResponse:
-        form = await request.post()
+        form = await read_form(request)
         cookie = request.cookies.get(LOGIN_COOKIE, "")
         sent = str(form.get("login_csrf", ""))
         if not cookie or not hmac.compare_digest(cookie.encode(), sent.encode()):
@@ -240,48 +264,57 @@ class Console:
         password = str(form.get("password", ""))[:1024]
         code = str(form.get("totp", "")).strip()[:16]
         client = self._client(request)
-        wait = self.brake.retry_after(name, client)
+        wait, stamp = self.brake.attempt(name, client)  # counted now: parallel guesses are counted too
         if wait > 0:
-            log.warning("console: login of %r from %s refused: too many failures", one_line(name), client)
+            log.warning("console: login of %r from %s refused: too many attempts", one_line(name)[:64], client)
             response = await self.login_page(
                 request, f"Too many failed logins: try again in {max(1, round(wait / 60))} minute(s).", status=429
             )
             response.headers["Retry-After"] = str(int(wait) + 1)
             return response
+        if self._checking is None:
+            self._checking = asyncio.Semaphore(4)
         try:
-            reviewer = await self._credentials(name, password, code)
+            async with self._checking:
+                reviewer = await self._credentials(name, password, code)
         except LoginUnavailable as error:
-            return await self.login_page(request, f"The login cannot be checked now: {error}", status=503)
+            log.warning("console: the login of %r cannot be checked: %s", one_line(name)[:64], error)
+            return await self.login_page(request, "The login cannot be checked now: try again later.", status=503)
         if reviewer is None:
-            self.brake.failed(name, client)
-            log.warning("console: failed login for %r from %s", one_line(name), client)
+            log.warning("console: failed login for %r from %s", one_line(name)[:64], client)
             return await self.login_page(request, "Wrong name or password.", status=401)
         if reviewer.kind == "lemmy" and not reviewer.admin and not reviewer.communities:
             return await self.login_page(
                 request, "Only the instance's admins and community moderators may use this console.", status=403
             )
-        self.brake.succeeded(name)
+        self.brake.succeeded(name, client, stamp)
         token, csrf = secrets.token_urlsafe(32), secrets.token_urlsafe(32)
+        # Lemmy rights (admin, moderated communities) are read at login: such a session is short, so a
+        # demoted moderator's rights end within the hour.
+        lasts = min(self.session_s, LEMMY_SESSION_S) if reviewer.kind == "lemmy" else self.session_s
         session = Session(reviewer.name, reviewer.kind, reviewer.admin, reviewer.communities, csrf,
-                          time.time() + self.session_s)  # fmt: skip
+                          time.time() + lasts)  # fmt: skip
         await self._write(lambda ws: ws.ledger.reviews.open_session(token_hash(token), session))
         log.info("console: %s logged in from %s", one_line(reviewer.who), client)
         response = web.HTTPSeeOther("/")
         response.set_cookie(SESSION_COOKIE, token, httponly=True, samesite="Strict", secure=self._https(request),
-                            path="/", max_age=int(self.session_s))  # fmt: skip
+                            path="/", max_age=int(lasts))  # fmt: skip
         response.del_cookie(LOGIN_COOKIE, path="/login")
         return response
 
     async def _credentials(self, name: str, password: str, code: str) -> Reviewer | None:
-        """A local account of that name is checked alone (no fallback to Lemmy); else Lemmy, when allowed."""
+        """A local account of that name (in any case) is checked alone, no fallback to Lemmy; else Lemmy,
+        when allowed."""
         if not name or not password:
             return None
-        stored = await self._read(lambda ws: ws.ledger.reviews.user_hash(name))
-        if stored is not None or self.lemmy_login is None:
-            ok = await asyncio.get_running_loop().run_in_executor(None, password_matches, stored, password)
-            return Reviewer(name, "local", admin=True) if ok else None
+        found = await self._read(lambda ws: ws.ledger.reviews.user_hash(name))
+        loop = asyncio.get_running_loop()
+        if found is not None or self.lemmy_login is None:
+            stored_name, stored = found or (name, None)
+            ok = await loop.run_in_executor(None, password_matches, stored, password)
+            return Reviewer(stored_name, "local", admin=True) if ok else None
         try:
-            return await asyncio.get_running_loop().run_in_executor(None, self.lemmy_login, name, password, code)
+            return await loop.run_in_executor(None, self.lemmy_login, name, password, code)
         except MirrorScanError as error:
             raise LoginUnavailable(str(error).splitlines()[0]) from None
 
@@ -310,6 +343,8 @@ class Console:
         return self._page("history.html", request, decisions=rows)
 
     async def dashboard(self, request: web.Request) -> web.Response:
+        if not request["reviewer"].admin:  # instance-wide counts and scores are the admins'
+            return self._page("error.html", request, status=403, message="The dashboard is for the instance's admins.")
         view = await self._read(lambda ws: Views(ws).dashboard(time.time()))
         return self._page("dashboard.html", request, view=view, scores=await self._scores())
 

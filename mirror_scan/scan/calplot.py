@@ -28,14 +28,14 @@ def margins_plot(result, offsets) -> Image.Image:
     def x_of(offset: float) -> float:
         return LEFT + (offset - low) / span * plot_w
 
-    top_rate = max([p.high for p in result.points] + [result.target, 1e-4])
+    top_rate = max([*(p.high for p in result.points), result.target, 1e-4])
 
     def y_rate(rate: float) -> float:
         return TOP + plot_h - rate / top_rate * plot_h
 
     critical = result.critical[np.isfinite(result.critical)]
     counts = [int(np.sum(np.isclose(critical, o))) for o in grid]
-    top_count = max(counts + [1])
+    top_count = max([*counts, 1])
     bar = max(1.0, plot_w / max(len(grid), 1) * 0.7)
     for offset, count in zip(grid, counts, strict=True):
         if count:

@@ -86,10 +86,15 @@ class ReviewTables(Vocabulary):
                 "ON CONFLICT(name) DO UPDATE SET password_hash=excluded.password_hash",
                 (name, password_hash, time.time()),
             )
+            # a new password ends the account's sessions (someone else may have known the old one)
+            self.db.execute("DELETE FROM console_sessions WHERE kind='local' AND who=?", (name,))
 
-    def user_hash(self, name: str) -> str | None:
-        row = self.db.execute("SELECT password_hash FROM console_users WHERE name=?", (name,)).fetchone()
-        return row[0] if row else None
+    def user_hash(self, name: str) -> tuple[str, str] | None:
+        """(the account's name as stored, its password hash) for a name in any case."""
+        row = self.db.execute(
+            "SELECT name, password_hash FROM console_users WHERE name=? COLLATE NOCASE", (name,)
+        ).fetchone()
+        return (row[0], row[1]) if row else None
 
     def users(self) -> list[tuple[str, float]]:
         return [(r[0], r[1]) for r in self.db.execute("SELECT name, created FROM console_users ORDER BY name")]
