@@ -10,7 +10,19 @@ from typing import Annotated
 import typer
 
 from mirror_scan.cli.console import out, print_json
-from mirror_scan.cli.options import ConfigOpt, JsonOpt, QuarantineOpt, StateOpt, open_reader
+from mirror_scan.cli.options import (
+    ConfigOpt,
+    DeviceOpt,
+    JsonOpt,
+    ModelOpt,
+    PolicyOpt,
+    QuarantineOpt,
+    RcloneOpt,
+    RemoteOpt,
+    SeverityOpt,
+    StateOpt,
+    open_reader,
+)
 from mirror_scan.errors import UsageError
 from mirror_scan.settings import resolve
 
@@ -23,6 +35,39 @@ canary_app = typer.Typer(
 
 def register(app: typer.Typer) -> None:
     app.add_typer(canary_app, name="canary")
+
+    @app.command("selftest")
+    def selftest(
+        model: ModelOpt = None,
+        policy: PolicyOpt = None,
+        severity: SeverityOpt = None,
+        device: DeviceOpt = None,
+        remote: RemoteOpt = None,
+        rclone: RcloneOpt = None,
+        config: ConfigOpt = None,
+        json_out: JsonOpt = False,
+    ) -> None:
+        """Run the chain locally, without the instance: the configured model and policy scan a temporary
+        mirror holding the canary and a benign picture; the canary must be flagged, quarantined (verified)
+        and restored byte-identical. The configured remote is listed (nothing written or removed), Lemmy is
+        asked who the bot is, and the canary's actions are planned, never sent. Each stage with its time;
+        exit 0 when every stage passed or was skipped, 2 otherwise. Your state and quarantine are untouched."""
+        from mirror_scan.app.selftest import SelfTest
+
+        settings = resolve(
+            {"model": model, "policy": policy, "severity": severity, "device": device, "remote": remote,
+             "rclone": rclone},
+            config,
+        )  # fmt: skip
+        stages = SelfTest(settings).run()
+        if json_out:
+            print_json([s.as_json() for s in stages])
+        else:
+            for stage in stages:
+                mark = {"ok": "ok", "failed": "FAILED", "skipped": "skipped"}[stage.outcome]
+                out.print(f"{mark:8s} {stage.seconds * 1000:8.0f} ms  {stage.name}: {stage.detail}")
+        if any(s.outcome == "failed" for s in stages):
+            raise typer.Exit(2)
 
 
 @canary_app.command("make")
@@ -74,6 +119,12 @@ def status(
                 steps.append({"step": f"{describe_action(f.action, f.target)}: {f.state}", "at": at,
                               **({"error": f.error} if f.error else {})})  # fmt: skip
             steps.sort(key=lambda s: s["at"] or "")
+            once: dict[str, dict] = {}  # an action is in the item's history and in the follow-up journal
+            for step in steps:
+                kept = once.setdefault(step["step"], step)
+                if step.get("error") and not kept.get("error"):
+                    once[step["step"]] = step
+            steps = list(once.values())
             keep = ("id", "state", "source", "quarantined_at", "original")
             seen.append({**{key: entry[key] for key in keep}, "steps": steps})
     seen.sort(key=lambda c: c["quarantined_at"], reverse=True)

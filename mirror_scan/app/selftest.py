@@ -1,0 +1,137 @@
+"""`selftest`: the whole chain, locally, without the instance: the configured model and policy scan a
+temporary mirror holding the canary and a benign generated picture; the canary must be flagged by its
+hash, quarantined (bytes verified) and restored byte-identical; the configured remote is listed (read
+only: nothing is removed or written there), Lemmy is asked who the bot is, and the canary's actions are
+planned (never sent). Each stage is timed. Nothing of the installation's own state or quarantine is
+touched: the temporary state, quarantine and mirror are removed afterwards."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mirror_scan.errors import MirrorScanError
+from mirror_scan.settings import Settings
+
+
+@dataclass
+class Stage:
+    name: str
+    outcome: str  # ok | failed | skipped
+    seconds: float
+    detail: str
+
+    def as_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+class SelfTest:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.stages: list[Stage] = []
+
+    def _stage(self, name: str, step: Callable[[], str | None]) -> bool:
+        started = time.monotonic()
+        try:
+            detail = step()
+        except (MirrorScanError, OSError, AssertionError) as error:
+            self.stages.append(Stage(name, "failed", time.monotonic() - started, str(error).splitlines()[0]))
+            return False
+        outcome = "skipped" if detail is not None and detail.startswith("skipped") else "ok"
+        self.stages.append(Stage(name, outcome, time.monotonic() - started, detail or ""))
+        return True
+
+    def run(self) -> list[Stage]:
+        from mirror_scan.model.synthetic import generated_image
+
+        base = Path(tempfile.mkdtemp(prefix="mirror-scan-selftest-"))
+        base.chmod(0o700)
+        try:
+            mirror = base / "mirror"
+            mirror.mkdir()
+            local = dataclasses.replace(
+                self.settings, state=base / "state.db", quarantine=base / "quarantine", remote=None,
+                pictrs_database_url=None, lemmy_database_url=None, lemmy_url=None, notify_webhook=None,
+            )  # fmt: skip
+            found: dict[str, Any] = {}
+
+            def make() -> str:
+                from mirror_scan.lists.canary import canary_bytes
+
+                (mirror / "canary.png").write_bytes(canary_bytes("PNG"))
+                generated_image(7, 320, 240).save(mirror / "benign.png")
+                found["canary"] = (mirror / "canary.png").read_bytes()
+                return f"a temporary mirror in {base}: the canary and a benign generated picture"
+
+            def load() -> str:
+                from mirror_scan.app.one_scan import OneScan
+
+                found["scan"] = OneScan(local, [mirror])
+                return "; ".join(found["scan"].describe())
+
+            def scan() -> str:
+                from mirror_scan.app.workspace import Workspace
+
+                with Workspace.writer(local) as workspace:
+                    run = found["scan"].run(workspace)
+                    items = workspace.ledger.items()
+                summary = run.summary
+                canaries = [i for i in items if '"canary"' in (i.reason or "")]
+                assert len(canaries) == 1, f"the canary was not quarantined ({summary['flagged']} flagged)"
+                assert not (mirror / "canary.png").exists(), "the canary is still in the mirror"
+                found["item"] = canaries[0]
+                benign = "flagged (look at the policy and severity)" if len(items) > 1 else "not flagged"
+                return (f"{summary['scanned']} scanned: the canary flagged by its hash and quarantined; the benign "
+                        f"picture {benign}")  # fmt: skip
+
+            def restore() -> str:
+                from mirror_scan.app.workspace import Workspace
+
+                with Workspace.writer(local) as workspace:
+                    workspace.quarantine.restore(found["item"].id, upstream=False)
+                assert (mirror / "canary.png").read_bytes() == found["canary"], "the restored bytes differ"
+                return "restored byte-identical from the quarantine"
+
+            self._stage("canary written", make)
+            if self._stage("model loaded", load):
+                self._stage("scanned and quarantined", scan) and self._stage("restored", restore)
+            self._stage("remote (read only)", self._remote)
+            self._stage("lemmy bot", self._lemmy)
+            self._stage("canary actions (planned, not sent)", self._actions)
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        return self.stages
+
+    def _remote(self) -> str:
+        from mirror_scan.clients.rclone import Rclone
+
+        remote = self.settings.remote
+        if not remote:
+            return "skipped: no remote configured"
+        Rclone.locate(self.settings.rclone).check_bucket(remote)
+        return f"{remote} answers (listed, nothing written or removed)"
+
+    def _lemmy(self) -> str:
+        from mirror_scan.moderation.actions import build_lemmy
+
+        lemmy = build_lemmy(self.settings)
+        if lemmy is None:
+            return "skipped: [lemmy] url is not configured"
+        api, version = lemmy.detect()
+        me = lemmy.me()
+        role = "admin" if me["admin"] else f"moderator of {len(me['moderates'])} communities"
+        return f"Lemmy {version} ({api}); the bot {me['name']} is {role}"
+
+    def _actions(self) -> str:
+        from mirror_scan.lists.canary import CANARY_LABEL
+        from mirror_scan.store.followups import configured_actions
+
+        wanted = configured_actions([CANARY_LABEL], {CANARY_LABEL: ("notify",), **self.settings.actions})
+        mode = "dry run" if self.settings.canary_dry_run or self.settings.actions_dry_run else "sent"
+        return f"a canary upload is followed by: {', '.join(wanted) or 'nothing'} ({mode})"
