@@ -121,8 +121,9 @@ def site(tmp_path, s3, tiny_bundle_master, flag_all):
     return Site(tmp_path, s3, tiny_bundle_master, flag_all)
 
 
-def test_nobody_can_log_in_is_said_before_serving(site):
-    proc = site.cli("console", "--listen", "127.0.0.1:1")
+def test_nobody_can_log_in_is_said_before_serving(tmp_path):
+    proc = run_cli("console", "--listen", "127.0.0.1:1", "--state", str(tmp_path / "state.db"), "--quarantine",
+                   str(tmp_path / "q"))  # fmt: skip
     assert proc.returncode == 2 and "console user add" in proc.stderr, proc.stderr
 
 
