@@ -63,6 +63,12 @@ def test_bucket_scan_flags_the_canary_in_the_bucket(tmp_path, s3, tiny_bundle_ma
     assert s3.keys() == {"abc/benign.png"}  # the canary left the bucket, verified in the quarantine
     (item,) = _items(tmp_path, s3.env())
     assert item["labels"] == ["canary"] and item["source"] == "bucket"
+    where = ("--state", str(tmp_path / "state.db"), "--quarantine", str(tmp_path / "q"))
+    (status,) = json.loads(run_cli("canary", "status", "--json", *where, env=s3.env()).stdout)
+    steps = [s["step"] for s in status["steps"]]
+    assert steps[:2] == ["landed", "flagged"] and "quarantined" in steps, steps
+    assert f"removed upstream from {s3.remote}" in steps, steps
+    assert all(s["at"] for s in status["steps"]), status
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +104,8 @@ def test_the_canary_goes_through_every_step_and_canary_status_shows_them(
         status = json.loads(w.cli("canary", "status", "--json").stdout)
         (canary,) = status
         steps = [s["step"] for s in canary["steps"]]
-        assert steps[0] == "quarantined" and any(s.startswith("attributed: uploader alice") for s in steps), steps
+        assert steps[:3] == ["landed", "flagged", "quarantined"], steps
+        assert any(s.startswith("attributed: uploader alice") for s in steps), steps
         assert len(steps) == len(set(steps)), steps  # each step once
         removals = {s for s in steps if s.startswith("remove post")}
         state = "done" if live else "dry_run"

@@ -102,22 +102,13 @@ def status(
     """Every canary seen, newest first, with the time of each step it went through (quarantined, removed
     upstream or pending, attributed, each action and notice) and what failed."""
     from mirror_scan.lists.canary import CANARY_LIST
-    from mirror_scan.moderation.actions import describe_action
 
     with open_reader(resolve({"state": state, "quarantine": quarantine}, config)) as workspace:
         seen = []
         for entry in workspace.quarantine.entries():
             if (entry["reason"] or {}).get("hash_list") != CANARY_LIST:
                 continue
-            try:
-                history = workspace.quarantine.read_meta(entry["id"]).get("history", [])
-            except Exception:  # noqa: BLE001 - a missing or damaged item file: the ledger's steps still show
-                history = []
-            steps = [{"step": h.get("state"), "at": h.get("at")} for h in history]
-            for f in workspace.ledger.follow_ups.followups(entry["id"]):
-                at = dt.datetime.fromtimestamp(f.updated, dt.UTC).isoformat(timespec="seconds")
-                steps.append({"step": f"{describe_action(f.action, f.target)}: {f.state}", "at": at,
-                              **({"error": f.error} if f.error else {})})  # fmt: skip
+            steps = _trail(workspace, entry)
             steps.sort(key=lambda s: s["at"] or "")
             once: dict[str, dict] = {}  # an action is in the item's history and in the follow-up journal
             for step in steps:
@@ -139,3 +130,45 @@ def status(
         for step in canary["steps"]:
             failed = f"  ({step['error']})" if step.get("error") else ""
             out.print(f"  {(step['at'] or '?')[:19].replace('T', ' ')}  {step['step']}{failed}")
+
+
+def _iso(seconds: float | None) -> str | None:
+    return dt.datetime.fromtimestamp(seconds, dt.UTC).isoformat(timespec="seconds") if seconds else None
+
+
+def _trail(workspace, entry: dict) -> list[dict]:
+    """Each step a canary went through, with its time: landed (or validated, for an upload) and flagged
+    (the ledger's file row), quarantined and what its history says, removed upstream (the quarantine move),
+    and each follow-up (attribution, actions, notices) with its state and error."""
+    from mirror_scan.kinds import MoveKind, Step
+    from mirror_scan.moderation.actions import describe_action
+    from mirror_scan.store.items import file_key
+
+    ledger = workspace.ledger
+    row = ledger.item(entry["id"])
+    steps: list[dict] = []
+    if row is not None:
+        times = ledger.file_times(file_key(row)) if file_key(row) else None
+        if entry["source"] == "upload":
+            steps.append({"step": "validated (upload rejected)", "at": _iso(row.created)})
+        elif times is not None:
+            steps.append({"step": "landed", "at": _iso(times[0])})
+            if times[1]:
+                steps.append({"step": "flagged", "at": _iso(times[1])})
+        for move in ledger.moves_of(row.id):
+            if move.kind != MoveKind.QUARANTINE or not row.remote:
+                continue
+            if move.step == Step.DONE:
+                steps.append({"step": f"removed upstream from {row.remote}", "at": _iso(move.updated)})
+            elif move.step != Step.ROLLED_BACK:
+                steps.append({"step": f"upstream removal pending ({move.step})", "at": _iso(move.updated),
+                              **({"error": move.note} if move.note else {})})  # fmt: skip
+    try:
+        history = workspace.quarantine.read_meta(entry["id"]).get("history", [])
+    except Exception:  # noqa: BLE001 - a missing or damaged item file: the ledger's steps still show
+        history = []
+    steps += [{"step": h.get("state"), "at": h.get("at")} for h in history]
+    for f in ledger.follow_ups.followups(entry["id"]):
+        steps.append({"step": f"{describe_action(f.action, f.target)}: {f.state}", "at": _iso(f.updated),
+                      **({"error": f.error} if f.error else {})})  # fmt: skip
+    return steps

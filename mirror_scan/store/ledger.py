@@ -527,6 +527,16 @@ class Ledger:
             params = (item_id,)
         return [MoveRow(*r) for r in self.db.execute(sql + " ORDER BY id", params)]
 
+    def moves_of(self, item_id: str) -> list[MoveRow]:
+        """Every move of an item, oldest first (its quarantine, restores)."""
+        rows = self.db.execute(f"SELECT {_MOVE_COLUMNS} FROM moves WHERE item=? ORDER BY id", (item_id,))  # noqa: S608
+        return [MoveRow(*r) for r in rows]
+
+    def file_times(self, key: bytes) -> tuple[float, float | None] | None:
+        """(first seen, decided at) of a path or object key, None when the ledger has no row for it."""
+        row = self.db.execute("SELECT first_seen, decided_at FROM files WHERE path=?", (key,)).fetchone()
+        return (row[0], row[1]) if row else None
+
     def last_move_id(self) -> int:
         return int(self.db.execute("SELECT coalesce(max(id), 0) FROM moves").fetchone()[0])
 
