@@ -41,9 +41,10 @@ try:  # JPEG XL through the pillow-jxl plugin (registers itself with Pillow)
 except ImportError:  # pragma: no cover - optional at runtime, installed by default
     pass
 from mirror_scan.lists import hashes
+from mirror_scan.scan import gifclip
 from mirror_scan.scan.decoded import Decoded, DecodeFailure, Limits, decode_detail
 from mirror_scan.scan.frames import DistinctFrames, Rows
-from mirror_scan.scan.pngchunks import strip_metadata
+from mirror_scan.scan.pngchunks import default_image, strip_metadata
 
 # PDQ perceptual hashes for hash lists; scanning works without them.
 pdq_dihedral = hashes.pdq_dihedral if hashes.AVAILABLE else None
@@ -185,12 +186,14 @@ def _auxiliary_kind(picture: bytes) -> str | None:
     return None
 
 
-def _still(img: Image.Image, prep: Preprocess, rows: Rows, where: str) -> None:
+def _still(img: Image.Image, prep: Preprocess, rows: Rows, where: str, crop: tuple | None = None) -> None:
     # Decoded whole, JPEGs too (no draft mode): PDQ's reference samples the picture as stored to 512x512
     # by nearest neighbour, and a reduced decode (libjpeg's scaled IDCT) moves the shared hash by up to 10
     # bits and its quality by up to 20 on detailed pictures, across the threshold of 50 where it matters.
     # One decode serves both views; scripts/bench_hashlist.py measures what it costs.
     img.load()
+    if crop is not None:  # what a browser shows of it (gifclip.py)
+        img = img.crop(crop)
     hashed = pdq_dihedral(img) if pdq_dihedral is not None else None  # as stored: no EXIF rotation
     frame = ImageOps.exif_transpose(img) if img.getexif().get(ORIENTATION, 1) != 1 else img
     rows.add_frame(frame, where, hashed)
@@ -244,7 +247,7 @@ def _frame_cap(frames: int, pixels: int, limits: Limits) -> str | None:
     return None
 
 
-def _frames(img: Image.Image, limits: Limits, rows: Rows) -> int:
+def _frames(img: Image.Image, limits: Limits, rows: Rows, crop: tuple | None = None) -> int:
     """Every frame of an animation or multi-page file, in order; the distinct ones become rows."""
     distinct = DistinctFrames(limits.max_frames, rows.keep_size)
     index, elapsed_ms = 0, 0.0
@@ -258,9 +261,10 @@ def _frames(img: Image.Image, limits: Limits, rows: Rows) -> int:
         except EOFError:
             break
         img.load()
-        distinct.offer(index, img)
+        shown = img.crop(crop) if crop is not None else img
+        distinct.offer(index, shown)
         if animated:  # a timeline: one vPDQ frame per second, like a video's
-            rows.vpdq.offer(elapsed_ms / 1000.0, lambda: np.asarray(img.convert("RGB")))
+            rows.vpdq.offer(elapsed_ms / 1000.0, lambda shown=shown: np.asarray(shown.convert("RGB")))
             elapsed_ms += float(img.info.get("duration") or 100)
         index += 1
     chosen = distinct.chosen(rows.notes)
@@ -270,15 +274,26 @@ def _frames(img: Image.Image, limits: Limits, rows: Rows) -> int:
 
 
 def _decode_image(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
+    screen = gifclip.canvas(data)
+    clamped = 0
+    if screen is not None:  # frames beyond the canvas: clipped to it, as browsers draw them
+        data, clamped = gifclip.clip_frames(data)
     img = _open(data, limits)
     fmt = (img.format or "image").lower()
     rows = Rows(prep, limits)
+    crop = None
+    if screen is not None and img.format == "GIF" and (img.width > screen[0] or img.height > screen[1]):
+        crop = (0, 0, min(img.width, screen[0]), min(img.height, screen[1]))
+    if clamped or crop:
+        rows.notes.append(
+            f"frames reach beyond the {screen[0]}x{screen[1]} canvas: clipped to it, as browsers show them"
+        )
     if img.format == "MPO":
         total = _pictures(data, img, prep, limits, rows)
     elif getattr(img, "is_animated", False):
-        total = _frames(img, limits, rows)
+        total = _frames(img, limits, rows, crop)
     else:
-        _still(img, prep, rows, "")
+        _still(img, prep, rows, "", crop)
         total = 1
     rows.finish()
     if not rows.rows:
@@ -318,6 +333,17 @@ def _decode_image_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> D
                 raise
             except Exception as err:  # noqa: BLE001
                 strict_error, data = err, stripped  # broken beyond its metadata: as far as it goes, below
+    still = default_image(data)
+    if still is not None:  # a broken animation: browsers show the APNG's default image, and so is it scored
+        try:
+            decoded = _decode_image_or_partial(still, prep, limits)
+        except DecodeFailure:
+            pass
+        else:
+            decoded.partial = True
+            decoded.notes.insert(0, f"partial: the animation is broken ({_describe(strict_error)}); its default "
+                                    "image was scored, as browsers show it")  # fmt: skip
+            return decoded
     with _MODE.lenient():
         try:
             decoded = _decode_image(data, prep, limits)

@@ -14,6 +14,30 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 METADATA_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt", b"iCCP", b"eXIf", b"tIME", b"dSIG"})
 
 
+ANIMATION_CHUNKS = frozenset({b"acTL", b"fcTL", b"fdAT"})
+
+
+def default_image(data: bytes) -> bytes | None:
+    """An APNG as the plain PNG of its default image (IHDR, PLTE, tRNS, IDAT...: every chunk but acTL, fcTL
+    and fdAT), which browsers show when the animation is broken; None when the file is not an APNG."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    kept, animated, at = [data[:8]], False, 8
+    while at + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        kind = data[at + 4 : at + 8]
+        end = min(at + 12 + length, len(data))
+        if kind in ANIMATION_CHUNKS:
+            animated = True
+        else:
+            kept.append(data[at:end])
+        at = end
+        if kind == b"IEND":
+            break
+    kept.append(data[at:])
+    return b"".join(kept) if animated else None
+
+
 def strip_metadata(data: bytes) -> tuple[bytes, list[str]]:
     """The PNG without its metadata chunks, and the chunk types dropped (in order, once each). A chunk that
     runs past the end of the file ends the walk: the rest is kept as it is."""

@@ -1,0 +1,210 @@
+"""Damaged and edge-case files made in code (issue 25): each is something a browser displays, and each must be
+scored. Benign generated pixels only (gradients and shapes), then the bytes are damaged the way real files
+found by image libraries' fuzzers and bug trackers are: broken APNG sequences, metadata that does not
+parse, GIF frames larger than their canvas, a short Ultra HDR JPEG, TGA origins, extreme shapes."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+from PIL import Image
+
+from .mediafiles import multi_picture_jpeg
+
+
+def picture(seed: int, size: tuple[int, int] = (96, 72)) -> Image.Image:
+    width, height = size
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([(x * (3 + seed)) % 256, (y * (5 + seed)) % 256, ((x + y) * 7 + seed * 40) % 256], axis=-1)
+    return Image.fromarray(rgb.astype(np.uint8), "RGB")
+
+
+# ---------------------------------------------------------------------- PNG chunks
+
+
+def chunks(data: bytes) -> list[tuple[bytes, bytes]]:
+    out, at = [], 8
+    while at + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[at : at + 4])
+        out.append((data[at + 4 : at + 8], data[at + 8 : at + 8 + length]))
+        at += 12 + length
+    return out
+
+
+def chunk(kind: bytes, body: bytes) -> bytes:
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body) & 0xFFFFFFFF)
+
+
+def assemble(parts: list[tuple[bytes, bytes]]) -> bytes:
+    return b"\x89PNG\r\n\x1a\n" + b"".join(chunk(kind, body) for kind, body in parts)
+
+
+def apng_bytes(frames: int = 3, images: list[Image.Image] | None = None) -> bytes:
+    images = images or [picture(i) for i in range(frames)]
+    buf = io.BytesIO()
+    images[0].save(buf, format="PNG", save_all=True, append_images=images[1:], duration=100, default_image=False)
+    return buf.getvalue()
+
+
+def _with_sequence(parts, fix):
+    out = []
+    for kind, body in parts:
+        if kind in (b"fcTL", b"fdAT"):
+            (number,) = struct.unpack(">I", body[:4])
+            body = struct.pack(">I", fix(number)) + body[4:]
+        out.append((kind, body))
+    return out
+
+
+def apng_out_of_sequence(images: list[Image.Image] | None = None) -> bytes:
+    """Sequence numbers that skip and repeat ("APNG contains frame sequence errors")."""
+    return assemble(_with_sequence(chunks(apng_bytes(images=images)), lambda n: n * 2 if n else 0))
+
+
+def apng_missing_fdat() -> bytes:
+    parts = chunks(apng_bytes())
+    first_fdat = next(i for i, (kind, _) in enumerate(parts) if kind == b"fdAT")
+    return assemble(parts[:first_fdat] + parts[first_fdat + 1 :])
+
+
+def apng_repeated_fctl() -> bytes:
+    parts = chunks(apng_bytes())
+    second = [i for i, (kind, _) in enumerate(parts) if kind == b"fcTL"][1]
+    return assemble([*parts[: second + 1], parts[second], *parts[second + 1 :]])
+
+
+# ---------------------------------------------------------------------- metadata that does not parse
+
+
+def png_with_bad_xmp() -> bytes:
+    buf = io.BytesIO()
+    picture(4).save(buf, format="PNG")
+    parts = chunks(buf.getvalue())
+    junk = b"XML:com.adobe.xmp\x00\x00\x00\x00\x00<x:xmpmeta><rdf:RDF><<<not xml" + bytes(range(1, 40))
+    return assemble([*parts[:1], (b"iTXt", junk), *parts[1:]])
+
+
+def png_with_bad_exif() -> bytes:
+    buf = io.BytesIO()
+    picture(5).save(buf, format="PNG")
+    parts = chunks(buf.getvalue())
+    junk = b"MM\x00\x2a\x00\x00\x00\x08\xff\xff" + b"\x01\x12\x00\x03" * 5  # an IFD claiming 65535 entries
+    return assemble([*parts[:1], (b"eXIf", junk), *parts[1:]])
+
+
+def png_with_huge_text() -> bytes:
+    """A zTXt that inflates far past Pillow's text limit (a metadata bomb): the pixels stay fine."""
+    buf = io.BytesIO()
+    picture(6).save(buf, format="PNG")
+    parts = chunks(buf.getvalue())
+    bomb = b"Comment\x00\x00" + zlib.compress(b"A" * (80 << 20), 9)
+    return assemble([*parts[:1], (b"zTXt", bomb), *parts[1:]])
+
+
+# ---------------------------------------------------------------------- GIF
+
+
+def gif_frame_beyond_canvas(claimed: tuple[int, int] = (4000, 3000)) -> bytes:
+    """A 100x100 canvas whose one frame claims to be `claimed` (12 M pixels by its extents); its data covers
+    only what fits. Browsers clip the frame to the canvas."""
+    canvas = (100, 100)
+    image = picture(7, canvas).quantize(64)
+    buf = io.BytesIO()
+    image.save(buf, format="GIF", interlace=False)
+    data = bytearray(buf.getvalue())
+    at = data.index(b"\x2c")  # the image descriptor: ',' left top width height flags
+    while struct.unpack("<HHHH", data[at + 1 : at + 9]) != (0, 0, *canvas):
+        at = data.index(b"\x2c", at + 1)
+    data[at + 5 : at + 9] = struct.pack("<HH", *claimed)
+    return bytes(data)
+
+
+def _descriptors(data: bytes) -> list[int]:
+    """Where each image descriptor of a GIF starts."""
+    at = 13 + (3 * (2 << (data[10] & 7)) if data[10] & 0x80 else 0)
+    found = []
+
+    def skip(at: int) -> int:
+        while data[at]:
+            at += 1 + data[at]
+        return at + 1
+
+    while data[at] != 0x3B:
+        if data[at] == 0x21:
+            at = skip(at + 2)
+            continue
+        found.append(at)
+        flags = data[at + 9]
+        at += 10 + (3 * (2 << (flags & 7)) if flags & 0x80 else 0)
+        at = skip(at + 1)
+    return found
+
+
+def gif_claiming(frames: list[Image.Image], index: int, claimed: tuple[int, int]) -> bytes:
+    """An animated GIF (not interlaced) whose frame `index` claims extents `claimed`."""
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=100, interlace=False,
+                   optimize=False, disposal=1)  # fmt: skip
+    data = bytearray(buf.getvalue())
+    at = _descriptors(bytes(data))[index]
+    data[at + 5 : at + 9] = struct.pack("<HH", *claimed)
+    return bytes(data)
+
+
+# ---------------------------------------------------------------------- JPEG
+
+
+def ultra_hdr_short(missing: int = 7) -> bytes:
+    """A phone's Ultra HDR picture: the primary JPEG plus a gain map (marked with hdrgm: XMP), the file cut
+    short by a few bytes (the gain map's tail): the primary picture is whole."""
+    from .mediafiles import jpeg
+
+    primary = jpeg(picture(8, (160, 120)))
+    marker = b'<x:xmpmeta xmlns:x="adobe:ns:meta/"><rdf:Description hdrgm:Version="1.0"/></x:xmpmeta>'
+    gain = jpeg(picture(9, (80, 60)).convert("L").convert("RGB"), xmp=marker)
+    return multi_picture_jpeg([primary, gain])[:-missing]
+
+
+def jpeg_tall(width: int = 3, height: int = 62_728) -> bytes:
+    rows = np.linspace(0, 255, height, dtype=np.float32)[:, None, None]
+    pixels = np.broadcast_to(rows, (height, width, 3)).astype(np.uint8).copy()
+    pixels[::50, :, 0] = 255
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, format="JPEG", quality=90)
+    return buf.getvalue()
+
+
+# ---------------------------------------------------------------------- TGA
+
+
+def tga(origin: str) -> bytes:
+    """A TGA whose first pixel is at `origin` (bottom-left, top-left, bottom-right or top-right)."""
+    image = picture(10, (40, 30))
+    pixels = np.asarray(image)[:, :, ::-1]  # BGR
+    if origin.startswith("bottom"):
+        pixels = pixels[::-1]
+    if origin.endswith("right"):
+        pixels = pixels[:, ::-1]
+    bits = (0x20 if origin.startswith("top") else 0) | (0x10 if origin.endswith("right") else 0)
+    header = struct.pack("<BBBHHBHHHHBB", 0, 0, 2, 0, 0, 0, 0, 0, 40, 30, 24, bits)
+    return header + np.ascontiguousarray(pixels).tobytes()
+
+
+def corpus() -> dict[str, bytes]:
+    """name -> bytes: every case, for the corpus test and the benchmark."""
+    return {
+        "apng-out-of-sequence.png": apng_out_of_sequence(),
+        "apng-missing-fdat.png": apng_missing_fdat(),
+        "apng-repeated-fctl.png": apng_repeated_fctl(),
+        "png-bad-xmp.png": png_with_bad_xmp(),
+        "png-bad-exif.png": png_with_bad_exif(),
+        "png-huge-text.png": png_with_huge_text(),
+        "gif-frame-beyond-canvas.gif": gif_frame_beyond_canvas(),
+        "gif-frame-far-beyond-canvas.gif": gif_frame_beyond_canvas((40000, 30000)),
+        "ultra-hdr-short.jpg": ultra_hdr_short(),
+        "jpeg-3x62728.jpg": jpeg_tall(),
+        **{f"tga-{o}.tga": tga(o) for o in ("bottom-left", "top-left", "bottom-right", "top-right")},
+    }

@@ -1,0 +1,66 @@
+"""What browsers show, scored (issue 25): damaged and edge-case files made in code (tests/oddfiles.py) go
+through the real scan (decoder worker pool, deadlines) with no file an error; where the damage matters to
+what is seen, the picture a browser would show is the one that reaches the model (a calibrated probe
+policy flags it, test_formats.Probe)."""
+
+from __future__ import annotations
+
+import json
+
+from mirror_scan.model.synthetic import generated_image
+
+from . import oddfiles
+from .conftest import run_cli
+from .test_formats import background, probe, signal  # noqa: F401 - the probe fixture
+
+PICTRS_FORMATS = ("png", "apng", "gif", "jpeg", "mpo", "webp", "avif", "jxl")
+
+
+def test_every_odd_file_a_browser_shows_is_scored(tmp_path, tiny_bundle_master, flag_all):
+    tree = tmp_path / "odd"
+    tree.mkdir()
+    files = oddfiles.corpus()
+    for name, data in files.items():
+        (tree / name).write_bytes(data)
+    state = ("--state", str(tmp_path / "state.db"))
+    proc = run_cli("scan", str(tree), "--model", str(tiny_bundle_master), "--policy", str(flag_all), "--dry-run",
+                   "--json", *state)  # fmt: skip
+    summary = json.loads(proc.stdout)
+    assert summary["errors"] == 0 and summary["scanned"] == len(files), proc.stdout + proc.stderr
+    listed = {
+        r["path"].rsplit("/", 1)[1]: r
+        for r in map(json.loads, run_cli("report", "--errors", *state).stdout.splitlines())
+    }
+    # Scored, and said: each damaged file is listed with what was done about it.
+    for name in ("apng-out-of-sequence.png", "apng-missing-fdat.png", "apng-repeated-fctl.png"):
+        assert listed[name]["status"] == "scored" and "its default image was scored" in listed[name]["reason"], listed[
+            name
+        ]
+    for name in ("gif-frame-beyond-canvas.gif", "gif-frame-far-beyond-canvas.gif"):
+        assert "clipped to it" in listed[name]["reason"], listed[name]
+    every = {r["path"].rsplit("/", 1)[1]: r for r in map(json.loads, run_cli("report", *state).stdout.splitlines())}
+    assert all(r["status"] == "scored" for r in every.values()), every
+    assert "metadata skipped (zTXt)" in every["png-huge-text.png"]["reason"]
+    assert "picture 2 lies outside the file" in every["ultra-hdr-short.jpg"]["reason"]
+
+
+def test_a_broken_apngs_default_image_reaches_the_model(probe):  # noqa: F811
+    whole = oddfiles.apng_bytes(images=[signal(), background(), background()])
+    broken = oddfiles.apng_out_of_sequence(images=[signal(), background(), background()])
+    for data in (whole, broken):
+        verdict, decoded = probe.verdict(data)
+        assert verdict.flagged, decoded.notes
+    assert decoded.partial and "default image" in decoded.notes[0]
+    plain, _ = probe.verdict(oddfiles.apng_out_of_sequence(images=[background(), background(), signal()]))
+    assert not plain.flagged  # only the default image is shown by browsers, and scored
+
+
+def test_gif_frames_beyond_the_canvas_are_clipped_as_browsers_clip_them(probe):  # noqa: F811
+    # The signal fills the 96x64 canvas, its frame claiming 3000 rows. Unclipped, the picture would grow to
+    # 96x3000 with the signal a strip at its top (the model's centre crop would miss it); clipped to the
+    # canvas, as a browser shows it, it is the picture.
+    verdict, decoded = probe.verdict(oddfiles.gif_claiming([signal()], 0, (96, 3000)))
+    assert verdict.flagged and any("clipped" in n for n in decoded.notes), decoded.notes
+    frames = [signal(), generated_image(3, 96, 64), generated_image(4, 96, 64)]
+    verdict, decoded = probe.verdict(oddfiles.gif_claiming(frames, 1, (40000, 30000)))  # a "bomb" by its extents
+    assert verdict.flagged and any("clipped" in n for n in decoded.notes), decoded.notes
