@@ -9,7 +9,13 @@
 - the same scan with decoders in threads instead of worker processes (the cost of crash isolation),
 - peak RSS while scanning a large tree of small files, sampled along the way (flat = bounded queues).
 
+With --floor, instead: the CPU time per picture of the scan (`mirror-scan scan --dry-run` in a subprocess,
+its decode workers included) against a floor loop that only reads, sha256-hashes, draft-decodes and
+resizes each file to 224 px on the same number of processes, side by side on large JPEGs (900-2400 px),
+with and without start-up (a one-picture scan's CPU is the start-up), and the scan at 1, 2 and all cores.
+
     python scripts/bench_scan.py [--quick] [--json] [--model DIR | --tiny] [--images N] [--rss-files N]
+    python scripts/bench_scan.py --floor [--quick] [--json] [--tiny]
 """
 
 from __future__ import annotations
@@ -144,13 +150,132 @@ def rss_profile(bundle, scorer, policy, tree: Path, total: int, batch: int, work
     }
 
 
+def large_tree(root: Path, count: int) -> Path:
+    """JPEGs of 900-2400 px (phone and desktop uploads), generated. The marker sits beside the tree: inside it
+    would be scanned (an error) like any file."""
+    marker = root.with_name(root.name + ".complete")
+    if marker.exists():
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    rng = np.random.default_rng(7)
+    root.mkdir(parents=True)
+    for i in range(count):
+        w, h = (int(v) for v in rng.integers(900, 2401, size=2))
+        generated_image(i, w, h).save(root / f"{i:05d}.jpg", format="JPEG", quality=88)
+    marker.touch()
+    return root
+
+
+def _floor_one(path: str) -> int:
+    import hashlib
+
+    data = Path(path).read_bytes()
+    hashlib.sha256(data).hexdigest()
+    img = Image.open(io.BytesIO(data))
+    img.draft("RGB", (224, 224))
+    img.convert("RGB").resize((224, 224), Image.BILINEAR)
+    return len(data)
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def floor_loop(files: list[Path], workers: int) -> tuple[float, float]:
+    """(CPU seconds, wall seconds) of the floor on `workers` processes (reaped, so their CPU counts)."""
+    import multiprocessing
+
+    before, started = _children_cpu(), time.perf_counter()
+    pool = multiprocessing.get_context("fork").Pool(workers)
+    pool.map(_floor_one, [str(f) for f in files], chunksize=4)
+    pool.close()
+    pool.join()
+    return _children_cpu() - before, time.perf_counter() - started
+
+
+def scan_subprocess(tree: Path, bundle_dir: Path, workers: int, state: Path) -> tuple[float, float, int]:
+    """(CPU seconds with its decode workers, wall seconds, pictures scanned) of a real `scan --dry-run`."""
+    import json
+    import subprocess
+    import sys
+
+    before, started = _children_cpu(), time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-m", "mirror_scan.cli", "scan", str(tree), "--model", str(bundle_dir), "--dry-run",
+         "--json", "--workers", str(workers), "--state", str(state), "--quarantine", str(state.parent / "q")],
+        capture_output=True, text=True, check=False, env={**os.environ, "MIRROR_SCAN_CONFIG": os.devnull},
+    )  # fmt: skip
+    wall = time.perf_counter() - started
+    if proc.returncode not in (0, 1):
+        raise SystemExit(f"scan failed: {proc.stderr[-2000:]}")
+    return _children_cpu() - before, wall, int(json.loads(proc.stdout)["scanned"])
+
+
+def floor_main(args) -> None:
+    from benchutil import bundle_for
+
+    images = args.images or (60 if args.quick else 300)
+    bundle_dir = bundle_for(args)
+    bundle = load_bundle(bundle_dir)
+    tree = large_tree(BENCH_OUT / f"floor-tree-{images}", images)
+    files = sorted(tree.glob("*.jpg"))
+    one = BENCH_OUT / "floor-tree-1"
+    if not one.exists():
+        one.mkdir(parents=True)
+        shutil.copy(files[0], one / files[0].name)
+    cores = os.cpu_count() or 2
+    figures: dict = {"bench": "scan-floor", "arch": bundle.manifest["model"]["arch"], "images": images,
+                     **machine(), "quick": args.quick}  # fmt: skip
+    state_dir = Path(tempfile.mkdtemp(prefix="bench-floor-"))
+    try:
+        floor_cpu, floor_wall = floor_loop(files, 2)
+        start_cpu, start_wall, _ = scan_subprocess(one, bundle_dir, 2, state_dir / "one.db")
+        scan_cpu, scan_wall, scanned = scan_subprocess(tree, bundle_dir, 2, state_dir / "two.db")
+        assert scanned == images, (scanned, images)
+        walls = {}
+        for workers in sorted({1, 2, cores}):
+            _, wall, _ = scan_subprocess(tree, bundle_dir, workers, state_dir / f"w{workers}.db")
+            walls[workers] = wall - start_wall
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    floor_per = floor_cpu / images * 1000
+    scan_per = (scan_cpu - start_cpu) / images * 1000
+    scan_per_all = scan_cpu / images * 1000
+    figures.update(
+        floor_cpu_ms_per_image=round(floor_per, 2),
+        scan_cpu_ms_per_image=round(scan_per, 2),
+        scan_cpu_ms_per_image_with_startup=round(scan_per_all, 2),
+        scan_over_floor_cpu=round(scan_per / floor_per, 3),
+        scan_over_floor_cpu_with_startup=round(scan_per_all / floor_per, 3),
+        floor_images_per_s=round(images / floor_wall, 2),
+        startup_cpu_s=round(start_cpu, 2),
+        **{f"scan_images_per_s_{w}_workers": round(images / max(t, 1e-9), 2) for w, t in walls.items()},
+        scan_2_over_1_workers=round(walls[1] / max(walls[2], 1e-9), 3),
+    )
+    print(f"CPU             : {figures.get('cpu', '?')} ({cores} cores)")
+    print(f"floor loop      : {floor_per:8.2f} ms CPU per picture (read, sha256, draft decode, resize; 2 processes)")
+    print(f"scan            : {scan_per:8.2f} ms CPU per picture beyond start-up ({scan_per / floor_per:.2f}x the "
+          f"floor); {scan_per_all:.2f} ms with start-up ({scan_per_all / floor_per:.2f}x)")  # fmt: skip
+    for workers, wall in walls.items():
+        print(f"scan, {workers} worker(s): {images / wall:8.2f} pictures/s beyond start-up")
+    print(f"2 workers / 1   : {figures['scan_2_over_1_workers']:.2f}x")
+    emit(figures, args.json)
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
+    p.add_argument("--floor", action="store_true", help="the scan's CPU per picture against the floor loop")
     p.add_argument("--images", type=int, help="synthetic JPEGs of 512-1600 px (default 2000; --quick 120)")
     p.add_argument("--rss-files", type=int, help="files in the memory test tree (default 100000; --quick 5000)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     args = p.parse_args()
+    if args.floor:
+        floor_main(args)
+        return
     images = args.images or (120 if args.quick else 2000)
     rss_files = args.rss_files or (5000 if args.quick else 100_000)
     bundle = load_bundle(bundle_for(args))
