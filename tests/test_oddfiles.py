@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+
 from mirror_scan.model.synthetic import generated_image
 
-from . import oddfiles
+from . import avifgen, oddfiles
 from .conftest import run_cli
 from .test_formats import background, probe, signal  # noqa: F401 - the probe fixture
 
@@ -19,7 +21,7 @@ PICTRS_FORMATS = ("png", "apng", "gif", "jpeg", "mpo", "webp", "avif", "jxl")
 def test_every_odd_file_a_browser_shows_is_scored(tmp_path, tiny_bundle_master, flag_all):
     tree = tmp_path / "odd"
     tree.mkdir()
-    files = oddfiles.corpus()
+    files = {**oddfiles.corpus(), **avifgen.corpus()}
     for name, data in files.items():
         (tree / name).write_bytes(data)
     state = ("--state", str(tmp_path / "state.db"))
@@ -42,6 +44,14 @@ def test_every_odd_file_a_browser_shows_is_scored(tmp_path, tiny_bundle_master, 
     assert all(r["status"] == "scored" for r in every.values()), every
     assert "metadata skipped (zTXt)" in every["png-huge-text.png"]["reason"]
     assert "picture 2 lies outside the file" in every["ultra-hdr-short.jpg"]["reason"]
+    # AVIF that libavif refuses: scored by the second decoder, and said.
+    for name in ("avif-grid-shared-tiles.avif", "avif-no-ispe.avif", "avif-gain-map-primary.avif", "avif-pyramid.avif",
+                 "avif-overlay.avif", "avif-irot-nonessential.avif", "avif-unknown-essential.avif"):  # fmt: skip
+        assert "decoded by FFmpeg's libdav1d" in listed[name]["reason"], listed[name]
+    assert "avif-grid.avif" not in listed and "avif-gain-map.avif" not in listed  # libavif takes these itself
+    # Nothing a viewer shows in pict-rs's formats is left unscored.
+    unscored = [n for n, r in every.items() if r["status"] != "scored" and n.rsplit(".", 1)[-1] in PICTRS_FORMATS]
+    assert unscored == []
 
 
 def test_a_broken_apngs_default_image_reaches_the_model(probe):  # noqa: F811
@@ -64,3 +74,25 @@ def test_gif_frames_beyond_the_canvas_are_clipped_as_browsers_clip_them(probe): 
     frames = [signal(), generated_image(3, 96, 64), generated_image(4, 96, 64)]
     verdict, decoded = probe.verdict(oddfiles.gif_claiming(frames, 1, (40000, 30000)))  # a "bomb" by its extents
     assert verdict.flagged and any("clipped" in n for n in decoded.notes), decoded.notes
+
+
+def test_avif_that_libavif_refuses_reaches_the_model_whole(probe):  # noqa: F811
+    picture = np.asarray(signal())
+    for data in (avifgen.single(picture, drop_ispe=True), avifgen.gainmap(picture, primary_is_tmap=True)):
+        verdict, decoded = probe.verdict(data)
+        assert verdict.flagged and decoded.partial and "libdav1d" in decoded.notes[0], decoded.notes
+    verdict, _ = probe.verdict(avifgen.single(np.asarray(background()), drop_ispe=True))
+    assert not verdict.flagged  # the second decoder gives the picture, not a verdict
+
+
+def test_an_avif_neither_decoder_can_read_is_an_error_with_both_reasons(probe):  # noqa: F811
+    from mirror_scan.scan.decode import decode
+
+    data = bytearray(avifgen.single(np.asarray(background()), drop_ispe=True))
+    mdat = data.rindex(b"mdat")
+    data[mdat + 4 :] = bytes(len(data) - mdat - 4)  # the AV1 data zeroed
+    reason = decode(bytes(data), probe.prep)
+    assert isinstance(reason, str) and "libdav1d could not decode it either" in reason, reason
+    bomb = avifgen.grid(avifgen.pattern(128, 128), out_size=(60000, 60000))
+    reason = decode(bomb, probe.prep)
+    assert isinstance(reason, str) and ("pixels" in reason or "bomb" in reason), reason

@@ -312,7 +312,47 @@ def _no_pixels(decoded: Decoded) -> bool:
     return bool((flat.max(axis=2) - flat.min(axis=2) < 1e-6).all())
 
 
+AVIF_BRANDS = (b"avif", b"avis")
+
+
+def _is_avif(data: bytes) -> bool:
+    """An ftyp box naming an AVIF brand (major or compatible)."""
+    if data[4:8] != b"ftyp" or len(data) < 16:
+        return False
+    size = min(int.from_bytes(data[:4], "big"), len(data), 256)
+    brands = [data[8:12], *(data[i : i + 4] for i in range(16, size - 3, 4))]
+    return any(brand in AVIF_BRANDS for brand in brands)
+
+
 def _decode_image_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
+    """Pillow and its plugins first (strict, then the lenient paths browsers take); an AVIF they refuse
+    goes to the second decoder (avif.py: FFmpeg's libdav1d)."""
+    try:
+        return _decode_still_or_partial(data, prep, limits)
+    except DecodeFailure as first:
+        if not _is_avif(data):
+            raise
+        return _decode_avif_second(data, prep, limits, str(first))
+
+
+def _decode_avif_second(data: bytes, prep: Preprocess, limits: Limits, first: str) -> Decoded:
+    from mirror_scan.scan.avif import decode_avif
+
+    try:
+        img = decode_avif(data, limits.max_pixels)
+    except Exception as err:  # noqa: BLE001 - the second decoder's failure on odd bytes: both reasons said
+        raise DecodeFailure(f"{first}; FFmpeg's libdav1d could not decode it either: {_describe(err)}") from None
+    rows = Rows(prep, limits)
+    _still(img, prep, rows, "")
+    rows.finish()
+    if not rows.rows:
+        raise DecodeFailure(f"{first}; no frame could be decoded")
+    note = f"partial: libavif refused it ({first}); decoded by FFmpeg's libdav1d, as other viewers show it"
+    return Decoded("avif", rows.pixels(), 1, rows.labels(), rows.pdq, rows.pdq_variants, [note, *rows.notes],
+                   partial=True)  # fmt: skip
+
+
+def _decode_still_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
     """Strict first; a file that fails is decoded again as far as it goes (what a browser shows)."""
     with _MODE.strict():
         try:
@@ -336,7 +376,7 @@ def _decode_image_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> D
     still = default_image(data)
     if still is not None:  # a broken animation: browsers show the APNG's default image, and so is it scored
         try:
-            decoded = _decode_image_or_partial(still, prep, limits)
+            decoded = _decode_still_or_partial(still, prep, limits)
         except DecodeFailure:
             pass
         else:
