@@ -11,6 +11,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 MAX_ITEMS = 4096
+MAX_EXTENTS = 65536  # all items together (a file of 64 MB has no need of more)
 MAX_PAYLOAD_FACTOR = 4  # all item payloads together: at most this many times the file
 
 
@@ -78,7 +79,7 @@ def parse(data: bytes) -> Parsed:
     if meta is None:
         raise ValueError("no meta box")
     parsed = Parsed(None, {}, [], {}, [])
-    idat, locations = b"", []
+    idat, locations, extent_count = b"", [], 0
     for kind, s, e in boxes(data, *meta):
         version = data[s] if s < e else 0
         r = _Reader(data, s + 4, e)
@@ -108,7 +109,11 @@ def parse(data: bytes) -> Parsed:
                 r.int(2)  # data reference index
                 base = r.int(base_size)
                 extents = []
-                for _ in range(r.int(2)):
+                count = r.int(2)
+                extent_count += count
+                if extent_count > MAX_EXTENTS:
+                    raise ValueError("more item extents than any picture needs")
+                for _ in range(count):
                     r.int(index_size)
                     extents.append((base + r.int(offset_size), r.int(length_size)))
                 locations.append((item_id, method, extents))
