@@ -99,6 +99,28 @@ def flag_all(write_policy):
     return write_policy({"any": {"cartoon": -1.0}}, {"any": 1}, name="flag-everything")
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server (run as an unprivileged user), shared by the tests of one worker; each test
+    makes databases of its own (tests/test_lemmy.py's World). Modules may define their own."""
+    from .pgserver import PostgresServer
+
+    server = PostgresServer().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3(tmp_path):
+    """A real S3 server on loopback (`rclone serve s3`) with one empty bucket; modules may define their own."""
+    from .s3server import S3Server
+
+    server = S3Server(tmp_path / "s3")
+    server.start()
+    yield server
+    server.stop()
+
+
 @pytest.fixture(autouse=True)
 def private_data_dir(tmp_path, monkeypatch):
     """Default state, quarantine and config live in a per-test directory, never the user's own."""

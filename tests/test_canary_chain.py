@@ -16,7 +16,7 @@ from mirror_scan.lists.canary import CANARY_LIST, canary_bytes
 from .conftest import run_cli
 from .lemmy_server import FakeLemmy
 from .mediafiles import image_bytes
-from .s3server import BUCKET, S3Server
+from .s3server import BUCKET
 from .test_watch import Watcher
 
 
@@ -24,14 +24,6 @@ from .test_watch import Watcher
 def clear(write_policy):
     """Nothing is flagged by the model, at any severity: only the canary list can flag."""
     return write_policy({"any": {"cartoon": 2.0}}, {"any": 1}, name="clear-everything")
-
-
-@pytest.fixture
-def s3(tmp_path):
-    server = S3Server(tmp_path / "s3")
-    server.start()
-    yield server
-    server.stop()
 
 
 def _items(tmp_path, env=None) -> list[dict]:
@@ -69,15 +61,6 @@ def test_bucket_scan_flags_the_canary_in_the_bucket(tmp_path, s3, tiny_bundle_ma
     assert steps[:2] == ["landed", "flagged"] and "quarantined" in steps, steps
     assert f"removed upstream from {s3.remote}" in steps, steps
     assert all(s["at"] for s in status["steps"]), status
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    from .pgserver import PostgresServer
-
-    server = PostgresServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize("live", [False, True], ids=["dry-run-by-default", "canary_dry_run-false"])

@@ -13,7 +13,7 @@ import pytest
 
 from .conftest import REPO
 from .console_client import PASSWORD, add_user
-from .test_review_console import Site, s3  # noqa: F401 - the bucket fixture
+from .test_review_console import Site
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -48,7 +48,7 @@ def _artifacts() -> Path:
     return where
 
 
-def test_a_moderator_reviews_the_day_in_a_browser(tmp_path, s3, tiny_bundle_master, flag_all, browser):  # noqa: F811
+def test_a_moderator_reviews_the_day_in_a_browser(tmp_path, s3, tiny_bundle_master, flag_all, browser):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions
     from selenium.webdriver.support.ui import Select, WebDriverWait

@@ -19,7 +19,7 @@ from .conftest import run_cli
 from .console_client import PASSWORD, Client, ConsoleServer, add_user
 from .lemmy_server import FakeLemmy
 from .mediafiles import image_bytes
-from .s3server import BUCKET, S3Server
+from .s3server import BUCKET
 
 HOSTILE_KEY = '"><svg onload=alert(1)>[x](javascript:alert(2)).png'
 
@@ -75,14 +75,6 @@ def test_the_login_brake_counts_attempts_as_they_start():
 
 
 # ---------------------------------------------------------------------- a bucket, a state, a console
-
-
-@pytest.fixture
-def s3(tmp_path):
-    server = S3Server(tmp_path / "s3")
-    server.start()
-    yield server
-    server.stop()
 
 
 class Site:
@@ -272,15 +264,6 @@ def test_attacks_on_the_console_are_refused(site, tmp_path):
 
 
 # ---------------------------------------------------------------------- Lemmy logins and moderators
-
-
-@pytest.fixture(scope="module")
-def postgres():
-    from .pgserver import PostgresServer
-
-    server = PostgresServer().start()
-    yield server
-    server.stop()
 
 
 @pytest.mark.parametrize(("api", "version", "shape"), [("v3", "0.19.5", "0.19.5"), ("v4", "1.0.0", "1.0")])

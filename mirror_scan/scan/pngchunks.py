@@ -17,29 +17,8 @@ METADATA_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt", b"iCCP", b"eXIf", b"tIME
 ANIMATION_CHUNKS = frozenset({b"acTL", b"fcTL", b"fdAT"})
 
 
-def default_image(data: bytes) -> bytes | None:
-    """An APNG as the plain PNG of its default image (IHDR, PLTE, tRNS, IDAT...: every chunk but acTL, fcTL
-    and fdAT), which browsers show when the animation is broken; None when the file is not an APNG."""
-    if not data.startswith(PNG_SIGNATURE):
-        return None
-    kept, animated, at = [data[:8]], False, 8
-    while at + 12 <= len(data):
-        (length,) = struct.unpack(">I", data[at : at + 4])
-        kind = data[at + 4 : at + 8]
-        end = min(at + 12 + length, len(data))
-        if kind in ANIMATION_CHUNKS:
-            animated = True
-        else:
-            kept.append(data[at:end])
-        at = end
-        if kind == b"IEND":
-            break
-    kept.append(data[at:])
-    return b"".join(kept) if animated else None
-
-
-def strip_metadata(data: bytes) -> tuple[bytes, list[str]]:
-    """The PNG without its metadata chunks, and the chunk types dropped (in order, once each). A chunk that
+def _without(data: bytes, kinds: frozenset[bytes]) -> tuple[bytes, list[str]]:
+    """The PNG without the chunks of `kinds`, and the chunk types dropped (in order, once each). A chunk that
     runs past the end of the file ends the walk: the rest is kept as it is."""
     if not data.startswith(PNG_SIGNATURE):
         return data, []
@@ -51,7 +30,7 @@ def strip_metadata(data: bytes) -> tuple[bytes, list[str]]:
         end = at + 12 + length
         if end > len(data):
             break
-        if kind in METADATA_CHUNKS:
+        if kind in kinds:
             name = kind.decode("latin-1")
             if name not in dropped:
                 dropped.append(name)
@@ -62,3 +41,15 @@ def strip_metadata(data: bytes) -> tuple[bytes, list[str]]:
             break
     kept.append(data[at:])
     return b"".join(kept), dropped
+
+
+def default_image(data: bytes) -> bytes | None:
+    """An APNG as the plain PNG of its default image (IHDR, PLTE, tRNS, IDAT...: every chunk but acTL, fcTL
+    and fdAT), which browsers show when the animation is broken; None when the file is not an APNG."""
+    still, dropped = _without(data, ANIMATION_CHUNKS)
+    return still if dropped else None
+
+
+def strip_metadata(data: bytes) -> tuple[bytes, list[str]]:
+    """The PNG without its metadata chunks, and the chunk types dropped."""
+    return _without(data, METADATA_CHUNKS)
