@@ -193,6 +193,14 @@ def tga(origin: str) -> bytes:
     return header + np.ascontiguousarray(pixels).tobytes()
 
 
+def webp_cut(lossless: bool = False, keep: float = 0.6, image: Image.Image | None = None) -> bytes:
+    """A still WebP cut short (an upload that stopped): browsers draw the rows that arrived."""
+    buf = io.BytesIO()
+    (image or picture(11, (320, 240))).save(buf, format="WEBP", quality=90, lossless=lossless)
+    data = buf.getvalue()
+    return data[: int(len(data) * keep)]
+
+
 def corpus() -> dict[str, bytes]:
     """name -> bytes: every case, for the corpus test and the benchmark."""
     return {
@@ -206,5 +214,7 @@ def corpus() -> dict[str, bytes]:
         "gif-frame-far-beyond-canvas.gif": gif_frame_beyond_canvas((40000, 30000)),
         "ultra-hdr-short.jpg": ultra_hdr_short(),
         "jpeg-3x62728.jpg": jpeg_tall(),
+        "webp-cut.webp": webp_cut(),
+        "webp-lossless-cut.webp": webp_cut(lossless=True, keep=0.85),
         **{f"tga-{o}.tga": tga(o) for o in ("bottom-left", "top-left", "bottom-right", "top-right")},
     }

@@ -44,6 +44,8 @@ def test_every_odd_file_a_browser_shows_is_scored(tmp_path, tiny_bundle_master, 
     assert all(r["status"] == "scored" for r in every.values()), every
     assert "metadata skipped (zTXt)" in every["png-huge-text.png"]["reason"]
     assert "picture 2 lies outside the file" in every["ultra-hdr-short.jpg"]["reason"]
+    for name in ("webp-cut.webp", "webp-lossless-cut.webp"):
+        assert "rows arrived, decoded as browsers draw them" in listed[name]["reason"], listed[name]
     # AVIF that libavif refuses: scored by the second decoder, and said.
     for name in ("avif-grid-shared-tiles.avif", "avif-no-ispe.avif", "avif-gain-map-primary.avif", "avif-pyramid.avif",
                  "avif-overlay.avif", "avif-irot-nonessential.avif", "avif-unknown-essential.avif"):  # fmt: skip
@@ -96,3 +98,24 @@ def test_an_avif_neither_decoder_can_read_is_an_error_with_both_reasons(probe): 
     bomb = avifgen.grid(avifgen.pattern(128, 128), out_size=(60000, 60000))
     reason = decode(bomb, probe.prep)
     assert isinstance(reason, str) and ("pixels" in reason or "bomb" in reason), reason
+
+
+def test_a_cut_webps_rows_that_arrived_are_the_pictures_rows(probe):  # noqa: F811
+    # Pillow decodes a WebP whole or not at all; the rows a browser draws from a cut file are scored.
+    import io
+
+    from PIL import Image
+
+    from mirror_scan.scan.webpsalvage import salvage
+
+    for lossless in (False, True):
+        whole = oddfiles.webp_cut(lossless=lossless, keep=1.0)
+        reference = np.asarray(Image.open(io.BytesIO(whole)).convert("RGB")).astype(int)
+        cut = oddfiles.webp_cut(lossless=lossless, keep=0.85)
+        img, arrived, height = salvage(cut, 10**8)
+        drawn = np.asarray(img).astype(int)
+        assert 0 < arrived < height == reference.shape[0]
+        assert np.abs(drawn[:arrived] - reference[:arrived]).max() <= 2  # the picture's own rows
+        assert (drawn[arrived:] == 128).all()  # the rest: neutral grey, as nothing arrived there
+        verdict, decoded = probe.verdict(cut)
+        assert decoded.partial and f"{arrived} of {height} rows arrived" in decoded.notes[0], decoded.notes

@@ -352,6 +352,23 @@ def _decode_avif_second(data: bytes, prep: Preprocess, limits: Limits, first: st
                    partial=True)  # fmt: skip
 
 
+def _salvage_webp(data: bytes, prep: Preprocess, limits: Limits, strict_error: BaseException) -> Decoded | None:
+    from mirror_scan.scan.webpsalvage import salvage
+
+    found = salvage(data, limits.max_pixels)
+    if found is None:
+        return None
+    img, arrived, height = found
+    rows = Rows(prep, limits)
+    _still(img, prep, rows, "")
+    rows.finish()
+    if not rows.rows:
+        return None
+    note = f"partial: {arrived} of {height} rows arrived, decoded as browsers draw them ({_describe(strict_error)})"
+    return Decoded("webp", rows.pixels(), 1, rows.labels(), rows.pdq, rows.pdq_variants, [note, *rows.notes],
+                   partial=True)  # fmt: skip
+
+
 def _decode_still_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
     """Strict first; a file that fails is decoded again as far as it goes (what a browser shows)."""
     with _MODE.strict():
@@ -384,6 +401,10 @@ def _decode_still_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> D
             decoded.notes.insert(0, f"partial: the animation is broken ({_describe(strict_error)}); its default "
                                     "image was scored, as browsers show it")  # fmt: skip
             return decoded
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":  # browsers draw a cut WebP's rows as they arrive
+        salvaged = _salvage_webp(data, prep, limits, strict_error)
+        if salvaged is not None:
+            return salvaged
     with _MODE.lenient():
         try:
             decoded = _decode_image(data, prep, limits)
