@@ -68,6 +68,8 @@ def calibrate(
     for path in paths:
         if not path.exists():
             raise UsageError(f"{path} does not exist", hint="pass folders or files of benign pictures")
+    if plot is not None and not plot.parent.is_dir():  # said before the sample is read, not after
+        raise UsageError(f"--plot {plot}: the folder {plot.parent} does not exist")
     job = Calibration(settings)
     with open_writer(settings, quiet=json_out) as workspace:
         sample = job.read(workspace, paths)
@@ -132,7 +134,10 @@ def calibrate(
         from mirror_scan.atomic import atomic_write_bytes
         from mirror_scan.scan.calplot import margins_plot, png_bytes
 
-        atomic_write_bytes(plot, png_bytes(margins_plot(result, offsets)), 0o644)
+        try:
+            atomic_write_bytes(plot, png_bytes(margins_plot(result, offsets)), 0o644)
+        except OSError as error:
+            raise UsageError(f"--plot {plot} cannot be written: {error.strerror}") from None
         summary["plot"] = str(plot)
     if json_out:
         print_json(summary)
