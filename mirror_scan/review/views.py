@@ -193,9 +193,7 @@ class Views:
         attribution = self.ledger.follow_ups.attribution(item_id)
         if not self._visible(reviewer, item_id, attribution):
             return None
-        entry = next((e for e in self.workspace.quarantine.entries() if e["id"] == item_id), None)
-        if entry is None:
-            return None
+        entry = self.workspace.quarantine.entry(row)  # this item's row only, not every entry
         line = self._line(entry, attribution, item_id in self.ledger.reviews.confirmed_items())
         reason = entry["reason"] or {}
         checks = [

@@ -30,7 +30,7 @@ from mirror_scan.store.items import (
 from mirror_scan.store.paths import (
     check_relative,
 )
-from mirror_scan.store.rows import display_path
+from mirror_scan.store.rows import ItemRow, display_path
 
 log = logging.getLogger(__name__)
 
@@ -120,19 +120,24 @@ class ItemIndex:
 
     def entries(self, since: float | None = None, states: tuple[str, ...] | None = None) -> Iterator[dict[str, Any]]:
         for row in self.ledger.items(since, states):
-            yield {
-                "id": row.id,
-                "quarantined_at": dt.datetime.fromtimestamp(row.created, dt.UTC).isoformat(timespec="seconds"),
-                "original": display_path(file_key(row)) or "(rejected upload)",
-                "state": row.state,
-                "reason": json.loads(row.reason) if row.reason else None,
-                "sha256": row.sha256,
-                "size": row.size,
-                "remote": row.remote,
-                "key": row.key,
-                "source": item_origin(row) or "mirror",
-                "seen_count": row.seen_count,
-            }
+            yield self.entry(row)
+
+    @staticmethod
+    def entry(row: ItemRow) -> dict[str, Any]:
+        """One item as listings show it (`quarantine list`, the console), from its ledger row."""
+        return {
+            "id": row.id,
+            "quarantined_at": dt.datetime.fromtimestamp(row.created, dt.UTC).isoformat(timespec="seconds"),
+            "original": display_path(file_key(row)) or "(rejected upload)",
+            "state": row.state,
+            "reason": json.loads(row.reason) if row.reason else None,
+            "sha256": row.sha256,
+            "size": row.size,
+            "remote": row.remote,
+            "key": row.key,
+            "source": item_origin(row) or "mirror",
+            "seen_count": row.seen_count,
+        }
 
     def record_pictrs_purge(self, item_id: str, alias: str, note: str) -> None:
         """Write down what was purged from pict-rs (irreversible), in the item's own metadata."""
