@@ -43,14 +43,16 @@ from mirror_scan.scan.runner import Scan, ScanConfig
 from mirror_scan.store.ledger import Ledger
 
 
-def make_tree(root: Path, count: int, seed: int = 0) -> Path:
-    marker = root / f".complete-{count}"
+def make_tree(root: Path, count: int, seed: int = 0, sides: tuple[int, int] = (512, 1600)) -> Path:
+    """Generated JPEGs with sides in `sides`. The marker sits beside the tree: inside it would be scanned
+    (an error) like any file."""
+    marker = root.with_name(root.name + ".complete")
     if marker.exists():
         return root
     shutil.rmtree(root, ignore_errors=True)
     rng = np.random.default_rng(seed)
     for i in range(count):
-        w, h = (int(v) for v in rng.integers(512, 1601, size=2))
+        w, h = (int(v) for v in rng.integers(sides[0], sides[1] + 1, size=2))
         path = root / f"{i % 100:02x}" / f"{i:06d}.jpg"
         path.parent.mkdir(parents=True, exist_ok=True)
         generated_image(i, w, h).save(path, format="JPEG", quality=85)
@@ -150,22 +152,6 @@ def rss_profile(bundle, scorer, policy, tree: Path, total: int, batch: int, work
     }
 
 
-def large_tree(root: Path, count: int) -> Path:
-    """JPEGs of 900-2400 px (phone and desktop uploads), generated. The marker sits beside the tree: inside it
-    would be scanned (an error) like any file."""
-    marker = root.with_name(root.name + ".complete")
-    if marker.exists():
-        return root
-    shutil.rmtree(root, ignore_errors=True)
-    rng = np.random.default_rng(7)
-    root.mkdir(parents=True)
-    for i in range(count):
-        w, h = (int(v) for v in rng.integers(900, 2401, size=2))
-        generated_image(i, w, h).save(root / f"{i:05d}.jpg", format="JPEG", quality=88)
-    marker.touch()
-    return root
-
-
 def _floor_one(path: str) -> int:
     import hashlib
 
@@ -220,8 +206,9 @@ def floor_main(args) -> None:
     images = args.images or (60 if args.quick else 300)
     bundle_dir = bundle_for(args)
     bundle = load_bundle(bundle_dir)
-    tree = large_tree(BENCH_OUT / f"floor-tree-{images}", images)
-    files = sorted(tree.glob("*.jpg"))
+    # JPEGs of 900-2400 px: phone and desktop uploads
+    tree = make_tree(BENCH_OUT / f"floor-tree-{images}", images, seed=7, sides=(900, 2400))
+    files = sorted(tree.rglob("*.jpg"))
     one = BENCH_OUT / "floor-tree-1"
     if not one.exists():
         one.mkdir(parents=True)
@@ -235,10 +222,11 @@ def floor_main(args) -> None:
         start_cpu, start_wall, _ = scan_subprocess(one, bundle_dir, 2, state_dir / "one.db")
         scan_cpu, scan_wall, scanned = scan_subprocess(tree, bundle_dir, 2, state_dir / "two.db")
         assert scanned == images, (scanned, images)
-        walls = {}
-        for workers in sorted({1, 2, cores}):
+        walls = {2: scan_wall - start_wall}  # the run above
+        for workers in sorted({1, cores} - {2}):
             _, wall, _ = scan_subprocess(tree, bundle_dir, workers, state_dir / f"w{workers}.db")
             walls[workers] = wall - start_wall
+        walls = dict(sorted(walls.items()))
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
     floor_per = floor_cpu / images * 1000

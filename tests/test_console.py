@@ -10,11 +10,8 @@ import signal
 import subprocess
 import time
 
-import pytest
-
 from .conftest import CLI, run_cli
 from .mediafiles import image_bytes
-from .s3server import S3Server
 from .test_serve import Validator
 from .test_watch import Watcher
 
@@ -25,14 +22,6 @@ def sha(data: bytes) -> str:
 
 def _png(seed: int) -> bytes:
     return image_bytes("PNG", seed, size=(48, 32))
-
-
-@pytest.fixture
-def s3(tmp_path):
-    server = S3Server(tmp_path / "s3")
-    server.start()
-    yield server
-    server.stop()
 
 
 class Shell:
