@@ -41,6 +41,15 @@ if ! command -v chromium >/dev/null 2>&1 || ! command -v chromedriver >/dev/null
     echo "note: chromium/chromedriver are missing (sudo apt-get install chromium chromium-driver); the console's browser test will be skipped" >&2
   fi
 fi
+# libjxl (Debian's libjxl0.7): a JPEG XL cut short is drawn as far as it arrived (scan/jxlsalvage.py).
+if ! ldconfig -p 2>/dev/null | grep -q 'libjxl\.so'; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libjxl0.7) >/dev/null 2>&1 \
+      || echo "note: could not install libjxl0.7; a cut JPEG XL will be an error instead of partly scored" >&2
+  else
+    echo "note: libjxl is missing (sudo apt-get install libjxl0.7); a cut JPEG XL will be an error instead of partly scored" >&2
+  fi
+fi
 # PostgreSQL's server binaries: the attribution tests start a real server (pict-rs's and Lemmy's schemas).
 # mirror-scan itself only needs network access to the instance's databases, not a local server.
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then

@@ -22,6 +22,13 @@ def picture(seed: int, size: tuple[int, int] = (96, 72)) -> Image.Image:
     return Image.fromarray(rgb.astype(np.uint8), "RGB")
 
 
+def noisy(seed: int, size: tuple[int, int] = (96, 72)) -> Image.Image:
+    """Seeded noise over a pattern: a picture that does not compress to almost nothing."""
+    rng = np.random.default_rng(seed)
+    base = np.asarray(picture(seed, size), dtype=np.int16)
+    return Image.fromarray(np.clip(base + rng.integers(-24, 25, base.shape), 0, 255).astype(np.uint8), "RGB")
+
+
 # ---------------------------------------------------------------------- PNG chunks
 
 
@@ -154,6 +161,21 @@ def gif_claiming(frames: list[Image.Image], index: int, claimed: tuple[int, int]
     return bytes(data)
 
 
+def gif_interlaced_beyond_canvas(image: Image.Image, canvas: tuple[int, int], claimed: tuple[int, int] | None = None) -> bytes:
+    """An interlaced GIF whose one frame is `image` (its data all there) on a smaller `canvas`: browsers
+    show the frame's top-left `canvas`. With `claimed`, the frame's descriptor claims those extents instead
+    (a "bomb" by its extents, with the data of a small frame)."""
+    buf = io.BytesIO()
+    image.quantize(64).save(buf, format="GIF", interlace=True)
+    data = bytearray(buf.getvalue())
+    data[6:10] = struct.pack("<HH", *canvas)
+    at = _descriptors(bytes(data))[0]
+    assert data[at + 9] & 0x40, "Pillow wrote the frame interlaced"
+    if claimed:
+        data[at + 5 : at + 9] = struct.pack("<HH", *claimed)
+    return bytes(data)
+
+
 # ---------------------------------------------------------------------- JPEG
 
 
@@ -201,6 +223,41 @@ def webp_cut(lossless: bool = False, keep: float = 0.6, image: Image.Image | Non
     return data[: int(len(data) * keep)]
 
 
+def webp_animated(frames: list[Image.Image], lossless: bool = False) -> bytes:
+    buf = io.BytesIO()
+    frames[0].save(buf, format="WEBP", save_all=True, append_images=frames[1:], duration=100, lossless=lossless,
+                   quality=90, minimize_size=False, allow_mixed=False, kmin=0, kmax=0)  # fmt: skip
+    return buf.getvalue()
+
+
+def webp_frame_offsets(data: bytes) -> list[tuple[int, int]]:
+    """(start, end) of each ANMF chunk of an animated WebP."""
+    found, at = [], 12
+    while at + 8 <= len(data):
+        size = int.from_bytes(data[at + 4 : at + 8], "little")
+        if data[at : at + 4] == b"ANMF":
+            found.append((at, at + 8 + size))
+        at += 8 + size + (size & 1)
+    return found
+
+
+def webp_animated_cut(frames: list[Image.Image], cut_in: int, keep: float = 0.5, lossless: bool = False) -> bytes:
+    """An animated WebP cut short inside frame `cut_in` (0-based), `keep` of that frame's chunk arrived."""
+    data = webp_animated(frames, lossless)
+    start, end = webp_frame_offsets(data)[cut_in]
+    return data[: start + int((end - start) * keep)]
+
+
+def jxl_cut(lossless: bool = False, keep: float = 0.6, image: Image.Image | None = None) -> bytes:
+    """A JPEG XL cut short: viewers that support it draw what arrived (it is progressive by design)."""
+    import pillow_jxl  # noqa: F401 - registers the encoder
+
+    buf = io.BytesIO()
+    (image or picture(19, (320, 240))).save(buf, format="JXL", quality=90, lossless=lossless)
+    data = buf.getvalue()
+    return data[: int(len(data) * keep)]
+
+
 def corpus() -> dict[str, bytes]:
     """name -> bytes: every case, for the corpus test and the benchmark."""
     return {
@@ -212,9 +269,18 @@ def corpus() -> dict[str, bytes]:
         "png-huge-text.png": png_with_huge_text(),
         "gif-frame-beyond-canvas.gif": gif_frame_beyond_canvas(),
         "gif-frame-far-beyond-canvas.gif": gif_frame_beyond_canvas((40000, 30000)),
+        "gif-interlaced-beyond-canvas.gif": gif_interlaced_beyond_canvas(picture(12, (120, 900)), (120, 90)),
+        "gif-interlaced-far-beyond-canvas.gif": gif_interlaced_beyond_canvas(picture(13, (100, 100)), (100, 100),
+                                                                             (40000, 30000)),
         "ultra-hdr-short.jpg": ultra_hdr_short(),
         "jpeg-3x62728.jpg": jpeg_tall(),
         "webp-cut.webp": webp_cut(),
         "webp-lossless-cut.webp": webp_cut(lossless=True, keep=0.85),
+        "jxl-cut.jxl": jxl_cut(),
+        "jxl-lossless-cut.jxl": jxl_cut(lossless=True, keep=0.8, image=noisy(20, (640, 480))),
+        "webp-animated-cut.webp": webp_animated_cut([picture(14, (160, 120)), picture(15, (160, 120)),
+                                                     picture(16, (160, 120))], cut_in=2),
+        "webp-animated-cut-first-frame.webp": webp_animated_cut([picture(17, (160, 120)), picture(18, (160, 120))],
+                                                                cut_in=0, keep=0.7),
         **{f"tga-{o}.tga": tga(o) for o in ("bottom-left", "top-left", "bottom-right", "top-right")},
     }

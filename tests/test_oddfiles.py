@@ -5,11 +5,13 @@ policy flags it, test_formats.Probe)."""
 
 from __future__ import annotations
 
+import io
 import json
 
 import numpy as np
 
 from mirror_scan.model.synthetic import generated_image
+from mirror_scan.scan import gifclip
 
 from . import avifgen, oddfiles
 from .conftest import run_cli
@@ -21,7 +23,11 @@ PICTRS_FORMATS = ("png", "apng", "gif", "jpeg", "mpo", "webp", "avif", "jxl")
 def test_every_odd_file_a_browser_shows_is_scored(tmp_path, tiny_bundle_master, flag_all):
     tree = tmp_path / "odd"
     tree.mkdir()
+    from mirror_scan.scan import jxlsalvage
+
     files = {**oddfiles.corpus(), **avifgen.corpus()}
+    if not jxlsalvage.available():  # scripts/install.sh installs libjxl0.7; test_a_cut_jxl... says it is missing
+        files = {name: data for name, data in files.items() if not name.startswith("jxl-")}
     for name, data in files.items():
         (tree / name).write_bytes(data)
     state = ("--state", str(tmp_path / "state.db"))
@@ -38,12 +44,15 @@ def test_every_odd_file_a_browser_shows_is_scored(tmp_path, tiny_bundle_master, 
         assert listed[name]["status"] == "scored" and "its default image was scored" in listed[name]["reason"], listed[
             name
         ]
-    for name in ("gif-frame-beyond-canvas.gif", "gif-frame-far-beyond-canvas.gif"):
+    for name in ("gif-frame-beyond-canvas.gif", "gif-frame-far-beyond-canvas.gif", "gif-interlaced-beyond-canvas.gif",
+                 "gif-interlaced-far-beyond-canvas.gif"):  # fmt: skip
         assert "clipped to it" in listed[name]["reason"], listed[name]
     every = {r["path"].rsplit("/", 1)[1]: r for r in map(json.loads, run_cli("report", *state).stdout.splitlines())}
     assert all(r["status"] == "scored" for r in every.values()), every
     assert "metadata skipped (zTXt)" in every["png-huge-text.png"]["reason"]
     assert "picture 2 lies outside the file" in every["ultra-hdr-short.jpg"]["reason"]
+    for name in ("jxl-cut.jxl", "jxl-lossless-cut.jxl"):
+        assert name not in files or "libjxl: what arrived drawn progressively" in listed[name]["reason"], listed[name]
     for name in ("webp-cut.webp", "webp-lossless-cut.webp"):
         assert "rows arrived, decoded as browsers draw them" in listed[name]["reason"], listed[name]
     # AVIF that libavif refuses: scored by the second decoder, and said.
@@ -76,6 +85,29 @@ def test_gif_frames_beyond_the_canvas_are_clipped_as_browsers_clip_them(probe): 
     frames = [signal(), generated_image(3, 96, 64), generated_image(4, 96, 64)]
     verdict, decoded = probe.verdict(oddfiles.gif_claiming(frames, 1, (40000, 30000)))  # a "bomb" by its extents
     assert verdict.flagged and any("clipped" in n for n in decoded.notes), decoded.notes
+
+
+def test_interlaced_gif_frames_beyond_the_canvas_are_clipped_too(probe):  # noqa: F811
+    # An interlaced frame stores its rows in four passes, so the canvas's rows are spread through the whole
+    # stream: the frame is decoded here (gifclip), its visible rows kept. The signal fills the 96x64 canvas
+    # and the frame goes on for 3000 rows of background below it.
+    from PIL import Image
+
+    tall = Image.new("RGB", (96, 3000), (90, 90, 90))
+    tall.paste(signal(), (0, 0))
+    data = oddfiles.gif_interlaced_beyond_canvas(tall, (96, 64))
+    verdict, decoded = probe.verdict(data)
+    assert verdict.flagged and any("clipped" in n for n in decoded.notes), decoded.notes
+    clipped, count = gifclip.clip_frames(data, 10**8)
+    shown = np.asarray(Image.open(io.BytesIO(clipped)).convert("RGB")).astype(int)
+    whole = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)[:64]  # Pillow, unclipped
+    assert count == 1 and shown.shape == (64, 96, 3) and (shown == whole).all()  # the very rows, in place
+    tall.paste(background(), (0, 0))
+    plain, _ = probe.verdict(oddfiles.gif_interlaced_beyond_canvas(tall, (96, 64)))
+    assert not plain.flagged
+    # Claimed extents of 40000x30000 over the data of a 96x64 frame: no bomb, the rows that came are drawn.
+    verdict, decoded = probe.verdict(oddfiles.gif_interlaced_beyond_canvas(signal(), (96, 64), (40000, 30000)))
+    assert not isinstance(decoded, str) and any("clipped" in n for n in decoded.notes), decoded
 
 
 def test_avif_that_libavif_refuses_reaches_the_model_whole(probe):  # noqa: F811
@@ -119,3 +151,51 @@ def test_a_cut_webps_rows_that_arrived_are_the_pictures_rows(probe):  # noqa: F8
         assert (drawn[arrived:] == 128).all()  # the rest: neutral grey, as nothing arrived there
         verdict, decoded = probe.verdict(cut)
         assert decoded.partial and f"{arrived} of {height} rows arrived" in decoded.notes[0], decoded.notes
+
+
+def test_a_cut_animated_webp_is_scored_on_the_frames_that_arrived(probe):  # noqa: F811
+    from PIL import Image
+
+    from mirror_scan.scan.webpsalvage import first_frame_still, salvage
+
+    frames = [background(), signal(), generated_image(5, 96, 64)]
+    verdict, decoded = probe.verdict(oddfiles.webp_animated_cut(frames, cut_in=2))
+    assert verdict.flagged and decoded.partial and "2 frames that arrived whole" in decoded.notes[0], decoded.notes
+    hidden = [background(), generated_image(5, 96, 64), signal()]
+    verdict, decoded = probe.verdict(oddfiles.webp_animated_cut(hidden, cut_in=2, keep=0.3))
+    assert not verdict.flagged and "the cut one was not" in decoded.notes[0]  # never shown, never scored
+    # Cut inside the first frame: its rows that arrived, drawn as a still's.
+    for lossless in (False, True):
+        whole = oddfiles.webp_animated([signal(), background()], lossless=lossless)
+        first = np.asarray(Image.open(io.BytesIO(whole)).convert("RGB")).astype(int)
+        cut = oddfiles.webp_animated_cut([signal(), background()], cut_in=0, keep=0.8, lossless=lossless)
+        img, arrived, height = salvage(first_frame_still(cut), 10**8)
+        drawn = np.asarray(img).astype(int)
+        assert 0 < arrived < height == first.shape[0]
+        assert np.abs(drawn[:arrived] - first[:arrived]).max() <= 2 and (drawn[arrived:] == 128).all()
+        reason = probe.verdict(cut)[1].notes[0]
+        assert "cut short in its first frame" in reason and "rows arrived" in reason, reason
+
+
+def test_a_cut_jpeg_xl_is_scored_on_what_arrived(probe):  # noqa: F811
+    import pytest
+    from PIL import Image
+
+    from mirror_scan.scan import jxlsalvage
+
+    if not jxlsalvage.available():
+        pytest.skip("libjxl is missing (scripts/install.sh installs Debian's libjxl0.7)")
+    big = signal().resize((768, 512), Image.Resampling.BICUBIC)  # a lossless file draws group by group (256 px)
+    for lossless, keep in ((False, 0.7), (True, 0.9)):
+        whole = oddfiles.jxl_cut(lossless=lossless, keep=1.0, image=big)
+        img, complete = jxlsalvage.salvage(whole, 10**8)
+        reference = np.asarray(Image.open(io.BytesIO(whole)).convert("RGB")).astype(int)
+        assert complete and np.abs(np.asarray(img).astype(int) - reference).max() <= 2  # libjxl == Pillow's plugin
+        cut = oddfiles.jxl_cut(lossless=lossless, keep=keep, image=big)
+        img, complete = jxlsalvage.salvage(cut, 10**8)
+        assert not complete and img.size == (768, 512)
+        verdict, decoded = probe.verdict(cut)
+        assert decoded.partial and "drawn progressively" in decoded.notes[0], decoded.notes
+        if not lossless:  # the DC image and part of the detail: the picture, blurred
+            assert verdict.flagged, decoded.notes
+    assert jxlsalvage.salvage(oddfiles.jxl_cut(keep=0.02, image=big), 10**8) is None  # nothing of the picture yet

@@ -277,16 +277,16 @@ def _decode_image(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
     screen = gifclip.canvas(data)
     clamped = 0
     if screen is not None:  # frames beyond the canvas: clipped to it, as browsers draw them
-        data, clamped = gifclip.clip_frames(data)
+        data, clamped = gifclip.clip_frames(data, limits.max_pixels)
     img = _open(data, limits)
     fmt = (img.format or "image").lower()
     rows = Rows(prep, limits)
     crop = None
     if screen is not None and img.format == "GIF" and (img.width > screen[0] or img.height > screen[1]):
         crop = (0, 0, min(img.width, screen[0]), min(img.height, screen[1]))
-    if clamped or crop:
+    if clamped or crop:  # partial: the rows beyond the canvas are in the file and not scored
         rows.notes.append(
-            f"frames reach beyond the {screen[0]}x{screen[1]} canvas: clipped to it, as browsers show them"
+            f"partial: frames reach beyond the {screen[0]}x{screen[1]} canvas: clipped to it, as browsers show them"
         )
     if img.format == "MPO":
         total = _pictures(data, img, prep, limits, rows)
@@ -299,7 +299,7 @@ def _decode_image(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
     if not rows.rows:
         raise DecodeFailure("no frame could be decoded")
     return Decoded(fmt, rows.pixels(), total, rows.labels(), rows.pdq, rows.pdq_variants, rows.notes,
-                   vpdq=rows.vpdq.features)  # fmt: skip
+                   partial=bool(clamped or crop), vpdq=rows.vpdq.features)  # fmt: skip
 
 
 def _describe(err: BaseException) -> str:
@@ -353,8 +353,26 @@ def _decode_avif_second(data: bytes, prep: Preprocess, limits: Limits, first: st
 
 
 def _salvage_webp(data: bytes, prep: Preprocess, limits: Limits, strict_error: BaseException) -> Decoded | None:
-    from mirror_scan.scan.webpsalvage import salvage
+    from mirror_scan.scan.webpsalvage import first_frame_still, salvage, whole_frames
 
+    animation = whole_frames(data)
+    if animation is not None:  # a cut animation: the frames that arrived whole, else the first one's rows
+        rebuilt, count, cut = animation
+        if rebuilt is not None:
+            with _MODE.strict():
+                try:
+                    decoded = _decode_image(rebuilt, prep, limits)
+                except Exception:  # noqa: BLE001 - the whole frames do not decode either: as far as it goes
+                    return None
+            decoded.partial = True
+            decoded.notes.insert(0, f"partial: the animation is cut short ({_describe(strict_error)}); the {count} "
+                                    f"frame{'s' if count != 1 else ''} that arrived whole were scored"
+                                    f"{', the cut one was not' if cut else ''}, as browsers show them")  # fmt: skip
+            return decoded
+        still = first_frame_still(data)
+        if still is None:
+            return None
+        data = still
     found = salvage(data, limits.max_pixels)
     if found is None:
         return None
@@ -364,8 +382,28 @@ def _salvage_webp(data: bytes, prep: Preprocess, limits: Limits, strict_error: B
     rows.finish()
     if not rows.rows:
         return None
-    note = f"partial: {arrived} of {height} rows arrived, decoded as browsers draw them ({_describe(strict_error)})"
+    where = "the animation is cut short in its first frame: " if animation is not None else ""
+    note = f"partial: {where}{arrived} of {height} rows arrived, decoded as browsers draw them ({_describe(strict_error)})"
     return Decoded("webp", rows.pixels(), 1, rows.labels(), rows.pdq, rows.pdq_variants, [note, *rows.notes],
+                   partial=True)  # fmt: skip
+
+
+def _salvage_jxl(data: bytes, prep: Preprocess, limits: Limits, strict_error: BaseException) -> Decoded | None:
+    from mirror_scan.scan.jxlsalvage import salvage
+
+    found = salvage(data, limits.max_pixels)
+    if found is None:
+        return None
+    img, whole = found
+    rows = Rows(prep, limits)
+    _still(img, prep, rows, "")
+    rows.finish()
+    if not rows.rows:
+        return None
+    what = "its first frame decoded whole" if whole else "what arrived drawn progressively, as viewers show it"
+    said = " ".join(_describe(strict_error).split()).split(". Please build")[0]  # the plugin's advice is for its devs
+    note = f"partial: Pillow's JPEG XL plugin refused it ({said}); libjxl: {what}"
+    return Decoded("jxl", rows.pixels(), 1, rows.labels(), rows.pdq, rows.pdq_variants, [note, *rows.notes],
                    partial=True)  # fmt: skip
 
 
@@ -403,6 +441,10 @@ def _decode_still_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> D
             return decoded
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":  # browsers draw a cut WebP's rows as they arrive
         salvaged = _salvage_webp(data, prep, limits, strict_error)
+        if salvaged is not None:
+            return salvaged
+    if sniff(data[:64]) == "jxl":  # JPEG XL is progressive: viewers draw what arrived (libjxl's flush)
+        salvaged = _salvage_jxl(data, prep, limits, strict_error)
         if salvaged is not None:
             return salvaged
     with _MODE.lenient():

@@ -4,13 +4,16 @@ short shows its top part. This is that decoder (libwebp's WebPINewRGB / WebPIUpd
 stable C API), through ctypes, on the libwebp that Pillow itself uses (its wheel's copy, or the system's).
 
 The rows that did not arrive are neutral grey (as a viewer's empty background). Lossy (VP8) and lossless
-(VP8L) stills; animated WebP is not salvaged here. Runs in the decoder worker processes like every decode."""
+(VP8L) stills. A cut animated WebP shows the frames that arrived whole: `whole_frames` writes the file
+again with those frames only (RIFF chunks by their sizes, no decoder), and a cut first frame is drawn
+row by row like a still. Runs in the decoder worker processes like every decode."""
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
 import functools
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -76,3 +79,62 @@ def salvage(data: bytes, max_pixels: int) -> tuple[Image.Image, int, int] | None
     if rows <= 0:
         return None
     return Image.fromarray(pixels, "RGB"), rows, h
+
+
+def _chunks(data: bytes, at: int, end: int) -> list[tuple[bytes, int, int, bool]]:
+    """(fourcc, payload start, payload end, whole) of the RIFF chunks from `at`; the last may be cut."""
+    found = []
+    while at + 8 <= end:
+        fourcc, size = data[at : at + 4], int.from_bytes(data[at + 4 : at + 8], "little")
+        stop = at + 8 + size
+        found.append((fourcc, at + 8, min(stop, end), stop <= end))
+        at = stop + (size & 1)
+    return found
+
+
+def _riff(chunks: list[bytes]) -> bytes:
+    body = b"WEBP" + b"".join(chunks)
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def _chunk(fourcc: bytes, payload: bytes) -> bytes:
+    return fourcc + struct.pack("<I", len(payload)) + payload + (b"\x00" if len(payload) & 1 else b"")
+
+
+def whole_frames(data: bytes) -> tuple[bytes | None, int, bool] | None:
+    """A cut animated WebP: (the file again with only its whole frames, or None when no frame is whole; how
+    many frames are whole; whether a cut frame follows them). None: not an animated WebP cut short."""
+    if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    declared = int.from_bytes(data[4:8], "little") + 8
+    chunks = _chunks(data, 12, len(data))
+    if not chunks or chunks[0][0] != b"VP8X" or declared <= len(data) and all(whole for *_, whole in chunks):
+        return None
+    if not any(fourcc == b"ANIM" for fourcc, *_ in chunks):
+        return None
+    kept, frames, cut = [], 0, False
+    for fourcc, start, stop, whole in chunks:
+        if not whole or (fourcc == b"ANMF" and stop - start < 16):
+            cut = cut or fourcc == b"ANMF"
+            break
+        if fourcc == b"ANMF":
+            frames += 1
+        if fourcc in (b"VP8X", b"ANIM", b"ANMF", b"ICCP"):  # EXIF and XMP come after the frames: not needed
+            kept.append(_chunk(fourcc, data[start:stop]))
+    return (_riff(kept) if frames else None), frames, cut
+
+
+def first_frame_still(data: bytes) -> bytes | None:
+    """The first frame of a cut animated WebP as a still WebP (its bitstream as far as it goes, alpha left
+    out), for the row-by-row decoder."""
+    chunks = _chunks(data, 12, len(data))
+    anmf = next(((start, stop) for fourcc, start, stop, _ in chunks if fourcc == b"ANMF"), None)
+    if anmf is None or anmf[1] - anmf[0] <= 16:
+        return None
+    for fourcc, start, stop, _ in _chunks(data, anmf[0] + 16, anmf[1]):
+        if fourcc in (b"VP8 ", b"VP8L"):
+            payload = data[start:stop]
+            declared = int.from_bytes(data[start - 4 : start], "little")
+            # The chunk keeps its declared size: the incremental decoder waits for the bytes still to come.
+            return b"RIFF" + struct.pack("<I", 4 + 8 + declared) + b"WEBP" + fourcc + data[start - 4 : start] + payload
+    return None
