@@ -161,7 +161,9 @@ def gif_claiming(frames: list[Image.Image], index: int, claimed: tuple[int, int]
     return bytes(data)
 
 
-def gif_interlaced_beyond_canvas(image: Image.Image, canvas: tuple[int, int], claimed: tuple[int, int] | None = None) -> bytes:
+def gif_interlaced_beyond_canvas(
+    image: Image.Image, canvas: tuple[int, int], claimed: tuple[int, int] | None = None
+) -> bytes:
     """An interlaced GIF whose one frame is `image` (its data all there) on a smaller `canvas`: browsers
     show the frame's top-left `canvas`. With `claimed`, the frame's descriptor claims those extents instead
     (a "bomb" by its extents, with the data of a small frame)."""
@@ -270,17 +272,20 @@ def corpus() -> dict[str, bytes]:
         "gif-frame-beyond-canvas.gif": gif_frame_beyond_canvas(),
         "gif-frame-far-beyond-canvas.gif": gif_frame_beyond_canvas((40000, 30000)),
         "gif-interlaced-beyond-canvas.gif": gif_interlaced_beyond_canvas(picture(12, (120, 900)), (120, 90)),
-        "gif-interlaced-far-beyond-canvas.gif": gif_interlaced_beyond_canvas(picture(13, (100, 100)), (100, 100),
-                                                                             (40000, 30000)),
+        "gif-interlaced-far-beyond-canvas.gif": gif_interlaced_beyond_canvas(
+            picture(13, (100, 100)), (100, 100), (40000, 30000)
+        ),
         "ultra-hdr-short.jpg": ultra_hdr_short(),
         "jpeg-3x62728.jpg": jpeg_tall(),
         "webp-cut.webp": webp_cut(),
         "webp-lossless-cut.webp": webp_cut(lossless=True, keep=0.85),
         "jxl-cut.jxl": jxl_cut(),
         "jxl-lossless-cut.jxl": jxl_cut(lossless=True, keep=0.8, image=noisy(20, (640, 480))),
-        "webp-animated-cut.webp": webp_animated_cut([picture(14, (160, 120)), picture(15, (160, 120)),
-                                                     picture(16, (160, 120))], cut_in=2),
-        "webp-animated-cut-first-frame.webp": webp_animated_cut([picture(17, (160, 120)), picture(18, (160, 120))],
-                                                                cut_in=0, keep=0.7),
+        "webp-animated-cut.webp": webp_animated_cut(
+            [picture(14, (160, 120)), picture(15, (160, 120)), picture(16, (160, 120))], cut_in=2
+        ),
+        "webp-animated-cut-first-frame.webp": webp_animated_cut(
+            [picture(17, (160, 120)), picture(18, (160, 120))], cut_in=0, keep=0.7
+        ),
         **{f"tga-{o}.tga": tga(o) for o in ("bottom-left", "top-left", "bottom-right", "top-right")},
     }

@@ -383,7 +383,8 @@ def _salvage_webp(data: bytes, prep: Preprocess, limits: Limits, strict_error: B
     if not rows.rows:
         return None
     where = "the animation is cut short in its first frame: " if animation is not None else ""
-    note = f"partial: {where}{arrived} of {height} rows arrived, decoded as browsers draw them ({_describe(strict_error)})"
+    said = _describe(strict_error)
+    note = f"partial: {where}{arrived} of {height} rows arrived, decoded as browsers draw them ({said})"
     return Decoded("webp", rows.pixels(), 1, rows.labels(), rows.pdq, rows.pdq_variants, [note, *rows.notes],
                    partial=True)  # fmt: skip
 
