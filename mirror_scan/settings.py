@@ -189,6 +189,12 @@ SPECS: dict[str, Spec] = {
     "decode_timeout": Spec(
         _positive_seconds, lambda: 60.0, "seconds one file's decode may take (with decoders=process)"
     ),
+    "resize": Spec(
+        _choice("exact", "reduced"),
+        lambda: "exact",
+        "the model's view: exact (open_clip's bicubic from the whole picture, what thresholds were tuned on) or "
+        "reduced (a box reduction first, about a third of the resize CPU; results are stored apart)",
+    ),
     "remote": Spec(_remote, lambda: None, "rclone remote of the bucket (NAME:bucket); enables upstream removal"),
     "rclone": Spec(str, lambda: None, "rclone binary (default: the venv's, then PATH)"),
     "pictrs_url": Spec(str, lambda: None, "pict-rs base URL, e.g. http://127.0.0.1:8080"),
@@ -272,6 +278,7 @@ class Settings:
     read_timeout: float
     decoders: str
     decode_timeout: float
+    resize: str
     remote: str | None
     rclone: str | None
     pictrs_url: str | None

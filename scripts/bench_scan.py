@@ -182,8 +182,11 @@ def floor_loop(files: list[Path], workers: int) -> tuple[float, float]:
     return _children_cpu() - before, time.perf_counter() - started
 
 
-def scan_subprocess(tree: Path, bundle_dir: Path, workers: int, state: Path) -> tuple[float, float, int]:
-    """(CPU seconds with its decode workers, wall seconds, pictures scanned) of a real `scan --dry-run`."""
+def scan_subprocess(
+    tree: Path, bundle_dir: Path, workers: int, state: Path, resize: str = "exact"
+) -> tuple[float, float, int, dict]:
+    """(CPU seconds with its decode workers, wall seconds, pictures scanned, CPU seconds by stage) of a real
+    `scan --dry-run`."""
     import json
     import subprocess
     import sys
@@ -192,12 +195,14 @@ def scan_subprocess(tree: Path, bundle_dir: Path, workers: int, state: Path) -> 
     proc = subprocess.run(
         [sys.executable, "-m", "mirror_scan.cli", "scan", str(tree), "--model", str(bundle_dir), "--dry-run",
          "--json", "--workers", str(workers), "--state", str(state), "--quarantine", str(state.parent / "q")],
-        capture_output=True, text=True, check=False, env={**os.environ, "MIRROR_SCAN_CONFIG": os.devnull},
+        capture_output=True, text=True, check=False,
+        env={**os.environ, "MIRROR_SCAN_CONFIG": os.devnull, "MIRROR_SCAN_RESIZE": resize},
     )  # fmt: skip
     wall = time.perf_counter() - started
     if proc.returncode not in (0, 1):
         raise SystemExit(f"scan failed: {proc.stderr[-2000:]}")
-    return _children_cpu() - before, wall, int(json.loads(proc.stdout)["scanned"])
+    summary = json.loads(proc.stdout)
+    return _children_cpu() - before, wall, int(summary["scanned"]), summary.get("stage_cpu_s", {})
 
 
 def floor_main(args) -> None:
@@ -219,12 +224,13 @@ def floor_main(args) -> None:
     state_dir = Path(tempfile.mkdtemp(prefix="bench-floor-"))
     try:
         floor_cpu, floor_wall = floor_loop(files, 2)
-        start_cpu, start_wall, _ = scan_subprocess(one, bundle_dir, 2, state_dir / "one.db")
-        scan_cpu, scan_wall, scanned = scan_subprocess(tree, bundle_dir, 2, state_dir / "two.db")
+        start_cpu, start_wall, _, _ = scan_subprocess(one, bundle_dir, 2, state_dir / "one.db")
+        scan_cpu, scan_wall, scanned, stages = scan_subprocess(tree, bundle_dir, 2, state_dir / "two.db")
         assert scanned == images, (scanned, images)
+        reduced_cpu, _, _, reduced_stages = scan_subprocess(tree, bundle_dir, 2, state_dir / "reduced.db", "reduced")
         walls = {2: scan_wall - start_wall}  # the run above
         for workers in sorted({1, cores} - {2}):
-            _, wall, _ = scan_subprocess(tree, bundle_dir, workers, state_dir / f"w{workers}.db")
+            _, wall, _, _ = scan_subprocess(tree, bundle_dir, workers, state_dir / f"w{workers}.db")
             walls[workers] = wall - start_wall
         walls = dict(sorted(walls.items()))
     finally:
@@ -232,6 +238,16 @@ def floor_main(args) -> None:
     floor_per = floor_cpu / images * 1000
     scan_per = (scan_cpu - start_cpu) / images * 1000
     scan_per_all = scan_cpu / images * 1000
+    reduced_per = (reduced_cpu - start_cpu) / images * 1000
+    per_stage = {stage: round(seconds / images * 1000, 2) for stage, seconds in stages.items()}
+    reduced_stage = {stage: round(seconds / images * 1000, 2) for stage, seconds in reduced_stages.items()}
+    figures.update(
+        scan_stage_cpu_ms_per_image=per_stage,
+        scan_unaccounted_cpu_ms_per_image=round(scan_per - sum(per_stage.values()), 2),
+        reduced_resize_scan_cpu_ms_per_image=round(reduced_per, 2),
+        reduced_resize_scan_over_floor_cpu=round(reduced_per / floor_per, 3),
+        reduced_resize_stage_cpu_ms_per_image=reduced_stage,
+    )
     figures.update(
         floor_cpu_ms_per_image=round(floor_per, 2),
         scan_cpu_ms_per_image=round(scan_per, 2),
@@ -247,6 +263,11 @@ def floor_main(args) -> None:
     print(f"floor loop      : {floor_per:8.2f} ms CPU per picture (read, sha256, draft decode, resize; 2 processes)")
     print(f"scan            : {scan_per:8.2f} ms CPU per picture beyond start-up ({scan_per / floor_per:.2f}x the "
           f"floor); {scan_per_all:.2f} ms with start-up ({scan_per_all / floor_per:.2f}x)")  # fmt: skip
+    rest = figures["scan_unaccounted_cpu_ms_per_image"]
+    print("  where it goes : " + ", ".join(f"{stage} {ms:.2f}" for stage, ms in per_stage.items())
+          + f"; the rest (threads, queues, inference) {rest:.2f}")  # fmt: skip
+    print(f"scan, resize=reduced: {reduced_per:8.2f} ms CPU per picture ({reduced_per / floor_per:.2f}x the floor); "
+          f"view {reduced_stage.get('view', 0):.2f} ms")  # fmt: skip
     for workers, wall in walls.items():
         print(f"scan, {workers} worker(s): {images / wall:8.2f} pictures/s beyond start-up")
     print(f"2 workers / 1   : {figures['scan_2_over_1_workers']:.2f}x")

@@ -112,3 +112,29 @@ def test_animation_frames_are_hashed_at_their_decoded_size():
         arr = arr[(np.arange(512) * 400) // 512][:, (np.arange(512) * 600) // 512]
         assert distance(digest, bits_to_hex(pdqhash.compute(np.ascontiguousarray(arr))[0])) == 0
     assert MATCH_DISTANCE == 31
+
+
+@pytest.mark.parametrize("mode", ["RGB", "RGBA", "L", "LA", "P", "CMYK", "1", "I;16"])
+def test_the_512_samples_are_the_references_pixel_for_pixel_in_every_mode(mode):
+    # hashes.reference_pixels samples with Pillow (no copy of the whole picture) before converting to RGB;
+    # the reference converts, then samples at floor(x*W/512) (pdqio.cpp:102-103). The same pixels, exactly.
+    from mirror_scan.lists.hashes import flatten_depth, reference_pixels
+
+    sizes = [(513, 513), (1023, 700), (2048, 1536), (4097, 515), (600, 5000), (520, 40000), (3001, 2999)]
+    for index, (width, height) in enumerate(sizes):
+        noise = np.random.default_rng(index).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        picture = Image.fromarray(noise, "RGB")  # every pixel unlike its neighbours: a wrong sample shows
+        if mode == "P":
+            picture = Image.fromarray(noise[:, :, 0], "L")
+            picture.putpalette(np.random.default_rng(99).integers(0, 256, 768, dtype=np.uint8).tobytes())
+            picture.info["transparency"] = 3
+        elif mode == "I;16":
+            wide = np.asarray(picture.convert("L"), np.uint16) * 257
+            picture = Image.frombytes("I;16", (width, height), wide.astype("<u2").tobytes())
+        else:
+            picture = picture.convert(mode)
+        arr = np.asarray(flatten_depth(picture).convert("RGB"))
+        expected = arr[(np.arange(512) * height) // 512][:, (np.arange(512) * width) // 512]
+        got = reference_pixels(picture)
+        assert got.shape == (512, 512, 3) and got.flags.c_contiguous
+        assert (got == expected).all(), (mode, width, height)

@@ -75,3 +75,33 @@ def test_tokenizer_matches_open_clip_on_every_policy_prompt(tiny_bundle_master):
     prompts = [p for name in builtin_policies() for p in load_policy(name).prompts]
     prompts += ["Émoji 🎉 &amp; <b>html</b>", "  spaced   out  ", "it's 3.14!", "x " * 100, ""]
     np.testing.assert_array_equal(ours(prompts), theirs(prompts).numpy())
+
+
+def test_the_reduced_resize_is_close_to_open_clips_and_stored_apart(tiny_bundle_master):
+    # resize = "reduced" (a box reduction by a whole factor first): pixels close to open_clip's transform,
+    # the tiny model's embeddings nearly the same, and the results keyed apart (never mixed with exact ones).
+    from mirror_scan.model.bundle import load_bundle
+    from mirror_scan.model.scoring import Scorer, result_model_id
+    from mirror_scan.scan.decoded import Limits
+
+    bundle = load_bundle(tiny_bundle_master)
+    prep = bundle.preprocess
+    reference = open_clip.image_transform(prep.size, is_train=False, mean=tuple(prep.mean), std=tuple(prep.std),
+                                          resize_mode=prep.resize_mode, interpolation=prep.interpolation)  # fmt: skip
+    from mirror_scan.model.preprocess import normalise
+
+    exact, reduced = [], []
+    for seed, (w, h) in enumerate([(2318, 1838), (1600, 900), (900, 1600), (700, 500)]):
+        img = generated_image(seed, w, h)
+        exact.append(reference(img).numpy())
+        reduced.append(normalise(resize_and_crop(img, prep, reduced=True), prep))
+    exact, reduced = np.stack(exact), np.stack(reduced)
+    std = np.asarray(prep.std, np.float32)[None, :, None, None]
+    levels = np.abs(exact - reduced) * std * 255  # back in 0-255 levels
+    assert levels.mean() < 1.0 and levels.max() < 40, (levels.mean(), levels.max())
+    assert np.abs(exact - reduced).max() > 0  # it is another resize: what the key below is for
+    scorer = Scorer(bundle, device="cpu", precision="fp32")
+    (a, _), (b, _) = scorer(exact), scorer(reduced)
+    cosine = (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+    assert cosine.min() > 0.999, cosine
+    assert result_model_id(bundle, scorer, Limits(resize="reduced")) != result_model_id(bundle, scorer, Limits())

@@ -48,6 +48,7 @@ def decode_limits(settings: Settings, policy):
         max_frames=settings.max_frames,
         max_decoded_frames=settings.max_decoded_frames,
         coverage=policy.coverage,
+        resize=settings.resize,
     )
 
 

@@ -13,6 +13,7 @@ bag of frames (80% of the query's frames within 31 bits of the list entry's; vpd
 
 from __future__ import annotations
 
+import functools
 from array import array
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -57,16 +58,47 @@ def reference_pixels(image: Image.Image) -> np.ndarray:
     the tag, so a hash of the rotated view would miss theirs by ~128 bits); in RGB (palette, CMYK,
     greyscale and 16-bit converted properly; alpha dropped and the colour under it kept, as pdqhash and
     ImageMagick's PNM conversion do); and when either side is over 512, sampled to exactly 512x512 by
-    nearest neighbour at floor(x*W/512), CImg's resize (pdqio.cpp:102-103)."""
+    nearest neighbour at floor(x*W/512), CImg's resize (pdqio.cpp:102-103). The samples are taken before
+    the conversion to RGB (each conversion is per pixel, so the order does not change a value) and by
+    Pillow, without a copy of the whole picture (see _nearest)."""
     image = flatten_depth(image)
+    width, height = image.size
+    if width > REFERENCE_SIZE or height > REFERENCE_SIZE:
+        image = _nearest(image if image.mode in POINTWISE_MODES else image.convert("RGB"))
     rgb = image if image.mode == "RGB" else image.convert("RGB")
-    arr = np.asarray(rgb)
-    height, width = arr.shape[:2]
-    if height > REFERENCE_SIZE or width > REFERENCE_SIZE:
-        rows = (np.arange(REFERENCE_SIZE) * height) // REFERENCE_SIZE
-        cols = (np.arange(REFERENCE_SIZE) * width) // REFERENCE_SIZE
-        return arr[np.ix_(rows, cols)]  # one gather of the 512x512 samples (already contiguous)
-    return np.ascontiguousarray(arr)
+    return np.ascontiguousarray(np.asarray(rgb))
+
+
+# Modes whose conversion to RGB is per pixel (palette lookups included), so sampling first is exact.
+POINTWISE_MODES = frozenset({"1", "L", "LA", "La", "P", "PA", "RGB", "RGBA", "RGBa", "RGBX", "CMYK", "YCbCr"})
+
+
+def _nearest(image: Image.Image) -> Image.Image:
+    """image sampled to 512x512 at floor(x*W/512), floor(y*H/512): Pillow's affine NEAREST transform
+    samples at floor(a*(x+0.5)+c), so c = -a/2 plus a margin far below the 1/512 steps of x*W/512; the
+    columns and rows it picks are checked against the formula (once per side length), and numpy gathers
+    them instead where they would differ."""
+    width, height = image.size
+    if _pillow_samples_exactly(width) and _pillow_samples_exactly(height):
+        return image.transform((REFERENCE_SIZE, REFERENCE_SIZE), Image.Transform.AFFINE,
+                               _sampling(width, height), Image.Resampling.NEAREST)  # fmt: skip
+    arr = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
+    rows = (np.arange(REFERENCE_SIZE) * height) // REFERENCE_SIZE
+    cols = (np.arange(REFERENCE_SIZE) * width) // REFERENCE_SIZE
+    return Image.fromarray(np.ascontiguousarray(arr[np.ix_(rows, cols)]), "RGB")
+
+
+def _sampling(width: int, height: int) -> tuple[float, ...]:
+    sx, sy = width / REFERENCE_SIZE, height / REFERENCE_SIZE
+    return (sx, 0.0, -0.5 * sx + 1e-6, 0.0, sy, -0.5 * sy + 1e-6)
+
+
+@functools.lru_cache(maxsize=4096)
+def _pillow_samples_exactly(side: int) -> bool:
+    indices = Image.fromarray(np.arange(side, dtype=np.int32).reshape(1, side), "I")
+    picked = indices.transform((REFERENCE_SIZE, 1), Image.Transform.AFFINE, (*_sampling(side, 1)[:3], 0.0, 1.0, 0.0),
+                               Image.Resampling.NEAREST)  # fmt: skip
+    return bool((np.asarray(picked).reshape(-1) == (np.arange(REFERENCE_SIZE) * side) // REFERENCE_SIZE).all())
 
 
 def pdq(image: Image.Image) -> tuple[str, int]:

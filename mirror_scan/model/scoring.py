@@ -75,6 +75,8 @@ class Scorer:
 
 def result_model_id(bundle: Bundle, scorer: Scorer, limits) -> str:
     """Results are reused for the same bytes under the same key: the model, its precision, and what the
-    decode hands it (full coverage scores more crops than the centre one)."""
+    decode hands it (full coverage scores more crops than the centre one; the reduced resize other pixels)."""
     model_id = f"{bundle.model_id}:{scorer.placement.precision}"
-    return model_id + ":full" if limits.coverage == "full" else model_id
+    if limits.coverage == "full":
+        model_id += ":full"
+    return model_id + ":reduced" if getattr(limits, "resize", "exact") == "reduced" else model_id

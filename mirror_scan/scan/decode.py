@@ -27,6 +27,7 @@ __all__ = ["Decoded", "DecodeFailure", "Limits", "decode", "decode_detail", "qui
 
 import io
 import threading
+import time
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,14 +41,11 @@ try:  # JPEG XL through the pillow-jxl plugin (registers itself with Pillow)
     import pillow_jxl  # noqa: F401
 except ImportError:  # pragma: no cover - optional at runtime, installed by default
     pass
-from mirror_scan.lists import hashes
 from mirror_scan.scan import gifclip
-from mirror_scan.scan.decoded import Decoded, DecodeFailure, Limits, decode_detail
-from mirror_scan.scan.frames import DistinctFrames, Rows
+from mirror_scan.scan.decoded import Decoded, DecodeFailure, Limits, clock, decode_detail
+from mirror_scan.scan.frames import DistinctFrames, Rows, pdq_dihedral
 from mirror_scan.scan.pngchunks import default_image, strip_metadata
 
-# PDQ perceptual hashes for hash lists; scanning works without them.
-pdq_dihedral = hashes.pdq_dihedral if hashes.AVAILABLE else None
 try:  # HEIF/HEIC (iPhone photos) through pillow-heif
     import pillow_heif
 
@@ -194,7 +192,7 @@ def _still(img: Image.Image, prep: Preprocess, rows: Rows, where: str, crop: tup
     img.load()
     if crop is not None:  # what a browser shows of it (gifclip.py)
         img = img.crop(crop)
-    hashed = pdq_dihedral(img) if pdq_dihedral is not None else None  # as stored: no EXIF rotation
+    hashed = pdq_dihedral(img)  # as stored: no EXIF rotation
     frame = ImageOps.exif_transpose(img) if img.getexif().get(ORIENTATION, 1) != 1 else img
     rows.add_frame(frame, where, hashed)
 
@@ -549,9 +547,20 @@ def quick_reject(data: bytes) -> str | None:
 
 
 def decode(data: bytes, prep: Preprocess, limits: Limits = Limits()) -> Decoded | str:  # noqa: B008 - frozen
-    """Decoded rows, or the reason the bytes cannot be scanned."""
+    """Decoded rows, or the reason the bytes cannot be scanned; a Decoded says where its CPU went (cpu_s:
+    "pdq", "view", "normalise", and "decode" for the rest: the decoders and the salvage paths)."""
     if not data:
         return "empty file (0 bytes)"
+    started = time.thread_time()
+    clock.reset()
+    result = _decode(data, prep, limits)
+    if isinstance(result, Decoded):
+        named = dict(clock.spent)
+        result.cpu_s = {"decode": max(0.0, time.thread_time() - started - sum(named.values())), **named}
+    return result
+
+
+def _decode(data: bytes, prep: Preprocess, limits: Limits) -> Decoded | str:
     fmt = sniff(data[:64])
     try:
         if fmt in VIDEO_FORMATS:

@@ -2,9 +2,35 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import numpy as np
+
+
+class StageClock(threading.local):
+    """CPU seconds of the current thread by stage ("pdq", "view", "normalise", ...), for the benchmarks'
+    accounting of where a picture's CPU goes (decodes run in threads: one tally per thread)."""
+
+    def __init__(self) -> None:
+        self.spent: dict[str, float] = {}
+
+    def reset(self) -> None:
+        self.spent = {}
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        started = time.thread_time()
+        try:
+            yield
+        finally:
+            self.spent[stage] = self.spent.get(stage, 0.0) + time.thread_time() - started
+
+
+clock = StageClock()
 
 
 class DecodeFailure(Exception):
@@ -20,6 +46,7 @@ class Limits:
     max_tiles: int = 16  # with coverage "full": tiles per frame along the long side
     max_decoded_pixels: int = 2_000_000_000  # all frames of one file together (about 30 s of decoding)
     max_rows: int = 128  # model inputs per file; centre crops first, then tiles (bounds memory and time)
+    resize: str = "exact"  # "exact": open_clip's resize; "reduced": a box reduction first (model/preprocess.py)
 
 
 @dataclass
@@ -33,6 +60,7 @@ class Decoded:
     notes: list[str] = field(default_factory=list)  # per file: partial decode, caps hit, pictures skipped
     partial: bool = False
     vpdq: list[tuple[str, int, float]] = field(default_factory=list)  # videos, animations: a PDQ per second
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds by stage (StageClock), for benchmarks
 
 
 def decode_detail(decoded: Decoded) -> dict | None:

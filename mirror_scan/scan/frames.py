@@ -12,9 +12,18 @@ from PIL import Image
 from mirror_scan.lists import hashes
 from mirror_scan.model.bundle import Preprocess
 from mirror_scan.model.preprocess import normalise, resize_and_crop
-from mirror_scan.scan.decoded import Limits
+from mirror_scan.scan.decoded import Limits, clock
 
-pdq_dihedral = hashes.pdq_dihedral if hashes.AVAILABLE else None
+AVAILABLE = hashes.AVAILABLE
+
+
+def pdq_dihedral(image: Image.Image) -> tuple[str, int, list[str]] | None:
+    """The picture's PDQ and its 8 variants (hashes.pdq_dihedral), or None without pdqhash."""
+    if not AVAILABLE:
+        return None
+    with clock("pdq"):
+        return hashes.pdq_dihedral(image)
+
 
 NEUTRAL_BACKGROUND = (128, 128, 128)
 # A frame is a near-duplicate of an earlier one when no cell of their 16x16 signatures differs by more.
@@ -68,6 +77,7 @@ class Rows:
 
     def __init__(self, prep: Preprocess, limits: Limits) -> None:
         self.prep, self.limits = prep, limits
+        self.reduced = limits.resize == "reduced"
         self.rows: list[tuple[str, Image.Image]] = []
         self.tiles: list[tuple[str, Image.Image]] = []  # coverage "full": taken after every centre crop
         self.pdq: list[tuple[str, int]] = []
@@ -81,16 +91,20 @@ class Rows:
     def add_frame(self, frame: Image.Image, where: str, hashed: tuple[str, int, list[str]] | None = None) -> None:
         """frame: the picture as a viewer sees it (EXIF rotation applied); hashed: its PDQ as stored (see
         hashes.reference_pixels), computed from this frame when not given."""
-        views = _views(frame)
-        if hashed is None and pdq_dihedral is not None:
+        if hashed is None:
             hashed = pdq_dihedral(frame)
+        with clock("view"):
+            self._add_views(frame, where)
         if hashed is not None:
             digest, quality, variants = hashed
             self.pdq.append((digest, quality))
             self.pdq_variants.extend(variants)
+
+    def _add_views(self, frame: Image.Image, where: str) -> None:
+        views = _views(frame)
         for view, rgb in views:
             label = ", ".join(part for part in (where, view) if part)
-            self.rows.append((label, resize_and_crop(rgb, self.prep)))
+            self.rows.append((label, resize_and_crop(rgb, self.prep, self.reduced)))
             if self.limits.coverage != "full":
                 continue
             tiles, squashed = _tiles(rgb, self.limits.max_tiles)
@@ -98,7 +112,7 @@ class Rows:
                 self.notes.append(f"longer than {self.limits.max_tiles}:1: tiles squashed to cover every pixel")
                 self._tile_note = True
             for i, tile in enumerate(tiles):
-                square = _squash(tile, self.prep) if squashed else resize_and_crop(tile, self.prep)
+                square = _squash(tile, self.prep) if squashed else resize_and_crop(tile, self.prep, self.reduced)
                 self.tiles.append((", ".join(p for p in (label, f"tile {i + 1}/{len(tiles)}") if p), square))
 
     def finish(self) -> None:
@@ -111,7 +125,8 @@ class Rows:
             self.notes.append(f"row cap: {cap} of {wanted} crops scored (centre crops first)")
 
     def pixels(self) -> np.ndarray:
-        return np.stack([normalise(img, self.prep) for _, img in self.rows])
+        with clock("normalise"):
+            return np.stack([normalise(img, self.prep) for _, img in self.rows])
 
     def labels(self) -> list[str]:
         return [label or "image" for label, _ in self.rows]
@@ -160,8 +175,7 @@ class DistinctFrames:
         """A copy of the frame, no bigger than the model needs (alpha and palette transparency kept), and
         the PDQ of the frame as decoded (before the reduction: what other hashers see)."""
         image = frame if isinstance(frame, Image.Image) else frame()
-        hashed = pdq_dihedral(image) if pdq_dihedral is not None else None
-        return self._reduced(image), hashed
+        return self._reduced(image), pdq_dihedral(image)
 
     def _reduced(self, image: Image.Image) -> Image.Image:
         if image.mode == "P" or image.mode not in ("RGB", "RGBA", "L", "LA"):
@@ -189,9 +203,11 @@ class VideoHasher:
         self._next = 0.0
 
     def offer(self, timestamp: float | None, rgb: Callable[[], np.ndarray]) -> None:
-        if pdq_dihedral is None or timestamp is None or timestamp + 1e-6 < self._next or len(self.features) >= self.cap:
+        if not AVAILABLE or timestamp is None or timestamp + 1e-6 < self._next or len(self.features) >= self.cap:
             return
-        digest, quality = hashes.pdq_frame(rgb())
+        frame = rgb()
+        with clock("pdq"):
+            digest, quality = hashes.pdq_frame(frame)
         self.features.append((digest, quality, round(float(timestamp), 3)))
         self._next = (math.floor(timestamp / self.every_s + 1e-6) + 1) * self.every_s
 

@@ -8,7 +8,8 @@ import errno
 import os
 import stat
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -27,6 +28,7 @@ class ToScore:
     found: Found
     picture: Picture
     pixels: np.ndarray  # float32 [rows, 3, H, W]
+    cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds by stage: read, hash and the decode's
 
 
 @dataclass
@@ -115,12 +117,19 @@ _hanging_lock = threading.Lock()
 _hanging = 0
 
 
-def read_with_deadline(found: Found, max_bytes: int, timeout_s: float | None) -> bytes | Outcome:
+def read_with_deadline(
+    found: Found, max_bytes: int, timeout_s: float | None, spent: dict[str, float] | None = None
+) -> bytes | Outcome:
     """read_stable() in its own thread, given up after timeout_s: a read on a stalled mount can block
-    for minutes (or for ever), and must not take a decode worker with it."""
+    for minutes (or for ever), and must not take a decode worker with it. spent["read"]: its CPU seconds."""
     global _hanging
+    spent = {} if spent is None else spent
     if timeout_s is None:
-        return read_stable(found, max_bytes)
+        started = time.thread_time()
+        try:
+            return read_stable(found, max_bytes)
+        finally:
+            spent["read"] = time.thread_time() - started
     with _hanging_lock:
         if _hanging >= MAX_HANGING_READS:
             return Failed(found, None, f"not read: {_hanging} earlier reads still hang (stalled mount?); retried later")
@@ -130,7 +139,9 @@ def read_with_deadline(found: Found, max_bytes: int, timeout_s: float | None) ->
 
     def run() -> None:
         global _hanging
+        started = time.thread_time()
         outcome = read_stable(found, max_bytes)
+        spent["read"] = time.thread_time() - started
         with _hanging_lock:
             box.append(outcome)
             if state["abandoned"]:
@@ -160,14 +171,22 @@ def fetch(
     decoder=decode,
 ) -> Outcome:
     """lookup_result(sha256) -> result id already stored for these bytes with this model, or None."""
-    data = read_with_deadline(found, max_bytes, read_timeout_s)
+    spent: dict[str, float] = {}
+    data = read_with_deadline(found, max_bytes, read_timeout_s, spent)
     if not isinstance(data, bytes):
         return data
+    started = time.thread_time()
     sha = sha256_bytes(data)
+    spent["hash"] = time.thread_time() - started
     result_id = lookup_result(sha)
     if result_id is not None:
         return Reused(found, sha, result_id)
     decoded = decoder(data, prep, limits)
     if isinstance(decoded, str):
         return Failed(found, sha, decoded)
-    return ToScore(found, picture_of(sha, data, decoded), decoded.pixels)
+    started = time.thread_time()
+    picture = picture_of(sha, data, decoded)  # its md5 (hash lists name files by md5 too)
+    spent["hash"] += time.thread_time() - started
+    for stage, seconds in decoded.cpu_s.items():
+        spent[stage] = spent.get(stage, 0.0) + seconds
+    return ToScore(found, picture, decoded.pixels, spent)

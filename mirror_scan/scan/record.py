@@ -140,6 +140,13 @@ class Counters:
     frames: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "infer": 0.0, "record": 0.0})
+    # CPU seconds of the scored files by stage, in whichever process ran it (read, hash, decode, pdq, view,
+    # normalise, pipe; batch and record on the main thread): where a picture's CPU goes (the benchmarks).
+    stage_cpu: dict[str, float] = field(default_factory=dict)
+
+    def add_cpu(self, spent: dict[str, float]) -> None:
+        for stage, seconds in spent.items():
+            self.stage_cpu[stage] = self.stage_cpu.get(stage, 0.0) + seconds
 
     @property
     def done(self) -> int:
@@ -169,6 +176,7 @@ class Counters:
             "seconds": round(self.seconds, 3),
             "images_per_s": round(rate, 2),
             "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "stage_cpu_s": {k: round(v, 4) for k, v in sorted(self.stage_cpu.items())},
         }
 
 

@@ -138,7 +138,9 @@ class Scan:
         if not self._batch:
             return
         items, self._batch, self._batch_frames = self._batch, [], 0
+        cpu_started = time.thread_time()
         pixels = np.concatenate([item.pixels for item in items])
+        self.counters.add_cpu({"batch": time.thread_time() - cpu_started})
         self._commit()  # inference can take seconds on a CPU: never with the write lock held
         started = time.perf_counter()
         embeddings, sims = self.scorer(pixels)
@@ -166,7 +168,7 @@ class Scan:
         """Decide, record and act on a batch the model has scored: rows of `embeddings` and `sims` belong
         to the files in order, frames[i] rows each. The bucket ingest feeds this with what its workers
         computed (model_id: what they ran), so its verdicts come from exactly the code a mirrored scan runs."""
-        started = time.perf_counter()
+        started, cpu_started = time.perf_counter(), time.thread_time()
         self.counters.frames += int(sum(frames))
         decisions = self.decider.scored(pictures, frames, embeddings, sims, model_id)
         for where, picture, decision in zip(found, pictures, decisions, strict=True):
@@ -178,6 +180,7 @@ class Scan:
                 self._reuse(Reused(twin, picture.sha256, decision.result_id))
         self._commit()  # per batch (one WAL fsync): a killed scan resumes after the last batch
         self.counters.stage_seconds["record"] += time.perf_counter() - started
+        self.counters.add_cpu({"record": time.thread_time() - cpu_started})
 
     def record_error(
         self,
@@ -214,6 +217,7 @@ class Scan:
             elif sha256 in self._twins:
                 self._twins[sha256].append(outcome.found)
             else:
+                self.counters.add_cpu(outcome.cpu_s)
                 self._twins[sha256] = []
                 if not self._batch:
                     self._batch_since = time.monotonic()
