@@ -13,6 +13,8 @@ With --floor, instead: the CPU time per picture of the scan (`mirror-scan scan -
 its decode workers included) against a floor loop that only reads, sha256-hashes, draft-decodes and
 resizes each file to 224 px on the same number of processes, side by side on large JPEGs (900-2400 px),
 with and without start-up (a one-picture scan's CPU is the start-up), and the scan at 1, 2 and all cores.
+Also: a second floor that decodes each JPEG whole and takes Meta's reference PDQ (what the shared hash
+needs), the scan's CPU by stage (its `stage_cpu_s`), and the scan with `resize = reduced`.
 
     python scripts/bench_scan.py [--quick] [--json] [--model DIR | --tiny] [--images N] [--rss-files N]
     python scripts/bench_scan.py --floor [--quick] [--json] [--tiny]
@@ -163,6 +165,22 @@ def _floor_one(path: str) -> int:
     return len(data)
 
 
+def _hash_floor_one(path: str) -> int:
+    """The floor when the shared PDQ must be Meta's reference hash: the JPEG decoded whole (the reference
+    samples the stored picture), the reference PDQ with its 8 variants, then the same small resize."""
+    import hashlib
+
+    from mirror_scan.lists import hashes
+
+    data = Path(path).read_bytes()
+    hashlib.sha256(data).hexdigest()
+    img = Image.open(io.BytesIO(data))
+    img.load()
+    hashes.pdq_dihedral(img)
+    img.convert("RGB").resize((224, 224), Image.BILINEAR, reducing_gap=2.0)
+    return len(data)
+
+
 def _children_cpu() -> float:
     import resource
 
@@ -170,13 +188,13 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def floor_loop(files: list[Path], workers: int) -> tuple[float, float]:
+def floor_loop(files: list[Path], workers: int, one=_floor_one) -> tuple[float, float]:
     """(CPU seconds, wall seconds) of the floor on `workers` processes (reaped, so their CPU counts)."""
     import multiprocessing
 
     before, started = _children_cpu(), time.perf_counter()
     pool = multiprocessing.get_context("fork").Pool(workers)
-    pool.map(_floor_one, [str(f) for f in files], chunksize=4)
+    pool.map(one, [str(f) for f in files], chunksize=4)
     pool.close()
     pool.join()
     return _children_cpu() - before, time.perf_counter() - started
@@ -224,6 +242,7 @@ def floor_main(args) -> None:
     state_dir = Path(tempfile.mkdtemp(prefix="bench-floor-"))
     try:
         floor_cpu, floor_wall = floor_loop(files, 2)
+        hash_floor_cpu, _ = floor_loop(files, 2, _hash_floor_one)
         start_cpu, start_wall, _, _ = scan_subprocess(one, bundle_dir, 2, state_dir / "one.db")
         scan_cpu, scan_wall, scanned, stages = scan_subprocess(tree, bundle_dir, 2, state_dir / "two.db")
         assert scanned == images, (scanned, images)
@@ -239,9 +258,13 @@ def floor_main(args) -> None:
     scan_per = (scan_cpu - start_cpu) / images * 1000
     scan_per_all = scan_cpu / images * 1000
     reduced_per = (reduced_cpu - start_cpu) / images * 1000
+    hash_floor_per = hash_floor_cpu / images * 1000
     per_stage = {stage: round(seconds / images * 1000, 2) for stage, seconds in stages.items()}
     reduced_stage = {stage: round(seconds / images * 1000, 2) for stage, seconds in reduced_stages.items()}
     figures.update(
+        hash_floor_cpu_ms_per_image=round(hash_floor_per, 2),
+        scan_over_hash_floor_cpu=round(scan_per / hash_floor_per, 3),
+        reduced_resize_scan_over_hash_floor_cpu=round(reduced_per / hash_floor_per, 3),
         scan_stage_cpu_ms_per_image=per_stage,
         scan_unaccounted_cpu_ms_per_image=round(scan_per - sum(per_stage.values()), 2),
         reduced_resize_scan_cpu_ms_per_image=round(reduced_per, 2),
@@ -263,6 +286,9 @@ def floor_main(args) -> None:
     print(f"floor loop      : {floor_per:8.2f} ms CPU per picture (read, sha256, draft decode, resize; 2 processes)")
     print(f"scan            : {scan_per:8.2f} ms CPU per picture beyond start-up ({scan_per / floor_per:.2f}x the "
           f"floor); {scan_per_all:.2f} ms with start-up ({scan_per_all / floor_per:.2f}x)")  # fmt: skip
+    print(f"floor with PDQ  : {hash_floor_per:8.2f} ms CPU per picture (the JPEG decoded whole and Meta's reference "
+          f"PDQ, as the shared hash needs); the scan is {scan_per / hash_floor_per:.2f}x it, "
+          f"{reduced_per / hash_floor_per:.2f}x with resize=reduced")  # fmt: skip
     rest = figures["scan_unaccounted_cpu_ms_per_image"]
     print("  where it goes : " + ", ".join(f"{stage} {ms:.2f}" for stage, ms in per_stage.items())
           + f"; the rest (threads, queues, inference) {rest:.2f}")  # fmt: skip

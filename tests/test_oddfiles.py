@@ -199,3 +199,79 @@ def test_a_cut_jpeg_xl_is_scored_on_what_arrived(probe):  # noqa: F811
         if not lossless:  # the DC image and part of the detail: the picture, blurred
             assert verdict.flagged, decoded.notes
     assert jxlsalvage.salvage(oddfiles.jxl_cut(keep=0.02, image=big), 10**8) is None  # nothing of the picture yet
+
+
+def _gif(canvas, frames, colours: int = 256, control: bytes = b"") -> bytes:
+    """A GIF written by hand: frames as (left, top, width, height, flags, LZW minimum code size, data)."""
+    import struct
+
+    bits = (colours - 1).bit_length() - 1
+    out = b"GIF89a" + struct.pack("<HHBBB", *canvas, 0xF0 | bits, 0, 0) + bytes(3 * colours)
+    for left, top, width, height, flags, min_code, data in frames:
+        blocks = b"".join(bytes([len(data[i : i + 255])]) + data[i : i + 255] for i in range(0, len(data), 255))
+        out += control + b"\x2c" + struct.pack("<HHHHB", left, top, width, height, flags) + bytes([min_code])
+        out += blocks + b"\x00"
+    return out + b"\x3b"
+
+
+def test_gif_frames_the_canvas_never_shows_cost_nothing(probe):  # noqa: F811
+    # Found by attacking gifclip: frames that would make Pillow grow the picture, or make the clipping
+    # write gigabytes, from files of a few hundred bytes.
+    from PIL import Image
+
+    from mirror_scan.scan.decode import decode
+
+    # Nothing of the visible rows arrived (an empty stream), on a canvas at the pixel limit, 200 times over.
+    for frames in ([(0, 0, 8000, 65535, 0x40, 8, b"")], [(0, 0, 2000, 65535, 0x40, 8, b"")] * 200):
+        reason = decode(_gif((8000, 8000) if len(frames) == 1 else (2000, 2000), frames), probe.prep)
+        assert isinstance(reason, str) and "nothing a browser would draw" in reason, reason
+    # A frame wholly outside the canvas is never shown: dropped, the picture stays the canvas.
+    buf = io.BytesIO()
+    background().save(buf, format="GIF", save_all=True, append_images=[signal()], duration=100, interlace=False)
+    data = bytearray(buf.getvalue())
+    second = oddfiles._descriptors(bytes(data))[1]
+    data[second + 1 : second + 5] = (9000).to_bytes(2, "little") * 2  # left, top: far outside the 96x64 canvas
+    clipped, count = gifclip.clip_frames(bytes(data), 10**8)
+    img = Image.open(io.BytesIO(clipped))
+    assert count == 1 and img.size == (96, 64) and getattr(img, "n_frames", 1) == 1
+    verdict, decoded = probe.verdict(bytes(data))
+    assert not verdict.flagged and decoded.partial  # the signal is never on screen
+    # A frame too wide for the canvas (stored row by row): written again clipped, the signal is the picture.
+    wide = Image.new("RGB", (3000, 64), (90, 90, 90))
+    wide.paste(signal(), (0, 0))
+    buf = io.BytesIO()
+    wide.quantize(64).save(buf, format="GIF", interlace=False)
+    data = bytearray(buf.getvalue())
+    data[6:10] = (96).to_bytes(2, "little") + (64).to_bytes(2, "little")
+    verdict, decoded = probe.verdict(bytes(data))
+    assert verdict.flagged and decoded.partial, decoded.notes
+
+
+def test_a_clipped_frames_transparent_holes_keep_any_index():
+    # The transparent index fills interlaced rows that never came; 200 does not fit a 2-bit code (the
+    # frame's own minimum code size): the frame is written again with 9-bit codes, and decodes strictly.
+    from PIL import Image
+
+    from .oddfiles import gif_interlaced_beyond_canvas
+
+    data = bytearray(gif_interlaced_beyond_canvas(Image.new("RGB", (16, 40), (200, 30, 30)), (16, 16)))
+    at = oddfiles._descriptors(bytes(data))[0]
+    control = b"\x21\xf9\x04\x01\x00\x00\xc8\x00"  # transparent colour 200
+    data[at:at] = control
+    cut = bytes(data[: len(data) - 6]) + b"\x00\x3b"  # the stream cut short: some rows never arrive
+    clipped, count = gifclip.clip_frames(cut, 10**8)
+    assert count == 1
+    img = Image.open(io.BytesIO(clipped))
+    img.load()  # strict: the rewritten stream is valid
+    assert img.size == (16, 16) and img.info.get("transparency") == 200
+
+
+def test_a_cut_first_frame_that_declares_4_gib_is_not_drawn():
+    from mirror_scan.scan.webpsalvage import first_frame_still
+
+    pictures = [oddfiles.picture(17, (160, 120)), oddfiles.picture(18, (160, 120))]
+    data = bytearray(oddfiles.webp_animated_cut(pictures, cut_in=0, keep=0.7))
+    start, _ = oddfiles.webp_frame_offsets(bytes(data))[0]
+    inner = start + 8 + 16  # the frame's first chunk (after the ANMF header's 16 bytes)
+    data[inner + 4 : inner + 8] = b"\xff\xff\xff\xff"
+    assert first_frame_still(bytes(data)) is None

@@ -190,11 +190,17 @@ def _still(img: Image.Image, prep: Preprocess, rows: Rows, where: str, crop: tup
     # bits and its quality by up to 20 on detailed pictures, across the threshold of 50 where it matters.
     # One decode serves both views; scripts/bench_hashlist.py measures what it costs.
     img.load()
-    if crop is not None:  # what a browser shows of it (gifclip.py)
-        img = img.crop(crop)
+    img = _clipped(img, crop)
     hashed = pdq_dihedral(img)  # as stored: no EXIF rotation
     frame = ImageOps.exif_transpose(img) if img.getexif().get(ORIENTATION, 1) != 1 else img
     rows.add_frame(frame, where, hashed)
+
+
+def _clipped(img: Image.Image, crop: tuple | None) -> Image.Image:
+    """The frame as a browser shows it: cropped to the canvas when it grew past it (gifclip.py)."""
+    if crop is None or (img.width <= crop[2] and img.height <= crop[3]):
+        return img
+    return img.crop((0, 0, min(img.width, crop[2]), min(img.height, crop[3])))
 
 
 def _pictures(data: bytes, img: Image.Image, prep: Preprocess, limits: Limits, rows: Rows) -> int:
@@ -259,7 +265,7 @@ def _frames(img: Image.Image, limits: Limits, rows: Rows, crop: tuple | None = N
         except EOFError:
             break
         img.load()
-        shown = img.crop(crop) if crop is not None else img
+        shown = _clipped(img, crop)
         distinct.offer(index, shown)
         if animated:  # a timeline: one vPDQ frame per second, like a video's
             rows.vpdq.offer(elapsed_ms / 1000.0, lambda shown=shown: np.asarray(shown.convert("RGB")))
@@ -275,14 +281,18 @@ def _decode_image(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
     screen = gifclip.canvas(data)
     clamped = 0
     if screen is not None:  # frames beyond the canvas: clipped to it, as browsers draw them
-        data, clamped = gifclip.clip_frames(data, limits.max_pixels)
+        try:
+            data, clamped = gifclip.clip_frames(data, limits.max_pixels)
+        except gifclip.ClipRefused as err:
+            raise DecodeFailure(str(err)) from None
     img = _open(data, limits)
     fmt = (img.format or "image").lower()
     rows = Rows(prep, limits)
-    crop = None
-    if screen is not None and img.format == "GIF" and (img.width > screen[0] or img.height > screen[1]):
-        crop = (0, 0, min(img.width, screen[0]), min(img.height, screen[1]))
-    if clamped or crop:  # partial: the rows beyond the canvas are in the file and not scored
+    crop = None  # what a frame that still grew the picture is cropped back to (_clipped)
+    if screen is not None and img.format == "GIF":
+        crop = (0, 0, screen[0], screen[1])
+    clipped = bool(clamped or (crop and (img.width > crop[2] or img.height > crop[3])))
+    if clipped:  # partial: the rows beyond the canvas are in the file and not scored
         rows.notes.append(
             f"partial: frames reach beyond the {screen[0]}x{screen[1]} canvas: clipped to it, as browsers show them"
         )
@@ -297,7 +307,7 @@ def _decode_image(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
     if not rows.rows:
         raise DecodeFailure("no frame could be decoded")
     return Decoded(fmt, rows.pixels(), total, rows.labels(), rows.pdq, rows.pdq_variants, rows.notes,
-                   partial=bool(clamped or crop), vpdq=rows.vpdq.features)  # fmt: skip
+                   partial=clipped, vpdq=rows.vpdq.features)  # fmt: skip
 
 
 def _describe(err: BaseException) -> str:

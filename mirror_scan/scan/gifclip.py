@@ -1,17 +1,19 @@
 """GIF frames larger than their canvas, as browsers show them: clipped to the logical screen.
 
-A GIF's frames may claim extents far beyond the canvas (a 100x100 screen with a 40000x30000 frame): Pillow
-grows the image to the frame (a decompression bomb by its claimed size, or a vast mostly empty picture in
-which the visible corner is too small for the model to see), while browsers draw only what falls inside
-the canvas. So:
-- a frame stored row by row has its height clamped to the canvas (the rows below it are never shown, and
-  dropping a frame's last rows keeps every other row in place); the decoded frames are then cropped to the
-  canvas (widths are kept: the rows must keep their length);
-- an interlaced frame stores its rows in four passes (every 8th row from 0, from 4, every 4th from 2, every
-  2nd from 1), so the rows inside the canvas are spread through the whole stream: its LZW stream is
-  decoded here, the rows inside the canvas kept, and the frame written again clipped and not interlaced
-  (LZW literals only: larger, always valid). The decode is bounded by the data that is really there (an
-  LZW code yields at most 4,096 pixels) and stops once the last visible row has arrived.
+A GIF's frames may claim extents far beyond the canvas (a 100x100 screen with a 40000x30000 frame, or a
+frame placed at 9000,9000): Pillow grows the image to the frame (a decompression bomb by its claimed size,
+or a vast mostly empty picture in which the visible corner is too small for the model to see), while
+browsers draw only what falls inside the canvas. So, before Pillow sees the file:
+- a frame wholly outside the canvas is dropped (with its graphic control extension): it is never shown;
+- a frame stored row by row that only reaches below the canvas has its height clamped (dropping a frame's
+  last rows keeps every other row in place);
+- any other frame beyond the canvas (too wide, or interlaced: its rows are stored in four passes, every
+  8th from 0, from 4, every 4th from 2, every 2nd from 1, so the visible ones are spread through the whole
+  stream) is LZW-decoded here, its visible rows kept, and written again clipped and not interlaced (9-bit
+  LZW literals: larger, always valid), as many rows as arrived. A frame of which nothing visible arrived
+  is dropped. The work is bounded: at most MAX_STREAM_BYTES of LZW data per frame and `max_pixels`
+  rewritten pixels in all, else the file is an error that says so (ClipRefused).
+Frames are also cropped to the canvas after decoding (decode.py), whatever got past this.
 
 Read without an image decoder: header, logical screen, colour tables, extension and image blocks by sizes."""
 
@@ -54,64 +56,109 @@ def _sub_blocks(data: bytes, at: int) -> tuple[bytes, int]:
     return b"".join(parts), at
 
 
+class ClipRefused(Exception):
+    """Clipping would take more than the limits allow, or leaves nothing to draw (the message says which):
+    the file is an error."""
+
+
 def clip_frames(data: bytes, max_pixels: int) -> tuple[bytes, int]:
     """The GIF with every frame clipped to the canvas (see the module's text), and how many frames were
-    clipped (0: the bytes are returned as they are). A canvas over `max_pixels` is left to the decoder's
-    own bomb check."""
+    clipped or dropped (0: the bytes are returned as they are). A canvas over `max_pixels` is left to the
+    decoder's own bomb check; rewriting more than `max_pixels` pixels in all, or an LZW stream over
+    MAX_STREAM_BYTES, raises ClipRefused."""
     screen = canvas(data)
-    if screen is None or len(data) < 13:
+    if screen is None or len(data) < 13 or screen[0] * screen[1] > max_pixels:
         return data, 0
     screen_w, screen_h = screen
     out = bytearray(data)
     at = 13
     if data[10] & 0x80:  # global colour table
         at += 3 * (2 << (data[10] & 0x07))
-    clamped = 0
-    transparent = 0  # the index of the last graphic control extension's transparent colour
-    replaced: list[tuple[int, int, bytes]] = []  # (start, end, new bytes) of re-written interlaced frames
+    clipped, rewritten, images, dropped = 0, 0, 0, 0
+    control: tuple[int, int | None] | None = None  # the graphic control extension before the next image
+    replaced: list[tuple[int, int, bytes]] = []  # (start, end, new bytes) of frames written again or dropped
     while at < len(data):
         block = data[at]
         if block == 0x3B:  # trailer
             break
         if block == 0x21:  # extension: label, then sub-blocks
-            if data[at + 1 : at + 3] == b"\xf9\x04" and at + 7 <= len(data):
-                transparent = data[at + 6] if data[at + 3] & 0x01 else 0
+            begin = at
             at = _skip_sub_blocks(data, at + 2)
+            if data[begin + 1 : begin + 3] == b"\xf9\x04" and begin + 7 <= len(data):
+                control = (begin, data[begin + 6] if data[begin + 3] & 0x01 else None)
             continue
-        if block != 0x2C or at + 10 > len(data):
-            break  # not a GIF block: Pillow decides what the rest is
+        if block != 0x2C:  # a stray byte: Pillow skips it and reads on, so a frame after it is clipped too
+            at += 1
+            continue
+        if at + 10 > len(data):
+            break
         start = at
         left, top, width, height = struct.unpack("<HHHH", data[at + 1 : at + 9])
         flags = data[at + 9]
         interlaced = bool(flags & 0x40)
-        room = max(1, screen_h - top) if top < screen_h else 1
         at += 10
         if flags & 0x80:  # local colour table
             at += 3 * (2 << (flags & 0x07))
         if at >= len(data):
             break
-        if interlaced and height > room:
-            min_code = data[at]
-            stream, end = _sub_blocks(data, at + 1)
-            wide = min(width, max(1, screen_w - left) if left < screen_w else 1)
-            if width and 2 <= min_code <= 8 and screen_w * screen_h <= max_pixels:
-                rows = _visible_rows(stream, min_code, width, height, room, wide, transparent)
-                head = bytearray(data[start:at])
-                head[5:9] = struct.pack("<HH", wide, room)
-                head[9] = flags & ~0x40
-                replaced.append((start, end, bytes(head) + _literal_stream(rows, min_code)))
-                clamped += 1
-            at = end
+        min_code = data[at]
+        end = _skip_sub_blocks(data, at + 1)
+        wide = max(0, min(width, screen_w - left))
+        tall = max(0, min(height, screen_h - top))
+        transparent = control[1] if control else None
+        first = control[0] if control and control[0] < start else start
+        control = None  # a graphic control extension applies to the one image after it
+        at = end
+        images += 1
+        if not width or not height or (wide == width and tall == height):
+            continue  # inside the canvas (or empty: Pillow's business)
+        clipped += 1
+        if not wide or not tall:  # wholly outside the canvas: never shown, so never drawn (nor grown into)
+            replaced.append((first, end, b""))
+            dropped += 1
             continue
-        if height > room and not interlaced:
-            out[start + 7 : start + 9] = struct.pack("<H", room)
-            clamped += 1
-        at = _skip_sub_blocks(data, at + 1)  # LZW minimum code size, then the data sub-blocks
-    if not clamped:
+        if wide == width and not interlaced:  # rows below the canvas: the frame's last rows, dropped in place
+            out[start + 7 : start + 9] = struct.pack("<H", tall)
+            continue
+        if not 2 <= min_code <= 8:  # no valid LZW stream: nothing a browser draws of it
+            replaced.append((first, end, b""))
+            dropped += 1
+            continue
+        stream, _ = _sub_blocks(data, _data_start(data, start) + 1)
+        if len(stream) > MAX_STREAM_BYTES:
+            raise ClipRefused(f"a GIF frame beyond the canvas has {len(stream):,} bytes of LZW data, over the "
+                              f"{MAX_STREAM_BYTES:,} this clipping decodes (possible decompression bomb)")  # fmt: skip
+        rows, arrived = _visible_rows(stream, min_code, width, height, tall, wide, interlaced,
+                                      0 if transparent is None else transparent)  # fmt: skip
+        if not arrived:
+            replaced.append((first, end, b""))  # nothing of what is visible arrived
+            dropped += 1
+            continue
+        rewritten += wide * arrived
+        if rewritten > max_pixels:
+            raise ClipRefused(f"GIF frames beyond the canvas: clipping them would write more than {max_pixels:,} "
+                              "pixels (possible decompression bomb)")  # fmt: skip
+        head = bytearray(data[start : _data_start(data, start)])
+        head[5:9] = struct.pack("<HH", wide, arrived)
+        head[9] = flags & ~0x40
+        replaced.append((start, end, bytes(head) + _literal_stream(rows[:arrived])))
+    if not clipped:
         return data, 0
-    for begin, end, new in reversed(replaced):
+    if dropped == images:
+        raise ClipRefused(f"no frame of this GIF has a pixel inside its {screen_w}x{screen_h} canvas that arrived: "
+                          "nothing a browser would draw")  # fmt: skip
+    for begin, end, new in sorted(replaced, reverse=True):
         out[begin:end] = new
-    return bytes(out), clamped
+    return bytes(out), clipped
+
+
+MAX_STREAM_BYTES = 16 << 20  # about 12 s of this module's LZW decoding at worst
+
+
+def _data_start(data: bytes, descriptor: int) -> int:
+    """Where an image's LZW minimum code size byte is (after its descriptor and local colour table)."""
+    flags = data[descriptor + 9]
+    return descriptor + 10 + (3 * (2 << (flags & 0x07)) if flags & 0x80 else 0)
 
 
 def _interlaced_row(k: np.ndarray, height: int) -> np.ndarray:
@@ -124,25 +171,33 @@ def _interlaced_row(k: np.ndarray, height: int) -> np.ndarray:
     )
 
 
-def _visible_rows(stream: bytes, min_code: int, width: int, height: int, room: int, wide: int, fill: int) -> np.ndarray:
-    """The first `room` rows (first `wide` columns) of an interlaced frame, from its LZW stream. Rows that
-    never arrive stay `fill` (the transparent index, when the frame has one)."""
-    n1, n2, n3 = (height + 7) // 8, (height + 3) // 8, (height + 1) // 4
-    last = n1 + n2 + n3 + room // 2 if room > 1 else 1  # stored rows needed: through pass 4's last visible row
+def _visible_rows(
+    stream: bytes, min_code: int, width: int, height: int, room: int, wide: int, interlaced: bool, fill: int
+) -> tuple[np.ndarray, int]:
+    """The first `room` rows (first `wide` columns) of a frame, from its LZW stream, and how many of them
+    are drawn: up to the last visible row that arrived (rows never sent are not drawn, as in a browser;
+    holes between interlaced rows that did arrive are `fill`, the transparent index when there is one)."""
+    if interlaced:
+        n1, n2, n3 = (height + 7) // 8, (height + 3) // 8, (height + 1) // 4
+        last = n1 + n2 + n3 + room // 2 if room > 1 else 1  # stored rows needed: to pass 4's last visible row
+    else:
+        last = room
     rows = np.full((room, wide), fill, np.uint8)
+    arrived = 0
     buffer = bytearray()
     first_row = 0  # the stored row buffer[0] belongs to
 
     def flush() -> bool:
-        nonlocal buffer, first_row
+        nonlocal buffer, first_row, arrived
         whole = len(buffer) // width
         if whole:
             k = np.arange(first_row, first_row + whole)
-            target = _interlaced_row(k, height)
+            target = _interlaced_row(k, height) if interlaced else k
             keep = target < room
             if keep.any():
                 block = np.frombuffer(bytes(buffer[: whole * width]), np.uint8).reshape(whole, width)
                 rows[target[keep]] = block[keep, :wide]
+                arrived = max(arrived, int(target[keep].max()) + 1)
             del buffer[: whole * width]
             first_row += whole
         return first_row >= last
@@ -150,9 +205,11 @@ def _visible_rows(stream: bytes, min_code: int, width: int, height: int, room: i
     for piece in _lzw(stream, min_code):
         buffer += piece
         if len(buffer) >= max(width, FLUSH_PIXELS) and flush():
-            return rows
+            return rows, arrived
+    if buffer:  # a last, partial row: its pixels that came
+        buffer += bytes([fill]) * (width - len(buffer) % width)
     flush()
-    return rows
+    return rows, arrived
 
 
 def _lzw(stream: bytes, min_code: int):
@@ -190,21 +247,26 @@ def _lzw(stream: bytes, min_code: int):
         yield entry
 
 
-def _literal_stream(rows: np.ndarray, min_code: int) -> bytes:
-    """The pixels as an LZW stream of literal codes, with a clear code often enough that the code width
-    never grows: (minimum code size, sub-blocks, terminator)."""
-    clear = 1 << min_code
-    per_clear = clear - 2  # literals after a clear before the decoder's table would reach 2 * clear
+def _literal_stream(rows: np.ndarray) -> bytes:
+    """The pixels as an LZW stream of 9-bit literal codes (minimum code size 8: any index fits), with a
+    clear code every 254 literals so that the code width never grows: (minimum code size, sub-blocks,
+    terminator). Packed eight codes to nine bytes, with no array per bit."""
+    clear, per_clear = 256, 254  # after a clear, 254 literals leave the decoder's table short of 512
     pixels = rows.reshape(-1).astype(np.uint16)
     groups = -(-len(pixels) // per_clear)
     codes = np.full(groups * (per_clear + 1), clear, np.uint16)
     slots = np.ones(len(codes), bool)
     slots[:: per_clear + 1] = False
     codes[np.flatnonzero(slots)[: len(pixels)]] = pixels
-    codes = codes[: groups + len(pixels)]
-    codes = np.append(codes, clear + 1)  # end of information
-    width = min_code + 1
-    bits = ((codes[:, None] >> np.arange(width, dtype=np.uint16)) & 1).astype(np.uint8).reshape(-1)
-    packed = np.packbits(bits, bitorder="little").tobytes()
-    blocks = b"".join(bytes([len(packed[i : i + 255])]) + packed[i : i + 255] for i in range(0, len(packed), 255))
-    return bytes([min_code]) + blocks + b"\x00"
+    codes = np.append(codes[: groups + len(pixels)], np.uint16(clear + 1))  # end of information
+    codes = np.concatenate([codes, np.zeros(-len(codes) % 8, np.uint16)]).reshape(-1, 8).astype(np.uint64)
+    low = np.zeros(len(codes), np.uint64)
+    for i in range(7):
+        low |= codes[:, i] << np.uint64(9 * i)
+    low |= (codes[:, 7] & np.uint64(1)) << np.uint64(63)
+    packed = np.empty((len(codes), 9), np.uint8)
+    packed[:, :8] = low.astype("<u8").view(np.uint8).reshape(-1, 8)
+    packed[:, 8] = (codes[:, 7] >> np.uint64(1)).astype(np.uint8)
+    data = packed.tobytes()
+    blocks = b"".join(bytes([len(data[i : i + 255])]) + data[i : i + 255] for i in range(0, len(data), 255))
+    return b"\x08" + blocks + b"\x00"

@@ -135,6 +135,8 @@ def first_frame_still(data: bytes) -> bytes | None:
         if fourcc in (b"VP8 ", b"VP8L"):
             payload = data[start:stop]
             declared = int.from_bytes(data[start - 4 : start], "little")
+            if declared > 0xFFFFFFFF - 12:
+                return None  # no RIFF can hold it: not a frame to draw
             # The chunk keeps its declared size: the incremental decoder waits for the bytes still to come.
             return b"RIFF" + struct.pack("<I", 4 + 8 + declared) + b"WEBP" + fourcc + data[start - 4 : start] + payload
     return None
