@@ -270,8 +270,6 @@ def floor_main(args) -> None:
         reduced_resize_scan_cpu_ms_per_image=round(reduced_per, 2),
         reduced_resize_scan_over_floor_cpu=round(reduced_per / floor_per, 3),
         reduced_resize_stage_cpu_ms_per_image=reduced_stage,
-    )
-    figures.update(
         floor_cpu_ms_per_image=round(floor_per, 2),
         scan_cpu_ms_per_image=round(scan_per, 2),
         scan_cpu_ms_per_image_with_startup=round(scan_per_all, 2),
