@@ -260,6 +260,43 @@ def jxl_cut(lossless: bool = False, keep: float = 0.6, image: Image.Image | None
     return data[: int(len(data) * keep)]
 
 
+def bmp_bitfields(
+    image: Image.Image, masks: tuple[int, int, int, int], depth: int = 32, alpha_bitfields: bool = False
+) -> bytes:
+    """A BMP with the pixels in bit fields of any position and width (what Pillow refuses and browsers draw):
+    a 40-byte header and the masks after it (three, or four with BI_ALPHABITFIELDS)."""
+    rgba = np.asarray(image.convert("RGBA"), dtype=np.float64)
+    height, width = rgba.shape[:2]
+    value = np.zeros((height, width), np.uint64)
+    for channel, mask in enumerate(masks):
+        if mask:
+            shift = (mask & -mask).bit_length() - 1
+            value |= np.round(rgba[:, :, channel] * (mask >> shift) / 255.0).astype(np.uint64) << np.uint64(shift)
+    rows = value.astype("<u4" if depth == 32 else "<u2")[::-1]  # bottom-up
+    stride = (width * depth + 31) // 32 * 4
+    pixels = b"".join(row.tobytes().ljust(stride, b"\0") for row in rows)
+    fields = struct.pack("<4I", *masks) if alpha_bitfields else struct.pack("<3I", *masks[:3])
+    offset = 14 + 40 + len(fields)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, depth, 6 if alpha_bitfields else 3, len(pixels), 2835,
+                       2835, 0, 0)  # fmt: skip
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + fields + pixels
+
+
+def bmp_two_bit(image: Image.Image) -> bytes:
+    """A 2-bit palette BMP (Windows CE): four greys."""
+    grey = np.asarray(image.convert("L"), dtype=np.uint16) * 4 // 256
+    height, width = grey.shape
+    stride = (width * 2 + 31) // 32 * 4
+    padded = np.zeros((height, -(-width // 4) * 4), np.uint8)
+    padded[:, :width] = grey
+    packed = (padded[:, 0::4] << 6 | padded[:, 1::4] << 4 | padded[:, 2::4] << 2 | padded[:, 3::4]).astype(np.uint8)
+    pixels = b"".join(row.tobytes().ljust(stride, b"\0") for row in packed[::-1])
+    palette = b"".join(bytes([v, v, v, 0]) for v in (0, 85, 170, 255))
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 2, 0, len(pixels), 2835, 2835, 4, 4)
+    return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + palette + pixels
+
+
 def corpus() -> dict[str, bytes]:
     """name -> bytes: every case, for the corpus test and the benchmark."""
     return {
@@ -279,6 +316,12 @@ def corpus() -> dict[str, bytes]:
         "jpeg-3x62728.jpg": jpeg_tall(),
         "webp-cut.webp": webp_cut(),
         "webp-lossless-cut.webp": webp_cut(lossless=True, keep=0.85),
+        "bmp-bitfields-11-11-10.bmp": bmp_bitfields(picture(21, (127, 64)), (0xFFE00000, 0x001FFC00, 0x3FF, 0)),
+        "bmp-bitfields-4444.bmp": bmp_bitfields(picture(22, (127, 64)), (0xF00, 0xF0, 0xF, 0xF000), depth=16),
+        "bmp-alpha-bitfields.bmp": bmp_bitfields(
+            picture(23, (127, 64)), (0xFF00, 0xFF0000, 0xFF000000, 0xFF), alpha_bitfields=True
+        ),
+        "bmp-2-bit.bmp": bmp_two_bit(picture(24, (127, 64))),
         "jxl-cut.jxl": jxl_cut(),
         "jxl-lossless-cut.jxl": jxl_cut(lossless=True, keep=0.8, image=noisy(20, (640, 480))),
         "webp-animated-cut.webp": webp_animated_cut(

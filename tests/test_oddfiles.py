@@ -275,3 +275,33 @@ def test_a_cut_first_frame_that_declares_4_gib_is_not_drawn():
     inner = start + 8 + 16  # the frame's first chunk (after the ANMF header's 16 bytes)
     data[inner + 4 : inner + 8] = b"\xff\xff\xff\xff"
     assert first_frame_still(bytes(data)) is None
+
+
+def test_bmp_layouts_pillow_refuses_are_read_as_browsers_draw_them(probe):  # noqa: F811
+    # The BMP Suite's files that Chrome and Firefox draw and Pillow refuses (bit fields in any order and
+    # width, the alpha mask after the header, 2-bit palettes), made here from a picture: read exactly.
+    import pytest
+
+    from mirror_scan.scan.bmpread import BmpRefused, read_bmp
+
+    picture = oddfiles.picture(25, (127, 64))
+    expected = np.asarray(picture, dtype=np.int32)
+    layouts = [((0xFFE00000, 0x001FFC00, 0x3FF, 0), 32, False), ((0xFF0000, 0xFF00, 0xFF, 0), 32, False),
+               ((0xF00, 0xF0, 0xF, 0xF000), 16, False), ((0xFF00, 0xFF0000, 0xFF000000, 0xFF), 32, True),
+               ((0x30, 0xE, 0x1, 0), 16, False)]  # fmt: skip
+    for masks, depth, alpha in layouts:
+        img = read_bmp(oddfiles.bmp_bitfields(picture, masks, depth, alpha), 10**8)
+        got = np.asarray(img.convert("RGB"), dtype=np.int32)
+        step = max(255 / ((m & -m) and m // (m & -m)) for m in masks[:3])  # the coarsest channel's step
+        assert img.size == (127, 64) and np.abs(got - expected).max() <= step / 2 + 1, masks
+    grey = np.asarray(read_bmp(oddfiles.bmp_two_bit(picture), 10**8).convert("L"), dtype=np.int32)
+    assert np.abs(grey - np.asarray(picture.convert("L"), dtype=np.int32)).max() <= 64
+    tall = bytearray(oddfiles.bmp_two_bit(picture))
+    tall[22:26] = (10**6).to_bytes(4, "little", signed=True)  # claims a million rows: not there, refused
+    with pytest.raises(BmpRefused):
+        read_bmp(bytes(tall), 10**9)
+    with pytest.raises(BmpRefused):
+        read_bmp(oddfiles.bmp_bitfields(picture, (0xFF0000, 0xFF00, 0xFF, 0)), 1000)  # over the pixel limit
+    data = oddfiles.bmp_bitfields(signal(), (0xFFE00000, 0x001FFC00, 0x3FF, 0))
+    verdict, decoded = probe.verdict(data)
+    assert verdict.flagged and decoded.partial and "read by the BMP reader" in decoded.notes[0], decoded.notes

@@ -350,13 +350,21 @@ def _decode_avif_second(data: bytes, prep: Preprocess, limits: Limits, first: st
         img = decode_avif(data, limits.max_pixels)
     except Exception as err:  # noqa: BLE001 - the second decoder's failure on odd bytes: both reasons said
         raise DecodeFailure(f"{first}; FFmpeg's libdav1d could not decode it either: {_describe(err)}") from None
+    note = f"partial: libavif refused it ({first}); decoded by FFmpeg's libdav1d, as other viewers show it"
+    decoded = _one_picture(img, "avif", prep, limits, note)
+    if decoded is None:
+        raise DecodeFailure(f"{first}; no frame could be decoded")
+    return decoded
+
+
+def _one_picture(img: Image.Image, fmt: str, prep: Preprocess, limits: Limits, note: str) -> Decoded | None:
+    """A picture a second decoder or a salvage path made, as a partial Decoded that says how (None: no rows)."""
     rows = Rows(prep, limits)
     _still(img, prep, rows, "")
     rows.finish()
     if not rows.rows:
-        raise DecodeFailure(f"{first}; no frame could be decoded")
-    note = f"partial: libavif refused it ({first}); decoded by FFmpeg's libdav1d, as other viewers show it"
-    return Decoded("avif", rows.pixels(), 1, rows.labels(), rows.pdq, rows.pdq_variants, [note, *rows.notes],
+        return None
+    return Decoded(fmt, rows.pixels(), 1, rows.labels(), rows.pdq, rows.pdq_variants, [note, *rows.notes],
                    partial=True)  # fmt: skip
 
 
@@ -385,16 +393,10 @@ def _salvage_webp(data: bytes, prep: Preprocess, limits: Limits, strict_error: B
     if found is None:
         return None
     img, arrived, height = found
-    rows = Rows(prep, limits)
-    _still(img, prep, rows, "")
-    rows.finish()
-    if not rows.rows:
-        return None
     where = "the animation is cut short in its first frame: " if animation is not None else ""
     said = _describe(strict_error)
     note = f"partial: {where}{arrived} of {height} rows arrived, decoded as browsers draw them ({said})"
-    return Decoded("webp", rows.pixels(), 1, rows.labels(), rows.pdq, rows.pdq_variants, [note, *rows.notes],
-                   partial=True)  # fmt: skip
+    return _one_picture(img, "webp", prep, limits, note)
 
 
 def _salvage_jxl(data: bytes, prep: Preprocess, limits: Limits, strict_error: BaseException) -> Decoded | None:
@@ -404,16 +406,21 @@ def _salvage_jxl(data: bytes, prep: Preprocess, limits: Limits, strict_error: Ba
     if found is None:
         return None
     img, whole = found
-    rows = Rows(prep, limits)
-    _still(img, prep, rows, "")
-    rows.finish()
-    if not rows.rows:
-        return None
     what = "its first frame decoded whole" if whole else "what arrived drawn progressively, as viewers show it"
     said = " ".join(_describe(strict_error).split()).split(". Please build")[0]  # the plugin's advice is for its devs
     note = f"partial: Pillow's JPEG XL plugin refused it ({said}); libjxl: {what}"
-    return Decoded("jxl", rows.pixels(), 1, rows.labels(), rows.pdq, rows.pdq_variants, [note, *rows.notes],
-                   partial=True)  # fmt: skip
+    return _one_picture(img, "jxl", prep, limits, note)
+
+
+def _read_bmp(data: bytes, prep: Preprocess, limits: Limits, strict_error: BaseException) -> Decoded | None:
+    from mirror_scan.scan.bmpread import BmpRefused, read_bmp
+
+    try:
+        img = read_bmp(data, limits.max_pixels)
+    except BmpRefused:
+        return None
+    note = f"partial: Pillow refused it ({_describe(strict_error)}); read by the BMP reader, as browsers draw it"
+    return _one_picture(img, "bmp", prep, limits, note)
 
 
 def _decode_still_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
@@ -450,6 +457,10 @@ def _decode_still_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> D
             return decoded
     if data[:4] == b"RIFF" and data[8:12] == b"WEBP":  # browsers draw a cut WebP's rows as they arrive
         salvaged = _salvage_webp(data, prep, limits, strict_error)
+        if salvaged is not None:
+            return salvaged
+    if data[:2] == b"BM":  # BMP layouts browsers draw and Pillow refuses (bmpread.py)
+        salvaged = _read_bmp(data, prep, limits, strict_error)
         if salvaged is not None:
             return salvaged
     if sniff(data[:64]) == "jxl":  # JPEG XL is progressive: viewers draw what arrived (libjxl's flush)

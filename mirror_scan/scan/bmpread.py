@@ -1,0 +1,100 @@
+"""BMP files that browsers draw and Pillow refuses: a second reader for uncompressed BMP.
+
+Pillow's BMP plugin refuses layouts that Chrome's and Firefox's BMP decoders draw (the BMP Suite's
+"questionable" files, and one of its "good" ones): bit fields in any order and width (16-bit 2-3-1 or
+4-4-4-4, 32-bit 11-11-10 or with the alpha mask after the header, BI_ALPHABITFIELDS), 2-bit palettes
+(Windows CE), palettes that claim more entries than the depth allows (the first 2^depth are used), and
+OS/2 2.x headers shorter than 40 bytes. This reader takes uncompressed pixels only (BI_RGB, BI_BITFIELDS,
+BI_ALPHABITFIELDS; RLE and embedded JPEG/PNG stay with Pillow), checks the pixel count before anything is
+allocated, and reads every row in numpy. An alpha channel that is zero everywhere is taken as opaque, as
+browsers do. Read from the bytes, no decoder; runs in the decoder worker processes like every decode."""
+
+from __future__ import annotations
+
+import struct
+
+import numpy as np
+from PIL import Image
+
+BI_RGB, BI_BITFIELDS, BI_ALPHABITFIELDS = 0, 3, 6
+DEFAULT_MASKS = {16: (0x7C00, 0x03E0, 0x001F, 0), 32: (0xFF0000, 0x00FF00, 0x0000FF, 0)}
+
+
+class BmpRefused(Exception):
+    """Not a BMP this reader takes (the message says why)."""
+
+
+def read_bmp(data: bytes, max_pixels: int) -> Image.Image:
+    """The picture, as browsers draw it; BmpRefused when the layout is not one this reader takes."""
+    try:
+        return _read(data, max_pixels)
+    except (struct.error, ValueError, IndexError) as err:  # sizes and offsets that do not fit the bytes
+        raise BmpRefused(f"malformed BMP: {err}") from None
+
+
+def _read(data: bytes, max_pixels: int) -> Image.Image:
+    if len(data) < 26 or data[:2] != b"BM":
+        raise BmpRefused("not a BMP")
+    offset, header = struct.unpack("<I", data[10:14])[0], struct.unpack("<I", data[14:18])[0]
+    compression, colours, masks = BI_RGB, 0, None
+    if header == 12:  # OS/2 1.x: 16-bit sizes, 3-byte palette entries
+        width, height, _, depth = struct.unpack("<HHHH", data[18:26])
+        entry = 3
+    elif header in (16, 64) or (16 <= header < 40):  # OS/2 2.x: 32-bit sizes, the rest optional
+        width, height, _, depth = struct.unpack("<iiHH", data[18:30])
+        if header >= 20:
+            compression = struct.unpack("<I", data[30:34])[0]
+        if header >= 36:
+            colours = struct.unpack("<I", data[46:50])[0]
+        entry = 4
+    elif header >= 40 and len(data) >= 54:
+        width, height, _, depth, compression = struct.unpack("<iiHHI", data[18:34])
+        colours = struct.unpack("<I", data[46:50])[0]
+        entry = 4
+        if compression in (BI_BITFIELDS, BI_ALPHABITFIELDS):
+            count = 4 if compression == BI_ALPHABITFIELDS or header >= 56 else 3
+            # inside a V2+ header, or just after a 40-byte one: the same place
+            masks = struct.unpack(f"<{count}I", data[54 : 54 + 4 * count]) + ((0,) if count == 3 else ())
+    else:
+        raise BmpRefused(f"unknown BMP header size {header}")
+    if compression not in (BI_RGB, BI_BITFIELDS, BI_ALPHABITFIELDS):
+        raise BmpRefused(f"BMP compression {compression} is left to Pillow")
+    top_down = height < 0
+    width, height = abs(width), abs(height)
+    if width <= 0 or height <= 0 or width * height > max_pixels:
+        raise BmpRefused(f"BMP of {width}x{height} pixels: none, or over the limit of {max_pixels:,}")
+    stride = (width * depth + 31) // 32 * 4
+    if depth not in (1, 2, 4, 8, 16, 24, 32) or offset + stride * height > len(data):
+        raise BmpRefused(f"BMP of depth {depth} with {len(data) - offset:,} bytes of pixels for {height} rows")
+    raw = np.frombuffer(data, np.uint8, stride * height, offset).reshape(height, stride)
+    if not top_down:
+        raw = raw[::-1]
+    if depth <= 8:
+        palette_at = 14 + header + (12 if masks is not None and header == 40 else 0)
+        count = min(colours or 1 << depth, 1 << depth, max(0, (min(offset, len(data)) - palette_at) // entry))
+        table = np.frombuffer(data, np.uint8, count * entry, palette_at).reshape(count, entry)[:, 2::-1]
+        table = np.concatenate([table, np.zeros((256 - count, 3), np.uint8)])  # indices past it: black
+        shifts = np.arange(8 - depth, -1, -depth, dtype=np.uint8)
+        indices = ((raw[:, :, None] >> shifts) & ((1 << depth) - 1)).reshape(height, -1)[:, :width]
+        return Image.fromarray(np.ascontiguousarray(table[indices]), "RGB")
+    if depth == 24:
+        return Image.fromarray(np.ascontiguousarray(raw[:, : width * 3].reshape(height, width, 3)[:, :, ::-1]), "RGB")
+    pixels = raw[:, : width * depth // 8].copy().view("<u2" if depth == 16 else "<u4").astype(np.uint32)
+    red, green, blue, alpha = masks or DEFAULT_MASKS[depth]
+    channels = [_field(pixels, mask) for mask in (red, green, blue)]
+    if alpha and (a := _field(pixels, alpha)).any():
+        return Image.fromarray(np.stack([*channels, a], axis=-1), "RGBA")
+    return Image.fromarray(np.stack(channels, axis=-1), "RGB")
+
+
+def _field(pixels: np.ndarray, mask: int) -> np.ndarray:
+    """One channel in 0-255 from its bit field (any position and width; an empty mask is black): fields of
+    up to 8 bits scaled to the full range, wider ones by their top 8 bits (as browsers read them)."""
+    if not mask:
+        return np.zeros(pixels.shape, np.uint8)
+    shift = (mask & -mask).bit_length() - 1
+    bits = (mask >> shift).bit_length()
+    values = (pixels & np.uint32(mask)) >> np.uint32(shift + max(0, bits - 8))
+    top = (1 << min(bits, 8)) - 1
+    scale = np.round(np.arange(top + 1) * (255.0 / top)).astype(np.uint8)
+    return scale[np.minimum(values, top)]
