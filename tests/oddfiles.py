@@ -297,6 +297,30 @@ def bmp_two_bit(image: Image.Image) -> bytes:
     return b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + palette + pixels
 
 
+def bmp_rle8(image: Image.Image, keep: float = 1.0) -> bytes:
+    """An RLE8 BMP of the picture (runs of one index, end of line, end of bitmap), `keep` of its runs sent."""
+    indexed = image.quantize(64)
+    rows = np.asarray(indexed)[::-1]  # bottom-up
+    height, width = rows.shape
+    runs = bytearray()
+    for row in rows:
+        x = 0
+        while x < width:
+            n = 1
+            while x + n < width and n < 255 and row[x + n] == row[x]:
+                n += 1
+            runs += bytes([n, int(row[x])])
+            x += n
+        runs += b"\x00\x00"
+    runs += b"\x00\x01"
+    runs = runs[: int(len(runs) * keep) // 2 * 2]
+    palette = bytes(indexed.getpalette()[: 3 * 256])
+    table = b"".join(bytes([palette[i + 2], palette[i + 1], palette[i], 0]) for i in range(0, len(palette), 3))
+    offset = 14 + 40 + len(table)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(runs), 2835, 2835, len(table) // 4, 0)
+    return b"BM" + struct.pack("<IHHI", offset + len(runs), 0, 0, offset) + info + table + bytes(runs)
+
+
 def corpus() -> dict[str, bytes]:
     """name -> bytes: every case, for the corpus test and the benchmark."""
     return {
@@ -322,6 +346,7 @@ def corpus() -> dict[str, bytes]:
             picture(23, (127, 64)), (0xFF00, 0xFF0000, 0xFF000000, 0xFF), alpha_bitfields=True
         ),
         "bmp-2-bit.bmp": bmp_two_bit(picture(24, (127, 64))),
+        "bmp-rle8-cut.bmp": bmp_rle8(picture(26, (127, 64)), keep=0.6),
         "jxl-cut.jxl": jxl_cut(),
         "jxl-lossless-cut.jxl": jxl_cut(lossless=True, keep=0.8, image=noisy(20, (640, 480))),
         "webp-animated-cut.webp": webp_animated_cut(

@@ -305,3 +305,21 @@ def test_bmp_layouts_pillow_refuses_are_read_as_browsers_draw_them(probe):  # no
     data = oddfiles.bmp_bitfields(signal(), (0xFFE00000, 0x001FFC00, 0x3FF, 0))
     verdict, decoded = probe.verdict(data)
     assert verdict.flagged and decoded.partial and "read by the BMP reader" in decoded.notes[0], decoded.notes
+
+
+def test_a_cut_run_length_bmp_is_drawn_as_far_as_its_runs_go():
+    # Pillow reads a whole RLE8 BMP and refuses a cut one; the reader draws the same pixels, then as far as
+    # the runs go, the rest transparent (as browsers leave it).
+    from PIL import Image
+
+    from mirror_scan.scan.bmpread import read_bmp
+
+    picture = oddfiles.picture(27, (127, 64))
+    whole = oddfiles.bmp_rle8(picture)
+    reference = np.asarray(Image.open(io.BytesIO(whole)).convert("RGB"))
+    mine = np.asarray(read_bmp(whole, 10**8))
+    assert (mine[..., 3] == 255).all() and (mine[..., :3] == reference).all()
+    cut = np.asarray(read_bmp(oddfiles.bmp_rle8(picture, keep=0.5), 10**8))
+    drawn = cut[..., 3] == 255
+    assert 0.3 < drawn.mean() < 0.7 and drawn[-1].all() and not drawn[0].any()  # bottom-up: the bottom arrived
+    assert (cut[..., :3][drawn] == reference[drawn]).all()

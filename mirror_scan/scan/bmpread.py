@@ -4,10 +4,12 @@ Pillow's BMP plugin refuses layouts that Chrome's and Firefox's BMP decoders dra
 "questionable" files, and one of its "good" ones): bit fields in any order and width (16-bit 2-3-1 or
 4-4-4-4, 32-bit 11-11-10 or with the alpha mask after the header, BI_ALPHABITFIELDS), 2-bit palettes
 (Windows CE), palettes that claim more entries than the depth allows (the first 2^depth are used), and
-OS/2 2.x headers shorter than 40 bytes. This reader takes uncompressed pixels only (BI_RGB, BI_BITFIELDS,
-BI_ALPHABITFIELDS; RLE and embedded JPEG/PNG stay with Pillow), checks the pixel count before anything is
-allocated, and reads every row in numpy. An alpha channel that is zero everywhere is taken as opaque, as
-browsers do. Read from the bytes, no decoder; runs in the decoder worker processes like every decode."""
+OS/2 2.x headers shorter than 40 bytes, and run-length files that are cut short or run past their rows
+(RLE4, RLE8, and OS/2's RLE24: what arrived is drawn, the rest transparent, as browsers leave it). It
+takes uncompressed pixels (BI_RGB, BI_BITFIELDS, BI_ALPHABITFIELDS) and those run lengths (embedded
+JPEG/PNG stay with Pillow), checks the pixel count before anything is allocated, and reads rows in numpy
+(runs in a loop, at most MAX_RLE_BYTES of them). An alpha channel that is zero everywhere is taken as
+opaque, as browsers do. Read from the bytes, no decoder; runs in the decoder worker processes like every decode."""
 
 from __future__ import annotations
 
@@ -16,7 +18,8 @@ import struct
 import numpy as np
 from PIL import Image
 
-BI_RGB, BI_BITFIELDS, BI_ALPHABITFIELDS = 0, 3, 6
+BI_RGB, BI_RLE8, BI_RLE4, BI_BITFIELDS, BI_RLE24, BI_ALPHABITFIELDS = 0, 1, 2, 3, 4, 6
+MAX_RLE_BYTES = 16 << 20  # the run loop is Python: about 5 s at most
 DEFAULT_MASKS = {16: (0x7C00, 0x03E0, 0x001F, 0), 32: (0xFF0000, 0x00FF00, 0x0000FF, 0)}
 
 
@@ -57,12 +60,18 @@ def _read(data: bytes, max_pixels: int) -> Image.Image:
             masks = struct.unpack(f"<{count}I", data[54 : 54 + 4 * count]) + ((0,) if count == 3 else ())
     else:
         raise BmpRefused(f"unknown BMP header size {header}")
-    if compression not in (BI_RGB, BI_BITFIELDS, BI_ALPHABITFIELDS):
+    run_length = (compression, depth) in ((BI_RLE8, 8), (BI_RLE4, 4), (BI_RLE24, 24))
+    if compression not in (BI_RGB, BI_BITFIELDS, BI_ALPHABITFIELDS) and not run_length:
         raise BmpRefused(f"BMP compression {compression} is left to Pillow")
     top_down = height < 0
     width, height = abs(width), abs(height)
     if width <= 0 or height <= 0 or width * height > max_pixels:
         raise BmpRefused(f"BMP of {width}x{height} pixels: none, or over the limit of {max_pixels:,}")
+    if run_length:
+        palette = None
+        if depth <= 8:
+            palette = _palette(data, 14 + header, offset, colours, depth, entry)
+        return _run_lengths(data[offset : offset + MAX_RLE_BYTES], width, height, depth, palette, top_down)
     stride = (width * depth + 31) // 32 * 4
     if depth not in (1, 2, 4, 8, 16, 24, 32) or offset + stride * height > len(data):
         raise BmpRefused(f"BMP of depth {depth} with {len(data) - offset:,} bytes of pixels for {height} rows")
@@ -70,10 +79,8 @@ def _read(data: bytes, max_pixels: int) -> Image.Image:
     if not top_down:
         raw = raw[::-1]
     if depth <= 8:
-        palette_at = 14 + header + (12 if masks is not None and header == 40 else 0)
-        count = min(colours or 1 << depth, 1 << depth, max(0, (min(offset, len(data)) - palette_at) // entry))
-        table = np.frombuffer(data, np.uint8, count * entry, palette_at).reshape(count, entry)[:, 2::-1]
-        table = np.concatenate([table, np.zeros((256 - count, 3), np.uint8)])  # indices past it: black
+        table = _palette(data, 14 + header + (12 if masks is not None and header == 40 else 0), offset, colours,
+                         depth, entry)  # fmt: skip
         shifts = np.arange(8 - depth, -1, -depth, dtype=np.uint8)
         indices = ((raw[:, :, None] >> shifts) & ((1 << depth) - 1)).reshape(height, -1)[:, :width]
         return Image.fromarray(np.ascontiguousarray(table[indices]), "RGB")
@@ -85,6 +92,66 @@ def _read(data: bytes, max_pixels: int) -> Image.Image:
     if alpha and (a := _field(pixels, alpha)).any():
         return Image.fromarray(np.stack([*channels, a], axis=-1), "RGBA")
     return Image.fromarray(np.stack(channels, axis=-1), "RGB")
+
+
+def _palette(data: bytes, at: int, offset: int, colours: int, depth: int, entry: int) -> np.ndarray:
+    """The colour table as 256 RGB rows (entries it does not have: black), at most 2^depth of its own."""
+    count = min(colours or 1 << depth, 1 << depth, max(0, (min(offset, len(data)) - at) // entry))
+    table = np.frombuffer(data, np.uint8, count * entry, at).reshape(count, entry)[:, 2::-1]
+    return np.concatenate([table, np.zeros((256 - count, 3), np.uint8)])
+
+
+def _run_lengths(
+    stream: bytes, width: int, height: int, depth: int, palette: np.ndarray | None, top_down: bool = False
+) -> Image.Image:
+    """RLE8, RLE4 or RLE24 (bottom-up, or top-down as Pillow reads a negative height), drawn as far as the
+    runs go: pixels no run reached stay transparent, runs past a row's end are clipped to it."""
+    rgba = np.zeros((height, width, 4), np.uint8)
+    x = y = at = 0
+    size = len(stream)
+    unit = 3 if depth == 24 else 1
+
+    def put(pixels: np.ndarray) -> None:  # RGB pixels from x on row y, clipped to the row
+        nonlocal x
+        if y < height and x < width:
+            shown, row = pixels[: width - x], y if top_down else height - 1 - y
+            rgba[row, x : x + len(shown), :3] = shown
+            rgba[row, x : x + len(shown), 3] = 255
+        x += len(pixels)
+
+    def colours(raw: np.ndarray) -> np.ndarray:
+        return raw.reshape(-1, 3)[:, ::-1] if palette is None else palette[raw]
+
+    while at + 1 < size and y < height:
+        count, value = stream[at], stream[at + 1]
+        at += 2
+        if count:  # a run: one colour (RLE4: two, alternating)
+            if depth == 24:
+                if at - 1 + 3 > size:
+                    break
+                run = np.frombuffer(stream, np.uint8, 3, at - 1)
+                at += 2
+                put(np.tile(colours(run), (count, 1)))
+            elif depth == 4:
+                put(colours(np.resize(np.array([value >> 4, value & 15], np.uint8), count)))
+            else:
+                put(colours(np.full(count, value, np.uint8)))
+        elif value == 0:  # end of line
+            x, y = 0, y + 1
+        elif value == 1:  # end of bitmap
+            break
+        elif value == 2:  # delta
+            if at + 1 >= size:
+                break
+            x, y, at = x + stream[at], y + stream[at + 1], at + 2
+        else:  # absolute: `value` pixels as they are, padded to a 16-bit boundary
+            length = (value + 1) // 2 if depth == 4 else value * unit
+            raw = np.frombuffer(stream, np.uint8, min(length, size - at), at)
+            at += length + (length & 1)
+            if depth == 4:
+                raw = np.stack([raw >> 4, raw & 15], axis=1).reshape(-1)[:value]
+            put(colours(raw))
+    return Image.fromarray(rgba, "RGBA")
 
 
 def _field(pixels: np.ndarray, mask: int) -> np.ndarray:
