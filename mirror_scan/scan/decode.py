@@ -311,7 +311,10 @@ def _decode_image(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
 
 
 def _describe(err: BaseException) -> str:
-    return str(err) or type(err).__name__
+    """An error in one line; the JPEG XL plugin's advice to its own developers ("Please build libjxl from
+    source ...") is left out: it is not the admin's to follow."""
+    said = " ".join(str(err).split()).split(". Please build `libjxl`")[0]
+    return said or type(err).__name__
 
 
 def _no_pixels(decoded: Decoded) -> bool:
@@ -407,8 +410,7 @@ def _salvage_jxl(data: bytes, prep: Preprocess, limits: Limits, strict_error: Ba
         return None
     img, whole = found
     what = "its first frame decoded whole" if whole else "what arrived drawn progressively, as viewers show it"
-    said = " ".join(_describe(strict_error).split()).split(". Please build")[0]  # the plugin's advice is for its devs
-    note = f"partial: Pillow's JPEG XL plugin refused it ({said}); libjxl: {what}"
+    note = f"partial: Pillow's JPEG XL plugin refused it ({_describe(strict_error)}); libjxl: {what}"
     return _one_picture(img, "jxl", prep, limits, note)
 
 
