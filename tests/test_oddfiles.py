@@ -236,6 +236,17 @@ def test_gif_frames_the_canvas_never_shows_cost_nothing(probe):  # noqa: F811
     assert count == 1 and img.size == (96, 64) and getattr(img, "n_frames", 1) == 1
     verdict, decoded = probe.verdict(bytes(data))
     assert not verdict.flagged and decoded.partial  # the signal is never on screen
+    # A frame of no width but 65,535 rows (Pillow would grow the picture to them), and a clipped frame hidden
+    # behind stray bytes (Pillow skips them and reads on): neither grows the picture.
+    empty = bytearray(buf.getvalue())
+    at = oddfiles._descriptors(bytes(empty))[1]
+    empty[at + 5 : at + 9] = (0).to_bytes(2, "little") + (65535).to_bytes(2, "little")
+    clipped, _ = gifclip.clip_frames(bytes(empty), 10**8)
+    assert Image.open(io.BytesIO(clipped)).size == (96, 64) and not isinstance(decode(bytes(empty), probe.prep), str)
+    tall = oddfiles.gif_interlaced_beyond_canvas(Image.new("RGB", (96, 3000), (90, 90, 90)), (96, 64))
+    first = oddfiles._descriptors(tall)[0]
+    clipped, count = gifclip.clip_frames(tall[:first] + b"\x55\x55" + tall[first:], 10**8)
+    assert count == 1 and Image.open(io.BytesIO(clipped)).size == (96, 64)
     # A frame too wide for the canvas (stored row by row): written again clipped, the signal is the picture.
     wide = Image.new("RGB", (3000, 64), (90, 90, 90))
     wide.paste(signal(), (0, 0))

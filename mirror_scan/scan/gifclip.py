@@ -19,11 +19,13 @@ Read without an image decoder: header, logical screen, colour tables, extension 
 
 from __future__ import annotations
 
+import re
 import struct
 
 import numpy as np
 
 GIF_SIGNATURES = (b"GIF87a", b"GIF89a")
+BLOCK_START = re.compile(rb"[\x21\x2c\x3b]")  # extension, image, trailer: what Pillow looks for after junk
 MAX_CODE_BITS = 12
 FLUSH_PIXELS = 1 << 20
 
@@ -87,8 +89,11 @@ def clip_frames(data: bytes, max_pixels: int) -> tuple[bytes, int]:
             if data[begin + 1 : begin + 3] == b"\xf9\x04" and begin + 7 <= len(data):
                 control = (begin, data[begin + 6] if data[begin + 3] & 0x01 else None)
             continue
-        if block != 0x2C:  # a stray byte: Pillow skips it and reads on, so a frame after it is clipped too
-            at += 1
+        if block != 0x2C:  # stray bytes: Pillow skips them and reads on, so a frame after them is clipped too
+            found = BLOCK_START.search(data, at + 1)
+            if found is None:
+                break
+            at = found.start()
             continue
         if at + 10 > len(data):
             break
@@ -110,10 +115,10 @@ def clip_frames(data: bytes, max_pixels: int) -> tuple[bytes, int]:
         control = None  # a graphic control extension applies to the one image after it
         at = end
         images += 1
-        if not width or not height or (wide == width and tall == height):
-            continue  # inside the canvas (or empty: Pillow's business)
+        if wide == width and tall == height:
+            continue  # inside the canvas
         clipped += 1
-        if not wide or not tall:  # wholly outside the canvas: never shown, so never drawn (nor grown into)
+        if not wide or not tall:  # wholly outside the canvas, or no pixels: never drawn (nor grown into)
             replaced.append((first, end, b""))
             dropped += 1
             continue
