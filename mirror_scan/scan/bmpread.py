@@ -43,7 +43,7 @@ def _read(data: bytes, max_pixels: int) -> Image.Image:
     if header == 12:  # OS/2 1.x: 16-bit sizes, 3-byte palette entries
         width, height, _, depth = struct.unpack("<HHHH", data[18:26])
         entry = 3
-    elif header in (16, 64) or (16 <= header < 40):  # OS/2 2.x: 32-bit sizes, the rest optional
+    elif 16 <= header < 40 or header == 64:  # OS/2 2.x: 32-bit sizes, the rest optional
         width, height, _, depth = struct.unpack("<iiHH", data[18:30])
         if header >= 20:
             compression = struct.unpack("<I", data[30:34])[0]
