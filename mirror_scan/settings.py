@@ -195,6 +195,13 @@ SPECS: dict[str, Spec] = {
         "the model's view: exact (open_clip's bicubic from the whole picture, what thresholds were tuned on) or "
         "reduced (a box reduction first, about a third of the resize CPU; results are stored apart)",
     ),
+    "jpeg_decoder": Spec(
+        _choice("pillow", "auto", "nvimgcodec"),
+        lambda: "pillow",
+        "who decodes JPEGs: pillow (the CPU), nvimgcodec (NVIDIA's nvJPEG on the GPU, PyPI nvidia-nvimgcodec-cu12 "
+        "and nvidia-nvjpeg-cu12; an error without them) or auto (nvJPEG when it works here); anything nvJPEG "
+        "declines falls back to Pillow",
+    ),
     "remote": Spec(_remote, lambda: None, "rclone remote of the bucket (NAME:bucket); enables upstream removal"),
     "rclone": Spec(str, lambda: None, "rclone binary (default: the venv's, then PATH)"),
     "pictrs_url": Spec(str, lambda: None, "pict-rs base URL, e.g. http://127.0.0.1:8080"),
@@ -279,6 +286,7 @@ class Settings:
     decoders: str
     decode_timeout: float
     resize: str
+    jpeg_decoder: str
     remote: str | None
     rclone: str | None
     pictrs_url: str | None

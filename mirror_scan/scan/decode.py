@@ -41,7 +41,7 @@ try:  # JPEG XL through the pillow-jxl plugin (registers itself with Pillow)
     import pillow_jxl  # noqa: F401
 except ImportError:  # pragma: no cover - optional at runtime, installed by default
     pass
-from mirror_scan.scan import gifclip
+from mirror_scan.scan import gifclip, gpujpeg
 from mirror_scan.scan.decoded import Decoded, DecodeFailure, Limits, clock, decode_detail
 from mirror_scan.scan.frames import DistinctFrames, Rows, pdq_dihedral
 from mirror_scan.scan.pngchunks import default_image, strip_metadata
@@ -184,11 +184,15 @@ def _auxiliary_kind(picture: bytes) -> str | None:
     return None
 
 
-def _still(img: Image.Image, prep: Preprocess, rows: Rows, where: str, crop: tuple | None = None) -> None:
+def _still(
+    img: Image.Image, prep: Preprocess, rows: Rows, where: str, crop: tuple | None = None, data: bytes | None = None
+) -> None:
     # Decoded whole, JPEGs too (no draft mode): PDQ's reference samples the picture as stored to 512x512
-    # by nearest neighbour, and a reduced decode (libjpeg's scaled IDCT) moves the shared hash by up to 10
-    # bits and its quality by up to 20 on detailed pictures, across the threshold of 50 where it matters.
-    # One decode serves both views; scripts/bench_hashlist.py measures what it costs.
+    # by nearest neighbour, and a reduced decode (libjpeg's scaled IDCT) moves the shared hash by up to 18
+    # bits and its quality by up to 27 on detailed pictures (docs/architecture.md), across the threshold of
+    # 50 where it matters. One decode serves both views; on a GPU machine nvJPEG may do it (gpujpeg.py).
+    if data is not None:
+        img = gpujpeg.decoded(img, data, rows.limits.jpeg_decoder)
     img.load()
     img = _clipped(img, crop)
     hashed = pdq_dihedral(img)  # as stored: no EXIF rotation
@@ -233,7 +237,7 @@ def _pictures(data: bytes, img: Image.Image, prep: Preprocess, limits: Limits, r
             rows.notes.append(f"picture {number} unreadable: {err}")
             continue
         try:
-            _still(part, prep, rows, f"picture {number} ({kind})")
+            _still(part, prep, rows, f"picture {number} ({kind})", data=picture)
         except Exception as err:  # noqa: BLE001 - a secondary picture that fails leaves the others
             if number == 1:
                 raise
@@ -301,7 +305,7 @@ def _decode_image(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
     elif getattr(img, "is_animated", False):
         total = _frames(img, limits, rows, crop)
     else:
-        _still(img, prep, rows, "", crop)
+        _still(img, prep, rows, "", crop, data=data)
         total = 1
     rows.finish()
     if not rows.rows:

@@ -47,6 +47,7 @@ class Limits:
     max_decoded_pixels: int = 2_000_000_000  # all frames of one file together (about 30 s of decoding)
     max_rows: int = 128  # model inputs per file; centre crops first, then tiles (bounds memory and time)
     resize: str = "exact"  # "exact": open_clip's resize; "reduced": a box reduction first (model/preprocess.py)
+    jpeg_decoder: str = "pillow"  # or nvImageCodec's "nvimgcodec-gpu" / "nvimgcodec-cpu" (scan/gpujpeg.py)
 
 
 @dataclass

@@ -24,6 +24,7 @@ from multiprocessing.connection import Connection
 
 from mirror_scan.model.bundle import Preprocess
 from mirror_scan.scan.decode import Decoded, Limits, decode, quick_reject
+from mirror_scan.scan.quiet import WORKER_NAME
 
 DEFAULT_TIMEOUT_S = 60.0
 TEST_HOOK = "MIRROR_SCAN_TEST_DECODER"  # tests only: "crash" or "hang" on bytes marked b"MIRROR-SCAN-TEST"
@@ -53,7 +54,7 @@ def _worker(conn: Connection) -> None:
 class _Process:
     def __init__(self, context) -> None:
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker, args=(child,), name="mirror-scan-decoder", daemon=True)
+        self.process = context.Process(target=_worker, args=(child,), name=WORKER_NAME, daemon=True)
         self.process.start()
         child.close()
 

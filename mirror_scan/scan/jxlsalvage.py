@@ -11,13 +11,11 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import multiprocessing
-import os
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import numpy as np
 from PIL import Image
+
+from mirror_scan.scan.quiet import worker_stderr_quiet
 
 SUCCESS, ERROR, NEED_MORE_INPUT, NEED_IMAGE_OUT_BUFFER = 0, 1, 2, 5
 BASIC_INFO, FULL_IMAGE = 0x40, 0x1000
@@ -71,26 +69,8 @@ def salvage(data: bytes, max_pixels: int) -> tuple[Image.Image, bool] | None:
     lib = _libjxl()
     if lib is None:
         return None
-    with _quiet():
+    with worker_stderr_quiet():
         return _decode(lib, data, max_pixels, 3)  # RGB: libjxl converts greyscale, drops alpha (its colour kept)
-
-
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """Debian's libjxl prints a line per failure to stderr ("frame processing failed"): in a decoder worker
-    process (one decode at a time, nothing else writing), those lines are kept out of the daemon's log;
-    the notes say what happened. In-process decodes (decoders = "thread") leave stderr alone."""
-    if multiprocessing.current_process().name != "mirror-scan-decoder":
-        yield
-        return
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
-    try:
-        os.dup2(null, 2)
-        yield
-    finally:
-        os.dup2(saved, 2)
-        os.close(saved)
-        os.close(null)
 
 
 def _decode(lib: ctypes.CDLL, data: bytes, max_pixels: int, channels: int) -> tuple[Image.Image, bool] | None:

@@ -1,0 +1,149 @@
+"""JPEG decoding by NVIDIA's nvImageCodec (setting `jpeg_decoder`). On a GPU machine the whole decode
+that PDQ and the model's view share, the largest CPU cost of a scan (docs/benchmarks.md), runs on nvJPEG
+(the card's hardware JPEG decoder where it has one, else CUDA); the rest of the path is unchanged.
+
+Backends, as Limits.jpeg_decoder carries them (resolve() turns the setting into one):
+- "pillow": Pillow's libjpeg-turbo, as without this module;
+- "nvimgcodec-gpu": nvJPEG only (never its CPU codec, so "on the GPU" is what happened);
+- "nvimgcodec-cpu": nvImageCodec's own libjpeg-turbo backend. Pillow's pixels exactly: how the
+  integration is tested on machines without a GPU.
+
+Only what nvJPEG is known to decode the way browsers do goes to it: a whole (not cut) baseline or
+progressive JPEG of three components in YCbCr. Anything else (greyscale, CMYK, Adobe RGB-coded, a cut file,
+MPO's secondary pictures are their own JPEGs and go through here too) and any failure of the library
+fall back to Pillow, per file, with the same verdicts. The EXIF orientation is applied by the caller, as
+for Pillow's pixels (PDQ is taken before it)."""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import threading
+
+import numpy as np
+from PIL import Image
+
+from mirror_scan.errors import UsageError
+from mirror_scan.scan.decoded import clock
+from mirror_scan.scan.quiet import worker_stderr_quiet
+
+PILLOW, GPU, CPU = "pillow", "nvimgcodec-gpu", "nvimgcodec-cpu"
+SETTINGS = ("pillow", "auto", "nvimgcodec")
+INSTALL_HINT = "pip install nvidia-nvimgcodec-cu12 nvidia-nvjpeg-cu12 (with an NVIDIA driver and GPU)"
+PROBE_MAX_MEAN_DIFF = 2.0  # nvJPEG's IDCT and upsampling differ from libjpeg-turbo's by a level or two
+
+log = logging.getLogger(__name__)
+_local = threading.local()  # one decoder per thread (decoders = "thread"); worker processes have one thread
+
+
+def _module():
+    try:
+        with worker_stderr_quiet(always=True):  # it lists every codec library it cannot find
+            from nvidia import nvimgcodec
+    except Exception:  # noqa: BLE001 - not installed, or its native part cannot load: Pillow decodes
+        return None
+    return nvimgcodec
+
+
+def _decoder(backend: str):
+    decoders = getattr(_local, "decoders", None)
+    if decoders is None:
+        decoders = _local.decoders = {}
+    if backend not in decoders:
+        decoders[backend] = None
+        nv = _module()
+        if nv is not None:
+            try:
+                with worker_stderr_quiet(always=True):
+                    if backend == CPU:
+                        made = nv.Decoder(device_id=nv.NVIMGCODEC_DEVICE_CPU_ONLY, backends=[nv.Backend(nv.CPU_ONLY)])
+                    else:
+                        made = nv.Decoder(backends=[nv.Backend(nv.HW_GPU_ONLY), nv.Backend(nv.GPU_ONLY),
+                                                    nv.Backend(nv.HYBRID_CPU_GPU)])  # fmt: skip
+                decoders[backend] = (nv, made)
+            except Exception:  # noqa: BLE001 - no CUDA driver or device: Pillow decodes
+                pass
+    return decoders[backend]
+
+
+def rgb_pixels(data: bytes, backend: str) -> np.ndarray | None:
+    """The JPEG's pixels as nvImageCodec decodes them (H x W x 3 uint8, as stored: no EXIF rotation), or
+    None when the library, the device or the file is not up to it."""
+    made = _decoder(backend)
+    if made is None:
+        return None
+    nv, decoder = made
+    try:
+        with worker_stderr_quiet():
+            params = nv.DecodeParams(apply_exif_orientation=False, color_spec=nv.ColorSpec.SRGB, allow_any_depth=False)
+            image = decoder.decode(data, params=params)
+            if image is None:
+                return None
+            pixels = np.asarray(image.cpu())
+    except Exception:  # noqa: BLE001 - a stream it refuses: Pillow decodes it
+        return None
+    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+        return None
+    return pixels
+
+
+def _whole(data: bytes) -> bool:
+    """An end-of-image marker after the first scan: a cut file keeps Pillow's path, with its truncation
+    note and the lenient decode browsers do (in entropy-coded data 0xFF is always stuffed, so FF D9 there is
+    the marker)."""
+    sos = data.find(b"\xff\xda")
+    return sos != -1 and data.rfind(b"\xff\xd9") > sos
+
+
+def takes(img: Image.Image) -> bool:
+    """A JPEG of three YCbCr components (an Adobe marker with transform 0 means RGB-coded: Pillow's)."""
+    if img.format not in ("JPEG", "MPO") or img.mode != "RGB" or len(getattr(img, "layer", ())) != 3:
+        return False
+    return not ("adobe" in img.info and img.info.get("adobe_transform", 1) == 0)
+
+
+def decoded(img: Image.Image, data: bytes, backend: str) -> Image.Image:
+    """img (an opened, not yet loaded JPEG) with its pixels from nvImageCodec and its info (EXIF, ICC
+    profile) kept; img itself, for Pillow to load, when the backend is Pillow or nvImageCodec declines."""
+    if backend == PILLOW or not takes(img) or not _whole(data):
+        return img
+    with clock("nvjpeg"):  # the scan's stage_cpu_s then shows the decode nvImageCodec took
+        pixels = rgb_pixels(data, backend)
+    if pixels is None or pixels.shape[:2] != (img.height, img.width):
+        return img
+    picture = Image.fromarray(pixels, "RGB")
+    picture.info = dict(img.info)
+    return picture
+
+
+@functools.cache
+def works(backend: str) -> bool:
+    """The backend decodes a generated JPEG to nearly Pillow's pixels in this process (imports the library
+    and, for the GPU, starts a CUDA context)."""
+    y, x = np.mgrid[0:96, 0:128]
+    source = np.stack([x * 2, y * 2, (x + y) % 256], axis=-1).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(source, "RGB").save(buffer, "JPEG", quality=90)
+    expected = np.asarray(Image.open(buffer).convert("RGB"), dtype=np.int16)
+    pixels = rgb_pixels(buffer.getvalue(), backend)
+    if pixels is None or pixels.shape != expected.shape:
+        return False
+    return float(np.abs(pixels.astype(np.int16) - expected).mean()) <= PROBE_MAX_MEAN_DIFF
+
+
+def resolve(setting: str) -> str:
+    """The backend for the setting: "pillow"; "auto" (nvJPEG when it works here, else Pillow);
+    "nvimgcodec" (nvJPEG, or a UsageError saying what is missing)."""
+    if setting == "pillow":
+        return PILLOW
+    if setting not in SETTINGS:
+        raise UsageError(f"jpeg_decoder must be one of {', '.join(SETTINGS)}, not {setting!r}")
+    if works(GPU):
+        log.info("JPEGs are decoded by nvJPEG on the GPU (jpeg_decoder = %s)", setting)
+        return GPU
+    missing = "nvImageCodec is not installed" if _module() is None else "nvImageCodec found no working GPU decoder"
+    if setting == "auto":
+        log.info("jpeg_decoder = auto: %s, so Pillow decodes JPEGs", missing)
+        return PILLOW
+    raise UsageError(f"jpeg_decoder = nvimgcodec, but {missing}: {INSTALL_HINT}; or set jpeg_decoder = auto or pillow")

@@ -1,0 +1,29 @@
+"""Native decoders that print to stderr: libjxl 0.7 a line per failure ("frame processing failed"),
+nvImageCodec a paragraph per codec library it cannot find. In a decoder worker process (one decode at a
+time, nothing else writing) those lines are kept out of the daemon's log; the notes say what happened.
+In-process decodes (decoders = "thread") leave stderr alone, except where `always` says the lines are
+never the admin's to read (a library listing the optional parts it lacks as it loads)."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+WORKER_NAME = "mirror-scan-decoder"  # decodepool names its processes so
+
+
+@contextmanager
+def worker_stderr_quiet(always: bool = False) -> Iterator[None]:
+    if not always and multiprocessing.current_process().name != WORKER_NAME:
+        yield
+        return
+    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(null, 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(null)
