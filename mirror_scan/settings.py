@@ -200,7 +200,7 @@ SPECS: dict[str, Spec] = {
         lambda: "pillow",
         "who decodes JPEGs: pillow (the CPU), nvimgcodec (NVIDIA's nvJPEG on the GPU, PyPI nvidia-nvimgcodec-cu12 "
         "and nvidia-nvjpeg-cu12; an error without them) or auto (nvJPEG when it works here); anything nvJPEG "
-        "declines falls back to Pillow",
+        "declines falls back to Pillow (with decoders = process only)",
     ),
     "remote": Spec(_remote, lambda: None, "rclone remote of the bucket (NAME:bucket); enables upstream removal"),
     "rclone": Spec(str, lambda: None, "rclone binary (default: the venv's, then PATH)"),

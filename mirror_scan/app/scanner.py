@@ -50,7 +50,7 @@ def decode_limits(settings: Settings, policy):
         max_decoded_frames=settings.max_decoded_frames,
         coverage=policy.coverage,
         resize=settings.resize,
-        jpeg_decoder=gpujpeg.resolve(settings.jpeg_decoder),
+        jpeg_decoder=gpujpeg.resolve(settings.jpeg_decoder, settings.decoders),
     )
 
 

@@ -8,11 +8,12 @@ Backends, as Limits.jpeg_decoder carries them (resolve() turns the setting into 
 - "nvimgcodec-cpu": nvImageCodec's own libjpeg-turbo backend. Pillow's pixels exactly: how the
   integration is tested on machines without a GPU.
 
-Only what nvJPEG is known to decode the way browsers do goes to it: a whole (not cut) baseline or
-progressive JPEG of three components in YCbCr. Anything else (greyscale, CMYK, Adobe RGB-coded, a cut file,
-MPO's secondary pictures are their own JPEGs and go through here too) and any failure of the library
-fall back to Pillow, per file, with the same verdicts. The EXIF orientation is applied by the caller, as
-for Pillow's pixels (PDQ is taken before it)."""
+Only what nvJPEG is known to decode the way browsers do goes to it: a whole (not cut) baseline,
+extended or progressive Huffman-coded JPEG of three components in YCbCr (MPO's pictures are JPEGs of
+their own and go through here one by one). Anything else (greyscale, CMYK, Adobe RGB-coded, lossless or
+arithmetic-coded, cut), any failure of the library and any file it prints a word about fall back to
+Pillow, per file, with the same verdicts. The EXIF orientation is applied by the caller, as for
+Pillow's pixels (PDQ is taken before it)."""
 
 from __future__ import annotations
 
@@ -20,13 +21,14 @@ import functools
 import io
 import logging
 import threading
+import time
 
 import numpy as np
 from PIL import Image
 
 from mirror_scan.errors import UsageError
 from mirror_scan.scan.decoded import clock
-from mirror_scan.scan.quiet import worker_stderr_quiet
+from mirror_scan.scan.quiet import in_worker, stderr_captured, worker_stderr_quiet
 
 PILLOW, GPU, CPU = "pillow", "nvimgcodec-gpu", "nvimgcodec-cpu"
 SETTINGS = ("pillow", "auto", "nvimgcodec")
@@ -69,23 +71,44 @@ def _decoder(backend: str):
 
 def rgb_pixels(data: bytes, backend: str) -> np.ndarray | None:
     """The JPEG's pixels as nvImageCodec decodes them (H x W x 3 uint8, as stored: no EXIF rotation), or
-    None when the library, the device or the file is not up to it."""
+    None when the library, the device or the file is not up to it. A file it says anything about is not
+    taken: nvImageCodec prints libjpeg's errors and returns the pixels anyway (a bad marker between the
+    last scan and EOI, a second SOF), where Pillow's strict decode refuses the file and its lenient pass
+    says "partial"; Pillow then decodes it, so the verdict and its notes are Pillow's."""
     made = _decoder(backend)
     if made is None:
         return None
     nv, decoder = made
     try:
-        with worker_stderr_quiet():
+        with stderr_captured() as said:
             params = nv.DecodeParams(apply_exif_orientation=False, color_spec=nv.ColorSpec.SRGB, allow_any_depth=False)
             image = decoder.decode(data, params=params)
-            if image is None:
-                return None
-            pixels = np.asarray(image.cpu())
+            pixels = None if image is None else np.asarray(image.cpu())
     except Exception:  # noqa: BLE001 - a stream it refuses: Pillow decodes it
         return None
-    if pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
+    if pixels is None or said.text or pixels.dtype != np.uint8 or pixels.ndim != 3 or pixels.shape[2] != 3:
         return None
     return pixels
+
+
+HUFFMAN_FRAMES = (0xC0, 0xC1, 0xC2)  # baseline, extended sequential, progressive: the JPEGs browsers draw
+
+
+def _huffman_frame(data: bytes) -> bool:
+    """The first frame header, found by walking the segments before the first scan, is SOF0-2: lossless,
+    hierarchical and arithmetic-coded JPEGs (no browser draws them) stay with Pillow."""
+    at = 2
+    while at + 4 <= len(data) and data[at] == 0xFF:
+        marker = data[at + 1]
+        if marker == 0xFF:  # a fill byte
+            at += 1
+            continue
+        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):  # SOFn (not DHT, JPG, DAC)
+            return marker in HUFFMAN_FRAMES
+        if marker == 0xDA:
+            return False
+        at += 2 + int.from_bytes(data[at + 2 : at + 4], "big")
+    return False
 
 
 def _whole(data: bytes) -> bool:
@@ -105,15 +128,21 @@ def takes(img: Image.Image) -> bool:
 
 def decoded(img: Image.Image, data: bytes, backend: str) -> Image.Image:
     """img (an opened, not yet loaded JPEG) with its pixels from nvImageCodec and its info (EXIF, ICC
-    profile) kept; img itself, for Pillow to load, when the backend is Pillow or nvImageCodec declines."""
-    if backend == PILLOW or not takes(img) or not _whole(data):
+    profile) kept; img itself, for Pillow to load, when the backend is Pillow or nvImageCodec declines.
+    Only in decoder worker processes (decoders = "process", the default): a damaged file is known only by
+    what the library prints, which in-process decodes cannot take from stderr."""
+    if backend == PILLOW or not in_worker() or not takes(img) or not _huffman_frame(data) or not _whole(data):
         return img
-    with clock("nvjpeg"):  # the scan's stage_cpu_s then shows the decode nvImageCodec took
-        pixels = rgb_pixels(data, backend)
+    started = time.thread_time()
+    pixels = rgb_pixels(data, backend)
     if pixels is None or pixels.shape[:2] != (img.height, img.width):
-        return img
+        return img  # the attempt's CPU stays in "decode", with Pillow's
+    clock.spent["nvjpeg"] = clock.spent.get("nvjpeg", 0.0) + time.thread_time() - started  # stage_cpu_s
     picture = Image.fromarray(pixels, "RGB")
     picture.info = dict(img.info)
+    # Pillow's own reading of the EXIF, not a second parse of the bytes: a malformed block that Pillow
+    # reads as empty must not fail the decode here (getexif returns a loaded Exif as it is).
+    picture._exif = img.getexif()
     return picture
 
 
@@ -132,13 +161,18 @@ def works(backend: str) -> bool:
     return float(np.abs(pixels.astype(np.int16) - expected).mean()) <= PROBE_MAX_MEAN_DIFF
 
 
-def resolve(setting: str) -> str:
+def resolve(setting: str, decoders: str = "process") -> str:
     """The backend for the setting: "pillow"; "auto" (nvJPEG when it works here, else Pillow);
-    "nvimgcodec" (nvJPEG, or a UsageError saying what is missing)."""
+    "nvimgcodec" (nvJPEG, or a UsageError saying what is missing). In-process decoders never use it."""
     if setting == "pillow":
         return PILLOW
     if setting not in SETTINGS:
         raise UsageError(f"jpeg_decoder must be one of {', '.join(SETTINGS)}, not {setting!r}")
+    if decoders != "process":
+        if setting == "nvimgcodec":
+            raise UsageError("jpeg_decoder = nvimgcodec needs decoders = process (the default)")
+        log.info("jpeg_decoder = auto with decoders = %s: Pillow decodes JPEGs", decoders)
+        return PILLOW
     if works(GPU):
         log.info("JPEGs are decoded by nvJPEG on the GPU (jpeg_decoder = %s)", setting)
         return GPU

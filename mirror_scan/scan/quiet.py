@@ -16,7 +16,7 @@ WORKER_NAME = "mirror-scan-decoder"  # decodepool names its processes so
 
 @contextmanager
 def worker_stderr_quiet(always: bool = False) -> Iterator[None]:
-    if not always and multiprocessing.current_process().name != WORKER_NAME:
+    if not always and not in_worker():
         yield
         return
     saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
@@ -27,3 +27,31 @@ def worker_stderr_quiet(always: bool = False) -> Iterator[None]:
         os.dup2(saved, 2)
         os.close(saved)
         os.close(null)
+
+
+def in_worker() -> bool:
+    return multiprocessing.current_process().name == WORKER_NAME
+
+
+class Captured:
+    """What native code wrote to stderr inside `stderr_captured()` (the first 4 KiB)."""
+
+    text: bytes = b""
+
+
+@contextmanager
+def stderr_captured() -> Iterator[Captured]:
+    """stderr kept out of the log and handed back, for libraries that report a damaged file only by
+    printing (nvImageCodec returns the pixels and prints libjpeg's error). Decoder worker processes only:
+    one thread, nothing else writing to the descriptor."""
+    captured = Captured()
+    sink, saved = os.memfd_create("mirror-scan-stderr"), os.dup(2)
+    try:
+        os.dup2(sink, 2)
+        yield captured
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.lseek(sink, 0, os.SEEK_SET)
+        captured.text = os.read(sink, 4096)
+        os.close(sink)
