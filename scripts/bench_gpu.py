@@ -35,7 +35,8 @@ from mirror_scan.model.scoring import Scorer
 from mirror_scan.model.synthetic import generated_image
 from mirror_scan.policy import load_policy
 from mirror_scan.scan import gpujpeg
-from mirror_scan.scan.decode import Limits, decode
+from mirror_scan.scan.decode import Limits
+from mirror_scan.scan.decodepool import decoders
 from mirror_scan.scan.runner import Scan, ScanConfig
 from mirror_scan.store.ledger import Ledger
 
@@ -83,9 +84,10 @@ def scan_rate(bundle, scorer, policy, tree: Path, batch: int, workers: int, jpeg
 def decoder_agreement(bundle, scorer: Scorer, files: list[Path], backend: str) -> dict:
     """The backend's decode against Pillow's on the same JPEGs: model inputs, embeddings, PDQ."""
     pixel_diff, cosines, pdq_bits, taken = [], [], [], 0
-    for path in files:
-        data = path.read_bytes()
-        ours, theirs = decode(data, bundle.preprocess, Limits(jpeg_decoder=backend)), decode(data, bundle.preprocess)
+    with decoders("process", 1, 60.0) as decoder:  # nvImageCodec runs in decoder workers only
+        pairs = [(decoder(p.read_bytes(), bundle.preprocess, Limits(jpeg_decoder=backend)),
+                  decoder(p.read_bytes(), bundle.preprocess, Limits())) for p in files]  # fmt: skip
+    for ours, theirs in pairs:
         if isinstance(ours, str) or isinstance(theirs, str):
             continue
         taken += "nvjpeg" in ours.cpu_s
