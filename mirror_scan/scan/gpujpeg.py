@@ -36,7 +36,8 @@ INSTALL_HINT = "pip install nvidia-nvimgcodec-cu12 nvidia-nvjpeg-cu12 (with an N
 PROBE_MAX_MEAN_DIFF = 2.0  # nvJPEG's IDCT and upsampling differ from libjpeg-turbo's by a level or two
 
 log = logging.getLogger(__name__)
-_local = threading.local()  # one decoder per thread (decoders = "thread"); worker processes have one thread
+# One decoder per thread: a worker process decodes on one thread; the main process only probes (works()).
+_local = threading.local()
 
 
 def _module():
