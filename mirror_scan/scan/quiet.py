@@ -15,17 +15,27 @@ WORKER_NAME = "mirror-scan-decoder"  # decodepool names its processes so
 
 
 @contextmanager
-def worker_stderr_quiet(always: bool = False) -> Iterator[None]:
-    if not always and not in_worker():
-        yield
-        return
-    saved, null = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+def _stderr_into(sink: int) -> Iterator[None]:
+    """File descriptor 2 pointed at `sink` inside the block, then back where it was."""
+    saved = os.dup(2)
     try:
-        os.dup2(null, 2)
+        os.dup2(sink, 2)
         yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)
+
+
+@contextmanager
+def worker_stderr_quiet(always: bool = False) -> Iterator[None]:
+    if not always and not in_worker():
+        yield
+        return
+    null = os.open(os.devnull, os.O_WRONLY)
+    try:
+        with _stderr_into(null):
+            yield
+    finally:
         os.close(null)
 
 
@@ -45,13 +55,11 @@ def stderr_captured() -> Iterator[Captured]:
     printing (nvImageCodec returns the pixels and prints libjpeg's error). Decoder worker processes only:
     one thread, nothing else writing to the descriptor."""
     captured = Captured()
-    sink, saved = os.memfd_create("mirror-scan-stderr"), os.dup(2)
+    sink = os.memfd_create("mirror-scan-stderr")
     try:
-        os.dup2(sink, 2)
-        yield captured
+        with _stderr_into(sink):
+            yield captured
     finally:
-        os.dup2(saved, 2)
-        os.close(saved)
         os.lseek(sink, 0, os.SEEK_SET)
         captured.text = os.read(sink, 4096)
         os.close(sink)
