@@ -27,7 +27,10 @@ class StageClock(threading.local):
         try:
             yield
         finally:
-            self.spent[stage] = self.spent.get(stage, 0.0) + time.thread_time() - started
+            self.add(stage, time.thread_time() - started)
+
+    def add(self, stage: str, seconds: float) -> None:
+        self.spent[stage] = self.spent.get(stage, 0.0) + seconds
 
 
 clock = StageClock()

@@ -138,7 +138,7 @@ def decoded(img: Image.Image, data: bytes, backend: str) -> Image.Image:
     pixels = rgb_pixels(data, backend)
     if pixels is None or pixels.shape[:2] != (img.height, img.width):
         return img  # the attempt's CPU stays in "decode", with Pillow's
-    clock.spent["nvjpeg"] = clock.spent.get("nvjpeg", 0.0) + time.thread_time() - started  # stage_cpu_s
+    clock.add("nvjpeg", time.thread_time() - started)  # counted only when taken: the scan's stage_cpu_s
     picture = Image.fromarray(pixels, "RGB")
     picture.info = dict(img.info)
     # Pillow's own reading of the EXIF, not a second parse of the bytes: a malformed block that Pillow
