@@ -27,7 +27,7 @@ from benchutil import REPO, bundle_for, emit, machine, parser
 from mirror_scan.model.bundle import load_bundle
 from mirror_scan.model.scoring import Scorer
 from mirror_scan.model.synthetic import generated_image
-from mirror_scan.scan.decode import Limits, decode
+from mirror_scan.scan.decoders.decode import Limits, decode
 
 BEFORE = "70236ef"  # the last commit with the old decoder (sampled frames, centre crop, fewer formats)
 

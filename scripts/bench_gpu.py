@@ -7,7 +7,7 @@
   images/s at batch 32 and 64 (CPU fp32 measured in the same run for the ratio);
 - end-to-end scan images/s (discover, read, hash, decode, batch, infer, decide, record) with
   --workers 1, 2, 4, 8, 16: decode is the bottleneck on a GPU, so this is the scaling that matters;
-- the same scan with JPEGs decoded by nvJPEG (jpeg_decoder = nvimgcodec, scan/gpujpeg.py) at the most
+- the same scan with JPEGs decoded by nvJPEG (jpeg_decoder = nvimgcodec, scan/decoders/gpujpeg.py) at the most
   workers, and how far its decode is from Pillow's on the same files: mean pixel difference of the model
   input, the embeddings' min cosine, the largest PDQ distance.
 
@@ -34,9 +34,9 @@ from mirror_scan.model.preprocess import to_model_input
 from mirror_scan.model.scoring import Scorer
 from mirror_scan.model.synthetic import generated_image
 from mirror_scan.policy import load_policy
-from mirror_scan.scan import gpujpeg
-from mirror_scan.scan.decode import Limits
-from mirror_scan.scan.decodepool import decoders
+from mirror_scan.scan.decoders import gpujpeg
+from mirror_scan.scan.decoders.decode import Limits
+from mirror_scan.scan.decoders.decodepool import decoders
 from mirror_scan.scan.runner import Scan, ScanConfig
 from mirror_scan.store.ledger import Ledger
 

@@ -25,7 +25,7 @@ from mirror_scan.lists.hashes import Matcher, pdq_index
 from mirror_scan.model.bundle import load_bundle
 from mirror_scan.model.scoring import Scorer
 from mirror_scan.policy import load_policy
-from mirror_scan.scan import decode as decode_module
+from mirror_scan.scan.decoders import decode as decode_module
 
 
 def _old_still(img, prep, rows, where):

@@ -40,8 +40,8 @@ from mirror_scan.model.preprocess import to_model_input
 from mirror_scan.model.scoring import Scorer, columns
 from mirror_scan.model.synthetic import generated_image
 from mirror_scan.policy import evaluate, load_policy
-from mirror_scan.scan import gpujpeg
-from mirror_scan.scan.decode import Limits
+from mirror_scan.scan.decoders import gpujpeg
+from mirror_scan.scan.decoders.decode import Limits
 from mirror_scan.scan.runner import Scan, ScanConfig
 from mirror_scan.store.ledger import Ledger
 

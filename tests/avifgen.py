@@ -13,7 +13,7 @@ import struct
 import numpy as np
 from PIL import Image
 
-from mirror_scan.scan.heif import parse
+from mirror_scan.scan.decoders.heif import parse
 
 
 def box(typ: bytes, payload: bytes = b"") -> bytes:

@@ -29,15 +29,65 @@ def wait_until(condition, timeout: float = 30, what: str = "the condition", ever
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def run_cli(*args: str, check: bool = False, env: dict | None = None, cwd: Path | None = None, timeout: int = 300):
-    """Run the real CLI in a subprocess, as an admin would; returns CompletedProcess (text)."""
-    full_env = {**os.environ, "NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
-    proc = subprocess.run(
-        [*CLI, *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=timeout, check=False
-    )
+# What only a process of its own can show: a kill at a crash-test step (the test's own process would die).
+NEEDS_A_PROCESS = ("MIRROR_SCAN_KILL_AT",)
+
+
+def run_cli(
+    *args: str,
+    check: bool = False,
+    env: dict | None = None,
+    cwd: Path | None = None,
+    timeout: int = 300,
+    process: bool = False,
+    input: str = "",
+):
+    """Run the real CLI as an admin would; returns CompletedProcess (text). In this process through
+    `cli.main.run(argv, io)` with the command's streams in buffers (the environment and working directory
+    set for the run), or, with process=True or a crash-test kill in env, in a subprocess: for what only a
+    process shows (signals, a C library writing to file descriptor 2, `kill -9`)."""
+    full_env = {"NO_COLOR": "1", "COLUMNS": "200", **(env or {})}
+    if process or any(name in full_env for name in NEEDS_A_PROCESS):
+        proc = subprocess.run([*CLI, *args], capture_output=True, text=True, env={**os.environ, **full_env},
+                              cwd=cwd, timeout=timeout, check=False, input=input or None)  # fmt: skip
+    else:
+        proc = _run_in_process(list(args), full_env, cwd, input)
     if check and proc.returncode != 0:
         raise AssertionError(f"mirror-scan {' '.join(args)} -> {proc.returncode}\n{proc.stdout}\n{proc.stderr}")
     return proc
+
+
+def _run_in_process(args: list[str], env: dict, cwd: Path | None, input: str) -> subprocess.CompletedProcess:
+    """`mirror-scan ARGS` run here. What a real process would print for a failure the tool did not expect
+    (a traceback, exit 1) is printed the same way, so tests that look for "Traceback" still see one."""
+    import traceback
+
+    from mirror_scan.cli.console import Io
+    from mirror_scan.cli.main import run
+
+    io = Io.buffers(stdin=input, columns=200)
+    saved_env = {name: os.environ.get(name) for name in env}
+    saved_cwd = os.getcwd()
+    os.environ.update(env)
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        try:
+            code = run(args, io)
+        except SystemExit as exit_:
+            code = exit_.code if isinstance(exit_.code, int) else 1
+        except Exception:  # noqa: BLE001 - what the interpreter does with it in a process of its own
+            io.stderr.write(traceback.format_exc())
+            code = 1
+    finally:
+        os.chdir(saved_cwd)
+        for name, value in saved_env.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    stdout, stderr = io.said()
+    return subprocess.CompletedProcess([*CLI, *args], code, stdout, stderr)
 
 
 def expected_exit(state: Path) -> int:

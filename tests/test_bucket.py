@@ -42,7 +42,8 @@ class Site:
         self.env = server.env()
 
     def cli(self, *args: str, env: dict | None = None):
-        return run_cli(*args, "--state", str(self.state), env={**self.env, **(env or {})})
+        # Ray starts its own processes and threads for a driver: a driver of its own, as an admin runs it.
+        return run_cli(*args, "--state", str(self.state), env={**self.env, **(env or {})}, process="ray" in args)
 
     def bucket_scan(self, *args: str, env: dict | None = None):
         return self.cli(

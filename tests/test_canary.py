@@ -54,7 +54,7 @@ def test_the_validator_rejects_the_canary(tmp_path, tiny_bundle_master, write_po
     from mirror_scan.model.bundle import load_bundle
     from mirror_scan.model.scoring import Scorer
     from mirror_scan.policy import load_policy
-    from mirror_scan.scan.decode import Limits, decode
+    from mirror_scan.scan.decoders.decode import Limits, decode
     from mirror_scan.scan.record import picture_of
     from mirror_scan.scan.uploads import Batcher, Job, ServeConfig
     from mirror_scan.store.ledger import Ledger

@@ -10,7 +10,7 @@ from PIL import Image
 from mirror_scan.model.bundle import Preprocess
 from mirror_scan.model.preprocess import to_model_input
 from mirror_scan.model.synthetic import generated_image
-from mirror_scan.scan.decode import Limits, decode, sniff
+from mirror_scan.scan.decoders.decode import Limits, decode, sniff
 
 from .mediafiles import image_bytes, png_declaring
 

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from mirror_scan.model.bundle import Preprocess
-from mirror_scan.scan.decode import Limits, decode
-from mirror_scan.scan.decodepool import TEST_HOOK, DecoderPool
+from mirror_scan.scan.decoders.decode import Limits, decode
+from mirror_scan.scan.decoders.decodepool import TEST_HOOK, DecoderPool
 
 from .conftest import run_cli
 from .mediafiles import animated_gif, image_bytes
@@ -65,7 +65,7 @@ def test_a_scan_survives_a_file_that_crashes_the_decoder(tmp_path, tiny_bundle_m
 
 
 def test_junk_is_rejected_without_a_decoder_process_and_images_never_are():
-    from mirror_scan.scan.decode import quick_reject
+    from mirror_scan.scan.decoders.decode import quick_reject
 
     from .mediafiles import GOOD, psd, video
     from .test_formats import signal

@@ -22,7 +22,7 @@ from mirror_scan.model.scoring import Scorer, columns
 from mirror_scan.model.synthetic import generated_image
 from mirror_scan.policy.load import parse_policy
 from mirror_scan.scan.decide import annotate, decide, reason_text
-from mirror_scan.scan.decode import Decoded, Limits, decode, decode_detail
+from mirror_scan.scan.decoders.decode import Decoded, Limits, decode, decode_detail
 
 from .conftest import run_cli
 from .mediafiles import gif, image_bytes, jpeg, multi_picture_jpeg, psd, video_of

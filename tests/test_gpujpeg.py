@@ -1,4 +1,4 @@
-"""nvImageCodec as the JPEG decoder (setting `jpeg_decoder`, scan/gpujpeg.py; issue 30).
+"""nvImageCodec as the JPEG decoder (setting `jpeg_decoder`, scan/decoders/gpujpeg.py; issue 30).
 
 Without a GPU the integration runs on nvImageCodec's own CPU backend (libjpeg-turbo): every decode must
 then be Pillow's exactly (pixels, PDQ, notes, errors), which proves the handover (EXIF, ICC, orientation,
@@ -17,9 +17,9 @@ from PIL import Image, ImageCms
 
 from mirror_scan.errors import UsageError
 from mirror_scan.model.bundle import Preprocess
-from mirror_scan.scan import gpujpeg
-from mirror_scan.scan.decode import Limits, decode
-from mirror_scan.scan.decodepool import decoders
+from mirror_scan.scan.decoders import gpujpeg
+from mirror_scan.scan.decoders.decode import Limits, decode
+from mirror_scan.scan.decoders.decodepool import decoders
 
 from . import oddfiles
 from .mediafiles import jpeg, multi_picture_jpeg

@@ -14,7 +14,7 @@ from mirror_scan.lists.formats import encode_vpdq, parse
 from mirror_scan.lists.hashes import Matcher, pdq
 from mirror_scan.model.bundle import Preprocess
 from mirror_scan.model.synthetic import generated_image
-from mirror_scan.scan.decode import Limits, decode
+from mirror_scan.scan.decoders.decode import Limits, decode
 
 from .conftest import run_cli, wait_until
 from .mediafiles import image_bytes, video_of

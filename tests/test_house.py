@@ -24,7 +24,7 @@ from mirror_scan.model.bundle import load_bundle
 from mirror_scan.model.scoring import Scorer
 from mirror_scan.model.synthetic import generated_image
 from mirror_scan.policy import load_policy
-from mirror_scan.scan.decode import Limits, decode
+from mirror_scan.scan.decoders.decode import Limits, decode
 from mirror_scan.scan.record import picture_of
 from mirror_scan.scan.rescore import rescore
 from mirror_scan.scan.runner import Scan, ScanConfig
@@ -136,6 +136,7 @@ FLOORS = [
     {"clients", "bucket.s3"},
     {"store"},
     {"moderation"},
+    {"scan.decoders"},
     {"scan"},
     {"intake"},
     {"bucket"},
@@ -146,9 +147,10 @@ FLOORS = [
 
 
 def _floor_of(module: str) -> int:
-    """The floor named for the module itself (bucket.s3), else for its folder (bucket)."""
-    first = module.split(".")[0]
-    for name in (module, first):
+    """The floor named for the module itself (bucket.s3), else for the nearest folder named (scan.decoders,
+    then scan)."""
+    parts = module.split(".")
+    for name in (".".join(parts[:n]) for n in range(len(parts), 0, -1)):
         for index, names in enumerate(FLOORS):
             if name in names:
                 return index
@@ -219,3 +221,120 @@ def test_every_command_explains_itself():
     for path in paths:
         result = runner.invoke(app, [*path, "--help"])
         assert result.exit_code == 0 and "Usage:" in result.output, (path, result.output[-500:])
+
+
+# ----------------------------------------------------------------------------- the item's one owner
+
+# The ledger's writers of an item's state and of `files.action` (store/ledger.py): store/lifecycle.py
+# calls them, nothing else does (docs/architecture.md, "The life of a quarantine item").
+STATE_SETTERS = {"set_item_state", "mark_action", "mark_action_by_sha", "insert_item", "delete_item"}
+
+
+def test_only_the_lifecycle_changes_an_items_state():
+    owner = PACKAGE / "store" / "lifecycle.py"
+    callers = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == owner:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Attribute) and node.attr in STATE_SETTERS:
+                callers.append(f"mirror_scan/{path.relative_to(PACKAGE)}:{node.lineno} uses {node.attr}")
+    assert not callers, "an item's state changes outside store/lifecycle.py:\n" + "\n".join(callers)
+
+
+def test_the_store_composes_objects_instead_of_mixins():
+    """A class of the store has one base at most: its parts are objects that call each other's public
+    methods (the quarantine is a facade over them), never one namespace assembled from several files."""
+    mixed, private = [], []
+    for path in sorted((PACKAGE / "store").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ClassDef) and len(node.bases) > 1:
+                mixed.append(f"store/{path.name}:{node.lineno} class {node.name}")
+            # `other._method`: only an object's own methods reach its private parts.
+            if (isinstance(node, ast.Attribute) and node.attr.startswith("_") and not node.attr.startswith("__")
+                    and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))):  # fmt: skip
+                private.append(f"store/{path.name}:{node.lineno} reaches {ast.unparse(node)}")
+    for path in sorted(PACKAGE.rglob("*.py")):  # and no module reaches into another's private helpers
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("mirror_scan"):
+                for alias in node.names:
+                    if alias.name.startswith("_") and not alias.name.startswith("__"):
+                        private.append(f"{path.relative_to(PACKAGE)}:{node.lineno} imports {alias.name}")
+    assert not mixed, "classes of the store assembled from several bases:\n" + "\n".join(mixed)
+    assert not private, "private helpers imported from another module:\n" + "\n".join(private)
+
+
+def test_the_documented_state_machine_is_the_table():
+    """docs/architecture.md shows the transition table as store/lifecycle.py generates it."""
+    from mirror_scan.store.lifecycle import diagram
+
+    doc = (PACKAGE.parent / "docs" / "architecture.md").read_text()
+    assert diagram() in doc, "docs/architecture.md's item table is stale: python -m mirror_scan.store.lifecycle"
+
+
+def test_every_transition_leads_somewhere_known_and_every_state_is_reachable():
+    from mirror_scan.kinds import ItemState
+    from mirror_scan.store.lifecycle import REINDEXED_AS, TRANSITIONS
+
+    reached = {t.to for t in TRANSITIONS.values()} | set(REINDEXED_AS.values())
+    assert set(ItemState) <= reached, set(ItemState) - reached
+    for (state, event), transition in TRANSITIONS.items():
+        # A state that moves bytes ends only by its move's own events, never by a person's decision.
+        if state in (ItemState.QUARANTINING, ItemState.RESTORING):
+            assert transition.decision is None or event.name.startswith("RESTORED"), (state, event)
+
+
+def _runtime_imports(path: Path) -> list[str]:
+    """The package's modules a module imports (`from mirror_scan.lists import hashes` is lists.hashes), lazy
+    imports included, type-only ones (under TYPE_CHECKING) not."""
+    tree = ast.parse(path.read_text())
+    typing_only = {
+        id(inner)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+        for inner in ast.walk(node)
+    }
+    here = path.relative_to(PACKAGE).with_suffix("").parts
+    found = []
+    for node in ast.walk(tree):
+        if id(node) in typing_only:
+            continue
+        if isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = ".".join([*here[: len(here) - node.level], *(node.module.split(".") if node.module else [])])
+            elif node.module and node.module.startswith("mirror_scan"):
+                base = node.module.removeprefix("mirror_scan").lstrip(".")
+            else:
+                continue
+            for alias in node.names:
+                sub = f"{base}.{alias.name}" if base else alias.name
+                found.append(sub if PACKAGE.joinpath(*sub.split(".")).with_suffix(".py").exists() else base)
+        elif isinstance(node, ast.Import):
+            found += [a.name.removeprefix("mirror_scan.") for a in node.names if a.name.startswith("mirror_scan.")]
+    return found
+
+
+def test_no_two_modules_import_each_other():
+    """An import cycle (lazy imports count: the cycle is there, only hidden) is a module split in the wrong
+    place: lists/hashes and lists/canary were one (issue 38); the ledger's matcher is lists/live.py now."""
+    modules = {".".join(p.relative_to(PACKAGE).with_suffix("").parts): p for p in PACKAGE.rglob("*.py")}
+    graph = {name: set() for name in modules}
+    for name, path in modules.items():
+        for target in _runtime_imports(path):
+            if target in modules and target != name:
+                graph[name].add(target)
+    seen, cycles = set(), []
+
+    def walk(node: str, trail: list[str]) -> None:
+        for nxt in sorted(graph[node]):
+            if nxt in trail:
+                cycles.append(" -> ".join([*trail[trail.index(nxt) :], nxt]))
+            elif nxt not in seen:
+                walk(nxt, [*trail, nxt])
+        seen.add(node)
+
+    for start in sorted(graph):
+        if start not in seen:
+            walk(start, [start])
+    assert not cycles, "modules that import each other:\n" + "\n".join(sorted(set(cycles)))

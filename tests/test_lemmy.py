@@ -556,7 +556,8 @@ def test_settings_refuse_passwords_in_config_and_unknown_actions(tmp_path):
 
 
 def test_planning_and_undo_are_pure():
-    from mirror_scan.store.followups import REMOVED_INSTEAD, plan, undo_rows
+    from mirror_scan.moderation.catalogue import undo_rows
+    from mirror_scan.moderation.plan import REMOVED_INSTEAD, plan
 
     data = {
         "posts": [{"id": 1}, {"id": 2, "removed": True}],

@@ -11,7 +11,7 @@ import json
 import numpy as np
 
 from mirror_scan.model.synthetic import generated_image
-from mirror_scan.scan import gifclip
+from mirror_scan.scan.decoders import gifclip
 
 from . import avifgen, oddfiles
 from .conftest import run_cli
@@ -23,7 +23,7 @@ PICTRS_FORMATS = ("png", "apng", "gif", "jpeg", "mpo", "webp", "avif", "jxl")
 def test_every_odd_file_a_browser_shows_is_scored(tmp_path, tiny_bundle_master, flag_all):
     tree = tmp_path / "odd"
     tree.mkdir()
-    from mirror_scan.scan import jxlsalvage
+    from mirror_scan.scan.decoders import jxlsalvage
 
     files = {**oddfiles.corpus(), **avifgen.corpus()}
     if not jxlsalvage.available():  # scripts/install.sh installs libjxl0.7; test_a_cut_jxl... says it is missing
@@ -120,7 +120,7 @@ def test_avif_that_libavif_refuses_reaches_the_model_whole(probe):  # noqa: F811
 
 
 def test_an_avif_neither_decoder_can_read_is_an_error_with_both_reasons(probe):  # noqa: F811
-    from mirror_scan.scan.decode import decode
+    from mirror_scan.scan.decoders.decode import decode
 
     data = bytearray(avifgen.single(np.asarray(background()), drop_ispe=True))
     mdat = data.rindex(b"mdat")
@@ -138,7 +138,7 @@ def test_a_cut_webps_rows_that_arrived_are_the_pictures_rows(probe):  # noqa: F8
 
     from PIL import Image
 
-    from mirror_scan.scan.webpsalvage import salvage
+    from mirror_scan.scan.decoders.webpsalvage import salvage
 
     for lossless in (False, True):
         whole = oddfiles.webp_cut(lossless=lossless, keep=1.0)
@@ -156,7 +156,7 @@ def test_a_cut_webps_rows_that_arrived_are_the_pictures_rows(probe):  # noqa: F8
 def test_a_cut_animated_webp_is_scored_on_the_frames_that_arrived(probe):  # noqa: F811
     from PIL import Image
 
-    from mirror_scan.scan.webpsalvage import first_frame_still, salvage
+    from mirror_scan.scan.decoders.webpsalvage import first_frame_still, salvage
 
     frames = [background(), signal(), generated_image(5, 96, 64)]
     verdict, decoded = probe.verdict(oddfiles.webp_animated_cut(frames, cut_in=2))
@@ -181,7 +181,7 @@ def test_a_cut_jpeg_xl_is_scored_on_what_arrived(probe):  # noqa: F811
     import pytest
     from PIL import Image
 
-    from mirror_scan.scan import jxlsalvage
+    from mirror_scan.scan.decoders import jxlsalvage
 
     if not jxlsalvage.available():
         pytest.skip("libjxl is missing (scripts/install.sh installs Debian's libjxl0.7)")
@@ -219,7 +219,7 @@ def test_gif_frames_the_canvas_never_shows_cost_nothing(probe):  # noqa: F811
     # write gigabytes, from files of a few hundred bytes.
     from PIL import Image
 
-    from mirror_scan.scan.decode import decode
+    from mirror_scan.scan.decoders.decode import decode
 
     # Nothing of the visible rows arrived (an empty stream), on a canvas at the pixel limit, 200 times over.
     for frames in ([(0, 0, 8000, 65535, 0x40, 8, b"")], [(0, 0, 2000, 65535, 0x40, 8, b"")] * 200):
@@ -278,7 +278,7 @@ def test_a_clipped_frames_transparent_holes_keep_any_index():
 
 
 def test_a_cut_first_frame_that_declares_4_gib_is_not_drawn():
-    from mirror_scan.scan.webpsalvage import first_frame_still
+    from mirror_scan.scan.decoders.webpsalvage import first_frame_still
 
     pictures = [oddfiles.picture(17, (160, 120)), oddfiles.picture(18, (160, 120))]
     data = bytearray(oddfiles.webp_animated_cut(pictures, cut_in=0, keep=0.7))
@@ -293,7 +293,7 @@ def test_bmp_layouts_pillow_refuses_are_read_as_browsers_draw_them(probe):  # no
     # width, the alpha mask after the header, 2-bit palettes), made here from a picture: read exactly.
     import pytest
 
-    from mirror_scan.scan.bmpread import BmpRefused, read_bmp
+    from mirror_scan.scan.decoders.bmpread import BmpRefused, read_bmp
 
     picture = oddfiles.picture(25, (127, 64))
     expected = np.asarray(picture, dtype=np.int32)
@@ -323,7 +323,7 @@ def test_a_cut_run_length_bmp_is_drawn_as_far_as_its_runs_go():
     # the runs go, the rest transparent (as browsers leave it).
     from PIL import Image
 
-    from mirror_scan.scan.bmpread import read_bmp
+    from mirror_scan.scan.decoders.bmpread import read_bmp
 
     picture = oddfiles.picture(27, (127, 64))
     whole = oddfiles.bmp_rle8(picture)

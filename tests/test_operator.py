@@ -205,7 +205,7 @@ def test_services_log_one_line_per_event_in_text_or_json(tmp_path, tiny_bundle_m
     proc = run_cli("-v", "quarantine", "restore", restore_id, *where, env=env)
     assert proc.returncode == 0, proc.stderr
     (line,) = [line for line in proc.stderr.splitlines() if "restored quarantine item" in line]
-    assert line.startswith("<6>info: mirror_scan.store.restore: restored quarantine item") and str(deep) in line
+    assert line.startswith("<6>info: mirror_scan.store.restorer: restored quarantine item") and str(deep) in line
 
 
 # ----------------------------------------------------------------------------- deployment

@@ -16,7 +16,7 @@ from PIL import Image
 from mirror_scan.lists.hashes import MATCH_DISTANCE, bits_to_hex
 from mirror_scan.model.bundle import Preprocess
 from mirror_scan.model.synthetic import generated_image
-from mirror_scan.scan.decode import Limits, decode
+from mirror_scan.scan.decoders.decode import Limits, decode
 
 
 def reference_hash(data: bytes) -> tuple[str, int]:

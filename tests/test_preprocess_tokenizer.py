@@ -82,7 +82,7 @@ def test_the_reduced_resize_is_close_to_open_clips_and_stored_apart(tiny_bundle_
     # the tiny model's embeddings nearly the same, and the results keyed apart (never mixed with exact ones).
     from mirror_scan.model.bundle import load_bundle
     from mirror_scan.model.scoring import Scorer, result_model_id
-    from mirror_scan.scan.decoded import Limits
+    from mirror_scan.scan.decoders.decoded import Limits
 
     bundle = load_bundle(tiny_bundle_master)
     prep = bundle.preprocess

@@ -145,7 +145,7 @@ def test_unreadable_file_is_an_error(tmp_path, tiny_bundle_master):
 
 def test_file_deleted_or_changed_after_discovery(tmp_path, tiny_bundle_master):
     from mirror_scan.model.bundle import load_bundle
-    from mirror_scan.scan.decode import Limits
+    from mirror_scan.scan.decoders.decode import Limits
     from mirror_scan.scan.read import Changed, ToScore, Vanished, fetch
     from mirror_scan.store.discover import discover
 

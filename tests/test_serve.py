@@ -171,7 +171,7 @@ def test_default_policy_accepts_a_generated_jpeg_and_release_allowlists(tmp_path
             buf = io.BytesIO()
             img.save(buf, format="JPEG", quality=95)
             clean = buf.getvalue()
-            from mirror_scan.scan.decode import decode
+            from mirror_scan.scan.decoders.decode import decode
 
             decoded = decode(clean, bundle.preprocess)
             if not evaluate(policy, scorer(decoded.pixels)[1][:, cols]).flagged[0]:

@@ -208,6 +208,7 @@ def test_a_copy_a_pull_brings_back_after_its_quarantine_is_removed_again_under_t
 
     from mirror_scan.kinds import ItemState
     from mirror_scan.store.ledger import Ledger
+    from mirror_scan.store.mover import Moved
     from mirror_scan.store.quarantine import Quarantine
 
     mirror = tmp_path / "mirror"
@@ -219,14 +220,15 @@ def test_a_copy_a_pull_brings_back_after_its_quarantine_is_removed_again_under_t
     sha = hashlib.sha256(flagged).hexdigest()
     ledger = Ledger(tmp_path / "state.db")
     store = Quarantine(tmp_path / "q", ledger)
-    item, state = store.quarantine(os.fsencode(mirror / "a/x.png"), root, sha, {"verdict": None})
-    assert state == ItemState.QUARANTINED and not (mirror / "a/x.png").exists()
+    moved = store.quarantine(os.fsencode(mirror / "a/x.png"), root, sha, {"verdict": None})
+    item = moved.item_id
+    assert moved.state == ItemState.QUARANTINED and not (mirror / "a/x.png").exists()
 
     (mirror / "a/x.png").write_bytes(flagged)  # the pull writes it back
     assert store.drop_returned_copy(os.fsencode(mirror / "a/x.png"), root) == item
     assert not (mirror / "a/x.png").exists()
     (mirror / "a/x.png").write_bytes(flagged)  # and again; this time a scan flags it first
-    assert store.quarantine(os.fsencode(mirror / "a/x.png"), root, sha, {"verdict": None}) == (item, "quarantined")
+    assert store.quarantine(os.fsencode(mirror / "a/x.png"), root, sha, {"verdict": None}) == Moved(item, "quarantined")
     assert not (mirror / "a/x.png").exists() and [d.name for d in (tmp_path / "q" / "items").iterdir()] == [item]
 
     # Other bytes at that path are another file: left for the scan (here: quarantined as a new item).

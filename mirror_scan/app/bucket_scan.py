@@ -97,7 +97,7 @@ class BucketScan:
         from mirror_scan.scan.runner import Scan
 
         options = self.options
-        actor = None if options.dry_run else BucketActor(workspace.ledger, workspace.quarantine)
+        actor = None if options.dry_run else BucketActor(workspace.quarantine)
         writer = ReportWriter(options.report, options.report_format) if options.report else None
         runner = Scan(workspace.ledger, self.bundle, self.scorer, self.policy, self.config, actor=actor, report=writer)
         try:

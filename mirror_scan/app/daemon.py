@@ -7,7 +7,7 @@
                                  restores behind a half-opening breaker
     status worker (every second): status file, gauges, restore latency
     follow-up worker (every 2 s, when pict-rs/Lemmy sources are configured): attribution of new items,
-                                 moderation actions and their undo after restores (moderation.py)
+                                 moderation actions and their undo after restores (moderation/actions.py)
 
 The daemon is one writer among others: `quarantine restore`, `allowlist`, `purge`, `apply`, `rescore`
 and `serve` write the same ledger while it runs. Its runner and its retry worker have their own ledger
@@ -233,7 +233,7 @@ class WatchDaemon:
             scorer,
             policy,
             scan_config(settings, offset, policy, flush_after_s=FLUSH_AFTER_S, commit_every_s=0.2),
-            actor=None if options.dry_run else QuarantineActor(self.workspace.ledger, self.workspace.quarantine),
+            actor=None if options.dry_run else QuarantineActor(self.workspace.quarantine),
             on_verdict=self._observe_verdict,
             on_batch=self.metrics.inference_batch.observe,
         )

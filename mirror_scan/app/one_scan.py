@@ -65,7 +65,7 @@ class OneScan:
             for path in self.paths:
                 mirror = path if os.path.isdir(path) else os.path.dirname(os.path.abspath(path))
                 workspace.bind_mirror(mirror, settings.remote, "scan --remote")
-        actor = None if self.dry_run else QuarantineActor(workspace.ledger, workspace.quarantine)
+        actor = None if self.dry_run else QuarantineActor(workspace.quarantine)
         writer = ReportWriter(self.report, self.report_format) if self.report else None
         runner = Scan(workspace.ledger, self.bundle, self.scorer, self.policy, self.config, actor=actor,
                       report=writer, progress=progress)  # fmt: skip

@@ -41,8 +41,8 @@ def load_scanner(settings: Settings, *, warm_up: bool = False):
 
 def decode_limits(settings: Settings, policy):
     """What the decode may spend and hands the model: the same for `scan`, `watch` and `serve`."""
-    from mirror_scan.scan import gpujpeg
-    from mirror_scan.scan.decode import Limits
+    from mirror_scan.scan.decoders import gpujpeg
+    from mirror_scan.scan.decoders.decode import Limits
 
     return Limits(
         max_pixels=settings.max_pixels,

@@ -91,10 +91,13 @@ class SelfTest:
                         f"picture {benign}")  # fmt: skip
 
             def restore() -> str:
+                from mirror_scan.app.item_ops import ItemOps
                 from mirror_scan.app.workspace import Workspace
+                from mirror_scan.store.lifecycle import By
 
-                with Workspace.writer(local) as workspace:
-                    workspace.quarantine.restore(found["item"].id, upstream=False)
+                with Workspace.writer(local) as workspace, ItemOps(workspace, By("mirror-scan", "selftest")) as ops:
+                    done = ops.restore(found["item"].id, upstream=False)
+                assert done.ok, f"the canary was not restored: {done.detail}"
                 assert (mirror / "canary.png").read_bytes() == found["canary"], "the restored bytes differ"
                 return "restored byte-identical from the quarantine"
 
@@ -130,7 +133,7 @@ class SelfTest:
 
     def _actions(self) -> str:
         from mirror_scan.lists.canary import CANARY_LABEL
-        from mirror_scan.store.followups import configured_actions
+        from mirror_scan.moderation.plan import configured_actions
 
         wanted = configured_actions([CANARY_LABEL], {CANARY_LABEL: ("notify",), **self.settings.actions})
         mode = "dry run" if self.settings.canary_dry_run or self.settings.actions_dry_run else "sent"

@@ -88,7 +88,7 @@ class ValidatorService:
                 answer_within_s=options.answer_within_s,
                 limits=decode_limits(settings, policy),
             )
-            from mirror_scan.scan.decodepool import decoders as choose_decoders
+            from mirror_scan.scan.decoders.decodepool import decoders as choose_decoders
 
             decoders = contextlib.ExitStack()
             decode = decoders.enter_context(

@@ -8,7 +8,7 @@ for writing.
   are alive; see quarantine.py).
 
 A writer queues an attribution follow-up with every new quarantine item when an attribution or
-moderation source is configured; `moderation` carries the follow-ups out (see moderation.py).
+moderation source is configured; `moderation` carries the follow-ups out (moderation/actions.py).
 """
 
 from __future__ import annotations

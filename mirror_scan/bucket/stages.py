@@ -22,7 +22,7 @@ import numpy as np
 
 from mirror_scan.bucket.s3 import Bucket, S3Settings
 from mirror_scan.hashing import sha256_bytes
-from mirror_scan.scan.decode import Limits
+from mirror_scan.scan.decoders.decode import Limits
 from mirror_scan.scan.record import Picture, picture_of
 
 
@@ -146,7 +146,7 @@ class FetchDecode:
         self.spec = spec
         self.bucket = Bucket(spec.s3)
         self.prep = load_bundle(spec.model_dir, verify=False).preprocess
-        from mirror_scan.scan.decodepool import decoders
+        from mirror_scan.scan.decoders.decodepool import decoders
 
         self._decoders = contextlib.ExitStack()
         # one worker process: a file that crashes a decoder costs that worker

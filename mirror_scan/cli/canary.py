@@ -141,7 +141,7 @@ def _trail(workspace, entry: dict) -> list[dict]:
     (the ledger's file row), quarantined and what its history says, removed upstream (the quarantine move),
     and each follow-up (attribution, actions, notices) with its state and error."""
     from mirror_scan.kinds import MoveKind, Step
-    from mirror_scan.moderation.actions import describe_action
+    from mirror_scan.moderation.catalogue import describe_action
     from mirror_scan.store.items import file_key
 
     ledger = workspace.ledger
@@ -163,11 +163,7 @@ def _trail(workspace, entry: dict) -> list[dict]:
             elif move.step != Step.ROLLED_BACK:
                 steps.append({"step": f"upstream removal pending ({move.step})", "at": _iso(move.updated),
                               **({"error": move.note} if move.note else {})})  # fmt: skip
-    try:
-        history = workspace.quarantine.read_meta(entry["id"]).get("history", [])
-    except Exception:  # noqa: BLE001 - a missing or damaged item file: the ledger's steps still show
-        history = []
-    steps += [{"step": h.get("state"), "at": h.get("at")} for h in history]
+    steps += [{"step": h["event"], "at": h["at"]} for h in workspace.quarantine.history(entry["id"])]
     for f in ledger.follow_ups.followups(entry["id"]):
         steps.append({"step": f"{describe_action(f.action, f.target)}: {f.state}", "at": _iso(f.updated),
                       **({"error": f.error} if f.error else {})})  # fmt: skip

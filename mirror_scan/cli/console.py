@@ -1,13 +1,21 @@
-"""Output plumbing: results to stdout, logs and progress to stderr (so `--json` output stays clean)."""
+"""Output plumbing: results to stdout, logs and progress to stderr (so `--json` output stays clean).
+
+A command's streams are given to it by whoever runs it (`cli.main.run(argv, io)`, trash-cli's habit): the
+process's own for `mirror-scan`, a test's buffers for the tests that only check what a command says, so
+those run in-process. `out`, `err`, `print_json`, `confirm` and the log handler write to the streams of the
+run in progress."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import io as _io
 import json
 import logging
 import os
 import sys
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 from rich.console import Console
 from rich.logging import RichHandler
@@ -33,7 +41,6 @@ class SafeRichHandler(RichHandler):
 LOG_FORMATS = ("auto", "text", "json")
 # syslog priorities: journald reads a "<N>" prefix on a service's stderr as the line's level
 PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
-_chosen = {"format": "auto", "verbose": 0}
 
 
 class PlainFormatter(logging.Formatter):
@@ -64,8 +71,12 @@ class StderrConsole(SafeConsole):
     splits wrapped lines into separate entries); with --log-format json, each note is a JSON event like
     the log lines, and in-place progress (end="") is left out."""
 
+    def __init__(self, io: Io, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.io = io
+
     def print(self, *objects, **kwargs):  # noqa: ANN002, ANN003, ANN201
-        if _chosen["format"] == "json" and all(isinstance(o, str) for o in objects):
+        if self.io.log_format == "json" and all(isinstance(o, str) for o in objects):
             if kwargs.get("end") == "":
                 return None
             text = " ".join(objects).strip("\r")
@@ -73,14 +84,123 @@ class StderrConsole(SafeConsole):
             if text.startswith("error: "):
                 text, level = text.removeprefix("error: "), logging.ERROR
             record = logging.LogRecord("mirror_scan", level, "", 0, text, None, None)
-            sys.stderr.write(JsonFormatter().format(record) + "\n")
-            sys.stderr.flush()
+            self.io.stderr.write(JsonFormatter().format(record) + "\n")
+            self.io.stderr.flush()
             return None
         return super().print(*objects, **kwargs)
 
 
-out = SafeConsole(soft_wrap=True, highlight=False, markup=False)
-err = StderrConsole(stderr=True, highlight=False, markup=False, soft_wrap=not sys.stderr.isatty())
+class Io:
+    """What a command reads and writes: its results (stdout), its notes, progress and logs (stderr), and
+    the answers to its questions (stdin); the log format and verbosity chosen for the run."""
+
+    def __init__(self, stdout: TextIO, stderr: TextIO, stdin: TextIO, columns: int | None = None) -> None:
+        self.stdout, self.stderr, self.stdin = stdout, stderr, stdin
+        self.log_format, self.verbose = "auto", 0
+        self.out = SafeConsole(file=stdout, soft_wrap=True, highlight=False, markup=False, width=columns)
+        self.err = StderrConsole(
+            self, file=stderr, highlight=False, markup=False, soft_wrap=not _isatty(stderr), width=columns
+        )
+
+    @classmethod
+    def process(cls) -> Io:
+        return cls(sys.stdout, sys.stderr, sys.stdin)
+
+    @classmethod
+    def buffers(cls, stdin: str = "", columns: int = 200) -> Io:
+        """In-memory streams (a test's): read them back with `said()`."""
+        return cls(_io.StringIO(), _io.StringIO(), _io.StringIO(stdin), columns=columns)
+
+    def said(self) -> tuple[str, str]:
+        return self.stdout.getvalue(), self.stderr.getvalue()  # type: ignore[attr-defined]
+
+    @property
+    def interactive(self) -> bool:
+        """Someone is there to answer a question (stdin is a terminal)."""
+        return _isatty(self.stdin)
+
+    def confirm(self, question: str, default: bool = False) -> bool:
+        """A yes/no question answered on stdin (typer's, while the run's streams are the process's own);
+        no answer at all (end of input) aborts the command (exit 1)."""
+        import typer
+
+        with using(self) if current() is not self else contextlib.nullcontext():
+            return typer.confirm(question, default=default)
+
+
+def _isatty(stream: TextIO) -> bool:
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+_current: Io | None = None  # the run in progress (threads of a command print to it too)
+_process: tuple[tuple[int, int, int], Io] | None = None
+
+
+def current() -> Io:
+    """The streams of the run in progress; outside a run, the process's own (as they are now)."""
+    global _process
+    if _current is not None:
+        return _current
+    streams = (id(sys.stdout), id(sys.stderr), id(sys.stdin))
+    if _process is None or _process[0] != streams:
+        _process = (streams, Io.process())
+    return _process[1]
+
+
+@contextlib.contextmanager
+def using(io: Io) -> Iterator[Io]:
+    """Run a command with these streams: ours and whatever else writes to sys.stdout or sys.stderr (click's
+    help and usage errors), and the root logger as it was afterwards."""
+    global _current
+    import signal
+    import threading
+
+    saved = _current, sys.stdin, sys.stdout, sys.stderr
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    main = threading.current_thread() is threading.main_thread()
+    signals = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)} if main else {}
+    _current = io
+    sys.stdin, sys.stdout, sys.stderr = io.stdin, io.stdout, io.stderr
+    try:
+        yield io
+    finally:
+        _current, sys.stdin, sys.stdout, sys.stderr = saved
+        root.handlers[:] = handlers
+        root.setLevel(level)
+        for sig, handler in signals.items():  # a daemon command's stop handlers end with it
+            signal.signal(sig, handler)
+
+
+class _Current:
+    """`out` and `err` as the command modules import them: the consoles of the run in progress."""
+
+    def __init__(self, which: str) -> None:
+        self._which = which
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(getattr(current(), self._which), name)
+
+    def __enter__(self) -> Any:  # `with err:` (rich's Live and Progress enter their console)
+        return getattr(current(), self._which).__enter__()
+
+    def __exit__(self, *exc: object) -> None:
+        getattr(current(), self._which).__exit__(*exc)
+
+
+out: SafeConsole = _Current("out")  # type: ignore[assignment]
+err: StderrConsole = _Current("err")  # type: ignore[assignment]
+
+
+def confirm(question: str, default: bool = False) -> bool:
+    return current().confirm(question, default)
+
+
+def interactive() -> bool:
+    return current().interactive
 
 
 def setup_logging(
@@ -89,32 +209,32 @@ def setup_logging(
     """verbose/fmt: from the root options (kept for later calls); quiet: warnings only; events: a service
     (watch, serve) logs each event that matters (quarantined, error, restored, removal pending ...) at INFO
     without -v. Format auto: rich at a terminal, plain lines otherwise; text: plain lines; json."""
+    io = current()
     if verbose is not None:
-        _chosen["verbose"] = verbose
+        io.verbose = verbose
     if fmt is not None:
         if fmt not in LOG_FORMATS:
             from mirror_scan.errors import UsageError
 
             raise UsageError(f"--log-format {fmt!r} is not known", hint="auto, text or json")
-        _chosen["format"] = fmt
-    verbose = _chosen["verbose"]
-    level = logging.DEBUG if verbose > 1 else logging.INFO if verbose or events else logging.WARNING
+        io.log_format = fmt
+    level = logging.DEBUG if io.verbose > 1 else logging.INFO if io.verbose or events else logging.WARNING
     if quiet:
         level = logging.WARNING
-    chosen = _chosen["format"]
-    if chosen == "auto" and err.is_terminal:
-        handler: logging.Handler = SafeRichHandler(console=err, show_path=False, markup=False, rich_tracebacks=False)
+    if io.log_format == "auto" and io.err.is_terminal:
+        handler: logging.Handler = SafeRichHandler(console=io.err, show_path=False, markup=False, rich_tracebacks=False)
     else:
-        handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(JsonFormatter() if chosen == "json" else PlainFormatter())
+        handler = logging.StreamHandler(io.stderr)
+        handler.setFormatter(JsonFormatter() if io.log_format == "json" else PlainFormatter())
     logging.basicConfig(level=level, format="%(message)s", handlers=[handler], force=True)
 
 
 def print_json(data: Any) -> None:
     """JSON with every unsafe character as a \\u escape (json.dumps leaves DEL, C1 controls and bidi
     overrides raw); it parses to the same values."""
-    sys.stdout.write(printable(json.dumps(data, ensure_ascii=False, default=str)) + "\n")
-    sys.stdout.flush()
+    stdout = current().stdout
+    stdout.write(printable(json.dumps(data, ensure_ascii=False, default=str)) + "\n")
+    stdout.flush()
 
 
 def print_error(message: str) -> None:
@@ -122,7 +242,8 @@ def print_error(message: str) -> None:
     a journal, an error event with --log-format json."""
     from rich.markup import escape
 
-    if _chosen["format"] == "json" or not err.is_terminal:
-        err.print(f"error: {message}")
+    io = current()
+    if io.log_format == "json" or not io.err.is_terminal:
+        io.err.print(f"error: {message}")
     else:
-        err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)
+        io.err.print(f"[bold red]error:[/] {escape(message)}", markup=True, highlight=False)

@@ -412,9 +412,9 @@ def backfill_cmd(
 
     from mirror_scan.kinds import HELD_STATES
     from mirror_scan.model.bundle import Preprocess
-    from mirror_scan.scan.decode import Limits
-    from mirror_scan.scan.decodepool import decoders
-    from mirror_scan.store.quarantine import DATA
+    from mirror_scan.scan.decoders.decode import Limits
+    from mirror_scan.scan.decoders.decodepool import decoders
+    from mirror_scan.store.items import DATA
 
     settings = resolve({"state": state, "quarantine": quarantine}, config)
     require_state(settings)

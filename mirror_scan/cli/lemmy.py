@@ -7,7 +7,7 @@ from typing import Annotated, Any
 
 import typer
 
-from mirror_scan.cli.console import err, out, print_json
+from mirror_scan.cli.console import confirm, err, out, print_json
 from mirror_scan.cli.options import ConfigOpt, JsonOpt, QuarantineOpt, StateOpt, YesOpt
 from mirror_scan.errors import MirrorScanError, UsageError
 from mirror_scan.moderation.grants import SECRET_COLUMNS
@@ -184,9 +184,10 @@ def ban(
 ) -> None:
     """Ban the uploader of a quarantined image from the instance (never automatic): shows who, asks, bans
     with a reason naming the item, and records it in the item's history."""
+    from mirror_scan.app.item_ops import ItemOps, default_ban_reason, shell_by
     from mirror_scan.app.workspace import Workspace
     from mirror_scan.moderation.actions import build_lemmy
-    from mirror_scan.moderation.attribution import summary
+    from mirror_scan.moderation.attribution import sole_uploader, summary
 
     settings = resolve({"state": state, "quarantine": quarantine}, config)
     with Workspace.writer(settings) as workspace:
@@ -197,15 +198,14 @@ def ban(
         if item is None:
             raise UsageError(f"no quarantine item {item_id}", hint="see `mirror-scan quarantine list`")
         data = workspace.ledger.follow_ups.attribution(item_id) or {}
-        uploaders = {u["uploader"]["id"]: u["uploader"] for u in data.get("uploads", []) if u.get("uploader")}
-        if not uploaders:
+        if not any(u.get("uploader") for u in data.get("uploads", [])):
             raise UsageError(
                 f"item {item_id} has no known uploader",
                 hint=f"run `mirror-scan quarantine attribute {item_id}` first",
             )
-        if len(uploaders) > 1:
-            raise UsageError(f"item {item_id} has {len(uploaders)} uploaders; ban them in Lemmy itself")
-        (person,) = uploaders.values()
+        person = sole_uploader(data)
+        if person is None:
+            raise UsageError(f"item {item_id} has several uploaders; ban them in Lemmy itself")
         who = f"{person['name']}@{person.get('instance') or '?'} (person {person['id']})"
         brief = summary(data)
         lemmy = build_lemmy(settings)  # before asking: a question that cannot be acted on wastes a decision
@@ -213,19 +213,13 @@ def ban(
             raise UsageError("[lemmy] url and the bot account are not configured", hint="see `mirror-scan lemmy check`")
         verb = "Unban" if undo else "Ban"
         out.print(f"{verb} {who}: uploader of item {item_id} ({brief['where']})")
-        if not yes and not typer.confirm(f"{verb} {who} from the instance?", default=False):
+        if not yes and not confirm(f"{verb} {who} from the instance?", default=False):
             raise typer.Exit(1)
-        why = reason or f"mirror-scan: uploaded quarantined image (item {item_id})"
-        action = "unban" if undo else "ban"
-        try:
-            lemmy.ban(int(person["id"]), why, ban=not undo)
-        except MirrorScanError as error:
-            err.print(f"error: {error}")
-            raise typer.Exit(2) from None
-        with workspace.ledger.transaction():
-            workspace.ledger.follow_ups.add_followup(item_id, action, str(person["id"]), state="done")
-        with workspace.quarantine.item_lock(item_id, wait_s=5.0):
-            workspace.quarantine.note_held(item_id, f"{action} of {who} by `mirror-scan lemmy ban`: done")
+        with ItemOps(workspace, shell_by(), say=lambda note: out.print(note)) as ops:
+            done = ops.ban(item_id, reason or default_ban_reason(item_id), lemmy, undo=undo)
+        if not done.ok:
+            err.print(f"error: {done.detail}")
+            raise typer.Exit(2)
     out.print(f"{'unbanned' if undo else 'banned'} {who}")
 
 

@@ -23,7 +23,7 @@ from mirror_scan.cli import scan as cli_scan
 from mirror_scan.cli import serve as cli_serve
 from mirror_scan.cli import state as cli_state
 from mirror_scan.cli import watch as cli_watch
-from mirror_scan.cli.console import err, out, print_error, print_json, setup_logging
+from mirror_scan.cli.console import Io, err, out, print_error, print_json, setup_logging, using
 from mirror_scan.cli.hashlist import hashlist_app
 from mirror_scan.cli.options import BundleDirOpt, DeviceOpt, JsonOpt, PolicyOpt, SeverityOpt
 from mirror_scan.errors import MirrorScanError
@@ -404,28 +404,45 @@ def policy_test(
         raise typer.Exit(1)
 
 
-def main() -> None:
-    try:
-        app()
-    except MirrorScanError as error:
-        print_error(str(error))
-        sys.exit(error.exit_code)
-    except KeyboardInterrupt:
-        err.print("interrupted")
-        sys.exit(130)
-    except sqlite3.DatabaseError as error:  # damage found after the database opened (a page read later)
-        from mirror_scan.store.ledger import StateBusy, is_busy
+def run(argv: list[str], io: Io | None = None) -> int:
+    """Run one command line with these streams (the process's own by default); returns its exit code. A
+    failure the tool expects is one error line (and a hint), never a traceback."""
+    import click
 
-        if is_busy(error):  # a lock wait that ran out mid-command: the database is fine
-            busy = StateBusy("the state database")
-            print_error(str(busy))
-            sys.exit(busy.exit_code)
-        print_error(
-            f"the state database cannot be read ({error}); nothing more was changed\n"
-            "  -> check it with `mirror-scan state check`; `mirror-scan state rebuild` starts afresh from the "
-            "quarantine's metadata"
-        )
-        sys.exit(2)
+    io = io or Io.process()
+    with using(io):
+        try:
+            code = app(args=list(argv), prog_name="mirror-scan", standalone_mode=False)
+            return code if isinstance(code, int) else 0
+        except click.exceptions.ClickException as error:  # a usage error, said as click says it
+            error.show(file=io.stderr)
+            return error.exit_code
+        except click.exceptions.Abort:
+            io.stderr.write("Aborted!\n")
+            return 1
+        except MirrorScanError as error:
+            print_error(str(error))
+            return error.exit_code
+        except KeyboardInterrupt:
+            io.err.print("interrupted")
+            return 130
+        except sqlite3.DatabaseError as error:  # damage found after the database opened (a page read later)
+            from mirror_scan.store.ledger import StateBusy, is_busy
+
+            if is_busy(error):  # a lock wait that ran out mid-command: the database is fine
+                busy = StateBusy("the state database")
+                print_error(str(busy))
+                return busy.exit_code
+            print_error(
+                f"the state database cannot be read ({error}); nothing more was changed\n"
+                "  -> check it with `mirror-scan state check`; `mirror-scan state rebuild` starts afresh from the "
+                "quarantine's metadata"
+            )
+            return 2
+
+
+def main() -> None:
+    sys.exit(run(sys.argv[1:]))
 
 
 if __name__ == "__main__":

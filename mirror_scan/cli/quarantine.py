@@ -5,13 +5,12 @@ from __future__ import annotations
 import datetime as dt
 import json
 import re
-import sys
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mirror_scan.cli.console import err, out, print_json
+from mirror_scan.cli.console import confirm, current, err, out, print_json
 from mirror_scan.cli.durations import parse_duration, parse_since
 from mirror_scan.cli.options import (
     ConfigOpt,
@@ -33,9 +32,9 @@ from mirror_scan.cli.views import (
     with_progress,
 )
 from mirror_scan.errors import UsageError
-from mirror_scan.kinds import EXPORTED_STATES, PURGEABLE_STATES
-from mirror_scan.review.people import shell_reviewer
+from mirror_scan.kinds import EXPORTED_STATES
 from mirror_scan.settings import resolve
+from mirror_scan.store.lifecycle import PURGEABLE_STATES
 from mirror_scan.store.selection import select_items
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
@@ -50,6 +49,13 @@ def _reader(state, quarantine, config):
 def _writer(state, quarantine, config, quiet=False, rclone=None):
     settings = resolve({"state": state, "quarantine": quarantine, "rclone": rclone}, config)
     return open_writer(settings, quiet=quiet)
+
+
+def _ops(workspace):
+    """The item operations as whoever runs the command; what they cause is said on stderr."""
+    from mirror_scan.app.item_ops import ItemOps, shell_by
+
+    return ItemOps(workspace, shell_by(), say=lambda note: err.print(note))
 
 
 @quarantine_app.command("list")
@@ -122,7 +128,7 @@ def q_show(
 ) -> None:
     """An item's metadata (never opens or renders the quarantined file): the ledger's record, which is the
     authority, and the item's own metadata file."""
-    from mirror_scan.moderation.actions import describe_action
+    from mirror_scan.moderation.catalogue import describe_action
     from mirror_scan.review.views import decision_json
     from mirror_scan.store.rows import display_path
     from mirror_scan.store.selection import expand_ids
@@ -134,8 +140,10 @@ def q_show(
         attribution = workspace.ledger.follow_ups.attribution(item_id)
         follow_ups = workspace.ledger.follow_ups.followups(item_id)
         decisions = workspace.ledger.reviews.decisions(item_id)
+        history = workspace.quarantine.history(item_id)
     meta.pop("attribution", None)  # the ledger's copy (the authority) is shown below
     meta["attribution"] = attribution
+    meta["history"] = [{"state": h["event"], "at": h["at"]} for h in history]  # the ledger's, with older lines
     meta["actions"] = [
         {
             "action": describe_action(f.action, f.target),
@@ -197,8 +205,9 @@ def q_attribute(
     from mirror_scan.app.workspace import Workspace
     from mirror_scan.errors import MirrorScanError
     from mirror_scan.kinds import HELD_STATES
-    from mirror_scan.moderation.actions import describe_action, follow_up_enabled
+    from mirror_scan.moderation.actions import follow_up_enabled
     from mirror_scan.moderation.attribution import summary
+    from mirror_scan.moderation.catalogue import describe_action
 
     if not item_ids and not every:
         raise UsageError("name items to attribute, or pass --all")
@@ -285,15 +294,12 @@ def q_restore(
     and allowlist their sha256 so they are never flagged again. Works while the watch daemon runs. Refuses
     to overwrite a different file (use --to). A selection (--since, --label, --from-file) is listed first
     and asks before it acts."""
-    from mirror_scan.errors import MirrorScanError
-    from mirror_scan.kinds import RESTORABLE_STATES
-    from mirror_scan.store.items import UpstreamRestorePending
-    from mirror_scan.store.rows import display_path
+    from mirror_scan.store.lifecycle import RESTORABLE_STATES
 
     explicit = list(item_ids or [])
     if from_file is not None:
         try:
-            lines = sys.stdin.read() if from_file == "-" else Path(from_file).read_text(encoding="utf-8")
+            lines = current().stdin.read() if from_file == "-" else Path(from_file).read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as error:
             raise UsageError(
                 f"--from-file {from_file}: cannot be read ({error})", hint="one item id per line; '-' reads stdin"
@@ -320,30 +326,22 @@ def q_restore(
             raise UsageError("--json leaves nobody to ask: pass --yes as well", hint="or leave out --json to be asked")
         for e in [] if yes else chosen:
             out.print(f"{e['id']}  {e['original']}  {item_reason(e['reason'])}  {e['state']}")
-        if not yes and not typer.confirm(f"Restore these {len(chosen)} item(s)?", default=False):
+        if not yes and not confirm(f"Restore these {len(chosen)} item(s)?", default=False):
             raise typer.Exit(1)
     results: dict[str, list] = {"restored": [], "pending": [], "failed": []}
-    who = shell_reviewer().who
-    with _writer(state, quarantine, config, quiet=True, rclone=rclone) as workspace:
-        decisions = workspace.ledger.reviews
+    with _writer(state, quarantine, config, quiet=True, rclone=rclone) as workspace, _ops(workspace) as ops:
         for entry in with_progress(chosen, "restoring", json_out):
-            try:
-                target = workspace.quarantine.restore(entry["id"], to=to, upstream=not no_upstream)
-            except UpstreamRestorePending as error:
-                results["pending"].append({"id": entry["id"], "why": str(error)})
-                decisions.record_decision(entry["id"], "restore", who, "shell", "pending", str(error))
-                err.print(f"pending: {entry['id']}: {error}")
-                continue
-            except MirrorScanError as error:
-                results["failed"].append({"id": entry["id"], "why": str(error)})
-                decisions.record_decision(entry["id"], "restore", who, "shell", "failed", str(error))
-                err.print(f"error: {entry['id']}: {error}")
-                continue
-            decisions.record_decision(entry["id"], "restore", who, "shell", "done")
-            results["restored"].append({"id": entry["id"], "path": display_path(target)})
-            if not json_out:
-                out.print(f"restored {entry['id']} -> {display_path(target)} (sha256 allowlisted)")
-        workspace.run_follow_ups(say=lambda note: err.print(note))  # undo what moderation did
+            done = ops.restore(entry["id"], to=to, upstream=not no_upstream)
+            if done.ok:
+                results["restored"].append({"id": entry["id"], "path": done.target})
+                if not json_out:
+                    out.print(f"restored {entry['id']} -> {done.target} (sha256 allowlisted)")
+            elif done.outcome == "pending":
+                results["pending"].append({"id": entry["id"], "why": done.detail})
+                err.print(f"pending: {entry['id']}: {done.detail}")
+            else:
+                results["failed"].append({"id": entry["id"], "why": done.detail})
+                err.print(f"error: {entry['id']}: {done.detail}")
     if json_out:
         print_json(results)
     if results["failed"] or results["pending"]:
@@ -360,13 +358,11 @@ def q_confirm(
 ) -> None:
     """Confirm items after review: they stay in quarantine and their hashes are shared by
     `hashlist export --confirmed` and `hashlist push --confirmed`. Recorded with who confirmed them."""
-    from mirror_scan.review.decisions import Decisions
     from mirror_scan.store.selection import expand_ids
 
-    reviewer = shell_reviewer()
-    with _writer(state, quarantine, config, quiet=True) as workspace:
+    with _writer(state, quarantine, config, quiet=True) as workspace, _ops(workspace) as ops:
         ids = expand_ids(item_ids, (r.id for r in workspace.ledger.items()))
-        outcomes = [Decisions(workspace, "shell").confirm(reviewer, item_id) for item_id in ids]
+        outcomes = [ops.confirm(item_id) for item_id in ids]
     if json_out:
         print_json([o.as_json() for o in outcomes])
     else:
@@ -430,14 +426,21 @@ def q_purge(
                 )
             states = ", ".join(f"{count} {state}" for state, count in count_by(chosen, "state").items())
             question = f"Permanently delete the bytes of these {len(chosen)} item(s) ({states})?"
-            if not typer.confirm(question, default=False):
+            if not confirm(question, default=False):
                 raise typer.Exit(1)
-        for e in with_progress(chosen, "purging", json_out):
-            store.purge(e["id"])
+        with _ops(workspace) as ops:
+            outcomes = [ops.purge(e["id"]) for e in with_progress(chosen, "purging", json_out)]
+    for o in outcomes:
+        if not o.ok:
+            err.print(f"error: {o.item}: {o.detail}")
+    purged = [o.item for o in outcomes if o.ok]
     if json_out:
-        print_json({"purged": [e["id"] for e in chosen]})
-        return
-    out.print(f"purged {len(chosen)} item(s)")
+        print_json({"purged": purged, **({"failed": [o.as_json() for o in outcomes if not o.ok]} if len(purged) <
+                                         len(outcomes) else {})})  # fmt: skip
+    else:
+        out.print(f"purged {len(purged)} item(s)")
+    if len(purged) < len(outcomes):
+        raise typer.Exit(2)
 
 
 def _purge_pictrs(store, chosen: list[dict], settings, yes: bool) -> None:
@@ -457,7 +460,7 @@ def _purge_pictrs(store, chosen: list[dict], settings, yes: bool) -> None:
     if not targets:
         out.print("nothing to purge in pict-rs")
         return
-    if not yes and not typer.confirm(
+    if not yes and not confirm(
         f"Purge {len(targets)} file(s) ({sum(len(f) for _, f in plan)} alias(es)) from pict-rs? This deletes the "
         "files, their variants and records and cannot be undone.",
         default=False,

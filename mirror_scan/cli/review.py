@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from mirror_scan.cli.console import err, out, print_json, setup_logging
+from mirror_scan.cli.console import err, interactive, out, print_json, setup_logging
 from mirror_scan.cli.options import ConfigOpt, JsonOpt, QuarantineOpt, StateOpt, open_reader, open_writer, parse_listen
 from mirror_scan.errors import UsageError
 from mirror_scan.settings import resolve
@@ -84,7 +84,7 @@ def _password(password_file: Path | None) -> str:
             raise UsageError(f"password file {password_file} cannot be read: {error.strerror}") from None
     elif env:
         text = env.strip()
-    elif sys.stdin.isatty():
+    elif interactive():
         text = getpass.getpass("Password: ")
         if text != getpass.getpass("Again: "):
             raise UsageError("the two passwords differ")

@@ -13,7 +13,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from mirror_scan.cli.console import err, out, print_json, setup_logging
+from mirror_scan.cli.console import confirm, current, err, interactive, out, print_json, setup_logging
 from mirror_scan.cli.options import (
     ConfigOpt,
     DeviceOpt,
@@ -140,7 +140,7 @@ def register(app: typer.Typer) -> None:
                     TextColumn("{task.fields[rate]} files/s"),
                     TimeElapsedColumn(),
                     TimeRemainingColumn(),
-                    console=err,
+                    console=current().err,
                     transient=True,
                 ) as bar:
                     task = bar.add_task("scan", total=None, rate="-", found="")
@@ -220,8 +220,7 @@ def register(app: typer.Typer) -> None:
         running the model again. With --remote NAME:bucket, also the objects `bucket scan` flagged in that
         bucket: each is read into the quarantine, verified, and removed upstream. At a terminal, more than
         a handful are listed first and it asks (--yes does not ask)."""
-        from mirror_scan.scan.act import BucketActor, QuarantineActor
-        from mirror_scan.scan.rescore import apply_verdicts
+        from mirror_scan.app.item_ops import ItemOps, shell_by
 
         settings = _settings(config, state=state, quarantine=quarantine, remote=remote, rclone=rclone)
         require_state(settings)
@@ -231,7 +230,7 @@ def register(app: typer.Typer) -> None:
             if bucket_root is not None:
                 todo += [row for row in reader.ledger.flagged_unacted("bucket") if row.root == bucket_root]
         by_label = _labels_of(todo)
-        if dry_run or (len(todo) > APPLY_ASKS_OVER and not yes and sys.stdin.isatty() and not json_out):
+        if dry_run or (len(todo) > APPLY_ASKS_OVER and not yes and interactive() and not json_out):
             if json_out:
                 files = [display_path(row.path) for row in todo]
                 print_json({"would_act": len(todo), "by_label": by_label, "files": files})
@@ -244,18 +243,14 @@ def register(app: typer.Typer) -> None:
             out.print(f"{len(todo)} flagged file(s) not yet acted on; by label: {labels}")
             if dry_run:
                 return
-            if not typer.confirm(f"Quarantine these {len(todo)} file(s)?", default=False):
+            if not confirm(f"Quarantine these {len(todo)} file(s)?", default=False):
                 raise typer.Exit(1)
         with open_writer(settings, quiet=json_out) as workspace, counting(len(todo), "quarantining", json_out) as tick:
             if settings.remote:
                 for root in {row.root for row in workspace.ledger.flagged_unacted() if row.root}:
                     workspace.bind_mirror(os.fsdecode(root), settings.remote, "apply --remote")
-            actor = QuarantineActor(workspace.ledger, workspace.quarantine)
-            acted = apply_verdicts(workspace.ledger, actor, on_each=tick)
-            if bucket_root is not None:  # objects scanned in that bucket (`bucket scan`) that have no mirror copy
-                actor = BucketActor(workspace.ledger, workspace.quarantine)
-                acted += apply_verdicts(workspace.ledger, actor, "bucket", bucket_root, on_each=tick)
-            workspace.run_follow_ups(say=None if json_out else lambda note: err.print(note))
+            with ItemOps(workspace, shell_by(), say=None if json_out else lambda note: err.print(note)) as ops:
+                acted = ops.apply(bucket_root, on_each=tick)
         if json_out:
             print_json({"acted": acted})
         else:

@@ -7,7 +7,7 @@ import time
 
 import typer
 
-from mirror_scan.cli.console import err, out, print_json
+from mirror_scan.cli.console import confirm, err, out, print_json
 from mirror_scan.cli.options import (
     ConfigOpt,
     ImportRootOpt,
@@ -88,7 +88,7 @@ def rebuild(
     if not settings.quarantine.is_dir():
         raise UsageError(f"no quarantine at {settings.quarantine}", hint="pass --quarantine DIR")
     if settings.state.exists() and not yes:
-        if not typer.confirm(f"Set {settings.state} aside and rebuild it from {settings.quarantine}?", default=False):
+        if not confirm(f"Set {settings.state} aside and rebuild it from {settings.quarantine}?", default=False):
             raise typer.Exit(1)
     kept = None
     if settings.state.exists():

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from mirror_scan.cli.console import err
+from mirror_scan.cli.console import current, err
 
 
 def count_by(entries: list[dict], key: str) -> dict[str, int]:
@@ -53,7 +53,7 @@ def counting(total: int, what: str, quiet: bool) -> Iterator[Callable[[], None] 
         yield None
         return
     columns = (TextColumn(what), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=err, transient=True) as bar:
+    with Progress(*columns, console=current().err, transient=True) as bar:
         task = bar.add_task(what, total=total)
         yield lambda: bar.advance(task)
 

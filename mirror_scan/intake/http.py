@@ -29,7 +29,7 @@ from typing import Any
 
 from mirror_scan.hashing import sha256_bytes
 from mirror_scan.redact import redact
-from mirror_scan.scan.decode import decode
+from mirror_scan.scan.decoders.decode import decode
 from mirror_scan.scan.record import picture_of
 from mirror_scan.scan.uploads import Batcher, Job, ServeConfig
 

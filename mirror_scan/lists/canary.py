@@ -72,7 +72,7 @@ def canary_bytes(fmt: str = "PNG") -> bytes:
 def canary_entries() -> tuple[tuple[str, str, str, str, str | None], ...]:
     """The built-in list, as (list, action, kind, value, note) rows for the matcher: the sha256 of the files
     `canary make` writes, and the picture's PDQ (re-encoded and resized copies match it)."""
-    from mirror_scan.lists import hashes
+    from mirror_scan.lists import hashes  # numpy, Pillow and pdqhash only when the list is built
 
     note = "the mirror-scan canary (harmless test picture)"
     rows = [

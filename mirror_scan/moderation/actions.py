@@ -1,5 +1,5 @@
-"""Carries out the follow-ups the ledger holds (see followups.py): attribution, then the moderation
-actions configured per label, and their undo after a restore.
+"""Carries out the follow-ups the ledger holds (see catalogue.py): attribution, then the moderation
+actions configured per label (plan.py), and their undo after a restore.
 
 Each follow-up runs under its item's lock (so never beside a move or another runner on the same item),
 and its outcome is committed to the ledger (the authority) and written to the item's history in
@@ -24,10 +24,12 @@ from mirror_scan.clients.lemmy import Lemmy, LemmyRefused
 from mirror_scan.clients.pgsource import PgSource, read_secret_file
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.kinds import HELD_STATES, ItemState
+from mirror_scan.kinds import FollowUp as F
+from mirror_scan.moderation import plan as planning
 from mirror_scan.moderation.attribution import Attributor, LemmyRepo, PictrsRepo, summary
+from mirror_scan.moderation.catalogue import Runner, action, describe_action, undo_rows
 from mirror_scan.redact import redact_url, scrub
 from mirror_scan.settings import Settings
-from mirror_scan.store import followups
 from mirror_scan.store.items import ItemBusy, item_origin
 from mirror_scan.store.ledger import Ledger
 from mirror_scan.store.quarantine import Quarantine
@@ -178,18 +180,25 @@ class Moderation:
         if item is None:
             self.ledger.follow_ups.finish_followup(row.id, "cancelled", error="the item is gone", attempted=False)
             return ""
-        if row.action == "attribute":
+        known = action(row.action)
+        if known is None or known.runner == Runner.REVIEWER:  # a person's decision is recorded, never run
+            self.ledger.follow_ups.finish_followup(
+                row.id, "cancelled", error=f"{row.action} is not a follow-up this runner carries out", attempted=False
+            )
+            return f"{row.item}: {row.action} {row.target} cancelled (not carried out by the runner)"
+        if known.runner == Runner.ATTRIBUTOR:
             return self._attribute(row, item)
-        undo = row.action in followups.UNDO.values()
-        wanted_state = item.state == ItemState.RESTORED if undo else item.state in HELD_STATES
+        wanted_state = item.state == ItemState.RESTORED if known.after_restore else item.state in HELD_STATES
         if not wanted_state:
             self.ledger.follow_ups.finish_followup(
                 row.id, "cancelled", error=f"the item is {item.state}", attempted=False
             )
             return f"{row.item}: {row.action} {row.target} cancelled (item {item.state})"
-        lemmy_action = row.action in followups.LEMMY_ACTIONS
+        if known.runner == Runner.PLANNER:
+            return self._plan_undo(row, item)
+        lemmy_action = known.runner == Runner.LEMMY
         handler = self._lemmy_action if lemmy_action else self._webhook_action
-        service = "lemmy" if lemmy_action else "webhook"
+        service = str(known.runner)
         missing = (lemmy_action and self.lemmy is None) or (not lemmy_action and self.webhook is None)
         if missing or service in self._down:
             why = (
@@ -213,7 +222,7 @@ class Moderation:
                 fallback = self._report_instead(row)
                 return f"{row.item}: {what} refused: {text}" + (f"; {fallback}" if fallback else "")
             self.ledger.follow_ups.finish_followup(
-                row.id, "pending", error=text, next_try=time.time() + followups.backoff_s(row.attempts + 1)
+                row.id, "pending", error=text, next_try=time.time() + planning.backoff_s(row.attempts + 1)
             )
             self._down[service] = text  # the rest of this round waits instead of timing out one by one
             log.warning("%s: %s failed, retried later: %s", row.item, what, text)
@@ -222,12 +231,22 @@ class Moderation:
         self._history(row.item, f"{what}: done" + (f" (report {result})" if result else ""))
         return f"{row.item}: {what}"
 
+    def _plan_undo(self, row: FollowupRow, item) -> str:
+        """After a restore: the undo of every action that was done, due at once (the same round runs them)."""
+        done = [(f.action, f.target, f.result) for f in self.ledger.follow_ups.followups(item.id) if f.state == "done"]
+        rows = undo_rows(done)
+        with self.ledger.transaction():
+            for name, target in rows:
+                self.ledger.follow_ups.add_followup(item.id, name, target)
+            self.ledger.follow_ups.finish_followup(row.id, "done")
+        return f"{item.id}: {len(rows)} undo action(s) planned" if rows else ""
+
     def _report_instead(self, row: FollowupRow) -> str:
         """A removal Lemmy refused (the bot is no moderator there): the report that was skipped for it
         ("removed instead") is filed after all, so the community's moderators still hear of it."""
-        if not row.action.startswith("remove_"):
+        report = _REPORT_INSTEAD.get(row.action)
+        if report is None:
             return ""
-        report = "report_" + row.action.removeprefix("remove_")
         skipped = next(
             (
                 f
@@ -267,7 +286,7 @@ class Moderation:
         if data["retry"]:
             reason = next((u["reason"] for u in data["unknown"]), "a source was unavailable")
             self.ledger.follow_ups.finish_followup(
-                row.id, "pending", error=reason, next_try=time.time() + followups.backoff_s(row.attempts + 1)
+                row.id, "pending", error=reason, next_try=time.time() + planning.backoff_s(row.attempts + 1)
             )
             return f"{item.id}: attribution incomplete, retried later: {reason}"
         self.ledger.follow_ups.finish_followup(row.id, "done")
@@ -282,13 +301,13 @@ class Moderation:
             reason = {}
         return list((reason or {}).get("labels") or [])
 
-    def planned_actions(self, item, data: dict[str, Any]) -> followups.Planned:
+    def planned_actions(self, item, data: dict[str, Any]) -> planning.Planned:
         from mirror_scan.lists.canary import CANARY_LABEL
 
         s = self.settings
         reporter = self._bot_person_id() if data.get("private_messages") else None
         actions = {CANARY_LABEL: ("notify",), **s.actions}  # the canary tells the admins unless told otherwise
-        return followups.plan(
+        return planning.plan(
             self.labels(item), data, actions, s.lemmy_notify, bool(s.notify_webhook), reporter=reporter
         )
 
@@ -328,9 +347,9 @@ class Moderation:
         if item is None:
             raise MirrorScanError(f"no quarantine item {item_id}", hint="see `mirror-scan quarantine list`")
         with self.ledger.transaction():
-            self.ledger.follow_ups.add_followup(item_id, "attribute", plan=plan)
+            self.ledger.follow_ups.add_followup(item_id, F.ATTRIBUTE, plan=plan)
         with self.quarantine.item_lock(item_id, wait_s=wait_s):
-            row = next(r for r in self.ledger.follow_ups.followups(item_id) if r.action == "attribute")
+            row = next(r for r in self.ledger.follow_ups.followups(item_id) if r.action == F.ATTRIBUTE)
             self.ledger.follow_ups.finish_followup(row.id, "pending", next_try=time.time(), attempted=False)
             self._run(self.ledger.follow_ups.followup(row.id))  # type: ignore[arg-type]
         return self.ledger.follow_ups.attribution(item_id) or {}
@@ -341,26 +360,23 @@ class Moderation:
         lemmy = self.lemmy
         assert lemmy is not None
         labels = ", ".join(self.labels(item)) or "flagged"
-        action, target = row.action, row.target
-        if action in ("remove_post", "remove_comment", "restore_post", "restore_comment"):
-            kind = action.split("_", 1)[1]
-            removed = action.startswith("remove")
+        name, target = F(row.action), row.target
+        if name in _REMOVALS:
+            kind, removed = _REMOVALS[name]
             # Public (the modlog, federated to every instance): it accuses nobody and names no label; the
             # label and the scores go to admin channels only (the notice, the webhook, the report queue).
             template = self.settings.lemmy_removal_reason if removed else self.settings.lemmy_restore_reason
             lemmy.remove(kind, int(target), removed, public_reason(template, item.id))
             return None
-        if action.startswith("report_"):
-            kind = action.removeprefix("report_")
-            return lemmy.report(kind, int(target), f"{TOOL}: image quarantined as {labels} (item {item.id})")
-        if action.startswith("resolve_"):
-            kind = action.removeprefix("resolve_").removesuffix("_report")
-            lemmy.resolve_report(kind, int(target))
+        if name in _REPORTS:
+            return lemmy.report(_REPORTS[name], int(target), f"{TOOL}: image quarantined as {labels} (item {item.id})")
+        if name in _RESOLVES:
+            lemmy.resolve_report(_RESOLVES[name], int(target))
             return None
-        if action in ("notify", "notify_restored"):
-            lemmy.private_message(target, self.notice(item, restored=action == "notify_restored"))
+        if name in (F.NOTIFY, F.NOTIFY_RESTORED):
+            lemmy.private_message(target, self.notice(item, restored=name == F.NOTIFY_RESTORED))
             return None
-        raise MirrorScanError(f"unknown follow-up {action}")
+        raise MirrorScanError(f"unknown follow-up {row.action}")
 
     def _webhook_action(self, row: FollowupRow, item) -> str | None:
         assert self.webhook is not None
@@ -369,7 +385,7 @@ class Moderation:
         self.webhook.send(
             {
                 "tool": TOOL,
-                "event": "restored" if row.action == "webhook_restored" else "quarantined",
+                "event": "restored" if row.action == F.WEBHOOK_RESTORED else "quarantined",
                 "item": item.id,
                 "labels": self.labels(item),
                 "sha256": item.sha256,
@@ -381,7 +397,7 @@ class Moderation:
                 "actions": [
                     {"action": f.action, "target": f.target, "state": f.state}
                     for f in self.ledger.follow_ups.followups(item.id)
-                    if f.action not in ("attribute", "webhook", "webhook_restored")
+                    if f.action not in (F.ATTRIBUTE, F.UNDO, F.WEBHOOK, F.WEBHOOK_RESTORED)
                 ],
             }
         )
@@ -412,7 +428,7 @@ class Moderation:
         done = [
             describe_action(f.action, f.target)
             for f in self.ledger.follow_ups.followups(item.id)
-            if f.action != "attribute"
+            if f.action not in (F.ATTRIBUTE, F.UNDO)
         ]
         if done:
             lines.append("Actions: " + "; ".join(done))
@@ -449,24 +465,17 @@ def public_reason(template: str, item_id: str) -> str:
     return text[:1000] or f"ref {item_id}"
 
 
-def describe_action(action: str, target: str) -> str:
-    words = {
-        "remove_post": "remove post {}",
-        "remove_comment": "remove comment {}",
-        "report_post": "report post {}",
-        "report_comment": "report comment {}",
-        "report_private_message": "report private message {}",
-        "notify": "notify {}",
-        "webhook": "post to the webhook",
-        "restore_post": "restore post {}",
-        "restore_comment": "restore comment {}",
-        "resolve_post_report": "resolve post report {}",
-        "resolve_comment_report": "resolve comment report {}",
-        "resolve_private_message_report": "resolve private message report {}",
-        "notify_restored": "tell {} about the restore",
-        "webhook_restored": "post the restore to the webhook",
-        "attribute": "attribute",
-        "ban": "ban {}",
-        "unban": "unban {}",
-    }
-    return words.get(action, action + " {}").format(target).strip()
+# The Lemmy objects each action acts on (catalogue.py names the actions; Lemmy's API names the objects).
+_REMOVALS = {
+    F.REMOVE_POST: ("post", True),
+    F.REMOVE_COMMENT: ("comment", True),
+    F.RESTORE_POST: ("post", False),
+    F.RESTORE_COMMENT: ("comment", False),
+}
+_REPORTS = {F.REPORT_POST: "post", F.REPORT_COMMENT: "comment", F.REPORT_PRIVATE_MESSAGE: "private_message"}
+_RESOLVES = {
+    F.RESOLVE_POST_REPORT: "post",
+    F.RESOLVE_COMMENT_REPORT: "comment",
+    F.RESOLVE_PRIVATE_MESSAGE_REPORT: "private_message",
+}
+_REPORT_INSTEAD = {F.REMOVE_POST: F.REPORT_POST, F.REMOVE_COMMENT: F.REPORT_COMMENT}

@@ -416,3 +416,12 @@ def summary(data: dict[str, Any] | None) -> dict[str, str]:
     places += [f"message {m['id']}" for m in data.get("private_messages", [])]
     where = ", ".join(places[:3]) + (f" (+{len(places) - 3})" if len(places) > 3 else "")
     return {"uploader": uploader, "where": where or ("unknown" if data.get("unknown") else "not used")}
+
+
+def sole_uploader(attribution: dict | None) -> dict | None:
+    """The one uploader of an item (person dict: id, name, instance), or None when none or several are
+    known (a ban needs exactly one)."""
+    uploaders = {
+        u["uploader"]["id"]: u["uploader"] for u in (attribution or {}).get("uploads", []) if u.get("uploader")
+    }
+    return next(iter(uploaders.values())) if len(uploaders) == 1 else None

@@ -10,7 +10,9 @@ from collections import Counter, defaultdict
 from dataclasses import dataclass
 from typing import Any
 
+from mirror_scan.kinds import ItemEvent
 from mirror_scan.review.people import Reviewer, communities_of, visible_to, why_not_allowed
+from mirror_scan.store.lifecycle import RESTORABLE_STATES, states_allowing
 from mirror_scan.text import one_line, printable
 
 AGES = {"1d": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
@@ -184,7 +186,7 @@ class Views:
 
     def item(self, reviewer: Reviewer, item_id: str) -> dict[str, Any] | None:
         """None when there is no such item or the reviewer may not see it."""
-        from mirror_scan.moderation.actions import describe_action
+        from mirror_scan.moderation.catalogue import describe_action
         from mirror_scan.scan.decide import reason_text
 
         row = self.ledger.item(item_id)
@@ -207,10 +209,7 @@ class Views:
             for label, fired in (reason.get("checks") or {}).items()
             for f in fired
         ]
-        try:
-            history = self.workspace.quarantine.read_meta(item_id).get("history") or []
-        except Exception:  # meta.json unreadable: the ledger still answers  # noqa: BLE001
-            history = []
+        history = self.workspace.quarantine.history(item_id)
         return {
             **line,
             "sha256": row.sha256,
@@ -233,11 +232,7 @@ class Views:
                 }
                 for f in self.ledger.follow_ups.followups(item_id)
             ],  # fmt: skip
-            "history": [
-                {"at": one_line(str(h.get("at", ""))), "event": one_line(str(h.get("state") or ""))[:300]}
-                for h in history
-                if isinstance(h, dict)
-            ],
+            "history": [{"at": one_line(h["at"]), "event": one_line(h["event"])[:300]} for h in history],
             "decisions": [decision_json(d) for d in self.ledger.reviews.decisions(item_id)],
             "may": {
                 d: why_not_allowed(
@@ -245,6 +240,8 @@ class Views:
                 )
                 for d in ("restore", "confirm", "ban")
             },
+            # What the item's state allows (store/lifecycle.py's table): the buttons shown.
+            "can": {d: row.state in states for d, states in DECISION_STATES.items()},
             "used_in_communities": sorted(communities_of(attribution) or ()),
         }
 
@@ -299,6 +296,13 @@ class Views:
 def _unknowns(attribution: dict | None) -> list[str]:
     unknown = (attribution or {}).get("unknown") or []
     return [f"{u.get('part')}: {u.get('reason')}" if isinstance(u, dict) else str(u) for u in unknown]
+
+
+DECISION_STATES = {
+    "restore": RESTORABLE_STATES,
+    "confirm": states_allowing(ItemEvent.CONFIRMED),
+    "ban": states_allowing(ItemEvent.BANNED),
+}
 
 
 def decision_json(decision) -> dict[str, Any]:

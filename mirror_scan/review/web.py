@@ -29,8 +29,10 @@ from urllib.parse import urlencode, urlsplit
 import jinja2
 from aiohttp import web
 
+from mirror_scan.app.item_ops import ItemOps, Outcome, default_ban_reason
 from mirror_scan.errors import MirrorScanError
-from mirror_scan.review.decisions import Decisions, Outcome, ban_target, default_ban_reason
+from mirror_scan.moderation.attribution import sole_uploader
+from mirror_scan.review.decisions import ReviewerPermits, by
 from mirror_scan.review.people import LoginBrake, Reviewer, password_matches, token_hash
 from mirror_scan.review.views import Filters, Views, inert
 from mirror_scan.settings import Settings
@@ -137,6 +139,7 @@ class Console:
         app.router.add_get("/api/items/{id}", self.api_item)
         app.router.add_post("/api/items/{id}/restore", self.api_restore)
         app.router.add_post("/api/items/{id}/confirm", self.api_confirm)
+        app.router.add_post("/api/items/{id}/purge", self.api_purge)
         return app
 
     # ------------------------------------------------------------------ who is asking
@@ -374,13 +377,15 @@ class Console:
 
     # ------------------------------------------------------------------ decisions
 
+    def _ops(self, workspace, reviewer: Reviewer, via: str) -> ItemOps:
+        """The item operations as this reviewer, with their permits; follow-ups logged (undo of moderation)."""
+        permits = ReviewerPermits(reviewer, bool(self.settings.console_moderators_may_restore))
+        return ItemOps(workspace, by(reviewer, via), permits, say=lambda note: log.info("console: %s", note))
+
     async def _decide(self, reviewer: Reviewer, decision: str, item_ids: list[str], via: str) -> list[Outcome]:
         def run(workspace) -> list[Outcome]:
-            decisions = Decisions(workspace, via)
-            outcomes = [getattr(decisions, decision)(reviewer, item_id) for item_id in item_ids]
-            if decision == "restore" and any(o.outcome in ("done", "pending") for o in outcomes):
-                workspace.run_follow_ups(say=lambda note: log.info("console: %s", note))  # undo moderation
-            return outcomes
+            with self._ops(workspace, reviewer, via) as ops:
+                return [getattr(ops, decision)(item_id) for item_id in item_ids]
 
         outcomes = await self._write(run)
         for outcome in outcomes:
@@ -401,7 +406,7 @@ class Console:
         item = await self._read(lambda ws: Views(ws).item(request["reviewer"], request.match_info["id"]))
         if item is None:
             return self._page("error.html", request, status=404, message="No such item (or not one of yours).")
-        person = await self._read(lambda ws: ban_target(ws.ledger.follow_ups.attribution(item["id"])))
+        person = await self._read(lambda ws: sole_uploader(ws.ledger.follow_ups.attribution(item["id"])))
         return self._page("ban.html", request, item=item, person=person, reason=default_ban_reason(item["id"]))
 
     async def ban(self, request: web.Request) -> web.Response:
@@ -417,7 +422,8 @@ class Console:
                 lemmy = build_lemmy(self.settings)
             except MirrorScanError as error:
                 return Outcome(item_id, "ban", "refused", str(error))
-            return Decisions(workspace, "console").ban(request["reviewer"], item_id, str(form.get("reason", "")), lemmy)
+            with self._ops(workspace, request["reviewer"], "console") as ops:
+                return ops.ban(item_id, str(form.get("reason", "")), lemmy)
 
         outcome = await self._write(run)
         log.info("console: %s ban (item %s): %s", one_line(request["reviewer"].who), item_id, outcome.outcome)
@@ -446,6 +452,11 @@ class Console:
 
     async def api_confirm(self, request: web.Request) -> web.Response:
         return await self._api_decision(request, "confirm")
+
+    async def api_purge(self, request: web.Request) -> web.Response:
+        """The bytes deleted for good (admins only; the pages offer no button for it): for scripts that
+        keep a retention period, the same purge as `quarantine purge`."""
+        return await self._api_decision(request, "purge")
 
 
 def run_console(console: Console, host: str, port: int, ready: Callable[[int], None] | None = None) -> None:

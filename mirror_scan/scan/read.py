@@ -15,7 +15,7 @@ import numpy as np
 
 from mirror_scan.hashing import sha256_bytes
 from mirror_scan.model.bundle import Preprocess
-from mirror_scan.scan.decode import Limits, decode
+from mirror_scan.scan.decoders.decode import Limits, decode
 from mirror_scan.scan.record import Picture, picture_of
 from mirror_scan.store.discover import Found
 from mirror_scan.store.paths import MissingParent, UnsafePath, reach_file

@@ -22,12 +22,14 @@ import numpy as np
 
 from mirror_scan.hashing import md5_bytes
 from mirror_scan.kinds import FileAction, FileStatus
-from mirror_scan.lists.hashes import LiveMatcher, queries
+from mirror_scan.lists.hashes import queries
+from mirror_scan.lists.live import LiveMatcher
 from mirror_scan.model.bundle import Bundle
 from mirror_scan.model.scoring import columns, policy_sims
 from mirror_scan.policy import Policy
+from mirror_scan.scan.act import Flagged
 from mirror_scan.scan.decide import Facts, Verdict, decide_files, short_reason
-from mirror_scan.scan.decode import Decoded, decode_detail
+from mirror_scan.scan.decoders.decode import Decoded, decode_detail
 from mirror_scan.scan.report import ReportWriter, record
 from mirror_scan.store.discover import Found
 from mirror_scan.store.ledger import Ledger
@@ -212,7 +214,7 @@ class FileRecorder:
         report_status: str | None = None,
     ) -> None:
         key = path_key(found.path)
-        self.ledger.record_file(
+        action, root = self.ledger.record_file(
             key,
             root=path_key(found.root) if found.root else None,
             size=found.size,
@@ -229,14 +231,19 @@ class FileRecorder:
             etag=found.etag,
             origin=found.origin,
         )
-        action = None
         if self.on_verdict and found.mtime_ns:
             self.on_verdict(found.mtime_ns)
-        if verdict.flagged:
+        if not verdict.flagged:
+            action = None
+        else:
             self.count_flagged(key)
-            action = self.ledger.file_row(key).action  # kept from an earlier run when the bytes are the same
-            if self.actor is not None and action is None and self.actor.act(key):
-                action = self.ledger.file_row(key).action  # what the quarantine recorded
+            # An action kept from an earlier run on the same bytes stands; otherwise the actor acts.
+            moved = None
+            if self.actor is not None and action is None:
+                moved = self.actor.act(Flagged(key, root, sha256, verdict.reason, model_id, self.policy.policy_id,
+                                               self.severity))  # fmt: skip
+            if moved is not None:
+                action = FileAction(moved.state)
                 if action == FileAction.UPSTREAM_PENDING:
                     self.counters.upstream_pending += 1
                 else:

@@ -27,7 +27,7 @@ class ReportWriter:
             raise UsageError(f"report format {fmt!r} is not supported", hint="use jsonl or csv")
         self.fmt = fmt
         self._own = target not in (None, "-")
-        self.handle: IO[str] = _open_private(Path(target)) if self._own else sys.stdout  # type: ignore[arg-type]
+        self.handle: IO[str] = open_private(Path(target)) if self._own else sys.stdout  # type: ignore[arg-type]
         self._csv = csv.DictWriter(self.handle, FIELDS, extrasaction="ignore") if fmt == "csv" else None
         if self._csv:
             self._csv.writeheader()
@@ -45,7 +45,7 @@ class ReportWriter:
             self.handle.flush()
 
 
-def _open_private(target: Path) -> IO[str]:
+def open_private(target: Path) -> IO[str]:
     """A report is 0600 whatever the umask (it names files, hashes and uploaders), like the state."""
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
     os.fchmod(fd, 0o600)  # an existing file keeps its old mode otherwise

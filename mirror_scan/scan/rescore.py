@@ -10,12 +10,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mirror_scan.lists.canary import with_canary
-from mirror_scan.lists.hashes import Matcher, match_stored
+from mirror_scan.lists.live import ledger_matcher, match_stored
 from mirror_scan.model.bundle import Bundle
 from mirror_scan.model.scoring import policy_sims
 from mirror_scan.policy import Policy, evaluate
-from mirror_scan.scan.act import Actor
+from mirror_scan.scan.act import Actor, Flagged
 from mirror_scan.scan.decide import Facts, verdict_for
 from mirror_scan.store.ledger import Ledger
 from mirror_scan.store.rows import RescoreRow
@@ -61,7 +60,7 @@ def rescore(
         for set_id in ledger.results.prompt_set_ids()
     }
     cursor = ledger.results.rescore_rows([s for s, needed in needs_embedding.items() if needed])
-    matcher = Matcher(with_canary(ledger.lists.hash_list_entries()))
+    matcher = ledger_matcher(ledger)
     lists_changed = ledger.lists.hash_lists_changed_at()
     updates: list[tuple[str, str | None, float, int]] = []
     while rows := cursor.fetchmany(CHUNK):
@@ -139,7 +138,11 @@ def apply_verdicts(
     for row in list(ledger.flagged_unacted(origin)):
         if root is not None and row.root != root:
             continue
-        if actor.act(row.path):  # the quarantine records the file's action
+        if row.sha256 is None:
+            continue
+        flagged = Flagged.recorded(row.path, row.root, row.sha256, row.reason, row.model_id, row.policy_id,
+                                   row.severity)  # fmt: skip
+        if actor.act(flagged) is not None:  # the quarantine records the file's action
             acted += 1
         if on_each:
             on_each()

@@ -26,8 +26,8 @@ from mirror_scan.model.bundle import Bundle
 from mirror_scan.model.scoring import Scorer, result_model_id
 from mirror_scan.policy import Policy
 from mirror_scan.scan.act import Actor
-from mirror_scan.scan.decode import Limits, decode
-from mirror_scan.scan.decodepool import decoders
+from mirror_scan.scan.decoders.decode import Limits, decode
+from mirror_scan.scan.decoders.decodepool import decoders
 from mirror_scan.scan.read import Changed, Failed, Outcome, Reused, ToScore, Vanished, fetch
 from mirror_scan.scan.record import Counters, Decider, FileRecorder, Picture
 from mirror_scan.scan.report import ReportWriter

@@ -18,7 +18,7 @@ from mirror_scan.model.bundle import Bundle
 from mirror_scan.model.scoring import Scorer, result_model_id
 from mirror_scan.policy import Policy
 from mirror_scan.scan.decide import Verdict
-from mirror_scan.scan.decode import Limits
+from mirror_scan.scan.decoders.decode import Limits
 from mirror_scan.scan.record import Decider, Picture
 from mirror_scan.store.ledger import Ledger
 from mirror_scan.store.quarantine import Quarantine

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import time
 
-from mirror_scan.store.rows import _FOLLOWUP_COLUMNS, FollowupRow
+from mirror_scan.store.rows import FOLLOWUP_COLUMNS, FollowupRow
 from mirror_scan.store.vocabulary import Vocabulary
 
 
@@ -33,14 +33,14 @@ class FollowupTables(Vocabulary):
 
     def followups(self, item_id: str) -> list[FollowupRow]:
         rows = self.db.execute(
-            f"SELECT {_FOLLOWUP_COLUMNS} FROM followups WHERE item=? ORDER BY id",
+            f"SELECT {FOLLOWUP_COLUMNS} FROM followups WHERE item=? ORDER BY id",
             (item_id,),  # noqa: S608
         )
         return [FollowupRow(*r) for r in rows]
 
     def due_followups(self, now: float, limit: int = 100) -> list[FollowupRow]:
         rows = self.db.execute(
-            f"SELECT {_FOLLOWUP_COLUMNS} FROM followups WHERE state='pending' AND next_try <= ? "  # noqa: S608
+            f"SELECT {FOLLOWUP_COLUMNS} FROM followups WHERE state='pending' AND next_try <= ? "  # noqa: S608
             "ORDER BY next_try, id LIMIT ?",
             (now, limit),
         )
@@ -48,7 +48,7 @@ class FollowupTables(Vocabulary):
 
     def followup(self, followup_id: int) -> FollowupRow | None:
         row = self.db.execute(
-            f"SELECT {_FOLLOWUP_COLUMNS} FROM followups WHERE id=?",
+            f"SELECT {FOLLOWUP_COLUMNS} FROM followups WHERE id=?",
             (followup_id,),  # noqa: S608
         ).fetchone()
         return None if row is None else FollowupRow(*row)
@@ -106,7 +106,7 @@ class FollowupTables(Vocabulary):
 
     def cancel_followups(self, item_id: str, why: str) -> list[tuple[str, str, str | None]]:
         """Cancel an item's follow-ups not done yet (attribution stays); returns (action, target, result)
-        of those that were done, for the caller to plan their undo (followups.plan_undo)."""
+        of those that were done (a restore queues their undo: store/lifecycle.py)."""
         self.begin()
         self.db.execute(
             "UPDATE followups SET state='cancelled', updated=?, error=? "

@@ -45,7 +45,7 @@ def is_busy(error: BaseException) -> bool:
     )
 
 
-def _open_private(path: Path) -> None:
+def open_private(path: Path) -> None:
     """Create the database file 0600 whatever the umask: it holds paths, hashes and reasons. SQLite gives
     its -wal and -shm files the database file's mode."""
     if not path.exists():
@@ -60,7 +60,7 @@ _HEADER_CHECKED: set[str] = set()
 _HEADER_LOCK = threading.Lock()
 
 
-def _check_header(path: Path) -> None:
+def check_header(path: Path) -> None:
     """Cheap checks before SQLite opens an existing file (it would treat a short file as an empty database
     and write a fresh schema over the evidence): the magic, whole pages, and the page count the header
     records. A full check is `mirror-scan state check`.
@@ -80,7 +80,7 @@ def _check_header(path: Path) -> None:
 _PAGES_CHECKED: set[str] = set()
 
 
-def _check_pages_once(path: Path, db: sqlite3.Connection) -> None:
+def check_pages_once(path: Path, db: sqlite3.Connection) -> None:
     """Damage inside pages (an intact header over garbage) is found by SQLite only where a read happens
     to touch it, and a write beside it would go on as if nothing were wrong: check before first use."""
     if str(path) == ":memory:" or not path.exists():

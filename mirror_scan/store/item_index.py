@@ -1,5 +1,5 @@
 """The quarantine's index: items listed from the ledger, rebuilt from meta.json (never overriding the
-ledger), purged. Part of Quarantine (store/quarantine.py)."""
+ledger), purged (the bytes deleted for good, a tombstone kept)."""
 
 from __future__ import annotations
 
@@ -15,48 +15,55 @@ from typing import Any
 
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.hashing import sha256_file
-from mirror_scan.kinds import HELD_STATES, ItemState, Step
+from mirror_scan.kinds import ItemEvent, ItemState
 from mirror_scan.store.items import (
     DATA,
     META_FORMAT,
     QuarantineError,
-    _claims,
-    _now_iso,
-    _unb64,
+    claims_of,
     file_key,
     item_origin,
     meta_disagreement,
+    unb64,
 )
-from mirror_scan.store.paths import (
-    check_relative,
-)
+from mirror_scan.store.journal import Journal, iso
+from mirror_scan.store.lifecycle import By, Lifecycle
+from mirror_scan.store.paths import check_relative
 from mirror_scan.store.rows import ItemRow, display_path
 
 log = logging.getLogger(__name__)
 
 
 class ItemIndex:
-    """The index half of the Quarantine (a mixin)."""
+    def __init__(self, journal: Journal, lifecycle: Lifecycle) -> None:
+        self.journal = journal
+        self.lifecycle = lifecycle
+        self.ledger = journal.ledger
 
-    def _index(self, meta: dict[str, Any]) -> None:
-        self.ledger.insert_item(
-            {
-                "id": meta["id"],
-                "dir": os.fsencode(self.items / meta["id"]),
-                "sha256": meta["sha256"],
-                "size": meta["size"],
-                "original": os.path.join(_unb64(meta["mirror_root_b64"]), _unb64(meta["original_b64"]))
-                if meta["original_b64"]
-                else b"",
-                "mirror_root": _unb64(meta["mirror_root_b64"]),
-                "remote": meta.get("remote"),
-                "key": meta.get("key"),
-                "state": meta["state"],
-                "reason": json.dumps(meta.get("verdict")),
-                "created": dt.datetime.fromisoformat(meta["quarantined_at"]).timestamp(),
-                "updated": time.time(),
-            },
-        )
+    def _import(self, meta: dict[str, Any]) -> None:
+        """An item the ledger does not know, from its checked metadata file, in the caller's transaction."""
+        root = unb64(meta["mirror_root_b64"])
+        fields = {
+            "id": meta["id"],
+            "dir": os.fsencode(self.journal.item_dir(meta["id"])),
+            "sha256": meta["sha256"],
+            "size": meta["size"],
+            "original": os.path.join(root, unb64(meta["original_b64"])) if meta["original_b64"] else b"",
+            "mirror_root": root,
+            "remote": meta.get("remote"),
+            "key": meta.get("key"),
+            "state": meta["state"],
+            "reason": json.dumps(meta.get("verdict")),
+            "created": dt.datetime.fromisoformat(meta["quarantined_at"]).timestamp(),
+            "updated": time.time(),
+        }
+        lines = []
+        for entry in meta.get("history") or []:
+            try:
+                lines.append((dt.datetime.fromisoformat(entry["at"]).timestamp(), str(entry["state"])))
+            except (KeyError, TypeError, ValueError):
+                continue  # a line of history that does not parse is not worth refusing the item for
+        self.lifecycle.import_item(fields, lines)
 
     def reindex(self, mirror_root: bytes | None = None) -> tuple[int, list[str]]:
         """Rebuild the index from the metadata files after losing the state database. Items the ledger
@@ -65,9 +72,9 @@ class ItemIndex:
         restore makes: a stored path inside its root, bytes that hash to the recorded sha256, a known
         state, and (with `mirror_root`) that root. Returns (items indexed, problems)."""
         count, problems = 0, []
-        for item_dir in sorted(self.items.iterdir()):
+        for item_dir in sorted(self.journal.items.iterdir()):
             try:
-                meta = self.read_meta(item_dir.name)
+                meta = self.journal.read_meta(item_dir.name)
                 if meta.get("format") != META_FORMAT or meta.get("id") != item_dir.name:
                     raise QuarantineError("not a mirror-scan quarantine item")
                 known = self.ledger.item(item_dir.name)
@@ -87,16 +94,17 @@ class ItemIndex:
                     continue
                 self._check_importable(item_dir, meta, mirror_root)
                 with self.ledger.transaction():
-                    self._index(meta)
+                    self._import(meta)
                     if isinstance(meta.get("attribution"), dict):  # the item's own copy rebuilds the ledger's
                         self.ledger.follow_ups.put_attribution(meta["id"], meta["attribution"])
+                self.journal.sync_meta(meta["id"], rewrite=True)  # its lines, now under the ledger's ids
                 count += 1
             except (MirrorScanError, KeyError, ValueError, TypeError) as err:
                 problems.append(f"{item_dir.name}: {err}")
         return count, problems
 
     def _check_importable(self, item_dir: Path, meta: dict[str, Any], mirror_root: bytes | None) -> None:
-        claims = _claims(meta)
+        claims = claims_of(meta)
         if meta.get("state") not in {str(s) for s in ItemState}:
             raise QuarantineError(f"unknown state {meta.get('state')!r}; not imported")
         if not isinstance(claims["sha256"], str) or not re.fullmatch(r"[0-9a-f]{64}", claims["sha256"]):
@@ -104,7 +112,7 @@ class ItemIndex:
         if claims["original"]:
             if not os.path.isabs(claims["mirror_root"]):
                 raise QuarantineError("its mirror root is not an absolute path; not imported")
-            check_relative(_unb64(meta["original_b64"]))
+            check_relative(unb64(meta["original_b64"]))
             if mirror_root is not None and os.path.realpath(claims["mirror_root"]) != os.path.realpath(mirror_root):
                 raise QuarantineError(
                     f"it came from {display_path(claims['mirror_root'])}, not the mirror given; not imported"
@@ -140,12 +148,13 @@ class ItemIndex:
         }
 
     def record_pictrs_purge(self, item_id: str, alias: str, note: str) -> None:
-        """Write down what was purged from pict-rs (irreversible), in the item's own metadata."""
-        with self.item_lock(item_id, wait_s=5.0):
-            meta = self.read_meta(item_id)
-            meta.setdefault("pictrs_purged", []).append({"alias": alias, "result": note, "at": _now_iso()})
-            meta.setdefault("history", []).append({"state": f"pict-rs purge of {alias}: {note}", "at": _now_iso()})
-            self._write_meta(self.items / item_id, meta)
+        """Write down what was purged from pict-rs (irreversible), in the item's history and metadata."""
+
+        def purged(meta: dict[str, Any]) -> None:
+            meta.setdefault("pictrs_purged", []).append({"alias": alias, "result": note, "at": iso(time.time())})
+
+        with self.journal.item_lock(item_id, wait_s=5.0):
+            self.journal.note(item_id, f"pict-rs purge of {alias}: {note}", purged)
 
     def expire_canaries(self, older_than_s: float, now: float | None = None) -> list[str]:
         """Purge the canary items (the harmless test picture) quarantined longer ago than `older_than_s`,
@@ -173,19 +182,10 @@ class ItemIndex:
             purged.append(row.id)
         return purged
 
-    def purge(self, item_id: str) -> None:
-        """Delete an item's bytes permanently; keep a tombstone (metadata, state 'purged')."""
-        with self.item_lock(item_id, wait_s=5.0):
-            row = self.ledger.item(item_id)
-            if row is None or row.state not in (*HELD_STATES, ItemState.RESTORED):
-                raise QuarantineError(f"item {item_id} cannot be purged (it is {row.state if row else 'unknown'})")
-            if row.state in (ItemState.QUARANTINING, ItemState.RESTORING):
-                raise QuarantineError(f"item {item_id} is being moved right now; purge it afterwards")
-            with self.ledger.transaction():
-                for move in self.ledger.unfinished_moves(item_id):
-                    # A removal pending upstream of a file the operator purges: the mirror file stays.
-                    self.ledger.set_step(move.id, Step.ROLLED_BACK, note="superseded by a purge")
-            (self.items / item_id / DATA).unlink(missing_ok=True)
-            self._note_in_meta(item_id, ItemState.PURGED, "purged")
-            with self.ledger.transaction():
-                self.ledger.set_item_state(item_id, ItemState.PURGED)
+    def purge(self, item_id: str, by: By | None = None) -> None:
+        """Delete an item's bytes permanently; keep a tombstone (metadata, state 'purged'). A removal still
+        pending upstream is given up (the mirror file stays)."""
+        with self.journal.item_lock(item_id, wait_s=5.0):
+            self.lifecycle.check(self.ledger.item(item_id), ItemEvent.PURGED, item_id)
+            (self.journal.item_dir(item_id) / DATA).unlink(missing_ok=True)
+            self.lifecycle.apply(item_id, ItemEvent.PURGED, by=by)

@@ -51,39 +51,36 @@ class ItemBusy(QuarantineError):
     """Another live process is working on this item."""
 
 
-def _b64(raw: bytes) -> str:
+def b64(raw: bytes) -> str:
     return base64.b64encode(raw).decode("ascii")
 
 
-def _unb64(text: str) -> bytes:
+def unb64(text: str) -> bytes:
     return base64.b64decode(text.encode("ascii"), validate=True)
 
 
-def _new_item_id(sha256: str) -> str:
+def new_item_id(sha256: str) -> str:
     """Sortable by time, recognisable by content, unique by a random suffix."""
     return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%SZ}-{sha256[:12]}-{secrets.token_hex(2)}"
 
 
-def _item_meta(item_id: str, sha256: str, size: int, first_event: str, **fields: Any) -> dict[str, Any]:
-    """The metadata every quarantine item carries; callers add where it came from and why."""
+def item_meta(item_id: str, sha256: str, size: int, state: ItemState, **fields: Any) -> dict[str, Any]:
+    """The metadata every quarantine item carries; callers add where it came from and why. Its state and
+    history follow the ledger's (Journal.sync_meta)."""
     return {
         "format": META_FORMAT,
         "format_version": META_VERSION,
         "id": item_id,
-        "state": str(ItemState.QUARANTINED),
+        "state": str(state),
         "sha256": sha256,
         "size": size,
-        "quarantined_at": _now_iso(),
-        "history": [{"state": first_event, "at": _now_iso()}],
+        "quarantined_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "history": [],
         **fields,
     }
 
 
-def _now_iso() -> str:
-    return dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-
-
-def _write_private(path: Path, data: bytes) -> None:
+def write_private(path: Path, data: bytes) -> None:
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.write(fd, data)
@@ -92,7 +89,7 @@ def _write_private(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
-def _copy_to_new(source_fd: int, target: bytes | Path, mode: int, dir_fd: int | None = None) -> str:
+def copy_to_new(source_fd: int, target: bytes | Path, mode: int, dir_fd: int | None = None) -> str:
     """Copy from an open file into a new file (O_EXCL: never an existing one), fsync it, return the sha256
     of what was written."""
     import hashlib
@@ -111,7 +108,7 @@ def _copy_to_new(source_fd: int, target: bytes | Path, mode: int, dir_fd: int | 
     return digest.hexdigest()
 
 
-def _is_prefix_of(place: Place, source: Path) -> bool:
+def is_prefix_of(place: Place, source: Path) -> bool:
     """True if the file at the place holds a leading part (possibly all) of `source`'s bytes: what an
     interrupted O_EXCL write of ours leaves behind."""
     try:
@@ -137,11 +134,11 @@ def restore_method(directory: bytes) -> str:
     return "direct" if is_remote_or_fuse(filesystem_type(directory)) else "link"
 
 
-def _claims(meta: dict[str, Any]) -> dict[str, Any]:
+def claims_of(meta: dict[str, Any]) -> dict[str, Any]:
     """What a metadata file says about the facts the ledger also records (ValueError if unusable)."""
     try:
-        root = _unb64(meta.get("mirror_root_b64", ""))
-        original = _unb64(meta["original_b64"]) if meta.get("original_b64") else b""
+        root = unb64(meta.get("mirror_root_b64", ""))
+        original = unb64(meta["original_b64"]) if meta.get("original_b64") else b""
         return {
             "id": meta.get("id"),
             "sha256": meta.get("sha256"),
@@ -170,7 +167,7 @@ def meta_disagreement(row: ItemRow, meta: dict[str, Any]) -> list[str]:
         "origin": item_origin(row),
     }
     try:
-        claimed = _claims(meta)
+        claimed = claims_of(meta)
     except ValueError as err:
         return [str(err)]
     return [name for name in recorded if claimed[name] != recorded[name]]
@@ -194,7 +191,7 @@ def file_key(row: ItemRow) -> bytes:
     return b""
 
 
-def _check_item_id(item_id: str) -> None:
+def check_item_id(item_id: str) -> None:
     """An item id names one directory under items/ (and one lock file): a single plain path component."""
     try:
         parts = check_relative(item_id.encode())

@@ -24,7 +24,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from mirror_scan.errors import MirrorScanError, UsageError
@@ -36,22 +36,22 @@ from mirror_scan.kinds import (
     Step,
 )
 from mirror_scan.store.followup_tables import FollowupTables
+from mirror_scan.store.history_tables import HistoryTables
 from mirror_scan.store.integrity import (
     StateBusy,
     StateDamaged,
-    _check_header,
-    _check_pages_once,
-    _open_private,
+    check_header,
+    check_pages_once,
     is_busy,
+    open_private,
 )
 from mirror_scan.store.list_tables import ListTables
 from mirror_scan.store.result_tables import ResultTables
 from mirror_scan.store.review_tables import ReviewTables
 from mirror_scan.store.rows import (
-    _FILE_COLUMNS,
-    _ITEM_COLUMNS,
-    _MOVE_COLUMNS,
-    ActContext,
+    FILE_COLUMNS,
+    ITEM_COLUMNS,
+    MOVE_COLUMNS,
     FileRow,
     FileSignature,
     ItemRow,
@@ -80,11 +80,13 @@ class Ledger:
             )
         self._local = threading.local()
         self._in_tx = False
+        self._after_commit: list[Callable[[], None]] = []
         self.results = ResultTables(self)  # what the model said of some bytes, prompt sets, rescoring
         self.lists = ListTables(self)  # hash lists, picture hashes, subscriptions, pushes
         self.follow_ups = FollowupTables(self)  # the follow-up journal and attributions
         self.reviews = ReviewTables(self)  # decisions (who restored, confirmed, banned) and console people
-        _check_header(self.path)
+        self.history = HistoryTables(self)  # what happened to each quarantine item, line by line
+        check_header(self.path)
         try:
             if readonly and not self.path.exists():
                 # Nothing recorded yet: reads see an empty ledger, and nothing is created on disk.
@@ -95,17 +97,17 @@ class Ledger:
                 self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 self.db.execute("PRAGMA cell_size_check=ON")
                 self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()
-                _check_pages_once(self.path, self.db)
+                check_pages_once(self.path, self.db)
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-                _open_private(self.path)
+                open_private(self.path)
                 self.db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
                 self.db.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
                 self.db.execute("PRAGMA cell_size_check=ON")  # some damage is caught as pages are read
                 self.db.execute("PRAGMA journal_mode=WAL")
                 # FULL: every commit (one per inference batch, one per quarantine step) survives a power cut.
                 self.db.execute("PRAGMA synchronous=FULL")
-                _check_pages_once(self.path, self.db)  # before this process writes anything
+                check_pages_once(self.path, self.db)  # before this process writes anything
                 with self.transaction():  # one writer creates or migrates; others wait for it
                     self._create_schema()
         except sqlite3.DatabaseError as err:
@@ -168,11 +170,21 @@ class Ledger:
         if self._in_tx:
             self.db.execute("COMMIT")
             self._in_tx = False
+        waiting, self._after_commit = self._after_commit, []
+        for then in waiting:
+            then()
 
     def rollback(self) -> None:
         if self._in_tx:
             self.db.execute("ROLLBACK")
             self._in_tx = False
+        self._after_commit = []
+
+    def after_commit(self, then: Callable[[], None]) -> None:
+        """Run `then` once the open transaction commits (never if it rolls back): what follows from a
+        commit, such as an item's metadata file catching up with its new state."""
+        self.begin()
+        self._after_commit.append(then)
 
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
@@ -207,7 +219,7 @@ class Ledger:
     # ---------------------------------------------------------------- files
 
     def file_row(self, key: bytes) -> FileRow | None:
-        row = self.db.execute(f"SELECT {_FILE_COLUMNS} FROM files WHERE path=?", (key,)).fetchone()  # noqa: S608
+        row = self.db.execute(f"SELECT {FILE_COLUMNS} FROM files WHERE path=?", (key,)).fetchone()  # noqa: S608
         return None if row is None else FileRow(*row)
 
     def file_signature(self, key: bytes, conn: sqlite3.Connection | None = None) -> FileSignature | None:
@@ -237,10 +249,12 @@ class Ledger:
         fmt: str | None = None,
         etag: str | None = None,
         origin: str | None = None,
-    ) -> None:
+    ) -> tuple[str | None, bytes | None]:
+        """The file's row, decided afresh; returns the action it keeps (one taken on these very bytes by an
+        earlier run: a file whose bytes changed is considered anew) and its mirror root as recorded."""
         now = time.time()
         self.begin()
-        self.db.execute(
+        kept = self.db.execute(
             """INSERT INTO files (path, root, size, mtime_ns, sha256, status, verdict, reason, result_id, model_id,
                                   policy_id, severity, format, first_seen, scanned_at, decided_at, error_count,
                                   etag, origin)
@@ -253,7 +267,8 @@ class Ledger:
                  scanned_at=excluded.scanned_at, decided_at=excluded.decided_at,
                  error_count=CASE WHEN excluded.status='error' THEN files.error_count + 1 ELSE 0 END,
                  action=CASE WHEN files.sha256 IS excluded.sha256 THEN files.action END,
-                 acted_at=CASE WHEN files.sha256 IS excluded.sha256 THEN files.acted_at END""",
+                 acted_at=CASE WHEN files.sha256 IS excluded.sha256 THEN files.acted_at END
+               RETURNING action, root""",
             (
                 key,
                 root,
@@ -275,7 +290,8 @@ class Ledger:
                 etag,
                 origin,
             ),
-        )
+        ).fetchone()
+        return (kept[0], kept[1]) if kept else (None, root)
 
     def mark_action(self, key: bytes, action: str | None) -> None:
         self.begin()
@@ -290,17 +306,12 @@ class Ledger:
     def flagged_unacted(self, origin: str | None = None) -> Iterator[Unacted]:
         """Flagged and not acted on: mirrored files (origin None) or objects scanned in their bucket."""
         cursor = self.db.execute(
-            "SELECT path, sha256, reason, root FROM files WHERE verdict='flagged' AND action IS NULL "
+            "SELECT path, sha256, reason, root, model_id, policy_id, severity FROM files "
+            "WHERE verdict='flagged' AND action IS NULL "
             "AND origin IS ? ORDER BY path",
             (origin,),
         )
         yield from (Unacted(*row) for row in cursor.fetchall())
-
-    def act_context(self, key: bytes) -> ActContext | None:
-        row = self.db.execute(
-            "SELECT root, sha256, reason, model_id, policy_id, severity FROM files WHERE path=?", (key,)
-        ).fetchone()
-        return None if row is None else ActContext(*row)
 
     def file_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM files").fetchone()[0])
@@ -365,11 +376,11 @@ class Ledger:
     # ---------------------------------------------------------------- quarantine index
 
     def item(self, item_id: str) -> ItemRow | None:
-        row = self.db.execute(f"SELECT {_ITEM_COLUMNS} FROM quarantine WHERE id=?", (item_id,)).fetchone()  # noqa: S608
+        row = self.db.execute(f"SELECT {ITEM_COLUMNS} FROM quarantine WHERE id=?", (item_id,)).fetchone()  # noqa: S608
         return None if row is None else ItemRow(*row)
 
     def items(self, since: float | None = None, states: tuple[str, ...] | None = None) -> list[ItemRow]:
-        sql = f"SELECT {_ITEM_COLUMNS} FROM quarantine WHERE created >= ?"  # noqa: S608
+        sql = f"SELECT {ITEM_COLUMNS} FROM quarantine WHERE created >= ?"  # noqa: S608
         params: list = [since or 0]
         if states:
             sql += f" AND state IN ({','.join('?' * len(states))})"
@@ -516,11 +527,11 @@ class Ledger:
         self.db.execute("UPDATE moves SET method=? WHERE id=?", (method, move_id))
 
     def move(self, move_id: int) -> MoveRow | None:
-        row = self.db.execute(f"SELECT {_MOVE_COLUMNS} FROM moves WHERE id=?", (move_id,)).fetchone()  # noqa: S608
+        row = self.db.execute(f"SELECT {MOVE_COLUMNS} FROM moves WHERE id=?", (move_id,)).fetchone()  # noqa: S608
         return None if row is None else MoveRow(*row)
 
     def unfinished_moves(self, item_id: str | None = None) -> list[MoveRow]:
-        sql = f"SELECT {_MOVE_COLUMNS} FROM moves WHERE step NOT IN {FINISHED_SQL}"  # noqa: S608
+        sql = f"SELECT {MOVE_COLUMNS} FROM moves WHERE step NOT IN {FINISHED_SQL}"  # noqa: S608
         params: tuple = ()
         if item_id is not None:
             sql += " AND item=?"
@@ -529,7 +540,7 @@ class Ledger:
 
     def moves_of(self, item_id: str) -> list[MoveRow]:
         """Every move of an item, oldest first (its quarantine, restores)."""
-        rows = self.db.execute(f"SELECT {_MOVE_COLUMNS} FROM moves WHERE item=? ORDER BY id", (item_id,))  # noqa: S608
+        rows = self.db.execute(f"SELECT {MOVE_COLUMNS} FROM moves WHERE item=? ORDER BY id", (item_id,))  # noqa: S608
         return [MoveRow(*r) for r in rows]
 
     def file_times(self, key: bytes) -> tuple[float, float | None] | None:

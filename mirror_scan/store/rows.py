@@ -88,7 +88,7 @@ class FollowupRow:
     updated: float
 
 
-_FOLLOWUP_COLUMNS = "id, item, action, target, state, plan, attempts, next_try, result, error, created, updated"
+FOLLOWUP_COLUMNS = "id, item, action, target, state, plan, attempts, next_try, result, error, created, updated"
 
 
 class FileSignature(NamedTuple):
@@ -101,22 +101,16 @@ class FileSignature(NamedTuple):
     error_count: int
 
 
-class ActContext(NamedTuple):
-    """A flagged file's decision, as the actor needs it to quarantine the file."""
-
-    root: bytes | None
-    sha256: str | None
-    reason: str | None
-    model_id: str | None
-    policy_id: str | None
-    severity: float | None
-
-
 class Unacted(NamedTuple):
+    """A flagged file not acted on, with the decision `apply` acts on."""
+
     path: bytes
     sha256: str | None
     reason: str | None
     root: bytes | None
+    model_id: str | None
+    policy_id: str | None
+    severity: float | None
 
 
 @dataclass(frozen=True)
@@ -150,6 +144,6 @@ class MoveRow:
     method: str | None
 
 
-_FILE_COLUMNS = ", ".join(f.name for f in FileRow.__dataclass_fields__.values())
-_ITEM_COLUMNS = ", ".join(f.name for f in ItemRow.__dataclass_fields__.values())
-_MOVE_COLUMNS = ", ".join(f.name for f in MoveRow.__dataclass_fields__.values())
+FILE_COLUMNS = ", ".join(f.name for f in FileRow.__dataclass_fields__.values())
+ITEM_COLUMNS = ", ".join(f.name for f in ItemRow.__dataclass_fields__.values())
+MOVE_COLUMNS = ", ".join(f.name for f in MoveRow.__dataclass_fields__.values())

@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from mirror_scan.kinds import DECIDED_STATUSES, EXPORTED_STATES, FINISHED_STEPS, MOVING_STATES
 
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 # A writer waits this long for another writer's transaction. Transactions last milliseconds (none is ever
 # held across a subprocess, a network call or a wait for work), so running out of it means something
 # is wrong with another process, and is reported as "busy", never as damage.
@@ -158,6 +158,13 @@ CREATE TABLE IF NOT EXISTS decisions (
     note TEXT
 );
 CREATE INDEX IF NOT EXISTS decisions_item ON decisions (item);
+CREATE TABLE IF NOT EXISTS item_history (
+    id INTEGER PRIMARY KEY,
+    item TEXT NOT NULL,
+    at REAL NOT NULL,
+    line TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS item_history_item ON item_history (item);
 CREATE TABLE IF NOT EXISTS console_users (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS console_tokens (name TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE,
                                            created REAL NOT NULL, last_used REAL);

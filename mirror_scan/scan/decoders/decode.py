@@ -41,10 +41,10 @@ try:  # JPEG XL through the pillow-jxl plugin (registers itself with Pillow)
     import pillow_jxl  # noqa: F401
 except ImportError:  # pragma: no cover - optional at runtime, installed by default
     pass
-from mirror_scan.scan import gifclip, gpujpeg
-from mirror_scan.scan.decoded import Decoded, DecodeFailure, Limits, clock, decode_detail
-from mirror_scan.scan.frames import DistinctFrames, Rows, pdq_dihedral
-from mirror_scan.scan.pngchunks import default_image, strip_metadata
+from mirror_scan.scan.decoders import gifclip, gpujpeg
+from mirror_scan.scan.decoders.decoded import Decoded, DecodeFailure, Limits, clock, decode_detail
+from mirror_scan.scan.decoders.frames import DistinctFrames, Rows, pdq_dihedral
+from mirror_scan.scan.decoders.pngchunks import default_image, strip_metadata
 
 try:  # HEIF/HEIC (iPhone photos) through pillow-heif
     import pillow_heif
@@ -351,7 +351,7 @@ def _decode_image_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> D
 
 
 def _decode_avif_second(data: bytes, prep: Preprocess, limits: Limits, first: str) -> Decoded:
-    from mirror_scan.scan.avif import decode_avif
+    from mirror_scan.scan.decoders.avif import decode_avif
 
     try:
         img = decode_avif(data, limits.max_pixels)
@@ -376,7 +376,7 @@ def _one_picture(img: Image.Image, fmt: str, prep: Preprocess, limits: Limits, n
 
 
 def _salvage_webp(data: bytes, prep: Preprocess, limits: Limits, strict_error: BaseException) -> Decoded | None:
-    from mirror_scan.scan.webpsalvage import first_frame_still, salvage, whole_frames
+    from mirror_scan.scan.decoders.webpsalvage import first_frame_still, salvage, whole_frames
 
     animation = whole_frames(data)
     if animation is not None:  # a cut animation: the frames that arrived whole, else the first one's rows
@@ -407,7 +407,7 @@ def _salvage_webp(data: bytes, prep: Preprocess, limits: Limits, strict_error: B
 
 
 def _salvage_jxl(data: bytes, prep: Preprocess, limits: Limits, strict_error: BaseException) -> Decoded | None:
-    from mirror_scan.scan.jxlsalvage import salvage
+    from mirror_scan.scan.decoders.jxlsalvage import salvage
 
     found = salvage(data, limits.max_pixels)
     if found is None:
@@ -419,7 +419,7 @@ def _salvage_jxl(data: bytes, prep: Preprocess, limits: Limits, strict_error: Ba
 
 
 def _read_bmp(data: bytes, prep: Preprocess, limits: Limits, strict_error: BaseException) -> Decoded | None:
-    from mirror_scan.scan.bmpread import BmpRefused, read_bmp
+    from mirror_scan.scan.decoders.bmpread import BmpRefused, read_bmp
 
     try:
         img = read_bmp(data, limits.max_pixels)

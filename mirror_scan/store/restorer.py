@@ -1,6 +1,14 @@
 """Restoring a quarantine item: back to its place in the mirror (or a chosen folder) and upstream, by a
-journalled move that survives kill -9 at any step (recovery.py finishes or rolls it back). Part of
-Quarantine (store/quarantine.py)."""
+journalled move that survives kill -9 at any step (recovery.py finishes or rolls it back):
+
+    intent -> copied (temp beside the target, fsynced, verified) -> placed (hard-linked to the target:
+    never overwrites) -> [upstream_restored] -> done (allowlisted, moderation undone)
+
+On filesystems without hard links (FUSE mounts such as `rclone mount`, SMB) the target itself is written
+with O_EXCL (never overwrites, no temp name that a mount would upload), fsynced and verified:
+intent -> placed. An object scanned in its bucket goes back to its key; an upload the validator rejected
+is released (allowlisted). The decision that asked for the restore, if any, is recorded in the transaction
+that finishes it."""
 
 from __future__ import annotations
 
@@ -14,46 +22,54 @@ from typing import Any
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.faults import checkpoint
 from mirror_scan.hashing import sha256_file
-from mirror_scan.kinds import RESTORABLE_STATES, FileAction, ItemState, MoveKind, Step
-from mirror_scan.store.followups import plan_undo
+from mirror_scan.kinds import ItemEvent, MoveKind, Step
 from mirror_scan.store.items import (
     DATA,
     LINK_UNSUPPORTED,
     NO_UPSTREAM,
     QuarantineError,
     UpstreamRestorePending,
-    _copy_to_new,
+    copy_to_new,
     file_key,
+    is_prefix_of,
     item_origin,
     meta_disagreement,
     restore_method,
     restore_tmp_name,
 )
-from mirror_scan.store.paths import (
-    Place,
-    UnsafePath,
-    check_operator_target,
-    reach,
-    relative_to,
-)
-from mirror_scan.store.rows import ItemRow, display_path
-from mirror_scan.store.upstream import Upstream
+from mirror_scan.store.journal import Journal
+from mirror_scan.store.lifecycle import By, Lifecycle
+from mirror_scan.store.paths import Place, UnsafePath, check_operator_target, reach, relative_to
+from mirror_scan.store.rows import ItemRow, MoveRow, display_path
+from mirror_scan.store.upstream import Upstream, Upstreams
 
 log = logging.getLogger(__name__)
 
+PENDING_HINT = (
+    "nothing is lost: a running watch daemon retries it with backoff, and so does every mirror-scan command "
+    "that writes state"
+)
 
-class Restores:
-    """The restore half of the Quarantine (a mixin: it uses the quarantine's journal and locks)."""
 
-    def restore(self, item_id: str, to: Path | None = None, upstream: bool = True, wait_s: float = 5.0) -> bytes:
+class Restorer:
+    def __init__(self, journal: Journal, lifecycle: Lifecycle, upstreams: Upstreams) -> None:
+        self.journal = journal
+        self.lifecycle = lifecycle
+        self.ledger = journal.ledger
+        self.upstreams = upstreams
+
+    def restore(
+        self, item_id: str, to: Path | None = None, upstream: bool = True, wait_s: float = 5.0, by: By | None = None
+    ) -> bytes:
         """Put the item's bytes back, byte-identical, at its original path (or `to`), and allowlist them.
-        Uses the remote the item recorded (it must be configured here) unless upstream=False."""
-        with self.item_lock(item_id, wait_s=wait_s):
-            target = self._restore_locked(item_id, to, upstream)
+        Uses the remote the item recorded (it must be configured here) unless upstream=False. `by`: who
+        asked, recorded with the restore's last step."""
+        with self.journal.item_lock(item_id, wait_s=wait_s):
+            target = self._restore_locked(item_id, to, upstream, by)
         log.info("restored quarantine item %s to %s (sha256 allowlisted)", item_id, display_path(target))
         return target
 
-    def _checked_item(self, item_id: str) -> tuple[ItemRow, dict[str, Any]]:
+    def checked_item(self, item_id: str) -> tuple[ItemRow, dict[str, Any]]:
         """The ledger's row and the metadata file, which must agree: the ledger is the authority, and a
         metadata file that says otherwise (edited, replaced) refuses the action."""
         row = self.ledger.item(item_id)
@@ -63,7 +79,7 @@ class Restores:
                 hint="see `mirror-scan quarantine list`; after losing the state database, `quarantine reindex` "
                 "rebuilds the index from the metadata files (check them first)",
             )
-        meta = self.read_meta(item_id)
+        meta = self.journal.read_meta(item_id)
         differing = meta_disagreement(row, meta)
         if differing:
             raise QuarantineError(
@@ -74,32 +90,37 @@ class Restores:
             )
         return row, meta
 
-    def _restore_locked(self, item_id: str, to: Path | None, upstream: bool) -> bytes:
-        row, meta = self._checked_item(item_id)
-        if row.state not in RESTORABLE_STATES:
-            raise QuarantineError(f"item {item_id} is {row.state}, not quarantined")
-        item_dir = self.items / item_id
-        if item_origin(row) == "upload":
-            return self._release_upload(row)
-        if item_origin(row) == "bucket" and to is None:
-            return self._restore_object(row, item_dir, upstream)
+    def _restore_locked(self, item_id: str, to: Path | None, upstream: bool, by: By | None) -> bytes:
+        row, meta = self.checked_item(item_id)
+        origin = item_origin(row)
+        self.lifecycle.check(row, ItemEvent.RELEASED if origin == "upload" else ItemEvent.RESTORE_BEGUN)
+        item_dir = self.journal.item_dir(item_id)
+        if origin == "upload":
+            self.lifecycle.apply(row.id, ItemEvent.RELEASED, by=by)
+            return b"(allowlisted: the upload can be made again)"
+        if origin == "bucket" and to is None:
+            return self._restore_object(row, item_dir, upstream, by)
         target_upstream = None
         if upstream and row.remote and row.key and to is None:
             target_upstream = self.upstreams.get(row.remote)  # refuses now if the remote is not configured
-        if sha256_file(item_dir / DATA) != row.sha256:
-            raise QuarantineError(
-                f"item {item_id}: the quarantined bytes do not match their recorded sha256 (tampered or damaged); "
-                "refusing to restore",
-                hint="compare with your backups; `quarantine show` prints the recorded metadata",
-            )
+        self._verify_bytes(row, item_dir)
         try:
-            place = self._target_place(row, to, create_parents=True)
+            place = self.target_place(row, to, create_parents=True)
         except UnsafePath as err:
             raise QuarantineError(f"item {item_id}: {err}", hint="restore it elsewhere with --to PATH") from None
         with place:
-            return self._restore_at(row, meta, place, target_upstream)
+            return self._restore_at(row, meta, place, target_upstream, by)
 
-    def _target_place(self, row: ItemRow, to: Path | bytes | None, create_parents: bool) -> Place:
+    @staticmethod
+    def _verify_bytes(row: ItemRow, item_dir: Path) -> None:
+        if sha256_file(item_dir / DATA) != row.sha256:
+            raise QuarantineError(
+                f"item {row.id}: the quarantined bytes do not match their recorded sha256 (tampered or damaged); "
+                "refusing to restore",
+                hint="compare with your backups; `quarantine show` prints the recorded metadata",
+            )
+
+    def target_place(self, row: ItemRow, to: Path | bytes | None, create_parents: bool) -> Place:
         """Where a restore writes: the original path under the mirror root, or the operator's --to path;
         reached without following links either way."""
         if to is not None:
@@ -107,7 +128,18 @@ class Restores:
             return reach(b"/", target.lstrip(b"/"), create_parents=False)
         return reach(row.mirror_root, relative_to(row.mirror_root, row.original), create_parents=create_parents)
 
-    def _restore_at(self, row: ItemRow, meta: dict[str, Any], place: Place, target_upstream: Upstream | None) -> bytes:
+    def _begin(self, row: ItemRow, target: bytes | None, method: str) -> int:
+        """The restore's intent: the item 'restoring' (a removal still waiting upstream is superseded: the
+        restore puts the object back either way) and its move, committed together."""
+        with self.ledger.transaction():
+            self.lifecycle.apply(row.id, ItemEvent.RESTORE_BEGUN)
+            move_id = self.ledger.start_move(row.id, MoveKind.RESTORE, target, method)
+        checkpoint("restore:intent")
+        return move_id
+
+    def _restore_at(
+        self, row: ItemRow, meta: dict[str, Any], place: Place, target_upstream: Upstream | None, by: By | None
+    ) -> bytes:
         item_id, target = row.id, place.path
         if place.exists():
             if place.sha256() == row.sha256:
@@ -118,35 +150,25 @@ class Restores:
                     hint="restore to another place with --to PATH",
                 )
         method = restore_method(os.path.dirname(target))
-        self.ledger.begin()
-        # A removal still waiting upstream is superseded: the restore puts the object back either way.
-        for move in self.ledger.unfinished_moves(item_id):
-            self.ledger.set_step(move.id, Step.ROLLED_BACK, note="superseded by a restore")
-        move_id = self.ledger.start_move(
-            item_id, MoveKind.RESTORE, target, method + ("" if target_upstream else NO_UPSTREAM)
-        )
-        self.ledger.set_item_state(item_id, ItemState.RESTORING)
-        self.ledger.commit()
-        checkpoint("restore:intent")
+        move_id = self._begin(row, target, method + ("" if target_upstream else NO_UPSTREAM))
         if not place.exists():
             if method == "link":
                 method = self._restore_by_link(item_id, move_id, place, meta)
             if method == "direct":
                 self._write_verified(item_id, place, place.name, meta)
                 place.fsync_dir()
-        self._step(move_id, Step.PLACED, "restore")
+        self.journal.step(move_id, Step.PLACED, "restore")
         try:
-            self._finish_restore(item_id, move_id, Step.PLACED, target_upstream)
+            self.finish(item_id, move_id, Step.PLACED, target_upstream, by)
         except MirrorScanError as err:
             raise UpstreamRestorePending(
                 f"{display_path(target)} is back in the mirror, but putting it back in {row.remote} failed: "
                 f"{str(err).splitlines()[0]}",
-                hint="nothing is lost: a running watch daemon retries it with backoff, and so does every "
-                "mirror-scan command that writes state",
+                hint=PENDING_HINT,
             ) from None
         return target
 
-    def _restore_object(self, row: ItemRow, item_dir: Path, upstream_wanted: bool) -> bytes:
+    def _restore_object(self, row: ItemRow, item_dir: Path, upstream_wanted: bool, by: By | None) -> bytes:
         """An object scanned in its bucket has no mirror copy: it goes back to its key (verified by reading
         it back), then its sha256 is allowlisted. intent -> placed (nothing local) -> upstream_restored -> done."""
         if not upstream_wanted:
@@ -157,21 +179,13 @@ class Restores:
         if sha256_file(item_dir / DATA) != row.sha256:
             raise QuarantineError(f"item {row.id}: the quarantined bytes do not match their recorded sha256; refusing")
         upstream = self.upstreams.get(row.remote, direct=True)  # type: ignore[arg-type]
-        self.ledger.begin()
-        for move in self.ledger.unfinished_moves(row.id):
-            self.ledger.set_step(move.id, Step.ROLLED_BACK, note="superseded by a restore")
-        move_id = self.ledger.start_move(row.id, MoveKind.RESTORE, None, "bucket")
-        self.ledger.set_item_state(row.id, ItemState.RESTORING)
-        self.ledger.commit()
-        checkpoint("restore:intent")
-        self._step(move_id, Step.PLACED, "restore")
+        move_id = self._begin(row, None, "bucket")
+        self.journal.step(move_id, Step.PLACED, "restore")
         try:
-            self._finish_restore(row.id, move_id, Step.PLACED, upstream)
+            self.finish(row.id, move_id, Step.PLACED, upstream, by)
         except MirrorScanError as err:
             raise UpstreamRestorePending(
-                f"putting {row.remote}/{row.key} back failed: {str(err).splitlines()[0]}",
-                hint="nothing is lost: a running watch daemon retries it with backoff, and so does every "
-                "mirror-scan command that writes state",
+                f"putting {row.remote}/{row.key} back failed: {str(err).splitlines()[0]}", hint=PENDING_HINT
             ) from None
         return file_key(row)
 
@@ -180,7 +194,7 @@ class Restores:
         there: never overwrites). Returns 'direct' if the filesystem turns out to have no hard links."""
         tmp = restore_tmp_name(place.name)
         self._write_verified(item_id, place, tmp, meta)
-        self._step(move_id, Step.COPIED, "restore")
+        self.journal.step(move_id, Step.COPIED, "restore")
         try:
             os.link(tmp, place.name, src_dir_fd=place.dirfd, dst_dir_fd=place.dirfd, follow_symlinks=False)
         except OSError as err:
@@ -199,9 +213,9 @@ class Restores:
     def _write_verified(self, item_id: str, place: Place, name: bytes, meta: dict[str, Any]) -> None:
         """O_EXCL write of `name` in the place's directory (never an existing file), fsynced, verified. A crash
         mid-write leaves a leading part of our bytes, which recovery recognises and removes."""
-        source = os.open(self.items / item_id / DATA, os.O_RDONLY | os.O_CLOEXEC)
+        source = os.open(self.journal.item_dir(item_id) / DATA, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            written = _copy_to_new(source, name, meta.get("mode", 0o644) & 0o777, dir_fd=place.dirfd)
+            written = copy_to_new(source, name, meta.get("mode", 0o644) & 0o777, dir_fd=place.dirfd)
         finally:
             os.close(source)
         if written != meta["sha256"] or place.sha256(name) != meta["sha256"]:
@@ -211,25 +225,26 @@ class Restores:
         with contextlib.suppress(OSError):  # some mounts cannot set times; the bytes are what matters
             os.utime(name, ns=(mtime, mtime), dir_fd=place.dirfd, follow_symlinks=False)
 
-    def _release_upload(self, row: ItemRow) -> bytes:
-        """An upload rejected by the validator has no place to go back to: restoring it allowlists its
-        sha256, so the uploader can upload it again and it is accepted."""
-        self.ledger.allow(row.sha256, note=f"released upload-time rejection {row.id}")
-        self._note_in_meta(row.id, ItemState.RESTORED, "released (allowlisted)")
-        with self.ledger.transaction():
-            self.ledger.set_item_state(row.id, ItemState.RESTORED)
-            plan_undo(self.ledger, row.id)
-        return b"(allowlisted: the upload can be made again)"
-
-    def _finish_restore(self, item_id: str, move_id: int, step: str, upstream: Upstream | None) -> None:
+    def finish(self, item_id: str, move_id: int, step: str, upstream: Upstream | None, by: By | None = None) -> None:
+        """Finish a placed restore: the object back upstream (when wanted), then done: allowlisted, the
+        file rows marked, moderation's undo queued and the decision recorded, in one transaction."""
         row = self.ledger.item(item_id)
         assert row is not None
         if step == Step.PLACED and upstream is not None and row.key:
-            upstream.restore(self.items / item_id / DATA, row.key)
-            self._step(move_id, Step.UPSTREAM_RESTORED, "restore")
-        self.ledger.allow(row.sha256, note=f"restored from quarantine item {item_id}")
-        self._note_in_meta(item_id, ItemState.RESTORED, "restored")
-        self.ledger.set_item_state(item_id, ItemState.RESTORED)
-        self.ledger.mark_action_by_sha(row.sha256, FileAction.RESTORED, only_if=FileAction.QUARANTINED)
-        plan_undo(self.ledger, item_id)  # what moderation did is undone: same transaction as 'done'
-        self._step(move_id, Step.DONE, "restore")
+            upstream.restore(self.journal.item_dir(item_id) / DATA, row.key)
+            self.journal.step(move_id, Step.UPSTREAM_RESTORED, "restore")
+        self.lifecycle.apply(item_id, ItemEvent.RESTORED, by=by, step=(move_id, Step.DONE, "restore"))
+
+    def clean_leftovers(self, move: MoveRow, place: Place, sha256: str) -> bool:
+        """Remove an interrupted restore's temp file (and, for a direct write, its partial target); True if
+        the target holds the item's bytes."""
+        tmp = restore_tmp_name(place.name)
+        if place.exists(tmp):
+            place.unlink(tmp)
+        if place.sha256() == sha256:
+            return True
+        data = self.journal.item_dir(move.item) / DATA
+        if (move.method or "").startswith("direct") and place.exists() and is_prefix_of(place, data):
+            place.unlink()  # our own interrupted O_EXCL write: never leave a partial object behind
+            place.fsync_dir()
+        return False

@@ -18,7 +18,7 @@ import struct
 import numpy as np
 from PIL import Image
 
-from mirror_scan.scan.heif import Parsed, parse
+from mirror_scan.scan.decoders.heif import Parsed, parse
 
 MAX_DEPTH = 4  # derived items of derived items
 

@@ -15,7 +15,7 @@ import functools
 import numpy as np
 from PIL import Image
 
-from mirror_scan.scan.quiet import worker_stderr_quiet
+from mirror_scan.scan.decoders.quiet import worker_stderr_quiet
 
 SUCCESS, ERROR, NEED_MORE_INPUT, NEED_IMAGE_OUT_BUFFER = 0, 1, 2, 5
 BASIC_INFO, FULL_IMAGE = 0x40, 0x1000

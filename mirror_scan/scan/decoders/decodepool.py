@@ -23,8 +23,8 @@ from contextlib import contextmanager
 from multiprocessing.connection import Connection
 
 from mirror_scan.model.bundle import Preprocess
-from mirror_scan.scan.decode import Decoded, Limits, decode, quick_reject
-from mirror_scan.scan.quiet import WORKER_NAME
+from mirror_scan.scan.decoders.decode import Decoded, Limits, decode, quick_reject
+from mirror_scan.scan.decoders.quiet import WORKER_NAME
 
 DEFAULT_TIMEOUT_S = 60.0
 TEST_HOOK = "MIRROR_SCAN_TEST_DECODER"  # tests only: "crash" or "hang" on bytes marked b"MIRROR-SCAN-TEST"

@@ -27,8 +27,8 @@ import numpy as np
 from PIL import Image
 
 from mirror_scan.errors import UsageError
-from mirror_scan.scan.decoded import clock
-from mirror_scan.scan.quiet import in_worker, stderr_captured, worker_stderr_quiet
+from mirror_scan.scan.decoders.decoded import clock
+from mirror_scan.scan.decoders.quiet import in_worker, stderr_captured, worker_stderr_quiet
 
 PILLOW, GPU, CPU = "pillow", "nvimgcodec-gpu", "nvimgcodec-cpu"
 SETTINGS = ("pillow", "auto", "nvimgcodec")

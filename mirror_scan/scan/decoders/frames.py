@@ -12,7 +12,7 @@ from PIL import Image
 from mirror_scan.lists import hashes
 from mirror_scan.model.bundle import Preprocess
 from mirror_scan.model.preprocess import normalise, resize_and_crop
-from mirror_scan.scan.decoded import Limits, clock
+from mirror_scan.scan.decoders.decoded import Limits, clock
 
 AVAILABLE = hashes.AVAILABLE
 

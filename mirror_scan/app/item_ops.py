@@ -1,0 +1,234 @@
+"""What a person does to quarantine items, the same whoever asks: the shell's commands, the review console
+and its API, and the self-test all call these operations.
+
+    restore   the bytes back where they came from (and upstream), allowlisted, what moderation did undone
+    confirm   the flag was right: kept, and its hashes shared by `hashlist export/push --confirmed`
+    purge     the bytes deleted for good (a tombstone stays)
+    ban       the uploader banned from the instance (or the ban lifted), through the moderation bot
+    apply     the files flagged earlier (a dry run, a rescore) quarantined now
+
+Each decision is checked first against what its maker may decide (`Permits`: the shell may decide
+everything; the console passes its reviewers' rules), then carried out by the quarantine, which records the
+decision (who, via what, when) in the transaction that finishes it, with its line of history. A decision
+that does not happen as asked is recorded with its outcome. The follow-ups it causes (the undo of
+moderation, the attribution of new items) run once, when the operations end (`with ItemOps(...)`)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from mirror_scan.errors import MirrorScanError
+from mirror_scan.kinds import Decision, ItemEvent
+from mirror_scan.moderation.attribution import sole_uploader
+from mirror_scan.scan.act import BucketActor, QuarantineActor
+from mirror_scan.scan.rescore import apply_verdicts
+from mirror_scan.store.items import UpstreamRestorePending
+from mirror_scan.store.lifecycle import By, NotPermitted
+from mirror_scan.store.rows import ItemRow, display_path
+
+
+@dataclass(frozen=True)
+class Outcome:
+    item: str
+    decision: str
+    outcome: str  # done | pending | failed | refused
+    detail: str = ""
+    target: str = ""  # where a restore put the bytes
+
+    @property
+    def ok(self) -> bool:
+        return self.outcome == "done"
+
+    def as_json(self) -> dict:
+        return {"item": self.item, "decision": self.decision, "outcome": self.outcome, "detail": self.detail}
+
+
+class Permits(Protocol):
+    def why_not(self, item_id: str, row: ItemRow | None, attribution: dict | None, decision: Decision) -> str | None:
+        """None when the decision may be made on this item, else why not (said as a refusal). `row` is None
+        for an item the ledger does not know: how that is said is the permits' (a moderator is told the
+        same of an item that is not theirs, so nothing says whether it exists)."""
+
+
+class Everything:
+    """Whoever runs mirror-scan on the machine decides every item, as an admin does."""
+
+    def why_not(self, item_id: str, row: ItemRow | None, attribution: dict | None, decision: Decision) -> str | None:
+        return f"no quarantine item {item_id}" if row is None else None
+
+
+def shell_by() -> By:
+    """Whoever runs a command on the machine, named by their login."""
+    import getpass
+
+    try:
+        name = getpass.getuser()
+    except (KeyError, OSError):
+        name = "unknown user"
+    return By(f"{name} (shell)", "shell")
+
+
+def default_ban_reason(item_id: str) -> str:
+    return f"mirror-scan: uploaded quarantined image (item {item_id})"
+
+
+class ItemOps:
+    """Decisions on items through one writer workspace (app/workspace.Workspace), made `by` someone."""
+
+    def __init__(
+        self,
+        workspace,
+        by: By,
+        permits: Permits | None = None,
+        say: Callable[[str], None] | None = None,
+        follow_up_budget_s: float | None = None,
+    ) -> None:
+        from mirror_scan.app.workspace import COMMAND_FOLLOW_UP_BUDGET_S
+
+        self.workspace = workspace
+        self.by = by
+        self.permits = permits or Everything()
+        self.say = say
+        self.budget_s = COMMAND_FOLLOW_UP_BUDGET_S if follow_up_budget_s is None else follow_up_budget_s
+        self._follow_ups_due = False
+
+    @property
+    def ledger(self):
+        return self.workspace.ledger
+
+    @property
+    def quarantine(self):
+        return self.workspace.quarantine
+
+    def __enter__(self) -> ItemOps:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._follow_ups_due:
+            self.run_follow_ups()
+
+    def run_follow_ups(self) -> list[str]:
+        """What the decisions so far caused (attribution, the undo of moderation), once."""
+        self._follow_ups_due = False
+        return self.workspace.run_follow_ups(say=self.say, budget_s=self.budget_s)
+
+    # ------------------------------------------------------------------ checks
+
+    def refusal(self, item_id: str, decision: Decision) -> str | None:
+        """Why `by` may not make this decision on this item (None: they may)."""
+        row = self.ledger.item(item_id)
+        attribution = self.ledger.follow_ups.attribution(item_id) if row is not None else None
+        return self.permits.why_not(item_id, row, attribution, decision)
+
+    def _record(self, item_id: str, decision: Decision, outcome: str, detail: str) -> Outcome:
+        self.quarantine.lifecycle.record(item_id, decision, self.by, outcome, detail)
+        return Outcome(item_id, decision, outcome, detail)
+
+    # ------------------------------------------------------------------ decisions
+
+    def restore(self, item_id: str, to: Path | None = None, upstream: bool = True) -> Outcome:
+        why = self.refusal(item_id, Decision.RESTORE)
+        if why:
+            return Outcome(item_id, Decision.RESTORE, "refused", why)
+        try:
+            target = self.quarantine.restore(item_id, to=to, upstream=upstream, by=self.by)
+        except NotPermitted as error:
+            return Outcome(item_id, Decision.RESTORE, "refused", str(error))
+        except UpstreamRestorePending as error:
+            self._follow_ups_due = True
+            return self._record(item_id, Decision.RESTORE, "pending", str(error))
+        except MirrorScanError as error:
+            return self._record(item_id, Decision.RESTORE, "failed", str(error))
+        self._follow_ups_due = True
+        return Outcome(item_id, Decision.RESTORE, "done", target=display_path(target))
+
+    def confirm(self, item_id: str) -> Outcome:
+        why = self.refusal(item_id, Decision.CONFIRM)
+        if why:
+            return Outcome(item_id, Decision.CONFIRM, "refused", why)
+        if item_id in self.ledger.reviews.confirmed_items():
+            return Outcome(item_id, Decision.CONFIRM, "done", "confirmed before")
+        return self._decide(item_id, Decision.CONFIRM, ItemEvent.CONFIRMED)
+
+    def purge(self, item_id: str) -> Outcome:
+        why = self.refusal(item_id, Decision.PURGE)
+        if why:
+            return Outcome(item_id, Decision.PURGE, "refused", why)
+        try:
+            self.quarantine.purge(item_id, by=self.by)
+        except NotPermitted as error:
+            return Outcome(item_id, Decision.PURGE, "refused", str(error))
+        except MirrorScanError as error:
+            return self._record(item_id, Decision.PURGE, "failed", str(error))
+        return Outcome(item_id, Decision.PURGE, "done")
+
+    def ban(self, item_id: str, reason: str, lemmy, undo: bool = False) -> Outcome:
+        """Ban the item's one uploader from the instance (undo: lift the ban). `lemmy`: the moderation bot's
+        client (moderation.actions.build_lemmy), or None when it is not configured."""
+        decision = Decision.UNBAN if undo else Decision.BAN
+        why = self.refusal(item_id, decision)
+        if why:
+            return Outcome(item_id, decision, "refused", why)
+        person = sole_uploader(self.ledger.follow_ups.attribution(item_id))
+        if person is None:
+            return Outcome(item_id, decision, "refused", "the item has no single known uploader")
+        if lemmy is None:
+            return Outcome(item_id, decision, "refused", "[lemmy] url and the bot account are not configured")
+        if not reason.strip():
+            return Outcome(item_id, decision, "refused", "a ban needs a reason (it is shown in Lemmy's modlog)")
+        try:
+            self.quarantine.lifecycle.check(self.ledger.item(item_id), ItemEvent.UNBANNED if undo else ItemEvent.BANNED)
+            lemmy.ban(int(person["id"]), reason.strip()[:1000], ban=not undo)
+        except NotPermitted as error:
+            return Outcome(item_id, decision, "refused", str(error))
+        except MirrorScanError as error:
+            return self._record(item_id, decision, "failed", str(error))
+        detail = f"{person['name']}@{person.get('instance') or '?'}: {reason.strip()[:200]}"
+        event = ItemEvent.UNBANNED if undo else ItemEvent.BANNED
+        # The ban is done in Lemmy: the follow-up row says so (Lemmy's side of it) with the decision.
+        return self._decide(item_id, decision, event, detail, follow_up=(str(decision), str(person["id"])))
+
+    def _decide(
+        self,
+        item_id: str,
+        decision: Decision,
+        event: ItemEvent,
+        detail: str = "",
+        follow_up: tuple[str, str] | None = None,
+    ) -> Outcome:
+        """A decision that changes no state, recorded under the item's lock in one transaction."""
+        try:
+            with self.quarantine.item_lock(item_id, wait_s=5.0), self.ledger.transaction():
+                if follow_up is not None:
+                    self.ledger.follow_ups.add_followup(item_id, *follow_up, state="done")
+                self.quarantine.lifecycle.apply(item_id, event, by=self.by, detail=detail or None)
+        except NotPermitted as error:
+            return Outcome(item_id, decision, "refused", str(error))
+        except MirrorScanError as error:
+            return self._record(item_id, decision, "failed", str(error))
+        return Outcome(item_id, decision, "done", detail)
+
+    # ------------------------------------------------------------------ files flagged earlier
+
+    def apply(self, bucket_root: bytes | None = None, on_each: Callable[[], None] | None = None) -> int:
+        """Quarantine the files flagged earlier and not acted on (and, with a bucket root NAME:bucket, the
+        objects `bucket scan` flagged there); returns how many were acted on."""
+        acted = apply_verdicts(self.ledger, QuarantineActor(self.quarantine), on_each=on_each)
+        if bucket_root is not None:  # objects scanned in that bucket (`bucket scan`) that have no mirror copy
+            acted += apply_verdicts(self.ledger, BucketActor(self.quarantine), "bucket", bucket_root, on_each=on_each)
+        self._follow_ups_due = self._follow_ups_due or acted > 0
+        return acted
+
+
+def reason_of(row: ItemRow) -> dict:
+    """The item's verdict reason as a dict ({} when it does not parse)."""
+    try:
+        reason = json.loads(row.reason) if row.reason else {}
+    except ValueError:
+        return {}
+    return reason if isinstance(reason, dict) else {}
+

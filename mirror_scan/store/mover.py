@@ -1,0 +1,401 @@
+"""The quarantine move: a flagged file (or an object scanned in its bucket, or an upload the validator
+rejected) into the quarantine, journalled so that a `kill -9` at any step is finished or rolled back by
+recovery, and the last copy of the bytes is never deleted:
+
+    intent -> copied (temp written, fsynced, re-read and verified) -> placed (metadata written, renamed
+    into place, directory fsynced) -> [upstream_removed] -> local_removed -> done
+
+The original is removed only after the quarantined bytes are verified, and only if it still holds the
+bytes that were flagged. The item's state changes through the lifecycle (lifecycle.py), its steps and
+metadata through the journal (journal.py)."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from typing import Any
+
+from mirror_scan.atomic import fsync_dir
+from mirror_scan.errors import MirrorScanError
+from mirror_scan.faults import checkpoint
+from mirror_scan.hashing import md5_file, sha256_bytes, sha256_file
+from mirror_scan.kinds import ItemEvent, ItemState, MoveKind, Step
+from mirror_scan.store.items import (
+    DATA,
+    META,
+    NO_LOCAL_ORIGINAL,
+    TMP_DATA,
+    TMP_META,
+    ItemBusy,
+    QuarantineError,
+    b64,
+    copy_to_new,
+    item_meta,
+    item_origin,
+    new_item_id,
+    write_private,
+)
+from mirror_scan.store.journal import Journal
+from mirror_scan.store.lifecycle import Lifecycle
+from mirror_scan.store.paths import MissingParent, UnsafePath, reach, relative_to
+from mirror_scan.store.rows import ItemRow, display_path
+from mirror_scan.store.upstream import Upstream, Upstreams, UpstreamUnavailable
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Moved:
+    """What a quarantine move did: the item that holds the bytes, and its state (quarantined, or
+    upstream_pending while the removal upstream waits)."""
+
+    item_id: str
+    state: ItemState
+
+
+class Mover:
+    def __init__(self, journal: Journal, lifecycle: Lifecycle, upstreams: Upstreams) -> None:
+        self.journal = journal
+        self.lifecycle = lifecycle
+        self.ledger = journal.ledger
+        self.upstreams = upstreams
+
+    @property
+    def upstream(self) -> Upstream | None:
+        """The remote new quarantine moves remove from (--remote), if any."""
+        return self.upstreams.get(self.upstreams.default) if self.upstreams.default else None
+
+    # ------------------------------------------------------------------ a mirror file
+
+    def quarantine(self, source: bytes, mirror_root: bytes, sha256: str, evidence: dict[str, Any]) -> Moved:
+        """Move `source` (under `mirror_root`) into quarantine if it still holds the bytes `sha256`.
+        Raises QuarantineError (nothing moved) if it cannot be done safely. A copy of an item already
+        quarantined from this very path (a pull brought it back) is removed again under that item, not made
+        into a second one."""
+        returned = self.drop_returned_copy(source, mirror_root, sha256)
+        if returned is not None:
+            return Moved(returned, ItemState.QUARANTINED)
+        try:
+            rel = relative_to(mirror_root, source)
+            with reach(mirror_root, rel) as place:
+                # Reached without following links (a directory swapped for a symlink is refused), and
+                # O_NONBLOCK: a FIFO swapped in for the file never blocks the open; fstat below refuses it.
+                fd = place.open(os.O_RDONLY | os.O_NONBLOCK)
+        except UnsafePath as err:
+            raise QuarantineError(f"{display_path(source)}: {err}; not quarantined") from None
+        except OSError as err:
+            raise QuarantineError(f"cannot open {display_path(source)}: {err.strerror}") from None
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise QuarantineError(f"{display_path(source)} is no longer a regular file; not quarantined")
+            item_id = new_item_id(sha256)
+            with self.journal.item_lock(item_id):
+                return self._quarantine_locked(fd, st, item_id, source, mirror_root, rel, sha256, evidence)
+        finally:
+            os.close(fd)
+
+    def _quarantine_locked(self, fd, st, item_id, source, mirror_root, rel, sha256, evidence) -> Moved:
+        item_dir = self.journal.item_dir(item_id)
+        upstream = self.upstream
+        key = os.fsdecode(rel) if upstream else None
+        self.ledger.begin()
+        owner = self.ledger.active_item_for(source)
+        if owner is not None:
+            self.ledger.commit()
+            raise QuarantineError(f"{display_path(source)} is already being moved (quarantine item {owner})")
+        remote = upstream.remote if upstream else None
+        move_id = self._intent(item_id, sha256, st.st_size, source, mirror_root, remote, key, evidence)
+
+        item_dir.mkdir(mode=0o700)
+        fsync_dir(self.journal.items)
+        written = copy_to_new(fd, item_dir / TMP_DATA, 0o600)
+        if written != sha256 or sha256_file(item_dir / TMP_DATA) != sha256:
+            self.rollback(item_id, move_id, "the file changed since it was scanned")
+            raise QuarantineError(
+                f"{display_path(source)} changed since it was scanned; not quarantined", hint="scan it again"
+            )
+        self.journal.step(move_id, Step.COPIED, "quarantine")
+
+        meta = item_meta(
+            item_id,
+            sha256,
+            st.st_size,
+            ItemState.QUARANTINING,
+            mtime_ns=st.st_mtime_ns,
+            mode=stat.S_IMODE(st.st_mode),
+            original=display_path(os.fsencode(rel)),
+            original_b64=b64(os.fsencode(rel)),
+            mirror_root=display_path(mirror_root),
+            mirror_root_b64=b64(mirror_root),
+            remote=remote,
+            key=key,
+            **evidence,
+        )
+        return self._place(item_id, move_id, meta)
+
+    # ------------------------------------------------------------------ an object scanned in its bucket
+
+    def quarantine_object(self, remote: str, key: str, sha256: str, evidence: dict[str, Any]) -> Moved:
+        """Quarantine an object that has no mirror copy (scanned in its bucket): read it from the remote
+        into the item, verify it holds the bytes that were scanned, then remove it upstream. The same
+        journal as a mirrored file (intent -> copied -> placed -> upstream_removed -> done); there is no
+        local original."""
+        if not key or "\x00" in key:  # any other key is an S3 key: it names no local path
+            raise QuarantineError(f"{remote}: {key!r} is not an object key")
+        upstream = self.upstreams.get(remote, direct=True)
+        item_id = new_item_id(sha256)
+        with self.journal.item_lock(item_id):
+            return self._quarantine_object_locked(upstream, remote, key, sha256, evidence, item_id)
+
+    def _quarantine_object_locked(self, upstream, remote, key, sha256, evidence, item_id) -> Moved:
+        item_dir = self.journal.item_dir(item_id)
+        self.ledger.begin()
+        owner = self.ledger.active_item_for_object(remote, key)
+        if owner is not None:
+            self.ledger.commit()
+            raise QuarantineError(f"{remote}/{key} is already being moved (quarantine item {owner})")
+        move_id = self._intent(item_id, sha256, 0, b"", b"", remote, key, evidence)
+
+        item_dir.mkdir(mode=0o700)
+        fsync_dir(self.journal.items)
+        try:
+            data = upstream.read(key)
+        except MirrorScanError as err:
+            self.rollback(item_id, move_id, "the object could not be read")
+            raise QuarantineError(f"{remote}/{key} could not be read: {str(err).splitlines()[0]}") from None
+        write_private(item_dir / TMP_DATA, data)
+        if sha256_bytes(data) != sha256 or sha256_file(item_dir / TMP_DATA) != sha256:
+            self.rollback(item_id, move_id, "the object changed since it was scanned")
+            raise QuarantineError(f"{remote}/{key} changed since it was scanned; not quarantined", hint="scan it again")
+        with self.ledger.transaction():
+            self.ledger.set_item_size(item_id, len(data))
+        self.journal.step(move_id, Step.COPIED, "quarantine")
+        meta = item_meta(
+            item_id,
+            sha256,
+            len(data),
+            ItemState.QUARANTINING,
+            origin="bucket",
+            **NO_LOCAL_ORIGINAL,
+            remote=remote,
+            key=key,
+            **evidence,
+        )
+        return self._place(item_id, move_id, meta)
+
+    # ------------------------------------------------------------------ the steps both share
+
+    def _intent(self, item_id, sha256, size, original, mirror_root, remote, key, evidence) -> int:
+        """The item's index row, its move's intent and its attribution follow-up, in the caller's open
+        transaction, committed together: the first durable step of a quarantine."""
+        self.lifecycle.begin(
+            {
+                "id": item_id,
+                "dir": os.fsencode(self.journal.item_dir(item_id)),
+                "sha256": sha256,
+                "size": size,
+                "original": original,
+                "mirror_root": mirror_root,
+                "remote": remote,
+                "key": key,
+                "reason": _reason(evidence),
+            },
+            ItemEvent.QUARANTINE_BEGUN,
+        )
+        move_id = self.ledger.start_move(item_id, MoveKind.QUARANTINE)
+        self.ledger.commit()
+        checkpoint("quarantine:intent")
+        return move_id
+
+    def _place(self, item_id: str, move_id: int, meta: dict[str, Any]) -> Moved:
+        """Verified bytes (the temp file) become the item: metadata, rename, fsync, 'placed'; then finish."""
+        item_dir = self.journal.item_dir(item_id)
+        self.journal.write_meta(item_id, meta)
+        os.rename(item_dir / TMP_DATA, item_dir / DATA)
+        fsync_dir(item_dir)
+        self.journal.step(move_id, Step.PLACED, "quarantine")
+        return Moved(item_id, self.finish(item_id, move_id, Step.PLACED))
+
+    def finish(self, item_id: str, move_id: int, step: str) -> ItemState:
+        """Finish a placed move: upstream removal, then local removal. Returns the item's state."""
+        row = self.ledger.item(item_id)
+        assert row is not None
+        if step == Step.PLACED:
+            if row.remote and row.key:
+                if not self._remove_upstream(row):
+                    # Bytes are verified in the quarantine; the mirror file stays until upstream is done.
+                    # The move waits at 'placed'; the daemon retries it with backoff, every command at start.
+                    if row.state != ItemState.UPSTREAM_PENDING:
+                        self.lifecycle.apply(item_id, ItemEvent.UPSTREAM_WAITS)
+                    return ItemState.UPSTREAM_PENDING
+                self.journal.step(move_id, Step.UPSTREAM_REMOVED, "quarantine")
+            step = Step.UPSTREAM_REMOVED
+        if step == Step.UPSTREAM_REMOVED:
+            self.remove_original(row)
+            self.journal.step(move_id, Step.LOCAL_REMOVED, "quarantine")
+        self.lifecycle.apply(item_id, ItemEvent.QUARANTINED, step=(move_id, Step.DONE, "quarantine"))
+        return ItemState.QUARANTINED
+
+    def rollback(self, item_id: str, move_id: int, why: str, kind: str = "quarantine") -> None:
+        """A quarantine stopped before its bytes were safe: the temp files go, the item is forgotten (the
+        original was never touched)."""
+        item_dir = self.journal.item_dir(item_id)
+        for name in (TMP_DATA, TMP_META, META, DATA):
+            (item_dir / name).unlink(missing_ok=True)
+        if item_dir.exists():
+            item_dir.rmdir()
+            fsync_dir(self.journal.items)
+        self.lifecycle.apply(item_id, ItemEvent.QUARANTINE_ROLLED_BACK, step=(move_id, Step.ROLLED_BACK, kind),
+                             note=why)  # fmt: skip
+
+    # ------------------------------------------------------------------ removals
+
+    def _remove_upstream(self, row: ItemRow) -> bool:
+        """Delete the object upstream; False (item left 'upstream pending') when it cannot be done now."""
+        try:
+            upstream = self.upstreams.get(row.remote, direct=item_origin(row) == "bucket")  # type: ignore[arg-type]
+            md5 = md5_file(self.journal.item_dir(row.id) / DATA)
+            note = upstream.remove(row.key, row.sha256, md5, lambda: self._evidence_keys(row))  # type: ignore[arg-type]
+        except UpstreamUnavailable:
+            return False
+        except MirrorScanError as err:
+            log.warning("quarantine item %s: upstream removal from %s pending: %s", row.id, row.remote, err)
+            return False
+        log.info("quarantine item %s: %s", row.id, note)
+        return True
+
+    def _evidence_keys(self, row: ItemRow) -> list[str] | None:
+        """Keys that prove the remote is the bucket the item came from, when its object is not there: for
+        a mirrored file, a few other files of the mirror (still there, so still in their bucket); for an
+        object scanned in its bucket, none is needed (it was read from there moments before)."""
+        if not row.original:
+            return None  # read from there when it was quarantined: being gone is being gone
+        paths = self.ledger.mirror_sample(row.mirror_root, row.original)
+        if len(paths) < 3:  # files the ledger does not know yet count too: they are in the mirror
+            from mirror_scan.store.discover import Found, discover
+
+            for found in discover([os.fsdecode(row.mirror_root)]):
+                if isinstance(found, Found) and os.fsencode(found.path) not in (row.original, *paths):
+                    paths.append(os.fsencode(found.path))
+                    if len(paths) >= 5:
+                        break
+        return [os.fsdecode(os.path.relpath(path, row.mirror_root)) for path in paths]
+
+    def drop_returned_copy(self, source: bytes, mirror_root: bytes, sha256: str | None = None) -> str | None:
+        """A pull that listed the bucket while a quarantine was removing the object (upstream first, then
+        the mirror copy) can write the object back into the mirror after both removals. Such a copy of an
+        item quarantined from this path, with its bytes, is removed again, whatever a scan would now say
+        of it: its bytes are in the item. Under the item's lock (a move still in progress finishes first);
+        anything else (other bytes, a restored or pending item) is left to the scan. Returns the item id
+        when a copy was removed."""
+        item_id = self.ledger.latest_item_for(source)
+        if item_id is None:
+            return None
+        row = self.ledger.item(item_id)
+        if row is None or row.mirror_root != mirror_root or (sha256 is not None and row.sha256 != sha256):
+            return None
+        try:
+            with self.journal.item_lock(item_id, wait_s=30.0):
+                row = self.ledger.item(item_id)
+                if row is None or row.state != ItemState.QUARANTINED or not self.remove_original(row):
+                    return None
+        except ItemBusy:
+            return None  # still being moved after 30 s: the next pull or scan comes back to it
+        log.info("%s: a copy of quarantine item %s came back into the mirror; removed again", display_path(source),
+                 item_id)  # fmt: skip
+        return item_id
+
+    def remove_original(self, row: ItemRow) -> bool:
+        """Unlink the original only if it still holds the quarantined bytes (never a newer file), reached
+        from the mirror root without following links (never a file outside the mirror). True if unlinked."""
+        source = row.original
+        if not source:
+            return False  # an object scanned in its bucket: no mirror copy
+        try:
+            place = reach(row.mirror_root, relative_to(row.mirror_root, source))
+        except MissingParent:
+            return False
+        except UnsafePath as err:
+            log.warning("%s: %s; left in place", display_path(source), err)
+            return False
+        with place:
+            st = place.lstat()
+            if st is None:
+                return False
+            if not stat.S_ISREG(st.st_mode):
+                log.warning("%s is no longer a regular file; left in place", display_path(source))
+                return False
+            if place.sha256() != row.sha256:
+                log.warning("%s changed after it was quarantined; the new file is left in place", display_path(source))
+                return False
+            now = place.lstat()
+            if now is None or (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
+                log.warning("%s was replaced while it was checked; the new file is left in place", display_path(source))
+                return False
+            place.unlink()
+            place.fsync_dir()
+            return True
+
+    def original_holds(self, row: ItemRow) -> bool:
+        """The original is still in the mirror (reached without following links) with the item's bytes."""
+        try:
+            with reach(row.mirror_root, relative_to(row.mirror_root, row.original)) as place:
+                return place.sha256() == row.sha256
+        except UnsafePath:
+            return False
+
+    # ------------------------------------------------------------------ an upload the validator rejected
+
+    def keep_upload(self, data: bytes, sha256: str, evidence: dict[str, Any]) -> str:
+        """Keep the bytes of an upload that the validator rejected (pict-rs deletes them) as evidence.
+        One item per sha256: the same upload rejected again counts as seen again. There is no original
+        path, so restoring it means allowlisting its sha256."""
+        if sha256_bytes(data) != sha256:
+            raise QuarantineError("upload bytes do not match their sha256")
+        known = self.ledger.upload_item_for(sha256)
+        if known is not None:
+            self.ledger.count_upload_seen(known)
+            return known
+        item_id = new_item_id(sha256)
+        item_dir = self.journal.item_dir(item_id)
+        with self.journal.item_lock(item_id):
+            item_dir.mkdir(mode=0o700)
+            try:
+                write_private(item_dir / TMP_DATA, data)
+                if sha256_file(item_dir / TMP_DATA) != sha256:
+                    raise QuarantineError("the kept upload did not verify")
+                meta = item_meta(
+                    item_id,
+                    sha256,
+                    len(data),
+                    ItemState.QUARANTINED,
+                    origin="upload",
+                    **NO_LOCAL_ORIGINAL,
+                    remote=None,
+                    key=None,
+                    **evidence,
+                )
+                self.journal.write_meta(item_id, meta)
+                os.rename(item_dir / TMP_DATA, item_dir / DATA)
+                fsync_dir(item_dir)
+                fsync_dir(self.journal.items)
+            except BaseException:
+                for name in (TMP_DATA, TMP_META, META, DATA):
+                    (item_dir / name).unlink(missing_ok=True)
+                item_dir.rmdir()
+                raise
+            with self.ledger.transaction():
+                fields = {"id": item_id, "dir": os.fsencode(item_dir), "sha256": sha256, "size": len(data),
+                          "original": b"", "mirror_root": b"", "remote": None, "key": None,
+                          "reason": _reason(evidence)}  # fmt: skip
+                self.lifecycle.begin(fields, ItemEvent.UPLOAD_KEPT)
+            self.journal.sync_meta(item_id)
+        return item_id
+
+
+def _reason(evidence: dict[str, Any]) -> str:
+    return json.dumps(evidence.get("verdict"))
