@@ -81,6 +81,7 @@ class Decision(StrEnum):
 class MoveKind(StrEnum):
     QUARANTINE = "quarantine"
     RESTORE = "restore"
+    ADOPT = "adopt"  # an object of an upload held in quarantine, seen after the item was made, taken into it
 
 
 class Step(StrEnum):

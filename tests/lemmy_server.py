@@ -25,6 +25,13 @@ LemmyNet/lemmy at the tag named:
   Logout: POST /api/v3/user/logout, /api/v4/account/auth/logout invalidate the token (`{"success":true}`).
 - Removals in 1.0 (alpha.9+) need a `reason` field (a missing one is a deserialise error: 400
   `{"error":"unknown","message":"Json deserialize error: missing field `reason`"}`; "" is accepted).
+- Reports in 1.0 take `violates_instance_rules` (crates/db_views/report_combined/src/api.rs:65-137
+  @1.0.0-beta.1): kept with the report; 0.19's structs have no such field and serde ignores it.
+- `DELETE /api/v4/image {"filename"}` (crates/routes/src/images/delete.rs:142-154 @1.0.0-beta.1): admins
+  only (400 `not_an_admin`), in the "image" rate bucket (6 an hour by default); it POSTs pict-rs's
+  `/internal/purge?alias=` (api_utils request.rs:402-431): a non-2xx answer is 400 `unknown`, a `msg` other
+  than "ok" 400 `pictrs_purge_response_error`; then deletes the `local_image` rows of every alias pict-rs
+  returned; `{"success":true}`. 0.19 has no such route.
 """
 
 from __future__ import annotations
@@ -62,8 +69,17 @@ class FakeLemmy(LoopbackHTTP):
     messages: list = field(default_factory=list)  # (recipient_id, content)
     bans: list = field(default_factory=list)  # (person_id, ban, reason)
     pm_recipients: dict = field(default_factory=dict)  # private message id -> its recipient's person id
-    logins_allowed: int | None = None  # the login rate bucket: after this many logins, rate limited
+    # The "register" rate bucket: after this many hits, rate limited. 0.19 counts logins in it
+    # (src/api_routes_http.rs:279-281 @0.19.20); 1.0 every POST under /account/auth/, logout included
+    # (crates/api/routes/src/lib.rs:342-358 @1.0.0-beta.1); 10 an hour per IP by default in both
+    # (migrations/2025-04-07-100344_registration-rate-limit).
+    logins_allowed: int | None = None
+    register_hits: int = 0
     logins: int = 0
+    images_allowed: int | None = None  # the "image" rate bucket (1.0's image delete): after this many, limited
+    image_hits: int = 0
+    pictrs: tuple | None = None  # (url, api_key) of the pict-rs this Lemmy purges through
+    local_image_rows: object = None  # deletes local_image rows of aliases: a callable(list[str])
 
     def __post_init__(self) -> None:
         self.tokens: dict[str, str] = {}
@@ -118,6 +134,9 @@ class FakeLemmy(LoopbackHTTP):
             def do_PUT(self):  # noqa: N802
                 self._handle("PUT")
 
+            def do_DELETE(self):  # noqa: N802
+                self._handle("DELETE")
+
         self._listen(Handler)
 
     # ------------------------------------------------------------------ the contract
@@ -134,10 +153,12 @@ class FakeLemmy(LoopbackHTTP):
             if user and not v4:
                 answer["my_user"] = self._my_user(user)
             return 200, answer
+        limited = (429, {"error": "too_many_requests"}) if v4 else (400, {"error": "rate_limit_error"})
         if (method, path) == ("POST", login_path):
             self.logins += 1
-            if self.logins_allowed is not None and self.logins > self.logins_allowed:
-                return (429, {"error": "too_many_requests"}) if v4 else (400, {"error": "rate_limit_error"})
+            self.register_hits += 1
+            if self.logins_allowed is not None and self.register_hits > self.logins_allowed:
+                return limited
             name = (body or {}).get("username_or_email")
             if name in self.users and self.users[name]["password"] == (body or {}).get("password"):
                 if self.users[name].get("banned") and not v4:
@@ -149,6 +170,10 @@ class FakeLemmy(LoopbackHTTP):
         if user is None:
             return self._error(401, "incorrect_login")
         if (method, path) == ("POST", "/account/auth/logout" if v4 else "/user/logout"):
+            if v4:
+                self.register_hits += 1
+                if self.logins_allowed is not None and self.register_hits > self.logins_allowed:
+                    return limited
             self.tokens = {t: u for t, u in self.tokens.items() if t != token}
             return 200, {"success": True}
         key = f"{method} {path}"
@@ -188,7 +213,8 @@ class FakeLemmy(LoopbackHTTP):
                     return self._error(400, "deleted")
                 self._next_report += 1
                 rid = self._next_report
-                self.reports[rid] = {"kind": kind, "object_id": body[f"{kind}_id"], "resolved": False}
+                self.reports[rid] = {"kind": kind, "object_id": body[f"{kind}_id"], "resolved": False,
+                                     "violates_instance_rules": bool(v4 and body.get("violates_instance_rules"))}
                 return 200, {f"{kind}_report_view": {f"{kind}_report": {"id": rid, "reason": body["reason"]}}}
             if (method, path) == ("PUT", f"/{kind}/report/resolve"):
                 report = self.reports.get(body["report_id"])
@@ -202,7 +228,33 @@ class FakeLemmy(LoopbackHTTP):
         if (method, path) == ("POST", "/admin/ban" if v4 else "/user/ban"):
             self.bans.append((body["person_id"], body["ban"], body.get("reason")))
             return 200, {"person_view": {}, "banned": body["ban"]}
+        if v4 and (method, path) == ("DELETE", "/image"):
+            return self._delete_image(str((body or {}).get("filename") or ""), user)
         return 404, {"error": "not_found"}
+
+    def _delete_image(self, alias: str, user: str) -> tuple[int, dict]:
+        import urllib.error
+        import urllib.parse
+        import urllib.request
+
+        self.image_hits += 1
+        if self.images_allowed is not None and self.image_hits > self.images_allowed:
+            return 429, {"error": "too_many_requests"}
+        if not self.users[user]["admin"]:
+            return self._error(400, "not_an_admin")
+        url, key = self.pictrs
+        request = urllib.request.Request(f"{url}/internal/purge?alias={urllib.parse.quote(alias)}", data=b"",
+                                         headers={"x-api-token": key}, method="POST")  # fmt: skip
+        try:
+            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
+                purged = json.loads(answer.read() or b"{}")
+        except urllib.error.HTTPError as err:
+            return 400, {"error": "unknown", "message": f"HTTP status client error ({err.code})"}
+        if purged.get("msg") != "ok":
+            return self._error(400, "pictrs_purge_response_error")
+        if self.local_image_rows is not None:
+            self.local_image_rows(purged.get("aliases") or [])
+        return 200, {"success": True}
 
     def _at_least(self, version: str) -> bool:
         if self.api == "v4":

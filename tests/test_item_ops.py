@@ -141,7 +141,7 @@ def test_a_decision_the_state_forbids_is_refused_alike(site, tmp_path):
         assert answer.status == 409 and f"item {item['id']} is purged, not quarantined" in answer.json()["detail"]
         again = Client(server).request("POST", f"/api/items/{item['id']}/purge",
                                        headers={"Authorization": f"Bearer {token}"})  # fmt: skip
-        assert again.status == 409 and "cannot be purged (it is purged)" in again.json()["detail"]
+        assert again.status == 409 and f"item {item['id']} is purged, not purgeable" in again.json()["detail"]
     finally:
         server.stop()
     assert _rows(site.state, "SELECT count(*) FROM decisions") == decisions_before

@@ -5,6 +5,7 @@ through the real CLI. Verdicts come from the policy (severity -1 flags every rea
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import itertools
 import json
 import os
@@ -734,3 +735,100 @@ def test_a_rate_limited_login_is_retried_and_the_token_is_kept_between_commands(
     lemmy.logins_allowed += 1
     assert w.cli("lemmy", "ban", item, "--yes").returncode == 0
     assert lemmy.bans[-1][:2] == (1, True) and lemmy.logins == lemmy.logins_allowed
+
+
+@pytest.mark.parametrize(("api", "version", "shape"), [("v3", "0.19.5", "0.19.5"), ("v4", "1.0.0", "1.0")])
+def test_reports_stay_with_the_admins_on_1_0_and_its_purge_goes_through_lemmy(world, lemmy_and_hook, api, version,
+                                                                              shape):  # fmt: skip
+    """Lemmy 1.0's own tools (issue 39): a report that violates the instance's rules stays with the local
+    admins and is never federated; `quarantine purge --pictrs` goes through `DELETE /api/v4/image`, which has
+    pict-rs purge the upload and deletes Lemmy's local_image rows (0.19: pict-rs's purge, as before)."""
+    from .pictrs_server import PictrsContractServer
+
+    w = world(shape)
+    api_key = secrets.token_hex(8)
+    img_sha = hashlib.sha256(w.files["img"]).hexdigest()
+    pictrs = PictrsContractServer(api_key, {img_sha: ["img1alias.png", "img2alias.png"]}).start()
+    lemmy, hook, bot_password = lemmy_and_hook(api, version)
+    lemmy.pictrs = (pictrs.url, api_key)
+    deleted: list[str] = []
+
+    def delete_rows(aliases: list[str]) -> None:  # what Lemmy 1.0 does after pict-rs answers (request.rs:402-431)
+        deleted.extend(aliases)
+        w.pg.execute("DELETE FROM local_image WHERE pictrs_alias = ANY(%s)", w.lemmy_db, (aliases,))
+
+    lemmy.local_image_rows = delete_rows
+    (w.secrets_dir / "bot").write_text(bot_password)
+    w.write_config(extra=f"""url = "{lemmy.url}"
+username = "modbot"
+password_file = "{w.secrets_dir / "bot"}"
+
+[actions]
+csam = ["report"]
+""")  # fmt: skip
+    try:
+        env = {"MIRROR_SCAN_PICTRS_API_KEY": api_key, "MIRROR_SCAN_PICTRS_URL": pictrs.url}
+        assert w.scan(env=env).returncode == 1
+        reports = [r for r in lemmy.calls("POST") if r.path.endswith(("/post/report", "/comment/report"))]
+        assert {(r.path.rsplit("/", 2)[-2], r.body.get("post_id") or r.body.get("comment_id")) for r in reports} >= {
+            ("post", 1), ("post", 2), ("comment", 1)}  # fmt: skip
+        if api == "v4":
+            assert all(r.body["violates_instance_rules"] is True for r in reports)
+            kept = [rep for rep in lemmy.reports.values() if rep["kind"] != "private_message"]
+            assert kept and all(rep["violates_instance_rules"] for rep in kept)
+        else:  # 0.19 has no such field: none is sent
+            assert all("violates_instance_rules" not in r.body for r in reports)
+
+        item = w.items()[World.KEYS["img"]]["id"]
+        rows = lambda: w.pg.execute("SELECT pictrs_alias FROM local_image ORDER BY 1", w.lemmy_db)  # noqa: E731
+        assert ("img1alias.png",) in rows()
+        proc = w.cli("quarantine", "purge", item, "--pictrs", "--yes", env=env)
+        assert proc.returncode == 0, proc.stderr
+        assert pictrs.purged == ["img1alias.png"]
+        history = " ".join(h["state"] for h in w.show(item)["history"])
+        if api == "v4":
+            assert len(lemmy.calls("DELETE", "/image")) == 1 and lemmy.calls("DELETE", "/image")[0].body == {
+                "filename": "img1alias.png"}  # fmt: skip
+            assert deleted == ["img1alias.png", "img2alias.png"] and ("img1alias.png",) not in rows()
+            assert "purged through Lemmy 1.0" in history
+        else:
+            assert ("img1alias.png",) in rows() and "purge queued by pict-rs" in history
+    finally:
+        pictrs.stop()
+
+
+@pytest.mark.parametrize("shape", ["0.19.5", "1.0"])
+def test_a_proxied_image_is_found_where_lemmy_keeps_its_remote_url(world, shape):
+    """Lemmy stores a remote image's URL, never pict-rs's alias for the proxied copy; with image proxying on,
+    in its own proxy URL with the remote URL encoded (LemmyNet/lemmy 1.0.0-beta.1
+    crates/api/api_utils/src/utils.rs:895-963: /api/v4/image/proxy?url=; 0.19.20
+    crates/api_common/src/utils.rs:913-996: /api/v3/image_proxy?url=). pict-rs's `proxies` table links the
+    remote URL to the alias of its copy (robinst/pict-rs v0.5.17-pre.2 migrations)."""
+    import urllib.parse
+
+    w = world(shape)
+    remote = "https://remote.example/pics/cat.png"
+    key = "11/22/33/44/55/66/77/88/99/aa/0a0b0c0d0e0f.png"
+    (w.mirror / key).parent.mkdir(parents=True, exist_ok=True)
+    (w.mirror / key).write_bytes(image_bytes("PNG", 77))
+    w.pg.execute("INSERT INTO hashes (hash, identifier) VALUES ('h-proxied', %s)", w.pictrs_db, (key,))
+    w.pg.execute("INSERT INTO aliases VALUES ('proxied1.png', 'h-proxied', 't9')", w.pictrs_db)
+    w.pg.execute("INSERT INTO proxies (url, alias) VALUES (%s, 'proxied1.png')", w.pictrs_db, (remote,))
+    pub = "published_at" if shape == "1.0" else "published"
+    route = "/api/v4/image/proxy" if shape == "1.0" else "/api/v3/image_proxy"
+    proxy_url = f"https://lemmy.test{route}?url={urllib.parse.quote(remote, safe='')}"
+    w.pg.execute(
+        f"INSERT INTO post (id, name, url, creator_id, community_id, {pub}, ap_id) VALUES "
+        "(20, 'federated cat', %s, 2, 2, now(), 'https://remote.example/post/20')",
+        w.lemmy_db,
+        (proxy_url,),
+    )
+    w.pg.execute(
+        f"INSERT INTO comment (id, creator_id, post_id, content, {pub}, ap_id) VALUES "
+        "(20, 2, 4, %s, now(), 'https://remote.example/comment/20')", w.lemmy_db, (f"![]({remote})",))  # fmt: skip
+    assert w.scan().returncode == 1
+    item = w.items()[key]["id"]
+    attribution = w.show(item)["attribution"]
+    assert attribution["pictrs"]["proxied_from"] == [remote]
+    assert [p["id"] for p in attribution["posts"]] == [20]
+    assert [c["id"] for c in attribution["comments"]] == [20]

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from mirror_scan.model.synthetic import generated_image
 
 from .conftest import run_cli
@@ -329,3 +331,17 @@ def test_commands_that_print_data_speak_json(tmp_path, tiny_bundle_master, flag_
     assert imported["entries"]["sha256"] == 1 and imported["action"] == "flag"
     # The common options are accepted by every command that touches the state.
     assert run_cli("report", *where).returncode == 0
+
+
+@pytest.mark.parametrize("process", [False, True], ids=["in-process", "process"])
+def test_usage_errors_are_one_message_and_exit_2_never_a_traceback(tmp_path, process):
+    """typer 0.20+ raises its own copy of click's exceptions: both are usage errors to `run()`."""
+    state = str(tmp_path / "s.db")
+    for args, words in (
+        (("quarantine", "confirm", "--state", state), "Missing argument"),
+        (("scan", "--bogus"), "No such option"),
+        (("quarantine", "list", "--limit", "0", "--state", state), "Invalid value for '--limit'"),
+    ):
+        proc = run_cli(*args, process=process)
+        assert proc.returncode == 2 and words in proc.stderr, (args, proc.returncode, proc.stderr)
+        assert "Traceback" not in proc.stderr + proc.stdout, proc.stderr

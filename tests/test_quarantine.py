@@ -329,3 +329,71 @@ def test_list_since_filters_by_date_and_duration(site):
     assert json.loads(site.cli("quarantine", "list", "--since", "2999-01-01", "--json").stdout) == []
     proc = site.cli("quarantine", "list", "--since", "last tuesday")
     assert proc.returncode == 2 and "is not a date" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ----------------------------------------------------------------------------- the lifecycle under attack
+
+
+def _one_item(site: Site) -> dict:
+    site.scan("--severity=-1", "--quiet")
+    return next(i for i in site.items() if i["original"].endswith("name with space.png"))
+
+
+def test_a_restore_that_recovery_finishes_records_who_asked_for_it(site):
+    item = _one_item(site)
+    proc = site.cli("quarantine", "restore", item["id"], env={"MIRROR_SCAN_KILL_AT": "restore:placed"})
+    assert proc.returncode == -9
+    assert site.cli("state", "recover").returncode == 0
+    shown = json.loads(site.cli("quarantine", "show", item["id"], "--json").stdout)
+    assert shown["ledger"]["state"] == "restored"
+    assert [(d["decision"], d["via"], d["outcome"]) for d in shown["decisions"]] == [("restore", "shell", "done")]
+    assert any(h["state"].startswith("restore by ") and h["state"].endswith("via shell") for h in shown["history"])
+
+
+def test_a_purge_cut_short_after_it_was_recorded_is_finished_by_recovery(site):
+    item = _one_item(site)
+    proc = site.cli("quarantine", "purge", item["id"], "--yes", env={"MIRROR_SCAN_KILL_AT": "purge:recorded"})
+    assert proc.returncode == -9
+    assert (site.quarantine / "items" / item["id"] / "data").exists()  # recorded purged, bytes still there
+    assert site.cli("state", "recover").returncode == 0
+    assert not (site.quarantine / "items" / item["id"] / "data").exists()
+    assert next(i for i in site.items() if i["id"] == item["id"])["state"] == "purged"
+
+
+def test_metadata_a_crash_left_behind_the_ledger_catches_up_at_recovery(site):
+    item = _one_item(site)
+    proc = site.cli("quarantine", "restore", item["id"], env={"MIRROR_SCAN_KILL_AT": "meta:sync#2"})
+    assert proc.returncode == -9  # killed between the restore's last commit and its meta.json
+    assert site.meta(item["id"])["state"] != "restored"
+    assert site.cli("state", "recover").returncode == 0
+    meta = site.meta(item["id"])
+    assert meta["state"] == "restored" and [h["state"] for h in meta["history"]][-2:] == [
+        "restored", f"restore by {meta['history'][-1]['state'].split(' by ', 1)[1]}"]  # fmt: skip
+
+
+def test_edited_metadata_never_crashes_a_decision_nor_the_next_writer(site):
+    site.scan("--severity=-1", "--quiet")
+    forged, odd = site.items()[:2]
+    meta = site.meta(forged["id"])
+    meta["history"] = [*meta["history"], {"state": "x", "at": "2026-01-01T00:00:00+00:00", "n": [1]},
+                       {"state": ["not", "text"], "at": 3, "n": 2}]  # fmt: skip
+    (site.quarantine / "items" / forged["id"] / "meta.json").write_text(json.dumps(meta))
+    (site.quarantine / "items" / odd["id"] / "meta.json").write_text("[1, 2, 3]")
+    for args in (("quarantine", "confirm", forged["id"]), ("quarantine", "show", odd["id"], "--json"),
+                 ("quarantine", "confirm", odd["id"]), ("state", "recover")):  # fmt: skip
+        proc = site.cli(*args)
+        assert "Traceback" not in proc.stderr + proc.stdout, (args, proc.stderr)
+    restore = site.cli("quarantine", "restore", odd["id"])
+    assert restore.returncode == 2 and "not a JSON object" in restore.stderr
+    assert site.cli("quarantine", "restore", forged["id"]).returncode == 0  # its facts agree: restored
+    assert site.meta(forged["id"])["state"] == "restored"
+
+
+def test_a_restore_temp_left_by_a_lost_journal_is_replaced_not_fatal(site):
+    item = _one_item(site)
+    target = site.tree / "name with space.png"
+    leftover = target.with_name(".name with space.png.mirror-scan-restore.partial")
+    leftover.write_bytes(b"half of it")  # a restore killed at 'copied' whose ledger was then rebuilt
+    proc = site.cli("quarantine", "restore", item["id"])
+    assert proc.returncode == 0, proc.stderr
+    assert not leftover.exists() and target.exists()

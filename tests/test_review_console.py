@@ -306,7 +306,10 @@ def test_lemmy_moderators_decide_only_their_communities_items(postgres, tmp_path
                                         "item": items[World.KEYS["thumb"]]["id"]})  # fmt: skip
             assert "outcome-done" in done.body
             # Lemmy was asked with their own login, which was ended again at once.
-            assert lemmy.calls("POST", "/account/auth/logout" if api == "v4" else "/user/logout")
+            # 0.19 ends each console login in Lemmy; 1.0 counts a logout against the logins' own rate bucket,
+            # so there the token (never kept) expires instead, and a login costs one of the ten an hour.
+            assert bool(lemmy.calls("POST", "/user/logout")) == (api == "v3")
+            assert not lemmy.calls("POST", "/account/auth/logout")
             # Neither a plain user nor (in 0.19) a banned admin gets in; a wrong password is a failure.
             assert Client(server).login("alice", "alice password 12").status == 403
             assert Client(server).login("picsmod", "wrong").status == 401
@@ -353,5 +356,39 @@ def test_lemmy_moderators_decide_only_their_communities_items(postgres, tmp_path
             log += server.stop()
         for secret in ("picsmod password", "boss password 123", "bot password 123", w.role_password):
             assert secret not in log
+    finally:
+        lemmy.stop()
+
+
+@pytest.mark.parametrize(("api", "version"), [("v3", "0.19.20"), ("v4", "1.0.0")])
+def test_console_logins_through_lemmy_leave_the_bot_its_login_budget(postgres, tmp_path, tiny_bundle_master, api,
+                                                                       version, private_data_dir):  # fmt: skip
+    """Lemmy's default "register" bucket is 10 an hour per address (both versions, the bot's logins and the
+    console's moderators' share it when they come from one machine; 1.0 counts logouts too). Measured with the
+    fake counting as Lemmy does: 10 console logins an hour, then "try later"; the bot, whose token is kept,
+    keeps acting without logging in again."""
+    from .test_lemmy import World
+
+    w = World(postgres, "1.0" if api == "v4" else "0.19.5", tmp_path / "site", tiny_bundle_master)
+    private_data_dir.mkdir(parents=True, exist_ok=True)  # where the bot's token is kept, beside the state
+    pics = {"id": 1, "name": "pics", "url": "https://lemmy.test/c/pics"}
+    lemmy = FakeLemmy(api=api, version=version, logins_allowed=10, users={
+        "modbot": {"id": 900, "password": "bot password 123", "admin": True},
+        "picsmod": {"id": 4, "password": "picsmod password", "admin": False, "moderates": [pics]},
+    }).start()  # fmt: skip
+    try:
+        (w.secrets_dir / "bot").write_text("bot password 123")
+        w.write_config(extra=f'url = "{lemmy.url}"\nusername = "modbot"\npassword_file = "{w.secrets_dir / "bot"}"\n')
+        assert w.check().returncode == 0  # the bot logs in once; its token is kept beside the state
+        assert lemmy.register_hits == 1
+        server = ConsoleServer(w.state, w.quarantine, "--config", str(w.config))
+        try:
+            answers = [Client(server).login("picsmod", "picsmod password").status for _ in range(10)]
+        finally:
+            server.stop()
+        assert answers == [303] * 9 + [503], answers  # 9 left after the bot's: nine console logins, then "later"
+        assert lemmy.register_hits == 10 + 1  # the refused one counted too, as Lemmy counts it
+        assert w.check().returncode == 0  # the bot still acts: no login needed
+        assert lemmy.logins == 11
     finally:
         lemmy.stop()

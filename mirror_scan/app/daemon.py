@@ -236,6 +236,7 @@ class WatchDaemon:
             actor=None if options.dry_run else QuarantineActor(self.workspace.quarantine),
             on_verdict=self._observe_verdict,
             on_batch=self.metrics.inference_batch.observe,
+            take_companion=None if options.dry_run else self.workspace.quarantine.take_companion,
         )
         reconciler = Periodic("reconcile", options.reconcile_interval, self._walk)
         self.overflow = OverflowSignal(reconciler.trigger).install()

@@ -130,12 +130,13 @@ class ItemOps:
 
     # ------------------------------------------------------------------ decisions
 
-    def restore(self, item_id: str, to: Path | None = None, upstream: bool = True) -> Outcome:
+    def restore(self, item_id: str, to: Path | None = None, upstream: bool = True, reimport: bool = False) -> Outcome:
+        """reimport: an upload pict-rs no longer records goes back through pict-rs under its aliases."""
         why = self.refusal(item_id, Decision.RESTORE)
         if why:
             return Outcome(item_id, Decision.RESTORE, "refused", why)
         try:
-            target = self.quarantine.restore(item_id, to=to, upstream=upstream, by=self.by)
+            target = self.quarantine.restore(item_id, to=to, upstream=upstream, by=self.by, reimport=reimport)
         except NotPermitted as error:
             return Outcome(item_id, Decision.RESTORE, "refused", str(error))
         except UpstreamRestorePending as error:
@@ -143,6 +144,8 @@ class ItemOps:
             return self._record(item_id, Decision.RESTORE, "pending", str(error))
         except MirrorScanError as error:
             return self._record(item_id, Decision.RESTORE, "failed", str(error))
+        except OSError as error:  # the disk under the mirror or the quarantine: said, recorded, never a traceback
+            return self._record(item_id, Decision.RESTORE, "failed", f"{error.strerror or error}: {error.filename}")
         self._follow_ups_due = True
         return Outcome(item_id, Decision.RESTORE, "done", target=display_path(target))
 
@@ -150,9 +153,7 @@ class ItemOps:
         why = self.refusal(item_id, Decision.CONFIRM)
         if why:
             return Outcome(item_id, Decision.CONFIRM, "refused", why)
-        if item_id in self.ledger.reviews.confirmed_items():
-            return Outcome(item_id, Decision.CONFIRM, "done", "confirmed before")
-        return self._decide(item_id, Decision.CONFIRM, ItemEvent.CONFIRMED)
+        return self._decide(item_id, Decision.CONFIRM, ItemEvent.CONFIRMED, once=True)
 
     def purge(self, item_id: str) -> Outcome:
         why = self.refusal(item_id, Decision.PURGE)
@@ -165,6 +166,32 @@ class ItemOps:
         except MirrorScanError as error:
             return self._record(item_id, Decision.PURGE, "failed", str(error))
         return Outcome(item_id, Decision.PURGE, "done")
+
+    def purge_from_pictrs(self, item_id: str, alias: str, pictrs, lemmy=None) -> Outcome:
+        """The upload purged in pict-rs, for good (the quarantined bytes stay as evidence): through Lemmy 1.0's
+        admin image delete where the bot may (it also deletes Lemmy's `local_image` rows, which a purge in
+        pict-rs alone leaves), else pict-rs's own `/internal/purge`. Written into the item's history."""
+        from mirror_scan.clients.lemmy import LemmyRefused, LemmyUnavailable
+
+        why = self.refusal(item_id, Decision.PURGE)
+        if why:
+            return Outcome(item_id, Decision.PURGE, "refused", why)
+        through_lemmy, lemmy_note = False, ""
+        if lemmy is not None:
+            try:
+                lemmy.delete_image(alias)
+                through_lemmy = True
+            except LemmyRefused:
+                pass  # 0.19 (no such route) or a bot that is no admin: pict-rs's own purge
+            except LemmyUnavailable as error:  # 1.0's image rate bucket: 6 an hour per address by default
+                lemmy_note = f"; Lemmy could not purge it now ({str(error).splitlines()[0]}): its local_image rows stay"
+        try:
+            detail = ("purged through Lemmy 1.0 (pict-rs's purge, and Lemmy's local_image rows deleted)"
+                      if through_lemmy else pictrs.purge(alias) + lemmy_note)  # fmt: skip
+        except MirrorScanError as error:
+            return Outcome(item_id, Decision.PURGE, "failed", str(error))
+        self.quarantine.record_pictrs_purge(item_id, alias, f"{detail} (by {self.by.who} via {self.by.via})")
+        return Outcome(item_id, Decision.PURGE, "done", detail)
 
     def ban(self, item_id: str, reason: str, lemmy, undo: bool = False) -> Outcome:
         """Ban the item's one uploader from the instance (undo: lift the ban). `lemmy`: the moderation bot's
@@ -180,17 +207,15 @@ class ItemOps:
             return Outcome(item_id, decision, "refused", "[lemmy] url and the bot account are not configured")
         if not reason.strip():
             return Outcome(item_id, decision, "refused", "a ban needs a reason (it is shown in Lemmy's modlog)")
-        try:
-            self.quarantine.lifecycle.check(self.ledger.item(item_id), ItemEvent.UNBANNED if undo else ItemEvent.BANNED)
-            lemmy.ban(int(person["id"]), reason.strip()[:1000], ban=not undo)
-        except NotPermitted as error:
-            return Outcome(item_id, decision, "refused", str(error))
-        except MirrorScanError as error:
-            return self._record(item_id, decision, "failed", str(error))
-        detail = f"{person['name']}@{person.get('instance') or '?'}: {reason.strip()[:200]}"
         event = ItemEvent.UNBANNED if undo else ItemEvent.BANNED
+        detail = f"{person['name']}@{person.get('instance') or '?'}: {reason.strip()[:200]}"
+
+        def ban_in_lemmy() -> None:  # under the item's lock: no move can begin between the ban and its record
+            lemmy.ban(int(person["id"]), reason.strip()[:1000], ban=not undo)
+
         # The ban is done in Lemmy: the follow-up row says so (Lemmy's side of it) with the decision.
-        return self._decide(item_id, decision, event, detail, follow_up=(str(decision), str(person["id"])))
+        return self._decide(item_id, decision, event, detail, follow_up=(str(decision), str(person["id"])),
+                            first=ban_in_lemmy)  # fmt: skip
 
     def _decide(
         self,
@@ -199,13 +224,25 @@ class ItemOps:
         event: ItemEvent,
         detail: str = "",
         follow_up: tuple[str, str] | None = None,
+        first: Callable[[], None] | None = None,
+        once: bool = False,
     ) -> Outcome:
-        """A decision that changes no state, recorded under the item's lock in one transaction."""
+        """A decision that changes no state, under the item's lock: allowed by the table, then `first` (what
+        it does outside, e.g. the ban in Lemmy), then recorded in one transaction. once: a decision made
+        before on the item is not made again (two confirms at once record one)."""
+        lifecycle = self.quarantine.lifecycle
         try:
-            with self.quarantine.item_lock(item_id, wait_s=5.0), self.ledger.transaction():
-                if follow_up is not None:
-                    self.ledger.follow_ups.add_followup(item_id, *follow_up, state="done")
-                self.quarantine.lifecycle.apply(item_id, event, by=self.by, detail=detail or None)
+            with self.quarantine.item_lock(item_id, wait_s=5.0):
+                lifecycle.check(self.ledger.item(item_id), event, item_id)
+                if once and any(d.decision == decision and d.outcome == "done"
+                                for d in self.ledger.reviews.decisions(item_id)):  # fmt: skip
+                    return Outcome(item_id, decision, "done", f"{decision} made before")
+                if first is not None:
+                    first()
+                with self.ledger.transaction():
+                    if follow_up is not None:
+                        self.ledger.follow_ups.add_followup(item_id, *follow_up, state="done")
+                    lifecycle.apply(item_id, event, by=self.by, detail=detail or None)
         except NotPermitted as error:
             return Outcome(item_id, decision, "refused", str(error))
         except MirrorScanError as error:

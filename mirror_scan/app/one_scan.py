@@ -68,7 +68,8 @@ class OneScan:
         actor = None if self.dry_run else QuarantineActor(workspace.quarantine)
         writer = ReportWriter(self.report, self.report_format) if self.report else None
         runner = Scan(workspace.ledger, self.bundle, self.scorer, self.policy, self.config, actor=actor,
-                      report=writer, progress=progress)  # fmt: skip
+                      report=writer, progress=progress,
+                      take_companion=None if self.dry_run else workspace.quarantine.take_companion)  # fmt: skip
         try:
             counters = runner.run([str(p) for p in self.paths])
         finally:

@@ -105,6 +105,7 @@ class SelfTest:
             if self._stage("model loaded", load):
                 self._stage("scanned and quarantined", scan) and self._stage("restored", restore)
             self._stage("remote (read only)", self._remote)
+            self._stage("pict-rs uploads (read only)", self._uploads)
             self._stage("lemmy bot", self._lemmy)
             self._stage("canary actions (planned, not sent)", self._actions)
         finally:
@@ -119,6 +120,15 @@ class SelfTest:
             return "skipped: no remote configured"
         Rclone.locate(self.settings.rclone).check_bucket(remote)
         return f"{remote} answers (listed, nothing written or removed)"
+
+    def _uploads(self) -> str:
+        """What a quarantine finds of an upload here; with pict-rs's repo, one lookup proves it answers."""
+        from mirror_scan.moderation.uploads import upload_mode, upload_source
+
+        source = upload_source(self.settings)
+        if source is not None and self.settings.pictrs_database_url:
+            source.upload_of("mirror-scan-selftest/no-such-key")  # a read: raises if the repo cannot answer
+        return upload_mode(self.settings)
 
     def _lemmy(self) -> str:
         from mirror_scan.moderation.actions import build_lemmy

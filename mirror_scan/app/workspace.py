@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mirror_scan.moderation.actions import Moderation, follow_up_enabled
+from mirror_scan.moderation.uploads import upload_source
 from mirror_scan.settings import Settings
 from mirror_scan.store.ledger import Ledger, StateDamaged
 from mirror_scan.store.quarantine import Quarantine
@@ -50,8 +51,9 @@ class Workspace:
             upstreams = Upstreams.rclone(settings.remote, settings.rclone)
             if settings.remote:
                 upstreams.get(settings.remote)  # fail now, clearly, if rclone is missing
-            quarantine = Quarantine(settings.quarantine, ledger, upstreams)
-            quarantine.follow_up = follow_up_enabled(settings)
+            # pict-rs's repo, where configured, says which objects belong to a flagged upload (its variants).
+            quarantine = Quarantine(settings.quarantine, ledger, upstreams, follow_up_enabled(settings),
+                                    upload_source(settings))  # fmt: skip
             notes = quarantine.recover() if recover else []
             for note in notes:
                 if on_recovered:

@@ -407,17 +407,16 @@ def policy_test(
 def run(argv: list[str], io: Io | None = None) -> int:
     """Run one command line with these streams (the process's own by default); returns its exit code. A
     failure the tool expects is one error line (and a hint), never a traceback."""
-    import click
-
+    usage_errors, aborts = _click_failures()
     io = io or Io.process()
     with using(io):
         try:
             code = app(args=list(argv), prog_name="mirror-scan", standalone_mode=False)
             return code if isinstance(code, int) else 0
-        except click.exceptions.ClickException as error:  # a usage error, said as click says it
+        except usage_errors as error:  # a usage error, said as click says it (exit 2)
             error.show(file=io.stderr)
             return error.exit_code
-        except click.exceptions.Abort:
+        except aborts:  # no answer to a question (end of input), or ^C at one
             io.stderr.write("Aborted!\n")
             return 1
         except MirrorScanError as error:
@@ -439,6 +438,28 @@ def run(argv: list[str], io: Io | None = None) -> int:
                 "quarantine's metadata"
             )
             return 2
+
+
+def _click_failures() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
+    """The usage-error and abort classes the command line may raise: click's own, and those of the copy of
+    click that typer 0.20+ carries inside it (not subclasses of click's)."""
+    import click
+
+    usage: list[type[BaseException]] = [click.exceptions.ClickException]
+    aborts: list[type[BaseException]] = [click.exceptions.Abort]
+    try:
+        from typer._click.exceptions import ClickException as TyperClickException
+
+        usage.append(TyperClickException)
+    except ImportError:
+        pass
+    try:
+        from typer.exceptions import Abort as TyperAbort
+
+        aborts.append(TyperAbort)
+    except ImportError:
+        pass
+    return tuple(usage), tuple(aborts)
 
 
 def main() -> None:

@@ -141,6 +141,7 @@ def q_show(
         follow_ups = workspace.ledger.follow_ups.followups(item_id)
         decisions = workspace.ledger.reviews.decisions(item_id)
         history = workspace.quarantine.history(item_id)
+        objects = workspace.ledger.objects.of(item_id)
     meta.pop("attribution", None)  # the ledger's copy (the authority) is shown below
     meta["attribution"] = attribution
     meta["history"] = [{"state": h["event"], "at": h["at"]} for h in history]  # the ledger's, with older lines
@@ -164,6 +165,11 @@ def q_show(
             "remote": row.remote,
             "key": row.key,
             "seen_count": row.seen_count,
+            # The other objects of the upload held with it (thumbnails, resizes, the still of an animation).
+            "objects": [
+                {"key": o.key, "role": o.role, "variant": o.variant, "sha256": o.sha256, "state": o.state}
+                for o in objects
+            ],
         }
     else:
         meta["ledger"] = None
@@ -280,6 +286,14 @@ def q_restore(
     ] = None,
     to: Annotated[Path | None, typer.Option("--to", help="Restore to this path instead of the original one.")] = None,
     no_upstream: Annotated[bool, typer.Option("--no-upstream", help="Do not put the object back upstream.")] = False,
+    reimport: Annotated[
+        bool,
+        typer.Option(
+            "--reimport",
+            help="For an upload pict-rs no longer records (purged, pruned, its user's content removed): upload it "
+            "again through pict-rs under its alias, so the posts' URLs work again (needs [pictrs] url and api_key).",
+        ),
+    ] = False,
     remote: Annotated[
         str | None, typer.Option("--remote", help="Check that the items came from this remote (optional).")
     ] = None,
@@ -309,29 +323,33 @@ def q_restore(
         raise UsageError("name items to restore, or select them with --since, --label or --from-file")
     if to is not None and (len(explicit) != 1 or since or label):
         raise UsageError("--to takes exactly one item")
-    with _reader(state, quarantine, config) as workspace:
-        entries = list(workspace.quarantine.entries(parse_since(since) if since else None))
-    chosen = select_items(
-        entries, RESTORABLE_STATES, ids=explicit, label=label, remote=remote,
-        hint="see `mirror-scan quarantine list` (restored and purged items cannot be restored)",
-    )  # fmt: skip
-    if not chosen:
-        if json_out:
-            print_json({"restored": [], "pending": [], "failed": []})
-        else:
-            out.print("nothing to restore")
-        return
-    if since is not None or label is not None or from_file is not None:  # a selection: show it, then ask
-        if json_out and not yes:
-            raise UsageError("--json leaves nobody to ask: pass --yes as well", hint="or leave out --json to be asked")
-        for e in [] if yes else chosen:
-            out.print(f"{e['id']}  {e['original']}  {item_reason(e['reason'])}  {e['state']}")
-        if not yes and not confirm(f"Restore these {len(chosen)} item(s)?", default=False):
-            raise typer.Exit(1)
+    if reimport and (to is not None or no_upstream):
+        raise UsageError("--reimport puts the upload back through pict-rs: not with --to or --no-upstream")
     results: dict[str, list] = {"restored": [], "pending": [], "failed": []}
+    # The writer first: it finishes or rolls back a restore a killed process left, so an item that was
+    # `restoring` is chosen as what it is now.
     with _writer(state, quarantine, config, quiet=True, rclone=rclone) as workspace, _ops(workspace) as ops:
+        entries = list(workspace.quarantine.entries(parse_since(since) if since else None))
+        chosen = select_items(
+            entries, RESTORABLE_STATES, ids=explicit, label=label, remote=remote,
+            hint="see `mirror-scan quarantine list` (restored and purged items cannot be restored)",
+        )  # fmt: skip
+        if not chosen:
+            if json_out:
+                print_json(results)
+            else:
+                out.print("nothing to restore")
+            return
+        if since is not None or label is not None or from_file is not None:  # a selection: show it, then ask
+            if json_out and not yes:
+                raise UsageError("--json leaves nobody to ask: pass --yes as well",
+                                 hint="or leave out --json to be asked")  # fmt: skip
+            for e in [] if yes else chosen:
+                out.print(f"{e['id']}  {e['original']}  {item_reason(e['reason'])}  {e['state']}")
+            if not yes and not confirm(f"Restore these {len(chosen)} item(s)?", default=False):
+                raise typer.Exit(1)
         for entry in with_progress(chosen, "restoring", json_out):
-            done = ops.restore(entry["id"], to=to, upstream=not no_upstream)
+            done = ops.restore(entry["id"], to=to, upstream=not no_upstream, reimport=reimport)
             if done.ok:
                 results["restored"].append({"id": entry["id"], "path": done.target})
                 if not json_out:
@@ -417,7 +435,7 @@ def q_purge(
             out.print("nothing to purge")
             return
         if pictrs:
-            _purge_pictrs(store, chosen, settings, yes=yes)
+            _purge_pictrs(workspace, chosen, settings, yes=yes)
             return
         if not yes:
             for e in chosen:  # what is about to go, the one irreversible action: listed, never just counted
@@ -443,16 +461,20 @@ def q_purge(
         raise typer.Exit(2)
 
 
-def _purge_pictrs(store, chosen: list[dict], settings, yes: bool) -> None:
+def _purge_pictrs(workspace, chosen: list[dict], settings, yes: bool) -> None:
     from mirror_scan.clients.pictrs import Pictrs
+    from mirror_scan.errors import MirrorScanError
+    from mirror_scan.moderation.actions import build_lemmy
 
     if not settings.pictrs_url or not settings.pictrs_api_key:
         raise UsageError(
             "pict-rs is not configured", hint="set [pictrs] url and api_key, then `mirror-scan pictrs check`"
         )
     client = Pictrs(settings.pictrs_url, settings.pictrs_api_key)
-    aliases = client.aliases_for(e["sha256"] for e in chosen)
-    plan = [(e, aliases.get(e["sha256"], [])) for e in chosen]
+    known = {e["id"]: workspace.ledger.objects.aliases_of(e["id"]) for e in chosen}
+    unknown = [e["sha256"] for e in chosen if not known[e["id"]]]
+    found_by_sha = client.aliases_for(unknown) if unknown else {}  # /internal/hashes, where no repo named them
+    plan = [(e, known[e["id"]] or found_by_sha.get(e["sha256"], [])) for e in chosen]
     for e, found in plan:
         out.print(f"{e['id']}: {', '.join(found) if found else 'no alias found in pict-rs'}")
     # One purge per file: pict-rs removes every alias of the file it names (robinst/pict-rs src/lib.rs:1487).
@@ -466,10 +488,15 @@ def _purge_pictrs(store, chosen: list[dict], settings, yes: bool) -> None:
         default=False,
     ):
         raise typer.Exit(1)
-    for e, alias in targets:
-        note = client.purge(alias)
-        store.record_pictrs_purge(e["id"], alias, note)
-        out.print(f"{e['id']}: {alias}: {note}")
+    try:
+        lemmy = build_lemmy(settings)  # Lemmy 1.0 purges through pict-rs and deletes its own rows too
+    except MirrorScanError as error:
+        err.print(f"note: the Lemmy bot is not used for the purge: {error}")
+        lemmy = None
+    with _ops(workspace) as ops:
+        for e, alias in targets:
+            done = ops.purge_from_pictrs(e["id"], alias, client, lemmy)
+            (out if done.ok else err).print(f"{e['id']}: {alias}: {done.detail}")
 
 
 @quarantine_app.command("export-hashes")

@@ -50,6 +50,7 @@ LABELS = {
     "items_restored": "items restored",
     "items_purged": "items purged",
     "items_damaged": "items damaged",
+    "pictrs_uploads": "quarantined as",
     "age_seconds": "status age (s)",
 }
 
@@ -172,8 +173,11 @@ def register(app: typer.Typer) -> None:
                 f"no watch daemon runs on {settings.state}, and it holds nothing yet",
                 hint="start one with `mirror-scan watch --mirror DIR`, or run `mirror-scan scan` first",
             )
+        from mirror_scan.moderation.uploads import upload_mode
+
         data["daemon"] = "running" if running else "not running"
         data["daemons"] = running
+        data["pictrs_uploads"] = upload_mode(settings)
         if settings.state.exists():
             with Ledger(settings.state, readonly=True) as ledger:
                 data["upstream_pending"] = ledger.upstream_pending_count()
@@ -182,7 +186,8 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json(data)
             return
-        for key in ("daemon", *STATUS_KEYS, *COUNTER_KEYS, *LEDGER_KEYS, "upstream_breakers", "age_seconds"):
+        for key in ("daemon", *STATUS_KEYS, *COUNTER_KEYS, *LEDGER_KEYS, "upstream_breakers", "pictrs_uploads",
+                    "age_seconds"):  # fmt: skip
             if key not in data:
                 continue
             value = data[key]

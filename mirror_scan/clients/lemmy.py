@@ -222,8 +222,15 @@ class Lemmy:
         self._call("POST", f"/{kind}/remove", {f"{kind}_id": object_id, "removed": removed, "reason": reason})
 
     def report(self, kind: str, object_id: int, reason: str) -> str | None:
-        """kind: post | comment | private_message. Returns the report's id (to resolve it on restore)."""
-        payload = self._call("POST", f"/{kind}/report", {f"{kind}_id": object_id, "reason": reason}) or {}
+        """kind: post | comment | private_message. Returns the report's id (to resolve it on restore). On 1.0
+        a post or comment report says it violates the instance's rules: it goes to the local admins only and
+        is never federated (report_combined/src/api.rs:65-137, post_report/create.rs:85-95 @1.0.0-beta.1),
+        which is where a report about CSAM belongs. 0.19 has no such field (it would ignore it and federate
+        the report to the community's instance anyway)."""
+        body: dict[str, Any] = {f"{kind}_id": object_id, "reason": reason}
+        if kind in ("post", "comment") and self.detect()[0] == "v4":
+            body["violates_instance_rules"] = True
+        payload = self._call("POST", f"/{kind}/report", body) or {}
         view = payload.get(f"{kind}_report_view") or {}
         report = view.get(f"{kind}_report") or {}
         return str(report["id"]) if "id" in report else None
@@ -242,6 +249,16 @@ class Lemmy:
     def private_message(self, username: str, content: str) -> None:
         self._call("POST", "/private_message", {"content": content, "recipient_id": self.person_id(username)})
 
+    def delete_image(self, alias: str) -> None:
+        """Lemmy 1.0's admin image purge: `DELETE /api/v4/image {"filename"}` has pict-rs purge the upload
+        (`/internal/purge`) and deletes Lemmy's `local_image` rows of every alias pict-rs names, which a
+        purge in pict-rs alone leaves behind (routes/src/images/delete.rs:142-154, api_utils request.rs:402-431
+        @1.0.0-beta.1). In the "image" rate bucket (6 an hour per address by default): a rate limit is
+        LemmyUnavailable. 0.19 has no such route (LemmyRefused)."""
+        if self.detect()[0] != "v4":
+            raise LemmyRefused("Lemmy 0.19 has no image purge of its own; pict-rs's is used")
+        self._call("DELETE", "/image", {"filename": alias})
+
     def ban(self, person_id: int, reason: str, ban: bool = True) -> None:
         path = "/admin/ban" if self.detect()[0] == "v4" else "/user/ban"
         self._call("POST", path, {"person_id": person_id, "ban": ban, "reason": reason})
@@ -259,7 +276,12 @@ def person_login(url: str, username: str, password: str, totp: str = "", timeout
     try:
         return client.me()
     finally:
-        client.logout()
+        # 0.19 ends the login (its logout is in the message bucket). 1.0 counts a logout against the same
+        # "register" bucket as logins (10 an hour per address by default, shared with the bot when both
+        # come from this machine: crates/api/routes/src/lib.rs:342-358 @1.0.0-beta.1): there the token,
+        # never kept or shown anywhere, simply expires, so a console login costs one of the ten, not two.
+        if client.api != "v4":
+            client.logout()
 
 
 def _passing(status: int, error: object) -> bool:

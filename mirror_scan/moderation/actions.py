@@ -188,7 +188,9 @@ class Moderation:
             return f"{row.item}: {row.action} {row.target} cancelled (not carried out by the runner)"
         if known.runner == Runner.ATTRIBUTOR:
             return self._attribute(row, item)
-        wanted_state = item.state == ItemState.RESTORED if known.after_restore else item.state in HELD_STATES
+        # The undo of moderation still runs for a restored item purged since: the image was a false positive.
+        after = (ItemState.RESTORED, ItemState.PURGED)
+        wanted_state = item.state in after if known.after_restore else item.state in HELD_STATES
         if not wanted_state:
             self.ledger.follow_ups.finish_followup(
                 row.id, "cancelled", error=f"the item is {item.state}", attempted=False

@@ -15,6 +15,7 @@ database, missing grant) does not. Attribution never blocks or changes the quara
 from __future__ import annotations
 
 import datetime as dt
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,6 +71,15 @@ class PictrsRepo:
                     (record["identifier"],),
                 )
             ]
+            objects = [  # the upload's other objects: what its item holds besides the flagged one
+                {"key": r["identifier"], "variant": r["variant"]}
+                for r in src.rows(
+                    conn,
+                    "SELECT v.identifier, v.variant FROM variants v JOIN hashes h ON h.hash = v.hash "
+                    "WHERE h.identifier = %s ORDER BY v.variant",
+                    (record["identifier"],),
+                )
+            ]
             proxied = []
             if aliases and "proxies" in src.columns(conn):
                 proxied = [
@@ -83,6 +93,7 @@ class PictrsRepo:
             "motion": bool(record["motion"]),
             "aliases": aliases,
             "proxied_from": proxied,
+            "objects": objects,
         }
 
 
@@ -105,8 +116,17 @@ class LemmyRepo:
             "the Lemmy database has no post or person table", hint="is [lemmy] database_url really Lemmy's database?"
         )
 
-    def lookup(self, aliases: list[str], uploaded_since: str | None) -> dict[str, Any]:
+    def lookup(
+        self, aliases: list[str], uploaded_since: str | None, proxied: list[str] | None = None
+    ) -> dict[str, Any]:
+        """proxied: the remote URLs pict-rs proxies this upload for (its `proxies` table). Lemmy keeps those
+        URLs in posts (and, with image proxying on, its own proxy URL carrying them URL-encoded:
+        `/api/v4/image/proxy?url=...` in 1.0, `/api/v3/image_proxy?url=...` in 0.19: LemmyNet/lemmy
+        1.0.0-beta.1 crates/api/api_utils/src/utils.rs:895-963), never the alias: they are searched too."""
         src = self.source
+        needles = [f"/{alias}" for alias in aliases]
+        for url in proxied or []:
+            needles += [url, "url=" + urllib.parse.quote(url, safe="")]
         with src.connect() as conn:
             cols = src.columns(conn)
             shape = self.shape(cols)
@@ -114,9 +134,9 @@ class LemmyRepo:
             ap = {t: "ap_id" if "ap_id" in cols.get(t, ()) else "actor_id" for t in cols}
             uploads = self._uploads(conn, cols, pub, aliases)
             since = min([u["uploaded_at"] for u in uploads if u.get("uploaded_at")] or [uploaded_since or ""]) or None
-            posts = self._posts(conn, cols, pub, aliases, since, uploads)
-            comments = self._comments(conn, pub, aliases, since)
-            messages = self._messages(conn, pub, aliases, since)
+            posts = self._posts(conn, cols, pub, needles, since, uploads)
+            comments = self._comments(conn, pub, needles, since)
+            messages = self._messages(conn, pub, needles, since)
             person_ids = {u["person_id"] for u in uploads if u.get("person_id") is not None}
             person_ids |= {p["creator_id"] for p in posts} | {c["creator_id"] for c in comments}
             person_ids |= {m["creator_id"] for m in messages} | {m["recipient_id"] for m in messages}
@@ -153,12 +173,11 @@ class LemmyRepo:
             return []
         return src.rows(conn, sql + " ORDER BY 2", (aliases,))
 
-    def _posts(self, conn, cols, pub, aliases, since, uploads) -> list[dict[str, Any]]:
+    def _posts(self, conn, cols, pub, needles, since, uploads) -> list[dict[str, Any]]:
         stamp = pub.get("post", "published")
         by_id: dict[int, dict[str, Any]] = {}
         thumb_of = {u["thumbnail_for_post_id"] for u in uploads if u.get("thumbnail_for_post_id")}
-        for alias in aliases:
-            needle = f"/{alias}"
+        for needle in needles:
             rows = self.source.rows(
                 conn,
                 f"SELECT id, name AS title, url, thumbnail_url, creator_id, community_id, {stamp} AS published, "  # noqa: S608
@@ -181,31 +200,31 @@ class LemmyRepo:
                 post["uses"] = sorted(set(post["uses"]) | set(uses))
         return [by_id[k] for k in sorted(by_id)]
 
-    def _comments(self, conn, pub, aliases, since) -> list[dict[str, Any]]:
+    def _comments(self, conn, pub, needles, since) -> list[dict[str, Any]]:
         stamp = pub.get("comment", "published")
         found: dict[int, dict[str, Any]] = {}
-        for alias in aliases:
+        for needle in needles:
             for row in self.source.rows(
                 conn,
                 f"SELECT c.id, c.post_id, c.creator_id, c.{stamp} AS published, c.removed, c.deleted, c.ap_id, "  # noqa: S608
                 "p.community_id, p.name AS post_title FROM comment c JOIN post p ON p.id = c.post_id "
                 f"WHERE (c.{stamp} >= %(since)s::timestamptz - interval '1 day' OR %(since)s::timestamptz IS NULL) "
                 "AND strpos(c.content, %(n)s) > 0 ORDER BY c.id LIMIT %(limit)s",
-                {"n": f"/{alias}", "since": since, "limit": MAX_USES},
+                {"n": needle, "since": since, "limit": MAX_USES},
             ):
                 found[row["id"]] = row
         return [found[k] for k in sorted(found)]
 
-    def _messages(self, conn, pub, aliases, since) -> list[dict[str, Any]]:
+    def _messages(self, conn, pub, needles, since) -> list[dict[str, Any]]:
         stamp = pub.get("private_message", "published")
         found: dict[int, dict[str, Any]] = {}
-        for alias in aliases:
+        for needle in needles:
             for row in self.source.rows(
                 conn,
                 f"SELECT id, creator_id, recipient_id, {stamp} AS published, deleted, ap_id FROM private_message "  # noqa: S608
                 f"WHERE ({stamp} >= %(since)s::timestamptz - interval '1 day' OR %(since)s::timestamptz IS NULL) "
                 "AND strpos(content, %(n)s) > 0 ORDER BY id LIMIT %(limit)s",
-                {"n": f"/{alias}", "since": since, "limit": MAX_USES},
+                {"n": needle, "since": since, "limit": MAX_USES},
             ):
                 found[row["id"]] = row
         return [found[k] for k in sorted(found)]
@@ -291,8 +310,9 @@ class Attributor:
             unknown("lemmy", "[lemmy] database_url is not configured")
             return data
         try:
+            pictrs = data["pictrs"] or {}
             found = self._ask(
-                "lemmy", self.lemmy_repo.lookup, data["aliases"], (data["pictrs"] or {}).get("created_at")
+                "lemmy", self.lemmy_repo.lookup, data["aliases"], pictrs.get("created_at"), pictrs.get("proxied_from")
             )
         except MirrorScanError as err:
             unknown("lemmy", err)
@@ -315,7 +335,8 @@ class Attributor:
                     if record["variant"]:
                         data["pictrs"]["note"] = (
                             f"this object is a variant ({record['variant']}) of {record['identifier']}; "
-                            "the original stays unless it was flagged too"
+                            "the original and its other variants are held in the same item where pict-rs's "
+                            "repo is configured"
                         )
                     return
         elif key is None:

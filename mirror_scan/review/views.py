@@ -234,6 +234,10 @@ class Views:
             ],  # fmt: skip
             "history": [{"at": one_line(h["at"]), "event": one_line(h["event"])[:300]} for h in history],
             "decisions": [decision_json(d) for d in self.ledger.reviews.decisions(item_id)],
+            "objects": [  # the upload's other objects (its thumbnails), held with it: keys and names only
+                {"key": one_line(o.key)[-300:], "what": one_line(o.variant or o.role)[:100], "state": o.state}
+                for o in self.ledger.objects.of(item_id)
+            ],
             "may": {
                 d: why_not_allowed(
                     reviewer, attribution, d, reason, self.workspace.settings.console_moderators_may_restore

@@ -139,6 +139,7 @@ class Counters:
     vanished: int = 0
     quarantined: int = 0  # acted on in this run: moved to the quarantine, removed upstream
     upstream_pending: int = 0  # acted on in this run: bytes safe in the quarantine, the removal waits
+    taken: int = 0  # objects of uploads held in quarantine (their thumbnails), taken into the items unscored
     frames: int = 0
     seconds: float = 0.0
     stage_seconds: dict[str, float] = field(default_factory=lambda: {"decode": 0.0, "infer": 0.0, "record": 0.0})
@@ -152,7 +153,7 @@ class Counters:
 
     @property
     def done(self) -> int:
-        return self.scored + self.unchanged + self.reused + self.errors + self.pending + self.vanished
+        return self.scored + self.unchanged + self.reused + self.errors + self.pending + self.vanished + self.taken
 
     @property
     def exit_code(self) -> int:
@@ -174,6 +175,7 @@ class Counters:
             "quarantined": self.quarantined,
             # not "upstream_pending": the daemon's status has that name for the whole ledger's count
             "quarantined_upstream_pending": self.upstream_pending,
+            "taken_into_items": self.taken,
             "frames": self.frames,
             "seconds": round(self.seconds, 3),
             "images_per_s": round(rate, 2),

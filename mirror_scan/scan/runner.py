@@ -66,8 +66,12 @@ class Scan:
         progress: Callable[[Counters, bool], None] | None = None,
         on_verdict: Callable[[int], None] | None = None,
         on_batch: Callable[[float], None] | None = None,
+        take_companion: Callable[[bytes, bytes], str | None] | None = None,
     ) -> None:
         self.ledger = ledger
+        # (path, mirror root) -> the item that took it: an object of an upload held in quarantine (a thumbnail
+        # pict-rs made of it) joins its item instead of being scored (None: dry runs, bucket scans).
+        self.take_companion = take_companion
         self.bundle = bundle
         self.scorer = scorer
         self.policy = policy
@@ -200,6 +204,17 @@ class Scan:
         verdict = self.decider.stored(sha256, result_id)
         self.recorder.verdict(found, sha256, status, verdict, result_id, fmt, self.model_id, report_status)
         self._maybe_commit()
+
+    def _taken(self, found: Found) -> bool:
+        """An object of an upload held in quarantine: taken into its item, never scored as a stranger."""
+        if self.take_companion is None or not found.root:
+            return False
+        item_id = self.take_companion(path_key(found.path), path_key(found.root))
+        if item_id is None:
+            return False
+        self.counters.taken += 1
+        self.recorder.note(found.path, f"an object of the upload held as quarantine item {item_id}: taken into it")
+        return True
 
     def _reuse(self, item: Reused) -> None:
         """Bytes already scored (a copy, or a twin in this batch): decided from the stored result."""
@@ -362,7 +377,7 @@ class Scan:
                     self.record_error(item.path, item.reason, None, None, None)
                 else:
                     self.counters.discovered += 1
-                    if not self.skip_unchanged(item):
+                    if not self.skip_unchanged(item) and not self._taken(item):
                         in_flight.add(pool.submit(self._fetch, item))
             self.in_flight = len(in_flight) + len(self._batch)
             if in_flight:

@@ -20,9 +20,29 @@ class HistoryLine:
 
 class HistoryTables(Vocabulary):
     def add(self, item_id: str, line: str, at: float) -> None:
-        """Inside the caller's transaction."""
+        """Inside the caller's transaction; the item's meta.json is behind until it catches up."""
         self.begin()
         self.db.execute("INSERT INTO item_history (item, at, line) VALUES (?, ?, ?)", (item_id, at, line))
+        self.mark_behind(item_id)
+
+    def mark_behind(self, item_id: str) -> None:
+        """The item changed in this transaction: its meta.json is to catch up (Journal.sync_meta); a crash
+        before it does leaves the mark, and recovery brings the file up to date."""
+        self.begin()
+        self.db.execute("UPDATE quarantine SET meta_behind=1 WHERE id=?", (item_id,))
+
+    def caught_up(self, item_id: str) -> None:
+        with self.transaction():
+            self.db.execute("UPDATE quarantine SET meta_behind=0 WHERE id=? AND meta_behind=1", (item_id,))
+
+    def behind(self) -> list[str]:
+        """Items whose meta.json has not caught up with the ledger."""
+        try:
+            return [i for (i,) in self.db.execute("SELECT id FROM quarantine WHERE meta_behind=1 ORDER BY id")]
+        except sqlite3.OperationalError as err:  # a ledger from before the mark, read before any writer
+            if "no such column" in str(err):
+                return []
+            raise
 
     def of(self, item_id: str) -> list[HistoryLine]:
         """An item's history, oldest first (none in a ledger from before it kept one, read before any writer
@@ -34,8 +54,3 @@ class HistoryTables(Vocabulary):
                 return []
             raise
         return [HistoryLine(*row) for row in rows]
-
-    def forget(self, item_id: str) -> None:
-        """A quarantine rolled back before its item existed for anyone: nothing of it stays."""
-        self.begin()
-        self.db.execute("DELETE FROM item_history WHERE item=?", (item_id,))

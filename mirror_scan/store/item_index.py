@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from mirror_scan.errors import MirrorScanError
+from mirror_scan.faults import checkpoint
 from mirror_scan.hashing import sha256_file
 from mirror_scan.kinds import ItemEvent, ItemState
 from mirror_scan.store.items import (
@@ -64,6 +65,36 @@ class ItemIndex:
             except (KeyError, TypeError, ValueError):
                 continue  # a line of history that does not parse is not worth refusing the item for
         self.lifecycle.import_item(fields, lines)
+        self._import_companions(meta)
+
+    def _import_companions(self, meta: dict[str, Any]) -> None:
+        """The upload's other objects the metadata file lists: held where their bytes are in the item and hash
+        to what it records, else listed (the next restore or retry looks for them again)."""
+        from mirror_scan.store.companions import COMPANIONS
+
+        item_id = meta["id"]
+        companions = meta.get("companions")
+        if isinstance(meta.get("pictrs_hash"), str):
+            self.ledger.objects.set_hash(item_id, meta["pictrs_hash"], [])
+        if not isinstance(companions, list):
+            return
+        root = unb64(meta["mirror_root_b64"]) if meta.get("original_b64") else b""
+        for entry in companions:
+            if not isinstance(entry, dict) or not isinstance(entry.get("key"), str):
+                continue
+            key, sha = entry["key"], entry.get("sha256")
+            try:
+                check_relative(os.fsencode(key))
+            except MirrorScanError:
+                continue  # a key that would lead outside the mirror is not imported
+            role = entry.get("role") if entry.get("role") in ("variant", "motion", "original") else "variant"
+            variant = entry.get("variant") if isinstance(entry.get("variant"), str) else None
+            self.ledger.objects.add(item_id, key, role, variant, os.path.join(root, os.fsencode(key)) if root else b"")
+            if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+                continue
+            held = self.journal.item_dir(item_id) / COMPANIONS / sha
+            if held.is_file() and sha256_file(held) == sha:
+                self.ledger.objects.held(item_id, key, sha, held.stat().st_size)
 
     def reindex(self, mirror_root: bytes | None = None) -> tuple[int, list[str]]:
         """Rebuild the index from the metadata files after losing the state database. Items the ledger
@@ -186,6 +217,21 @@ class ItemIndex:
         """Delete an item's bytes permanently; keep a tombstone (metadata, state 'purged'). A removal still
         pending upstream is given up (the mirror file stays)."""
         with self.journal.item_lock(item_id, wait_s=5.0):
-            self.lifecycle.check(self.ledger.item(item_id), ItemEvent.PURGED, item_id)
-            (self.journal.item_dir(item_id) / DATA).unlink(missing_ok=True)
-            self.lifecycle.apply(item_id, ItemEvent.PURGED, by=by)
+            self.lifecycle.apply(item_id, ItemEvent.PURGED, by=by)  # recorded first: then the bytes go
+            checkpoint("purge:recorded")
+            delete_bytes(self.journal.item_dir(item_id))
+
+
+def delete_bytes(item_dir: Path) -> None:
+    """A purged item's bytes, its companions' too (recovery calls this again for a purge a crash cut short)."""
+    from mirror_scan.atomic import fsync_dir
+    from mirror_scan.store.companions import COMPANIONS
+
+    (item_dir / DATA).unlink(missing_ok=True)
+    companions = item_dir / COMPANIONS
+    if companions.is_dir():
+        for held in companions.iterdir():
+            held.unlink(missing_ok=True)
+        companions.rmdir()
+    if item_dir.exists():
+        fsync_dir(item_dir)

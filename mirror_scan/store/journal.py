@@ -26,7 +26,7 @@ from typing import Any
 
 from mirror_scan.atomic import fsync_dir
 from mirror_scan.faults import checkpoint
-from mirror_scan.kinds import Step
+from mirror_scan.kinds import ItemState, Step
 from mirror_scan.store.items import META, TMP_META, ItemBusy, QuarantineError, check_item_id, write_private
 from mirror_scan.store.ledger import Ledger
 
@@ -88,7 +88,7 @@ class Journal:
     def read_meta(self, item_id: str) -> dict[str, Any]:
         path = self.item_dir(item_id) / META
         try:
-            return json.loads(path.read_text(encoding="utf-8"))
+            meta = json.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise QuarantineError(
                 f"quarantine item {item_id} has no metadata file",
@@ -96,6 +96,9 @@ class Journal:
             ) from None
         except (OSError, json.JSONDecodeError, UnicodeDecodeError) as err:
             raise QuarantineError(f"metadata of quarantine item {item_id} cannot be read: {err}") from None
+        if not isinstance(meta, dict):
+            raise QuarantineError(f"metadata of quarantine item {item_id} is not a JSON object (edited?)")
+        return meta
 
     def write_meta(self, item_id: str, meta: dict[str, Any]) -> None:
         """Atomically: a private temp file, fsynced, renamed over meta.json, the directory fsynced."""
@@ -112,30 +115,50 @@ class Journal:
         """Bring the item's metadata file in step with the ledger: its state, and every line of the ledger's
         history it does not hold yet (each carries its ledger id, `n`); with rewrite, its history becomes
         the ledger's (after a rebuild imported its lines). An item whose metadata file is not written yet
-        (a quarantine before 'placed') or cannot be read is left as it is."""
+        (a quarantine before 'placed') is left behind until it is; one whose file cannot be read is said once
+        and left as it is (the ledger has it all; `state check` names it)."""
+        checkpoint("meta:sync")  # the crash tests' kill between a commit and the file that follows it
+        row = self.ledger.item(item_id)
         if not (self.item_dir(item_id) / META).exists():
+            if row is None or row.state != ItemState.QUARANTINING:
+                self.ledger.history.caught_up(item_id)
             return
         try:
             meta = self.read_meta(item_id)
         except QuarantineError as err:
-            log.warning("%s", err)
+            log.warning("%s; it is left as it is", err)
+            self.ledger.history.caught_up(item_id)
             return
-        row = self.ledger.item(item_id)
         if row is not None:
             meta["state"] = row.state
+        companions = self.ledger.objects.of(item_id)
+        if companions:  # the upload's other objects, as the ledger records them
+            meta["pictrs_hash"] = self.ledger.objects.hash_of(item_id)
+            meta["companions"] = [
+                {"key": o.key, "role": o.role, "variant": o.variant, "sha256": o.sha256, "size": o.size,
+                 "state": o.state}
+                for o in companions
+            ]  # fmt: skip
         if rewrite or not isinstance(meta.get("history"), list):
             meta["history"] = []
         history = meta["history"]
-        have = {entry.get("n") for entry in history if isinstance(entry, dict)}
+        # A line is the ledger's id and its words: a ledger restored from a backup reuses ids for other lines.
+        have = {
+            (e["n"], e.get("state"))
+            for e in history
+            if isinstance(e, dict) and isinstance(e.get("n"), int) and isinstance(e.get("state"), str)
+        }
         for line in self.ledger.history.of(item_id):
-            if line.id not in have:
+            if (line.id, line.line) not in have:
                 history.append({"state": line.line, "at": iso(line.at), "n": line.id})
         if update is not None:
             update(meta)
         try:
             self.write_meta(item_id, meta)
-        except OSError as err:  # the ledger holds it all; the next change of the item writes it again
+        except OSError as err:  # the ledger holds it all; recovery (or the next change) writes it again
             log.warning("metadata of quarantine item %s not updated: %s", item_id, err)
+            return
+        self.ledger.history.caught_up(item_id)
 
     def history(self, item_id: str) -> list[dict[str, str]]:
         """The item's history as people read it ({"at", "event"}, oldest first): the ledger's lines, after
@@ -144,12 +167,14 @@ class Journal:
             kept = self.read_meta(item_id).get("history")
         except QuarantineError:
             kept = None
+        lines = self.ledger.history.of(item_id)
+        first = iso(lines[0].at) if lines else None  # the file's own lines end where the ledger's begin
         earlier = [
             {"at": str(entry.get("at", "")), "event": str(entry.get("state") or "")}
             for entry in (kept if isinstance(kept, list) else [])
-            if isinstance(entry, dict) and "n" not in entry
+            if isinstance(entry, dict) and "n" not in entry and (first is None or str(entry.get("at", "")) <= first)
         ]
-        return earlier + [{"at": iso(line.at), "event": line.line} for line in self.ledger.history.of(item_id)]
+        return earlier + [{"at": iso(line.at), "event": line.line} for line in lines]
 
     def note(self, item_id: str, line: str, update: Callable[[dict[str, Any]], None] | None = None) -> None:
         """A line of the item's history that changes no state (what a follow-up did, a pict-rs purge), with

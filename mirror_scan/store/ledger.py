@@ -20,6 +20,7 @@ not here.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sqlite3
 import threading
@@ -46,6 +47,7 @@ from mirror_scan.store.integrity import (
     open_private,
 )
 from mirror_scan.store.list_tables import ListTables
+from mirror_scan.store.object_tables import ObjectTables
 from mirror_scan.store.result_tables import ResultTables
 from mirror_scan.store.review_tables import ReviewTables
 from mirror_scan.store.rows import (
@@ -86,6 +88,7 @@ class Ledger:
         self.follow_ups = FollowupTables(self)  # the follow-up journal and attributions
         self.reviews = ReviewTables(self)  # decisions (who restored, confirmed, banned) and console people
         self.history = HistoryTables(self)  # what happened to each quarantine item, line by line
+        self.objects = ObjectTables(self)  # each item's companions (variants, motion stills) and pict-rs hash
         check_header(self.path)
         try:
             if readonly and not self.path.exists():
@@ -172,7 +175,10 @@ class Ledger:
             self._in_tx = False
         waiting, self._after_commit = self._after_commit, []
         for then in waiting:
-            then()
+            try:
+                then()
+            except Exception:  # noqa: BLE001 - what follows a commit never undoes it nor fails its caller
+                logging.getLogger(__name__).exception("after a commit of %s", self.path)
 
     def rollback(self) -> None:
         if self._in_tx:
@@ -345,13 +351,16 @@ class Ledger:
     # ---------------------------------------------------------------- allowlist
 
     def allowlisted(self, sha256: str | None, conn: sqlite3.Connection | None = None) -> bool:
-        """Allowlisted bytes, and bytes being restored right now (a restore allowlists them when it finishes;
-        until then a running daemon must not take the file it is putting back for a new upload)."""
+        """Allowlisted bytes, and bytes being restored right now, an upload's other objects included (a restore
+        allowlists them when it finishes; until then a running daemon must not take the files it is putting
+        back for new uploads)."""
         if sha256 is None:
             return False
         return (conn or self.db).execute(
             "SELECT 1 FROM allowlist WHERE sha256=?1 UNION ALL "
-            "SELECT 1 FROM quarantine WHERE sha256=?1 AND state='restoring' LIMIT 1",
+            "SELECT 1 FROM quarantine WHERE sha256=?1 AND state='restoring' UNION ALL "
+            "SELECT 1 FROM item_objects o JOIN quarantine q ON q.id = o.item "
+            "WHERE o.sha256=?1 AND o.state='held' AND q.state='restoring' LIMIT 1",
             (sha256,),
         ).fetchone() is not None
 
@@ -440,6 +449,8 @@ class Ledger:
         self.db.execute("DELETE FROM quarantine WHERE id=?", (item_id,))
         self.db.execute("DELETE FROM followups WHERE item=?", (item_id,))
         self.db.execute("DELETE FROM attributions WHERE item=?", (item_id,))
+        self.db.execute("DELETE FROM item_history WHERE item=?", (item_id,))
+        self.db.execute("DELETE FROM item_objects WHERE item=?", (item_id,))
 
     # ---------------------------------------------------------------- items and mirrors
 
@@ -453,19 +464,23 @@ class Ledger:
 
     def excluded_keys(self, remote: str, mirror_root: bytes, conn: sqlite3.Connection | None = None) -> list[str]:
         """Keys a pull of `remote` into `mirror_root` must not bring back: every item held and not restored
-        that came from that remote (its key), or from that mirror with no remote (its path there). An
-        object of the same key in another bucket is another object, and is pulled."""
+        that came from that remote (its key and its companions' keys), or from that mirror with no remote
+        (its path there). An object of the same key in another bucket is another object, and is pulled."""
         remote = remote.rstrip("/")
-        rows = (
-            (conn or self.db)
-            .execute(
-                "SELECT original, mirror_root, key FROM quarantine WHERE state IN (?, ?, ?, ?) "
-                "AND ((remote = ? AND key IS NOT NULL) OR (remote IS NULL AND mirror_root = ? AND original != x''))",
-                (*HELD_STATES, remote, mirror_root),
-            )
-            .fetchall()
-        )
-        return [key if key else os.fsdecode(os.path.relpath(orig, root)) for orig, root, key in rows]
+        db = conn or self.db
+        held = ",".join("?" * len(HELD_STATES))
+        rows = db.execute(
+            f"SELECT id, original, mirror_root, key FROM quarantine WHERE state IN ({held}) "  # noqa: S608
+            "AND ((remote = ? AND key IS NOT NULL) OR (remote IS NULL AND mirror_root = ? AND original != x''))",
+            (*HELD_STATES, remote, mirror_root),
+        ).fetchall()
+        keys = [key if key else os.fsdecode(os.path.relpath(orig, root)) for _, orig, root, key in rows]
+        items = [item for item, *_ in rows]
+        for start in range(0, len(items), 500):
+            chunk = items[start : start + 500]
+            keys += [k for (k,) in db.execute(
+                f"SELECT key FROM item_objects WHERE item IN ({','.join('?' * len(chunk))})", chunk)]  # noqa: S608  # fmt: skip
+        return keys
 
     def mirror_remote(self, root: bytes) -> tuple[str, float, str] | None:
         """(remote, when, by which command) this mirror was first tied to, or None."""
@@ -505,13 +520,22 @@ class Ledger:
 
     # ---------------------------------------------------------------- move journal
 
-    def start_move(self, item_id: str, kind: MoveKind, target: bytes | None = None, method: str | None = None) -> int:
+    def start_move(
+        self,
+        item_id: str,
+        kind: MoveKind,
+        target: bytes | None = None,
+        method: str | None = None,
+        decided_by: str | None = None,
+    ) -> int:
+        """decided_by: who asked for it (JSON), so that a move recovery finishes records the decision too."""
         now = time.time()
         self.begin()
         return int(
             self.db.execute(
-                "INSERT INTO moves (item, kind, step, target, started, updated, method) VALUES (?,?,?,?,?,?,?)",
-                (item_id, str(kind), str(Step.INTENT), target, now, now, method),
+                "INSERT INTO moves (item, kind, step, target, started, updated, method, decided_by) "
+                "VALUES (?,?,?,?,?,?,?,?)",
+                (item_id, str(kind), str(Step.INTENT), target, now, now, method, decided_by),
             ).lastrowid
         )
 

@@ -12,6 +12,7 @@ item's lock and call `apply` at each point where the item's state changes.
 
 from __future__ import annotations
 
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,6 +115,17 @@ class By:
     who: str
     via: str
 
+    def as_json(self) -> str:
+        return json.dumps({"who": self.who, "via": self.via})
+
+    @classmethod
+    def from_json(cls, text: str | None) -> By | None:
+        try:
+            data = json.loads(text) if text else None
+            return cls(str(data["who"]), str(data["via"])) if isinstance(data, dict) else None
+        except (ValueError, KeyError):
+            return None
+
 
 class Lifecycle:
     """Applies events to items through one journal; the caller holds the item's lock."""
@@ -177,6 +189,7 @@ class Lifecycle:
             if step is not None:
                 self.ledger.set_step(step[0], step[1], note)
             if transition.to is not None:  # when this transaction commits, or the caller's around it
+                self.ledger.history.mark_behind(item_id)
                 self.ledger.after_commit(lambda: self.journal.sync_meta(item_id))
         if step is not None:
             checkpoint(f"{step[2]}:{step[1]}")
@@ -185,8 +198,7 @@ class Lifecycle:
     def _write(self, row: ItemRow, transition: Transition, now: float) -> None:
         item_id = row.id
         if transition.to is None:
-            self.ledger.delete_item(item_id)
-            self.ledger.history.forget(item_id)
+            self.ledger.delete_item(item_id)  # its history and companions with it
             return
         self.ledger.set_item_state(item_id, transition.to)
         if transition.action == FileAction.RESTORED:
@@ -194,8 +206,9 @@ class Lifecycle:
             self.ledger.mark_action_by_sha(row.sha256, transition.action, only_if=FileAction.QUARANTINED)
         elif transition.action is not None:
             self.ledger.mark_action(file_key(row), transition.action)
-        if transition.allowlist:
-            self.ledger.allow(row.sha256, note=f"{transition.line} from quarantine item {item_id}")
+        if transition.allowlist:  # the upload's other objects (its thumbnails) with it
+            for sha256 in [row.sha256, *(o.sha256 for o in self.ledger.objects.of(item_id) if o.sha256)]:
+                self.ledger.allow(sha256, note=f"{transition.line} from quarantine item {item_id}")
         if transition.follow_up == FollowUp.UNDO:
             # What is not done yet is cancelled; what was done is undone (the runner plans the undo rows).
             done = self.ledger.follow_ups.cancel_followups(item_id, "the item was restored first")
@@ -237,9 +250,9 @@ def _refusal(row: ItemRow, event: ItemEvent) -> NotPermitted:
         hint = "see `mirror-scan quarantine list` (restored and purged items cannot be restored)"
         return NotPermitted(f"item {row.id} is {row.state}, not quarantined", hint=hint)
     if event == E.CONFIRMED:
-        return NotPermitted(f"item {row.id} is {row.state}: only a held item is confirmed")
-    if event == E.PURGED:
-        return NotPermitted(f"item {row.id} cannot be purged (it is {row.state})")
+        return NotPermitted(f"item {row.id} is {row.state}: only a held or purged item is confirmed")
+    if event == E.PURGED:  # the words `quarantine purge`'s selection uses too
+        return NotPermitted(f"item {row.id} is {row.state}, not purgeable")
     return NotPermitted(f"item {row.id} is {row.state}: it cannot be {event.replace('_', ' ')}")
 
 

@@ -40,11 +40,15 @@ from mirror_scan.store.items import (
 )
 from mirror_scan.store.journal import Journal
 from mirror_scan.store.lifecycle import Lifecycle
-from mirror_scan.store.paths import MissingParent, UnsafePath, reach, relative_to
+from mirror_scan.store.paths import UnsafePath, reach, relative_to
 from mirror_scan.store.rows import ItemRow, display_path
+from mirror_scan.store.upload_objects import UploadObjects, remove_if_holds
 from mirror_scan.store.upstream import Upstream, Upstreams, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
+
+# An object seen later joins an item still held: with its move while that runs, by a move of its own after.
+TAKING_STATES = (ItemState.QUARANTINING, ItemState.UPSTREAM_PENDING, ItemState.QUARANTINED)
 
 
 @dataclass(frozen=True)
@@ -57,11 +61,12 @@ class Moved:
 
 
 class Mover:
-    def __init__(self, journal: Journal, lifecycle: Lifecycle, upstreams: Upstreams) -> None:
+    def __init__(self, journal: Journal, lifecycle: Lifecycle, upstreams: Upstreams, objects: UploadObjects) -> None:
         self.journal = journal
         self.lifecycle = lifecycle
         self.ledger = journal.ledger
         self.upstreams = upstreams
+        self.objects = objects  # the upload's other objects (variants, motion still): its companions
 
     @property
     def upstream(self) -> Upstream | None:
@@ -78,6 +83,9 @@ class Mover:
         returned = self.drop_returned_copy(source, mirror_root, sha256)
         if returned is not None:
             return Moved(returned, ItemState.QUARANTINED)
+        taken = self.take_companion(source, mirror_root)  # a thumbnail of an upload held already
+        if taken is not None:
+            return Moved(taken, ItemState(self.ledger.item(taken).state))  # type: ignore[union-attr]
         try:
             rel = relative_to(mirror_root, source)
             with reach(mirror_root, rel) as place:
@@ -92,13 +100,14 @@ class Mover:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise QuarantineError(f"{display_path(source)} is no longer a regular file; not quarantined")
+            upload = self.objects.look_up(os.fsdecode(rel))  # before any lock: a database is asked
             item_id = new_item_id(sha256)
             with self.journal.item_lock(item_id):
-                return self._quarantine_locked(fd, st, item_id, source, mirror_root, rel, sha256, evidence)
+                return self._quarantine_locked(fd, st, item_id, source, mirror_root, rel, sha256, evidence, upload)
         finally:
             os.close(fd)
 
-    def _quarantine_locked(self, fd, st, item_id, source, mirror_root, rel, sha256, evidence) -> Moved:
+    def _quarantine_locked(self, fd, st, item_id, source, mirror_root, rel, sha256, evidence, upload) -> Moved:
         item_dir = self.journal.item_dir(item_id)
         upstream = self.upstream
         key = os.fsdecode(rel) if upstream else None
@@ -108,7 +117,7 @@ class Mover:
             self.ledger.commit()
             raise QuarantineError(f"{display_path(source)} is already being moved (quarantine item {owner})")
         remote = upstream.remote if upstream else None
-        move_id = self._intent(item_id, sha256, st.st_size, source, mirror_root, remote, key, evidence)
+        move_id = self._intent(item_id, sha256, st.st_size, source, mirror_root, remote, key, evidence, upload)
 
         item_dir.mkdir(mode=0o700)
         fsync_dir(self.journal.items)
@@ -119,6 +128,7 @@ class Mover:
                 f"{display_path(source)} changed since it was scanned; not quarantined", hint="scan it again"
             )
         self.journal.step(move_id, Step.COPIED, "quarantine")
+        self.objects.gather(self.ledger.item(item_id), look=False)  # type: ignore[arg-type]
 
         meta = item_meta(
             item_id,
@@ -147,18 +157,19 @@ class Mover:
         if not key or "\x00" in key:  # any other key is an S3 key: it names no local path
             raise QuarantineError(f"{remote}: {key!r} is not an object key")
         upstream = self.upstreams.get(remote, direct=True)
+        upload = self.objects.look_up(key)
         item_id = new_item_id(sha256)
         with self.journal.item_lock(item_id):
-            return self._quarantine_object_locked(upstream, remote, key, sha256, evidence, item_id)
+            return self._quarantine_object_locked(upstream, remote, key, sha256, evidence, item_id, upload)
 
-    def _quarantine_object_locked(self, upstream, remote, key, sha256, evidence, item_id) -> Moved:
+    def _quarantine_object_locked(self, upstream, remote, key, sha256, evidence, item_id, upload) -> Moved:
         item_dir = self.journal.item_dir(item_id)
         self.ledger.begin()
         owner = self.ledger.active_item_for_object(remote, key)
         if owner is not None:
             self.ledger.commit()
             raise QuarantineError(f"{remote}/{key} is already being moved (quarantine item {owner})")
-        move_id = self._intent(item_id, sha256, 0, b"", b"", remote, key, evidence)
+        move_id = self._intent(item_id, sha256, 0, b"", b"", remote, key, evidence, upload)
 
         item_dir.mkdir(mode=0o700)
         fsync_dir(self.journal.items)
@@ -174,6 +185,7 @@ class Mover:
         with self.ledger.transaction():
             self.ledger.set_item_size(item_id, len(data))
         self.journal.step(move_id, Step.COPIED, "quarantine")
+        self.objects.gather(self.ledger.item(item_id), look=False)  # type: ignore[arg-type]
         meta = item_meta(
             item_id,
             sha256,
@@ -189,9 +201,10 @@ class Mover:
 
     # ------------------------------------------------------------------ the steps both share
 
-    def _intent(self, item_id, sha256, size, original, mirror_root, remote, key, evidence) -> int:
-        """The item's index row, its move's intent and its attribution follow-up, in the caller's open
-        transaction, committed together: the first durable step of a quarantine."""
+    def _intent(self, item_id, sha256, size, original, mirror_root, remote, key, evidence, upload) -> int:
+        """The item's index row, its move's intent, its attribution follow-up and the other objects of its
+        upload (listed), in the caller's open transaction, committed together: the first durable step of a
+        quarantine."""
         self.lifecycle.begin(
             {
                 "id": item_id,
@@ -206,6 +219,8 @@ class Mover:
             },
             ItemEvent.QUARANTINE_BEGUN,
         )
+        self.objects.record(item_id, upload, mirror_root, key or (os.fsdecode(relative_to(mirror_root, original))
+                                                                 if original else None))  # fmt: skip
         move_id = self.ledger.start_move(item_id, MoveKind.QUARANTINE)
         self.ledger.commit()
         checkpoint("quarantine:intent")
@@ -221,13 +236,17 @@ class Mover:
         return Moved(item_id, self.finish(item_id, move_id, Step.PLACED))
 
     def finish(self, item_id: str, move_id: int, step: str) -> ItemState:
-        """Finish a placed move: upstream removal, then local removal. Returns the item's state."""
+        """Finish a placed move: every object of the upload removed upstream, then from the mirror. Objects
+        pict-rs made since (a variant of the still present original) are taken into the item first. Returns
+        the item's state."""
         row = self.ledger.item(item_id)
         assert row is not None
         if step == Step.PLACED:
+            self.objects.gather(row)
+            evidence = lambda: self._evidence_keys(row)  # noqa: E731
             if row.remote and row.key:
-                if not self._remove_upstream(row):
-                    # Bytes are verified in the quarantine; the mirror file stays until upstream is done.
+                if not (self._remove_upstream(row) and self.objects.remove_upstream(row, evidence)):
+                    # Bytes are verified in the quarantine; the mirror files stay until upstream is done.
                     # The move waits at 'placed'; the daemon retries it with backoff, every command at start.
                     if row.state != ItemState.UPSTREAM_PENDING:
                         self.lifecycle.apply(item_id, ItemEvent.UPSTREAM_WAITS)
@@ -236,6 +255,7 @@ class Mover:
             step = Step.UPSTREAM_REMOVED
         if step == Step.UPSTREAM_REMOVED:
             self.remove_original(row)
+            self.objects.remove_local(row)
             self.journal.step(move_id, Step.LOCAL_REMOVED, "quarantine")
         self.lifecycle.apply(item_id, ItemEvent.QUARANTINED, step=(move_id, Step.DONE, "quarantine"))
         return ItemState.QUARANTINED
@@ -312,33 +332,14 @@ class Mover:
     def remove_original(self, row: ItemRow) -> bool:
         """Unlink the original only if it still holds the quarantined bytes (never a newer file), reached
         from the mirror root without following links (never a file outside the mirror). True if unlinked."""
-        source = row.original
-        if not source:
+        if not row.original:
             return False  # an object scanned in its bucket: no mirror copy
         try:
-            place = reach(row.mirror_root, relative_to(row.mirror_root, source))
-        except MissingParent:
-            return False
+            rel = relative_to(row.mirror_root, row.original)
         except UnsafePath as err:
-            log.warning("%s: %s; left in place", display_path(source), err)
+            log.warning("%s: %s; left in place", display_path(row.original), err)
             return False
-        with place:
-            st = place.lstat()
-            if st is None:
-                return False
-            if not stat.S_ISREG(st.st_mode):
-                log.warning("%s is no longer a regular file; left in place", display_path(source))
-                return False
-            if place.sha256() != row.sha256:
-                log.warning("%s changed after it was quarantined; the new file is left in place", display_path(source))
-                return False
-            now = place.lstat()
-            if now is None or (now.st_ino, now.st_dev) != (st.st_ino, st.st_dev):
-                log.warning("%s was replaced while it was checked; the new file is left in place", display_path(source))
-                return False
-            place.unlink()
-            place.fsync_dir()
-            return True
+        return remove_if_holds(row.mirror_root, rel, row.sha256)
 
     def original_holds(self, row: ItemRow) -> bool:
         """The original is still in the mirror (reached without following links) with the item's bytes."""
@@ -347,6 +348,63 @@ class Mover:
                 return place.sha256() == row.sha256
         except UnsafePath:
             return False
+
+    # ------------------------------------------------------------------ an object of a held upload, seen later
+
+    def take_companion(self, path: bytes, mirror_root: bytes) -> str | None:
+        """A file that is an object of an upload held in quarantine (a variant pict-rs made of it, its still)
+        is taken into that item, never scored as a stranger: copied and verified, then removed upstream and
+        from the mirror (a move of its own, `adopt`, when the item is done; with the item's own move when
+        that is still under way). Returns the item's id when taken."""
+        try:
+            key = os.fsdecode(relative_to(mirror_root, path))
+        except UnsafePath:
+            return None
+        found = self.objects.held_companion(key)
+        if found is None:
+            return None
+        item_id, role, variant = found
+        try:
+            with self.journal.item_lock(item_id, wait_s=30.0):
+                row = self.ledger.item(item_id)
+                if row is None or row.state not in TAKING_STATES or (row.original and row.mirror_root != mirror_root):
+                    return None
+                known = next((o for o in self.ledger.objects.of(item_id) if o.key == key), None)
+                # One the item holds already left the bucket with it: only this mirror copy is to go.
+                method = "local" if known is not None and known.state == "held" else None
+                with self.ledger.transaction():
+                    self.objects.record_one(row, key, role, variant)
+                    move_id = self.ledger.start_move(item_id, MoveKind.ADOPT, os.fsencode(key), method) \
+                        if row.state == ItemState.QUARANTINED else None  # fmt: skip
+                checkpoint("adopt:intent")
+                self.journal.note(item_id, f"took its {variant or role} {key} into the item (seen in the mirror)")
+                self.finish_adopt(row, key, move_id, Step.INTENT)
+        except ItemBusy:
+            return None  # being moved right now: the next scan or pull comes back to it
+        log.info("%s: an object of the upload held as quarantine item %s (%s); taken into it", display_path(path),
+                 item_id, variant or role)  # fmt: skip
+        return item_id
+
+    def finish_adopt(self, row: ItemRow, key: str, move_id: int | None, step: str) -> None:
+        """Copy in, then (for a finished item: move_id) remove upstream and from the mirror; each part is
+        idempotent, so recovery finishes an interrupted one from its step."""
+        obj = next((o for o in self.ledger.objects.of(row.id) if o.key == key), None)
+        if obj is not None and obj.state == "listed":
+            self.objects.copy_in(row, obj)
+        if move_id is None:  # the item's own move removes it with the rest
+            return
+        if step in (Step.INTENT, Step.COPIED):
+            self.journal.step(move_id, Step.COPIED, "adopt")
+            move = self.ledger.move(move_id)
+            local_only = move is not None and move.method == "local"
+            if not local_only and not self.objects.remove_upstream(row, lambda: self._evidence_keys(row), {key}):
+                return  # retried by recovery, as a pending removal is
+            self.journal.step(move_id, Step.UPSTREAM_REMOVED, "adopt")
+            step = Step.UPSTREAM_REMOVED
+        if step == Step.UPSTREAM_REMOVED:
+            self.objects.remove_local(row, {key})
+            self.journal.step(move_id, Step.LOCAL_REMOVED, "adopt")
+        self.journal.step(move_id, Step.DONE, "adopt")
 
     # ------------------------------------------------------------------ an upload the validator rejected
 

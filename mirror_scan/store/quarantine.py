@@ -4,6 +4,8 @@ A thin facade over the parts it is made of, each an object of its own that calls
 methods:
 
     journal.py    item locks, move steps, each item's meta.json (for people and for rebuilding)
+    upload_objects.py  the upload's other objects (variants, motion still), moved with the original
+    upload_objects.py  the upload's other objects (variants, motion still), moved with the original
     lifecycle.py  the item's states: which event may happen when, and what it writes (the only writer)
     mover.py      into the quarantine: intent -> copied -> placed -> [upstream removed] -> local removed -> done
     restorer.py   back out: intent -> copied -> placed -> [upstream restored] -> done
@@ -22,6 +24,7 @@ from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
+from mirror_scan.store.companions import UploadSource
 from mirror_scan.store.item_index import ItemIndex
 from mirror_scan.store.journal import Journal
 from mirror_scan.store.ledger import Ledger
@@ -30,17 +33,26 @@ from mirror_scan.store.mover import Moved, Mover
 from mirror_scan.store.recovery import Recovery
 from mirror_scan.store.restorer import Restorer
 from mirror_scan.store.rows import ItemRow
+from mirror_scan.store.upload_objects import UploadObjects
 from mirror_scan.store.upstream import Upstream, Upstreams
 
 
 class Quarantine:
-    def __init__(self, root: Path, ledger: Ledger, upstreams: Upstreams | None = None, follow_up: bool = False) -> None:
+    def __init__(
+        self,
+        root: Path,
+        ledger: Ledger,
+        upstreams: Upstreams | None = None,
+        follow_up: bool = False,
+        uploads: UploadSource | None = None,
+    ) -> None:
         self.ledger = ledger
         self.upstreams = upstreams or Upstreams()
         self.journal = Journal(root, ledger)
         self.lifecycle = Lifecycle(self.journal, follow_up)
-        self.mover = Mover(self.journal, self.lifecycle, self.upstreams)
-        self.restorer = Restorer(self.journal, self.lifecycle, self.upstreams)
+        self.objects = UploadObjects(self.journal, self.upstreams, uploads)
+        self.mover = Mover(self.journal, self.lifecycle, self.upstreams, self.objects)
+        self.restorer = Restorer(self.journal, self.lifecycle, self.upstreams, self.objects)
         self.recovery = Recovery(self.journal, self.lifecycle, self.mover, self.restorer)
         self.index = ItemIndex(self.journal, self.lifecycle)
 
@@ -91,10 +103,19 @@ class Quarantine:
     def drop_returned_copy(self, source: bytes, mirror_root: bytes, sha256: str | None = None) -> str | None:
         return self.mover.drop_returned_copy(source, mirror_root, sha256)
 
+    def take_companion(self, path: bytes, mirror_root: bytes) -> str | None:
+        return self.mover.take_companion(path, mirror_root)
+
     def restore(
-        self, item_id: str, to: Path | None = None, upstream: bool = True, wait_s: float = 5.0, by: By | None = None
+        self,
+        item_id: str,
+        to: Path | None = None,
+        upstream: bool = True,
+        wait_s: float = 5.0,
+        by: By | None = None,
+        reimport: bool = False,
     ) -> bytes:
-        return self.restorer.restore(item_id, to, upstream, wait_s, by)
+        return self.restorer.restore(item_id, to, upstream, wait_s, by, reimport)
 
     def recover(self) -> list[str]:
         return self.recovery.recover()

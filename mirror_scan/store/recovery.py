@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
 
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.hashing import sha256_file
 from mirror_scan.kinds import FINISHED_STEPS, ItemEvent, ItemState, MoveKind, Step
+from mirror_scan.store.item_index import delete_bytes
 from mirror_scan.store.items import DATA, META, NO_UPSTREAM, TMP_DATA, TMP_META, ItemBusy
 from mirror_scan.store.journal import Journal
-from mirror_scan.store.lifecycle import Lifecycle
+from mirror_scan.store.lifecycle import By, Lifecycle
 from mirror_scan.store.mover import Mover
 from mirror_scan.store.paths import MissingParent, UnsafePath
 from mirror_scan.store.restorer import Restorer
@@ -54,20 +56,42 @@ class Recovery:
             except MirrorScanError as err:
                 notes.append(f"{move.item}: {err}")
         self._sweep_temp_files()
+        self._catch_up_metadata()
         self.ledger.commit()
         return [n for n in notes if n]
+
+    def _catch_up_metadata(self) -> None:
+        """meta.json of items a crash left behind the ledger (between a commit and the file's rewrite)."""
+        for item_id in self.ledger.history.behind():
+            try:
+                with self.journal.item_lock(item_id):
+                    self.journal.sync_meta(item_id)
+            except MirrorScanError:  # busy (its owner syncs it), or not an item id: next time
+                continue
 
     def _recover(self, move: MoveRow) -> str:
         row = self.ledger.item(move.item)
         if row is None:
             self.journal.step(move.id, Step.ROLLED_BACK, "recover", note="no index row")
             return f"{move.item}: nothing to recover"
+        if move.kind == MoveKind.RESTORE and move.method == "reimport":
+            return self._recover_reimport(move, row)
         if move.kind == MoveKind.RESTORE and move.method != "bucket" and move.target is None:
             self.lifecycle.apply(row.id, ItemEvent.RESTORE_ROLLED_BACK, step=(move.id, Step.ROLLED_BACK, "recover"),
                                  note="the restore recorded no target")  # fmt: skip
             return f"{move.item}: restore with no target, rolled back (still quarantined)"
         if move.kind == MoveKind.QUARANTINE:
             return self._recover_quarantine(move, row)
+        if move.kind == MoveKind.ADOPT:
+            key = os.fsdecode(move.target or b"")
+            if row.state != ItemState.QUARANTINED:  # restored or purged since: nothing more to remove
+                self.journal.step(move.id, Step.ROLLED_BACK, "recover", note=f"the item is {row.state}")
+                return ""
+            self.mover.finish_adopt(row, key, move.id, move.step)
+            finished = self.ledger.move(move.id)
+            if finished is not None and finished.step == Step.DONE:
+                return f"{row.id}: taking {key} into the item finished (was at '{move.step}')"
+            return ""  # its removal upstream waits, retried like the item's own
         if move.method == "bucket":
             return self._recover_object_restore(move, row)
         return self._recover_restore(move, row)
@@ -113,7 +137,7 @@ class Recovery:
             upstream = self.restorer.upstreams.get(row.remote)
         try:
             self.restorer.finish(item_id, move.id, Step.PLACED if step in (Step.INTENT, Step.COPIED) else step,
-                                 upstream)  # fmt: skip
+                                 upstream, By.from_json(move.decided_by), local=target == row.original)  # fmt: skip
         except UpstreamUnavailable:
             return ""
         return f"{item_id}: restore interrupted at '{step}', finished"
@@ -125,10 +149,29 @@ class Recovery:
             return f"{row.id}: restore interrupted at 'intent', rolled back (still quarantined)"
         upstream = self.restorer.upstreams.get(row.remote, direct=True) if move.step == Step.PLACED else None  # type: ignore[arg-type]
         try:
-            self.restorer.finish(row.id, move.id, move.step, upstream)
+            self.restorer.finish(row.id, move.id, move.step, upstream, By.from_json(move.decided_by))
         except UpstreamUnavailable:
             return ""
         return f"{row.id}: restore interrupted at '{move.step}', finished"
+
+    def _recover_reimport(self, move: MoveRow, row: ItemRow) -> str:
+        """An upload again through pict-rs that was interrupted: finished when its aliases resolve again (the
+        import went through), else rolled back (still quarantined; `--reimport` again)."""
+        source = self.restorer.objects.source
+        aliases = self.ledger.objects.aliases_of(row.id)
+        back = None
+        if source is not None and aliases:
+            try:
+                back = source.served(None, aliases)
+            except MirrorScanError:
+                return ""  # pict-rs cannot answer now: the next recovery asks again
+        if back:
+            self.lifecycle.apply(row.id, ItemEvent.RESTORED, by=By.from_json(move.decided_by),
+                                 step=(move.id, Step.DONE, "recover"))  # fmt: skip
+            return f"{row.id}: uploading again through pict-rs was interrupted after it went through; finished"
+        self.lifecycle.apply(row.id, ItemEvent.RESTORE_ROLLED_BACK, step=(move.id, Step.ROLLED_BACK, "recover"),
+                             note="interrupted before pict-rs took it")  # fmt: skip
+        return f"{row.id}: uploading again through pict-rs was interrupted; rolled back (still quarantined)"
 
     def _sweep_temp_files(self) -> None:
         """Temp files of moves that no longer exist (e.g. a state database restored from backup)."""
@@ -138,6 +181,10 @@ class Recovery:
                 continue
             try:
                 with self.journal.item_lock(item_dir.name):
+                    row = self.ledger.item(item_dir.name)
+                    if row is not None and row.state == ItemState.PURGED and (item_dir / DATA).exists():
+                        delete_bytes(item_dir)  # a purge recorded, its deletion cut short
+                        log.info("quarantine item %s: the bytes of its purge deleted", item_dir.name)
                     for name in (TMP_DATA, TMP_META):
                         if (item_dir / name).exists() and not (item_dir / DATA).exists():
                             if not (item_dir / META).exists():

@@ -41,9 +41,14 @@ from mirror_scan.store.journal import Journal
 from mirror_scan.store.lifecycle import By, Lifecycle
 from mirror_scan.store.paths import Place, UnsafePath, check_operator_target, reach, relative_to
 from mirror_scan.store.rows import ItemRow, MoveRow, display_path
+from mirror_scan.store.upload_objects import UploadObjects, pictrs_key
 from mirror_scan.store.upstream import Upstream, Upstreams
 
 log = logging.getLogger(__name__)
+
+
+class UploadGone(QuarantineError):
+    """pict-rs no longer records the item's upload: a restore would write orphans."""
 
 PENDING_HINT = (
     "nothing is lost: a running watch daemon retries it with backoff, and so does every mirror-scan command "
@@ -52,20 +57,29 @@ PENDING_HINT = (
 
 
 class Restorer:
-    def __init__(self, journal: Journal, lifecycle: Lifecycle, upstreams: Upstreams) -> None:
+    def __init__(self, journal: Journal, lifecycle: Lifecycle, upstreams: Upstreams, objects: UploadObjects) -> None:
         self.journal = journal
         self.lifecycle = lifecycle
         self.ledger = journal.ledger
         self.upstreams = upstreams
+        self.objects = objects  # the upload's other objects come back with it
 
     def restore(
-        self, item_id: str, to: Path | None = None, upstream: bool = True, wait_s: float = 5.0, by: By | None = None
+        self,
+        item_id: str,
+        to: Path | None = None,
+        upstream: bool = True,
+        wait_s: float = 5.0,
+        by: By | None = None,
+        reimport: bool = False,
     ) -> bytes:
         """Put the item's bytes back, byte-identical, at its original path (or `to`), and allowlist them.
-        Uses the remote the item recorded (it must be configured here) unless upstream=False. `by`: who
-        asked, recorded with the restore's last step."""
+        Uses the remote the item recorded (it must be configured here) unless upstream=False. pict-rs is asked
+        first: an upload it no longer records is not put back (its objects would be orphans no record names)
+        unless `reimport`, which uploads it again through pict-rs under its aliases. `by`: who asked,
+        recorded with the restore's last step."""
         with self.journal.item_lock(item_id, wait_s=wait_s):
-            target = self._restore_locked(item_id, to, upstream, by)
+            target = self._restore_locked(item_id, to, upstream, by, reimport)
         log.info("restored quarantine item %s to %s (sha256 allowlisted)", item_id, display_path(target))
         return target
 
@@ -90,7 +104,7 @@ class Restorer:
             )
         return row, meta
 
-    def _restore_locked(self, item_id: str, to: Path | None, upstream: bool, by: By | None) -> bytes:
+    def _restore_locked(self, item_id: str, to: Path | None, upstream: bool, by: By | None, reimport: bool) -> bytes:
         row, meta = self.checked_item(item_id)
         origin = item_origin(row)
         self.lifecycle.check(row, ItemEvent.RELEASED if origin == "upload" else ItemEvent.RESTORE_BEGUN)
@@ -98,6 +112,25 @@ class Restorer:
         if origin == "upload":
             self.lifecycle.apply(row.id, ItemEvent.RELEASED, by=by)
             return b"(allowlisted: the upload can be made again)"
+        if to is None:  # back into pict-rs's store: only what pict-rs still records
+            gone = self._gone_from_pictrs(row)
+            if reimport:
+                if gone is False:
+                    raise QuarantineError(
+                        f"item {item_id}: pict-rs still serves this upload; nothing to upload again",
+                        hint="restore it without --reimport",
+                    )
+                return self._reimport(row, item_dir, by)
+            if gone:
+                aliases = self.ledger.objects.aliases_of(row.id)
+                raise UploadGone(
+                    f"item {item_id}: pict-rs no longer records this upload (purged, pruned by prune_missing, or "
+                    "removed with its user's content): its bytes put back would be objects no record names, never "
+                    "served and never cleaned; the item stays in quarantine",
+                    hint=(f"`mirror-scan quarantine restore {item_id} --reimport` uploads it again through pict-rs "
+                          f"as {', '.join(aliases)}" if aliases else "no alias of it is known: it cannot be uploaded "
+                          "again under its name; `--to PATH` takes a copy"),
+                )  # fmt: skip
         if origin == "bucket" and to is None:
             return self._restore_object(row, item_dir, upstream, by)
         target_upstream = None
@@ -111,9 +144,53 @@ class Restorer:
         with place:
             return self._restore_at(row, meta, place, target_upstream, by)
 
+    def _gone_from_pictrs(self, row: ItemRow) -> bool | None:
+        """True when pict-rs says it no longer records the item's upload; None when it cannot be asked (not
+        configured, or not answering: the restore goes on as before, and says so)."""
+        source = self.objects.source
+        key = pictrs_key(row)
+        if source is None or key is None:
+            return None
+        self.ledger.commit()  # never hold the ledger's write lock while pict-rs answers
+        try:
+            served = source.served(key, self.ledger.objects.aliases_of(row.id), self.ledger.objects.hash_of(row.id))
+        except MirrorScanError as err:
+            log.warning("quarantine item %s: pict-rs could not be asked whether it still records the upload (%s); "
+                        "restored without that check", row.id, str(err).splitlines()[0])  # fmt: skip
+            return None
+        return None if served is None else not served
+
+    def _reimport(self, row: ItemRow, item_dir: Path, by: By | None) -> bytes:
+        """The upload again through pict-rs (`/internal/import`), under each alias it had, so the URLs in
+        Lemmy's posts work again: pict-rs stores it under new keys (the next pull brings them), and makes its
+        variants again when they are asked for. intent -> upstream_restored -> done."""
+        aliases = self.ledger.objects.aliases_of(row.id)
+        if not aliases:
+            raise QuarantineError(f"item {row.id}: no alias of its upload is known: it cannot be uploaded again "
+                                  "under its name", hint="`--to PATH` takes a copy of its bytes")  # fmt: skip
+        self._verify_bytes(row, item_dir)
+        move_id = self._begin(row, None, "reimport", by)
+        data = (item_dir / DATA).read_bytes()
+        try:
+            notes = [self.objects.source.reimport(alias, data) for alias in aliases]  # type: ignore[union-attr]
+        except MirrorScanError:
+            self.lifecycle.apply(row.id, ItemEvent.RESTORE_ROLLED_BACK, step=(move_id, Step.ROLLED_BACK, "restore"),
+                                 note="pict-rs did not take the upload again")  # fmt: skip
+            raise
+        self.journal.step(move_id, Step.UPSTREAM_RESTORED, "restore")
+        self.lifecycle.apply(row.id, ItemEvent.RESTORED, by=by, step=(move_id, Step.DONE, "restore"))
+        return ("; ".join(notes)).encode()
+
     @staticmethod
     def _verify_bytes(row: ItemRow, item_dir: Path) -> None:
-        if sha256_file(item_dir / DATA) != row.sha256:
+        try:
+            held = sha256_file(item_dir / DATA)
+        except OSError as err:
+            raise QuarantineError(
+                f"item {row.id}: its quarantined bytes cannot be read ({err.strerror}); refusing to restore",
+                hint="`mirror-scan state check` lists the items whose bytes are missing",
+            ) from None
+        if held != row.sha256:
             raise QuarantineError(
                 f"item {row.id}: the quarantined bytes do not match their recorded sha256 (tampered or damaged); "
                 "refusing to restore",
@@ -128,12 +205,13 @@ class Restorer:
             return reach(b"/", target.lstrip(b"/"), create_parents=False)
         return reach(row.mirror_root, relative_to(row.mirror_root, row.original), create_parents=create_parents)
 
-    def _begin(self, row: ItemRow, target: bytes | None, method: str) -> int:
+    def _begin(self, row: ItemRow, target: bytes | None, method: str, by: By | None) -> int:
         """The restore's intent: the item 'restoring' (a removal still waiting upstream is superseded: the
-        restore puts the object back either way) and its move, committed together."""
+        restore puts the object back either way) and its move, with who asked for it (recovery records the
+        decision when it finishes the move), committed together."""
         with self.ledger.transaction():
             self.lifecycle.apply(row.id, ItemEvent.RESTORE_BEGUN)
-            move_id = self.ledger.start_move(row.id, MoveKind.RESTORE, target, method)
+            move_id = self.ledger.start_move(row.id, MoveKind.RESTORE, target, method, by.as_json() if by else None)
         checkpoint("restore:intent")
         return move_id
 
@@ -150,7 +228,7 @@ class Restorer:
                     hint="restore to another place with --to PATH",
                 )
         method = restore_method(os.path.dirname(target))
-        move_id = self._begin(row, target, method + ("" if target_upstream else NO_UPSTREAM))
+        move_id = self._begin(row, target, method + ("" if target_upstream else NO_UPSTREAM), by)
         if not place.exists():
             if method == "link":
                 method = self._restore_by_link(item_id, move_id, place, meta)
@@ -159,7 +237,7 @@ class Restorer:
                 place.fsync_dir()
         self.journal.step(move_id, Step.PLACED, "restore")
         try:
-            self.finish(item_id, move_id, Step.PLACED, target_upstream, by)
+            self.finish(item_id, move_id, Step.PLACED, target_upstream, by, local=target == row.original)
         except MirrorScanError as err:
             raise UpstreamRestorePending(
                 f"{display_path(target)} is back in the mirror, but putting it back in {row.remote} failed: "
@@ -176,10 +254,9 @@ class Restorer:
                 f"item {row.id} came from the bucket and has no mirror copy",
                 hint="restore it upstream (without --no-upstream), or a local copy with --to PATH",
             )
-        if sha256_file(item_dir / DATA) != row.sha256:
-            raise QuarantineError(f"item {row.id}: the quarantined bytes do not match their recorded sha256; refusing")
+        self._verify_bytes(row, item_dir)
         upstream = self.upstreams.get(row.remote, direct=True)  # type: ignore[arg-type]
-        move_id = self._begin(row, None, "bucket")
+        move_id = self._begin(row, None, "bucket", by)
         self.journal.step(move_id, Step.PLACED, "restore")
         try:
             self.finish(row.id, move_id, Step.PLACED, upstream, by)
@@ -193,6 +270,8 @@ class Restorer:
         """Temp beside the target, verified, then hard-linked to the target (fails if anything appeared
         there: never overwrites). Returns 'direct' if the filesystem turns out to have no hard links."""
         tmp = restore_tmp_name(place.name)
+        if place.exists(tmp):
+            place.unlink(tmp)  # ours (the name says so), left by a restore whose journal was lost with the ledger
         self._write_verified(item_id, place, tmp, meta)
         self.journal.step(move_id, Step.COPIED, "restore")
         try:
@@ -225,14 +304,28 @@ class Restorer:
         with contextlib.suppress(OSError):  # some mounts cannot set times; the bytes are what matters
             os.utime(name, ns=(mtime, mtime), dir_fd=place.dirfd, follow_symlinks=False)
 
-    def finish(self, item_id: str, move_id: int, step: str, upstream: Upstream | None, by: By | None = None) -> None:
-        """Finish a placed restore: the object back upstream (when wanted), then done: allowlisted, the
-        file rows marked, moderation's undo queued and the decision recorded, in one transaction."""
+    def finish(
+        self,
+        item_id: str,
+        move_id: int,
+        step: str,
+        upstream: Upstream | None,
+        by: By | None = None,
+        local: bool = False,
+    ) -> None:
+        """Finish a placed restore: the upload's other objects back in the mirror (local: the original went
+        back to its own place), every object back upstream (when wanted), then done: allowlisted, the file
+        rows marked, moderation's undo queued and the decision recorded, in one transaction. Each part is
+        idempotent, so recovery finishes an interrupted one by running it again."""
         row = self.ledger.item(item_id)
         assert row is not None
-        if step == Step.PLACED and upstream is not None and row.key:
-            upstream.restore(self.journal.item_dir(item_id) / DATA, row.key)
-            self.journal.step(move_id, Step.UPSTREAM_RESTORED, "restore")
+        if step == Step.PLACED:
+            if local:
+                self.objects.place_local(row)
+            if upstream is not None and row.key:
+                upstream.restore(self.journal.item_dir(item_id) / DATA, row.key)
+                self.objects.restore_upstream(row, upstream)
+                self.journal.step(move_id, Step.UPSTREAM_RESTORED, "restore")
         self.lifecycle.apply(item_id, ItemEvent.RESTORED, by=by, step=(move_id, Step.DONE, "restore"))
 
     def clean_leftovers(self, move: MoveRow, place: Place, sha256: str) -> bool:

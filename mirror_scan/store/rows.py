@@ -142,6 +142,7 @@ class MoveRow:
     updated: float
     note: str | None
     method: str | None
+    decided_by: str | None = None  # who asked for a restore (JSON who, via)
 
 
 FILE_COLUMNS = ", ".join(f.name for f in FileRow.__dataclass_fields__.values())

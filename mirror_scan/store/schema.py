@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from mirror_scan.kinds import DECIDED_STATUSES, EXPORTED_STATES, FINISHED_STEPS, MOVING_STATES
 
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 # A writer waits this long for another writer's transaction. Transactions last milliseconds (none is ever
 # held across a subprocess, a network call or a wait for work), so running out of it means something
 # is wrong with another process, and is reported as "busy", never as damage.
@@ -165,6 +165,18 @@ CREATE TABLE IF NOT EXISTS item_history (
     line TEXT NOT NULL
 );
 CREATE INDEX IF NOT EXISTS item_history_item ON item_history (item);
+CREATE TABLE IF NOT EXISTS item_objects (
+    item TEXT NOT NULL,
+    key TEXT NOT NULL,
+    role TEXT NOT NULL,
+    variant TEXT,
+    path BLOB NOT NULL,
+    sha256 TEXT,
+    size INTEGER,
+    state TEXT NOT NULL,
+    PRIMARY KEY (item, key)
+);
+CREATE INDEX IF NOT EXISTS item_objects_key ON item_objects (key);
 CREATE TABLE IF NOT EXISTS console_users (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS console_tokens (name TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE,
                                            created REAL NOT NULL, last_used REAL);
@@ -182,8 +194,15 @@ CREATE TABLE IF NOT EXISTS console_sessions (
 
 # Columns added after schema 1, added in place to older databases (ALTER TABLE ... ADD COLUMN).
 MIGRATIONS = {
-    "quarantine": {"seen_count": "INTEGER NOT NULL DEFAULT 1", "last_seen": "REAL"},
-    "moves": {"method": "TEXT"},
+    # schema 9: pict-rs's hash of the item's upload (its variants and motion still are its companions)
+    "quarantine": {
+        "seen_count": "INTEGER NOT NULL DEFAULT 1",
+        "last_seen": "REAL",
+        "pictrs_hash": "TEXT",
+        "pictrs_aliases": "TEXT",  # JSON list: the names the upload had in pict-rs (its URLs in Lemmy)
+        "meta_behind": "INTEGER NOT NULL DEFAULT 0",  # meta.json has not caught up with the ledger yet
+    },
+    "moves": {"method": "TEXT", "decided_by": "TEXT"},  # schema 9: who asked for a restore
     # schema 3: what the decode said about the bytes (row labels, notes such as "partial", caps hit)
     "results": {"detail": "TEXT", "partial": "INTEGER NOT NULL DEFAULT 0"},
     # schema 4: objects scanned in their bucket (`bucket scan`): origin 'bucket', path NAME:bucket/key

@@ -197,6 +197,22 @@ class Upstream:
             raise MirrorScanError(f"objects cannot be read from {self.remote} here")
         return self._call("read", self.read_object, key)
 
+    def read_if_there(self, key: str) -> bytes | None:
+        """The object's bytes, or None when the bucket has no such object (an answer, not a failure: the
+        breaker stays closed)."""
+        if self.read_object is None:
+            raise MirrorScanError(f"objects cannot be read from {self.remote} here")
+
+        def read(key: str) -> bytes | None:
+            try:
+                return self.read_object(key)  # type: ignore[misc]
+            except UpstreamError as err:
+                if err.kind == "missing":
+                    return None
+                raise
+
+        return self._call("read", read, key)
+
 
 class Upstreams:
     """The Upstream for each remote an item names, made on first use (one breaker per remote and process).
