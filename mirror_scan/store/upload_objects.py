@@ -15,9 +15,16 @@ from pathlib import Path
 
 from mirror_scan.atomic import fsync_dir
 from mirror_scan.errors import MirrorScanError
-from mirror_scan.hashing import CHUNK, md5_file, sha256_file
+from mirror_scan.hashing import md5_file, sha256_file
 from mirror_scan.store.companions import COMPANIONS, Companion, ItemObject, Upload, UploadSource
-from mirror_scan.store.items import LINK_UNSUPPORTED, QuarantineError, item_origin, restore_tmp_name
+from mirror_scan.store.items import (
+    LINK_UNSUPPORTED,
+    QuarantineError,
+    copy_to_new,
+    item_origin,
+    restore_tmp_name,
+    write_private,
+)
 from mirror_scan.store.journal import Journal
 from mirror_scan.store.paths import MissingParent, Place, UnsafePath, reach, relative_to
 from mirror_scan.store.rows import ItemRow
@@ -148,12 +155,7 @@ class UploadObjects:
         data = upstream.read_if_there(obj.key) if upstream is not None else None
         if data is None:
             return None
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        try:
-            os.write(fd, data)
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+        write_private(tmp, data)
         return hashlib.sha256(data).hexdigest(), len(data)
 
     def _open_mirror_copy(self, root: bytes, key: str) -> int | None:
@@ -260,19 +262,9 @@ class UploadObjects:
 
 
 def _copy(source_fd: int, target: Path) -> tuple[str, int]:
-    digest, size = hashlib.sha256(), 0
-    out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    try:
-        while chunk := os.read(source_fd, CHUNK):
-            digest.update(chunk)
-            size += len(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(out, view) :]
-        os.fsync(out)
-    finally:
-        os.close(out)
-    return digest.hexdigest(), size
+    """The bytes of an open file into a new private file, fsynced: (sha256, size) of what was written."""
+    written = copy_to_new(source_fd, target, 0o600)
+    return written, target.stat().st_size
 
 
 def remove_if_holds(root: bytes, key: str | bytes, sha256: str) -> bool:
@@ -320,15 +312,7 @@ def _place_verified(source: Path, place: Place, sha256: str) -> None:
     for name in (tmp, place.name):
         fd_in = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         try:
-            out = place.open(os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644, name=name)
-            try:
-                while chunk := os.read(fd_in, CHUNK):
-                    view = memoryview(chunk)
-                    while view:
-                        view = view[os.write(out, view) :]
-                os.fsync(out)
-            finally:
-                os.close(out)
+            copy_to_new(fd_in, name, 0o644, dir_fd=place.dirfd)
         finally:
             os.close(fd_in)
         if place.sha256(name) != sha256:
