@@ -36,7 +36,9 @@ def test_watch_flags_the_canary_as_it_lands(tmp_path, tiny_bundle_master, clear)
     try:
         (w.mirror / "benign.png").write_bytes(image_bytes("PNG", 3))
         (w.mirror / "canary.png").write_bytes(canary_bytes("PNG"))
-        w.wait_for(lambda: len(_items(tmp_path)) == 1, what="the canary's item")
+        # Its move done (an item is listed from its intent on: `quarantine list` runs in-process, fast
+        # enough to see it before the mirror copy is gone).
+        w.wait_for(lambda: [i["state"] for i in _items(tmp_path)] == ["quarantined"], what="the canary's item")
         assert (w.mirror / "benign.png").exists() and not (w.mirror / "canary.png").exists()
     finally:
         code, stderr = w.stop()

@@ -57,7 +57,8 @@ def test_restore_allowlist_purge_apply_rescore_while_the_daemon_runs(tmp_path, t
         for key, data in keys.items():
             s3.put(key, data, tmp_path)
         w.wait_for(lambda: s3.keys() == set(), timeout=40, what="the objects to leave the bucket")
-        w.wait_for(lambda: len(shell.items()) == 3, what="three items")
+        # Three items with their moves done (an item is listed from its intent on).
+        w.wait_for(lambda: [i["state"] for i in shell.items().values()] == ["quarantined"] * 3, what="three items")
         items = shell.items()
         assert {i["state"] for i in items.values()} == {"quarantined"}
         assert shell("quarantine", "show", items["obj-0"]["id"]).returncode == 0

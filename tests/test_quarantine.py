@@ -397,3 +397,18 @@ def test_a_restore_temp_left_by_a_lost_journal_is_replaced_not_fatal(site):
     proc = site.cli("quarantine", "restore", item["id"])
     assert proc.returncode == 0, proc.stderr
     assert not leftover.exists() and target.exists()
+
+
+def test_a_flagged_file_whose_quarantine_was_rolled_back_is_acted_on_by_the_next_scan(site):
+    """A kill before 'placed' rolls the move back: the file stays in the mirror, flagged, no action. The next
+    scan (or the daemon) finds it unchanged and acts on it, as `apply` would, instead of leaving it public."""
+    proc = site.cli("scan", str(site.tree), "--model", str(site.bundle), "--severity=-1", "--quiet",
+                    env={"MIRROR_SCAN_KILL_AT": "quarantine:copied"})  # fmt: skip
+    assert proc.returncode == -9
+    assert site.cli("state", "recover").returncode == 0
+    stranded = [p for p in site.tree.rglob("*") if p.is_file() and p.name != "broken.jpg"]
+    assert stranded  # the rolled-back one (and those not reached) are still in the mirror, flagged or not
+    summary = json.loads(site.scan("--severity=-1", "--json").stdout)
+    assert summary["quarantined"] >= 1 and summary["skipped_unchanged"] >= 1, summary
+    assert [p.name for p in site.tree.rglob("*") if p.is_file()] == ["broken.jpg"]
+    assert {i["state"] for i in site.items()} == {"quarantined"} and len(site.items()) == 3

@@ -245,21 +245,33 @@ class FileRecorder:
                 moved = self.actor.act(Flagged(key, root, sha256, verdict.reason, model_id, self.policy.policy_id,
                                                self.severity))  # fmt: skip
             if moved is not None:
-                action = FileAction(moved.state)
-                if action == FileAction.UPSTREAM_PENDING:
-                    self.counters.upstream_pending += 1
-                else:
-                    self.counters.quarantined += 1
-                log.info("quarantined %s (%s): %s", found.path, action, short_reason(verdict.reason))
+                action = self._count_act(found, moved, verdict.reason)
         self.write_report(found.path, sha256, report_status or status, verdict.label, verdict.reason, found.size,
                           fmt, action)  # fmt: skip
 
     def unchanged(self, found: Found, row) -> None:
-        """A file as last decided, under the same inputs: counted and reported, nothing written."""
+        """A file as last decided, under the same inputs: counted and reported, not decided again. A flagged
+        one no action was taken on (its quarantine was rolled back after a kill, or a dry run flagged it) is
+        acted on now, as `apply` would: a later scan or the daemon never leaves it public."""
+        action = row.action
         if row.verdict == "flagged":
             self.count_flagged(path_key(found.path))
+            if action is None and self.actor is not None and row.sha256:
+                moved = self.actor.act(Flagged.recorded(row.path, row.root, row.sha256, row.reason, row.model_id,
+                                                        row.policy_id, row.severity))  # fmt: skip
+                if moved is not None:
+                    action = self._count_act(found, moved, row.reason)
         self.write_report(found.path, row.sha256, "skipped", row.verdict, row.reason, found.size, row.format,
-                          row.action)  # fmt: skip
+                          action)  # fmt: skip
+
+    def _count_act(self, found: Found, moved, reason) -> FileAction:
+        action = FileAction(moved.state)
+        if action == FileAction.UPSTREAM_PENDING:
+            self.counters.upstream_pending += 1
+        else:
+            self.counters.quarantined += 1
+        log.info("quarantined %s (%s): %s", found.path, action, short_reason(reason))
+        return action
 
     def error(
         self,
