@@ -213,8 +213,12 @@ class FakeLemmy(LoopbackHTTP):
                     return self._error(400, "deleted")
                 self._next_report += 1
                 rid = self._next_report
-                self.reports[rid] = {"kind": kind, "object_id": body[f"{kind}_id"], "resolved": False,
-                                     "violates_instance_rules": bool(v4 and body.get("violates_instance_rules"))}
+                self.reports[rid] = {
+                    "kind": kind,
+                    "object_id": body[f"{kind}_id"],
+                    "resolved": False,
+                    "violates_instance_rules": bool(v4 and body.get("violates_instance_rules")),
+                }
                 return 200, {f"{kind}_report_view": {f"{kind}_report": {"id": rid, "reason": body["reason"]}}}
             if (method, path) == ("PUT", f"/{kind}/report/resolve"):
                 report = self.reports.get(body["report_id"])

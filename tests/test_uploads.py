@@ -129,7 +129,7 @@ def test_the_upload_leaves_whole_and_comes_back_whole(instance):
     assert {c["variant"] for c in companions.values()} == {"thumbnail/64/webp", "resize/100/png"}
     held = instance.quarantine / "items" / item["id"] / "companions"
     for key, companion in companions.items():
-        assert companion["state"] == "held" and (held / companion["sha256"]).read_bytes() == instance.objects[key]
+        assert companion["state"] == "taken" and (held / companion["sha256"]).read_bytes() == instance.objects[key]
     assert {p.name for p in held.iterdir()} == {c["sha256"] for c in companions.values()}
 
     proc = instance.cli("quarantine", "restore", item["id"])
@@ -222,7 +222,7 @@ def test_a_restore_of_an_upload_pictrs_forgot_writes_no_orphan(instance, forget)
     assert again.returncode == 2 and "restored" in again.stderr
 
 
-QUARANTINE_STEPS = ["intent", "copied", "placed", "upstream_removed", "local_removed", "done"]
+QUARANTINE_STEPS = ["intent", "copied", "companions", "placed", "upstream_removed", "local_removed", "done"]
 RESTORE_STEPS = ["intent", "copied", "placed", "upstream_restored", "done"]
 
 
@@ -260,7 +260,9 @@ def test_sigkill_during_a_multi_object_quarantine(instance, step):
     assert proc.returncode == -9, (proc.returncode, proc.stderr)
     assert instance.cli("state", "recover").returncode == 0
     side = _every_object_in_one_place(instance)
-    assert side == ("public" if step in ("intent", "copied") else "quarantine")
+    assert side == ("public" if step in ("intent", "copied", "companions") else "quarantine")
+    if side == "public":  # rolled back: nothing of the item is left, its companions' copies neither
+        assert list((instance.quarantine / "items").iterdir()) == []
     assert instance.cli("apply", "--remote", instance.s3.remote).returncode == 0
     assert _every_object_in_one_place(instance) == "quarantine"
 
@@ -288,7 +290,164 @@ def test_a_rebuilt_ledger_knows_the_objects_of_each_upload(instance):
         Path(f"{instance.state}{suffix}").unlink(missing_ok=True)
     assert instance.cli("quarantine", "reindex").returncode == 0
     shown = json.loads(instance.cli("quarantine", "show", item["id"], "--json").stdout)
-    assert {o["key"] for o in shown["ledger"]["objects"] if o["state"] == "held"} == set(instance.keys[1:])
+    assert {o["key"] for o in shown["ledger"]["objects"] if o["state"] == "taken"} == set(instance.keys[1:])
     assert instance.cli("quarantine", "restore", item["id"]).returncode == 0
     for key, data in instance.objects.items():
         assert (instance.tmp / "s3" / BUCKET / key).read_bytes() == data
+
+
+# ---------------------------------------------------------------------- the attack on issue 39, mended
+
+
+def _variant_key(instance: Instance, variant: str) -> str:
+    (key,) = [k for (k,) in instance.pictrs.repo("SELECT identifier FROM variants WHERE variant = %s", (variant,))]
+    return key
+
+
+def _objects(instance: Instance, item_id: str) -> dict[str, dict]:
+    shown = json.loads(instance.cli("quarantine", "show", item_id, "--json").stdout)
+    return {o["key"]: o for o in shown["ledger"]["objects"]}
+
+
+def test_the_item_keeps_what_the_bucket_serves_not_a_stale_mirror_copy(instance):
+    """A pull cut short left a truncated thumbnail in the mirror: the item copies the bucket's object (what
+    pict-rs serves), removes it, and a restore puts the real bytes back."""
+    thumb = _variant_key(instance, "thumbnail/64/webp")
+    real = instance.objects[thumb]
+    (instance.mirror / thumb).write_bytes(real[:50])
+    assert instance.scan().returncode == 1
+    item = instance.item()
+    assert item["state"] == "quarantined"
+    assert _objects(instance, item["id"])[thumb]["sha256"] == sha(real)
+    assert not (instance.tmp / "s3" / BUCKET / thumb).exists()
+    assert (instance.mirror / thumb).read_bytes() == real[:50]  # not the item's bytes: left, scored as any file
+    (instance.mirror / thumb).unlink()
+    assert instance.cli("quarantine", "restore", item["id"]).returncode == 0
+    _every_object_in_one_place(instance)
+    assert (instance.tmp / "s3" / BUCKET / thumb).read_bytes() == real
+
+
+@pytest.mark.parametrize("which", ["thumbnail", "original"])
+def test_a_restore_never_writes_over_other_bytes_upstream(instance, tmp_path, which):
+    """Someone stored other bytes at a key since (through S3): the restore leaves them as they are; a
+    thumbnail's key is skipped and said, the original's key keeps the restore pending, loudly."""
+    assert instance.scan().returncode == 1
+    item = instance.item()
+    key = _variant_key(instance, "thumbnail/64/webp") if which == "thumbnail" else instance.keys[0]
+    other = f"other bytes at the {which}'s key".encode() * 20
+    instance.s3.put(key, other, tmp_path)
+    proc = instance.cli("quarantine", "restore", item["id"])
+    assert "holds other bytes" in proc.stderr, proc.stderr
+    assert instance.s3.get(key) == other
+    if which == "thumbnail":
+        assert proc.returncode == 0 and "not put back" in proc.stderr
+        assert instance.s3.get(instance.keys[0]) == instance.original
+    else:
+        assert proc.returncode != 0 and instance.item()["state"] != "restored"
+
+
+def test_objects_the_repo_could_not_list_at_the_quarantine_leave_later(instance):
+    """pict-rs's repo refuses logins during the quarantine: the original leaves at once (it never waits for
+    its thumbnails), the item keeps looking, and the next recovery takes the thumbnails."""
+    instance.pg.execute(f"ALTER ROLE {instance.role} NOLOGIN")
+    try:
+        assert instance.scan().returncode == 1
+        item = instance.item()
+        assert item["state"] == "quarantined"
+        assert not (instance.tmp / "s3" / BUCKET / instance.keys[0]).exists()
+        assert all((instance.tmp / "s3" / BUCKET / k).exists() for k in instance.keys[1:])
+    finally:
+        instance.pg.execute(f"ALTER ROLE {instance.role} LOGIN")
+    assert instance.cli("state", "recover").returncode == 0
+    assert _every_object_in_one_place(instance) == "quarantine"
+    assert {o["state"] for o in _objects(instance, item["id"]).values()} == {"taken"}
+
+
+def test_a_missing_object_that_comes_back_is_taken(instance, tmp_path):
+    """A variant pict-rs records whose object is gone at the quarantine is recorded as missing; when it is
+    back (a backup restored into the bucket) and seen in the mirror, it joins the item."""
+    lost = "00/00/" + secrets.token_hex(4) + ".webp"
+    instance.pictrs.repo("INSERT INTO variants (hash, variant, identifier) VALUES (%s, %s, %s)",
+                         (instance.pictrs.hash_of(instance.alias), "thumbnail/99/webp", lost))  # fmt: skip
+    assert instance.scan().returncode == 1
+    item = instance.item()
+    assert _objects(instance, item["id"])[lost]["state"] == "missing"
+    data = image_bytes("WEBP", 72, size=(40, 30))
+    instance.s3.put(lost, data, tmp_path)
+    (instance.mirror / lost).parent.mkdir(parents=True, exist_ok=True)
+    (instance.mirror / lost).write_bytes(data)
+    summary = json.loads(instance.scan("--json").stdout)
+    assert summary["taken_into_items"] == 1, summary
+    found = _objects(instance, item["id"])[lost]
+    assert found["state"] == "taken" and found["sha256"] == sha(data)
+    assert not (instance.tmp / "s3" / BUCKET / lost).exists() and not (instance.mirror / lost).exists()
+
+
+def test_other_bytes_at_a_held_key_are_scored_as_any_file(instance):
+    """A file at a thumbnail's key with other bytes than the item holds is not the item's: it is scored,
+    never taken (a way past the scanner otherwise)."""
+    assert instance.scan().returncode == 1
+    thumb = _variant_key(instance, "thumbnail/64/webp")
+    (instance.mirror / thumb).parent.mkdir(parents=True, exist_ok=True)
+    (instance.mirror / thumb).write_bytes(image_bytes("PNG", 73, size=(48, 48)))
+    summary = json.loads(instance.scan("--json").stdout)
+    assert summary["taken_into_items"] == 0 and summary["scanned"] == 1, summary
+    assert (instance.mirror / thumb).exists()
+
+
+def test_a_restore_refuses_an_upload_whose_thumbnail_a_hash_list_flags(instance, tmp_path):
+    """A restore allowlists the upload's objects with the item: one a hash list names by its bytes refuses
+    it (allowlisted, the list would never flag it again)."""
+    assert instance.scan().returncode == 1
+    item = instance.item()
+    thumb = _variant_key(instance, "thumbnail/64/webp")
+    listed = tmp_path / "thumbs.csv"
+    listed.write_text(f"type,hash\nsha256,{sha(instance.objects[thumb])}\n")
+    assert instance.cli("hashlist", "import", str(listed), "--name", "thumbs").returncode == 0
+    proc = instance.cli("quarantine", "restore", item["id"])
+    assert proc.returncode == 2 and "hash list thumbs flags" in proc.stderr, proc.stderr
+    assert instance.item()["state"] == "quarantined"
+    allowed = {a["sha256"] for a in json.loads(instance.cli("allowlist", "list", "--json").stdout)}
+    assert sha(instance.objects[thumb]) not in allowed
+
+
+def test_a_restore_writes_no_orphan_when_the_same_bytes_were_uploaded_again(instance):
+    """Purged, then the same picture uploaded again (pict-rs stores it under new keys): the old keys are
+    named by no record, so a restore writes nothing there."""
+    import urllib.request
+
+    assert instance.scan().returncode == 1
+    item = instance.item()
+    request = urllib.request.Request(f"{instance.pictrs.url}/internal/purge?alias={instance.alias}", data=b"",
+                                     headers={"X-Api-Token": API_KEY})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
+        assert answer.status == 200
+    instance.pictrs.run_jobs()
+    instance.pictrs.add_upload(instance.original, "png")
+    instance.cli("quarantine", "restore", item["id"])
+    named = {k for (k,) in instance.pictrs.repo("SELECT identifier FROM hashes UNION SELECT identifier FROM variants")}
+    assert [k for k in instance.keys if (instance.tmp / "s3" / BUCKET / k).exists() and k not in named] == []
+
+
+def test_a_reimport_never_claims_an_alias_another_upload_took(instance):
+    """Purged, and the alias taken by another upload since: `--reimport` refuses (nothing went back), and a
+    reimport killed before pict-rs answered is rolled back by recovery, not called restored because the
+    alias resolves (to the other upload)."""
+    import urllib.request
+
+    assert instance.scan().returncode == 1
+    item = instance.item()
+    request = urllib.request.Request(f"{instance.pictrs.url}/internal/purge?alias={instance.alias}", data=b"",
+                                     headers={"X-Api-Token": API_KEY})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
+        assert answer.status == 200
+    instance.pictrs.run_jobs()
+    instance.pictrs.add_upload(image_bytes("PNG", 74, size=(50, 50)), "png", alias=instance.alias)
+    proc = instance.cli("quarantine", "restore", item["id"], "--reimport")
+    assert proc.returncode != 0 and "under none of its aliases" in proc.stderr, proc.stderr
+    assert instance.item()["state"] == "quarantined"
+    killed = instance.cli("quarantine", "restore", item["id"], "--reimport",
+                          env={"MIRROR_SCAN_KILL_AT": "restore:intent"})  # fmt: skip
+    assert killed.returncode == -9
+    assert instance.cli("state", "recover").returncode == 0
+    assert instance.item()["state"] == "quarantined"

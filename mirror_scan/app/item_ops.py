@@ -22,7 +22,9 @@ from pathlib import Path
 from typing import Protocol
 
 from mirror_scan.errors import MirrorScanError
+from mirror_scan.hashing import md5_file
 from mirror_scan.kinds import Decision, ItemEvent
+from mirror_scan.lists.live import LiveMatcher
 from mirror_scan.moderation.attribution import sole_uploader
 from mirror_scan.scan.act import BucketActor, QuarantineActor
 from mirror_scan.scan.rescore import apply_verdicts
@@ -95,6 +97,7 @@ class ItemOps:
         self.say = say
         self.budget_s = COMMAND_FOLLOW_UP_BUDGET_S if follow_up_budget_s is None else follow_up_budget_s
         self._follow_ups_due = False
+        self._lists: LiveMatcher | None = None
 
     @property
     def ledger(self):
@@ -132,7 +135,7 @@ class ItemOps:
 
     def restore(self, item_id: str, to: Path | None = None, upstream: bool = True, reimport: bool = False) -> Outcome:
         """reimport: an upload pict-rs no longer records goes back through pict-rs under its aliases."""
-        why = self.refusal(item_id, Decision.RESTORE)
+        why = self.refusal(item_id, Decision.RESTORE) or self._listed_companion(item_id)
         if why:
             return Outcome(item_id, Decision.RESTORE, "refused", why)
         try:
@@ -148,6 +151,24 @@ class ItemOps:
             return self._record(item_id, Decision.RESTORE, "failed", f"{error.strerror or error}: {error.filename}")
         self._follow_ups_due = True
         return Outcome(item_id, Decision.RESTORE, "done", target=display_path(target))
+
+    def _listed_companion(self, item_id: str) -> str | None:
+        """A restore allowlists the upload's other objects with the item: one a hash list flags by its exact
+        bytes refuses it (the person decided on the item, not on what a list names)."""
+        objects = [o for o in self.ledger.objects.of(item_id) if o.sha256]
+        if not objects:
+            return None
+        if self._lists is None:  # built once (lists can be large), rebuilt when one changes
+            self._lists = LiveMatcher(self.ledger)
+        matcher = self._lists.refresh()
+        for obj in objects:
+            md5 = md5_file(self.quarantine.objects.data_path(item_id, obj.sha256))  # type: ignore[arg-type]
+            found = matcher.match(obj.sha256, md5, [])
+            if found is not None and found.action == "flag":
+                what = f"{obj.key} ({obj.variant or obj.role})"
+                return (f"item {item_id}'s upload holds {what}, which hash list {found.list_name} flags: not "
+                        "restored (if the list is wrong there, remove the entry first)")  # fmt: skip
+        return None
 
     def confirm(self, item_id: str) -> Outcome:
         why = self.refusal(item_id, Decision.CONFIRM)
@@ -268,4 +289,3 @@ def reason_of(row: ItemRow) -> dict:
     except ValueError:
         return {}
     return reason if isinstance(reason, dict) else {}
-

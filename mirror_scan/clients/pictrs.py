@@ -120,9 +120,13 @@ class Pictrs:
         boundary = "mirror-scan-" + _secrets.token_hex(12)
         safe_name = alias.replace('"', "%22").replace("\r", "").replace("\n", "")
         body = (
-            f"--{boundary}\r\nContent-Disposition: form-data; name=\"images\"; filename=\"{safe_name}\"\r\n"
-            f"Content-Type: {content_type}\r\n\r\n"
-        ).encode() + data + f"\r\n--{boundary}--\r\n".encode()
+            (
+                f'--{boundary}\r\nContent-Disposition: form-data; name="images"; filename="{safe_name}"\r\n'
+                f"Content-Type: {content_type}\r\n\r\n"
+            ).encode()
+            + data
+            + f"\r\n--{boundary}--\r\n".encode()
+        )
         status, answer = self._request("POST", "/internal/import", body=body,
                                        content_type=f"multipart/form-data; boundary={boundary}")  # fmt: skip
         code = answer.get("code") if isinstance(answer, dict) else None

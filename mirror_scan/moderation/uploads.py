@@ -52,13 +52,11 @@ class PictrsUploads:
             )
             return self._uploads(conn, found) if found else []
 
-    def served(self, key: str | None, aliases: list[str], pictrs_hash: str | None = None) -> bool | None:
+    def served(self, key: str | None, aliases: list[str]) -> bool | None:
         src = self.source
-        if src is not None and (pictrs_hash or key is not None or aliases):
+        if src is not None and (key is not None or aliases):
             with src.connect() as conn:
-                if pictrs_hash:
-                    return bool(src.rows(conn, "SELECT 1 FROM hashes WHERE hash::text = %s", (pictrs_hash,)))
-                if key is not None:
+                if key is not None:  # by the object's own key: the same bytes uploaded again are another upload
                     return bool(src.rows(
                         conn, "SELECT 1 FROM hashes WHERE identifier = %(k)s OR motion_identifier = %(k)s "
                         "UNION ALL SELECT 1 FROM variants WHERE identifier = %(k)s", {"k": key}))  # fmt: skip
@@ -67,13 +65,35 @@ class PictrsUploads:
             return any(self.api.identifier(alias) is not None for alias in aliases)
         return None
 
+    def recorded(self, keys: list[str]) -> set[str] | None:
+        src = self.source
+        if src is None or not keys:
+            return None if src is None else set()
+        with src.connect() as conn:
+            rows = src.rows(
+                conn,
+                "SELECT identifier AS k FROM hashes WHERE identifier = ANY(%(k)s) "
+                "UNION SELECT motion_identifier FROM hashes WHERE motion_identifier = ANY(%(k)s) "
+                "UNION SELECT identifier FROM variants WHERE identifier = ANY(%(k)s)",
+                {"k": keys},
+            )
+        return {r["k"] for r in rows}
+
+    def alias_hash(self, alias: str) -> str | None:
+        src = self.source
+        if src is None:
+            from mirror_scan.errors import MirrorScanError
+
+            raise MirrorScanError("whose upload an alias names is read from pict-rs's repo ([pictrs] database_url)")
+        with src.connect() as conn:
+            rows = src.rows(conn, "SELECT hash::text AS hash FROM aliases WHERE alias = %s", (alias,))
+        return rows[0]["hash"] if rows else None
+
     def reimport(self, alias: str, data: bytes) -> str:
         if self.api is None:
             from mirror_scan.errors import UsageError
 
-            raise UsageError(
-                "uploading again through pict-rs needs its API", hint="set [pictrs] url and api_key"
-            )
+            raise UsageError("uploading again through pict-rs needs its API", hint="set [pictrs] url and api_key")
         details = self.api.import_file(alias, data)
         return f"imported again through pict-rs as {details.get('file') or alias}"
 
@@ -81,10 +101,10 @@ class PictrsUploads:
         src = self.source
         hashes = [r["hash"] for r in records]
         variants: dict[str, list[Companion]] = {h: [] for h in hashes}
-        for row in src.rows(
+        for row in src.rows(  # never another upload's original, whatever a variant row says
             conn,
             "SELECT hash::text AS hash, variant, identifier FROM variants WHERE hash::text = ANY(%s) "
-            "ORDER BY hash, variant",
+            "AND identifier NOT IN (SELECT identifier FROM hashes) ORDER BY hash, variant",
             (hashes,),
         ):
             variants[row["hash"]].append(Companion(row["identifier"], "variant", row["variant"]))
@@ -122,8 +142,14 @@ class LazyUploads:
     def uploads_of(self, hashes: list[str]) -> list[Upload]:
         return self._source().uploads_of(hashes)
 
-    def served(self, key: str | None, aliases: list[str], pictrs_hash: str | None = None) -> bool | None:
-        return self._source().served(key, aliases, pictrs_hash)
+    def served(self, key: str | None, aliases: list[str]) -> bool | None:
+        return self._source().served(key, aliases)
+
+    def recorded(self, keys: list[str]) -> set[str] | None:
+        return self._source().recorded(keys)
+
+    def alias_hash(self, alias: str) -> str | None:
+        return self._source().alias_hash(alias)
 
     def reimport(self, alias: str, data: bytes) -> str:
         return self._source().reimport(alias, data)

@@ -16,8 +16,10 @@ On disk an item keeps each companion's bytes as `companions/<sha256>` (no extens
 `item_objects` rows say which key each came from, its role and state:
 
     listed   known from the repo, not copied yet (the quarantine's next attempt copies it)
-    held     copied into the item and verified; its object and mirror copy are being or were removed
-    missing  neither the mirror nor the bucket held it when it was copied (pict-rs lost it, or it expired)
+    held     copied into the item and verified (from the bucket, what pict-rs serves), still to leave
+    taken    out of the bucket and the mirror: the item holds the only copy
+    missing  the bucket (or, with no bucket, the mirror) did not hold it when it was copied (pict-rs lost it,
+             or its retention cleaned it); taken when it is seen again
 """
 
 from __future__ import annotations
@@ -60,9 +62,16 @@ class UploadSource(Protocol):
     def uploads_of(self, hashes: list[str]) -> list[Upload]:
         """The uploads of these hashes that pict-rs still records (one query, for the held items)."""
 
-    def served(self, key: str | None, aliases: list[str], pictrs_hash: str | None = None) -> bool | None:
+    def served(self, key: str | None, aliases: list[str]) -> bool | None:
         """Whether pict-rs still records the upload: by its repo (its hash, else the key of one of its objects,
         else one of the aliases), or by its API (an alias still resolves); None when nothing here can tell."""
+
+    def recorded(self, keys: list[str]) -> set[str] | None:
+        """Those of these keys pict-rs still records as an object of some upload; None when only its API is
+        there (it cannot tell)."""
+
+    def alias_hash(self, alias: str) -> str | None:
+        """pict-rs's hash an alias names now (None: the alias is free); raises when only the API is there."""
 
     def reimport(self, alias: str, data: bytes) -> str:
         """Upload the bytes again through pict-rs under this alias; returns what pict-rs said."""
@@ -79,4 +88,4 @@ class ItemObject:
     path: bytes  # its copy in the mirror (b"" for items with no mirror)
     sha256: str | None  # of the bytes held in the item (None while listed or missing)
     size: int | None
-    state: str  # listed | held | missing
+    state: str  # listed | held | taken | missing

@@ -68,8 +68,8 @@ class ItemIndex:
         self._import_companions(meta)
 
     def _import_companions(self, meta: dict[str, Any]) -> None:
-        """The upload's other objects the metadata file lists: held where their bytes are in the item and hash
-        to what it records, else listed (the next restore or retry looks for them again)."""
+        """The upload's other objects the metadata file lists: held (or taken, as it says) where their bytes are
+        in the item and hash to what it records, else listed (the next restore or retry looks for them again)."""
         from mirror_scan.store.companions import COMPANIONS
 
         item_id = meta["id"]
@@ -95,6 +95,8 @@ class ItemIndex:
             held = self.journal.item_dir(item_id) / COMPANIONS / sha
             if held.is_file() and sha256_file(held) == sha:
                 self.ledger.objects.held(item_id, key, sha, held.stat().st_size)
+                if entry.get("state") == "taken":  # out of the bucket and the mirror when it was written
+                    self.ledger.objects.taken(item_id, [key])
 
     def reindex(self, mirror_root: bytes | None = None) -> tuple[int, list[str]]:
         """Rebuild the index from the metadata files after losing the state database. Items the ledger

@@ -478,8 +478,9 @@ class Ledger:
         items = [item for item, *_ in rows]
         for start in range(0, len(items), 500):
             chunk = items[start : start + 500]
-            keys += [k for (k,) in db.execute(
-                f"SELECT key FROM item_objects WHERE item IN ({','.join('?' * len(chunk))})", chunk)]  # noqa: S608  # fmt: skip
+            keys += [k for (k,) in db.execute(  # those the items hold (a missing one that comes back is taken)
+                f"SELECT key FROM item_objects WHERE state IN ('held', 'taken') "  # noqa: S608
+                f"AND item IN ({','.join('?' * len(chunk))})", chunk)]  # fmt: skip
         return keys
 
     def mirror_remote(self, root: bytes) -> tuple[str, float, str] | None:

@@ -201,13 +201,16 @@ class Lifecycle:
             self.ledger.delete_item(item_id)  # its history and companions with it
             return
         self.ledger.set_item_state(item_id, transition.to)
+        companions = [o for o in self.ledger.objects.of(item_id) if o.sha256]  # the upload's other objects
         if transition.action == FileAction.RESTORED:
             # Every file row that holds these bytes and was quarantined (copies share the item's fate).
-            self.ledger.mark_action_by_sha(row.sha256, transition.action, only_if=FileAction.QUARANTINED)
+            for sha256 in {row.sha256, *(o.sha256 for o in companions)}:
+                self.ledger.mark_action_by_sha(sha256, transition.action, only_if=FileAction.QUARANTINED)
         elif transition.action is not None:
-            self.ledger.mark_action(file_key(row), transition.action)
-        if transition.allowlist:  # the upload's other objects (its thumbnails) with it
-            for sha256 in [row.sha256, *(o.sha256 for o in self.ledger.objects.of(item_id) if o.sha256)]:
+            for key in [file_key(row), *(o.path for o in companions if o.path)]:
+                self.ledger.mark_action(key, transition.action)
+        if transition.allowlist:  # its thumbnails with it (a restore refuses an upload a hash list names)
+            for sha256 in [row.sha256, *(o.sha256 for o in companions)]:
                 self.ledger.allow(sha256, note=f"{transition.line} from quarantine item {item_id}")
         if transition.follow_up == FollowUp.UNDO:
             # What is not done yet is cancelled; what was done is undone (the runner plans the undo rows).

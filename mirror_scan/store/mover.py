@@ -23,6 +23,7 @@ from mirror_scan.errors import MirrorScanError
 from mirror_scan.faults import checkpoint
 from mirror_scan.hashing import md5_file, sha256_bytes, sha256_file
 from mirror_scan.kinds import ItemEvent, ItemState, MoveKind, Step
+from mirror_scan.store.companions import COMPANIONS
 from mirror_scan.store.items import (
     DATA,
     META,
@@ -100,7 +101,7 @@ class Mover:
             st = os.fstat(fd)
             if not stat.S_ISREG(st.st_mode):
                 raise QuarantineError(f"{display_path(source)} is no longer a regular file; not quarantined")
-            upload = self.objects.look_up(os.fsdecode(rel))  # before any lock: a database is asked
+            upload, _ = self.objects.look_up(os.fsdecode(rel))  # before any lock: a database is asked
             item_id = new_item_id(sha256)
             with self.journal.item_lock(item_id):
                 return self._quarantine_locked(fd, st, item_id, source, mirror_root, rel, sha256, evidence, upload)
@@ -129,6 +130,7 @@ class Mover:
             )
         self.journal.step(move_id, Step.COPIED, "quarantine")
         self.objects.gather(self.ledger.item(item_id), look=False)  # type: ignore[arg-type]
+        checkpoint("quarantine:companions")
 
         meta = item_meta(
             item_id,
@@ -157,7 +159,7 @@ class Mover:
         if not key or "\x00" in key:  # any other key is an S3 key: it names no local path
             raise QuarantineError(f"{remote}: {key!r} is not an object key")
         upstream = self.upstreams.get(remote, direct=True)
-        upload = self.objects.look_up(key)
+        upload, _ = self.objects.look_up(key)  # what it could not answer now is asked again (`settle`)
         item_id = new_item_id(sha256)
         with self.journal.item_lock(item_id):
             return self._quarantine_object_locked(upstream, remote, key, sha256, evidence, item_id, upload)
@@ -186,6 +188,7 @@ class Mover:
             self.ledger.set_item_size(item_id, len(data))
         self.journal.step(move_id, Step.COPIED, "quarantine")
         self.objects.gather(self.ledger.item(item_id), look=False)  # type: ignore[arg-type]
+        checkpoint("quarantine:companions")
         meta = item_meta(
             item_id,
             sha256,
@@ -242,9 +245,10 @@ class Mover:
         row = self.ledger.item(item_id)
         assert row is not None
         if step == Step.PLACED:
-            self.objects.gather(row)
+            self.objects.gather(row)  # what it could not find or copy now is looked for later (`settle`)
             evidence = lambda: self._evidence_keys(row)  # noqa: E731
             if row.remote and row.key:
+                self.objects.recheck(row)
                 if not (self._remove_upstream(row) and self.objects.remove_upstream(row, evidence)):
                     # Bytes are verified in the quarantine; the mirror files stay until upstream is done.
                     # The move waits at 'placed'; the daemon retries it with backoff, every command at start.
@@ -260,12 +264,26 @@ class Mover:
         self.lifecycle.apply(item_id, ItemEvent.QUARANTINED, step=(move_id, Step.DONE, "quarantine"))
         return ItemState.QUARANTINED
 
+    def settle(self, item_id: str) -> bool:
+        """A quarantined item's companions still to find, copy or remove (pict-rs's repo or the bucket could
+        not answer at its move), looked after under its lock; True when none is left."""
+        with self.journal.item_lock(item_id):
+            row = self.ledger.item(item_id)
+            if row is None or row.state != ItemState.QUARANTINED:
+                return True
+            return self.objects.settle(row, lambda: self._evidence_keys(row))
+
     def rollback(self, item_id: str, move_id: int, why: str, kind: str = "quarantine") -> None:
         """A quarantine stopped before its bytes were safe: the temp files go, the item is forgotten (the
         original was never touched)."""
         item_dir = self.journal.item_dir(item_id)
         for name in (TMP_DATA, TMP_META, META, DATA):
             (item_dir / name).unlink(missing_ok=True)
+        companions = item_dir / COMPANIONS  # copies of the upload's other objects (never removed anywhere yet)
+        if companions.is_dir():
+            for copy in companions.iterdir():
+                copy.unlink()
+            companions.rmdir()
         if item_dir.exists():
             item_dir.rmdir()
             fsync_dir(self.journal.items)
@@ -353,9 +371,11 @@ class Mover:
 
     def take_companion(self, path: bytes, mirror_root: bytes) -> str | None:
         """A file that is an object of an upload held in quarantine (a variant pict-rs made of it, its still)
-        is taken into that item, never scored as a stranger: copied and verified, then removed upstream and
-        from the mirror (a move of its own, `adopt`, when the item is done; with the item's own move when
-        that is still under way). Returns the item's id when taken."""
+        is taken into that item, never scored as a stranger: copied and verified (from the bucket, what
+        pict-rs serves), then removed upstream and from the mirror (a move of its own, `adopt`, when the item
+        is done; with the item's own move while that runs). Returns the item's id when taken; None when it is
+        not such an object, or when the file at that key holds other bytes than the item's (another file:
+        scored as any other)."""
         try:
             key = os.fsdecode(relative_to(mirror_root, path))
         except UnsafePath:
@@ -363,33 +383,47 @@ class Mover:
         found = self.objects.held_companion(key)
         if found is None:
             return None
-        item_id, role, variant = found
+        item_id, record, role, variant = found
         try:
             with self.journal.item_lock(item_id, wait_s=30.0):
                 row = self.ledger.item(item_id)
                 if row is None or row.state not in TAKING_STATES or (row.original and row.mirror_root != mirror_root):
                     return None
-                known = next((o for o in self.ledger.objects.of(item_id) if o.key == key), None)
-                # One the item holds already left the bucket with it: only this mirror copy is to go.
-                method = "local" if known is not None and known.state == "held" else None
+                # Out of the bucket with the item already: only this mirror copy is to go.
+                method = "local" if record is not None and record.state == "taken" else None
                 with self.ledger.transaction():
                     self.objects.record_one(row, key, role, variant)
                     move_id = self.ledger.start_move(item_id, MoveKind.ADOPT, os.fsencode(key), method) \
                         if row.state == ItemState.QUARANTINED else None  # fmt: skip
                 checkpoint("adopt:intent")
-                self.journal.note(item_id, f"took its {variant or role} {key} into the item (seen in the mirror)")
                 self.finish_adopt(row, key, move_id, Step.INTENT)
+                held = next((o for o in self.ledger.objects.of(item_id) if o.key == key), None)
+                if held is None or held.sha256 is None or not self._is_gone_or_held(row, key, held.sha256, move_id):
+                    return None  # other bytes than the item's at that key: a file of its own, scored
+                self.journal.note(item_id, f"took its {variant or role} {key} into the item (seen in the mirror)")
         except ItemBusy:
             return None  # being moved right now: the next scan or pull comes back to it
         log.info("%s: an object of the upload held as quarantine item %s (%s); taken into it", display_path(path),
                  item_id, variant or role)  # fmt: skip
         return item_id
 
+    @staticmethod
+    def _is_gone_or_held(row: ItemRow, key: str, sha256: str, move_id: int | None) -> bool:
+        """The mirror file at `key` left with the item (removed), or holds the item's bytes and leaves with it
+        (the item's own move, or a removal upstream that waits)."""
+        try:
+            with reach(row.mirror_root, os.fsencode(key)) as place:
+                there = place.sha256()
+        except UnsafePath:
+            return False
+        return there is None or there == sha256
+
     def finish_adopt(self, row: ItemRow, key: str, move_id: int | None, step: str) -> None:
-        """Copy in, then (for a finished item: move_id) remove upstream and from the mirror; each part is
-        idempotent, so recovery finishes an interrupted one from its step."""
+        """Copy in (a companion missing before, back now, too), then (for a finished item: move_id) remove
+        upstream and from the mirror; each part is idempotent, so recovery finishes an interrupted one from
+        its step."""
         obj = next((o for o in self.ledger.objects.of(row.id) if o.key == key), None)
-        if obj is not None and obj.state == "listed":
+        if obj is not None and obj.state in ("listed", "missing"):
             self.objects.copy_in(row, obj)
         if move_id is None:  # the item's own move removes it with the rest
             return
@@ -402,6 +436,8 @@ class Mover:
             self.journal.step(move_id, Step.UPSTREAM_REMOVED, "adopt")
             step = Step.UPSTREAM_REMOVED
         if step == Step.UPSTREAM_REMOVED:
+            if obj is not None and obj.state == "taken" and obj.sha256 and row.original:
+                remove_if_holds(row.mirror_root, key, obj.sha256)  # a copy of one the item holds already
             self.objects.remove_local(row, {key})
             self.journal.step(move_id, Step.LOCAL_REMOVED, "adopt")
         self.journal.step(move_id, Step.DONE, "adopt")

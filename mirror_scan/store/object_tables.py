@@ -26,17 +26,52 @@ class ObjectTables(Vocabulary):
         return bool(cursor.rowcount)
 
     def held(self, item_id: str, key: str, sha256: str, size: int) -> None:
-        """Its bytes are in the item, verified."""
+        """Its bytes are in the item, verified (still to leave the bucket and the mirror)."""
         self.begin()
         self.db.execute(
             "UPDATE item_objects SET sha256=?, size=?, state='held' WHERE item=? AND key=?",
             (sha256, size, item_id, key),
         )
+        self.ledger.history.mark_behind(item_id)
+
+    def taken(self, item_id: str, keys: list[str]) -> None:
+        """Out of the bucket and the mirror: the item holds the only copy."""
+        self.begin()
+        self.db.executemany("UPDATE item_objects SET state='taken' WHERE item=? AND key=? AND state='held'",
+                            [(item_id, key) for key in keys])  # fmt: skip
+        self.ledger.history.mark_behind(item_id)
+
+    def relist(self, item_id: str, key: str) -> None:
+        """To be copied again (its object holds other bytes than the item's copy)."""
+        self.begin()
+        self.db.execute("UPDATE item_objects SET state='listed' WHERE item=? AND key=? AND state='held'",
+                        (item_id, key))  # fmt: skip
 
     def missing(self, item_id: str, key: str) -> None:
         self.begin()
         self.db.execute("UPDATE item_objects SET state='missing' WHERE item=? AND key=? AND state='listed'",
                         (item_id, key))  # fmt: skip
+        self.ledger.history.mark_behind(item_id)
+
+    def set_pending(self, item_id: str, pending: bool) -> None:
+        """The item's upload could not be listed (or an object of it not copied) the last time: looked for
+        again (`UploadObjects.settle`)."""
+        self.begin()
+        self.db.execute("UPDATE quarantine SET objects_pending=? WHERE id=?", (int(pending), item_id))
+
+    def pending(self, item_id: str) -> bool:
+        row = self.db.execute("SELECT objects_pending FROM quarantine WHERE id=?", (item_id,)).fetchone()
+        return bool(row and row[0])
+
+    def unsettled(self) -> list[str]:
+        """Quarantined items with objects still to find, copy or remove."""
+        return [
+            i
+            for (i,) in self.db.execute(
+                "SELECT id FROM quarantine WHERE state='quarantined' AND (objects_pending=1 OR id IN "
+                "(SELECT item FROM item_objects WHERE state IN ('listed', 'held'))) ORDER BY id"
+            )
+        ]
 
     def forget(self, item_id: str) -> None:
         self.begin()

@@ -5,7 +5,6 @@ methods:
 
     journal.py    item locks, move steps, each item's meta.json (for people and for rebuilding)
     upload_objects.py  the upload's other objects (variants, motion still), moved with the original
-    upload_objects.py  the upload's other objects (variants, motion still), moved with the original
     lifecycle.py  the item's states: which event may happen when, and what it writes (the only writer)
     mover.py      into the quarantine: intent -> copied -> placed -> [upstream removed] -> local removed -> done
     restorer.py   back out: intent -> copied -> placed -> [upstream restored] -> done

@@ -56,9 +56,21 @@ class Recovery:
             except MirrorScanError as err:
                 notes.append(f"{move.item}: {err}")
         self._sweep_temp_files()
+        self._settle_objects()
         self._catch_up_metadata()
         self.ledger.commit()
         return [n for n in notes if n]
+
+    def _settle_objects(self) -> None:
+        """Quarantined items whose upload's other objects could not all be found, copied or removed at their
+        move (pict-rs's repo or the bucket did not answer): tried again (`UploadObjects.settle`)."""
+        for item_id in self.ledger.objects.unsettled():
+            try:
+                self.mover.settle(item_id)
+            except ItemBusy:
+                continue  # its owner is at it
+            except (MirrorScanError, OSError) as err:
+                log.warning("quarantine item %s: its upload's other objects wait: %s", item_id, err)
 
     def _catch_up_metadata(self) -> None:
         """meta.json of items a crash left behind the ledger (between a commit and the file's rewrite)."""
@@ -157,12 +169,12 @@ class Recovery:
     def _recover_reimport(self, move: MoveRow, row: ItemRow) -> str:
         """An upload again through pict-rs that was interrupted: finished when its aliases resolve again (the
         import went through), else rolled back (still quarantined; `--reimport` again)."""
-        source = self.restorer.objects.source
         aliases = self.ledger.objects.aliases_of(row.id)
-        back = None
-        if source is not None and aliases:
-            try:
-                back = source.served(None, aliases)
+        if self.restorer.objects.source is None or not aliases:
+            back = False
+        else:
+            try:  # back only under an alias that names this upload's hash (never another upload's)
+                back = any(self.restorer.alias_is_ours(row, alias) for alias in aliases)
             except MirrorScanError:
                 return ""  # pict-rs cannot answer now: the next recovery asks again
         if back:

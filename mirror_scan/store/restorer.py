@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 class UploadGone(QuarantineError):
     """pict-rs no longer records the item's upload: a restore would write orphans."""
 
+
 PENDING_HINT = (
     "nothing is lost: a running watch daemon retries it with backoff, and so does every mirror-scan command "
     "that writes state"
@@ -153,7 +154,7 @@ class Restorer:
             return None
         self.ledger.commit()  # never hold the ledger's write lock while pict-rs answers
         try:
-            served = source.served(key, self.ledger.objects.aliases_of(row.id), self.ledger.objects.hash_of(row.id))
+            served = source.served(key, self.ledger.objects.aliases_of(row.id))
         except MirrorScanError as err:
             log.warning("quarantine item %s: pict-rs could not be asked whether it still records the upload (%s); "
                         "restored without that check", row.id, str(err).splitlines()[0])  # fmt: skip
@@ -171,15 +172,45 @@ class Restorer:
         self._verify_bytes(row, item_dir)
         move_id = self._begin(row, None, "reimport", by)
         data = (item_dir / DATA).read_bytes()
-        try:
-            notes = [self.objects.source.reimport(alias, data) for alias in aliases]  # type: ignore[union-attr]
-        except MirrorScanError:
+        notes, refused = [], []
+        for alias in aliases:
+            try:
+                notes.append(self.objects.source.reimport(alias, data))  # type: ignore[union-attr]
+            except MirrorScanError as err:
+                if self._alias_known_ours(row, alias):  # taken by an earlier try of this restore
+                    notes.append(f"{alias} is back already")
+                else:
+                    refused.append(f"{alias} ({str(err).splitlines()[0]})")
+        if not notes:
             self.lifecycle.apply(row.id, ItemEvent.RESTORE_ROLLED_BACK, step=(move_id, Step.ROLLED_BACK, "restore"),
                                  note="pict-rs did not take the upload again")  # fmt: skip
-            raise
+            raise QuarantineError(f"item {row.id}: pict-rs took the upload under none of its aliases: "
+                                  f"{'; '.join(refused)}", hint="the item stays in quarantine")  # fmt: skip
         self.journal.step(move_id, Step.UPSTREAM_RESTORED, "restore")
-        self.lifecycle.apply(row.id, ItemEvent.RESTORED, by=by, step=(move_id, Step.DONE, "restore"))
+        missed = f"not under {', '.join(refused)}" if refused else None
+        if missed:  # an alias another upload holds now: that URL shows the other upload, never this one
+            log.warning("quarantine item %s: uploaded again, %s", row.id, missed)
+            notes.append(missed)
+        self.lifecycle.apply(row.id, ItemEvent.RESTORED, by=by, step=(move_id, Step.DONE, "restore"), note=missed)
         return ("; ".join(notes)).encode()
+
+    def _alias_known_ours(self, row: ItemRow, alias: str) -> bool:
+        try:
+            return self.alias_is_ours(row, alias)
+        except MirrorScanError:
+            return False
+
+    def alias_is_ours(self, row: ItemRow, alias: str) -> bool:
+        """The alias names the item's upload in pict-rs now: by its repo, the hash it names is the item's (the
+        same bytes hash the same); with only its API, the alias resolves. Raises when pict-rs cannot answer."""
+        source = self.objects.source
+        if source is None:
+            return False
+        recorded = self.ledger.objects.hash_of(row.id)
+        self.ledger.commit()  # never hold the ledger's write lock while pict-rs answers
+        if recorded is not None:
+            return source.alias_hash(alias) == recorded
+        return bool(source.served(None, [alias]))
 
     @staticmethod
     def _verify_bytes(row: ItemRow, item_dir: Path) -> None:
@@ -320,11 +351,12 @@ class Restorer:
         row = self.ledger.item(item_id)
         assert row is not None
         if step == Step.PLACED:
+            objects = self.objects.restorable(row)  # not one pict-rs forgot: it would be an orphan
             if local:
-                self.objects.place_local(row)
+                self.objects.place_local(row, objects)
             if upstream is not None and row.key:
                 upstream.restore(self.journal.item_dir(item_id) / DATA, row.key)
-                self.objects.restore_upstream(row, upstream)
+                self.objects.restore_upstream(row, upstream, objects)
                 self.journal.step(move_id, Step.UPSTREAM_RESTORED, "restore")
         self.lifecycle.apply(item_id, ItemEvent.RESTORED, by=by, step=(move_id, Step.DONE, "restore"))
 

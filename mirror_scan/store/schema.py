@@ -201,6 +201,7 @@ MIGRATIONS = {
         "pictrs_hash": "TEXT",
         "pictrs_aliases": "TEXT",  # JSON list: the names the upload had in pict-rs (its URLs in Lemmy)
         "meta_behind": "INTEGER NOT NULL DEFAULT 0",  # meta.json has not caught up with the ledger yet
+        "objects_pending": "INTEGER NOT NULL DEFAULT 0",  # the upload's objects are still to be found
     },
     "moves": {"method": "TEXT", "decided_by": "TEXT"},  # schema 9: who asked for a restore
     # schema 3: what the decode said about the bytes (row labels, notes such as "partial", caps hit)

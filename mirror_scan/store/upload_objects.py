@@ -28,11 +28,12 @@ from mirror_scan.store.items import (
 from mirror_scan.store.journal import Journal
 from mirror_scan.store.paths import MissingParent, Place, UnsafePath, reach, relative_to
 from mirror_scan.store.rows import ItemRow
-from mirror_scan.store.upstream import Upstream, Upstreams, UpstreamUnavailable
+from mirror_scan.store.upstream import Upstream, UpstreamError, Upstreams, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
 HELD_INDEX_TTL_S = 10.0  # how long the keys of held uploads are trusted before pict-rs's repo is asked again
+LOOK_AGAIN_S = 60.0  # an item whose upload's objects could not be listed or copied is tried again after this
 
 
 def pictrs_key(row: ItemRow) -> str | None:
@@ -52,20 +53,21 @@ class UploadObjects:
         self.upstreams = upstreams
         self.source = source
         self._held_index: tuple[float, dict[str, tuple[str, object]]] = (0.0, {})
+        self._asked: dict[str, float] = {}  # item -> when its upload's objects could last not be found
 
     # ------------------------------------------------------------------ finding them
 
-    def look_up(self, key: str | None) -> Upload | None:
-        """The upload of a key, from pict-rs's repo; None without a repo or when it cannot answer now (the
-        next attempt of the move asks again)."""
+    def look_up(self, key: str | None) -> tuple[Upload | None, bool]:
+        """(the upload of a key in pict-rs's repo, answered): answered is False when a repo is configured and
+        could not answer now (the item keeps looking: `settle`)."""
         if self.source is None or not key:
-            return None
+            return None, True
         self.ledger.commit()  # never hold the ledger's write lock while another database answers
         try:
-            return self.source.upload_of(key)
+            return self.source.upload_of(key), True
         except MirrorScanError as err:
             log.warning("pict-rs's repo cannot say which objects belong with %s now: %s", key, str(err).splitlines()[0])
-            return None
+            return None, False
 
     def record(self, row_id: str, upload: Upload | None, mirror_root: bytes, flagged: str | None) -> list[str]:
         """The upload's hash and companions on the item's record (state listed), in the caller's open
@@ -87,20 +89,35 @@ class UploadObjects:
         path = os.path.join(row.mirror_root, os.fsencode(key)) if row.original else b""
         self.ledger.objects.add(row.id, key, role, variant, path)
 
-    def gather(self, row: ItemRow, look: bool = True) -> list[ItemObject]:
+    def gather(self, row: ItemRow, look: bool = True) -> bool:
         """Every companion the repo knows now (look=False: those recorded already), recorded, and every listed
-        one copied into the item; the caller holds the item's lock. Returns the held ones."""
-        upload = self.look_up(pictrs_key(row)) if look else None
-        if upload is not None:
-            with self.ledger.transaction():
-                added = self.record(row.id, upload, row.mirror_root if row.original else b"", pictrs_key(row))
-            if added:
-                log.info("quarantine item %s: %d more object(s) of its upload found: %s", row.id, len(added),
-                         ", ".join(added))  # fmt: skip
+        one copied into the item; the caller holds the item's lock. True when the item holds all of the
+        upload pict-rs records (each held, or missing from the bucket and the mirror); False when the repo
+        or the bucket could not answer now: the item is marked to keep looking (`settle`), and what it holds
+        already leaves meanwhile (the flagged original never waits for its thumbnails)."""
+        complete = True
+        if look:
+            upload, complete = self.look_up(pictrs_key(row))
+            if upload is not None:
+                with self.ledger.transaction():
+                    added = self.record(row.id, upload, row.mirror_root if row.original else b"", pictrs_key(row))
+                if added:
+                    log.info("quarantine item %s: %d more object(s) of its upload found: %s", row.id, len(added),
+                             ", ".join(added))  # fmt: skip
         for obj in self.ledger.objects.of(row.id):
-            if obj.state == "listed":
+            if obj.state != "listed":
+                continue
+            try:
                 self.copy_in(row, obj)
-        return [obj for obj in self.ledger.objects.of(row.id) if obj.state == "held"]
+            except (MirrorScanError, OSError) as err:
+                log.warning("quarantine item %s: %s not copied in yet: %s", row.id, obj.key, str(err).splitlines()[0])
+                complete = False
+        if look or not complete:
+            with self.ledger.transaction():
+                self.ledger.objects.set_pending(row.id, not complete)
+        if not complete:
+            self._asked[row.id] = time.monotonic()
+        return complete
 
     # ------------------------------------------------------------------ into the item
 
@@ -108,9 +125,10 @@ class UploadObjects:
         return self.journal.item_dir(item_id) / COMPANIONS / sha256
 
     def copy_in(self, row: ItemRow, obj: ItemObject, source_fd: int | None = None) -> bool:
-        """Copy a companion's bytes into the item (from `source_fd`, else its mirror copy, else the bucket),
-        fsynced, re-read and verified, then recorded as held. False (recorded as missing) when no copy of it
-        exists anywhere."""
+        """Copy a companion's bytes into the item, fsynced, re-read and verified, then recorded as held: from
+        `source_fd` (a file seen arriving), else from the bucket when the item has one (what pict-rs serves:
+        a stale mirror copy is never what is kept), else from its mirror copy. False (recorded as missing)
+        when no copy of it exists anywhere."""
         folder = self.journal.item_dir(row.id) / COMPANIONS
         folder.mkdir(mode=0o700, exist_ok=True)
         for stray in folder.glob(".*.tmp"):  # a copy a dead process began (the caller holds the item's lock)
@@ -142,21 +160,22 @@ class UploadObjects:
     def _write_from(self, row: ItemRow, obj: ItemObject, tmp: Path, source_fd: int | None) -> tuple[str, int] | None:
         """The companion's bytes written to `tmp`: (sha256, size) of what was written, or None when no copy
         of it is anywhere."""
-        if source_fd is None and obj.path:
-            source_fd = self._open_mirror_copy(row.mirror_root, obj.key)
-            if source_fd is not None:
-                try:
-                    return _copy(source_fd, tmp)
-                finally:
-                    os.close(source_fd)
-        elif source_fd is not None:
+        if source_fd is not None:
             return _copy(source_fd, tmp)
         upstream = self._upstream(row)
-        data = upstream.read_if_there(obj.key) if upstream is not None else None
-        if data is None:
+        if upstream is not None:
+            data = upstream.read_if_there(obj.key)
+            if data is not None:
+                write_private(tmp, data)
+                return hashlib.sha256(data).hexdigest(), len(data)
+            return None  # not in the bucket: a mirror copy of it would be one pict-rs no longer serves
+        fd = self._open_mirror_copy(row.mirror_root, obj.key) if obj.path else None
+        if fd is None:
             return None
-        write_private(tmp, data)
-        return hashlib.sha256(data).hexdigest(), len(data)
+        try:
+            return _copy(fd, tmp)
+        finally:
+            os.close(fd)
 
     def _open_mirror_copy(self, root: bytes, key: str) -> int | None:
         """A descriptor on the mirror's regular file at root/key (reached without following links), or None."""
@@ -170,6 +189,28 @@ class UploadObjects:
             return None
 
     # ------------------------------------------------------------------ out of the bucket and the mirror
+
+    def recheck(self, row: ItemRow) -> None:
+        """Before any object of the upload leaves the bucket: a held companion whose object holds other bytes
+        now (pict-rs wrote it again since it was copied) is copied again, so what leaves the bucket is what
+        the item keeps; the removal itself checks the bytes once more."""
+        upstream = self._upstream(row)
+        if upstream is None:
+            return
+        for obj in self.ledger.objects.of(row.id):
+            if obj.state != "held":
+                continue
+            try:
+                data = self.data_path(row.id, obj.sha256)  # type: ignore[arg-type]
+                if upstream.holds(obj.key, obj.sha256, md5_file(data)) is not False:  # type: ignore[arg-type]
+                    continue
+                log.warning("quarantine item %s: %s holds other bytes than its copy in the item; copied again",
+                            row.id, obj.key)  # fmt: skip
+                with self.ledger.transaction():
+                    self.ledger.objects.relist(row.id, obj.key)
+                self.copy_in(row, obj)
+            except (MirrorScanError, OSError) as err:
+                log.warning("quarantine item %s: %s not checked now: %s", row.id, obj.key, str(err).splitlines()[0])
 
     def remove_upstream(self, row: ItemRow, evidence, keys: set[str] | None = None) -> bool:
         """Every held companion's object (or those of `keys`) removed upstream, each checked to hold the held
@@ -192,42 +233,86 @@ class UploadObjects:
         return True
 
     def remove_local(self, row: ItemRow, keys: set[str] | None = None) -> None:
-        """Each held companion's mirror copy (or those of `keys`) removed, if it still holds the held bytes."""
+        """Each held companion's mirror copy (or those of `keys`) removed, if it still holds the held bytes;
+        then they count as taken (out of the bucket and the mirror)."""
+        taken = []
         for obj in self.ledger.objects.of(row.id):
-            if obj.state == "held" and obj.path and (keys is None or obj.key in keys):
-                remove_if_holds(row.mirror_root, obj.key, obj.sha256)  # type: ignore[arg-type]
+            if obj.state == "held" and (keys is None or obj.key in keys):
+                if obj.path:
+                    remove_if_holds(row.mirror_root, obj.key, obj.sha256)  # type: ignore[arg-type]
+                taken.append(obj.key)
+        if taken:
+            with self.ledger.transaction():
+                self.ledger.objects.taken(row.id, taken)
+
+    def settle(self, row: ItemRow, evidence) -> bool:
+        """For an item done with its own move (quarantined): what pict-rs's repo could not list, or the bucket
+        could not give, at the time is looked for again (at most every LOOK_AGAIN_S), copied in and removed;
+        a companion held but not yet taken leaves. The caller holds the item's lock. True when settled."""
+        pending = self.ledger.objects.pending(row.id)
+        if pending and time.monotonic() - self._asked.get(row.id, 0.0) < LOOK_AGAIN_S:
+            return False
+        complete = self.gather(row, look=pending)
+        self.recheck(row)
+        if self.remove_upstream(row, evidence):
+            self.remove_local(row)
+        return complete and not any(o.state in ("listed", "held") for o in self.ledger.objects.of(row.id))
 
     # ------------------------------------------------------------------ back
 
-    def place_local(self, row: ItemRow) -> None:
-        """Each held companion back at its mirror path (a temp beside it, verified, hard-linked: never over
-        another file); idempotent, so a restore's recovery simply runs it again."""
+    def restorable(self, row: ItemRow) -> list[ItemObject]:
+        """The companions a restore puts back: those the item holds that pict-rs still records (asked where
+        it can be; one it forgot, a variant its retention cleaned, would be an orphan no record names)."""
+        held = [o for o in self.ledger.objects.of(row.id) if o.state in ("held", "taken")]
+        if not held or self.source is None:
+            return held
+        self.ledger.commit()
+        try:
+            recorded = self.source.recorded([o.key for o in held])
+        except MirrorScanError as err:
+            log.warning("quarantine item %s: pict-rs could not say which of its objects it still records (%s); "
+                        "all are put back", row.id, str(err).splitlines()[0])  # fmt: skip
+            return held
+        if recorded is None:
+            return held
+        for obj in held:
+            if obj.key not in recorded:
+                log.info("quarantine item %s: %s is not put back: pict-rs no longer records it", row.id, obj.key)
+        return [o for o in held if o.key in recorded]
+
+    def place_local(self, row: ItemRow, objects: list[ItemObject]) -> None:
+        """Each of these back at its mirror path (a temp beside it, verified, hard-linked: never over another
+        file); idempotent, so a restore's recovery simply runs it again."""
         if not row.original:
             return
-        for obj in self.ledger.objects.of(row.id):
-            if obj.state != "held":
-                continue
+        for obj in objects:
             try:
                 with self._place(row.mirror_root, obj.key, create_parents=True) as place:
                     _place_verified(self.data_path(row.id, obj.sha256), place, obj.sha256)  # type: ignore[arg-type]
             except UnsafePath as err:
                 log.warning("quarantine item %s: %s not put back in the mirror: %s", row.id, obj.key, err)
 
-    def restore_upstream(self, row: ItemRow, upstream: Upstream) -> None:
-        for obj in self.ledger.objects.of(row.id):
-            if obj.state == "held":
+    def restore_upstream(self, row: ItemRow, upstream: Upstream, objects: list[ItemObject]) -> None:
+        """Each of these back in the bucket, unless it is there already; one whose key holds other bytes now
+        (pict-rs made that variant again) is left as it is, and said."""
+        for obj in objects:
+            try:
                 upstream.restore(self.data_path(row.id, obj.sha256), obj.key)  # type: ignore[arg-type]
+            except UpstreamError as err:
+                if err.kind != "mismatch":
+                    raise
+                log.warning("quarantine item %s: %s not put back: %s", row.id, obj.key, str(err).splitlines()[0])
 
     # ------------------------------------------------------------------ seen arriving
 
-    def held_companion(self, key: str) -> tuple[str, str, str | None] | None:
-        """(item, role, variant) when `key` is an object of an upload held in quarantine: recorded with an
-        item, or known to pict-rs's repo as a variant or still of a held item's hash (asked again at most
-        every HELD_INDEX_TTL_S, and once more for a key it does not know)."""
+    def held_companion(self, key: str) -> tuple[str, ItemObject | None, str, str | None] | None:
+        """(item, its record of the object or None, role, variant) when `key` is an object of an upload held
+        in quarantine: recorded with an item, or known to pict-rs's repo as an object of a held item's hash
+        (asked again at most every HELD_INDEX_TTL_S, and once more for a key it does not know)."""
         item = self.ledger.objects.item_holding(key)
         if item is not None:
             found = next((o for o in self.ledger.objects.of(item) if o.key == key), None)
-            return (item, found.role, found.variant) if found else None
+            return (item, found, found.role, found.variant) if found else None
         if self.source is None:
             return None
         made, index = self._held_index
@@ -238,7 +323,7 @@ class UploadObjects:
                 self.ledger.commit()  # never hold the ledger's write lock while another database answers
                 try:
                     for upload in self.source.uploads_of(list(held)):
-                        for companion in upload.companions:
+                        for companion in (Companion(upload.identifier, "original"), *upload.companions):
                             index[companion.key] = (held[upload.hash], companion)
                 except MirrorScanError as err:
                     log.warning("pict-rs's repo cannot list the held uploads' objects now: %s", err)
@@ -247,7 +332,7 @@ class UploadObjects:
         if hit is None:
             return None
         item_id, companion = hit
-        return item_id, companion.role, companion.variant  # type: ignore[attr-defined]
+        return item_id, None, companion.role, companion.variant  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ helpers
 

@@ -15,6 +15,7 @@ item waits as upstream pending, loudly. The first call of each process also chec
 from __future__ import annotations
 
 import functools
+import hashlib
 import logging
 import threading
 import time
@@ -24,7 +25,7 @@ from pathlib import Path
 
 from mirror_scan.clients.rclone import UpstreamError
 from mirror_scan.errors import MirrorScanError
-from mirror_scan.hashing import sha256_bytes, sha256_file
+from mirror_scan.hashing import md5_file, sha256_bytes, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +79,32 @@ class Upstream:
     restore_object: Callable[[Path, str], None]  # local file, key
     check_bucket: Callable[[], None] | None = None  # raises if the bucket is not there
     read_object: Callable[[str], bytes] | None = None  # key -> bytes (quarantining an object with no mirror copy)
+    holds_object: Callable[[str, str, str], bool | None] | None = None  # key, sha256, md5 -> same / other / none
     breaker: Breaker = field(default_factory=Breaker)
     _bucket_ok: bool = False
 
     @classmethod
     def rclone(cls, remote: str, rclone) -> Upstream:
+        def same(found: dict, key: str, sha256: str, md5: str) -> bool:
+            """The object rclone stat'ed holds these bytes: its MD5, else its bytes read back (multipart
+            uploads have no MD5)."""
+            stored_md5 = found.get("Hashes", {}).get("md5")
+            if stored_md5:
+                return stored_md5 == md5
+            return sha256_bytes(rclone.read_object(remote, key)) == sha256
+
+        def holds(key: str, sha256: str, md5: str) -> bool | None:
+            """True: the object holds these bytes; False: other bytes; None: no such object."""
+            found = rclone.stat_object(remote, key)
+            return None if found is None else same(found, key, sha256, md5)
+
         def restore(local: Path, key: str) -> None:
+            there = holds(key, sha256_file(local), md5_file(local))
+            if there is False:  # never over another object: pict-rs may serve it now
+                raise UpstreamError(f"{remote}/{key} holds other bytes now: not overwritten", kind="mismatch",
+                                    hint="look at what is there; the item waits (`quarantine show`)")  # fmt: skip
+            if there:
+                return  # already back (a restore finished by recovery)
             rclone.put_object(remote, local, key)
             if sha256_bytes(rclone.read_object(remote, key)) != sha256_file(local):
                 raise MirrorScanError(f"upstream copy of {key} did not verify after the upload")
@@ -102,10 +123,7 @@ class Upstream:
                     kind="unproven",
                     hint="check --remote (`mirror-scan mirror remote MIRROR`); the item waits as upstream pending",
                 )
-            same = found.get("Hashes", {}).get("md5") == md5 if found.get("Hashes", {}).get("md5") else None
-            if same is None:  # no MD5 there (multipart uploads): compare the bytes themselves
-                same = sha256_bytes(rclone.read_object(remote, key)) == sha256
-            if not same:
+            if not same(found, key, sha256, md5):
                 raise UpstreamError(
                     f"{remote}/{key} holds other bytes than the quarantined ones: not removed (wrong bucket, or "
                     "replaced since)",
@@ -123,6 +141,7 @@ class Upstream:
             restore_object=restore,
             check_bucket=lambda: rclone.check_bucket(remote),
             read_object=lambda key: rclone.read_object(remote, key),
+            holds_object=holds,
         )
 
     @classmethod
@@ -155,13 +174,26 @@ class Upstream:
                 raise UpstreamError(f"{remote}/{key!r} is still there after its deletion", kind="other")
             return "deleted upstream (its bytes checked first)"
 
+        def holds(key: str, sha256: str, md5: str) -> bool | None:
+            found = bucket.head(key)
+            if found is None:
+                return None
+            etag = found["etag"]
+            return etag == md5 if len(etag) == 32 else sha256_bytes(read(key)) == sha256
+
         def restore(local: Path, key: str) -> None:
             data = local.read_bytes()
+            there = holds(key, sha256_bytes(data), hashlib.md5(data).hexdigest())  # noqa: S324 - S3's ETag
+            if there is False:  # never over another object: pict-rs may serve it now
+                raise UpstreamError(f"{remote}/{key!r} holds other bytes now: not overwritten", kind="mismatch")
+            if there:
+                return
             bucket.put(key, data)
             if sha256_bytes(read(key)) != sha256_bytes(data):
                 raise MirrorScanError(f"upstream copy of {key!r} did not verify after the upload")
 
-        return cls(remote=remote, remove_object=remove, restore_object=restore, check_bucket=None, read_object=read)
+        return cls(remote=remote, remove_object=remove, restore_object=restore, check_bucket=None, read_object=read,
+                   holds_object=holds)  # fmt: skip
 
     def _call(self, what: str, fn: Callable, *args):
         if not self.breaker.allow():
@@ -174,6 +206,9 @@ class Upstream:
                 self._bucket_ok = True
             result = fn(*args)
         except MirrorScanError as err:
+            if isinstance(err, UpstreamError) and err.kind == "mismatch":  # an answer: other bytes are there
+                self.breaker.success()
+                raise
             self.breaker.failure(str(err).splitlines()[0])
             log.warning("%s on %s failed (retried after %s s): %s", what, self.remote, self.backoff_s, err)
             raise
@@ -196,6 +231,13 @@ class Upstream:
         if self.read_object is None:
             raise MirrorScanError(f"objects cannot be read from {self.remote} here")
         return self._call("read", self.read_object, key)
+
+    def holds(self, key: str, sha256: str, md5: str) -> bool | None:
+        """Whether the object at `key` holds these bytes (None: there is no such object); before any removal
+        of an upload, every object of it is checked, so none leaves unless all can."""
+        if self.holds_object is None:
+            raise MirrorScanError(f"objects cannot be checked in {self.remote} here")
+        return self._call("check", self.holds_object, key, sha256, md5)
 
     def read_if_there(self, key: str) -> bytes | None:
         """The object's bytes, or None when the bucket has no such object (an answer, not a failure: the
