@@ -192,18 +192,24 @@ def test_a_variant_seen_in_the_mirror_after_the_quarantine_is_taken_never_scored
     assert any(f"took its thumbnail/64/webp {thumb}" in h["state"] for h in history), history
 
 
+def _forget(instance: Instance, how: str) -> None:
+    """pict-rs forgets the upload: `/internal/purge` of its alias, or `/internal/prune_missing` (its original
+    is missing from the store), then its cleanup worker runs."""
+    import urllib.request
+
+    query = f"?alias={instance.alias}" if how == "purge" else "?force=true"
+    request = urllib.request.Request(f"{instance.pictrs.url}/internal/{how}{query}", data=b"",
+                                     headers={"X-Api-Token": API_KEY})  # fmt: skip
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
+        assert answer.status == 200
+    instance.pictrs.run_jobs()  # pict-rs's cleanup worker: the records of the upload are gone
+
+
 @pytest.mark.parametrize("forget", ["purge", "prune_missing"])
 def test_a_restore_of_an_upload_pictrs_forgot_writes_no_orphan(instance, forget):
     assert instance.scan().returncode == 1
     item = instance.item()
-    headers = {"X-Api-Token": API_KEY}
-    import urllib.request
-
-    query = f"?alias={instance.alias}" if forget == "purge" else "?force=true"
-    request = urllib.request.Request(f"{instance.pictrs.url}/internal/{forget}{query}", data=b"", headers=headers)
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
-        assert answer.status == 200
-    instance.pictrs.run_jobs()  # pict-rs's cleanup worker: the records of the upload are gone
+    _forget(instance, forget)
 
     proc = instance.cli("quarantine", "restore", item["id"])
     assert proc.returncode == 2, proc.stderr
@@ -414,15 +420,9 @@ def test_a_restore_refuses_an_upload_whose_thumbnail_a_hash_list_flags(instance,
 def test_a_restore_writes_no_orphan_when_the_same_bytes_were_uploaded_again(instance):
     """Purged, then the same picture uploaded again (pict-rs stores it under new keys): the old keys are
     named by no record, so a restore writes nothing there."""
-    import urllib.request
-
     assert instance.scan().returncode == 1
     item = instance.item()
-    request = urllib.request.Request(f"{instance.pictrs.url}/internal/purge?alias={instance.alias}", data=b"",
-                                     headers={"X-Api-Token": API_KEY})  # fmt: skip
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
-        assert answer.status == 200
-    instance.pictrs.run_jobs()
+    _forget(instance, "purge")
     instance.pictrs.add_upload(instance.original, "png")
     instance.cli("quarantine", "restore", item["id"])
     named = {k for (k,) in instance.pictrs.repo("SELECT identifier FROM hashes UNION SELECT identifier FROM variants")}
@@ -433,15 +433,9 @@ def test_a_reimport_never_claims_an_alias_another_upload_took(instance):
     """Purged, and the alias taken by another upload since: `--reimport` refuses (nothing went back), and a
     reimport killed before pict-rs answered is rolled back by recovery, not called restored because the
     alias resolves (to the other upload)."""
-    import urllib.request
-
     assert instance.scan().returncode == 1
     item = instance.item()
-    request = urllib.request.Request(f"{instance.pictrs.url}/internal/purge?alias={instance.alias}", data=b"",
-                                     headers={"X-Api-Token": API_KEY})  # fmt: skip
-    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310 - loopback
-        assert answer.status == 200
-    instance.pictrs.run_jobs()
+    _forget(instance, "purge")
     instance.pictrs.add_upload(image_bytes("PNG", 74, size=(50, 50)), "png", alias=instance.alias)
     proc = instance.cli("quarantine", "restore", item["id"], "--reimport")
     assert proc.returncode != 0 and "under none of its aliases" in proc.stderr, proc.stderr

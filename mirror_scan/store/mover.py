@@ -128,10 +128,7 @@ class Mover:
             raise QuarantineError(
                 f"{display_path(source)} changed since it was scanned; not quarantined", hint="scan it again"
             )
-        self.journal.step(move_id, Step.COPIED, "quarantine")
-        self.objects.gather(self.ledger.item(item_id), look=False)  # type: ignore[arg-type]
-        checkpoint("quarantine:companions")
-
+        self._copied(item_id, move_id)
         meta = item_meta(
             item_id,
             sha256,
@@ -186,9 +183,7 @@ class Mover:
             raise QuarantineError(f"{remote}/{key} changed since it was scanned; not quarantined", hint="scan it again")
         with self.ledger.transaction():
             self.ledger.set_item_size(item_id, len(data))
-        self.journal.step(move_id, Step.COPIED, "quarantine")
-        self.objects.gather(self.ledger.item(item_id), look=False)  # type: ignore[arg-type]
-        checkpoint("quarantine:companions")
+        self._copied(item_id, move_id)
         meta = item_meta(
             item_id,
             sha256,
@@ -228,6 +223,13 @@ class Mover:
         self.ledger.commit()
         checkpoint("quarantine:intent")
         return move_id
+
+    def _copied(self, item_id: str, move_id: int) -> None:
+        """The original's bytes verified in the item: 'copied', then the companions recorded at the intent
+        copied in too (a kill before 'placed' rolls all of it back)."""
+        self.journal.step(move_id, Step.COPIED, "quarantine")
+        self.objects.gather(self.ledger.item(item_id), look=False)  # type: ignore[arg-type]
+        checkpoint("quarantine:companions")
 
     def _place(self, item_id: str, move_id: int, meta: dict[str, Any]) -> Moved:
         """Verified bytes (the temp file) become the item: metadata, rename, fsync, 'placed'; then finish."""
