@@ -1,6 +1,9 @@
 """Redaction: secrets never reach a log line, a report or an error message. The one place that knows
-what a secret looks like: environment variables that hold one (their values are replaced wherever they
-appear), key=value pairs in connection strings, passwords in URLs, and the validator's URL token."""
+what a secret looks like: environment variables that hold one and every secret the process read from a
+file or its settings (`remember`; their values are replaced wherever they appear), key=value pairs in
+connection strings, passwords in URLs, and the validator's URL token. The console and the log formatters
+replace the known values in everything they write, so a peer that echoes a token in its error (an HMA
+proxy, a webhook) never gets it printed, whichever message carries it."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from collections.abc import Iterable
 SECRET_ENV = re.compile(
     r"^(RCLONE_CONFIG_\w+_(SECRET_ACCESS_KEY|ACCESS_KEY_ID|PASS|PASSWORD|TOKEN|SESSION_TOKEN|"
     r"KEY|CLIENT_SECRET|SAS_URL)|MIRROR_SCAN_(PICTRS_API_KEY|PICTRS_DATABASE_PASSWORD|LEMMY_DATABASE_PASSWORD|"
-    r"LEMMY_PASSWORD|NOTIFY_WEBHOOK)|PGPASSWORD|AWS_SECRET_ACCESS_KEY|"
+    r"LEMMY_PASSWORD|NOTIFY_WEBHOOK|HMA_TOKEN)|PGPASSWORD|AWS_SECRET_ACCESS_KEY|"
     r"AWS_ACCESS_KEY_ID|AWS_SESSION_TOKEN)$"
 )
 # key=value pairs inside connection strings (:s3,secret_access_key=...:bucket) and URLs with passwords
@@ -22,16 +25,31 @@ SECRET_PARAM = re.compile(
 )
 
 
+_REMEMBERED: set[str] = set()  # secrets this process read (files, settings): scrubbed from all it writes
+
+
+def remember(*secrets: str | None) -> None:
+    """Secrets read from a file or the settings: every output replaces them from now on."""
+    _REMEMBERED.update(s for s in secrets if s and len(s) >= 4)
+
+
 def secret_values(env: dict[str, str] | None = None) -> list[str]:
     env = os.environ if env is None else env
-    return sorted({v for k, v in env.items() if SECRET_ENV.match(k) and len(v) >= 4}, key=len, reverse=True)
+    found = {v for k, v in env.items() if SECRET_ENV.match(k) and len(v) >= 4} | _REMEMBERED
+    return sorted(found, key=len, reverse=True)
+
+
+def scrub_known(text: str, extra: Iterable[str] = ()) -> str:
+    """Replace every known secret value with *** (nothing else: safe on any text a person reads)."""
+    for secret in [*secret_values(), *(s for s in extra if s and len(s) >= 4)]:
+        if secret in text:
+            text = text.replace(secret, "***")
+    return text
 
 
 def scrub(text: str, extra: Iterable[str] = ()) -> str:
     """Replace every known secret value, and secret-looking key=value pairs, with ***."""
-    for secret in [*secret_values(), *(s for s in extra if s and len(s) >= 4)]:
-        text = text.replace(secret, "***")
-    return SECRET_PARAM.sub(lambda m: m.group(1) + "***", text)
+    return SECRET_PARAM.sub(lambda m: m.group(1) + "***", scrub_known(text, extra))
 
 
 def redact_url(url: str | None) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import platformdirs
 
 from mirror_scan.errors import UsageError
-from mirror_scan.redact import redact_url, scrub
+from mirror_scan.redact import redact_url, remember, scrub
 
 APP = "mirror-scan"
 
@@ -385,6 +385,7 @@ def resolve(flags: dict[str, Any] | None = None, config: Path | None = None) -> 
         if isinstance(values[name], Path):
             values[name] = values[name].expanduser()
         sources[name] = source
+    remember(*(values[name] for name in SECRET_SETTINGS))  # never printed, whichever message carries one
     return Settings(**values, sources=sources)
 
 

@@ -142,7 +142,11 @@ def test_the_upload_leaves_whole_and_comes_back_whole(instance):
         assert after[name] == before[name], name
     assert after["new"][0] == 200  # made from the original that is back
     allowed = {a["sha256"] for a in json.loads(instance.cli("allowlist", "list", "--json").stdout)}
-    assert {sha(d) for d in instance.objects.values()} <= allowed  # the thumbnails are never flagged again
+    assert sha(instance.original) in allowed  # never flagged again; its thumbnails: those the scanner scored
+    assert {sha(d) for d in instance.objects.values()} & allowed <= {sha(d) for d in instance.objects.values()
+                                                                     if _scored(instance, d)}  # fmt: skip
+    assert json.loads(instance.scan("--json").stdout)["flagged"] == 0
+    assert all(_scored(instance, d) for d in instance.objects.values())
 
 
 def test_a_variant_made_while_the_removal_waits_leaves_with_the_upload(instance):
@@ -340,7 +344,7 @@ def test_a_restore_never_writes_over_other_bytes_upstream(instance, tmp_path, wh
     assert instance.scan().returncode == 1
     item = instance.item()
     key = _variant_key(instance, "thumbnail/64/webp") if which == "thumbnail" else instance.keys[0]
-    other = f"other bytes at the {which}'s key".encode() * 20
+    other = image_bytes("WEBP" if which == "thumbnail" else "PNG", 80, size=(64, 48))  # what pict-rs serves now
     instance.s3.put(key, other, tmp_path)
     proc = instance.cli("quarantine", "restore", item["id"])
     assert "holds other bytes" in proc.stderr, proc.stderr
@@ -349,7 +353,13 @@ def test_a_restore_never_writes_over_other_bytes_upstream(instance, tmp_path, wh
         assert proc.returncode == 0 and "not put back" in proc.stderr
         assert instance.s3.get(instance.keys[0]) == instance.original
     else:
-        assert proc.returncode != 0 and instance.item()["state"] != "restored"
+        assert proc.returncode != 0 and instance.item()["state"] == "quarantined"  # undone, not pending for ever
+    # No copy of the item's is left at that key in the mirror, hiding the bucket's bytes from pulls: the next
+    # pull brings what pict-rs serves there, and the scan scores it.
+    assert not (instance.mirror / key).exists()
+    assert instance.cli("mirror", "pull", "--remote", instance.s3.remote, "--to", str(instance.mirror)).returncode == 0
+    assert instance.scan().returncode in (0, 1)
+    assert _scored(instance, other)
 
 
 def test_objects_the_repo_could_not_list_at_the_quarantine_leave_later(instance):
@@ -445,3 +455,163 @@ def test_a_reimport_never_claims_an_alias_another_upload_took(instance):
     assert killed.returncode == -9
     assert instance.cli("state", "recover").returncode == 0
     assert instance.item()["state"] == "quarantined"
+
+
+# ---------------------------------------------------------------------- the second attack on issue 39, mended
+
+
+def _scored(instance: Instance, data: bytes) -> bool:
+    with sqlite3.connect(instance.state) as db:
+        found = db.execute("SELECT count(*) FROM files WHERE sha256 = ? AND status IN ('scored', 'reused')",
+                           (sha(data),)).fetchone()[0]  # fmt: skip
+    return bool(found)
+
+
+def _orphans(instance: Instance) -> list[str]:
+    """Objects in the bucket that no pict-rs record names (never served, never cleaned)."""
+    named = {k for (k,) in instance.pictrs.repo(
+        "SELECT identifier FROM hashes UNION SELECT motion_identifier FROM hashes WHERE motion_identifier IS NOT "
+        "NULL UNION SELECT identifier FROM variants")}  # fmt: skip
+    bucket = instance.tmp / "s3" / BUCKET
+    return [str(p.relative_to(bucket)) for p in bucket.rglob("*") if p.is_file() and str(p.relative_to(bucket))
+            not in named]  # fmt: skip
+
+
+def test_other_bytes_at_the_key_of_a_taken_thumbnail_are_pulled_and_scored(instance, tmp_path):
+    """After the quarantine, other bytes stored at a thumbnail's key are what pict-rs serves for its URL:
+    pulls no longer leave out the keys of what left the bucket, so they are pulled and scored."""
+    assert instance.scan().returncode == 1
+    thumb = _variant_key(instance, "thumbnail/64/webp")
+    other = image_bytes("WEBP", 81, size=(64, 48))
+    instance.s3.put(thumb, other, tmp_path)
+    status, body = http_get(f"{instance.pictrs.url}/image/process.webp?src={instance.alias}&thumbnail=64")
+    assert status == 200 and body == other  # displayed
+    pulled = instance.cli("mirror", "pull", "--remote", instance.s3.remote, "--to", str(instance.mirror), "--json")
+    assert json.loads(pulled.stdout)["arrived"] == [thumb]
+    summary = json.loads(instance.scan("--json").stdout)
+    assert summary["taken_into_items"] == 0 and _scored(instance, other), summary
+
+
+def test_a_restore_finished_by_recovery_after_pictrs_forgot_the_upload_is_undone(instance):
+    """Killed at 'placed'; pict-rs purges the upload before recovery: recovery asks again, writes nothing
+    into the bucket (no orphan), takes back what the restore put in the mirror, and the item stays."""
+    assert instance.scan().returncode == 1
+    item = instance.item()
+    proc = instance.cli("quarantine", "restore", item["id"], env={"MIRROR_SCAN_KILL_AT": "restore:placed"})
+    assert proc.returncode == -9
+    _forget(instance, "purge")
+    recovered = instance.cli("state", "recover")
+    assert recovered.returncode == 0 and "pict-rs no longer records the upload" in recovered.stdout
+    assert _orphans(instance) == [] and instance.item()["state"] == "quarantined"
+    assert not [p for p in instance.mirror.rglob("*") if p.is_file()]
+
+
+@pytest.mark.parametrize("flapping", ["served", "recorded"])
+def test_a_restore_while_pictrs_cannot_answer_waits_for_it(instance, monkeypatch, flapping):
+    """pict-rs's repo cannot answer (a flap): a restore is refused rather than guess, a `--reimport` too,
+    with nothing written (no orphan of a variant it cleaned meanwhile) and the item kept."""
+    from mirror_scan.errors import MirrorScanError
+    from mirror_scan.moderation.uploads import PictrsUploads
+
+    assert instance.scan().returncode == 1
+    item = instance.item()
+    instance.pictrs.repo("DELETE FROM variants WHERE variant = %s", ("resize/100/png",))  # cleaned while held
+
+    def flap(self, *args):
+        raise MirrorScanError("connection refused (the repo flapped)")
+
+    monkeypatch.setattr(PictrsUploads, flapping, flap)
+    for args in ((), ("--reimport",)) if flapping == "served" else ((),):
+        proc = instance.cli("quarantine", "restore", item["id"], *args)
+        assert proc.returncode != 0 and "pict-rs cannot say now" in proc.stderr, proc.stderr
+        assert instance.item()["state"] == "quarantined" and _orphans(instance) == []
+    monkeypatch.undo()
+    assert instance.cli("quarantine", "restore", item["id"]).returncode == 0
+    assert _orphans(instance) == []  # the cleaned resize stays out
+
+
+def test_a_reimport_of_a_thumbnail_flagged_item_puts_back_the_original(instance, tmp_path):
+    """A thumbnail flagged (the upload's original a companion of its item), the upload purged: `--reimport`
+    uploads the original under the upload's alias, never the thumbnail."""
+    lists = ("--state", str(instance.state), "--config", str(instance.config))
+    assert run_cli("hashlist", "remove", "known", *lists).returncode == 0
+    thumb = _variant_key(instance, "thumbnail/64/webp")
+    listed = tmp_path / "thumbs.csv"
+    listed.write_text(f"type,hash\nsha256,{sha(instance.objects[thumb])}\n")
+    assert instance.cli("hashlist", "import", str(listed), "--name", "thumbs").returncode == 0
+    assert instance.scan().returncode == 1
+    item = instance.item()
+    assert item["sha256"] == sha(instance.objects[thumb])
+    _forget(instance, "purge")
+    assert run_cli("hashlist", "remove", "thumbs", *lists).returncode == 0  # the list was wrong there
+    proc = instance.cli("quarantine", "restore", item["id"], "--reimport")
+    assert proc.returncode == 0, proc.stderr
+    status, body = http_get(f"{instance.pictrs.url}/image/original/{instance.alias}")
+    assert status == 200 and body == instance.original
+
+
+def test_a_reimport_that_pictrs_could_not_take_under_every_alias_waits_then_finishes(instance, monkeypatch):
+    """Two aliases; pict-rs fails for the second (a restart), or the process is killed after the first:
+    the restore is not called done with a URL left broken; recovery imports the rest, then finishes."""
+    from mirror_scan.errors import MirrorScanError
+    from mirror_scan.moderation.uploads import PictrsUploads
+
+    second = instance.pictrs.add_upload(instance.original, "png")  # the same bytes: a second alias of the hash
+    assert instance.scan().returncode == 1
+    item = instance.item()
+    _forget(instance, "purge")
+    real = PictrsUploads.reimport
+
+    def restarting(self, alias, data):
+        if alias == second:
+            raise MirrorScanError("pict-rs answered 503 (restarting)")
+        return real(self, alias, data)
+
+    monkeypatch.setattr(PictrsUploads, "reimport", restarting)
+    proc = instance.cli("quarantine", "restore", item["id"], "--reimport")
+    monkeypatch.undo()
+    assert proc.returncode != 0 and "could not take the rest now" in proc.stderr, proc.stderr
+    assert instance.item()["state"] == "restoring"
+    assert instance.cli("state", "recover").returncode == 0
+    assert instance.item()["state"] == "restored"
+    for alias in (instance.alias, second):
+        status, body = http_get(f"{instance.pictrs.url}/image/original/{alias}")
+        assert status == 200 and body == instance.original, alias
+
+
+def test_a_reimport_killed_between_aliases_is_finished_by_recovery(instance):
+    second = instance.pictrs.add_upload(instance.original, "png")
+    assert instance.scan().returncode == 1
+    item = instance.item()
+    _forget(instance, "purge")
+    killed = instance.cli("quarantine", "restore", item["id"], "--reimport",
+                          env={"MIRROR_SCAN_KILL_AT": "restore:alias#1"})  # fmt: skip
+    assert killed.returncode == -9
+    assert instance.cli("state", "recover").returncode == 0
+    assert instance.item()["state"] == "restored"
+    assert all(http_get(f"{instance.pictrs.url}/image/original/{a}")[0] == 200 for a in (instance.alias, second))
+
+
+def test_bytes_taken_into_an_item_unscored_are_scored_after_a_restore_never_allowlisted(instance, tmp_path):
+    """The bucket is down at the quarantine; other bytes are stored at the thumbnail's key meanwhile and the
+    retry takes them in as the thumbnail (unscored). A restore allowlists only what the scanner scored: the
+    next scan scores them."""
+    thumb = _variant_key(instance, "thumbnail/64/webp")
+    instance.s3.stop()
+    assert instance.scan().returncode == 1
+    instance.s3.start()
+    other = image_bytes("WEBP", 85, size=(64, 48))
+    instance.s3.put(thumb, other, tmp_path)
+    assert instance.cli("state", "recover").returncode == 0
+    item = instance.item()
+    assert item["state"] == "quarantined" and _objects(instance, item["id"])[thumb]["sha256"] == sha(other)
+    assert instance.cli("quarantine", "restore", item["id"]).returncode == 0
+    allowed = {a["sha256"] for a in json.loads(instance.cli("allowlist", "list", "--json").stdout)}
+    assert sha(other) not in allowed and sha(instance.original) in allowed
+    # Whatever the bucket serves at the key now has been scored (the mirror kept the thumbnail it had, which
+    # was scored, so the item's other bytes are not put back there nor upstream: the two would disagree).
+    assert instance.cli("mirror", "pull", "--remote", instance.s3.remote, "--to", str(instance.mirror)).returncode == 0
+    assert instance.scan().returncode in (0, 1)
+    served = instance.tmp / "s3" / BUCKET / thumb
+    assert not served.exists() or _scored(instance, served.read_bytes())
+    assert (instance.mirror / thumb).read_bytes() == instance.objects[thumb]

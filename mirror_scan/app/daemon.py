@@ -23,6 +23,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,20 +49,31 @@ COUNTER_KEYS = (
 )
 
 
-def daemon_lock(state: Path, mirror: Path):
-    """One watch daemon per state database and mirror: two would race for every file ("not quarantined:
-    No such file" for what the other moved) and both write the status file."""
+@contextlib.contextmanager
+def daemon_lock(state: Path, mirror: Path) -> Iterator[None]:
+    """One watch daemon per mirror: two would race for every file ("not quarantined: No such file" for what
+    the other moved), and two with separate states would quarantine the same files twice. The state's lock
+    names the other daemon on the same state; the mirror directory's lock refuses one on another state."""
     import hashlib
 
-    from mirror_scan.store.locks import exclusive
+    from mirror_scan.store.locks import directory_lock, exclusive
 
     tag = hashlib.sha256(os.fsencode(os.path.realpath(mirror))).hexdigest()[:12]
-    return exclusive(
-        state.with_name(f"{state.name}.watch-{tag}.lock"),
-        f"another `mirror-scan watch` of {mirror} on {state} is running",
-        hint="stop it first (`mirror-scan status` shows it), or give this one another --state",
-        mirror=str(mirror),
-    )
+    with (
+        exclusive(
+            state.with_name(f"{state.name}.watch-{tag}.lock"),
+            f"another `mirror-scan watch` of {mirror} on {state} is running",
+            hint="stop it first (`mirror-scan status` shows it), or give this one another --state",
+            mirror=str(mirror),
+        ),
+        directory_lock(
+            Path(mirror),
+            f"another `mirror-scan watch` of {mirror} is running, with another state database: two would "
+            "quarantine the same files twice",
+            hint="stop it first (`mirror-scan status --state ITS_STATE` shows it), or watch another mirror",
+        ),
+    ):
+        yield
 
 
 def status_path(state: Path) -> Path:
@@ -186,7 +198,7 @@ class WatchDaemon:
     # ------------------------------------------------------------------ lifecycle
 
     def start(self, say=print) -> None:
-        """Refused (locks.Held) while another daemon watches the same mirror on the same state."""
+        """Refused (locks.Held) while another daemon watches the same mirror (on this state or another)."""
         options, settings = self.options, self.settings
         self._lock = contextlib.ExitStack()
         self._lock.enter_context(daemon_lock(settings.state, options.mirror))
@@ -342,7 +354,8 @@ class WatchDaemon:
     def _walk(self) -> None:
         from mirror_scan.intake.watch import reconcile
 
-        queued = reconcile(self.options.mirror, self.settings.state, self.queue, self.options.error_retry_s)
+        queued = reconcile(self.options.mirror, self.settings.state, self.queue, self.options.error_retry_s,
+                           act=not self.options.dry_run)  # fmt: skip
         self._set(last_reconcile_queued=queued, last_reconcile_unixtime=time.time())
 
     def _retry(self) -> None:

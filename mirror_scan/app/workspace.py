@@ -128,9 +128,10 @@ class Workspace:
 
 
 def refuse_lost_state(settings: Settings) -> None:
-    """An empty file where the state database should be is a lost ledger, not a fresh start, when the
-    quarantine holds items: starting afresh would forget the index and the allowlist (restored pictures
-    would be flagged again). SQLite itself takes a 0-byte file for a new, empty database."""
+    """An empty file where the state database should be is a lost ledger, never a fresh start: starting
+    afresh would forget the index and the allowlist (restored pictures would be flagged again), and the
+    quarantine that would tell may be elsewhere (`--state` named alone). SQLite itself takes a 0-byte file
+    for a new, empty database; mirror-scan writes its tables at once, so one it made is never empty."""
     try:
         if settings.state.stat().st_size:
             return
@@ -139,6 +140,11 @@ def refuse_lost_state(settings: Settings) -> None:
     try:
         held = sum(1 for _ in (settings.quarantine / "items").iterdir())
     except OSError:
-        return
+        held = 0
     if held:
         raise StateDamaged(settings.state, f"it is empty (0 bytes) while the quarantine holds {held} item(s)")
+    raise StateDamaged(
+        settings.state,
+        "it is empty (0 bytes): a lost ledger, or a file made beforehand; if this is a first start, remove "
+        "the empty file",
+    )

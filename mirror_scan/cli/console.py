@@ -20,22 +20,24 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.logging import RichHandler
 
+from mirror_scan.redact import scrub_known
 from mirror_scan.text import one_line, printable
 
 
 class SafeConsole(Console):
     """Every string it renders (printed text and table cells alike go through render_str) has its
-    terminal control sequences made visible: names and titles come from uploaders and other instances."""
+    terminal control sequences made visible: names and titles come from uploaders and other instances; and
+    every known secret replaced (a peer may echo one in a message)."""
 
     def render_str(self, text: str, **kwargs):  # noqa: ANN003, ANN201
-        return super().render_str(printable(text), **kwargs)
+        return super().render_str(printable(scrub_known(text)), **kwargs)
 
 
 class SafeRichHandler(RichHandler):
     """Log lines with control characters and newlines escaped: a file name never forges a log line."""
 
     def render_message(self, record: logging.LogRecord, message: str):  # noqa: ANN201
-        return super().render_message(record, one_line(message))
+        return super().render_message(record, one_line(scrub_known(message)))
 
 
 LOG_FORMATS = ("auto", "text", "json")
@@ -49,7 +51,7 @@ class PlainFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         prefix = f"<{PRIORITY.get(record.levelno, 6)}>" if os.environ.get("JOURNAL_STREAM") else ""
-        return f"{prefix}{record.levelname.lower()}: {record.name}: {one_line(record.getMessage())}"
+        return f"{prefix}{record.levelname.lower()}: {record.name}: {one_line(scrub_known(record.getMessage()))}"
 
 
 class JsonFormatter(logging.Formatter):
@@ -61,7 +63,7 @@ class JsonFormatter(logging.Formatter):
             "level": record.levelname.lower(),
             "priority": PRIORITY.get(record.levelno, 6),
             "logger": record.name,
-            "message": record.getMessage(),
+            "message": scrub_known(record.getMessage()),
         }
         return printable(json.dumps(event, ensure_ascii=False))
 

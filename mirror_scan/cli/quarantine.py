@@ -36,6 +36,7 @@ from mirror_scan.kinds import EXPORTED_STATES
 from mirror_scan.settings import resolve
 from mirror_scan.store.lifecycle import PURGEABLE_STATES
 from mirror_scan.store.selection import select_items
+from mirror_scan.text import one_line
 
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 quarantine_app = typer.Typer(help="Inspect the quarantine, restore false positives, purge.", no_args_is_help=True)
@@ -111,10 +112,10 @@ def q_list(
     width = max(60, out.size.width if out.is_terminal else 120)
     for e in entries:
         when = e["quarantined_at"][:16].replace("T", " ")
-        labels = label_text(e["labels"])
-        who = f"{e['uploader'][:16]:16s}  " if attributed else ""
+        labels = one_line(label_text(e["labels"]))  # one line per item, whatever names and labels hold
+        who = f"{one_line(e['uploader'])[:16]:16s}  " if attributed else ""
         head = f"{e['short_id']:13s}  {when}  {STATE_SHORT.get(e['state'], e['state']):11s}  {labels:12s}  {who}"
-        out.print(head + fit_left(e["original"], width - len(head)))
+        out.print(head + fit_left(one_line(e["original"]), width - len(head)))
     out.print(f"{len(entries)} item(s)")
 
 
@@ -419,6 +420,8 @@ def q_purge(
         store = workspace.quarantine
         cutoff = dt.datetime.now(dt.UTC).timestamp() - parse_duration(older_than) if older_than else None
         states = EXPORTED_STATES if pictrs else PURGEABLE_STATES
+        if item_ids and not pictrs:  # a rerun of a purge cut short: those done already are said, not refused
+            states = (*PURGEABLE_STATES, "purged")
         chosen = select_items(
             store.entries(),
             states,
@@ -428,9 +431,13 @@ def q_purge(
             expected="purgeable",
             fragments=False,  # irreversible: a whole id or the short one, never a fragment that happens to fit
         )
+        already = [e["id"] for e in chosen if e["state"] == "purged" and not pictrs]
+        chosen = [e for e in chosen if e["id"] not in already]
+        if already and not json_out:
+            out.print(f"already purged: {', '.join(already)}")
         if not chosen:
             if json_out:
-                print_json({"purged": []})
+                print_json({"purged": [], **({"already_purged": already} if already else {})})
                 return
             out.print("nothing to purge")
             return
@@ -453,8 +460,9 @@ def q_purge(
             err.print(f"error: {o.item}: {o.detail}")
     purged = [o.item for o in outcomes if o.ok]
     if json_out:
-        print_json({"purged": purged, **({"failed": [o.as_json() for o in outcomes if not o.ok]} if len(purged) <
-                                         len(outcomes) else {})})  # fmt: skip
+        failed = [o.as_json() for o in outcomes if not o.ok]
+        print_json({"purged": purged, **({"already_purged": already} if already else {}),
+                    **({"failed": failed} if failed else {})})  # fmt: skip
     else:
         out.print(f"purged {len(purged)} item(s)")
     if len(purged) < len(outcomes):

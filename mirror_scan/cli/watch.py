@@ -34,6 +34,7 @@ LEDGER_KEYS = ("files", "flagged", "errors", "items_quarantined", "items_upstrea
                "items_purged", "items_damaged")  # fmt: skip
 LABELS = {
     "daemon": "watch daemon",
+    "flagged_not_acted_on": "flagged, not acted on (apply/scan)",
     "queue_depth": "files waiting",
     "skipped_unchanged": "skipped (unchanged)",
     "reused_by_hash": "reused (same bytes)",
@@ -181,13 +182,14 @@ def register(app: typer.Typer) -> None:
         if settings.state.exists():
             with Ledger(settings.state, readonly=True) as ledger:
                 data["upstream_pending"] = ledger.upstream_pending_count()
+                data["flagged_not_acted_on"] = ledger.unacted_count()
                 if not running:
                     data.update(ledger.summary_counts())
         if json_out:
             print_json(data)
             return
-        for key in ("daemon", *STATUS_KEYS, *COUNTER_KEYS, *LEDGER_KEYS, "upstream_breakers", "pictrs_uploads",
-                    "age_seconds"):  # fmt: skip
+        for key in ("daemon", *STATUS_KEYS, *COUNTER_KEYS, *LEDGER_KEYS, "flagged_not_acted_on", "upstream_breakers",
+                    "pictrs_uploads", "age_seconds"):  # fmt: skip
             if key not in data:
                 continue
             value = data[key]

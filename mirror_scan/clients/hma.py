@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from mirror_scan.clients.http import Redirected, Unreachable, exchange
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.redact import scrub
+from mirror_scan.text import one_line
 
 BANK_NAME = re.compile(r"^[A-Z_][A-Z0-9_]*$")
 
@@ -47,9 +48,10 @@ class HMA:
         except Unreachable as err:
             raise HMAError(f"HMA at {self.url} is unreachable: {scrub(str(err), [self.token or ''])}") from None
 
-    @staticmethod
-    def _message(payload: object) -> str:
-        return str(payload.get("message", "")) if isinstance(payload, dict) else ""
+    def _message(self, payload: object) -> str:
+        """HMA's own words, on one line, short, without the token (a proxy may echo the request)."""
+        text = str(payload.get("message", "")) if isinstance(payload, dict) else ""
+        return one_line(scrub(text, [self.token or ""]))[:300]
 
     def create_bank(self, bank: str) -> bool:
         """True if made now, False if it was there already."""

@@ -10,7 +10,6 @@ whole of it (connect, send, answer), after which its sockets are shut down."""
 from __future__ import annotations
 
 import http.client
-import json
 import socket
 import threading
 import urllib.error
@@ -19,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from mirror_scan.errors import MirrorScanError
+from mirror_scan.text import peer_json
 
 
 class Unreachable(MirrorScanError):
@@ -134,10 +134,7 @@ def exchange(
         _CURRENT.deadline = None
     if deadline.expired:
         raise Unreachable(f"no complete answer within {timeout:g} s")  # cut off mid-body: not an answer
-    try:
-        return status, json.loads(raw) if raw else None
-    except (json.JSONDecodeError, UnicodeDecodeError):
-        return status, None
+    return status, peer_json(raw) if raw else None
 
 
 def exchange_with(

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mirror_scan.errors import MirrorScanError
-from mirror_scan.redact import redact_url, scrub
+from mirror_scan.redact import redact_url, remember, scrub
 
 CONNECT_TIMEOUT_S = 5
 STATEMENT_TIMEOUT_MS = 20_000
@@ -42,7 +42,9 @@ def read_secret_file(path: Path | None, what: str) -> str | None:
             f"{what} password file {path} cannot be read ({getattr(err, 'strerror', None) or err})",
             hint="the file must be readable by the user mirror-scan runs as (and nobody else)",
         ) from None
-    return text.strip("\r\n") or None
+    secret = text.strip("\r\n") or None
+    remember(secret)  # never printed, whichever message carries it
+    return secret
 
 
 @dataclass

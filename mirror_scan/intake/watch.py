@@ -186,10 +186,11 @@ class OverflowSignal(logging.Handler):
         logging.getLogger("watchdog.observers").removeHandler(self)
 
 
-def reconcile(mirror: Path, state: Path, sink: PathQueue, error_retry_s: float = 60.0) -> int:
+def reconcile(mirror: Path, state: Path, sink: PathQueue, error_retry_s: float = 60.0, act: bool = False) -> int:
     """Stat-only walk: queue every file the ledger does not know at its size and mtime, and every file
     recorded as an error whose retry time has come (after error_retry_s, doubling per failure, at most a
-    day): a permission fixed with chmod does not change the mtime."""
+    day): a permission fixed with chmod does not change the mtime. With `act`, also every flagged file no
+    action was taken on (a move a kill rolled back, a dry run's verdict): the runner acts on it unchanged."""
     from mirror_scan.store.ledger import Ledger
 
     queued = 0
@@ -205,6 +206,7 @@ def reconcile(mirror: Path, state: Path, sink: PathQueue, error_retry_s: float =
             else:
                 wait = min(86_400.0, error_retry_s * 2 ** max(0, (row.error_count or 1) - 1))
                 due = row.status == FileStatus.ERROR and now - (row.scanned_at or 0) >= wait
+                due = due or (act and bool(row.unacted))
             if due and sink.offer(found.path):
                 queued += 1
     finally:

@@ -24,6 +24,8 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
+from mirror_scan.text import peer_json
+
 HEX = re.compile(r"^[0-9a-f]+$")
 LENGTHS = {"pdq": 64, "sha256": 64, "md5": 32}
 KINDS = (*LENGTHS, "vpdq")
@@ -176,10 +178,9 @@ def _cell(row: list[str], at: int | None) -> str | None:
 def decode_vpdq(text: str) -> list[tuple[str, int, float]]:
     """python-threatexchange's vPDQ signal string: a JSON list of "hash,quality,timestamp" (vpdq_util.py
     json_to_vpdq; timestamps may be in exponent notation, as `:.3` formatting writes them)."""
-    try:
-        items = json.loads(text)
-    except json.JSONDecodeError:
-        raise ValueError("not a JSON list of 'hash,quality,timestamp' strings") from None
+    items = peer_json(text, max_depth=2)
+    if items is None:
+        raise ValueError("not a JSON list of 'hash,quality,timestamp' strings")
     if not isinstance(items, list) or not items:
         raise ValueError("not a non-empty JSON list")
     features = []

@@ -41,7 +41,11 @@ REFERENCE_SIZE = 512
 
 
 def flatten_depth(frame: Image.Image) -> Image.Image:
-    """16-bit, 32-bit and float greyscale -> 8-bit greyscale (Pillow's own conversion clips them)."""
+    """16-bit, 32-bit and float greyscale -> 8-bit greyscale (Pillow's own conversion clips them); greyscale
+    with premultiplied alpha (TIFF's associated alpha, Pillow's "La") -> LA, the only mode Pillow converts
+    it to (what a viewer shows: the grey divided by the alpha)."""
+    if frame.mode == "La":
+        return frame.convert("LA")
     if frame.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         arr = np.asarray(frame, dtype=np.float64)
         top = 65535.0 if frame.mode.startswith("I;16") or arr.max() > 255 else 255.0

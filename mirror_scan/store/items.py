@@ -47,6 +47,10 @@ class UpstreamRestorePending(QuarantineError):
     """The file is back in the mirror; putting the object back upstream failed and is retried."""
 
 
+class PictrsSilent(QuarantineError):
+    """pict-rs is configured and cannot answer now: a restore into its store waits for its answer."""
+
+
 class ItemBusy(QuarantineError):
     """Another live process is working on this item."""
 

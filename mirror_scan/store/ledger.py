@@ -31,6 +31,7 @@ from pathlib import Path
 from mirror_scan.errors import MirrorScanError, UsageError
 from mirror_scan.kinds import (
     HELD_STATES,
+    MOVING_STATES,
     FileStatus,
     FileVerdict,
     MoveKind,
@@ -232,7 +233,11 @@ class Ledger:
         """For the reconciliation walk, on any connection."""
         row = (
             (conn or self.db)
-            .execute("SELECT size, mtime_ns, status, scanned_at, error_count FROM files WHERE path=?", (key,))
+            .execute(
+                "SELECT size, mtime_ns, status, scanned_at, error_count, "
+                "coalesce(verdict='flagged' AND action IS NULL, 0) FROM files WHERE path=?",
+                (key,),
+            )
             .fetchone()
         )
         return None if row is None else FileSignature(*row)
@@ -374,6 +379,15 @@ class Ledger:
                 (time.time(), sha256),
             )
 
+    def scored(self, sha256s: list[str]) -> set[str]:
+        """Those of these bytes the scanner has scored (a file of them scored, or a score reused for them)."""
+        if not sha256s:
+            return set()
+        marks = ",".join("?" * len(sha256s))
+        return {sha for (sha,) in self.db.execute(
+            f"SELECT DISTINCT sha256 FROM files WHERE status IN ('scored', 'reused') AND sha256 IN ({marks})",  # noqa: S608
+            sha256s)}  # fmt: skip
+
     def disallow(self, sha256: str) -> bool:
         with self.transaction():
             removed = self.db.execute("DELETE FROM allowlist WHERE sha256=?", (sha256,)).rowcount
@@ -463,23 +477,28 @@ class Ledger:
         self.db.execute("UPDATE quarantine SET state=?, updated=? WHERE id=?", (str(state), time.time(), item_id))
 
     def excluded_keys(self, remote: str, mirror_root: bytes, conn: sqlite3.Connection | None = None) -> list[str]:
-        """Keys a pull of `remote` into `mirror_root` must not bring back: every item held and not restored
-        that came from that remote (its key and its companions' keys), or from that mirror with no remote
-        (its path there). An object of the same key in another bucket is another object, and is pulled."""
+        """Keys a pull of `remote` into `mirror_root` must not bring back: the objects still in the bucket
+        of items being moved from that remote (quarantining, upstream pending, restoring: the item's key and
+        its companions not yet out), and every item held and not restored that came from that mirror with no
+        remote (its bucket object was never removed: its path there). What is at the key of an item that
+        left the bucket is new (other bytes stored there since, or the same bytes again): it is pulled and
+        scanned like any file. An object of the same key in another bucket is another object, and is pulled."""
         remote = remote.rstrip("/")
         db = conn or self.db
         held = ",".join("?" * len(HELD_STATES))
+        moving = ",".join("?" * len(MOVING_STATES))
         rows = db.execute(
-            f"SELECT id, original, mirror_root, key FROM quarantine WHERE state IN ({held}) "  # noqa: S608
-            "AND ((remote = ? AND key IS NOT NULL) OR (remote IS NULL AND mirror_root = ? AND original != x''))",
-            (*HELD_STATES, remote, mirror_root),
+            f"SELECT id, original, mirror_root, key FROM quarantine WHERE "  # noqa: S608
+            f"(remote = ? AND key IS NOT NULL AND state IN ({moving})) "
+            f"OR (remote IS NULL AND mirror_root = ? AND original != x'' AND state IN ({held}))",
+            (remote, *MOVING_STATES, mirror_root, *HELD_STATES),
         ).fetchall()
         keys = [key if key else os.fsdecode(os.path.relpath(orig, root)) for _, orig, root, key in rows]
         items = [item for item, *_ in rows]
         for start in range(0, len(items), 500):
             chunk = items[start : start + 500]
-            keys += [k for (k,) in db.execute(  # those the items hold (a missing one that comes back is taken)
-                f"SELECT key FROM item_objects WHERE state IN ('held', 'taken') "  # noqa: S608
+            keys += [k for (k,) in db.execute(  # those not out of the bucket yet (a taken key holds new bytes)
+                f"SELECT key FROM item_objects WHERE state IN ('listed', 'held') "  # noqa: S608
                 f"AND item IN ({','.join('?' * len(chunk))})", chunk)]  # fmt: skip
         return keys
 
@@ -518,6 +537,13 @@ class Ledger:
 
     def upstream_pending_count(self) -> int:
         return int(self.db.execute("SELECT count(*) FROM quarantine WHERE state='upstream_pending'").fetchone()[0])
+
+    def unacted_count(self) -> int:
+        """Flagged files no action was taken on (a dry run's, or a move a kill rolled back): unfinished work
+        the next scan, the daemon's walk or `apply` acts on."""
+        return int(
+            self.db.execute("SELECT count(*) FROM files WHERE verdict='flagged' AND action IS NULL").fetchone()[0]
+        )
 
     # ---------------------------------------------------------------- move journal
 

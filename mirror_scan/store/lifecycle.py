@@ -209,8 +209,10 @@ class Lifecycle:
         elif transition.action is not None:
             for key in [file_key(row), *(o.path for o in companions if o.path)]:
                 self.ledger.mark_action(key, transition.action)
-        if transition.allowlist:  # its thumbnails with it (a restore refuses an upload a hash list names)
-            for sha256 in [row.sha256, *(o.sha256 for o in companions)]:
+        if transition.allowlist:
+            # Its thumbnails with it, those the scanner has scored: bytes taken into the item unscored (stored
+            # at a thumbnail's key by anyone) are scored like any file once back, never waved through.
+            for sha256 in [row.sha256, *sorted(self.ledger.scored([o.sha256 for o in companions]))]:
                 self.ledger.allow(sha256, note=f"{transition.line} from quarantine item {item_id}")
         if transition.follow_up == FollowUp.UNDO:
             # What is not done yet is cancelled; what was done is undone (the runner plans the undo rows).

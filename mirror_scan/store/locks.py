@@ -1,18 +1,23 @@
 """Process-wide exclusive locks (flock on a file beside the state): one watch daemon per state and mirror,
-one bucket scan per bucket and state. The kernel frees a lock when its holder dies, however it dies, so a
-lock is never stale; the file says who holds it, so the refusal can name the process."""
+one bucket scan per bucket and state; and one watch per mirror whatever its state (flock on the mirror's
+directory itself: nothing is written into the mirror). The kernel frees a lock when its holder dies,
+however it dies, so a lock is never stale; the file says who holds it, so the refusal can name the
+process."""
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 from mirror_scan.errors import MirrorScanError
+
+log = logging.getLogger(__name__)
 
 
 class Held(MirrorScanError):
@@ -44,6 +49,23 @@ def exclusive(path: Path, refusal: str, hint: str, **about: str) -> Iterator[Non
         yield
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+@contextlib.contextmanager
+def directory_lock(path: Path, refusal: str, hint: str) -> Iterator[None]:
+    """Hold an exclusive flock on the directory itself for the block; Held(refusal) if another process
+    has it. A filesystem that cannot lock (some network mounts) is said once and not locked."""
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise Held(refusal, hint=hint) from None
+        except OSError as err:
+            log.warning("%s cannot be locked (%s): another watch of it would not be refused", path, err.strerror)
+        yield
+    finally:
+        os.close(fd)
 
 
 def holder_of(path: Path) -> str | None:

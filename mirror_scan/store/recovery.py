@@ -12,21 +12,33 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import time
 
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.hashing import sha256_file
 from mirror_scan.kinds import FINISHED_STEPS, ItemEvent, ItemState, MoveKind, Step
 from mirror_scan.store.item_index import delete_bytes
-from mirror_scan.store.items import DATA, META, NO_UPSTREAM, TMP_DATA, TMP_META, ItemBusy
+from mirror_scan.store.items import (
+    DATA,
+    META,
+    NO_UPSTREAM,
+    TMP_DATA,
+    TMP_META,
+    ItemBusy,
+    PictrsSilent,
+    QuarantineError,
+)
 from mirror_scan.store.journal import Journal
 from mirror_scan.store.lifecycle import By, Lifecycle
 from mirror_scan.store.mover import Mover
 from mirror_scan.store.paths import MissingParent, UnsafePath
-from mirror_scan.store.restorer import Restorer
+from mirror_scan.store.restorer import NotPutBack, Restorer
 from mirror_scan.store.rows import ItemRow, MoveRow, display_path
 from mirror_scan.store.upstream import UpstreamUnavailable
 
 log = logging.getLogger(__name__)
+
+REIMPORT_AGAIN_S = 60.0  # an alias pict-rs could not take is tried again after this
 
 
 class Recovery:
@@ -36,6 +48,7 @@ class Recovery:
         self.ledger = journal.ledger
         self.mover = mover
         self.restorer = restorer
+        self._reimport_tried: dict[int, float] = {}  # move -> when this process last imported for it
 
     def pending_moves(self) -> list[MoveRow]:
         return self.ledger.unfinished_moves()
@@ -149,9 +162,12 @@ class Recovery:
             upstream = self.restorer.upstreams.get(row.remote)
         try:
             self.restorer.finish(item_id, move.id, Step.PLACED if step in (Step.INTENT, Step.COPIED) else step,
-                                 upstream, By.from_json(move.decided_by), local=target == row.original)  # fmt: skip
-        except UpstreamUnavailable:
-            return ""
+                                 upstream, By.from_json(move.decided_by), local=target == row.original,
+                                 ask_pictrs=True)  # fmt: skip
+        except NotPutBack as undone:
+            return f"{item_id}: restore interrupted at '{step}': {undone}"
+        except (UpstreamUnavailable, PictrsSilent):
+            return ""  # the bucket or pict-rs cannot answer now: the next recovery finishes it
         return f"{item_id}: restore interrupted at '{step}', finished"
 
     def _recover_object_restore(self, move: MoveRow, row: ItemRow) -> str:
@@ -161,29 +177,31 @@ class Recovery:
             return f"{row.id}: restore interrupted at 'intent', rolled back (still quarantined)"
         upstream = self.restorer.upstreams.get(row.remote, direct=True) if move.step == Step.PLACED else None  # type: ignore[arg-type]
         try:
-            self.restorer.finish(row.id, move.id, move.step, upstream, By.from_json(move.decided_by))
-        except UpstreamUnavailable:
+            self.restorer.finish(row.id, move.id, move.step, upstream, By.from_json(move.decided_by), ask_pictrs=True)
+        except NotPutBack as undone:
+            return f"{row.id}: restore interrupted at '{move.step}': {undone}"
+        except (UpstreamUnavailable, PictrsSilent):
             return ""
         return f"{row.id}: restore interrupted at '{move.step}', finished"
 
     def _recover_reimport(self, move: MoveRow, row: ItemRow) -> str:
-        """An upload again through pict-rs that was interrupted: finished when its aliases resolve again (the
-        import went through), else rolled back (still quarantined; `--reimport` again)."""
-        aliases = self.ledger.objects.aliases_of(row.id)
-        if self.restorer.objects.source is None or not aliases:
-            back = False
-        else:
-            try:  # back only under an alias that names this upload's hash (never another upload's)
-                back = any(self.restorer.alias_is_ours(row, alias) for alias in aliases)
-            except MirrorScanError:
-                return ""  # pict-rs cannot answer now: the next recovery asks again
-        if back:
-            self.lifecycle.apply(row.id, ItemEvent.RESTORED, by=By.from_json(move.decided_by),
-                                 step=(move.id, Step.DONE, "recover"))  # fmt: skip
-            return f"{row.id}: uploading again through pict-rs was interrupted after it went through; finished"
-        self.lifecycle.apply(row.id, ItemEvent.RESTORE_ROLLED_BACK, step=(move.id, Step.ROLLED_BACK, "recover"),
-                             note="interrupted before pict-rs took it")  # fmt: skip
-        return f"{row.id}: uploading again through pict-rs was interrupted; rolled back (still quarantined)"
+        """An upload again through pict-rs that was interrupted, or waits for an alias pict-rs could not take:
+        the aliases not back yet are imported now (at most every REIMPORT_AGAIN_S per process); finished
+        when all are back (or held by another upload), rolled back when none went back."""
+        if self.restorer.objects.source is None:
+            self.lifecycle.apply(row.id, ItemEvent.RESTORE_ROLLED_BACK, step=(move.id, Step.ROLLED_BACK, "recover"),
+                                 note="pict-rs is not configured here")  # fmt: skip
+            return f"{row.id}: uploading again through pict-rs was interrupted; rolled back (still quarantined)"
+        if time.monotonic() - self._reimport_tried.get(move.id, -REIMPORT_AGAIN_S) < REIMPORT_AGAIN_S:
+            return ""
+        self._reimport_tried[move.id] = time.monotonic()
+        try:
+            done = self.restorer.continue_reimport(row, move.id, By.from_json(move.decided_by))
+        except QuarantineError as refused:
+            return f"{row.id}: uploading again through pict-rs was interrupted: {refused}"
+        if done is None:
+            return ""  # an alias waits for pict-rs: asked again later
+        return f"{row.id}: uploading again through pict-rs was interrupted; finished ({done})"
 
     def _sweep_temp_files(self) -> None:
         """Temp files of moves that no longer exist (e.g. a state database restored from backup)."""

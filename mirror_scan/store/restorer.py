@@ -21,12 +21,13 @@ from typing import Any
 
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.faults import checkpoint
-from mirror_scan.hashing import sha256_file
+from mirror_scan.hashing import sha256_bytes, sha256_file
 from mirror_scan.kinds import ItemEvent, MoveKind, Step
 from mirror_scan.store.items import (
     DATA,
     LINK_UNSUPPORTED,
     NO_UPSTREAM,
+    PictrsSilent,
     QuarantineError,
     UpstreamRestorePending,
     copy_to_new,
@@ -41,14 +42,19 @@ from mirror_scan.store.journal import Journal
 from mirror_scan.store.lifecycle import By, Lifecycle
 from mirror_scan.store.paths import Place, UnsafePath, check_operator_target, reach, relative_to
 from mirror_scan.store.rows import ItemRow, MoveRow, display_path
-from mirror_scan.store.upload_objects import UploadObjects, pictrs_key
-from mirror_scan.store.upstream import Upstream, Upstreams
+from mirror_scan.store.upload_objects import UploadObjects, pictrs_key, remove_if_holds
+from mirror_scan.store.upstream import Upstream, UpstreamError, Upstreams
 
 log = logging.getLogger(__name__)
 
 
 class UploadGone(QuarantineError):
     """pict-rs no longer records the item's upload: a restore would write orphans."""
+
+
+class NotPutBack(QuarantineError):
+    """The restore was undone before anything went upstream (the key holds other bytes, or pict-rs forgot
+    the upload meanwhile): the item stays in quarantine, nothing of it is left in the mirror."""
 
 
 PENDING_HINT = (
@@ -116,6 +122,10 @@ class Restorer:
         if to is None:  # back into pict-rs's store: only what pict-rs still records
             gone = self._gone_from_pictrs(row)
             if reimport:
+                if gone is None:
+                    raise QuarantineError(
+                        f"item {item_id}: uploading again through pict-rs needs pict-rs's answer on whether it "
+                        "still records the upload", hint="set [pictrs] url and api_key (or database_url)")  # fmt: skip
                 if gone is False:
                     raise QuarantineError(
                         f"item {item_id}: pict-rs still serves this upload; nothing to upload again",
@@ -132,6 +142,8 @@ class Restorer:
                           f"as {', '.join(aliases)}" if aliases else "no alias of it is known: it cannot be uploaded "
                           "again under its name; `--to PATH` takes a copy"),
                 )  # fmt: skip
+        if to is None:
+            self.objects.restorable(row)  # pict-rs asked which companions it records: before any move begins
         if origin == "bucket" and to is None:
             return self._restore_object(row, item_dir, upstream, by)
         target_upstream = None
@@ -146,8 +158,9 @@ class Restorer:
             return self._restore_at(row, meta, place, target_upstream, by)
 
     def _gone_from_pictrs(self, row: ItemRow) -> bool | None:
-        """True when pict-rs says it no longer records the item's upload; None when it cannot be asked (not
-        configured, or not answering: the restore goes on as before, and says so)."""
+        """True when pict-rs says it no longer records the item's upload; None when nothing here can tell
+        (pict-rs not configured). When it is configured and cannot answer now, the restore is refused: put
+        back unasked, the bytes could be objects no record names."""
         source = self.objects.source
         key = pictrs_key(row)
         if source is None or key is None:
@@ -156,43 +169,89 @@ class Restorer:
         try:
             served = source.served(key, self.ledger.objects.aliases_of(row.id))
         except MirrorScanError as err:
-            log.warning("quarantine item %s: pict-rs could not be asked whether it still records the upload (%s); "
-                        "restored without that check", row.id, str(err).splitlines()[0])  # fmt: skip
-            return None
+            raise PictrsSilent(
+                f"item {row.id}: pict-rs cannot say now whether it still records the upload "
+                f"({str(err).splitlines()[0]}); nothing was put back",
+                hint="try again when pict-rs answers; `--to PATH` takes a copy meanwhile",
+            ) from None
         return None if served is None else not served
 
     def _reimport(self, row: ItemRow, item_dir: Path, by: By | None) -> bytes:
         """The upload again through pict-rs (`/internal/import`), under each alias it had, so the URLs in
         Lemmy's posts work again: pict-rs stores it under new keys (the next pull brings them), and makes its
-        variants again when they are asked for. intent -> upstream_restored -> done."""
-        aliases = self.ledger.objects.aliases_of(row.id)
-        if not aliases:
+        variants again when they are asked for. intent -> upstream_restored -> done; an alias pict-rs could
+        not take now leaves the move waiting (recovery imports the rest: `continue_reimport`)."""
+        if not self.ledger.objects.aliases_of(row.id):
             raise QuarantineError(f"item {row.id}: no alias of its upload is known: it cannot be uploaded again "
                                   "under its name", hint="`--to PATH` takes a copy of its bytes")  # fmt: skip
         self._verify_bytes(row, item_dir)
+        self.original_bytes(row)  # refused before any move when the upload's original is not held
         move_id = self._begin(row, None, "reimport", by)
-        data = (item_dir / DATA).read_bytes()
-        notes, refused = [], []
-        for alias in aliases:
+        done = self.continue_reimport(row, move_id, by)
+        if done is None:
+            raise UpstreamRestorePending(
+                f"item {row.id}: uploaded again under some of its aliases; pict-rs could not take the rest now",
+                hint=PENDING_HINT,
+            )
+        return done.encode()
+
+    def original_bytes(self, row: ItemRow) -> bytes:
+        """The bytes of the upload's original: the item's own, or, when a variant of it was flagged (its
+        original then a companion), the original the item holds (never a thumbnail under the upload's name)."""
+        original = next((o for o in self.ledger.objects.of(row.id) if o.role == "original"), None)
+        if original is None:
+            return (self.journal.item_dir(row.id) / DATA).read_bytes()
+        if original.state not in ("held", "taken") or not original.sha256:
+            raise QuarantineError(
+                f"item {row.id} holds a variant of the upload, and not its original: it cannot be uploaded "
+                "again as the upload", hint="`--to PATH` takes a copy of what it holds")  # fmt: skip
+        data = self.objects.data_path(row.id, original.sha256).read_bytes()
+        if sha256_bytes(data) != original.sha256:
+            raise QuarantineError(f"item {row.id}: its copy of the upload's original does not verify; refusing")
+        return data
+
+    def continue_reimport(self, row: ItemRow, move_id: int, by: By | None) -> str | None:
+        """Upload the original again under each alias not already back: done (what pict-rs said) when every
+        alias is back or held by another upload now (said; that URL shows the other one); rolled back
+        (QuarantineError) when none went back; None while an alias pict-rs could not take now waits."""
+        source = self.objects.source
+        recorded = self.ledger.objects.hash_of(row.id)
+        data = self.original_bytes(row)
+        notes, others, waiting = [], [], []
+        for alias in self.ledger.objects.aliases_of(row.id):
+            if self._alias_known_ours(row, alias):
+                notes.append(f"{alias} is back")
+                continue
             try:
-                notes.append(self.objects.source.reimport(alias, data))  # type: ignore[union-attr]
+                notes.append(source.reimport(alias, data))  # type: ignore[union-attr]
+                checkpoint("restore:alias")
+                continue
             except MirrorScanError as err:
-                if self._alias_known_ours(row, alias):  # taken by an earlier try of this restore
-                    notes.append(f"{alias} is back already")
-                else:
-                    refused.append(f"{alias} ({str(err).splitlines()[0]})")
+                why = str(err).splitlines()[0]
+            try:
+                holder = source.alias_hash(alias)  # type: ignore[union-attr]
+            except MirrorScanError:
+                holder = None
+            if holder is not None and recorded is not None and holder != recorded:
+                others.append(alias)  # another upload holds the name now: never claimed as ours
+            else:
+                waiting.append(f"{alias} ({why})")
+        if waiting and notes:
+            log.warning("quarantine item %s: not uploaded again under %s yet; retried", row.id, ", ".join(waiting))
+            return None
         if not notes:
             self.lifecycle.apply(row.id, ItemEvent.RESTORE_ROLLED_BACK, step=(move_id, Step.ROLLED_BACK, "restore"),
                                  note="pict-rs did not take the upload again")  # fmt: skip
+            said = waiting + [f"{a} (another upload holds it now)" for a in others]
             raise QuarantineError(f"item {row.id}: pict-rs took the upload under none of its aliases: "
-                                  f"{'; '.join(refused)}", hint="the item stays in quarantine")  # fmt: skip
+                                  f"{'; '.join(said)}", hint="the item stays in quarantine")  # fmt: skip
         self.journal.step(move_id, Step.UPSTREAM_RESTORED, "restore")
-        missed = f"not under {', '.join(refused)}" if refused else None
-        if missed:  # an alias another upload holds now: that URL shows the other upload, never this one
+        missed = f"not under {', '.join(others)}: another upload holds that name now" if others else None
+        if missed:
             log.warning("quarantine item %s: uploaded again, %s", row.id, missed)
             notes.append(missed)
         self.lifecycle.apply(row.id, ItemEvent.RESTORED, by=by, step=(move_id, Step.DONE, "restore"), note=missed)
-        return ("; ".join(notes)).encode()
+        return "; ".join(notes)
 
     def _alias_known_ours(self, row: ItemRow, alias: str) -> bool:
         try:
@@ -269,6 +328,8 @@ class Restorer:
         self.journal.step(move_id, Step.PLACED, "restore")
         try:
             self.finish(item_id, move_id, Step.PLACED, target_upstream, by, local=target == row.original)
+        except NotPutBack:
+            raise
         except MirrorScanError as err:
             raise UpstreamRestorePending(
                 f"{display_path(target)} is back in the mirror, but putting it back in {row.remote} failed: "
@@ -291,6 +352,8 @@ class Restorer:
         self.journal.step(move_id, Step.PLACED, "restore")
         try:
             self.finish(row.id, move_id, Step.PLACED, upstream, by)
+        except NotPutBack:
+            raise
         except MirrorScanError as err:
             raise UpstreamRestorePending(
                 f"putting {row.remote}/{row.key} back failed: {str(err).splitlines()[0]}", hint=PENDING_HINT
@@ -343,22 +406,50 @@ class Restorer:
         upstream: Upstream | None,
         by: By | None = None,
         local: bool = False,
+        ask_pictrs: bool = False,
     ) -> None:
         """Finish a placed restore: the upload's other objects back in the mirror (local: the original went
         back to its own place), every object back upstream (when wanted), then done: allowlisted, the file
         rows marked, moderation's undo queued and the decision recorded, in one transaction. Each part is
-        idempotent, so recovery finishes an interrupted one by running it again."""
+        idempotent, so recovery finishes an interrupted one by running it again (`ask_pictrs`: asking
+        pict-rs again first, as time has passed since the restore began).
+
+        Nothing is ever written over other bytes, upstream or in the mirror: a companion whose key holds
+        other bytes upstream is skipped (and its mirror copy, which would hide them from pulls, removed);
+        the original's key holding other bytes, or pict-rs having forgotten the upload, undoes the restore
+        (NotPutBack: the item stays in quarantine)."""
         row = self.ledger.item(item_id)
         assert row is not None
         if step == Step.PLACED:
             objects = self.objects.restorable(row)  # not one pict-rs forgot: it would be an orphan
-            if local:
-                self.objects.place_local(row, objects)
+            if local:  # not one whose mirror path holds other bytes: bucket and mirror would disagree
+                objects = self.objects.place_local(row, objects)
             if upstream is not None and row.key:
-                upstream.restore(self.journal.item_dir(item_id) / DATA, row.key)
-                self.objects.restore_upstream(row, upstream, objects)
+                if ask_pictrs and self._gone_from_pictrs(row):
+                    self._undo(row, move_id, local, objects, "pict-rs no longer records the upload")
+                try:
+                    upstream.restore(self.journal.item_dir(item_id) / DATA, row.key)
+                except UpstreamError as err:
+                    if err.kind != "mismatch":
+                        raise
+                    self._undo(row, move_id, local, objects, f"{row.remote}/{row.key} holds other bytes now")
+                skipped = self.objects.restore_upstream(row, upstream, objects)
+                if local:
+                    self.objects.remove_local(row, skipped, mark_taken=False)
                 self.journal.step(move_id, Step.UPSTREAM_RESTORED, "restore")
         self.lifecycle.apply(item_id, ItemEvent.RESTORED, by=by, step=(move_id, Step.DONE, "restore"))
+
+    def _undo(self, row: ItemRow, move_id: int, local: bool, objects: list, why: str) -> None:
+        """A placed restore undone before anything went upstream: the copies it put in the mirror removed
+        (each only if it still holds the item's bytes), the item back to quarantined. Raises NotPutBack."""
+        if local:
+            self.objects.remove_local(row, {o.key for o in objects}, mark_taken=False)
+            if row.original:
+                remove_if_holds(row.mirror_root, relative_to(row.mirror_root, row.original), row.sha256)
+        self.lifecycle.apply(row.id, ItemEvent.RESTORE_ROLLED_BACK, step=(move_id, Step.ROLLED_BACK, "restore"),
+                             note=why)  # fmt: skip
+        raise NotPutBack(f"item {row.id}: {why}; not restored (the item stays in quarantine)",
+                         hint="look at what is there now; `--to PATH` takes a copy of the item")  # fmt: skip
 
     def clean_leftovers(self, move: MoveRow, place: Place, sha256: str) -> bool:
         """Remove an interrupted restore's temp file (and, for a direct write, its partial target); True if

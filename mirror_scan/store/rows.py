@@ -99,6 +99,7 @@ class FileSignature(NamedTuple):
     status: str
     scanned_at: float | None
     error_count: int
+    unacted: bool  # flagged, and no action taken (a dry run's, or a move a kill rolled back)
 
 
 class Unacted(NamedTuple):

@@ -19,6 +19,7 @@ from mirror_scan.hashing import md5_file, sha256_file
 from mirror_scan.store.companions import COMPANIONS, Companion, ItemObject, Upload, UploadSource
 from mirror_scan.store.items import (
     LINK_UNSUPPORTED,
+    PictrsSilent,
     QuarantineError,
     copy_to_new,
     item_origin,
@@ -232,16 +233,18 @@ class UploadObjects:
             log.info("quarantine item %s: %s (%s): %s", row.id, obj.key, obj.variant or obj.role, note)
         return True
 
-    def remove_local(self, row: ItemRow, keys: set[str] | None = None) -> None:
+    def remove_local(self, row: ItemRow, keys: set[str] | None = None, mark_taken: bool = True) -> None:
         """Each held companion's mirror copy (or those of `keys`) removed, if it still holds the held bytes;
-        then they count as taken (out of the bucket and the mirror)."""
+        then they count as taken (out of the bucket and the mirror). mark_taken=False: a restore's own
+        copies removed again (taken ones too), their state left as it is."""
+        states = ("held",) if mark_taken else ("held", "taken")
         taken = []
         for obj in self.ledger.objects.of(row.id):
-            if obj.state == "held" and (keys is None or obj.key in keys):
+            if obj.state in states and obj.sha256 and (keys is None or obj.key in keys):
                 if obj.path:
-                    remove_if_holds(row.mirror_root, obj.key, obj.sha256)  # type: ignore[arg-type]
+                    remove_if_holds(row.mirror_root, obj.key, obj.sha256)
                 taken.append(obj.key)
-        if taken:
+        if taken and mark_taken:
             with self.ledger.transaction():
                 self.ledger.objects.taken(row.id, taken)
 
@@ -261,8 +264,9 @@ class UploadObjects:
     # ------------------------------------------------------------------ back
 
     def restorable(self, row: ItemRow) -> list[ItemObject]:
-        """The companions a restore puts back: those the item holds that pict-rs still records (asked where
-        it can be; one it forgot, a variant its retention cleaned, would be an orphan no record names)."""
+        """The companions a restore puts back: those the item holds that pict-rs still records (one it
+        forgot, a variant its retention cleaned, would be an orphan no record names). Raises when pict-rs's
+        repo cannot answer now: a restore waits for its answer rather than guess."""
         held = [o for o in self.ledger.objects.of(row.id) if o.state in ("held", "taken")]
         if not held or self.source is None:
             return held
@@ -270,31 +274,40 @@ class UploadObjects:
         try:
             recorded = self.source.recorded([o.key for o in held])
         except MirrorScanError as err:
-            log.warning("quarantine item %s: pict-rs could not say which of its objects it still records (%s); "
-                        "all are put back", row.id, str(err).splitlines()[0])  # fmt: skip
-            return held
+            raise PictrsSilent(
+                f"item {row.id}: pict-rs cannot say now which objects of the upload it still records "
+                f"({str(err).splitlines()[0]}); nothing was put back",
+                hint="try again when pict-rs answers; `--to PATH` takes a copy meanwhile",
+            ) from None
         if recorded is None:
-            return held
+            return held  # only pict-rs's API is there: it cannot tell (said by `status` and the README)
         for obj in held:
             if obj.key not in recorded:
                 log.info("quarantine item %s: %s is not put back: pict-rs no longer records it", row.id, obj.key)
         return [o for o in held if o.key in recorded]
 
-    def place_local(self, row: ItemRow, objects: list[ItemObject]) -> None:
+    def place_local(self, row: ItemRow, objects: list[ItemObject]) -> list[ItemObject]:
         """Each of these back at its mirror path (a temp beside it, verified, hard-linked: never over another
-        file); idempotent, so a restore's recovery simply runs it again."""
+        file); idempotent, so a restore's recovery simply runs it again. Returns those back (or there with
+        these bytes already): one whose mirror path holds other bytes stays in the item, upstream too (the
+        bucket and the mirror would disagree, and a pull never replaces the mirror's file: what the bucket
+        served would never be scanned)."""
         if not row.original:
-            return
+            return objects
+        back = []
         for obj in objects:
             try:
                 with self._place(row.mirror_root, obj.key, create_parents=True) as place:
-                    _place_verified(self.data_path(row.id, obj.sha256), place, obj.sha256)  # type: ignore[arg-type]
+                    if _place_verified(self.data_path(row.id, obj.sha256), place, obj.sha256):  # type: ignore[arg-type]
+                        back.append(obj)
             except UnsafePath as err:
                 log.warning("quarantine item %s: %s not put back in the mirror: %s", row.id, obj.key, err)
+        return back
 
-    def restore_upstream(self, row: ItemRow, upstream: Upstream, objects: list[ItemObject]) -> None:
+    def restore_upstream(self, row: ItemRow, upstream: Upstream, objects: list[ItemObject]) -> set[str]:
         """Each of these back in the bucket, unless it is there already; one whose key holds other bytes now
-        (pict-rs made that variant again) is left as it is, and said."""
+        (pict-rs made that variant again) is left as it is, and said. Returns the keys skipped."""
+        skipped = set()
         for obj in objects:
             try:
                 upstream.restore(self.data_path(row.id, obj.sha256), obj.key)  # type: ignore[arg-type]
@@ -302,6 +315,8 @@ class UploadObjects:
                 if err.kind != "mismatch":
                     raise
                 log.warning("quarantine item %s: %s not put back: %s", row.id, obj.key, str(err).splitlines()[0])
+                skipped.add(obj.key)
+        return skipped
 
     # ------------------------------------------------------------------ seen arriving
 
@@ -332,6 +347,9 @@ class UploadObjects:
         if hit is None:
             return None
         item_id, companion = hit
+        row = self.ledger.item(item_id)
+        if row is None or pictrs_key(row) == key:
+            return None  # the item's own key: what is there now is a file of its own (or a copy of the item's)
         return item_id, None, companion.role, companion.variant  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------------ helpers
@@ -382,18 +400,19 @@ def remove_if_holds(root: bytes, key: str | bytes, sha256: str) -> bool:
         return True
 
 
-def _place_verified(source: Path, place: Place, sha256: str) -> None:
+def _place_verified(source: Path, place: Place, sha256: str) -> bool:
     """Put these bytes at the place unless it holds them already: a temp beside it (a .partial name that
     discovery and pulls ignore), verified, then hard-linked (fails on any file there: never overwrites), or
     where the filesystem has no hard links, written with O_EXCL and verified. Another file there is left
-    as it is, and said."""
+    as it is, and said. True when the place holds these bytes afterwards."""
     tmp = restore_tmp_name(place.name)
     if place.exists(tmp):
         place.unlink(tmp)  # ours, from an interrupted restore
     if place.exists():
         if place.sha256() != sha256:
-            log.warning("%s holds other content; the companion is not put back there", os.fsdecode(place.path))
-        return
+            log.warning("%s holds other content; the companion is not put back", os.fsdecode(place.path))
+            return False
+        return True
     for name in (tmp, place.name):
         fd_in = os.open(source, os.O_RDONLY | os.O_CLOEXEC)
         try:
@@ -405,7 +424,7 @@ def _place_verified(source: Path, place: Place, sha256: str) -> None:
             raise QuarantineError(f"the copy to {os.fsdecode(place.path)} did not verify; not put back")
         if name == place.name:  # written directly (no hard links here)
             place.fsync_dir()
-            return
+            return True
         try:
             os.link(tmp, place.name, src_dir_fd=place.dirfd, dst_dir_fd=place.dirfd, follow_symlinks=False)
         except OSError as err:
@@ -415,4 +434,5 @@ def _place_verified(source: Path, place: Place, sha256: str) -> None:
             raise QuarantineError(f"cannot put back {os.fsdecode(place.path)}: {err.strerror}") from None
         place.unlink(tmp)
         place.fsync_dir()
-        return
+        return True
+    return False

@@ -45,6 +45,7 @@ from mirror_scan.scan.decoders import gifclip, gpujpeg
 from mirror_scan.scan.decoders.decoded import Decoded, DecodeFailure, Limits, clock, decode_detail
 from mirror_scan.scan.decoders.frames import DistinctFrames, Rows, pdq_dihedral
 from mirror_scan.scan.decoders.pngchunks import default_image, strip_metadata
+from mirror_scan.text import one_line
 
 try:  # HEIF/HEIC (iPhone photos) through pillow-heif
     import pillow_heif
@@ -149,10 +150,17 @@ _MODE = _TruncationMode()
 # ---------------------------------------------------------------- one frame -> rows
 
 
+class Unidentified(DecodeFailure):
+    """Bytes that say they are a known format, refused by Pillow's strict open: the lenient paths try them."""
+
+
 def _open(data: bytes, limits: Limits, formats: tuple[str, ...] = PILLOW_FORMATS) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data), formats=formats)
     except UnidentifiedImageError:
+        known = sniff(data[:64])
+        if known is not None:  # a PNG, a GIF... whose header Pillow's strict pass refused (a bad chunk CRC)
+            raise Unidentified(f"corrupt or truncated {known}: its header cannot be read") from None
         raise DecodeFailure(UNSUPPORTED) from None
     width, height = img.size
     if width < 1 or height < 1:
@@ -434,6 +442,8 @@ def _decode_still_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> D
     with _MODE.strict():
         try:
             return _decode_image(data, prep, limits)
+        except Unidentified as err:  # e.g. a PNG whose tEXt before IDAT has a bad CRC: browsers skip it
+            strict_error = err
         except (DecodeFailure, Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError):
             raise
         except Exception as err:  # noqa: BLE001 - a plugin's bug on odd bytes is a broken file, not a crash
@@ -446,6 +456,8 @@ def _decode_still_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> D
                 decoded = _decode_image(stripped, prep, limits)
                 decoded.notes.insert(0, note)
                 return decoded
+            except Unidentified as err:
+                strict_error, data = err, stripped
             except (DecodeFailure, Image.DecompressionBombError, Image.DecompressionBombWarning, MemoryError):
                 raise
             except Exception as err:  # noqa: BLE001
@@ -477,6 +489,8 @@ def _decode_still_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> D
         try:
             decoded = _decode_image(data, prep, limits)
         except Exception:  # noqa: BLE001
+            if isinstance(strict_error, Unidentified):
+                raise DecodeFailure(str(strict_error)) from None
             raise DecodeFailure(f"corrupt or truncated: {_describe(strict_error)}") from None
     if _no_pixels(decoded):
         raise DecodeFailure(f"corrupt or truncated, no pixels decoded: {_describe(strict_error)}")
@@ -500,7 +514,11 @@ def _decode_video(data: bytes, fmt: str, prep: Preprocess, limits: Limits) -> De
         if not container.streams.video:
             raise DecodeFailure("video file has no video stream")
         stream = container.streams.video[0]
-        width, height = stream.codec_context.width, stream.codec_context.height
+        context = stream.codec_context  # None for a codec FFmpeg does not know (a Canon CR3's raw track)
+        if context is None or not context.width or not context.height:
+            tag = one_line(str(getattr(stream, "codec_tag", "") or "unknown"))[:16]
+            raise DecodeFailure(f"unsupported video codec ({tag}): no decoder for its frames")
+        width, height = context.width, context.height
         if width * height > limits.max_pixels:
             raise DecodeFailure(f"video frames are {width}x{height}, over the limit of {limits.max_pixels:,} pixels")
         stream.thread_type = "AUTO"

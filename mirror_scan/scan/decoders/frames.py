@@ -180,6 +180,7 @@ class DistinctFrames:
         return self._reduced(image), pdq_dihedral(image)
 
     def _reduced(self, image: Image.Image) -> Image.Image:
+        image = hashes.flatten_depth(image)
         if image.mode == "P" or image.mode not in ("RGB", "RGBA", "L", "LA"):
             image = image.convert("RGBA" if "transparency" in image.info or "A" in image.mode else "RGB")
         scale = self.keep_size / min(image.size)

@@ -1,0 +1,280 @@
+"""The third adversarial review (issue 44), each finding repeated against the real thing: a real watch
+daemon, real HTTP peers on loopback, the real CLI. Each test names the finding it answers."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+from http.server import BaseHTTPRequestHandler
+from pathlib import Path
+
+import pytest
+
+from .conftest import CLI, run_cli
+from .loopback import LoopbackHTTP
+from .mediafiles import image_bytes
+from .test_watch import Watcher
+
+
+def _cli(tmp: Path, *args: str, **kwargs):
+    return run_cli(*args, "--state", str(tmp / "state.db"), "--quarantine", str(tmp / "q"), **kwargs)
+
+
+class Answers(LoopbackHTTP):
+    """A peer that answers every request with one status and body (and keeps what it was sent)."""
+
+    def __init__(self, status: int, body) -> None:
+        self.seen: list[dict] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):
+                pass
+
+            def _answer(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                self.rfile.read(length)
+                outer.seen.append(dict(self.headers))
+                data = body(self) if callable(body) else body
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            do_GET = do_POST = do_DELETE = _answer  # noqa: N815
+
+        self._listen(Handler)
+
+
+def _flag_three(tmp_path: Path, bundle: Path, policy: Path, *args: str) -> Path:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir(exist_ok=True)
+    for i in range(3):
+        (mirror / f"f{i}.png").write_bytes(image_bytes("PNG", 40 + i, size=(48, 32)))
+    proc = _cli(tmp_path, "scan", str(mirror), "--model", str(bundle), "--policy", str(policy), *args)
+    assert proc.returncode == 1, proc.stderr
+    return mirror
+
+
+# ----------------------------------------------------------------------------- 1. flagged, never acted on
+
+
+def test_1_the_daemon_acts_on_flagged_files_no_action_was_taken_on(tmp_path, tiny_bundle_master, flag_all):
+    """Flagged with no action (a dry run here; a move a kill rolled back is the same row): `status` lists
+    them as unfinished work, and a watch daemon's first walk quarantines them, as `apply` would."""
+    mirror = _flag_three(tmp_path, tiny_bundle_master, flag_all, "--dry-run")
+    status = json.loads(run_cli("status", "--state", str(tmp_path / "state.db"), "--json").stdout)
+    assert status["flagged_not_acted_on"] == 3
+    watcher = Watcher(tmp_path, tiny_bundle_master, flag_all, "--observer", "none", mirror=mirror)
+    try:
+        watcher.wait_for(lambda: not any(mirror.iterdir()), 60, "the daemon to quarantine the flagged files")
+    finally:
+        code, stderr = watcher.stop()
+    assert code == 0, stderr
+    items = json.loads(_cli(tmp_path, "quarantine", "list", "--json").stdout)
+    assert len(items) == 3 and {i["state"] for i in items} == {"quarantined"}
+    status = json.loads(run_cli("status", "--state", str(tmp_path / "state.db"), "--json").stdout)
+    assert status["flagged_not_acted_on"] == 0
+
+
+# ----------------------------------------------------------------------------- 6. deeply nested JSON
+
+
+def test_6_deeply_nested_json_from_a_peer_is_no_answer_never_a_crash(tmp_path):
+    from mirror_scan.clients.http import exchange, peer_json
+
+    deep = b"[" * 100_000 + b"]" * 100_000
+    assert peer_json(deep) is None and peer_json(b'{"a": [[{"b": 1}]]}') == {"a": [[{"b": 1}]]}
+    assert peer_json(b"[" * 65 + b"]" * 65) is None and peer_json(b"[" * 64 + b"]" * 64) is not None
+    with Answers(200, deep) as peer:
+        assert exchange("GET", peer.url, {}, None, timeout=10) == (200, None)
+        env = {"MIRROR_SCAN_PICTRS_URL": peer.url, "MIRROR_SCAN_PICTRS_API_KEY": "key-" + "k" * 20}
+        proc = run_cli("pictrs", "check", env=env)
+        assert "Traceback" not in proc.stderr and "RecursionError" not in proc.stderr, proc.stderr
+        assert proc.returncode in (0, 2), proc.stderr
+        config = tmp_path / "config.toml"
+        config.write_text(f'[lemmy]\nurl = "{peer.url}"\nusername = "bot"\n')
+        proc = run_cli("lemmy", "check", "--config", str(config), env={"MIRROR_SCAN_LEMMY_PASSWORD": "pw-" + "p" * 20})
+        assert "Traceback" not in proc.stderr and "RecursionError" not in proc.stderr, proc.stderr
+        assert proc.returncode != 0 and "Lemmy" in proc.stdout + proc.stderr, (proc.stdout, proc.stderr)
+
+
+# ----------------------------------------------------------------------------- 7 and 10. HMA's words
+
+
+@pytest.mark.parametrize("how", ["env", "file"])
+def test_7_10_an_hma_proxy_that_echoes_the_request_gets_neither_its_token_nor_its_newlines_printed(
+    tmp_path, tiny_bundle_master, flag_all, how
+):
+    token = "hma-bearer-" + "t" * 24
+
+    def echo(handler) -> bytes:  # a proxy's error page that quotes the request it refused
+        quoted = "\n".join(f"{k}: {v}" for k, v in handler.headers.items())
+        return json.dumps({"message": f"upstream refused:\n{quoted}\nforged: pushed 0 content items"}).encode()
+
+    _flag_three(tmp_path, tiny_bundle_master, flag_all)
+    env, extra = {}, []
+    if how == "env":
+        env["MIRROR_SCAN_HMA_TOKEN"] = token
+    else:
+        (tmp_path / "token").write_text(token + "\n")
+        extra = ["--token-file", str(tmp_path / "token")]
+    with Answers(502, echo) as proxy:
+        proc = _cli(tmp_path, "hashlist", "push", "--hma", proxy.url, "--bank", "MIRROR_SCAN", *extra, env=env)
+        assert proxy.seen and proxy.seen[0]["Authorization"] == f"Bearer {token}"  # it really was sent
+    assert proc.returncode != 0
+    assert "upstream refused" in proc.stderr, proc.stderr  # HMA's words are said...
+    assert token not in proc.stdout + proc.stderr  # ...without the token
+    assert not any(line.startswith("forged:") for line in (proc.stdout + proc.stderr).splitlines())
+
+
+def test_10_names_stay_on_their_line_in_quarantine_list(tmp_path, tiny_bundle_master, flag_all):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    for i, name in enumerate(["line\nforged: log.png", "sep\u2028forged2.png", "zero\u200bwidth.png"]):
+        (mirror / name).write_bytes(image_bytes("PNG", 50 + i, size=(40, 30)))
+    assert _cli(tmp_path, "scan", str(mirror), "--model", str(tiny_bundle_master), "--policy",
+                str(flag_all)).returncode == 1  # fmt: skip
+    listed = _cli(tmp_path, "quarantine", "list").stdout
+    lines = listed.splitlines()
+    assert len(lines) == 4, listed  # three items and the count
+    assert not any(line.startswith("forged") for line in lines)
+    assert "\u2028" not in listed and "\u200b" not in listed and "\\u2028" in listed
+
+
+def test_10_the_text_helpers_escape_separators_and_invisible_characters():
+    from mirror_scan.text import one_line, printable
+
+    for hidden in ("\u2028", "\u2029", "\u200b", "\u200d", "\u2060", "\ufeff", "\u00ad"):
+        assert hidden not in one_line(f"a{hidden}b") and hidden not in printable(f"a{hidden}b")
+    assert printable("caf\u00e9 \u65e5\u672c\n") == "caf\u00e9 \u65e5\u672c\n"
+
+
+# ----------------------------------------------------------------------------- 8. one watch per mirror
+
+
+def test_8_a_second_watch_of_the_same_mirror_with_another_state_is_refused(tmp_path, tiny_bundle_master, flag_all):
+    first = Watcher(tmp_path, tiny_bundle_master, flag_all, "--dry-run")
+    try:
+        other = tmp_path / "other"
+        other.mkdir()
+        proc = subprocess.run(
+            [*CLI, "watch", "--mirror", str(first.mirror), "--model", str(tiny_bundle_master), "--policy",
+             str(flag_all), "--state", str(other / "state.db"), "--quarantine", str(other / "q"), "--dry-run"],
+            capture_output=True, text=True, timeout=120, env={**os.environ, "NO_COLOR": "1"},
+        )  # fmt: skip
+        assert proc.returncode == 2, proc.stderr
+        assert "another `mirror-scan watch`" in proc.stderr and "another state database" in proc.stderr
+        assert first.proc.poll() is None
+    finally:
+        code, stderr = first.stop()
+    assert code == 0, stderr
+
+
+# ----------------------------------------------------------------------------- 9. an empty state file
+
+
+def test_9_an_empty_state_file_named_alone_is_never_a_fresh_start(tmp_path):
+    state = tmp_path / "state.db"
+    state.write_bytes(b"")
+    for args in (("allowlist", "add", "b" * 64), ("state", "check"), ("quarantine", "list")):
+        proc = run_cli(*args, "--state", str(state))
+        assert proc.returncode == 2, (args, proc.stdout, proc.stderr)
+        assert "empty (0 bytes)" in proc.stderr and "remove the empty file" in proc.stderr, proc.stderr
+    assert state.read_bytes() == b""
+
+
+# ----------------------------------------------------------------------------- 11. a purge cut short
+
+
+def test_11_a_rerun_of_a_purge_cut_short_finishes_what_is_left(tmp_path, tiny_bundle_master, flag_all):
+    _flag_three(tmp_path, tiny_bundle_master, flag_all)
+    ids = [i["id"] for i in json.loads(_cli(tmp_path, "quarantine", "list", "--json").stdout)]
+    proc = _cli(tmp_path, "quarantine", "purge", *ids, "--yes", env={"MIRROR_SCAN_KILL_AT": "purge:recorded"})
+    assert proc.returncode == -9
+    again = _cli(tmp_path, "quarantine", "purge", *ids, "--yes", "--json")
+    assert again.returncode == 0, again.stderr
+    answer = json.loads(again.stdout)
+    assert len(answer["already_purged"]) == 1 and len(answer["purged"]) == 2
+    assert sorted(answer["already_purged"] + answer["purged"]) == sorted(ids)
+    states = {i["state"] for i in json.loads(_cli(tmp_path, "quarantine", "list", "--json").stdout)}
+    assert states == {"purged"}
+    assert not [p for p in (tmp_path / "q" / "items").rglob("data")]  # every purged item's bytes deleted
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        assert db.execute("SELECT count(*) FROM moves WHERE step NOT IN ('done', 'rolled_back')").fetchone()[0] == 0
+
+
+# ----------------------------------------------------------------------------- 12. the corpus
+
+
+def _tiff_with_associated_alpha() -> bytes:
+    """A greyscale TIFF whose alpha is associated (premultiplied: ExtraSamples = 1), as scanners and
+    GIMP write them; Pillow opens it as mode "La". Written by Pillow as LA, then its ExtraSamples set to 1."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    pixels = np.random.default_rng(12).integers(0, 255, (40, 50, 2), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "LA").save(buf, "TIFF")
+    data = bytearray(buf.getvalue())
+    ifd = int.from_bytes(data[4:8], "little")
+    for i in range(int.from_bytes(data[ifd : ifd + 2], "little")):
+        entry = ifd + 2 + 12 * i
+        if int.from_bytes(data[entry : entry + 2], "little") == 338:  # ExtraSamples
+            data[entry + 8] = 1  # associated alpha
+    return bytes(data)
+
+
+def test_12_a_tiff_with_associated_alpha_is_scored(tmp_path, tiny_bundle_master, flag_all):
+    import io
+
+    from PIL import Image
+
+    data = _tiff_with_associated_alpha()
+    assert Image.open(io.BytesIO(data)).mode == "La"
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "scan.tif").write_bytes(data)
+    proc = _cli(tmp_path, "scan", str(mirror), "--model", str(tiny_bundle_master), "--policy", str(flag_all),
+                "--dry-run", "--json")  # fmt: skip
+    summary = json.loads(proc.stdout)
+    assert summary["errors"] == 0 and summary["flagged"] == 1, (summary, proc.stderr)
+
+
+def _png_with_bad_text_crc() -> bytes:
+    """A PNG whose tEXt chunk before IDAT has a wrong CRC: browsers skip the chunk and draw the picture."""
+    import io
+    import struct
+    import zlib
+
+    buf = io.BytesIO()
+    from PIL import Image
+
+    Image.fromarray(__import__("numpy").random.default_rng(2).integers(0, 255, (30, 40, 3), dtype="uint8")).save(
+        buf, "PNG"
+    )
+    png = buf.getvalue()
+    payload = b"Comment\x00made by hand"
+    crc = zlib.crc32(b"tEXt" + payload) ^ 0xFFFF
+    chunk = struct.pack(">I", len(payload)) + b"tEXt" + payload + struct.pack(">I", crc)
+    return png[:33] + chunk + png[33:]
+
+
+def test_2_12_a_png_with_a_bad_crc_in_its_text_before_idat_is_scored_and_corrupt_pngs_say_so(
+    tmp_path, tiny_bundle_master, flag_all
+):
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "bad-crc.png").write_bytes(_png_with_bad_text_crc())
+    (mirror / "junk.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    proc = _cli(tmp_path, "scan", str(mirror), "--model", str(tiny_bundle_master), "--policy", str(flag_all),
+                "--dry-run", "--report", str(tmp_path / "report.jsonl"))  # fmt: skip
+    assert proc.returncode == 1, proc.stderr
+    rows = {Path(r["path"]).name: r for r in map(json.loads, (tmp_path / "report.jsonl").read_text().splitlines())}
+    assert rows["bad-crc.png"]["verdict"] == "flagged", rows["bad-crc.png"]
+    assert rows["junk.png"]["status"] == "error" and "corrupt or truncated png" in rows["junk.png"]["reason"]
