@@ -3,6 +3,7 @@ daemon, real HTTP peers on loopback, the real CLI. Each test names the finding i
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import sqlite3
@@ -278,3 +279,100 @@ def test_2_12_a_png_with_a_bad_crc_in_its_text_before_idat_is_scored_and_corrupt
     rows = {Path(r["path"]).name: r for r in map(json.loads, (tmp_path / "report.jsonl").read_text().splitlines())}
     assert rows["bad-crc.png"]["verdict"] == "flagged", rows["bad-crc.png"]
     assert rows["junk.png"]["status"] == "error" and "corrupt or truncated png" in rows["junk.png"]["reason"]
+
+
+# ----------------------------------------------------------------------------- 4. the console's connections
+
+
+def test_4_the_console_bounds_its_connections_and_times_every_request_head(tmp_path):
+    """300 connections each trickling a partial request head (more than the cap of 256), and one more
+    trickling a byte a second: the console still answers a login page at once, drops the oldest past the
+    cap, and closes the trickler when its head is not complete within 10 s; its log says so, briefly."""
+    import select
+    import socket
+    import time
+
+    from .console_client import ConsoleServer, add_user
+
+    add_user(lambda *a: run_cli(*a, "--state", str(tmp_path / "state.db")), "alice", tmp_path)
+    server = ConsoleServer(tmp_path / "state.db", tmp_path / "q")
+    held: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            sock = socket.create_connection(("127.0.0.1", server.port), timeout=5)
+            sock.sendall(b"GET /login HTTP/1.1\r\nHost: console\r\nX-Slow: ")
+            held.append(sock)
+
+        def closed(sock: socket.socket) -> bool:
+            try:
+                readable, _, _ = select.select([sock], [], [], 0)
+                return bool(readable) and sock.recv(1) == b""
+            except OSError:  # reset
+                return True
+
+        # Every one of them reached the server (the listen queue can hold some back): past the cap, dropped.
+        deadline = time.monotonic() + 8
+        while sum(map(closed, held)) < len(held) - 256 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert sum(map(closed, held)) >= len(held) - 256
+        started = time.monotonic()
+        answer = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+        answer.request("GET", "/login")
+        assert answer.getresponse().status == 200
+        assert time.monotonic() - started < 5
+        trickler = socket.create_connection(("127.0.0.1", server.port), timeout=2)
+        closed_after = None
+        for second in range(20):
+            try:
+                trickler.sendall(b"GET /login HTTP/1.1\r\nX-Slow: " if second == 0 else b"x")
+                readable, _, _ = select.select([trickler], [], [], 0)
+                if readable and trickler.recv(1) == b"":
+                    closed_after = second
+                    break
+            except OSError:  # reset: dropped
+                closed_after = second
+                break
+            time.sleep(1)
+        assert closed_after is not None and 8 <= closed_after <= 14, closed_after
+        assert all(closed(sock) for sock in held)  # past the cap, then at the head deadline: every one of them
+    finally:
+        for sock in held:
+            sock.close()
+        log = server.stop()
+    assert "closed" in log and "connection(s)" in log
+    assert log.count("closed") < 20  # said briefly, not once per connection
+
+
+# ----------------------------------------------------------------------------- 5. serve beside a hung decoder
+
+
+def test_5_serve_answers_every_upload_in_time_while_decoders_hang_and_stops_at_once(
+    tmp_path, tiny_bundle_master, monkeypatch
+):
+    """Four uploads whose decoders hang for good (a test hook in the worker) and a normal one sent meanwhile,
+    with two decoder workers and the default 60 s decode timeout: each gets its answer by --answer-within
+    (accepted unchecked, the overload policy), and SIGTERM stops the validator within seconds."""
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from mirror_scan.scan.decoders.decodepool import TEST_HOOK
+
+    from .test_serve import Validator
+
+    monkeypatch.setenv(TEST_HOOK, "hang")
+    monkeypatch.setenv("MIRROR_SCAN_WORKERS", "2")
+    validator = Validator(tmp_path, tiny_bundle_master, "--answer-within", "3", "--on-overload", "accept")
+    hanging = b"\x89PNG\r\n\x1a\nMIRROR-SCAN-TEST hang"
+    try:
+        started = time.monotonic()
+        with ThreadPoolExecutor(5) as pool:
+            answers = list(pool.map(validator.post, [hanging] * 4 + [image_bytes("PNG", 7, size=(40, 30))]))
+        elapsed = time.monotonic() - started
+        assert elapsed < 10, (elapsed, answers)
+        assert all(status == 200 for status, _ in answers), answers
+        assert sum("not checked" in body.get("note", "") for _, body in answers) >= 4, answers
+    finally:
+        stopping = time.monotonic()
+        code, stderr = validator.stop()
+    assert time.monotonic() - stopping < 15, stderr
+    assert code == 0, stderr

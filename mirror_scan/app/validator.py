@@ -135,6 +135,7 @@ class ValidatorService:
             listener.close()  # no new connections; requests in flight finish
             await listener.wait_closed()
             await http.server.shutdown(options.drain_s)
+            decoders.close()  # hung decoders' workers killed first: the pool's threads then end at once
             http.close()
         finally:
             if batcher is not None and batcher.is_alive():

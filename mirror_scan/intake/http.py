@@ -143,6 +143,8 @@ class ValidationServer:
         return self.server
 
     def close(self) -> None:
+        """Decodes not begun are cancelled; those in flight end when the decoders are closed (their workers
+        killed), which the caller does first: a clean stop never waits for a hung decoder."""
         self.pool.shutdown(wait=True, cancel_futures=True)
 
     # ---------------------------------------------------------------- answers
@@ -260,7 +262,12 @@ class ValidationServer:
         config = self.config
         content_type = request.headers.get("Content-Type", "application/octet-stream")
         loop = asyncio.get_running_loop()
-        job = await loop.run_in_executor(self.pool, self._prepare, data, content_type)
+        remaining = max(0.001, config.answer_within_s - (time.monotonic() - started))
+        try:  # the answer's deadline holds for the decode too: a hung decoder never holds an upload's answer
+            job = await asyncio.wait_for(asyncio.shield(loop.run_in_executor(self.pool, self._prepare, data,
+                                                                             content_type)), remaining)  # fmt: skip
+        except TimeoutError:
+            return self._overloaded("decoding took too long")
         if isinstance(job, str):
             self._count("undecodable")
             if config.on_error == "accept":

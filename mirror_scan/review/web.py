@@ -31,6 +31,7 @@ from aiohttp import web
 
 from mirror_scan.app.item_ops import ItemOps, Outcome, default_ban_reason
 from mirror_scan.errors import MirrorScanError
+from mirror_scan.intake.guard import ConnectionGuard
 from mirror_scan.moderation.attribution import sole_uploader
 from mirror_scan.review.decisions import ReviewerPermits, by
 from mirror_scan.review.people import LoginBrake, Reviewer, password_matches, token_hash
@@ -57,9 +58,14 @@ class BadForm(Exception):
     """A request body that is not a readable form (bad encoding, broken multipart)."""
 
 
+BODY_S = 30.0  # a form trickled slower than this is cut off (408)
+
+
 async def read_form(request: web.Request):
     try:
-        return await request.post()
+        return await asyncio.wait_for(request.post(), BODY_S)
+    except TimeoutError:
+        raise web.HTTPRequestTimeout(text="the form took too long to arrive") from None
     except web.HTTPException:
         raise
     except Exception as error:  # aiohttp raises ValueError, LookupError, UnicodeDecodeError...  # noqa: BLE001
@@ -83,6 +89,7 @@ class Console:
         self.session_s = settings.console_session_hours * 3600
         self.lemmy_login = lemmy_login
         self.brake = brake or LoginBrake()
+        self.connections = ConnectionGuard(cap=256, head_s=10.0, what="the console")
         self._checking: asyncio.Semaphore | None = None  # at most a few password checks at once (argon2, Lemmy)
         self._writer_pool = ThreadPoolExecutor(1, thread_name_prefix="console-writer")
         self._reader_pool = ThreadPoolExecutor(1, thread_name_prefix="console-reader")
@@ -176,6 +183,7 @@ class Console:
 
     @web.middleware
     async def _guard(self, request: web.Request, handler) -> web.StreamResponse:
+        self.connections.head_arrived(request.protocol)
         try:
             response = await self._checked(request, handler)
         except web.HTTPException as answer:
@@ -192,6 +200,7 @@ class Console:
         response.headers["Cache-Control"] = "no-store"
         if isinstance(response, web.HTTPException) and response.status >= 400 and response.text is None:
             response.text = f"{response.status} {response.reason}"
+        response.force_close()  # one request per connection: every request head is timed (ConnectionGuard)
         return response
 
     async def _checked(self, request: web.Request, handler) -> web.StreamResponse:
@@ -459,6 +468,19 @@ class Console:
         return await self._api_decision(request, "purge")
 
 
+class _GuardedRunner(web.AppRunner):
+    """aiohttp's runner, its server's connections bounded and timed by a ConnectionGuard."""
+
+    def __init__(self, app: web.Application, guard: ConnectionGuard, **kwargs: Any) -> None:
+        super().__init__(app, **kwargs)
+        self.guard = guard
+
+    async def _make_server(self):  # noqa: ANN202 - aiohttp's own Server
+        server = await super()._make_server()
+        self.guard.attach(server)
+        return server
+
+
 def run_console(console: Console, host: str, port: int, ready: Callable[[int], None] | None = None) -> None:
     """Serve until SIGINT or SIGTERM; the workspaces are opened first and closed last."""
     import signal
@@ -468,7 +490,7 @@ def run_console(console: Console, host: str, port: int, ready: Callable[[int], N
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        runner = web.AppRunner(console.app(), access_log=None, handle_signals=False)
+        runner = _GuardedRunner(console.app(), console.connections, access_log=None, handle_signals=False)
         await runner.setup()
         site = web.TCPSite(runner, host, port)
         try:

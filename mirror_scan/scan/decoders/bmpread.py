@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 BI_RGB, BI_RLE8, BI_RLE4, BI_BITFIELDS, BI_RLE24, BI_ALPHABITFIELDS = 0, 1, 2, 3, 4, 6
+CLAIM_PIXELS = 16 << 20  # a cut file's canvas past this, with under 1/16 of its rows, is refused
 MAX_RLE_BYTES = 16 << 20  # the run loop is Python: about 5 s at most
 DEFAULT_MASKS = {16: (0x7C00, 0x03E0, 0x001F, 0), 32: (0xFF0000, 0x00FF00, 0x0000FF, 0)}
 
@@ -73,11 +74,26 @@ def _read(data: bytes, max_pixels: int) -> Image.Image:
             palette = _palette(data, 14 + header, offset, colours, depth, entry)
         return _run_lengths(data[offset : offset + MAX_RLE_BYTES], width, height, depth, palette, top_down)
     stride = (width * depth + 31) // 32 * 4
-    if depth not in (1, 2, 4, 8, 16, 24, 32) or offset + stride * height > len(data):
+    arrived = min(height, max(0, len(data) - offset) // stride)
+    if depth not in (1, 2, 4, 8, 16, 24, 32) or arrived == 0:
         raise BmpRefused(f"BMP of depth {depth} with {len(data) - offset:,} bytes of pixels for {height} rows")
-    raw = np.frombuffer(data, np.uint8, stride * height, offset).reshape(height, stride)
-    if not top_down:
-        raw = raw[::-1]
+    if arrived < height and width * height > CLAIM_PIXELS and height > 16 * arrived:
+        # a size claimed, not sent: a few rows in a vast canvas is a bomb's shape, not a picture cut short
+        raise BmpRefused(f"BMP claiming {height:,} rows of which {arrived:,} arrived")
+    raw = np.frombuffer(data, np.uint8, stride * arrived, offset).reshape(arrived, stride)
+    picture = _rows(data, raw, header, offset, colours, depth, entry, masks, width)
+    if arrived == height:
+        return picture.transpose(Image.Transpose.FLIP_TOP_BOTTOM) if not top_down else picture
+    # cut short: the rows that arrived (a bottom-up file's bottom rows), the rest transparent, as browsers draw
+    canvas = Image.new("RGBA", (width, height), (0, 0, 0, 0))
+    canvas.paste(picture.convert("RGBA"), (0, 0))
+    return canvas.transpose(Image.Transpose.FLIP_TOP_BOTTOM) if not top_down else canvas
+
+
+def _rows(data: bytes, raw: np.ndarray, header: int, offset: int, colours: int, depth: int, entry: int,
+          masks: tuple | None, width: int) -> Image.Image:  # fmt: skip
+    """The stored rows as a picture, in the order they are stored."""
+    height = raw.shape[0]
     if depth <= 8:
         table = _palette(data, 14 + header + (12 if masks is not None and header == 40 else 0), offset, colours,
                          depth, entry)  # fmt: skip

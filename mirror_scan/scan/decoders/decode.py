@@ -26,6 +26,7 @@ from __future__ import annotations
 __all__ = ["Decoded", "DecodeFailure", "Limits", "decode", "decode_detail", "quick_reject", "sniff"]
 
 import io
+import re
 import threading
 import time
 import warnings
@@ -403,15 +404,101 @@ def _salvage_webp(data: bytes, prep: Preprocess, limits: Limits, strict_error: B
         still = first_frame_still(data)
         if still is None:
             return None
-        data = still
+        data, where = still, "the animation is cut short in its first frame: "
+    elif b"ANIM" in data[12:64]:  # damaged, not cut: the first frame as far as it goes, as browsers draw it
+        still = first_frame_still(data)
+        if still is None:
+            return None
+        data, where = still, "the animation is damaged; its first frame: "
+    else:
+        where = ""
     found = salvage(data, limits.max_pixels)
     if found is None:
         return None
     img, arrived, height = found
-    where = "the animation is cut short in its first frame: " if animation is not None else ""
     said = _describe(strict_error)
     note = f"partial: {where}{arrived} of {height} rows arrived, decoded as browsers draw them ({said})"
     return _one_picture(img, "webp", prep, limits, note)
+
+
+def _salvage_gif(data: bytes, prep: Preprocess, limits: Limits, strict_error: BaseException) -> Decoded | None:
+    from mirror_scan.scan.decoders.gifsalvage import salvage, whole_frames
+
+    said = _describe(strict_error)
+    animation = whole_frames(data)
+    if animation is not None:  # a cut animation: the frames that arrived whole
+        rebuilt, count = animation
+        with _MODE.strict():
+            try:
+                decoded = _decode_image(rebuilt, prep, limits)
+            except Exception:  # noqa: BLE001 - the whole frames do not decode either: the first one's rows
+                decoded = None
+        if decoded is not None:
+            decoded.partial = True
+            decoded.notes.insert(0, f"partial: the animation is cut short ({said}); the {count} frame"
+                                    f"{'s' if count != 1 else ''} that arrived whole were scored, as browsers "
+                                    "show them")  # fmt: skip
+            return decoded
+    found = salvage(data, limits.max_pixels)
+    if found is None:
+        return None
+    img, arrived, height = found
+    note = f"partial: {arrived} of {height} rows arrived, drawn as browsers draw them ({said})"
+    return _one_picture(img, "gif", prep, limits, note)
+
+
+def _whole_scans(data: bytes) -> tuple[bytes, int] | None:
+    """A progressive JPEG cut inside a later scan, ended before that scan (with an end marker), and how
+    many scans it keeps; None for other JPEGs. Markers are found by their bytes: inside entropy-coded data
+    0xFF is followed by 0x00 or a restart marker, never by another marker's code."""
+    scans, progressive = [], False
+    for found in re.finditer(rb"\xff[\xc0-\xcf\xda\xd9]", data):
+        code = data[found.start() + 1]
+        if code == 0xD9:
+            return None  # it has its end: not cut
+        if code == 0xDA:
+            scans.append(found.start())
+        elif code in (0xC2, 0xC6, 0xCA, 0xCE):  # progressive frames
+            progressive = True
+    if not progressive or len(scans) < 2:
+        return None
+    return data[: scans[-1]] + b"\xff\xd9", len(scans) - 1
+
+
+def _salvage_progressive_jpeg(
+    data: bytes, prep: Preprocess, limits: Limits, strict_error: BaseException
+) -> Decoded | None:
+    if data.rstrip(b"\0").endswith(b"\xff\xd9"):
+        return None  # damaged, not cut: libjpeg's lenient decode draws it as browsers do (else _first_scan)
+    found = _whole_scans(data)
+    decoded = None
+    if found is not None:
+        ended, scans = found
+        with _MODE.strict():
+            try:
+                decoded = _decode_image(ended, prep, limits)
+            except Exception:  # noqa: BLE001 - not even the whole scans decode: the first one's blocks
+                decoded = None
+    if decoded is None:
+        return _first_scan(data, prep, limits, strict_error)
+    decoded.partial = True
+    decoded.notes.insert(0, f"partial: the progressive JPEG is cut short ({_describe(strict_error)}); the "
+                            f"{scans} scan{'s' if scans != 1 else ''} that arrived whole were drawn, as browsers "
+                            "draw them")  # fmt: skip
+    return decoded
+
+
+def _first_scan(data: bytes, prep: Preprocess, limits: Limits, strict_error: BaseException) -> Decoded | None:
+    """A progressive JPEG's first scan, as far as it goes (jpegdc.py): when nothing else drew it."""
+    from mirror_scan.scan.decoders.jpegdc import first_scan
+
+    found = first_scan(data, limits.max_pixels)
+    if found is None:
+        return None
+    img, rows, height = found
+    note = (f"partial: the progressive JPEG is cut short or damaged in its first scan ({_describe(strict_error)}); "
+            f"{rows} of {height} rows drawn from their blocks' average colours, as browsers draw them")  # fmt: skip
+    return _one_picture(img, "jpeg", prep, limits, note)
 
 
 def _salvage_jxl(data: bytes, prep: Preprocess, limits: Limits, strict_error: BaseException) -> Decoded | None:
@@ -477,6 +564,10 @@ def _decode_still_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> D
         salvaged = _salvage_webp(data, prep, limits, strict_error)
         if salvaged is not None:
             return salvaged
+    if data[:6] in gifclip.GIF_SIGNATURES:  # browsers draw a cut GIF's rows and passes as they arrive
+        salvaged = _salvage_gif(data, prep, limits, strict_error)
+        if salvaged is not None:
+            return salvaged
     if data[:2] == b"BM":  # BMP layouts browsers draw and Pillow refuses (bmpread.py)
         salvaged = _read_bmp(data, prep, limits, strict_error)
         if salvaged is not None:
@@ -485,15 +576,23 @@ def _decode_still_or_partial(data: bytes, prep: Preprocess, limits: Limits) -> D
         salvaged = _salvage_jxl(data, prep, limits, strict_error)
         if salvaged is not None:
             return salvaged
+    if data[:2] == b"\xff\xd8":  # a cut progressive JPEG: browsers draw the scans that arrived
+        salvaged = _salvage_progressive_jpeg(data, prep, limits, strict_error)
+        if salvaged is not None:
+            return salvaged
     with _MODE.lenient():
         try:
             decoded = _decode_image(data, prep, limits)
         except Exception:  # noqa: BLE001
-            if isinstance(strict_error, Unidentified):
-                raise DecodeFailure(str(strict_error)) from None
-            raise DecodeFailure(f"corrupt or truncated: {_describe(strict_error)}") from None
-    if _no_pixels(decoded):
-        raise DecodeFailure(f"corrupt or truncated, no pixels decoded: {_describe(strict_error)}")
+            decoded = None
+    if decoded is None or _no_pixels(decoded):
+        if data[:2] == b"\xff\xd8" and (first := _first_scan(data, prep, limits, strict_error)) is not None:
+            return first
+        if decoded is not None:
+            raise DecodeFailure(f"corrupt or truncated, no pixels decoded: {_describe(strict_error)}")
+        if isinstance(strict_error, Unidentified):
+            raise DecodeFailure(str(strict_error)) from None
+        raise DecodeFailure(f"corrupt or truncated: {_describe(strict_error)}") from None
     decoded.partial = True
     decoded.notes.insert(0, f"partial: decoded as far as it goes ({_describe(strict_error)})")
     return decoded

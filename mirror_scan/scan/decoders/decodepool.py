@@ -27,6 +27,7 @@ from mirror_scan.scan.decoders.decode import Decoded, Limits, decode, quick_reje
 from mirror_scan.scan.decoders.quiet import WORKER_NAME
 
 DEFAULT_TIMEOUT_S = 60.0
+STOPPING = "not decoded: mirror-scan was stopping (retried later)"
 TEST_HOOK = "MIRROR_SCAN_TEST_DECODER"  # tests only: "crash" or "hang" on bytes marked b"MIRROR-SCAN-TEST"
 
 
@@ -75,15 +76,23 @@ class DecoderPool:
         self._lock = threading.Lock()
         self._all: list[_Process] = []
         self.replaced = 0  # workers killed after a crash or a timeout
+        self.closed = False  # once closed, a decode waiting for a worker returns at once (a clean stop never
+        # waits for a hung decoder: its worker is killed, and so is the wait)
 
-    def _take(self) -> _Process:
-        with self._lock:
-            if self._idle.empty() and self._started < self.size:
-                self._started += 1
-                worker = _Process(self._context)
-                self._all.append(worker)
-                return worker
-        return self._idle.get()
+    def _take(self) -> _Process | None:
+        """A worker (started lazily, at most `size`), or None once the pool is closed."""
+        while not self.closed:
+            with self._lock:
+                if self._idle.empty() and self._started < self.size:
+                    self._started += 1
+                    worker = _Process(self._context)
+                    self._all.append(worker)
+                    return worker
+            try:
+                return self._idle.get(timeout=0.5)
+            except queue.Empty:
+                continue
+        return None
 
     def _replace(self, worker: _Process) -> None:
         worker.kill()
@@ -96,6 +105,8 @@ class DecoderPool:
         if (reason := quick_reject(data)) is not None:
             return reason
         worker = self._take()
+        if worker is None:
+            return STOPPING
         try:
             worker.conn.send((data, prep, limits))
             if not worker.conn.poll(self.timeout_s):
@@ -108,6 +119,8 @@ class DecoderPool:
             if isinstance(result, Decoded):
                 result.cpu_s["pipe"] = pickled_s + time.thread_time() - started
         except (EOFError, OSError):
+            if self.closed:  # killed by close(): not the file's fault
+                return STOPPING
             worker.process.join(5)  # reap it: the exit code says how it died
             code = worker.process.exitcode
             self._replace(worker)
@@ -117,6 +130,8 @@ class DecoderPool:
         return result
 
     def close(self) -> None:
+        """Every worker killed (a decode in flight returns STOPPING), and no new decode starts."""
+        self.closed = True
         with self._lock:
             workers, self._all = self._all, []
         for worker in workers:

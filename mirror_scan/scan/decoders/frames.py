@@ -12,6 +12,7 @@ from PIL import Image
 from mirror_scan.lists import hashes
 from mirror_scan.model.bundle import Preprocess
 from mirror_scan.model.preprocess import normalise, resize_and_crop
+from mirror_scan.scan.decoders.colour import displayed
 from mirror_scan.scan.decoders.decoded import Limits, clock
 
 AVAILABLE = hashes.AVAILABLE
@@ -38,11 +39,12 @@ HIDDEN_SAMPLE_PIXELS = 1 << 20  # the test looks at about this many pixels (ever
 def _views(frame: Image.Image) -> list[tuple[str, Image.Image]]:
     """The RGB pictures of one frame: composited on neutral grey; and, when mostly transparent pixels hide
     non-uniform colour, the colour with alpha ignored as well."""
+    info = frame.info  # what colour management needs (the ICC profile, gAMA), before any conversion
     frame = hashes.flatten_depth(frame)
     has_alpha = frame.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (frame.mode == "P" and "transparency" in frame.info)
     if not has_alpha:
-        return [("", frame if frame.mode == "RGB" else frame.convert("RGB"))]
-    rgba = frame.convert("RGBA")
+        return [("", displayed(frame if frame.mode == "RGB" else frame.convert("RGB"), info))]
+    rgba = displayed(frame.convert("RGBA"), info)
     background = Image.new("RGBA", rgba.size, (*NEUTRAL_BACKGROUND, 255))
     views = [("", Image.alpha_composite(background, rgba).convert("RGB"))]
     step = max(1, math.isqrt(rgba.width * rgba.height // HIDDEN_SAMPLE_PIXELS))  # a large canvas: a sample

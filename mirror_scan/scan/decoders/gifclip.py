@@ -46,7 +46,7 @@ def _skip_sub_blocks(data: bytes, at: int) -> int:
     return at
 
 
-def _sub_blocks(data: bytes, at: int) -> tuple[bytes, int]:
+def sub_blocks(data: bytes, at: int) -> tuple[bytes, int]:
     """The data of the sub-blocks starting at `at`, and where they end."""
     parts = []
     while at < len(data):
@@ -129,7 +129,7 @@ def clip_frames(data: bytes, max_pixels: int) -> tuple[bytes, int]:
             replaced.append((first, end, b""))
             dropped += 1
             continue
-        stream, _ = _sub_blocks(data, _data_start(data, start) + 1)
+        stream, _ = sub_blocks(data, data_start(data, start) + 1)
         if len(stream) > MAX_STREAM_BYTES:
             raise ClipRefused(f"a GIF frame beyond the canvas has {len(stream):,} bytes of LZW data, over the "
                               f"{MAX_STREAM_BYTES:,} this clipping decodes (possible decompression bomb)")  # fmt: skip
@@ -143,7 +143,7 @@ def clip_frames(data: bytes, max_pixels: int) -> tuple[bytes, int]:
         if rewritten > max_pixels:
             raise ClipRefused(f"GIF frames beyond the canvas: clipping them would write more than {max_pixels:,} "
                               "pixels (possible decompression bomb)")  # fmt: skip
-        head = bytearray(data[start : _data_start(data, start)])
+        head = bytearray(data[start : data_start(data, start)])
         head[5:9] = struct.pack("<HH", wide, arrived)
         head[9] = flags & ~0x40
         replaced.append((start, end, bytes(head) + _literal_stream(rows[:arrived])))
@@ -160,13 +160,13 @@ def clip_frames(data: bytes, max_pixels: int) -> tuple[bytes, int]:
 MAX_STREAM_BYTES = 16 << 20  # about 12 s of this module's LZW decoding at worst
 
 
-def _data_start(data: bytes, descriptor: int) -> int:
+def data_start(data: bytes, descriptor: int) -> int:
     """Where an image's LZW minimum code size byte is (after its descriptor and local colour table)."""
     flags = data[descriptor + 9]
     return descriptor + 10 + (3 * (2 << (flags & 0x07)) if flags & 0x80 else 0)
 
 
-def _interlaced_row(k: np.ndarray, height: int) -> np.ndarray:
+def interlaced_row(k: np.ndarray, height: int) -> np.ndarray:
     """The picture row of each stored row k of an interlaced frame `height` rows tall."""
     n1, n2, n3 = (height + 7) // 8, (height + 3) // 8, (height + 1) // 4
     return np.select(
@@ -197,7 +197,7 @@ def _visible_rows(
         whole = len(buffer) // width
         if whole:
             k = np.arange(first_row, first_row + whole)
-            target = _interlaced_row(k, height) if interlaced else k
+            target = interlaced_row(k, height) if interlaced else k
             keep = target < room
             if keep.any():
                 block = np.frombuffer(bytes(buffer[: whole * width]), np.uint8).reshape(whole, width)
@@ -207,7 +207,7 @@ def _visible_rows(
             first_row += whole
         return first_row >= last
 
-    for piece in _lzw(stream, min_code):
+    for piece in lzw(stream, min_code):
         buffer += piece
         if len(buffer) >= max(width, FLUSH_PIXELS) and flush():
             return rows, arrived
@@ -217,7 +217,7 @@ def _visible_rows(
     return rows, arrived
 
 
-def _lzw(stream: bytes, min_code: int):
+def lzw(stream: bytes, min_code: int):
     """GIF's LZW: the strings of the stream's codes, in order, until its end code, the data's end or a bad
     code (a damaged frame keeps what came before, as browsers do)."""
     clear, end = 1 << min_code, (1 << min_code) + 1

@@ -15,11 +15,14 @@ METADATA_CHUNKS = frozenset({b"tEXt", b"zTXt", b"iTXt", b"iCCP", b"eXIf", b"tIME
 
 
 ANIMATION_CHUNKS = frozenset({b"acTL", b"fcTL", b"fdAT"})
+IEND = b"\x00\x00\x00\x00IEND\xaeB`\x82"
 
 
-def _without(data: bytes, kinds: frozenset[bytes]) -> tuple[bytes, list[str]]:
+def _without(data: bytes, kinds: frozenset[bytes], cut: bool = False) -> tuple[bytes, list[str]]:
     """The PNG without the chunks of `kinds`, and the chunk types dropped (in order, once each). A chunk that
-    runs past the end of the file ends the walk: the rest is kept as it is."""
+    runs past the end of the file ends the walk: the rest is kept as it is, unless it is one of `kinds` and
+    `cut`: then it goes too, and the PNG is ended there (an APNG cut inside a later frame: its default image
+    is whole, and browsers show it)."""
     if not data.startswith(PNG_SIGNATURE):
         return data, []
     kept, dropped = [data[:8]], []
@@ -29,6 +32,10 @@ def _without(data: bytes, kinds: frozenset[bytes]) -> tuple[bytes, list[str]]:
         kind = data[at + 4 : at + 8]
         end = at + 12 + length
         if end > len(data):
+            if cut and kind in kinds:
+                name = kind.decode("latin-1")
+                dropped += [] if name in dropped else [name]
+                return b"".join(kept) + IEND, dropped
             break
         if kind in kinds:
             name = kind.decode("latin-1")
@@ -39,6 +46,8 @@ def _without(data: bytes, kinds: frozenset[bytes]) -> tuple[bytes, list[str]]:
         at = end
         if kind == b"IEND":
             break
+    if cut and dropped and at < len(data) and at + 12 > len(data):  # cut inside a chunk's header: ended here
+        return b"".join(kept) + IEND, dropped
     kept.append(data[at:])
     return b"".join(kept), dropped
 
@@ -46,7 +55,7 @@ def _without(data: bytes, kinds: frozenset[bytes]) -> tuple[bytes, list[str]]:
 def default_image(data: bytes) -> bytes | None:
     """An APNG as the plain PNG of its default image (IHDR, PLTE, tRNS, IDAT...: every chunk but acTL, fcTL
     and fdAT), which browsers show when the animation is broken; None when the file is not an APNG."""
-    still, dropped = _without(data, ANIMATION_CHUNKS)
+    still, dropped = _without(data, ANIMATION_CHUNKS, cut=True)
     return still if dropped else None
 
 

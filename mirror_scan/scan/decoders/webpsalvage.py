@@ -1,7 +1,8 @@
 """A truncated still WebP, as browsers show it: the rows that arrived. Pillow decodes a WebP whole or not at
 all; browsers use libwebp's incremental decoder, which draws each row as its data comes in, so a file cut
-short shows its top part. This is that decoder (libwebp's WebPINewRGB / WebPIUpdate / WebPIDecGetRGB, a
-stable C API), through ctypes, on the libwebp that Pillow itself uses (its wheel's copy, or the system's).
+short shows its top part, and a damaged one its rows before the damage. This is that decoder (libwebp's
+WebPINewRGB / WebPIAppend / WebPIDecGetRGB, a stable C API), through ctypes, on the libwebp that Pillow
+itself uses (its wheel's copy, or the system's).
 
 The rows that did not arrive are neutral grey (as a viewer's empty background). Lossy (VP8) and lossless
 (VP8L) stills. A cut animated WebP shows the frames that arrived whole: `whole_frames` writes the file
@@ -21,6 +22,7 @@ from PIL import Image
 
 MODE_RGB = 0  # WEBP_CSP_MODE
 VP8_STATUS_OK, VP8_STATUS_SUSPENDED = 0, 5
+FEED_PIECES = 256  # a damaged file is fed in this many pieces: the rows before the damage, to 1/256 of it
 
 
 @functools.cache
@@ -34,12 +36,12 @@ def _libwebp() -> ctypes.CDLL | None:
             lib = ctypes.CDLL(path)
         except OSError:
             continue
-        if all(hasattr(lib, name) for name in ("WebPGetInfo", "WebPINewRGB", "WebPIUpdate", "WebPIDecGetRGB")):
+        if all(hasattr(lib, name) for name in ("WebPGetInfo", "WebPINewRGB", "WebPIAppend", "WebPIDecGetRGB")):
             lib.WebPGetInfo.argtypes = [ctypes.c_char_p, ctypes.c_size_t, ctypes.POINTER(ctypes.c_int),
                                         ctypes.POINTER(ctypes.c_int)]  # fmt: skip
             lib.WebPINewRGB.restype = ctypes.c_void_p
             lib.WebPINewRGB.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-            lib.WebPIUpdate.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
+            lib.WebPIAppend.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_size_t]
             lib.WebPIDecGetRGB.restype = ctypes.c_void_p
             lib.WebPIDecGetRGB.argtypes = [ctypes.c_void_p] + [ctypes.POINTER(ctypes.c_int)] * 4
             lib.WebPIDelete.argtypes = [ctypes.c_void_p]
@@ -64,21 +66,35 @@ def salvage(data: bytes, max_pixels: int) -> tuple[Image.Image, int, int] | None
     if w <= 0 or h <= 0 or w * h > max_pixels:
         return None
     pixels = np.full((h, w, 3), 128, np.uint8)  # rows that never arrive stay neutral grey
+    rows = _rows_decoded(lib, data, pixels, [len(data)])
+    if rows is None:  # damaged, not cut: the rows before the damage, as browsers draw them, fed in pieces
+        step = max(1, len(data) // FEED_PIECES)
+        pixels[:] = 128
+        rows = _rows_decoded(lib, data, pixels, [*range(step, len(data), step), len(data)])
+    if not rows:
+        return None
+    return Image.fromarray(pixels, "RGB"), rows, h
+
+
+def _rows_decoded(lib: ctypes.CDLL, data: bytes, pixels: np.ndarray, ends: list[int]) -> int | None:
+    """Feed the decoder the data up to each of `ends` in turn: the rows decoded before it stopped or the data
+    ended (None when the first piece already fails)."""
+    h, w = pixels.shape[:2]
     decoder = lib.WebPINewRGB(MODE_RGB, pixels.ctypes.data, pixels.nbytes, w * 3)
     if not decoder:
         return None
+    rows, start = None, 0
     try:
-        status = lib.WebPIUpdate(decoder, data, len(data))
-        if status not in (VP8_STATUS_OK, VP8_STATUS_SUSPENDED):
-            return None
-        last_y = ctypes.c_int(0)
-        lib.WebPIDecGetRGB(decoder, ctypes.byref(last_y), None, None, None)
-        rows = last_y.value
+        for end in ends:
+            if lib.WebPIAppend(decoder, data[start:end], end - start) not in (VP8_STATUS_OK, VP8_STATUS_SUSPENDED):
+                break
+            start = end
+            last_y = ctypes.c_int(0)
+            lib.WebPIDecGetRGB(decoder, ctypes.byref(last_y), None, None, None)
+            rows = last_y.value
     finally:
         lib.WebPIDelete(decoder)
-    if rows <= 0:
-        return None
-    return Image.fromarray(pixels, "RGB"), rows, h
+    return rows
 
 
 def _chunks(data: bytes, at: int, end: int) -> list[tuple[bytes, int, int, bool]]:

@@ -1,0 +1,194 @@
+"""What the model sees is what a browser draws (issue 44, finding 3): pictures whose stored samples differ
+from what headless Chromium draws (a PNG's gAMA, an embedded ICC profile) are compared with Chromium's own
+rendering, read back from a canvas (Chromium colour-manages an image drawn into a 2D canvas to sRGB).
+The reference is Debian's Chromium, driven by Selenium, as the console's browser tests do."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import shutil
+import struct
+import zlib
+
+import numpy as np
+import pytest
+
+from mirror_scan.model.bundle import Preprocess
+from mirror_scan.scan.decoders.decode import Limits, decode
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
+pytestmark = pytest.mark.skipif(
+    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+    reason="Debian's chromium and chromium-driver are not installed (scripts/install.sh installs them as root)",
+)
+PREP = Preprocess(size=(64, 64), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), interpolation="bicubic",
+                  resize_mode="squash")  # fmt: skip
+TOLERANCE = 6.0  # mean absolute difference per channel, in 0-255 levels (resampling and rounding differ)
+
+
+@pytest.fixture(scope="module")
+def chromium(tmp_path_factory):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not look for drivers on the network
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                 "--force-color-profile=srgb", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):  # fmt: skip
+        options.add_argument(flag)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    driver.set_script_timeout(30)
+    yield driver
+    driver.quit()
+
+
+def drawn(driver, data: bytes, mime: str) -> np.ndarray:
+    """The picture as Chromium draws it: HxWx3, 0-255 (alpha composited on nothing: opaque pictures only)."""
+    driver.get("about:blank")
+    pixels = driver.execute_async_script(
+        """
+        const [src, done] = arguments;
+        const img = new Image();
+        img.onload = () => {
+            const canvas = document.createElement('canvas');
+            canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
+            const context = canvas.getContext('2d');
+            context.drawImage(img, 0, 0);
+            const drawn = context.getImageData(0, 0, canvas.width, canvas.height).data;
+            done([canvas.width, canvas.height, Array.from(drawn)]);
+        };
+        img.onerror = () => done(null);
+        img.src = src;
+        """,
+        f"data:{mime};base64,{base64.b64encode(data).decode()}",
+    )
+    assert pixels is not None, "Chromium did not draw it"
+    width, height, flat = pixels
+    return np.asarray(flat, dtype=np.float64).reshape(height, width, 4)[..., :3]
+
+
+def model_sees(data: bytes) -> np.ndarray:
+    decoded = decode(data, PREP, Limits())
+    assert not isinstance(decoded, str), decoded
+    return decoded.pixels[0].transpose(1, 2, 0).astype(np.float64) * 255.0
+
+
+def _chunk(kind: bytes, payload: bytes) -> bytes:
+    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+
+
+def _png(pixels: np.ndarray, *chunks: bytes) -> bytes:
+    """A PNG of these pixels with extra chunks placed before IDAT (where gAMA and iCCP belong)."""
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, "PNG")
+    png = buf.getvalue()
+    return png[:33] + b"".join(chunks) + png[33:]
+
+
+def _picture() -> np.ndarray:
+    """A smooth picture (gradients, no edges: resampling differences stay small)."""
+    y, x = np.mgrid[0:64, 0:64].astype(np.float64)
+    return np.stack([40 + 3 * x, 200 - 2 * y, 90 + x + y], axis=-1).clip(0, 255).astype(np.uint8)
+
+
+def _linear_rgb_profile() -> bytes:
+    """An ICC v2 display profile: sRGB's primaries and white, with a linear (gamma 1.0) tone curve, so the
+    samples a file stores under it are light, not sRGB-encoded: a browser brightens their dark parts."""
+
+    def s15(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    def xyz(x: float, y: float, z: float) -> bytes:
+        return b"XYZ " + b"\0" * 4 + s15(x) + s15(y) + s15(z)
+
+    curve = b"curv" + b"\0" * 4 + struct.pack(">I", 1) + struct.pack(">H", 256) + b"\0\0"  # gamma 1.0, padded
+    desc_text = b"linear sRGB\0"
+    desc = b"desc" + b"\0" * 4 + struct.pack(">I", len(desc_text)) + desc_text + b"\0" * 12 + b"\0" * 67
+    tags = [  # D50-adapted sRGB colorants, as the sRGB profile carries them
+        (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+        (b"rXYZ", xyz(0.4361, 0.2225, 0.0139)),
+        (b"gXYZ", xyz(0.3851, 0.7169, 0.0971)),
+        (b"bXYZ", xyz(0.1431, 0.0606, 0.7141)),
+        (b"rTRC", curve),
+        (b"gTRC", curve),
+        (b"bTRC", curve),
+        (b"desc", desc),
+        (b"cprt", b"text" + b"\0" * 4 + b"none\0\0\0\0"),
+    ]
+    offset = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for signature, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    size = offset + len(body)
+    header = (struct.pack(">I", size) + b"none" + bytes([2, 0x20, 0, 0]) + b"mntr" + b"RGB " + b"XYZ "
+              + b"\0" * 12 + b"acsp" + b"\0" * 4 + b"\0" * 4 + b"\0" * 4 + b"\0" * 4 + b"\0" * 8 + b"\0" * 4
+              + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 4 + b"\0" * 16 + b"\0" * 28)  # fmt: skip
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+CASES = {
+    "png gAMA 0.1 (drawn much darker than stored)": lambda: _png(_picture(), _chunk(b"gAMA", struct.pack(">I", 10000))),
+    "png gAMA 1/2.2 (drawn as stored)": lambda: _png(_picture(), _chunk(b"gAMA", struct.pack(">I", 45455))),
+    "png gAMA 1.0 (drawn darker)": lambda: _png(_picture(), _chunk(b"gAMA", struct.pack(">I", 100000))),
+    "png iCCP linear profile (drawn brighter)": lambda: _png(
+        _picture(), _chunk(b"iCCP", b"linear\0\0" + zlib.compress(_linear_rgb_profile()))
+    ),
+    "jpeg with the linear profile (APP2)": lambda: _jpeg_with_profile(_picture(), _linear_rgb_profile()),
+}
+
+
+def _jpeg_with_profile(pixels: np.ndarray, icc: bytes) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(pixels, "RGB").save(buf, "JPEG", quality=95, icc_profile=icc)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_the_model_sees_the_colours_chromium_draws(chromium, case):
+    data = CASES[case]()
+    mime = "image/jpeg" if data[:2] == b"\xff\xd8" else "image/png"
+    browser = drawn(chromium, data, mime)
+    ours = model_sees(data)
+    assert browser.shape[:2] == ours.shape[:2] == (64, 64)
+    difference = np.abs(browser - ours).mean(axis=(0, 1))
+    stored = np.asarray(_picture(), dtype=np.float64)
+    assert difference.max() <= TOLERANCE, (case, difference, browser.mean((0, 1)), ours.mean((0, 1)),
+                                           stored.mean((0, 1)))  # fmt: skip
+
+
+def _apng_cut_in_its_second_frame() -> bytes:
+    from PIL import Image
+
+    rng = np.random.default_rng(44)
+    smooth = _picture()
+    frames = [Image.fromarray(smooth)] + [Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8))
+                                          for _ in range(2)]  # fmt: skip
+    buf = io.BytesIO()
+    frames[0].save(buf, "PNG", save_all=True, append_images=frames[1:], duration=100)
+    data = buf.getvalue()
+    second = data.index(b"fdAT")
+    return data[: second + 4 + 3000]  # inside the second frame's data
+
+
+CUT = {"apng cut inside its second frame (browsers show the default image)": _apng_cut_in_its_second_frame}
+
+
+@pytest.mark.parametrize("case", sorted(CUT))
+def test_a_cut_file_chromium_draws_is_scored_as_drawn(chromium, case):
+    data = CUT[case]()
+    browser = drawn(chromium, data, "image/png")
+    ours = model_sees(data)
+    difference = np.abs(browser - ours).mean(axis=(0, 1))
+    assert difference.max() <= TOLERANCE, (case, difference)
