@@ -43,7 +43,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
-from .loopback import LoopbackHTTP
+from .loopback import LoopbackHTTP, send_json
 
 
 @dataclass
@@ -92,12 +92,7 @@ class FakeLemmy(LoopbackHTTP):
                 pass
 
             def _reply(self, status: int, body) -> None:
-                data = json.dumps(body).encode() if body is not None else b""
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, body)
 
             def _handle(self, method: str) -> None:
                 url = urlparse(self.path)

@@ -34,7 +34,6 @@ import email.parser
 import email.policy
 import hashlib
 import io
-import json
 import secrets
 import uuid
 from http.server import BaseHTTPRequestHandler
@@ -43,7 +42,7 @@ from urllib.parse import parse_qs, unquote, urlparse
 
 from PIL import Image
 
-from .loopback import LoopbackHTTP
+from .loopback import LoopbackHTTP, send_json
 
 FORMAT_BYTES = {"apng": 0, "gif": 2, "avif": 4, "jpeg": 5, "jxl": 6, "png": 7, "webp": 8, "mp4": 9, "webm": 10}
 PILLOW_FORMATS = {"png": "PNG", "webp": "WEBP", "jpeg": "JPEG", "gif": "GIF"}
@@ -81,12 +80,7 @@ class PictrsFake(LoopbackHTTP):
                 pass
 
             def _json(self, status: int, body: dict | None) -> None:
-                data = json.dumps(body).encode() if body is not None else b""
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, body)
 
             def _bytes(self, data: bytes, fmt: str) -> None:
                 self.send_response(200)

@@ -17,11 +17,10 @@ It records every purge it receives; `run_jobs()` plays pict-rs's cleanup worker.
 from __future__ import annotations
 
 import base64
-import json
 from http.server import BaseHTTPRequestHandler
 from urllib.parse import parse_qs, urlparse
 
-from .loopback import LoopbackHTTP
+from .loopback import LoopbackHTTP, send_json
 
 
 class PictrsContractServer(LoopbackHTTP):
@@ -49,12 +48,7 @@ class PictrsContractServer(LoopbackHTTP):
                 pass
 
             def _send(self, status: int, body: dict | None) -> None:
-                data = json.dumps(body).encode() if body is not None else b""
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                send_json(self, status, body)
 
             def _authorised(self) -> bool:
                 token = self.headers.get("X-Api-Token", "")

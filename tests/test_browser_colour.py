@@ -5,10 +5,7 @@ The reference is Debian's Chromium, driven by Selenium, as the console's browser
 
 from __future__ import annotations
 
-import base64
 import io
-import os
-import shutil
 import struct
 import zlib
 
@@ -17,11 +14,11 @@ import pytest
 
 from mirror_scan.model.bundle import Preprocess
 from mirror_scan.scan.decoders.decode import Limits, decode
+from tests import browserdiff
+from tests.browserdiff import png_chunk
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 pytestmark = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+    not browserdiff.have_chromium(),
     reason="Debian's chromium and chromium-driver are not installed (scripts/install.sh installs them as root)",
 )
 PREP = Preprocess(size=(64, 64), mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), interpolation="bicubic",
@@ -31,55 +28,22 @@ TOLERANCE = 6.0  # mean absolute difference per channel, in 0-255 levels (resamp
 
 @pytest.fixture(scope="module")
 def chromium(tmp_path_factory):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    os.environ["SE_OFFLINE"] = "true"  # Selenium Manager must not look for drivers on the network
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--force-color-profile=srgb", f"--user-data-dir={tmp_path_factory.mktemp('chromium')}"):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
-    driver.set_script_timeout(30)
+    driver = browserdiff.start_chromium(str(tmp_path_factory.mktemp("chromium")))
     yield driver
     driver.quit()
 
 
 def drawn(driver, data: bytes, mime: str) -> np.ndarray:
     """The picture as Chromium draws it: HxWx3, 0-255 (alpha composited on nothing: opaque pictures only)."""
-    driver.get("about:blank")
-    pixels = driver.execute_async_script(
-        """
-        const [src, done] = arguments;
-        const img = new Image();
-        img.onload = () => {
-            const canvas = document.createElement('canvas');
-            canvas.width = img.naturalWidth; canvas.height = img.naturalHeight;
-            const context = canvas.getContext('2d');
-            context.drawImage(img, 0, 0);
-            const drawn = context.getImageData(0, 0, canvas.width, canvas.height).data;
-            done([canvas.width, canvas.height, Array.from(drawn)]);
-        };
-        img.onerror = () => done(null);
-        img.src = src;
-        """,
-        f"data:{mime};base64,{base64.b64encode(data).decode()}",
-    )
+    (pixels,) = browserdiff.drawn_by_chromium(driver, [(data, mime)])
     assert pixels is not None, "Chromium did not draw it"
-    width, height, flat = pixels
-    return np.asarray(flat, dtype=np.float64).reshape(height, width, 4)[..., :3]
+    return pixels[..., :3].astype(np.float64)
 
 
 def model_sees(data: bytes) -> np.ndarray:
     decoded = decode(data, PREP, Limits())
     assert not isinstance(decoded, str), decoded
     return decoded.pixels[0].transpose(1, 2, 0).astype(np.float64) * 255.0
-
-
-def _chunk(kind: bytes, payload: bytes) -> bytes:
-    return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
 
 
 def _png(pixels: np.ndarray, *chunks: bytes) -> bytes:
@@ -137,11 +101,13 @@ def _linear_rgb_profile() -> bytes:
 
 
 CASES = {
-    "png gAMA 0.1 (drawn much darker than stored)": lambda: _png(_picture(), _chunk(b"gAMA", struct.pack(">I", 10000))),
-    "png gAMA 1/2.2 (drawn as stored)": lambda: _png(_picture(), _chunk(b"gAMA", struct.pack(">I", 45455))),
-    "png gAMA 1.0 (drawn darker)": lambda: _png(_picture(), _chunk(b"gAMA", struct.pack(">I", 100000))),
+    "png gAMA 0.1 (drawn much darker than stored)": lambda: _png(
+        _picture(), png_chunk(b"gAMA", struct.pack(">I", 10000))
+    ),
+    "png gAMA 1/2.2 (drawn as stored)": lambda: _png(_picture(), png_chunk(b"gAMA", struct.pack(">I", 45455))),
+    "png gAMA 1.0 (drawn darker)": lambda: _png(_picture(), png_chunk(b"gAMA", struct.pack(">I", 100000))),
     "png iCCP linear profile (drawn brighter)": lambda: _png(
-        _picture(), _chunk(b"iCCP", b"linear\0\0" + zlib.compress(_linear_rgb_profile()))
+        _picture(), png_chunk(b"iCCP", b"linear\0\0" + zlib.compress(_linear_rgb_profile()))
     ),
     "jpeg with the linear profile (APP2)": lambda: _jpeg_with_profile(_picture(), _linear_rgb_profile()),
 }

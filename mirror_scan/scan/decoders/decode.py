@@ -26,7 +26,6 @@ from __future__ import annotations
 __all__ = ["Decoded", "DecodeFailure", "Limits", "decode", "decode_detail", "quick_reject", "sniff"]
 
 import io
-import re
 import threading
 import time
 import warnings
@@ -384,39 +383,40 @@ def _one_picture(img: Image.Image, fmt: str, prep: Preprocess, limits: Limits, n
                    partial=True)  # fmt: skip
 
 
+def _strict_rebuilt(rebuilt: bytes, prep: Preprocess, limits: Limits, note: str) -> Decoded | None:
+    """A file written again from the parts of it that arrived whole (frames, scans), decoded strictly and
+    marked partial, `note` first; None when even those parts do not decode."""
+    with _MODE.strict():
+        try:
+            decoded = _decode_image(rebuilt, prep, limits)
+        except Exception:  # noqa: BLE001 - a plugin's bug on odd bytes is a broken file, not a crash
+            return None
+    decoded.partial = True
+    decoded.notes.insert(0, note)
+    return decoded
+
+
 def _salvage_webp(data: bytes, prep: Preprocess, limits: Limits, strict_error: BaseException) -> Decoded | None:
     from mirror_scan.scan.decoders.webpsalvage import first_frame_still, salvage, whole_frames
 
+    said = _describe(strict_error)
     animation = whole_frames(data)
-    if animation is not None:  # a cut animation: the frames that arrived whole, else the first one's rows
+    if animation is not None and animation[0] is not None:  # a cut animation: the frames that arrived whole
         rebuilt, count, cut = animation
-        if rebuilt is not None:
-            with _MODE.strict():
-                try:
-                    decoded = _decode_image(rebuilt, prep, limits)
-                except Exception:  # noqa: BLE001 - the whole frames do not decode either: as far as it goes
-                    return None
-            decoded.partial = True
-            decoded.notes.insert(0, f"partial: the animation is cut short ({_describe(strict_error)}); the {count} "
-                                    f"frame{'s' if count != 1 else ''} that arrived whole were scored"
-                                    f"{', the cut one was not' if cut else ''}, as browsers show them")  # fmt: skip
-            return decoded
+        return _strict_rebuilt(rebuilt, prep, limits, f"partial: the animation is cut short ({said}); the {count} "
+                               f"frame{'s' if count != 1 else ''} that arrived whole were scored"
+                               f"{', the cut one was not' if cut else ''}, as browsers show them")  # fmt: skip
+    where = ""
+    if animation is not None or b"ANIM" in data[12:64]:  # cut in, or damaged: the first frame's rows
         still = first_frame_still(data)
         if still is None:
             return None
-        data, where = still, "the animation is cut short in its first frame: "
-    elif b"ANIM" in data[12:64]:  # damaged, not cut: the first frame as far as it goes, as browsers draw it
-        still = first_frame_still(data)
-        if still is None:
-            return None
-        data, where = still, "the animation is damaged; its first frame: "
-    else:
-        where = ""
+        cut = "is cut short in" if animation is not None else "is damaged;"
+        data, where = still, f"the animation {cut} its first frame: "
     found = salvage(data, limits.max_pixels)
     if found is None:
         return None
     img, arrived, height = found
-    said = _describe(strict_error)
     note = f"partial: {where}{arrived} of {height} rows arrived, decoded as browsers draw them ({said})"
     return _one_picture(img, "webp", prep, limits, note)
 
@@ -426,18 +426,12 @@ def _salvage_gif(data: bytes, prep: Preprocess, limits: Limits, strict_error: Ba
 
     said = _describe(strict_error)
     animation = whole_frames(data)
-    if animation is not None:  # a cut animation: the frames that arrived whole
+    if animation is not None:  # a cut animation: the frames that arrived whole (else the first one's rows)
         rebuilt, count = animation
-        with _MODE.strict():
-            try:
-                decoded = _decode_image(rebuilt, prep, limits)
-            except Exception:  # noqa: BLE001 - the whole frames do not decode either: the first one's rows
-                decoded = None
+        decoded = _strict_rebuilt(rebuilt, prep, limits, f"partial: the animation is cut short ({said}); the "
+                                  f"{count} frame{'s' if count != 1 else ''} that arrived whole were scored, as "
+                                  "browsers show them")  # fmt: skip
         if decoded is not None:
-            decoded.partial = True
-            decoded.notes.insert(0, f"partial: the animation is cut short ({said}); the {count} frame"
-                                    f"{'s' if count != 1 else ''} that arrived whole were scored, as browsers "
-                                    "show them")  # fmt: skip
             return decoded
     found = salvage(data, limits.max_pixels)
     if found is None:
@@ -447,45 +441,22 @@ def _salvage_gif(data: bytes, prep: Preprocess, limits: Limits, strict_error: Ba
     return _one_picture(img, "gif", prep, limits, note)
 
 
-def _whole_scans(data: bytes) -> tuple[bytes, int] | None:
-    """A progressive JPEG cut inside a later scan, ended before that scan (with an end marker), and how
-    many scans it keeps; None for other JPEGs. Markers are found by their bytes: inside entropy-coded data
-    0xFF is followed by 0x00 or a restart marker, never by another marker's code."""
-    scans, progressive = [], False
-    for found in re.finditer(rb"\xff[\xc0-\xcf\xda\xd9]", data):
-        code = data[found.start() + 1]
-        if code == 0xD9:
-            return None  # it has its end: not cut
-        if code == 0xDA:
-            scans.append(found.start())
-        elif code in (0xC2, 0xC6, 0xCA, 0xCE):  # progressive frames
-            progressive = True
-    if not progressive or len(scans) < 2:
-        return None
-    return data[: scans[-1]] + b"\xff\xd9", len(scans) - 1
-
-
 def _salvage_progressive_jpeg(
     data: bytes, prep: Preprocess, limits: Limits, strict_error: BaseException
 ) -> Decoded | None:
+    from mirror_scan.scan.decoders.jpegdc import whole_scans
+
     if data.rstrip(b"\0").endswith(b"\xff\xd9"):
         return None  # damaged, not cut: libjpeg's lenient decode draws it as browsers do (else _first_scan)
-    found = _whole_scans(data)
-    decoded = None
-    if found is not None:
+    found = whole_scans(data)
+    if found is not None:  # cut in a later scan: the scans that arrived whole (else the first one's blocks)
         ended, scans = found
-        with _MODE.strict():
-            try:
-                decoded = _decode_image(ended, prep, limits)
-            except Exception:  # noqa: BLE001 - not even the whole scans decode: the first one's blocks
-                decoded = None
-    if decoded is None:
-        return _first_scan(data, prep, limits, strict_error)
-    decoded.partial = True
-    decoded.notes.insert(0, f"partial: the progressive JPEG is cut short ({_describe(strict_error)}); the "
-                            f"{scans} scan{'s' if scans != 1 else ''} that arrived whole were drawn, as browsers "
-                            "draw them")  # fmt: skip
-    return decoded
+        decoded = _strict_rebuilt(ended, prep, limits, f"partial: the progressive JPEG is cut short "
+                                  f"({_describe(strict_error)}); the {scans} scan{'s' if scans != 1 else ''} that "
+                                  "arrived whole were drawn, as browsers draw them")  # fmt: skip
+        if decoded is not None:
+            return decoded
+    return _first_scan(data, prep, limits, strict_error)
 
 
 def _first_scan(data: bytes, prep: Preprocess, limits: Limits, strict_error: BaseException) -> Decoded | None:

@@ -1,11 +1,13 @@
-"""A progressive JPEG cut inside its first scan, as browsers draw it. The first scan of a progressive JPEG
-holds every block's DC coefficient: its average colour. Browsers decode progressive JPEGs scan by scan and
+"""A progressive JPEG cut short, as browsers draw it. Cut in a later scan: the scans that arrived whole
+(`whole_scans` ends the file before the cut one, for libjpeg). Cut in its first scan: that scan holds
+every block's DC coefficient, its average colour. Browsers decode progressive JPEGs scan by scan and
 draw each as it arrives, so a file cut inside that scan shows its arrived rows at one eighth of their
-resolution (flat 8x8 blocks). libjpeg, through Pillow, draws nothing until a scan ends, so this module reads
-that scan itself: markers by their lengths, the DC Huffman tables, the blocks' DC differences as far as the
-bits go (restart intervals honoured), then YCbCr to RGB as JFIF defines it. The rows that never arrived are
-transparent. Greyscale and three-component (YCbCr) frames; CMYK and others are left alone. Bounded by the
-pixel limit. Read from the bytes, no decoder; runs in the decoder worker processes like every decode."""
+resolution (flat 8x8 blocks). libjpeg, through Pillow, draws nothing until a scan ends, so `first_scan`
+reads that scan itself: markers by their lengths, the DC Huffman tables, the blocks' DC differences as
+far as the bits go (restart intervals honoured), then YCbCr to RGB as JFIF defines it. The rows that never
+arrived are transparent. Greyscale and three-component (YCbCr) frames; CMYK and others are left alone.
+Bounded by the pixel limit. Read from the bytes, no decoder; runs in the decoder worker processes like
+every decode."""
 
 from __future__ import annotations
 
@@ -97,6 +99,24 @@ def _segments(data: bytes) -> tuple[dict, bytes] | None:
             return found, rest[: end.start()] if end else rest
         at += 2 + length
     return None
+
+
+def whole_scans(data: bytes) -> tuple[bytes, int] | None:
+    """A progressive JPEG cut inside a later scan, ended before that scan (with an end marker), and how
+    many scans it keeps; None for other JPEGs. Markers are found by their bytes: inside entropy-coded data
+    0xFF is followed by 0x00 or a restart marker, never by another marker's code."""
+    scans, progressive = [], False
+    for found in re.finditer(rb"\xff[\xc0-\xcf\xda\xd9]", data):
+        code = data[found.start() + 1]
+        if code == 0xD9:
+            return None  # it has its end: not cut
+        if code == 0xDA:
+            scans.append(found.start())
+        elif code in PROGRESSIVE:
+            progressive = True
+    if not progressive or len(scans) < 2:
+        return None
+    return data[: scans[-1]] + b"\xff\xd9", len(scans) - 1
 
 
 def first_scan(data: bytes, max_pixels: int) -> tuple[Image.Image, int, int] | None:
