@@ -376,3 +376,32 @@ def test_5_serve_answers_every_upload_in_time_while_decoders_hang_and_stops_at_o
         code, stderr = validator.stop()
     assert time.monotonic() - stopping < 15, stderr
     assert code == 0, stderr
+
+
+def test_2_the_salvage_readers_refuse_malformed_headers_without_raising():
+    """Found by mutating the headers of the salvage paths' inputs: a progressive JPEG whose frame header
+    counts more components than it holds, and a cut BMP of depth 0, raised (struct.error,
+    ZeroDivisionError) instead of saying the file is not one they read."""
+    import io
+    import struct
+
+    import numpy as np
+    from PIL import Image
+
+    from mirror_scan.scan.decoders import bmpread, jpegdc
+    from mirror_scan.scan.decoders.decode import Limits, decode
+
+    from .browserdiff import PREP, _bmp, picture
+
+    buf = io.BytesIO()
+    Image.fromarray(picture(np.random.default_rng(3))).save(buf, "JPEG", quality=90, progressive=True)
+    data = bytearray(buf.getvalue())
+    sof = data.index(b"\xff\xc2")
+    data[sof + 9] = 200  # the component count: far more than the header's bytes hold
+    cut = bytes(data[: len(data) // 3])
+    assert jpegdc.first_scan(cut, 10**8) is None
+    assert isinstance(decode(cut, PREP, Limits()), str)
+    bmp = bytearray(_bmp(picture(np.random.default_rng(4)), 24))
+    bmp[28:30] = struct.pack("<H", 0)  # depth 0
+    with pytest.raises(bmpread.BmpRefused):
+        bmpread.read_bmp(bytes(bmp[: len(bmp) // 2]), 10**8)

@@ -74,8 +74,8 @@ def _read(data: bytes, max_pixels: int) -> Image.Image:
             palette = _palette(data, 14 + header, offset, colours, depth, entry)
         return _run_lengths(data[offset : offset + MAX_RLE_BYTES], width, height, depth, palette, top_down)
     stride = (width * depth + 31) // 32 * 4
-    arrived = min(height, max(0, len(data) - offset) // stride)
-    if depth not in (1, 2, 4, 8, 16, 24, 32) or arrived == 0:
+    arrived = min(height, max(0, len(data) - offset) // stride) if depth in (1, 2, 4, 8, 16, 24, 32) else 0
+    if arrived == 0:
         raise BmpRefused(f"BMP of depth {depth} with {len(data) - offset:,} bytes of pixels for {height} rows")
     if arrived < height and width * height > CLAIM_PIXELS and height > 16 * arrived:
         # a size claimed, not sent: a few rows in a vast canvas is a bomb's shape, not a picture cut short

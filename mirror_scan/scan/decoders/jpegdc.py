@@ -122,7 +122,10 @@ def whole_scans(data: bytes) -> tuple[bytes, int] | None:
 def first_scan(data: bytes, max_pixels: int) -> tuple[Image.Image, int, int] | None:
     """(RGBA picture, rows drawn, rows in all) of a progressive JPEG cut inside its first scan; None when
     it is not one, or nothing of it arrived."""
-    parsed = _segments(data) if data[:2] == b"\xff\xd8" else None
+    try:
+        parsed = _segments(data) if data[:2] == b"\xff\xd8" else None
+    except (struct.error, IndexError):  # segments whose lengths and counts do not fit their bytes
+        return None
     if parsed is None or parsed[0]["frame"] is None or "scan" not in parsed[0]:
         return None
     found, entropy = parsed
@@ -133,6 +136,8 @@ def first_scan(data: bytes, max_pixels: int) -> tuple[Image.Image, int, int] | N
     if width * height > max_pixels or len(found["scan"]) != len(components):
         return None  # the DC scan of one component at a time (rare) is not read here
     hmax, vmax = max(c[1] for c in components), max(c[2] for c in components)
+    if any(not (1 <= h <= 4 and 1 <= v <= 4) or hmax % h or vmax % v for _, h, v, _ in components):
+        return None  # sampling factors libjpeg refuses too
     mcux, mcuy = -(-width // (8 * hmax)), -(-height // (8 * vmax))
     tables = {ident: table for ident, table in found["scan"]}
     if any(c[0] not in tables or tables[c[0]] not in found["dc"] or c[3] not in found["quant"] for c in components):
@@ -157,12 +162,13 @@ def first_scan(data: bytes, max_pixels: int) -> tuple[Image.Image, int, int] | N
             break
     if decoded == 0:
         return None
-    rgb = _colours(planes, components, found["quant"], hmax, vmax, width, height)
-    alpha = np.zeros((mcuy, mcux), np.uint8)
-    alpha.reshape(-1)[:decoded] = 255
-    alpha = np.repeat(np.repeat(alpha, 8 * vmax, axis=0), 8 * hmax, axis=1)[:height, :width]
+    blocks = np.zeros((mcuy, mcux), np.uint8)  # the MCUs that arrived are drawn, the rest transparent
+    blocks.reshape(-1)[:decoded] = 255
+    rgba = np.dstack([_colours(planes, components, found["quant"], hmax, vmax),
+                      np.repeat(np.repeat(blocks, vmax, axis=0), hmax, axis=1)])  # fmt: skip
+    pixels = np.repeat(np.repeat(rgba, 8, axis=0), 8, axis=1)[:height, :width]  # flat 8x8 blocks
     rows = min(height, -(-decoded // mcux) * 8 * vmax)
-    return Image.fromarray(np.dstack([rgb, alpha]), "RGBA"), rows, height
+    return Image.fromarray(np.ascontiguousarray(pixels), "RGBA"), rows, height
 
 
 def _difference(bits: _Bits, codes: dict[tuple[int, int], int]) -> int:
@@ -178,16 +184,16 @@ def _difference(bits: _Bits, codes: dict[tuple[int, int], int]) -> int:
     raise KeyError("no such code")
 
 
-def _colours(planes, components, quant, hmax, vmax, width, height) -> np.ndarray:
-    """Each plane's blocks as flat 8x8 squares (a DC-only IDCT), scaled to the frame, to 8-bit RGB."""
-    full = []
+def _colours(planes, components, quant, hmax, vmax) -> np.ndarray:
+    """Each block's colour as 8-bit RGB, on the grid of the finest component's blocks (a DC-only IDCT is a
+    flat block: the level is DC * quantiser / 8 + 128; coarser components repeated over the grid)."""
+    grid = []
     for plane, (_, h, v, tq) in zip(planes, components, strict=True):
         levels = plane * quant[tq] / 8.0 + 128.0
-        grown = np.repeat(np.repeat(levels, 8 * (vmax // v), axis=0), 8 * (hmax // h), axis=1)
-        full.append(grown[:height, :width])
-    if len(full) == 1:
-        grey = np.clip(np.round(full[0]), 0, 255).astype(np.uint8)
+        grid.append(np.repeat(np.repeat(levels, vmax // v, axis=0), hmax // h, axis=1))
+    if len(grid) == 1:
+        grey = np.clip(np.round(grid[0]), 0, 255).astype(np.uint8)
         return np.dstack([grey, grey, grey])
-    y, cb, cr = full[0], full[1] - 128.0, full[2] - 128.0
+    y, cb, cr = grid[0], grid[1] - 128.0, grid[2] - 128.0
     rgb = np.dstack([y + 1.402 * cr, y - 0.344136 * cb - 0.714136 * cr, y + 1.772 * cb])
     return np.clip(np.round(rgb), 0, 255).astype(np.uint8)
