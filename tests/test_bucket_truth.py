@@ -118,9 +118,19 @@ def test_exclusions_are_per_bucket(s3, tmp_path, tiny_bundle_master, flag_all):
     assert _cli(tmp_path, s3, "mirror", "pull", "--remote", s3.remote, "--to", str(first)).returncode == 0
     assert _cli(tmp_path, s3, "scan", str(first), "--model", str(tiny_bundle_master), "--policy", str(flag_all),
                 "--remote", s3.remote).returncode == 1  # fmt: skip
-    (tmp_path / "s3" / BUCKET / "k0.png").write_bytes(image_bytes("PNG", 0, size=(40, 30)))  # re-uploaded
+    # The same bytes uploaded again at the quarantined key, through S3 as a client would. What is at the key of
+    # an item that left the bucket is new (ledger.excluded_keys, since 0717383): it is pulled and scanned, never
+    # left in the bucket unscanned. (This test used to assert the opposite, and passed only while rclone serve's
+    # 1 s listing cache hid a re-upload written into its directory; on a loaded machine it failed.)
+    s3.put("k0.png", image_bytes("PNG", 0, size=(40, 30)), tmp_path)
     again = _cli(tmp_path, s3, "mirror", "pull", "--remote", s3.remote, "--to", str(first), "--json")
-    assert "k0.png" not in json.loads(again.stdout)["arrived"]  # quarantined: never brought back
+    assert json.loads(again.stdout)["arrived"] == ["k0.png"], again.stdout
+    rescan = _cli(tmp_path, s3, "scan", str(first), "--model", str(tiny_bundle_master), "--policy", str(flag_all),
+                  "--remote", s3.remote, "--json")  # fmt: skip
+    assert rescan.returncode == 1 and json.loads(rescan.stdout)["flagged"] == 1, rescan.stdout + rescan.stderr
+    assert not (first / "k0.png").exists() and not (tmp_path / "s3" / BUCKET / "k0.png").exists()
+    held = [item for item in _items(tmp_path, s3) if item["key"] == "k0.png"]
+    assert len(held) == 2 and {item["state"] for item in held} == {"quarantined"}  # each copy's bytes kept
     second = tmp_path / "other-mirror"
     proc = _cli(tmp_path, s3, "mirror", "pull", "--remote", OTHER, "--to", str(second), "--json")
     assert sorted(json.loads(proc.stdout)["arrived"]) == sorted(theirs), proc.stdout  # the same keys, pulled

@@ -80,8 +80,9 @@ class Mover:
         """Move `source` (under `mirror_root`) into quarantine if it still holds the bytes `sha256`.
         Raises QuarantineError (nothing moved) if it cannot be done safely. A copy of an item already
         quarantined from this very path (a pull brought it back) is removed again under that item, not made
-        into a second one."""
-        returned = self.drop_returned_copy(source, mirror_root, sha256)
+        into a second one, unless its object is back in the bucket too (uploaded again at its key): then it
+        is moved as a new item, so that the object leaves the bucket again (retried while it cannot)."""
+        returned = self.drop_returned_copy(source, mirror_root, sha256, unless_upstream=self.upstream)
         if returned is not None:
             return Moved(returned, ItemState.QUARANTINED)
         taken = self.take_companion(source, mirror_root)  # a thumbnail of an upload held already
@@ -325,19 +326,30 @@ class Mover:
                         break
         return [os.fsdecode(os.path.relpath(path, row.mirror_root)) for path in paths]
 
-    def drop_returned_copy(self, source: bytes, mirror_root: bytes, sha256: str | None = None) -> str | None:
+    def drop_returned_copy(
+        self, source: bytes, mirror_root: bytes, sha256: str | None = None, unless_upstream: Upstream | None = None
+    ) -> str | None:
         """A pull that listed the bucket while a quarantine was removing the object (upstream first, then
         the mirror copy) can write the object back into the mirror after both removals. Such a copy of an
         item quarantined from this path, with its bytes, is removed again, whatever a scan would now say
         of it: its bytes are in the item. Under the item's lock (a move still in progress finishes first);
-        anything else (other bytes, a restored or pending item) is left to the scan. Returns the item id
-        when a copy was removed."""
+        anything else (other bytes, a restored or pending item) is left to the scan. With `unless_upstream`
+        (the remote a scan removes from), a copy whose bytes that remote holds again at the item's key, or
+        may hold (it cannot say), is left to the scan too: its move takes the object out again. Returns the
+        item id when a copy was removed."""
         item_id = self.ledger.latest_item_for(source)
         if item_id is None:
             return None
         row = self.ledger.item(item_id)
         if row is None or row.mirror_root != mirror_root or (sha256 is not None and row.sha256 != sha256):
             return None
+        if unless_upstream is not None and row.key and row.remote == unless_upstream.remote:
+            try:
+                back = unless_upstream.holds(row.key, row.sha256, md5_file(self.journal.item_dir(row.id) / DATA))
+            except MirrorScanError:
+                back = True  # the bucket cannot say: a move of its own settles it (pending while it cannot)
+            if back:  # (other bytes at the key are another object: pulled and scanned as such)
+                return None
         try:
             with self.journal.item_lock(item_id, wait_s=30.0):
                 row = self.ledger.item(item_id)
