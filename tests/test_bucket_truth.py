@@ -139,6 +139,23 @@ def test_exclusions_are_per_bucket(s3, tmp_path, tiny_bundle_master, flag_all):
     }
 
 
+def test_an_object_uploaded_again_at_a_quarantined_key_is_taken_again_by_a_bucket_scan(
+    s3, tmp_path, tiny_bundle_master, flag_all
+):
+    """The bucket-scan twin of the re-upload above: the same bytes listed again at a key quarantined from
+    that bucket were flagged and left public (the ledger kept the object's earlier action)."""
+    objects = _fill(s3, tmp_path)
+    scan = ("bucket", "scan", s3.remote, "--model", str(tiny_bundle_master), "--policy", str(flag_all), "--json")
+    assert _cli(tmp_path, s3, *scan).returncode == 1
+    assert s3.keys() == set()
+    s3.put("k0.png", objects["k0.png"], tmp_path)  # uploaded again, through S3
+    proc = _cli(tmp_path, s3, *scan)
+    assert proc.returncode == 1, proc.stderr
+    assert s3.keys() == set(), proc.stdout + proc.stderr  # taken again: not left public
+    held = [item for item in _items(tmp_path, s3) if item["key"] == "k0.png"]
+    assert len(held) == 2 and {item["state"] for item in held} == {"quarantined"}
+
+
 ODD_KEYS = ["new\nline.png", "esc\x1b[31m.png", "del\x7f.png", "tab\tand space.png", "deep/" + "d" * 200 + "/" +
             "n" * 200 + ".png", "ünï/çødé ✓.png"]  # fmt: skip
 

@@ -81,6 +81,23 @@ def test_1_the_daemon_acts_on_flagged_files_no_action_was_taken_on(tmp_path, tin
     assert status["flagged_not_acted_on"] == 0
 
 
+def test_1_a_quarantined_file_put_back_by_hand_is_removed_again(tmp_path, tiny_bundle_master, flag_all):
+    """A copy of quarantined bytes back at their path (put back by hand, or pulled again) was flagged and
+    left in place: the ledger kept the earlier "quarantined" action for the same bytes. It is removed again
+    under its item (its bytes are there), no second item made; a restored file is left alone."""
+    mirror = _flag_three(tmp_path, tiny_bundle_master, flag_all)
+    items = {Path(i["original"]).name: i for i in json.loads(_cli(tmp_path, "quarantine", "list", "--json").stdout)}
+    assert not any(mirror.iterdir()) and len(items) == 3
+    (mirror / "f0.png").write_bytes(image_bytes("PNG", 40, size=(48, 32)))  # the same bytes, back by hand
+    proc = _cli(tmp_path, "scan", str(mirror), "--model", str(tiny_bundle_master), "--policy", str(flag_all))
+    assert proc.returncode == 1, proc.stderr
+    assert not (mirror / "f0.png").exists()
+    assert len(json.loads(_cli(tmp_path, "quarantine", "list", "--json").stdout)) == 3
+    assert _cli(tmp_path, "quarantine", "restore", items["f1.png"]["id"]).returncode == 0
+    proc = _cli(tmp_path, "scan", str(mirror), "--model", str(tiny_bundle_master), "--policy", str(flag_all))
+    assert (mirror / "f1.png").exists(), proc.stderr  # restored: allowlisted, meant to be here
+
+
 # ----------------------------------------------------------------------------- 6. deeply nested JSON
 
 

@@ -46,6 +46,8 @@ class Flagged:
 class Actor(Protocol):
     def act(self, flagged: Flagged) -> Moved | None: ...
 
+    def act_on_returned(self, flagged: Flagged) -> Moved | None: ...
+
 
 class QuarantineActor:
     def __init__(self, quarantine: Quarantine) -> None:
@@ -64,15 +66,40 @@ class QuarantineActor:
         root = flagged.root or flagged.path.rsplit(b"/", 1)[0]
         return self.quarantine.quarantine(flagged.path, root, flagged.sha256, flagged.evidence())
 
+    def act_on_returned(self, flagged: Flagged) -> Moved | None:
+        """A flagged file whose bytes were quarantined from its path before and that is here again (a
+        re-upload pulled, a copy put back by hand): taken back (Mover.take_back_returned), or None."""
+        root = flagged.root or flagged.path.rsplit(b"/", 1)[0]
+        try:
+            return self.quarantine.take_back_returned(flagged.path, root, flagged.sha256, flagged.evidence())
+        except MirrorScanError as err:
+            self.failures += 1
+            log.error("not quarantined again: %s: %s", display_path(flagged.path), err)
+            return None
+
 
 class BucketActor(QuarantineActor):
     """For objects scanned in their bucket (path NAME:bucket/key, root NAME:bucket): no mirror copy, so the
     object itself is read into the quarantine, verified against the scanned sha256, and removed upstream."""
 
     def _move(self, flagged: Flagged) -> Moved:
+        remote, key = self._object(flagged)
+        return self.quarantine.quarantine_object(remote, key, flagged.sha256, flagged.evidence())
+
+    def act_on_returned(self, flagged: Flagged) -> Moved | None:
+        """An object listed again with bytes quarantined from its key (uploaded again): taken again."""
+        try:
+            remote, key = self._object(flagged)
+            return self.quarantine.take_back_returned_object(remote, key, flagged.sha256, flagged.evidence())
+        except MirrorScanError as err:
+            self.failures += 1
+            log.error("not quarantined again: %s: %s", display_path(flagged.path), err)
+            return None
+
+    @staticmethod
+    def _object(flagged: Flagged) -> tuple[str, str]:
         path, root = flagged.path, flagged.root or b""
         remote = root.decode()
         if not remote or not path.startswith(root + b"/"):
             raise MirrorScanError(f"{display_path(path)} is not an object of a scanned bucket")
-        key = path[len(root) + 1 :].decode()
-        return self.quarantine.quarantine_object(remote, key, flagged.sha256, flagged.evidence())
+        return remote, path[len(root) + 1 :].decode()

@@ -239,11 +239,14 @@ class FileRecorder:
             action = None
         else:
             self.count_flagged(key)
-            # An action kept from an earlier run on the same bytes stands; otherwise the actor acts.
+            # An action kept from an earlier run on the same bytes stands; otherwise the actor acts. A file
+            # quarantined before that is here again (it was read just now) is a copy that came back.
             moved = None
+            flagged = Flagged(key, root, sha256, verdict.reason, model_id, self.policy.policy_id, self.severity)
             if self.actor is not None and action is None:
-                moved = self.actor.act(Flagged(key, root, sha256, verdict.reason, model_id, self.policy.policy_id,
-                                               self.severity))  # fmt: skip
+                moved = self.actor.act(flagged)
+            elif self.actor is not None and action == FileAction.QUARANTINED:
+                moved = self.actor.act_on_returned(flagged)
             if moved is not None:
                 action = self._count_act(found, moved, verdict.reason)
         self.write_report(found.path, sha256, report_status or status, verdict.label, verdict.reason, found.size,

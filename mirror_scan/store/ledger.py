@@ -32,7 +32,6 @@ from mirror_scan.errors import MirrorScanError, UsageError
 from mirror_scan.kinds import (
     HELD_STATES,
     MOVING_STATES,
-    FileAction,
     FileStatus,
     FileVerdict,
     MoveKind,
@@ -72,12 +71,6 @@ from mirror_scan.store.schema import (
     SCHEMA,
     SCHEMA_VERSION,
 )
-
-# A recorded file keeps the action an earlier run took on the same bytes only while that stands: a restore
-# (the file is meant to be here), or a move of the path under way (another process owns it). A file that was
-# moved away and has been read here again is a copy that came back: no action, so it is acted on anew.
-KEEPS_ACTION = (f"(files.action = '{FileAction.RESTORED.value}' OR EXISTS (SELECT 1 FROM quarantine "
-                f"WHERE quarantine.original = excluded.path AND quarantine.state IN {MOVING_SQL}))")  # fmt: skip
 
 
 class Ledger:
@@ -269,14 +262,11 @@ class Ledger:
         origin: str | None = None,
     ) -> tuple[str | None, bytes | None]:
         """The file's row, decided afresh; returns the action it keeps (one taken on these very bytes by an
-        earlier run: a file whose bytes changed is considered anew) and its mirror root as recorded. Only
-        files that are here are recorded (their bytes were just read), so a file an earlier run moved away
-        that is here again (a re-upload pulled, a copy put back by hand) keeps no action and is acted on
-        anew, unless a move of that path is under way (KEEPS_ACTION)."""
+        earlier run: a file whose bytes changed is considered anew) and its mirror root as recorded."""
         now = time.time()
         self.begin()
         kept = self.db.execute(
-            f"""INSERT INTO files (path, root, size, mtime_ns, sha256, status, verdict, reason, result_id, model_id,
+            """INSERT INTO files (path, root, size, mtime_ns, sha256, status, verdict, reason, result_id, model_id,
                                   policy_id, severity, format, first_seen, scanned_at, decided_at, error_count,
                                   etag, origin)
                VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)
@@ -287,8 +277,8 @@ class Ledger:
                  policy_id=excluded.policy_id, severity=excluded.severity, format=excluded.format,
                  scanned_at=excluded.scanned_at, decided_at=excluded.decided_at,
                  error_count=CASE WHEN excluded.status='error' THEN files.error_count + 1 ELSE 0 END,
-                 action=CASE WHEN files.sha256 IS excluded.sha256 AND {KEEPS_ACTION} THEN files.action END,
-                 acted_at=CASE WHEN files.sha256 IS excluded.sha256 AND {KEEPS_ACTION} THEN files.acted_at END
+                 action=CASE WHEN files.sha256 IS excluded.sha256 THEN files.action END,
+                 acted_at=CASE WHEN files.sha256 IS excluded.sha256 THEN files.acted_at END
                RETURNING action, root""",
             (
                 key,
@@ -425,6 +415,14 @@ class Ledger:
         row = self.db.execute(
             f"SELECT id FROM quarantine WHERE original=? AND state IN {MOVING_SQL}",  # noqa: S608
             (original,),
+        ).fetchone()
+        return None if row is None else row[0]
+
+    def latest_item_for_object(self, remote: str, key: str) -> str | None:
+        """The newest item taken from this object (scanned in its bucket), or None."""
+        row = self.db.execute(
+            "SELECT id FROM quarantine WHERE remote=? AND key=? AND original=x'' ORDER BY created DESC LIMIT 1",
+            (remote, key),
         ).fetchone()
         return None if row is None else row[0]
 

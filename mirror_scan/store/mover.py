@@ -80,14 +80,50 @@ class Mover:
         """Move `source` (under `mirror_root`) into quarantine if it still holds the bytes `sha256`.
         Raises QuarantineError (nothing moved) if it cannot be done safely. A copy of an item already
         quarantined from this very path (a pull brought it back) is removed again under that item, not made
-        into a second one, unless its object is back in the bucket too (uploaded again at its key): then it
-        is moved as a new item, so that the object leaves the bucket again (retried while it cannot)."""
-        returned = self.drop_returned_copy(source, mirror_root, sha256, unless_upstream=self.upstream)
+        into a second one."""
+        returned = self.drop_returned_copy(source, mirror_root, sha256)
         if returned is not None:
             return Moved(returned, ItemState.QUARANTINED)
         taken = self.take_companion(source, mirror_root)  # a thumbnail of an upload held already
         if taken is not None:
             return Moved(taken, ItemState(self.ledger.item(taken).state))  # type: ignore[union-attr]
+        return self._quarantine_new(source, mirror_root, sha256, evidence)
+
+    def take_back_returned(
+        self, source: bytes, mirror_root: bytes, sha256: str, evidence: dict[str, Any]
+    ) -> Moved | None:
+        """A file quarantined from this path before, here again with the same bytes (the ledger kept the
+        earlier action): a copy that came back, never left public. When the remote new moves remove from
+        (--remote) holds those bytes at the item's key again (uploaded again there), the copy is moved as a
+        new item, so the object leaves the bucket again (retried while it cannot); otherwise the copy is
+        removed under its item (drop_returned_copy). Only while that item is quarantined, checked under its
+        lock: a restored item's file is meant to be here, and a decision made before its restore (and its
+        allowlisting) is not acted on. None when nothing was done."""
+        item_id = self.ledger.latest_item_for(source)
+        row = self.ledger.item(item_id) if item_id else None
+        if row is None or row.mirror_root != mirror_root or row.sha256 != sha256:
+            return None
+        upstream = self.upstream
+        if upstream is None or not row.key or row.remote != upstream.remote:
+            dropped = self.drop_returned_copy(source, mirror_root, sha256)
+            return None if dropped is None else Moved(dropped, ItemState.QUARANTINED)
+        try:
+            back = upstream.holds(row.key, row.sha256, md5_file(self.journal.item_dir(row.id) / DATA))
+        except MirrorScanError:
+            back = True  # the bucket cannot say: a move of its own settles it (upstream pending while it cannot)
+        if not back:  # gone (or other bytes there: another object, pulled and scanned as such)
+            dropped = self.drop_returned_copy(source, mirror_root, sha256)
+            return None if dropped is None else Moved(dropped, ItemState.QUARANTINED)
+        try:
+            with self.journal.item_lock(row.id, wait_s=30.0):  # no restore of that item begins meanwhile
+                current = self.ledger.item(row.id)
+                if current is None or current.state != ItemState.QUARANTINED:
+                    return None
+                return self._quarantine_new(source, mirror_root, sha256, evidence)
+        except ItemBusy:
+            return None  # its item is being moved: the next scan comes back to it
+
+    def _quarantine_new(self, source: bytes, mirror_root: bytes, sha256: str, evidence: dict[str, Any]) -> Moved:
         try:
             rel = relative_to(mirror_root, source)
             with reach(mirror_root, rel) as place:
@@ -161,6 +197,22 @@ class Mover:
         item_id = new_item_id(sha256)
         with self.journal.item_lock(item_id):
             return self._quarantine_object_locked(upstream, remote, key, sha256, evidence, item_id, upload)
+
+    def take_back_returned_object(self, remote: str, key: str, sha256: str, evidence: dict[str, Any]) -> Moved | None:
+        """An object scanned in its bucket, quarantined from its key before and listed there again with the
+        same bytes (uploaded again): quarantined as a new item, only while the earlier item is quarantined,
+        checked under its lock (a restored object is meant to be there). None when nothing was done."""
+        item_id = self.ledger.latest_item_for_object(remote, key)
+        if item_id is None:
+            return None
+        try:
+            with self.journal.item_lock(item_id, wait_s=30.0):
+                row = self.ledger.item(item_id)
+                if row is None or row.state != ItemState.QUARANTINED or row.sha256 != sha256:
+                    return None
+                return self.quarantine_object(remote, key, sha256, evidence)
+        except ItemBusy:
+            return None  # its item is being moved: the next scan comes back to it
 
     def _quarantine_object_locked(self, upstream, remote, key, sha256, evidence, item_id, upload) -> Moved:
         item_dir = self.journal.item_dir(item_id)
@@ -326,30 +378,19 @@ class Mover:
                         break
         return [os.fsdecode(os.path.relpath(path, row.mirror_root)) for path in paths]
 
-    def drop_returned_copy(
-        self, source: bytes, mirror_root: bytes, sha256: str | None = None, unless_upstream: Upstream | None = None
-    ) -> str | None:
+    def drop_returned_copy(self, source: bytes, mirror_root: bytes, sha256: str | None = None) -> str | None:
         """A pull that listed the bucket while a quarantine was removing the object (upstream first, then
         the mirror copy) can write the object back into the mirror after both removals. Such a copy of an
         item quarantined from this path, with its bytes, is removed again, whatever a scan would now say
         of it: its bytes are in the item. Under the item's lock (a move still in progress finishes first);
-        anything else (other bytes, a restored or pending item) is left to the scan. With `unless_upstream`
-        (the remote a scan removes from), a copy whose bytes that remote holds again at the item's key, or
-        may hold (it cannot say), is left to the scan too: its move takes the object out again. Returns the
-        item id when a copy was removed."""
+        anything else (other bytes, a restored or pending item) is left to the scan. Returns the item id
+        when a copy was removed."""
         item_id = self.ledger.latest_item_for(source)
         if item_id is None:
             return None
         row = self.ledger.item(item_id)
         if row is None or row.mirror_root != mirror_root or (sha256 is not None and row.sha256 != sha256):
             return None
-        if unless_upstream is not None and row.key and row.remote == unless_upstream.remote:
-            try:
-                back = unless_upstream.holds(row.key, row.sha256, md5_file(self.journal.item_dir(row.id) / DATA))
-            except MirrorScanError:
-                back = True  # the bucket cannot say: a move of its own settles it (pending while it cannot)
-            if back:  # (other bytes at the key are another object: pulled and scanned as such)
-                return None
         try:
             with self.journal.item_lock(item_id, wait_s=30.0):
                 row = self.ledger.item(item_id)

@@ -93,6 +93,14 @@ class Quarantine:
     def quarantine(self, source: bytes, mirror_root: bytes, sha256: str, evidence: dict[str, Any]) -> Moved:
         return self.mover.quarantine(source, mirror_root, sha256, evidence)
 
+    def take_back_returned(
+        self, source: bytes, mirror_root: bytes, sha256: str, evidence: dict[str, Any]
+    ) -> Moved | None:
+        return self.mover.take_back_returned(source, mirror_root, sha256, evidence)
+
+    def take_back_returned_object(self, remote: str, key: str, sha256: str, evidence: dict[str, Any]) -> Moved | None:
+        return self.mover.take_back_returned_object(remote, key, sha256, evidence)
+
     def quarantine_object(self, remote: str, key: str, sha256: str, evidence: dict[str, Any]) -> Moved:
         return self.mover.quarantine_object(remote, key, sha256, evidence)
 
