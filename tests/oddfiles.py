@@ -116,7 +116,8 @@ def png_with_huge_text() -> bytes:
 
 def gif_frame_beyond_canvas(claimed: tuple[int, int] = (4000, 3000)) -> bytes:
     """A 100x100 canvas whose one frame claims to be `claimed` (12 M pixels by its extents); its data covers
-    only what fits. Browsers clip the frame to the canvas."""
+    only what fits. Chromium grows the canvas to hold a first frame (it loads this one as 4000x3000 with the
+    rows that arrived) and refuses one claiming 40000x30000, which the scanner clips to the screen."""
     canvas = (100, 100)
     image = picture(7, canvas).quantize(64)
     buf = io.BytesIO()
@@ -164,8 +165,9 @@ def gif_claiming(frames: list[Image.Image], index: int, claimed: tuple[int, int]
 def gif_interlaced_beyond_canvas(
     image: Image.Image, canvas: tuple[int, int], claimed: tuple[int, int] | None = None
 ) -> bytes:
-    """An interlaced GIF whose one frame is `image` (its data all there) on a smaller `canvas`: browsers
-    show the frame's top-left `canvas`. With `claimed`, the frame's descriptor claims those extents instead
+    """An interlaced GIF whose one frame is `image` (its data all there) on a smaller screen `canvas`:
+    Chromium grows the canvas to hold it; the scanner clips it to the screen where that canvas is over the
+    pixel limit. With `claimed`, the frame's descriptor claims those extents instead
     (a "bomb" by its extents, with the data of a small frame)."""
     buf = io.BytesIO()
     image.quantize(64).save(buf, format="GIF", interlace=True)

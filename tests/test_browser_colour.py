@@ -1,5 +1,5 @@
 """What the model sees is what a browser draws (issue 44, finding 3): pictures whose stored samples differ
-from what headless Chromium draws (a PNG's gAMA, an embedded ICC profile) are compared with Chromium's own
+from what headless Chromium draws (a PNG's gAMA or cICP, an embedded ICC profile) are compared with Chromium's own
 rendering, read back from a canvas (Chromium colour-manages an image drawn into a 2D canvas to sRGB).
 The reference is Debian's Chromium, driven by Selenium, as the console's browser tests do."""
 
@@ -110,7 +110,67 @@ CASES = {
         _picture(), png_chunk(b"iCCP", b"linear\0\0" + zlib.compress(_linear_rgb_profile()))
     ),
     "jpeg with the linear profile (APP2)": lambda: _jpeg_with_profile(_picture(), _linear_rgb_profile()),
+    "jpeg CMYK with a CMYK profile (Pillow alone draws its negative)": lambda: _cmyk_jpeg(),
+    # cICP (H.273 code points: primaries, transfer, matrix 0, full range): Chromium draws it over iCCP.
+    "png cICP linear transfer (drawn brighter)": lambda: _png(_picture(), png_chunk(b"cICP", bytes([1, 8, 0, 1]))),
+    "png cICP BT.709 transfer (drawn darker)": lambda: _png(_picture(), png_chunk(b"cICP", bytes([1, 1, 0, 1]))),
+    "png cICP gamma 2.8": lambda: _png(_picture(), png_chunk(b"cICP", bytes([1, 5, 0, 1]))),
+    "png cICP BT.2020 primaries": lambda: _png(_picture(), png_chunk(b"cICP", bytes([9, 13, 0, 1]))),
+    "png cICP Display P3 over a linear iCCP": lambda: _png(
+        _picture(),
+        png_chunk(b"cICP", bytes([12, 4, 0, 1])),
+        png_chunk(b"iCCP", b"linear\0\0" + zlib.compress(_linear_rgb_profile())),
+    ),
 }
+
+
+def _cmyk_profile(grid: int = 9) -> bytes:
+    """An ICC v2 output profile, CMYK to Lab through a 9-point lut16 (mft2) A2B0, that says its samples
+    are RGB stored as inks: C is red, M green, Y blue, K darkens them all. Pillow's own CMYK conversion
+    (ink subtracted from white) draws the negative of what browsers draw with the profile."""
+    ink = np.linspace(0.0, 1.0, grid)
+    c, m, y, k = np.meshgrid(ink, ink, ink, ink, indexing="ij")  # the first input varies slowest (ICC)
+    srgb = np.stack([c * (1 - k), m * (1 - k), y * (1 - k)], axis=-1)
+    linear = np.where(srgb <= 0.04045, srgb / 12.92, ((srgb + 0.055) / 1.055) ** 2.4)
+    d50_srgb = np.array([[0.4361, 0.3851, 0.1431], [0.2225, 0.7169, 0.0606], [0.0139, 0.0971, 0.7141]])
+    xyz = linear @ d50_srgb.T / np.array([0.9642, 1.0, 0.8249])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    lab = np.stack([(116 * f[..., 1] - 16) / 100 * 65280, (500 * (f[..., 0] - f[..., 1]) + 128) * 256,
+                    (200 * (f[..., 1] - f[..., 2]) + 128) * 256], axis=-1)  # fmt: skip
+    clut = np.round(np.clip(lab, 0, 65535)).astype(">u2").tobytes()
+
+    def s15(value: float) -> bytes:
+        return struct.pack(">i", round(value * 65536))
+
+    identity = b"".join(s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    ramp = struct.pack(">HH", 0, 65535)
+    lut = (
+        b"mft2" + b"\0" * 4 + bytes([4, 3, grid, 0]) + identity + struct.pack(">HH", 2, 2) + ramp * 4 + clut + ramp * 3
+    )
+    text = b"inks as RGB\0"
+    desc = b"desc" + b"\0" * 4 + struct.pack(">I", len(text)) + text + b"\0" * 79
+    white = b"XYZ " + b"\0" * 4 + s15(0.9642) + s15(1.0) + s15(0.8249)
+    tags = [(b"desc", desc), (b"wtpt", white), (b"A2B0", lut)]
+    offset = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for signature, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", offset + len(body)) + b"lcms" + struct.pack(">I", 0x02100000) + b"prtrCMYKLab "
+              + b"\0" * 12 + b"acspAPPL" + b"\0" * 24 + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48)  # fmt: skip
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
+def _cmyk_jpeg() -> bytes:
+    """The picture's RGB as inks, with black growing down the picture (0 to 40%), under _cmyk_profile."""
+    from PIL import Image
+
+    black = np.repeat(np.linspace(0, 100, 64).astype(np.uint8)[:, None, None], 64, axis=1)
+    inks = np.concatenate([_picture(), black], axis=-1)
+    buf = io.BytesIO()
+    Image.fromarray(inks, "CMYK").save(buf, "JPEG", quality=95, icc_profile=_cmyk_profile())
+    return buf.getvalue()
 
 
 def _jpeg_with_profile(pixels: np.ndarray, icc: bytes) -> bytes:

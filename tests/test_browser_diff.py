@@ -21,11 +21,8 @@ SEED, COUNT = 44, 400
 # arrived whole (or its first scan's blocks) while Chromium also draws the scan in progress: coarser, so a
 # wider bound; an animated AVIF's frame timing differs by a frame at most.
 BOUNDS = collections.defaultdict(lambda: 8.0, {"jpeg-progressive": 56.0, "avif-animated": 16.0})
-# Known gaps, each kept by a strict xfail test below (it fails the day the gap closes, to be moved here):
-# - Chromium's dav1d draws some AVIFs with changed bytes that libavif and FFmpeg's libdav1d both refuse;
-# - Chromium (and Pillow) grow a GIF's canvas to hold its first frame, where gifclip clips every frame
-#   to the logical screen (its bomb and centre-crop defences): a first frame moved or sized beyond the
-#   screen by a changed byte is shown by Chromium and clipped away here.
+# Known gap, kept by a strict xfail test below (it fails the day the gap closes, to be moved here):
+# Chromium's dav1d draws some AVIFs with changed bytes that libavif and FFmpeg's libdav1d both refuse.
 
 
 @pytest.fixture(scope="module")
@@ -61,10 +58,7 @@ def test_damaged_avif_chromium_draws_is_scored(outcomes):
 
 
 def _known_gap(outcome) -> bool:
-    kind = outcome.name.split()[0]
-    if kind.startswith("avif"):
-        return "changed" in outcome.name and "cut" not in outcome.name
-    return kind.startswith("gif") and "canvas that arrived" in outcome.said
+    return outcome.name.startswith("avif") and "changed" in outcome.name and "cut" not in outcome.name
 
 
 def _moved_first_frame(screen: tuple[int, int], origin: tuple[int, int]) -> bytes:
@@ -84,8 +78,6 @@ def _moved_first_frame(screen: tuple[int, int], origin: tuple[int, int]) -> byte
     return bytes(data)
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: gifclip clips a first frame to the logical screen, Chromium "
-                                       "grows the canvas to hold it")  # fmt: skip
 @pytest.mark.parametrize(("screen", "origin"), [((1, 1), (0, 0)), ((10, 10), (20, 20)), ((48, 48), (100, 100))])
 def test_a_gif_first_frame_beyond_its_screen_is_scored_whole(tmp_path, screen, origin):
     """Chromium (and Pillow) grow the canvas to hold the first frame: a 1x1 screen does not hide a picture."""

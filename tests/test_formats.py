@@ -264,6 +264,18 @@ def test_content_under_transparent_alpha_is_scored_with_alpha_ignored(probe):
     assert len(decode(_png(logo), probe.prep).pixels) == 1
 
 
+def test_a_picture_on_a_large_transparent_canvas_is_scored_as_shown(probe):
+    # A viewer shows the picture in a strip or a corner of a transparent canvas; the model's centre crop
+    # would miss the strip and shrink the corner to a few pixels, so the opaque part is scored on its own.
+    for size, at in (((96, 1500), (0, 0)), ((1200, 800), (1100, 730))):
+        canvas = Image.new("RGBA", size, (0, 0, 0, 0))
+        canvas.paste(signal(), at)
+        verdict, decoded = probe.verdict(_png(canvas))
+        assert verdict.flagged and verdict.reason["where"] == "visible part", (decoded.labels, verdict.reason)
+        canvas.paste(background(), at)
+        assert not probe.verdict(_png(canvas))[0].flagged
+
+
 # ---------------------------------------------------------------- end to end
 
 

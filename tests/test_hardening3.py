@@ -422,3 +422,104 @@ def test_2_the_salvage_readers_refuse_malformed_headers_without_raising():
     bmp[28:30] = struct.pack("<H", 0)  # depth 0
     with pytest.raises(bmpread.BmpRefused):
         bmpread.read_bmp(bytes(bmp[: len(bmp) // 2]), 10**8)
+
+
+def _heic(picture) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    picture.save(buf, "HEIF", quality=90)
+    return buf.getvalue()
+
+
+def _compact_heif(picture) -> bytes:
+    """The same picture in HEIF's compact form (ISO/IEC 23008-12 Annex O, brand 'mif3': one 'mini' box in
+    place of 'meta'), written as libheif's libheif/mini.cc (9f31998) reads it: no alpha, ICC, Exif, XMP or
+    HDR; 4:2:0 with centred chroma; the HEVC configuration and data of a HEIC pillow-heif wrote."""
+    from mirror_scan.scan.decoders.heif import parse
+
+    heic = parse(_heic(picture))
+    config, data = heic.properties(heic.primary)[b"hvcC"], heic.payloads[heic.primary]
+    width, height = picture.size
+    large = max(width, height) > 128
+    fields = [(0, 2), (0, 1), (0, 1), (1, 1), (0, 1), (0, 1), (0, 1), (0, 1), (0, 1), (0, 1)]  # version .. xmp
+    fields += [(1, 2), (0, 3), (int(large), 1), (width - 1, 15 if large else 7), (height - 1, 15 if large else 7)]
+    fields += [(1, 1), (1, 1), (0, 1)]  # chroma centred both ways; 8 bits
+    fields += [(1, 1), (1, 1), (len(config), 12), (len(data) - 1, 28)]  # large sizes
+    bits = "".join(format(value, f"0{count}b") for value, count in fields)
+    bits += "0" * (-len(bits) % 8)
+    payload = int(bits, 2).to_bytes(len(bits) // 8, "big") + config + data
+    return b"\0\0\0\x10ftypmif3heic" + (8 + len(payload)).to_bytes(4, "big") + b"mini" + payload
+
+
+def test_12_compact_heif_and_heif_without_ispe_are_scored_and_still_bounded(tmp_path, tiny_bundle_master):
+    import numpy as np
+    from PIL import Image
+
+    from mirror_scan.scan.decoders.decode import decode
+    from mirror_scan.scan.decoders.decoded import Limits
+    from mirror_scan.scan.decoders.heif import stated_size
+
+    from .test_formats import Probe, signal
+
+    probe = Probe(tiny_bundle_master)
+    prep = probe.prep
+    picture = signal(96, 64)
+    no_ispe = _heic(picture).replace(b"ispe", b"xspe", 1)  # the property is there under a name no one reads
+    for data in (_compact_heif(picture), no_ispe):
+        decoded = decode(data, prep)
+        assert not isinstance(decoded, str), decoded
+        whole = decode(_heic(picture), prep)
+        assert decoded.format == "heif" and np.abs(decoded.pixels - whole.pixels).max() < 1e-4
+    # Without ispe, the size the HEVC parameters state (coded in 8x8 units: 96x64) is checked first.
+    assert stated_size(no_ispe) == (96, 64)
+    refused = decode(no_ispe, prep, Limits(max_pixels=96 * 64 - 1))
+    assert isinstance(refused, str) and "96x64 pixels, over the limit" in refused, refused
+    big = _heic(Image.new("RGB", (1000, 700), (20, 40, 60))).replace(b"ispe", b"xspe", 1)
+    assert stated_size(big)[0] >= 1000 and isinstance(decode(big, prep, Limits(max_pixels=500_000)), str)
+
+
+def _tiff_with_a_tag_libtiff_warns_about() -> bytes:
+    """An LZW TIFF (decoded by libtiff) with a private tag of a type that does not exist: libtiff skips the
+    tag and prints a warning to stderr, as it did for 6 files of the corpus."""
+    import io
+    import struct
+
+    import numpy as np
+    from PIL import Image, TiffImagePlugin
+
+    info = TiffImagePlugin.ImageFileDirectory_v2()
+    info[65000] = "private"
+    info.tagtype[65000] = 2
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(3).integers(0, 255, (40, 60, 3), dtype="uint8")).save(
+        buf, "TIFF", compression="tiff_lzw", tiffinfo=info
+    )
+    data = bytearray(buf.getvalue())
+    at = data.find(struct.pack("<HH", 65000, 2))
+    data[at + 2 : at + 4] = struct.pack("<H", 99)
+    return bytes(data)
+
+
+def test_12_libtiff_warnings_stay_out_of_the_log_and_a_raw_camera_file_says_what_it_is(
+    tmp_path, tiny_bundle_master, flag_all
+):
+    from .mediafiles import video
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "scan.tif").write_bytes(_tiff_with_a_tag_libtiff_warns_about())
+    # A Canon CR3 is an ISO media file (brand 'crx ') whose track holds raw sensor data no decoder knows:
+    # an mp4 whose sample entry is renamed 'CRAW' and whose decoder configuration is gone.
+    mp4 = video("mp4", "mpeg4", frames=3)
+    cr3 = mp4.replace(b"mp4v", b"CRAW").replace(b"esds", b"xsds")
+    (mirror / "IMG_0001.CR3").write_bytes(cr3[:8] + b"crx " + cr3[12:])
+    proc = _cli(tmp_path, "scan", str(mirror), "--model", str(tiny_bundle_master), "--policy", str(flag_all),
+                "--dry-run", "--quiet", "--report", str(tmp_path / "report.jsonl"), process=True)  # fmt: skip
+    rows = {Path(r["path"]).name: r for r in map(json.loads, (tmp_path / "report.jsonl").read_text().splitlines())}
+    assert rows["scan.tif"]["verdict"] == "flagged", rows
+    assert rows["IMG_0001.CR3"]["status"] == "error", rows["IMG_0001.CR3"]
+    assert (
+        "unsupported video codec" in rows["IMG_0001.CR3"]["reason"] and "NoneType" not in rows["IMG_0001.CR3"]["reason"]
+    )
+    assert "TIFF" not in proc.stderr and "tag" not in proc.stderr, proc.stderr

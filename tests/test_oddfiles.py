@@ -44,8 +44,12 @@ def test_every_odd_file_a_browser_shows_is_scored(tmp_path, tiny_bundle_master, 
         assert listed[name]["status"] == "scored" and "its default image was scored" in listed[name]["reason"], listed[
             name
         ]
-    for name in ("gif-frame-beyond-canvas.gif", "gif-frame-far-beyond-canvas.gif", "gif-interlaced-beyond-canvas.gif",
-                 "gif-interlaced-far-beyond-canvas.gif"):  # fmt: skip
+    # Chromium grows the canvas to hold a GIF's first frame (measured: a 100x100 screen whose frame claims
+    # 4000x3000 loads as 4000x3000 with the rows that arrived; a 120x90 screen with a 120x900 frame as
+    # 120x900) and refuses one claiming 40000x30000: those are clipped to the screen here and scored.
+    assert "3 of 3000 rows arrived" in listed["gif-frame-beyond-canvas.gif"]["reason"]
+    assert "gif-interlaced-beyond-canvas.gif" not in listed  # scored whole, nothing to say
+    for name in ("gif-frame-far-beyond-canvas.gif", "gif-interlaced-far-beyond-canvas.gif"):
         assert "clipped to it" in listed[name]["reason"], listed[name]
     every = {r["path"].rsplit("/", 1)[1]: r for r in map(json.loads, run_cli("report", *state).stdout.splitlines())}
     assert all(r["status"] == "scored" for r in every.values()), every
@@ -77,35 +81,51 @@ def test_a_broken_apngs_default_image_reaches_the_model(probe):  # noqa: F811
 
 
 def test_gif_frames_beyond_the_canvas_are_clipped_as_browsers_clip_them(probe):  # noqa: F811
-    # The signal fills the 96x64 canvas, its frame claiming 3000 rows. Unclipped, the picture would grow to
-    # 96x3000 with the signal a strip at its top (the model's centre crop would miss it); clipped to the
-    # canvas, as a browser shows it, it is the picture.
+    # A first frame larger than the screen grows the canvas (Chromium, measured: a 96x64 screen whose frame
+    # claims 96x3000 loads as 96x3000, its 64 rows that arrived at the top, the rest transparent). The
+    # signal is a strip at the top of a tall transparent picture: the model's centre crop would miss it,
+    # so the opaque part is scored on its own too (frames.VISIBLE_SHARE).
     verdict, decoded = probe.verdict(oddfiles.gif_claiming([signal()], 0, (96, 3000)))
-    assert verdict.flagged and any("clipped" in n for n in decoded.notes), decoded.notes
+    assert verdict.flagged and "visible part" in decoded.labels, decoded.labels
+    assert any("64 of 3000 rows arrived" in n for n in decoded.notes), decoded.notes
+    plain, _ = probe.verdict(oddfiles.gif_claiming([background()], 0, (96, 3000)))
+    assert not plain.flagged
+    # Later frames never grow the canvas: clipped to it (Chromium loads this one as 96x64).
     frames = [signal(), generated_image(3, 96, 64), generated_image(4, 96, 64)]
     verdict, decoded = probe.verdict(oddfiles.gif_claiming(frames, 1, (40000, 30000)))  # a "bomb" by its extents
     assert verdict.flagged and any("clipped" in n for n in decoded.notes), decoded.notes
 
 
+def test_a_gif_first_frame_far_beyond_its_screen_is_drawn_at_its_origin(probe):  # noqa: F811
+    # Placed at 9000,9000 on a 96x64 screen, the canvas that holds it (~82 M pixels) is over the pixel limit:
+    # the frame is scored at the origin (the same picture, without the empty space), not dropped.
+    data = bytearray(oddfiles.gif_claiming([signal()], 0, (96, 64)))
+    first = oddfiles._descriptors(bytes(data))[0]
+    data[first + 1 : first + 5] = (9000).to_bytes(2, "little") * 2
+    assert gifclip.layout(bytes(data), 64_000_000).moved == first
+    verdict, decoded = probe.verdict(bytes(data))
+    assert verdict.flagged and decoded.labels == ["image"], (decoded.labels, decoded.notes)
+    clipped, count = gifclip.clip_frames(bytes(data), 64_000_000)
+    assert count == 1 and clipped[first + 1 : first + 5] == bytes(4)
+
+
 def test_interlaced_gif_frames_beyond_the_canvas_are_clipped_too(probe):  # noqa: F811
     # An interlaced frame stores its rows in four passes, so the canvas's rows are spread through the whole
-    # stream: the frame is decoded here (gifclip), its visible rows kept. The signal fills the 96x64 canvas
-    # and the frame goes on for 3000 rows of background below it.
+    # stream: a frame beyond a canvas that cannot grow to hold it (a later frame, or a first one whose
+    # canvas would be over the pixel limit: here a limit of 96x64x4) is decoded here (gifclip), its visible
+    # rows kept. The signal fills the 96x64 screen and the frame goes on for 3000 rows of background.
     from PIL import Image
 
     tall = Image.new("RGB", (96, 3000), (90, 90, 90))
     tall.paste(signal(), (0, 0))
     data = oddfiles.gif_interlaced_beyond_canvas(tall, (96, 64))
-    verdict, decoded = probe.verdict(data)
-    assert verdict.flagged and any("clipped" in n for n in decoded.notes), decoded.notes
-    clipped, count = gifclip.clip_frames(data, 10**8)
+    assert gifclip.canvas(data, 64_000_000) == (96, 3000)  # as Chromium draws it: grown, nothing clipped
+    clipped, count = gifclip.clip_frames(data, 96 * 64 * 4)
     shown = np.asarray(Image.open(io.BytesIO(clipped)).convert("RGB")).astype(int)
     whole = np.asarray(Image.open(io.BytesIO(data)).convert("RGB")).astype(int)[:64]  # Pillow, unclipped
     assert count == 1 and shown.shape == (64, 96, 3) and (shown == whole).all()  # the very rows, in place
-    tall.paste(background(), (0, 0))
-    plain, _ = probe.verdict(oddfiles.gif_interlaced_beyond_canvas(tall, (96, 64)))
-    assert not plain.flagged
-    # Claimed extents of 40000x30000 over the data of a 96x64 frame: no bomb, the rows that came are drawn.
+    # Claimed extents of 40000x30000 over the data of a 96x64 frame (Chromium refuses it): no bomb, the rows
+    # that came are drawn and scored.
     verdict, decoded = probe.verdict(oddfiles.gif_interlaced_beyond_canvas(signal(), (96, 64), (40000, 30000)))
     assert not isinstance(decoded, str) and any("clipped" in n for n in decoded.notes), decoded
 
@@ -245,17 +265,21 @@ def test_gif_frames_the_canvas_never_shows_cost_nothing(probe):  # noqa: F811
     assert Image.open(io.BytesIO(clipped)).size == (96, 64) and not isinstance(decode(bytes(empty), probe.prep), str)
     tall = oddfiles.gif_interlaced_beyond_canvas(Image.new("RGB", (96, 3000), (90, 90, 90)), (96, 64))
     first = oddfiles._descriptors(tall)[0]
-    clipped, count = gifclip.clip_frames(tall[:first] + b"\x55\x55" + tall[first:], 10**8)
+    clipped, count = gifclip.clip_frames(tall[:first] + b"\x55\x55" + tall[first:], 96 * 64 * 4)
     assert count == 1 and Image.open(io.BytesIO(clipped)).size == (96, 64)
-    # A frame too wide for the canvas (stored row by row): written again clipped, the signal is the picture.
+    # A first frame too wide for the screen (stored row by row) grows the canvas to 3000x64 (Chromium); where
+    # that canvas is over the limit it is written again clipped, and the signal is the picture.
     wide = Image.new("RGB", (3000, 64), (90, 90, 90))
     wide.paste(signal(), (0, 0))
     buf = io.BytesIO()
     wide.quantize(64).save(buf, format="GIF", interlace=False)
     data = bytearray(buf.getvalue())
     data[6:10] = (96).to_bytes(2, "little") + (64).to_bytes(2, "little")
-    verdict, decoded = probe.verdict(bytes(data))
-    assert verdict.flagged and decoded.partial, decoded.notes
+    assert gifclip.canvas(bytes(data), 64_000_000) == (3000, 64)
+    clipped, count = gifclip.clip_frames(bytes(data), 96 * 64 * 4)
+    shown = np.asarray(Image.open(io.BytesIO(clipped)).convert("RGB")).astype(int)
+    whole = np.asarray(Image.open(io.BytesIO(bytes(data))).convert("RGB")).astype(int)[:, :96]  # Pillow, unclipped
+    assert count == 1 and shown.shape == (64, 96, 3) and (shown == whole).all()
 
 
 def test_a_clipped_frames_transparent_holes_keep_any_index():
@@ -270,7 +294,7 @@ def test_a_clipped_frames_transparent_holes_keep_any_index():
     control = b"\x21\xf9\x04\x01\x00\x00\xc8\x00"  # transparent colour 200
     data[at:at] = control
     cut = bytes(data[: len(data) - 6]) + b"\x00\x3b"  # the stream cut short: some rows never arrive
-    clipped, count = gifclip.clip_frames(cut, 10**8)
+    clipped, count = gifclip.clip_frames(cut, 16 * 16 * 2)  # the 16x40 canvas that holds it is over this limit
     assert count == 1
     img = Image.open(io.BytesIO(clipped))
     img.load()  # strict: the rewritten stream is valid

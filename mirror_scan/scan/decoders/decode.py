@@ -30,7 +30,7 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -45,6 +45,7 @@ from mirror_scan.scan.decoders import gifclip, gpujpeg
 from mirror_scan.scan.decoders.decoded import Decoded, DecodeFailure, Limits, clock, decode_detail
 from mirror_scan.scan.decoders.frames import DistinctFrames, Rows, pdq_dihedral
 from mirror_scan.scan.decoders.pngchunks import default_image, strip_metadata
+from mirror_scan.scan.decoders.quiet import worker_stderr_quiet
 from mirror_scan.text import one_line
 
 try:  # HEIF/HEIC (iPhone photos) through pillow-heif
@@ -69,7 +70,8 @@ MP4_BRANDS = {
     b"isom", b"iso2", b"iso3", b"iso4", b"iso5", b"iso6", b"mp41", b"mp42", b"mp71", b"avc1", b"dash",
     b"M4V ", b"M4A ", b"f4v ", b"qt  ", b"MSNV", b"3gp4", b"3gp5", b"3g2a",
 }  # fmt: skip
-STILL_BRANDS = {b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1"}
+STILL_BRANDS = {b"avif", b"avis", b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"mif3", b"msf1"}
+TIFF_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF, both byte orders
 GAIN_MAP_MARKERS = (b"hdrgm:", b"http://ns.adobe.com/hdr-gain-map/", b"urn:iso:std:iso:ts:21496:-1")
 DEPTH_MAP_MARKERS = (b"GDepth:", b"http://ns.google.com/photos/1.0/depthmap/", b"DepthMap")
 
@@ -159,18 +161,50 @@ def _open(data: bytes, limits: Limits, formats: tuple[str, ...] = PILLOW_FORMATS
         img = Image.open(io.BytesIO(data), formats=formats)
     except UnidentifiedImageError:
         known = sniff(data[:64])
+        img = _heif_by_libheif(data, limits) if known == "heif" else None
+        if img is not None:
+            return img
         if known is not None:  # a PNG, a GIF... whose header Pillow's strict pass refused (a bad chunk CRC)
             raise Unidentified(f"corrupt or truncated {known}: its header cannot be read") from None
         raise DecodeFailure(UNSUPPORTED) from None
     width, height = img.size
     if width < 1 or height < 1:
         raise DecodeFailure("image has no pixels")
+    _check_pixels(width, height, limits)
+    return img
+
+
+def _heif_by_libheif(data: bytes, limits: Limits) -> Image.Image | None:
+    """A HEIF that libheif decodes while its file-type check, so Pillow's plugin, refuses it: the compact
+    form (brand 'mif3', a 'mini' box) and a picture without 'ispe' (libheif reports 0x0 until it decodes:
+    the size the HEVC parameters state is checked against the pixel limit first). None: libheif refuses."""
+    try:
+        heif = pillow_heif.open_heif(data, convert_hdr_to_8bit=True)
+        width, height = heif.size
+    except Exception:  # noqa: BLE001 - libheif refuses it too (or pillow-heif is not installed)
+        return None
+    if not width or not height:
+        from mirror_scan.scan.decoders.heif import stated_size
+
+        width, height = stated_size(data) or (0, 0)
+        if not width or not height:
+            raise DecodeFailure("HEIF picture of unknown size: neither 'ispe' nor its HEVC parameters state it")
+    _check_pixels(width, height, limits)
+    try:
+        img = heif.to_pillow()
+    except Exception as err:  # noqa: BLE001 - a decoder error on broken bytes is a broken file
+        raise DecodeFailure(f"HEIF: {one_line(str(err))}") from None
+    _check_pixels(img.width, img.height, limits)
+    img.format = "HEIF"
+    return img
+
+
+def _check_pixels(width: int, height: int, limits: Limits) -> None:
     if width * height > limits.max_pixels:
         raise DecodeFailure(
             f"image declares {width}x{height} pixels, over the limit of {limits.max_pixels:,} "
             "(possible decompression bomb)"
         )
-    return img
 
 
 def _mp_header_offset(data: bytes) -> int | None:
@@ -290,7 +324,7 @@ def _frames(img: Image.Image, limits: Limits, rows: Rows, crop: tuple | None = N
 
 
 def _decode_image(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
-    screen = gifclip.canvas(data)
+    screen = gifclip.canvas(data, limits.max_pixels)
     clamped = 0
     if screen is not None:  # frames beyond the canvas: clipped to it, as browsers draw them
         try:
@@ -668,7 +702,8 @@ def decode(data: bytes, prep: Preprocess, limits: Limits = Limits()) -> Decoded 
         return "empty file (0 bytes)"
     started = time.thread_time()
     clock.reset()
-    result = _decode(data, prep, limits)
+    with worker_stderr_quiet() if data[:4] in TIFF_SIGNATURES else nullcontext():
+        result = _decode(data, prep, limits)  # libtiff warns on stderr of tags it skips: not the admin's log
     if isinstance(result, Decoded):
         named = dict(clock.spent)
         result.cpu_s = {"decode": max(0.0, time.thread_time() - started - sum(named.values())), **named}

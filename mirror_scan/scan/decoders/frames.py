@@ -34,25 +34,49 @@ DUPLICATE_MAX_DIFF = 20
 HIDDEN_SHARE = 0.25
 HIDDEN_MIN_STD = 4.0
 HIDDEN_SAMPLE_PIXELS = 1 << 20  # the test looks at about this many pixels (every n-th row and column)
+# A frame whose opaque pixels lie within a box of less than this share of it, or mostly outside the centre
+# square the model's crop takes, is scored cropped to that box too: a picture in a corner or strip of a
+# large transparent canvas (a GIF's first frame on a canvas grown to hold it, the rows of a cut file that
+# arrived) is what a viewer sees, and the centre crop would miss it or shrink it to a few pixels. An
+# ordinary logo on a transparent margin is neither: one row.
+VISIBLE_SHARE = 1 / 16
 
 
 def _views(frame: Image.Image) -> list[tuple[str, Image.Image]]:
-    """The RGB pictures of one frame: composited on neutral grey; and, when mostly transparent pixels hide
-    non-uniform colour, the colour with alpha ignored as well."""
+    """The RGB pictures of one frame: composited on neutral grey; its opaque part alone when that is small
+    (VISIBLE_SHARE); and, when mostly transparent pixels hide non-uniform colour, the colour with alpha
+    ignored as well."""
     info = frame.info  # what colour management needs (the ICC profile, gAMA), before any conversion
     frame = hashes.flatten_depth(frame)
     has_alpha = frame.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (frame.mode == "P" and "transparency" in frame.info)
     if not has_alpha:
-        return [("", displayed(frame if frame.mode == "RGB" else frame.convert("RGB"), info))]
+        return [("", displayed(frame if frame.mode in ("RGB", "CMYK") else frame.convert("RGB"), info))]
     rgba = displayed(frame.convert("RGBA"), info)
     background = Image.new("RGBA", rgba.size, (*NEUTRAL_BACKGROUND, 255))
-    views = [("", Image.alpha_composite(background, rgba).convert("RGB"))]
+    composited = Image.alpha_composite(background, rgba).convert("RGB")
+    views = [("", composited)]
+    box = rgba.getchannel("A").point(lambda a: 255 if a >= 128 else 0).getbbox()
+    if box is not None and _apart(box, rgba.size):
+        views.append(("visible part", composited.crop(box)))
     step = max(1, math.isqrt(rgba.width * rgba.height // HIDDEN_SAMPLE_PIXELS))  # a large canvas: a sample
     arr = np.asarray(rgba)[::step, ::step]
     hidden = arr[..., 3] < 128
     if hidden.mean() >= HIDDEN_SHARE and float(arr[..., :3][hidden].std(axis=0).max()) > HIDDEN_MIN_STD:
         views.append(("alpha ignored", rgba.convert("RGB")))
     return views
+
+
+def _apart(box: tuple[int, int, int, int], size: tuple[int, int]) -> bool:
+    """Whether the opaque box is small in the frame, or mostly outside its centre square (VISIBLE_SHARE)."""
+    width, height = size
+    area = (box[2] - box[0]) * (box[3] - box[1])
+    if area < VISIBLE_SHARE * width * height:
+        return True
+    short = min(width, height)
+    left, top = (width - short) // 2, (height - short) // 2
+    inside_w = max(0, min(box[2], left + short) - max(box[0], left))
+    inside_h = max(0, min(box[3], top + short) - max(box[1], top))
+    return inside_w * inside_h < area / 2
 
 
 def _tiles(img: Image.Image, max_tiles: int) -> tuple[list[Image.Image], bool]:

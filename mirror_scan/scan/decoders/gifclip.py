@@ -1,9 +1,12 @@
-"""GIF frames larger than their canvas, as browsers show them: clipped to the logical screen.
+"""GIF frames larger than their canvas, as browsers show them: clipped to it. The canvas is the logical
+screen grown to hold the first frame (measured with headless Chromium, and Pillow's rule: a first frame
+placed or sized beyond the screen is drawn whole, see `layout`); later frames beyond it are clipped.
 
-A GIF's frames may claim extents far beyond the canvas (a 100x100 screen with a 40000x30000 frame, or a
-frame placed at 9000,9000): Pillow grows the image to the frame (a decompression bomb by its claimed size,
-or a vast mostly empty picture in which the visible corner is too small for the model to see), while
-browsers draw only what falls inside the canvas. So, before Pillow sees the file:
+A GIF's frames may claim extents far beyond the canvas (a 100x100 screen with a later 40000x30000 frame,
+or a first one so large that the canvas to hold it is over the pixel limit, which Chromium refuses to
+draw): Pillow grows the image to the frame (a decompression bomb by its claimed size, or a vast mostly
+empty picture in which the visible corner is too small for the model to see), while browsers draw only
+what falls inside the canvas. So, before Pillow sees the file:
 - a frame wholly outside the canvas is dropped (with its graphic control extension): it is never shown;
 - a frame stored row by row that only reaches below the canvas has its height clamped (dropping a frame's
   last rows keeps every other row in place);
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import re
 import struct
+from typing import NamedTuple
 
 import numpy as np
 
@@ -30,11 +34,58 @@ MAX_CODE_BITS = 12
 FLUSH_PIXELS = 1 << 20
 
 
-def canvas(data: bytes) -> tuple[int, int] | None:
+class Layout(NamedTuple):
+    canvas: tuple[int, int]  # what browsers draw on
+    origin: tuple[int, int]  # where the first frame is drawn on it
+    moved: int | None  # the first frame's descriptor when it is drawn at 0,0 instead of where it claims
+
+
+def layout(data: bytes, max_pixels: int | None = None) -> Layout | None:
+    """The canvas browsers draw on: the logical screen, grown to hold the first frame (measured with
+    headless Chromium, and Pillow's rule too: a 1x1 screen with a 48x48 first frame at 20,20 is drawn
+    68x68). A grown canvas over `max_pixels` (a frame placed at 9000,9000) is grown to the frame's size
+    only and the frame drawn at its origin: the same picture, without the empty space; a frame whose own
+    size is over the limit leaves the screen as it is (clip_frames clips it). None: not a GIF."""
     if len(data) < 10 or data[:6] not in GIF_SIGNATURES:
         return None
-    width, height = struct.unpack("<HH", data[6:10])
-    return (width, height) if width and height else None
+    screen = struct.unpack("<HH", data[6:10])
+    found, first = (screen, (0, 0), None), _first_descriptor(data)
+    if first is not None and first + 9 <= len(data):
+        left, top, frame_w, frame_h = struct.unpack("<HHHH", data[first + 1 : first + 9])
+        if frame_w and frame_h:
+            grown = (max(screen[0], left + frame_w), max(screen[1], top + frame_h))
+            sized = (max(screen[0], frame_w), max(screen[1], frame_h))
+            if max_pixels is None or grown[0] * grown[1] <= max_pixels:
+                found = (grown, (left, top), None)
+            elif sized[0] * sized[1] <= max_pixels:
+                found = (sized, (0, 0), first if (left, top) != (0, 0) else None)
+            else:
+                found = (screen, (left, top), None)
+    return Layout(*found) if found[0][0] and found[0][1] else None
+
+
+def canvas(data: bytes, max_pixels: int | None = None) -> tuple[int, int] | None:
+    found = layout(data, max_pixels)
+    return None if found is None else found.canvas
+
+
+def _first_descriptor(data: bytes) -> int | None:
+    """Where the first image descriptor is (blocks read by their sizes; stray bytes skipped as Pillow does)."""
+    at = 13 + (3 * (2 << (data[10] & 0x07)) if len(data) > 10 and data[10] & 0x80 else 0)
+    while at < len(data):
+        block = data[at]
+        if block == 0x2C:
+            return at
+        if block == 0x3B:
+            return None
+        if block == 0x21:
+            at = _skip_sub_blocks(data, at + 2)
+            continue
+        found = BLOCK_START.search(data, at + 1)
+        if found is None:
+            return None
+        at = found.start()
+    return None
 
 
 def _skip_sub_blocks(data: bytes, at: int) -> int:
@@ -68,10 +119,13 @@ def clip_frames(data: bytes, max_pixels: int) -> tuple[bytes, int]:
     clipped or dropped (0: the bytes are returned as they are). A canvas over `max_pixels` is left to the
     decoder's own bomb check; rewriting more than `max_pixels` pixels in all, or an LZW stream over
     MAX_STREAM_BYTES, raises ClipRefused."""
-    screen = canvas(data)
-    if screen is None or len(data) < 13 or screen[0] * screen[1] > max_pixels:
+    found = layout(data, max_pixels)
+    if found is None or len(data) < 13 or found.canvas[0] * found.canvas[1] > max_pixels:
         return data, 0
-    screen_w, screen_h = screen
+    moved = found.moved is not None
+    if moved:  # a first frame far beyond the screen: drawn at its origin (see layout)
+        data = data[: found.moved + 1] + b"\0\0\0\0" + data[found.moved + 5 :]
+    screen_w, screen_h = found.canvas
     out = bytearray(data)
     at = 13
     if data[10] & 0x80:  # global colour table
@@ -148,13 +202,13 @@ def clip_frames(data: bytes, max_pixels: int) -> tuple[bytes, int]:
         head[9] = flags & ~0x40
         replaced.append((start, end, bytes(head) + _literal_stream(rows[:arrived])))
     if not clipped:
-        return data, 0
+        return (data, 1) if moved else (data, 0)
     if dropped == images:
         raise ClipRefused(f"no frame of this GIF has a pixel inside its {screen_w}x{screen_h} canvas that arrived: "
                           "nothing a browser would draw")  # fmt: skip
     for begin, end, new in sorted(replaced, reverse=True):
         out[begin:end] = new
-    return bytes(out), clipped
+    return bytes(out), clipped + moved
 
 
 MAX_STREAM_BYTES = 16 << 20  # about 12 s of this module's LZW decoding at worst

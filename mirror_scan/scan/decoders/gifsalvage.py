@@ -19,9 +19,9 @@ from PIL import Image
 from mirror_scan.scan.decoders.gifclip import (
     GIF_SIGNATURES,
     MAX_STREAM_BYTES,
-    canvas,
     data_start,
     interlaced_row,
+    layout,
     lzw,
     sub_blocks,
 )
@@ -100,7 +100,11 @@ def salvage(data: bytes, max_pixels: int) -> tuple[Image.Image, int, int] | None
         return None
     frame = walked[0][0]
     left, top, width, height, flags = struct.unpack("<HHHHB", data[frame.descriptor + 1 : frame.descriptor + 10])
-    screen_w, screen_h = canvas(data) or (left + width, top + height)  # the logical screen, as gifclip clips
+    found = layout(data, max_pixels)  # the canvas and where the first frame is drawn on it, as gifclip has it
+    if found is not None:
+        (screen_w, screen_h), (left, top) = found.canvas, found.origin
+    else:
+        screen_w, screen_h = left + width, top + height
     if not width or not height or width * height > max_pixels or screen_w * screen_h > max_pixels:
         return None
     start = data_start(data, frame.descriptor)

@@ -148,3 +148,89 @@ def parse(data: bytes) -> Parsed:
             raise ValueError("item payloads add up to more than the file could hold")
         parsed.payloads[item_id] = payload
     return parsed
+
+
+def stated_size(data: bytes) -> tuple[int, int] | None:
+    """The primary picture's size as the file states it before any decoding: its `ispe`, else (an HEVC
+    item without one, which libheif still decodes) the luma size in its HEVC sequence parameter set, else
+    (a grid) the grid's output size. For the pixel limit, so a file without `ispe` is no way past it."""
+    try:
+        parsed = parse(data)
+    except ValueError:
+        return None
+    if parsed.primary is None:
+        return None
+    props = parsed.properties(parsed.primary)
+    if b"ispe" in props and len(props[b"ispe"]) >= 12:
+        return struct.unpack(">II", props[b"ispe"][4:12])
+    kind = parsed.items.get(parsed.primary)
+    if kind == b"hvc1" and b"hvcC" in props:
+        return hevc_size(props[b"hvcC"])
+    payload = parsed.payloads.get(parsed.primary, b"")
+    if kind == b"grid" and len(payload) >= 8:
+        wide = payload[1] & 1
+        return struct.unpack(">II" if wide else ">HH", payload[4 : 12 if wide else 8])
+    return None
+
+
+def hevc_size(hvcc: bytes) -> tuple[int, int] | None:
+    """pic_width/height_in_luma_samples of the first SPS in an HEVCDecoderConfigurationRecord (ISO/IEC
+    14496-15 8.3.3.1; the SPS syntax of ITU-T H.265 7.3.2.2), or None where it cannot be read."""
+    at, end = 23, len(hvcc)
+    if end < at:
+        return None
+    for _ in range(hvcc[22]):
+        if at + 3 > end:
+            return None
+        nal_type, count = hvcc[at] & 0x3F, int.from_bytes(hvcc[at + 1 : at + 3], "big")
+        at += 3
+        for _ in range(count):
+            if at + 2 > end:
+                return None
+            size = int.from_bytes(hvcc[at : at + 2], "big")
+            nal = hvcc[at + 2 : at + 2 + size]
+            at += 2 + size
+            if nal_type == 33 and len(nal) > 2:
+                try:
+                    return _sps_size(nal[2:].replace(b"\0\0\3", b"\0\0"))  # emulation prevention removed
+                except IndexError:
+                    return None
+    return None
+
+
+class _Bits:
+    def __init__(self, data: bytes) -> None:
+        self.data, self.at = data, 0
+
+    def read(self, count: int) -> int:
+        value = 0
+        for _ in range(count):
+            value = (value << 1) | ((self.data[self.at >> 3] >> (7 - (self.at & 7))) & 1)
+            self.at += 1
+        return value
+
+    def golomb(self) -> int:
+        zeros = 0
+        while not self.read(1):
+            zeros += 1
+            if zeros > 31:
+                raise IndexError("an Exp-Golomb code longer than 32 bits")
+        return (1 << zeros) - 1 + self.read(zeros)
+
+
+def _sps_size(rbsp: bytes) -> tuple[int, int] | None:
+    bits = _Bits(rbsp)
+    bits.read(4)  # sps_video_parameter_set_id
+    sub_layers = bits.read(3)  # sps_max_sub_layers_minus1
+    bits.read(1)
+    bits.read(96)  # profile_tier_level: the general profile (88 bits) and level (8)
+    present = [(bits.read(1), bits.read(1)) for _ in range(sub_layers)]
+    if sub_layers:
+        bits.read(2 * (8 - sub_layers))
+    for profile, level in present:
+        bits.read(88 * profile + 8 * level)
+    bits.golomb()  # sps_seq_parameter_set_id
+    if bits.golomb() == 3:  # chroma_format_idc 4:4:4: separate_colour_plane_flag
+        bits.read(1)
+    width, height = bits.golomb(), bits.golomb()
+    return (width, height) if width and height else None
