@@ -21,8 +21,6 @@ SEED, COUNT = 44, 400
 # arrived whole (or its first scan's blocks) while Chromium also draws the scan in progress: coarser, so a
 # wider bound; an animated AVIF's frame timing differs by a frame at most.
 BOUNDS = collections.defaultdict(lambda: 8.0, {"jpeg-progressive": 56.0, "avif-animated": 16.0})
-# Known gap, kept by a strict xfail test below (it fails the day the gap closes, to be moved here):
-# Chromium's dav1d draws some AVIFs with changed bytes that libavif and FFmpeg's libdav1d both refuse.
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +37,7 @@ def outcomes(tmp_path_factory):
 def test_every_file_chromium_draws_is_scored(outcomes):
     drawn = [o for o in outcomes if o.drawn]
     assert len(drawn) >= COUNT // 2  # the set exercises the drawn cases, not only refusals
-    unscored = [f"{o.name}: {o.said}" for o in drawn if not o.scored and not _known_gap(o)]
+    unscored = [f"{o.name}: {o.said}" for o in drawn if not o.scored]
     assert unscored == []
 
 
@@ -50,15 +48,13 @@ def test_the_model_sees_what_chromium_drew(outcomes):
     assert far == []
 
 
-@pytest.mark.xfail(strict=True, reason="known gap: an AVIF whose AV1 data has changed bytes that Chromium's dav1d "
-                                       "draws, while libavif and FFmpeg's libdav1d refuse it")  # fmt: skip
-def test_damaged_avif_chromium_draws_is_scored(outcomes):
-    gaps = [o.name for o in outcomes if o.drawn and not o.scored and _known_gap(o) and o.name.startswith("avif")]
-    assert gaps == []
-
-
-def _known_gap(outcome) -> bool:
-    return outcome.name.startswith("avif") and "changed" in outcome.name and "cut" not in outcome.name
+def test_damaged_avifs_chromium_draws_are_scored_as_drawn(outcomes):
+    # Changed bytes in the AV1 data make dav1d's symbol decoder read past a tile's end: libavif and FFmpeg
+    # refuse the frame while Chromium draws it; the tile data padded with zeros is drawn as Chromium does.
+    damaged = [o for o in outcomes if o.name.startswith("avif") and "changed" in o.name and "cut" not in o.name]
+    concealed = [o for o in damaged if o.drawn and "tile data padded" in o.said]
+    assert concealed, [(o.name, o.said) for o in damaged]  # the fixed set holds such files
+    assert all(o.scored and o.difference is not None and o.difference <= BOUNDS[o.name.split()[0]] for o in concealed)
 
 
 def _moved_first_frame(screen: tuple[int, int], origin: tuple[int, int]) -> bytes:

@@ -400,6 +400,9 @@ def _decode_avif_second(data: bytes, prep: Preprocess, limits: Limits, first: st
     except Exception as err:  # noqa: BLE001 - the second decoder's failure on odd bytes: both reasons said
         raise DecodeFailure(f"{first}; FFmpeg's libdav1d could not decode it either: {_describe(err)}") from None
     note = f"partial: libavif refused it ({first}); decoded by FFmpeg's libdav1d, as other viewers show it"
+    if img.info.get("concealed"):
+        note = (f"partial: libavif refused its damaged AV1 data ({first}); decoded by FFmpeg's libdav1d with the "
+                "tile data padded, as Chromium draws it")  # fmt: skip
     decoded = _one_picture(img, "avif", prep, limits, note)
     if decoded is None:
         raise DecodeFailure(f"{first}; no frame could be decoded")
