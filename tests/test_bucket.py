@@ -102,7 +102,7 @@ def test_ray_bucket_scan_equals_a_mirrored_scan_and_a_rerun_scores_nothing(
 
     in_place = Site(tmp_path, bucket, tiny_bundle_master, "in-place")
     proc = in_place.bucket_scan("--engine", "ray", "--policy", str(policy), "--dry-run")
-    assert proc.returncode == 1, proc.stderr
+    assert proc.returncode == 1 and proc.stdout.strip(), (proc.stdout, proc.stderr)
     summary = json.loads(proc.stdout.splitlines()[-1])
     assert summary["listed"] == len(OBJECTS) and summary["ingested"] == len(OBJECTS)
     assert summary["ray_infer_actors"] == 1 and summary["ray_cpus"] >= 1

@@ -28,6 +28,7 @@ class BucketScanOptions:
     dry_run: bool = False
     report: Path | None = None  # one record per object, like `scan --report`
     report_format: str = "jsonl"
+    stall_after_s: float = 300.0  # Ray: give up when the cluster lost what the stages need for this long
 
 
 @dataclass
@@ -119,7 +120,7 @@ class BucketScan:
             options.prefix,
             workdir_for(self.settings.state, self.s3.remote),
             options.engine,
-            RayPlan(address=options.ray_address, wave_shards=options.wave_shards),
+            RayPlan(address=options.ray_address, wave_shards=options.wave_shards, stall_after_s=options.stall_after_s),
             on_batch=(lambda p: on_progress(p, runner.counters)) if on_progress else None,
             shard_rows=options.shard_rows,
         )

@@ -7,11 +7,13 @@ write each result batch as Parquet, ingest it into the ledger (the single writer
     each result batch --> results/part-N.parquet (durable) --> ingest (idempotent) --> part removed
 
 A driver that dies leaves result parts: the next run ingests them first, then lists again and skips
-what the ledger already has. Ray itself retries the tasks of a worker that dies.
+what the ledger already has. Ray itself retries the tasks of a worker that dies; a cluster that lost
+what the stages need is given up on after a deadline (raycluster.py).
 """
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import time
@@ -180,30 +182,38 @@ def run_local(spec: StageSpec, todo: Iterable[Path], sink: Callable[[dict], None
 
 @dataclass
 class RayPlan:
-    address: str | None = None  # None: a local Ray instance; "auto" or ray://host:10001: a cluster
+    address: str | None = None  # None: RAY_ADDRESS, else a local Ray instance; HOST:6379, auto, ray://HOST:10001
+    stall_after_s: float = 300.0  # nothing ingested this long while the cluster lacks what the stages hold
     fetch_actors: int | None = None  # default: the cluster's CPUs minus the inference actors' share
     infer_actors: int | None = None  # default: one per GPU, or one on a CPU-only cluster
     infer_cpus: float = 1.0
     wave_shards: int = RAY_WAVE_SHARDS  # todo shards per Ray Data run (actors start once per run)
 
 
-def _ray_init(plan: RayPlan) -> None:
-    import ray
+def run_ray(
+    spec: StageSpec, todo: Iterable[Path], sink: Callable[[dict], None], plan: RayPlan, ingested=lambda: 0
+) -> dict:
 
-    if ray.is_initialized():
-        return
-    kwargs: dict[str, Any] = {"include_dashboard": False, "log_to_driver": False, "configure_logging": False}
-    if plan.address:
-        ray.init(address=plan.address, **kwargs)
-    else:
-        ray.init(num_cpus=os.cpu_count() or 1, **kwargs)
+    from mirror_scan.bucket.raycluster import connect, leave, native_stderr_filtered, resolve_address
+
+    address = resolve_address(plan.address)
+    with native_stderr_filtered():
+        own = connect(address)
+        try:
+            info = _run_ray_waves(spec, todo, sink, plan, ingested)
+        finally:
+            leave(own, address)
+    return {**info, "cluster": address or "local"}
 
 
-def run_ray(spec: StageSpec, todo: Iterable[Path], sink: Callable[[dict], None], plan: RayPlan) -> dict:
+def _run_ray_waves(spec: StageSpec, todo: Iterable[Path], sink: Callable[[dict], None], plan: RayPlan,
+                   ingested: Callable[[], int]) -> dict:  # fmt: skip
     import ray
     import ray.data
 
-    _ray_init(plan)
+    from mirror_scan.bucket.raycluster import Need, quiet_ray_data, watched
+
+    quiet_ray_data()
     resources = ray.cluster_resources()
     gpus = int(resources.get("GPU", 0))
     cpus = int(resources.get("CPU", 1))
@@ -249,7 +259,9 @@ def run_ray(spec: StageSpec, todo: Iterable[Path], sink: Callable[[dict], None],
             num_cpus=infer_cpus,
             num_gpus=1 if gpus else 0,
         )
-        for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        need = Need(fetch_actors, infer_actors, infer_cpus, 1 if gpus else 0)
+        batches = functools.partial(ds.iter_batches, batch_size=None, batch_format="pyarrow")
+        for batch in watched(batches, need, plan.stall_after_s, ingested):
             sink(batch)
     return {"cpus": cpus, "gpus": gpus, "fetch_actors": fetch_actors, "infer_actors": infer_actors, "waves": waves}
 
@@ -301,7 +313,7 @@ def _scan_bucket(scan, spec, prefix, workdir, engine, ray_plan, on_batch, shard_
     shards = write_manifest(listing, workdir / "manifest", shard_rows)
     todo = _todo(shards, ingest, scan, progress, workdir / "todo")
     if engine == "ray":
-        info = run_ray(spec, todo, sink, ray_plan or RayPlan())
+        info = run_ray(spec, todo, sink, ray_plan or RayPlan(), ingested=lambda: progress.ingested)
     else:
         run_local(spec, todo, sink, scan)
         info = {"cpus": os.cpu_count()}

@@ -16,6 +16,7 @@ import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -143,6 +144,7 @@ class FetchDecode:
     def __init__(self, spec: StageSpec) -> None:
         from mirror_scan.model.bundle import load_bundle
 
+        _test_hook_placed("FetchDecode")
         self.spec = spec
         self.bucket = Bucket(spec.s3)
         self.prep = load_bundle(spec.model_dir, verify=False).preprocess
@@ -157,8 +159,7 @@ class FetchDecode:
         return self.decode(data, self.prep, self.spec.limits)
 
     def __call__(self, batch: Any) -> Any:
-
-        _test_hook_kill_worker()
+        _test_hooks()
         rows = rows_of(batch)
         started = time.perf_counter()
         datas = list(self.fetcher.map(lambda row: self.bucket.get(row["key"], self.spec.max_bytes), rows))
@@ -195,6 +196,8 @@ class Infer:
         from mirror_scan.model.bundle import load_bundle
         from mirror_scan.model.scoring import Scorer, result_model_id
 
+        if bundle is None:
+            _test_hook_placed("Infer")
         self.spec = spec
         self.bundle = bundle or load_bundle(spec.model_dir)
         self.scorer = scorer or Scorer(
@@ -233,9 +236,25 @@ class Infer:
         return _table(rows, RESULT_COLUMNS)
 
 
-def _test_hook_kill_worker() -> None:
+def _test_hook_placed(stage: str) -> None:
+    """Tests lose the node that holds a given stage: MIRROR_SCAN_TEST_PLACEMENT=<directory> makes each Ray
+    actor write its Ray node's id there, in a file named after its stage and process."""
+    where = os.environ.get("MIRROR_SCAN_TEST_PLACEMENT")
+    if where:
+        import ray
+
+        node = ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+        Path(where, f"{stage}-{os.getpid()}").write_text(node)
+
+
+def _test_hooks() -> None:
     """Tests kill a worker mid-run for real: MIRROR_SCAN_TEST_KILL_WORKER=<marker file> makes the first
-    fetch-decode call that finds no marker create it and end its process at once (like an OOM kill)."""
+    fetch-decode call that finds no marker create it and end its process at once (like an OOM kill); and
+    they lose a node mid-scan: MIRROR_SCAN_TEST_SLOW_BATCH=<seconds> makes each fetch-decode call take that
+    much longer, so a scan of a few objects lasts long enough to lose one."""
+    slow = os.environ.get("MIRROR_SCAN_TEST_SLOW_BATCH")
+    if slow:
+        time.sleep(float(slow))
     marker = os.environ.get("MIRROR_SCAN_TEST_KILL_WORKER")
     if marker:
         try:

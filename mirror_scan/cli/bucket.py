@@ -44,7 +44,8 @@ def scan(
         str | None,
         typer.Option(
             "--ray-address",
-            help="auto (the cluster this machine belongs to) or ray://HOST:10001; default: a local Ray instance.",
+            help="The Ray cluster: HOST:6379 (its head), auto (the cluster this machine belongs to) or "
+            "ray://HOST:10001 (Ray Client); default: RAY_ADDRESS, else a local Ray instance of the scan's own.",
         ),
     ] = None,
     shard_rows: Annotated[int, typer.Option("--shard-rows", help="Objects per manifest shard.", min=1)] = 10_000,
@@ -55,6 +56,14 @@ def scan(
         ),
     ] = 16,
     fetch_threads: Annotated[int, typer.Option("--fetch-threads", help="GETs in flight per worker.", min=1)] = 8,
+    stall_timeout: Annotated[
+        str,
+        typer.Option(
+            "--stall-timeout",
+            help="Ray: give up (exit 2; a rerun resumes) when nothing comes back for this long while the cluster "
+            "lacks the CPUs or GPUs the scan's stages hold (a node lost); 30s, 5m, 1h.",
+        ),
+    ] = "5m",
     dry_run: DryRunOpt = False,
     report: Annotated[Path | None, typer.Option("--report", help="Write one record per object here.")] = None,
     report_format: Annotated[str, typer.Option("--report-format", help="jsonl or csv.")] = "jsonl",
@@ -78,8 +87,10 @@ def scan(
     Exit 0: every object checked, nothing flagged; 1: something flagged; 2: nothing flagged but some objects
     could not be checked, or the scan could not run."""
     from mirror_scan.app.bucket_scan import BucketScan, BucketScanOptions, check_engine
+    from mirror_scan.cli.durations import parse_duration
 
     check_engine(engine)
+    stall_after_s = parse_duration(stall_timeout)
     if quiet or json_out:
         setup_logging(quiet=True)
     settings = resolve(
@@ -97,7 +108,7 @@ def scan(
         config,
     )
     options = BucketScanOptions(remote, prefix, engine, ray_address, shard_rows, wave_shards, fetch_threads, dry_run,
-                                report, report_format)  # fmt: skip
+                                report, report_format, stall_after_s)  # fmt: skip
     bucket_scan = BucketScan(settings, options)
     show = not quiet and not json_out
     if show:
