@@ -42,3 +42,9 @@ class ExportError(MirrorScanError):
 
 class UsageError(MirrorScanError):
     """Flags or arguments that do not make sense together."""
+
+
+class NoAnswer(UsageError):
+    """A question got no answer (standard input ended): nothing was done, as for "no" (exit 1)."""
+
+    exit_code = 1

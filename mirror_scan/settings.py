@@ -31,7 +31,10 @@ def default_config_path() -> Path:
 
 
 def _positive_int(value: Any) -> int:
-    number = int(value)
+    try:
+        number = int(value)
+    except (TypeError, ValueError):
+        raise ValueError("must be a whole number, e.g. 16") from None
     if number < 1:
         raise ValueError("must be 1 or more")
     return number
@@ -328,6 +331,12 @@ def _read_config(path: Path | None) -> tuple[dict[str, Any], str]:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
         raise UsageError(f"config file {path} cannot be read: {err}") from None
+    tables = {"scan", "actions", *SECTIONS}
+    for name, value in data.items():  # a misspelled [section] would otherwise be ignored without a word
+        if isinstance(value, dict) and name not in tables:
+            close = difflib.get_close_matches(name, sorted(tables), n=1)
+            hint = f"did you mean [{close[0]}]?" if close else f"known sections: {', '.join(sorted(tables))}"
+            raise UsageError(f"config file {path}: unknown section [{name}]", hint=hint)
     scan = dict(data.get("scan", data))  # settings may sit at the top level or under [scan]
     for section in SECTIONS:  # [pictrs] url / api_key, [lemmy] url, [notify] webhook
         table = data.get(section) or {}
@@ -467,7 +476,7 @@ def commented_config() -> str:
         "# What follows a quarantine, per label (remove, report, notify); none by default (attribution only).",
         '# csam = ["remove", "report", "notify"]',
         '# "*" = ["report"]',
-        "# dry_run = true   # plan and record actions, send nothing",
+        "# dry_run = false   # true: plan and record actions, send nothing",
         '# canary = ["notify"]   # what follows the canary (`mirror-scan canary make`); notify by default',
         "# canary_dry_run = true   # the canary's actions are planned, not sent, unless this is false",
         "",

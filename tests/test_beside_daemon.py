@@ -9,6 +9,8 @@ import os
 import subprocess
 import time
 
+import pytest
+
 from .conftest import CLI, run_cli, wait_until
 from .mediafiles import image_bytes
 from .s3server import S3Server
@@ -21,6 +23,9 @@ def _items(tmp_path) -> list[dict]:
     return json.loads(proc.stdout)
 
 
+# Timed: never beside the Ray cluster tests (their raylets take the 2 CPUs in bursts), see pyproject's
+# --dist loadgroup.
+@pytest.mark.xdist_group("ray-and-timed")
 def test_restore_beside_a_pulling_daemon_twenty_times_each_within_two_seconds(tmp_path, tiny_bundle_master, flag_all):
     server = S3Server(tmp_path / "s3")
     server.start()

@@ -22,6 +22,9 @@ from .conftest import CLI, run_cli
 from .test_bucket import OBJECTS, Site
 
 pytest.importorskip("ray")
+# A cluster's raylets take the 2 CPUs in bursts: these tests run one after another on one worker, with the
+# suite's timed tests (pyproject's --dist loadgroup).
+pytestmark = pytest.mark.xdist_group("ray-and-timed")
 
 
 @pytest.fixture

@@ -133,9 +133,14 @@ class ItemOps:
 
     # ------------------------------------------------------------------ decisions
 
-    def restore(self, item_id: str, to: Path | None = None, upstream: bool = True, reimport: bool = False) -> Outcome:
-        """reimport: an upload pict-rs no longer records goes back through pict-rs under its aliases."""
-        why = self.refusal(item_id, Decision.RESTORE) or self._listed_companion(item_id)
+    def restore(
+        self, item_id: str, to: Path | None = None, upstream: bool = True, reimport: bool = False,
+        canary: bool = False,
+    ) -> Outcome:  # fmt: skip
+        """reimport: an upload pict-rs no longer records goes back through pict-rs under its aliases;
+        canary: `selftest` restores the canary in its own throwaway state (nowhere else is one restored)."""
+        why = (self.refusal(item_id, Decision.RESTORE) or (None if canary else self._canary(item_id, "restored"))
+               or self._listed_companion(item_id))  # fmt: skip
         if why:
             return Outcome(item_id, Decision.RESTORE, "refused", why)
         try:
@@ -170,8 +175,24 @@ class ItemOps:
                         "restored (if the list is wrong there, remove the entry first)")  # fmt: skip
         return None
 
+    def _canary(self, item_id: str, done: str) -> str | None:
+        """Canary items are never restored (that would allowlist the canary: it would never be flagged
+        again, silently) nor confirmed (they are not findings); an explicit purge is their only end."""
+        from mirror_scan.lists.canary import CANARY_LIST
+
+        row = self.ledger.item(item_id)
+        try:
+            listed = (json.loads(row.reason) if row is not None and row.reason else {}).get("hash_list")
+        except (ValueError, AttributeError):
+            return None
+        if listed != CANARY_LIST:
+            return None
+        return (f"item {item_id} is the canary (the harmless test picture): it is never {done} (a restore "
+                "would allowlist it and the canary would stop working); purge it: mirror-scan quarantine purge "
+                f"{item_id}")  # fmt: skip
+
     def confirm(self, item_id: str) -> Outcome:
-        why = self.refusal(item_id, Decision.CONFIRM)
+        why = self.refusal(item_id, Decision.CONFIRM) or self._canary(item_id, "confirmed")
         if why:
             return Outcome(item_id, Decision.CONFIRM, "refused", why)
         return self._decide(item_id, Decision.CONFIRM, ItemEvent.CONFIRMED, once=True)

@@ -96,7 +96,7 @@ class SelfTest:
                 from mirror_scan.store.lifecycle import By
 
                 with Workspace.writer(local) as workspace, ItemOps(workspace, By("mirror-scan", "selftest")) as ops:
-                    done = ops.restore(found["item"].id, upstream=False)
+                    done = ops.restore(found["item"].id, upstream=False, canary=True)  # this state is thrown away
                 assert done.ok, f"the canary was not restored: {done.detail}"
                 assert (mirror / "canary.png").read_bytes() == found["canary"], "the restored bytes differ"
                 return "restored byte-identical from the quarantine"

@@ -123,11 +123,20 @@ class Io:
 
     def confirm(self, question: str, default: bool = False) -> bool:
         """A yes/no question answered on stdin (typer's, while the run's streams are the process's own);
-        no answer at all (end of input) aborts the command (exit 1)."""
+        no answer at all (end of input) is NoAnswer, which says so (exit 1, as for "no")."""
         import typer
 
+        from mirror_scan.errors import NoAnswer
+
         with using(self) if current() is not self else contextlib.nullcontext():
-            return typer.confirm(question, default=default)
+            try:
+                return typer.confirm(question, default=default)
+            except typer.Abort:  # end of input: no terminal, nothing piped in
+                raise NoAnswer(
+                    "the question above got no answer: standard input ended"
+                    + ("" if self.interactive else " (it is not a terminal)"),
+                    hint="answer it at a terminal, or pass --yes (-y) to confirm from a script",
+                ) from None
 
 
 def _isatty(stream: TextIO) -> bool:

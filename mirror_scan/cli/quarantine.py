@@ -403,7 +403,7 @@ def q_purge(
             "records; irreversible) instead of deleting the quarantined bytes.",
         ),
     ] = False,
-    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+    yes: YesOpt = False,
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
@@ -429,7 +429,9 @@ def q_purge(
             older_than_ts=cutoff,
             what="purgeable",
             expected="purgeable",
-            fragments=False,  # irreversible: a whole id or the short one, never a fragment that happens to fit
+            # Irreversible: a unique part of an id, as show and restore take, only when the items are listed
+            # and confirmed; with --yes a whole id or the short one, never a fragment that happens to fit.
+            fragments=not yes,
         )
         already = [e["id"] for e in chosen if e["state"] == "purged" and not pictrs]
         chosen = [e for e in chosen if e["id"] not in already]
