@@ -83,3 +83,15 @@ def test_9_12_purge_takes_a_unique_part_of_an_id_when_asked_and_a_question_witho
     assert refused.returncode != 0, refused
     done = run_cli("quarantine", "purge", second["id"], "-y", *_where(tmp_path))
     assert done.returncode == 0, done.stderr
+
+
+def test_6_a_state_database_that_is_not_there_is_named_not_taken_for_an_empty_one(tmp_path):
+    wrong = ("--state", str(tmp_path / "typo" / "state.db"), "--quarantine", str(tmp_path / "q"))
+    for command in (("quarantine", "list"), ("quarantine", "show", "abc"), ("quarantine", "restore", "abc"),
+                    ("quarantine", "confirm", "abc"), ("quarantine", "purge", "abc", "--yes"),
+                    ("quarantine", "export-hashes")):  # fmt: skip
+        proc = run_cli(*command, *wrong)
+        assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
+        assert f"state database {tmp_path / 'typo' / 'state.db'} does not exist" in proc.stderr, proc.stderr
+        assert "quarantine reindex" in proc.stderr and "0 item(s)" not in proc.stdout
+    assert not (tmp_path / "typo").exists()  # nothing made for a command that failed

@@ -15,6 +15,11 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
+# One wheel build per run: pip builds in the checkout's build/ folder, and two xdist workers building at
+# once collide there ("File exists: build/bdist..."); the module's tests share one worker.
+pytestmark = pytest.mark.xdist_group("wheel-build")
+
+
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")

@@ -22,6 +22,7 @@ from mirror_scan.cli.options import (
     YesOpt,
     open_reader,
     open_writer,
+    require_state,
 )
 from mirror_scan.cli.views import (
     STATE_SHORT,
@@ -43,12 +44,26 @@ quarantine_app = typer.Typer(help="Inspect the quarantine, restore false positiv
 allowlist_app = typer.Typer(help="sha256s that are never flagged (restores add to it).", no_args_is_help=True)
 
 
-def _reader(state, quarantine, config):
-    return open_reader(resolve({"state": state, "quarantine": quarantine}, config))
+STATE_HINT = (
+    "check --state (or MIRROR_SCAN_STATE, or the config file's state): `mirror-scan config` shows where it "
+    "comes from; a lost database is rebuilt from the quarantine by `quarantine reindex`"
+)
 
 
-def _writer(state, quarantine, config, quiet=False, rclone=None):
+def _reader(state, quarantine, config, need_state=True):
+    """need_state: the command reads items a scan recorded; a state database that is not there is a wrong
+    path, said as such (never `0 item(s)`)."""
+    settings = resolve({"state": state, "quarantine": quarantine}, config)
+    if need_state:
+        require_state(settings, hint=STATE_HINT)
+    return open_reader(settings)
+
+
+def _writer(state, quarantine, config, quiet=False, rclone=None, need_state=False):
+    """need_state: the command acts on items a scan recorded (a missing database is never made for it)."""
     settings = resolve({"state": state, "quarantine": quarantine, "rclone": rclone}, config)
+    if need_state:
+        require_state(settings, hint=STATE_HINT)
     return open_writer(settings, quiet=quiet)
 
 
@@ -329,7 +344,10 @@ def q_restore(
     results: dict[str, list] = {"restored": [], "pending": [], "failed": []}
     # The writer first: it finishes or rolls back a restore a killed process left, so an item that was
     # `restoring` is chosen as what it is now.
-    with _writer(state, quarantine, config, quiet=True, rclone=rclone) as workspace, _ops(workspace) as ops:
+    with (
+        _writer(state, quarantine, config, quiet=True, rclone=rclone, need_state=True) as workspace,
+        _ops(workspace) as ops,
+    ):
         entries = list(workspace.quarantine.entries(parse_since(since) if since else None))
         chosen = select_items(
             entries, RESTORABLE_STATES, ids=explicit, label=label, remote=remote,
@@ -379,7 +397,7 @@ def q_confirm(
     `hashlist export --confirmed` and `hashlist push --confirmed`. Recorded with who confirmed them."""
     from mirror_scan.store.selection import expand_ids
 
-    with _writer(state, quarantine, config, quiet=True) as workspace, _ops(workspace) as ops:
+    with _writer(state, quarantine, config, quiet=True, need_state=True) as workspace, _ops(workspace) as ops:
         ids = expand_ids(item_ids, (r.id for r in workspace.ledger.items()))
         outcomes = [ops.confirm(item_id) for item_id in ids]
     if json_out:
@@ -416,7 +434,7 @@ def q_purge(
     if json_out and not yes:
         raise UsageError("--json leaves nobody to ask: pass --yes as well", hint="or leave out --json to be asked")
     settings = resolve({"state": state, "quarantine": quarantine}, config)
-    with _writer(state, quarantine, config) as workspace:
+    with _writer(state, quarantine, config, need_state=True) as workspace:
         store = workspace.quarantine
         cutoff = dt.datetime.now(dt.UTC).timestamp() - parse_duration(older_than) if older_than else None
         states = EXPORTED_STATES if pictrs else PURGEABLE_STATES
@@ -554,7 +572,7 @@ def a_list(
     state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False
 ) -> None:
     """sha256s that are never flagged."""
-    with _reader(state, quarantine, config) as workspace:
+    with _reader(state, quarantine, config, need_state=False) as workspace:
         rows = workspace.ledger.allowlist()
     if json_out:
         print_json(
