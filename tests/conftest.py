@@ -3,6 +3,8 @@ export code (the same path a real ViT-L-14 export takes); verdicts are driven by
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import shutil
@@ -98,6 +100,29 @@ def expected_exit(state: Path) -> int:
     with sqlite3.connect(f"file:{state}?mode=ro", uri=True) as db:
         flagged, errors = db.execute("SELECT total(verdict='flagged'), total(status='error') FROM files").fetchone()
     return 1 if flagged else 2 if errors else 0
+
+
+@contextlib.contextmanager
+def taking_turns(tmp_path_factory, name: str):
+    """An exclusive lock shared by the xdist workers of this run (their temp folders' common parent), so
+    what holds it never overlaps across workers (xdist_group does not group with this pytest). Yields the
+    folder the workers share."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base  # this run's, never a past run's
+    lock = shared / f"{name}.lock"
+    with open(lock, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield lock.parent
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@pytest.fixture
+def alone(tmp_path_factory):
+    """Tests that take both CPUs in bursts (a Ray cluster's raylets) and timed tests take turns."""
+    with taking_turns(tmp_path_factory, "cpu-heavy-or-timed"):
+        yield
 
 
 @pytest.fixture(scope="session")

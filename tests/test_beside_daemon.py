@@ -23,9 +23,8 @@ def _items(tmp_path) -> list[dict]:
     return json.loads(proc.stdout)
 
 
-# Timed: never beside the Ray cluster tests (their raylets take the 2 CPUs in bursts), see pyproject's
-# --dist loadgroup.
-@pytest.mark.xdist_group("ray-and-timed")
+# Timed: never beside the Ray cluster tests (their raylets take the 2 CPUs in bursts): conftest's `alone`.
+@pytest.mark.usefixtures("alone")
 def test_restore_beside_a_pulling_daemon_twenty_times_each_within_two_seconds(tmp_path, tiny_bundle_master, flag_all):
     server = S3Server(tmp_path / "s3")
     server.start()

@@ -15,21 +15,26 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 
 
-# One wheel build per run: pip builds in the checkout's build/ folder, and two xdist workers building at
-# once collide there ("File exists: build/bdist..."); the module's tests share one worker.
-pytestmark = pytest.mark.xdist_group("wheel-build")
-
-
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("wheel")
-    proc = subprocess.run(
-        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(REPO)],
-        capture_output=True, text=True, timeout=600, cwd=out,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr
-    (found,) = out.glob("mirror_scan-*.whl")
-    return found
+    """One wheel per run, shared by the xdist workers: pip builds in the checkout (build/, the egg-info),
+    and two builds at once collide there ("File exists: build/bdist...")."""
+    from .conftest import taking_turns
+
+    with taking_turns(tmp_path_factory, "wheel-build") as shared:
+        out = shared / "wheel"
+        found = sorted(out.glob("mirror_scan-*.whl")) if out.exists() else []
+        if found:
+            return found[0]
+        out.mkdir(exist_ok=True)
+        proc = subprocess.run(
+            [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out),
+             str(REPO)],
+            capture_output=True, text=True, timeout=600, cwd=out,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        (found,) = out.glob("mirror_scan-*.whl")
+        return found
 
 
 def test_the_wheel_holds_every_package_and_its_data(wheel):

@@ -22,9 +22,9 @@ from .conftest import CLI, run_cli
 from .test_bucket import OBJECTS, Site
 
 pytest.importorskip("ray")
-# A cluster's raylets take the 2 CPUs in bursts: these tests run one after another on one worker, with the
-# suite's timed tests (pyproject's --dist loadgroup).
-pytestmark = pytest.mark.xdist_group("ray-and-timed")
+# A cluster's raylets take the 2 CPUs in bursts: these tests never overlap the suite's timed tests, nor
+# each other across workers (conftest's `alone`).
+pytestmark = pytest.mark.usefixtures("alone")
 
 
 @pytest.fixture
@@ -81,7 +81,7 @@ class Nodes:
 
 
 @pytest.fixture
-def cluster(tmp_path, monkeypatch):
+def cluster(alone, tmp_path, monkeypatch):
     nodes = Nodes(tmp_path, monkeypatch)
     yield nodes
     nodes.cluster.shutdown()
