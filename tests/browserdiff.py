@@ -36,7 +36,8 @@ def have_chromium() -> bool:
     return os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)
 
 
-def start_chromium(profile_dir: str):
+def chromium(profile_dir: str, extra_flags: tuple[str, ...] = ()):
+    """Debian's headless Chromium through Selenium, offline, with its profile in `profile_dir`."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
@@ -45,9 +46,14 @@ def start_chromium(profile_dir: str):
     options.binary_location = CHROMIUM
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--force-color-profile=srgb", f"--user-data-dir={profile_dir}"):  # fmt: skip
+                 f"--user-data-dir={profile_dir}", *extra_flags):  # fmt: skip
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def start_chromium(profile_dir: str):
+    """Chromium for drawing pictures: its colour managed to sRGB (what the scanner's views are)."""
+    driver = chromium(profile_dir, ("--force-color-profile=srgb",))
     driver.set_script_timeout(60)
     driver.get("about:blank")
     return driver

@@ -62,12 +62,30 @@ def _picture() -> np.ndarray:
     return np.stack([40 + 3 * x, 200 - 2 * y, 90 + x + y], axis=-1).clip(0, 255).astype(np.uint8)
 
 
+def _s15(value: float) -> bytes:
+    """ICC's s15Fixed16Number."""
+    return struct.pack(">i", round(value * 65536))
+
+
+def _icc(device_class: bytes, colour_space: bytes, pcs: bytes, tags: list[tuple[bytes, bytes]]) -> bytes:
+    """An ICC v2 profile: the 128-byte header (D50 illuminant), the tag table, the tags 4-byte aligned."""
+    offset = 128 + 4 + 12 * len(tags)
+    table, body = b"", b""
+    for signature, data in tags:
+        data += b"\0" * (-len(data) % 4)
+        table += signature + struct.pack(">II", offset + len(body), len(data))
+        body += data
+    header = (struct.pack(">I", offset + len(body)) + b"lcms" + bytes([2, 0x10, 0, 0]) + device_class
+              + colour_space + pcs + b"\0" * 12 + b"acsp" + b"\0" * 28 + _s15(0.9642) + _s15(1.0) + _s15(0.8249)
+              + b"\0" * 48)  # fmt: skip
+    assert len(header) == 128
+    return header + struct.pack(">I", len(tags)) + table + body
+
+
 def _linear_rgb_profile() -> bytes:
     """An ICC v2 display profile: sRGB's primaries and white, with a linear (gamma 1.0) tone curve, so the
     samples a file stores under it are light, not sRGB-encoded: a browser brightens their dark parts."""
-
-    def s15(value: float) -> bytes:
-        return struct.pack(">i", round(value * 65536))
+    s15 = _s15
 
     def xyz(x: float, y: float, z: float) -> bytes:
         return b"XYZ " + b"\0" * 4 + s15(x) + s15(y) + s15(z)
@@ -86,18 +104,7 @@ def _linear_rgb_profile() -> bytes:
         (b"desc", desc),
         (b"cprt", b"text" + b"\0" * 4 + b"none\0\0\0\0"),
     ]
-    offset = 128 + 4 + 12 * len(tags)
-    table, body = b"", b""
-    for signature, data in tags:
-        data += b"\0" * (-len(data) % 4)
-        table += signature + struct.pack(">II", offset + len(body), len(data))
-        body += data
-    size = offset + len(body)
-    header = (struct.pack(">I", size) + b"none" + bytes([2, 0x20, 0, 0]) + b"mntr" + b"RGB " + b"XYZ "
-              + b"\0" * 12 + b"acsp" + b"\0" * 4 + b"\0" * 4 + b"\0" * 4 + b"\0" * 4 + b"\0" * 8 + b"\0" * 4
-              + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 4 + b"\0" * 16 + b"\0" * 28)  # fmt: skip
-    assert len(header) == 128
-    return header + struct.pack(">I", len(tags)) + table + body
+    return _icc(b"mntr", b"RGB ", b"XYZ ", tags)
 
 
 CASES = {
@@ -139,9 +146,7 @@ def _cmyk_profile(grid: int = 9) -> bytes:
                     (200 * (f[..., 1] - f[..., 2]) + 128) * 256], axis=-1)  # fmt: skip
     clut = np.round(np.clip(lab, 0, 65535)).astype(">u2").tobytes()
 
-    def s15(value: float) -> bytes:
-        return struct.pack(">i", round(value * 65536))
-
+    s15 = _s15
     identity = b"".join(s15(v) for v in (1, 0, 0, 0, 1, 0, 0, 0, 1))
     ramp = struct.pack(">HH", 0, 65535)
     lut = (
@@ -150,16 +155,7 @@ def _cmyk_profile(grid: int = 9) -> bytes:
     text = b"inks as RGB\0"
     desc = b"desc" + b"\0" * 4 + struct.pack(">I", len(text)) + text + b"\0" * 79
     white = b"XYZ " + b"\0" * 4 + s15(0.9642) + s15(1.0) + s15(0.8249)
-    tags = [(b"desc", desc), (b"wtpt", white), (b"A2B0", lut)]
-    offset = 128 + 4 + 12 * len(tags)
-    table, body = b"", b""
-    for signature, data in tags:
-        data += b"\0" * (-len(data) % 4)
-        table += signature + struct.pack(">II", offset + len(body), len(data))
-        body += data
-    header = (struct.pack(">I", offset + len(body)) + b"lcms" + struct.pack(">I", 0x02100000) + b"prtrCMYKLab "
-              + b"\0" * 12 + b"acspAPPL" + b"\0" * 24 + s15(0.9642) + s15(1.0) + s15(0.8249) + b"\0" * 48)  # fmt: skip
-    return header + struct.pack(">I", len(tags)) + table + body
+    return _icc(b"prtr", b"CMYK", b"Lab ", [(b"desc", desc), (b"wtpt", white), (b"A2B0", lut)])
 
 
 def _cmyk_jpeg() -> bytes:

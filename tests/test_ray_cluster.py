@@ -19,24 +19,12 @@ from pathlib import Path
 import pytest
 
 from .conftest import CLI, run_cli
-from .test_bucket import OBJECTS, Site
+from .test_bucket import OBJECTS, Site, bucket  # noqa: F401 - the bucket fixture: a real S3 with OBJECTS
 
 pytest.importorskip("ray")
 # A cluster's raylets take the 2 CPUs in bursts: these tests never overlap the suite's timed tests, nor
 # each other across workers (conftest's `alone`).
 pytestmark = pytest.mark.usefixtures("alone")
-
-
-@pytest.fixture
-def bucket(tmp_path):
-    from .s3server import S3Server
-
-    server = S3Server(tmp_path / "s3")
-    server.start()
-    for key, data in OBJECTS.items():
-        server.put(key, data, tmp_path)
-    yield server
-    server.stop()
 
 
 class Nodes:
@@ -119,7 +107,10 @@ def _wait_for_ingested(state: Path, count: int, proc: subprocess.Popen, within: 
 
 
 def test_a_node_lost_for_good_ends_the_scan_with_exit_2_and_the_rerun_resumes(
-    bucket, cluster, tmp_path, tiny_bundle_master
+    bucket,  # noqa: F811 - the bucket fixture from test_bucket
+    cluster,
+    tmp_path,
+    tiny_bundle_master,
 ):
     local = Site(tmp_path, bucket, tiny_bundle_master, "local")
     local.bucket_scan("--dry-run")
@@ -154,7 +145,7 @@ def test_a_node_lost_for_good_ends_the_scan_with_exit_2_and_the_rerun_resumes(
 
 
 @pytest.mark.parametrize("stage", ["FetchDecode", "Infer"])
-def test_a_node_lost_and_back_lets_the_scan_finish(bucket, cluster, tmp_path, tiny_bundle_master, stage):
+def test_a_node_lost_and_back_lets_the_scan_finish(bucket, cluster, tmp_path, tiny_bundle_master, stage):  # noqa: F811 - the bucket fixture from test_bucket
     site = Site(tmp_path, bucket, tiny_bundle_master, f"back-{stage}")
     scan = _scan_in_background(site, cluster.address, "--stall-timeout", "10m", env={})
     _wait_for_ingested(site.state, 2, scan)
@@ -168,7 +159,7 @@ def test_a_node_lost_and_back_lets_the_scan_finish(bucket, cluster, tmp_path, ti
     assert set(_ledger(site.state)) == set(OBJECTS)
 
 
-def test_ray_address_names_the_cluster_as_rays_own_tools_do(bucket, cluster, tmp_path, tiny_bundle_master):
+def test_ray_address_names_the_cluster_as_rays_own_tools_do(bucket, cluster, tmp_path, tiny_bundle_master):  # noqa: F811 - the bucket fixture from test_bucket
     site = Site(tmp_path, bucket, tiny_bundle_master, "env")
     proc = site.bucket_scan("--engine", "ray", "--dry-run", env={"RAY_ADDRESS": cluster.address})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr  # 2: the unreadable files
@@ -177,7 +168,7 @@ def test_ray_address_names_the_cluster_as_rays_own_tools_do(bucket, cluster, tmp
     assert set(_ledger(site.state)) == set(OBJECTS)
 
 
-def test_a_cluster_that_is_not_there_is_exit_2_within_seconds(bucket, tmp_path, tiny_bundle_master):
+def test_a_cluster_that_is_not_there_is_exit_2_within_seconds(bucket, tmp_path, tiny_bundle_master):  # noqa: F811 - the bucket fixture from test_bucket
     from .s3server import free_port
 
     site = Site(tmp_path, bucket, tiny_bundle_master, "dead")
@@ -205,7 +196,7 @@ made.shutdown()
 """
 
 
-def test_a_cluster_with_token_auth_is_named_when_the_driver_lacks_it(bucket, tmp_path, tiny_bundle_master):
+def test_a_cluster_with_token_auth_is_named_when_the_driver_lacks_it(bucket, tmp_path, tiny_bundle_master):  # noqa: F811 - the bucket fixture from test_bucket
     # Ray reads its authentication mode once per process: the cluster runs in a process of its own.
     token = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "t0ken" * 8}
     head = subprocess.Popen([sys.executable, "-c", _CLUSTER_OF_ITS_OWN], stdin=subprocess.PIPE,

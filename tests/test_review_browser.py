@@ -6,36 +6,24 @@ name. Screenshots of the queue and the dashboard are kept in .test-artifacts/ (M
 from __future__ import annotations
 
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
+from . import browserdiff
 from .conftest import REPO
 from .console_client import PASSWORD, add_user
 from .test_review_console import Site
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 pytestmark = pytest.mark.skipif(
-    not (os.path.exists(CHROMIUM) and os.path.exists(CHROMEDRIVER)),
+    not browserdiff.have_chromium(),
     reason="Debian's chromium and chromium-driver are not installed (scripts/install.sh installs them as root)",
 )
 
 
 @pytest.fixture
-def browser(tmp_path, monkeypatch):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager must not look for drivers on the network
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                 "--window-size=1400,900", f"--user-data-dir={tmp_path / 'chromium'}"):  # fmt: skip
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+def browser(tmp_path):
+    driver = browserdiff.chromium(str(tmp_path / "chromium"), ("--window-size=1400,900",))
     driver.set_page_load_timeout(60)
     driver.implicitly_wait(15)  # a loaded 2-core CI: elements of the next page may take a moment
     yield driver
