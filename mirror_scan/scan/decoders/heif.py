@@ -10,6 +10,8 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+from mirror_scan.scan.decoders.bits import Bits
+
 MAX_ITEMS = 4096
 MAX_EXTENTS = 65536  # all items together (a file of 64 MB has no need of more)
 MAX_PAYLOAD_FACTOR = 4  # all item payloads together: at most this many times the file
@@ -193,44 +195,24 @@ def hevc_size(hvcc: bytes) -> tuple[int, int] | None:
             if nal_type == 33 and len(nal) > 2:
                 try:
                     return _sps_size(nal[2:].replace(b"\0\0\3", b"\0\0"))  # emulation prevention removed
-                except IndexError:
+                except EOFError:  # the parameter set ends before its sizes
                     return None
     return None
 
 
-class _Bits:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.at = data, 0
-
-    def read(self, count: int) -> int:
-        value = 0
-        for _ in range(count):
-            value = (value << 1) | ((self.data[self.at >> 3] >> (7 - (self.at & 7))) & 1)
-            self.at += 1
-        return value
-
-    def golomb(self) -> int:
-        zeros = 0
-        while not self.read(1):
-            zeros += 1
-            if zeros > 31:
-                raise IndexError("an Exp-Golomb code longer than 32 bits")
-        return (1 << zeros) - 1 + self.read(zeros)
-
-
 def _sps_size(rbsp: bytes) -> tuple[int, int] | None:
-    bits = _Bits(rbsp)
-    bits.read(4)  # sps_video_parameter_set_id
-    sub_layers = bits.read(3)  # sps_max_sub_layers_minus1
-    bits.read(1)
-    bits.read(96)  # profile_tier_level: the general profile (88 bits) and level (8)
-    present = [(bits.read(1), bits.read(1)) for _ in range(sub_layers)]
+    bits = Bits(rbsp)
+    bits.bits(4)  # sps_video_parameter_set_id
+    sub_layers = bits.bits(3)  # sps_max_sub_layers_minus1
+    bits.bits(1)
+    bits.bits(96)  # profile_tier_level: the general profile (88 bits) and level (8)
+    present = [(bits.bits(1), bits.bits(1)) for _ in range(sub_layers)]
     if sub_layers:
-        bits.read(2 * (8 - sub_layers))
+        bits.bits(2 * (8 - sub_layers))
     for profile, level in present:
-        bits.read(88 * profile + 8 * level)
+        bits.bits(88 * profile + 8 * level)
     bits.golomb()  # sps_seq_parameter_set_id
     if bits.golomb() == 3:  # chroma_format_idc 4:4:4: separate_colour_plane_flag
-        bits.read(1)
+        bits.bits(1)
     width, height = bits.golomb(), bits.golomb()
     return (width, height) if width and height else None

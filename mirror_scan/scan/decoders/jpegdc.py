@@ -17,27 +17,10 @@ import struct
 import numpy as np
 from PIL import Image
 
+from mirror_scan.scan.decoders.bits import Bits
+
 PROGRESSIVE = (0xC2, 0xC6, 0xCA, 0xCE)
 RESTART = re.compile(rb"\xff[\xd0-\xd7]")
-
-
-class _Bits:
-    def __init__(self, data: bytes) -> None:
-        self.data, self.at, self.acc, self.count = data, 0, 0, 0
-
-    def bit(self) -> int:
-        if self.count == 0:
-            if self.at >= len(self.data):
-                raise EOFError
-            self.acc, self.count, self.at = self.data[self.at], 8, self.at + 1
-        self.count -= 1
-        return (self.acc >> self.count) & 1
-
-    def bits(self, n: int) -> int:
-        value = 0
-        for _ in range(n):
-            value = (value << 1) | self.bit()
-        return value
 
 
 def _huffman(counts: bytes, symbols: bytes) -> dict[tuple[int, int], int]:
@@ -147,7 +130,7 @@ def first_scan(data: bytes, max_pixels: int) -> tuple[Image.Image, int, int] | N
     pieces = RESTART.split(entropy) if found["interval"] else [entropy]  # restart markers are never stuffed
     decoded = 0
     for number, piece in enumerate(pieces):
-        bits, predictors = _Bits(piece.replace(b"\xff\x00", b"\xff")), [0] * 3
+        bits, predictors = Bits(piece.replace(b"\xff\x00", b"\xff")), [0] * 3
         try:
             for mcu in range(number * interval, min((number + 1) * interval, mcux * mcuy)):
                 my, mx = divmod(mcu, mcux)
@@ -171,7 +154,7 @@ def first_scan(data: bytes, max_pixels: int) -> tuple[Image.Image, int, int] | N
     return Image.fromarray(np.ascontiguousarray(pixels), "RGBA"), rows, height
 
 
-def _difference(bits: _Bits, codes: dict[tuple[int, int], int]) -> int:
+def _difference(bits: Bits, codes: dict[tuple[int, int], int]) -> int:
     code = 0
     for length in range(1, 17):
         code = (code << 1) | bits.bit()
