@@ -76,6 +76,7 @@ class Decision(StrEnum):
     BAN = "ban"
     UNBAN = "unban"
     PURGE = "purge"
+    EXTRACT = "extract"  # a copy taken for a lawful request: no state changes, a line of history
 
 
 class MoveKind(StrEnum):

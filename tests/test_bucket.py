@@ -162,6 +162,7 @@ def test_apply_and_restore_round_trip_through_the_bucket(bucket, tmp_path, tiny_
     proc = site.cli("quarantine", "restore", by_key[key]["id"], "--quarantine", str(site.quarantine))
     assert proc.returncode == 0, proc.stderr
     assert bucket.get(key) == OBJECTS[key]
+    assert f"{bucket.remote}/{key} is in the bucket again" in proc.stdout  # said, not left to guess (issue 45)
     # Restored bytes are never flagged again, in place or mirrored.
     assert site.bucket_scan("--severity=-1", "--dry-run").returncode == 1
     assert site.verdicts()[key][1] == "clean"

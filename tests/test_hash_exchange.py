@@ -63,13 +63,13 @@ def test_exports_are_valid_signals_to_python_threatexchange(quarantined, tmp_pat
         check_vpdq = decode_vpdq
     checks = {"pdq": PdqSignal.validate_signal_str, "video_md5": VideoMD5Signal.validate_signal_str,
               "video_sha256": VideoSHA256Signal.validate_signal_str, "vpdq": check_vpdq}  # fmt: skip
-    te = _cli(tmp_path, "hashlist", "export", "--format", "te", check=True).stdout
+    te = _cli(tmp_path, "hashlist", "export", "--unreviewed", "--format", "te", check=True).stdout
     assert te.splitlines()[0] == "signal_type,signal_str,collab,category,tags"
     rows = list(csv.DictReader(io.StringIO(te)))
     assert {r["signal_type"] for r in rows} == {"pdq", "video_md5", "video_sha256", "vpdq"}, te
     for row in rows:
         checks[row["signal_type"]](row["signal_str"])  # raises if not a valid signal for them
-    local = _cli(tmp_path, "hashlist", "export", "--format", "local", check=True).stdout
+    local = _cli(tmp_path, "hashlist", "export", "--unreviewed", "--format", "local", check=True).stdout
     for line in local.splitlines():
         kind, _, value = line.partition(" ")
         checks[kind](value)
@@ -86,7 +86,7 @@ def test_exports_are_valid_signals_to_python_threatexchange(quarantined, tmp_pat
     by_type = api_cls.naive_convert_to_signal_type(types, collab, state)
     assert len(by_type[PdqSignal]) >= 3 and len(by_type[VideoMD5Signal]) == 1
     # Our own CSV keeps everything and reads back, quality included.
-    ours = parse(_cli(tmp_path, "hashlist", "export", check=True).stdout)
+    ours = parse(_cli(tmp_path, "hashlist", "export", "--unreviewed", check=True).stdout)
     assert ours.errors == [] and {e[0] for e in ours.entries} == {"pdq", "sha256", "md5", "vpdq"}
 
 
@@ -169,16 +169,16 @@ def test_push_to_an_hma_bank_sends_only_what_hma_takes_and_only_once(quarantined
     with FakeHMA() as hma:
         proc = _cli(tmp_path, "hashlist", "push", "--hma", hma.url, "--bank", "bad-name")
         assert proc.returncode == 2 and "UPPER_WITH_UNDERSCORE" in proc.stderr
-        proc = _cli(tmp_path, "hashlist", "push", "--hma", hma.url, "--bank", "MIRROR_SCAN")
+        proc = _cli(tmp_path, "hashlist", "push", "--unreviewed", "--hma", hma.url, "--bank", "MIRROR_SCAN")
         assert proc.returncode == 2 and "no bank MIRROR_SCAN" in proc.stderr
-        proc = _cli(tmp_path, "hashlist", "push", "--hma", hma.url, "--bank", "MIRROR_SCAN", "--create",
+        proc = _cli(tmp_path, "hashlist", "push", "--unreviewed", "--hma", hma.url, "--bank", "MIRROR_SCAN", "--create",
                     "--quarantine", str(tmp_path / "q"))  # fmt: skip
         assert proc.returncode == 0, proc.stderr
         contents = hma.banks["MIRROR_SCAN"]
         kinds = [set(c["signals"]) for c in contents]
         assert {"pdq"} in kinds and {"pdq", "video_md5"} in kinds  # the video: its PDQ and its file md5
         assert all("mirror-scan quarantine item" in c["note"] for c in contents)
-        again = _cli(tmp_path, "hashlist", "push", "--hma", hma.url, "--bank", "MIRROR_SCAN",
+        again = _cli(tmp_path, "hashlist", "push", "--unreviewed", "--hma", hma.url, "--bank", "MIRROR_SCAN",
                      "--quarantine", str(tmp_path / "q"))  # fmt: skip
         assert again.returncode == 0, again.stderr
         assert f"nothing new to push to MIRROR_SCAN ({len(contents)} content item(s) pushed before)" in again.stdout

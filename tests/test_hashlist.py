@@ -137,7 +137,7 @@ def test_a_listed_picture_is_flagged_re_encoded_and_exported_until_restored(tmp_
     report = [json.loads(line) for line in _cli(tmp_path, "report", "--flagged").stdout.splitlines()]
     assert all(r["reason"].startswith("hash list other-instance, pdq distance") for r in report), report
     # Export: hashes only, for other instances.
-    exported = run_cli("hashlist", "export", "--state", str(tmp_path / "state.db")).stdout
+    exported = run_cli("hashlist", "export", "--unreviewed", "--state", str(tmp_path / "state.db")).stdout
     assert exported.startswith("type,hash,quality\n") and "mirror" not in exported and ".jpg" not in exported
     assert exported.count("\npdq,") == 2 and exported.count("\nsha256,") == 2 and exported.count("\nmd5,") == 2
     entries, errors = parse_list(exported)
@@ -147,7 +147,8 @@ def test_a_listed_picture_is_flagged_re_encoded_and_exported_until_restored(tmp_
     proc = run_cli("quarantine", "restore", restore["id"], "--state", str(tmp_path / "state.db"),
                    "--quarantine", str(tmp_path / "q"))  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    exported = run_cli("hashlist", "export", "--format", "te", "--state", str(tmp_path / "state.db")).stdout
+    exported = run_cli("hashlist", "export", "--unreviewed", "--format", "te", "--state", str(tmp_path / "state.db"))
+    exported = exported.stdout
     assert exported.startswith("signal_type,signal_str,collab,category,tags\n") and exported.count("\npdq,") == 1
     assert "\nsha256," not in exported and "\nmd5," not in exported  # no photo md5/sha256 type upstream
     rescan = json.loads(_cli(tmp_path, "scan", str(tree), *common, "--json").stdout)

@@ -95,3 +95,124 @@ def test_6_a_state_database_that_is_not_there_is_named_not_taken_for_an_empty_on
         assert f"state database {tmp_path / 'typo' / 'state.db'} does not exist" in proc.stderr, proc.stderr
         assert "quarantine reindex" in proc.stderr and "0 item(s)" not in proc.stdout
     assert not (tmp_path / "typo").exists()  # nothing made for a command that failed
+
+
+def _flagged(tmp_path, bundle, flag_all, *names: str) -> tuple[dict[str, bytes], list[dict]]:
+    """Generated pictures in a mirror, scanned with a policy that flags everything: their bytes and items."""
+    from .mediafiles import image_bytes
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir(exist_ok=True)
+    made = {}
+    for seed, name in enumerate(names, 1):
+        made[name] = image_bytes("PNG", seed)
+        (mirror / name).write_bytes(made[name])
+    proc = run_cli("scan", str(mirror), "--model", str(bundle), "--policy", str(flag_all), *_where(tmp_path))
+    assert proc.returncode == 1, proc.stderr
+    return made, json.loads(run_cli("quarantine", "list", "--json", *_where(tmp_path)).stdout)
+
+
+def _mode(path) -> int:
+    import stat
+
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+def test_10_extract_takes_a_private_verified_copy_without_restoring_and_records_it(
+    tmp_path, tiny_bundle_master, flag_all
+):
+    made, (item,) = _flagged(tmp_path, tiny_bundle_master, flag_all, "a.png")
+    out = tmp_path / "for-the-hotline"
+    out.mkdir()
+    proc = run_cli("quarantine", "extract", item["id"][:12], "--to", str(out), *_where(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    copy = out / f"mirror-scan-{item['id']}"
+    assert _mode(copy) == 0o700 and sorted(p.name for p in copy.iterdir()) == ["a.png", "item.json"]
+    assert all(_mode(p) == 0o600 for p in copy.iterdir())
+    assert (copy / "a.png").read_bytes() == made["a.png"]
+    record = json.loads((copy / "item.json").read_text())
+    assert record["id"] == item["id"] and record["ledger"]["sha256"] == record["extracted"]["sha256"]
+    # Still held, nothing allowlisted, nothing back in the mirror; the history says who took a copy, where.
+    (held,) = json.loads(run_cli("quarantine", "list", "--json", *_where(tmp_path)).stdout)
+    assert held["state"] == "quarantined" and not (tmp_path / "mirror" / "a.png").exists()
+    assert json.loads(run_cli("allowlist", "list", "--json", *_where(tmp_path)).stdout or "[]") == []
+    shown = json.loads(run_cli("quarantine", "show", item["id"], "--json", *_where(tmp_path)).stdout)
+    assert any(f"copy extracted to {copy}" in h["state"] for h in shown["history"]), shown["history"]
+    # A copy taken before is never overwritten.
+    again = run_cli("quarantine", "extract", item["id"], "--to", str(out), *_where(tmp_path))
+    assert again.returncode == 1 and "already exists" in again.stderr, again
+    # Bytes that do not match their sha256 are refused, and no copy is left.
+    data = tmp_path / "q" / "items" / item["id"] / "data"
+    data.chmod(0o600)
+    data.write_bytes(data.read_bytes()[:-1] + b"\x00")
+    other = tmp_path / "other"
+    other.mkdir()
+    bad = run_cli("quarantine", "extract", item["id"], "--to", str(other), *_where(tmp_path))
+    assert bad.returncode == 1 and "do not match their recorded sha256" in bad.stderr, bad
+    assert list(other.iterdir()) == []
+
+
+def test_10_an_extract_killed_at_any_step_leaves_no_copy_without_its_history_line(
+    tmp_path, tiny_bundle_master, flag_all
+):
+    made, (item,) = _flagged(tmp_path, tiny_bundle_master, flag_all, "a.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    for step in ("extract:copied", "extract:noted"):
+        killed = run_cli("quarantine", "extract", item["id"], "--to", str(out), *_where(tmp_path),
+                         env={"MIRROR_SCAN_KILL_AT": step})  # fmt: skip
+        assert killed.returncode == -9, (step, killed)
+        assert not (out / f"mirror-scan-{item['id']}").exists()  # only a dot directory, never a whole-looking copy
+        assert all(p.name.startswith(".") for p in out.iterdir())
+    done = run_cli("quarantine", "extract", item["id"], "--to", str(out), *_where(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert [p.name for p in out.iterdir()] == [f"mirror-scan-{item['id']}"]  # the killed ones' leftovers replaced
+    assert (out / f"mirror-scan-{item['id']}" / "a.png").read_bytes() == made["a.png"]
+    shown = json.loads(run_cli("quarantine", "show", item["id"], "--json", *_where(tmp_path)).stdout)
+    lines = [h["state"] for h in shown["history"] if "copy extracted" in h["state"]]
+    assert len(lines) == 2, lines  # the one killed after its line, and the one that finished
+
+
+def test_10_restore_to_a_directory_puts_the_file_in_it_under_its_own_name(tmp_path, tiny_bundle_master, flag_all):
+    made, items = _flagged(tmp_path, tiny_bundle_master, flag_all, "a.png", "b.png")
+    by_name = {i["original"].rsplit("/", 1)[-1]: i for i in items}
+    into = tmp_path / "restored"
+    into.mkdir()
+    proc = run_cli("quarantine", "restore", by_name["a.png"]["id"], "--to", f"{into}/", "--yes", *_where(tmp_path))
+    assert proc.returncode == 0, proc.stderr
+    assert (into / "a.png").read_bytes() == made["a.png"]
+    proc = run_cli("quarantine", "restore", by_name["b.png"]["id"], "--to", str(into), "--yes", *_where(tmp_path))
+    assert proc.returncode == 0, proc.stderr  # an existing directory without the slash: the same, as cp reads it
+    assert (into / "b.png").read_bytes() == made["b.png"]
+    missing = run_cli("quarantine", "restore", by_name["a.png"]["id"], "--to", f"{tmp_path}/nope/", *_where(tmp_path))
+    assert missing.returncode == 2 and "no such directory" in missing.stderr, missing
+
+
+def test_11_hashlist_export_shares_confirmed_items_only_unless_unreviewed_is_asked_for(
+    tmp_path, tiny_bundle_master, flag_all
+):
+    from mirror_scan.hashing import sha256_bytes
+
+    made, items = _flagged(tmp_path, tiny_bundle_master, flag_all, "a.png", "b.png")
+    by_name = {i["original"].rsplit("/", 1)[-1]: i for i in items}
+    state = ("--state", str(tmp_path / "s.db"))
+    nothing = run_cli("hashlist", "export", *state)
+    assert nothing.returncode == 0 and "no confirmed item to share" in nothing.stderr
+    assert sha256_bytes(made["a.png"]) not in nothing.stdout and sha256_bytes(made["b.png"]) not in nothing.stdout
+    assert run_cli("quarantine", "confirm", by_name["a.png"]["id"], *_where(tmp_path)).returncode == 0
+    shared = run_cli("hashlist", "export", *state)
+    assert sha256_bytes(made["a.png"]) in shared.stdout and sha256_bytes(made["b.png"]) not in shared.stdout
+    everything = run_cli("hashlist", "export", "--unreviewed", *state)
+    assert sha256_bytes(made["b.png"]) in everything.stdout and "warning: --unreviewed" in everything.stderr
+
+
+def test_12_show_is_a_summary_and_the_whole_record_is_json(tmp_path, tiny_bundle_master, flag_all):
+    _made, (item,) = _flagged(tmp_path, tiny_bundle_master, flag_all, "a.png")
+    shown = run_cli("quarantine", "show", item["id"], *_where(tmp_path))
+    assert shown.returncode == 0, shown.stderr
+    lines = shown.stdout.splitlines()
+    assert len(lines) < 25 and not shown.stdout.lstrip().startswith("{"), shown.stdout
+    assert any(line.startswith("verdict    flagged") for line in lines)
+    assert any(line.startswith("made by    model tiny-test") and "policy flag-everything" in line for line in lines)
+    assert f"quarantine show {item['id']} --json" in lines[-1]
+    assert json.loads(run_cli("quarantine", "show", item["id"], "--json", *_where(tmp_path)).stdout)["id"] == item["id"]

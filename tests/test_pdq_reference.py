@@ -95,7 +95,7 @@ def test_a_flat_picture_keeps_its_low_quality_and_is_never_matched_or_exported(t
             "--quarantine", str(tmp_path / "q"))  # fmt: skip
     with sqlite3.connect(state) as db:
         assert db.execute("SELECT pdq, quality FROM picture_hashes").fetchall() == [(digest, quality)]
-    exported = run_cli("hashlist", "export", "--state", str(state), check=True).stdout
+    exported = run_cli("hashlist", "export", "--unreviewed", "--state", str(state), check=True).stdout
     assert "\npdq," not in exported and "sha256," in exported  # the file's identity, but no PDQ under 50
 
 

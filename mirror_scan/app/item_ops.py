@@ -2,7 +2,7 @@
 and its API, and the self-test all call these operations.
 
     restore   the bytes back where they came from (and upstream), allowlisted, what moderation did undone
-    confirm   the flag was right: kept, and its hashes shared by `hashlist export/push --confirmed`
+    confirm   the flag was right: kept, and its hashes shared by `hashlist export/push` (confirmed items only, by default)
     purge     the bytes deleted for good (a tombstone stays)
     ban       the uploader banned from the instance (or the ban lifted), through the moderation bot
     apply     the files flagged earlier (a dry run, a rescore) quarantined now
@@ -155,7 +155,27 @@ class ItemOps:
         except OSError as error:  # the disk under the mirror or the quarantine: said, recorded, never a traceback
             return self._record(item_id, Decision.RESTORE, "failed", f"{error.strerror or error}: {error.filename}")
         self._follow_ups_due = True
-        return Outcome(item_id, Decision.RESTORE, "done", target=display_path(target))
+        row = self.ledger.item(item_id)
+        where = ""
+        if row is not None and row.remote and row.key and upstream and to is None:
+            where = f"{row.remote}/{row.key} is in the bucket again"
+        return Outcome(item_id, Decision.RESTORE, "done", where, target=display_path(target))
+
+    def extract(self, item_id: str, to_dir: Path, record: dict) -> Outcome:
+        """A copy of the item's bytes and `record` in a private directory under `to_dir`, for a lawful
+        request; the item stays held, allowlisted nowhere, with a line of history saying who took it."""
+        from mirror_scan.store.extract import extract
+
+        why = self.refusal(item_id, Decision.EXTRACT)
+        if why:
+            return Outcome(item_id, Decision.EXTRACT, "refused", why)
+        try:
+            where = extract(self.quarantine, item_id, to_dir, record, self.by)
+        except MirrorScanError as error:
+            return Outcome(item_id, Decision.EXTRACT, "refused", str(error))
+        except OSError as error:
+            return Outcome(item_id, Decision.EXTRACT, "failed", f"{error.strerror or error}: {error.filename}")
+        return Outcome(item_id, Decision.EXTRACT, "done", target=str(where))
 
     def _listed_companion(self, item_id: str) -> str | None:
         """A restore allowlists the upload's other objects with the item: one a hash list flags by its exact

@@ -155,16 +155,16 @@ def export_cmd(
             "local-file exchange: 'TYPE VALUE' lines). HMA takes hashes through its API: `hashlist push`.",
         ),
     ] = "csv",
-    confirmed: Annotated[
-        bool, typer.Option("--confirmed", help="Only items a reviewer confirmed (console, `quarantine confirm`).")
-    ] = False,
+    unreviewed: UnreviewedOpt = False,
+    confirmed: ConfirmedOpt = True,
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """What this instance quarantined and did not restore, for other instances and tools to import: PDQ of
-    quality 50 and more, vPDQ of videos, sha256 and md5. Hashes only: no paths, names, keys or dates.
-    --confirmed shares only what a person reviewed and confirmed (what others should import)."""
+    """What this instance quarantined, a person reviewed and confirmed (console, `quarantine confirm`), for
+    other instances and tools to import: PDQ of quality 50 and more, vPDQ of videos, sha256 and md5. Hashes
+    only: no paths, names, keys or dates. --unreviewed adds what nobody reviewed yet (not restored either):
+    the scanner's guesses, false positives included, which make others block benign pictures."""
     from mirror_scan.cli.durations import parse_since
     from mirror_scan.lists.formats import write
 
@@ -179,12 +179,38 @@ def export_cmd(
         raise UsageError(f"--format {fmt!r}", hint="use csv, te or local")
     cutoff = parse_since(since) if since else None
     with _reader(state, config) as workspace:
-        pictures = workspace.ledger.lists.quarantined_pictures(cutoff, confirmed_only=confirmed)
+        pictures = workspace.ledger.lists.quarantined_pictures(cutoff, confirmed_only=not unreviewed)
+    _say_what_is_shared(len(pictures), unreviewed)
     counts = write(export_signals(pictures), fmt, sys.stdout)
     if counts["no_upstream_type"]:
         err.print(
             f"{counts['no_upstream_type']} md5/sha256 value(s) of pictures left out: ThreatExchange and HMA have "
             "no photo md5 or sha256 type (their PDQ is in)"
+        )
+
+
+UnreviewedOpt = Annotated[
+    bool,
+    typer.Option(
+        "--unreviewed",
+        help="Also share what nobody reviewed yet (the scanner's guesses, false positives included): others "
+        "would block those pictures too.",
+    ),
+]
+# The default since issue 45; still accepted so scripts written for the old default keep working.
+ConfirmedOpt = Annotated[bool, typer.Option("--confirmed", hidden=True, help="Only confirmed items (the default).")]
+
+
+def _say_what_is_shared(count: int, unreviewed: bool) -> None:
+    if unreviewed:
+        err.print(
+            "warning: --unreviewed shares the scanner's verdicts nobody confirmed; a false positive among them "
+            "makes other instances block a benign picture. Confirm items first (console, `quarantine confirm`)."
+        )
+    elif count == 0:
+        err.print(
+            "no confirmed item to share: items are shared once a person confirms them (the review console, or "
+            "`mirror-scan quarantine confirm ID`); --unreviewed shares every held item, reviewed or not"
         )
 
 
@@ -339,16 +365,16 @@ def push_cmd(
         Path | None, typer.Option("--token-file", help="A bearer token for a proxy in front of HMA (file).")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Say what would be pushed; send nothing.")] = False,
-    confirmed: Annotated[
-        bool, typer.Option("--confirmed", help="Only items a reviewer confirmed (console, `quarantine confirm`).")
-    ] = False,
+    unreviewed: UnreviewedOpt = False,
+    confirmed: ConfirmedOpt = True,
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """Push what this instance quarantined (and did not restore) into an HMA bank: PDQ of quality 50 and
-    more, and the md5 of videos (HMA's video_md5), one content item per picture with the quarantine item in
-    its note. What was pushed is recorded: a second push sends only what is new."""
+    """Push what this instance quarantined and a person confirmed into an HMA bank (--unreviewed: also what
+    nobody reviewed yet): PDQ of quality 50 and more, and the md5 of videos (HMA's video_md5), one content
+    item per picture with the quarantine item in its note. What was pushed is recorded: a second push sends
+    only what is new."""
     import os
 
     from mirror_scan.clients.hma import BANK_NAME, HMA, contents
@@ -367,7 +393,8 @@ def push_cmd(
         held = (ItemState.QUARANTINED, ItemState.UPSTREAM_PENDING, ItemState.PURGED)
         ids = {row.sha256: row.id for row in ledger.items(states=tuple(map(str, held)))}
         done = ledger.lists.pushed(target)
-        pictures = ledger.lists.quarantined_pictures(confirmed_only=confirmed)
+        pictures = ledger.lists.quarantined_pictures(confirmed_only=not unreviewed)
+        _say_what_is_shared(len(pictures), unreviewed)
         todo = [c for c in contents(pictures, ids) if c[0] not in done]
         if dry_run:
             for _, signals, note in todo:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
+import os
 import re
 from pathlib import Path
 from typing import Annotated
@@ -29,6 +29,7 @@ from mirror_scan.cli.views import (
     count_by,
     fit_left,
     item_reason,
+    item_summary,
     label_text,
     with_progress,
 )
@@ -134,30 +135,20 @@ def q_list(
     out.print(f"{len(entries)} item(s)")
 
 
-@quarantine_app.command("show")
-def q_show(
-    item_id: str,
-    state: StateOpt = None,
-    quarantine: QuarantineOpt = None,
-    config: ConfigOpt = None,
-    json_out: JsonOpt = False,
-) -> None:
-    """An item's metadata (never opens or renders the quarantined file): the ledger's record, which is the
-    authority, and the item's own metadata file."""
+def item_record(workspace, item_id: str) -> dict:
+    """Everything known of an item, as `quarantine show --json` prints it and `extract` writes it: the
+    metadata file, with the ledger's record (the authority), attribution, actions, decisions and history."""
     from mirror_scan.moderation.catalogue import describe_action
     from mirror_scan.review.views import decision_json
     from mirror_scan.store.rows import display_path
-    from mirror_scan.store.selection import expand_ids
 
-    with _reader(state, quarantine, config) as workspace:
-        (item_id,) = expand_ids([item_id], (r.id for r in workspace.ledger.items()))
-        row = workspace.ledger.item(item_id)
-        meta = workspace.quarantine.read_meta(item_id)
-        attribution = workspace.ledger.follow_ups.attribution(item_id)
-        follow_ups = workspace.ledger.follow_ups.followups(item_id)
-        decisions = workspace.ledger.reviews.decisions(item_id)
-        history = workspace.quarantine.history(item_id)
-        objects = workspace.ledger.objects.of(item_id)
+    row = workspace.ledger.item(item_id)
+    meta = workspace.quarantine.read_meta(item_id)
+    attribution = workspace.ledger.follow_ups.attribution(item_id)
+    follow_ups = workspace.ledger.follow_ups.followups(item_id)
+    decisions = workspace.ledger.reviews.decisions(item_id)
+    history = workspace.quarantine.history(item_id)
+    objects = workspace.ledger.objects.of(item_id)
     meta.pop("attribution", None)  # the ledger's copy (the authority) is shown below
     meta["attribution"] = attribution
     meta["history"] = [{"state": h["event"], "at": h["at"]} for h in history]  # the ledger's, with older lines
@@ -189,10 +180,29 @@ def q_show(
         }
     else:
         meta["ledger"] = None
-    if json_out:  # one line, for scripts (the default is the same document, indented)
+    return meta
+
+
+@quarantine_app.command("show")
+def q_show(
+    item_id: str,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """An item's metadata (never opens or renders the quarantined file): the ledger's record, which is the
+    authority, and the item's own metadata file. A summary; --json prints the whole record."""
+    from mirror_scan.store.selection import expand_ids
+
+    with _reader(state, quarantine, config) as workspace:
+        (item_id,) = expand_ids([item_id], (r.id for r in workspace.ledger.items()))
+        meta = item_record(workspace, item_id)
+    if json_out:
         print_json(meta)
         return
-    out.print(json.dumps(meta, indent=2, ensure_ascii=False))
+    for line in item_summary(meta):
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
 def _incomplete(data: dict | None) -> bool:
@@ -300,7 +310,12 @@ def q_restore(
     from_file: Annotated[
         str | None, typer.Option("--from-file", help="A file of item ids, one per line ('-': standard input).")
     ] = None,
-    to: Annotated[Path | None, typer.Option("--to", help="Restore to this path instead of the original one.")] = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to", help="Restore to this path instead of the original one (a directory: the file's own name in it)."
+        ),
+    ] = None,
     no_upstream: Annotated[bool, typer.Option("--no-upstream", help="Do not put the object back upstream.")] = False,
     reimport: Annotated[
         bool,
@@ -339,6 +354,8 @@ def q_restore(
         raise UsageError("name items to restore, or select them with --since, --label or --from-file")
     if to is not None and (len(explicit) != 1 or since or label):
         raise UsageError("--to takes exactly one item")
+    if to is not None and to.endswith("/") and not Path(to).is_dir():
+        raise UsageError(f"--to {to}: no such directory", hint="create it first, or name a file")
     if reimport and (to is not None or no_upstream):
         raise UsageError("--reimport puts the upload back through pict-rs: not with --to or --no-upstream")
     results: dict[str, list] = {"restored": [], "pending": [], "failed": []}
@@ -367,12 +384,14 @@ def q_restore(
                 out.print(f"{e['id']}  {e['original']}  {item_reason(e['reason'])}  {e['state']}")
             if not yes and not confirm(f"Restore these {len(chosen)} item(s)?", default=False):
                 raise typer.Exit(1)
+        target = None if to is None else _restore_target(to, chosen[0])
         for entry in with_progress(chosen, "restoring", json_out):
-            done = ops.restore(entry["id"], to=to, upstream=not no_upstream, reimport=reimport)
+            done = ops.restore(entry["id"], to=target, upstream=not no_upstream, reimport=reimport)
             if done.ok:
-                results["restored"].append({"id": entry["id"], "path": done.target})
+                results["restored"].append({"id": entry["id"], "path": done.target, "upstream": done.detail})
                 if not json_out:
-                    out.print(f"restored {entry['id']} -> {done.target} (sha256 allowlisted)")
+                    also = f"; {done.detail}" if done.detail else ""
+                    out.print(f"restored {entry['id']} -> {done.target} (sha256 allowlisted{also})")
             elif done.outcome == "pending":
                 results["pending"].append({"id": entry["id"], "why": done.detail})
                 err.print(f"pending: {entry['id']}: {done.detail}")
@@ -385,6 +404,46 @@ def q_restore(
         raise typer.Exit(2 if results["failed"] else 1)
 
 
+def _restore_target(to: str, entry: dict) -> Path:
+    """--to: a file path, or an existing directory (or one named with a trailing slash) to restore into
+    under the file's own name, as cp and rsync read a directory."""
+    from mirror_scan.store.extract import file_name
+
+    target = Path(to)
+    if target.is_dir():
+        name = file_name(os.fsencode(entry["original"]))
+        return target / (name if name != "data" else entry["id"])
+    return target
+
+
+@quarantine_app.command("extract")
+def q_extract(
+    item_id: Annotated[str, typer.Argument(help="The item's id, or a unique part of it (from `quarantine list`).")],
+    to: Annotated[Path, typer.Option("--to", help="An existing directory; the copy goes into a private one in it.")],
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Take a copy of an item's bytes and its record (what `show --json` prints) without restoring it: for a
+    report to the authorities or another lawful request. The copy lands in <DIR>/mirror-scan-<id>/ (0700,
+    files 0600), verified against the recorded sha256; the item stays in quarantine, nothing is allowlisted,
+    and its history records who took the copy and where. Nothing is displayed."""
+    from mirror_scan.store.selection import expand_ids
+
+    with _writer(state, quarantine, config, quiet=True, need_state=True) as workspace, _ops(workspace) as ops:
+        (item_id,) = expand_ids([item_id], (r.id for r in workspace.ledger.items()))
+        done = ops.extract(item_id, to, item_record(workspace, item_id))
+    if json_out:
+        print_json({**done.as_json(), "path": done.target})
+    elif done.ok:
+        out.print(f"copied {item_id} -> {done.target}/ (still in quarantine; the history records the copy)")
+    if not done.ok:
+        if not json_out:
+            err.print(f"error: {done.detail}", markup=False)
+        raise typer.Exit(2 if done.outcome == "failed" else 1)
+
+
 @quarantine_app.command("confirm")
 def q_confirm(
     item_ids: Annotated[list[str], typer.Argument(help="Item ids (from `quarantine list`).")],
@@ -394,7 +453,8 @@ def q_confirm(
     json_out: JsonOpt = False,
 ) -> None:
     """Confirm items after review: they stay in quarantine and their hashes are shared by
-    `hashlist export --confirmed` and `hashlist push --confirmed`. Recorded with who confirmed them."""
+    `hashlist export` and `hashlist push` (confirmed items only, unless --unreviewed). Recorded with who
+    confirmed them."""
     from mirror_scan.store.selection import expand_ids
 
     with _writer(state, quarantine, config, quiet=True, need_state=True) as workspace, _ops(workspace) as ops:
@@ -534,8 +594,9 @@ def q_export_hashes(
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
 ) -> None:
-    """The sha256 list of quarantined items (restored items excluded): the older form of `mirror-scan
-    hashlist export`, which adds PDQ (re-encoded copies match) and md5 in formats other tools read."""
+    """The sha256 list of every held item, reviewed or not (restored items excluded), for this instance's
+    own use. To share with others, use `mirror-scan hashlist export`: confirmed items only, with PDQ
+    (re-encoded copies match) and md5, in formats other tools read."""
     if fmt not in ("txt", "csv"):
         raise UsageError(f"format {fmt!r} is not supported", hint="use txt or csv")
     with _reader(state, quarantine, config) as workspace:

@@ -65,3 +65,57 @@ def with_progress(entries: list[dict], what: str, quiet: bool):
             yield entry
             if tick:
                 tick()
+
+
+def _when(iso_at: str | None) -> str:
+    return (iso_at or "?").replace("T", " ").replace("+00:00", " UTC")
+
+
+def _attribution_text(attribution: dict | None) -> str:
+    from mirror_scan.moderation.attribution import summary
+
+    if not attribution:
+        return "not looked up (attribution needs [pictrs] or [lemmy] in the config)"
+    brief = summary(attribution)
+    return f"{brief['uploader']}; used in: {brief['where']}"
+
+
+def item_summary(record: dict) -> list[str]:
+    """`quarantine show` without --json: what a person reads first (the record, `item_record`, in a few
+    lines); the whole of it is --json's. Never anything from the file's content."""
+    ledger = record.get("ledger") or {}
+    verdict = record.get("verdict") or {}
+    lines = [
+        f"item       {record.get('id')}",
+        f"state      {ledger.get('state') or record.get('state')} (quarantined {_when(record.get('quarantined_at'))})",
+        f"file       {ledger.get('original') or record.get('original')} ({record.get('size', '?')} bytes)",
+    ]
+    if ledger.get("remote"):
+        lines.append(f"upstream   {ledger['remote']}/{ledger.get('key') or ''}")
+    lines.append(f"sha256     {ledger.get('sha256') or record.get('sha256')}")
+    labels = [x for x in verdict.get("labels", []) if x != "match"]
+    frames = f", frame {verdict['frame']} of {verdict['frames']}" if verdict.get("frames", 1) > 1 else ""
+    lines.append(f"verdict    {'flagged' if verdict.get('flagged') else 'not flagged'}: "
+                 f"{', '.join(labels) or '-'}{frames}")  # fmt: skip
+    for group, checks in (verdict.get("checks") or {}).items():
+        for c in checks if isinstance(checks, list) else []:
+            lines.append(f"             {group}: {c.get('prompt')} {c.get('similarity', 0):+.3f} "
+                         f"(threshold {c.get('threshold', 0):+.3f})")  # fmt: skip
+    if record.get("hash_match") or verdict.get("hash_match"):
+        lines.append(f"hash list  {record.get('hash_match') or verdict.get('hash_match')}")
+    lines.append(f"made by    model {record.get('model_id', '?')}, policy {record.get('policy_id', '?')}, "
+                 f"severity {record.get('severity', 0):+g}")  # fmt: skip
+    lines.append(f"uploader   {_attribution_text(record.get('attribution'))}")
+    if ledger.get("objects"):
+        lines.append(f"objects    {len(ledger['objects'])} more of the upload held with it "
+                     f"({', '.join(sorted({o.get('role') or '?' for o in ledger['objects']}))})")  # fmt: skip
+    for a in record.get("actions", []):
+        lines.append(f"action     {a['action']}: {a['state']}" + (f" ({a['error']})" if a.get("error") else ""))
+    for d in record.get("decisions", []):
+        note = f" - {d['note']}" if d.get("note") else ""
+        lines.append(f"decision   {_when(d['at'])}  {d['decision']} by {d['who']} via {d['via']}: {d['outcome']}"
+                     f"{note}")  # fmt: skip
+    lines.append("history")
+    lines += [f"  {_when(h['at'])}  {h['state']}" for h in record.get("history", [])]
+    lines.append(f"the whole record: mirror-scan quarantine show {record.get('id')} --json")
+    return lines

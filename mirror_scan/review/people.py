@@ -86,6 +86,8 @@ def why_not_allowed(
         return "only an instance admin may ban from the instance"
     if decision == "purge":
         return "only an instance admin may purge (the bytes are deleted for good)"
+    if decision == "extract":
+        return "only an instance admin may take a copy of the bytes"
     used_in = communities_of(attribution)
     if used_in is None:
         return "where this item was used is not fully known (an admin decides it)"

@@ -1,0 +1,137 @@
+"""`quarantine extract`: a copy of an item's bytes and its record, for a report to the authorities or any
+other lawful request, without restoring it (a restore puts it back in public and allowlists it).
+
+The copy goes to a private directory of its own, `<DIR>/mirror-scan-<id>/` (0700, files 0600), written
+under a dot name and renamed into place once whole: the bytes fsynced and verified against the recorded
+sha256 on the way out, the record beside them. The item's history says who took a copy and where, before
+the copy appears: a copy never exists without its line. Killed part-way, the dot directory is left (never
+a directory that looks whole), and the next extract of the item replaces it. Nothing is displayed, decoded
+or re-encoded; the quarantine itself is unchanged but for the history line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+from pathlib import Path
+from typing import Any
+
+from mirror_scan.atomic import fsync_dir
+from mirror_scan.errors import MirrorScanError
+from mirror_scan.faults import checkpoint
+from mirror_scan.hashing import sha256_file
+from mirror_scan.store.items import DATA
+from mirror_scan.store.lifecycle import By
+from mirror_scan.store.paths import UnsafePath, check_operator_target
+
+RECORD = "item.json"
+_CHUNK = 1 << 20
+
+
+class ExtractError(MirrorScanError):
+    pass
+
+
+def extracted_dir(to_dir: Path, item_id: str) -> Path:
+    return to_dir / f"mirror-scan-{item_id}"
+
+
+def _work_dir(to_dir: Path, item_id: str) -> Path:
+    return to_dir / f".mirror-scan-{item_id}.extracting"
+
+
+def file_name(original: bytes | None) -> str:
+    """The copy's name: the original's own name where it is a plain one (what a hotline's form asks for),
+    else `data`. Never a dot name, a path or a name the record file has."""
+    name = os.path.basename(original or b"").decode("utf-8", "replace")
+    if not name or name.startswith(".") or name == RECORD or len(name.encode()) > 200:
+        return "data"
+    return "".join(c if c.isprintable() and c not in "/\\" else "_" for c in name)
+
+
+def check_target_dir(to_dir: Path) -> Path:
+    """An existing directory of the operator's, reached without a symbolic link anywhere (as restore --to)."""
+    try:
+        real = Path(os.fsdecode(check_operator_target(os.fsencode(os.path.abspath(to_dir / "x"))))).parent
+    except UnsafePath as err:
+        raise ExtractError(f"--to {to_dir}: {err}", hint="give an existing directory") from None
+    try:
+        st = os.lstat(real)
+    except FileNotFoundError:
+        raise ExtractError(f"--to {to_dir}: no such directory", hint="create it first (mkdir -m 700)") from None
+    if not stat.S_ISDIR(st.st_mode):
+        raise ExtractError(f"--to {to_dir}: not a directory", hint="give the directory the copy goes into")
+    return real
+
+
+def extract(quarantine, item_id: str, to_dir: Path, record: dict[str, Any], by: By, wait_s: float = 5.0) -> Path:
+    """Copy the item's bytes and `record` (what `quarantine show --json` prints) into a private directory
+    under `to_dir`; returns that directory. Refuses an item whose bytes are not held or do not match."""
+    to_dir = check_target_dir(to_dir)
+    final, work = extracted_dir(to_dir, item_id), _work_dir(to_dir, item_id)
+    with quarantine.item_lock(item_id, wait_s=wait_s):
+        row, _meta = quarantine.restorer.checked_item(item_id)  # the metadata file must agree with the ledger
+        source = quarantine.journal.item_dir(item_id) / DATA
+        if not source.is_file():
+            raise ExtractError(f"item {item_id}: its bytes are no longer in the quarantine (state: {row.state})")
+        if os.path.lexists(final):
+            raise ExtractError(
+                f"item {item_id}: {final} already exists; not overwriting a copy taken before",
+                hint="move it away or give another --to",
+            )
+        if os.path.lexists(work):  # what a killed extract of this item left: never a whole copy
+            shutil.rmtree(work)
+        os.mkdir(work, 0o700)
+        os.chmod(work, 0o700)
+        try:
+            copy = work / file_name(row.original)
+            _copy_durably(source, copy)
+            digest = sha256_file(copy)  # what is on the disk now, read back
+            if digest != row.sha256:
+                raise ExtractError(
+                    f"item {item_id}: the quarantined bytes do not match their recorded sha256 (tampered or "
+                    "damaged); no copy taken", hint="`mirror-scan state check` lists damaged items")  # fmt: skip
+            checkpoint("extract:copied")
+            _write_private(work / RECORD, json.dumps(
+                {**record, "extracted": {"file": copy.name, "sha256": digest, "by": by.who, "via": by.via}},
+                indent=2, ensure_ascii=False).encode() + b"\n")  # fmt: skip
+            fsync_dir(work)
+        except BaseException:
+            shutil.rmtree(work, ignore_errors=True)
+            raise
+        # The line first: a copy is never there without it (killed here, the dot directory is replaced).
+        quarantine.note_held(item_id, f"copy extracted to {final} by {by.who} via {by.via}")
+        checkpoint("extract:noted")
+        os.rename(work, final)
+        fsync_dir(to_dir)
+    return final
+
+
+def _copy_durably(source: Path, target: Path) -> None:
+    fd_in = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+    try:
+        fd_out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        try:
+            os.fchmod(fd_out, 0o600)
+            while chunk := os.read(fd_in, _CHUNK):
+                view = memoryview(chunk)
+                while view:
+                    view = view[os.write(fd_out, view) :]
+            os.fsync(fd_out)
+        finally:
+            os.close(fd_out)
+    finally:
+        os.close(fd_in)
+
+
+def _write_private(target: Path, data: bytes) -> None:
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
