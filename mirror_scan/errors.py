@@ -48,3 +48,27 @@ class NoAnswer(UsageError):
     """A question got no answer (standard input ended): nothing was done, as for "no" (exit 1)."""
 
     exit_code = 1
+
+
+def install_hint(extra: str) -> str:
+    """How to add an extra to the installation this process runs from. mirror-scan is installed from a
+    wheel built from its checkout (it is not on PyPI): the extra's packages are named, as its metadata
+    lists them, for the way it was installed (pipx inject, or this environment's pip)."""
+    import re
+    import sys
+    from importlib import metadata
+
+    try:
+        wanted = [
+            r.split(";")[0].strip()
+            for r in metadata.requires("mirror-scan") or []
+            if re.search(rf"extra\s*==\s*['\"]{re.escape(extra)}['\"]", r)
+        ]
+    except metadata.PackageNotFoundError:
+        wanted = []
+    if not wanted:
+        return f"install mirror-scan's '{extra}' extra (see the README's install section)"
+    packages = " ".join(f"'{p}'" if any(c in p for c in "[]<>=!~ ") else p for p in wanted)
+    if "pipx" in Path(sys.prefix).parts:
+        return f"pipx inject mirror-scan {packages}  (the '{extra}' extra)"
+    return f"{sys.executable} -m pip install {packages}  (the '{extra}' extra)"

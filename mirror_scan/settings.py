@@ -320,9 +320,14 @@ class Settings:
     sources: dict[str, str]  # setting -> "flag" | "env" | "config FILE" | "default"
 
 
+def config_file(path: Path | str | None = None) -> Path:
+    """The config file every command reads: --config, else MIRROR_SCAN_CONFIG, else the default."""
+    return Path(path) if path else Path(os.environ.get("MIRROR_SCAN_CONFIG") or default_config_path())
+
+
 def _read_config(path: Path | None) -> tuple[dict[str, Any], str]:
     explicit = path is not None
-    path = path or Path(os.environ.get("MIRROR_SCAN_CONFIG") or default_config_path())
+    path = config_file(path)
     if not path.exists():
         if explicit:
             raise UsageError(f"config file {path} does not exist")

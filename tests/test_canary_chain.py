@@ -123,7 +123,7 @@ def test_a_canary_is_purged_after_its_time_and_never_restored(tmp_path, tiny_bun
     assert states == {item["id"]: "purged"}, states
     assert not (tmp_path / "q" / "items" / item["id"] / "data").exists()
     allowlisted = run_cli("allowlist", "list", *where).stdout
-    assert json.loads(run_cli("quarantine", "show", item["id"], *where).stdout)["sha256"] not in allowlisted
+    assert json.loads(run_cli("quarantine", "show", item["id"], "--json", *where).stdout)["sha256"] not in allowlisted
     status = json.loads(run_cli("canary", "status", "--json", *where).stdout)
     purged = next(c for c in status if c["id"] == item["id"])
     assert any(s["step"] == "purged" for s in purged["steps"]), purged

@@ -446,6 +446,8 @@ def test_names_and_notes_chosen_by_others_are_inert_at_every_output(tmp_path, ti
     assert {os.path.basename(i["original"]) for i in items} == set(HOSTILE_NAMES)
     show = _cli(tmp_path, "quarantine", "show", items[0]["id"])
     _assert_inert(show.stdout, "quarantine show")
+    show = _cli(tmp_path, "quarantine", "show", items[0]["id"], "--json")
+    _assert_inert(show.stdout, "quarantine show --json")
     json.loads(show.stdout)  # still JSON
 
     listed = tmp_path / "list.csv"

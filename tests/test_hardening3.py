@@ -141,8 +141,9 @@ def test_7_10_an_hma_proxy_that_echoes_the_request_gets_neither_its_token_nor_it
         (tmp_path / "token").write_text(token + "\n")
         extra = ["--token-file", str(tmp_path / "token")]
     with Answers(502, echo) as proxy:
-        proc = _cli(tmp_path, "hashlist", "push", "--unreviewed", "--hma", proxy.url, "--bank", "MIRROR_SCAN", *extra,
-                    env=env)
+        proc = _cli(
+            tmp_path, "hashlist", "push", "--unreviewed", "--hma", proxy.url, "--bank", "MIRROR_SCAN", *extra, env=env
+        )
         assert proxy.seen and proxy.seen[0]["Authorization"] == f"Bearer {token}"  # it really was sent
     assert proc.returncode != 0
     assert "upstream refused" in proc.stderr, proc.stderr  # HMA's words are said...

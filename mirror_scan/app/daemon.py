@@ -29,7 +29,11 @@ from pathlib import Path
 
 from mirror_scan.app.workspace import Workspace
 from mirror_scan.atomic import atomic_write_bytes
+from mirror_scan.errors import MirrorScanError
+from mirror_scan.logs import notice
 from mirror_scan.settings import Settings
+from mirror_scan.store.rows import display_path
+from mirror_scan.text import one_line
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +195,11 @@ class WatchDaemon:
         self.runner = None  # the Scan, once start() has loaded the model
         self.metrics: Metrics | None = None
         self._metrics_server = None
-        self._last_restore_move = 0
+        self._last_restore_move = 0  # restores begun after this move are the daemon's to see
+        self._restores_seen: set[int] = set()
         self._returned: set[str] = set()  # pulled keys of quarantined items, for the retry thread to remove
         self._returned_lock = threading.Lock()
+        self._bound = False  # the mirror's bucket recorded (--remote: once a pull has worked)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -220,8 +226,8 @@ class WatchDaemon:
         options, settings = self.options, self.settings
         bundle, policy, offset, scorer = load_scanner(settings, warm_up=True)
         self.workspace = Workspace.writer(settings, on_recovered=lambda note: say(f"recovered: {note}"))
-        if settings.remote:
-            self.workspace.bind_mirror(options.mirror, settings.remote, "watch --remote")
+        if settings.remote:  # checked now, recorded once a pull has worked (an unreachable typo binds nothing)
+            self.workspace.bind_mirror(options.mirror, settings.remote, "watch --remote", record=False)
         self.retry_workspace = Workspace.writer(settings, recover=False)
         self._last_restore_move = self.retry_workspace.ledger.last_move_id()  # only restores from now on
         self.queue = PathQueue(options.mirror)
@@ -335,7 +341,20 @@ class WatchDaemon:
     def _pull(self) -> None:
         ledger = self.retry_workspace.ledger  # read on this thread's own connection: the retry worker writes on it
         excluded = ledger.excluded_keys(self.settings.remote, os.fsencode(self.options.mirror), ledger.reader())
-        arrived = self.rclone.pull(self.settings.remote, self.options.mirror, exclude=excluded)
+        breaker = self._remote_breaker()
+        try:
+            arrived = self.rclone.pull(self.settings.remote, self.options.mirror, exclude=excluded)
+        except MirrorScanError as error:
+            why = one_line(str(error).splitlines()[0])
+            if breaker is not None:  # the remote is down for the removals too: `status` says so
+                breaker.failure(why)
+            self._set(last_pull_error=why, last_pull_failed_unixtime=time.time(), upstream_breakers=self._breakers())
+            raise  # Periodic logs it with the reason, and retries
+        if breaker is not None:
+            breaker.success()
+        if not self._bound:  # the first pull that worked records the mirror's bucket
+            self.retry_workspace.bind_mirror(self.options.mirror, self.settings.remote, "watch --remote")
+            self._bound = True
         # Items that began quarantining while rclone ran: their keys were not excluded, and the pull may
         # have written them back after they were removed. Not scanned again: the retry thread removes them.
         held: set[str] = set()
@@ -349,7 +368,20 @@ class WatchDaemon:
             with self._returned_lock:
                 self._returned.update(returned)
             self._retrier.trigger()
-        self._set(last_pull_unixtime=time.time(), last_pull_arrived=len(arrived) - len(returned))
+        self._set(last_pull_unixtime=time.time(), last_pull_arrived=len(arrived) - len(returned), last_pull_error=None)
+        (log.info if arrived else log.debug)(
+            "pulled %d new file(s) from %s", len(arrived) - len(returned), self.settings.remote
+        )
+
+    def _breakers(self) -> dict[str, str]:
+        return {u.remote: u.breaker.state for u in self.retry_workspace.quarantine.upstreams.known()}
+
+    def _remote_breaker(self):
+        """The breaker of the remote the daemon pulls from (shared with its removals and restores)."""
+        try:
+            return self.retry_workspace.quarantine.upstreams.get(self.settings.remote).breaker
+        except MirrorScanError:
+            return None
 
     def _walk(self) -> None:
         from mirror_scan.intake.watch import reconcile
@@ -371,8 +403,8 @@ class WatchDaemon:
             log.warning("recovered: %s", note)
         for item in quarantine.expire_canaries(self.settings.canary_purge_hours * 3600):
             log.info("canary %s purged (%g h after its quarantine)", item, self.settings.canary_purge_hours)
-        breakers = {u.remote: u.breaker.state for u in quarantine.upstreams.known()}
-        self._set(upstream_pending=self.retry_workspace.ledger.upstream_pending_count(), upstream_breakers=breakers)
+        pending = self.retry_workspace.ledger.upstream_pending_count()
+        self._set(upstream_pending=pending, upstream_breakers=self._breakers())
 
     def _follow_up(self) -> None:
         workspace = self.follow_up_workspace
@@ -384,12 +416,23 @@ class WatchDaemon:
             self.metrics.landing_to_verdict.observe(max(0.0, time.time() - mtime_ns / 1e9))
 
     def _write_status(self) -> None:
-        if self.metrics is not None:
-            ledger = self.retry_workspace.ledger
-            for move_id, seconds in ledger.finished_restores_since(self._last_restore_move, ledger.reader()):
-                self.metrics.restore_latency.observe(seconds)
-                self._last_restore_move = move_id
+        self._see_restores()
         write_status_file(status_path(self.settings.state), self.status())
+
+    def _see_restores(self) -> None:
+        """A line for every restore finished while the daemon runs, whoever made it (a shell, the console):
+        the journal tells every picture put back, as it tells every one taken away. Restores finish out of
+        the order they began, so each is seen by its id, once."""
+        ledger = self.retry_workspace.ledger
+        for move_id, item, target, seconds in ledger.finished_restores_since(self._last_restore_move, ledger.reader()):
+            if move_id in self._restores_seen:
+                continue
+            self._restores_seen.add(move_id)
+            where = display_path(target) if target else "(allowlisted)"
+            notice(log, "quarantine item %s was restored to %s (%.1f s)", item, where, seconds)
+            self._set(restores_seen=len(self._restores_seen))
+            if self.metrics is not None:
+                self.metrics.restore_latency.observe(seconds)
 
     # ------------------------------------------------------------------ status
 

@@ -2,7 +2,7 @@
 and its API, and the self-test all call these operations.
 
     restore   the bytes back where they came from (and upstream), allowlisted, what moderation did undone
-    confirm   the flag was right: kept, and its hashes shared by `hashlist export/push` (confirmed items only, by default)
+    confirm   the flag was right: kept, and its hashes shared by `hashlist export/push` (confirmed items are shared)
     purge     the bytes deleted for good (a tombstone stays)
     ban       the uploader banned from the instance (or the ban lifted), through the moderation bot
     apply     the files flagged earlier (a dry run, a rescore) quarantined now

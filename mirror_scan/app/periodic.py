@@ -7,6 +7,9 @@ import logging
 import threading
 from collections.abc import Callable
 
+from mirror_scan.errors import MirrorScanError
+from mirror_scan.text import one_line
+
 log = logging.getLogger(__name__)
 
 
@@ -32,6 +35,10 @@ class Periodic(threading.Thread):
             self._wake.clear()  # a trigger during the run below asks for one more run right after it
             try:
                 self.work()
-            except Exception:  # noqa: BLE001
-                log.exception("%s failed; retrying in %ss", self.name, self.interval)
+            except MirrorScanError as error:  # a reason the admin can act on: said on the line, no traceback
+                log.warning("%s failed: %s; retrying in %gs", self.name, one_line(str(error)), self.interval)
+            except Exception as error:  # noqa: BLE001 - a bug: the reason on the line, the traceback at -v
+                log.warning("%s failed: %s: %s; retrying in %gs", self.name, type(error).__name__,
+                            one_line(str(error)), self.interval)  # fmt: skip
+                log.debug("%s failed", self.name, exc_info=True)
             self._wake.wait(self.interval)

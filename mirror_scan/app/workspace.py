@@ -98,17 +98,21 @@ class Workspace:
                 say(note)
         return notes
 
-    def bind_mirror(self, mirror: str | Path, remote: str, by: str) -> None:
+    def bind_mirror(self, mirror: str | Path, remote: str, by: str, record: bool = True) -> None:
         """The remote a mirror mirrors, recorded by the first pull or scan with --remote; a different remote
         for the same mirror is refused: removals would go to another bucket (objects that do not exist
-        there look removed, and the real ones stay public)."""
+        there look removed, and the real ones stay public). record=False checks without recording: a pull
+        records the remote once it has worked (a typo or an unreachable endpoint binds nothing)."""
         import datetime as dt
         import os
 
         from mirror_scan.errors import UsageError
 
         root = os.fsencode(os.path.abspath(mirror))
-        bound, when, first = self.ledger.bind_mirror(root, remote, by)
+        binding = self.ledger.bind_mirror(root, remote, by) if record else self.ledger.mirror_remote(root)
+        if binding is None:
+            return
+        bound, when, first = binding
         if bound != remote.rstrip("/"):
             stamp = dt.datetime.fromtimestamp(when, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
             raise UsageError(

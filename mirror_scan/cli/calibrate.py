@@ -23,7 +23,7 @@ from mirror_scan.cli.options import (
     open_writer,
 )
 from mirror_scan.errors import UsageError
-from mirror_scan.settings import default_config_path, resolve
+from mirror_scan.settings import config_file, resolve
 
 
 def register(app: typer.Typer) -> None:
@@ -124,7 +124,7 @@ def calibrate(
                 f"no severity in {offsets[0]:+g}..{offsets[-1]:+g} meets {target_fp:.2%}: nothing written",
                 hint="raise --target-fp, or look at what is flagged (the margins above) before choosing",
             )
-        target = Path(config) if config else default_config_path()
+        target = config_file(config)
         provenance = (f"calibrated {dt.date.today().isoformat()}: {result.pictures} benign pictures, model "
                       f"{job.model_id}, policy {job.policy.policy_id}, {chosen.flagged} flagged "
                       f"(95% up to {chosen.high:.3%}, target {target_fp:.2%})")  # fmt: skip

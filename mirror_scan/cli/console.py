@@ -20,6 +20,7 @@ from typing import Any, TextIO
 from rich.console import Console
 from rich.logging import RichHandler
 
+from mirror_scan.logs import NOTICE
 from mirror_scan.redact import scrub_known
 from mirror_scan.text import one_line, printable
 
@@ -42,7 +43,7 @@ class SafeRichHandler(RichHandler):
 
 LOG_FORMATS = ("auto", "text", "json")
 # syslog priorities: journald reads a "<N>" prefix on a service's stderr as the line's level
-PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+PRIORITY = {logging.DEBUG: 7, logging.INFO: 6, NOTICE: 5, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
 
 
 class PlainFormatter(logging.Formatter):

@@ -156,18 +156,24 @@ def grants(
     signing key, password hash or e-mail). Run it as the databases' owner; `lemmy check` then confirms."""
     import re
 
-    from mirror_scan.moderation.grants import LEMMY_SHAPES, PICTRS_COLUMNS, grant_sql, lemmy_columns
+    from mirror_scan.moderation.grants import LEMMY_SHAPES, PICTRS_COLUMNS, grant_sql, lemmy_columns, lemmy_shape
 
     if not re.fullmatch(r"[a-z_][a-z0-9_]{0,62}", role):
         raise UsageError(f"--role {role!r}", hint="a plain PostgreSQL role name (lowercase letters, digits, _)")
     if not pictrs and lemmy is None:
         raise UsageError("choose --pictrs or --lemmy VERSION", hint=f"VERSION: {', '.join(LEMMY_SHAPES)}")
-    if lemmy is not None and lemmy not in LEMMY_SHAPES:
-        raise UsageError(f"--lemmy {lemmy!r}", hint=f"one of {', '.join(LEMMY_SHAPES)} (see `mirror-scan lemmy check`)")
+    shape = None if lemmy is None else lemmy_shape(lemmy)
+    if lemmy is not None and shape is None:
+        raise UsageError(
+            f"--lemmy {lemmy!r}: not a Lemmy version whose tables are known (0.19.x or 1.0.x)",
+            hint=f"the version your instance runs, e.g. 0.19.5, or one of {', '.join(LEMMY_SHAPES)} "
+            "(`mirror-scan lemmy check` says which one runs)",
+        )
     if pictrs:
         out.print(f"-- in pict-rs's database\n{grant_sql(PICTRS_COLUMNS, role)}")
-    if lemmy is not None:
-        out.print(f"-- in Lemmy's database (Lemmy {lemmy})\n{grant_sql(lemmy_columns(lemmy), role)}")
+    if shape is not None:
+        sql = grant_sql(lemmy_columns(shape), role)
+        out.print(f"-- in Lemmy's database (Lemmy {lemmy}: its {shape} tables)\n{sql}")
 
 
 @lemmy_app.command("ban")

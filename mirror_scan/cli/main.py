@@ -275,7 +275,7 @@ def model_verify(
             reference = emb
         else:
             result["min_cosine_vs_fp32"] = round(float((emb * reference).sum(axis=1).min()), 6)
-            line += f", min cosine vs fp32 {result['min_cosine_vs_fp32']:.6f}"
+            line += f", min cosine vs fp32 over the {len(probe)} probe images {result['min_cosine_vs_fp32']:.6f}"
         say(line)
         if encoder.int8_check is not None:
             result["int8_check"] = encoder.int8_check.describe()

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from mirror_scan.cli.console import err, out, print_json
+from mirror_scan.cli.console import current, err, out, print_json
 from mirror_scan.cli.options import ConfigOpt, JsonOpt, QuarantineOpt, RcloneOpt, StateOpt
 from mirror_scan.errors import UsageError
 from mirror_scan.settings import resolve
@@ -30,6 +31,12 @@ def pull(
     config: ConfigOpt = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print the arrived keys as JSON.")] = False,
     list_paths: Annotated[bool, typer.Option("--list", help="Print the path of every file that arrived.")] = False,
+    progress: Annotated[
+        bool | None,
+        typer.Option(
+            "--progress/--no-progress", help="A progress bar (files, bytes, rate, time left); default: at a terminal."
+        ),
+    ] = None,
 ) -> None:
     """One-way copy of new objects from the bucket into the mirror. Never deletes or replaces a local
     file, and never brings back what is quarantined. Says how many arrived (--list: each path)."""
@@ -40,20 +47,15 @@ def pull(
     if not settings.remote:
         raise UsageError("no remote to pull from", hint="pass --remote NAME:bucket or set `remote` in the config")
     with Workspace.writer(settings) as workspace:
-        workspace.bind_mirror(to, settings.remote, "mirror pull")  # another bucket into this mirror is refused
+        workspace.bind_mirror(to, settings.remote, "mirror pull", record=False)  # another bucket: refused
         excluded = workspace.ledger.excluded_keys(settings.remote, os.fsencode(os.path.abspath(to)))
     tool = Rclone.locate(settings.rclone)
-    count = 0
-    with err.status(f"pulling {settings.remote} -> {to}") as status:
-
-        def arrived(key: str) -> None:
-            nonlocal count
-            count += 1
-            status.update(f"pulling {settings.remote} -> {to}: {count} new file(s)")
-
-        keys = tool.pull(settings.remote, to, max_age=max_age, exclude=excluded, on_file=arrived)
+    shown = (err.is_terminal and not json_out) if progress is None else progress
+    with pull_progress(f"pulling {settings.remote}", shown) as on_stats:
+        keys = tool.pull(settings.remote, to, max_age=max_age, exclude=excluded, on_stats=on_stats)
     removed = []
     with Workspace.writer(settings) as workspace:
+        workspace.bind_mirror(to, settings.remote, "mirror pull")  # it worked: the mirror is this bucket's now
         # Items another process began quarantining while rclone ran were not excluded: copies of them
         # the pull wrote back after they were removed are removed again (their bytes are in the items).
         mirror = os.fsencode(os.path.abspath(to))
@@ -74,6 +76,27 @@ def pull(
         f"{len(keys)} new file(s); {len(excluded)} quarantined key(s) excluded"
         + (f"; {len(removed)} copy(ies) of files quarantined meanwhile removed again" if removed else "")
     )
+
+
+@contextmanager
+def pull_progress(what: str, shown: bool):
+    """A progress bar fed by rclone's stats (files and bytes so far, of what it has listed), or None."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    if not shown:
+        yield None
+        return
+    columns = (TextColumn(what), BarColumn(), TextColumn("{task.fields[files]}"), DownloadColumn(),
+               TransferSpeedColumn(), TimeRemainingColumn())  # fmt: skip
+    with Progress(*columns, console=current().err, transient=True) as bar:
+        task = bar.add_task(what, total=None, files="listing")
+
+        def update(stats: dict) -> None:
+            total = stats.get("totalBytes") or None
+            files = f"{stats.get('transfers', 0)}/{stats.get('totalTransfers', 0)} file(s)"
+            bar.update(task, completed=stats.get("bytes", 0), total=total, files=files)
+
+        yield update
 
 
 @mirror_app.command("remote")
@@ -132,6 +155,23 @@ def pictrs_check(
     out.print(f"pict-rs at {result['url']}: reachable, API key accepted")
 
 
+def rclone_passthrough(
+    ctx: typer.Context,
+    rclone: RcloneOpt = None,
+) -> None:
+    """Run the rclone that mirror-scan uses (the one its install brought, which pipx does not put on PATH)
+    with the arguments that follow: `mirror-scan rclone config`, `mirror-scan rclone lsd pictrs:`."""
+    from mirror_scan.clients.rclone import find_rclone
+
+    binary = find_rclone(resolve({"rclone": rclone}).rclone)
+    os.execv(binary, [binary, *ctx.args])  # an argument list, never a shell; rclone's exit code is ours
+
+
 def register(app: typer.Typer) -> None:
+    app.command(
+        "rclone",
+        context_settings={"allow_extra_args": True, "ignore_unknown_options": True, "help_option_names": []},
+        add_help_option=False,
+    )(rclone_passthrough)
     app.add_typer(mirror_app, name="mirror")
     app.add_typer(pictrs_app, name="pictrs")

@@ -64,14 +64,47 @@ def parse_listen(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def open_writer(settings, *, quiet: bool = False, recover: bool = True):
-    """The workspace of a state-writing command: recovered moves are reported on stderr unless quiet."""
+def open_writer(settings, *, quiet: bool = False, recover: bool = True, rebuilding: bool = False):
+    """The workspace of a state-writing command: recovered moves are reported on stderr unless quiet. A
+    state database that is not there yet is made only where that cannot be a typo (see new_state)."""
     from mirror_scan.app.workspace import Workspace
     from mirror_scan.cli.console import err
 
+    if not settings.state.exists():
+        new_state(settings, rebuilding)
     return Workspace.writer(
         settings, recover=recover, on_recovered=None if quiet else lambda note: err.print(f"recovered: {note}")
     )
+
+
+def new_state(settings, rebuilding: bool = False) -> None:
+    """Before a command makes a state database: a wrong path is refused, not taken for a first start (a new
+    database would forget the allowlist and rescan everything). Refused: a directory that does not exist
+    for a path someone set (the default's is made), or a quarantine that already holds items (the database
+    that indexes them is elsewhere, or lost: `quarantine reindex` rebuilds it, and is the one command
+    allowed to). Otherwise the new database is said, with where its path came from."""
+    from mirror_scan.cli.console import err
+    from mirror_scan.errors import UsageError
+
+    source = settings.sources.get("state", "default")
+    where = "check --state (or MIRROR_SCAN_STATE, or the config file's state): `mirror-scan config` shows it"
+    if source != "default" and not settings.state.parent.is_dir():
+        raise UsageError(
+            f"state database {settings.state} ({source}): its directory {settings.state.parent} does not exist",
+            hint=f"{where}; for a new one, create the directory first (mkdir -m 700)",
+        )
+    try:
+        held = sum(1 for _ in (settings.quarantine / "items").iterdir())
+    except OSError:
+        held = 0
+    if held and not rebuilding:
+        raise UsageError(
+            f"state database {settings.state} ({source}) does not exist, while the quarantine {settings.quarantine} "
+            f"holds {held} item(s): a new one would forget them and the allowlist",
+            hint=f"{where}; if the database was lost, `mirror-scan quarantine reindex` rebuilds it from the quarantine",
+        )
+    err.print(f"new state database {settings.state} ({source}): nothing recorded before, every file is new",
+              markup=False, highlight=False)  # fmt: skip
 
 
 def require_state(settings, hint: str = "run mirror-scan scan first") -> None:

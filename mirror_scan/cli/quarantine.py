@@ -60,12 +60,13 @@ def _reader(state, quarantine, config, need_state=True):
     return open_reader(settings)
 
 
-def _writer(state, quarantine, config, quiet=False, rclone=None, need_state=False):
-    """need_state: the command acts on items a scan recorded (a missing database is never made for it)."""
+def _writer(state, quarantine, config, quiet=False, rclone=None, need_state=False, rebuilding=False):
+    """need_state: the command acts on items a scan recorded (a missing database is never made for it);
+    rebuilding: reindex, which makes one for the items a quarantine holds."""
     settings = resolve({"state": state, "quarantine": quarantine, "rclone": rclone}, config)
     if need_state:
         require_state(settings, hint=STATE_HINT)
-    return open_writer(settings, quiet=quiet)
+    return open_writer(settings, quiet=quiet, rebuilding=rebuilding)
 
 
 def _ops(workspace):
@@ -621,7 +622,7 @@ def q_reindex(
     Items the ledger knows stay as it records them; a metadata file that disagrees is reported."""
     import os
 
-    with _writer(state, quarantine, config) as workspace:
+    with _writer(state, quarantine, config, rebuilding=True) as workspace:
         count, problems = workspace.quarantine.reindex(os.fsencode(mirror_root.resolve()) if mirror_root else None)
     for problem in problems:
         err.print(f"skipped: {problem}")
@@ -660,7 +661,7 @@ def a_add(
     config: ConfigOpt = None,
 ) -> None:
     """Never flag these bytes again; recorded flagged verdicts for them become clean."""
-    with _writer(state, quarantine, config) as workspace:
+    with _writer(state, quarantine, config, rebuilding=True) as workspace:
         workspace.ledger.allow(_sha(sha256), note=note or "added by hand")
     out.print(f"allowlisted {sha256.lower()}")
 
@@ -668,7 +669,7 @@ def a_add(
 @allowlist_app.command("remove")
 def a_remove(sha256: str, state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None) -> None:
     """Stop allowlisting these bytes (takes effect at the next scan or rescore)."""
-    with _writer(state, quarantine, config) as workspace:
+    with _writer(state, quarantine, config, rebuilding=True) as workspace:
         removed = workspace.ledger.disallow(_sha(sha256))
     if not removed:
         raise UsageError(f"{sha256} is not on the allowlist")

@@ -36,7 +36,7 @@ from mirror_scan.cli.options import (
 from mirror_scan.cli.views import counting
 from mirror_scan.errors import UsageError
 from mirror_scan.scan.decide import short_reason
-from mirror_scan.settings import Settings, describe, resolve
+from mirror_scan.settings import Settings, config_file, describe, resolve
 from mirror_scan.store.rows import display_path
 
 log = logging.getLogger("mirror_scan")
@@ -268,22 +268,37 @@ def register(app: typer.Typer) -> None:
         dry_run: Annotated[
             bool, typer.Option("--dry-run", help="Show how many verdicts would change, by label; write nothing.")
         ] = False,
+        write: Annotated[
+            bool,
+            typer.Option(
+                "--write",
+                help="Also store this severity in the config file (with a comment saying when and why), so watch, "
+                "scan and serve use it from now on.",
+            ),
+        ] = False,
     ) -> None:
         """Re-decide every stored file from stored similarities (or stored embeddings when the policy's
-        prompts changed) with no image read; report how many verdicts changed each way."""
+        prompts changed) with no image read; report how many verdicts changed each way. The verdicts are
+        recorded in the state database; the config file (what watch, scan and serve use) changes only with
+        --write."""
         from mirror_scan.model.bundle import load_bundle
         from mirror_scan.policy import load_policy, resolve_severity
         from mirror_scan.scan.rescore import rescore
 
+        if write and dry_run:
+            raise UsageError("--write stores what a rescore recorded: not with --dry-run")
         settings = _settings(config, policy=policy, severity=severity, state=state, model=model, quarantine=quarantine)
         require_state(settings)
         loaded = load_policy(settings.policy)
         offset = resolve_severity(loaded, settings.severity)
+        daemons = _settings(config)  # what watch, scan and serve use: the same, less this command's flags
         bundle = load_bundle(settings.model) if (settings.model / "manifest.json").exists() else None
         opened = open_reader(settings) if dry_run else open_writer(settings, quiet=json_out)
         with opened as workspace:
             summary = rescore(workspace.ledger, loaded, offset, bundle, dry_run=dry_run)
         result = summary.as_dict() | {"policy": loaded.policy_id, "severity": offset}
+        persisted = [] if dry_run else _persist_rescore(config, daemons, loaded, offset, summary.files, write)
+        result["written"] = str(config_file(config)) if write else None
         if json_out:
             print_json(result)
         else:
@@ -296,10 +311,43 @@ def register(app: typer.Typer) -> None:
             if summary.newly_flagged_by_label:
                 labels = ", ".join(f"{label} {n}" for label, n in sorted(summary.newly_flagged_by_label.items()))
                 out.print(f"newly flagged by label: {labels}")
+            for line in persisted:
+                out.print(line)
             if dry_run:
                 out.print("dry run: no verdict was changed; run it again without --dry-run to record them")
             elif summary.to_flagged:
                 out.print("act on the newly flagged files with: mirror-scan apply --dry-run, then mirror-scan apply")
+
+    def _persist_rescore(config, daemons, loaded, offset: float, files: int, write: bool) -> list[str]:
+        """What a rescore leaves for the daemons: with --write the severity in the config file; without, a
+        line saying the verdicts are recorded and what watch and scan keep using (never left to guess)."""
+        import datetime as dt
+
+        from mirror_scan.cli.calibrate import write_severity
+        from mirror_scan.policy import load_policy, resolve_severity
+
+        same_policy = load_policy(daemons.policy).policy_id == loaded.policy_id
+        used = resolve_severity(loaded, daemons.severity) if same_policy else None
+        lines = [f"recorded {files} verdict(s) in the state database {daemons.state}"]
+        if write:
+            target = config_file(config)
+            provenance = f"rescored {dt.date.today().isoformat()}: policy {loaded.policy_id}, {files} file(s)"
+            write_severity(target, offset, provenance)
+            lines.append(f"severity {offset:+g} written to {target}: watch, scan and serve use it when they start")
+            if daemons.sources["severity"].startswith("env"):
+                lines.append(f"note: {daemons.sources['severity']} is set and overrides the config file")
+            if not same_policy:
+                lines.append(f"note: the config uses policy {daemons.policy}, not {loaded.policy_id}: set policy "
+                             "in the config file too")  # fmt: skip
+        elif used is None or used != offset:
+            now, source = (
+                (f"policy {daemons.policy}", daemons.sources["policy"])
+                if used is None
+                else (f"severity {used:+g}", daemons.sources["severity"])
+            )
+            lines.append(f"watch, scan and serve keep using {now} ({source}); --write stores severity {offset:+g} "
+                         "in the config file")  # fmt: skip
+        return lines
 
     @app.command("report")
     def report_cmd(
@@ -333,11 +381,16 @@ def register(app: typer.Typer) -> None:
             return
         with Ledger(settings.state, readonly=True) as ledger:
             writer = ReportWriter(output, fmt)
+            count = 0
             try:
                 for rec in ledger_records(ledger, flagged=flagged, errors=errors):
                     writer.write(rec)
+                    count += 1
             finally:
                 writer.close()
+        if count == 0:  # said on stderr (the records' stream stays clean): an empty answer is not a silent one
+            what = "file that could not be scanned" if errors else "flagged file" if flagged else "file"
+            err.print(f"no {what} recorded in {settings.state}", markup=False, highlight=False)
 
     config_app = typer.Typer(
         help="Show every setting and where it came from; `config init` writes a commented file to start from.",

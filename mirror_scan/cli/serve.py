@@ -18,6 +18,7 @@ from mirror_scan.cli.options import (
     QuarantineOpt,
     SeverityOpt,
     StateOpt,
+    new_state,
     parse_listen,
 )
 from mirror_scan.errors import UsageError
@@ -112,6 +113,8 @@ def register(app: typer.Typer) -> None:
             },
             config,
         )
+        if not settings.state.exists():
+            new_state(settings)  # a wrong --state is refused, not taken for a first start
         options = ValidatorOptions(
             host=host,
             port=port,

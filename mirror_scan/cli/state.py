@@ -97,7 +97,7 @@ def rebuild(
             source = settings.state.with_name(settings.state.name + suffix)
             if source.exists():
                 os.replace(source, kept.with_name(kept.name + suffix))
-    with open_writer(settings, quiet=True, recover=False) as workspace:
+    with open_writer(settings, quiet=True, recover=False, rebuilding=True) as workspace:
         count, problems = workspace.quarantine.reindex(os.fsencode(mirror_root.resolve()) if mirror_root else None)
         restored = [i for i in workspace.ledger.items() if i.state == ItemState.RESTORED]
         for item in restored:

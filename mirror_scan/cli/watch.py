@@ -24,6 +24,7 @@ from mirror_scan.cli.options import (
     RemoteOpt,
     SeverityOpt,
     StateOpt,
+    new_state,
     parse_listen,
 )
 from mirror_scan.errors import UsageError
@@ -43,6 +44,8 @@ LABELS = {
     "upstream_pending": "upstream removals pending",
     "upstream_breakers": "upstream circuit breakers",
     "last_pull_unixtime": "last pull",
+    "last_pull_error": "last pull failed",
+    "last_pull_failed_unixtime": "last pull failed at",
     "last_reconcile_unixtime": "last reconcile",
     "files": "files recorded",
     "errors": "files that could not be checked",
@@ -54,6 +57,20 @@ LABELS = {
     "pictrs_uploads": "quarantined as",
     "age_seconds": "status age (s)",
 }
+
+
+def _shown(key: str, data: dict) -> bool:
+    if key == "last_pull_unixtime" and data.get("remote") and key not in data:
+        data[key] = None  # pulling, and none has worked yet: said ("never"), not left out
+    return key in data and not ((key.startswith("last_pull_fail") or key == "last_pull_error") and not data[key])
+
+
+def _value(key: str, value) -> str:
+    if key.endswith("unixtime"):
+        return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) if value else "never"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
+    return str(value)
 
 
 def register(app: typer.Typer) -> None:
@@ -131,6 +148,8 @@ def register(app: typer.Typer) -> None:
             },
             config,
         )
+        if not settings.state.exists():
+            new_state(settings)  # a wrong --state is refused, not taken for a first start
         daemon = WatchDaemon(settings, options)
         stopping: list[int] = []
         started = False
@@ -188,15 +207,25 @@ def register(app: typer.Typer) -> None:
         if json_out:
             print_json(data)
             return
-        for key in ("daemon", *STATUS_KEYS, *COUNTER_KEYS, *LEDGER_KEYS, "flagged_not_acted_on", "upstream_breakers",
-                    "pictrs_uploads", "age_seconds"):  # fmt: skip
-            if key not in data:
-                continue
-            value = data[key]
-            if key.endswith("unixtime"):
-                value = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value)) if value else "never"
-            elif isinstance(value, dict):
-                value = ", ".join(f"{k}: {v}" for k, v in value.items()) or "none"
-            out.print(f"{LABELS.get(key, key.replace('_', ' ')):34s} {value}")
+        printed: set[str] = set()
+
+        def show(keys: tuple[str, ...], heading: str | None = None) -> None:
+            """One section: each key once, under its heading when it has one (a daemon's counters since it
+            started and the state database's totals share names: never printed as one list)."""
+            rows = [k for k in keys if k not in printed and _shown(k, data)]
+            if heading and rows:
+                out.print(heading)
+            for key in rows:
+                printed.add(key)
+                label = LABELS.get(key, key.replace("_", " "))
+                value = _value(key, data.get(key))
+                out.print(f"  {label:34s} {value}" if heading else f"{label:36s} {value}")
+
+        show(("daemon", *STATUS_KEYS))
+        if running:
+            show((*COUNTER_KEYS, "last_pull_error", "last_pull_failed_unixtime", "upstream_breakers"),
+                 "since the daemon started:")  # fmt: skip
+        show((*LEDGER_KEYS, "flagged_not_acted_on", "upstream_pending"), "in the state database:")
+        show(("upstream_breakers", "pictrs_uploads", "age_seconds"))
         for who in running:
             out.print(f"{'':34s} ({who})")

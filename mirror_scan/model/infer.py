@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from mirror_scan.errors import DeviceError, MirrorScanError
+from mirror_scan.errors import DeviceError, MirrorScanError, install_hint
 from mirror_scan.model.bundle import Bundle
 from mirror_scan.model.tokenizer import ClipTokenizer
 
@@ -30,7 +30,7 @@ def _ort():
     except ImportError:
         raise MirrorScanError(
             "onnxruntime is not installed",
-            hint="pip install 'mirror-scan[cpu]' (or '[gpu]' on a CUDA machine; never both)",
+            hint=install_hint("cpu") + "; or the 'gpu' extra on a CUDA machine (never both)",
         ) from None
     return onnxruntime
 
@@ -62,7 +62,7 @@ class Placement:
 def _try_cuda(bundle: Bundle, precision: str, threads: int):
     ort = _ort()
     if CUDA not in ort.get_available_providers():
-        return None, "this onnxruntime build has no CUDA provider (install mirror-scan[gpu])"
+        return None, "this onnxruntime build has no CUDA provider (the 'gpu' extra has it)"
     if hasattr(ort, "preload_dlls"):
         try:
             ort.preload_dlls()

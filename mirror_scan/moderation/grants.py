@@ -21,6 +21,25 @@ PICTRS_COLUMNS = {
 LEMMY_SHAPES = ("0.19.0-0.19.3", "0.19.4+", "1.0")
 
 
+def lemmy_shape(version: str) -> str | None:
+    """The shape of Lemmy's tables for a version as people write it (0.19.5, v0.19.3, 1.0.0-beta.2) or a
+    shape's own name; None for a version none of the shapes is (before 0.19, or a later major)."""
+    import re
+
+    text = version.strip().removeprefix("v")
+    if text in LEMMY_SHAPES:
+        return text
+    found = re.fullmatch(r"(\d+)\.(\d+)(?:\.(\d+))?(?:[-+.].*)?", text)
+    if not found:
+        return None
+    major, minor, patch = int(found[1]), int(found[2]), int(found[3] or 0)
+    if major == 0 and minor == 19:
+        return "0.19.4+" if patch >= 4 else "0.19.0-0.19.3"
+    if major == 1 and minor == 0:
+        return "1.0"
+    return None
+
+
 def lemmy_columns(shape: str) -> dict[str, tuple[str, ...]]:
     if shape not in LEMMY_SHAPES:
         raise ValueError(f"unknown Lemmy shape {shape!r}: {', '.join(LEMMY_SHAPES)}")

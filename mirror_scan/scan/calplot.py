@@ -64,12 +64,24 @@ def margins_plot(result, offsets) -> Image.Image:
         draw.text((x_of(offset) - 18, TOP + plot_h + 6), f"{offset:+.3f}", fill="black", font=font)
         rate = top_rate * i / 5
         draw.text((4, y_rate(rate) - 6), f"{rate:.2%}", fill=RATE, font=font)
-        draw.text((LEFT + plot_w + 6, TOP + plot_h - plot_h * 0.9 * i / 5 - 6), f"{math.ceil(top_count * i / 5)}",
+    for count in count_ticks(top_count):  # whole pictures, each where a bar of that many would end
+        draw.text((LEFT + plot_w + 6, TOP + plot_h - plot_h * 0.9 * count / top_count - 6), str(count),
                   fill=(90, 90, 90), font=font)  # fmt: skip
     draw.text((LEFT, 8), f"{result.pictures} benign picture(s): false-positive rate (red, 95% band) by severity "
               "offset; bars: pictures whose margin ends there", fill="black", font=font)  # fmt: skip
     draw.text((LEFT + plot_w / 2 - 60, HEIGHT - 24), "severity offset", fill="black", font=font)
     return image
+
+
+def count_ticks(top: int, most: int = 6) -> list[int]:
+    """Distinct whole counts from 0 to `top` for the pictures' axis, at most `most` of them, evenly spaced
+    (0 1 2 3, or 0 20 40 ...): a count is a number of pictures, never a fraction rounded up into repeats."""
+    step = max(1, math.ceil(top / (most - 1)))
+    ticks = list(range(0, top + 1, step))
+    if ticks[-1] == top:
+        return ticks
+    close = top - ticks[-1] < step / 2 or len(ticks) >= most  # the top itself is shown, never crowded
+    return [*ticks[:-1], top] if close else [*ticks, top]
 
 
 def png_bytes(image: Image.Image) -> bytes:

@@ -24,6 +24,7 @@ from mirror_scan.hashing import md5_bytes
 from mirror_scan.kinds import FileAction, FileStatus
 from mirror_scan.lists.hashes import queries
 from mirror_scan.lists.live import LiveMatcher
+from mirror_scan.logs import notice
 from mirror_scan.model.bundle import Bundle
 from mirror_scan.model.scoring import columns, policy_sims
 from mirror_scan.policy import Policy
@@ -273,7 +274,7 @@ class FileRecorder:
             self.counters.upstream_pending += 1
         else:
             self.counters.quarantined += 1
-        log.info("quarantined %s (%s): %s", found.path, action, short_reason(reason))
+        notice(log, "quarantined %s (%s): %s", found.path, action, short_reason(reason))
         return action
 
     def error(

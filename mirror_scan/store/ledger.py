@@ -610,11 +610,16 @@ class Ledger:
     def last_move_id(self) -> int:
         return int(self.db.execute("SELECT coalesce(max(id), 0) FROM moves").fetchone()[0])
 
-    def finished_restores_since(self, after_id: int, conn: sqlite3.Connection | None = None) -> list[tuple[int, float]]:
-        """(move id, seconds from intent to done) of restores finished since a move id (restore latency)."""
-        return list(
-            (conn or self.db).execute(
-                "SELECT id, updated - started FROM moves WHERE kind='restore' AND step='done' AND id > ? ORDER BY id",
+    def finished_restores_since(
+        self, after_id: int, conn: sqlite3.Connection | None = None
+    ) -> list[tuple[int, str, bytes | None, float]]:
+        """(move id, item, target, seconds from intent to done) of the restores begun after a move id and
+        finished, in the order they began."""
+        return [
+            (int(r[0]), str(r[1]), None if r[2] is None else bytes(r[2]), float(r[3]))
+            for r in (conn or self.db).execute(
+                "SELECT id, item, target, updated - started FROM moves WHERE kind='restore' AND step='done' AND id > ? "
+                "ORDER BY id",
                 (after_id,),
             )
-        )
+        ]

@@ -23,6 +23,7 @@ from mirror_scan.errors import MirrorScanError
 from mirror_scan.faults import checkpoint
 from mirror_scan.hashing import sha256_bytes, sha256_file
 from mirror_scan.kinds import ItemEvent, MoveKind, Step
+from mirror_scan.logs import notice
 from mirror_scan.store.items import (
     DATA,
     LINK_UNSUPPORTED,
@@ -87,7 +88,7 @@ class Restorer:
         recorded with the restore's last step."""
         with self.journal.item_lock(item_id, wait_s=wait_s):
             target = self._restore_locked(item_id, to, upstream, by, reimport)
-        log.info("restored quarantine item %s to %s (sha256 allowlisted)", item_id, display_path(target))
+        notice(log, "restored quarantine item %s to %s (sha256 allowlisted)", item_id, display_path(target))
         return target
 
     def checked_item(self, item_id: str) -> tuple[ItemRow, dict[str, Any]]:

@@ -26,7 +26,7 @@ import numpy as np
 
 from mirror_scan import __version__
 from mirror_scan.atomic import fsync_dir
-from mirror_scan.errors import ExportError
+from mirror_scan.errors import ExportError, install_hint
 from mirror_scan.hashing import sha256_file
 from mirror_scan.model.bundle import BUNDLE_FORMAT, BUNDLE_FORMAT_VERSION, Preprocess
 from mirror_scan.model.concepts import write_concepts
@@ -60,7 +60,7 @@ def _import_export_stack():
     except ImportError as err:
         raise ExportError(
             f"model export needs torch and open_clip ({err.name} is missing)",
-            hint="pip install 'mirror-scan[export]'; scanning itself never needs them",
+            hint=install_hint("export") + "; scanning itself never needs them",
         ) from None
     return torch, open_clip
 
