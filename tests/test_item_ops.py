@@ -84,7 +84,7 @@ def test_the_shell_and_the_console_leave_the_same_rows_and_history(site, tmp_pat
         alice.login("alice")
         queue = alice.get("/")
         for decision in ("restore", "confirm"):
-            page = alice.post("/decide", {"csrf": queue.csrf(), "decision": decision,
+            page = alice.post("/decide", {"csrf": queue.csrf(), "decision": decision, "confirmed": "yes",
                                           "item": [by_console[decision]["id"]]})  # fmt: skip
             assert page.status == 200 and "outcome-done" in page.body, page.body
         api = {"Authorization": f"Bearer {token}"}

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture
 def browser(tmp_path):
-    driver = browserdiff.chromium(str(tmp_path / "chromium"), ("--window-size=1400,900",))
+    driver = browserdiff.chromium(str(tmp_path / "chromium"), ("--window-size=1280,900",))
     driver.set_page_load_timeout(60)
     driver.implicitly_wait(15)  # a loaded 2-core CI: elements of the next page may take a moment
     yield driver
@@ -34,6 +34,18 @@ def _artifacts() -> Path:
     where = Path(os.environ.get("MIRROR_SCAN_TEST_ARTIFACTS") or REPO / ".test-artifacts")
     where.mkdir(parents=True, exist_ok=True)
     return where
+
+
+def fits(browser, what: str) -> None:
+    """The page never scrolls sideways at this window's width, and Log out is inside the window."""
+    from selenium.webdriver.common.by import By
+
+    wide, room = browser.execute_script(
+        "return [document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    )
+    assert wide <= room, f"{what}: {wide} px wide in a {room} px window"
+    box = browser.find_element(By.ID, "logout").rect
+    assert 0 <= box["x"] and box["x"] + box["width"] <= room, f"{what}: Log out at {box} in {room} px"
 
 
 def test_a_moderator_reviews_the_day_in_a_browser(tmp_path, s3, tiny_bundle_master, flag_all, browser):
@@ -69,9 +81,18 @@ def test_a_moderator_reviews_the_day_in_a_browser(tmp_path, s3, tiny_bundle_mast
         assert len(rows) == len(items)
         browser.save_screenshot(str(_artifacts() / "console-queue.png"))
 
-        # Restore one from a selection.
+        fits(browser, "the queue at 1280 px")
+        # The label filter offers what the policy flagged, not a free text box.
+        offered = [o.get_attribute("value") for o in Select(browser.find_element(By.ID, "f-label")).options]
+        assert offered[0] == "" and "match" in offered, offered
+
+        # Restore one from a selection: asked first, with room for a note.
         browser.find_element(By.ID, f"pick-{restored['short_id']}").click()
         browser.find_element(By.ID, "restore-selected").click()
+        assert "Restore 1 item?" in browser.find_element(By.TAG_NAME, "h1").text
+        assert not (site.mirror / "pic-0.png").exists()  # nothing done before the confirmation
+        browser.find_element(By.ID, "note").send_keys("a comic strip, not a photo")
+        browser.find_element(By.ID, "confirm-decision").click()
         outcome = browser.find_element(By.CSS_SELECTOR, "#outcomes tr.outcome-done")
         assert restored["id"] in outcome.text
         assert (site.mirror / "pic-0.png").read_bytes() == site.objects["pic-0.png"]
@@ -81,7 +102,13 @@ def test_a_moderator_reviews_the_day_in_a_browser(tmp_path, s3, tiny_bundle_mast
         browser.get(f"{server.url}/items/{confirmed['id']}")
         assert browser.find_elements(By.CSS_SELECTOR, "#checks tr")  # the margins to the thresholds
         assert "<img" not in browser.page_source
+        made_by = browser.find_element(By.ID, "made-by").text  # which model, policy and severity said so
+        assert "model tiny-test/none@" in made_by and "policy flag-everything@" in made_by and "severity +0" in made_by
+        assert "random weights" in browser.find_element(By.ID, "random-weights").text
+        assert "not configured" in browser.find_element(By.ID, "uploader").text  # not "Unknown"
+        fits(browser, "an item's page at 1280 px")
         browser.find_element(By.ID, "confirm").click()
+        browser.find_element(By.ID, "confirm-decision").click()
         assert browser.find_element(By.CSS_SELECTOR, "#outcomes tr.outcome-done")
         browser.get(f"{server.url}/items/{confirmed['id']}")
         assert browser.find_element(By.ID, "item-confirmed").text == "confirmed"
@@ -93,11 +120,26 @@ def test_a_moderator_reviews_the_day_in_a_browser(tmp_path, s3, tiny_bundle_mast
         browser.find_element(By.ID, "nav-history").click()
         history = browser.find_element(By.ID, "decisions").text
         assert history.count("maria (local account)") == 2 and "restore" in history and "confirm" in history
+        assert "a comic strip, not a photo" in history  # the note, in the history
+        # By default the queue holds what needs a decision: not the restored item, not the confirmed one.
+        browser.get(f"{server.url}/")
+        shown = {r.get_attribute("id") for r in browser.find_elements(By.CSS_SELECTOR, "#queue tr[id^=row-]")}
+        assert shown == {f"row-{i['short_id']}" for k, i in items.items() if i not in (restored, confirmed)}, shown
 
         browser.find_element(By.ID, "nav-dashboard").click()
         assert browser.find_element(By.ID, "pending").text == "0"
+        assert browser.find_element(By.ID, "open").text == str(len(items) - 2)
         assert "decided file(s)" in browser.find_element(By.ID, "scores").text
         browser.save_screenshot(str(_artifacts() / "console-dashboard.png"))
+
+        fits(browser, "the dashboard at 1280 px")
+        # A phone: nothing scrolls sideways, and Log out is on the screen.
+        browser.set_window_size(390, 844)
+        for page in ("/", f"/items/{confirmed['id']}", "/history", "/dashboard"):
+            browser.get(f"{server.url}{page}")
+            fits(browser, f"{page} at phone width")
+        browser.get(f"{server.url}/")
+        browser.save_screenshot(str(_artifacts() / "console-queue-phone.png"))
 
         browser.find_element(By.ID, "logout").click()
         arrive("/login")

@@ -147,7 +147,13 @@ def test_a_reviewer_restores_and_confirms_and_the_ledger_says_who(site, tmp_path
 
         # Restore one from the queue's selection: back in the mirror and in the bucket, allowlisted.
         restored = items["pic-0.png"]
-        page = alice.post("/decide", {"csrf": queue.csrf(), "decision": "restore", "item": [restored["id"]]})
+        # A decision is confirmed first (issue 45): the page lists what it acts on and asks for a note.
+        asked = alice.post("/decide", {"csrf": queue.csrf(), "decision": "restore", "item": [restored["id"]]})
+        assert asked.status == 200 and "Restore 1 item?" in asked.body and 'id="note"' in asked.body, asked.body
+        assert "outcome-" not in asked.body and not (site.mirror / "pic-0.png").exists()  # nothing done yet
+        note = "a comic strip <b>not</b> [x](http://e.x)"
+        page = alice.post("/decide", {"csrf": queue.csrf(), "decision": "restore", "item": [restored["id"]],
+                                      "confirmed": "yes", "note": note})  # fmt: skip
         assert page.status == 200 and "outcome-done" in page.body, page.body
         assert (site.mirror / "pic-0.png").read_bytes() == site.objects["pic-0.png"]
         assert site.s3.get("pic-0.png") == site.objects["pic-0.png"]
@@ -173,6 +179,9 @@ def test_a_reviewer_restores_and_confirms_and_the_ledger_says_who(site, tmp_path
                                     (confirmed, "confirm", "nightly (api token)")):  # fmt: skip
             decisions = json.loads(site.cli("quarantine", "show", item["id"], "--json").stdout)["decisions"]
             assert [(d["decision"], d["who"], d["outcome"]) for d in decisions] == [(decision, who, "done")]
+            if decision == "restore":  # the reviewer's note, kept as inert text (no markup, no link)
+                kept = decisions[0]["note"]
+                assert kept.startswith("a comic strip") and "http" not in kept and "[" not in kept, decisions
             assert f"{decision} by {who}" in (site.quarantine / "items" / item["id"] / "meta.json").read_text()
         # Confirmed items are what `hashlist export --confirmed` shares.
         exported = site.cli("hashlist", "export", "--confirmed", "--format", "csv").stdout
@@ -296,13 +305,14 @@ def test_lemmy_moderators_decide_only_their_communities_items(postgres, tmp_path
             assert items[World.KEYS["orphan"]]["short_id"] not in queue.body  # tied to no community
             assert mod.get(f"/items/{items[World.KEYS['img']]['id']}").status == 404
             others = [items[World.KEYS["img"]]["id"], items[World.KEYS["orphan"]]["id"]]
-            refused = mod.post("/decide", {"csrf": queue.csrf(), "decision": "restore", "item": others})
+            refused = mod.post("/decide", {"csrf": queue.csrf(), "decision": "restore", "item": others,
+                                           "confirmed": "yes"})  # fmt: skip
             assert refused.body.count("outcome-refused") == 2, refused.body
             assert mod.get(f"/items/{items[World.KEYS['thumb']]['id']}/ban").status == 200
             ban = mod.post(f"/items/{items[World.KEYS['thumb']]['id']}/ban",
                            {"csrf": queue.csrf(), "confirm": "yes", "reason": "spam"})  # fmt: skip
             assert "outcome-refused" in ban.body and "admin" in ban.body and lemmy.bans == []
-            done = mod.post("/decide", {"csrf": queue.csrf(), "decision": "confirm",
+            done = mod.post("/decide", {"csrf": queue.csrf(), "decision": "confirm", "confirmed": "yes",
                                         "item": items[World.KEYS["thumb"]]["id"]})  # fmt: skip
             assert "outcome-done" in done.body
             # Lemmy was asked with their own login, which was ended again at once.
@@ -349,7 +359,8 @@ def test_lemmy_moderators_decide_only_their_communities_items(postgres, tmp_path
             mod = Client(server)
             assert mod.login("picsmod", "picsmod password").status == 303
             page = mod.get(f"/items/{thumb['id']}")
-            done = mod.post("/decide", {"csrf": page.csrf(), "decision": "restore", "item": thumb["id"]})
+            done = mod.post("/decide", {"csrf": page.csrf(), "decision": "restore", "item": thumb["id"],
+                                        "confirmed": "yes"})  # fmt: skip
             assert "outcome-done" in done.body, done.body
             assert (w.mirror / World.KEYS["thumb"]).read_bytes() == w.files["thumb"]
         finally:

@@ -145,6 +145,13 @@ class SelfTest:
         from mirror_scan.lists.canary import CANARY_LABEL
         from mirror_scan.moderation.plan import configured_actions
 
-        wanted = configured_actions([CANARY_LABEL], {CANARY_LABEL: ("notify",), **self.settings.actions})
-        mode = "dry run" if self.settings.canary_dry_run or self.settings.actions_dry_run else "sent"
+        s = self.settings
+        wanted = configured_actions([CANARY_LABEL], {CANARY_LABEL: ("notify",), **s.actions})
+        if "notify" in wanted:  # said as what happens: a notice reaches the admins named, or the webhook
+            told = [*(f"Lemmy user {name}" for name in s.lemmy_notify), *(["the webhook"] if s.notify_webhook else [])]
+            wanted = [w for w in wanted if w != "notify"] + (
+                [f"notify ({', '.join(told)})"] if told else
+                ["no notice (nobody to tell: set [lemmy] notify or [notify] webhook)"]
+            )  # fmt: skip
+        mode = "dry run" if s.canary_dry_run or s.actions_dry_run else "sent"
         return f"a canary upload is followed by: {', '.join(wanted) or 'nothing'} ({mode})"

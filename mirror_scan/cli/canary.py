@@ -109,7 +109,9 @@ def status(
             if (entry["reason"] or {}).get("hash_list") != CANARY_LIST:
                 continue
             steps = _trail(workspace, entry)
-            steps.sort(key=lambda s: s["at"] or "")
+            # Arrival and verdict come first whatever their clocks say (a file row is stamped when its
+            # batch commits, after the quarantine's own history line); the rest in time order.
+            steps.sort(key=lambda s: (s["step"] not in ARRIVAL, s["at"] or ""))
             once: dict[str, dict] = {}  # an action is in the item's history and in the follow-up journal
             for step in steps:
                 kept = once.setdefault(step["step"], step)
@@ -130,6 +132,9 @@ def status(
         for step in canary["steps"]:
             failed = f"  ({step['error']})" if step.get("error") else ""
             out.print(f"  {(step['at'] or '?')[:19].replace('T', ' ')}  {step['step']}{failed}")
+
+
+ARRIVAL = ("landed", "flagged", "validated (upload rejected)")
 
 
 def _iso(seconds: float | None) -> str | None:

@@ -58,11 +58,16 @@ def console(
     login = lemmy_login(settings.lemmy_url) if settings.lemmy_url and settings.console_lemmy_login else None
     with open_reader(settings) as workspace:
         users = workspace.ledger.reviews.users()
-    if login is None and not users:
+        tokens = workspace.ledger.reviews.tokens()
+    if login is None and not users and not tokens:
         raise UsageError(
-            "nobody could log in: no local account and no Lemmy login",
-            hint="add one with `mirror-scan console user add NAME`, or set [lemmy] url",
+            "nobody could use the console: no local account, no API token and no Lemmy login",
+            hint="add one with `mirror-scan console user add NAME` (or `console token create NAME` for scripts), "
+            "or set [lemmy] url",
         )
+    if login is None and not users:
+        err.print("note: only API tokens can use this console (no local account, no Lemmy login): the pages "
+                  "need `mirror-scan console user add NAME`", markup=False)  # fmt: skip
     if settings.lemmy_url:
         try:
             build_lemmy(settings)

@@ -22,13 +22,11 @@ def item_reason(reason) -> str:
     return short_reason(reason) if reason else ""
 
 
-LABEL_ORDER = ("csam", "hash list", "underage", "nsfw")  # the gravest first: it is the one a line shows
-
-
 def label_text(labels: list[str]) -> str:
     """The gravest label and how many more (csam+2), "-" for none; "subject" (a context label) is left out."""
-    shown = sorted((x for x in labels if x != "subject"), key=lambda x: (x not in LABEL_ORDER, LABEL_ORDER.index(x)
-                   if x in LABEL_ORDER else 0, x))  # fmt: skip
+    from mirror_scan.scan.decide import gravest_first
+
+    shown = gravest_first(labels)
     if not shown:
         return "-"
     return (shown[0] + (f"+{len(shown) - 1}" if len(shown) > 1 else ""))[:12]

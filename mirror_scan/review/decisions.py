@@ -26,5 +26,5 @@ class ReviewerPermits:
         return f"{reviewer.name} may not {decision} item {item_id}: {why}" if why else None
 
 
-def by(reviewer: Reviewer, via: str) -> By:
-    return By(reviewer.who, via)
+def by(reviewer: Reviewer, via: str, note: str = "") -> By:
+    return By(reviewer.who, via, note)

@@ -11,11 +11,24 @@ from dataclasses import dataclass
 from typing import Any
 
 from mirror_scan.kinds import ItemEvent
+from mirror_scan.lists.canary import CANARY_LIST
 from mirror_scan.review.people import Reviewer, communities_of, visible_to, why_not_allowed
+from mirror_scan.scan.decide import gravest_first
 from mirror_scan.store.lifecycle import RESTORABLE_STATES, states_allowing
 from mirror_scan.text import one_line, printable
 
 AGES = {"1d": 86400, "7d": 7 * 86400, "30d": 30 * 86400}
+HELD = ("quarantined", "upstream_pending")
+# The queue's state filter: what needs a decision first (held and not confirmed), then wider views.
+STATE_CHOICES = (
+    ("open", "needs a decision"),
+    ("held", "held (quarantined or removal pending)"),
+    ("quarantined", "quarantined"),
+    ("upstream_pending", "upstream removal pending"),
+    ("restored", "restored"),
+    ("purged", "purged"),
+    ("any", "any"),
+)
 _URL = re.compile(r"\b(?:https?|ftp)://\S+", re.I)
 _MARKDOWN = re.compile(r"[!*_`~#>\[\]()|]")
 
@@ -51,7 +64,7 @@ class Filters:
             label=str(query.get("label", ""))[:40],
             source=str(query.get("source", ""))[:20],
             hash_list=str(query.get("list", ""))[:100],
-            state=str(query.get("state", ""))[:30],
+            state=str(query.get("state", "open"))[:30],  # by default, what needs a decision
             age=age if age in AGES else "",
             limit=number("limit", 100, 500) or 100,
             offset=number("offset", 0, 10**9),
@@ -140,9 +153,11 @@ class Views:
         since = now - AGES[filters.age] if filters.age else None
         confirmed = self.ledger.reviews.confirmed_items()
         rows = []
+        labels: set[str] = set()
         for entry in self.workspace.quarantine.entries(since):
             reason = entry["reason"] or {}
-            if filters.state and entry["state"] != filters.state:
+            labels.update(_labels(reason))
+            if not _state_matches(filters.state, entry, confirmed):
                 continue
             if filters.source and entry["source"] != filters.source:
                 continue
@@ -158,7 +173,14 @@ class Views:
         total = len(rows)
         page = rows[filters.offset : filters.offset + filters.limit]
         items = [self._line(entry, attribution, entry["id"] in confirmed) for entry, attribution in page]
-        return {"items": items, "total": total, "filters": filters}
+        return {
+            "items": items,
+            "total": total,
+            "filters": filters,
+            "labels": gravest_first(labels),  # the filter offers the labels items have, gravest first
+            "states": STATE_CHOICES,
+            "attribution_configured": _attribution_configured(self.workspace.settings),
+        }
 
     def _line(self, entry: dict, attribution: dict | None, confirmed: bool) -> dict[str, Any]:
         from mirror_scan.scan.decide import short_reason
@@ -181,6 +203,21 @@ class Views:
             "confirmed": confirmed,
             "original": one_line(entry["original"])[-300:],
         }
+
+    def chosen(self, reviewer: Reviewer, item_ids: list[str]) -> list[dict[str, Any]]:
+        """The items a decision is about, as the confirmation lists them (an id that names no item this
+        reviewer may see is listed as such: the decision refuses it the same way)."""
+        confirmed = self.ledger.reviews.confirmed_items()
+        lines = []
+        for item_id in dict.fromkeys(item_ids):
+            row = self.ledger.item(item_id)
+            attribution = self.ledger.follow_ups.attribution(item_id) if row is not None else None
+            if row is None or not self._visible(reviewer, item_id, attribution):
+                lines.append({"id": item_id, "short_id": inert(item_id, 80), "missing": True})
+                continue
+            entry = self.workspace.quarantine.entry(row)
+            lines.append(self._line(entry, attribution, item_id in confirmed))
+        return lines
 
     # ------------------------------------------------------------------ one item
 
@@ -210,8 +247,12 @@ class Views:
             for f in fired
         ]
         history = self.workspace.quarantine.history(item_id)
+        canary = reason.get("hash_list") == CANARY_LIST
         return {
             **line,
+            "made_by": self._made_by(item_id),
+            "canary": canary,
+            "attribution_configured": _attribution_configured(self.workspace.settings),
             "sha256": row.sha256,
             "size": row.size,
             "seen_count": row.seen_count,
@@ -244,9 +285,27 @@ class Views:
                 )
                 for d in ("restore", "confirm", "ban")
             },
-            # What the item's state allows (store/lifecycle.py's table): the buttons shown.
-            "can": {d: row.state in states for d, states in DECISION_STATES.items()},
+            # What the item's state allows (store/lifecycle.py's table): the buttons shown. The canary is
+            # never restored or confirmed (app/item_ops.py): no button offers it.
+            "can": {d: row.state in states and not (canary and d != "ban") for d, states in DECISION_STATES.items()},
             "used_in_communities": sorted(communities_of(attribution) or ()),
+        }
+
+    def _made_by(self, item_id: str) -> dict[str, Any]:
+        """Which model, policy and severity made the verdict (from the item's metadata file, which records
+        them when the item is made), and whether the model had random weights (a test bundle)."""
+        try:
+            meta = self.workspace.quarantine.read_meta(item_id)
+        except Exception:  # noqa: BLE001 - a missing or damaged file: said as unknown, the page still shows
+            meta = {}
+        model = str(meta.get("model_id") or "")
+        severity = meta.get("severity")
+        return {
+            "model": inert(model or "not recorded", 200),
+            "policy": inert(meta.get("policy_id") or "not recorded", 200),
+            "severity": f"{severity:+g}" if isinstance(severity, int | float) else "not recorded",
+            # model ids read ARCH/PRETRAINED@HASH:PRECISION; "none" is a bundle exported with random weights
+            "random_weights": "/none@" in model,
         }
 
     # ------------------------------------------------------------------ history and dashboard
@@ -275,7 +334,7 @@ class Views:
             when = dt.datetime.fromisoformat(entry["quarantined_at"])
             if when.timestamp() < since:
                 continue
-            labels = _labels(entry["reason"]) or ["-"]
+            labels = gravest_first(_labels(entry["reason"])) or ["-"]  # a csam item counts as csam, never nsfw
             column = f"{labels[0]} / {entry['source']}"
             per_day[when.date().isoformat()][column] += 1
             columns[column] += 1
@@ -284,7 +343,10 @@ class Views:
             day = (start + dt.timedelta(days=offset)).isoformat()
             day_rows.append({"day": day, "counts": [per_day[day][c] for c in sorted(columns)]})
         counts = self.ledger.summary_counts()
+        confirmed = self.ledger.reviews.confirmed_items()
+        open_items = sum(1 for e in self.workspace.quarantine.entries(states=HELD) if e["id"] not in confirmed)
         return {
+            "open": open_items,
             "columns": sorted(columns),
             "days": list(reversed(day_rows)),
             "states": dict(states),
@@ -295,6 +357,20 @@ class Views:
             "daemons": [printable(str(d)) for d in running_daemons(self.workspace.settings.state)],
             "validators": [printable(str(v)) for v in running_validators(self.workspace.settings.state)],
         }
+
+
+def _state_matches(wanted: str, entry: dict, confirmed: set[str]) -> bool:
+    if wanted == "open":
+        return entry["state"] in HELD and entry["id"] not in confirmed
+    if wanted == "held":
+        return entry["state"] in HELD
+    return wanted in ("", "any") or entry["state"] == wanted
+
+
+def _attribution_configured(settings) -> bool:
+    """Whether anything can say who uploaded a picture: pict-rs's or Lemmy's database, or pict-rs's API."""
+    return bool(settings.pictrs_database_url or settings.lemmy_database_url
+                or (settings.pictrs_url and settings.pictrs_api_key))  # fmt: skip
 
 
 def _unknowns(attribution: dict | None) -> list[str]:

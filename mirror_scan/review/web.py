@@ -49,6 +49,7 @@ CSP = (
 )
 PUBLIC = frozenset({"/login", "/static/console.css"})
 LEMMY_SESSION_S = 3600.0
+NOTE_LIMIT = 300  # a reviewer's note on a decision, as the history shows it
 DECISIONS = ("restore", "confirm")  # what a selection may take; bans are one item at a time, explicitly
 
 LemmyLogin = Callable[[str, str, str], "Reviewer | None"]  # (name, password, 2fa code) -> reviewer, or refused
@@ -386,14 +387,16 @@ class Console:
 
     # ------------------------------------------------------------------ decisions
 
-    def _ops(self, workspace, reviewer: Reviewer, via: str) -> ItemOps:
+    def _ops(self, workspace, reviewer: Reviewer, via: str, note: str = "") -> ItemOps:
         """The item operations as this reviewer, with their permits; follow-ups logged (undo of moderation)."""
         permits = ReviewerPermits(reviewer, bool(self.settings.console_moderators_may_restore))
-        return ItemOps(workspace, by(reviewer, via), permits, say=lambda note: log.info("console: %s", note))
+        return ItemOps(workspace, by(reviewer, via, note), permits, say=lambda note: log.info("console: %s", note))
 
-    async def _decide(self, reviewer: Reviewer, decision: str, item_ids: list[str], via: str) -> list[Outcome]:
+    async def _decide(
+        self, reviewer: Reviewer, decision: str, item_ids: list[str], via: str, note: str = ""
+    ) -> list[Outcome]:
         def run(workspace) -> list[Outcome]:
-            with self._ops(workspace, reviewer, via) as ops:
+            with self._ops(workspace, reviewer, via, note) as ops:
                 return [getattr(ops, decision)(item_id) for item_id in item_ids]
 
         outcomes = await self._write(run)
@@ -408,7 +411,11 @@ class Console:
         item_ids = [str(i) for i in form.getall("item", [])][:500]
         if decision not in DECISIONS or not item_ids:
             return self._page("error.html", request, status=400, message="Choose items and a decision.")
-        outcomes = await self._decide(request["reviewer"], decision, item_ids, "console")
+        if form.get("confirmed") != "yes":  # every decision is confirmed first, with room for a note
+            chosen = await self._read(lambda ws: Views(ws).chosen(request["reviewer"], item_ids))
+            return self._page("confirm.html", request, decision=decision, items=chosen)
+        note = inert(form.get("note", ""), NOTE_LIMIT)
+        outcomes = await self._decide(request["reviewer"], decision, item_ids, "console", note)
         return self._page("decided.html", request, decision=decision, outcomes=outcomes)
 
     async def ban_page(self, request: web.Request) -> web.Response:

@@ -180,6 +180,15 @@ def reason_text(reason: str | dict | None) -> str:
     return "; ".join(filter(None, [text, review, *reason.get("notes", [])]))
 
 
+LABEL_ORDER = ("csam", "hash list", "underage", "nsfw")  # the gravest first: the one a line or a count shows
+
+
+def gravest_first(labels) -> list[str]:
+    """Labels by gravity (csam before nsfw), "subject" (a context label) left out; the rest by name."""
+    shown = [x for x in labels if x != "subject"]
+    return sorted(shown, key=lambda x: (x not in LABEL_ORDER, LABEL_ORDER.index(x) if x in LABEL_ORDER else 0, x))
+
+
 def short_reason(reason: str | dict | None) -> str:
     """Labels and the strongest prompt that fired, for one-line listings."""
     reason, text = _simple_reason(reason, "allowlisted")

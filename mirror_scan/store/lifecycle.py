@@ -114,17 +114,24 @@ class By:
 
     who: str
     via: str
+    note: str = ""  # why, in the decider's words (the console's confirmation asks for it)
 
     def as_json(self) -> str:
-        return json.dumps({"who": self.who, "via": self.via})
+        return json.dumps({"who": self.who, "via": self.via, **({"note": self.note} if self.note else {})})
 
     @classmethod
     def from_json(cls, text: str | None) -> By | None:
         try:
             data = json.loads(text) if text else None
-            return cls(str(data["who"]), str(data["via"])) if isinstance(data, dict) else None
+            if not isinstance(data, dict):
+                return None
+            return cls(str(data["who"]), str(data["via"]), str(data.get("note") or ""))
         except (ValueError, KeyError):
             return None
+
+    def noted(self, detail: str | None) -> str | None:
+        """The decision's note column: the decider's own words, then what happened."""
+        return "; ".join(x for x in (self.note, detail) if x) or None
 
 
 class Lifecycle:
@@ -182,7 +189,8 @@ class Lifecycle:
             self._write(row, transition, now)
             lines = [transition.line] if transition.line else []
             if by is not None and transition.decision is not None:
-                self.ledger.reviews.record_decision(item_id, transition.decision, by.who, by.via, "done", detail)
+                self.ledger.reviews.record_decision(item_id, transition.decision, by.who, by.via, "done",
+                                                    by.noted(detail))  # fmt: skip
                 lines.append(decision_line(transition.decision, by))
             for line in lines:
                 self.ledger.history.add(item_id, line, now)
@@ -227,7 +235,7 @@ class Lifecycle:
         """A decision that did not happen as asked (pending upstream, failed, refused): recorded with who,
         and a line of history when it is under way."""
         with self.ledger.transaction():
-            self.ledger.reviews.record_decision(item_id, decision, by.who, by.via, outcome, detail)
+            self.ledger.reviews.record_decision(item_id, decision, by.who, by.via, outcome, by.noted(detail))
             if outcome == "pending" and self.ledger.item(item_id) is not None:
                 self.ledger.history.add(item_id, f"{decision_line(decision, by)}: {outcome}", time.time())
                 self.ledger.after_commit(lambda: self.journal.sync_meta(item_id))
@@ -247,7 +255,7 @@ class Lifecycle:
 
 
 def decision_line(decision: Decision, by: By) -> str:
-    return f"{decision} by {by.who} via {by.via}"
+    return f"{decision} by {by.who} via {by.via}" + (f": {by.note}" if by.note else "")
 
 
 def _refusal(row: ItemRow, event: ItemEvent) -> NotPermitted:
