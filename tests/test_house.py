@@ -129,7 +129,7 @@ PACKAGE = Path(mirror_scan.__file__).parent
 # Lowest floor first: the folders of the package (docs/architecture.md, "Floors"). A module may import
 # from its own floor and any floor below, never above.
 FLOORS = [
-    {"errors", "kinds", "text", "faults", "redact", "hashing", "atomic", "settings"},
+    {"errors", "kinds", "text", "faults", "redact", "hashing", "atomic", "settings", "logs"},
     {"policy"},
     {"model"},
     {"lists"},

@@ -161,10 +161,18 @@ def rclone_passthrough(
 ) -> None:
     """Run the rclone that mirror-scan uses (the one its install brought, which pipx does not put on PATH)
     with the arguments that follow: `mirror-scan rclone config`, `mirror-scan rclone lsd pictrs:`."""
+    import subprocess
+
     from mirror_scan.clients.rclone import find_rclone
 
+    if ctx.args in ([], ["--help"], ["-h"]):
+        out.print(ctx.get_help(), markup=False, highlight=False)
+        out.print("rclone's own help: mirror-scan rclone help")
+        return
     binary = find_rclone(resolve({"rclone": rclone}).rclone)
-    os.execv(binary, [binary, *ctx.args])  # an argument list, never a shell; rclone's exit code is ours
+    # An argument list, never a shell; the terminal is rclone's (`rclone config` asks questions), and its
+    # exit code is this command's.
+    raise typer.Exit(subprocess.run([binary, *ctx.args], check=False).returncode)
 
 
 def register(app: typer.Typer) -> None:
