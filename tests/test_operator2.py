@@ -400,3 +400,19 @@ def test_5_the_console_offers_no_restore_or_confirm_on_a_canary_and_its_status_r
         assert 'id="restore"' not in page.body and 'id="confirm"' not in page.body
     finally:
         server.stop()
+
+
+def test_16_a_console_with_only_api_tokens_starts_and_says_the_pages_need_an_account(tmp_path):
+    from .console_client import Client, ConsoleServer
+
+    state = ("--state", str(tmp_path / "s.db"))
+    made = run_cli("console", "token", "create", "nightly", *state)
+    assert made.returncode == 0, made.stderr
+    server = ConsoleServer(tmp_path / "s.db", tmp_path / "q")
+    try:
+        token = {"Authorization": f"Bearer {made.stdout.strip()}"}
+        answer = Client(server).request("GET", "/api/items", headers=token)
+        assert answer.status == 200, answer.body
+    finally:
+        log = server.stop()
+    assert "only API tokens can use this console" in log and "console user add" in log
