@@ -235,16 +235,25 @@ def test_every_systemd_unit_runs_a_command_line_the_cli_accepts(tmp_path):
     }  # fmt: skip
     binary = shutil.which("mirror-scan", path=str(__import__("pathlib").Path(sys.executable).parent))
     assert binary, "the venv's mirror-scan entry point"
+    # The units and the README agree (issue 40): the entry point of the venv the README's production
+    # install makes, and the config file its systemd steps install.
+    import re
+
+    readme = (REPO / "README.md").read_text()
+    (venv,) = set(re.findall(r"python3 -m venv (/\S+)", readme))
+    installed = f"{venv}/bin/mirror-scan"
+    (config,) = set(re.findall(r"sudo install -m 0640 -g mirror-scan \S+ (/etc/\S+)", readme))
     for unit in units:
         text = unit.read_text()
         if unit.suffix == ".service":
             argv = _exec_start(unit)
-            assert argv[0] == "/opt/mirror-scan/.venv/bin/mirror-scan", argv
+            assert argv[0] == installed, (unit.name, argv[0], installed)
+            assert f"Environment=MIRROR_SCAN_CONFIG={config}\n" in text and "--config" not in argv, unit.name
             # Every option the unit passes exists (click refuses an unknown one before it reads --help).
             proc = subprocess.run([binary, *argv[1:], "--help"], capture_output=True, text=True, timeout=60)
             assert proc.returncode == 0, (unit.name, proc.stdout[-500:], proc.stderr[-500:])
             assert "PrivateTmp=yes" in text and "NoNewPrivileges=yes" in text and "UMask=0077" in text
-        (tmp_path / unit.name).write_text(text.replace("/opt/mirror-scan/.venv/bin/mirror-scan", binary))
+        (tmp_path / unit.name).write_text(text.replace(installed, binary))
     analyze = shutil.which("systemd-analyze")
     if analyze is None:
         return  # the command lines are checked above; systemd's own checks need systemd-analyze
