@@ -50,6 +50,16 @@ if ! ldconfig -p 2>/dev/null | grep -q 'libjxl\.so'; then
     echo "note: libjxl is missing (sudo apt-get install libjxl0.7); a cut JPEG XL will be an error instead of partly scored" >&2
   fi
 fi
+# podman (with runc), mmdebstrap: the container image's build and its tests (scripts/build-image.sh makes
+# its base from Debian's packages when no registry answers). podman-compose comes with the dev extra.
+if ! command -v podman >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&1 || ! command -v runc >/dev/null 2>&1; then
+  if [ "$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq podman runc mmdebstrap uidmap) \
+      >/dev/null 2>&1 || echo "note: could not install podman; the container tests will be skipped" >&2
+  else
+    echo "note: podman, runc or mmdebstrap is missing (sudo apt-get install podman runc mmdebstrap); the container tests will be skipped" >&2
+  fi
+fi
 # PostgreSQL's server binaries: the attribution tests start a real server (pict-rs's and Lemmy's schemas).
 # mirror-scan itself only needs network access to the instance's databases, not a local server.
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then

@@ -442,11 +442,17 @@ def run(argv: list[str], io: Io | None = None) -> int:
 
 def _click_failures() -> tuple[tuple[type[BaseException], ...], tuple[type[BaseException], ...]]:
     """The usage-error and abort classes the command line may raise: click's own, and those of the copy of
-    click that typer 0.20+ carries inside it (not subclasses of click's)."""
-    import click
+    click that typer 0.20+ carries inside it (not subclasses of click's). typer 0.29 no longer brings click
+    itself: a production install has only typer's copy (the container image showed it)."""
+    usage: list[type[BaseException]] = []
+    aborts: list[type[BaseException]] = []
+    try:
+        import click
 
-    usage: list[type[BaseException]] = [click.exceptions.ClickException]
-    aborts: list[type[BaseException]] = [click.exceptions.Abort]
+        usage.append(click.exceptions.ClickException)
+        aborts.append(click.exceptions.Abort)
+    except ImportError:
+        pass
     try:
         from typer._click.exceptions import ClickException as TyperClickException
 

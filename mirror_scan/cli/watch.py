@@ -170,6 +170,50 @@ def register(app: typer.Typer) -> None:
         counters = daemon.join()
         err.print(f"stopped cleanly: {counters.scored} scanned, {counters.flagged} flagged, {counters.errors} errors")
 
+    @app.command("health")
+    def health_cmd(
+        url: Annotated[
+            str | None,
+            typer.Option("--url", help="Also ask this page (the validator's /healthz, the console's /login)."),
+        ] = None,
+        max_age: Annotated[
+            float, typer.Option("--max-age", help="A watch daemon's status file older than this (s) is stale.")
+        ] = 60.0,
+        state: StateOpt = None,
+        config: ConfigOpt = None,
+    ) -> None:
+        """For a container's or a supervisor's health check: exit 0 when a watch daemon or an upload
+        validator runs on the state database (a watch daemon's status written within --max-age), and the
+        --url page answers 200; else exit 1, saying what is missing. Reads only."""
+        import urllib.error
+        import urllib.request
+
+        from mirror_scan.app.daemon import read_status_file, running_daemons
+        from mirror_scan.app.validator import running_validators
+
+        settings = resolve({"state": state}, config)
+        problems = []
+        there = settings.state.parent.exists()
+        daemons = running_daemons(settings.state) if there else []
+        validators = running_validators(settings.state) if there else []
+        if daemons:
+            updated = (read_status_file(settings.state) or {}).get("updated_unixtime", 0)
+            if time.time() - updated > max_age:
+                problems.append(f"the watch daemon's status is {time.time() - updated:.0f} s old (stalled?)")
+        elif not validators and url is None:
+            problems.append(f"no watch daemon and no validator runs on {settings.state}")
+        if url is not None:
+            try:
+                with urllib.request.urlopen(url, timeout=5) as answer:  # noqa: S310 - the operator's own URL
+                    if answer.status != 200:
+                        problems.append(f"{url} answered {answer.status}")
+            except (urllib.error.URLError, OSError) as error:
+                problems.append(f"{url}: {getattr(error, 'reason', error)}")
+        if problems:
+            err.print("unhealthy: " + "; ".join(problems), markup=False, highlight=False)
+            raise typer.Exit(1)
+        out.print("healthy: " + ", ".join([*daemons, *validators, *([url] if url else [])]), markup=False)
+
     @app.command("status")
     def status_cmd(
         state: StateOpt = None,
