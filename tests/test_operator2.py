@@ -284,6 +284,8 @@ def test_1_2_4_a_watch_whose_pulls_fail_says_why_binds_nothing_and_logs_every_re
         assert any(line.startswith("last pull failed ") and "connection refused" in line for line in lines)
         breakers = next(line for line in lines if line.startswith("upstream circuit breakers"))
         assert f"{server.remote}: " in breakers and "closed" not in breakers, breakers
+        healthy = run_cli("health", *where[:2])  # the container's health check: a daemon runs, its status fresh
+        assert healthy.returncode == 0 and "healthy: " in healthy.stdout, healthy
         unbound = run_cli("mirror", "remote", str(w.mirror), *where)
         assert "no remote recorded yet" in unbound.stdout, unbound
         server.start()
@@ -300,6 +302,8 @@ def test_1_2_4_a_watch_whose_pulls_fail_says_why_binds_nothing_and_logs_every_re
         code, stderr = w.stop()
         server.stop()
     assert code == 0, stderr
+    gone = run_cli("health", *where[:2])
+    assert gone.returncode == 1 and "no watch daemon and no validator runs" in gone.stderr, gone
     lines = stderr.splitlines()
     failed = [line for line in lines if "pull failed: rclone copy failed" in line]
     assert failed and all(line.startswith("<4>warning: ") and "connection refused" in line for line in failed), lines
