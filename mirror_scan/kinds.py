@@ -77,6 +77,8 @@ class Decision(StrEnum):
     UNBAN = "unban"
     PURGE = "purge"
     EXTRACT = "extract"  # a copy taken for a lawful request: no state changes, a line of history
+    HOLD = "hold"  # a legal hold: purge refuses the item until it ends (no state changes)
+    RELEASE = "release"  # a hold ended early
 
 
 class MoveKind(StrEnum):

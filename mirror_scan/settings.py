@@ -247,6 +247,10 @@ SPECS: dict[str, Spec] = {
     "canary_purge_hours": Spec(
         _hours, lambda: 24.0, "a canary item's bytes are purged this long after its quarantine (0: kept)"
     ),
+    "hold_labels": Spec(
+        _names, lambda: (), "labels whose items are held from purge (a legal hold) for hold_days from their quarantine"
+    ),
+    "hold_days": Spec(_positive_int, lambda: 365, "how long hold_labels hold an item (days from its quarantine)"),
     "console_listen": Spec(str, lambda: "127.0.0.1:8731", "where the review console listens, HOST:PORT"),
     "console_trusted_proxies": Spec(
         _names, lambda: (), "reverse proxies whose X-Forwarded-For/-Proto the console believes, e.g. 127.0.0.1"
@@ -312,6 +316,8 @@ class Settings:
     actions_dry_run: bool
     canary_dry_run: bool
     canary_purge_hours: float
+    hold_labels: tuple[str, ...]
+    hold_days: int
     console_listen: str
     console_trusted_proxies: tuple[str, ...]
     console_moderators_may_restore: bool
@@ -433,6 +439,7 @@ def typed(name: str, value: Any) -> Any:
 SECTIONS = ("pictrs", "lemmy", "notify", "console")  # [pictrs] url = ... is the setting pictrs_url
 # What an unset setting looks like when set, for `config init` (each parses as its setting).
 EXAMPLES = {
+    "hold_labels": ["csam"],  # reported material is kept a year in the US (18 U.S.C. 2258A, the REPORT Act)
     "remote": "pictrs:pictrs-bucket",
     "rclone": "/usr/bin/rclone",
     "pictrs_url": "http://127.0.0.1:8080",

@@ -217,8 +217,61 @@ class ItemOps:
             return Outcome(item_id, Decision.CONFIRM, "refused", why)
         return self._decide(item_id, Decision.CONFIRM, ItemEvent.CONFIRMED, once=True)
 
+    def held(self, item_id: str, now: float | None = None):
+        """The item's legal hold now (store/holds.py), or None."""
+        import time
+
+        from mirror_scan.store.holds import hold_on
+
+        row = self.ledger.item(item_id)
+        if row is None:
+            return None
+        labels = list(reason_of(row).get("labels") or [])
+        settings = self.workspace.settings
+        return hold_on(row.created, labels, self.ledger.reviews.hold_of(item_id), tuple(settings.hold_labels),
+                       int(settings.hold_days), time.time() if now is None else now)  # fmt: skip
+
+    def _held_refusal(self, item_id: str) -> str | None:
+        hold = self.held(item_id)
+        if hold is None:
+            return None
+        return (f"item {item_id} is {hold.says()}: it is not purged; `mirror-scan quarantine release {item_id} "
+                "--why TEXT` ends the hold")  # fmt: skip
+
+    def hold(self, item_id: str, until: float | None, why: str) -> Outcome:
+        """Hold the item from purge until `until` (None: until released), with who and why in its history."""
+        from mirror_scan.store.holds import Hold
+
+        refused = self.refusal(item_id, Decision.HOLD)
+        if refused:
+            return Outcome(item_id, Decision.HOLD, "refused", refused)
+        if not why.strip():
+            return Outcome(item_id, Decision.HOLD, "refused", "a hold needs a reason (--why), kept in the history")
+        with self.quarantine.item_lock(item_id, wait_s=5.0):
+            self.ledger.reviews.hold(item_id, until, why, self.by.who)
+            said = Hold(until, why).says()
+            self.quarantine.note_held(item_id, f"{said} by {self.by.who} via {self.by.via}")
+        return Outcome(item_id, Decision.HOLD, "done", said)
+
+    def release(self, item_id: str, why: str) -> Outcome:
+        """End the item's hold now (an explicit one, or the configured one), with who and why."""
+        import time
+
+        refused = self.refusal(item_id, Decision.RELEASE)
+        if refused:
+            return Outcome(item_id, Decision.RELEASE, "refused", refused)
+        if not why.strip():
+            return Outcome(item_id, Decision.RELEASE, "refused", "a release needs a reason (--why)")
+        if self.held(item_id) is None:
+            return Outcome(item_id, Decision.RELEASE, "refused", f"item {item_id} is not held")
+        with self.quarantine.item_lock(item_id, wait_s=5.0):
+            now = time.time()
+            self.ledger.reviews.hold(item_id, now, f"released: {why}", self.by.who, at=now)  # until == at: released
+            self.quarantine.note_held(item_id, f"hold released by {self.by.who} via {self.by.via}: {why}")
+        return Outcome(item_id, Decision.RELEASE, "done", "released")
+
     def purge(self, item_id: str) -> Outcome:
-        why = self.refusal(item_id, Decision.PURGE)
+        why = self.refusal(item_id, Decision.PURGE) or self._held_refusal(item_id)
         if why:
             return Outcome(item_id, Decision.PURGE, "refused", why)
         try:
@@ -235,7 +288,7 @@ class ItemOps:
         pict-rs alone leaves), else pict-rs's own `/internal/purge`. Written into the item's history."""
         from mirror_scan.clients.lemmy import LemmyRefused, LemmyUnavailable
 
-        why = self.refusal(item_id, Decision.PURGE)
+        why = self.refusal(item_id, Decision.PURGE) or self._held_refusal(item_id)
         if why:
             return Outcome(item_id, Decision.PURGE, "refused", why)
         through_lemmy, lemmy_note = False, ""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import re
 from pathlib import Path
@@ -165,6 +166,17 @@ def item_record(workspace, item_id: str) -> dict:
         for f in follow_ups
     ]
     meta["decisions"] = [decision_json(d) for d in decisions]
+    meta["hold"] = None
+    if row is not None:
+        import time
+
+        from mirror_scan.store.holds import hold_on
+
+        settings = workspace.settings
+        labels = list((json.loads(row.reason) if row.reason else {}).get("labels") or [])
+        hold = hold_on(row.created, labels, workspace.ledger.reviews.hold_of(item_id), tuple(settings.hold_labels),
+                       int(settings.hold_days), time.time())  # fmt: skip
+        meta["hold"] = None if hold is None else {"until": hold.until, "why": hold.why, "says": hold.says()}
     if row is not None:
         meta["ledger"] = {
             "state": row.state,
@@ -470,6 +482,83 @@ def q_confirm(
         raise typer.Exit(1)
 
 
+@quarantine_app.command("hold")
+def q_hold(
+    item_ids: Annotated[list[str] | None, typer.Argument(help="Item ids (from `quarantine list`).")] = None,
+    label: Annotated[str | None, typer.Option("--label", help="Every held item flagged with this label.")] = None,
+    until: Annotated[
+        str | None,
+        typer.Option("--until", help="A date (2027-12-31) or a duration from now (365d); none: until released."),
+    ] = None,
+    why: Annotated[str, typer.Option("--why", help="Why (a report's reference, a request): kept in the history.")] = "",
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """A legal hold: purge (and the daily purge timer) refuse the items until the hold ends. Recorded in each
+    item's history with who and why. `hold_labels` in the config holds every item of those labels for
+    `hold_days` from its quarantine without this command."""
+    from mirror_scan.store.holds import stamp
+    from mirror_scan.store.selection import expand_ids
+
+    if not item_ids and label is None:
+        raise UsageError("name items to hold, or select them with --label")
+    if not why.strip():
+        raise UsageError("a hold needs --why TEXT (a report's reference, the request it answers)")
+    ends = None if until is None else _until(until)
+    with _writer(state, quarantine, config, quiet=True, need_state=True) as workspace, _ops(workspace) as ops:
+        ids = expand_ids(item_ids, (r.id for r in workspace.ledger.items())) if item_ids else []
+        if label is not None:
+            ids += [e["id"] for e in workspace.quarantine.entries() if e["state"] in PURGEABLE_STATES
+                    and label in ((e["reason"] or {}).get("labels") or []) and e["id"] not in ids]  # fmt: skip
+        outcomes = [ops.hold(item_id, ends, why) for item_id in ids]
+    for o in outcomes:
+        (out if o.ok else err).print(f"{o.item}: {o.detail}", markup=False)
+    if not outcomes:
+        out.print("nothing to hold")
+    elif ends is not None:
+        out.print(f"{sum(o.ok for o in outcomes)} item(s) held until {stamp(ends)}")
+    if not all(o.ok for o in outcomes):
+        raise typer.Exit(1)
+
+
+def _until(text: str) -> float:
+    """--until: a date (the end of that day, UTC) or a duration from now; never in the past."""
+    now = dt.datetime.now(dt.UTC).timestamp()
+    try:
+        day = dt.date.fromisoformat(text)
+        ends = dt.datetime.combine(day, dt.time(23, 59, 59), dt.UTC).timestamp()
+    except ValueError:
+        ends = now + parse_duration(text)
+    if ends <= now:
+        raise UsageError(
+            f"--until {text} is not in the future", hint="a date to come (2027-12-31) or a duration (365d)"
+        )
+    return ends
+
+
+@quarantine_app.command("release")
+def q_release(
+    item_ids: Annotated[list[str], typer.Argument(help="Item ids (from `quarantine list`).")],
+    why: Annotated[str, typer.Option("--why", help="Why the hold ends early: kept in the history.")] = "",
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """End a hold early (an explicit one or the configured one), with who and why in the history; the item
+    can then be purged."""
+    from mirror_scan.store.selection import expand_ids
+
+    if not why.strip():
+        raise UsageError("a release needs --why TEXT")
+    with _writer(state, quarantine, config, quiet=True, need_state=True) as workspace, _ops(workspace) as ops:
+        outcomes = [ops.release(i, why) for i in expand_ids(item_ids, (r.id for r in workspace.ledger.items()))]
+    for o in outcomes:
+        (out if o.ok else err).print(f"{o.item}: {o.detail}", markup=False)
+    if not all(o.ok for o in outcomes):
+        raise typer.Exit(1)
+
+
 @quarantine_app.command("purge")
 def q_purge(
     item_ids: Annotated[list[str] | None, typer.Argument(help="Item ids; or use --older-than.")] = None,
@@ -516,6 +605,13 @@ def q_purge(
         chosen = [e for e in chosen if e["id"] not in already]
         if already and not json_out:
             out.print(f"already purged: {', '.join(already)}")
+        ops = _ops(workspace)
+        if older_than:  # a selection (the daily timer's): held items are kept and said, never an error
+            holds = {e["id"]: ops.held(e["id"]) for e in chosen}
+            kept = [e for e in chosen if holds[e["id"]] is not None]
+            chosen = [e for e in chosen if holds[e["id"]] is None]
+            for e in kept if not json_out else []:
+                out.print(f"kept {e['id']}: {holds[e['id']].says()}")
         if not chosen:
             if json_out:
                 print_json({"purged": [], **({"already_purged": already} if already else {})})
@@ -534,7 +630,7 @@ def q_purge(
             question = f"Permanently delete the bytes of these {len(chosen)} item(s) ({states})?"
             if not confirm(question, default=False):
                 raise typer.Exit(1)
-        with _ops(workspace) as ops:
+        with ops:
             outcomes = [ops.purge(e["id"]) for e in with_progress(chosen, "purging", json_out)]
     for o in outcomes:
         if not o.ok:

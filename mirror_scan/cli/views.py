@@ -104,6 +104,8 @@ def item_summary(record: dict) -> list[str]:
     lines.append(f"made by    model {record.get('model_id', '?')}, policy {record.get('policy_id', '?')}, "
                  f"severity {record.get('severity', 0):+g}")  # fmt: skip
     lines.append(f"uploader   {_attribution_text(record.get('attribution'))}")
+    if record.get("hold"):
+        lines.append(f"hold       {record['hold']['says']}")
     if ledger.get("objects"):
         lines.append(f"objects    {len(ledger['objects'])} more of the upload held with it "
                      f"({', '.join(sorted({o.get('role') or '?' for o in ledger['objects']}))})")  # fmt: skip

@@ -88,6 +88,8 @@ def why_not_allowed(
         return "only an instance admin may purge (the bytes are deleted for good)"
     if decision == "extract":
         return "only an instance admin may take a copy of the bytes"
+    if decision in ("hold", "release"):
+        return "only an instance admin may hold an item or release it (a legal hold)"
     used_in = communities_of(attribution)
     if used_in is None:
         return "where this item was used is not fully known (an admin decides it)"

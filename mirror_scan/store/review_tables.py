@@ -8,6 +8,7 @@ cookies as their sha256 (they are 256-bit random values, so a plain hash cannot 
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from dataclasses import dataclass
 
@@ -65,6 +66,27 @@ class ReviewTables(Vocabulary):
                 (limit,),
             )
         return [Decision(*r) for r in rows]
+
+    # ------------------------------------------------------------------ holds
+
+    def hold(self, item_id: str, until: float | None, why: str, who: str, at: float | None = None) -> None:
+        """An item held from purge until `until` (None: until released). A new hold replaces the last; a
+        release is a hold that ended now. Inside the caller's transaction or its own."""
+        with self.transaction():
+            self.db.execute(
+                "INSERT INTO holds (item, until, why, who, at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(item) DO UPDATE "
+                "SET until=excluded.until, why=excluded.why, who=excluded.who, at=excluded.at",
+                (item_id, until, why, who, time.time() if at is None else at),
+            )
+
+    def hold_of(self, item_id: str) -> tuple[float | None, str, str, float] | None:
+        """(until, why, who, at) of the item's explicit hold or release, or None. A database older than
+        schema 10, opened read-only, has no holds table: no holds."""
+        try:
+            row = self.db.execute("SELECT until, why, who, at FROM holds WHERE item=?", (item_id,)).fetchone()
+        except sqlite3.OperationalError:
+            return None
+        return None if row is None else (row[0], row[1], row[2], row[3])
 
     def confirmed_items(self) -> set[str]:
         """Items whose latest successful confirm or restore decision is a confirm."""

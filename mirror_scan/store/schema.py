@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from mirror_scan.kinds import DECIDED_STATUSES, EXPORTED_STATES, FINISHED_STEPS, MOVING_STATES
 
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10  # 10: holds (legal holds on items: purge refuses them)
 # A writer waits this long for another writer's transaction. Transactions last milliseconds (none is ever
 # held across a subprocess, a network call or a wait for work), so running out of it means something
 # is wrong with another process, and is reported as "busy", never as damage.
@@ -177,6 +177,13 @@ CREATE TABLE IF NOT EXISTS item_objects (
     PRIMARY KEY (item, key)
 );
 CREATE INDEX IF NOT EXISTS item_objects_key ON item_objects (key);
+CREATE TABLE IF NOT EXISTS holds (
+    item TEXT PRIMARY KEY,
+    until REAL,
+    why TEXT NOT NULL,
+    who TEXT NOT NULL,
+    at REAL NOT NULL
+);
 CREATE TABLE IF NOT EXISTS console_users (name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, created REAL NOT NULL);
 CREATE TABLE IF NOT EXISTS console_tokens (name TEXT PRIMARY KEY, token_hash TEXT NOT NULL UNIQUE,
                                            created REAL NOT NULL, last_used REAL);

@@ -1,0 +1,79 @@
+"""Legal holds (issue 42, its first part): a held item survives every purge, the daily timer's selection
+included, and says until when; its hold's end (expiry or a release, with who and why) lets it go. Through
+the real CLI; verdicts driven by the policy (a group named csam labels every picture csam)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from mirror_scan.store.holds import DAY_S, hold_on
+
+from .conftest import run_cli
+from .mediafiles import image_bytes
+
+
+def test_the_hold_rules():
+    now = 1_000_000.0
+    assert hold_on(now - 10 * DAY_S, ["csam"], None, ("csam",), 365, now).until == now + 355 * DAY_S
+    assert hold_on(now - 400 * DAY_S, ["csam"], None, ("csam",), 365, now) is None  # its year is over
+    assert hold_on(now, ["nsfw"], None, ("csam",), 365, now) is None
+    explicit = (None, "report 7", "ana", now - 5)
+    assert hold_on(now, [], explicit, (), 365, now).until is None  # until released
+    released = (now - 1, "released: closed", "ana", now - 1)  # until == at: a release
+    assert hold_on(now, ["csam"], released, ("csam",), 365, now) is None  # it ends the configured hold too
+    expired = (now - 1, "30 days", "ana", now - 40 * DAY_S)
+    assert hold_on(now, ["csam"], expired, ("csam",), 365, now).until == now + 365 * DAY_S  # the label's holds
+
+
+def _held_site(tmp_path, bundle, write_policy, config: str = "") -> tuple[tuple[str, ...], dict]:
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "a.png").write_bytes(image_bytes("PNG", 5))
+    policy = write_policy({"csam": {"cartoon": -1.0}}, {"csam": 1}, name="all-csam")
+    (tmp_path / "config.toml").write_text(config)
+    where = ("--state", str(tmp_path / "s.db"), "--quarantine", str(tmp_path / "q"), "--config",
+             str(tmp_path / "config.toml"))  # fmt: skip
+    proc = run_cli("scan", str(mirror), "--model", str(bundle), "--policy", str(policy), *where)
+    assert proc.returncode == 1, proc.stderr
+    (item,) = json.loads(run_cli("quarantine", "list", "--json", *where).stdout)
+    return where, item
+
+
+def test_a_held_item_survives_every_purge_until_its_hold_ends(tmp_path, tiny_bundle_master, write_policy):
+    where, item = _held_site(tmp_path, tiny_bundle_master, write_policy)
+    assert run_cli("quarantine", "hold", item["id"], *where).returncode == 2  # a hold needs a reason
+    held = run_cli("quarantine", "hold", item["id"], "--why", "CyberTipline report 123", "--until", "2s", *where)
+    assert held.returncode == 0 and "held until" in held.stdout, held
+    timer = run_cli("quarantine", "purge", "--older-than", "0s", "--yes", *where)  # the timer's selection
+    assert timer.returncode == 0 and f"kept {item['id']}: held until" in timer.stdout, timer
+    assert "CyberTipline report 123" in timer.stdout and "nothing to purge" in timer.stdout
+    named = run_cli("quarantine", "purge", item["id"], "--yes", *where)
+    assert named.returncode == 2 and "is held until" in named.stderr and "quarantine release" in named.stderr
+    assert (tmp_path / "q" / "items" / item["id"] / "data").exists()
+    time.sleep(2.2)  # the hold's end lets it go
+    gone = run_cli("quarantine", "purge", "--older-than", "0s", "--yes", *where)
+    assert gone.returncode == 0 and "purged 1 item(s)" in gone.stdout, gone
+    history = [
+        h["state"] for h in json.loads(run_cli("quarantine", "show", item["id"], "--json", *where).stdout)["history"]
+    ]
+    assert any(line.startswith("held until") and "CyberTipline report 123" in line for line in history), history
+
+
+def test_the_configured_hold_keeps_a_label_and_a_release_ends_it_with_who_and_why(
+    tmp_path, tiny_bundle_master, write_policy
+):
+    where, item = _held_site(tmp_path, tiny_bundle_master, write_policy, '[scan]\nhold_labels = ["csam"]\n')
+    kept = run_cli("quarantine", "purge", "--older-than", "0s", "--yes", *where)
+    assert kept.returncode == 0 and "the configured hold of csam items, 365 days" in kept.stdout, kept
+    shown = json.loads(run_cli("quarantine", "show", item["id"], "--json", *where).stdout)
+    assert shown["hold"]["until"] > time.time() + 364 * 86400, shown["hold"]
+    assert run_cli("quarantine", "release", item["id"], *where).returncode == 2  # a release needs a reason
+    released = run_cli("quarantine", "release", item["id"], "--why", "not reportable after review", *where)
+    assert released.returncode == 0, released.stderr
+    gone = run_cli("quarantine", "purge", item["id"], "--yes", *where)
+    assert gone.returncode == 0, gone.stderr
+    history = [
+        h["state"] for h in json.loads(run_cli("quarantine", "show", item["id"], "--json", *where).stdout)["history"]
+    ]
+    assert any("hold released by" in line and "not reportable after review" in line for line in history), history
