@@ -77,3 +77,23 @@ def test_the_configured_hold_keeps_a_label_and_a_release_ends_it_with_who_and_wh
         h["state"] for h in json.loads(run_cli("quarantine", "show", item["id"], "--json", *where).stdout)["history"]
     ]
     assert any("hold released by" in line and "not reportable after review" in line for line in history), history
+
+
+def test_a_reported_item_is_held_a_year_and_the_console_says_so(tmp_path, tiny_bundle_master, write_policy):
+    from .console_client import Client, ConsoleServer, add_user
+
+    where, item = _held_site(tmp_path, tiny_bundle_master, write_policy)
+    reported = run_cli("quarantine", "reported", item["id"], "--reference", "CT-987654", *where)
+    assert reported.returncode == 0 and "reported to NCMEC CyberTipline, reference CT-987654" in reported.stdout
+    shown = json.loads(run_cli("quarantine", "show", item["id"], "--json", *where).stdout)
+    assert 364 * 86400 < shown["hold"]["until"] - time.time() <= 365 * 86400, shown["hold"]
+    assert any("reference CT-987654" in h["state"] for h in shown["history"])
+    add_user(lambda *args: run_cli(*args, "--state", str(tmp_path / "s.db")), "ana", tmp_path)
+    server = ConsoleServer(tmp_path / "s.db", tmp_path / "q")
+    try:
+        ana = Client(server)
+        assert ana.login("ana").status == 303
+        page = ana.get(f"/items/{item['id']}")
+        assert 'id="hold"' in page.body and "reference CT-987654" in page.body, page.body
+    finally:
+        server.stop()

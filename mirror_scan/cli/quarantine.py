@@ -537,6 +537,34 @@ def _until(text: str) -> float:
     return ends
 
 
+@quarantine_app.command("reported")
+def q_reported(
+    item_ids: Annotated[list[str], typer.Argument(help="Item ids (from `quarantine list`).")],
+    reference: Annotated[
+        str, typer.Option("--reference", help="The report's reference (the CyberTipline report number, ...).")
+    ],
+    to: Annotated[str, typer.Option("--to", help="Whom it was reported to.")] = "NCMEC CyberTipline",
+    keep: Annotated[str, typer.Option("--keep", help="How long the report binds the item (a hold).")] = "365d",
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """Record that items were reported (to whom, the report's reference) and hold them for --keep (a year by
+    default: what the US requires since the REPORT Act of 2024; check your country's rule)."""
+    from mirror_scan.store.selection import expand_ids
+
+    if not reference.strip():
+        raise UsageError("--reference names the report (its number): it is what a later request quotes")
+    ends = _until(keep)
+    why = f"reported to {to}, reference {reference}"
+    with _writer(state, quarantine, config, quiet=True, need_state=True) as workspace, _ops(workspace) as ops:
+        outcomes = [ops.hold(i, ends, why) for i in expand_ids(item_ids, (r.id for r in workspace.ledger.items()))]
+    for o in outcomes:
+        (out if o.ok else err).print(f"{o.item}: {why}; {o.detail}", markup=False)
+    if not all(o.ok for o in outcomes):
+        raise typer.Exit(1)
+
+
 @quarantine_app.command("release")
 def q_release(
     item_ids: Annotated[list[str], typer.Argument(help="Item ids (from `quarantine list`).")],

@@ -251,6 +251,7 @@ class Views:
         return {
             **line,
             "made_by": self._made_by(item_id),
+            "hold": self._hold(row),
             "canary": canary,
             "attribution_configured": _attribution_configured(self.workspace.settings),
             "sha256": row.sha256,
@@ -290,6 +291,18 @@ class Views:
             "can": {d: row.state in states and not (canary and d != "ban") for d, states in DECISION_STATES.items()},
             "used_in_communities": sorted(communities_of(attribution) or ()),
         }
+
+    def _hold(self, row) -> str:
+        """The item's legal hold as the page says it ("" when none): store/holds.py."""
+        import time
+
+        from mirror_scan.store.holds import hold_on
+
+        s = self.workspace.settings
+        labels = _labels(self.workspace.quarantine.entry(row)["reason"])
+        hold = hold_on(row.created, labels, self.ledger.reviews.hold_of(row.id), tuple(s.hold_labels),
+                       int(s.hold_days), time.time())  # fmt: skip
+        return "" if hold is None else inert(hold.says(), 300)
 
     def _made_by(self, item_id: str) -> dict[str, Any]:
         """Which model, policy and severity made the verdict (from the item's metadata file, which records
