@@ -97,3 +97,54 @@ def test_a_reported_item_is_held_a_year_and_the_console_says_so(tmp_path, tiny_b
         assert 'id="hold"' in page.body and "reference CT-987654" in page.body, page.body
     finally:
         server.stop()
+
+
+def test_a_report_package_holds_what_its_text_names_privately_and_changes_only_the_history(
+    tmp_path, tiny_bundle_master, write_policy
+):
+    """The attribution is the shape moderation/attribution.py assembles (its _assemble), stored as a
+    lookup would store it: the report's text names the uploader, the post and its community from it."""
+    import hashlib
+    import stat
+
+    from mirror_scan.store.ledger import Ledger
+
+    where, item = _held_site(tmp_path, tiny_bundle_master, write_policy)
+    attribution = {
+        "aliases": ["abc.png"],
+        "uploads": [{"alias": "abc.png", "uploaded_at": "2026-12-01T10:00:00Z", "thumbnail_for_post_id": None,
+                     "uploader": {"id": 7, "name": "spammer", "instance": "bad.example", "account_age_days": 0,
+                                  "actor_id": "https://bad.example/u/spammer"}}],
+        "posts": [{"id": 42, "title": "hello", "published": "2026-12-01T10:01:00Z", "removed": False, "deleted": False,
+                   "uses": ["url"], "link": "https://lemmy.test/post/42",
+                   "community": {"name": "pics", "instance": "lemmy.test"}, "creator": None}],
+        "comments": [], "private_messages": [], "unknown": [],
+    }  # fmt: skip
+    with Ledger(tmp_path / "s.db") as ledger:
+        ledger.follow_ups.put_attribution(item["id"], attribution)
+        ledger.commit()
+    data = tmp_path / "q" / "items" / item["id"] / "data"
+    before = (data.read_bytes(), json.loads(run_cli("quarantine", "list", "--json", *where).stdout))
+    out = tmp_path / "for-ncmec"
+    out.mkdir()
+    made = run_cli("quarantine", "report", item["id"], "--to", str(out), *where)
+    assert made.returncode == 0, made.stderr
+    package = out / f"mirror-scan-{item['id']}"
+    assert stat.S_IMODE(package.stat().st_mode) == 0o700
+    assert sorted(p.name for p in package.iterdir()) == ["a.png", "hashes.txt", "item.json", "report.txt"]
+    assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in package.iterdir())
+    text = (package / "report.txt").read_text()
+    sha = hashlib.sha256((package / "a.png").read_bytes()).hexdigest()
+    md5 = hashlib.md5((package / "a.png").read_bytes()).hexdigest()  # noqa: S324 - what the form asks for
+    for named in ("File name: a.png", f"sha256 {sha}", f"md5 {md5}", "spammer@bad.example",
+                  "https://bad.example/u/spammer", "https://lemmy.test/post/42", "!pics@lemmy.test",
+                  "2026-12-01T10:00:00Z", "never displayed"):  # fmt: skip
+        assert named in text, (named, text)
+    assert f"sha256  {sha}" in (package / "hashes.txt").read_text()
+    sections = [line for line in text.splitlines() if line[:2] in {f"{n}." for n in range(1, 8)}]
+    assert [s.split(".")[0] for s in sections] == [str(n) for n in range(1, 8)], sections  # the form's order
+    # The quarantine is unchanged but for the history (and the hold until the report is recorded).
+    after = (data.read_bytes(), json.loads(run_cli("quarantine", "list", "--json", *where).stdout))
+    assert after == before
+    shown = json.loads(run_cli("quarantine", "show", item["id"], "--json", *where).stdout)
+    assert shown["hold"] is not None and "held until reported" in shown["hold"]["why"]

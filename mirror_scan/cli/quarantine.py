@@ -457,6 +457,51 @@ def q_extract(
         raise typer.Exit(2 if done.outcome == "failed" else 1)
 
 
+@quarantine_app.command("report")
+def q_report(
+    item_id: Annotated[str, typer.Argument(help="The item's id, or a unique part of it.")],
+    to: Annotated[Path, typer.Option("--to", help="An existing directory; the package goes into a private one in it.")],
+    hotline: Annotated[str, typer.Option("--hotline", help="ncmec (CyberTipline) or generic.")] = "ncmec",
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+) -> None:
+    """A report package for a hotline, filed by hand: `extract`'s private directory (the bytes, verified, and
+    the record) with hashes.txt (sha256, md5, PDQ) and report.txt (the form's sections in order: the upload's
+    time, the uploader's account and instance, the posts and communities that used it, what was done),
+    ready to paste. The item is held until you record the report: `quarantine reported ID --reference N`.
+    Nothing is sent or displayed."""
+    from mirror_scan.app.report_package import HOTLINES, hashes_text, report_text
+    from mirror_scan.atomic import fsync_dir
+    from mirror_scan.store.extract import RECORD
+    from mirror_scan.store.selection import expand_ids
+
+    if hotline not in HOTLINES:
+        raise UsageError(f"--hotline {hotline!r}", hint=f"one of {', '.join(HOTLINES)}")
+    with _writer(state, quarantine, config, quiet=True, need_state=True) as workspace, _ops(workspace) as ops:
+        (item_id,) = expand_ids([item_id], (r.id for r in workspace.ledger.items()))
+        record = item_record(workspace, item_id)
+        done = ops.extract(item_id, to, record)
+        if not done.ok:
+            err.print(f"error: {done.detail}", markup=False)
+            raise typer.Exit(2 if done.outcome == "failed" else 1)
+        md5, pdqs, _ = workspace.ledger.lists.picture_hashes(record["sha256"])
+        package = Path(done.target)
+        name = next(p.name for p in package.iterdir() if p.name != RECORD)
+        for file, text in (("hashes.txt", hashes_text(record, md5, list(pdqs))),
+                           ("report.txt", report_text(record, hotline, md5, list(pdqs), name))):  # fmt: skip
+            fd = os.open(package / file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+        fsync_dir(package)
+        if ops.held(item_id) is None:  # kept until the report is recorded (`reported` holds it a year)
+            ops.hold(item_id, None, f"report package prepared for {hotline}; held until reported")
+    out.print(f"report package for {item_id} in {package}/ (report.txt, hashes.txt, the file, item.json); "
+              f"after filing: mirror-scan quarantine reported {item_id} --reference NUMBER")  # fmt: skip
+
+
 @quarantine_app.command("confirm")
 def q_confirm(
     item_ids: Annotated[list[str], typer.Argument(help="Item ids (from `quarantine list`).")],
