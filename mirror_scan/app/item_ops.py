@@ -219,17 +219,10 @@ class ItemOps:
 
     def held(self, item_id: str, now: float | None = None):
         """The item's legal hold now (store/holds.py), or None."""
-        import time
-
-        from mirror_scan.store.holds import hold_on
+        from mirror_scan.store.holds import item_hold
 
         row = self.ledger.item(item_id)
-        if row is None:
-            return None
-        labels = list(reason_of(row).get("labels") or [])
-        settings = self.workspace.settings
-        return hold_on(row.created, labels, self.ledger.reviews.hold_of(item_id), tuple(settings.hold_labels),
-                       int(settings.hold_days), time.time() if now is None else now)  # fmt: skip
+        return None if row is None else item_hold(self.ledger, row, self.workspace.settings, now)
 
     def _held_refusal(self, item_id: str) -> str | None:
         hold = self.held(item_id)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
 from pathlib import Path
@@ -168,14 +167,9 @@ def item_record(workspace, item_id: str) -> dict:
     meta["decisions"] = [decision_json(d) for d in decisions]
     meta["hold"] = None
     if row is not None:
-        import time
+        from mirror_scan.store.holds import item_hold
 
-        from mirror_scan.store.holds import hold_on
-
-        settings = workspace.settings
-        labels = list((json.loads(row.reason) if row.reason else {}).get("labels") or [])
-        hold = hold_on(row.created, labels, workspace.ledger.reviews.hold_of(item_id), tuple(settings.hold_labels),
-                       int(settings.hold_days), time.time())  # fmt: skip
+        hold = item_hold(workspace.ledger, row, workspace.settings)
         meta["hold"] = None if hold is None else {"until": hold.until, "why": hold.why, "says": hold.says()}
     if row is not None:
         meta["ledger"] = {
@@ -473,7 +467,7 @@ def q_report(
     Nothing is sent or displayed."""
     from mirror_scan.app.report_package import HOTLINES, hashes_text, report_text
     from mirror_scan.atomic import fsync_dir
-    from mirror_scan.store.extract import RECORD
+    from mirror_scan.store.extract import RECORD, write_private
     from mirror_scan.store.selection import expand_ids
 
     if hotline not in HOTLINES:
@@ -488,13 +482,8 @@ def q_report(
         md5, pdqs, _ = workspace.ledger.lists.picture_hashes(record["sha256"])
         package = Path(done.target)
         name = next(p.name for p in package.iterdir() if p.name != RECORD)
-        for file, text in (("hashes.txt", hashes_text(record, md5, list(pdqs))),
-                           ("report.txt", report_text(record, hotline, md5, list(pdqs), name))):  # fmt: skip
-            fd = os.open(package / file, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                handle.write(text)
-                handle.flush()
-                os.fsync(handle.fileno())
+        write_private(package / "hashes.txt", hashes_text(record, md5, list(pdqs)).encode())
+        write_private(package / "report.txt", report_text(record, hotline, md5, list(pdqs), name).encode())
         fsync_dir(package)
         if ops.held(item_id) is None:  # kept until the report is recorded (`reported` holds it a year)
             ops.hold(item_id, None, f"report package prepared for {hotline}; held until reported")

@@ -294,14 +294,9 @@ class Views:
 
     def _hold(self, row) -> str:
         """The item's legal hold as the page says it ("" when none): store/holds.py."""
-        import time
+        from mirror_scan.store.holds import item_hold
 
-        from mirror_scan.store.holds import hold_on
-
-        s = self.workspace.settings
-        labels = _labels(self.workspace.quarantine.entry(row)["reason"])
-        hold = hold_on(row.created, labels, self.ledger.reviews.hold_of(row.id), tuple(s.hold_labels),
-                       int(s.hold_days), time.time())  # fmt: skip
+        hold = item_hold(self.ledger, row, self.workspace.settings)
         return "" if hold is None else inert(hold.says(), 300)
 
     def _made_by(self, item_id: str) -> dict[str, Any]:

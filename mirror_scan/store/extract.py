@@ -93,7 +93,7 @@ def extract(quarantine, item_id: str, to_dir: Path, record: dict[str, Any], by: 
                     f"item {item_id}: the quarantined bytes do not match their recorded sha256 (tampered or "
                     "damaged); no copy taken", hint="`mirror-scan state check` lists damaged items")  # fmt: skip
             checkpoint("extract:copied")
-            _write_private(work / RECORD, json.dumps(
+            write_private(work / RECORD, json.dumps(
                 {**record, "extracted": {"file": copy.name, "sha256": digest, "by": by.who, "via": by.via}},
                 indent=2, ensure_ascii=False).encode() + b"\n")  # fmt: skip
             fsync_dir(work)
@@ -125,7 +125,8 @@ def _copy_durably(source: Path, target: Path) -> None:
         os.close(fd_in)
 
 
-def _write_private(target: Path, data: bytes) -> None:
+def write_private(target: Path, data: bytes) -> None:
+    """A new file only its owner reads (0600), fsynced; never through a link, never over another file."""
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.fchmod(fd, 0o600)

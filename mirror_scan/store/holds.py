@@ -48,3 +48,16 @@ def hold_on(
         if until > now:
             return Hold(until, f"the configured hold of {', '.join(held)} items, {hold_days} days from the quarantine")
     return None
+
+
+def item_hold(ledger, row, settings, now: float | None = None) -> Hold | None:
+    """The hold on a ledger row now: its explicit hold (the ledger's) or the configured one (`settings`)."""
+    import json
+    import time
+
+    try:
+        labels = list((json.loads(row.reason) if row.reason else {}).get("labels") or [])
+    except (ValueError, AttributeError):
+        labels = []
+    return hold_on(row.created, labels, ledger.reviews.hold_of(row.id), tuple(settings.hold_labels),
+                   int(settings.hold_days), time.time() if now is None else now)  # fmt: skip
