@@ -585,16 +585,22 @@ def q_reported(
 ) -> None:
     """Record that items were reported (to whom, the report's reference) and hold them for --keep (a year by
     default: what the US requires since the REPORT Act of 2024; check your country's rule)."""
-    from mirror_scan.store.selection import expand_ids
 
     if not reference.strip():
         raise UsageError("--reference names the report (its number): it is what a later request quotes")
     ends = _until(keep)
     why = f"reported to {to}, reference {reference}"
+    _on_each(state, quarantine, config, item_ids, lambda ops, item: ops.hold(item, ends, why), said=f"{why}; ")
+
+
+def _on_each(state, quarantine, config, item_ids: list[str], act, said: str = "") -> None:
+    """One decision on each named item (any unique part of an id), each outcome said; exit 1 if any failed."""
+    from mirror_scan.store.selection import expand_ids
+
     with _writer(state, quarantine, config, quiet=True, need_state=True) as workspace, _ops(workspace) as ops:
-        outcomes = [ops.hold(i, ends, why) for i in expand_ids(item_ids, (r.id for r in workspace.ledger.items()))]
+        outcomes = [act(ops, i) for i in expand_ids(item_ids, (r.id for r in workspace.ledger.items()))]
     for o in outcomes:
-        (out if o.ok else err).print(f"{o.item}: {why}; {o.detail}", markup=False)
+        (out if o.ok else err).print(f"{o.item}: {said}{o.detail}", markup=False)
     if not all(o.ok for o in outcomes):
         raise typer.Exit(1)
 
@@ -609,16 +615,9 @@ def q_release(
 ) -> None:
     """End a hold early (an explicit one or the configured one), with who and why in the history; the item
     can then be purged."""
-    from mirror_scan.store.selection import expand_ids
-
     if not why.strip():
         raise UsageError("a release needs --why TEXT")
-    with _writer(state, quarantine, config, quiet=True, need_state=True) as workspace, _ops(workspace) as ops:
-        outcomes = [ops.release(i, why) for i in expand_ids(item_ids, (r.id for r in workspace.ledger.items()))]
-    for o in outcomes:
-        (out if o.ok else err).print(f"{o.item}: {o.detail}", markup=False)
-    if not all(o.ok for o in outcomes):
-        raise typer.Exit(1)
+    _on_each(state, quarantine, config, item_ids, lambda ops, item: ops.release(item, why))
 
 
 @quarantine_app.command("purge")

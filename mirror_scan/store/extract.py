@@ -21,12 +21,11 @@ from mirror_scan.atomic import fsync_dir
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.faults import checkpoint
 from mirror_scan.hashing import sha256_file
-from mirror_scan.store.items import DATA
+from mirror_scan.store.items import DATA, copy_to_new, write_all
 from mirror_scan.store.lifecycle import By
 from mirror_scan.store.paths import UnsafePath, check_operator_target
 
 RECORD = "item.json"
-_CHUNK = 1 << 20
 
 
 class ExtractError(MirrorScanError):
@@ -86,7 +85,11 @@ def extract(quarantine, item_id: str, to_dir: Path, record: dict[str, Any], by: 
         os.chmod(work, 0o700)
         try:
             copy = work / file_name(row.original)
-            _copy_durably(source, copy)
+            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+            try:
+                copy_to_new(fd, copy, 0o600)  # O_EXCL, fsynced
+            finally:
+                os.close(fd)
             digest = sha256_file(copy)  # what is on the disk now, read back
             if digest != row.sha256:
                 raise ExtractError(
@@ -108,31 +111,12 @@ def extract(quarantine, item_id: str, to_dir: Path, record: dict[str, Any], by: 
     return final
 
 
-def _copy_durably(source: Path, target: Path) -> None:
-    fd_in = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        fd_out = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        try:
-            os.fchmod(fd_out, 0o600)
-            while chunk := os.read(fd_in, _CHUNK):
-                view = memoryview(chunk)
-                while view:
-                    view = view[os.write(fd_out, view) :]
-            os.fsync(fd_out)
-        finally:
-            os.close(fd_out)
-    finally:
-        os.close(fd_in)
-
-
 def write_private(target: Path, data: bytes) -> None:
     """A new file only its owner reads (0600), fsynced; never through a link, never over another file."""
     fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
     try:
         os.fchmod(fd, 0o600)
-        view = memoryview(data)
-        while view:
-            view = view[os.write(fd, view) :]
+        write_all(fd, data)
         os.fsync(fd)
     finally:
         os.close(fd)

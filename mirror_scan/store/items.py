@@ -93,6 +93,13 @@ def write_private(path: Path, data: bytes) -> None:
         os.close(fd)
 
 
+def write_all(fd: int, data: bytes) -> None:
+    """Every byte written (os.write may write fewer than asked)."""
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
 def copy_to_new(source_fd: int, target: bytes | Path, mode: int, dir_fd: int | None = None) -> str:
     """Copy from an open file into a new file (O_EXCL: never an existing one), fsync it, return the sha256
     of what was written."""
@@ -103,9 +110,7 @@ def copy_to_new(source_fd: int, target: bytes | Path, mode: int, dir_fd: int | N
     try:
         while chunk := os.read(source_fd, CHUNK):
             digest.update(chunk)
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(out, view) :]
+            write_all(out, chunk)
         os.fsync(out)
     finally:
         os.close(out)
