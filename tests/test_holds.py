@@ -95,6 +95,11 @@ def test_a_reported_item_is_held_a_year_and_the_console_says_so(tmp_path, tiny_b
         assert ana.login("ana").status == 303
         page = ana.get(f"/items/{item['id']}")
         assert 'id="hold"' in page.body and "reference CT-987654" in page.body, page.body
+        # The queue lists what is held, and who reported it (the hold says it).
+        held = ana.get("/?state=on_hold")
+        assert item["short_id"] in held.body and 'class="held"' in held.body, held.body
+        assert "reference CT-987654; by" in held.body
+        assert item["short_id"] not in ana.get("/?state=restored").body
     finally:
         server.stop()
 

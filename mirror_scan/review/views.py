@@ -27,6 +27,7 @@ STATE_CHOICES = (
     ("upstream_pending", "upstream removal pending"),
     ("restored", "restored"),
     ("purged", "purged"),
+    ("on_hold", "on a legal hold (reported, or kept by a hold)"),
     ("any", "any"),
 )
 _URL = re.compile(r"\b(?:https?|ftp)://\S+", re.I)
@@ -157,7 +158,11 @@ class Views:
         for entry in self.workspace.quarantine.entries(since):
             reason = entry["reason"] or {}
             labels.update(_labels(reason))
-            if not _state_matches(filters.state, entry, confirmed):
+            if filters.state == "on_hold":
+                row = self.ledger.item(entry["id"])
+                if row is None or not self._hold(row):
+                    continue
+            elif not _state_matches(filters.state, entry, confirmed):
                 continue
             if filters.source and entry["source"] != filters.source:
                 continue
@@ -173,6 +178,9 @@ class Views:
         total = len(rows)
         page = rows[filters.offset : filters.offset + filters.limit]
         items = [self._line(entry, attribution, entry["id"] in confirmed) for entry, attribution in page]
+        for item in items:  # the page's rows only: a hold is one lookup each
+            row = self.ledger.item(item["id"])
+            item["hold"] = self._hold(row) if row is not None else ""
         return {
             "items": items,
             "total": total,
