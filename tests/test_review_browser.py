@@ -89,10 +89,12 @@ def test_a_moderator_reviews_the_day_in_a_browser(tmp_path, s3, tiny_bundle_mast
         # Restore one from a selection: asked first, with room for a note.
         browser.find_element(By.ID, f"pick-{restored['short_id']}").click()
         browser.find_element(By.ID, "restore-selected").click()
+        confirm_button = browser.find_element(By.ID, "confirm-decision")  # waits for the confirmation page
         assert "Restore 1 item?" in browser.find_element(By.TAG_NAME, "h1").text
+        assert confirm_button.text == "Restore 1 item"
         assert not (site.mirror / "pic-0.png").exists()  # nothing done before the confirmation
         browser.find_element(By.ID, "note").send_keys("a comic strip, not a photo")
-        browser.find_element(By.ID, "confirm-decision").click()
+        confirm_button.click()
         outcome = browser.find_element(By.CSS_SELECTOR, "#outcomes tr.outcome-done")
         assert restored["id"] in outcome.text
         assert (site.mirror / "pic-0.png").read_bytes() == site.objects["pic-0.png"]
