@@ -5,10 +5,11 @@
 #   2. a base image with python3 and venv: --base IMAGE (any local one), else the local
 #      mirror-scan-base:bookworm, else made from Debian's packages (mmdebstrap + import; as root);
 #   3. `build --network=none` of the Containerfile from the wheelhouse alone.
-# Usage: bash scripts/build-image.sh [--cuda] [--base IMAGE] [--tag TAG] [--python PYTHON] [--uid UID]
+# Usage: bash scripts/build-image.sh [--cuda] [--base IMAGE] [--tag TAG] [--python PYTHON] [--uid UID] [--base-only]
 #   mirror-scan:cpu by default; --cuda builds mirror-scan:cuda ([gpu,rclone]: onnxruntime-gpu and the CUDA
 #   libraries its wheels bring, nvImageCodec). --uid: the service user's id (1000; 991 to watch pict-rs's
-#   own volume, pict-rs's user). The model bundle is mounted at run time, never built in.
+#   own volume, pict-rs's user); --base-only: make the base (if missing) and stop. The model bundle is
+#   mounted at run time, never built in.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,6 +20,7 @@ base=""
 tag=""
 python="${PYTHON:-}"
 uid=1000
+base_only=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --cuda) flavour=cuda; extras="gpu,nvjpeg,rclone" ;;
@@ -26,7 +28,8 @@ while [ $# -gt 0 ]; do
     --tag) tag="$2"; shift ;;
     --python) python="$2"; shift ;;
     --uid) uid="$2"; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --base-only) base_only=1 ;;
+    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
@@ -55,6 +58,10 @@ if [ -z "$base" ]; then
     "$tool" import --change 'CMD ["/bin/bash"]' "$rootfs" "$base" >/dev/null
     rm -rf "$(dirname "$rootfs")"
   fi
+fi
+if [ "$base_only" = "1" ]; then  # scripts/install.sh makes the base once, outside the test suite's time
+  echo "base image: $base" >&2
+  exit 0
 fi
 base_python="$("$tool" run --rm --network=none --entrypoint python3 "$base" -c \
   'import sys; print(f"{sys.version_info[0]}.{sys.version_info[1]}")' 2>/dev/null)" || {

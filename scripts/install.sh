@@ -60,6 +60,11 @@ if ! command -v podman >/dev/null 2>&1 || ! command -v mmdebstrap >/dev/null 2>&
     echo "note: podman, runc or mmdebstrap is missing (sudo apt-get install podman runc mmdebstrap); the container tests will be skipped" >&2
   fi
 fi
+# The container image's base (Debian's packages, about 2 minutes, once): made here, not in the test suite.
+if [ "$(id -u)" = "0" ] && command -v podman >/dev/null 2>&1 && command -v mmdebstrap >/dev/null 2>&1; then
+  bash scripts/build-image.sh --base-only >/dev/null 2>&1 \
+    || echo "note: could not make the container base image; the container test will make it (slower)" >&2
+fi
 # PostgreSQL's server binaries: the attribution tests start a real server (pict-rs's and Lemmy's schemas).
 # mirror-scan itself only needs network access to the instance's databases, not a local server.
 if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 && ! command -v initdb >/dev/null 2>&1; then
