@@ -29,7 +29,7 @@ while [ $# -gt 0 ]; do
     --python) python="$2"; shift ;;
     --uid) uid="$2"; shift ;;
     --base-only) base_only=1 ;;
-    -h|--help) sed -n '2,13p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
     *) echo "error: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
   shift
