@@ -40,6 +40,10 @@ WALK = [
     "mirror-scan quarantine list",
     "mirror-scan quarantine show ID",
     "mirror-scan quarantine extract ID --to DIR",
+    'mirror-scan quarantine hold ID --why "CyberTipline 123" --until 365d',
+    "mirror-scan quarantine report ID --to DIR",
+    "mirror-scan quarantine reported ID --reference 123456",
+    'mirror-scan quarantine release ID --why "..."',
     "mirror-scan quarantine restore ID",
     "mirror-scan quarantine restore --from-file ids.txt --yes",
     "mirror-scan hashlist export",
@@ -99,6 +103,9 @@ def test_the_readme_first_steps_work_as_written(tmp_path, s3, tiny_bundle_master
     item_ids: list[str] = []
     for command in WALK:
         argv = shlex.split(command)[1:]
+        if argv[:2] == ["quarantine", "report"]:  # its own directory: extract's copy of the item is in DIR
+            argv = [str(tmp_path / "report") if a == "DIR" else a for a in argv]
+            (tmp_path / "report").mkdir()
         argv = [places.get(a, a) for a in argv]
         if "ID" in argv:
             argv = [item_ids[0] if a == "ID" else a for a in argv]
@@ -109,6 +116,8 @@ def test_the_readme_first_steps_work_as_written(tmp_path, s3, tiny_bundle_master
         assert "Traceback" not in said, (command, said)
         # 1 is the README's "something was flagged" (scan, apply); anything else is a failure said as one.
         assert proc.returncode in (0, 1), (command, proc.returncode, said[-3000:])
+        if argv[0] == "quarantine" and argv[1] in ("extract", "hold", "report", "reported", "release"):
+            assert proc.returncode == 0, (command, said[-3000:])  # each does what the README says, or fails here
         if argv[:2] == ["quarantine", "list"]:
             import json
 
@@ -120,4 +129,5 @@ def test_the_readme_first_steps_work_as_written(tmp_path, s3, tiny_bundle_master
     assert 'severity = "+0.01"' in (tmp_path / "config.toml").read_text()  # rescore --write, for the daemons
     assert len(s3.keys()) == 2  # apply took the three out of the bucket; the two restores put two back
     assert any(p.name.startswith("mirror-scan-") for p in (tmp_path / "extracted").iterdir())
+    assert any((p / "report.txt").exists() for p in (tmp_path / "report").iterdir())
     assert Path(tmp_path / "init.toml").read_text().startswith("#")
