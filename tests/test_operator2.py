@@ -141,6 +141,16 @@ def test_10_extract_takes_a_private_verified_copy_without_restoring_and_records_
     # A copy taken before is never overwritten.
     again = run_cli("quarantine", "extract", item["id"], "--to", str(out), *_where(tmp_path))
     assert again.returncode == 1 and "already exists" in again.stderr, again
+    # A link planted where the copy is made is refused, never followed (nothing written or removed there).
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "keep").write_text("kept")
+    planted = tmp_path / "planted"
+    planted.mkdir()
+    (planted / f".mirror-scan-{item['id']}.extracting").symlink_to(victim)
+    linked = run_cli("quarantine", "extract", item["id"], "--to", str(planted), *_where(tmp_path))
+    assert linked.returncode == 1 and "symbolic link" in linked.stderr, linked
+    assert [p.name for p in victim.iterdir()] == ["keep"]
     # Bytes that do not match their sha256 are refused, and no copy is left.
     data = tmp_path / "q" / "items" / item["id"] / "data"
     data.chmod(0o600)

@@ -20,10 +20,9 @@ from typing import Any
 from mirror_scan.atomic import fsync_dir
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.faults import checkpoint
-from mirror_scan.hashing import sha256_file
 from mirror_scan.store.items import DATA, copy_to_new, write_all
 from mirror_scan.store.lifecycle import By
-from mirror_scan.store.paths import UnsafePath, check_operator_target
+from mirror_scan.store.paths import UnsafePath, check_operator_target, sha256_fd
 
 RECORD = "item.json"
 
@@ -79,30 +78,41 @@ def extract(quarantine, item_id: str, to_dir: Path, record: dict[str, Any], by: 
                 f"item {item_id}: {final} already exists; not overwriting a copy taken before",
                 hint="move it away or give another --to",
             )
+        if os.path.islink(work):  # never followed: a link there is not what a killed extract of ours left
+            raise ExtractError(f"{work} is a symbolic link; refusing to write through it", hint="remove it")
         if os.path.lexists(work):  # what a killed extract of this item left: never a whole copy
             shutil.rmtree(work)
         os.mkdir(work, 0o700)
-        os.chmod(work, 0o700)
+        # Every file is made through the directory's own descriptor: a directory swapped under the copy
+        # (for a link elsewhere) is never written through.
+        work_fd = os.open(work, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW)
         try:
-            copy = work / file_name(row.original)
+            os.fchmod(work_fd, 0o700)
+            name = file_name(row.original)
             fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
             try:
-                copy_to_new(fd, copy, 0o600)  # O_EXCL, fsynced
+                copy_to_new(fd, name, 0o600, dir_fd=work_fd)  # O_EXCL, fsynced
             finally:
                 os.close(fd)
-            digest = sha256_file(copy)  # what is on the disk now, read back
+            fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=work_fd)
+            try:
+                digest = sha256_fd(fd)  # what is on the disk now, read back
+            finally:
+                os.close(fd)
             if digest != row.sha256:
                 raise ExtractError(
                     f"item {item_id}: the quarantined bytes do not match their recorded sha256 (tampered or "
                     "damaged); no copy taken", hint="`mirror-scan state check` lists damaged items")  # fmt: skip
             checkpoint("extract:copied")
-            write_private(work / RECORD, json.dumps(
-                {**record, "extracted": {"file": copy.name, "sha256": digest, "by": by.who, "via": by.via}},
-                indent=2, ensure_ascii=False).encode() + b"\n")  # fmt: skip
-            fsync_dir(work)
+            write_private(RECORD, json.dumps(
+                {**record, "extracted": {"file": name, "sha256": digest, "by": by.who, "via": by.via}},
+                indent=2, ensure_ascii=False).encode() + b"\n", dir_fd=work_fd)  # fmt: skip
+            os.fsync(work_fd)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
             raise
+        finally:
+            os.close(work_fd)
         # The line first: a copy is never there without it (killed here, the dot directory is replaced).
         quarantine.note_held(item_id, f"copy extracted to {final} by {by.who} via {by.via}")
         checkpoint("extract:noted")
@@ -111,9 +121,9 @@ def extract(quarantine, item_id: str, to_dir: Path, record: dict[str, Any], by: 
     return final
 
 
-def write_private(target: Path, data: bytes) -> None:
+def write_private(target: Path | str, data: bytes, dir_fd: int | None = None) -> None:
     """A new file only its owner reads (0600), fsynced; never through a link, never over another file."""
-    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600, dir_fd=dir_fd)
     try:
         os.fchmod(fd, 0o600)
         write_all(fd, data)
