@@ -89,11 +89,13 @@ def test_6_a_state_database_that_is_not_there_is_named_not_taken_for_an_empty_on
     wrong = ("--state", str(tmp_path / "typo" / "state.db"), "--quarantine", str(tmp_path / "q"))
     for command in (("quarantine", "list"), ("quarantine", "show", "abc"), ("quarantine", "restore", "abc"),
                     ("quarantine", "confirm", "abc"), ("quarantine", "purge", "abc", "--yes"),
-                    ("quarantine", "export-hashes")):  # fmt: skip
+                    ("quarantine", "export-hashes"), ("lemmy", "ban", "abc", "--yes"), ("lemmy", "retry")):  # fmt: skip
         proc = run_cli(*command, *wrong)
         assert proc.returncode == 2, (command, proc.stdout, proc.stderr)
         assert f"state database {tmp_path / 'typo' / 'state.db'} does not exist" in proc.stderr, proc.stderr
         assert "quarantine reindex" in proc.stderr and "0 item(s)" not in proc.stdout
+    pull = run_cli("mirror", "pull", "--remote", "pictrs:bucket", "--to", str(tmp_path / "m"), *wrong)
+    assert pull.returncode == 2 and f"its directory {tmp_path / 'typo'} does not exist" in pull.stderr, pull
     assert not (tmp_path / "typo").exists()  # nothing made for a command that failed
 
 

@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from mirror_scan.cli.console import confirm, err, out, print_json
-from mirror_scan.cli.options import ConfigOpt, JsonOpt, QuarantineOpt, StateOpt, YesOpt
+from mirror_scan.cli.options import STATE_HINT, ConfigOpt, JsonOpt, QuarantineOpt, StateOpt, YesOpt, require_state
 from mirror_scan.errors import MirrorScanError, UsageError
 from mirror_scan.moderation.grants import SECRET_COLUMNS
 from mirror_scan.settings import resolve
@@ -196,6 +196,7 @@ def ban(
     from mirror_scan.moderation.attribution import sole_uploader, summary
 
     settings = resolve({"state": state, "quarantine": quarantine}, config)
+    require_state(settings, hint=STATE_HINT)  # acts on recorded items: a wrong path is said, nothing made
     with Workspace.writer(settings) as workspace:
         from mirror_scan.store.selection import expand_ids
 
@@ -241,6 +242,7 @@ def retry(
     from mirror_scan.app.workspace import Workspace
 
     settings = resolve({"state": state, "quarantine": quarantine}, config)
+    require_state(settings, hint=STATE_HINT)  # acts on recorded items: a wrong path is said, nothing made
     with Workspace.writer(settings) as workspace:
         count = workspace.ledger.follow_ups.retry_followups(item_id)
         notes = workspace.run_follow_ups(say=lambda note: out.print(note))

@@ -10,7 +10,7 @@ from typing import Annotated
 import typer
 
 from mirror_scan.cli.console import current, err, out, print_json
-from mirror_scan.cli.options import ConfigOpt, JsonOpt, QuarantineOpt, RcloneOpt, StateOpt
+from mirror_scan.cli.options import ConfigOpt, JsonOpt, QuarantineOpt, RcloneOpt, StateOpt, new_state
 from mirror_scan.errors import UsageError
 from mirror_scan.settings import resolve
 
@@ -46,6 +46,8 @@ def pull(
     settings = resolve({"remote": remote, "rclone": rclone, "state": state, "quarantine": quarantine}, config)
     if not settings.remote:
         raise UsageError("no remote to pull from", hint="pass --remote NAME:bucket or set `remote` in the config")
+    if not settings.state.exists():
+        new_state(settings)  # a wrong --state would forget what is quarantined: refused, not made
     with Workspace.writer(settings) as workspace:
         workspace.bind_mirror(to, settings.remote, "mirror pull", record=False)  # another bucket: refused
         excluded = workspace.ledger.excluded_keys(settings.remote, os.fsencode(os.path.abspath(to)))
@@ -120,6 +122,8 @@ def remote_cmd(
     if set_to is not None:
         if ":" not in set_to:
             raise UsageError(f"{set_to!r} is not an rclone remote", hint="NAME:bucket, e.g. pictrs:media")
+        if not settings.state.exists():
+            new_state(settings)
         with Workspace.writer(settings) as workspace:
             workspace.ledger.rebind_mirror(root, set_to, "mirror remote --set")
         out.print(f"{mirror}: mirrors {set_to.rstrip('/')}")

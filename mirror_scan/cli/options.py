@@ -107,6 +107,12 @@ def new_state(settings, rebuilding: bool = False) -> None:
               markup=False, highlight=False)  # fmt: skip
 
 
+STATE_HINT = (
+    "check --state (or MIRROR_SCAN_STATE, or the config file's state): `mirror-scan config` shows where it "
+    "comes from; a lost database is rebuilt from the quarantine by `quarantine reindex`"
+)
+
+
 def require_state(settings, hint: str = "run mirror-scan scan first") -> None:
     """Commands that read what a scan recorded refuse a state database that is not there."""
     from mirror_scan.errors import UsageError

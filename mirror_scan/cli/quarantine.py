@@ -13,6 +13,7 @@ import typer
 from mirror_scan.cli.console import confirm, current, err, out, print_json
 from mirror_scan.cli.durations import parse_duration, parse_since
 from mirror_scan.cli.options import (
+    STATE_HINT,
     ConfigOpt,
     ImportRootOpt,
     JsonOpt,
@@ -43,12 +44,6 @@ from mirror_scan.text import one_line
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 quarantine_app = typer.Typer(help="Inspect the quarantine, restore false positives, purge.", no_args_is_help=True)
 allowlist_app = typer.Typer(help="sha256s that are never flagged (restores add to it).", no_args_is_help=True)
-
-
-STATE_HINT = (
-    "check --state (or MIRROR_SCAN_STATE, or the config file's state): `mirror-scan config` shows where it "
-    "comes from; a lost database is rebuilt from the quarantine by `quarantine reindex`"
-)
 
 
 def _reader(state, quarantine, config, need_state=True):
