@@ -3,6 +3,7 @@ and a plain HTTP client (http.client, its own cookie jar, no redirects followed)
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -14,7 +15,7 @@ from http.cookies import SimpleCookie
 from pathlib import Path
 from urllib.parse import urlencode
 
-from .conftest import CLI
+from .conftest import CLI, run_cli
 from .s3server import free_port
 
 CSRF = re.compile(r'name="csrf" value="([^"]+)"')
@@ -119,3 +120,16 @@ def add_user(cli, name: str, tmp: Path, password: str = PASSWORD) -> None:
     secret.write_text(password + "\n")
     proc = cli("console", "user", "add", name, "--password-file", str(secret))
     assert proc.returncode == 0, proc.stderr
+
+
+@contextlib.contextmanager
+def signed_in(state: Path, quarantine: Path, tmp: Path, name: str = "ana"):
+    """A console on this state with one local account, logged in: yields that reviewer's Client."""
+    add_user(lambda *args: run_cli(*args, "--state", str(state)), name, tmp)
+    server = ConsoleServer(state, quarantine)
+    try:
+        reviewer = Client(server)
+        assert reviewer.login(name).status == 303
+        yield reviewer
+    finally:
+        server.stop()

@@ -80,7 +80,7 @@ def test_the_configured_hold_keeps_a_label_and_a_release_ends_it_with_who_and_wh
 
 
 def test_a_reported_item_is_held_a_year_and_the_console_says_so(tmp_path, tiny_bundle_master, write_policy):
-    from .console_client import Client, ConsoleServer, add_user
+    from .console_client import signed_in
 
     where, item = _held_site(tmp_path, tiny_bundle_master, write_policy)
     reported = run_cli("quarantine", "reported", item["id"], "--reference", "CT-987654", *where)
@@ -88,11 +88,7 @@ def test_a_reported_item_is_held_a_year_and_the_console_says_so(tmp_path, tiny_b
     shown = json.loads(run_cli("quarantine", "show", item["id"], "--json", *where).stdout)
     assert 364 * 86400 < shown["hold"]["until"] - time.time() <= 365 * 86400, shown["hold"]
     assert any("reference CT-987654" in h["state"] for h in shown["history"])
-    add_user(lambda *args: run_cli(*args, "--state", str(tmp_path / "s.db")), "ana", tmp_path)
-    server = ConsoleServer(tmp_path / "s.db", tmp_path / "q")
-    try:
-        ana = Client(server)
-        assert ana.login("ana").status == 303
+    with signed_in(tmp_path / "s.db", tmp_path / "q", tmp_path) as ana:
         page = ana.get(f"/items/{item['id']}")
         assert 'id="hold"' in page.body and "reference CT-987654" in page.body, page.body
         # The queue lists what is held, and who reported it (the hold says it).
@@ -100,8 +96,6 @@ def test_a_reported_item_is_held_a_year_and_the_console_says_so(tmp_path, tiny_b
         assert item["short_id"] in held.body and 'class="held"' in held.body, held.body
         assert "reference CT-987654; by" in held.body
         assert item["short_id"] not in ana.get("/?state=restored").body
-    finally:
-        server.stop()
 
 
 def test_a_report_package_holds_what_its_text_names_privately_and_changes_only_the_history(

@@ -399,23 +399,17 @@ def test_8_lemmy_grants_takes_the_version_an_instance_runs():
 def test_5_the_console_offers_no_restore_or_confirm_on_a_canary_and_its_status_runs_in_order(
     tmp_path, tiny_bundle_master, write_policy
 ):
-    from .console_client import Client, ConsoleServer, add_user
+    from .console_client import signed_in
 
     (item,) = _canary_items(tmp_path, tiny_bundle_master, write_policy)
     (status,) = json.loads(run_cli("canary", "status", "--json", *_where(tmp_path)).stdout)
     steps = [s["step"] for s in status["steps"]]
     quarantined = next(i for i, s in enumerate(steps) if "quarantined" in s)
     assert steps.index("landed") < steps.index("flagged") < quarantined, steps  # never flagged after quarantined
-    add_user(lambda *args: run_cli(*args, "--state", str(tmp_path / "s.db")), "ana", tmp_path)
-    server = ConsoleServer(tmp_path / "s.db", tmp_path / "q")
-    try:
-        ana = Client(server)
-        assert ana.login("ana").status == 303
+    with signed_in(tmp_path / "s.db", tmp_path / "q", tmp_path) as ana:
         page = ana.get(f"/items/{item['id']}")
         assert page.status == 200 and 'id="canary-note"' in page.body, page.body
         assert 'id="restore"' not in page.body and 'id="confirm"' not in page.body
-    finally:
-        server.stop()
 
 
 def test_16_a_console_with_only_api_tokens_starts_and_says_the_pages_need_an_account(tmp_path):

@@ -201,11 +201,7 @@ class ItemOps:
         from mirror_scan.lists.canary import CANARY_LIST
 
         row = self.ledger.item(item_id)
-        try:
-            listed = (json.loads(row.reason) if row is not None and row.reason else {}).get("hash_list")
-        except (ValueError, AttributeError):
-            return None
-        if listed != CANARY_LIST:
+        if row is None or reason_of(row).get("hash_list") != CANARY_LIST:
             return None
         return (f"item {item_id} is the canary (the harmless test picture): it is never {done} (a restore "
                 "would allowlist it and the canary would stop working); purge it: mirror-scan quarantine purge "

@@ -87,11 +87,10 @@ def new_state(settings, rebuilding: bool = False) -> None:
     from mirror_scan.errors import UsageError
 
     source = settings.sources.get("state", "default")
-    where = "check --state (or MIRROR_SCAN_STATE, or the config file's state): `mirror-scan config` shows it"
     if source != "default" and not settings.state.parent.is_dir():
         raise UsageError(
             f"state database {settings.state} ({source}): its directory {settings.state.parent} does not exist",
-            hint=f"{where}; for a new one, create the directory first (mkdir -m 700)",
+            hint=f"{STATE_WHERE}; for a new one, create the directory first (mkdir -m 700)",
         )
     try:
         held = sum(1 for _ in (settings.quarantine / "items").iterdir())
@@ -101,16 +100,15 @@ def new_state(settings, rebuilding: bool = False) -> None:
         raise UsageError(
             f"state database {settings.state} ({source}) does not exist, while the quarantine {settings.quarantine} "
             f"holds {held} item(s): a new one would forget them and the allowlist",
-            hint=f"{where}; if the database was lost, `mirror-scan quarantine reindex` rebuilds it from the quarantine",
+            hint=f"{STATE_WHERE}; if the database was lost, `mirror-scan quarantine reindex` rebuilds it from the "
+            "quarantine",
         )
     err.print(f"new state database {settings.state} ({source}): nothing recorded before, every file is new",
               markup=False, highlight=False)  # fmt: skip
 
 
-STATE_HINT = (
-    "check --state (or MIRROR_SCAN_STATE, or the config file's state): `mirror-scan config` shows where it "
-    "comes from; a lost database is rebuilt from the quarantine by `quarantine reindex`"
-)
+STATE_WHERE = "check --state (or MIRROR_SCAN_STATE, or the config file's state): `mirror-scan config` shows it"
+STATE_HINT = f"{STATE_WHERE}; a lost database is rebuilt from the quarantine by `quarantine reindex`"
 
 
 def require_state(settings, hint: str = "run mirror-scan scan first") -> None:

@@ -60,8 +60,6 @@ LABELS = {
 
 
 def _shown(key: str, data: dict) -> bool:
-    if key == "last_pull_unixtime" and data.get("remote") and key not in data:
-        data[key] = None  # pulling, and none has worked yet: said ("never"), not left out
     return key in data and not ((key.startswith("last_pull_fail") or key == "last_pull_error") and not data[key])
 
 
@@ -265,11 +263,13 @@ def register(app: typer.Typer) -> None:
                 value = _value(key, data.get(key))
                 out.print(f"  {label:34s} {value}" if heading else f"{label:36s} {value}")
 
+        if data.get("remote"):  # pulling, and none has worked yet: said ("never"), not left out
+            data.setdefault("last_pull_unixtime", None)
         show(("daemon", *STATUS_KEYS))
         if running:
             show((*COUNTER_KEYS, "last_pull_error", "last_pull_failed_unixtime", "upstream_breakers"),
                  "since the daemon started:")  # fmt: skip
         show((*LEDGER_KEYS, "flagged_not_acted_on", "upstream_pending"), "in the state database:")
-        show(("upstream_breakers", "pictrs_uploads", "age_seconds"))
+        show(("pictrs_uploads", "age_seconds"))
         for who in running:
             out.print(f"{'':34s} ({who})")
