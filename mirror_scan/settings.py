@@ -30,6 +30,13 @@ def default_config_path() -> Path:
     return Path(platformdirs.user_config_dir(APP)) / "config.toml"
 
 
+def _age_recipient(value: object) -> str:
+    text = str(value).strip()
+    if not (text.startswith("age1") and len(text) == 62 and text.isalnum()):
+        raise ValueError("expected an age X25519 public key (age1... , 62 characters)")
+    return text
+
+
 def _positive_int(value: Any) -> int:
     try:
         number = int(value)
@@ -193,10 +200,12 @@ SPECS: dict[str, Spec] = {
         _positive_seconds, lambda: 60.0, "seconds one file's decode may take (with decoders=process)"
     ),
     "resize": Spec(
-        _choice("exact", "reduced"),
+        _choice("exact", "reduced", "thumbnail512"),
         lambda: "exact",
-        "the model's view: exact (open_clip's bicubic from the whole picture, what thresholds were tuned on) or "
-        "reduced (a box reduction first, about a third of the resize CPU; results are stored apart)",
+        "the model's view: exact (open_clip's bicubic from the whole picture), reduced (a box reduction first, "
+        "about a third of the resize CPU) or thumbnail512 (fedi-safety's path: Pillow's thumbnail to fit "
+        "512x512 first, large JPEGs decoded at reduced size, then open_clip's transform: the pixels fedi-safety "
+        "scores with horde-safety's thresholds); each stores its results apart",
     ),
     "jpeg_decoder": Spec(
         _choice("pillow", "auto", "nvimgcodec"),
@@ -251,6 +260,18 @@ SPECS: dict[str, Spec] = {
         _names, lambda: (), "labels whose items are held from purge (a legal hold) for hold_days from their quarantine"
     ),
     "hold_days": Spec(_positive_int, lambda: 365, "how long hold_labels hold an item (days from its quarantine)"),
+    "seal_to": Spec(
+        _age_recipient,
+        lambda: None,
+        "seal quarantined bytes to this age public key (age1...): the quarantining processes can seal, never "
+        "read; `mirror-scan quarantine keygen` makes the key pair",
+    ),
+    "seal_identity": Spec(
+        Path,
+        lambda: None,
+        "the age identity file (0600, the admin's) that opens sealed items for restore, extract and report; "
+        "keep it out of the watch daemon's config",
+    ),
     "console_listen": Spec(str, lambda: "127.0.0.1:8731", "where the review console listens, HOST:PORT"),
     "console_trusted_proxies": Spec(
         _names, lambda: (), "reverse proxies whose X-Forwarded-For/-Proto the console believes, e.g. 127.0.0.1"
@@ -318,6 +339,8 @@ class Settings:
     canary_purge_hours: float
     hold_labels: tuple[str, ...]
     hold_days: int
+    seal_to: str | None
+    seal_identity: Path | None
     console_listen: str
     console_trusted_proxies: tuple[str, ...]
     console_moderators_may_restore: bool
@@ -439,6 +462,8 @@ def typed(name: str, value: Any) -> Any:
 SECTIONS = ("pictrs", "lemmy", "notify", "console")  # [pictrs] url = ... is the setting pictrs_url
 # What an unset setting looks like when set, for `config init` (each parses as its setting).
 EXAMPLES = {
+    "seal_to": "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p",  # keygen prints yours
+    "seal_identity": "/root/.config/mirror-scan/quarantine-key.txt",
     "hold_labels": ["csam"],  # reported material is kept a year in the US (18 U.S.C. 2258A, the REPORT Act)
     "remote": "pictrs:pictrs-bucket",
     "rclone": "/usr/bin/rclone",
@@ -454,9 +479,11 @@ EXAMPLES = {
 }
 
 
-def commented_config() -> str:
+def commented_config(chosen: dict[str, object] | None = None) -> str:
     """A config file to start from: every setting that may live in a file, commented out at its default,
-    with what it does. Secrets are shown where they go but belong in files or the environment."""
+    with what it does; those in `chosen` set (config init's choices). Secrets are shown where they go but
+    belong in files or the environment."""
+    chosen = chosen or {}
     lines = [
         "# mirror-scan configuration. Precedence: command-line flag > MIRROR_SCAN_* environment > this file >",
         "# default. Uncomment what you change; `mirror-scan config` shows every value and where it came from.",
@@ -479,6 +506,9 @@ def commented_config() -> str:
             target.append(f"# {key}: {spec.help}; secret: set MIRROR_SCAN_{name.upper()} in the environment")
             continue
         target.append(f"# {key}: {spec.help}")
+        if name in chosen:
+            target.append(f"{key} = {json.dumps(str(chosen[name]), ensure_ascii=False)}")
+            continue
         target.append(f"# {key} = {rendered}")
     for section in SECTIONS:
         lines += ["", f"[{section}]", *sectioned[section]]

@@ -97,7 +97,7 @@ def scan_once(engine: str, s3, bundle: Path, work: Path) -> dict:
     loaded = load_bundle(bundle)
     policy = load_policy(settings.policy)
     scorer = Scorer(loaded)
-    config = scan_config(settings, 0.0, policy)
+    config = scan_config(settings, 0.0, policy, loaded)
     spec = StageSpec(s3=s3, model_dir=str(bundle), limits=config.limits, batch_size=settings.batch_size)
     with Ledger(settings.state) as ledger:
         scan = Scan(ledger, loaded, scorer, policy, config, actor=None)

@@ -16,8 +16,16 @@ with and without start-up (a one-picture scan's CPU is the start-up), and the sc
 Also: a second floor that decodes each JPEG whole and takes Meta's reference PDQ (what the shared hash
 needs), the scan's CPU by stage (its `stage_cpu_s`), and the scan with `resize = reduced`.
 
+With --modes, instead: the three `resize` modes (exact, reduced, thumbnail512) side by side, on generated
+JPEGs of 900-2400 px and on benign pictures that installed packages ship (sample data; never downloaded):
+each mode's model input against exact's (pixels, embedding cosine, the largest change of a policy
+similarity, verdict agreement at each severity level), its decode CPU per picture by stage, and the real
+scan per mode against the serial loops (lemmy-safety's shape; fedi-safety's, thumbnail first), all in one
+run. With random weights the verdicts say little: what carries is how far the inputs move.
+
     python scripts/bench_scan.py [--quick] [--json] [--model DIR | --tiny] [--images N] [--rss-files N]
     python scripts/bench_scan.py --floor [--quick] [--json] [--tiny]
+    python scripts/bench_scan.py --modes [--quick] [--json] [--model DIR | --tiny] [--images N]
 """
 
 from __future__ import annotations
@@ -36,12 +44,12 @@ from benchutil import BENCH_OUT, bundle_for, emit, machine, parser
 from PIL import Image
 
 from mirror_scan.model.bundle import load_bundle
-from mirror_scan.model.preprocess import to_model_input
+from mirror_scan.model.preprocess import RESIZE_MODES, thumbnail, to_model_input
 from mirror_scan.model.scoring import Scorer, columns
 from mirror_scan.model.synthetic import generated_image
 from mirror_scan.policy import evaluate, load_policy
 from mirror_scan.scan.decoders import gpujpeg
-from mirror_scan.scan.decoders.decode import Limits
+from mirror_scan.scan.decoders.decode import Limits, decode
 from mirror_scan.scan.runner import Scan, ScanConfig
 from mirror_scan.store.ledger import Ledger
 
@@ -91,11 +99,12 @@ def model_only(scorer: Scorer, pixels: np.ndarray, batch: int, seconds: float) -
     return done / (time.perf_counter() - start)
 
 
-def serial_baseline(files: list[Path], bundle, scorer: Scorer, policy, cols) -> float:
-    """lemmy-safety's shape: for each file, open, decode fully, preprocess, infer alone, decide."""
+def serial_baseline(files: list[Path], bundle, scorer: Scorer, policy, cols, fedi: bool = False) -> float:
+    """lemmy-safety's shape: for each file, open, decode fully, preprocess, infer alone, decide. fedi:
+    fedi-safety's instead, thumbnail((512, 512)) on the file as opened (JPEGs drafted) first."""
     start = time.perf_counter()
     for path in files:
-        img = Image.open(path).convert("RGB")
+        img = thumbnail(Image.open(path)).convert("RGB") if fedi else Image.open(path).convert("RGB")
         pixels = to_model_input(img, bundle.preprocess)[None]
         _, sims = scorer(pixels)
         evaluate(policy, sims[:, cols])
@@ -103,7 +112,15 @@ def serial_baseline(files: list[Path], bundle, scorer: Scorer, policy, cols) -> 
 
 
 def run_scan(
-    bundle, scorer, policy, tree: Path, state: Path, batch: int, workers: int, decoders: str = "process"
+    bundle,
+    scorer,
+    policy,
+    tree: Path | list[Path],
+    state: Path,
+    batch: int,
+    workers: int,
+    decoders: str = "process",
+    limits: Limits | None = None,
 ) -> tuple[dict, float]:
     with Ledger(state) as ledger:
         scan = Scan(
@@ -111,11 +128,11 @@ def run_scan(
             bundle,
             scorer,
             policy,
-            ScanConfig(batch_size=batch, workers=workers, limits=Limits(), decoders=decoders),
+            ScanConfig(batch_size=batch, workers=workers, limits=limits or Limits(), decoders=decoders),
             actor=None,
         )
         started = time.perf_counter()
-        counters = scan.run([str(tree)])
+        counters = scan.run([str(t) for t in (tree if isinstance(tree, list) else [tree])])
         return counters.as_dict(), time.perf_counter() - started
 
 
@@ -307,9 +324,205 @@ def floor_main(args) -> None:
     emit(figures, args.json)
 
 
+# ---------------------------------------------------------------- --modes: the three `resize` modes
+
+# Benign pictures installed packages ship (sample data), then the machine's own documentation pictures. Found,
+# never downloaded; each once (stable and nightly toolchains ship the same files).
+SAMPLE_GLOBS = (
+    "{site}/skimage/data/*.png",
+    "{site}/skimage/data/*.jpg",
+    "{site}/matplotlib/mpl-data/sample_data/*.png",
+    "{site}/matplotlib/mpl-data/sample_data/*.jpg",
+    "{site}/imageio/resources/images/*.png",
+    "{site}/imageio/resources/images/*.jpg",
+    "/usr/share/backgrounds/**/*.jpg",
+    "/usr/share/wallpapers/**/*.jpg",
+    "/usr/share/doc/*/*.jpg",
+    "{home}/.rustup/toolchains/*/share/doc/rust/html/**/*.jp*g",
+)
+
+
+def sample_pictures(limit: int = 24, min_side: int = 128) -> list[Path]:
+    import glob
+    import hashlib
+    import site
+    import sysconfig
+
+    sites = {sysconfig.get_paths()["purelib"], *site.getsitepackages()}
+    seen: set[str] = set()
+    found: list[Path] = []
+    for pattern in SAMPLE_GLOBS:
+        for where in sorted(sites) if "{site}" in pattern else [""]:
+            spec = pattern.format(site=where, home=Path.home())
+            for name in sorted(glob.glob(spec, recursive=True)):
+                path = Path(name)
+                try:
+                    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+                    with Image.open(path) as img:
+                        small = min(img.size) < min_side or getattr(img, "is_animated", False)
+                except (OSError, Image.UnidentifiedImageError, Image.DecompressionBombError):
+                    continue
+                if digest not in seen and not small:
+                    seen.add(digest)
+                    found.append(path)
+    return found[:limit]
+
+
+def _cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return (a * b).sum(axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+def compare_modes(files: list[Path], bundle, scorer: Scorer, policy, cols) -> dict:
+    """Per mode against exact: the centre row's pixels, embedding and policy similarities, the verdict at
+    each severity level, and the decode's CPU per picture by stage (one thread, the modes back to back)."""
+    prep = bundle.preprocess
+    rows: dict[str, list[np.ndarray]] = {mode: [] for mode in RESIZE_MODES}
+    cpu: dict[str, list[float]] = {mode: [] for mode in RESIZE_MODES}
+    stages: dict[str, dict[str, float]] = {mode: {} for mode in RESIZE_MODES}
+    drafted: list[bool] = []  # thumbnail512 decoded the JPEG a second time, drafted
+    for path in files:
+        data = path.read_bytes()
+        for mode in RESIZE_MODES:
+            started = time.thread_time()
+            decoded = decode(data, prep, Limits(resize=mode))
+            cpu[mode].append(time.thread_time() - started)
+            assert not isinstance(decoded, str), (path, decoded)
+            rows[mode].append(decoded.pixels[0])
+            if mode == "thumbnail512":
+                drafted.append("thumbnail" in decoded.cpu_s)
+            for stage, seconds in decoded.cpu_s.items():
+                stages[mode][stage] = stages[mode].get(stage, 0.0) + seconds
+    std = np.asarray(prep.std, np.float32)[None, :, None, None]
+    scored = {}
+    for mode in RESIZE_MODES:
+        pixels = np.stack(rows[mode])
+        outs = [scorer(pixels[i : i + 16]) for i in range(0, len(pixels), 16)]
+        scored[mode] = (pixels, np.concatenate([o[0] for o in outs]), np.concatenate([o[1] for o in outs])[:, cols])
+    exact_pixels, exact_emb, exact_sims = scored["exact"]
+    n = len(files)
+    out: dict = {"pictures": n, "drafted_by_thumbnail512": int(sum(drafted))}
+    mask = np.asarray(drafted)
+    for mode in RESIZE_MODES:
+        pixels, emb, sims = scored[mode]
+        levels = np.abs(pixels - exact_pixels) * std * 255
+        cosine = _cosine(emb, exact_emb)
+        times, exact_times = np.asarray(cpu[mode]), np.asarray(cpu["exact"])
+        figure = {
+            "decode_cpu_ms_per_picture": round(float(times.mean()) * 1000, 2),
+            "decode_cpu_over_exact": round(float(times.sum() / exact_times.sum()), 3),
+            "stage_cpu_ms_per_picture": {k: round(v / n * 1000, 2) for k, v in sorted(stages[mode].items())},
+            # the pictures thumbnail512 drafts (a second decode) and the others, apart
+            "decode_cpu_over_exact_drafted": round(float(times[mask].sum() / exact_times[mask].sum()), 3)
+            if mask.any()
+            else None,
+            "decode_cpu_over_exact_not_drafted": round(float(times[~mask].sum() / exact_times[~mask].sum()), 3)
+            if (~mask).any()
+            else None,
+            "pixels_mean_levels_from_exact": round(float(levels.mean()), 3),
+            "embedding_cosine_to_exact_min": round(float(cosine.min()), 6),
+            "embedding_cosine_to_exact_mean": round(float(cosine.mean()), 6),
+            "policy_similarity_max_change": round(float(np.abs(sims - exact_sims).max()), 5),
+        }
+        for level, offset in policy.severity_levels.items():
+            ours = evaluate(policy, sims, offset).flagged
+            theirs = evaluate(policy, exact_sims, offset).flagged
+            figure[f"verdicts_agree_{level}"] = f"{int((ours == theirs).sum())}/{n}"
+            figure[f"flagged_{level}"] = int(ours.sum())
+        out[mode] = figure
+    return out
+
+
+def _cpu_now() -> float:
+    import resource
+
+    mine, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return mine.ru_utime + mine.ru_stime + children.ru_utime + children.ru_stime
+
+
+def modes_main(args) -> None:
+    images = args.images or (16 if args.quick else 200)
+    bundle = load_bundle(bundle_for(args))
+    policy = load_policy("horde-v2")
+    scorer = Scorer(bundle, device="auto")
+    cols = columns(bundle.concepts.prompts, policy)
+    tree = make_tree(BENCH_OUT / f"modes-tree-{images}", images, seed=7, sides=(900, 2400))
+    generated = sorted(tree.rglob("*.jpg"))
+    samples = sample_pictures(8 if args.quick else 24)
+    sample_dir = BENCH_OUT / "modes-samples"
+    shutil.rmtree(sample_dir, ignore_errors=True)
+    sample_dir.mkdir(parents=True)
+    copies = []
+    for i, path in enumerate(samples):  # copied, so the scan below reads them like the generated ones
+        copies.append(sample_dir / f"{i:02d}-{path.name}")
+        shutil.copy(path, copies[-1])
+    figures: dict = {"bench": "scan-modes", "arch": bundle.manifest["model"]["arch"], "provider":
+                     scorer.placement.provider, "images": images, **machine(), "quick": args.quick,
+                     "random_weights": bool(bundle.manifest["model"].get("random_weights")),
+                     "samples": [str(p) for p in samples]}  # fmt: skip
+    figures["generated"] = compare_modes(generated, bundle, scorer, policy, cols)
+    if copies:
+        figures["samples_compared"] = compare_modes(copies, bundle, scorer, policy, cols)
+    roots = [tree, sample_dir] if copies else [tree]
+    total = len(generated) + len(copies)
+    serial_files = generated + copies
+    state_dir = Path(tempfile.mkdtemp(prefix="bench-modes-"))
+    # The scans in the order A B C, and without --quick C B A again: the shared cores' drift falls on all.
+    order = list(RESIZE_MODES) if args.quick else [*RESIZE_MODES, *reversed(RESIZE_MODES)]
+    try:
+        rates: dict[str, list[float]] = {"serial": [serial_baseline(serial_files, bundle, scorer, policy, cols)]}
+        scan_cpu: dict[str, float] = dict.fromkeys(RESIZE_MODES, 0.0)
+        for run, mode in enumerate(order):
+            before = _cpu_now()
+            summary, seconds = run_scan(bundle, scorer, policy, roots, state_dir / f"{mode}-{run}.db",
+                                        args.batch_size, args.workers, limits=Limits(resize=mode))  # fmt: skip
+            scan_cpu[mode] += (_cpu_now() - before) / order.count(mode)
+            assert summary["scanned"] == total, (summary, total)
+            rates.setdefault(mode, []).append(total / seconds)
+        rates["serial"].append(serial_baseline(serial_files, bundle, scorer, policy, cols))
+        rates["serial_fedi"] = [serial_baseline(serial_files, bundle, scorer, policy, cols, fedi=True)]
+    finally:
+        shutil.rmtree(state_dir, ignore_errors=True)
+    serial = sum(rates["serial"]) / len(rates["serial"])  # before and after the scans: the VM's drift halved
+    figures["serial_images_per_s"] = [round(r, 2) for r in rates["serial"]]
+    figures["serial_fedi_style_images_per_s"] = round(rates["serial_fedi"][0], 2)
+    figures["serial_fedi_style_over_serial"] = round(rates["serial_fedi"][0] / serial, 3)
+    for mode in RESIZE_MODES:
+        rate = sum(rates[mode]) / len(rates[mode])
+        figures[f"scan_{mode}_images_per_s_runs"] = [round(r, 2) for r in rates[mode]]
+        figures[f"scan_{mode}_images_per_s"] = round(rate, 2)
+        figures[f"scan_{mode}_over_serial"] = round(rate / serial, 3)
+        figures[f"scan_{mode}_cpu_ms_per_picture"] = round(scan_cpu[mode] / total * 1000, 2)
+        figures[f"scan_{mode}_cpu_over_exact"] = round(scan_cpu[mode] / scan_cpu["exact"], 3)
+    print(f"CPU             : {figures.get('cpu', '?')} ({figures['cpus']} cores); model {figures['arch']}"
+          f"{' (random weights: verdicts say little)' if figures['random_weights'] else ''}")  # fmt: skip
+    drafted = figures["generated"]["drafted_by_thumbnail512"]
+    print(f"pictures        : {len(generated)} generated JPEGs of 900-2400 px ({drafted} drafted by thumbnail512), "
+          f"{len(copies)} shipped samples")  # fmt: skip
+    for group in ("generated", "samples_compared"):
+        if group not in figures:
+            continue
+        for mode in RESIZE_MODES:
+            f = figures[group][mode]
+            agree = ", ".join(f"{k[15:]} {v}" for k, v in f.items() if k.startswith("verdicts_agree_"))
+            print(f"{group[:9]:9} {mode:12}: decode {f['decode_cpu_ms_per_picture']:6.2f} ms CPU "
+                  f"({f['decode_cpu_over_exact']:.2f}x exact; drafted {f['decode_cpu_over_exact_drafted']}x, others "
+                  f"{f['decode_cpu_over_exact_not_drafted']}x); pixels {f['pixels_mean_levels_from_exact']:.2f} "
+                  f"levels from exact, cosine min {f['embedding_cosine_to_exact_min']:.6f}, similarity moved at most "
+                  f"{f['policy_similarity_max_change']:.5f}; verdicts as exact: {agree}")  # fmt: skip
+    print(f"serial loops    : lemmy-safety style {serial:.2f} images/s (runs {figures['serial_images_per_s']}), "
+          f"fedi-safety style {figures['serial_fedi_style_images_per_s']:.2f}")  # fmt: skip
+    for mode in RESIZE_MODES:
+        print(f"scan {mode:12}: {figures[f'scan_{mode}_images_per_s']:7.2f} images/s "
+              f"({figures[f'scan_{mode}_over_serial']:.2f}x the serial loop), "
+              f"{figures[f'scan_{mode}_cpu_ms_per_picture']:.2f} ms CPU per picture "
+              f"({figures[f'scan_{mode}_cpu_over_exact']:.2f}x exact)")  # fmt: skip
+    emit(figures, args.json)
+
+
 def main() -> None:
     p = parser(__doc__.splitlines()[0])
     p.add_argument("--floor", action="store_true", help="the scan's CPU per picture against the floor loop")
+    p.add_argument("--modes", action="store_true", help="the three resize modes against each other and serial loops")
     p.add_argument("--images", type=int, help="synthetic JPEGs of 512-1600 px (default 2000; --quick 120)")
     p.add_argument("--rss-files", type=int, help="files in the memory test tree (default 100000; --quick 5000)")
     p.add_argument("--batch-size", type=int, default=16)
@@ -317,6 +530,9 @@ def main() -> None:
     args = p.parse_args()
     if args.floor:
         floor_main(args)
+        return
+    if args.modes:
+        modes_main(args)
         return
     images = args.images or (120 if args.quick else 2000)
     rss_files = args.rss_files or (5000 if args.quick else 100_000)

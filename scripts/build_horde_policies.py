@@ -27,10 +27,32 @@ V2_DEDUP_PAIRS = [
     ["children", "child"],
 ]
 SEVERITY = {"strict": -0.01, "default": 0.0, "lenient": 0.01}
+# NSFWAnimeScores.*_score_key: the model's rating tags, whose outputs are rounded to 4 decimals.
+V2_RATING_TAGS = {"safe": "rating:safe", "questionable": "rating:questionable", "explicit": "rating:explicit"}
+V2_RATING_DECIMALS = 4
 
 
 def pick(entry: dict, keys: tuple[str, ...]) -> dict:
     return {"prompt": entry["prompt"], **{k: entry[k] for k in keys if k in entry}}
+
+
+def build_v2_deepdanbooru(dd: dict) -> dict:
+    """Rule step 4 (the reference's "deepdanbooru" section) as the policy's deepdanbooru section."""
+    thresholds = dd["thresholds"]
+    model = dd["model"]
+    return {
+        "enabled": True,
+        "made_for": f"{model['file']} ({model['origin']}; sha256 {model['sha256']})",
+        "rating_tags": V2_RATING_TAGS,
+        "round_decimals": V2_RATING_DECIMALS,
+        "nsfw_tags": dd["nsfw_deepdanbooru_concepts"],
+        "explicit_above": thresholds["explicit_gt"],
+        "questionable_above": thresholds["questionable_gt"],
+        "questionable_needs_safe_below": thresholds["questionable_requires_safe_lt"],
+        "safe_below": thresholds["safe_lt"],
+        "tag_above": thresholds["tag_results_gt"],
+        "not_anime_tags": [thresholds["realistic_tag"]],
+    }
 
 
 def build_v2(ref: dict) -> dict:
@@ -40,9 +62,9 @@ def build_v2(ref: dict) -> dict:
         "format_version": 1,
         "name": "horde-v2",
         "description": (
-            "horde-safety NSFWChecker.check_for_nsfw (as used by fedi-safety), CLIP part: flags an image "
-            "that is both NSFW and shows an underage subject (is_csam). Similarities rounded to 4 decimals, "
-            "strict '>' comparisons."
+            "horde-safety NSFWChecker.check_for_nsfw (as used by fedi-safety): flags an image that is both "
+            "NSFW and shows an underage subject (is_csam). Similarities rounded to 4 decimals, strict '>' "
+            "comparisons. Anime pictures also get DeepDanbooru's verdict when its scores are given."
         ),
         "made_for": "ViT-L-14/openai",
         "rule": "horde-v2",
@@ -67,10 +89,14 @@ def build_v2(ref: dict) -> dict:
             "first_pass_min_hits": 1,
             "second_pass_min_hits": 2,
         },
+        "deepdanbooru": build_v2_deepdanbooru(ref["deepdanbooru"]),
         "notes": [
             f"Built from horde-safety commit {ref['source']['commit']} constants by scripts/build_horde_policies.py.",
             "The thresholds were tuned for ViT-L-14/openai; with another model they mean little until calibrated.",
-            "A file scanner has no generation prompt and no DeepDanbooru model: those inputs are not used.",
+            "A file scanner has no generation prompt: the negative-prompt suspicion rule is not used.",
+            "DeepDanbooru (rule step 4) runs on pictures called anime after the photo override; without its "
+            "scores such a picture is decided by CLIP alone and the verdict says so (deepdanbooru_missing). "
+            "Its thresholds are probabilities and do not move with the severity offset.",
         ],
     }
 

@@ -4,14 +4,45 @@ files and vectorised code. Tests compare the two on random inputs. `off` is adde
 
 from __future__ import annotations
 
+import numpy as np
 
-def check_v2(ref: dict, sims: dict[str, float], off: float = 0.0) -> dict:
+
+def deepdanbooru_v2(ref: dict, outputs: dict[str, float]) -> tuple[bool, dict, dict]:
+    """The 'deepdanbooru' section's rule: (is_anime_nsfw, the three rounded ratings, tag_results). Outputs
+    are float32 as the model's; a rating the model lacks scores 0.0."""
+    dd = ref["deepdanbooru"]
+    t = dd["thresholds"]
+    out = {tag: np.float32(v) for tag, v in outputs.items()}
+    safe, questionable, explicit = (
+        round(float(out.get(f"rating:{k}", 0.0)), 4) for k in ("safe", "questionable", "explicit")
+    )
+    tags = [tag for tag, thr in dd["nsfw_deepdanbooru_concepts"].items() if tag in out and out[tag] > np.float32(thr)]
+    results = {tag: round(float(v), 4) for tag, v in out.items() if v > np.float32(t["tag_results_gt"])}
+    nsfw = False
+    if tags or explicit > t["explicit_gt"]:
+        nsfw = True
+    elif questionable > t["questionable_gt"] and safe < t["questionable_requires_safe_lt"]:
+        nsfw = True
+    elif safe < t["safe_lt"]:
+        nsfw = True
+    ratings = {"rating:safe": safe, "rating:questionable": questionable, "rating:explicit": explicit}
+    return nsfw, ratings, results
+
+
+def check_v2(ref: dict, sims: dict[str, float], off: float = 0.0, dd: dict[str, float] | None = None) -> dict:
+    """dd: the DeepDanbooru model's outputs for this image (None: no model configured)."""
     g = ref["groups"]
     s = {k: round(v, 4) for k, v in sims.items()}
     fired_anime = [e for e in g["anime_cartoon"] if s[e["prompt"]] > e["threshold"] + off]
     is_anime = bool(fired_anime)
     if is_anime and all(s[e["prompt"]] < 0.208 + off for e in fired_anime):
         if any(s[p] > 0.24 + off for p in ref["photo_override_candidate_prompts"]):
+            is_anime = False
+    dd_ran, dd_nsfw, ratings, tag_results = False, False, {}, {}
+    if dd is not None and is_anime:
+        dd_ran = True
+        dd_nsfw, ratings, tag_results = deepdanbooru_v2(ref, dd)
+        if ref["deepdanbooru"]["thresholds"]["realistic_tag"] in tag_results:
             is_anime = False
     predicate_groups = ("anime_cartoon", "human_subject", "underage", "nsfw_predicates")
     matched = {}
@@ -21,7 +52,7 @@ def check_v2(ref: dict, sims: dict[str, float], off: float = 0.0) -> dict:
                 matched[e["prompt"]] = s[e["prompt"]]
     subject = bool(matched)
     concepts = {}
-    if subject:
+    if subject and not dd_nsfw:
         if not is_anime:
             concepts = {
                 e["prompt"]: s[e["prompt"]] for e in g["nsfw_concepts"] if s[e["prompt"]] > e["threshold"] + off
@@ -32,7 +63,7 @@ def check_v2(ref: dict, sims: dict[str, float], off: float = 0.0) -> dict:
                 for e in g["nsfw_post_anime_concepts"]
                 if e["effective"] and s[e["prompt"]] > e["anime_threshold"] + off
             }
-    is_nsfw = bool(concepts)
+    is_nsfw = dd_nsfw or bool(concepts)
     first = {e["prompt"]: s[e["prompt"]] for e in g["underage"] if s[e["prompt"]] > e["danger_threshold"] + off}
     if first:
         underage, csam_matched = True, first
@@ -72,9 +103,11 @@ def check_v2(ref: dict, sims: dict[str, float], off: float = 0.0) -> dict:
         "is_underage_subject": underage,
         "is_csam": underage and is_nsfw,
         "found_human_subject": subject,
-        "nsfw_concepts_identified": concepts,
+        "nsfw_concepts_identified": {**ratings, **concepts},
         "csam_predicates_matched": csam_matched,
         "matched_predicates": matched,
+        "anime_concepts_identified": tag_results,
+        "deepdanbooru_ran": dd_ran,
     }
 
 

@@ -94,7 +94,7 @@ def test_the_runner_never_waits_for_work_holding_the_write_lock(tmp_path, tiny_b
                         "quarantine": tmp_path / "q", "decoders": "thread"})  # fmt: skip
     bundle, policy, offset, scorer = load_scanner(settings)
     ledger = Ledger(settings.state)
-    config = scan_config(settings, offset, policy, flush_after_s=0.1, commit_every_s=3600.0)
+    config = scan_config(settings, offset, policy, bundle, flush_after_s=0.1, commit_every_s=3600.0)
     Scan(ledger, bundle, scorer, policy, config, actor=None).run([str(mirror)])
     (mirror / "copy.png").write_bytes(_png(1))  # the same bytes: decided from the stored result
 

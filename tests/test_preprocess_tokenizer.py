@@ -94,7 +94,7 @@ def test_the_reduced_resize_is_close_to_open_clips_and_stored_apart(tiny_bundle_
     for seed, (w, h) in enumerate([(2318, 1838), (1600, 900), (900, 1600), (700, 500)]):
         img = generated_image(seed, w, h)
         exact.append(reference(img).numpy())
-        reduced.append(normalise(resize_and_crop(img, prep, reduced=True), prep))
+        reduced.append(normalise(resize_and_crop(img, prep, "reduced"), prep))
     exact, reduced = np.stack(exact), np.stack(reduced)
     std = np.asarray(prep.std, np.float32)[None, :, None, None]
     levels = np.abs(exact - reduced) * std * 255  # back in 0-255 levels

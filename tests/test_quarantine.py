@@ -31,8 +31,21 @@ class Site:
     def __init__(self, base: Path, bundle: Path) -> None:
         self.base, self.bundle = base, bundle
         self.tree, self.state, self.quarantine = base / "mirror", base / "state.db", base / "quarantine"
+        self.env: dict[str, str] = {}
+        self.identity: Path | None = None
+
+    def seal(self, key_file: Path) -> None:
+        """New items sealed (store/sealing.py): every command gets the public key; only the ways out (restore,
+        extract) get the identity, so recovery and the quarantining commands run without it."""
+        from mirror_scan.store.sealing import generate_identity
+
+        self.env = {"MIRROR_SCAN_SEAL_TO": generate_identity(key_file)}
+        self.identity = key_file
 
     def cli(self, *args: str, env: dict | None = None):
+        env = {**self.env, **(env or {})}
+        if self.identity is not None and args[:2] in (("quarantine", "restore"), ("quarantine", "extract")):
+            env["MIRROR_SCAN_SEAL_IDENTITY"] = str(self.identity)
         if args[0] == "report":  # read-only: no quarantine involved
             return run_cli(*args, "--state", str(self.state), env=env)
         return run_cli(*args, "--state", str(self.state), "--quarantine", str(self.quarantine), env=env)
@@ -256,7 +269,14 @@ def _assert_nothing_lost(site: Site, expected: dict[str, bytes]) -> None:
     half-written); no temp files; no unfinished move."""
     stored = {}
     for item_dir in (site.quarantine / "items").iterdir():
-        if (item_dir / "data").exists():
+        if (item_dir / "data.age").exists():  # sealed: opened here with the admin's identity
+            assert site.identity is not None and not (item_dir / "data").exists(), "a sealed item's plaintext left"
+            meta = json.loads((item_dir / "meta.json").read_text())
+            data = _decrypt(site.identity, item_dir / "data.age")
+            assert sha(data) == meta["sha256"] and meta["sealed"]["sha256"] == sha((item_dir / "data.age").read_bytes())
+            stored[sha(data)] = data
+        elif (item_dir / "data").exists():
+            assert site.identity is None, "a sealed quarantine holds an item in the clear"
             meta = json.loads((item_dir / "meta.json").read_text())
             data = (item_dir / "data").read_bytes()
             assert sha(data) == meta["sha256"], "half-written quarantine copy"
@@ -273,9 +293,19 @@ def _assert_nothing_lost(site: Site, expected: dict[str, bytes]) -> None:
         assert db.execute("SELECT count(*) FROM moves WHERE step NOT IN ('done', 'rolled_back')").fetchone()[0] == 0
 
 
-@pytest.fixture
-def flagged_site(site) -> tuple[Site, dict[str, bytes], Path]:
-    """A dry-run scan that flagged every readable file, saved as a template to reset from."""
+def _decrypt(identity: Path, sealed: Path) -> bytes:
+    import pyrage
+
+    key = next(line for line in identity.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-"))
+    return pyrage.decrypt(sealed.read_bytes(), [pyrage.x25519.Identity.from_str(key)])
+
+
+@pytest.fixture(params=["plain", "sealed"])
+def flagged_site(request, site) -> tuple[Site, dict[str, bytes], Path]:
+    """A dry-run scan that flagged every readable file, saved as a template to reset from; the quarantine
+    sealed (seal_to) or not."""
+    if request.param == "sealed":
+        site.seal(site.base.parent / "quarantine-key.txt")
     site.scan("--dry-run", "--severity=-1", "--quiet")
     template = site.base.with_name("template")
     shutil.copytree(site.base, template, symlinks=True)

@@ -67,8 +67,20 @@ database_password_file = "{tmp / "db-password"}"
         listed.write_text(f"type,hash\nsha256,{sha(self.original)}\n")
         assert self.cli("hashlist", "import", str(listed), "--name", "known").returncode == 0
 
+    seal_env: dict[str, str] = {}  # noqa: RUF012 - set per instance by `seal`
+    identity: Path | None = None
+
+    def seal(self) -> None:
+        """New items sealed (store/sealing.py); only `quarantine restore` is given the identity."""
+        from mirror_scan.store.sealing import generate_identity
+
+        self.identity = self.tmp / "quarantine-key.txt"
+        self.seal_env = {"MIRROR_SCAN_SEAL_TO": generate_identity(self.identity)}
+
     def cli(self, *args: str, **kwargs):
-        env = {**self.s3.env(), "MIRROR_SCAN_PICTRS_API_KEY": API_KEY, **kwargs.pop("env", {})}
+        env = {**self.s3.env(), "MIRROR_SCAN_PICTRS_API_KEY": API_KEY, **self.seal_env, **kwargs.pop("env", {})}
+        if self.identity is not None and args[:2] == ("quarantine", "restore"):
+            env["MIRROR_SCAN_SEAL_IDENTITY"] = str(self.identity)
         return run_cli(*args, "--state", str(self.state), "--quarantine", str(self.quarantine), "--config",
                        str(self.config), env=env, **kwargs)  # fmt: skip
 
@@ -103,6 +115,14 @@ def instance(tmp_path, s3, postgres, tiny_bundle_master, write_policy):
     made = Instance(tmp_path, s3, postgres, tiny_bundle_master, clear)
     yield made
     made.stop()
+
+
+@pytest.fixture(params=["plain", "sealed"])
+def either_instance(request, instance):
+    """The instance with its quarantine held in the clear, or sealed to a key (seal_to)."""
+    if request.param == "sealed":
+        instance.seal()
+    return instance
 
 
 def _nothing_public(instance: Instance) -> None:
@@ -242,9 +262,11 @@ def _every_object_in_one_place(instance: Instance) -> str:
     bucket = instance.tmp / "s3" / BUCKET
     held = {}
     for item_dir in (instance.quarantine / "items").iterdir():
-        for path in [item_dir / "data", *(item_dir / "companions").glob("*")]:
+        for path in [item_dir / "data", item_dir / "data.age", *(item_dir / "companions").glob("*")]:
             if path.is_file() and not path.name.startswith("."):
-                data = path.read_bytes()
+                sealed = path.name.endswith(".age")
+                assert sealed == (instance.identity is not None), f"{path.name}: sealed and clear mixed"
+                data = _opened(instance.identity, path) if sealed else path.read_bytes()
                 held[sha(data)] = data
     sides = set()
     for key, data in instance.objects.items():
@@ -263,8 +285,16 @@ def _every_object_in_one_place(instance: Instance) -> str:
     return sides.pop()
 
 
+def _opened(identity: Path, sealed: Path) -> bytes:
+    import pyrage
+
+    key = next(line for line in identity.read_text().splitlines() if line.startswith("AGE-SECRET-KEY-"))
+    return pyrage.decrypt(sealed.read_bytes(), [pyrage.x25519.Identity.from_str(key)])
+
+
 @pytest.mark.parametrize("step", QUARANTINE_STEPS)
-def test_sigkill_during_a_multi_object_quarantine(instance, step):
+def test_sigkill_during_a_multi_object_quarantine(either_instance, step):
+    instance = either_instance
     assert instance.scan("--dry-run").returncode == 1
     proc = instance.cli("apply", "--remote", instance.s3.remote, env={"MIRROR_SCAN_KILL_AT": f"quarantine:{step}"})
     assert proc.returncode == -9, (proc.returncode, proc.stderr)
@@ -278,7 +308,8 @@ def test_sigkill_during_a_multi_object_quarantine(instance, step):
 
 
 @pytest.mark.parametrize("step", RESTORE_STEPS)
-def test_sigkill_during_a_multi_object_restore(instance, step):
+def test_sigkill_during_a_multi_object_restore(either_instance, step):
+    instance = either_instance
     assert instance.scan().returncode == 1
     item = instance.item()
     proc = instance.cli("quarantine", "restore", item["id"], env={"MIRROR_SCAN_KILL_AT": f"restore:{step}"})

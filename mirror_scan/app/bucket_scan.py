@@ -64,7 +64,7 @@ class BucketScan:
             options.remote, Rclone.locate(settings.rclone), max_connections=max(16, options.fetch_threads * 2)
         )
         self.bundle, self.policy, offset, self.scorer = load_scanner(settings)
-        self.config = scan_config(settings, offset, self.policy)
+        self.config = scan_config(settings, offset, self.policy, self.bundle)
         self.spec = StageSpec(
             s3=self.s3,
             model_dir=str(settings.model),

@@ -5,6 +5,7 @@ scan/calibrate.py. Records no file rows and no verdicts: a calibration sample ne
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from mirror_scan.settings import Settings
 @dataclass
 class Sample:
     sims: list[np.ndarray]  # per picture, the policy's columns
+    deepdanbooru: list[dict[str, float] | None]  # per picture: its stored or fresh scores, None where not run
     reused: int
     scored: int
     errors: list[tuple[str, str]]  # (path, why): not part of the sample
@@ -31,7 +33,7 @@ class Calibration:
 
         self.settings = settings
         self.bundle, self.policy, self.offset, self.scorer = load_scanner(settings)
-        self.config = scan_config(settings, self.offset, self.policy)
+        self.config = scan_config(settings, self.offset, self.policy, self.bundle)
         self.model_id = result_model_id(self.bundle, self.scorer, self.config.limits)
         self.policy_columns = columns(self.bundle.concepts.prompts, self.policy)
 
@@ -44,7 +46,13 @@ class Calibration:
         started = time.monotonic()
         ledger, results = workspace.ledger, workspace.ledger.results
         prompt_set = results.ensure_prompt_set(self.bundle.concepts.prompts) if not ledger.readonly else None
+        from mirror_scan.scan import anime
+        from mirror_scan.scan.calibrate import offsets_around
+
         sims: list[np.ndarray] = []
+        dd_scores: list[dict[str, float] | None] = []
+        check = anime.AnimeCheck(self.bundle, self.policy, self.settings.device)
+        grid = offsets_around(self.policy, self.offset)  # DeepDanbooru for a picture anime at any of them
         errors: list[tuple[str, str]] = []
         reused = scored = 0
         batch: list[ToScore] = []
@@ -54,14 +62,21 @@ class Calibration:
             if not batch:
                 return
             embeddings, all_sims = self.scorer(np.concatenate([item.pixels for item in batch]))
+            frames = [len(item.pixels) for item in batch]
+            chosen = all_sims[:, self.policy_columns]
+            needed = [any(both) for both in zip(*(check.needed(chosen, frames, float(o)) for o in grid),
+                                                strict=True)] if check.active else [False] * len(batch)  # fmt: skip
+            fresh = check.scores([item.picture.dd_view for item in batch], needed)
             start = 0
-            for item in batch:
+            for item, scores, need in zip(batch, fresh, needed, strict=True):
                 rows = slice(start, start + len(item.pixels))
                 start += len(item.pixels)
-                sims.append(all_sims[rows][:, self.policy_columns])
+                sims.append(chosen[rows])
+                dd_scores.append(scores)
                 if prompt_set is not None:  # stored for the next calibration, and for scans of the same bytes
+                    detail = anime.with_outcome(item.picture.detail, scores, need)
                     results.put_result(item.picture.sha256, self.model_id, prompt_set, all_sims[rows],
-                                       embeddings[rows], item.picture.detail)  # fmt: skip
+                                       embeddings[rows], detail)  # fmt: skip
                 scored += 1
             batch.clear()
             ledger.commit()
@@ -78,6 +93,7 @@ class Calibration:
                 stored = results.get_result(outcome.result_id)
                 prompts = results.prompt_set(stored.prompt_set)
                 sims.append(policy_sims(stored.sims, stored.embedding, prompts, self.policy, self.bundle))
+                dd_scores.append(anime.stored_scores(stored.detail))
                 reused += 1
             elif isinstance(outcome, ToScore):
                 batch.append(outcome)
@@ -88,7 +104,7 @@ class Calibration:
             if progress:
                 progress(len(sims) + len(batch) + len(errors))
         flush()
-        return Sample(sims, reused, scored, errors, time.monotonic() - started)
+        return Sample(sims, dd_scores, reused, scored, errors, time.monotonic() - started)
 
 
 def stored_calibration(settings: Settings):
@@ -103,7 +119,9 @@ def stored_calibration(settings: Settings):
     policy = load_policy(settings.policy)
     offset = resolve_severity(policy, settings.severity)
     bundle = load_bundle(settings.model) if (settings.model / "manifest.json").exists() else None
-    sims = []
+    from mirror_scan.scan import anime
+
+    sims, dd_scores = [], []
     with Ledger(settings.state, readonly=True) as ledger:
         results = ledger.results
         needed = [s for s in results.prompt_set_ids() if any(p not in results.prompt_set(s) for p in policy.prompts)]
@@ -112,7 +130,8 @@ def stored_calibration(settings: Settings):
             rows = np.frombuffer(row.sims, np.float32).reshape(row.frames, len(prompts))
             embedding = np.frombuffer(row.embedding, np.float16).reshape(row.frames, -1) if row.embedding else None
             sims.append(policy_sims(rows, embedding, prompts, policy, bundle))
+            dd_scores.append(anime.stored_scores(json.loads(row.detail)) if row.detail else None)
     if not sims:
         return None
     offsets = offsets_around(policy, offset)
-    return calibrate(policy, sims, offset, offsets=offsets), offsets, policy.policy_id
+    return calibrate(policy, sims, offset, offsets=offsets, deepdanbooru=dd_scores), offsets, policy.policy_id

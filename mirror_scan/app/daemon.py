@@ -250,7 +250,7 @@ class WatchDaemon:
             bundle,
             scorer,
             policy,
-            scan_config(settings, offset, policy, flush_after_s=FLUSH_AFTER_S, commit_every_s=0.2),
+            scan_config(settings, offset, policy, bundle, flush_after_s=FLUSH_AFTER_S, commit_every_s=0.2),
             actor=None if options.dry_run else QuarantineActor(self.workspace.quarantine),
             on_verdict=self._observe_verdict,
             on_batch=self.metrics.inference_batch.observe,

@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Protocol
 
 from mirror_scan.errors import MirrorScanError
-from mirror_scan.hashing import md5_file
 from mirror_scan.kinds import Decision, ItemEvent
 from mirror_scan.lists.live import LiveMatcher
 from mirror_scan.moderation.attribution import sole_uploader
@@ -187,7 +186,7 @@ class ItemOps:
             self._lists = LiveMatcher(self.ledger)
         matcher = self._lists.refresh()
         for obj in objects:
-            md5 = md5_file(self.quarantine.objects.data_path(item_id, obj.sha256))  # type: ignore[arg-type]
+            md5 = self.quarantine.journal.content.object_md5(self.ledger.item(item_id), obj)  # type: ignore[arg-type]
             found = matcher.match(obj.sha256, md5, [])
             if found is not None and found.action == "flag":
                 what = f"{obj.key} ({obj.variant or obj.role})"

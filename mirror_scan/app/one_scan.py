@@ -40,7 +40,7 @@ class OneScan:
         self.settings, self.paths, self.dry_run = settings, paths, dry_run
         self.report, self.report_format = report, report_format
         self.bundle, self.policy, self.offset, self.scorer = load_scanner(settings)
-        self.config = scan_config(settings, self.offset, self.policy)
+        self.config = scan_config(settings, self.offset, self.policy, self.bundle)
 
     def describe(self) -> list[str]:
         place = self.scorer.placement

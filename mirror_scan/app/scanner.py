@@ -39,8 +39,9 @@ def load_scanner(settings: Settings, *, warm_up: bool = False):
     return bundle, policy, offset, scorer
 
 
-def decode_limits(settings: Settings, policy):
+def decode_limits(settings: Settings, policy, bundle):
     """What the decode may spend and hands the model: the same for `scan`, `watch` and `serve`."""
+    from mirror_scan.scan import anime
     from mirror_scan.scan.decoders import gpujpeg
     from mirror_scan.scan.decoders.decode import Limits
 
@@ -51,10 +52,11 @@ def decode_limits(settings: Settings, policy):
         coverage=policy.coverage,
         resize=settings.resize,
         jpeg_decoder=gpujpeg.resolve(settings.jpeg_decoder, settings.decoders),
+        deepdanbooru=anime.wanted(policy, bundle),
     )
 
 
-def scan_config(settings: Settings, severity: float, policy, **overrides):
+def scan_config(settings: Settings, severity: float, policy, bundle, **overrides):
     """The runner's settings, the same for `scan` and `watch`."""
     from mirror_scan.scan.runner import ScanConfig
 
@@ -62,7 +64,7 @@ def scan_config(settings: Settings, severity: float, policy, **overrides):
         severity=severity,
         batch_size=settings.batch_size,
         workers=settings.workers,
-        limits=decode_limits(settings, policy),
+        limits=decode_limits(settings, policy, bundle),
         max_bytes=settings.max_file_mb << 20,
         read_timeout_s=settings.read_timeout,
         decoders=settings.decoders,

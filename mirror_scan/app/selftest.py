@@ -55,9 +55,15 @@ class SelfTest:
         try:
             mirror = base / "mirror"
             mirror.mkdir()
+            sealing = {}
+            if self.settings.seal_to:  # sealed as this install seals, to a key of the test's own: it restores
+                from mirror_scan.store.sealing import generate_identity
+
+                key = base / "selftest-key.txt"
+                sealing = {"seal_to": generate_identity(key), "seal_identity": key}
             local = dataclasses.replace(
                 self.settings, state=base / "state.db", quarantine=base / "quarantine", remote=None,
-                pictrs_database_url=None, lemmy_database_url=None, lemmy_url=None, notify_webhook=None,
+                pictrs_database_url=None, lemmy_database_url=None, lemmy_url=None, notify_webhook=None, **sealing,
             )  # fmt: skip
             found: dict[str, Any] = {}
 
@@ -99,7 +105,8 @@ class SelfTest:
                     done = ops.restore(found["item"].id, upstream=False, canary=True)  # this state is thrown away
                 assert done.ok, f"the canary was not restored: {done.detail}"
                 assert (mirror / "canary.png").read_bytes() == found["canary"], "the restored bytes differ"
-                return "restored byte-identical from the quarantine"
+                sealed = " (it was sealed to a test key, as seal_to seals)" if sealing else ""
+                return f"restored byte-identical from the quarantine{sealed}"
 
             self._stage("canary written", make)
             if self._stage("model loaded", load):

@@ -86,7 +86,7 @@ class ValidatorService:
                 on_error=options.on_error,
                 on_overload=options.on_overload,
                 answer_within_s=options.answer_within_s,
-                limits=decode_limits(settings, policy),
+                limits=decode_limits(settings, policy, bundle),
             )
             from mirror_scan.scan.decoders.decodepool import decoders as choose_decoders
 

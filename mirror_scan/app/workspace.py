@@ -39,7 +39,9 @@ class Workspace:
     def reader(cls, settings: Settings) -> Workspace:
         refuse_lost_state(settings)
         ledger = Ledger(settings.state, readonly=True)
-        return cls(settings, ledger, Quarantine(settings.quarantine, ledger), [])
+        quarantine = Quarantine(settings.quarantine, ledger)
+        configure_sealing(quarantine, settings)
+        return cls(settings, ledger, quarantine, [])
 
     @classmethod
     def writer(
@@ -54,6 +56,7 @@ class Workspace:
             # pict-rs's repo, where configured, says which objects belong to a flagged upload (its variants).
             quarantine = Quarantine(settings.quarantine, ledger, upstreams, follow_up_enabled(settings),
                                     upload_source(settings))  # fmt: skip
+            configure_sealing(quarantine, settings)
             notes = quarantine.recover() if recover else []
             for note in notes:
                 if on_recovered:
@@ -152,3 +155,24 @@ def refuse_lost_state(settings: Settings) -> None:
         "it is empty (0 bytes): a lost ledger, or a file made beforehand; if this is a first start, remove "
         "the empty file",
     )
+
+
+def configure_sealing(quarantine: Quarantine, settings: Settings) -> None:
+    """New items sealed to seal_to; sealed items opened with seal_identity (or --identity), read only when a
+    way out needs it (store/sealing.py). Nothing is ever asked here: a daemon or the console must not wait
+    on a terminal; the shell's ways out ask (`allow_asking`)."""
+    from mirror_scan.store.sealing import Identity, Sealer
+
+    content = quarantine.journal.content
+    content.sealer = Sealer(settings.seal_to) if settings.seal_to else None
+    path = settings.seal_identity
+    content.ask_identity = (lambda: Identity.from_file(path)) if path else None
+
+
+def allow_asking(workspace: Workspace) -> None:
+    """A command at a terminal (restore, extract, report) may ask for the identity when none was given."""
+    from mirror_scan.store.sealing import Identity
+
+    content = workspace.quarantine.journal.content
+    if content.ask_identity is None:
+        content.ask_identity = Identity.asked

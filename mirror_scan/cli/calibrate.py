@@ -80,7 +80,7 @@ def calibrate(
     if not sample.sims:
         raise UsageError("no picture in the sample could be read", hint="the lines above say why, file by file")
     offsets = offsets_around(job.policy, job.offset)
-    result = compute(job.policy, sample.sims, job.offset, target_fp, offsets)
+    result = compute(job.policy, sample.sims, job.offset, target_fp, offsets, sample.deepdanbooru)
     now, chosen = result.at(job.offset), result.chosen
     summary = {
         "pictures": result.pictures,

@@ -458,6 +458,8 @@ def backfill_cmd(
         for sha256, path in ledger.lists.files_lacking_hashes():
             wanted.setdefault(sha256, []).append(path)
         for item in ledger.items(states=tuple(HELD_STATES)):
+            if item.sealed_to:
+                continue  # sealed: this command never opens the quarantine (its hashes were kept at its scan)
             md5, pdqs, variants = ledger.lists.picture_hashes(item.sha256)
             if item.sha256 in wanted or not md5 or (pdqs and variants is None):
                 wanted.setdefault(item.sha256, []).append(os.path.join(item.dir, DATA.encode()))

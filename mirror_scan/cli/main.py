@@ -98,6 +98,23 @@ def model_export(
         list[str] | None, typer.Option("--policy", help="Embed this policy's prompts too (repeatable).")
     ] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing bundle directory.")] = False,
+    with_deepdanbooru: Annotated[
+        bool,
+        typer.Option(
+            "--with-deepdanbooru",
+            help="Also export DeepDanbooru (horde-safety's anime model); random weights with --pretrained none.",
+        ),
+    ] = False,
+    deepdanbooru_weights: Annotated[
+        Path | None,
+        typer.Option(
+            "--deepdanbooru-weights",
+            help="Local model-resnet_custom_v3.pt (checked against its sha256; implies --with-deepdanbooru).",
+        ),
+    ] = None,
+    deepdanbooru_width_divisor: Annotated[
+        int, typer.Option(hidden=True, help="Tests only: narrow a random-weight DeepDanbooru by this factor.")
+    ] = 1,
     json_out: JsonOpt = False,
 ) -> None:
     """Export an open_clip CLIP model to a bundle (needs the [export] extra: torch, open_clip)."""
@@ -120,6 +137,9 @@ def model_export(
                 fp16=fp16,
                 policies=policy or [],
                 force=force,
+                deepdanbooru=with_deepdanbooru,
+                deepdanbooru_weights=deepdanbooru_weights,
+                deepdanbooru_width_divisor=deepdanbooru_width_divisor,
             )
         )
     if json_out:
@@ -137,6 +157,24 @@ def model_export(
     for variant in ("fp16_vs_fp32", "int8_vs_fp32"):
         if variant in parity and parity[variant].get("checked"):
             out.print(f"{variant.replace('_vs_', ' vs ')}: min cosine {parity[variant]['min_cosine']:.6f}")
+    if "deepdanbooru" in manifest:
+        out.print(f"DeepDanbooru: {_dd_summary(manifest['deepdanbooru'])}")
+
+
+def _dd_summary(dd) -> str:
+    """One line on the bundle's DeepDanbooru entry (read as found: `model info` shows broken bundles too)."""
+    if not isinstance(dd, dict):
+        return "entry is malformed"
+    weights = dd.get("weights") if isinstance(dd.get("weights"), dict) else {}
+    text = f"{dd.get('tag_count', '?')} tags, " + (
+        "random weights" if dd.get("random_weights") else f"weights sha256 {str(weights.get('sha256'))[:12]}"
+    )
+    if dd.get("width_divisor", 1) != 1:
+        text += f", narrowed 1/{dd.get('width_divisor')} (test only)"
+    parity = dd.get("parity") if isinstance(dd.get("parity"), dict) else {}
+    if parity.get("checked"):
+        text += f", ONNX vs torch max diff {parity.get('max_abs_diff', float('nan')):.2e}"
+    return text
 
 
 def _placement_or_reason(bundle, device: str):
@@ -206,6 +244,7 @@ def model_info(
         "precisions", ", ".join(r.removeprefix("image_") for r in manifest["files"] if r.startswith("image_"))
     )
     table.add_row("concept prompts", str(manifest.get("concept_count", "?")))
+    table.add_row("DeepDanbooru", _dd_summary(manifest["deepdanbooru"]) if "deepdanbooru" in manifest else "no")
     parity = manifest.get("parity", {})
     if "image" in parity:
         table.add_row(
@@ -241,7 +280,7 @@ def model_verify(
     """Check every file's sha256, build the session, and embed one generated image. Exit 0 when sound."""
     import numpy as np
 
-    from mirror_scan.model.bundle import load_bundle
+    from mirror_scan.model.bundle import bundle_hashes, load_bundle
     from mirror_scan.model.cpu import cpu_info
     from mirror_scan.model.infer import ImageEncoder
     from mirror_scan.model.preprocess import to_model_input
@@ -281,11 +320,29 @@ def model_verify(
             result["int8_check"] = encoder.int8_check.describe()
             say(f"  {encoder.int8_check.describe()}")
         results.append(result)
-    files = len(bundle.manifest["sha256"])
+    dd = None if bundle.deepdanbooru is None else _verify_deepdanbooru(bundle, device, say)
+    files = len(bundle_hashes(bundle.manifest))
     if json_out:
-        print_json({"bundle": str(model_dir), "files_verified": files, "cpu": cpu.model, "precisions": results})
+        summary = {"bundle": str(model_dir), "files_verified": files, "cpu": cpu.model, "precisions": results}
+        print_json({**summary, "deepdanbooru": dd})
         return
     out.print(f"bundle {model_dir}: all {files} files verified")
+
+
+def _verify_deepdanbooru(bundle, device: str, say) -> dict:
+    """Run the bundle's DeepDanbooru on two generated pictures of different resize targets."""
+    import math
+
+    from mirror_scan.model.deepdanbooru import RATING_TAGS, DeepDanbooru
+    from mirror_scan.model.synthetic import generated_image
+
+    dd = DeepDanbooru(bundle, device=device)
+    scores = dd.tag_scores([generated_image(0, 320, 240), generated_image(1, 600, 900)])
+    for row in scores:
+        if any(tag not in row for tag in RATING_TAGS if tag in dd.tags) or not all(map(math.isfinite, row.values())):
+            raise MirrorScanError(f"DeepDanbooru returned unusable scores: {row}")
+    say(f"deepdanbooru: ok on {dd.placement.provider} ({len(dd.tags)} tags)")
+    return {"status": "ok", "provider": dd.placement.provider, "tags": len(dd.tags)}
 
 
 @model_app.command("concepts")
@@ -359,6 +416,14 @@ def policy_show(
     for key, value in loaded.parameters.items():
         text = repr(value)
         out.print(f"  {key} = {text if len(text) < 100 else text[:97] + '...'}")
+    dd = loaded.deepdanbooru
+    if dd is not None:
+        state = "on anime pictures" if dd.enabled else "disabled"
+        out.print(
+            f"DeepDanbooru step ({state}): NSFW when explicit > {dd.explicit_above:g}, questionable > "
+            f"{dd.questionable_above:g} with safe < {dd.questionable_needs_safe_below:g}, safe < {dd.safe_below:g}"
+            f", or a tag above its threshold {dd.nsfw_tags}; not anime with {list(dd.not_anime_tags)}"
+        )
 
 
 @policy_app.command("test")

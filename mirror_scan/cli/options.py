@@ -48,6 +48,13 @@ RemoteOpt = Annotated[
     ),
 ]
 RcloneOpt = Annotated[str | None, typer.Option("--rclone", help="rclone binary (default: the venv's, then PATH).")]
+IdentityOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--identity",
+        help="The age identity file that opens a sealed quarantine (default: seal_identity; asked at a terminal).",
+    ),
+]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar or summary; exit code only.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON document instead of tables.")]
 DryRunOpt = Annotated[bool, typer.Option("--dry-run", help="Record verdicts; act on nothing.")]

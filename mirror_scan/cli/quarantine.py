@@ -15,6 +15,7 @@ from mirror_scan.cli.durations import parse_duration, parse_since
 from mirror_scan.cli.options import (
     STATE_HINT,
     ConfigOpt,
+    IdentityOpt,
     ImportRootOpt,
     JsonOpt,
     QuarantineOpt,
@@ -34,7 +35,7 @@ from mirror_scan.cli.views import (
     label_text,
     with_progress,
 )
-from mirror_scan.errors import UsageError
+from mirror_scan.errors import MirrorScanError, UsageError
 from mirror_scan.kinds import EXPORTED_STATES
 from mirror_scan.settings import resolve
 from mirror_scan.store.lifecycle import PURGEABLE_STATES
@@ -55,13 +56,22 @@ def _reader(state, quarantine, config, need_state=True):
     return open_reader(settings)
 
 
-def _writer(state, quarantine, config, quiet=False, rclone=None, need_state=False, rebuilding=False):
+def _writer(state, quarantine, config, quiet=False, rclone=None, need_state=False, rebuilding=False, identity=None):
     """need_state: the command acts on items a scan recorded (a missing database is never made for it);
-    rebuilding: reindex, which makes one for the items a quarantine holds."""
-    settings = resolve({"state": state, "quarantine": quarantine, "rclone": rclone}, config)
+    rebuilding: reindex, which makes one for the items a quarantine holds; identity: --identity."""
+    settings = resolve({"state": state, "quarantine": quarantine, "rclone": rclone, "seal_identity": identity},
+                       config)  # fmt: skip
     if need_state:
         require_state(settings, hint=STATE_HINT)
     return open_writer(settings, quiet=quiet, rebuilding=rebuilding)
+
+
+def _opening(workspace):
+    """A way out run from a shell: a sealed item's identity may be typed when none was given."""
+    from mirror_scan.app.workspace import allow_asking
+
+    allow_asking(workspace)
+    return workspace
 
 
 def _ops(workspace):
@@ -174,6 +184,9 @@ def item_record(workspace, item_id: str) -> dict:
             "remote": row.remote,
             "key": row.key,
             "seen_count": row.seen_count,
+            "md5": row.md5,
+            "sealed_to": row.sealed_to,
+            "sealed_sha256": row.sealed_sha256,
             # The other objects of the upload held with it (thumbnails, resizes, the still of an animation).
             "objects": [
                 {"key": o.key, "role": o.role, "variant": o.variant, "sha256": o.sha256, "state": o.state}
@@ -331,6 +344,7 @@ def q_restore(
         str | None, typer.Option("--remote", help="Check that the items came from this remote (optional).")
     ] = None,
     rclone: RcloneOpt = None,
+    identity: IdentityOpt = None,
     yes: YesOpt = False,
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
@@ -364,8 +378,8 @@ def q_restore(
     # The writer first: it finishes or rolls back a restore a killed process left, so an item that was
     # `restoring` is chosen as what it is now.
     with (
-        _writer(state, quarantine, config, quiet=True, rclone=rclone, need_state=True) as workspace,
-        _ops(workspace) as ops,
+        _writer(state, quarantine, config, quiet=True, rclone=rclone, need_state=True, identity=identity) as workspace,
+        _ops(_opening(workspace)) as ops,
     ):
         entries = list(workspace.quarantine.entries(parse_since(since) if since else None))
         chosen = select_items(
@@ -422,6 +436,7 @@ def _restore_target(to: str, entry: dict) -> Path:
 def q_extract(
     item_id: Annotated[str, typer.Argument(help="The item's id, or a unique part of it (from `quarantine list`).")],
     to: Annotated[Path, typer.Option("--to", help="An existing directory; the copy goes into a private one in it.")],
+    identity: IdentityOpt = None,
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
@@ -433,7 +448,10 @@ def q_extract(
     and its history records who took the copy and where. Nothing is displayed."""
     from mirror_scan.store.selection import expand_ids
 
-    with _writer(state, quarantine, config, quiet=True, need_state=True) as workspace, _ops(workspace) as ops:
+    with (
+        _writer(state, quarantine, config, quiet=True, need_state=True, identity=identity) as workspace,
+        _ops(_opening(workspace)) as ops,
+    ):
         (item_id,) = expand_ids([item_id], (r.id for r in workspace.ledger.items()))
         done = ops.extract(item_id, to, item_record(workspace, item_id))
     if json_out:
@@ -451,6 +469,7 @@ def q_report(
     item_id: Annotated[str, typer.Argument(help="The item's id, or a unique part of it.")],
     to: Annotated[Path, typer.Option("--to", help="An existing directory; the package goes into a private one in it.")],
     hotline: Annotated[str, typer.Option("--hotline", help="ncmec (CyberTipline) or generic.")] = "ncmec",
+    identity: IdentityOpt = None,
     state: StateOpt = None,
     quarantine: QuarantineOpt = None,
     config: ConfigOpt = None,
@@ -467,7 +486,10 @@ def q_report(
 
     if hotline not in HOTLINES:
         raise UsageError(f"--hotline {hotline!r}", hint=f"one of {', '.join(HOTLINES)}")
-    with _writer(state, quarantine, config, quiet=True, need_state=True) as workspace, _ops(workspace) as ops:
+    with (
+        _writer(state, quarantine, config, quiet=True, need_state=True, identity=identity) as workspace,
+        _ops(_opening(workspace)) as ops,
+    ):
         (item_id,) = expand_ids([item_id], (r.id for r in workspace.ledger.items()))
         record = item_record(workspace, item_id)
         done = ops.extract(item_id, to, record)
@@ -761,6 +783,92 @@ def q_export_hashes(
     else:
         for sha in sorted({e["sha256"] for e in entries}):
             out.print(sha)
+
+
+@quarantine_app.command("keygen")
+def q_keygen(
+    out_file: Annotated[Path, typer.Option("--out", help="Where the identity goes (a new file, 0600).")],
+) -> None:
+    """Make an age key pair for sealing the quarantine: the identity (AGE-SECRET-KEY-1...) into a new file
+    only you can read, and the public key printed, for seal_to. Keep a copy of the identity offline:
+    without it no sealed item can be restored, extracted or reported. age's own tools read it too
+    (`age -d -i FILE data.age`)."""
+    from mirror_scan.store.sealing import generate_identity
+
+    recipient = generate_identity(out_file)
+    out.print(f"wrote {out_file} (0600). Public key: {recipient}")
+    out.print(f'set seal_to = "{recipient}" in the config of every process that quarantines, and '
+              f'seal_identity = "{out_file}" where you restore (never in the watch daemon\'s); then '
+              "`mirror-scan quarantine seal --all` seals what the quarantine already holds")  # fmt: skip
+
+
+@quarantine_app.command("seal")
+def q_seal(
+    item_ids: Annotated[list[str] | None, typer.Argument(help="Item ids (default with --all: every item).")] = None,
+    all_items: Annotated[bool, typer.Option("--all", help="Every item held in the clear.")] = False,
+    yes: YesOpt = False,
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+    json_out: JsonOpt = False,
+) -> None:
+    """Seal items held in the clear (a quarantine made before seal_to was set) to seal_to: each file sealed,
+    read back and verified, recorded, and only then its clear copy removed; safe to interrupt and run
+    again. Works while the watch daemon runs (items being moved are left for the next run). The identity
+    is not needed."""
+    from mirror_scan.store.selection import expand_ids
+
+    if not item_ids and not all_items:
+        raise UsageError("name items to seal, or --all")
+    done: dict[str, list] = {"sealed": [], "skipped": [], "failed": []}
+    with _writer(state, quarantine, config, quiet=True, need_state=True) as workspace:
+        content = workspace.quarantine.journal.content
+        if content.sealer is None:
+            raise UsageError(
+                "seal_to is not set: there is no key to seal to",
+                hint="`mirror-scan quarantine keygen --out FILE` makes one and says what to set",
+            )
+        rows = workspace.ledger.items()
+        if item_ids:
+            wanted = set(expand_ids(item_ids, (r.id for r in rows)))
+            rows = [r for r in rows if r.id in wanted]
+        plain = [r for r in rows if not r.sealed_to and r.state not in ("purged", "quarantining", "restoring")]
+        if not plain:
+            if json_out:
+                print_json(done)
+            else:
+                out.print("nothing to seal")
+            return
+        if (
+            all_items
+            and not yes
+            and not json_out
+            and not confirm(
+                f"Seal {len(plain)} item(s) to {content.sealer.recipient}? Only its identity opens them afterwards.",
+                default=True,
+            )
+        ):
+            raise typer.Exit(1)
+        for row in with_progress(plain, "sealing", json_out):
+            try:
+                with workspace.quarantine.item_lock(row.id, wait_s=5.0):
+                    current_row = workspace.ledger.item(row.id)
+                    if current_row is None or workspace.ledger.unfinished_moves(row.id) or current_row.sealed_to:
+                        done["skipped"].append({"id": row.id, "why": "being moved, or sealed meanwhile"})
+                        continue
+                    content.seal(current_row)
+                    workspace.quarantine.journal.sync_meta(row.id)
+                done["sealed"].append(row.id)
+            except (MirrorScanError, OSError) as error:
+                done["failed"].append({"id": row.id, "why": str(error).splitlines()[0]})
+                err.print(f"error: {row.id}: {str(error).splitlines()[0]}", markup=False)
+    if json_out:
+        print_json(done)
+    else:
+        out.print(f"sealed {len(done['sealed'])} item(s) to {content.sealer.recipient}; "
+                  f"{len(done['skipped'])} left for the next run, {len(done['failed'])} failed")  # fmt: skip
+    if done["failed"]:
+        raise typer.Exit(2)
 
 
 @quarantine_app.command("reindex")

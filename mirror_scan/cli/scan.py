@@ -423,17 +423,50 @@ def register(app: typer.Typer) -> None:
             Path | None, typer.Option("--out", help="Where to write it (default: the user config file).")
         ] = None,
         force: Annotated[bool, typer.Option("--force", help="Replace a file that exists.")] = False,
+        seal: Annotated[
+            bool | None,
+            typer.Option(
+                "--seal/--no-seal",
+                help="Seal the quarantine at rest (recommended): make an age key pair, set seal_to to its public "
+                "key and seal_identity to its file. Asked at a terminal when not given.",
+            ),
+        ] = None,
+        identity_out: Annotated[
+            Path | None,
+            typer.Option("--identity-out", help="Where the identity goes (default: quarantine-key.txt beside it)."),
+        ] = None,
     ) -> None:
-        """Write a commented config file: every setting at its default, commented out, with what it does."""
+        """Write a commented config file: every setting at its default, commented out, with what it does;
+        with --seal, the quarantine sealed to a new key pair."""
+        import sys
+
         from mirror_scan.atomic import atomic_write_bytes
         from mirror_scan.settings import commented_config, default_config_path
 
         target = path or default_config_path()
         if target.exists() and not force:
             raise UsageError(f"{target} exists; nothing was written", hint="pass --force to replace it, or --out PATH")
+        if seal is None:
+            seal = sys.stdin.isatty() and typer.confirm(
+                "Seal the quarantine at rest (recommended: a stolen disk or a backup then carries nothing readable)?",
+                default=True,
+            )
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        atomic_write_bytes(target, commented_config().encode(), 0o600)
+        chosen: dict[str, object] = {}
+        if seal:
+            from mirror_scan.store.sealing import generate_identity
+
+            key_file = identity_out or target.with_name("quarantine-key.txt")
+            key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            chosen = {"seal_to": generate_identity(key_file), "seal_identity": key_file}
+        atomic_write_bytes(target, commented_config(chosen).encode(), 0o600)
         out.print(f"wrote {target}: uncomment what you change; `mirror-scan config` shows the result")
+        if seal:
+            out.print(
+                f"the quarantine is sealed to {chosen['seal_to']}; its identity is {chosen['seal_identity']} (0600). "
+                "Keep a copy of it offline: without it no sealed item can be restored or reported. Give the watch "
+                "daemon a config without seal_identity (it seals with the public key alone)."
+            )
 
 
 __all__ = ["register"]

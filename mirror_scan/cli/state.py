@@ -10,6 +10,7 @@ import typer
 from mirror_scan.cli.console import confirm, err, out, print_json
 from mirror_scan.cli.options import (
     ConfigOpt,
+    IdentityOpt,
     ImportRootOpt,
     JsonOpt,
     QuarantineOpt,
@@ -18,28 +19,49 @@ from mirror_scan.cli.options import (
     open_writer,
     require_state,
 )
+from mirror_scan.cli.views import with_progress
 from mirror_scan.errors import UsageError
 from mirror_scan.settings import resolve
 
+# The states in which an item keeps its bytes (a purge deletes them; a move in flight is its owner's).
+BYTES_KEPT = ("quarantined", "upstream_pending", "restored")
 state_app = typer.Typer(help="Check, recover or rebuild the state database.", no_args_is_help=True)
 
 
 @state_app.command("check")
 def check(
-    state: StateOpt = None, quarantine: QuarantineOpt = None, config: ConfigOpt = None, json_out: JsonOpt = False
+    state: StateOpt = None,
+    quarantine: QuarantineOpt = None,
+    config: ConfigOpt = None,
+    identity: IdentityOpt = None,
+    json_out: JsonOpt = False,
 ) -> None:
-    """Read-only health check of the state database (SQLite's integrity check, tables, unfinished moves)."""
+    """Read-only health check of the state database (SQLite's integrity check, tables, unfinished moves) and
+    of the bytes each item holds: present and hashing to what was written; with an identity (--identity or
+    seal_identity), every sealed item decrypted in memory and checked against its sha256."""
     from mirror_scan.app.workspace import refuse_lost_state
+    from mirror_scan.store.content import ItemContent
     from mirror_scan.store.ledger import Ledger, StateDamaged
+    from mirror_scan.store.sealing import Identity
 
-    settings = resolve({"state": state, "quarantine": quarantine}, config)
+    settings = resolve({"state": state, "quarantine": quarantine, "seal_identity": identity}, config)
     require_state(settings)
     refuse_lost_state(settings)
+    opener = Identity.from_file(settings.seal_identity) if settings.seal_identity else None
+    item_problems: list[str] = []
     try:
         with Ledger(settings.state, readonly=True) as ledger:
             problems = ledger.check()
             moves = ledger.unfinished_moves()
-            files, items = ledger.file_count(), len(ledger.items())
+            files, rows = ledger.file_count(), ledger.items()
+            items, sealed = len(rows), sum(1 for r in rows if r.sealed_to)
+            content = ItemContent(settings.quarantine / "items", ledger)
+            busy = {m.item for m in moves}
+            for row in with_progress([r for r in rows if r.state in BYTES_KEPT and r.id not in busy],
+                                     "checking items", json_out):  # fmt: skip
+                problem = content.problem(row, opener)
+                if problem:
+                    item_problems.append(f"item {row.id}: {problem}")
     except StateDamaged:
         raise
     except Exception as error:  # noqa: BLE001 - any failure to read it is the answer
@@ -51,11 +73,19 @@ def check(
             f"state database {settings.state} is damaged",
             hint=f"`mirror-scan state rebuild --state {settings.state}` rebuilds it from the quarantine's metadata",
         )
+    opened = "decrypted and verified" if opener else "not decrypted: give --identity to check that they open"
     if json_out:
-        print_json({"state": str(settings.state), "ok": True, "files": files, "items": items,
-                    "unfinished_moves": len(moves)})  # fmt: skip
-        return
-    out.print(f"{settings.state}: ok, {files} file(s), {items} quarantine item(s), {len(moves)} unfinished move(s)")
+        print_json({"state": str(settings.state), "ok": not item_problems, "files": files, "items": items,
+                    "sealed_items": sealed, "sealed_decrypted": bool(opener and sealed),
+                    "item_problems": item_problems, "unfinished_moves": len(moves)})  # fmt: skip
+    else:
+        for problem in item_problems:
+            err.print(f"problem: {problem}", markup=False)
+        out.print(f"{settings.state}: {'ok' if not item_problems else 'ITEMS DAMAGED'}, {files} file(s), {items} "
+                  f"quarantine item(s), {len(moves)} unfinished move(s)"
+                  + (f"; {sealed} sealed ({opened})" if sealed else ""))  # fmt: skip
+    if item_problems:
+        raise typer.Exit(2)
 
 
 @state_app.command("recover")

@@ -91,6 +91,8 @@ def item_summary(record: dict) -> list[str]:
     if ledger.get("remote"):
         lines.append(f"upstream   {ledger['remote']}/{ledger.get('key') or ''}")
     lines.append(f"sha256     {ledger.get('sha256') or record.get('sha256')}")
+    sealed = ledger.get("sealed_to") or (record.get("sealed") or {}).get("to")
+    lines.append(f"at rest    {'sealed to ' + sealed if sealed else 'in the clear (0600)'}")
     labels = [x for x in verdict.get("labels", []) if x != "match"]
     frames = f", frame {verdict['frame']} of {verdict['frames']}" if verdict.get("frames", 1) > 1 else ""
     lines.append(f"verdict    {'flagged' if verdict.get('flagged') else 'not flagged'}: "

@@ -36,6 +36,7 @@ LEDGER_KEYS = ("files", "flagged", "errors", "items_quarantined", "items_upstrea
 LABELS = {
     "daemon": "watch daemon",
     "flagged_not_acted_on": "flagged, not acted on (apply/scan)",
+    "items_in_the_clear": "items held in the clear (`quarantine seal --all`)",
     "queue_depth": "files waiting",
     "skipped_unchanged": "skipped (unchanged)",
     "reused_by_hash": "reused (same bytes)",
@@ -244,6 +245,7 @@ def register(app: typer.Typer) -> None:
             with Ledger(settings.state, readonly=True) as ledger:
                 data["upstream_pending"] = ledger.upstream_pending_count()
                 data["flagged_not_acted_on"] = ledger.unacted_count()
+                data["items_in_the_clear"] = ledger.items_in_the_clear()
                 if not running:
                     data.update(ledger.summary_counts())
         if json_out:
@@ -270,6 +272,8 @@ def register(app: typer.Typer) -> None:
             show((*COUNTER_KEYS, "last_pull_error", "last_pull_failed_unixtime", "upstream_breakers"),
                  "since the daemon started:")  # fmt: skip
         show((*LEDGER_KEYS, "flagged_not_acted_on", "upstream_pending"), "in the state database:")
+        data["sealing"] = f"to {settings.seal_to}" if settings.seal_to else "off (items are kept in the clear)"
+        show(("sealing", "items_in_the_clear"), "the quarantine at rest:")
         show(("pictrs_uploads", "age_seconds"))
         for who in running:
             out.print(f"{'':34s} ({who})")

@@ -24,6 +24,8 @@ BUNDLE_FORMAT_VERSION = 1
 # Manifest "files" roles; the image roles are the precisions a scanner may pick.
 IMAGE_ROLES = {"fp32": "image_fp32", "fp16": "image_fp16", "int8": "image_int8"}
 REEXPORT = "re-export it with `mirror-scan model export`, or copy the bundle again"
+REEXPORT_DD = "re-export it with `mirror-scan model export --with-deepdanbooru`, or copy the bundle again"
+DEEPDANBOORU = "deepdanbooru"  # the optional manifest entry of the second model (model/deepdanbooru.py)
 
 
 @dataclass(frozen=True)
@@ -83,11 +85,45 @@ class Concepts:
 
 
 @dataclass(frozen=True)
+class DeepDanbooruPart:
+    """The bundle's "deepdanbooru" manifest entry, checked for shape (hashes are checked with the others)."""
+
+    model_file: str
+    tags_file: str
+    resize_targets: tuple[tuple[int, int], ...]
+    tag_count: int
+    random_weights: bool
+    raw: dict[str, Any]
+
+    @classmethod
+    def from_manifest(cls, raw: Any, where: Path) -> DeepDanbooruPart:
+        try:
+            files = raw["files"]
+            part = cls(
+                model_file=str(files["model"]),
+                tags_file=str(files["tags"]),
+                resize_targets=tuple((int(w), int(h)) for w, h in raw["resize_targets"]),
+                tag_count=int(raw["tag_count"]),
+                random_weights=bool(raw["random_weights"]),
+                raw=raw,
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise BundleError(where, f"manifest 'deepdanbooru' entry is incomplete ({err})", REEXPORT_DD) from None
+        for name in (part.model_file, part.tags_file):
+            if name not in deepdanbooru_hashes(raw):
+                raise BundleError(where, f"manifest 'deepdanbooru' names {name} without its sha256", REEXPORT_DD)
+        if not part.resize_targets:
+            raise BundleError(where, "manifest 'deepdanbooru' has no resize targets", REEXPORT_DD)
+        return part
+
+
+@dataclass(frozen=True)
 class Bundle:
     path: Path
     manifest: dict[str, Any]
     preprocess: Preprocess
     concepts: Concepts
+    deepdanbooru: DeepDanbooruPart | None = None  # None: the bundle has CLIP only
 
     @property
     def embedding_dim(self) -> int:
@@ -151,10 +187,21 @@ def read_manifest(path: Path) -> dict[str, Any]:
     return manifest
 
 
+def deepdanbooru_hashes(entry: Any) -> dict[str, str]:
+    """The DeepDanbooru entry's {file: sha256}; empty when there is no entry (or it is malformed)."""
+    hashes = entry.get("sha256") if isinstance(entry, dict) else None
+    return dict(hashes) if isinstance(hashes, dict) else {}
+
+
+def bundle_hashes(manifest: dict[str, Any]) -> dict[str, str]:
+    """Every file's sha256: the CLIP files', and the DeepDanbooru entry's when there is one."""
+    return {**manifest["sha256"], **deepdanbooru_hashes(manifest.get(DEEPDANBOORU))}
+
+
 def check_files(path: Path, manifest: dict[str, Any]) -> list[tuple[str, str]]:
     """Every file named in the manifest, with 'ok', 'missing' or 'sha256 mismatch'."""
     results = []
-    for name, expected in sorted(manifest["sha256"].items()):
+    for name, expected in sorted(bundle_hashes(manifest).items()):
         file = path / name
         if not file.is_file():
             results.append((name, "missing"))
@@ -166,11 +213,13 @@ def check_files(path: Path, manifest: dict[str, Any]) -> list[tuple[str, str]]:
 
 
 def verify_files(path: Path, manifest: dict[str, Any]) -> None:
+    dd_files = deepdanbooru_hashes(manifest.get(DEEPDANBOORU))
     for name, state in check_files(path, manifest):
+        what, hint = ("DeepDanbooru file", REEXPORT_DD) if name in dd_files else ("file", REEXPORT)
         if state == "missing":
-            raise BundleError(path, f"file {name} is missing", REEXPORT)
+            raise BundleError(path, f"{what} {name} is missing", hint)
         if state != "ok":
-            raise BundleError(path, f"file {name} does not match its sha256 (truncated or modified)", REEXPORT)
+            raise BundleError(path, f"{what} {name} does not match its sha256 (truncated or modified)", hint)
 
 
 def load_concepts(path: Path, manifest: dict[str, Any]) -> Concepts:
@@ -195,7 +244,9 @@ def load_concepts(path: Path, manifest: dict[str, Any]) -> Concepts:
 def load_bundle(path: Path | str, *, verify: bool = True) -> Bundle:
     path = Path(path)
     manifest = read_manifest(path)
+    dd = DeepDanbooruPart.from_manifest(manifest[DEEPDANBOORU], path) if DEEPDANBOORU in manifest else None
     if verify:
         verify_files(path, manifest)
     preprocess = Preprocess.from_manifest(manifest["preprocess"], path)
-    return Bundle(path=path, manifest=manifest, preprocess=preprocess, concepts=load_concepts(path, manifest))
+    concepts = load_concepts(path, manifest)
+    return Bundle(path=path, manifest=manifest, preprocess=preprocess, concepts=concepts, deepdanbooru=dd)

@@ -39,7 +39,7 @@ def available_providers() -> list[str]:
     return list(_ort().get_available_providers())
 
 
-def _session(path, providers: list, threads: int):
+def ort_session(path, providers: list, threads: int):
     ort = _ort()
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
@@ -59,25 +59,34 @@ class Placement:
     note: str  # why this placement, in words for logs and `model info`
 
 
-def _try_cuda(bundle: Bundle, precision: str, threads: int):
+NO_CUDA_BUILD = "this onnxruntime build has no CUDA provider (the 'gpu' extra has it)"
+
+
+def cuda_session(path, threads: int):
+    """(session, note) on CUDA, verified with get_providers(); (None, why not) where CUDA does not answer."""
     ort = _ort()
     if CUDA not in ort.get_available_providers():
-        return None, "this onnxruntime build has no CUDA provider (the 'gpu' extra has it)"
+        return None, NO_CUDA_BUILD
     if hasattr(ort, "preload_dlls"):
         try:
             ort.preload_dlls()
         except Exception as err:  # noqa: BLE001 - a broken CUDA install must not stop a CPU fallback
             log.debug("onnxruntime.preload_dlls failed: %s", err)
-    chosen = precision if precision != "auto" else ("fp16" if "fp16" in bundle.available_precisions() else "fp32")
     try:
-        session = _session(bundle.image_encoder_path(chosen), [CUDA, CPU], threads)
-    except MirrorScanError:
-        raise
+        session = ort_session(path, [CUDA, CPU], threads)
     except Exception as err:  # noqa: BLE001
         return None, f"CUDA session could not be created ({type(err).__name__})"
     if session.get_providers()[0] != CUDA:
         return None, "CUDA provider is installed but no usable GPU answered (onnxruntime fell back to CPU)"
-    return (session, chosen), "CUDA session verified with get_providers()"
+    return session, "CUDA session verified with get_providers()"
+
+
+def _try_cuda(bundle: Bundle, precision: str, threads: int):
+    if CUDA not in available_providers():  # before naming a file: fp16 asked of a CPU-only build falls back
+        return None, NO_CUDA_BUILD
+    chosen = precision if precision != "auto" else ("fp16" if "fp16" in bundle.available_precisions() else "fp32")
+    session, note = cuda_session(bundle.image_encoder_path(chosen), threads)  # BundleError propagates
+    return (None if session is None else (session, chosen)), note
 
 
 class ImageEncoder:
@@ -102,7 +111,7 @@ class ImageEncoder:
             chosen = "fp32" if precision in ("auto", "fp16") else precision
             if precision == "fp16":
                 note += "; fp16 is for CUDA, using fp32 on CPU"
-            session = _session(bundle.image_encoder_path(chosen), [CPU], threads)
+            session = ort_session(bundle.image_encoder_path(chosen), [CPU], threads)
         self.session = session
         self.input_name = session.get_inputs()[0].name
         self.placement = Placement(provider=session.get_providers()[0], precision=chosen, note=note)
@@ -115,7 +124,7 @@ class ImageEncoder:
         from mirror_scan.model.int8check import check_int8
 
         def fp32_factory():
-            reference = _session(self.bundle.image_encoder_path("fp32"), [CPU], threads)
+            reference = ort_session(self.bundle.image_encoder_path("fp32"), [CPU], threads)
             return lambda pixels: _embed(reference, reference.get_inputs()[0].name, pixels)
 
         check = check_int8(self.bundle, self, fp32_factory)
@@ -150,7 +159,7 @@ class TextEncoder:
                 hint="re-export the bundle with the policy's prompts (`mirror-scan model export --policy FILE`)",
             )
         self.tokenizer = ClipTokenizer(bundle.tokenizer_path, int(tok["context_length"]))
-        self.session = _session(bundle.text_encoder_path, [CPU], threads)
+        self.session = ort_session(bundle.text_encoder_path, [CPU], threads)
         self.input_name = self.session.get_inputs()[0].name
 
     def __call__(self, prompts: list[str], batch: int = 64) -> np.ndarray:

@@ -62,6 +62,7 @@ class Scorer:
 
     def __init__(self, bundle: Bundle, device: str = "auto", precision: str = "auto", threads: int = 0):
         self.bundle = bundle
+        self.device = device  # the bundle's second model (DeepDanbooru) is placed as asked for this one
         self.encoder = ImageEncoder(bundle, device=device, precision=precision, threads=threads)
 
     @property
@@ -75,8 +76,10 @@ class Scorer:
 
 def result_model_id(bundle: Bundle, scorer: Scorer, limits) -> str:
     """Results are reused for the same bytes under the same key: the model, its precision, and what the
-    decode hands it (full coverage scores more crops than the centre one; the reduced resize other pixels)."""
+    decode hands it (full coverage scores more crops than the centre one; the reduced and thumbnail512
+    resizes other pixels: ":reduced", ":thumbnail512")."""
     model_id = f"{bundle.model_id}:{scorer.placement.precision}"
     if limits.coverage == "full":
         model_id += ":full"
-    return model_id + ":reduced" if getattr(limits, "resize", "exact") == "reduced" else model_id
+    resize = getattr(limits, "resize", "exact")
+    return model_id if resize == "exact" else f"{model_id}:{resize}"

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from mirror_scan.errors import PolicyError
-from mirror_scan.policy.model import SEVERITY_NAMES, Entry, Policy
+from mirror_scan.policy.model import SEVERITY_NAMES, DeepDanbooruRule, Entry, Policy
 from mirror_scan.policy.rules import REQUIRED, RULES
 
 POLICY_FORMAT = "mirror-scan-policy"
@@ -32,9 +32,14 @@ TOP_LEVEL_KEYS = (
     "parameters",
     "notes",
     "coverage",
+    "deepdanbooru",
 )
 COVERAGE = ("center", "full")
 DEFAULT_SEVERITY_LEVELS = {"strict": -0.01, "default": 0.0, "lenient": 0.01}
+DD_RATINGS = ("safe", "questionable", "explicit")
+DD_DEFAULT_RATING_TAGS = {kind: f"rating:{kind}" for kind in DD_RATINGS}
+DD_THRESHOLDS = ("explicit_above", "questionable_above", "questionable_needs_safe_below", "safe_below", "tag_above")
+DD_KEYS = ("enabled", "made_for", "rating_tags", "round_decimals", "nsfw_tags", *DD_THRESHOLDS, "not_anime_tags")
 
 
 def builtin_policies() -> list[str]:
@@ -177,9 +182,7 @@ def parse_policy(source: str, data: dict[str, Any]) -> Policy:
             raise PolicyError(source, f"severity_levels has unknown level '{key}'", _suggest(key, SEVERITY_NAMES))
         levels[key] = _number(source, f"severity_levels.{key}", value, allow_null=False)
 
-    round_decimals = data.get("round_decimals")
-    if round_decimals is not None and (not isinstance(round_decimals, int) or not 0 <= round_decimals <= 8):
-        raise PolicyError(source, "round_decimals must be an integer from 0 to 8, or absent")
+    round_decimals = _round_decimals(source, "round_decimals", data.get("round_decimals"))
 
     coverage = data.get("coverage", "center")
     if coverage not in COVERAGE:
@@ -204,8 +207,76 @@ def parse_policy(source: str, data: dict[str, Any]) -> Policy:
         groups=groups,
         parameters=params,
         coverage=coverage,
+        deepdanbooru=_deepdanbooru(source, rule_name, data.get("deepdanbooru")),
         policy_id=f"{name}@{hashlib.sha256(canonical.encode()).hexdigest()[:12]}",
         raw=data,
+    )
+
+
+def _round_decimals(source: str, where: str, value: Any) -> int | None:
+    if value is not None and (isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 8):
+        raise PolicyError(source, f"{where} must be an integer from 0 to 8, or absent")
+    return value
+
+
+def _probability(source: str, where: str, value: Any) -> float:
+    number = _number(source, where, value, allow_null=False)
+    assert number is not None
+    if not 0.0 <= number <= 1.0:
+        raise PolicyError(
+            source, f"{where} is {number}: DeepDanbooru outputs are probabilities", "use a value from 0 to 1"
+        )
+    return number
+
+
+def _tag_list(source: str, where: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not all(isinstance(tag, str) and tag for tag in value):
+        raise PolicyError(source, f"{where} must be a list of tag names")
+    return tuple(value)
+
+
+def _deepdanbooru(source: str, rule: str, raw: Any) -> DeepDanbooruRule | None:
+    """The optional `deepdanbooru` section: horde-v2's DeepDanbooru step (rule step 4)."""
+    if raw is None:
+        return None
+    if rule != "horde-v2":
+        raise PolicyError(source, f"deepdanbooru: rule {rule} has no DeepDanbooru step (only horde-v2 has)")
+    if not isinstance(raw, dict):
+        raise PolicyError(source, "deepdanbooru must be a table")
+    for key in raw:
+        if key not in DD_KEYS:
+            raise PolicyError(source, f"deepdanbooru has unknown key '{key}'", _suggest(key, DD_KEYS))
+    for key in ("nsfw_tags", *DD_THRESHOLDS, "not_anime_tags"):
+        if key not in raw:
+            raise PolicyError(source, f"deepdanbooru lacks '{key}'")
+    enabled = raw.get("enabled", True)
+    if not isinstance(enabled, bool):
+        raise PolicyError(source, "deepdanbooru.enabled must be true or false")
+    made_for = raw.get("made_for")
+    if made_for is not None and not isinstance(made_for, str):
+        raise PolicyError(source, "deepdanbooru.made_for must be a string")
+    rating_tags = raw.get("rating_tags", DD_DEFAULT_RATING_TAGS)
+    if not isinstance(rating_tags, dict) or set(rating_tags) != set(DD_RATINGS):
+        raise PolicyError(source, f"deepdanbooru.rating_tags must name exactly the ratings {', '.join(DD_RATINGS)}")
+    tags = [rating_tags[kind] for kind in DD_RATINGS]
+    if not all(isinstance(tag, str) and tag for tag in tags) or len(set(tags)) != len(tags):
+        raise PolicyError(source, "deepdanbooru.rating_tags must map each rating to a different tag name")
+    nsfw_tags = raw["nsfw_tags"]
+    if not isinstance(nsfw_tags, dict):
+        raise PolicyError(source, "deepdanbooru.nsfw_tags must be a table of tag = output threshold")
+    for tag in nsfw_tags:
+        if tag in tags:
+            # The library never tests a rating tag as an NSFW tag; the rating thresholds do that.
+            raise PolicyError(source, f"deepdanbooru.nsfw_tags names the rating tag '{tag}'",
+                              "use explicit_above, questionable_above or safe_below for ratings")  # fmt: skip
+    return DeepDanbooruRule(
+        enabled=enabled,
+        made_for=made_for,
+        rating_tags={kind: rating_tags[kind] for kind in DD_RATINGS},
+        round_decimals=_round_decimals(source, "deepdanbooru.round_decimals", raw.get("round_decimals")),
+        nsfw_tags={tag: _probability(source, f"deepdanbooru.nsfw_tags.{tag}", v) for tag, v in nsfw_tags.items()},
+        not_anime_tags=_tag_list(source, "deepdanbooru.not_anime_tags", raw["not_anime_tags"]),
+        **{key: _probability(source, f"deepdanbooru.{key}", raw[key]) for key in DD_THRESHOLDS},
     )
 
 

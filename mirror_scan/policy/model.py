@@ -23,6 +23,71 @@ class Entry:
 
 
 @dataclass(frozen=True)
+class DeepDanbooruRule:
+    """horde-safety's optional DeepDanbooru step (rule step 4 of check_for_nsfw) as data. It runs on the
+    pictures the CLIP part calls anime, on the model's raw (sigmoid) output per tag."""
+
+    enabled: bool  # false: decide anime pictures by CLIP alone, as the library does without the model
+    made_for: str | None
+    rating_tags: dict[str, str]  # "safe" | "questionable" | "explicit" -> the model's tag
+    round_decimals: int | None  # the ratings (and reported tags) are rounded before comparing
+    nsfw_tags: dict[str, float]  # tag -> an output above this makes the picture NSFW
+    explicit_above: float
+    questionable_above: float
+    questionable_needs_safe_below: float
+    safe_below: float
+    tag_above: float  # a tag counts as present (reported; checked against not_anime_tags) above this
+    not_anime_tags: tuple[str, ...]  # a present tag of these makes the picture not anime
+
+    @property
+    def tags_compared(self) -> tuple[str, ...]:
+        """Every tag the rule reads: a producer that drops low outputs must keep these."""
+        return tuple(dict.fromkeys([*self.rating_tags.values(), *self.nsfw_tags, *self.not_anime_tags]))
+
+
+@dataclass(frozen=True)
+class DeepDanbooruResult:
+    """What the DeepDanbooru step made of one picture's outputs."""
+
+    ratings: dict[str, float]  # rating tag -> rounded score (horde reports them as NSFW concepts)
+    nsfw_tags: tuple[str, ...]
+    tags: dict[str, float]  # every present tag, rounded (horde's anime_concepts_identified)
+    nsfw: bool
+    not_anime: bool
+
+    def explain(self) -> dict[str, Any]:
+        return {
+            "nsfw": self.nsfw,
+            "ratings": dict(self.ratings),
+            "nsfw_tags": list(self.nsfw_tags),
+            "not_anime": self.not_anime,
+            "tags": dict(self.tags),
+        }
+
+
+DEEPDANBOORU_MISSING = (
+    "anime check ran without DeepDanbooru: the policy asks for its scores on anime pictures and none were "
+    "given, so CLIP alone decided"
+)
+
+
+@dataclass
+class DeepDanbooruRows:
+    """Which rows the policy wanted DeepDanbooru for (anime after the photo override), and its results
+    for those that had scores."""
+
+    wanted: np.ndarray  # bool [N]
+    results: dict[int, DeepDanbooruResult]  # row -> result
+
+    @property
+    def missing(self) -> np.ndarray:
+        """bool [N]: rows the policy wanted DeepDanbooru for that came without scores."""
+        out = self.wanted.copy()
+        out[list(self.results)] = False
+        return out
+
+
+@dataclass(frozen=True)
 class Policy:
     name: str
     source: str
@@ -36,6 +101,7 @@ class Policy:
     parameters: dict[str, Any]
     coverage: str  # "center" | "full": which crops of each frame the model sees
     policy_id: str
+    deepdanbooru: DeepDanbooruRule | None = None  # horde-v2 only
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     @property
@@ -63,6 +129,7 @@ class Evaluation:
     values: np.ndarray  # float64 [N, P]
     # evidence name -> (row -> float64 [P] thresholds that row was compared with)
     thresholds: dict[str, Callable[[int], np.ndarray]] = field(default_factory=dict)
+    deepdanbooru: DeepDanbooruRows | None = None  # None: the policy has no (enabled) DeepDanbooru step
 
     def __len__(self) -> int:
         return int(self.flagged.shape[0])
@@ -92,8 +159,16 @@ class Evaluation:
                 fired.append(item)
             if fired:
                 checks[name] = fired
-        return {
+        out: dict[str, Any] = {
             "flagged": bool(self.flagged[row]),
             "labels": [name for name, arr in self.labels.items() if arr[row]],
             "checks": checks,
         }
+        dd = self.deepdanbooru
+        if dd is not None and dd.wanted[row]:
+            result = dd.results.get(row)
+            if result is None:
+                out["deepdanbooru_missing"] = DEEPDANBOORU_MISSING
+            else:
+                out["deepdanbooru"] = result.explain()
+        return out

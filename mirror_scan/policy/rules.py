@@ -5,22 +5,25 @@ added to every threshold it compares against, and returns an Evaluation. One imp
 single file (N=1), a batch, and a rescore of a million stored rows.
 
 `horde-v2` and `horde-v1` reproduce horde-safety's NSFWChecker.check_for_nsfw and check_for_csam for
-inputs a file scanner has (no generation prompt, no DeepDanbooru); their numbers live in the policy
-files. `groups` is the simple generic form: named prompt groups, flag when each listed group has at
-least k prompts above threshold.
+inputs a file scanner has (no generation prompt); their numbers live in the policy files. horde-v2's
+optional DeepDanbooru step (a `deepdanbooru` section) takes the DeepDanbooru model's outputs per row,
+given by the caller for the rows `deepdanbooru_rows` names. `groups` is the simple generic form: named
+prompt groups, flag when each listed group has at least k prompts above threshold.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from mirror_scan.policy.model import Evaluation, Policy
+from mirror_scan.policy.model import DeepDanbooruResult, DeepDanbooruRows, DeepDanbooruRule, Evaluation, Policy
 
 INF = np.inf
+# DeepDanbooru's raw outputs (tag -> sigmoid output) for each similarity row, None for a row without them.
+DeepDanbooruScores = Sequence[Mapping[str, float] | None] | None
 
 
 @dataclass(frozen=True)
@@ -31,7 +34,7 @@ class RuleSpec:
     group_fields: tuple[tuple[str, ...], tuple[str, ...]]  # used when groups is None
     parameters: dict[str, Any]  # name -> default (REQUIRED = must be given)
     labels: tuple[str, ...] | None  # None = derived from groups
-    evaluate: Callable[[Policy, np.ndarray, float], Evaluation]
+    evaluate: Callable[[Policy, np.ndarray, float, DeepDanbooruScores], Evaluation]
 
 
 REQUIRED = object()
@@ -77,12 +80,93 @@ def _flagged(policy: Policy, labels: dict[str, np.ndarray], n: int) -> np.ndarra
 PREDICATE_GROUPS = ("anime_cartoon", "human_subject", "underage", "nsfw_predicates")
 
 
-def evaluate_horde_v2(policy: Policy, sims: np.ndarray, offset: float = 0.0) -> Evaluation:
+def _anime(policy: Policy, values: np.ndarray, offset: float) -> np.ndarray:
+    """Steps 2-3: anime detection, and the photo override for weak anime matches. bool [N]."""
+    p = values.shape[1]
+    col = policy.column()
+    params = policy.parameters
+    anime_hits = _above(values, _field(policy, "anime_cartoon", "threshold", p) + offset)
+    is_anime = anime_hits.any(axis=1)
+    strong_anime = (anime_hits & (values >= params["anime_override_below"] + offset)).any(axis=1)
+    photo_cols = [col[prompt] for prompt in params["photo_override_prompts"]]
+    photo_hit = (values[:, photo_cols] > params["photo_override_above"] + offset).any(axis=1)
+    return is_anime & ~(~strong_anime & photo_hit)
+
+
+def _dd_rule(policy: Policy) -> DeepDanbooruRule | None:
+    rule = policy.deepdanbooru
+    return rule if policy.rule == "horde-v2" and rule is not None and rule.enabled else None
+
+
+def deepdanbooru_rows(policy: Policy, sims: np.ndarray, severity: float = 0.0) -> np.ndarray:
+    """bool [N]: the rows of sims ([N, P], or one row [P]) the policy runs DeepDanbooru on: those it calls
+    anime after the photo override (rule step 3). All false for a policy without an enabled step."""
+    values = _prepare(policy, np.atleast_2d(sims))
+    if _dd_rule(policy) is None:
+        return np.zeros(len(values), dtype=bool)
+    return _anime(policy, values, severity)
+
+
+def needs_deepdanbooru(policy: Policy, sims: np.ndarray, severity: float = 0.0) -> bool:
+    """Whether a picture needs DeepDanbooru's scores: any of its rows ([P] or [rows, P]) needs them."""
+    return bool(deepdanbooru_rows(policy, sims, severity).any())
+
+
+def _output(value: float, tag: str = "") -> np.float32:
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.number)):
+        raise ValueError(f"DeepDanbooru output for tag {tag!r} must be a number, got {value!r}")
+    # The model's outputs are float32 and the library compares them with Python floats, which NumPy >= 2
+    # does in float32 (NEP 50): an output equal to float32(threshold) is not above it.
+    return np.float32(value)
+
+
+def deepdanbooru_result(rule: DeepDanbooruRule, scores: Mapping[str, float]) -> DeepDanbooruResult:
+    """Step 4 for one picture, as horde-safety's check_for_nsfw_anime_only and NSFWAnimeScores do it."""
+    outputs = {tag: _output(value, tag) for tag, value in scores.items()}
+    digits = rule.round_decimals
+
+    def rounded(value: np.float32) -> float:
+        return round(float(value), digits) if digits is not None else float(value)
+
+    # A rating the model did not output stays 0.0, as in the library: a missing safe rating reads as unsafe.
+    ratings = {tag: rounded(outputs.get(tag, np.float32(0.0))) for tag in rule.rating_tags.values()}
+    safe, questionable, explicit = (ratings[rule.rating_tags[k]] for k in ("safe", "questionable", "explicit"))
+    nsfw_tags = tuple(tag for tag, thr in rule.nsfw_tags.items() if tag in outputs and outputs[tag] > _output(thr))
+    tags = {tag: rounded(value) for tag, value in outputs.items() if value > _output(rule.tag_above)}
+    nsfw = (
+        bool(nsfw_tags)
+        or explicit > rule.explicit_above
+        or (questionable > rule.questionable_above and safe < rule.questionable_needs_safe_below)
+        or safe < rule.safe_below
+    )
+    not_anime = any(tag in tags for tag in rule.not_anime_tags)
+    return DeepDanbooruResult(ratings, nsfw_tags, tags, nsfw, not_anime)
+
+
+def _deepdanbooru_step(policy: Policy, wanted: np.ndarray, scores: DeepDanbooruScores) -> DeepDanbooruRows | None:
+    if scores is not None and (isinstance(scores, Mapping) or len(scores) != len(wanted)):
+        raise ValueError(f"deepdanbooru scores must be a sequence of one mapping (or None) per row ({len(wanted)})")
+    rule = _dd_rule(policy)
+    if rule is None:
+        return None  # no model configured: the library skips step 4
+    results = {}
+    if scores is not None:
+        for row in np.flatnonzero(wanted):
+            row_scores = scores[row]
+            if row_scores is not None and not isinstance(row_scores, Mapping):
+                raise ValueError(f"deepdanbooru scores of row {row} must map tag -> output, got {row_scores!r}")
+            if row_scores is not None:
+                results[int(row)] = deepdanbooru_result(rule, row_scores)
+    return DeepDanbooruRows(wanted=wanted.copy(), results=results)
+
+
+def evaluate_horde_v2(
+    policy: Policy, sims: np.ndarray, offset: float = 0.0, deepdanbooru: DeepDanbooruScores = None
+) -> Evaluation:
     values = _prepare(policy, sims)
     n, p = values.shape
     col = policy.column()
     params = policy.parameters
-    anime_thr = _field(policy, "anime_cartoon", "threshold", p) + offset
     concept_base_thr = _field(policy, "nsfw_concepts", "threshold", p) + offset
     concept_anime_thr = _field(policy, "nsfw_concepts", "anime_threshold", p) + offset
     danger_thr = _field(policy, "underage", "danger_threshold", p) + offset
@@ -96,24 +180,27 @@ def evaluate_horde_v2(policy: Policy, sims: np.ndarray, offset: float = 0.0) -> 
         anime_second_thr = np.minimum(anime_second_thr, _field(policy, group, "anime_second_pass_threshold", p))
     anime_second_thr += offset
 
-    # Step 2-3: anime detection, and the photo override for weak anime matches.
-    anime_hits = _above(values, anime_thr)
-    is_anime = anime_hits.any(axis=1)
-    strong_anime = (anime_hits & (values >= params["anime_override_below"] + offset)).any(axis=1)
-    photo_cols = [col[prompt] for prompt in params["photo_override_prompts"]]
-    photo_hit = (values[:, photo_cols] > params["photo_override_above"] + offset).any(axis=1)
-    is_anime &= ~(~strong_anime & photo_hit)
+    is_anime = _anime(policy, values, offset)
+    # Step 4: DeepDanbooru on anime rows; its thresholds are probabilities, not similarities, so the
+    # severity offset leaves them alone. Its NSFW verdict needs no subject; a not-anime tag ('realistic')
+    # unsets anime for the steps below.
+    dd = _deepdanbooru_step(policy, is_anime, deepdanbooru)
+    dd_nsfw = np.zeros(n, dtype=bool)
+    for row, result in (dd.results if dd is not None else {}).items():
+        dd_nsfw[row] = result.nsfw
+        is_anime[row] &= not result.not_anime
 
     # Step 5: a subject is any predicate text above its base threshold.
     matched = _above(values, predicate_thr)
     subject = matched.any(axis=1)
 
-    # Step 6: the CLIP NSFW check, only with a subject; anime images use the anime thresholds.
+    # Step 6: the CLIP NSFW check, only with a subject and when DeepDanbooru did not already say NSFW;
+    # anime images use the anime thresholds.
     concepts = _above(values, concept_base_thr)
     if is_anime.any():
         concepts[is_anime] = _above(values[is_anime], concept_anime_thr)
-    concepts &= subject[:, None]
-    is_nsfw = concepts.any(axis=1)
+    concepts &= (subject & ~dd_nsfw)[:, None]
+    is_nsfw = dd_nsfw | concepts.any(axis=1)
 
     # Step 7-10: underage, first pass then (if empty) a second pass with plural dedup.
     first = _above(values, danger_thr)
@@ -152,13 +239,17 @@ def evaluate_horde_v2(policy: Policy, sims: np.ndarray, offset: float = 0.0) -> 
             "nsfw_concepts": lambda row: concept_anime_thr if is_anime[row] else concept_base_thr,
             "matched_predicates": lambda row: predicate_thr,
         },
+        deepdanbooru=dd,
     )
 
 
 # ---------------------------------------------------------------- horde-v1 (check_for_csam)
 
 
-def evaluate_horde_v1(policy: Policy, sims: np.ndarray, offset: float = 0.0) -> Evaluation:
+def evaluate_horde_v1(
+    policy: Policy, sims: np.ndarray, offset: float = 0.0, deepdanbooru: DeepDanbooruScores = None
+) -> Evaluation:
+    """check_for_csam has no DeepDanbooru step: `deepdanbooru` is accepted and unused."""
     values = _prepare(policy, sims).copy()
     n, p = values.shape
     col = policy.column()
@@ -214,7 +305,10 @@ def evaluate_horde_v1(policy: Policy, sims: np.ndarray, offset: float = 0.0) -> 
 # ---------------------------------------------------------------- groups (generic)
 
 
-def evaluate_groups(policy: Policy, sims: np.ndarray, offset: float = 0.0) -> Evaluation:
+def evaluate_groups(
+    policy: Policy, sims: np.ndarray, offset: float = 0.0, deepdanbooru: DeepDanbooruScores = None
+) -> Evaluation:
+    """No DeepDanbooru step: `deepdanbooru` is accepted and unused."""
     values = _prepare(policy, sims)
     n, p = values.shape
     evidence, labels, thresholds = {}, {}, {}

@@ -1,8 +1,10 @@
 """`mirror-scan policy test`: run a policy on labelled similarity vectors and list every disagreement.
 
 Vector files use the format of horde-safety's reference vectors: per-prompt similarities (unlisted
-prompts = default_similarity) and the expected outputs. Vectors that need inputs a file scanner never
-has (a generation prompt, DeepDanbooru scores) are "not applicable", neither passes nor failures.
+prompts = default_similarity), DeepDanbooru's outputs where the vector has them (`deepdanbooru_scores`;
+null = the checker had no DeepDanbooru model) and the expected outputs. Vectors that need an input a
+file scanner never has (a generation prompt), or DeepDanbooru scores for a policy without that step, are
+"not applicable", neither passes nor failures.
 """
 
 from __future__ import annotations
@@ -29,11 +31,12 @@ class VectorResult:
     reason: str = ""
 
 
-def _not_applicable(vector: dict[str, Any]) -> str:
+def _not_applicable(policy: Policy, vector: dict[str, Any]) -> str:
     if vector.get("generation_prompt"):
         return "needs a generation prompt (a file scanner has none)"
-    if vector.get("deepdanbooru_scores") is not None:
-        return "needs DeepDanbooru scores (not used by mirror-scan)"
+    dd = policy.deepdanbooru
+    if vector.get("deepdanbooru_scores") is not None and (dd is None or not dd.enabled):
+        return "needs a policy with a DeepDanbooru step (this policy has none, or has it disabled)"
     return ""
 
 
@@ -61,6 +64,7 @@ def observed(policy: Policy, ev: Evaluation, row: int) -> dict[str, Any]:
     out: dict[str, Any] = {"flagged": bool(ev.flagged[row])}
     labels = {k: bool(v[row]) for k, v in ev.labels.items()}
     if policy.rule == "horde-v2":
+        dd = ev.deepdanbooru.results.get(row) if ev.deepdanbooru is not None else None
         out |= {
             "is_anime": labels["anime"],
             "is_nsfw": labels["nsfw"],
@@ -68,7 +72,10 @@ def observed(policy: Policy, ev: Evaluation, row: int) -> dict[str, Any]:
             "is_csam": labels["csam"],
             "found_human_subject": labels["subject"],
             "is_neg_prompt_suspect": False,
-            "nsfw_concepts_identified": ev.fired(row, "nsfw_concepts"),
+            # The library reports DeepDanbooru's ratings among the NSFW concepts, before the CLIP ones.
+            "nsfw_concepts_identified": {**(dd.ratings if dd else {}), **ev.fired(row, "nsfw_concepts")},
+            "anime_concepts_identified": dict(dd.tags) if dd else {},
+            "deepdanbooru_ran": dd is not None,
             "csam_predicates_matched": ev.fired(row, "csam_predicates"),
             "matched_predicates": ev.fired(row, "matched_predicates"),
         }
@@ -102,12 +109,15 @@ def _same(expected: Any, got: Any) -> bool:
 
 def check_vector(policy: Policy, vector: dict[str, Any], severity: float = 0.0) -> VectorResult:
     name = str(vector.get("name", "?"))
-    reason = _not_applicable(vector)
+    reason = _not_applicable(policy, vector)
     if reason:
         return VectorResult(name, "n/a", reason=reason)
     vpolicy = _policy_for_vector(policy, vector)
     row, unknown = similarity_row(vpolicy, vector)
-    ev = evaluate(vpolicy, row, severity)
+    try:
+        ev = evaluate(vpolicy, row, severity, [vector.get("deepdanbooru_scores")])
+    except ValueError as err:  # deepdanbooru_scores not in this format (tag -> raw output)
+        return VectorResult(name, "fail", [f"deepdanbooru_scores: {err}"])
     got = observed(vpolicy, ev, 0)
     diffs = [f"similarity given for '{p}', which this policy does not score" for p in unknown]
     expected = dict(vector.get("expected", {}))

@@ -260,6 +260,7 @@ class Views:
             **line,
             "made_by": self._made_by(item_id),
             "hold": self._hold(row),
+            "sealed_to": row.sealed_to or "",
             "canary": canary,
             "attribution_configured": _attribution_configured(self.workspace.settings),
             "sha256": row.sha256,

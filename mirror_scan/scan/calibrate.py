@@ -73,9 +73,11 @@ def calibrate(
     current: float,
     target: float = 0.005,
     offsets: np.ndarray | None = None,
+    deepdanbooru: list[dict[str, float] | None] | None = None,
 ) -> Calibration:
     """sims: one [frames, P] array per picture, in the policy's column order (a picture is flagged when
-    any of its frames is, as a scan decides)."""
+    any of its frames is, as a scan decides); deepdanbooru: DeepDanbooru's stored scores per picture (None
+    where it did not run), for a policy with the anime check's second model."""
     offsets = offsets_around(policy, current) if offsets is None else np.asarray(offsets, dtype=float)
     n = len(sims)
     frames = np.array([len(s) for s in sims], dtype=np.intp)
@@ -83,8 +85,11 @@ def calibrate(
     starts = np.concatenate([[0], np.cumsum(frames)[:-1]]).astype(np.intp) if n else np.zeros(0, np.intp)
     critical = np.full(n, -np.inf)
     points = []
+    dd_rows = None
+    if deepdanbooru is not None:
+        dd_rows = [one for one, count in zip(deepdanbooru, frames, strict=True) for _ in range(int(count))]
     for offset in offsets:
-        ev = evaluate(policy, stacked, float(offset))
+        ev = evaluate(policy, stacked, float(offset), dd_rows)
         flagged = np.logical_or.reduceat(ev.flagged, starts) if n else np.zeros(0, bool)
         by_label = {
             label: int(np.logical_or.reduceat(mask, starts).sum()) if n else 0

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from mirror_scan.lists.canary import CANARY_LABEL, CANARY_LIST
-from mirror_scan.policy import Policy, evaluate
+from mirror_scan.policy import DeepDanbooruScores, Policy, evaluate
 
 
 @dataclass(frozen=True)
@@ -43,10 +43,18 @@ class Facts:
 
 
 def decide_files(
-    policy: Policy, sims: np.ndarray, frames: list[int] | np.ndarray, severity: float, facts: list[Facts]
+    policy: Policy,
+    sims: np.ndarray,
+    frames: list[int] | np.ndarray,
+    severity: float,
+    facts: list[Facts],
+    deepdanbooru: DeepDanbooruScores = None,
 ) -> list[Verdict]:
-    """sims: [frames, P] in the policy's column order, the rows of file i being the next frames[i] rows."""
-    ev = evaluate(policy, sims, severity)
+    """sims: [frames, P] in the policy's column order, the rows of file i being the next frames[i] rows.
+    deepdanbooru: DeepDanbooru's outputs per row (None where not run), wanted for the rows that
+    policy.deepdanbooru_rows names; a wanted row without them is decided by CLIP alone, and the reason
+    explaining such a row says so (deepdanbooru_missing)."""
+    ev = evaluate(policy, sims, severity, deepdanbooru)
     verdicts, start = [], 0
     for count, known in zip(frames, facts, strict=True):
         verdicts.append(verdict_for(ev, start, int(count), known))
@@ -65,10 +73,11 @@ def decide(
     frames: list[int] | np.ndarray,
     severity: float,
     allowlisted: list[bool] | None = None,
+    deepdanbooru: DeepDanbooruScores = None,
 ) -> list[Verdict]:
     """The model's part alone (no decode notes, no lists): decide_files with only the allowlist known."""
     facts = [Facts(allowlisted=bool(allowlisted and allowlisted[i])) for i in range(len(frames))]
-    return decide_files(policy, sims, frames, severity, facts)
+    return decide_files(policy, sims, frames, severity, facts, deepdanbooru)
 
 
 def file_verdict(ev, start: int, count: int, allowlisted: bool) -> Verdict:

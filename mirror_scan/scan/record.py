@@ -29,6 +29,7 @@ from mirror_scan.model.bundle import Bundle
 from mirror_scan.model.scoring import columns, policy_sims
 from mirror_scan.policy import Policy
 from mirror_scan.scan.act import Flagged
+from mirror_scan.scan.anime import AnimeCheck, per_row, stored_scores, with_outcome
 from mirror_scan.scan.decide import Facts, Verdict, decide_files, short_reason
 from mirror_scan.scan.decoders.decode import Decoded, decode_detail
 from mirror_scan.scan.report import ReportWriter, record
@@ -50,12 +51,13 @@ class Picture:
     pdq: list[tuple[str, int]] | None = None  # per scored frame: PDQ hash and quality
     pdq_variants: list[str] | None = None  # rotations and mirror images of every frame, for matching
     vpdq: list[tuple[str, int, float]] | None = None  # videos and animations: a PDQ per second
+    dd_view: np.ndarray | None = None  # the thumbnail DeepDanbooru sees, if the policy may ask (anime.py)
 
 
 def picture_of(sha256: str, data: bytes, decoded: Decoded) -> Picture:
     """The one way a decoded file becomes a Picture (the scan, the validator and the bucket workers)."""
     return Picture(sha256, decoded.format, decode_detail(decoded), md5_bytes(data), decoded.pdq,
-                   decoded.pdq_variants, decoded.vpdq)  # fmt: skip
+                   decoded.pdq_variants, decoded.vpdq, decoded.dd_view)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -68,9 +70,12 @@ class Decider:
     """Decisions for batches of pictures: facts gathered up front, one pure decision, results stored.
     Reads and writes the ledger; the caller commits."""
 
-    def __init__(self, ledger: Ledger, bundle: Bundle, policy: Policy, severity: float, model_id: str) -> None:
+    def __init__(
+        self, ledger: Ledger, bundle: Bundle, policy: Policy, severity: float, model_id: str, device: str = "auto"
+    ) -> None:
         self.ledger, self.bundle, self.policy, self.severity = ledger, bundle, policy, severity
         self.model_id = model_id
+        self.anime = AnimeCheck(bundle, policy, device)  # DeepDanbooru for the pictures the policy calls anime
         self.prompt_set = ledger.results.ensure_prompt_set(bundle.concepts.prompts)
         self.lists = LiveMatcher(ledger)  # imported hash lists decide before the model
         self.policy_columns = columns(bundle.concepts.prompts, policy)
@@ -104,12 +109,18 @@ class Decider:
             )
             for p in pictures
         ]
-        verdicts = decide_files(self.policy, sims[:, self.policy_columns], frames, self.severity, facts)
+        chosen = sims[:, self.policy_columns]
+        needed = self.anime.needed(chosen, frames, self.severity)
+        scores = self.anime.scores([p.dd_view for p in pictures], needed)
+        details = [with_outcome(p.detail, one, need) for p, one, need in zip(pictures, scores, needed, strict=True)]
+        facts = [Facts(detail, f.allowlisted, f.match) for detail, f in zip(details, facts, strict=True)]
+        dd_rows = per_row(scores, frames) if self.anime.active else None
+        verdicts = decide_files(self.policy, chosen, frames, self.severity, facts, dd_rows)
         decisions, ends = [], np.cumsum(frames)
         for index, (picture, verdict) in enumerate(zip(pictures, verdicts, strict=True)):
             rows = slice(int(ends[index]) - frames[index], int(ends[index]))
             result_id = self.ledger.results.put_result(picture.sha256, model_id or self.model_id, self.prompt_set,
-                                               sims[rows], embeddings[rows], picture.detail)  # fmt: skip
+                                               sims[rows], embeddings[rows], details[index])  # fmt: skip
             self.ledger.lists.put_picture_hashes(picture.sha256, picture.md5, picture.pdq, picture.pdq_variants,
                                            picture.vpdq)  # fmt: skip
             decisions.append(Decision(result_id, verdict))
@@ -123,7 +134,9 @@ class Decider:
             stored.sims, stored.embedding, self.ledger.results.prompt_set(stored.prompt_set), self.policy, self.bundle
         )
         facts = Facts(stored.detail, self.ledger.allowlisted(sha256), self.lists.match_stored(sha256))
-        (verdict,) = decide_files(self.policy, sims, [len(sims)], self.severity, [facts])
+        scores = stored_scores(stored.detail)  # DeepDanbooru is never run again on stored results
+        dd_rows = per_row([scores], [len(sims)]) if self.anime.active else None
+        (verdict,) = decide_files(self.policy, sims, [len(sims)], self.severity, [facts], dd_rows)
         return verdict
 
 

@@ -14,6 +14,7 @@ from mirror_scan.lists.live import ledger_matcher, match_stored
 from mirror_scan.model.bundle import Bundle
 from mirror_scan.model.scoring import policy_sims
 from mirror_scan.policy import Policy, evaluate
+from mirror_scan.scan import anime
 from mirror_scan.scan.act import Actor, Flagged
 from mirror_scan.scan.decide import Facts, verdict_for
 from mirror_scan.store.ledger import Ledger
@@ -78,7 +79,11 @@ def rescore(
                 embedding = np.frombuffer(b"".join(r.embedding for r in group), dtype=np.float16).reshape(
                     int(frames.sum()), -1
                 )
-            ev = evaluate(policy, policy_sims(sims, embedding, prompts, policy, bundle), severity)
+            dd_rows = None
+            if anime.policy_wants(policy):  # DeepDanbooru's stored scores (never run again here)
+                scores = [anime.stored_scores(json.loads(r.detail)) if r.detail else None for r in group]
+                dd_rows = anime.per_row(scores, frames.tolist())
+            ev = evaluate(policy, policy_sims(sims, embedding, prompts, policy, bundle), severity, dd_rows)
             starts = np.concatenate([[0], np.cumsum(frames)[:-1]]).astype(np.intp)
             model_flag = np.logical_or.reduceat(ev.flagged, starts)
             old_flag = np.fromiter((r.verdict == "flagged" for r in group), dtype=bool, count=len(group))

@@ -82,7 +82,7 @@ class Scan:
         self.listing_done = False  # discovery has listed everything: counters.listed is the total
         self.model_id = result_model_id(bundle, scorer, config.limits)
         self.counters = Counters()
-        self.decider = Decider(ledger, bundle, policy, config.severity, self.model_id)
+        self.decider = Decider(ledger, bundle, policy, config.severity, self.model_id, scorer.device)
         self.recorder = FileRecorder(ledger, policy, config.severity, actor, report, self.counters, on_verdict)
         self._decoder = decode  # replaced by a worker-process pool for the length of a run
         self._batch: list[ToScore] = []

@@ -74,7 +74,7 @@ class Batcher(threading.Thread):
         self.scorer, self.policy, self.config = scorer, policy, config
         self.model_id = result_model_id(bundle, scorer, config.limits)
         # Re-uploads of what was purged elsewhere, re-encoded or not, are refused by the imported lists.
-        self.decider = Decider(ledger, bundle, policy, config.severity, self.model_id)
+        self.decider = Decider(ledger, bundle, policy, config.severity, self.model_id, scorer.device)
         self.jobs: queue.Queue[Job | None] = queue.Queue()
         self._decoding = 0  # uploads read and being decoded by handler threads: they will join a batch soon
         self._decoding_lock = threading.Lock()

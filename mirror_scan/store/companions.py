@@ -89,3 +89,5 @@ class ItemObject:
     sha256: str | None  # of the bytes held in the item (None while listed or missing)
     size: int | None
     state: str  # listed | held | taken | missing
+    md5: str | None = None  # of the plaintext held
+    sealed_sha256: str | None = None  # sealed: of companions/<sha256>.age as written

@@ -20,7 +20,7 @@ from typing import Any
 from mirror_scan.atomic import fsync_dir
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.faults import checkpoint
-from mirror_scan.store.items import DATA, copy_to_new, write_all
+from mirror_scan.store.items import copy_to_new, write_all
 from mirror_scan.store.lifecycle import By
 from mirror_scan.store.paths import UnsafePath, check_operator_target, sha256_fd
 
@@ -70,7 +70,8 @@ def extract(quarantine, item_id: str, to_dir: Path, record: dict[str, Any], by: 
     final, work = extracted_dir(to_dir, item_id), _work_dir(to_dir, item_id)
     with quarantine.item_lock(item_id, wait_s=wait_s):
         row, _meta = quarantine.restorer.checked_item(item_id)  # the metadata file must agree with the ledger
-        source = quarantine.journal.item_dir(item_id) / DATA
+        content = quarantine.journal.content
+        source = content.held_path(row)  # data, or data.age: opened straight into the copy, nowhere else
         if not source.is_file():
             raise ExtractError(f"item {item_id}: its bytes are no longer in the quarantine (state: {row.state})")
         if os.path.lexists(final):
@@ -78,6 +79,7 @@ def extract(quarantine, item_id: str, to_dir: Path, record: dict[str, Any], by: 
                 f"item {item_id}: {final} already exists; not overwriting a copy taken before",
                 hint="move it away or give another --to",
             )
+        identity = content.check_identity(row)  # refused before anything is written when it does not open it
         if os.path.islink(work):  # never followed: a link there is not what a killed extract of ours left
             raise ExtractError(f"{work} is a symbolic link; refusing to write through it", hint="remove it")
         if os.path.lexists(work):  # what a killed extract of this item left: never a whole copy
@@ -89,11 +91,14 @@ def extract(quarantine, item_id: str, to_dir: Path, record: dict[str, Any], by: 
         try:
             os.fchmod(work_fd, 0o700)
             name = file_name(row.original)
-            fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
-            try:
-                copy_to_new(fd, name, 0o600, dir_fd=work_fd)  # O_EXCL, fsynced
-            finally:
-                os.close(fd)
+            if identity is not None:
+                identity.open_to(source, name, dir_fd=work_fd)  # O_EXCL, 0600, fsynced
+            else:
+                fd = os.open(source, os.O_RDONLY | os.O_NOFOLLOW)
+                try:
+                    copy_to_new(fd, name, 0o600, dir_fd=work_fd)  # O_EXCL, fsynced
+                finally:
+                    os.close(fd)
             fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=work_fd)
             try:
                 digest = sha256_fd(fd)  # what is on the disk now, read back

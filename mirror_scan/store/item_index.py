@@ -17,6 +17,7 @@ from mirror_scan.errors import MirrorScanError
 from mirror_scan.faults import checkpoint
 from mirror_scan.hashing import sha256_file
 from mirror_scan.kinds import ItemEvent, ItemState
+from mirror_scan.store.content import SEALED_DATA
 from mirror_scan.store.items import (
     DATA,
     META_FORMAT,
@@ -31,6 +32,7 @@ from mirror_scan.store.journal import Journal, iso
 from mirror_scan.store.lifecycle import By, Lifecycle
 from mirror_scan.store.paths import check_relative
 from mirror_scan.store.rows import ItemRow, display_path
+from mirror_scan.store.sealing import SEALED_SUFFIX
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,7 @@ class ItemIndex:
             "reason": json.dumps(meta.get("verdict")),
             "created": dt.datetime.fromisoformat(meta["quarantined_at"]).timestamp(),
             "updated": time.time(),
+            **_content_fields(meta),
         }
         lines = []
         for entry in meta.get("history") or []:
@@ -92,9 +95,12 @@ class ItemIndex:
             self.ledger.objects.add(item_id, key, role, variant, os.path.join(root, os.fsencode(key)) if root else b"")
             if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
                 continue
-            held = self.journal.item_dir(item_id) / COMPANIONS / sha
-            if held.is_file() and sha256_file(held) == sha:
-                self.ledger.objects.held(item_id, key, sha, held.stat().st_size)
+            sealed = entry.get("sealed_sha256") if isinstance(entry.get("sealed_sha256"), str) else None
+            held = self.journal.item_dir(item_id) / COMPANIONS / (sha + SEALED_SUFFIX if sealed else sha)
+            if held.is_file() and sha256_file(held) == (sealed or sha):
+                md5 = entry.get("md5") if isinstance(entry.get("md5"), str) else None
+                size = entry.get("size") if sealed and isinstance(entry.get("size"), int) else held.stat().st_size
+                self.ledger.objects.held(item_id, key, sha, size, md5, sealed)
                 if entry.get("state") == "taken":  # out of the bucket and the mirror when it was written
                     self.ledger.objects.taken(item_id, [key])
 
@@ -152,11 +158,12 @@ class ItemIndex:
                 )
         if claims["key"] is not None:
             check_relative(os.fsencode(claims["key"]))
-        data = item_dir / DATA
+        sealed = claims["sealed"]  # (recipient, sha256 of data.age): its plaintext is checked when it is opened
+        data = item_dir / (SEALED_DATA if sealed else DATA)
         if meta["state"] == ItemState.PURGED:
             if data.exists():
                 raise QuarantineError("marked purged but its bytes are still there; not imported")
-        elif not data.is_file() or sha256_file(data) != claims["sha256"]:
+        elif not data.is_file() or sha256_file(data) != (sealed[1] if sealed else claims["sha256"]):
             raise QuarantineError("its bytes are missing or do not hash to its recorded sha256; not imported")
 
     def entries(self, since: float | None = None, states: tuple[str, ...] | None = None) -> Iterator[dict[str, Any]]:
@@ -224,12 +231,21 @@ class ItemIndex:
             delete_bytes(self.journal.item_dir(item_id))
 
 
+def _content_fields(meta: dict[str, Any]) -> dict[str, Any]:
+    """How a metadata file says the item holds its bytes (checked by _check_importable)."""
+    sealed = claims_of(meta)["sealed"]
+    md5 = meta.get("md5")
+    return {"md5": md5 if isinstance(md5, str) and re.fullmatch(r"[0-9a-f]{32}", md5) else None,
+            "sealed_to": sealed[0] if sealed else None, "sealed_sha256": sealed[1] if sealed else None}  # fmt: skip
+
+
 def delete_bytes(item_dir: Path) -> None:
     """A purged item's bytes, its companions' too (recovery calls this again for a purge a crash cut short)."""
     from mirror_scan.atomic import fsync_dir
     from mirror_scan.store.companions import COMPANIONS
 
     (item_dir / DATA).unlink(missing_ok=True)
+    (item_dir / SEALED_DATA).unlink(missing_ok=True)
     companions = item_dir / COMPANIONS
     if companions.is_dir():
         for held in companions.iterdir():

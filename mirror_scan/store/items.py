@@ -157,9 +157,16 @@ def claims_of(meta: dict[str, Any]) -> dict[str, Any]:
             "mirror_root": root,
             "original": os.path.join(root, original) if original else b"",
             "origin": meta.get("origin"),
+            "sealed": _sealed_claim(meta.get("sealed")),
         }
     except (KeyError, ValueError, TypeError, AttributeError) as err:
         raise ValueError(f"metadata is unusable ({err})") from None
+
+
+def _sealed_claim(sealed: Any) -> tuple[str, str] | None:
+    if sealed is None:
+        return None
+    return (str(sealed["to"]), str(sealed["sha256"]))
 
 
 def meta_disagreement(row: ItemRow, meta: dict[str, Any]) -> list[str]:
@@ -174,6 +181,7 @@ def meta_disagreement(row: ItemRow, meta: dict[str, Any]) -> list[str]:
         "mirror_root": row.mirror_root,
         "original": row.original,
         "origin": item_origin(row),
+        "sealed": (row.sealed_to, row.sealed_sha256) if row.sealed_to else None,
     }
     try:
         claimed = claims_of(meta)

@@ -27,6 +27,7 @@ from typing import Any
 from mirror_scan.atomic import fsync_dir
 from mirror_scan.faults import checkpoint
 from mirror_scan.kinds import ItemState, Step
+from mirror_scan.store.content import ItemContent
 from mirror_scan.store.items import META, TMP_META, ItemBusy, QuarantineError, check_item_id, write_private
 from mirror_scan.store.ledger import Ledger
 
@@ -39,6 +40,7 @@ class Journal:
         self.items = self.root / "items"
         self.locks = self.root / "locks"
         self.ledger = ledger
+        self.content = ItemContent(self.items, ledger)  # plain or sealed: how each item holds its bytes
         if ledger.readonly:
             return
         for directory in (self.root, self.items, self.locks):
@@ -131,12 +133,17 @@ class Journal:
             return
         if row is not None:
             meta["state"] = row.state
+            if row.md5:
+                meta["md5"] = row.md5
+            if row.sealed_to:  # data.age: the ledger's record of how it is held, for people and `reindex`
+                meta["sealed"] = {"to": row.sealed_to, "sha256": row.sealed_sha256}
         companions = self.ledger.objects.of(item_id)
         if companions:  # the upload's other objects, as the ledger records them
             meta["pictrs_hash"] = self.ledger.objects.hash_of(item_id)
             meta["companions"] = [
                 {"key": o.key, "role": o.role, "variant": o.variant, "sha256": o.sha256, "size": o.size,
-                 "state": o.state}
+                 "state": o.state, **({"md5": o.md5} if o.md5 else {}),
+                 **({"sealed_sha256": o.sealed_sha256} if o.sealed_sha256 else {})}
                 for o in companions
             ]  # fmt: skip
         if rewrite or not isinstance(meta.get("history"), list):

@@ -102,6 +102,7 @@ class Ledger:
                 self.db.execute("PRAGMA cell_size_check=ON")
                 self.db.execute("SELECT count(*) FROM sqlite_master").fetchone()
                 check_pages_once(self.path, self.db)
+                self._refuse_older()
             else:
                 self.path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
                 open_private(self.path)
@@ -131,6 +132,21 @@ class Ledger:
         for statement in filter(str.strip, SCHEMA.split(";")):
             self.db.execute(statement)
         self._migrate()
+
+    def _refuse_older(self) -> None:
+        """A reader never migrates: a database an older mirror-scan wrote lacks columns its queries name,
+        which is said as such, with the command that upgrades it (any writer does, at its start)."""
+        try:
+            row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
+        except sqlite3.OperationalError:
+            return  # no meta table: an empty file, read as an empty ledger
+        if row is not None and int(row[0]) < SCHEMA_VERSION:
+            raise MirrorScanError(
+                f"state database {self.path} was written by an older mirror-scan (schema {row[0]}, now "
+                f"{SCHEMA_VERSION}); reading commands do not upgrade it",
+                hint=f"`mirror-scan state recover --state {self.path}` upgrades it in place (so does the watch "
+                "daemon when it starts)",
+            )
 
     def _migrate(self) -> None:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()
@@ -338,6 +354,12 @@ class Ledger:
             counts[f"items_{state}"] = int(count)
         return counts
 
+    def items_in_the_clear(self) -> int:
+        """Items that hold bytes, not sealed (`quarantine seal` seals them)."""
+        row = self.db.execute("SELECT count(*) FROM quarantine WHERE sealed_to IS NULL AND state IN "
+                              "('quarantined', 'upstream_pending', 'restored')").fetchone()  # fmt: skip
+        return int(row[0])
+
     def report_rows(self, flagged: bool = False, errors: bool = False) -> Iterator[sqlite3.Row]:
         """Files for a report, by path: every file; or those flagged, and/or those a person should look at
         (not scanned, or scored on the part of them that decoded)."""
@@ -460,10 +482,10 @@ class Ledger:
         self.begin()
         self.db.execute(
             "INSERT OR IGNORE INTO quarantine (id, dir, sha256, size, original, mirror_root, remote, key, state, "
-            "reason, created, updated, seen_count, last_seen) "
+            "reason, created, updated, seen_count, last_seen, md5, sealed_to, sealed_sha256) "
             "VALUES (:id, :dir, :sha256, :size, :original, :mirror_root, :remote, :key, :state, :reason, "
-            ":created, :updated, :seen_count, :last_seen)",
-            {"seen_count": 1, "last_seen": None, **row},
+            ":created, :updated, :seen_count, :last_seen, :md5, :sealed_to, :sealed_sha256)",
+            {"seen_count": 1, "last_seen": None, "md5": None, "sealed_to": None, "sealed_sha256": None, **row},
         )
 
     def delete_item(self, item_id: str) -> None:
@@ -479,6 +501,13 @@ class Ledger:
     def set_item_size(self, item_id: str, size: int) -> None:
         self.begin()
         self.db.execute("UPDATE quarantine SET size=? WHERE id=?", (size, item_id))
+
+    def set_item_content(self, item_id: str, md5: str, sealed_to: str | None, sealed_sha256: str | None) -> None:
+        """How the item holds its bytes: their md5, and (sealed) the recipient and data.age's sha256."""
+        self.begin()
+        self.db.execute("UPDATE quarantine SET md5=?, sealed_to=?, sealed_sha256=? WHERE id=?",
+                        (md5, sealed_to, sealed_sha256, item_id))  # fmt: skip
+        self.history.mark_behind(item_id)
 
     def set_item_state(self, item_id: str, state: str) -> None:
         self.begin()

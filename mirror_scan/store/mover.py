@@ -21,9 +21,10 @@ from typing import Any
 from mirror_scan.atomic import fsync_dir
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.faults import checkpoint
-from mirror_scan.hashing import md5_file, sha256_bytes, sha256_file
+from mirror_scan.hashing import sha256_bytes
 from mirror_scan.kinds import ItemEvent, ItemState, MoveKind, Step
 from mirror_scan.store.companions import COMPANIONS
+from mirror_scan.store.content import SEALED_DATA
 from mirror_scan.store.items import (
     DATA,
     META,
@@ -33,11 +34,9 @@ from mirror_scan.store.items import (
     ItemBusy,
     QuarantineError,
     b64,
-    copy_to_new,
     item_meta,
     item_origin,
     new_item_id,
-    write_private,
 )
 from mirror_scan.store.journal import Journal
 from mirror_scan.store.lifecycle import Lifecycle
@@ -108,7 +107,7 @@ class Mover:
             dropped = self.drop_returned_copy(source, mirror_root, sha256)
             return None if dropped is None else Moved(dropped, ItemState.QUARANTINED)
         try:
-            back = upstream.holds(row.key, row.sha256, md5_file(self.journal.item_dir(row.id) / DATA))
+            back = upstream.holds(row.key, row.sha256, self.journal.content.md5(row))
         except MirrorScanError:
             back = True  # the bucket cannot say: a move of its own settles it (upstream pending while it cannot)
         if not back:  # gone (or other bytes there: another object, pulled and scanned as such)
@@ -159,12 +158,14 @@ class Mover:
 
         item_dir.mkdir(mode=0o700)
         fsync_dir(self.journal.items)
-        written = copy_to_new(fd, item_dir / TMP_DATA, 0o600)
-        if written != sha256 or sha256_file(item_dir / TMP_DATA) != sha256:
+        written = self.journal.content.write(fd, None, item_dir / TMP_DATA)  # sealed when seal_to is set
+        if written.sha256 != sha256 or not self.journal.content.written_ok(item_dir / TMP_DATA, written):
             self.rollback(item_id, move_id, "the file changed since it was scanned")
             raise QuarantineError(
                 f"{display_path(source)} changed since it was scanned; not quarantined", hint="scan it again"
             )
+        with self.ledger.transaction():
+            self.journal.content.record(item_id, written)
         self._copied(item_id, move_id)
         meta = item_meta(
             item_id,
@@ -230,12 +231,13 @@ class Mover:
         except MirrorScanError as err:
             self.rollback(item_id, move_id, "the object could not be read")
             raise QuarantineError(f"{remote}/{key} could not be read: {str(err).splitlines()[0]}") from None
-        write_private(item_dir / TMP_DATA, data)
-        if sha256_bytes(data) != sha256 or sha256_file(item_dir / TMP_DATA) != sha256:
+        written = self.journal.content.write(None, data, item_dir / TMP_DATA)
+        if written.sha256 != sha256 or not self.journal.content.written_ok(item_dir / TMP_DATA, written):
             self.rollback(item_id, move_id, "the object changed since it was scanned")
             raise QuarantineError(f"{remote}/{key} changed since it was scanned; not quarantined", hint="scan it again")
         with self.ledger.transaction():
             self.ledger.set_item_size(item_id, len(data))
+            self.journal.content.record(item_id, written)
         self._copied(item_id, move_id)
         meta = item_meta(
             item_id,
@@ -287,8 +289,11 @@ class Mover:
     def _place(self, item_id: str, move_id: int, meta: dict[str, Any]) -> Moved:
         """Verified bytes (the temp file) become the item: metadata, rename, fsync, 'placed'; then finish."""
         item_dir = self.journal.item_dir(item_id)
+        row = self.ledger.item(item_id)
+        assert row is not None
+        meta.update(_content_meta(row.md5, row.sealed_to, row.sealed_sha256))
         self.journal.write_meta(item_id, meta)
-        os.rename(item_dir / TMP_DATA, item_dir / DATA)
+        os.rename(item_dir / TMP_DATA, self.journal.content.held_path(row))
         fsync_dir(item_dir)
         self.journal.step(move_id, Step.PLACED, "quarantine")
         return Moved(item_id, self.finish(item_id, move_id, Step.PLACED))
@@ -332,7 +337,7 @@ class Mover:
         """A quarantine stopped before its bytes were safe: the temp files go, the item is forgotten (the
         original was never touched)."""
         item_dir = self.journal.item_dir(item_id)
-        for name in (TMP_DATA, TMP_META, META, DATA):
+        for name in (TMP_DATA, TMP_META, META, DATA, SEALED_DATA):
             (item_dir / name).unlink(missing_ok=True)
         companions = item_dir / COMPANIONS  # copies of the upload's other objects (never removed anywhere yet)
         if companions.is_dir():
@@ -351,7 +356,7 @@ class Mover:
         """Delete the object upstream; False (item left 'upstream pending') when it cannot be done now."""
         try:
             upstream = self.upstreams.get(row.remote, direct=item_origin(row) == "bucket")  # type: ignore[arg-type]
-            md5 = md5_file(self.journal.item_dir(row.id) / DATA)
+            md5 = self.journal.content.md5(row)
             note = upstream.remove(row.key, row.sha256, md5, lambda: self._evidence_keys(row))  # type: ignore[arg-type]
         except UpstreamUnavailable:
             return False
@@ -514,9 +519,11 @@ class Mover:
         with self.journal.item_lock(item_id):
             item_dir.mkdir(mode=0o700)
             try:
-                write_private(item_dir / TMP_DATA, data)
-                if sha256_file(item_dir / TMP_DATA) != sha256:
+                written = self.journal.content.write(None, data, item_dir / TMP_DATA)
+                if written.sha256 != sha256 or not self.journal.content.written_ok(item_dir / TMP_DATA, written):
                     raise QuarantineError("the kept upload did not verify")
+                content = {"md5": written.md5, "sealed_to": self.journal.content.sealer.recipient  # type: ignore[union-attr]
+                           if written.sealed_sha256 else None, "sealed_sha256": written.sealed_sha256}  # fmt: skip
                 meta = item_meta(
                     item_id,
                     sha256,
@@ -527,23 +534,32 @@ class Mover:
                     remote=None,
                     key=None,
                     **evidence,
+                    **_content_meta(**content),
                 )
                 self.journal.write_meta(item_id, meta)
-                os.rename(item_dir / TMP_DATA, item_dir / DATA)
+                os.rename(item_dir / TMP_DATA, item_dir / self.journal.content.final_name(written, DATA))
                 fsync_dir(item_dir)
                 fsync_dir(self.journal.items)
             except BaseException:
-                for name in (TMP_DATA, TMP_META, META, DATA):
+                for name in (TMP_DATA, TMP_META, META, DATA, SEALED_DATA):
                     (item_dir / name).unlink(missing_ok=True)
                 item_dir.rmdir()
                 raise
             with self.ledger.transaction():
                 fields = {"id": item_id, "dir": os.fsencode(item_dir), "sha256": sha256, "size": len(data),
                           "original": b"", "mirror_root": b"", "remote": None, "key": None,
-                          "reason": _reason(evidence)}  # fmt: skip
+                          "reason": _reason(evidence), **content}  # fmt: skip
                 self.lifecycle.begin(fields, ItemEvent.UPLOAD_KEPT)
             self.journal.sync_meta(item_id)
         return item_id
+
+
+def _content_meta(md5: str | None, sealed_to: str | None, sealed_sha256: str | None) -> dict[str, Any]:
+    """What meta.json says of how the item holds its bytes (journal.sync_meta keeps it in step)."""
+    fields: dict[str, Any] = {"md5": md5} if md5 else {}
+    if sealed_to:
+        fields["sealed"] = {"to": sealed_to, "sha256": sealed_sha256}
+    return fields
 
 
 def _reason(evidence: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from mirror_scan.kinds import HELD_STATES
 from mirror_scan.store.companions import ItemObject
 from mirror_scan.store.vocabulary import Vocabulary
 
-OBJECT_COLUMNS = "item, key, role, variant, path, sha256, size, state"
+OBJECT_COLUMNS = "item, key, role, variant, path, sha256, size, state, md5, sealed_sha256"
 
 
 class ObjectTables(Vocabulary):
@@ -25,13 +25,20 @@ class ObjectTables(Vocabulary):
         )
         return bool(cursor.rowcount)
 
-    def held(self, item_id: str, key: str, sha256: str, size: int) -> None:
+    def held(self, item_id: str, key: str, sha256: str, size: int, md5: str | None = None,
+             sealed_sha256: str | None = None) -> None:  # fmt: skip
         """Its bytes are in the item, verified (still to leave the bucket and the mirror)."""
         self.begin()
         self.db.execute(
-            "UPDATE item_objects SET sha256=?, size=?, state='held' WHERE item=? AND key=?",
-            (sha256, size, item_id, key),
+            "UPDATE item_objects SET sha256=?, size=?, md5=?, sealed_sha256=?, state='held' WHERE item=? AND key=?",
+            (sha256, size, md5, sealed_sha256, item_id, key),
         )
+
+    def set_sealed(self, item_id: str, sha256: str, md5: str, sealed_sha256: str) -> None:
+        """Every companion of the item with these bytes is now held sealed (`quarantine seal`)."""
+        self.begin()
+        self.db.execute("UPDATE item_objects SET md5=?, sealed_sha256=? WHERE item=? AND sha256=?",
+                        (md5, sealed_sha256, item_id, sha256))  # fmt: skip
         self.ledger.history.mark_behind(item_id)
 
     def taken(self, item_id: str, keys: list[str]) -> None:

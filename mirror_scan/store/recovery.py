@@ -15,8 +15,8 @@ import os
 import time
 
 from mirror_scan.errors import MirrorScanError
-from mirror_scan.hashing import sha256_file
 from mirror_scan.kinds import FINISHED_STEPS, ItemEvent, ItemState, MoveKind, Step
+from mirror_scan.store.content import SEALED_DATA
 from mirror_scan.store.item_index import delete_bytes
 from mirror_scan.store.items import (
     DATA,
@@ -99,6 +99,9 @@ class Recovery:
         if row is None:
             self.journal.step(move.id, Step.ROLLED_BACK, "recover", note="no index row")
             return f"{move.item}: nothing to recover"
+        if move.kind == MoveKind.RESTORE and row.sealed_to:
+            # Its plaintext stays while the restore is unfinished; opened again (with an identity) if it went.
+            self.journal.content.open(row)
         if move.kind == MoveKind.RESTORE and move.method == "reimport":
             return self._recover_reimport(move, row)
         if move.kind == MoveKind.RESTORE and move.method != "bucket" and move.target is None:
@@ -123,15 +126,16 @@ class Recovery:
 
     def _recover_quarantine(self, move: MoveRow, row: ItemRow) -> str:
         item_id, step = row.id, move.step
-        data = self.journal.item_dir(item_id) / DATA
+        content = self.journal.content
+        data = content.held_path(row)  # data, or data.age for a sealed item (its sha256 as written)
         if step in (Step.INTENT, Step.COPIED):
             original_ok = bool(row.original) and self.mover.original_holds(row)
-            placed_ok = data.is_file() and sha256_file(data) == row.sha256
+            placed_ok = content.held_ok(row)
             if original_ok or not placed_ok:
                 self.mover.rollback(item_id, move.id, f"interrupted at {step}; rolled back", kind="recover")
                 return f"{item_id}: quarantine interrupted at '{step}', rolled back (original untouched)"
             step = Step.PLACED  # the original is gone but verified bytes are placed: never delete the last copy
-        if step == Step.PLACED and data.is_file() and sha256_file(data) != row.sha256:
+        if step == Step.PLACED and data.is_file() and not content.held_ok(row):
             self.lifecycle.apply(item_id, ItemEvent.DAMAGED, step=(move.id, Step.ROLLED_BACK, "recover"),
                                  note="quarantined bytes do not verify; original kept")  # fmt: skip
             return f"{item_id}: quarantined bytes do not verify; original left in place"
@@ -212,11 +216,17 @@ class Recovery:
             try:
                 with self.journal.item_lock(item_dir.name):
                     row = self.ledger.item(item_dir.name)
-                    if row is not None and row.state == ItemState.PURGED and (item_dir / DATA).exists():
+                    held = (item_dir / DATA).exists() or (item_dir / SEALED_DATA).exists()
+                    if row is not None and row.state == ItemState.PURGED and held:
                         delete_bytes(item_dir)  # a purge recorded, its deletion cut short
                         log.info("quarantine item %s: the bytes of its purge deleted", item_dir.name)
+                    elif row is not None:
+                        # A sealed item's plaintext a way out left (no move of it is active now), and what an
+                        # interrupted `quarantine seal` left.
+                        self.journal.content.clean_seal(row)
+                        self.journal.content.close(row)
                     for name in (TMP_DATA, TMP_META):
-                        if (item_dir / name).exists() and not (item_dir / DATA).exists():
+                        if (item_dir / name).exists() and not held:
                             if not (item_dir / META).exists():
                                 (item_dir / name).unlink()
                                 log.info("removed leftover %s in %s", name, item_dir.name)

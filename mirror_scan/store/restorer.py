@@ -120,6 +120,13 @@ class Restorer:
         if origin == "upload":
             self.lifecycle.apply(row.id, ItemEvent.RELEASED, by=by)
             return b"(allowlisted: the upload can be made again)"
+        # A sealed item's plaintext under the plain names while its bytes go out (store/content.py).
+        with self.journal.content.opened(row):
+            return self._restore_opened(row, meta, item_dir, origin, to, upstream, by, reimport)
+
+    def _restore_opened(self, row: ItemRow, meta: dict[str, Any], item_dir: Path, origin: str | None,
+                        to: Path | None, upstream: bool, by: By | None, reimport: bool) -> bytes:  # fmt: skip
+        item_id = row.id
         if to is None:  # back into pict-rs's store: only what pict-rs still records
             gone = self._gone_from_pictrs(row)
             if reimport:

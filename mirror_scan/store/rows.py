@@ -70,6 +70,9 @@ class ItemRow:
     updated: float
     seen_count: int
     last_seen: float | None
+    md5: str | None = None  # of the plaintext (None for items older than schema 11)
+    sealed_to: str | None = None  # the age recipient data.age is sealed to; None: held plain as `data`
+    sealed_sha256: str | None = None  # of data.age as written
 
 
 @dataclass(frozen=True)

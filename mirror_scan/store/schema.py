@@ -6,7 +6,7 @@ from enum import StrEnum
 
 from mirror_scan.kinds import DECIDED_STATUSES, EXPORTED_STATES, FINISHED_STEPS, MOVING_STATES
 
-SCHEMA_VERSION = 10  # 10: holds (legal holds on items: purge refuses them)
+SCHEMA_VERSION = 11  # 10: holds (legal holds on items: purge refuses them); 11: sealed items (store/sealing.py)
 # A writer waits this long for another writer's transaction. Transactions last milliseconds (none is ever
 # held across a subprocess, a network call or a wait for work), so running out of it means something
 # is wrong with another process, and is reported as "busy", never as damage.
@@ -209,7 +209,13 @@ MIGRATIONS = {
         "pictrs_aliases": "TEXT",  # JSON list: the names the upload had in pict-rs (its URLs in Lemmy)
         "meta_behind": "INTEGER NOT NULL DEFAULT 0",  # meta.json has not caught up with the ledger yet
         "objects_pending": "INTEGER NOT NULL DEFAULT 0",  # the upload's objects are still to be found
+        # schema 11: the plaintext's md5 (the bucket's ETag check; a sealing process cannot read it back),
+        # and for a sealed item its recipient and the sha256 of data.age as written (store/sealing.py)
+        "md5": "TEXT",
+        "sealed_to": "TEXT",
+        "sealed_sha256": "TEXT",
     },
+    "item_objects": {"md5": "TEXT", "sealed_sha256": "TEXT"},  # schema 11: as the item's own
     "moves": {"method": "TEXT", "decided_by": "TEXT"},  # schema 9: who asked for a restore
     # schema 3: what the decode said about the bytes (row labels, notes such as "partial", caps hit)
     "results": {"detail": "TEXT", "partial": "INTEGER NOT NULL DEFAULT 0"},

@@ -5,7 +5,6 @@ follows the item's journal: nothing of an upload is removed before all of it is 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import secrets
@@ -15,7 +14,6 @@ from pathlib import Path
 
 from mirror_scan.atomic import fsync_dir
 from mirror_scan.errors import MirrorScanError
-from mirror_scan.hashing import md5_file, sha256_file
 from mirror_scan.store.companions import COMPANIONS, Companion, ItemObject, Upload, UploadSource
 from mirror_scan.store.items import (
     LINK_UNSUPPORTED,
@@ -24,11 +22,11 @@ from mirror_scan.store.items import (
     copy_to_new,
     item_origin,
     restore_tmp_name,
-    write_private,
 )
 from mirror_scan.store.journal import Journal
 from mirror_scan.store.paths import MissingParent, Place, UnsafePath, reach, relative_to
 from mirror_scan.store.rows import ItemRow
+from mirror_scan.store.sealing import Written
 from mirror_scan.store.upstream import Upstream, UpstreamError, Upstreams, UpstreamUnavailable
 
 log = logging.getLogger(__name__)
@@ -143,10 +141,10 @@ class UploadObjects:
                 log.warning("quarantine item %s: %s (%s) is in neither the mirror nor the bucket", row.id, obj.key,
                             obj.variant or obj.role)  # fmt: skip
                 return False
-            sha256, size = written
-            if sha256_file(tmp) != sha256:
+            sha256, size = written.sha256, written.size
+            if not self.journal.content.written_ok(tmp, written):
                 raise QuarantineError(f"the copy of {obj.key} did not verify")
-            final = folder / sha256
+            final = folder / self.journal.content.final_name(written, sha256)
             if final.exists():
                 tmp.unlink()
             else:
@@ -155,26 +153,26 @@ class UploadObjects:
         finally:
             tmp.unlink(missing_ok=True)
         with self.ledger.transaction():
-            self.ledger.objects.held(row.id, obj.key, sha256, size)
+            self.ledger.objects.held(row.id, obj.key, sha256, size, written.md5, written.sealed_sha256)
         return True
 
-    def _write_from(self, row: ItemRow, obj: ItemObject, tmp: Path, source_fd: int | None) -> tuple[str, int] | None:
-        """The companion's bytes written to `tmp`: (sha256, size) of what was written, or None when no copy
-        of it is anywhere."""
+    def _write_from(self, row: ItemRow, obj: ItemObject, tmp: Path, source_fd: int | None) -> Written | None:
+        """The companion's bytes written to `tmp` (sealed when the quarantine seals), or None when no copy of
+        it is anywhere."""
+        content = self.journal.content
         if source_fd is not None:
-            return _copy(source_fd, tmp)
+            return content.write(source_fd, None, tmp)
         upstream = self._upstream(row)
         if upstream is not None:
             data = upstream.read_if_there(obj.key)
             if data is not None:
-                write_private(tmp, data)
-                return hashlib.sha256(data).hexdigest(), len(data)
+                return content.write(None, data, tmp)
             return None  # not in the bucket: a mirror copy of it would be one pict-rs no longer serves
         fd = self._open_mirror_copy(row.mirror_root, obj.key) if obj.path else None
         if fd is None:
             return None
         try:
-            return _copy(fd, tmp)
+            return content.write(fd, None, tmp)
         finally:
             os.close(fd)
 
@@ -202,8 +200,8 @@ class UploadObjects:
             if obj.state != "held":
                 continue
             try:
-                data = self.data_path(row.id, obj.sha256)  # type: ignore[arg-type]
-                if upstream.holds(obj.key, obj.sha256, md5_file(data)) is not False:  # type: ignore[arg-type]
+                md5 = self.journal.content.object_md5(row, obj)
+                if upstream.holds(obj.key, obj.sha256, md5) is not False:  # type: ignore[arg-type]
                     continue
                 log.warning("quarantine item %s: %s holds other bytes than its copy in the item; copied again",
                             row.id, obj.key)  # fmt: skip
@@ -222,9 +220,9 @@ class UploadObjects:
         for obj in self.ledger.objects.of(row.id):
             if obj.state != "held" or (keys is not None and obj.key not in keys):
                 continue
-            data = self.data_path(row.id, obj.sha256)  # type: ignore[arg-type]
             try:
-                note = upstream.remove(obj.key, obj.sha256, md5_file(data), evidence)  # type: ignore[arg-type]
+                md5 = self.journal.content.object_md5(row, obj)
+                note = upstream.remove(obj.key, obj.sha256, md5, evidence)  # type: ignore[arg-type]
             except UpstreamUnavailable:
                 return False
             except MirrorScanError as err:
@@ -362,12 +360,6 @@ class UploadObjects:
     @staticmethod
     def _place(root: bytes, key: str, create_parents: bool = False) -> Place:
         return reach(root, os.fsencode(key), create_parents=create_parents)
-
-
-def _copy(source_fd: int, target: Path) -> tuple[str, int]:
-    """The bytes of an open file into a new private file, fsynced: (sha256, size) of what was written."""
-    written = copy_to_new(source_fd, target, 0o600)
-    return written, target.stat().st_size
 
 
 def remove_if_holds(root: bytes, key: str | bytes, sha256: str) -> bool:

@@ -51,6 +51,11 @@ class ExportOptions:
     policies: list[str] = field(default_factory=list)  # extra policy files whose prompts to embed
     force: bool = False
     parity_images: int = 6
+    # DeepDanbooru, the optional second model (deepdanbooru.py): the local checkpoint, or random weights
+    # when `pretrained` is none and no checkpoint is given. A width divisor > 1 is for test bundles only.
+    deepdanbooru: bool = False
+    deepdanbooru_weights: Path | None = None
+    deepdanbooru_width_divisor: int = 1
 
 
 def _import_export_stack():
@@ -164,11 +169,24 @@ def _policy_prompts(extra: list[str]) -> list[str]:
     return list(prompts)
 
 
+def _policy_dd_tags(extra: list[str]) -> list[str]:
+    """Every DeepDanbooru tag the policies read (a random-weight model must have them all)."""
+    tags: dict[str, None] = {}
+    for spec in [*builtin_policies(), *extra]:
+        rule = getattr(load_policy(spec), "deepdanbooru", None)
+        if rule is not None:
+            tags.update(dict.fromkeys([*rule.rating_tags.values(), *rule.nsfw_tags, *rule.not_anime_tags]))
+    return list(tags)
+
+
 def export_bundle(opts: ExportOptions) -> dict[str, Any]:
     out = Path(opts.out)
     if out.exists() and not opts.force:
         raise ExportError(f"{out} already exists", hint="pass --force to replace it, or choose another --out")
     started = time.monotonic()
+    with_dd = opts.deepdanbooru or opts.deepdanbooru_weights is not None
+    if with_dd:
+        _check_deepdanbooru_options(opts)  # before the long CLIP export: a wrong checkpoint fails at once
     torch, open_clip, model = _build_model(opts)
     prep_cfg = _preprocess_cfg(open_clip, model)
     prep = Preprocess.from_manifest(prep_cfg, out)
@@ -280,6 +298,16 @@ def export_bundle(opts: ExportOptions) -> dict[str, Any]:
         if clip_bpe:
             manifest["sha256"][tokenizer_info["file"]] = sha256_file(work / tokenizer_info["file"])
 
+        if with_dd:
+            from .deepdanbooru import export_deepdanbooru
+
+            manifest["deepdanbooru"] = export_deepdanbooru(
+                work,
+                opts.deepdanbooru_weights,
+                width_divisor=opts.deepdanbooru_width_divisor,
+                extra_tags=_policy_dd_tags(opts.policies),
+            )
+
         prompts = _policy_prompts(opts.policies)
         with torch.no_grad():
             concept_rows = [TextEncoder()(tokenizer(prompts[i : i + 64])).numpy() for i in range(0, len(prompts), 64)]
@@ -294,6 +322,21 @@ def export_bundle(opts: ExportOptions) -> dict[str, Any]:
     from mirror_scan.model.bundle import read_manifest
 
     return read_manifest(out)
+
+
+def _check_deepdanbooru_options(opts: ExportOptions) -> None:
+    from .deepdanbooru import WEIGHTS_FILE, WEIGHTS_URL, verified_weights
+
+    if opts.deepdanbooru_weights is not None:
+        if opts.deepdanbooru_width_divisor != 1:
+            raise ExportError("a narrowed DeepDanbooru is for random-weight test bundles only, not with its weights")
+        verified_weights(opts.deepdanbooru_weights)
+    elif opts.pretrained not in (None, "", "none"):
+        raise ExportError(
+            "--with-deepdanbooru needs the checkpoint: pass --deepdanbooru-weights PATH",
+            hint=f"download {WEIGHTS_FILE} from {WEIGHTS_URL} (it is not fetched here); "
+            "random DeepDanbooru weights go only with --pretrained none",
+        )
 
 
 def _replace_dir(work: Path, out: Path) -> None:

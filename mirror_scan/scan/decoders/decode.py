@@ -36,6 +36,7 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from mirror_scan.model.bundle import Preprocess
+from mirror_scan.model.preprocess import draft_scale, thumbnail
 
 try:  # JPEG XL through the pillow-jxl plugin (registers itself with Pillow)
     import pillow_jxl  # noqa: F401
@@ -233,13 +234,32 @@ def _still(
     # by nearest neighbour, and a reduced decode (libjpeg's scaled IDCT) moves the shared hash by up to 18
     # bits and its quality by up to 27 on detailed pictures (docs/architecture.md), across the threshold of
     # 50 where it matters. One decode serves both views; on a GPU machine nvJPEG may do it (gpujpeg.py).
+    # With resize "thumbnail512" a large JPEG is decoded a second time, drafted, for the model's view.
+    opened = img
     if data is not None:
         img = gpujpeg.decoded(img, data, rows.limits.jpeg_decoder)
-    img.load()
+    img.load()  # first, so a broken file fails here as in the other modes
+    small = _drafted_thumbnail(opened, data, rows.limits) if data is not None else None
     img = _clipped(img, crop)
     hashed = pdq_dihedral(img)  # as stored: no EXIF rotation
-    frame = ImageOps.exif_transpose(img) if img.getexif().get(ORIENTATION, 1) != 1 else img
-    rows.add_frame(frame, where, hashed)
+    rotated = img.getexif().get(ORIENTATION, 1) != 1
+    frame = ImageOps.exif_transpose(img) if rotated else img
+    if small is not None and rotated:  # fedi-safety ignores the tag; the thumbnail is turned as viewers turn it
+        small = ImageOps.exif_transpose(small)
+    rows.add_frame(frame, where, hashed, small if rows.limits.resize == "thumbnail512" else None, small)
+
+
+def _drafted_thumbnail(img: Image.Image, data: bytes, limits: Limits) -> Image.Image | None:
+    """With resize "thumbnail512", a JPEG's thumbnail as fedi-safety makes it: from a second open of the
+    bytes, drafted before any load (libjpeg's scaled decode), beside the whole decode PDQ needs. None when
+    the draft would not reduce it (the whole decode's thumbnail is then the same pixels, nvJPEG's nearly)
+    or not a JPEG."""
+    wanted = limits.resize == "thumbnail512" or limits.deepdanbooru  # DeepDanbooru sees fedi-safety's thumbnail
+    if not wanted or img.format != "JPEG" or draft_scale(img.width, img.height) == 1:
+        return None
+    fresh = _open(data, limits, formats=("JPEG",))  # the same header and pixel-limit checks
+    with clock("thumbnail"):
+        return thumbnail(fresh)
 
 
 def _clipped(img: Image.Image, crop: tuple | None) -> Image.Image:
@@ -299,7 +319,7 @@ def _frame_cap(frames: int, pixels: int, limits: Limits) -> str | None:
 
 def _frames(img: Image.Image, limits: Limits, rows: Rows, crop: tuple | None = None) -> int:
     """Every frame of an animation or multi-page file, in order; the distinct ones become rows."""
-    distinct = DistinctFrames(limits.max_frames, rows.keep_size)
+    distinct = DistinctFrames(limits.max_frames, rows.keep_size, limits.resize)
     index, elapsed_ms = 0, 0.0
     animated = img.format in ("GIF", "PNG", "WEBP", "JXL", "AVIF") and getattr(img, "n_frames", 1) > 1
     while True:
@@ -353,7 +373,7 @@ def _decode_image(data: bytes, prep: Preprocess, limits: Limits) -> Decoded:
     if not rows.rows:
         raise DecodeFailure("no frame could be decoded")
     return Decoded(fmt, rows.pixels(), total, rows.labels(), rows.pdq, rows.pdq_variants, rows.notes,
-                   partial=clipped, vpdq=rows.vpdq.features)  # fmt: skip
+                   partial=clipped, vpdq=rows.vpdq.features, dd_view=rows.dd_view)  # fmt: skip
 
 
 def _describe(err: BaseException) -> str:
@@ -417,7 +437,7 @@ def _one_picture(img: Image.Image, fmt: str, prep: Preprocess, limits: Limits, n
     if not rows.rows:
         return None
     return Decoded(fmt, rows.pixels(), 1, rows.labels(), rows.pdq, rows.pdq_variants, [note, *rows.notes],
-                   partial=True)  # fmt: skip
+                   partial=True, dd_view=rows.dd_view)  # fmt: skip
 
 
 def _strict_rebuilt(rebuilt: bytes, prep: Preprocess, limits: Limits, note: str) -> Decoded | None:
@@ -635,7 +655,7 @@ def _decode_video(data: bytes, fmt: str, prep: Preprocess, limits: Limits) -> De
             # scenecut) and phones every second or two, so a cut of a few seconds still has one.
             stream.codec_context.skip_frame = "NONKEY"
             rows.notes.append(f"about {expected:,} frames: keyframes only")
-        distinct = DistinctFrames(limits.max_frames, rows.keep_size)
+        distinct = DistinctFrames(limits.max_frames, rows.keep_size, limits.resize)
         decoded = 0
         try:
             for frame in container.decode(stream):
@@ -657,7 +677,7 @@ def _decode_video(data: bytes, fmt: str, prep: Preprocess, limits: Limits) -> De
         raise DecodeFailure("video has no decodable frames")
     partial = bool(rows.notes) and rows.notes[0].startswith("partial")
     return Decoded(fmt, rows.pixels(), decoded, rows.labels(), rows.pdq, rows.pdq_variants, rows.notes, partial,
-                   rows.vpdq.features)  # fmt: skip
+                   rows.vpdq.features, dd_view=rows.dd_view)  # fmt: skip
 
 
 def _expected_frames(stream, container) -> int:
@@ -700,7 +720,8 @@ def quick_reject(data: bytes) -> str | None:
 
 def decode(data: bytes, prep: Preprocess, limits: Limits = Limits()) -> Decoded | str:  # noqa: B008 - frozen
     """Decoded rows, or the reason the bytes cannot be scanned; a Decoded says where its CPU went (cpu_s:
-    "pdq", "view", "normalise", and "decode" for the rest: the decoders and the salvage paths)."""
+    "pdq", "view", "normalise", "thumbnail" (resize "thumbnail512": a JPEG's drafted second decode), and
+    "decode" for the rest: the decoders and the salvage paths)."""
     if not data:
         return "empty file (0 bytes)"
     started = time.thread_time()

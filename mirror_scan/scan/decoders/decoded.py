@@ -49,8 +49,13 @@ class Limits:
     max_tiles: int = 16  # with coverage "full": tiles per frame along the long side
     max_decoded_pixels: int = 2_000_000_000  # all frames of one file together (about 30 s of decoding)
     max_rows: int = 128  # model inputs per file; centre crops first, then tiles (bounds memory and time)
-    resize: str = "exact"  # "exact": open_clip's resize; "reduced": a box reduction first (model/preprocess.py)
+    # "exact": open_clip's resize; "reduced": a box reduction first; "thumbnail512": fedi-safety's thumbnail to
+    # fit 512 px first, large JPEGs drafted (model/preprocess.py)
+    resize: str = "exact"
     jpeg_decoder: str = "pillow"  # or nvImageCodec's "nvimgcodec-gpu" / "nvimgcodec-cpu" (scan/gpujpeg.py)
+    # The bundle has DeepDanbooru and the policy asks for it: keep the first frame's 512 thumbnail (what
+    # fedi-safety hands horde-safety's DeepDanbooru), for the pictures the policy will call anime.
+    deepdanbooru: bool = False
 
 
 @dataclass
@@ -65,6 +70,7 @@ class Decoded:
     partial: bool = False
     vpdq: list[tuple[str, int, float]] = field(default_factory=list)  # videos, animations: a PDQ per second
     cpu_s: dict[str, float] = field(default_factory=dict)  # CPU seconds by stage (StageClock), for benchmarks
+    dd_view: np.ndarray | None = None  # with Limits.deepdanbooru: the first frame's 512 thumbnail, RGB uint8
 
 
 def decode_detail(decoded: Decoded) -> dict | None:

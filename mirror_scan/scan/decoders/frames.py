@@ -11,7 +11,7 @@ from PIL import Image
 
 from mirror_scan.lists import hashes
 from mirror_scan.model.bundle import Preprocess
-from mirror_scan.model.preprocess import normalise, resize_and_crop
+from mirror_scan.model.preprocess import normalise, resize_and_crop, thumbnail
 from mirror_scan.scan.decoders.colour import displayed
 from mirror_scan.scan.decoders.decoded import Limits, clock
 
@@ -105,7 +105,7 @@ class Rows:
 
     def __init__(self, prep: Preprocess, limits: Limits) -> None:
         self.prep, self.limits = prep, limits
-        self.reduced = limits.resize == "reduced"
+        self.resize = limits.resize
         self.rows: list[tuple[str, Image.Image]] = []
         self.tiles: list[tuple[str, Image.Image]] = []  # coverage "full": taken after every centre crop
         self.pdq: list[tuple[str, int]] = []
@@ -115,32 +115,50 @@ class Rows:
         self._tile_note = False
         # Frames kept for later are reduced to this short side: enough for the centre crop and for tiles.
         self.keep_size = max(prep.size)
+        self.dd_view: np.ndarray | None = None  # limits.deepdanbooru: the first frame's 512 thumbnail
 
-    def add_frame(self, frame: Image.Image, where: str, hashed: tuple[str, int, list[str]] | None = None) -> None:
+    def add_frame(
+        self,
+        frame: Image.Image,
+        where: str,
+        hashed: tuple[str, int, list[str]] | None = None,
+        small: Image.Image | None = None,
+        drafted: Image.Image | None = None,
+    ) -> None:
         """frame: the picture as a viewer sees it (EXIF rotation applied); hashed: its PDQ as stored (see
-        hashes.reference_pixels), computed from this frame when not given."""
+        hashes.reference_pixels), computed from this frame when not given; small: with resize "thumbnail512",
+        the frame's thumbnail made from the file as opened (a JPEG's draft decode: other pixels than the
+        thumbnail of the whole decode), the centre rows' source (tiles still come from the frame)."""
         if hashed is None:
             hashed = pdq_dihedral(frame)
         with clock("view"):
-            self._add_views(frame, where)
+            self._add_views(frame, where, small)
+        if self.limits.deepdanbooru and self.dd_view is None:
+            # horde-safety's DeepDanbooru is handed the picture fedi-safety thumbnailed (a JPEG's drafted
+            # decode: `drafted`), in its own mode; it converts to RGB itself (model/deepdanbooru.py).
+            with clock("deepdanbooru view"):
+                view = drafted if drafted is not None else thumbnail(frame)
+                self.dd_view = np.asarray(view.convert("RGB") if view.mode != "RGB" else view, dtype=np.uint8)
         if hashed is not None:
             digest, quality, variants = hashed
             self.pdq.append((digest, quality))
             self.pdq_variants.extend(variants)
 
-    def _add_views(self, frame: Image.Image, where: str) -> None:
-        views = _views(frame)
+    def _add_views(self, frame: Image.Image, where: str, small: Image.Image | None = None) -> None:
+        views = _views(small if small is not None else frame)
         for view, rgb in views:
             label = ", ".join(part for part in (where, view) if part)
-            self.rows.append((label, resize_and_crop(rgb, self.prep, self.reduced)))
-            if self.limits.coverage != "full":
-                continue
+            self.rows.append((label, resize_and_crop(rgb, self.prep, self.resize)))
+        if self.limits.coverage != "full":
+            return
+        for view, rgb in views if small is None else _views(frame):
+            label = ", ".join(part for part in (where, view) if part)
             tiles, squashed = _tiles(rgb, self.limits.max_tiles)
             if squashed and not self._tile_note:
                 self.notes.append(f"longer than {self.limits.max_tiles}:1: tiles squashed to cover every pixel")
                 self._tile_note = True
             for i, tile in enumerate(tiles):
-                square = _squash(tile, self.prep) if squashed else resize_and_crop(tile, self.prep, self.reduced)
+                square = _squash(tile, self.prep) if squashed else resize_and_crop(tile, self.prep, self.resize)
                 self.tiles.append((", ".join(p for p in (label, f"tile {i + 1}/{len(tiles)}") if p), square))
 
     def finish(self) -> None:
@@ -165,8 +183,9 @@ class DistinctFrames:
     a frame is from every distinct frame before it): the one odd frame in a long animation is exactly what
     must not be dropped."""
 
-    def __init__(self, cap: int, keep_size: int) -> None:
+    def __init__(self, cap: int, keep_size: int, resize: str = "exact") -> None:
         self.cap = cap
+        self.resize = resize  # "thumbnail512": kept frames are their 512 thumbnail instead (no draft)
         self.keep_size = keep_size  # kept frames are reduced to this short side: 32 full-size frames could
         self.signatures: list[np.ndarray] = []  # of the recent distinct frames
         # (novelty, index, frame, its PDQ taken at full size before the reduction)
@@ -209,6 +228,9 @@ class DistinctFrames:
         image = hashes.flatten_depth(image)
         if image.mode == "P" or image.mode not in ("RGB", "RGBA", "L", "LA"):
             image = image.convert("RGBA" if "transparency" in image.info or "A" in image.mode else "RGB")
+        if self.resize == "thumbnail512":  # fedi-safety's thumbnail of each frame (it reads the first only)
+            small = thumbnail(image)
+            return small.copy() if small is image else small
         scale = self.keep_size / min(image.size)
         if scale >= 1:
             return image.copy()
