@@ -144,6 +144,18 @@ def tiny_bundle_master(tmp_path_factory) -> Path:
     return out
 
 
+DD_NARROW = 16  # the test-only width divisor of DeepDanbooru: the random ONNX exports in about two seconds
+
+
+@pytest.fixture(scope="session")
+def dd_bundle_master(tmp_path_factory) -> Path:
+    """A tiny CLIP bundle with a narrowed random-weight DeepDanbooru, made by the CLI as an admin would."""
+    out = tmp_path_factory.mktemp("dd-bundle") / "tiny-dd"
+    run_cli("model", "export", "--arch", "tiny-test", "--pretrained", "none", "--no-fp16", "--out", str(out),
+            "--with-deepdanbooru", "--deepdanbooru-width-divisor", str(DD_NARROW), check=True)  # fmt: skip
+    return out
+
+
 @pytest.fixture
 def tiny_bundle(tiny_bundle_master, tmp_path) -> Path:
     """A private copy, so tests may tamper with it."""

@@ -21,7 +21,6 @@ from mirror_scan.model.synthetic import generated_image
 from mirror_scan.policy import DEEPDANBOORU_MISSING
 
 from .conftest import run_cli
-from .test_deepdanbooru import dd_bundle_master  # noqa: F401 - the fixture, made once per session
 
 HORDE_V2 = Path(__file__).resolve().parents[1] / "mirror_scan" / "policies" / "horde-v2.json"
 
@@ -85,7 +84,7 @@ def _anime_policy(tmp_path: Path, bundle: Path, mirror: Path) -> Path:
 
 
 def test_deepdanbooru_runs_only_on_what_the_policy_calls_anime_and_its_scores_are_reused(
-    tmp_path, pictures, dd_bundle_master, monkeypatch  # noqa: F811
+    tmp_path, pictures, dd_bundle_master, monkeypatch
 ):
     policy = _anime_policy(tmp_path, dd_bundle_master, pictures)
     where = ("--state", str(tmp_path / "state.db"), "--quarantine", str(tmp_path / "q"))
@@ -118,7 +117,7 @@ def test_deepdanbooru_runs_only_on_what_the_policy_calls_anime_and_its_scores_ar
 
 
 def test_without_deepdanbooru_in_the_bundle_every_verdict_on_an_anime_picture_says_so(
-    tmp_path, pictures, dd_bundle_master  # noqa: F811
+    tmp_path, pictures, dd_bundle_master
 ):
     policy = _anime_policy(tmp_path, dd_bundle_master, pictures)
     plain = tmp_path / "no-dd"  # the same CLIP, its DeepDanbooru taken out of the bundle
@@ -133,3 +132,30 @@ def test_without_deepdanbooru_in_the_bundle_every_verdict_on_an_anime_picture_sa
     stored = _results(tmp_path / "plain.db")
     assert DEEPDANBOORU_MISSING in stored["drawing.png"][1]["notes"]
     assert DEEPDANBOORU_MISSING not in json.dumps(stored["photo.jpg"][1] or {})
+
+
+def test_a_bucket_scan_runs_deepdanbooru_on_the_same_pictures(tmp_path, pictures, dd_bundle_master):
+    """`bucket scan` (the local engine): the thumbnail travels with the worker's rows to the driver, which
+    runs DeepDanbooru on the same picture a mirror scan would, and stores its scores the same way."""
+    from .s3server import S3Server
+
+    policy = _anime_policy(tmp_path, dd_bundle_master, pictures)
+    server = S3Server(tmp_path / "s3")
+    server.start()
+    try:
+        for path in pictures.iterdir():
+            server.put(path.name, path.read_bytes(), tmp_path)
+        proc = run_cli("bucket", "scan", server.remote, "--model", str(dd_bundle_master), "--policy", str(policy),
+                       "--dry-run", "--state", str(tmp_path / "bucket.db"), "--quarantine", str(tmp_path / "bq"),
+                       env=server.env())  # fmt: skip
+    finally:
+        server.stop()
+    assert proc.returncode in (0, 1), proc.stderr
+    stored = _results(tmp_path / "bucket.db")
+    assert set(stored["drawing.png"][1]["deepdanbooru"]) >= {"rating:safe", "rating:questionable", "rating:explicit"}
+    assert "deepdanbooru" not in (stored["photo.jpg"][1] or {})
+    mirrored = run_cli("scan", str(pictures), "--model", str(dd_bundle_master), "--policy", str(policy), "--dry-run",
+                       "--state", str(tmp_path / "mirror.db"), "--quarantine", str(tmp_path / "mq"))  # fmt: skip
+    assert mirrored.returncode in (0, 1), mirrored.stderr
+    mirror_scores = _results(tmp_path / "mirror.db")["drawing.png"][1]["deepdanbooru"]
+    assert mirror_scores == stored["drawing.png"][1]["deepdanbooru"]

@@ -34,25 +34,16 @@ from mirror_scan.model.deepdanbooru import (
 )
 from mirror_scan.model.synthetic import generated_image
 
-from .conftest import DATA, REPO, run_cli
+from .conftest import DATA, DD_NARROW, REPO, run_cli
 
 torch = pytest.importorskip("torch")
 dd_export = pytest.importorskip("mirror_scan_export.deepdanbooru")
 
-NARROW = 16  # the test-only width divisor: the random ONNX exports in about two seconds
+NARROW = DD_NARROW  # the test-only width divisor (conftest.dd_bundle_master): exports in about two seconds
 REFERENCE = json.loads((DATA / "horde_nsfw_checker_v2.json").read_text())["deepdanbooru"]
 # sha256 of "key:shape" lines (sorted) of upstream's DeepDanbooruModel().state_dict() at the commit above,
 # computed from that file itself: 357 tensors, 160,956,544 parameters.
 UPSTREAM_STATE_FINGERPRINT = "0aa11016f185e945e650ca86c0bc21974c7c5d38df68e30b2b466434e6ace966"
-
-
-@pytest.fixture(scope="session")
-def dd_bundle_master(tmp_path_factory) -> Path:
-    """A tiny CLIP bundle with a narrowed random-weight DeepDanbooru, made by the CLI as an admin would."""
-    out = tmp_path_factory.mktemp("dd-bundle") / "tiny-dd"
-    run_cli("model", "export", "--arch", "tiny-test", "--pretrained", "none", "--no-fp16", "--out", str(out),
-            "--with-deepdanbooru", "--deepdanbooru-width-divisor", str(NARROW), check=True)  # fmt: skip
-    return out
 
 
 @pytest.fixture
@@ -232,11 +223,38 @@ def test_a_wrong_weights_sha256_is_refused(tmp_path):
     assert missing.returncode == 2 and "do not exist" in missing.stderr and dd_export.WEIGHTS_URL in missing.stderr
 
 
-def test_real_clip_weights_need_a_deepdanbooru_checkpoint(tmp_path):
-    # Refused before any model hub is asked for CLIP weights.
-    proc = run_cli("model", "export", "--arch", "tiny-test", "--pretrained", "openai", "--out", str(tmp_path / "b"),
-                   "--with-deepdanbooru")  # fmt: skip
-    assert proc.returncode == 2 and "--deepdanbooru-weights" in proc.stderr
+def test_real_clip_weights_get_the_release_checkpoint_downloaded_and_verified_or_nothing(tmp_path):
+    """Without --deepdanbooru-weights a real export downloads the release's checkpoint into the cache, checked
+    by its sha256 before it is kept: what a wrong server sends is refused and not kept, an unreachable one is
+    said with how to do it by hand; both before any model hub is asked for CLIP weights."""
+    import http.server
+    import threading
+
+    class Wrong(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802 - the standard library's name
+            body = b"not the checkpoint" * 1000
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Wrong)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    cache = tmp_path / "cache"
+    args = ("model", "export", "--arch", "tiny-test", "--pretrained", "openai", "--out", str(tmp_path / "b"),
+            "--with-deepdanbooru")  # fmt: skip
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/model-resnet_custom_v3.pt"
+        proc = run_cli(*args, env={"MIRROR_SCAN_DEEPDANBOORU_URL": url, "XDG_CACHE_HOME": str(cache)})
+    finally:
+        server.shutdown()
+    assert proc.returncode == 2 and "not the checkpoint's 3841542c" in proc.stderr and "not kept" in proc.stderr
+    assert not [p for p in cache.rglob("*") if p.is_file()] and not (tmp_path / "b").exists()
+    proc = run_cli(*args, env={"MIRROR_SCAN_DEEPDANBOORU_URL": "http://127.0.0.1:9/x.pt", "XDG_CACHE_HOME": str(cache)})
+    assert proc.returncode == 2 and "could not be downloaded" in proc.stderr and "--deepdanbooru-weights" in proc.stderr
     with pytest.raises(ExportError, match="random-weight tests only"):
         dd_export.export_deepdanbooru(tmp_path / "o", tmp_path / "x.pt", width_divisor=NARROW)
 

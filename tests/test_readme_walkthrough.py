@@ -48,6 +48,10 @@ WALK = [
     "mirror-scan quarantine restore --from-file ids.txt --yes",
     "mirror-scan hashlist export",
     "mirror-scan quarantine purge --older-than 90d",
+    "mirror-scan quarantine keygen --out /root/quarantine-key.txt",
+    "mirror-scan quarantine seal --all",
+    "mirror-scan quarantine restore ID --identity /root/quarantine-key.txt",
+    "mirror-scan state check --identity /root/quarantine-key.txt",
     "mirror-scan status",
     "mirror-scan hashlist list",
     "mirror-scan hashlist export --format te",
@@ -98,6 +102,7 @@ def test_the_readme_first_steps_work_as_written(tmp_path, s3, tiny_bundle_master
         "pictrs:pictrs-bucket": s3.remote,
         "/tmp/config.toml": str(tmp_path / "init.toml"),
         "DIR": str(tmp_path / "extracted"),
+        "/root/quarantine-key.txt": str(tmp_path / "quarantine-key.txt"),
     }
     (tmp_path / "extracted").mkdir()
     item_ids: list[str] = []
@@ -107,8 +112,8 @@ def test_the_readme_first_steps_work_as_written(tmp_path, s3, tiny_bundle_master
             argv = [str(tmp_path / "report") if a == "DIR" else a for a in argv]
             (tmp_path / "report").mkdir()
         argv = [places.get(a, a) for a in argv]
-        if "ID" in argv:
-            argv = [item_ids[0] if a == "ID" else a for a in argv]
+        if "ID" in argv:  # the sealed restore takes the one item the two restores before it left
+            argv = [item_ids[2 if "--identity" in argv else 0] if a == "ID" else a for a in argv]
         if "ids.txt" in argv:
             (work / "ids.txt").write_text("\n".join(item_ids[1:2]) + "\n")
         proc = run_cli(*argv, env=env, cwd=work, input="y\n")
@@ -118,6 +123,13 @@ def test_the_readme_first_steps_work_as_written(tmp_path, s3, tiny_bundle_master
         assert proc.returncode in (0, 1), (command, proc.returncode, said[-3000:])
         if argv[0] == "quarantine" and argv[1] in ("extract", "hold", "report", "reported", "release"):
             assert proc.returncode == 0, (command, said[-3000:])  # each does what the README says, or fails here
+        if argv[:2] == ["quarantine", "keygen"]:  # the README: seal_to = "age1..." in the config
+            assert proc.returncode == 0, said
+            env["MIRROR_SCAN_SEAL_TO"] = proc.stdout.split("Public key: ")[1].split()[0]
+        if argv[:2] == ["quarantine", "seal"]:
+            assert proc.returncode == 0 and "sealed 3 item(s)" in proc.stdout, said  # restored ones keep bytes too
+        if "--identity" in argv:
+            assert proc.returncode == 0, (command, said[-3000:])
         if argv[:2] == ["quarantine", "list"]:
             import json
 
@@ -127,7 +139,7 @@ def test_the_readme_first_steps_work_as_written(tmp_path, s3, tiny_bundle_master
     # What the walk did is what the README says it does.
     assert (work / "flagged.jsonl").stat().st_size > 0 and (work / "margins.png").exists()
     assert 'severity = "+0.01"' in (tmp_path / "config.toml").read_text()  # rescore --write, for the daemons
-    assert len(s3.keys()) == 2  # apply took the three out of the bucket; the two restores put two back
+    assert len(s3.keys()) == 3  # apply took the three out of the bucket; the three restores put them back
     assert any(p.name.startswith("mirror-scan-") for p in (tmp_path / "extracted").iterdir())
     assert any((p / "report.txt").exists() for p in (tmp_path / "report").iterdir())
     assert Path(tmp_path / "init.toml").read_text().startswith("#")

@@ -36,6 +36,9 @@ def picture_columns(picture: Picture) -> dict[str, Any]:
         "pdq": json.dumps(picture.pdq),
         "pdq_variants": json.dumps(picture.pdq_variants),
         "vpdq": json.dumps(picture.vpdq),
+        # The thumbnail DeepDanbooru may need (scan/anime.py): raw RGB bytes and their shape, or none.
+        "dd_view": picture.dd_view.tobytes() if picture.dd_view is not None else None,
+        "dd_shape": json.dumps(list(picture.dd_view.shape)) if picture.dd_view is not None else None,
     }
 
 
@@ -49,6 +52,7 @@ def picture_of_row(row: dict[str, Any]) -> Picture:
         [tuple(p) for p in json.loads(row["pdq"] or "[]")],
         json.loads(row["pdq_variants"] or "[]"),
         [tuple(f) for f in json.loads(row.get("vpdq") or "[]")],
+        np.frombuffer(row["dd_view"], np.uint8).reshape(json.loads(row["dd_shape"])) if row.get("dd_view") else None,
     )
 
 
@@ -66,6 +70,8 @@ RESULT_COLUMNS = (
     "pdq",
     "pdq_variants",
     "vpdq",
+    "dd_view",
+    "dd_shape",
     "sims",
     "embedding",
     "model_id",
@@ -129,6 +135,8 @@ def _schema(names: tuple[str, ...]) -> Any:
         "pdq": pa.string(),
         "pdq_variants": pa.string(),
         "vpdq": pa.string(),
+        "dd_view": pa.binary(),
+        "dd_shape": pa.string(),
         "sims": pa.binary(),
         "embedding": pa.binary(),
         "model_id": pa.string(),
@@ -183,7 +191,7 @@ class FetchDecode:
             pixels = np.ascontiguousarray(decoded.pixels, dtype=np.float32)
             picture = picture_of(row["sha256"], data, decoded)
             out.append({**row, **picture_columns(picture), "frames": int(pixels.shape[0]), "pixels": pixels.tobytes()})
-        return _table(out, (*RESULT_COLUMNS[:13], "fetch_s", "decode_s", "pixels"))
+        return _table(out, (*RESULT_COLUMNS[: RESULT_COLUMNS.index("sims")], "fetch_s", "decode_s", "pixels"))
 
     def close(self) -> None:
         self._decoders.close()

@@ -102,7 +102,9 @@ def model_export(
         bool,
         typer.Option(
             "--with-deepdanbooru",
-            help="Also export DeepDanbooru (horde-safety's anime model); random weights with --pretrained none.",
+            help="Also export DeepDanbooru (horde-safety's anime model, fedi-safety's default): its release "
+            "checkpoint is downloaded and checked by sha256 (or give --deepdanbooru-weights); random weights with "
+            "--pretrained none.",
         ),
     ] = False,
     deepdanbooru_weights: Annotated[

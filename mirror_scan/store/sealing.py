@@ -212,8 +212,9 @@ class Identity:
         return cls(getpass.getpass("age identity for the sealed quarantine (AGE-SECRET-KEY-1...): "),
                    "the identity typed")  # fmt: skip
 
-    def open_to(self, sealed: Path, target: Path | str, dir_fd: int | None = None) -> str:
-        """Decrypt `sealed` into a new file `target` (O_EXCL, 0600, fsynced); the plaintext's sha256. A wrong
+    def open_to(self, sealed: Path, target: Path | str, dir_fd: int | None = None, durable: bool = True) -> str:
+        """Decrypt `sealed` into a new file `target` (O_EXCL, 0600; fsynced when `durable`: a copy that is kept,
+        never for a transient plaintext the sealed file can give again); the plaintext's sha256. A wrong
         identity or damaged ciphertext raises SealError and leaves no target."""
         pyrage = _pyrage()
         out = _create(target, dir_fd)
@@ -221,7 +222,8 @@ class Identity:
         try:
             with open(sealed, "rb") as source:
                 pyrage.decrypt_io(source, writer, self._identities)
-            os.fsync(out)
+            if durable:
+                os.fsync(out)
         except BaseException as err:
             os.close(out)
             os.unlink(target, dir_fd=dir_fd)

@@ -10,7 +10,8 @@ the same names (n_Conv_0 .. n_Conv_178, n_MaxPool_0) with the same shapes, so th
 with strict=True. The forward pass is upstream's, except that the final average pool is a global mean so
 the ONNX graph takes any height and width (upstream sizes its pool from the traced shape).
 
-Weights are never downloaded here: pass the local file; it must have upstream's SHA-256. Without weights
+Weights come from a local file (--deepdanbooru-weights) or are downloaded from the release into the user's cache
+(fetch_weights); either way they must have upstream's SHA-256. Without weights
 (`--pretrained none`) the model gets seeded random weights and a generated tag list holding every tag the
 policy reads, for tests and benchmarks.
 """
@@ -139,6 +140,49 @@ def verified_weights(path: Path, expected_sha256: str = WEIGHTS_SHA256) -> str:
             hint="the file is not the TorchDeepDanbooru v1 checkpoint, or it is truncated; download it again",
         )
     return actual
+
+
+def fetch_weights(url: str | None = None, cache: Path | None = None, timeout_s: float = 60.0) -> Path:
+    """The checkpoint from its release (or MIRROR_SCAN_DEEPDANBOORU_URL, a mirror of it) into the user's cache,
+    streamed to a temp file, checked against WEIGHTS_SHA256 and only then renamed into place; a cached copy
+    that verifies is used as it is. ExportError (nothing kept) when the release is unreachable or the bytes
+    are not the checkpoint."""
+    import hashlib
+    import os
+    import urllib.error
+    import urllib.request
+
+    import platformdirs
+
+    url = url or os.environ.get("MIRROR_SCAN_DEEPDANBOORU_URL") or WEIGHTS_URL
+    cache = cache or Path(platformdirs.user_cache_dir("mirror-scan"))
+    target = cache / WEIGHTS_FILE
+    if target.is_file() and sha256_file(target) == WEIGHTS_SHA256:
+        return target
+    cache.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + ".partial")
+    digest = hashlib.sha256()
+    manual = f"download {WEIGHTS_FILE} on a machine that reaches it and pass --deepdanbooru-weights PATH"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as answer, open(tmp, "wb") as out:  # noqa: S310
+            while chunk := answer.read(1 << 20):
+                digest.update(chunk)
+                out.write(chunk)
+            out.flush()
+            os.fsync(out.fileno())
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        tmp.unlink(missing_ok=True)
+        reason = getattr(err, "reason", err)
+        raise ExportError(f"DeepDanbooru weights could not be downloaded from {url}: {reason}", hint=manual) from None
+    if digest.hexdigest() != WEIGHTS_SHA256:
+        tmp.unlink(missing_ok=True)
+        raise ExportError(
+            f"what {url} served has sha256 {digest.hexdigest()}, not the checkpoint's {WEIGHTS_SHA256}; not kept",
+            hint=manual,
+        )
+    os.replace(tmp, target)
+    log.info("DeepDanbooru weights downloaded to %s (sha256 verified)", target)
+    return target
 
 
 def random_tags(tag_count: int, extra: Iterable[str] = ()) -> list[str]:

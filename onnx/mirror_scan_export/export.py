@@ -186,7 +186,7 @@ def export_bundle(opts: ExportOptions) -> dict[str, Any]:
     started = time.monotonic()
     with_dd = opts.deepdanbooru or opts.deepdanbooru_weights is not None
     if with_dd:
-        _check_deepdanbooru_options(opts)  # before the long CLIP export: a wrong checkpoint fails at once
+        weights = _check_deepdanbooru_options(opts)  # before the long CLIP export: a wrong checkpoint fails at once
     torch, open_clip, model = _build_model(opts)
     prep_cfg = _preprocess_cfg(open_clip, model)
     prep = Preprocess.from_manifest(prep_cfg, out)
@@ -303,7 +303,7 @@ def export_bundle(opts: ExportOptions) -> dict[str, Any]:
 
             manifest["deepdanbooru"] = export_deepdanbooru(
                 work,
-                opts.deepdanbooru_weights,
+                weights,
                 width_divisor=opts.deepdanbooru_width_divisor,
                 extra_tags=_policy_dd_tags(opts.policies),
             )
@@ -324,19 +324,19 @@ def export_bundle(opts: ExportOptions) -> dict[str, Any]:
     return read_manifest(out)
 
 
-def _check_deepdanbooru_options(opts: ExportOptions) -> None:
-    from .deepdanbooru import WEIGHTS_FILE, WEIGHTS_URL, verified_weights
+def _check_deepdanbooru_options(opts: ExportOptions) -> Path | None:
+    """The checkpoint to export (None: random weights, with --pretrained none): the file given, else the
+    release's, downloaded into the cache; verified by its sha256 either way."""
+    from .deepdanbooru import fetch_weights, verified_weights
 
     if opts.deepdanbooru_weights is not None:
         if opts.deepdanbooru_width_divisor != 1:
             raise ExportError("a narrowed DeepDanbooru is for random-weight test bundles only, not with its weights")
         verified_weights(opts.deepdanbooru_weights)
-    elif opts.pretrained not in (None, "", "none"):
-        raise ExportError(
-            "--with-deepdanbooru needs the checkpoint: pass --deepdanbooru-weights PATH",
-            hint=f"download {WEIGHTS_FILE} from {WEIGHTS_URL} (it is not fetched here); "
-            "random DeepDanbooru weights go only with --pretrained none",
-        )
+        return Path(opts.deepdanbooru_weights)
+    if opts.pretrained not in (None, "", "none"):
+        return fetch_weights()  # real CLIP weights get the real checkpoint, never random ones
+    return None
 
 
 def _replace_dir(work: Path, out: Path) -> None:
