@@ -25,6 +25,10 @@ SECRET_PARAM = re.compile(
 )
 
 
+# An age identity (the key that opens a sealed quarantine), wherever it was pasted by mistake.
+AGE_SECRET = re.compile(r"AGE-SECRET-KEY-1[0-9A-Z]+", re.IGNORECASE)
+
+
 _REMEMBERED: set[str] = set()  # secrets this process read (files, settings): scrubbed from all it writes
 
 
@@ -44,7 +48,7 @@ def scrub_known(text: str, extra: Iterable[str] = ()) -> str:
     for secret in [*secret_values(), *(s for s in extra if s and len(s) >= 4)]:
         if secret in text:
             text = text.replace(secret, "***")
-    return text
+    return AGE_SECRET.sub("AGE-SECRET-KEY-***", text)
 
 
 def scrub(text: str, extra: Iterable[str] = ()) -> str:

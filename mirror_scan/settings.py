@@ -479,11 +479,11 @@ EXAMPLES = {
 }
 
 
-def commented_config(chosen: dict[str, object] | None = None) -> str:
+def commented_config(chosen: dict[str, object] | None = None, suggested: dict[str, object] | None = None) -> str:
     """A config file to start from: every setting that may live in a file, commented out at its default,
-    with what it does; those in `chosen` set (config init's choices). Secrets are shown where they go but
-    belong in files or the environment."""
-    chosen = chosen or {}
+    with what it does; those in `chosen` set (config init's choices), those in `suggested` commented out with
+    that value. Secrets are shown where they go but belong in files or the environment."""
+    chosen, suggested = chosen or {}, suggested or {}
     lines = [
         "# mirror-scan configuration. Precedence: command-line flag > MIRROR_SCAN_* environment > this file >",
         "# default. Uncomment what you change; `mirror-scan config` shows every value and where it came from.",
@@ -496,7 +496,7 @@ def commented_config(chosen: dict[str, object] | None = None) -> str:
         if name in ENV_ONLY or name in ("actions", "actions_dry_run", "canary_dry_run"):
             continue
         default = spec.default()
-        value = EXAMPLES.get(name, "") if default in (None, ()) else default
+        value = suggested.get(name, EXAMPLES.get(name, "")) if default in (None, ()) else default
         value = list(value) if isinstance(value, tuple) else value
         rendered = json.dumps(str(value) if isinstance(value, Path) else value, ensure_ascii=False)
         section = next((s for s in SECTIONS if name.startswith(f"{s}_")), None)

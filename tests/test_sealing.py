@@ -298,7 +298,7 @@ def test_config_init_seal_makes_the_key_pair_and_sets_it(tmp_path):
     assert stat.S_IMODE(key.stat().st_mode) == 0o600
     recipient = next(line for line in key.read_text().splitlines() if line.startswith("# public key: "))[14:]
     text = conf.read_text()
-    assert f'seal_to = "{recipient}"' in text and f'seal_identity = "{key}"' in text
+    assert f'seal_to = "{recipient}"' in text and f'\n# seal_identity = "{key}"' in text  # never set for all
     shown = json.loads(run_cli("config", "--json", env={"MIRROR_SCAN_CONFIG": str(conf)}).stdout)
     assert shown["seal_to"]["value"] == recipient
     plain = run_cli("config", "init", "--out", str(tmp_path / "plain.toml"), "--no-seal")
@@ -378,3 +378,130 @@ def test_a_reader_says_an_older_state_database_needs_a_writer_first(tmp_path):
     assert read.returncode != 0 and "older mirror-scan (schema 10" in read.stderr and "state recover" in read.stderr
     assert run_cli("state", "recover", "--state", str(path), "--quarantine", str(tmp_path / "q")).returncode == 0
     assert run_cli("quarantine", "list", "--state", str(path), "--quarantine", str(tmp_path / "q")).returncode == 0
+
+
+# ----------------------------------------------------------------------------- attacks (a reviewer's, re-run)
+
+
+def _secret_line(key: Path) -> str:
+    return next(x for x in key.read_text().splitlines() if x.startswith("AGE-SECRET-KEY-"))
+
+
+def test_an_identity_pasted_where_a_path_or_the_public_key_goes_is_never_printed(site, tmp_path):
+    (site.mirror / "a.png").write_bytes(image_bytes("PNG", 11))
+    assert site.scan().returncode == 1
+    (item,) = site.items()
+    secret = _secret_line(site.key)
+    as_path = site.cli("quarantine", "restore", item["id"], "--identity", secret)
+    assert as_path.returncode != 0 and "path of its file" in as_path.stderr
+    in_env = site.cli("quarantine", "restore", item["id"], env={"MIRROR_SCAN_SEAL_IDENTITY": secret})
+    as_recipient = site.cli("quarantine", "list", env={"MIRROR_SCAN_SEAL_TO": secret})
+    assert as_recipient.returncode != 0 and "seal_to" in as_recipient.stderr
+    for proc in (as_path, in_env, as_recipient):
+        said = (proc.stdout + proc.stderr).upper()
+        assert secret.upper() not in said and secret.upper()[15:40] not in said, said
+    assert "Traceback" not in as_path.stderr + in_env.stderr + as_recipient.stderr
+
+
+def test_a_damaged_sealed_file_is_said_as_such_and_state_check_names_it(site, tmp_path):
+    """Bit rot inside data.age with every record made to agree (a backup restored over it): the restore
+    refuses with what it is, `state check --identity` names the item and checks the others."""
+    for i in range(2):
+        (site.mirror / f"p{i}.png").write_bytes(image_bytes("PNG", 40 + i, size=(400, 300)))
+    assert site.scan().returncode == 1
+    victim, other = site.items()
+    data_age = site.item_dir(victim["id"]) / "data.age"
+    raw = bytearray(data_age.read_bytes())
+    raw[len(raw) // 2] ^= 0x40
+    data_age.write_bytes(bytes(raw))
+    new_sha = sha(bytes(raw))
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        db.execute("UPDATE quarantine SET sealed_sha256=? WHERE id=?", (new_sha, victim["id"]))
+    meta_path = site.item_dir(victim["id"]) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["sealed"]["sha256"] = new_sha
+    meta_path.write_text(json.dumps(meta))
+    before = site.snapshot()
+    refused = site.cli("quarantine", "restore", victim["id"], "--identity", str(site.key))
+    assert refused.returncode != 0 and "does not decrypt: damaged or not ours; nothing changed" in refused.stderr
+    assert site.snapshot()["files"] == before["files"]
+    check = site.cli("state", "check", "--identity", str(site.key))
+    assert check.returncode == 2 and f"item {victim['id']}" in check.stderr and "does not decrypt" in check.stderr
+    assert other["id"] not in check.stderr and "cannot be read" not in check.stderr
+
+
+@pytest.mark.parametrize("kind", ["directory", "binary", "fifo"])
+def test_an_identity_that_is_no_identity_file_is_refused_without_a_traceback(site, tmp_path, kind):
+    (site.mirror / "a.png").write_bytes(image_bytes("PNG", 12))
+    assert site.scan().returncode == 1
+    (item,) = site.items()
+    bad = tmp_path / f"bad-{kind}"
+    if kind == "directory":
+        bad.mkdir(mode=0o700)
+    elif kind == "binary":
+        bad.write_bytes(b"\xff\xfe\x00AGE")
+        bad.chmod(0o600)
+    else:
+        os.mkfifo(bad, 0o600)
+    proc = site.cli("quarantine", "restore", item["id"], "--identity", str(bad))
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr and "identity file" in proc.stderr, proc
+
+
+def test_quarantine_seal_refuses_an_item_whose_metadata_disagrees(site):
+    (site.mirror / "a.png").write_bytes(image_bytes("PNG", 13))
+    assert site.scan(env={"MIRROR_SCAN_SEAL_TO": ""}).returncode == 1
+    (item,) = site.items()
+    meta_path = site.item_dir(item["id"]) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["original_b64"] = "ZWxzZXdoZXJlLnBuZw=="  # "elsewhere.png"
+    meta_path.write_text(json.dumps(meta))
+    proc = site.cli("quarantine", "seal", "--all", "--yes")
+    assert proc.returncode == 2 and "disagrees with the ledger" in proc.stderr, proc
+    assert sorted(p.name for p in site.item_dir(item["id"]).iterdir()) == ["data", "meta.json"]
+
+
+def test_recovery_never_removes_the_sealed_copy_for_a_plain_file_that_is_not_the_item(site, tmp_path):
+    """A ledger that says plain (restored from before the seal) beside a quarantine that holds data.age and
+    a junk `data`: the sealed copy is the only real one, and stays."""
+    (site.mirror / "a.png").write_bytes(image_bytes("PNG", 14))
+    assert site.scan().returncode == 1
+    (item,) = site.items()
+    with sqlite3.connect(tmp_path / "state.db") as db:
+        db.execute("UPDATE quarantine SET sealed_to=NULL, sealed_sha256=NULL WHERE id=?", (item["id"],))
+    (site.item_dir(item["id"]) / "data").write_bytes(b"junk")
+    assert site.cli("state", "recover").returncode == 0
+    assert (site.item_dir(item["id"]) / "data.age").exists()
+    assert pyrage.decrypt((site.item_dir(item["id"]) / "data.age").read_bytes(), [_secret(site.key)]) == image_bytes(
+        "PNG", 14
+    )
+
+
+@pytest.mark.parametrize("claim", [{"to": "", "sha256": "0" * 64}, {"to": "garbage", "sha256": "0" * 64},
+                                   {"to": "age1" + "q" * 58, "sha256": "nope"}])  # fmt: skip
+def test_reindex_refuses_a_metadata_file_whose_sealed_claim_is_not_one(site, tmp_path, claim):
+    (site.mirror / "a.png").write_bytes(image_bytes("PNG", 15))
+    assert site.scan().returncode == 1
+    (item,) = site.items()
+    meta_path = site.item_dir(item["id"]) / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["sealed"] = claim
+    meta_path.write_text(json.dumps(meta))
+    (tmp_path / "state.db").rename(tmp_path / "lost.db")
+    proc = site.cli("quarantine", "reindex")
+    assert "indexed 0 item(s)" in proc.stdout and "sealed" in proc.stderr, proc
+
+
+def test_the_daemons_never_read_the_identity_even_when_it_is_configured(tmp_path, caplog):
+    from mirror_scan.app.workspace import Workspace
+    from mirror_scan.settings import resolve
+
+    key = tmp_path / "key.txt"
+    recipient = generate_identity(key)
+    settings = resolve({"state": tmp_path / "state.db", "quarantine": tmp_path / "q", "seal_to": recipient,
+                        "seal_identity": key})  # fmt: skip
+    with Workspace.writer(settings, opens=False) as daemon:
+        content = daemon.quarantine.journal.content
+        assert content.sealer is not None and content.ask_identity is None
+    assert "is not read here" in caplog.text
+    with Workspace.writer(settings) as shell:
+        assert shell.quarantine.journal.content.ask_identity is not None

@@ -225,10 +225,10 @@ class WatchDaemon:
 
         options, settings = self.options, self.settings
         bundle, policy, offset, scorer = load_scanner(settings, warm_up=True)
-        self.workspace = Workspace.writer(settings, on_recovered=lambda note: say(f"recovered: {note}"))
+        self.workspace = Workspace.writer(settings, on_recovered=lambda note: say(f"recovered: {note}"), opens=False)
         if settings.remote:  # checked now, recorded once a pull has worked (an unreachable typo binds nothing)
             self.workspace.bind_mirror(options.mirror, settings.remote, "watch --remote", record=False)
-        self.retry_workspace = Workspace.writer(settings, recover=False)
+        self.retry_workspace = Workspace.writer(settings, recover=False, opens=False)
         self._last_restore_move = self.retry_workspace.ledger.last_move_id()  # only restores from now on
         self.queue = PathQueue(options.mirror)
         self.settler = Settler(self.queue, settle_s=options.settle_s)
@@ -267,7 +267,7 @@ class WatchDaemon:
         self.follow_up_workspace = None
         if self.workspace.follows_up:
             # Its own ledger connection: a slow database or Lemmy delays only this thread.
-            self.follow_up_workspace = Workspace.writer(settings, recover=False)
+            self.follow_up_workspace = Workspace.writer(settings, recover=False, opens=False)
             self._workers.append(Periodic("follow-ups", 2.0, self._follow_up))
         if settings.remote:
             self.rclone = Rclone.locate(settings.rclone)

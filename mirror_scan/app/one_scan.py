@@ -43,11 +43,15 @@ class OneScan:
         self.config = scan_config(settings, self.offset, self.policy, self.bundle)
 
     def describe(self) -> list[str]:
+        from mirror_scan.scan.anime import anime_check_said
+
         place = self.scorer.placement
-        return [
+        lines = [
             f"model {self.bundle.manifest['model']['arch']} on {place.provider} ({place.precision}): {place.note}",
             f"policy {self.policy.policy_id}, severity {self.offset:+g}" + (", dry run" if self.dry_run else ""),
         ]
+        said = anime_check_said(self.policy, self.bundle)
+        return [*lines, said] if said else lines
 
     def run(
         self,

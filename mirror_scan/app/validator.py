@@ -73,7 +73,7 @@ class ValidatorService:
 
         settings, options = self.settings, self.options
         bundle, policy, offset, scorer = load_scanner(settings, warm_up=True)
-        workspace = Workspace.writer(settings, on_recovered=lambda note: say(f"recovered: {note}"))
+        workspace = Workspace.writer(settings, on_recovered=lambda note: say(f"recovered: {note}"), opens=False)
         threads: list[threading.Thread] = []
         decoders = follow_ups = follow_up_workspace = metrics_server = None
         batcher = None
@@ -121,7 +121,7 @@ class ValidatorService:
                 raise UsageError(f"cannot listen on {options.host}:{options.port}: {error.strerror}") from None
             batcher.start()
             if workspace.follows_up:  # a rejected upload's notices (admins, webhook) go out from here too
-                follow_up_workspace = Workspace.writer(settings, recover=False)
+                follow_up_workspace = Workspace.writer(settings, recover=False, opens=False)
                 follow_ups = Periodic("follow-ups", 5.0, lambda: follow_up_workspace.run_follow_ups(budget_s=None))
                 follow_ups.start()
             for signum in (signal.SIGTERM, signal.SIGINT):

@@ -13,6 +13,7 @@ moderation source is configured; `moderation` carries the follow-ups out (modera
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -45,8 +46,15 @@ class Workspace:
 
     @classmethod
     def writer(
-        cls, settings: Settings, *, recover: bool = True, on_recovered: Callable[[str], None] | None = None
+        cls,
+        settings: Settings,
+        *,
+        recover: bool = True,
+        on_recovered: Callable[[str], None] | None = None,
+        opens: bool = True,
     ) -> Workspace:
+        """opens=False: a process that quarantines and never restores (the watch daemon, the validator): it is
+        never given the identity that opens sealed items, whatever the settings say."""
         refuse_lost_state(settings)
         ledger = Ledger(settings.state)
         try:
@@ -56,7 +64,7 @@ class Workspace:
             # pict-rs's repo, where configured, says which objects belong to a flagged upload (its variants).
             quarantine = Quarantine(settings.quarantine, ledger, upstreams, follow_up_enabled(settings),
                                     upload_source(settings))  # fmt: skip
-            configure_sealing(quarantine, settings)
+            configure_sealing(quarantine, settings, opens)
             notes = quarantine.recover() if recover else []
             for note in notes:
                 if on_recovered:
@@ -157,7 +165,7 @@ def refuse_lost_state(settings: Settings) -> None:
     )
 
 
-def configure_sealing(quarantine: Quarantine, settings: Settings) -> None:
+def configure_sealing(quarantine: Quarantine, settings: Settings, opens: bool = True) -> None:
     """New items sealed to seal_to; sealed items opened with seal_identity (or --identity), read only when a
     way out needs it (store/sealing.py). Nothing is ever asked here: a daemon or the console must not wait
     on a terminal; the shell's ways out ask (`allow_asking`)."""
@@ -166,6 +174,11 @@ def configure_sealing(quarantine: Quarantine, settings: Settings) -> None:
     content = quarantine.journal.content
     content.sealer = Sealer(settings.seal_to) if settings.seal_to else None
     path = settings.seal_identity
+    if path and not opens:
+        logging.getLogger(__name__).warning(
+            "seal_identity is set (from %s) but this process only quarantines: it is not read here; keep the "
+            "identity out of the daemons' configuration", settings.sources.get("seal_identity", "?"))  # fmt: skip
+        path = None
     content.ask_identity = (lambda: Identity.from_file(path)) if path else None
 
 

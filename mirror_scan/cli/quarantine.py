@@ -856,6 +856,7 @@ def q_seal(
                     if current_row is None or workspace.ledger.unfinished_moves(row.id) or current_row.sealed_to:
                         done["skipped"].append({"id": row.id, "why": "being moved, or sealed meanwhile"})
                         continue
+                    workspace.quarantine.restorer.checked_item(row.id)  # a metadata file that disagrees refuses
                     content.seal(current_row)
                     workspace.quarantine.journal.sync_meta(row.id)
                 done["sealed"].append(row.id)

@@ -453,19 +453,24 @@ def register(app: typer.Typer) -> None:
             )
         target.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         chosen: dict[str, object] = {}
+        suggested: dict[str, object] = {}
         if seal:
             from mirror_scan.store.sealing import generate_identity
 
             key_file = identity_out or target.with_name("quarantine-key.txt")
             key_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-            chosen = {"seal_to": generate_identity(key_file), "seal_identity": key_file}
-        atomic_write_bytes(target, commented_config(chosen).encode(), 0o600)
+            chosen = {"seal_to": generate_identity(key_file)}
+            # The file every process reads never names the identity: the daemons seal with the public key
+            # alone; the ways out are given it (--identity, or seal_identity where a shell restores).
+            suggested = {"seal_identity": key_file}
+        atomic_write_bytes(target, commented_config(chosen, suggested).encode(), 0o600)
         out.print(f"wrote {target}: uncomment what you change; `mirror-scan config` shows the result")
         if seal:
             out.print(
-                f"the quarantine is sealed to {chosen['seal_to']}; its identity is {chosen['seal_identity']} (0600). "
-                "Keep a copy of it offline: without it no sealed item can be restored or reported. Give the watch "
-                "daemon a config without seal_identity (it seals with the public key alone)."
+                f"the quarantine is sealed to {chosen['seal_to']}; its identity is {suggested['seal_identity']} "
+                "(0600). Keep a copy of it offline: without it no sealed item can be restored or reported. Restores "
+                f"take it with --identity {suggested['seal_identity']} (or MIRROR_SCAN_SEAL_IDENTITY in your "
+                "shell); the watch daemon and the validator never read it."
             )
 
 

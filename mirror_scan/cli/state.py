@@ -94,11 +94,19 @@ def recover(state: StateOpt = None, quarantine: QuarantineOpt = None, config: Co
     moves a live process owns are left to it)."""
     settings = resolve({"state": state, "quarantine": quarantine}, config)
     require_state(settings, hint="nothing to recover; check --state")
+    from mirror_scan.store.recovery import NOT_RECOVERED
+
     with open_writer(settings, quiet=True, recover=False) as workspace:
         notes = workspace.quarantine.recover()
+    left = [note for note in notes if NOT_RECOVERED in note]
     for note in notes:
-        out.print(f"recovered: {note}")
-    out.print(f"{len(notes)} move(s) recovered")
+        if note in left:
+            err.print(f"left: {note}", markup=False)
+        else:
+            out.print(f"recovered: {note}")
+    out.print(f"{len(notes) - len(left)} move(s) recovered" + (f", {len(left)} left for later" if left else ""))
+    if left:
+        raise typer.Exit(1)
 
 
 @state_app.command("rebuild")

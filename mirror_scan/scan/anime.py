@@ -31,6 +31,17 @@ def wanted(policy: Policy, bundle: Bundle) -> bool:
     return policy_wants(policy) and bundle.deepdanbooru is not None
 
 
+def anime_check_said(policy: Policy, bundle: Bundle) -> str | None:
+    """What a scan says at its start of the anime check's second model (None: the policy has none)."""
+    if not policy_wants(policy):
+        return None
+    if bundle.deepdanbooru is None:
+        return ("DeepDanbooru: not in this bundle; anime pictures are decided by CLIP alone, and say so "
+                "(`model export --with-deepdanbooru` adds it)")  # fmt: skip
+    weights = "random weights: a test bundle" if bundle.deepdanbooru.random_weights else "release weights"
+    return f"DeepDanbooru: on the pictures the policy calls anime ({weights})"
+
+
 def stored_scores(detail: dict | None) -> dict[str, float] | None:
     scores = (detail or {}).get(SCORES_KEY)
     return scores if isinstance(scores, dict) else None

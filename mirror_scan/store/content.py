@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import stat
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -61,11 +62,7 @@ class ItemContent:
     def held_ok(self, row: ItemRow) -> bool:
         """The item's file is there and holds what was written: the plaintext's sha256, or for a sealed
         item the sealed file's (its plaintext is checked when it is opened)."""
-        path = self.held_path(row)
-        try:
-            return path.is_file() and sha256_file(path) == (row.sealed_sha256 if row.sealed_to else row.sha256)
-        except OSError:
-            return False
+        return _holds(self.held_path(row), str(row.sealed_sha256 if row.sealed_to else row.sha256))
 
     def md5(self, row: ItemRow) -> str:
         """The plaintext's md5 (S3's ETag of a single-part object): recorded, else read from a plain item."""
@@ -145,14 +142,14 @@ class ItemContent:
         calls this; a way out uses `opened`."""
         if not row.sealed_to:
             return
-        self._open_file(self.held_path(row), self.items / row.id / DATA, row.sha256, row.id)
+        self._open_file(self.held_path(row), self.items / row.id / DATA, row.sha256, row.id, row.md5)
         for obj in self.ledger.objects.of(row.id):
             if obj.sealed_sha256 and obj.sha256 and obj.state in ("held", "taken"):
                 plain = self.items / row.id / COMPANIONS / obj.sha256
-                self._open_file(self.object_path(row, obj), plain, obj.sha256, row.id)
+                self._open_file(self.object_path(row, obj), plain, obj.sha256, row.id, obj.md5)
 
-    def _open_file(self, sealed: Path, plain: Path, sha256: str, item_id: str) -> None:
-        if plain.is_file() and sha256_file(plain) == sha256:
+    def _open_file(self, sealed: Path, plain: Path, sha256: str, item_id: str, md5: str | None = None) -> None:
+        if _holds(plain, sha256) and (md5 is None or md5_file(plain) == md5):
             return  # opened by a way out a kill interrupted, still needed by its move
         row = self.ledger.item(item_id)
         identity = self.check_identity(row)  # asked only when a file is to be opened
@@ -162,7 +159,7 @@ class ItemContent:
         # Not fsynced: a transient copy, checked against the sha256 whenever it is used again (a power cut
         # that loses it costs a decryption, never the evidence: data.age is the record).
         opened = identity.open_to(sealed, tmp, durable=False)  # type: ignore[union-attr]
-        if opened != sha256:
+        if opened != sha256 or (md5 is not None and md5_file(tmp) != md5):  # the md5 the bucket is checked by
             tmp.unlink(missing_ok=True)
             raise QuarantineError(
                 f"item {item_id}: the sealed bytes do not match their recorded sha256 (tampered or damaged); "
@@ -183,9 +180,14 @@ class ItemContent:
                       or p.name.endswith(OPENING_SUFFIX)]  # fmt: skip
         removed = False
         for path in names:
-            if path.exists() and self._sealed_twin_ok(row, path):
-                path.unlink()
+            if not os.path.lexists(path):
+                continue
+            if self._sealed_twin_ok(row, path) or path.is_symlink():
+                path.unlink()  # a link planted at a plain name is nothing of ours: removed, never followed
                 removed = True
+            else:
+                log.warning("quarantine item %s: %s is kept in the clear: its sealed copy does not verify "
+                            "(`mirror-scan state check` names the item)", row.id, path.name)  # fmt: skip
         if removed:
             fsync_dir(item_dir)
             if folder.is_dir():
@@ -209,6 +211,8 @@ class ItemContent:
         checked against the item's sha256."""
         if not self.held_ok(row):
             return f"{self.held_path(row).name} is missing or does not hash to what was written"
+        if row.sealed_to and os.path.lexists(self.items / row.id / DATA):
+            return "a copy in the clear lies beside data.age (a way out was interrupted: `state recover` removes it)"
         if row.sealed_to and identity is not None:
             if row.sealed_to not in identity.recipients:
                 return f"sealed to {row.sealed_to}, which {identity.where} does not open"
@@ -282,15 +286,26 @@ class ItemContent:
             for path in folder.iterdir():
                 if path.name.endswith(SEALING_SUFFIX):
                     path.unlink()
-        if not row.sealed_to and (item_dir / SEALED_DATA).exists() and (item_dir / DATA).exists():
+        # A sealed copy the ledger does not record goes only while the plain file holds the item's bytes: a
+        # ledger restored from before a seal, or rebuilt from an edited metadata file, never costs the copy.
+        plain = item_dir / DATA
+        if not row.sealed_to and (item_dir / SEALED_DATA).exists() and _holds(plain, row.sha256):
             (item_dir / SEALED_DATA).unlink()
         folder = item_dir / COMPANIONS
         if folder.is_dir():
             recorded = {o.sha256: o for o in self.ledger.objects.of(row.id) if o.sha256}
             for path in folder.glob(f"*{SEALED_SUFFIX}"):
                 obj = recorded.get(path.name[: -len(SEALED_SUFFIX)])
-                if obj is not None and not obj.sealed_sha256 and (folder / obj.sha256).exists():  # type: ignore[operator]
+                if obj is not None and not obj.sealed_sha256 and _holds(folder / str(obj.sha256), str(obj.sha256)):
                     path.unlink()
+
+
+def _holds(path: Path, sha256: str) -> bool:
+    """A regular file (never a link) holding these bytes."""
+    try:
+        return stat.S_ISREG(os.lstat(path).st_mode) and sha256_file(path) == sha256
+    except OSError:
+        return False
 
 
 def _now() -> float:

@@ -235,8 +235,9 @@ def _content_fields(meta: dict[str, Any]) -> dict[str, Any]:
     """How a metadata file says the item holds its bytes (checked by _check_importable)."""
     sealed = claims_of(meta)["sealed"]
     md5 = meta.get("md5")
-    return {"md5": md5 if isinstance(md5, str) and re.fullmatch(r"[0-9a-f]{32}", md5) else None,
-            "sealed_to": sealed[0] if sealed else None, "sealed_sha256": sealed[1] if sealed else None}  # fmt: skip
+    if md5 is not None and not (isinstance(md5, str) and re.fullmatch(r"[0-9a-f]{32}", md5)):
+        raise QuarantineError("its md5 is not one; not imported")
+    return {"md5": md5, "sealed_to": sealed[0] if sealed else None, "sealed_sha256": sealed[1] if sealed else None}
 
 
 def delete_bytes(item_dir: Path) -> None:

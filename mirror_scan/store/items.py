@@ -8,6 +8,7 @@ import datetime as dt
 import errno
 import logging
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Any
@@ -158,15 +159,22 @@ def claims_of(meta: dict[str, Any]) -> dict[str, Any]:
             "original": os.path.join(root, original) if original else b"",
             "origin": meta.get("origin"),
             "sealed": _sealed_claim(meta.get("sealed")),
+            "md5": meta.get("md5"),
         }
     except (KeyError, ValueError, TypeError, AttributeError) as err:
         raise ValueError(f"metadata is unusable ({err})") from None
 
 
 def _sealed_claim(sealed: Any) -> tuple[str, str] | None:
+    """A metadata file's "sealed": (recipient, sha256 of data.age), or ValueError when it is not one."""
     if sealed is None:
         return None
-    return (str(sealed["to"]), str(sealed["sha256"]))
+    to, sha = sealed["to"], sealed["sha256"]
+    if not (isinstance(to, str) and re.fullmatch(r"age1[0-9a-z]{58}", to)):
+        raise ValueError("its 'sealed' names no age public key")
+    if not (isinstance(sha, str) and re.fullmatch(r"[0-9a-f]{64}", sha)):
+        raise ValueError("its 'sealed' holds no sha256")
+    return (to, sha)
 
 
 def meta_disagreement(row: ItemRow, meta: dict[str, Any]) -> list[str]:
@@ -182,6 +190,7 @@ def meta_disagreement(row: ItemRow, meta: dict[str, Any]) -> list[str]:
         "original": row.original,
         "origin": item_origin(row),
         "sealed": (row.sealed_to, row.sealed_sha256) if row.sealed_to else None,
+        "md5": row.md5,
     }
     try:
         claimed = claims_of(meta)

@@ -38,6 +38,7 @@ from mirror_scan.store.upstream import UpstreamUnavailable
 
 log = logging.getLogger(__name__)
 
+NOT_RECOVERED = "not recovered yet: "  # a note of a move left as it was (retried at the next start)
 REIMPORT_AGAIN_S = 60.0  # an alias pict-rs could not take is tried again after this
 
 
@@ -67,7 +68,7 @@ class Recovery:
             except ItemBusy:
                 continue
             except MirrorScanError as err:
-                notes.append(f"{move.item}: {err}")
+                notes.append(f"{move.item}: {NOT_RECOVERED}{err}")
         self._sweep_temp_files()
         self._settle_objects()
         self._catch_up_metadata()
@@ -99,7 +100,7 @@ class Recovery:
         if row is None:
             self.journal.step(move.id, Step.ROLLED_BACK, "recover", note="no index row")
             return f"{move.item}: nothing to recover"
-        if move.kind == MoveKind.RESTORE and row.sealed_to:
+        if move.kind == MoveKind.RESTORE and row.sealed_to and self._restore_reads_bytes(move, row):
             # Its plaintext stays while the restore is unfinished; opened again (with an identity) if it went.
             self.journal.content.open(row)
         if move.kind == MoveKind.RESTORE and move.method == "reimport":
@@ -123,6 +124,17 @@ class Recovery:
         if move.method == "bucket":
             return self._recover_object_restore(move, row)
         return self._recover_restore(move, row)
+
+    def _restore_reads_bytes(self, move: MoveRow, row: ItemRow) -> bool:
+        """What is left of an interrupted restore reads the item's bytes: before 'placed' (a partial target is
+        recognised by them), uploading again, or at 'placed' with the object or the upload's other objects
+        still to go back. Past that nothing does, and a sealed item's restore finishes without the identity."""
+        if move.method == "reimport" or move.step in (Step.INTENT, Step.COPIED):
+            return True
+        if move.step != Step.PLACED:
+            return False
+        upstream = NO_UPSTREAM not in (move.method or "") and bool(row.remote and row.key)
+        return upstream or bool(self.ledger.objects.of(row.id))
 
     def _recover_quarantine(self, move: MoveRow, row: ItemRow) -> str:
         item_id, step = row.id, move.step

@@ -26,6 +26,7 @@ import getpass
 import hashlib
 import io
 import os
+import re
 import stat
 import sys
 from collections.abc import Callable
@@ -38,6 +39,8 @@ from mirror_scan.hashing import CHUNK
 SEALED_SUFFIX = ".age"
 OPENING_SUFFIX = ".opening.tmp"  # a plaintext being written when an item is opened (removed by recovery)
 AGE_MAGIC = b"age-encryption.org/v1\n"
+AGE_SECRET = re.compile(r"AGE-SECRET-KEY-1[0-9A-Z]+", re.IGNORECASE)
+MAX_IDENTITY_BYTES = 64 * 1024  # age-keygen writes one key in about 200 bytes
 IDENTITY_HINT = (
     "give the identity with --identity FILE (or seal_identity in the config, or MIRROR_SCAN_SEAL_IDENTITY); "
     "`mirror-scan quarantine keygen` made it"
@@ -187,21 +190,38 @@ class Identity:
 
     @classmethod
     def from_file(cls, path: Path | str) -> Identity:
-        """An identity file, which must be the admin's alone (like ssh's keys: not readable by others)."""
+        """An identity file, which must be the admin's alone (like ssh's keys: not readable by others). A
+        link to one is followed (secret mounts are links); what it leads to must be a regular file."""
+        if AGE_SECRET.search(str(path)):  # the key itself pasted where its file's path goes: never echoed
+            raise SealError(
+                "the identity was given where the path of its file goes (it is not repeated here)",
+                hint="write it to a file only you can read (chmod 600) and give that file's path",
+            )
         path = Path(path)
         try:
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+            fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
         except OSError as err:
             raise SealError(f"cannot read the identity file {path}: {err.strerror}", hint=IDENTITY_HINT) from None
         try:
-            mode = stat.S_IMODE(os.fstat(fd).st_mode)
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise SealError(f"the identity file {path} is not a regular file", hint=IDENTITY_HINT)
+            mode = stat.S_IMODE(st.st_mode)
             if mode & 0o077:
                 raise SealError(f"the identity file {path} is readable by others (mode {mode:04o}); not used",
                                 hint=f"chmod 600 {path}")  # fmt: skip
-            with open(fd, encoding="utf-8", closefd=False) as handle:
-                text = handle.read(64 * 1024)
+            raw = os.read(fd, MAX_IDENTITY_BYTES + 1)
+        except OSError as err:
+            raise SealError(f"cannot read the identity file {path}: {err.strerror}", hint=IDENTITY_HINT) from None
         finally:
             os.close(fd)
+        if len(raw) > MAX_IDENTITY_BYTES:
+            raise SealError(f"the identity file {path} is larger than an identity file is ({MAX_IDENTITY_BYTES} "
+                            "bytes at most); not used", hint=IDENTITY_HINT)  # fmt: skip
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise SealError(f"the identity file {path} is not text", hint=IDENTITY_HINT) from None
         return cls(text, f"the identity file {path}")
 
     @classmethod
@@ -217,17 +237,23 @@ class Identity:
         never for a transient plaintext the sealed file can give again); the plaintext's sha256. A wrong
         identity or damaged ciphertext raises SealError and leaves no target."""
         pyrage = _pyrage()
-        out = _create(target, dir_fd)
+        source = _open_sealed(sealed)
+        try:
+            out = _create(target, dir_fd)
+        except BaseException:
+            source.close()
+            raise
         writer = _HashingWriter(out)
         try:
-            with open(sealed, "rb") as source:
+            with source:
                 pyrage.decrypt_io(source, writer, self._identities)
             if durable:
                 os.fsync(out)
         except BaseException as err:
             os.close(out)
             os.unlink(target, dir_fd=dir_fd)
-            if isinstance(err, pyrage.DecryptError):
+            # pyrage says a wrong key with DecryptError, and damage inside the body with OSError.
+            if isinstance(err, pyrage.DecryptError | OSError):
                 raise self._refusal(sealed, err) from None
             raise
         os.close(out)
@@ -249,10 +275,11 @@ class Identity:
                 pass
 
         sink = _Digest()
+        source = _open_sealed(sealed)
         try:
-            with open(sealed, "rb") as source:
+            with source:
                 pyrage.decrypt_io(source, sink, self._identities)
-        except pyrage.DecryptError as err:
+        except (pyrage.DecryptError, OSError) as err:
             raise self._refusal(sealed, err) from None
         return sink.sha256.hexdigest()
 
@@ -264,9 +291,19 @@ class Identity:
                 hint="give the identity that belongs to seal_to",
             )
         return SealError(
-            f"{sealed.parent.name}/{sealed.name} does not decrypt ({err}): damaged or not ours; nothing changed",
+            f"{sealed.parent.name}/{sealed.name} does not decrypt: damaged or not ours; nothing changed",
             hint="compare with your backups; `mirror-scan state check` lists such items",
         )
+
+
+def _open_sealed(sealed: Path):
+    """A sealed file for reading, never through a link (a link planted at data.age is no item's bytes)."""
+    try:
+        fd = os.open(sealed, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as err:
+        raise SealError(f"{sealed.parent.name}/{sealed.name} cannot be read: {err.strerror}",
+                        hint="`mirror-scan state check` lists items whose bytes are missing") from None  # fmt: skip
+    return open(fd, "rb")
 
 
 def generate_identity(path: Path) -> str:
