@@ -6,7 +6,8 @@ Between infer and decide: after CLIP has scored a batch, the policy says which p
 DeepDanbooru, on the first frame's 512 thumbnail the decode kept (`Picture.dd_view`). Its scores are stored
 with the CLIP result (`detail["deepdanbooru"]`), so rescore, calibrate and every later decision read them
 instead of running it again. A picture the policy calls anime without scores (a bundle without
-DeepDanbooru, or a result stored before) is decided by CLIP alone, and its stored notes say so."""
+DeepDanbooru, a result stored before, or a severity beyond the policy's named ones that the scan did not
+use) is decided by CLIP alone, and says so."""
 
 from __future__ import annotations
 
@@ -87,10 +88,13 @@ class AnimeCheck:
         return policy_wants(self.policy)
 
     def needed(self, sims: np.ndarray, frames: Sequence[int], severity: float) -> list[bool]:
-        """Per file: any of its rows ([rows, P] in the policy's columns) is anime at this severity."""
+        """Per file: any of its rows ([rows, P] in the policy's columns) is anime at this severity or at one
+        of the policy's named ones, so a rescore at strict, default or lenient finds the scores stored."""
         if not self.active:
             return [False] * len(frames)
-        rows = deepdanbooru_rows(self.policy, sims, severity)
+        rows = np.zeros(len(sims), dtype=bool)
+        for level in {float(severity), *(float(v) for v in self.policy.severity_levels.values())}:
+            rows |= deepdanbooru_rows(self.policy, sims, level)
         ends = np.cumsum(frames)
         return [bool(rows[int(end) - int(count) : int(end)].any()) for end, count in zip(ends, frames, strict=True)]
 
