@@ -160,3 +160,23 @@ def test_a_bucket_scan_runs_deepdanbooru_on_the_same_pictures(tmp_path, pictures
     assert mirrored.returncode in (0, 1), mirrored.stderr
     mirror_scores = _results(tmp_path / "mirror.db")["drawing.png"][1]["deepdanbooru"]
     assert mirror_scores == stored["drawing.png"][1]["deepdanbooru"]
+
+
+def test_results_stored_without_deepdanbooru_are_not_reused_once_the_bundle_has_it(
+    tmp_path, pictures, dd_bundle_master
+):
+    """A bundle exported again with DeepDanbooru (the same CLIP: the same embeddings) keys its results apart,
+    so the pictures scanned before get their scores at the next scan instead of being decided without them."""
+    policy = _anime_policy(tmp_path, dd_bundle_master, pictures)
+    plain = tmp_path / "no-dd"
+    shutil.copytree(dd_bundle_master, plain)
+    manifest = json.loads((plain / "manifest.json").read_text())
+    for name in manifest.pop("deepdanbooru")["files"].values():
+        (plain / name).unlink()
+    (plain / "manifest.json").write_text(json.dumps(manifest))
+    where = ("--state", str(tmp_path / "state.db"), "--quarantine", str(tmp_path / "q"), "--policy", str(policy))
+    assert run_cli("scan", str(pictures), "--model", str(plain), "--dry-run", *where).returncode in (0, 1)
+    assert DEEPDANBOORU_MISSING in _results(tmp_path / "state.db")["drawing.png"][1]["notes"]
+    again = run_cli("scan", str(pictures), "--model", str(dd_bundle_master), "--dry-run", "--json", *where)
+    assert again.returncode in (0, 1) and json.loads(again.stdout)["scanned"] == 2, again.stdout
+    assert "deepdanbooru" in _results(tmp_path / "state.db")["drawing.png"][1]

@@ -77,9 +77,13 @@ class Scorer:
 def result_model_id(bundle: Bundle, scorer: Scorer, limits) -> str:
     """Results are reused for the same bytes under the same key: the model, its precision, and what the
     decode hands it (full coverage scores more crops than the centre one; the reduced and thumbnail512
-    resizes other pixels: ":reduced", ":thumbnail512")."""
+    resizes other pixels: ":reduced", ":thumbnail512"), and whether they carry DeepDanbooru's scores for
+    the pictures the policy calls anime (":dd": results stored before DeepDanbooru was added have none,
+    and are not reused as if they had)."""
     model_id = f"{bundle.model_id}:{scorer.placement.precision}"
     if limits.coverage == "full":
         model_id += ":full"
     resize = getattr(limits, "resize", "exact")
-    return model_id if resize == "exact" else f"{model_id}:{resize}"
+    if resize != "exact":
+        model_id += f":{resize}"
+    return model_id + (":dd" if getattr(limits, "deepdanbooru", False) else "")
