@@ -85,6 +85,7 @@ class MoveKind(StrEnum):
     QUARANTINE = "quarantine"
     RESTORE = "restore"
     ADOPT = "adopt"  # an object of an upload held in quarantine, seen after the item was made, taken into it
+    EXTRACT = "extract"  # a private copy for a lawful request (store/extract.py): its work directory, placed
 
 
 class Step(StrEnum):

@@ -167,22 +167,29 @@ def test_10_extract_takes_a_private_verified_copy_without_restoring_and_records_
 def test_10_an_extract_killed_at_any_step_leaves_no_copy_without_its_history_line(
     tmp_path, tiny_bundle_master, flag_all
 ):
+    """The copy is a move of its own: killed before its history line, the next start removes the copy (never a
+    copy in the clear left behind); killed after, it puts the copy in place (never a copy without its line)."""
     made, (item,) = _flagged(tmp_path, tiny_bundle_master, flag_all, "a.png")
-    out = tmp_path / "out"
-    out.mkdir()
-    for step in ("extract:copied", "extract:noted"):
+    for step in ("extract:intent", "extract:copied", "extract:noted"):
+        out = tmp_path / step.replace(":", "-")
+        out.mkdir()
         killed = run_cli("quarantine", "extract", item["id"], "--to", str(out), *_where(tmp_path),
                          env={"MIRROR_SCAN_KILL_AT": step})  # fmt: skip
         assert killed.returncode == -9, (step, killed)
         assert not (out / f"mirror-scan-{item['id']}").exists()  # only a dot directory, never a whole-looking copy
         assert all(p.name.startswith(".") for p in out.iterdir())
-    done = run_cli("quarantine", "extract", item["id"], "--to", str(out), *_where(tmp_path))
-    assert done.returncode == 0, done.stderr
-    assert [p.name for p in out.iterdir()] == [f"mirror-scan-{item['id']}"]  # the killed ones' leftovers replaced
-    assert (out / f"mirror-scan-{item['id']}" / "a.png").read_bytes() == made["a.png"]
+        recovered = run_cli("state", "recover", *_where(tmp_path))
+        assert recovered.returncode == 0, recovered.stderr
+        if step == "extract:noted":
+            assert [p.name for p in out.iterdir()] == [f"mirror-scan-{item['id']}"]
+            assert (out / f"mirror-scan-{item['id']}" / "a.png").read_bytes() == made["a.png"]
+        else:
+            assert list(out.iterdir()) == [], (step, list(out.iterdir()))
     shown = json.loads(run_cli("quarantine", "show", item["id"], "--json", *_where(tmp_path)).stdout)
     lines = [h["state"] for h in shown["history"] if "copy extracted" in h["state"]]
-    assert len(lines) == 2, lines  # the one killed after its line, and the one that finished
+    assert len(lines) == 1 and "extract-noted" in lines[0], lines  # only the copy that exists has a line
+    done = run_cli("quarantine", "extract", item["id"], "--to", str(tmp_path / "extract-copied"), *_where(tmp_path))
+    assert done.returncode == 0, done.stderr
 
 
 def test_10_restore_to_a_directory_puts_the_file_in_it_under_its_own_name(tmp_path, tiny_bundle_master, flag_all):

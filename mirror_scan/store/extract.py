@@ -4,9 +4,12 @@ other lawful request, without restoring it (a restore puts it back in public and
 The copy goes to a private directory of its own, `<DIR>/mirror-scan-<id>/` (0700, files 0600), written
 under a dot name and renamed into place once whole: the bytes fsynced and verified against the recorded
 sha256 on the way out, the record beside them. The item's history says who took a copy and where, before
-the copy appears: a copy never exists without its line. Killed part-way, the dot directory is left (never
-a directory that looks whole), and the next extract of the item replaces it. Nothing is displayed, decoded
-or re-encoded; the quarantine itself is unchanged but for the history line."""
+the copy appears: a copy never exists without its line. The copy is a move of its own in the ledger
+(kind "extract", its target the dot directory): intent -> copied -> placed (the history line written) ->
+done (renamed into place). Killed part-way, recovery (every writer's start) removes the dot directory of a
+copy not yet noted, and finishes one that was: never a copy in the clear left behind, never a whole-looking
+one without its line. Nothing is displayed, decoded or re-encoded; the quarantine itself is unchanged but
+for the history line."""
 
 from __future__ import annotations
 
@@ -20,6 +23,7 @@ from typing import Any
 from mirror_scan.atomic import fsync_dir
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.faults import checkpoint
+from mirror_scan.kinds import MoveKind, Step
 from mirror_scan.store.items import copy_to_new, write_all
 from mirror_scan.store.lifecycle import By
 from mirror_scan.store.paths import UnsafePath, check_operator_target, sha256_fd
@@ -84,6 +88,10 @@ def extract(quarantine, item_id: str, to_dir: Path, record: dict[str, Any], by: 
             raise ExtractError(f"{work} is a symbolic link; refusing to write through it", hint="remove it")
         if os.path.lexists(work):  # what a killed extract of this item left: never a whole copy
             shutil.rmtree(work)
+        ledger = quarantine.ledger
+        with ledger.transaction():
+            move_id = ledger.start_move(item_id, MoveKind.EXTRACT, os.fsencode(work))
+        checkpoint("extract:intent")
         os.mkdir(work, 0o700)
         # Every file is made through the directory's own descriptor: a directory swapped under the copy
         # (for a link elsewhere) is never written through.
@@ -108,22 +116,53 @@ def extract(quarantine, item_id: str, to_dir: Path, record: dict[str, Any], by: 
                 raise ExtractError(
                     f"item {item_id}: the quarantined bytes do not match their recorded sha256 (tampered or "
                     "damaged); no copy taken", hint="`mirror-scan state check` lists damaged items")  # fmt: skip
-            checkpoint("extract:copied")
             write_private(RECORD, json.dumps(
                 {**record, "extracted": {"file": name, "sha256": digest, "by": by.who, "via": by.via}},
                 indent=2, ensure_ascii=False).encode() + b"\n", dir_fd=work_fd)  # fmt: skip
             os.fsync(work_fd)
         except BaseException:
             shutil.rmtree(work, ignore_errors=True)
+            with ledger.transaction():
+                ledger.set_step(move_id, Step.ROLLED_BACK, note="the copy failed")
             raise
         finally:
             os.close(work_fd)
-        # The line first: a copy is never there without it (killed here, the dot directory is replaced).
+        quarantine.journal.step(move_id, Step.COPIED, "extract")
+        # The line first: a copy is never there without it (killed here, recovery renames it into place).
         quarantine.note_held(item_id, f"copy extracted to {final} by {by.who} via {by.via}")
+        with ledger.transaction():
+            ledger.set_step(move_id, Step.PLACED, note="the history says where the copy is")
         checkpoint("extract:noted")
-        os.rename(work, final)
-        fsync_dir(to_dir)
+        place_copy(work, final)
+        quarantine.journal.step(move_id, Step.DONE, "extract")
     return final
+
+
+def place_copy(work: Path, final: Path) -> None:
+    """The whole copy renamed into place (a copy already there, from a rename a kill cut short, stays)."""
+    if os.path.lexists(work) and not os.path.lexists(final):
+        os.rename(work, final)
+        fsync_dir(final.parent)
+
+
+def finish_or_roll_back(journal, move) -> str:
+    """Recovery of an interrupted extract: a copy whose history line was written is renamed into place; any
+    other is removed (it was never whole, or never said). The work directory is the ledger's record, and
+    only a directory of that exact dot name is touched."""
+    work = Path(os.fsdecode(move.target or b""))
+    item_id = move.item
+    if work.name != _work_dir(work.parent, item_id).name or os.path.islink(work):
+        journal.step(move.id, Step.ROLLED_BACK, "recover", note="its work directory is not ours")
+        return f"{item_id}: an interrupted copy left no work directory of ours; nothing to do"
+    if move.step == Step.PLACED:
+        place_copy(work, extracted_dir(work.parent, item_id))
+        journal.step(move.id, Step.DONE, "recover")
+        return f"{item_id}: the copy extracted to {extracted_dir(work.parent, item_id)} was put in place"
+    if os.path.lexists(work):
+        shutil.rmtree(work)
+        fsync_dir(work.parent)
+    journal.step(move.id, Step.ROLLED_BACK, "recover", note=f"interrupted at {move.step}")
+    return f"{item_id}: an interrupted copy for extract removed from {work.parent}"
 
 
 def write_private(target: Path | str, data: bytes, dir_fd: int | None = None) -> None:

@@ -100,6 +100,10 @@ class Recovery:
         if row is None:
             self.journal.step(move.id, Step.ROLLED_BACK, "recover", note="no index row")
             return f"{move.item}: nothing to recover"
+        if move.kind == MoveKind.EXTRACT:
+            from mirror_scan.store.extract import finish_or_roll_back
+
+            return finish_or_roll_back(self.journal, move)
         if move.kind == MoveKind.RESTORE and row.sealed_to and self._restore_reads_bytes(move, row):
             # Its plaintext stays while the restore is unfinished; opened again (with an identity) if it went.
             self.journal.content.open(row)
