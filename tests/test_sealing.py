@@ -509,3 +509,11 @@ def test_the_daemons_never_read_the_identity_even_when_it_is_configured(tmp_path
     assert "is not read here" in caplog.text
     with Workspace.writer(settings) as shell:
         assert shell.quarantine.journal.content.ask_identity is not None
+
+
+def test_an_extract_or_report_of_an_unknown_item_says_so(site, tmp_path):
+    (site.mirror / "a.png").write_bytes(image_bytes("PNG", 16))
+    assert site.scan().returncode == 1
+    for command in ("extract", "report"):
+        proc = site.cli("quarantine", command, "nosuchitem", "--to", str(tmp_path))
+        assert proc.returncode == 2 and "no quarantine item 'nosuchitem'" in proc.stderr, proc

@@ -66,6 +66,16 @@ def _writer(state, quarantine, config, quiet=False, rclone=None, need_state=Fals
     return open_writer(settings, quiet=quiet, rebuilding=rebuilding)
 
 
+def _known_id(workspace, typed: str) -> list[str]:
+    """One item's id as typed (whole, short form or a unique part), refused when no item has it."""
+    from mirror_scan.store.selection import expand_ids
+
+    (item_id,) = expand_ids([typed], (r.id for r in workspace.ledger.items()))
+    if workspace.ledger.item(item_id) is None:
+        raise UsageError(f"no quarantine item {typed!r}", hint="see `mirror-scan quarantine list`")
+    return [item_id]
+
+
 def _opening(workspace):
     """A way out run from a shell: a sealed item's identity may be typed when none was given."""
     from mirror_scan.app.workspace import allow_asking
@@ -446,13 +456,12 @@ def q_extract(
     report to the authorities or another lawful request. The copy lands in <DIR>/mirror-scan-<id>/ (0700,
     files 0600), verified against the recorded sha256; the item stays in quarantine, nothing is allowlisted,
     and its history records who took the copy and where. Nothing is displayed."""
-    from mirror_scan.store.selection import expand_ids
 
     with (
         _writer(state, quarantine, config, quiet=True, need_state=True, identity=identity) as workspace,
         _ops(_opening(workspace)) as ops,
     ):
-        (item_id,) = expand_ids([item_id], (r.id for r in workspace.ledger.items()))
+        (item_id,) = _known_id(workspace, item_id)
         done = ops.extract(item_id, to, item_record(workspace, item_id))
     if json_out:
         print_json({**done.as_json(), "path": done.target})
@@ -482,7 +491,6 @@ def q_report(
     from mirror_scan.app.report_package import HOTLINES, hashes_text, report_text
     from mirror_scan.atomic import fsync_dir
     from mirror_scan.store.extract import RECORD, write_private
-    from mirror_scan.store.selection import expand_ids
 
     if hotline not in HOTLINES:
         raise UsageError(f"--hotline {hotline!r}", hint=f"one of {', '.join(HOTLINES)}")
@@ -490,7 +498,7 @@ def q_report(
         _writer(state, quarantine, config, quiet=True, need_state=True, identity=identity) as workspace,
         _ops(_opening(workspace)) as ops,
     ):
-        (item_id,) = expand_ids([item_id], (r.id for r in workspace.ledger.items()))
+        (item_id,) = _known_id(workspace, item_id)
         record = item_record(workspace, item_id)
         done = ops.extract(item_id, to, record)
         if not done.ok:

@@ -36,7 +36,7 @@ LEDGER_KEYS = ("files", "flagged", "errors", "items_quarantined", "items_upstrea
 LABELS = {
     "daemon": "watch daemon",
     "flagged_not_acted_on": "flagged, not acted on (apply/scan)",
-    "items_in_the_clear": "items held in the clear (`quarantine seal --all`)",
+    "items_in_the_clear": "items held in the clear",
     "queue_depth": "files waiting",
     "skipped_unchanged": "skipped (unchanged)",
     "reused_by_hash": "reused (same bytes)",
