@@ -145,3 +145,52 @@ def test_a_second_daemon_on_the_same_state_and_mirror_is_refused_naming_the_firs
     assert code == 0, stderr
     again = Watcher(tmp_path, tiny_bundle_master, flag_all, "--dry-run")  # the lock died with its holder
     assert again.stop()[0] == 0
+
+
+@pytest.mark.parametrize("gap_s", [0.0, 0.3])
+def test_a_second_event_for_a_file_being_read_decides_it_once(tmp_path, tiny_bundle_master, flag_all, gap_s):
+    """The path queue holds a path once while it waits, not while it is read: a second event then reaches
+    the runner for the same, unchanged file, in the same batch (no gap) or after the first was decided
+    (a gap longer than the batch's flush). It is decided once, as scored, never recorded again as a reuse
+    of itself (what the watch test saw on a loaded CI machine)."""
+    import queue
+    import sqlite3
+
+    from mirror_scan.app.scanner import load_scanner, scan_config
+    from mirror_scan.scan.runner import Scan
+    from mirror_scan.settings import resolve
+    from mirror_scan.store.discover import discover
+    from mirror_scan.store.ledger import Ledger
+
+    from .test_watch import _png
+
+    mirror = tmp_path / "mirror"
+    mirror.mkdir()
+    (mirror / "a.png").write_bytes(_png(5))
+    settings = resolve({"model": tiny_bundle_master, "policy": str(flag_all), "state": tmp_path / "state.db",
+                        "quarantine": tmp_path / "q", "decoders": "thread"})  # fmt: skip
+    bundle, policy, offset, scorer = load_scanner(settings)
+    config = scan_config(settings, offset, policy, bundle, flush_after_s=0.1)
+    (found,) = list(discover([mirror]))
+
+    class Twice:
+        """The same Found twice (with a gap), then the end of the stream."""
+
+        def __init__(self) -> None:
+            self.items = [found, found, None]
+
+        def get(self, timeout=None):
+            if not self.items:
+                raise queue.Empty
+            if len(self.items) == 2 and gap_s:
+                time.sleep(gap_s)
+            return self.items.pop(0)
+
+        def get_nowait(self):
+            return self.get(0)
+
+    with Ledger(settings.state) as ledger:
+        counters = Scan(ledger, bundle, scorer, policy, config, actor=None).run_stream(Twice())
+    assert (counters.scored, counters.reused) == (1, 0), counters
+    with sqlite3.connect(settings.state) as db:
+        assert db.execute("SELECT status FROM files").fetchall() == [("scored",)]

@@ -223,6 +223,8 @@ class Scan:
 
     def _handle(self, outcome: Outcome, retry: list[Found], final: bool) -> None:
         if isinstance(outcome, ToScore):
+            if self._seen_twice(outcome.found):
+                return  # a second event for a file read while its first was in flight: decided once
             # Same bytes as a file decided moments ago (not yet visible to the workers) or waiting in this batch:
             # reuse, never infer twice.
             sha256 = outcome.picture.sha256
@@ -253,6 +255,19 @@ class Scan:
                 retry.append(outcome.found)
         elif isinstance(outcome, Vanished):
             self.counters.vanished += 1
+
+    def _seen_twice(self, found: Found) -> bool:
+        """The same file, unchanged, already decided by this run's model or waiting in this batch: what a
+        second event for a path whose first was still being read brings (the path queue holds a path once
+        while it waits, not while it is read)."""
+        if any(item.found.path == found.path for item in self._batch):
+            return True
+        row = self.ledger.file_row(path_key(found.path))
+        return (
+            row is not None
+            and row.status in DECIDED_STATUSES
+            and (row.size, row.mtime_ns, row.model_id) == (found.size, found.mtime_ns, self.model_id)
+        )
 
     def _maybe_commit(self) -> None:
         if time.monotonic() - self._last_commit >= self.config.commit_every_s:
