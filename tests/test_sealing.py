@@ -93,7 +93,8 @@ def test_seal_and_open_round_trip_and_refusals(tmp_path):
     assert pyrage.decrypt(sealed, [_secret(key)]) == data  # age's own format: age -d -i opens it too
     identity = Identity.from_file(key)
     assert identity.digest(tmp_path / "x.age") == sha(data)
-    assert identity.open_to(tmp_path / "x.age", tmp_path / "x") == sha(data)
+    opened = identity.open_to(tmp_path / "x.age", tmp_path / "x")
+    assert (opened.sha256, opened.md5, opened.size) == (sha(data), written.md5, len(data))
     assert (tmp_path / "x").read_bytes() == data and stat.S_IMODE((tmp_path / "x").stat().st_mode) == 0o600
     other = tmp_path / "other.txt"
     generate_identity(other)

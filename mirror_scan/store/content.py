@@ -96,8 +96,7 @@ class ItemContent:
 
     def record(self, item_id: str, written: Written) -> None:
         """How the item holds its bytes, in the caller's transaction."""
-        self.ledger.set_item_content(item_id, written.md5, self.sealer.recipient if written.sealed_sha256 and
-                                     self.sealer else None, written.sealed_sha256)  # fmt: skip
+        self.ledger.set_item_content(item_id, written.md5, written.sealed_to, written.sealed_sha256)
 
     # ------------------------------------------------------------------ a way out
 
@@ -142,16 +141,15 @@ class ItemContent:
         calls this; a way out uses `opened`."""
         if not row.sealed_to:
             return
-        self._open_file(self.held_path(row), self.items / row.id / DATA, row.sha256, row.id, row.md5)
+        self._open_file(row, self.held_path(row), self.items / row.id / DATA, row.sha256, row.md5)
         for obj in self.ledger.objects.of(row.id):
             if obj.sealed_sha256 and obj.sha256 and obj.state in ("held", "taken"):
                 plain = self.items / row.id / COMPANIONS / obj.sha256
-                self._open_file(self.object_path(row, obj), plain, obj.sha256, row.id, obj.md5)
+                self._open_file(row, self.object_path(row, obj), plain, obj.sha256, obj.md5)
 
-    def _open_file(self, sealed: Path, plain: Path, sha256: str, item_id: str, md5: str | None = None) -> None:
+    def _open_file(self, row: ItemRow, sealed: Path, plain: Path, sha256: str, md5: str | None) -> None:
         if _holds(plain, sha256) and (md5 is None or md5_file(plain) == md5):
             return  # opened by a way out a kill interrupted, still needed by its move
-        row = self.ledger.item(item_id)
         identity = self.check_identity(row)  # asked only when a file is to be opened
         plain.unlink(missing_ok=True)
         tmp = plain.with_name(plain.name + OPENING_SUFFIX)
@@ -159,10 +157,10 @@ class ItemContent:
         # Not fsynced: a transient copy, checked against the sha256 whenever it is used again (a power cut
         # that loses it costs a decryption, never the evidence: data.age is the record).
         opened = identity.open_to(sealed, tmp, durable=False)  # type: ignore[union-attr]
-        if opened != sha256 or (md5 is not None and md5_file(tmp) != md5):  # the md5 the bucket is checked by
+        if opened.sha256 != sha256 or (md5 is not None and opened.md5 != md5):  # the md5 the bucket checks by
             tmp.unlink(missing_ok=True)
             raise QuarantineError(
-                f"item {item_id}: the sealed bytes do not match their recorded sha256 (tampered or damaged); "
+                f"item {row.id}: the sealed bytes do not match their recorded sha256 (tampered or damaged); "
                 "nothing changed",
                 hint="compare with your backups; `quarantine show` prints the recorded metadata",
             )
@@ -201,8 +199,7 @@ class ItemContent:
             obj = next((o for o in self.ledger.objects.of(row.id) if o.sha256 == plain.name), None)
             if obj is None or not obj.sealed_sha256:
                 return False  # not a companion the ledger holds sealed: left for `state check` to name
-            twin = plain.with_name(plain.name + SEALED_SUFFIX)
-            return twin.is_file() and sha256_file(twin) == obj.sealed_sha256
+            return _holds(plain.with_name(plain.name + SEALED_SUFFIX), obj.sealed_sha256)
         return self.held_ok(row)
 
     def problem(self, row: ItemRow, identity: Identity | None) -> str | None:
@@ -223,8 +220,7 @@ class ItemContent:
                 return str(err)
         for obj in self.ledger.objects.of(row.id):
             if obj.sha256 and obj.state in ("held", "taken"):
-                path = self.object_path(row, obj)
-                if not path.is_file() or sha256_file(path) != (obj.sealed_sha256 or obj.sha256):
+                if not _holds(self.object_path(row, obj), obj.sealed_sha256 or obj.sha256):
                     return f"its copy of {obj.key} is missing or does not hash to what was written"
         return None
 
@@ -252,7 +248,7 @@ class ItemContent:
                 (item_dir / COMPANIONS / obj.sha256).unlink()
         written = self._seal_file(item_dir / DATA, row.sha256, row.id)
         with self.ledger.transaction():
-            self.ledger.set_item_content(row.id, written.md5, self.sealer.recipient, written.sealed_sha256)
+            self.record(row.id, written)
             self.ledger.history.add(row.id, f"sealed to {self.sealer.recipient}", _now())
         checkpoint("seal:recorded")
         (item_dir / DATA).unlink()
@@ -275,6 +271,14 @@ class ItemContent:
         os.rename(tmp, plain.with_name(plain.name + SEALED_SUFFIX))
         fsync_dir(plain.parent)
         return written
+
+    def may_have_leftovers(self, row: ItemRow, names: set[str]) -> bool:
+        """From the names in the item's directory alone (the recovery sweep lists it every second): whether
+        an interrupted seal or way out may have left something `clean_seal` or `close` removes. A folder of
+        companions is always looked into."""
+        if COMPANIONS in names or any(n.endswith((SEALING_SUFFIX, OPENING_SUFFIX)) for n in names):
+            return True
+        return DATA in names and (SEALED_DATA in names or bool(row.sealed_to))
 
     def clean_seal(self, row: ItemRow) -> None:
         """What an interrupted `quarantine seal` or way out left beside the item's files: temp files, a sealed

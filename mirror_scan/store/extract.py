@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -128,10 +129,12 @@ def extract(quarantine, item_id: str, to_dir: Path, record: dict[str, Any], by: 
         finally:
             os.close(work_fd)
         quarantine.journal.step(move_id, Step.COPIED, "extract")
-        # The line first: a copy is never there without it (killed here, recovery renames it into place).
-        quarantine.note_held(item_id, f"copy extracted to {final} by {by.who} via {by.via}")
+        # The line first, with the step that says it was written, in one transaction: a copy is never there
+        # without its line, nor a line without its copy (killed after it, recovery renames it into place).
         with ledger.transaction():
+            ledger.history.add(item_id, f"copy extracted to {final} by {by.who} via {by.via}", time.time())
             ledger.set_step(move_id, Step.PLACED, note="the history says where the copy is")
+        quarantine.journal.sync_meta(item_id)
         checkpoint("extract:noted")
         place_copy(work, final)
         quarantine.journal.step(move_id, Step.DONE, "extract")

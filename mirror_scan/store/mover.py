@@ -522,8 +522,7 @@ class Mover:
                 written = self.journal.content.write(None, data, item_dir / TMP_DATA)
                 if written.sha256 != sha256 or not self.journal.content.written_ok(item_dir / TMP_DATA, written):
                     raise QuarantineError("the kept upload did not verify")
-                content = {"md5": written.md5, "sealed_to": self.journal.content.sealer.recipient  # type: ignore[union-attr]
-                           if written.sealed_sha256 else None, "sealed_sha256": written.sealed_sha256}  # fmt: skip
+                content = {"md5": written.md5, "sealed_to": written.sealed_to, "sealed_sha256": written.sealed_sha256}
                 meta = item_meta(
                     item_id,
                     sha256,

@@ -232,21 +232,24 @@ class Recovery:
             try:
                 with self.journal.item_lock(item_dir.name):
                     row = self.ledger.item(item_dir.name)
-                    held = (item_dir / DATA).exists() or (item_dir / SEALED_DATA).exists()
+                    names = set(os.listdir(item_dir))  # once: this runs over every item, every second
+                    held = DATA in names or SEALED_DATA in names
                     if row is not None and row.state == ItemState.PURGED and held:
                         delete_bytes(item_dir)  # a purge recorded, its deletion cut short
                         log.info("quarantine item %s: the bytes of its purge deleted", item_dir.name)
-                    elif row is not None:
+                        names = set(os.listdir(item_dir))
+                    elif row is not None and self.journal.content.may_have_leftovers(row, names):
                         # A sealed item's plaintext a way out left (no move of it is active now), and what an
                         # interrupted `quarantine seal` left.
                         self.journal.content.clean_seal(row)
                         self.journal.content.close(row)
+                        names = set(os.listdir(item_dir))
                     for name in (TMP_DATA, TMP_META):
-                        if (item_dir / name).exists() and not held:
-                            if not (item_dir / META).exists():
-                                (item_dir / name).unlink()
-                                log.info("removed leftover %s in %s", name, item_dir.name)
-                    if item_dir.exists() and not any(item_dir.iterdir()):
+                        if name in names and not held and META not in names:
+                            (item_dir / name).unlink()
+                            names.discard(name)
+                            log.info("removed leftover %s in %s", name, item_dir.name)
+                    if not names:
                         item_dir.rmdir()
             except (ItemBusy, UnsafePath, MirrorScanError):
                 continue

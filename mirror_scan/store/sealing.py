@@ -26,7 +26,6 @@ import getpass
 import hashlib
 import io
 import os
-import re
 import stat
 import sys
 from collections.abc import Callable
@@ -35,11 +34,12 @@ from pathlib import Path
 
 from mirror_scan.errors import MirrorScanError
 from mirror_scan.hashing import CHUNK
+from mirror_scan.redact import AGE_SECRET
+from mirror_scan.store.items import write_all
 
 SEALED_SUFFIX = ".age"
 OPENING_SUFFIX = ".opening.tmp"  # a plaintext being written when an item is opened (removed by recovery)
 AGE_MAGIC = b"age-encryption.org/v1\n"
-AGE_SECRET = re.compile(r"AGE-SECRET-KEY-1[0-9A-Z]+", re.IGNORECASE)
 MAX_IDENTITY_BYTES = 64 * 1024  # age-keygen writes one key in about 200 bytes
 IDENTITY_HINT = (
     "give the identity with --identity FILE (or seal_identity in the config, or MIRROR_SCAN_SEAL_IDENTITY); "
@@ -69,6 +69,7 @@ class Written:
     md5: str
     size: int
     sealed_sha256: str | None = None
+    sealed_to: str | None = None  # the recipient it is sealed to
 
 
 class _HashingReader:
@@ -94,21 +95,29 @@ class _HashingReader:
 
 
 class _HashingWriter:
-    """A writable file over a descriptor: every byte written (os.write may write fewer), hashed."""
+    """A writable file over a descriptor (every byte written), or over nothing (fd None: only hashed),
+    hashing what it is given: the sealed file's sha256, or a plaintext's sha256 and md5."""
 
-    def __init__(self, fd: int) -> None:
+    def __init__(self, fd: int | None) -> None:
         self.fd = fd
         self.sha256 = hashlib.sha256()
+        self.md5 = hashlib.md5()  # noqa: S324 - S3's ETag of a single-part object, not for security
+        self.size = 0
 
     def write(self, data) -> int:
         view = memoryview(data).cast("B")
         self.sha256.update(view)
-        while view:
-            view = view[os.write(self.fd, view) :]
-        return len(data)
+        self.md5.update(view)
+        self.size += len(view)
+        if self.fd is not None:
+            write_all(self.fd, view)
+        return len(view)
 
     def flush(self) -> None:
         pass
+
+    def written(self) -> Written:
+        return Written(self.sha256.hexdigest(), self.md5.hexdigest(), self.size)
 
 
 class Sealer:
@@ -134,7 +143,8 @@ class Sealer:
             os.fsync(out)
         finally:
             os.close(out)
-        return Written(reader.sha256.hexdigest(), reader.md5.hexdigest(), reader.size, writer.sha256.hexdigest())
+        return Written(reader.sha256.hexdigest(), reader.md5.hexdigest(), reader.size, writer.sha256.hexdigest(),
+                       self.recipient)  # fmt: skip
 
 
 def write_new(source_fd: int, target: bytes | Path | str, sealer: Sealer | None, dir_fd: int | None = None) -> Written:
@@ -155,9 +165,7 @@ def _write(read: Callable[[int], bytes], target: bytes | Path | str, sealer: Sea
     reader = _HashingReader(read)
     try:
         while chunk := reader.read(CHUNK):
-            view = memoryview(chunk)
-            while view:
-                view = view[os.write(out, view) :]
+            write_all(out, chunk)
         os.fsync(out)
     finally:
         os.close(out)
@@ -232,10 +240,10 @@ class Identity:
         return cls(getpass.getpass("age identity for the sealed quarantine (AGE-SECRET-KEY-1...): "),
                    "the identity typed")  # fmt: skip
 
-    def open_to(self, sealed: Path, target: Path | str, dir_fd: int | None = None, durable: bool = True) -> str:
+    def open_to(self, sealed: Path, target: Path | str, dir_fd: int | None = None, durable: bool = True) -> Written:
         """Decrypt `sealed` into a new file `target` (O_EXCL, 0600; fsynced when `durable`: a copy that is kept,
-        never for a transient plaintext the sealed file can give again); the plaintext's sha256. A wrong
-        identity or damaged ciphertext raises SealError and leaves no target."""
+        never for a transient plaintext the sealed file can give again); the plaintext's hashes and size. A
+        wrong identity or damaged ciphertext raises SealError and leaves no target."""
         pyrage = _pyrage()
         source = _open_sealed(sealed)
         try:
@@ -257,24 +265,12 @@ class Identity:
                 raise self._refusal(sealed, err) from None
             raise
         os.close(out)
-        return writer.sha256.hexdigest()
+        return writer.written()
 
     def digest(self, sealed: Path) -> str:
         """The plaintext's sha256, decrypted in memory chunk by chunk (nothing written)."""
         pyrage = _pyrage()
-
-        class _Digest:
-            def __init__(self) -> None:
-                self.sha256 = hashlib.sha256()
-
-            def write(self, data) -> int:
-                self.sha256.update(data)
-                return len(data)
-
-            def flush(self) -> None:
-                pass
-
-        sink = _Digest()
+        sink = _HashingWriter(None)
         source = _open_sealed(sealed)
         try:
             with source:

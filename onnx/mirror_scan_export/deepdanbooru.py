@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-import warnings
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -33,7 +32,7 @@ from mirror_scan.hashing import sha256_file
 from mirror_scan.model.deepdanbooru import RATING_TAGS, RESIZE_TARGETS, to_dd_input
 from mirror_scan.model.synthetic import generated_image
 
-from .export import MIN_PARITY_COSINE, OPSET, _import_export_stack, _ort_run, _parity
+from .export import MIN_PARITY_COSINE, OPSET, _export_onnx, _import_export_stack, _ort_run, _parity
 
 log = logging.getLogger(__name__)
 
@@ -266,18 +265,7 @@ def export_deepdanbooru(
 
     model_path = out_dir / FILES["model"]
     example = torch.from_numpy(np.concatenate([batches[0], batches[0]]))  # batch 2: the batch axis stays symbolic
-    with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer chatter (constant folding of Pad's Slice); parity is the check
-        torch.onnx.export(
-            model,
-            (example,),
-            str(model_path),
-            dynamo=False,
-            opset_version=OPSET,
-            input_names=["pixels"],
-            output_names=["scores"],
-            dynamic_axes={"pixels": {0: "batch", 1: "height", 2: "width"}, "scores": {0: "batch"}},
-        )
+    _export_onnx(torch, model, example, model_path, "pixels", "scores", {0: "batch", 1: "height", 2: "width"})
     onnx_out = [_ort_run(model_path, batch) for batch in batches]
     parity = _parity(np.concatenate(reference), None if any(o is None for o in onnx_out) else np.concatenate(onnx_out))
     parity.update(pictures=sum(len(b) for b in batches), input_shapes=[list(b.shape) for b in batches])

@@ -117,10 +117,13 @@ def _preprocess_cfg(open_clip, model) -> dict[str, Any]:
     }
 
 
-def _export_onnx(torch, module, example, path: Path, input_name: str) -> None:
+def _export_onnx(
+    torch, module, example, path: Path, input_name: str, output_name: str = "embedding", input_axes=None
+) -> None:
+    """Traced export; the batch axis (and `input_axes`, e.g. DeepDanbooru's height and width) symbolic."""
     torch.backends.mha.set_fastpath_enabled(False)  # the fused MHA path does not trace to ONNX
     with torch.no_grad(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # tracer chatter; parity below is the real check
+        warnings.simplefilter("ignore")  # tracer chatter; parity is the real check
         torch.onnx.export(
             module,
             (example,),
@@ -128,8 +131,8 @@ def _export_onnx(torch, module, example, path: Path, input_name: str) -> None:
             dynamo=False,
             opset_version=OPSET,
             input_names=[input_name],
-            output_names=["embedding"],
-            dynamic_axes={input_name: {0: "batch"}, "embedding": {0: "batch"}},
+            output_names=[output_name],
+            dynamic_axes={input_name: input_axes or {0: "batch"}, output_name: {0: "batch"}},
         )
 
 
