@@ -518,3 +518,10 @@ def test_an_extract_or_report_of_an_unknown_item_says_so(site, tmp_path):
     for command in ("extract", "report"):
         proc = site.cli("quarantine", command, "nosuchitem", "--to", str(tmp_path))
         assert proc.returncode == 2 and "no quarantine item 'nosuchitem'" in proc.stderr, proc
+
+
+def test_quarantine_seal_of_an_unknown_item_says_so(site):
+    (site.mirror / "a.png").write_bytes(image_bytes("PNG", 17))
+    assert site.scan(env={"MIRROR_SCAN_SEAL_TO": ""}).returncode == 1
+    proc = site.cli("quarantine", "seal", "nosuchitem", "--yes")
+    assert proc.returncode == 2 and "no quarantine item 'nosuchitem'" in proc.stderr, proc

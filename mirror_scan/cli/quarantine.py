@@ -824,7 +824,6 @@ def q_seal(
     read back and verified, recorded, and only then its clear copy removed; safe to interrupt and run
     again. Works while the watch daemon runs (items being moved are left for the next run). The identity
     is not needed."""
-    from mirror_scan.store.selection import expand_ids
 
     if not item_ids and not all_items:
         raise UsageError("name items to seal, or --all")
@@ -838,7 +837,7 @@ def q_seal(
             )
         rows = workspace.ledger.items()
         if item_ids:
-            wanted = set(expand_ids(item_ids, (r.id for r in rows)))
+            wanted = {item_id for typed in item_ids for item_id in _known_id(workspace, typed)}
             rows = [r for r in rows if r.id in wanted]
         plain = [r for r in rows if not r.sealed_to and r.state not in ("purged", "quarantining", "restoring")]
         if not plain:

@@ -318,7 +318,8 @@ def generate_identity(path: Path) -> str:
         if err.errno == errno.EEXIST:
             raise SealError(f"{path} exists; not overwritten (it may be the only key to a sealed quarantine)",
                             hint="choose another path") from None  # fmt: skip
-        raise SealError(f"cannot write {path}: {err.strerror}") from None
+        hint = "give a path in an existing directory only you can read (mkdir -m 700)"
+        raise SealError(f"cannot write {path}: {err.strerror}", hint=hint) from None
     try:
         os.write(fd, text.encode())
         os.fsync(fd)
